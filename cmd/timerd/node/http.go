@@ -1,0 +1,109 @@
+package node
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Status is the JSON of /v1/status.
+type Status struct {
+	Node        string     `json:"node"`
+	Version     string     `json:"version"`
+	Ready       bool       `json:"ready"`
+	RulesKnown  int        `json:"rules_known"`
+	RulesOwned  int        `json:"rules_owned"`
+	OutboxDepth int        `json:"outbox_depth"`
+	DeadLetters int        `json:"dead_letters"`
+	NextFire    *time.Time `json:"next_fire,omitempty"`
+	APIURL      string     `json:"api_url"`
+	SensorRef   string     `json:"sensor_ref"`
+	StorePath   string     `json:"store_path"`
+	GeneratedAt time.Time  `json:"generated_at"`
+}
+
+func (n *Node) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.cfg.Registry, promhttp.HandlerOpts{Registry: n.cfg.Registry}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !n.ready.Load() {
+			http.Error(w, "not ready: loading the store and reconciling rules", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(n.Status())
+	})
+	return mux
+}
+
+// Status reports the node's view of itself.
+func (n *Node) Status() Status {
+	s := Status{
+		Node:        n.cfg.NodeName,
+		Version:     Version(),
+		Ready:       n.ready.Load(),
+		RulesOwned:  n.engine.Len(),
+		APIURL:      n.cfg.APIURL,
+		SensorRef:   n.cfg.SensorRef,
+		StorePath:   n.store.Path(),
+		GeneratedAt: time.Now().UTC(),
+	}
+	s.RulesKnown, _ = n.store.RuleCount()
+	s.OutboxDepth, _ = n.store.OutboxLen()
+	s.DeadLetters, _ = n.store.DeadLetterCount()
+	if t, ok := n.engine.NextFire(); ok {
+		t = t.UTC()
+		s.NextFire = &t
+	}
+	return s
+}
+
+type metrics struct {
+	lifecycle  *prometheus.CounterVec
+	reconciles *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
+	m := &metrics{
+		lifecycle: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_lifecycle_messages_total",
+			Help: "Rule lifecycle messages by type and result (applied, unchanged, ignored, invalid, error).",
+		}, []string{"type", "result"}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_reconciles_total",
+			Help: "Reconciles of the rule catalogue with the rules API, by result.",
+		}, []string{"result"}),
+	}
+	reg.MustRegister(m.lifecycle, m.reconciles,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_rules_known",
+			Help: "Enabled timer rules in this node's store.",
+		}, func() float64 { c, _ := n.store.RuleCount(); return float64(c) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_ready",
+			Help: "1 when the node has loaded its store and reconciled, else 0.",
+		}, func() float64 {
+			if n.ready.Load() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "timerd_build_info",
+			Help:        "Build information; the value is always 1.",
+			ConstLabels: prometheus.Labels{"version": Version()},
+		}, func() float64 { return 1 }),
+	)
+	return m
+}

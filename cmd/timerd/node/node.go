@@ -1,0 +1,287 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/store"
+)
+
+// Config is the configuration of one node.
+type Config struct {
+	DataDir   string // required: holds node.db
+	APIURL    string // required: Attune's API (events are posted, rules reconciled)
+	Tokens    ingest.TokenSource
+	SensorRef string // default "core.timer"
+	NodeName  string // default the host name
+
+	// HTTPAddr is where /metrics, /healthz, /readyz and /v1/status are
+	// served; "" serves nothing. Port 0 picks a free port (see HTTPAddr()).
+	HTTPAddr string
+
+	// Lifecycle delivers rule lifecycle messages; nil means rules come from
+	// reconcile only.
+	Lifecycle <-chan ingest.Message
+
+	Workers           int           // concurrent event POSTs, default 8
+	ReconcileInterval time.Duration // default 5m; negative disables the periodic reconcile
+	ShutdownTimeout   time.Duration // bound on the outbox flush at shutdown, default 10s
+	MisfireGrace      time.Duration // engine default grace, default 1m
+
+	Logger   *slog.Logger
+	Registry *prometheus.Registry // nil: a registry of the node's own
+	Now      func() time.Time     // nil: time.Now
+}
+
+func (c *Config) setDefaults() {
+	if c.SensorRef == "" {
+		c.SensorRef = "core.timer"
+	}
+	if c.NodeName == "" {
+		c.NodeName, _ = os.Hostname()
+	}
+	if c.Workers == 0 {
+		c.Workers = 8
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 5 * time.Minute
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate names the first bad field.
+func (c *Config) Validate() error {
+	switch {
+	case c.DataDir == "":
+		return errors.New("data dir: required")
+	case c.APIURL == "":
+		return errors.New("api url: required")
+	case c.Workers < 0:
+		return fmt.Errorf("workers: must be positive, got %d", c.Workers)
+	case c.ShutdownTimeout < 0:
+		return fmt.Errorf("shutdown timeout: must not be negative, got %s", c.ShutdownTimeout)
+	}
+	return nil
+}
+
+// Node is one running timerd node.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	store    *store.Store
+	engine   *scheduler.Engine
+	delivery *ingest.Delivery
+	rules    *ingest.RulesClient
+	ln       net.Listener
+	metrics  *metrics
+	ready    atomic.Bool
+}
+
+// New opens the store and binds the HTTP listener; Run starts the node.
+func New(cfg Config) (*Node, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %q: %w", cfg.DataDir, err)
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "node")}
+	reg := cfg.Registry
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	n.metrics = newMetrics(reg, n)
+
+	st, err := store.Open(filepath.Join(cfg.DataDir, "node.db"), store.Options{MmapPopulate: true, Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	n.store = st
+
+	n.engine, err = scheduler.New(scheduler.Config{
+		Commit:              n.commit,
+		Now:                 cfg.Now,
+		DefaultMisfireGrace: cfg.MisfireGrace,
+		Logger:              cfg.Logger.With("component", "scheduler"),
+		Registerer:          reg,
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	n.delivery, err = ingest.NewDelivery(ingest.DeliveryConfig{
+		Store:      st,
+		APIURL:     cfg.APIURL,
+		Tokens:     cfg.Tokens,
+		Workers:    cfg.Workers,
+		Logger:     cfg.Logger.With("component", "delivery"),
+		Registerer: reg,
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: cfg.Tokens}
+
+	if cfg.HTTPAddr != "" {
+		n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("http addr %q: %w", cfg.HTTPAddr, err)
+		}
+	}
+	return n, nil
+}
+
+// HTTPAddr is the bound address of the node's HTTP endpoints, "" if none.
+func (n *Node) HTTPAddr() string {
+	if n.ln == nil {
+		return ""
+	}
+	return n.ln.Addr().String()
+}
+
+// Run loads the node's rules, reconciles them with the API, then fires and
+// delivers until ctx is done. It then stops intake, stops firing, flushes
+// the outbox within ShutdownTimeout and closes the store. What is not
+// delivered stays in the outbox for the next start.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.store.Close()
+
+	loaded, err := n.load()
+	if err != nil {
+		return err
+	}
+	n.log.Info("store loaded", "path", n.store.Path(), "rules", loaded)
+
+	g, gctx := errgroup.WithContext(ctx)
+	// Firing and delivery outlive intake: they stop in order at shutdown.
+	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+	deliveryCtx, stopDelivery := context.WithCancel(context.WithoutCancel(ctx))
+	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEngine()
+	defer stopDelivery()
+	defer stopHTTP()
+
+	engineDone := make(chan struct{})
+	deliveryDone := make(chan struct{})
+	if n.ln != nil {
+		g.Go(func() error { return n.serveHTTP(httpCtx) })
+	}
+	g.Go(func() error {
+		defer close(engineDone)
+		return n.engine.Run(engineCtx)
+	})
+	g.Go(func() error {
+		defer close(deliveryDone)
+		return n.delivery.Run(deliveryCtx)
+	})
+	g.Go(func() error { return n.intake(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		n.ready.Store(false)
+		stopEngine()
+		<-engineDone
+		stopDelivery()
+		<-deliveryDone
+		flushCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := n.delivery.Flush(flushCtx); err != nil {
+			left, _ := n.store.OutboxLen()
+			n.log.Warn("outbox not flushed at shutdown; kept for the next start", "events", left, "err", err)
+		}
+		stopHTTP()
+		return nil
+	})
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	n.log.Info("node stopped")
+	return err
+}
+
+// load fills the engine from the store.
+func (n *Node) load() (int, error) {
+	var items []scheduler.Item
+	err := n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
+		t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
+		if err != nil {
+			// Only valid rules are stored; one that no longer parses (a
+			// newer version wrote it) is reported, not fatal.
+			n.log.Error("stored rule does not parse; not scheduled", "rule_id", r.ID, "err", err)
+			return nil
+		}
+		items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("load rules: %w", err)
+	}
+	n.engine.Load(items)
+	return len(items), nil
+}
+
+// commit durably records fires: their watermarks and outbox entries in one
+// transaction, then wakes delivery.
+func (n *Node) commit(fires []scheduler.Fire) error {
+	recs := make([]store.FireRecord, len(fires))
+	for i, f := range fires {
+		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
+		if err != nil {
+			return fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
+		}
+		recs[i] = store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev}
+	}
+	if err := n.store.CommitFires(recs); err != nil {
+		return err
+	}
+	n.delivery.Notify()
+	return nil
+}
+
+func (n *Node) serveHTTP(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           n.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(n.ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("node http: %w", err)
+	case <-ctx.Done():
+		shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutCtx)
+		return nil
+	}
+}

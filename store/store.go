@@ -1,0 +1,343 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Sentinel errors, always returned wrapped with the file path.
+var (
+	// ErrCorrupt: the file is not a readable bbolt database, or a record in it is malformed.
+	ErrCorrupt = errors.New("corrupt store file")
+	// ErrForeign: a valid bbolt file that timerd did not create.
+	ErrForeign = errors.New("not a timerd store")
+	// ErrSchemaVersion: the file was written by a newer timerd.
+	ErrSchemaVersion = errors.New("unsupported store schema version")
+	// ErrLocked: another process holds the file open.
+	ErrLocked = errors.New("store file is locked by another process")
+	// ErrNotFound: DeadLetter was asked to move an outbox entry that does not exist.
+	ErrNotFound = errors.New("not found")
+)
+
+const (
+	formatMarker = "timerd-node-store"
+	// SchemaVersion is the layout this build reads and writes.
+	SchemaVersion = 1
+
+	defaultTimeout = time.Second
+)
+
+var (
+	bucketMeta        = []byte("meta")
+	bucketRules       = []byte("rules")
+	bucketWatermarks  = []byte("watermarks")
+	bucketOutbox      = []byte("outbox")
+	bucketDeadLetters = []byte("deadletters")
+	allBuckets        = [][]byte{bucketMeta, bucketRules, bucketWatermarks, bucketOutbox, bucketDeadLetters}
+
+	keyFormat         = []byte("format")
+	keySchemaVersion  = []byte("schema_version")
+	keyCreatedAt      = []byte("created_at")
+	keyOutboxLen      = []byte("outbox_len")
+	keyDeadLetterLen  = []byte("deadletter_len")
+)
+
+// Options configures Open. The zero value is usable.
+type Options struct {
+	Timeout      time.Duration         // file-lock wait, default 1s (bbolt waits forever by default)
+	NoSync       bool                  // tests/benchmarks only: a crash may lose or corrupt data
+	MmapPopulate bool                  // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
+	Registerer   prometheus.Registerer // nil: no metrics
+}
+
+// Validate reports the first bad field.
+func (o Options) Validate() error {
+	if o.Timeout < 0 {
+		return fmt.Errorf("store options: Timeout %v: must not be negative", o.Timeout)
+	}
+	return nil
+}
+
+// Store is an open timerd bbolt file. Its methods are safe for concurrent use.
+type Store struct {
+	db   *bolt.DB
+	path string
+
+	// Mirrors of the meta counters for the gauges; the meta bucket is the truth.
+	outboxLen     atomic.Int64
+	deadLetterLen atomic.Int64
+
+	reg        prometheus.Registerer
+	collectors []prometheus.Collector
+	commitDur  prometheus.Histogram
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens or creates the store at path. A new (or empty) file gets the meta written;
+// an existing file is checked and never reset: a foreign, corrupt or newer file is
+// refused with ErrForeign, ErrCorrupt or ErrSchemaVersion, and a file held by another
+// process with ErrLocked once opts.Timeout has passed.
+func Open(path string, opts Options) (s *Store, err error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = defaultTimeout
+	}
+	if err := precheck(path); err != nil {
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+
+	bopts := &bolt.Options{
+		Timeout:      opts.Timeout,
+		NoSync:       opts.NoSync,
+		FreelistType: bolt.FreelistMapType, // O(1) page allocation on large files
+	}
+	if opts.MmapPopulate {
+		bopts.MmapFlags = mmapPopulate
+	}
+
+	db, err := openBolt(path, bopts)
+	if err != nil {
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return nil, fmt.Errorf("open store %q: %w (waited %v)", path, ErrLocked, opts.Timeout)
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch),
+			errors.Is(err, berrors.ErrChecksum), errors.Is(err, ErrCorrupt):
+			return nil, fmt.Errorf("open store %q: %w: %w", path, ErrCorrupt, err)
+		}
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	s = &Store{db: db, path: path}
+	defer func() {
+		if err != nil {
+			_ = db.Close()
+		}
+	}()
+	if err := s.init(); err != nil {
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	if err := s.registerMetrics(opts.Registerer); err != nil {
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	return s, nil
+}
+
+// openBolt turns a bbolt panic or memory fault on a damaged file into ErrCorrupt.
+// On such a panic bbolt's file handle is lost; its finalizer releases the lock.
+func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("%w: bbolt panic: %v", ErrCorrupt, r)
+		}
+	}()
+	return bolt.Open(path, 0o600, opts)
+}
+
+// init writes the meta of a new file, or checks that an existing one is ours and
+// loads the counters.
+func (s *Store) init() error {
+	fresh := false
+	err := s.view(func(tx *bolt.Tx) error {
+		var names []string
+		_ = tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			names = append(names, string(name))
+			return nil
+		})
+		if len(names) == 0 {
+			fresh = true
+			return nil
+		}
+		if size, err := fileSize(s.path); err == nil && size < tx.Size() {
+			return fmt.Errorf("%w: file is %d bytes, database needs %d (truncated?)", ErrCorrupt, size, tx.Size())
+		}
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil || !bytes.Equal(meta.Get(keyFormat), []byte(formatMarker)) {
+			return fmt.Errorf("%w (buckets: %s)", ErrForeign, listNames(names))
+		}
+		v := meta.Get(keySchemaVersion)
+		ver, err := strconv.ParseUint(string(v), 10, 32)
+		if err != nil || ver == 0 {
+			return fmt.Errorf("%w: schema_version %q", ErrCorrupt, v)
+		}
+		if ver > SchemaVersion {
+			return fmt.Errorf("%w: file has %d, this build reads up to %d", ErrSchemaVersion, ver, SchemaVersion)
+		}
+		for _, b := range allBuckets {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("%w: bucket %q missing", ErrCorrupt, b)
+			}
+		}
+		ol, err1 := getCounter(meta, keyOutboxLen)
+		dl, err2 := getCounter(meta, keyDeadLetterLen)
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		s.outboxLen.Store(int64(ol))
+		s.deadLetterLen.Store(int64(dl))
+		return nil
+	})
+	if err != nil || !fresh {
+		return err
+	}
+	return s.update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucket(b); err != nil {
+				return fmt.Errorf("create bucket %q: %w", b, err)
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		return errors.Join(
+			meta.Put(keyFormat, []byte(formatMarker)),
+			meta.Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion))),
+			meta.Put(keyCreatedAt, []byte(time.Now().UTC().Format(time.RFC3339Nano))),
+			putCounter(meta, keyOutboxLen, 0),
+			putCounter(meta, keyDeadLetterLen, 0),
+		)
+	})
+}
+
+func listNames(names []string) string {
+	slices.Sort(names)
+	const max = 10
+	if len(names) > max {
+		return strings.Join(names[:max], ", ") + fmt.Sprintf(", … %d more", len(names)-max)
+	}
+	return strings.Join(names, ", ")
+}
+
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+func (s *Store) registerMetrics(reg prometheus.Registerer) error {
+	s.commitDur = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "timerd_store_commit_seconds",
+		Help:    "Duration of store read-write transactions, fsync included.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs … 3.3s
+	})
+	if reg == nil {
+		return nil
+	}
+	cs := []prometheus.Collector{
+		s.commitDur,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_outbox_entries",
+			Help: "Events committed and not yet delivered or dead-lettered.",
+		}, func() float64 { return float64(s.outboxLen.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_dead_letters",
+			Help: "Events the API refused for good, kept for inspection.",
+		}, func() float64 { return float64(s.deadLetterLen.Load()) }),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			s.unregister(reg)
+			return fmt.Errorf("register metrics: %w", err)
+		}
+		s.collectors = append(s.collectors, c)
+	}
+	s.reg = reg
+	return nil
+}
+
+func (s *Store) unregister(reg prometheus.Registerer) {
+	for _, c := range s.collectors {
+		reg.Unregister(c)
+	}
+	s.collectors = nil
+}
+
+// Close unregisters the metrics and closes the file, waiting for open transactions.
+// Calling it again returns nil.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		if s.reg != nil {
+			s.unregister(s.reg)
+		}
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close store %q: %w", s.path, err)
+		}
+	})
+	return s.closeErr
+}
+
+// Path is the file's path as given to Open.
+func (s *Store) Path() string { return s.path }
+
+// update runs fn in a read-write transaction, times the commit and turns a bbolt
+// panic (a damaged page) into ErrCorrupt.
+func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
+	defer s.guard(&err, nil)
+	start := time.Now()
+	err = s.db.Update(fn)
+	if err == nil && s.commitDur != nil {
+		s.commitDur.Observe(time.Since(start).Seconds())
+	}
+	return err
+}
+
+func (s *Store) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer s.guard(&err, nil)
+	return s.db.View(fn)
+}
+
+// guard recovers a bbolt panic or memory fault; a panic raised while *inCallback is
+// set belongs to the caller's function and is re-raised.
+func (s *Store) guard(err *error, inCallback *bool) {
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	// The deferred call above must not run before recover: recover only works in the
+	// function deferred directly, so it is here, and SetPanicOnFault is set on entry
+	// by the caller path below.
+	_ = old
+}
+
+func getCounter(meta *bolt.Bucket, key []byte) (uint64, error) {
+	v := meta.Get(key)
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: meta %s: %d bytes, want 8", ErrCorrupt, key, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+func putCounter(meta *bolt.Bucket, key []byte, n uint64) error {
+	return meta.Put(key, binary.BigEndian.AppendUint64(nil, n))
+}
+
+// addCounter adds delta to a meta counter inside tx.
+func addCounter(tx *bolt.Tx, key []byte, delta int64) error {
+	if delta == 0 {
+		return nil
+	}
+	meta := tx.Bucket(bucketMeta)
+	n, err := getCounter(meta, key)
+	if err != nil {
+		return err
+	}
+	if delta < 0 && uint64(-delta) > n {
+		return fmt.Errorf("%w: meta %s would go below zero (%d%+d)", ErrCorrupt, key, n, delta)
+	}
+	return putCounter(meta, key, uint64(int64(n)+delta))
+}
