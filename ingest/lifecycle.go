@@ -302,11 +302,11 @@ type lcEnvelopePayload struct {
 }
 
 type lcEnvelope struct {
-	MessageID     string          `json:"message_id"`
-	CorrelationID string          `json:"correlation_id"`
-	MessageType   LifecycleType   `json:"message_type"`
-	Version       string          `json:"version"`
-	Timestamp     string          `json:"timestamp"`
+	MessageID     string            `json:"message_id"`
+	CorrelationID string            `json:"correlation_id"`
+	MessageType   LifecycleType     `json:"message_type"`
+	Version       string            `json:"version"`
+	Timestamp     string            `json:"timestamp"`
 	Headers       lcEnvelopeHeaders `json:"headers"`
 	Payload       lcEnvelopePayload `json:"payload"`
 }

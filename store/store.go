@@ -47,13 +47,14 @@ var (
 	bucketWatermarks  = []byte("watermarks")
 	bucketOutbox      = []byte("outbox")
 	bucketDeadLetters = []byte("deadletters")
-	allBuckets        = [][]byte{bucketMeta, bucketRules, bucketWatermarks, bucketOutbox, bucketDeadLetters}
+	bucketJournal     = []byte("wmjournal")
+	allBuckets        = [][]byte{bucketMeta, bucketRules, bucketWatermarks, bucketOutbox, bucketDeadLetters, bucketJournal}
 
-	keyFormat         = []byte("format")
-	keySchemaVersion  = []byte("schema_version")
-	keyCreatedAt      = []byte("created_at")
-	keyOutboxLen      = []byte("outbox_len")
-	keyDeadLetterLen  = []byte("deadletter_len")
+	keyFormat        = []byte("format")
+	keySchemaVersion = []byte("schema_version")
+	keyCreatedAt     = []byte("created_at")
+	keyOutboxLen     = []byte("outbox_len")
+	keyDeadLetterLen = []byte("deadletter_len")
 )
 
 // Options configures Open. The zero value is usable.
@@ -80,6 +81,11 @@ type Store struct {
 	// Mirrors of the meta counters for the gauges; the meta bucket is the truth.
 	outboxLen     atomic.Int64
 	deadLetterLen atomic.Int64
+
+	wmu       sync.Mutex   // serializes writers of watermarks (and the journal index)
+	imu       sync.RWMutex // guards j
+	j         journalState
+	foldAfter int // journal records before a fold
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -124,7 +130,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	s = &Store{db: db, path: path}
+	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter}
 	defer func() {
 		if err != nil {
 			_ = db.Close()
@@ -132,6 +138,9 @@ func Open(path string, opts Options) (s *Store, err error) {
 	}()
 	if err := s.init(); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	if err := s.initJournal(); err != nil {
+		return nil, fmt.Errorf("open store %q: watermark journal: %w", path, err)
 	}
 	if err := s.registerMetrics(opts.Registerer); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
@@ -214,6 +223,37 @@ func (s *Store) init() error {
 	})
 }
 
+// initJournal folds what a previous run journaled, so the index starts empty.
+func (s *Store) initJournal() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.j.idx = map[int64]idxEntry{}
+	var seq uint64
+	pending := false
+	readSeq := func() error {
+		return s.view(func(tx *bolt.Tx) error {
+			jb := tx.Bucket(bucketJournal)
+			seq = jb.Sequence()
+			k, _ := jb.Cursor().First()
+			pending = k != nil
+			return nil
+		})
+	}
+	if err := readSeq(); err != nil {
+		return err
+	}
+	if pending {
+		if err := s.fold(); err != nil {
+			return err
+		}
+		if err := readSeq(); err != nil {
+			return err
+		}
+	}
+	s.j.floor, s.j.applied = seq+1, seq
+	return nil
+}
+
 func listNames(names []string) string {
 	slices.Sort(names)
 	const max = 10
@@ -289,7 +329,8 @@ func (s *Store) Path() string { return s.path }
 // update runs fn in a read-write transaction, times the commit and turns a bbolt
 // panic (a damaged page) into ErrCorrupt.
 func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
-	defer s.guard(&err, nil)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer s.recoverCorrupt(&err, nil)
 	start := time.Now()
 	err = s.db.Update(fn)
 	if err == nil && s.commitDur != nil {
@@ -298,20 +339,36 @@ func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
 	return err
 }
 
-func (s *Store) view(fn func(tx *bolt.Tx) error) (err error) {
-	defer s.guard(&err, nil)
+func (s *Store) view(fn func(tx *bolt.Tx) error) error { return s.viewCallback(nil, fn) }
+
+// viewCallback is view for a walk that calls the caller's function, setting
+// *inCallback around the call so its panics are not mistaken for bbolt's.
+func (s *Store) viewCallback(inCallback *bool, fn func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer s.recoverCorrupt(&err, inCallback)
 	return s.db.View(fn)
 }
 
-// guard recovers a bbolt panic or memory fault; a panic raised while *inCallback is
-// set belongs to the caller's function and is re-raised.
-func (s *Store) guard(err *error, inCallback *bool) {
-	old := debug.SetPanicOnFault(true)
-	defer debug.SetPanicOnFault(old)
-	// The deferred call above must not run before recover: recover only works in the
-	// function deferred directly, so it is here, and SetPanicOnFault is set on entry
-	// by the caller path below.
-	_ = old
+// recoverCorrupt, deferred, turns a bbolt panic or memory fault (SetPanicOnFault) into
+// ErrCorrupt; bbolt rolls the transaction back first. A panic raised while *inCallback
+// is set belongs to the caller's function and is re-raised.
+func (s *Store) recoverCorrupt(err *error, inCallback *bool) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	if inCallback != nil && *inCallback {
+		panic(r)
+	}
+	*err = fmt.Errorf("%w: bbolt panic: %v", ErrCorrupt, r)
+}
+
+// wrap names the store and the operation in an error.
+func (s *Store) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("store %q: %s: %w", s.path, op, err)
 }
 
 func getCounter(meta *bolt.Bucket, key []byte) (uint64, error) {

@@ -1,0 +1,468 @@
+package apiserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/ingest"
+)
+
+// rule is a rule as stored and as served. Values are never mutated once in
+// the catalogue: a write replaces the pointer.
+type rule struct {
+	ID            int64           `json:"id"`
+	Ref           string          `json:"ref"`
+	TriggerRef    string          `json:"trigger_ref"`
+	TriggerID     *int64          `json:"trigger_id,omitempty"`
+	TriggerParams json.RawMessage `json:"trigger_params"`
+	Enabled       bool            `json:"enabled"`
+	ActionRef     *string         `json:"action_ref"`
+	Created       time.Time       `json:"created"`
+	Updated       time.Time       `json:"updated"`
+}
+
+// catalogue is the in-memory copy of the rules bucket. Reads take the read
+// lock briefly and never wait for a commit: writers update it after theirs.
+type catalogue struct {
+	mu    sync.RWMutex
+	byRef map[string]*rule
+	byID  map[int64]*rule
+	list  []*rule // sorted by id
+}
+
+func loadCatalogue(db *bolt.DB) (*catalogue, error) {
+	c := &catalogue{byRef: map[string]*rule{}, byID: map[int64]*rule{}}
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRules).ForEach(func(k, v []byte) error {
+			var r rule
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("rule %x: %w", k, err)
+			}
+			c.put(&r)
+			return nil
+		})
+	})
+	return c, err
+}
+
+// put inserts or replaces r. The caller holds mu (or owns c exclusively).
+func (c *catalogue) put(r *rule) {
+	if old, ok := c.byID[r.ID]; ok && old.Ref != r.Ref {
+		delete(c.byRef, old.Ref)
+	}
+	c.byRef[r.Ref] = r
+	c.byID[r.ID] = r
+	i, found := slices.BinarySearchFunc(c.list, r.ID, func(x *rule, id int64) int { return cmpInt(x.ID, id) })
+	if found {
+		c.list[i] = r
+	} else {
+		c.list = slices.Insert(c.list, i, r)
+	}
+}
+
+func (c *catalogue) remove(r *rule) {
+	delete(c.byRef, r.Ref)
+	delete(c.byID, r.ID)
+	if i, found := slices.BinarySearchFunc(c.list, r.ID, func(x *rule, id int64) int { return cmpInt(x.ID, id) }); found {
+		c.list = slices.Delete(c.list, i, i+1)
+	}
+}
+
+func (c *catalogue) byRefGet(ref string) *rule {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.byRef[ref]
+}
+
+func (c *catalogue) refOf(id int64) (string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if r, ok := c.byID[id]; ok {
+		return r.Ref, true
+	}
+	return "", false
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func idKey(id int64) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(id))
+}
+
+func (s *Server) listRules(w http.ResponseWriter, r *http.Request) {
+	page, size, err := pageParams(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	triggerRef := q.Get("trigger_ref")
+	var enabled *bool
+	if v := q.Get("enabled"); v != "" || q.Has("enabled") {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			s.fail(w, r, errorf(http.StatusBadRequest, "enabled: %q is not true or false", v))
+			return
+		}
+		enabled = &b
+	}
+	offset := int64(page-1) * int64(size)
+	var total int64
+	var items []*rule
+	s.cat.mu.RLock()
+	for _, ru := range s.cat.list {
+		if (triggerRef != "" && ru.TriggerRef != triggerRef) || (enabled != nil && ru.Enabled != *enabled) {
+			continue
+		}
+		if total >= offset && len(items) < size {
+			items = append(items, ru)
+		}
+		total++
+	}
+	s.cat.mu.RUnlock()
+	resp := struct {
+		Items      []*rule    `json:"items"`
+		Pagination pagination `json:"pagination"`
+	}{Items: items, Pagination: newPagination(page, size, total)}
+	if resp.Items == nil {
+		resp.Items = []*rule{}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) getRule(w http.ResponseWriter, r *http.Request) {
+	ru := s.cat.byRefGet(r.PathValue("ref"))
+	if ru == nil {
+		s.fail(w, r, errNoRule(r.PathValue("ref")))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": ru})
+}
+
+func errNoRule(ref string) error {
+	return errorf(http.StatusNotFound, "rule %q not found", ref)
+}
+
+func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
+	ru, err := s.parseNewRule(w, r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.ruleWriteMu.Lock()
+	defer s.ruleWriteMu.Unlock()
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		refs := tx.Bucket(bucketRuleRefs)
+		if refs.Get([]byte(ru.Ref)) != nil {
+			return errorf(http.StatusConflict, "rule %q already exists", ru.Ref)
+		}
+		rules := tx.Bucket(bucketRules)
+		seq, err := rules.NextSequence()
+		if err != nil {
+			return err
+		}
+		ru.ID = int64(seq)
+		return putRule(tx, ru)
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.cat.mu.Lock()
+	s.cat.put(ru)
+	s.cat.mu.Unlock()
+	s.publish(lifecycleOf(ingest.RuleCreated, ru))
+	writeJSON(w, http.StatusCreated, map[string]any{"data": ru})
+}
+
+func (s *Server) parseNewRule(w http.ResponseWriter, r *http.Request) (*rule, error) {
+	body, err := readBody(w, r)
+	if err != nil {
+		return nil, err
+	}
+	f, err := decodeObject(body)
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now().UTC()
+	ru := &rule{Enabled: true, Created: now, Updated: now, TriggerParams: json.RawMessage(`{}`)}
+	ref, ok, err := f.str("ref")
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errorf(http.StatusBadRequest, "ref: required")
+	}
+	if err := checkRef("ref", ref); err != nil {
+		return nil, err
+	}
+	ru.Ref = ref
+	tref, ok, err := f.str("trigger_ref")
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errorf(http.StatusBadRequest, "trigger_ref: required")
+	}
+	if err := checkName("trigger_ref", tref); err != nil {
+		return nil, err
+	}
+	ru.TriggerRef = tref
+	if err := applyOptional(f, ru); err != nil {
+		return nil, err
+	}
+	return ru, nil
+}
+
+// applyOptional sets trigger_params, enabled, action_ref and trigger_id from
+// f when present. trigger_params null means {}; action_ref null clears it.
+func applyOptional(f fields, ru *rule) error {
+	if f.has("trigger_params") {
+		p, err := f.object("trigger_params")
+		if err != nil {
+			return err
+		}
+		if p == nil {
+			p = json.RawMessage(`{}`)
+		}
+		if ru.TriggerParams, err = canonicalObject(p); err != nil {
+			return errorf(http.StatusBadRequest, "trigger_params: %v", err)
+		}
+	}
+	if v, ok, err := f.boolean("enabled"); err != nil {
+		return err
+	} else if ok {
+		ru.Enabled = v
+	}
+	if f.has("action_ref") {
+		v, ok, err := f.str("action_ref")
+		if err != nil {
+			return err
+		}
+		ru.ActionRef = nil
+		if ok {
+			if err := checkName("action_ref", v); err != nil {
+				return err
+			}
+			ru.ActionRef = &v
+		}
+	}
+	if f.has("trigger_id") {
+		v, ok, err := f.positiveInt("trigger_id")
+		if err != nil {
+			return err
+		}
+		ru.TriggerID = nil
+		if ok {
+			ru.TriggerID = &v
+		}
+	}
+	return nil
+}
+
+func putRule(tx *bolt.Tx, ru *rule) error {
+	b, err := json.Marshal(ru)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketRules).Put(idKey(ru.ID), b); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketRuleRefs).Put([]byte(ru.Ref), idKey(ru.ID))
+}
+
+// modifyRule runs change on a copy of the rule named by the path under the
+// write lock, stores the result if change reports a difference, and publishes
+// what msgs returns for (old, new) after the commit.
+func (s *Server) modifyRule(w http.ResponseWriter, r *http.Request, change func(ru *rule) (bool, error),
+	msgs func(old, cur *rule) []ingest.Lifecycle) {
+	ref := r.PathValue("ref")
+	s.ruleWriteMu.Lock()
+	defer s.ruleWriteMu.Unlock()
+	old := s.cat.byRefGet(ref)
+	if old == nil {
+		s.fail(w, r, errNoRule(ref))
+		return
+	}
+	cur := *old
+	changed, err := change(&cur)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if changed {
+		cur.Updated = s.cfg.Now().UTC()
+		if err := s.db.Update(func(tx *bolt.Tx) error { return putRule(tx, &cur) }); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		s.cat.mu.Lock()
+		s.cat.put(&cur)
+		s.cat.mu.Unlock()
+	}
+	s.publish(msgs(old, &cur)...)
+	writeJSON(w, http.StatusOK, map[string]any{"data": &cur})
+}
+
+// updateRule is PUT: trigger_ref, trigger_params, enabled, action_ref and
+// trigger_id may change; ref may not. Messages follow Attune: a trigger
+// change of an enabled rule is RuleDisabled (old) then RuleEnabled (new); a
+// parameter change is RuleEnabled; a change of the enabled flag is the
+// matching message.
+func (s *Server) updateRule(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f, err := decodeObject(body)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.modifyRule(w, r, func(ru *rule) (bool, error) {
+		before, _ := json.Marshal(ru)
+		if ref, ok, err := f.str("ref"); err != nil {
+			return false, err
+		} else if ok && ref != ru.Ref {
+			return false, errorf(http.StatusBadRequest, "ref: cannot change %q to %q", ru.Ref, ref)
+		}
+		if tref, ok, err := f.str("trigger_ref"); err != nil {
+			return false, err
+		} else if ok {
+			if err := checkName("trigger_ref", tref); err != nil {
+				return false, err
+			}
+			ru.TriggerRef = tref
+		}
+		if err := applyOptional(f, ru); err != nil {
+			return false, err
+		}
+		after, _ := json.Marshal(ru)
+		return !bytes.Equal(before, after), nil
+	}, func(old, cur *rule) []ingest.Lifecycle {
+		triggerChanged := old.TriggerRef != cur.TriggerRef
+		paramsChanged := !bytes.Equal(old.TriggerParams, cur.TriggerParams)
+		switch {
+		case old.Enabled && cur.Enabled && triggerChanged:
+			return []ingest.Lifecycle{lifecycleOf(ingest.RuleDisabled, old), lifecycleOf(ingest.RuleEnabled, cur)}
+		case old.Enabled && cur.Enabled && paramsChanged:
+			return []ingest.Lifecycle{lifecycleOf(ingest.RuleEnabled, cur)}
+		case !old.Enabled && cur.Enabled:
+			return []ingest.Lifecycle{lifecycleOf(ingest.RuleEnabled, cur)}
+		case old.Enabled && !cur.Enabled:
+			return []ingest.Lifecycle{lifecycleOf(ingest.RuleDisabled, old)}
+		}
+		return nil
+	})
+}
+
+// enableRule and disableRule publish unconditionally, as Attune does.
+func (s *Server) enableRule(w http.ResponseWriter, r *http.Request) {
+	s.setEnabled(w, r, true)
+}
+
+func (s *Server) disableRule(w http.ResponseWriter, r *http.Request) {
+	s.setEnabled(w, r, false)
+}
+
+func (s *Server) setEnabled(w http.ResponseWriter, r *http.Request, enabled bool) {
+	if _, err := readBody(w, r); err != nil { // the body, if any, is ignored
+		s.fail(w, r, err)
+		return
+	}
+	s.modifyRule(w, r, func(ru *rule) (bool, error) {
+		changed := ru.Enabled != enabled
+		ru.Enabled = enabled
+		return changed, nil
+	}, func(_, cur *rule) []ingest.Lifecycle {
+		if enabled {
+			return []ingest.Lifecycle{lifecycleOf(ingest.RuleEnabled, cur)}
+		}
+		return []ingest.Lifecycle{lifecycleOf(ingest.RuleDisabled, cur)}
+	})
+}
+
+func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("ref")
+	s.ruleWriteMu.Lock()
+	defer s.ruleWriteMu.Unlock()
+	ru := s.cat.byRefGet(ref)
+	if ru == nil {
+		s.fail(w, r, errNoRule(ref))
+		return
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketRules).Delete(idKey(ru.ID)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketRuleRefs).Delete([]byte(ru.Ref))
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.cat.mu.Lock()
+	s.cat.remove(ru)
+	s.cat.mu.Unlock()
+	s.publish(lifecycleOf(ingest.RuleDeleted, ru))
+	writeJSON(w, http.StatusOK, map[string]any{"data": ru})
+}
+
+// lifecycleOf builds the message Attune publishes for a write of ru.
+// Disabled and Deleted carry no parameters and enabled=false.
+func lifecycleOf(t ingest.LifecycleType, ru *rule) ingest.Lifecycle {
+	l := ingest.Lifecycle{Type: t, RuleID: ru.ID, RuleRef: ru.Ref, TriggerRef: ru.TriggerRef}
+	if ru.TriggerID != nil {
+		l.TriggerID = *ru.TriggerID
+	}
+	if ru.ActionRef != nil {
+		l.ActionRef = *ru.ActionRef
+	}
+	switch t {
+	case ingest.RuleCreated:
+		l.Params, l.Enabled = ru.TriggerParams, ru.Enabled
+	case ingest.RuleEnabled:
+		l.Params, l.Enabled = ru.TriggerParams, true
+	}
+	return l
+}
+
+// publish sends msgs in order, after the commit. Attune's publishing is
+// best-effort and nodes reconcile, so a failure is logged and counted only.
+func (s *Server) publish(msgs ...ingest.Lifecycle) {
+	if s.cfg.Publisher == nil {
+		return
+	}
+	for _, l := range msgs {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+		err := s.cfg.Publisher.Publish(ctx, ingest.Message{
+			RoutingKey: ingest.RoutingKey(l.Type),
+			Body:       ingest.EnvelopeJSON(l, uuid.NewString(), s.cfg.Now()),
+		})
+		cancel()
+		if err != nil {
+			s.metrics.publishErrors.Inc()
+			s.log.Warn("publish lifecycle message failed", "type", l.Type, "rule_id", l.RuleID, "rule_ref", l.RuleRef, "err", err)
+		}
+	}
+}

@@ -1,0 +1,382 @@
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/timerd/timerd/ingest"
+)
+
+type ruleResp struct {
+	Data rule `json:"data"`
+}
+
+type ruleList struct {
+	Items      []rule     `json:"items"`
+	Pagination pagination `json:"pagination"`
+}
+
+func TestRuleCRUD(t *testing.T) {
+	now := time.Date(2026, 2, 1, 10, 0, 0, 0, time.UTC)
+	e := newEnv(t, func(c *Config) { c.Now = func() time.Time { return now } })
+
+	var a ruleResp
+	e.must(http.StatusCreated, &a, "POST", "/api/v1/rules",
+		`{"ref":"ops.a","trigger_ref":"core.intervaltimer","trigger_params":{"unit":"seconds","interval":5},"action_ref":"core.echo","trigger_id":7}`)
+	want := rule{ID: 1, Ref: "ops.a", TriggerRef: "core.intervaltimer", TriggerParams: json.RawMessage(`{"interval":5,"unit":"seconds"}`),
+		Enabled: true, Created: now, Updated: now}
+	if a.Data.ID != want.ID || a.Data.Ref != want.Ref || a.Data.TriggerRef != want.TriggerRef || !a.Data.Enabled ||
+		string(a.Data.TriggerParams) != string(want.TriggerParams) || !a.Data.Created.Equal(now) || !a.Data.Updated.Equal(now) ||
+		a.Data.ActionRef == nil || *a.Data.ActionRef != "core.echo" || a.Data.TriggerID == nil || *a.Data.TriggerID != 7 {
+		t.Errorf("POST rule = %+v, want %+v with action core.echo, trigger_id 7", a.Data, want)
+	}
+
+	var b ruleResp
+	e.must(http.StatusCreated, &b, "POST", "/api/v1/rules", `{"ref":"ops.b","trigger_ref":"core.crontimer","enabled":false}`)
+	if b.Data.ID != 2 || b.Data.Enabled || string(b.Data.TriggerParams) != "{}" || b.Data.ActionRef != nil {
+		t.Errorf("POST rule b = %+v, want id 2, disabled, params {}, no action", b.Data)
+	}
+	// The wire form has every field, action_ref null when unset.
+	_, raw := e.do("GET", "/api/v1/rules/ops.b", "")
+	for _, k := range []string{`"id":2`, `"ref":"ops.b"`, `"trigger_ref":"core.crontimer"`, `"trigger_params":{}`,
+		`"enabled":false`, `"action_ref":null`, `"created":"2026-02-01T10:00:00Z"`, `"updated":`} {
+		if !strings.Contains(string(raw), k) {
+			t.Errorf("GET /api/v1/rules/ops.b = %s, missing %s", raw, k)
+		}
+	}
+
+	var dup apiError
+	e.must(http.StatusConflict, &dup, "POST", "/api/v1/rules", `{"ref":"ops.a","trigger_ref":"core.crontimer"}`)
+	if !strings.Contains(dup.Error, "ops.a") {
+		t.Errorf("duplicate ref error = %q, want it to name the ref", dup.Error)
+	}
+
+	var got ruleResp
+	e.must(http.StatusOK, &got, "GET", "/api/v1/rules/ops.a", "")
+	if got.Data.ID != 1 {
+		t.Errorf("GET ops.a id = %d, want 1", got.Data.ID)
+	}
+	e.must(http.StatusNotFound, nil, "GET", "/api/v1/rules/nope", "")
+	for _, p := range []string{"/api/v1/rules/nope/enable", "/api/v1/rules/nope/disable"} {
+		e.must(http.StatusNotFound, nil, "POST", p, "")
+	}
+	e.must(http.StatusNotFound, nil, "PUT", "/api/v1/rules/nope", `{}`)
+	e.must(http.StatusNotFound, nil, "DELETE", "/api/v1/rules/nope", "")
+
+	now = now.Add(time.Minute)
+	e.must(http.StatusOK, &got, "POST", "/api/v1/rules/ops.b/enable", "")
+	if !got.Data.Enabled || !got.Data.Updated.Equal(now) || !got.Data.Created.Equal(now.Add(-time.Minute)) {
+		t.Errorf("enable ops.b = %+v, want enabled, updated %v, created unchanged", got.Data, now)
+	}
+	e.must(http.StatusOK, &got, "POST", "/api/v1/rules/ops.b/disable", `{"ignored":true}`)
+	if got.Data.Enabled {
+		t.Errorf("disable ops.b = %+v, want disabled", got.Data)
+	}
+	e.must(http.StatusOK, &got, "PUT", "/api/v1/rules/ops.a",
+		`{"trigger_params":{"expression":"0 * * * * *"},"trigger_ref":"core.crontimer","action_ref":null,"enabled":false}`)
+	if got.Data.TriggerRef != "core.crontimer" || string(got.Data.TriggerParams) != `{"expression":"0 * * * * *"}` ||
+		got.Data.ActionRef != nil || got.Data.Enabled || got.Data.TriggerID == nil {
+		t.Errorf("PUT ops.a = %+v, want cron, new params, no action, disabled, trigger_id kept", got.Data)
+	}
+	e.must(http.StatusBadRequest, nil, "PUT", "/api/v1/rules/ops.a", `{"ref":"ops.z"}`)
+
+	e.must(http.StatusOK, &got, "DELETE", "/api/v1/rules/ops.a", "")
+	if got.Data.Ref != "ops.a" {
+		t.Errorf("DELETE ops.a answered %+v, want the deleted rule", got.Data)
+	}
+	e.must(http.StatusNotFound, nil, "GET", "/api/v1/rules/ops.a", "")
+	// The ref is free again; ids are never reused.
+	e.must(http.StatusCreated, &got, "POST", "/api/v1/rules", `{"ref":"ops.a","trigger_ref":"core.crontimer"}`)
+	if got.Data.ID != 3 {
+		t.Errorf("re-created ops.a id = %d, want 3", got.Data.ID)
+	}
+}
+
+func TestRuleCreateInvalid(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name, body, wantErr string
+	}{
+		{"malformed", `{"ref":`, "malformed JSON"},
+		{"not an object", `[{"ref":"a"}]`, "body must be a JSON object"},
+		{"empty body", ``, "body must be a JSON object"},
+		{"ref missing", `{"trigger_ref":"t"}`, "ref: required"},
+		{"ref null", `{"ref":null,"trigger_ref":"t"}`, "ref: required"},
+		{"ref empty", `{"ref":"","trigger_ref":"t"}`, "ref: must not be empty"},
+		{"ref number", `{"ref":1,"trigger_ref":"t"}`, "ref: must be a string"},
+		{"ref with slash", `{"ref":"a/b","trigger_ref":"t"}`, "ref: \"a/b\" has a character"},
+		{"ref too long", `{"ref":"` + strings.Repeat("a", 256) + `","trigger_ref":"t"}`, "ref: longer than 255"},
+		{"trigger_ref missing", `{"ref":"a"}`, "trigger_ref: required"},
+		{"trigger_ref bool", `{"ref":"a","trigger_ref":true}`, "trigger_ref: must be a string"},
+		{"params array", `{"ref":"a","trigger_ref":"t","trigger_params":[1]}`, "trigger_params: must be a JSON object"},
+		{"params string", `{"ref":"a","trigger_ref":"t","trigger_params":"{}"}`, "trigger_params: must be a JSON object"},
+		{"enabled string", `{"ref":"a","trigger_ref":"t","enabled":"true"}`, "enabled: must be a boolean"},
+		{"action_ref number", `{"ref":"a","trigger_ref":"t","action_ref":3}`, "action_ref: must be a string"},
+		{"trigger_id zero", `{"ref":"a","trigger_ref":"t","trigger_id":0}`, "trigger_id: must be a positive integer"},
+		{"trigger_id string", `{"ref":"a","trigger_ref":"t","trigger_id":"7"}`, "trigger_id: must be a positive integer"},
+		{"trailing data", `{"ref":"a","trigger_ref":"t"} {}`, "malformed JSON"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got apiError
+			e.must(http.StatusBadRequest, &got, "POST", "/api/v1/rules", tc.body)
+			if !strings.Contains(got.Error, tc.wantErr) {
+				t.Errorf("POST /api/v1/rules %s: error %q, want it to contain %q", tc.body, got.Error, tc.wantErr)
+			}
+		})
+	}
+	var list ruleList
+	e.must(http.StatusOK, &list, "GET", "/api/v1/rules", "")
+	if len(list.Items) != 0 || list.Pagination.TotalItems != 0 {
+		t.Errorf("after invalid creates: %+v, want no rules", list)
+	}
+	select {
+	case m := <-e.msg:
+		t.Errorf("invalid create published %s %s", m.RoutingKey, m.Body)
+	default:
+	}
+	// The next valid rule still gets id 1: failed writes consume no id.
+	var got ruleResp
+	e.must(http.StatusCreated, &got, "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"t"}`)
+	e.must(http.StatusConflict, nil, "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"t"}`)
+	e.must(http.StatusCreated, &got, "POST", "/api/v1/rules", `{"ref":"b","trigger_ref":"t"}`)
+	if got.Data.ID != 2 {
+		t.Errorf("id after failures = %d, want 2", got.Data.ID)
+	}
+}
+
+func TestRuleList(t *testing.T) {
+	e := newEnv(t)
+	// 25 rules: odd ids are cron, even interval; every third disabled.
+	for i := 1; i <= 25; i++ {
+		tref := "core.crontimer"
+		if i%2 == 0 {
+			tref = "core.intervaltimer"
+		}
+		e.must(http.StatusCreated, nil, "POST", "/api/v1/rules",
+			fmt.Sprintf(`{"ref":"r%02d","trigger_ref":%q,"enabled":%v}`, i, tref, i%3 != 0))
+	}
+	tests := []struct {
+		query    string
+		wantIDs  []int64
+		wantPage pagination
+	}{
+		{"", seq(1, 25), pagination{1, 100, 25, 1, false, false}},
+		{"?page_size=10", seq(1, 10), pagination{1, 10, 25, 3, true, false}},
+		{"?page_size=10&page=2", seq(11, 20), pagination{2, 10, 25, 3, true, true}},
+		{"?page_size=10&page=3", seq(21, 25), pagination{3, 10, 25, 3, false, true}},
+		{"?page_size=10&page=4", nil, pagination{4, 10, 25, 3, false, true}},
+		{"?page=1000000000", nil, pagination{1000000000, 100, 25, 1, false, true}},
+		{"?page_size=1000", seq(1, 25), pagination{1, 1000, 25, 1, false, false}},
+		{"?page_size=5&page=5", seq(21, 25), pagination{5, 5, 25, 5, false, true}},
+		{"?trigger_ref=core.intervaltimer&enabled=true&page_size=3",
+			[]int64{2, 4, 8}, pagination{1, 3, 8, 3, true, false}},
+		{"?trigger_ref=core.intervaltimer&enabled=true&page_size=3&page=3", []int64{20, 22}, pagination{3, 3, 8, 3, false, true}},
+		{"?enabled=false", []int64{3, 6, 9, 12, 15, 18, 21, 24}, pagination{1, 100, 8, 1, false, false}},
+		{"?enabled=0&trigger_ref=core.crontimer", []int64{3, 9, 15, 21}, pagination{1, 100, 4, 1, false, false}},
+		{"?trigger_ref=core.nothing", nil, pagination{1, 100, 0, 0, false, false}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.query, func(t *testing.T) {
+			var got ruleList
+			code, raw := e.do("GET", "/api/v1/rules"+tc.query, "")
+			if code != http.StatusOK {
+				t.Fatalf("GET %s = %d %s, want 200", tc.query, code, raw)
+			}
+			if !strings.Contains(string(raw), `"items":[`) {
+				t.Errorf("GET %s = %s: items must be an array, never null", tc.query, raw)
+			}
+			if err := json.Unmarshal(raw, &got); err != nil {
+				t.Fatal(err)
+			}
+			var ids []int64
+			for _, r := range got.Items {
+				ids = append(ids, r.ID)
+			}
+			if fmt.Sprint(ids) != fmt.Sprint(tc.wantIDs) || got.Pagination != tc.wantPage {
+				t.Errorf("GET /api/v1/rules%s = ids %v %+v, want %v %+v", tc.query, ids, got.Pagination, tc.wantIDs, tc.wantPage)
+			}
+		})
+	}
+	for _, q := range []string{"page_size=0", "page_size=-1", "page_size=100000", "page_size=abc", "page_size=",
+		"page=0", "page=-1", "page=abc", "page=1.5", "page=99999999999999999999", "enabled=maybe", "enabled="} {
+		var got apiError
+		e.must(http.StatusBadRequest, &got, "GET", "/api/v1/rules?"+q, "")
+		if got.Error == "" {
+			t.Errorf("GET /api/v1/rules?%s: empty error message", q)
+		}
+	}
+}
+
+func seq(from, to int64) []int64 {
+	var s []int64
+	for i := from; i <= to; i++ {
+		s = append(s, i)
+	}
+	return s
+}
+
+// wantMsg is one expected lifecycle message; params "" means nil.
+type wantMsg struct {
+	typ        ingest.LifecycleType
+	triggerRef string
+	params     string
+	enabled    bool
+}
+
+// nextMsgs reads lifecycle messages up to a marker the test publishes itself
+// (the server publishes before it answers, so the marker comes last).
+func (e *testEnv) nextMsgs() []ingest.Lifecycle {
+	e.t.Helper()
+	if err := e.bus.Publish(context.Background(), ingest.Message{RoutingKey: "marker"}); err != nil {
+		e.t.Fatal(err)
+	}
+	var got []ingest.Lifecycle
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case m := <-e.msg:
+			if m.RoutingKey == "marker" {
+				return got
+			}
+			l, err := ingest.ParseLifecycle(m.Body, "")
+			if err != nil {
+				e.t.Fatalf("ParseLifecycle(%s) = %v", m.Body, err)
+			}
+			if m.RoutingKey != ingest.RoutingKey(l.Type) {
+				e.t.Errorf("message %s has routing key %q, want %q", l.Type, m.RoutingKey, ingest.RoutingKey(l.Type))
+			}
+			got = append(got, l)
+		case <-timeout:
+			e.t.Fatal("marker not received")
+		}
+	}
+}
+
+func TestRuleWritesPublishLifecycle(t *testing.T) {
+	e := newEnv(t)
+	const (
+		interval = "core.intervaltimer"
+		cron     = "core.crontimer"
+	)
+	p5 := `{"interval":5}`
+	steps := []struct {
+		name         string
+		method, path string
+		body         string
+		want         []wantMsg
+	}{
+		{"create enabled", "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}`,
+			[]wantMsg{{ingest.RuleCreated, interval, p5, true}}},
+		{"create disabled", "POST", "/api/v1/rules", `{"ref":"b","trigger_ref":"core.crontimer","enabled":false}`,
+			[]wantMsg{{ingest.RuleCreated, cron, `{}`, false}}},
+		{"duplicate publishes nothing", "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"x"}`, nil},
+		{"enable", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{}`, true}}},
+		{"enable again is published again", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{}`, true}}},
+		{"disable", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
+		{"disable again", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
+		{"PUT params of enabled", "PUT", "/api/v1/rules/a", `{"trigger_params":{"interval":10}}`,
+			[]wantMsg{{ingest.RuleEnabled, interval, `{"interval":10}`, true}}},
+		{"PUT same params in another spelling", "PUT", "/api/v1/rules/a", `{"trigger_params":{ "interval" : 10 },"enabled":true}`, nil},
+		{"PUT action only", "PUT", "/api/v1/rules/a", `{"action_ref":"core.echo"}`, nil},
+		{"PUT trigger of enabled", "PUT", "/api/v1/rules/a", `{"trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"}}`,
+			[]wantMsg{{ingest.RuleDisabled, interval, "", false}, {ingest.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
+		{"PUT disable", "PUT", "/api/v1/rules/a", `{"enabled":false}`, []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
+		{"PUT params of disabled", "PUT", "/api/v1/rules/a", `{"trigger_params":{"expression":"@daily"}}`, nil},
+		{"PUT enable with new trigger", "PUT", "/api/v1/rules/a", `{"enabled":true,"trigger_ref":"core.intervaltimer","trigger_params":{"interval":1}}`,
+			[]wantMsg{{ingest.RuleEnabled, interval, `{"interval":1}`, true}}},
+		{"PUT invalid publishes nothing", "PUT", "/api/v1/rules/a", `{"enabled":"no"}`, nil},
+		{"delete", "DELETE", "/api/v1/rules/a", "", []wantMsg{{ingest.RuleDeleted, interval, "", false}}},
+		{"delete missing publishes nothing", "DELETE", "/api/v1/rules/a", "", nil},
+	}
+	ids := map[string]int64{"a": 1, "b": 2}
+	for _, st := range steps {
+		e.do(st.method, st.path, st.body)
+		got := e.nextMsgs()
+		var g, w []string
+		for _, l := range got {
+			g = append(g, fmt.Sprintf("%s %s %s %v", l.Type, l.TriggerRef, l.Params, l.Enabled))
+			ref := strings.Split(strings.TrimPrefix(st.path, "/api/v1/rules/"), "/")[0]
+			if st.path == "/api/v1/rules" {
+				ref = l.RuleRef
+			}
+			if l.RuleRef != ref || l.RuleID != ids[ref] || l.MessageID == "" || l.Timestamp.IsZero() {
+				t.Errorf("%s: message %+v: want rule %s id %d, a message id and a timestamp", st.name, l, ref, ids[ref])
+			}
+		}
+		for _, m := range st.want {
+			w = append(w, fmt.Sprintf("%s %s %s %v", m.typ, m.triggerRef, m.params, m.enabled))
+		}
+		if strings.Join(g, "\n") != strings.Join(w, "\n") {
+			t.Errorf("%s: %s %s %s published\n%s\nwant\n%s", st.name, st.method, st.path, st.body,
+				strings.Join(g, "\n"), strings.Join(w, "\n"))
+		}
+	}
+}
+
+type failingPublisher struct{}
+
+func (failingPublisher) Publish(context.Context, ingest.Message) error {
+	return errors.New("broker down")
+}
+
+func TestPublishErrorKeepsWrite(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Publisher = failingPublisher{} })
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"t"}`)
+	e.must(http.StatusOK, nil, "POST", "/api/v1/rules/a/disable", "")
+	e.must(http.StatusOK, nil, "GET", "/api/v1/rules/a", "")
+	if got := e.counter("timerd_api_publish_errors_total"); got != 2 {
+		t.Errorf("timerd_api_publish_errors_total = %v, want 2", got)
+	}
+	if got := e.counter("timerd_api_requests_total", "route", "POST /api/v1/rules", "code", "201"); got != 1 {
+		t.Errorf("timerd_api_requests_total{POST /api/v1/rules,201} = %v, want 1", got)
+	}
+}
+
+func TestRestartKeepsRulesAndCounters(t *testing.T) {
+	e := newEnv(t)
+	for _, ref := range []string{"a", "b", "c"} {
+		e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"`+ref+`","trigger_ref":"t","trigger_params":{"k":1}}`)
+	}
+	e.must(http.StatusOK, nil, "DELETE", "/api/v1/rules/c", "")
+	e.must(http.StatusOK, nil, "POST", "/api/v1/rules/b/disable", "")
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/events", `{"trigger_ref":"t","trigger_instance_id":"rule_1","payload":{"n":1}}`,
+		"Idempotency-Key", "1:100")
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/events", `{"trigger_ref":"t","trigger_instance_id":"rule_2"}`)
+
+	e.restart()
+
+	var list ruleList
+	e.must(http.StatusOK, &list, "GET", "/api/v1/rules", "")
+	if len(list.Items) != 2 || list.Items[0].Ref != "a" || !list.Items[0].Enabled || list.Items[1].Ref != "b" ||
+		list.Items[1].Enabled || string(list.Items[1].TriggerParams) != `{"k":1}` {
+		t.Fatalf("rules after restart = %+v, want a (enabled), b (disabled)", list.Items)
+	}
+	var got ruleResp
+	e.must(http.StatusCreated, &got, "POST", "/api/v1/rules", `{"ref":"d","trigger_ref":"t"}`)
+	if got.Data.ID != 4 {
+		t.Errorf("rule id after restart = %d, want 4 (3 was used before)", got.Data.ID)
+	}
+	e.must(http.StatusConflict, nil, "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"t"}`)
+
+	var ev eventData
+	e.must(http.StatusOK, &ev, "POST", "/api/v1/events", `{"trigger_ref":"t","trigger_instance_id":"rule_1"}`, "Idempotency-Key", "1:100")
+	if ev.Data.ID != 1 {
+		t.Errorf("repeat after restart = id %d, want 1", ev.Data.ID)
+	}
+	e.must(http.StatusCreated, &ev, "POST", "/api/v1/events", `{"trigger_ref":"t","trigger_instance_id":"rule_1"}`)
+	if ev.Data.ID != 3 {
+		t.Errorf("event id after restart = %d, want 3", ev.Data.ID)
+	}
+	var evs eventList
+	e.must(http.StatusOK, &evs, "GET", "/api/v1/events?rule_ref=a", "")
+	if evs.Pagination.TotalItems != 2 {
+		t.Errorf("events of rule a after restart = %+v, want 2", evs)
+	}
+}

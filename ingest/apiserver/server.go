@@ -1,0 +1,419 @@
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/ingest"
+)
+
+// MaxBodyBytes bounds every request body; larger bodies get 413.
+const MaxBodyBytes = 1 << 20
+
+// ErrForbidden, returned (wrapped) by Config.Authenticate, turns the answer
+// into 403 instead of 401.
+var ErrForbidden = errors.New("forbidden")
+
+// ErrClosed is returned by operations on a closed Server.
+var ErrClosed = errors.New("api server closed")
+
+// Config configures a Server.
+type Config struct {
+	// DataDir holds the server's bbolt file, DataDir/api.db. Required.
+	DataDir string
+	// Publisher, if set, receives a lifecycle message (envelope shape) after
+	// each committed rule write. Publishing is best-effort, as in Attune:
+	// a failure is logged and counted, the write stands.
+	Publisher ingest.Publisher
+	// Authenticate, if set, runs before every API handler (not /health).
+	// An error answers 401, or 403 if it wraps ErrForbidden. nil: open.
+	Authenticate func(r *http.Request) error
+	Logger       *slog.Logger          // nil: discard
+	Registerer   prometheus.Registerer // nil: metrics are not registered
+	Now          func() time.Time      // nil: time.Now
+	// PublishTimeout bounds one Publish call. Default 5 s.
+	PublishTimeout time.Duration
+}
+
+// Validate reports the first bad field of c.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("apiserver: DataDir: required")
+	}
+	if c.PublishTimeout < 0 {
+		return fmt.Errorf("apiserver: PublishTimeout: %v is negative", c.PublishTimeout)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = 5 * time.Second
+	}
+}
+
+// Server is the Attune-compatible API: rules, events and health.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	db      *bolt.DB
+	metrics metrics
+	handler http.Handler
+
+	cat *catalogue // rules, in memory; bbolt is the durable copy
+
+	// ruleWriteMu serialises rule writes from transaction to publish, so that
+	// lifecycle messages leave in commit order.
+	ruleWriteMu sync.Mutex
+
+	evq       chan *eventReq // unbuffered: a send succeeds only while the committer runs
+	quit      chan struct{}
+	committer sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type metrics struct {
+	requests      *prometheus.CounterVec
+	eventsStored  prometheus.Counter
+	eventsDup     prometheus.Counter
+	publishErrors prometheus.Counter
+	eventBatch    prometheus.Histogram
+	eventCommit   prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) metrics {
+	f := promauto.With(reg)
+	return metrics{
+		requests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_api_requests_total",
+			Help: "API requests answered, by route pattern and status code.",
+		}, []string{"route", "code"}),
+		eventsStored: f.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_api_events_stored_total",
+			Help: "Events stored by the API server.",
+		}),
+		eventsDup: f.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_api_events_duplicate_total",
+			Help: "Events dropped because their Idempotency-Key was already stored.",
+		}),
+		publishErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_api_publish_errors_total",
+			Help: "Lifecycle messages that could not be published after a rule write.",
+		}),
+		eventBatch: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "timerd_api_event_commit_batch_size",
+			Help:    "Events per bbolt transaction of the event committer.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 7),
+		}),
+		eventCommit: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "timerd_api_event_commit_seconds",
+			Help:    "Duration of one bbolt transaction of the event committer, fsync included.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 10),
+		}),
+	}
+}
+
+var (
+	bucketRules     = []byte("rules")      // id → rule JSON
+	bucketRuleRefs  = []byte("rule_refs")  // ref → id
+	bucketEvents    = []byte("events")     // id → event JSON; never deleted, so ids are 1..Sequence()
+	bucketEventIdem = []byte("event_idem") // Idempotency-Key → id
+	bucketEventInst = []byte("event_inst") // indexKey(trigger_instance_id, id) → nil
+	bucketEventRule = []byte("event_rule") // indexKey(rule_ref, id) → nil
+)
+
+// New opens (or creates) DataDir/api.db, loads the rules and starts the
+// event committer. Close releases both.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("apiserver: create data dir %q: %w", cfg.DataDir, err)
+	}
+	path := filepath.Join(cfg.DataDir, "api.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout: 5 * time.Second, // bbolt waits forever for the file lock by default
+		// The freelist is rebuilt at open instead of written at every commit:
+		// cheaper commits for the event path, as etcd does.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apiserver: open store %q: %w", path, err)
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "apiserver"),
+		db:      db,
+		metrics: newMetrics(cfg.Registerer),
+		evq:     make(chan *eventReq),
+		quit:    make(chan struct{}),
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketRules, bucketRuleRefs, bucketEvents, bucketEventIdem, bucketEventInst, bucketEventRule} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return fmt.Errorf("create bucket %s: %w", b, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("apiserver: init store %q: %w", path, err)
+	}
+	if s.cat, err = loadCatalogue(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("apiserver: load rules from %q: %w", path, err)
+	}
+	s.handler = s.routes()
+	s.committer.Add(1)
+	go s.runCommitter()
+	return s, nil
+}
+
+// Handler returns the HTTP handler of the API.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Close stops the event committer (pending inserts fail with 503) and closes
+// the database. It is idempotent. Stop serving before closing.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.quit)
+		s.committer.Wait()
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("apiserver: close store: %w", err)
+		}
+	})
+	return s.closeErr
+}
+
+// Serve serves the API on ln until ctx is done, then shuts down gracefully
+// (in-flight requests get up to 10 s). It does not Close the Server.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("apiserver: serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		err = errors.Join(fmt.Errorf("apiserver: shutdown: %w", err), srv.Close())
+	}
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	type route struct {
+		pattern string
+		h       http.HandlerFunc
+	}
+	api := []route{
+		{"GET /api/v1/rules", s.listRules},
+		{"POST /api/v1/rules", s.createRule},
+		{"GET /api/v1/rules/{ref}", s.getRule},
+		{"PUT /api/v1/rules/{ref}", s.updateRule},
+		{"DELETE /api/v1/rules/{ref}", s.deleteRule},
+		{"POST /api/v1/rules/{ref}/enable", s.enableRule},
+		{"POST /api/v1/rules/{ref}/disable", s.disableRule},
+		{"GET /api/v1/events", s.listEvents},
+		{"POST /api/v1/events", s.createEvent},
+		{"POST /events", s.createEvent},
+	}
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	allowed := map[string][]string{"/health": {"GET", "HEAD"}}
+	var paths []string
+	for _, rt := range api {
+		mux.Handle(rt.pattern, s.authenticate(rt.h))
+		method, path, _ := strings.Cut(rt.pattern, " ")
+		if _, ok := allowed[path]; !ok {
+			paths = append(paths, path)
+		}
+		allowed[path] = append(allowed[path], method)
+		if method == "GET" {
+			allowed[path] = append(allowed[path], "HEAD")
+		}
+	}
+	// Known paths with another method: 405 in JSON, with Allow.
+	for _, path := range append(paths, "/health") {
+		allow := allowed[path]
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no route for %s %s", r.Method, r.URL.Path)
+	})
+	return s.instrument(mux)
+}
+
+// instrument counts requests by route pattern and code, and turns a panic
+// in a handler into a 500 rather than a dropped connection.
+func (s *Server) instrument(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler { //nolint:errorlint // sentinel compared as net/http does
+					panic(v)
+				}
+				s.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(v))
+				if sw.code == 0 {
+					writeError(sw, http.StatusInternalServerError, "internal error")
+				}
+			}
+			route := r.Pattern // set in place by ServeMux
+			if route == "" || route == "/" {
+				route = "other"
+			}
+			code := sw.code
+			if code == 0 {
+				code = http.StatusOK
+			}
+			s.metrics.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+		}()
+		mux.ServeHTTP(sw, r)
+	})
+}
+
+func (s *Server) authenticate(h http.Handler) http.Handler {
+	if s.cfg.Authenticate == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.cfg.Authenticate(r); err != nil {
+			if errors.Is(err, ErrForbidden) {
+				writeError(w, http.StatusForbidden, "%v", err)
+				return
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="timerd"`)
+			writeError(w, http.StatusUnauthorized, "%v", err)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"error":"encode response"}`)
+	}
+	writeRaw(w, code, b)
+}
+
+func writeRaw(w http.ResponseWriter, code int, b []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+// httpError is an error with the status it answers.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func errorf(code int, format string, args ...any) *httpError {
+	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// fail answers err: its own status for an *httpError, 500 (logged) otherwise.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var he *httpError
+	if errors.As(err, &he) {
+		writeError(w, he.code, "%s", he.msg)
+		return
+	}
+	if errors.Is(err, ErrClosed) {
+		writeError(w, http.StatusServiceUnavailable, "server is shutting down")
+		return
+	}
+	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusInternalServerError, "internal error")
+}
+
+// readBody reads at most MaxBodyBytes of r's body.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request body exceeds %d bytes", MaxBodyBytes)
+		}
+		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,62 @@
+package ingest
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type deliveryMetrics struct {
+	deliveries  *prometheus.CounterVec // by HTTP status, or "error"
+	seconds     prometheus.Histogram
+	deadLetters *prometheus.CounterVec // by HTTP status
+	depth       prometheus.Gauge
+}
+
+func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
+	m := &deliveryMetrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_deliveries_total",
+			Help: "Event POST attempts to the events API, by HTTP status code (\"error\" when no response).",
+		}, []string{"code"}),
+		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "timerd_delivery_seconds",
+			Help:    "Duration of one event POST attempt.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_dead_letters_total",
+			Help: "Events moved to dead letters after a permanent rejection, by HTTP status code.",
+		}, []string{"reason"}),
+		depth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "timerd_outbox_depth",
+			Help: "Events committed and not yet delivered or dead-lettered.",
+		}),
+	}
+	if reg == nil {
+		return m
+	}
+	m.deliveries = registerOrExisting(reg, m.deliveries)
+	m.seconds = registerOrExisting(reg, m.seconds)
+	m.deadLetters = registerOrExisting(reg, m.deadLetters)
+	m.depth = registerOrExisting(reg, m.depth)
+	return m
+}
+
+// registerOrExisting registers c, or returns the collector already registered under
+// the same description, so that a second Delivery on one registry (a restart
+// inside one process) shares the series instead of failing.
+func registerOrExisting[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	// A conflicting collector of another type: keep ours, unregistered.
+	return c
+}

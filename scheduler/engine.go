@@ -1,0 +1,554 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/bits"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// CommitFunc durably records fires (one bbolt transaction). It is called only
+// from the engine goroutine. The slice is reused once it returns: copy what
+// you keep. An error makes the engine retry the same fires after a backoff.
+type CommitFunc func(fires []Fire) error
+
+// Config configures an Engine.
+type Config struct {
+	Commit              CommitFunc            // required
+	Now                 func() time.Time      // default time.Now
+	DefaultMisfireGrace time.Duration         // default 1m; UnlimitedGrace allowed: a slot up to this late fires normally
+	MaxCatchUp          int                   // fire_all cap per rule per catch-up, default 100
+	MaxBatch            int                   // fires per commit, default 10000
+	RetryMin, RetryMax  time.Duration         // commit-failure backoff, default 100ms..10s
+	Logger              *slog.Logger          // default: discard
+	Registerer          prometheus.Registerer // nil: no metrics registered
+}
+
+// Defaults of Config.
+const (
+	DefaultMisfireGrace = time.Minute
+	DefaultMaxCatchUp   = 100
+	DefaultMaxBatch     = 10000
+	DefaultRetryMin     = 100 * time.Millisecond
+	DefaultRetryMax     = 10 * time.Second
+
+	maxCatchUpLimit = 1_000_000 // the catch-up search keeps this many slots in memory
+)
+
+func (c Config) withDefaults() Config {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.DefaultMisfireGrace == 0 {
+		c.DefaultMisfireGrace = DefaultMisfireGrace
+	}
+	if c.MaxCatchUp == 0 {
+		c.MaxCatchUp = DefaultMaxCatchUp
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultMaxBatch
+	}
+	if c.RetryMin == 0 {
+		c.RetryMin = DefaultRetryMin
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = DefaultRetryMax
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports the first bad field. Zero values mean the default.
+func (c Config) Validate() error {
+	switch {
+	case c.Commit == nil:
+		return errors.New("scheduler config: Commit is required")
+	case c.DefaultMisfireGrace < 0 && c.DefaultMisfireGrace != UnlimitedGrace:
+		return fmt.Errorf("scheduler config: DefaultMisfireGrace %v: must be >= 0 or UnlimitedGrace", c.DefaultMisfireGrace)
+	case c.MaxCatchUp < 0 || c.MaxCatchUp > maxCatchUpLimit:
+		return fmt.Errorf("scheduler config: MaxCatchUp %d: must be in [0, %d]", c.MaxCatchUp, maxCatchUpLimit)
+	case c.MaxBatch < 0:
+		return fmt.Errorf("scheduler config: MaxBatch %d: must be >= 0", c.MaxBatch)
+	case c.RetryMin < 0:
+		return fmt.Errorf("scheduler config: RetryMin %v: must be >= 0", c.RetryMin)
+	case c.RetryMax < 0:
+		return fmt.Errorf("scheduler config: RetryMax %v: must be >= 0", c.RetryMax)
+	}
+	if d := c.withDefaults(); d.RetryMin > d.RetryMax {
+		return fmt.Errorf("scheduler config: RetryMin %v exceeds RetryMax %v", d.RetryMin, d.RetryMax)
+	}
+	return nil
+}
+
+// Item is one rule of a bulk Load.
+type Item struct {
+	ID        int64
+	Timer     *Timer
+	Watermark Watermark
+}
+
+type ruleState uint8
+
+const (
+	idle   ruleState = iota // known, no next slot (a datetime that fired)
+	queued                  // in the heap
+	busy                    // popped: its fires are being committed
+)
+
+// rule is one slot of the engine's slab. Rules live by value in one slice,
+// addressed by index, so a million rules are one allocation, not a million.
+type rule struct {
+	id      int64
+	timer   *Timer
+	wm      Watermark
+	next    time.Time // next slot while queued
+	state   ruleState
+	removed bool // Remove came while busy: free the slot after the commit
+	changed bool // Upsert replaced the timer while busy: reschedule after the commit
+}
+
+// flight is a busy rule of the batch being committed.
+type flight struct {
+	idx int32
+	p   planned
+}
+
+// Engine fires the slots of a set of rules: one goroutine (Run), a typed
+// min-heap of next slots and one time.Timer set to the root. Upsert, Remove
+// and Load may be called from any goroutine, before or during Run.
+//
+// Locking: mu guards the rules and the heap, and is held only for heap
+// operations and slot arithmetic, never across Commit. While a batch is
+// committed its rules are "busy" (out of the heap); an Upsert or Remove of a
+// busy rule is recorded on it and applied when the commit is done.
+type Engine struct {
+	cfg  Config
+	log  *slog.Logger
+	m    *metrics
+	wake chan struct{}
+	ran  atomic.Bool
+
+	mu    sync.Mutex
+	ids   map[int64]int32 // rule id -> slab index
+	rules []rule
+	free  []int32 // released slab indexes
+	heap  slotHeap
+	calls uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
+
+	// Owned by the Run goroutine (and written under mu while planning).
+	fires   []Fire
+	flights []flight
+	ring    []time.Time // catch-up scratch, MaxCatchUp long
+}
+
+// New returns an engine; call Run to start firing.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	e := &Engine{
+		cfg:  cfg,
+		log:  cfg.Logger,
+		wake: make(chan struct{}, 1),
+		ids:  make(map[int64]int32),
+	}
+	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(e.Len()) })
+	if err != nil {
+		return nil, err
+	}
+	e.m = m
+	return e, nil
+}
+
+// Upsert adds a rule or changes its timer. An Upsert whose timer Equals the
+// current one changes nothing: the in-memory watermark and count are kept
+// (repeated "enable" messages are normal). A different timer replaces the
+// schedule, continuing after the later of wm and the current watermark, with
+// the higher count. For a new rule, wm.Slot is its creation time: the first
+// slot fired is the first one after it.
+func (e *Engine) Upsert(id int64, t *Timer, wm Watermark) {
+	if t == nil {
+		e.log.Error("upsert of a rule without a timer; ignored", "rule_id", id)
+		return
+	}
+	e.mu.Lock()
+	before := e.rootLocked()
+	e.upsertLocked(id, t, wm, true)
+	changed := e.rootLocked() != before
+	e.mu.Unlock()
+	if changed {
+		e.signal()
+	}
+}
+
+// Remove forgets a rule. A fire of it already being committed completes; no
+// later slot fires.
+func (e *Engine) Remove(id int64) {
+	e.mu.Lock()
+	idx, ok := e.ids[id]
+	if !ok {
+		e.mu.Unlock()
+		return
+	}
+	before := e.rootLocked()
+	delete(e.ids, id)
+	r := &e.rules[idx]
+	if r.state == busy {
+		r.removed = true
+	} else {
+		e.heap.remove(idx)
+		e.release(idx)
+	}
+	changed := e.rootLocked() != before
+	e.mu.Unlock()
+	if changed {
+		e.signal()
+	}
+}
+
+// Load adds or changes many rules at once, as Upsert does for each. A large
+// load is appended and heapified in O(n) rather than pushed one by one.
+func (e *Engine) Load(items []Item) {
+	if len(items) == 0 {
+		return
+	}
+	e.mu.Lock()
+	before := e.rootLocked()
+	// Heapify costs O(heap); pushing costs O(items·log heap).
+	bulk := len(items)*bits.Len(uint(e.heap.len()+len(items))) >= e.heap.len()
+	if len(e.ids) == 0 {
+		e.ids = make(map[int64]int32, len(items))
+	}
+	e.rules = slices.Grow(e.rules, len(items))
+	e.heap.pos = slices.Grow(e.heap.pos, len(items))
+	if bulk {
+		e.heap.es = slices.Grow(e.heap.es, len(items))
+	}
+	for _, it := range items {
+		if it.Timer == nil {
+			e.log.Error("load of a rule without a timer; ignored", "rule_id", it.ID)
+			continue
+		}
+		e.upsertLocked(it.ID, it.Timer, it.Watermark, !bulk)
+	}
+	if bulk {
+		e.heap.heapify()
+	}
+	changed := e.rootLocked() != before
+	e.mu.Unlock()
+	if changed {
+		e.signal()
+	}
+}
+
+// Len is the number of rules the engine knows, including one-shot timers
+// that have fired and have no next slot (they stay known so that a repeated
+// Upsert of the same timer does not fire them again).
+func (e *Engine) Len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.ids)
+}
+
+// NextFire is the earliest pending slot, if any.
+func (e *Engine) NextFire() (time.Time, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	root, ok := e.heap.peek()
+	if !ok {
+		return time.Time{}, false
+	}
+	return e.rules[root.idx].next, true
+}
+
+// Watermark is the rule's last committed slot and fire count as the engine
+// holds them (it includes slots skipped by the misfire policy).
+func (e *Engine) Watermark(id int64) (Watermark, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	idx, ok := e.ids[id]
+	if !ok {
+		return Watermark{}, false
+	}
+	return e.rules[idx].wm, true
+}
+
+// Run fires due slots until ctx is done, then returns nil. A commit in
+// progress is waited for; a batch still failing is abandoned uncommitted (its
+// slots fire again on the next start). Run may be called once.
+func (e *Engine) Run(ctx context.Context) error {
+	if !e.ran.CompareAndSwap(false, true) {
+		return errors.New("scheduler: Run called more than once")
+	}
+	tm := time.NewTimer(time.Hour)
+	tm.Stop()
+	defer tm.Stop()
+	for ctx.Err() == nil {
+		wait, armed := e.prepare()
+		if len(e.flights) > 0 {
+			if !e.commit(ctx, tm) {
+				return nil
+			}
+			continue // more may have come due during the commit: group them
+		}
+		if armed {
+			tm.Reset(wait)
+		} else {
+			tm.Stop()
+		}
+		select {
+		case <-ctx.Done():
+		case <-tm.C:
+		case <-e.wake:
+		}
+	}
+	return nil
+}
+
+// signal wakes Run to look at a new heap root; it never blocks.
+func (e *Engine) signal() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// rootLocked identifies the heap root, to tell whether a change moved it.
+func (e *Engine) rootLocked() entry {
+	if root, ok := e.heap.peek(); ok {
+		return root
+	}
+	return entry{at: math.MaxInt64, idx: -1}
+}
+
+// upsertLocked is Upsert without the lock and the wake-up; sift false leaves
+// the heap for a heapify (bulk load).
+func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
+	idx, ok := e.ids[id]
+	if !ok {
+		idx = e.alloc()
+		e.rules[idx] = rule{id: id, timer: t, wm: wm}
+		e.ids[id] = idx
+		e.schedule(idx, sift)
+		return
+	}
+	r := &e.rules[idx]
+	if r.timer == t || r.timer.Equal(t) {
+		return
+	}
+	r.timer = t
+	if wm.Slot.After(r.wm.Slot) {
+		r.wm.Slot = wm.Slot
+	}
+	r.wm.Count = max(r.wm.Count, wm.Count)
+	if r.state == busy {
+		r.changed = true
+		return
+	}
+	e.schedule(idx, sift)
+}
+
+// schedule computes the next slot of an idle or queued rule from its
+// watermark and places it in the heap (or out of it when there is none).
+func (e *Engine) schedule(idx int32, sift bool) {
+	r := &e.rules[idx]
+	next, ok := e.nextSlot(r.timer, r.wm.Slot)
+	if !ok {
+		e.heap.remove(idx)
+		r.state, r.next = idle, time.Time{}
+		return
+	}
+	r.next = next
+	at := key(next)
+	switch {
+	case r.state == queued && sift:
+		e.heap.update(idx, at)
+	case r.state == queued:
+		e.heap.setAt(idx, at)
+	case sift:
+		e.heap.push(idx, at)
+	default:
+		e.heap.appendUnordered(idx, at)
+	}
+	r.state = queued
+}
+
+// place puts a rule whose next slot is known back in the heap.
+func (e *Engine) place(idx int32, next time.Time, ok bool) {
+	r := &e.rules[idx]
+	if !ok {
+		r.state, r.next = idle, time.Time{}
+		return
+	}
+	r.state, r.next = queued, next
+	e.heap.push(idx, key(next))
+}
+
+func (e *Engine) alloc() int32 {
+	if n := len(e.free); n > 0 {
+		idx := e.free[n-1]
+		e.free = e.free[:n-1]
+		return idx
+	}
+	e.rules = append(e.rules, rule{})
+	e.heap.grow(len(e.rules))
+	return int32(len(e.rules) - 1)
+}
+
+func (e *Engine) release(idx int32) {
+	e.rules[idx] = rule{} // drop the *Timer
+	e.free = append(e.free, idx)
+}
+
+// prepare pops every due rule (up to MaxBatch fires) and plans its fires into
+// e.fires, marking the rules busy. With nothing due it returns how long to
+// wait for the root, or armed false when the heap is empty.
+func (e *Engine) prepare() (wait time.Duration, armed bool) {
+	e.fires, e.flights = e.fires[:0], e.flights[:0]
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.cfg.Now()
+	nowKey := key(now)
+	for popped := 1; ; popped++ {
+		room := e.cfg.MaxBatch - len(e.fires)
+		root, ok := e.heap.peek()
+		if room <= 0 || !ok {
+			return 0, false
+		}
+		if root.at > nowKey {
+			if len(e.flights) > 0 {
+				return 0, false
+			}
+			if nowKey < 0 && root.at > math.MaxInt64+nowKey {
+				return maxDuration, true
+			}
+			return time.Duration(root.at - nowKey), true
+		}
+		e.heap.pop()
+		r := &e.rules[root.idx]
+		p := e.plan(r.id, r.timer, r.wm, r.next, now, room)
+		if p.n == 0 {
+			// Everything due was skipped by the misfire policy: decided
+			// here, in memory; nothing to commit.
+			r.wm.Slot = p.last
+			e.place(root.idx, p.next, p.hasNext)
+			continue
+		}
+		r.state = busy
+		e.flights = append(e.flights, flight{idx: root.idx, p: p})
+		if popped%256 == 0 {
+			// Let Upsert and Remove in during a large batch.
+			e.mu.Unlock()
+			e.mu.Lock()
+		}
+	}
+}
+
+func bySlot(a, b Fire) int { return a.Slot.Compare(b.Slot) }
+
+// commit hands the batch to Commit until it succeeds, backing off from
+// RetryMin to RetryMax between attempts, then advances the watermarks. It
+// returns false if ctx ended first (the batch is then left uncommitted).
+func (e *Engine) commit(ctx context.Context, tm *time.Timer) bool {
+	// A catch-up run of one rule can precede an earlier slot of another.
+	if !slices.IsSortedFunc(e.fires, bySlot) {
+		slices.SortStableFunc(e.fires, bySlot)
+	}
+	delay := e.cfg.RetryMin
+	for len(e.fires) > 0 {
+		start := time.Now()
+		err := e.cfg.Commit(e.fires)
+		e.m.commit.Observe(time.Since(start).Seconds())
+		if err == nil {
+			e.observe()
+			break
+		}
+		e.m.commitErrors.Inc()
+		e.log.Warn("commit of fires failed; retrying", "fires", len(e.fires), "retry_in", delay, "err", err)
+		tm.Reset(delay)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return false
+		case <-tm.C:
+		}
+		delay = min(2*delay, e.cfg.RetryMax)
+		e.refresh()
+	}
+	e.apply()
+	return true
+}
+
+// refresh readies a failed batch for another attempt: fires of rules removed
+// meanwhile are dropped (their new owner fires them), FiredAt is now.
+func (e *Engine) refresh() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var gone map[int64]bool
+	for _, fl := range e.flights {
+		if r := &e.rules[fl.idx]; r.removed {
+			if gone == nil {
+				gone = make(map[int64]bool)
+			}
+			gone[r.id] = true
+		}
+	}
+	if gone != nil {
+		e.fires = slices.DeleteFunc(e.fires, func(f Fire) bool { return gone[f.RuleID] })
+	}
+	now := e.cfg.Now()
+	for i := range e.fires {
+		e.fires[i].FiredAt = now
+	}
+}
+
+// apply advances the watermarks of a committed batch and puts its rules back
+// in the heap.
+func (e *Engine) apply() {
+	e.mu.Lock()
+	for _, fl := range e.flights {
+		r := &e.rules[fl.idx]
+		if r.removed {
+			e.release(fl.idx)
+			continue
+		}
+		if fl.p.last.After(r.wm.Slot) {
+			r.wm.Slot = fl.p.last
+		}
+		r.wm.Count = max(r.wm.Count, fl.p.count)
+		r.state = idle
+		if r.changed {
+			r.changed = false
+			e.schedule(fl.idx, true)
+		} else {
+			e.place(fl.idx, fl.p.next, fl.p.hasNext)
+		}
+	}
+	e.mu.Unlock()
+	clear(e.fires) // drop *Timer references
+	e.fires, e.flights = e.fires[:0], e.flights[:0]
+}
+
+// observe records the metrics of a committed batch.
+func (e *Engine) observe() {
+	for i := range e.fires {
+		f := &e.fires[i]
+		e.m.fired(f.Timer.Kind).Inc()
+		e.m.lateness.Observe(f.FiredAt.Sub(f.Slot).Seconds())
+		if f.CatchUp {
+			e.m.misfire(policyOf(f.Timer), "fired").Inc()
+		}
+	}
+	e.m.batch.Observe(float64(len(e.fires)))
+}

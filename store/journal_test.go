@@ -1,0 +1,200 @@
+package store
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+type modelRule struct {
+	wm    Watermark
+	hasWM bool
+}
+
+// TestWatermarkJournalModel drives random writes, folds and reopens against a model of
+// what each rule's watermark must be, checking Rule and ForEachRule after every step.
+func TestWatermarkJournalModel(t *testing.T) {
+	for seed := uint64(1); seed <= 4; seed++ {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 99))
+			s := openTest(t, Options{NoSync: true})
+			s.foldAfter = 1 + rng.IntN(8)
+			model := map[int64]*modelRule{}
+			const ids = 12
+			slot := func() time.Time { return t0.Add(time.Duration(rng.IntN(50)) * time.Minute) }
+			for step := range 400 {
+				var op string
+				switch n := rng.IntN(100); {
+				case n < 45:
+					op = "fires"
+					var recs []FireRecord
+					for range 1 + rng.IntN(5) {
+						id := 1 + rng.Int64N(ids)
+						sl := slot()
+						recs = append(recs, testFire(id, sl, uint64(rng.IntN(1000))))
+					}
+					if err := s.CommitFires(recs); err != nil {
+						t.Fatal(err)
+					}
+					for _, r := range recs {
+						m := model[r.Event.RuleID]
+						if m != nil && (!m.hasWM || !r.Watermark.Slot.Before(m.wm.Slot)) {
+							m.wm, m.hasWM = r.Watermark, true
+						}
+					}
+				case n < 65:
+					op = "put"
+					id := 1 + rng.Int64N(ids)
+					var wm *Watermark
+					if rng.IntN(2) == 0 {
+						wm = &Watermark{Slot: slot(), Count: uint64(rng.IntN(1000))}
+					}
+					if err := s.PutRule(testRule(id), wm); err != nil {
+						t.Fatal(err)
+					}
+					m := model[id]
+					if m == nil {
+						m = &modelRule{}
+						model[id] = m
+					}
+					if wm != nil {
+						m.wm, m.hasWM = *wm, true
+					}
+				case n < 80:
+					op = "delete"
+					id := 1 + rng.Int64N(ids)
+					if err := s.DeleteRule(id); err != nil {
+						t.Fatal(err)
+					}
+					delete(model, id)
+				case n < 88:
+					op = "fold"
+					s.wmu.Lock()
+					err := s.fold()
+					s.wmu.Unlock()
+					if err != nil {
+						t.Fatal(err)
+					}
+				default:
+					op = "reopen"
+					s = reopen(t, s)
+					s.foldAfter = 1 + rng.IntN(8)
+				}
+				checkModel(t, s, model, fmt.Sprintf("step %d (%s)", step, op))
+				if t.Failed() {
+					return
+				}
+			}
+		})
+	}
+}
+
+func checkModel(t *testing.T, s *Store, model map[int64]*modelRule, where string) {
+	t.Helper()
+	want := func(id int64) Watermark {
+		if m := model[id]; m != nil && m.hasWM {
+			return m.wm
+		}
+		return Watermark{}
+	}
+	for id := int64(1); id <= 12; id++ {
+		_, wm, ok, err := s.Rule(id)
+		if err != nil {
+			t.Fatalf("%s: Rule(%d): %v", where, id, err)
+		}
+		if ok != (model[id] != nil) || !wmEqual(wm, want(id)) {
+			t.Errorf("%s: Rule(%d) = ok %v wm %+v; want ok %v wm %+v", where, id, ok, wm, model[id] != nil, want(id))
+		}
+	}
+	seen := 0
+	err := s.ForEachRule(func(r Rule, wm Watermark) error {
+		seen++
+		if model[r.ID] == nil || !wmEqual(wm, want(r.ID)) {
+			t.Errorf("%s: ForEachRule rule %d wm %+v; want in model with wm %+v", where, r.ID, wm, want(r.ID))
+		}
+		return nil
+	})
+	if err != nil || seen != len(model) {
+		t.Errorf("%s: ForEachRule saw %d rules (err %v), want %d", where, seen, err, len(model))
+	}
+}
+
+// TestWatermarkReadsDuringFolds: readers racing commits and folds never see a
+// watermark go back, and end at the writer's last value.
+func TestWatermarkReadsDuringFolds(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	s.foldAfter = 7
+	const rules, rounds = 5, 300
+	rs := make([]Rule, rules)
+	for i := range rs {
+		rs[i] = testRule(int64(i + 1))
+	}
+	if err := s.PutRules(rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	errs := make(chan error, 8)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(done)
+		for k := 1; k <= rounds; k++ {
+			var recs []FireRecord
+			for id := int64(1); id <= rules; id++ {
+				recs = append(recs, testFire(id, t0.Add(time.Duration(k)*time.Second), uint64(k)))
+			}
+			if err := s.CommitFires(recs); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	for reader := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			last := map[int64]uint64{}
+			check := func(id int64, wm Watermark) error {
+				if wm.Count < last[id] {
+					return fmt.Errorf("reader %d: rule %d watermark went back from %d to %d", reader, id, last[id], wm.Count)
+				}
+				last[id] = wm.Count
+				return nil
+			}
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				var err error
+				if reader == 0 {
+					err = s.ForEachRule(func(r Rule, wm Watermark) error { return check(r.ID, wm) })
+				} else {
+					id := 1 + int64(reader)
+					var wm Watermark
+					if _, wm, _, err = s.Rule(id); err == nil {
+						err = check(id, wm)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for id := int64(1); id <= rules; id++ {
+		if _, wm, _, _ := s.Rule(id); wm.Count != rounds {
+			t.Errorf("Rule(%d) after %d rounds: count %d, want %d", id, rounds, wm.Count, rounds)
+		}
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package store
+
+const mmapPopulate = 0

@@ -1,0 +1,256 @@
+package store
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func TestCommitFires(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	if err := s.PutRules([]Rule{testRule(1), testRule(2)}, []*Watermark{{Slot: t0, Count: 0}, nil}); err != nil {
+		t.Fatal(err)
+	}
+	s1, s2 := t0.Add(time.Minute), t0.Add(2*time.Minute)
+	recs := []FireRecord{
+		testFire(1, s1, 1),
+		testFire(2, s1, 1),
+		testFire(1, s2, 2), // a second slot of rule 1 in the same batch
+		testFire(3, s1, 9), // rule 3 is not stored: outbox entry, no watermark
+	}
+	if err := s.CommitFires(recs); err != nil {
+		t.Fatalf("CommitFires: %v", err)
+	}
+	s = reopen(t, s)
+
+	wantWM := map[int64]Watermark{1: {Slot: s2, Count: 2}, 2: {Slot: s1, Count: 1}}
+	for id, want := range wantWM {
+		if _, wm, ok, err := s.Rule(id); err != nil || !ok || !wmEqual(wm, want) {
+			t.Errorf("Rule(%d) watermark = %+v (ok %v, err %v), want %+v", id, wm, ok, err, want)
+		}
+	}
+	if _, _, ok, _ := s.Rule(3); ok {
+		t.Errorf("Rule(3) found after CommitFires; a fire must not create a rule")
+	}
+	got, err := s.Outbox(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(recs) {
+		t.Fatalf("Outbox(0, 100) = %d entries, want %d", len(got), len(recs))
+	}
+	for i, e := range got {
+		if e.Seq != uint64(i+1) || !eventEqual(e.Event, recs[i].Event) || e.CreatedAt.IsZero() {
+			t.Errorf("Outbox entry %d = %+v, want seq %d event %+v", i, e, i+1, recs[i].Event)
+		}
+	}
+	if n, err := s.OutboxLen(); err != nil || n != len(recs) {
+		t.Errorf("OutboxLen() = %d, %v; want %d", n, err, len(recs))
+	}
+}
+
+func TestCommitFiresWatermarkNeverMovesBack(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	later := Watermark{Slot: t0.Add(time.Hour), Count: 10}
+	if err := s.PutRule(testRule(1), &later); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CommitFires([]FireRecord{testFire(1, t0, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, wm, _, _ := s.Rule(1); !wmEqual(wm, later) {
+		t.Errorf("watermark after an older fire = %+v, want unchanged %+v", wm, later)
+	}
+	if n, _ := s.OutboxLen(); n != 1 {
+		t.Errorf("OutboxLen() = %d, want 1: the older fire is still delivered", n)
+	}
+}
+
+func TestCommitFiresInvalidWritesNothing(t *testing.T) {
+	tests := []struct {
+		name string
+		recs []FireRecord
+		want string
+	}{
+		{"zero rule id", []FireRecord{testFire(1, t0, 1), testFire(0, t0, 1)}, "rule id 0"},
+		{"slot out of range", []FireRecord{testFire(1, time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC), 1)}, "1678"},
+	}
+	s := openTest(t, Options{NoSync: true})
+	if err := s.PutRule(testRule(1), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range tests {
+		if err := s.CommitFires(tc.recs); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: CommitFires err = %v, want one containing %q", tc.name, err, tc.want)
+		}
+		if n, _ := s.OutboxLen(); n != 0 {
+			t.Errorf("%s: OutboxLen() = %d after a refused batch, want 0", tc.name, n)
+		}
+		if _, wm, _, _ := s.Rule(1); !wmEqual(wm, Watermark{}) {
+			t.Errorf("%s: watermark = %+v after a refused batch, want zero", tc.name, wm)
+		}
+	}
+}
+
+// A failure inside the transaction, after earlier records were written, must leave
+// neither their outbox entries nor their watermarks.
+func TestCommitFiresAtomic(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	if err := s.PutRules([]Rule{testRule(1), testRule(2)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	path := s.Path()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Damage rule 2's watermark behind the store's back.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketWatermarks).Put(idKey(2), []byte{1, 2, 3})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.CommitFires([]FireRecord{testFire(1, t0, 1), testFire(2, t0, 1)})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("CommitFires over a damaged watermark: err %v, want ErrCorrupt", err)
+	}
+	s = reopen(t, s)
+	if n, _ := s.OutboxLen(); n != 0 {
+		t.Errorf("OutboxLen() after failed commit = %d, want 0", n)
+	}
+	if e, _ := s.Outbox(0, 10); len(e) != 0 {
+		t.Errorf("Outbox after failed commit = %+v, want none", e)
+	}
+	if _, wm, _, _ := s.Rule(1); !wmEqual(wm, Watermark{}) {
+		t.Errorf("rule 1 watermark after failed commit = %+v, want zero", wm)
+	}
+}
+
+func TestOutboxPagingAndAck(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	var recs []FireRecord
+	for i := range 25 {
+		recs = append(recs, testFire(int64(i+1), t0, 1))
+	}
+	if err := s.CommitFires(recs); err != nil {
+		t.Fatal(err)
+	}
+	var seen []uint64
+	after := uint64(0)
+	for {
+		page, err := s.Outbox(after, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		if len(page) > 10 {
+			t.Fatalf("Outbox(%d, 10) returned %d entries", after, len(page))
+		}
+		for _, e := range page {
+			seen = append(seen, e.Seq)
+		}
+		after = page[len(page)-1].Seq
+	}
+	if len(seen) != 25 || seen[0] != 1 || seen[24] != 25 {
+		t.Fatalf("paged seqs = %v, want 1…25", seen)
+	}
+
+	// Ack odd seqs, some twice and one unknown.
+	var odd []uint64
+	for seq := uint64(1); seq <= 25; seq += 2 {
+		odd = append(odd, seq)
+	}
+	if err := s.AckOutbox(append(odd, 1, 3, 999)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckOutbox(); err != nil {
+		t.Errorf("AckOutbox() with no seqs: %v", err)
+	}
+	s = reopen(t, s)
+	if n, err := s.OutboxLen(); err != nil || n != 12 {
+		t.Errorf("OutboxLen() after acking 13 = %d, %v; want 12", n, err)
+	}
+	rest, err := s.Outbox(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range rest {
+		if want := uint64(2 * (i + 1)); e.Seq != want {
+			t.Errorf("Outbox after ack: entry %d seq %d, want %d", i, e.Seq, want)
+		}
+	}
+	// New entries keep counting up: a seq is never reused.
+	if err := s.CommitFires([]FireRecord{testFire(1, t0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Outbox(24, 10); len(e) != 1 || e[0].Seq != 26 {
+		t.Errorf("Outbox(24, 10) after a new commit = %+v, want seq 26", e)
+	}
+
+	for _, limit := range []int{0, -1} {
+		if _, err := s.Outbox(0, limit); err == nil {
+			t.Errorf("Outbox(0, %d): no error, want one", limit)
+		}
+	}
+	if e, err := s.Outbox(^uint64(0), 10); err != nil || len(e) != 0 {
+		t.Errorf("Outbox(MaxUint64, 10) = %v, %v; want nothing", e, err)
+	}
+}
+
+func TestDeadLetter(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	recs := []FireRecord{testFire(1, t0, 1), testFire(2, t0, 1), testFire(3, t0, 1)}
+	if err := s.CommitFires(recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeadLetter(2, "422 unknown trigger", 422); err != nil {
+		t.Fatalf("DeadLetter(2): %v", err)
+	}
+	if err := s.DeadLetter(3, "", 0); err != nil {
+		t.Fatalf("DeadLetter(3): %v", err)
+	}
+	for _, seq := range []uint64{2, 99} {
+		if err := s.DeadLetter(seq, "again", 400); !errors.Is(err, ErrNotFound) {
+			t.Errorf("DeadLetter(%d) of a missing entry: err %v, want ErrNotFound", seq, err)
+		}
+	}
+	s = reopen(t, s)
+	if n, err := s.OutboxLen(); err != nil || n != 1 {
+		t.Errorf("OutboxLen() = %d, %v; want 1", n, err)
+	}
+	if n, err := s.DeadLetterCount(); err != nil || n != 2 {
+		t.Errorf("DeadLetterCount() = %d, %v; want 2", n, err)
+	}
+	dls, err := s.DeadLetters(0, 10)
+	if err != nil || len(dls) != 2 {
+		t.Fatalf("DeadLetters(0, 10) = %+v, %v; want 2", dls, err)
+	}
+	d := dls[0]
+	if d.Seq != 2 || d.Reason != "422 unknown trigger" || d.Status != 422 || d.At.IsZero() || !eventEqual(d.Event, recs[1].Event) {
+		t.Errorf("DeadLetters[0] = %+v, want seq 2, reason, status 422 and the event of rule 2", d)
+	}
+	if page, _ := s.DeadLetters(2, 10); len(page) != 1 || page[0].Seq != 3 || page[0].Status != 0 {
+		t.Errorf("DeadLetters(2, 10) = %+v, want only seq 3 with status 0", page)
+	}
+	if err := s.DeleteDeadLetters(2, 7); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.DeadLetterCount(); n != 1 {
+		t.Errorf("DeadLetterCount() after deleting one = %d, want 1", n)
+	}
+}

@@ -1,0 +1,240 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Rule is a timer rule as the node keeps it; Params is stored as given.
+type Rule struct {
+	ID         int64
+	Ref        string
+	TriggerRef string
+	Params     json.RawMessage
+	UpdatedAt  time.Time
+}
+
+// Watermark is the last slot fired (or the baseline) and the number of fires so far.
+// The zero Watermark means none recorded.
+type Watermark struct {
+	Slot  time.Time
+	Count uint64
+}
+
+// PutRule inserts or replaces r; a non-nil wm also sets its watermark in the same
+// transaction, a nil wm leaves any watermark as it is.
+func (s *Store) PutRule(r Rule, wm *Watermark) error {
+	return s.wrap("put rule", s.putRules([]Rule{r}, []*Watermark{wm}))
+}
+
+// PutRules is PutRule for many rules in one transaction (reconcile, bulk load). wms is
+// nil or as long as rs; a nil entry leaves that rule's watermark alone. If the same id
+// appears twice the later one wins. Nothing is written if any rule is invalid.
+func (s *Store) PutRules(rs []Rule, wms []*Watermark) error {
+	return s.wrap("put rules", s.putRules(rs, wms))
+}
+
+func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
+	if len(wms) != 0 && len(wms) != len(rs) {
+		return fmt.Errorf("%d watermarks for %d rules: want none or one per rule", len(wms), len(rs))
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	for i, r := range rs {
+		if err := validateRule(r); err != nil {
+			return err
+		}
+		if len(wms) > 0 && wms[i] != nil {
+			if err := checkTime(fmt.Sprintf("rule %d watermark Slot", r.ID), wms[i].Slot); err != nil {
+				return err
+			}
+		}
+	}
+	// Writing in key order keeps the B-tree walk local; stable so the later duplicate wins.
+	order := make([]int, len(rs))
+	for i := range order {
+		order[i] = i
+	}
+	if !slices.IsSortedFunc(rs, func(a, b Rule) int { return cmpID(a.ID, b.ID) }) {
+		slices.SortStableFunc(order, func(a, b int) int { return cmpID(rs[a].ID, rs[b].ID) })
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var (
+		jseq  uint64
+		jrecs []journalRec
+	)
+	err := s.update(func(tx *bolt.Tx) error {
+		jrecs = jrecs[:0]
+		rb, wb := tx.Bucket(bucketRules), tx.Bucket(bucketWatermarks)
+		rb.FillPercent, wb.FillPercent = rulesFill, watermarksFill
+		for _, i := range order {
+			k := idKey(rs[i].ID)
+			if err := rb.Put(k, encodeRule(rs[i])); err != nil {
+				return fmt.Errorf("rule %d: %w", rs[i].ID, err)
+			}
+			if len(wms) == 0 || wms[i] == nil {
+				continue
+			}
+			if s.journaled(rs[i].ID) {
+				// A journal record would override the bucket at the next fold.
+				jrecs = append(jrecs, journalRec{kind: recSet, id: rs[i].ID, wm: *wms[i]})
+				continue
+			}
+			if err := wb.Put(k, encodeWatermark(*wms[i])); err != nil {
+				return fmt.Errorf("rule %d watermark: %w", rs[i].ID, err)
+			}
+		}
+		var err error
+		jseq, err = journalAppend(tx, jrecs)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.indexJournal(jseq, jrecs)
+	return nil
+}
+
+// Fill factors for page splits. Ids mostly grow, so rules append at the right edge,
+// where bbolt's default of 0.5 would leave every page half empty: more pages to write
+// per commit and to read at start-up. Watermarks never change size, so their pages can
+// be packed full; rules keep some room for edits that grow them.
+const (
+	rulesFill      = 0.9
+	watermarksFill = 1.0
+)
+
+func cmpID(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// DeleteRule removes a rule and its watermark; a missing rule is not an error. Its
+// events already in the outbox stay: those fires happened.
+func (s *Store) DeleteRule(id int64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var (
+		jseq  uint64
+		jrecs []journalRec
+	)
+	if s.journaled(id) {
+		jrecs = []journalRec{{kind: recTomb, id: id}}
+	}
+	err := s.update(func(tx *bolt.Tx) error {
+		k := idKey(id)
+		if err := tx.Bucket(bucketRules).Delete(k); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketWatermarks).Delete(k); err != nil {
+			return err
+		}
+		var err error
+		jseq, err = journalAppend(tx, jrecs)
+		return err
+	})
+	if err != nil {
+		return s.wrap("delete rule", err)
+	}
+	s.indexJournal(jseq, jrecs)
+	return nil
+}
+
+// Rule returns the rule with id and its watermark (zero if none); ok is false if absent.
+func (s *Store) Rule(id int64) (r Rule, wm Watermark, ok bool, err error) {
+	err = s.view(func(tx *bolt.Tx) error {
+		k := idKey(id)
+		v := tx.Bucket(bucketRules).Get(k)
+		if v == nil {
+			return nil
+		}
+		if r, err = decodeRule(id, v); err != nil {
+			return err
+		}
+		ok = true
+		wm, err = s.snapshotWatermark(tx, id)
+		return err
+	})
+	if err != nil {
+		return Rule{}, Watermark{}, false, s.wrap("get rule", err)
+	}
+	return r, wm, ok, nil
+}
+
+// ForEachRule calls fn for every rule, in id order, with its watermark (zero if none),
+// from one consistent snapshot. An error from fn stops the walk and is returned.
+// fn must not write to the store: the read transaction is held while it runs.
+func (s *Store) ForEachRule(fn func(Rule, Watermark) error) error {
+	inFn := false
+	err := s.viewCallback(&inFn, func(tx *bolt.Tx) error {
+		journal, err := snapshotJournal(tx)
+		if err != nil {
+			return err
+		}
+		// Merge-join of two cursors in key order: no lookup per rule; the snapshot's
+		// journal overrides the bucket.
+		rc := tx.Bucket(bucketRules).Cursor()
+		wc := tx.Bucket(bucketWatermarks).Cursor()
+		wk, wv := wc.First()
+		for k, v := rc.First(); k != nil; k, v = rc.Next() {
+			id, err := keyID(k)
+			if err != nil {
+				return err
+			}
+			r, err := decodeRule(id, v)
+			if err != nil {
+				return err
+			}
+			for wk != nil && bytes.Compare(wk, k) < 0 {
+				wk, wv = wc.Next()
+			}
+			var wm Watermark
+			if jr, ok := journal[id]; ok {
+				if jr.kind == recSet {
+					wm = jr.wm
+				}
+			} else if wk != nil && bytes.Equal(wk, k) {
+				if wm, err = decodeWatermark(wv); err != nil {
+					return fmt.Errorf("rule %d: %w", id, err)
+				}
+			}
+			inFn = true
+			err = fn(r, wm)
+			inFn = false
+			if err != nil {
+				return &callbackError{err}
+			}
+		}
+		return nil
+	})
+	if ce, ok := err.(*callbackError); ok {
+		return ce.err // the caller's own error, unwrapped
+	}
+	return s.wrap("scan rules", err)
+}
+
+type callbackError struct{ err error }
+
+func (e *callbackError) Error() string { return e.err.Error() }
+
+// RuleCount is the number of rules stored.
+func (s *Store) RuleCount() (int, error) {
+	var n int
+	err := s.view(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketRules).Stats().KeyN
+		return nil
+	})
+	return n, s.wrap("count rules", err)
+}

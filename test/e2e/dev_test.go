@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The README's curl line: an interval rule of 1 s shows events within 3 s.
+func TestDevIntervalRuleEventsWithin3s(t *testing.T) {
+	p, apiURL, _ := startDev(t, t.TempDir())
+	if !strings.Contains(p.output(), "curl -s -X POST "+apiURL+"/api/v1/rules") {
+		t.Fatalf("banner lacks the curl line for %s:\n%s", apiURL, p.output())
+	}
+
+	created := time.Now()
+	id := createRule(t, apiURL, "demo.every_second", "core.intervaltimer", map[string]any{"interval": 1, "unit": "seconds"})
+	var evs []event
+	waitFor(t, "first event of demo.every_second", 3*time.Second, func() bool {
+		evs = events(t, apiURL, "demo.every_second")
+		return len(evs) > 0
+	})
+	t.Logf("first event stored %s after the rule was created", time.Since(created).Round(time.Millisecond))
+
+	e := evs[0]
+	if want := fmt.Sprintf("rule_%d", id); e.TriggerInstanceID != want {
+		t.Errorf("trigger_instance_id = %q, want %q", e.TriggerInstanceID, want)
+	}
+	if e.TriggerRef != "core.intervaltimer" {
+		t.Errorf("trigger_ref = %q, want core.intervaltimer", e.TriggerRef)
+	}
+	if got := e.Payload["type"]; got != "interval" {
+		t.Errorf("payload.type = %v, want interval", got)
+	}
+	if got := payloadInt(e, "interval_seconds"); got != 1 {
+		t.Errorf("payload.interval_seconds = %d, want 1", got)
+	}
+	if got := payloadInt(e, "execution_count"); got != 1 {
+		t.Errorf("payload.execution_count = %d, want 1", got)
+	}
+	slot := payloadTime(t, e, "scheduled_at")
+	if want := fmt.Sprintf("%d:%d", id, slot.UnixNano()); e.IdempotencyKey != want {
+		t.Errorf("idempotency key = %q, want %q", e.IdempotencyKey, want)
+	}
+
+	if err := p.stop(20 * time.Second); err != nil {
+		t.Fatalf("timerd dev after SIGTERM: %v, want exit status 0", err)
+	}
+}
+
+// SIGKILL while a datetime rule is due in 5 s; start again 10 s later on the
+// same data dir: the datetime event arrives (late, once) and interval rules
+// resume from their watermarks with their misfire policy applied.
+func TestDevSIGKILLRestartRecovers(t *testing.T) {
+	dir := t.TempDir()
+	p, apiURL, _ := startDev(t, dir)
+
+	fireAt := time.Now().Add(5 * time.Second).UTC().Truncate(time.Millisecond)
+	createRule(t, apiURL, "once", "core.datetimetimer", map[string]any{"fire_at": fireAt.Format(time.RFC3339Nano)})
+	createRule(t, apiURL, "every.fire_once", "core.intervaltimer", map[string]any{"interval": 1, "misfire": "fire_once", "misfire_grace": "1s"})
+	createRule(t, apiURL, "every.default", "core.intervaltimer", map[string]any{"interval": 1})
+	waitFor(t, "two events of each interval rule", 10*time.Second, func() bool {
+		return len(events(t, apiURL, "every.fire_once")) >= 2 && len(events(t, apiURL, "every.default")) >= 2
+	})
+
+	p.kill()
+	killed := time.Now()
+	if n := len(events(t, apiURL, "once")); n != 0 {
+		t.Fatalf("datetime rule fired before its time: %d events", n)
+	}
+	time.Sleep(10 * time.Second) // the outage under test
+	restarted := time.Now()
+	_, apiURL, _ = startDev(t, dir)
+
+	var once []event
+	waitFor(t, "the datetime event after restart", 10*time.Second, func() bool {
+		once = events(t, apiURL, "once")
+		return len(once) > 0
+	})
+	// Let the interval rules run a few seconds past the restart.
+	time.Sleep(3 * time.Second)
+	once = events(t, apiURL, "once")
+	if len(once) != 1 {
+		t.Fatalf("datetime rule: %d events, want exactly 1", len(once))
+	}
+	if got := payloadTime(t, once[0], "scheduled_at"); !got.Equal(fireAt) {
+		t.Errorf("datetime scheduled_at = %s, want %s", got, fireAt)
+	}
+	if late := payloadTime(t, once[0], "fired_at").Sub(fireAt); late < 5*time.Second {
+		t.Errorf("datetime fired %s after fire_at, want late (the node was down)", late)
+	}
+
+	// Default policy (grace 1 m > the 10 s outage): every slot is delivered, late.
+	def := slotsOf(t, events(t, apiURL, "every.default"))
+	for i := 1; i < len(def); i++ {
+		if gap := def[i].slot.Sub(def[i-1].slot); gap != time.Second {
+			t.Errorf("every.default: slot %s follows %s (gap %s), want every slot", def[i].slot, def[i-1].slot, gap)
+		}
+		if def[i].count != def[i-1].count+1 {
+			t.Errorf("every.default: execution_count %d follows %d", def[i].count, def[i-1].count)
+		}
+	}
+	// fire_once with a 1 s grace: the ~9 slots missed during the outage
+	// become one catch-up fire; the count still runs on from the watermark.
+	fo := slotsOf(t, events(t, apiURL, "every.fire_once"))
+	inOutage := 0
+	for i, s := range fo {
+		if s.slot.After(killed.Add(time.Second)) && s.slot.Before(restarted) {
+			inOutage++
+		}
+		if i > 0 && s.count != fo[i-1].count+1 {
+			t.Errorf("every.fire_once: execution_count %d follows %d", s.count, fo[i-1].count)
+		}
+	}
+	if inOutage > 1 {
+		t.Errorf("every.fire_once: %d slots of the outage fired, want at most 1 catch-up", inOutage)
+	}
+	if last := fo[len(fo)-1].slot; last.Before(restarted) {
+		t.Errorf("every.fire_once: last slot %s is before the restart at %s: it did not resume", last, restarted)
+	}
+}
+
+type slotCount struct {
+	slot  time.Time
+	count int64
+}
+
+// slotsOf returns the events' slots in order, failing on a duplicate slot.
+func slotsOf(t *testing.T, evs []event) []slotCount {
+	t.Helper()
+	var out []slotCount
+	seen := map[string]bool{}
+	for _, e := range evs {
+		if seen[e.IdempotencyKey] {
+			t.Errorf("duplicate event for %s", e.IdempotencyKey)
+		}
+		seen[e.IdempotencyKey] = true
+		out = append(out, slotCount{payloadTime(t, e, "scheduled_at"), payloadInt(e, "execution_count")})
+	}
+	slices.SortFunc(out, func(a, b slotCount) int { return a.slot.Compare(b.slot) })
+	if len(out) == 0 {
+		t.Fatal("no events")
+	}
+	return out
+}

@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// timerdBin is the binary under test, built once by TestMain.
+var timerdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "timerd-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	timerdBin = filepath.Join(dir, "timerd")
+	build := exec.Command("go", "build", "-race", "-o", timerdBin, "github.com/timerd/timerd/cmd/timerd")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build timerd:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running timerd process.
+type proc struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	out     bytes.Buffer // stdout and stderr
+	done    chan struct{}
+	waitErr error
+}
+
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: exec.Command(timerdBin, args...), done: make(chan struct{})}
+	pr, pw := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = pw, pw
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start timerd %v: %v", args, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.out.Write(sc.Bytes())
+			p.out.WriteByte('\n')
+			p.mu.Unlock()
+		}
+	}()
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		pw.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("output of timerd %v:\n%s", args, p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// waitOutput waits until the output matches re and returns the submatches.
+func (p *proc) waitOutput(re *regexp.Regexp, timeout time.Duration) []string {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if m := re.FindStringSubmatch(p.output()); m != nil {
+			return m
+		}
+		select {
+		case <-p.done:
+			p.t.Fatalf("timerd exited (%v) before printing %q", p.waitErr, re)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	p.t.Fatalf("timerd did not print %q within %s", re, timeout)
+	return nil
+}
+
+func (p *proc) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// stop sends SIGTERM and waits for the exit status.
+func (p *proc) stop(timeout time.Duration) error {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.waitErr
+	case <-time.After(timeout):
+		p.t.Fatalf("timerd did not stop within %s of SIGTERM", timeout)
+		return nil
+	}
+}
+
+var (
+	apiURLRe  = regexp.MustCompile(`API:\s+(http://127\.0\.0\.1:\d+)`)
+	nodeURLRe = regexp.MustCompile(`node:\s+(http://127\.0\.0\.1:\d+)`)
+)
+
+// startDev starts `timerd dev` on dataDir with ports picked by the kernel
+// and returns the process and the API and node URLs it printed.
+func startDev(t *testing.T, dataDir string) (p *proc, apiURL, nodeURL string) {
+	t.Helper()
+	p = start(t, "dev", "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "text")
+	apiURL = p.waitOutput(apiURLRe, 30*time.Second)[1]
+	nodeURL = p.waitOutput(nodeURLRe, 5*time.Second)[1]
+	waitReady(t, nodeURL, 30*time.Second)
+	return p, apiURL, nodeURL
+}
+
+func waitReady(t *testing.T, nodeURL string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(nodeURL + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s/readyz not 200 within %s", nodeURL, timeout)
+}
+
+// apiDo sends a JSON request to the API and decodes the answer into out.
+func apiDo(t *testing.T, method, url string, body any, out any) int {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if out != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			t.Fatalf("%s %s: decode %q: %v", method, url, raw, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+type event struct {
+	ID                int64          `json:"id"`
+	TriggerRef        string         `json:"trigger_ref"`
+	TriggerInstanceID string         `json:"trigger_instance_id"`
+	RuleRef           string         `json:"rule_ref"`
+	IdempotencyKey    string         `json:"idempotency_key"`
+	Payload           map[string]any `json:"payload"`
+}
+
+// events lists every event of a rule, all pages.
+func events(t *testing.T, apiURL, ruleRef string) []event {
+	t.Helper()
+	var all []event
+	for page := 1; ; page++ {
+		var body struct {
+			Items      []event `json:"items"`
+			Pagination struct {
+				HasNext bool `json:"has_next"`
+			} `json:"pagination"`
+		}
+		url := fmt.Sprintf("%s/api/v1/events?rule_ref=%s&page=%d&page_size=1000", apiURL, ruleRef, page)
+		if code := apiDo(t, http.MethodGet, url, nil, &body); code != http.StatusOK {
+			t.Fatalf("GET %s: status %d", url, code)
+		}
+		all = append(all, body.Items...)
+		if !body.Pagination.HasNext {
+			return all
+		}
+	}
+}
+
+func createRule(t *testing.T, apiURL, ref, triggerRef string, params map[string]any) int64 {
+	t.Helper()
+	var out struct {
+		Data struct {
+			ID int64 `json:"id"`
+		} `json:"data"`
+	}
+	body := map[string]any{"ref": ref, "trigger_ref": triggerRef, "trigger_params": params, "enabled": true}
+	if code := apiDo(t, http.MethodPost, apiURL+"/api/v1/rules", body, &out); code != http.StatusCreated {
+		t.Fatalf("create rule %s: status %d", ref, code)
+	}
+	return out.Data.ID
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s", what, timeout)
+}
+
+func payloadTime(t *testing.T, e event, key string) time.Time {
+	t.Helper()
+	s, _ := e.Payload[key].(string)
+	ts, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatalf("event %d: payload %s = %q: %v", e.ID, key, s, err)
+	}
+	return ts
+}
+
+func payloadInt(e event, key string) int64 {
+	f, _ := e.Payload[key].(float64)
+	return int64(f)
+}
