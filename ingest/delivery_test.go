@@ -594,12 +594,12 @@ func TestDeliveryPoisonedEntryDoesNotBlockOthers(t *testing.T) {
 		}
 		return response{status: 201}
 	})
-	others := commitEvents(t, st, 20, 2000, slot0)
+	others := commitEvents(t, st, 20, 1000, slot0)
 	cfg := testConfig(st, api.srv.URL)
 	cfg.BackoffMin, cfg.BackoffMax = 20*time.Millisecond, 200*time.Millisecond
 	_, stop := startDelivery(t, cfg)
 
-	waitFor(t, 10*time.Second, "all other entries delivered", func() bool { return outboxLen(t, st) == 1 })
+	waitFor(t, 30*time.Second, "all other entries delivered", func() bool { return outboxLen(t, st) == 1 })
 	start := time.Now()
 	before := api.attemptsOf(poisoned.IdempotencyKey)
 	waitFor(t, 5*time.Second, "two more attempts of the poisoned entry", func() bool {
@@ -654,11 +654,12 @@ func TestDeliveryConcurrencyBoundedByWorkers(t *testing.T) {
 func TestDeliveryManyExactlyOnce(t *testing.T) {
 	tests := []struct {
 		name         string
+		batches      int // of 1000 events
 		failEvery    int // every n-th POST answers 503 (0: none)
 		wantRequests bool
 	}{
-		{name: "no failures", wantRequests: true},
-		{name: "every 7th POST fails"},
+		{name: "no failures", batches: 3, wantRequests: true},
+		{name: "every 7th POST fails", batches: 2, failEvery: 7},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -675,11 +676,11 @@ func TestDeliveryManyExactlyOnce(t *testing.T) {
 
 			// Commit while delivery runs, as the scheduler does.
 			var events []store.Event
-			for batch := range 5 {
+			for batch := range tc.batches {
 				events = append(events, commitEvents(t, st, int64(100+batch), 1000, slot0)...)
 				d.Notify()
 			}
-			waitFor(t, 20*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			waitFor(t, 60*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			for _, ev := range events {
 				if got := api.successCount(ev.IdempotencyKey); got != 1 {
 					t.Fatalf("key %s delivered %d times, want 1", ev.IdempotencyKey, got)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -396,4 +397,40 @@ func FuzzCron(f *testing.F) {
 			prev = n
 		}
 	})
+}
+
+// The day cache (tod) must give exactly what cronexpr gives on its own.
+func TestCronDayCacheMatchesCronexpr(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, expr := range []string{
+		"*/10 9-17 * * MON-FRI", "0 */7 * 13 * FRI", "* * 1 L * ?", "0 0 12 ? * 5#3", "*/30 * * 15W * ?",
+		"0 0 * 1,15 * SUN", "5 4 * * 0-7", "0 0 0 LW * ? 2026-2030", "*/20 * * * * 1-5",
+	} {
+		norm, err := normaliseCron(expr)
+		if err != nil {
+			t.Fatalf("normaliseCron(%q): %v", expr, err)
+		}
+		c, err := newCron(expr, time.UTC, GapShift, OverlapOnce)
+		if err != nil {
+			t.Fatalf("newCron(%q): %v", expr, err)
+		}
+		if c.tod == nil {
+			t.Fatalf("newCron(%q): no day cache for a day-restricted expression", expr)
+		}
+		plain := cronexpr.MustParse(norm)
+		from := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		for i := 0; i < 3000; i++ {
+			if i%100 == 0 { // jump somewhere else, sometimes backwards
+				from = time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(r.Int64N(int64(3 * 365 * 24 * time.Hour))))
+			}
+			got, want := c.nextWall(from), plain.Next(from)
+			if !got.Equal(want) {
+				t.Fatalf("%q: nextWall(%v) = %v, cronexpr says %v", expr, from, got, want)
+			}
+			if want.IsZero() {
+				break
+			}
+			from = want
+		}
+	}
 }

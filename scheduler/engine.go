@@ -418,7 +418,7 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 	e.fires, e.flights = e.fires[:0], e.flights[:0]
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	now := e.cfg.Now()
+	now := e.cfg.Now().Round(0) // FiredAt is a wall-clock time
 	nowKey := key(now)
 	for popped := 1; ; popped++ {
 		room := e.cfg.MaxBatch - len(e.fires)
@@ -507,7 +507,7 @@ func (e *Engine) refresh() {
 	if gone != nil {
 		e.fires = slices.DeleteFunc(e.fires, func(f Fire) bool { return gone[f.RuleID] })
 	}
-	now := e.cfg.Now()
+	now := e.cfg.Now().Round(0)
 	for i := range e.fires {
 		e.fires[i].FiredAt = now
 	}

@@ -402,3 +402,21 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParse(b *testing.B) {
+	for _, c := range []struct{ name, ref, params string }{
+		{"interval", "core.intervaltimer", `{"interval":5,"unit":"minutes"}`},
+		{"cron_5field", "core.crontimer", `{"expression":"*/5 9-17 * * MON-FRI","timezone":"Europe/Berlin"}`},
+		{"cron_descriptor", "core.crontimer", `{"expression":"@daily"}`},
+		{"datetime", "core.datetimetimer", `{"fire_at":"2026-02-01T12:00:00Z"}`},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Parse(c.ref, []byte(c.params), 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -10,6 +10,7 @@
 //	meta         format marker, schema_version, created_at, outbox/dead-letter counters
 //	rules        rule id → rule (binary, see codec.go)
 //	watermarks   rule id → slot unix nanos (int64) + fire count (uint64)
+//	wmjournal    sequence → the watermarks of one commit, folded into watermarks in bulk (journal.go)
 //	outbox       sequence → event
 //	deadletters  outbox sequence → event + reason, status, time
 package store

@@ -51,6 +51,10 @@ const outboxFill = 1.0
 // rule no longer stored still gets its outbox entry (the fire happened) but no
 // watermark. A watermark never moves back: a record whose slot is before the stored
 // one leaves it (a repeated or reordered fire). Nothing is written on an invalid record.
+//
+// The watermarks go to the watermark journal (journal.go); every 50,000 of them the
+// call then folds the journal in a second, larger transaction, after the fires are
+// already durable.
 func (s *Store) CommitFires(recs []FireRecord) error {
 	if len(recs) == 0 {
 		return nil
@@ -88,7 +92,9 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 			}
 			start := len(buf)
 			buf = appendEvent(buf, rec.Event, now)
-			if err := ob.Put(binary.BigEndian.AppendUint64(nil, seq), buf[start:len(buf):len(buf)]); err != nil {
+			var okey [8]byte // bbolt copies keys, not values
+			binary.BigEndian.PutUint64(okey[:], seq)
+			if err := ob.Put(okey[:], buf[start:len(buf):len(buf)]); err != nil {
 				return fmt.Errorf("outbox entry of rule %d: %w", rec.Event.RuleID, err)
 			}
 

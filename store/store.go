@@ -125,7 +125,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		case errors.Is(err, berrors.ErrTimeout):
 			return nil, fmt.Errorf("open store %q: %w (waited %v)", path, ErrLocked, opts.Timeout)
 		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch),
-			errors.Is(err, berrors.ErrChecksum), errors.Is(err, ErrCorrupt):
+			errors.Is(err, berrors.ErrChecksum):
 			return nil, fmt.Errorf("open store %q: %w: %w", path, ErrCorrupt, err)
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,8 +58,9 @@ func startAPI(t *testing.T, dir string) *system {
 // runningNode is a node started on dir with its Run in a goroutine.
 type runningNode struct {
 	*Node
-	cancel context.CancelFunc
-	done   chan error
+	cancel  context.CancelFunc
+	done    chan error
+	stopped sync.Once
 }
 
 func (s *system) startNode(dir string, subscribe bool) *runningNode {
@@ -87,16 +89,17 @@ func (s *system) startNode(dir string, subscribe bool) *runningNode {
 
 func (rn *runningNode) stop(t *testing.T) {
 	t.Helper()
-	rn.cancel()
-	select {
-	case err, ok := <-rn.done:
-		if ok && err != nil {
-			t.Errorf("node Run: %v", err)
+	rn.stopped.Do(func() {
+		rn.cancel()
+		select {
+		case err := <-rn.done:
+			if err != nil {
+				t.Errorf("node Run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("node did not stop within 20s")
 		}
-		close(rn.done)
-	case <-time.After(20 * time.Second):
-		t.Fatal("node did not stop within 20s")
-	}
+	})
 }
 
 func (s *system) createRule(ref, trigger, params string) int64 {
