@@ -363,7 +363,15 @@ func (c *cronSchedule) next(after time.Time) (time.Time, bool) {
 		if w.IsZero() || end.IsZero() {
 			return time.Time{}, false
 		}
-		t, q = end.Add(-time.Nanosecond), end
+		// A slot after t comes from a wall ≥ w, so lies at or after
+		// w − maxOffsetJump, or from an earlier wall, so lies before
+		// t + maxOffsetJump. If this period covered the latter and found
+		// nothing, skip the periods before the former.
+		q = end
+		if skipTo := w.Add(-maxOffsetJump); end.Sub(t) > maxOffsetJump && skipTo.After(end) {
+			q = skipTo
+		}
+		t = q.Add(-time.Nanosecond)
 	}
 	return time.Time{}, false
 }

@@ -183,7 +183,7 @@ func (never) next(time.Time) (time.Time, bool) { return time.Time{}, false }
 func lastBySearch(s schedule, after, notAfter time.Time) (time.Time, bool) {
 	lo := after
 	for width := time.Second; ; width *= 2 {
-		if width < notAfter.Sub(after) { // Sub saturates, so this cannot overflow
+		if width < notAfter.Sub(after) && width < 1<<62 { // Sub saturates; width stops before it overflows
 			lo = notAfter.Add(-width)
 		} else {
 			lo = after

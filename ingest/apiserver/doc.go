@@ -4,10 +4,11 @@
 // (contract §3), and /health.
 //
 // State lives in one bbolt file, DataDir/api.db. Rules are also kept in
-// memory (listing and reconcile never scan bbolt); events are stored through
+// memory (listing and reconcile never scan bbolt). Events are stored through
 // a group-commit goroutine that puts every concurrently waiting insert into
-// one transaction, and are indexed by Idempotency-Key, trigger_instance_id and
-// rule_ref. Events are listed oldest first and are never deleted.
+// one transaction; an Idempotency-Key index lives in bbolt, the
+// trigger_instance_id and rule_ref indexes in memory (rebuilt at open).
+// Events are listed oldest first (by id) and are never deleted.
 //
 // Authentication is a seam (Config.Authenticate); JWT verification lives in
 // package auth.

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -38,6 +41,7 @@ type eventReq struct {
 }
 
 type eventResp struct {
+	id  int64  // of a newly stored event
 	raw []byte // stored event JSON
 	dup bool
 	err error
@@ -49,11 +53,12 @@ type eventResp struct {
 // the next one, so batches grow with the load.
 //
 // Clients that wait for their answer come back together when a commit
-// answers them, but not at once: taking only the first would alternate tiny
-// and large batches. So when fewer requests wait than the previous batch
-// held, the committer lingers up to maxLinger for that many. An idle server
-// (previous batch of one) adds no delay; db.Batch instead always waits
-// MaxBatchDelay (10 ms) when fewer than MaxBatchSize callers wait.
+// answers them, but not at once: taking only the first would alternate small
+// and large batches. So the committer expects as many requests as it just
+// answered plus those already under way (s.evPending), and lingers up to
+// maxLinger for them. An idle server (one request, none under way) adds no
+// delay; db.Batch instead always waits MaxBatchDelay (10 ms) when fewer than
+// MaxBatchSize callers wait.
 func (s *Server) runCommitter() {
 	defer s.committer.Done()
 	batch := make([]*eventReq, 0, maxEventBatch)
@@ -92,7 +97,7 @@ func (s *Server) runCommitter() {
 			linger.Stop()
 		}
 		s.commitEvents(batch)
-		expect = len(batch)
+		expect = min(len(batch)+int(s.evPending.Load()), maxEventBatch)
 		clear(batch)
 	}
 }
@@ -105,12 +110,10 @@ func (s *Server) commitEvents(batch []*eventReq) {
 		stored = 0
 		events := tx.Bucket(bucketEvents)
 		idem := tx.Bucket(bucketEventIdem)
-		inst := tx.Bucket(bucketEventInst)
-		rules := tx.Bucket(bucketEventRule)
 		created := s.cfg.Now().UTC().Format(time.RFC3339Nano)
 		for i, req := range batch {
 			if req.idemKey != "" {
-				if id := idem.Get([]byte(req.idemKey)); id != nil {
+				if id := idem.Get(idemIndexKey(req.idemKey)); id != nil {
 					resps[i] = eventResp{raw: bytes.Clone(events.Get(id)), dup: true}
 					continue
 				}
@@ -131,21 +134,11 @@ func (s *Server) commitEvents(batch []*eventReq) {
 				return err
 			}
 			if req.idemKey != "" {
-				if err := idem.Put([]byte(req.idemKey), key); err != nil {
+				if err := idem.Put(idemIndexKey(req.idemKey), key); err != nil {
 					return err
 				}
 			}
-			if req.inst != "" {
-				if err := inst.Put(indexKey(req.inst, seq), nil); err != nil {
-					return err
-				}
-			}
-			if req.ruleRef != "" {
-				if err := rules.Put(indexKey(req.ruleRef, seq), nil); err != nil {
-					return err
-				}
-			}
-			resps[i] = eventResp{raw: raw}
+			resps[i] = eventResp{raw: raw, id: int64(seq)}
 			stored++
 		}
 		return nil
@@ -157,6 +150,15 @@ func (s *Server) commitEvents(batch []*eventReq) {
 		stored = 0
 	}
 	s.metrics.eventsStored.Add(float64(stored))
+	if err == nil {
+		s.evIndex.mu.Lock()
+		for i, req := range batch {
+			if resps[i].id != 0 {
+				s.evIndex.add(req.inst, req.ruleRef, resps[i].id)
+			}
+		}
+		s.evIndex.mu.Unlock()
+	}
 	for i, req := range batch {
 		if err != nil {
 			req.resp <- eventResp{err: err}
@@ -169,24 +171,116 @@ func (s *Server) commitEvents(batch []*eventReq) {
 	}
 }
 
-// indexKey is len(value) (2 bytes) | value | id (8 bytes): a prefix scan by
-// value yields ids in order, and no value is a prefix of another's key.
-func indexKey(value string, id uint64) []byte {
-	k := make([]byte, 0, 2+len(value)+8)
-	k = binary.BigEndian.AppendUint16(k, uint16(len(value)))
-	k = append(k, value...)
-	return binary.BigEndian.AppendUint64(k, id)
+// idemIndexKey maps an Idempotency-Key to its index key. timerd's keys,
+// "<rule_id>:<scheduled_at unix ns>", become 0x01 | ns | rule_id (big
+// endian): fires arrive roughly in slot order, so new keys land next to one
+// another and a commit dirties a few index pages instead of one per event
+// (random inserts made commits 3-5× slower). Other keys are 0x00 | key.
+func idemIndexKey(key string) []byte {
+	if rule, ns, ok := strings.Cut(key, ":"); ok {
+		r, err1 := strconv.ParseUint(rule, 10, 64)
+		n, err2 := strconv.ParseUint(ns, 10, 64)
+		// Only the canonical spelling, so that two keys never share an index key.
+		if err1 == nil && err2 == nil && strconv.FormatUint(r, 10) == rule && strconv.FormatUint(n, 10) == ns {
+			k := make([]byte, 0, 17)
+			k = append(k, 1)
+			k = binary.BigEndian.AppendUint64(k, n)
+			return binary.BigEndian.AppendUint64(k, r)
+		}
+	}
+	return append([]byte{0}, key...)
 }
 
-func indexPrefix(value string) []byte {
-	k := make([]byte, 0, 2+len(value))
-	k = binary.BigEndian.AppendUint16(k, uint16(len(value)))
-	return append(k, value...)
+// eventIndex maps trigger_instance_id and rule_ref to the ids of their
+// events, ascending. It lives in memory (8 bytes per event and index, plus
+// slice slack) and is rebuilt from the events bucket at open: a bbolt index
+// keyed by instance would put every insert on a different page.
+type eventIndex struct {
+	mu     sync.RWMutex
+	byInst map[string][]int64
+	byRule map[string][]int64
+}
+
+func newEventIndex() *eventIndex {
+	return &eventIndex{byInst: map[string][]int64{}, byRule: map[string][]int64{}}
+}
+
+// add records an event; ids must come in ascending order. Caller holds mu.
+func (x *eventIndex) add(inst, ruleRef string, id int64) {
+	if inst != "" {
+		x.byInst[inst] = append(x.byInst[inst], id)
+	}
+	if ruleRef != "" {
+		x.byRule[ruleRef] = append(x.byRule[ruleRef], id)
+	}
+}
+
+// page returns the ids of page [offset, offset+size) of the events matching
+// both non-empty filters, and the number of matching events.
+func (x *eventIndex) page(inst, ruleRef string, offset int64, size int) ([]int64, int64) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var ids []int64
+	switch {
+	case inst != "" && ruleRef != "":
+		ids = intersect(x.byInst[inst], x.byRule[ruleRef])
+	case inst != "":
+		ids = x.byInst[inst]
+	default:
+		ids = x.byRule[ruleRef]
+	}
+	total := int64(len(ids))
+	if offset >= total {
+		return nil, total
+	}
+	return slices.Clone(ids[offset:min(total, offset+int64(size))]), total
+}
+
+func intersect(a, b []int64) []int64 {
+	var out []int64
+	for i, j := 0, 0; i < len(a) && j < len(b); {
+		switch {
+		case a[i] < b[j]:
+			i++
+		case a[i] > b[j]:
+			j++
+		default:
+			out = append(out, a[i])
+			i, j = i+1, j+1
+		}
+	}
+	return out
+}
+
+// loadEventIndex rebuilds the index from the stored events.
+func loadEventIndex(db *bolt.DB) (*eventIndex, error) {
+	x := newEventIndex()
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketEvents).ForEach(func(k, v []byte) error {
+			var e struct {
+				Inst    string `json:"trigger_instance_id"`
+				RuleRef string `json:"rule_ref"`
+			}
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("event %x: %w", k, err)
+			}
+			x.add(e.Inst, e.RuleRef, int64(binary.BigEndian.Uint64(k)))
+			return nil
+		})
+	})
+	return x, err
 }
 
 // createEvent stores an event. A request whose Idempotency-Key is already
 // stored gets 200 and the stored event; a new one 201.
 func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
+	s.evPending.Add(1)
+	enqueued := false
+	defer func() {
+		if !enqueued {
+			s.evPending.Add(-1)
+		}
+	}()
 	req, err := s.parseEvent(w, r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -196,7 +290,7 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 	if req.idemKey != "" {
 		var raw []byte
 		_ = s.db.View(func(tx *bolt.Tx) error {
-			if id := tx.Bucket(bucketEventIdem).Get([]byte(req.idemKey)); id != nil {
+			if id := tx.Bucket(bucketEventIdem).Get(idemIndexKey(req.idemKey)); id != nil {
 				raw = bytes.Clone(tx.Bucket(bucketEvents).Get(id))
 			}
 			return nil
@@ -209,6 +303,8 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 	}
 	select {
 	case s.evq <- req:
+		s.evPending.Add(-1)
+		enqueued = true
 	case <-s.quit:
 		s.fail(w, r, ErrClosed)
 		return
@@ -304,7 +400,7 @@ func ruleIDOf(inst string) (int64, bool) {
 }
 
 // listEvents lists events oldest first (by id), filtered by rule_ref and/or
-// trigger_instance_id through their indexes.
+// trigger_instance_id through the in-memory index.
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 	page, size, err := pageParams(r)
 	if err != nil {
@@ -321,40 +417,25 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 	offset := int64(page-1) * int64(size)
 	items := []json.RawMessage{}
 	var total int64
+	var ids []int64
+	if inst != "" || ruleRef != "" {
+		ids, total = s.evIndex.page(inst, ruleRef, offset, size)
+	}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		events := tx.Bucket(bucketEvents)
-		collect := func(id []byte) {
-			if total >= offset && len(items) < size {
-				if v := events.Get(id); v != nil {
+		if inst != "" || ruleRef != "" {
+			for _, id := range ids {
+				if v := events.Get(idKey(id)); v != nil {
 					items = append(items, bytes.Clone(v))
 				}
 			}
-			total++
+			return nil
 		}
-		switch {
-		case inst == "" && ruleRef == "":
-			// Events are never deleted: ids are 1..Sequence().
-			total = int64(events.Sequence())
-			c := events.Cursor()
-			for k, v := c.Seek(idKey(offset + 1)); k != nil && len(items) < size; k, v = c.Next() {
-				items = append(items, bytes.Clone(v))
-			}
-		case inst != "":
-			prefix := indexPrefix(inst)
-			c := tx.Bucket(bucketEventInst).Cursor()
-			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-				id := k[len(prefix):]
-				if ruleRef != "" && !eventHasRuleRef(events.Get(id), ruleRef) {
-					continue
-				}
-				collect(id)
-			}
-		default:
-			prefix := indexPrefix(ruleRef)
-			c := tx.Bucket(bucketEventRule).Cursor()
-			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-				collect(k[len(prefix):])
-			}
+		// Events are never deleted: ids are 1..Sequence().
+		total = int64(events.Sequence())
+		c := events.Cursor()
+		for k, v := c.Seek(idKey(offset + 1)); k != nil && len(items) < size; k, v = c.Next() {
+			items = append(items, bytes.Clone(v))
 		}
 		return nil
 	})
@@ -363,11 +444,4 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, listResponse{Items: items, Pagination: newPagination(page, size, total)})
-}
-
-func eventHasRuleRef(raw []byte, ref string) bool {
-	var e struct {
-		RuleRef *string `json:"rule_ref"`
-	}
-	return json.Unmarshal(raw, &e) == nil && e.RuleRef != nil && *e.RuleRef == ref
 }

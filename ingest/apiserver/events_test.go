@@ -322,3 +322,28 @@ func TestEventIdempotencyConcurrent(t *testing.T) {
 		t.Errorf("stored %d events, want 20", list.Pagination.TotalItems)
 	}
 }
+
+func TestIdemIndexKey(t *testing.T) {
+	tests := []struct {
+		key  string
+		want string // hex
+	}{
+		{"7:1772352000000000000", "01" + "1898a8c0f0f40000" + "0000000000000007"},
+		{"1:0", "01" + "0000000000000000" + "0000000000000001"},
+		{"01:5", "00" + fmt.Sprintf("%x", "01:5")}, // not canonical: kept as is
+		{"1:+5", "00" + fmt.Sprintf("%x", "1:+5")},
+		{"abc", "00" + fmt.Sprintf("%x", "abc")},
+		{"1:18446744073709551616", "00" + fmt.Sprintf("%x", "1:18446744073709551616")},
+		{"", "00"},
+	}
+	for _, tc := range tests {
+		if got := fmt.Sprintf("%x", idemIndexKey(tc.key)); got != tc.want {
+			t.Errorf("idemIndexKey(%q) = %s, want %s", tc.key, got, tc.want)
+		}
+	}
+	// Later slots sort after earlier ones, whatever the rule.
+	a, b := idemIndexKey("999:1772352000000000000"), idemIndexKey("1:1772352000000000001")
+	if string(a) >= string(b) {
+		t.Errorf("idemIndexKey: %x sorts after %x, want slot order", a, b)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,13 +83,15 @@ type Server struct {
 	metrics metrics
 	handler http.Handler
 
-	cat *catalogue // rules, in memory; bbolt is the durable copy
+	cat     *catalogue  // rules, in memory; bbolt is the durable copy
+	evIndex *eventIndex // events by instance and rule_ref, in memory
 
 	// ruleWriteMu serialises rule writes from transaction to publish, so that
 	// lifecycle messages leave in commit order.
 	ruleWriteMu sync.Mutex
 
 	evq       chan *eventReq // unbuffered: a send succeeds only while the committer runs
+	evPending atomic.Int64   // event requests under way, not yet taken by the committer
 	quit      chan struct{}
 	committer sync.WaitGroup
 	closeOnce sync.Once
@@ -140,9 +143,7 @@ var (
 	bucketRules     = []byte("rules")      // id → rule JSON
 	bucketRuleRefs  = []byte("rule_refs")  // ref → id
 	bucketEvents    = []byte("events")     // id → event JSON; never deleted, so ids are 1..Sequence()
-	bucketEventIdem = []byte("event_idem") // Idempotency-Key → id
-	bucketEventInst = []byte("event_inst") // indexKey(trigger_instance_id, id) → nil
-	bucketEventRule = []byte("event_rule") // indexKey(rule_ref, id) → nil
+	bucketEventIdem = []byte("event_idem") // idemIndexKey(Idempotency-Key) → id
 )
 
 // New opens (or creates) DataDir/api.db, loads the rules and starts the
@@ -175,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 		quit:    make(chan struct{}),
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRules, bucketRuleRefs, bucketEvents, bucketEventIdem, bucketEventInst, bucketEventRule} {
+		for _, b := range [][]byte{bucketRules, bucketRuleRefs, bucketEvents, bucketEventIdem} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
@@ -188,6 +189,10 @@ func New(cfg Config) (*Server, error) {
 	if s.cat, err = loadCatalogue(db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("apiserver: load rules from %q: %w", path, err)
+	}
+	if s.evIndex, err = loadEventIndex(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("apiserver: index events of %q: %w", path, err)
 	}
 	s.handler = s.routes()
 	s.committer.Add(1)
