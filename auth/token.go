@@ -243,8 +243,8 @@ func BearerToken(r *http.Request) (string, error) {
 	if h == "" {
 		return "", ErrMissingToken
 	}
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
+	scheme, tok, _ := strings.Cut(h, " ")
+	if !strings.EqualFold(scheme, "Bearer") {
 		return "", fmt.Errorf("%w: authorization header is not a bearer token", ErrMalformed)
 	}
 	tok = strings.TrimSpace(tok)

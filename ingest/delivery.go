@@ -371,7 +371,6 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	defer ticker.Stop()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	d.updateDepth()
 	if err := e.fill(); err != nil && flush {
 		return err
 	}
@@ -427,7 +426,6 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 			}
 			err = e.fill()
 		case <-ticker.C:
-			d.updateDepth()
 			if !flush {
 				if len(e.window) == 0 {
 					e.cursor = 0 // a safety net: pick up anything ever skipped
@@ -716,15 +714,6 @@ func (d *Delivery) invalidate(tok string) {
 		d.log.Info("events API refused the token, refreshing")
 		d.cfg.Tokens.Invalidate(tok)
 	}
-}
-
-func (d *Delivery) updateDepth() {
-	n, err := d.cfg.Store.OutboxLen()
-	if err != nil {
-		d.log.Debug("outbox length", "err", err)
-		return
-	}
-	d.metrics.depth.Set(float64(n))
 }
 
 // readyHeap orders entries by seq.

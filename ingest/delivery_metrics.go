@@ -10,7 +10,6 @@ type deliveryMetrics struct {
 	deliveries  *prometheus.CounterVec // by HTTP status, or "error"
 	seconds     prometheus.Histogram
 	deadLetters *prometheus.CounterVec // by HTTP status
-	depth       prometheus.Gauge
 }
 
 func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
@@ -28,10 +27,6 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 			Name: "timerd_dead_letters_total",
 			Help: "Events moved to dead letters after a permanent rejection, by HTTP status code.",
 		}, []string{"reason"}),
-		depth: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "timerd_outbox_depth",
-			Help: "Events committed and not yet delivered or dead-lettered.",
-		}),
 	}
 	if reg == nil {
 		return m
@@ -39,7 +34,6 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 	m.deliveries = registerOrExisting(reg, m.deliveries)
 	m.seconds = registerOrExisting(reg, m.seconds)
 	m.deadLetters = registerOrExisting(reg, m.deadLetters)
-	m.depth = registerOrExisting(reg, m.depth)
 	return m
 }
 
