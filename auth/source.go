@@ -47,19 +47,19 @@ type SourceConfig struct {
 func (c *SourceConfig) Validate() error {
 	switch {
 	case c.Token == "" && c.TokenFile == "":
-		return errors.New("Token: one of Token or TokenFile is required")
+		return errors.New("token source config: Token: one of Token or TokenFile is required")
 	case c.Token != "" && c.TokenFile != "":
-		return errors.New("TokenFile: set Token or TokenFile, not both")
+		return errors.New("token source config: TokenFile: set Token or TokenFile, not both")
 	case c.FilePoll < 0:
-		return fmt.Errorf("FilePoll: %v is negative", c.FilePoll)
-	case c.RefreshAt < 0 || c.RefreshAt >= 1:
-		return fmt.Errorf("RefreshAt: %v is not in (0, 1)", c.RefreshAt)
+		return fmt.Errorf("token source config: FilePoll: %v is negative", c.FilePoll)
+	case !(c.RefreshAt >= 0 && c.RefreshAt < 1): // also NaN
+		return fmt.Errorf("token source config: RefreshAt: %v is not in (0, 1)", c.RefreshAt)
 	case c.RetryMin < 0:
-		return fmt.Errorf("RetryMin: %v is negative", c.RetryMin)
+		return fmt.Errorf("token source config: RetryMin: %v is negative", c.RetryMin)
 	case c.RetryMax < 0:
-		return fmt.Errorf("RetryMax: %v is negative", c.RetryMax)
+		return fmt.Errorf("token source config: RetryMax: %v is negative", c.RetryMax)
 	case c.RetryMax != 0 && c.RetryMax < c.RetryMin:
-		return fmt.Errorf("RetryMax: %v is less than RetryMin %v", c.RetryMax, c.RetryMin)
+		return fmt.Errorf("token source config: RetryMax: %v is less than RetryMin %v", c.RetryMax, c.RetryMin)
 	}
 	return nil
 }
@@ -120,7 +120,7 @@ type current struct {
 // NewSource checks cfg and the initial token (a JWT with exp and iat).
 func NewSource(cfg SourceConfig) (*Source, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("token source: %w", err)
+		return nil, err
 	}
 	cfg.setDefaults()
 	s := &Source{

@@ -69,8 +69,8 @@ type Issuer struct {
 	Now func() time.Time // default time.Now
 }
 
-// Issue signs a new token for req with a random jti. iat is now (whole
-// seconds, as the token carries it) and exp is iat + TTL.
+// Issue signs a new token for req with a random jti (a UUID). iat is now and
+// exp is iat + TTL, both in whole seconds as the token carries them.
 func (i *Issuer) Issue(req IssueRequest) (string, Claims, error) {
 	if len(i.Key) < MinKeyLen {
 		return "", Claims{}, fmt.Errorf("issue token: %w: %d bytes, need at least %d", ErrShortKey, len(i.Key), MinKeyLen)
@@ -78,8 +78,8 @@ func (i *Issuer) Issue(req IssueRequest) (string, Claims, error) {
 	if _, err := ParseScope(string(req.Scope)); err != nil {
 		return "", Claims{}, fmt.Errorf("issue token: %w", err)
 	}
-	if req.TTL <= 0 || req.TTL > MaxTTL {
-		return "", Claims{}, fmt.Errorf("issue token: ttl %v: must be positive and at most %v", req.TTL, MaxTTL)
+	if req.TTL < time.Second || req.TTL > MaxTTL {
+		return "", Claims{}, fmt.Errorf("issue token: ttl %v: must be between 1s and %v", req.TTL, MaxTTL)
 	}
 	if req.Subject == "" {
 		req.Subject = string(req.IdentityID)
@@ -105,7 +105,7 @@ func (i *Issuer) Issue(req IssueRequest) (string, Claims, error) {
 			Subject:   req.Subject,
 			ID:        uuid.NewString(),
 			IssuedAt:  jwt.NewNumericDate(iat),
-			ExpiresAt: jwt.NewNumericDate(iat.Add(req.TTL)),
+			ExpiresAt: jwt.NewNumericDate(iat.Add(req.TTL).Truncate(time.Second)),
 		},
 		IdentityID:   req.IdentityID,
 		IdentityType: IdentityTypeServiceAccount,

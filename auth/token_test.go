@@ -288,6 +288,7 @@ func TestIssueRejects(t *testing.T) {
 		{"no scope", testKey, func(r *IssueRequest) { r.Scope = "" }, "scope"},
 		{"unknown scope", testKey, func(r *IssueRequest) { r.Scope = "root" }, "scope"},
 		{"zero ttl", testKey, func(r *IssueRequest) { r.TTL = 0 }, "ttl"},
+		{"sub-second ttl", testKey, func(r *IssueRequest) { r.TTL = 999 * time.Millisecond }, "ttl"},
 		{"ttl beyond 10 years", testKey, func(r *IssueRequest) { r.TTL = MaxTTL + time.Hour }, "ttl"},
 		{"no subject", testKey, func(r *IssueRequest) { r.Subject = "" }, "subject"},
 		{"sensor without triggers", testKey, func(r *IssueRequest) { r.Scope = ScopeSensor }, "trigger types"},

@@ -102,8 +102,8 @@ func parseTTL(s string) (time.Duration, error) {
 		}
 	}
 	d += days
-	if d <= 0 || d > auth.MaxTTL {
-		return 0, fmt.Errorf("%q: must be positive and at most %v", s, auth.MaxTTL)
+	if d < time.Second || d > auth.MaxTTL {
+		return 0, fmt.Errorf("%q: must be between 1s and %v", s, auth.MaxTTL)
 	}
 	return d, nil
 }
