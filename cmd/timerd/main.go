@@ -9,6 +9,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	// Slots must not depend on the host having a zone database.
+	_ "time/tzdata"
 )
 
 func main() {
