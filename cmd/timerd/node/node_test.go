@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"go.uber.org/goleak"
 
 	"github.com/timerd/timerd/ingest"
@@ -270,4 +271,35 @@ func testCounter(t *testing.T, n *runningNode, name, match string) float64 {
 		}
 	}
 	return sum
+}
+
+// The node's metrics follow Prometheus naming conventions (the checks of
+// `promtool check metrics`).
+func TestMetricsPassPromlint(t *testing.T) {
+	sys := startAPI(t, t.TempDir())
+	n := sys.startNode(t.TempDir(), true)
+	sys.createRule("lint", "core.intervaltimer", `{"interval":1}`)
+	waitUntil(t, "an event", 5*time.Second, func() bool { return len(sys.events("lint")) >= 1 })
+
+	mfs, err := n.cfg.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, want := range []string{"timerd_fires_total", "timerd_fire_lateness_seconds", "timerd_outbox_entries",
+		"timerd_deliveries_total", "timerd_store_commit_seconds", "timerd_rules_known", "timerd_build_info"} {
+		if !names[want] {
+			t.Errorf("metric %s missing", want)
+		}
+	}
 }
