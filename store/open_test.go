@@ -381,8 +381,8 @@ func TestFaultIsErrCorrupt(t *testing.T) {
 		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), p) {
 			t.Errorf("ForEachRule over pages past the end of the file: err %v, want ErrCorrupt with the path", err)
 		}
-		if _, err := s.RuleCount(); !errors.Is(err, ErrCorrupt) {
-			t.Errorf("RuleCount over pages past the end of the file: err %v, want ErrCorrupt", err)
+		if _, _, _, err := s.Rule(2999); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("Rule over pages past the end of the file: err %v, want ErrCorrupt", err)
 		}
 	})
 }

@@ -69,13 +69,17 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	var (
 		jseq  uint64
 		jrecs []journalRec
+		added int64
 	)
 	err := s.update(func(tx *bolt.Tx) error {
-		jrecs = jrecs[:0]
+		jrecs, added = jrecs[:0], 0
 		rb, wb := tx.Bucket(bucketRules), tx.Bucket(bucketWatermarks)
 		rb.FillPercent, wb.FillPercent = rulesFill, watermarksFill
 		for _, i := range order {
 			k := idKey(rs[i].ID)
+			if rb.Get(k[:]) == nil {
+				added++
+			}
 			if err := rb.Put(k, encodeRule(rs[i])); err != nil {
 				return fmt.Errorf("rule %d: %w", rs[i].ID, err)
 			}
@@ -98,6 +102,7 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	if err != nil {
 		return err
 	}
+	s.ruleCount.Add(added)
 	s.indexJournal(jseq, jrecs)
 	return nil
 }
@@ -133,8 +138,10 @@ func (s *Store) DeleteRule(id int64) error {
 	if s.journaled(id) {
 		jrecs = []journalRec{{kind: recTomb, id: id}}
 	}
+	existed := false
 	err := s.update(func(tx *bolt.Tx) error {
 		k := idKey(id)
+		existed = tx.Bucket(bucketRules).Get(k[:]) != nil
 		if err := tx.Bucket(bucketRules).Delete(k); err != nil {
 			return err
 		}
@@ -147,6 +154,9 @@ func (s *Store) DeleteRule(id int64) error {
 	})
 	if err != nil {
 		return s.wrap("delete rule", err)
+	}
+	if existed {
+		s.ruleCount.Add(-1)
 	}
 	s.indexJournal(jseq, jrecs)
 	return nil
@@ -231,10 +241,5 @@ func (e *callbackError) Error() string { return e.err.Error() }
 
 // RuleCount is the number of rules stored.
 func (s *Store) RuleCount() (int, error) {
-	var n int
-	err := s.view(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketRules).Stats().KeyN
-		return nil
-	})
-	return n, s.wrap("count rules", err)
+	return int(s.ruleCount.Load()), nil
 }

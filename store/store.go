@@ -81,6 +81,9 @@ type Store struct {
 	// Mirrors of the meta counters for the gauges; the meta bucket is the truth.
 	outboxLen     atomic.Int64
 	deadLetterLen atomic.Int64
+	// ruleCount is counted once at Open and kept by the writers (under wmu):
+	// status and metrics ask for it often, and a scan of a million rules is not free.
+	ruleCount atomic.Int64
 
 	wmu       sync.Mutex   // serializes writers of watermarks (and the journal index)
 	imu       sync.RWMutex // guards j
@@ -141,6 +144,12 @@ func Open(path string, opts Options) (s *Store, err error) {
 	}
 	if err := s.initJournal(); err != nil {
 		return nil, fmt.Errorf("open store %q: watermark journal: %w", path, err)
+	}
+	if err := s.view(func(tx *bolt.Tx) error {
+		s.ruleCount.Store(int64(tx.Bucket(bucketRules).Stats().KeyN))
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("open store %q: count rules: %w", path, err)
 	}
 	if err := s.registerMetrics(opts.Registerer); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)

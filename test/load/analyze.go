@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -99,9 +100,12 @@ type analysis struct {
 	// Latency is created − scheduled_at (fire to stored, scheduling
 	// lateness included); Lateness is fired_at − scheduled_at; Store is
 	// created − fired_at. Each from the first stored copy of a slot.
-	Latency  dist `json:"latency"`
-	Lateness dist `json:"fire_lateness"`
-	Store    dist `json:"fired_to_stored"`
+	Latency dist `json:"latency"`
+	// Worst are the seconds of the window (by slot) with the highest p99
+	// latency, worst first: a burst or a steady tail.
+	Worst    []secondStat `json:"worst_seconds,omitempty"`
+	Lateness dist         `json:"fire_lateness"`
+	Store    dist         `json:"fired_to_stored"`
 }
 
 // analyze checks that every slot of every rule in w is stored exactly once.
@@ -122,6 +126,7 @@ func analyze(rules []int64, evs []event, w window, phases map[int64]time.Time) a
 	first := make(map[int64]int64, len(rules)) // rule → first observed slot (unix nanos)
 	seen := make(map[key]int)
 	var lat, late, store []time.Duration
+	perSec := map[int][]time.Duration{}
 	for _, e := range evs {
 		id, ok := e.ruleID()
 		if !ok || !known[id] {
@@ -144,6 +149,8 @@ func analyze(rules []int64, evs []event, w window, phases map[int64]time.Time) a
 			continue
 		}
 		lat = append(lat, e.Created.Sub(e.Payload.ScheduledAt))
+		sec := int(e.Payload.ScheduledAt.Sub(w.Start) / time.Second)
+		perSec[sec] = append(perSec[sec], e.Created.Sub(e.Payload.ScheduledAt))
 		if !e.Payload.FiredAt.IsZero() {
 			late = append(late, e.Payload.FiredAt.Sub(e.Payload.ScheduledAt))
 			store = append(store, e.Created.Sub(e.Payload.FiredAt))
@@ -191,6 +198,12 @@ func analyze(rules []int64, evs []event, w window, phases map[int64]time.Time) a
 	}
 	a.OffGrid = total - onGrid
 	a.Latency, a.Lateness, a.Store = newDist(lat), newDist(late), newDist(store)
+	for sec, ds := range perSec {
+		d := newDist(ds)
+		a.Worst = append(a.Worst, secondStat{At: sec, N: d.N, P50: d.P50, P99: d.P99, Max: d.Max})
+	}
+	slices.SortFunc(a.Worst, func(x, y secondStat) int { return cmp.Compare(y.P99, x.P99) })
+	a.Worst = a.Worst[:min(len(a.Worst), 5)]
 	return a
 }
 
@@ -202,4 +215,13 @@ func mod(a, b int64) int64 {
 		m += b
 	}
 	return m
+}
+
+// secondStat is the latency of the slots of one second of the window.
+type secondStat struct {
+	At  int     `json:"second"` // since the window start
+	N   int     `json:"n"`
+	P50 float64 `json:"p50_ms"`
+	P99 float64 `json:"p99_ms"`
+	Max float64 `json:"max_ms"`
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,6 +19,7 @@ type client struct {
 	http    *http.Client
 	apiURL  string
 	nodeURL string
+	token   string // bearer token for the API; "" for none
 }
 
 func newClient(apiURL, nodeURL string, conns int) *client {
@@ -57,6 +59,9 @@ func (c *client) do(ctx context.Context, method, u string, body, out any, want .
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" && strings.HasPrefix(u, c.apiURL) {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -155,6 +160,9 @@ func (c *client) scrape(ctx context.Context, base string) (samples, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
 	if err != nil {
 		return nil, err
+	}
+	if c.token != "" && base == c.apiURL {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -100,7 +100,10 @@ func printReport(out io.Writer, r *report) {
 	row("latency (created−slot)", "%s", r.Latency)
 	row("  fire lateness (fired−slot)", "%s", r.Lateness)
 	row("  fired→stored (created−fired)", "%s", r.Store)
-	row("outbox", "depth max %d in the window; drained %.1fs after it (%v); dead letters %d", r.OutboxMax, r.DrainSec, r.Drained, r.DeadLetters)
+	for _, s := range r.Worst {
+		row(fmt.Sprintf("  worst second +%ds", s.At), "%d slots: p50 %s  p99 %s  max %s", s.N, fmtMs(s.P50), fmtMs(s.P99), fmtMs(s.Max))
+	}
+	row("outbox", "depth max %d in the window; under 100 ms of fires %.1fs after it (%v); dead letters %d", r.OutboxMax, r.DrainSec, r.Drained, r.DeadLetters)
 	row("events fetched in", "%.1fs", r.FetchSec)
 	fmt.Fprintln(w, "process (timerd dev, sampled each second in the window)")
 	row("CPU", "avg %.0f%%  max %.0f%% (100%% = one core)", r.Process.CPUAvgPct, r.Process.CPUMaxPct)
