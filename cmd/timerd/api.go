@@ -4,16 +4,19 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest/apiserver"
 )
 
 func newAPICmd() *cobra.Command {
 	var (
-		addr, dataDir string
-		logs          logFlags
+		addr, dataDir, keyFile string
+		cleanup                time.Duration
+		logs                   logFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "api",
@@ -23,11 +26,24 @@ func newAPICmd() *cobra.Command {
 			if dataDir == "" {
 				return usagef("--data-dir: required")
 			}
+			if keyFile == "" {
+				return usagef("--key-file: required (env TIMERD_API_KEY_FILE): the HMAC key tokens are signed with; " +
+					"create one with `timerd token keygen --out FILE`")
+			}
 			log, err := logs.logger()
 			if err != nil {
 				return err
 			}
-			srv, err := apiserver.New(apiserver.Config{DataDir: dataDir, Logger: log.With("component", "api")})
+			key, err := auth.LoadKey(keyFile, log)
+			if err != nil {
+				return usagef("--key-file: %w", err)
+			}
+			srv, err := apiserver.New(apiserver.Config{
+				DataDir:                   dataDir,
+				SigningKey:                key,
+				RevocationCleanupInterval: cleanup,
+				Logger:                    log,
+			})
 			if err != nil {
 				return err
 			}
@@ -42,6 +58,8 @@ func newAPICmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&addr, "addr", envOr("TIMERD_API_ADDR", "127.0.0.1:8080"), "listen address (env TIMERD_API_ADDR)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("TIMERD_API_DATA_DIR", ""), "directory of the API's database (env TIMERD_API_DATA_DIR)")
+	cmd.Flags().StringVar(&keyFile, "key-file", envOr("TIMERD_API_KEY_FILE", ""), "file holding the HMAC key tokens are signed with; required (env TIMERD_API_KEY_FILE; see `timerd token keygen`)")
+	cmd.Flags().DurationVar(&cleanup, "revocation-cleanup-interval", time.Hour, "how often revocations of expired tokens are deleted")
 	logs.register(cmd, "json")
 	return cmd
 }

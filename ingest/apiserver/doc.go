@@ -10,6 +10,14 @@
 // trigger_instance_id and rule_ref indexes in memory (rebuilt at open).
 // Events are listed oldest first (by id) and are never deleted.
 //
-// Authentication is a seam (Config.Authenticate); JWT verification lives in
-// package auth.
+// With Config.SigningKey set, every endpoint but /health takes a bearer
+// token (package auth), checked in the order of contract §5: signature with
+// HS256 pinned, exp, revocation, scope, and for POST events the token's
+// metadata.trigger_types (403 naming the trigger). Service accounts
+// (/service-accounts, also under /api/v1) and their revocations live in
+// api.db too; revocations are also held in memory for the per-request check,
+// and a job deletes those whose tokens have all expired. POST /auth/refresh
+// (and Attune's /auth/internal/sensor-token) trade a valid token for a new
+// one of the same identity, scope and lifetime. Without a key the server is
+// open and the token endpoints answer 501.
 package apiserver

@@ -352,6 +352,9 @@ func (s *Server) parseEvent(w http.ResponseWriter, r *http.Request) (*eventReq, 
 	if err := checkName("trigger_ref", tref); err != nil {
 		return nil, err
 	}
+	if err := checkEventTrigger(r, tref); err != nil {
+		return nil, err
+	}
 	ev.TriggerRef = tref
 	inst, ok, err := f.str("trigger_instance_id")
 	if err != nil {

@@ -21,15 +21,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest"
 )
 
 // MaxBodyBytes bounds every request body; larger bodies get 413.
 const MaxBodyBytes = 1 << 20
-
-// ErrForbidden, returned (wrapped) by Config.Authenticate, turns the answer
-// into 403 instead of 401.
-var ErrForbidden = errors.New("forbidden")
 
 // ErrClosed is returned by operations on a closed Server.
 var ErrClosed = errors.New("api server closed")
@@ -42,12 +39,17 @@ type Config struct {
 	// each committed rule write. Publishing is best-effort, as in Attune:
 	// a failure is logged and counted, the write stands.
 	Publisher ingest.Publisher
-	// Authenticate, if set, runs before every API handler (not /health).
-	// An error answers 401, or 403 if it wraps ErrForbidden. nil: open.
-	Authenticate func(r *http.Request) error
-	Logger       *slog.Logger          // nil: discard
-	Registerer   prometheus.Registerer // nil: metrics are not registered
-	Now          func() time.Time      // nil: time.Now
+	// SigningKey is the HS256 key tokens are signed and verified with (at
+	// least auth.MinKeyLen bytes). With it every endpoint but /health needs
+	// a bearer token of the right scope (contract §5) and the service-account
+	// and refresh endpoints work. nil: no authentication at all (tests).
+	SigningKey []byte
+	// RevocationCleanupInterval is how often revocation records whose
+	// tokens have expired are deleted. Default 1 h.
+	RevocationCleanupInterval time.Duration
+	Logger                    *slog.Logger          // nil: discard
+	Registerer                prometheus.Registerer // nil: metrics are not registered
+	Now                       func() time.Time      // nil: time.Now
 	// PublishTimeout bounds one Publish call. Default 5 s.
 	PublishTimeout time.Duration
 }
@@ -59,6 +61,12 @@ func (c *Config) Validate() error {
 	}
 	if c.PublishTimeout < 0 {
 		return fmt.Errorf("apiserver: PublishTimeout: %v is negative", c.PublishTimeout)
+	}
+	if c.SigningKey != nil && len(c.SigningKey) < auth.MinKeyLen {
+		return fmt.Errorf("apiserver: SigningKey: %w: %d bytes, need at least %d", auth.ErrShortKey, len(c.SigningKey), auth.MinKeyLen)
+	}
+	if c.RevocationCleanupInterval < 0 {
+		return fmt.Errorf("apiserver: RevocationCleanupInterval: %v is negative", c.RevocationCleanupInterval)
 	}
 	return nil
 }
@@ -73,9 +81,13 @@ func (c *Config) setDefaults() {
 	if c.PublishTimeout == 0 {
 		c.PublishTimeout = 5 * time.Second
 	}
+	if c.RevocationCleanupInterval == 0 {
+		c.RevocationCleanupInterval = time.Hour
+	}
 }
 
-// Server is the Attune-compatible API: rules, events and health.
+// Server is the Attune-compatible API: rules, events, service accounts,
+// token refresh and health.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
@@ -90,10 +102,18 @@ type Server struct {
 	// lifecycle messages leave in commit order.
 	ruleWriteMu sync.Mutex
 
+	// Token authentication; all nil when Config.SigningKey is nil.
+	issuer   *auth.Issuer
+	verifier *auth.Verifier
+	revs     *revocations // in memory; bbolt is the durable copy
+	// acctMu serialises service-account writes with refreshes, so that no
+	// token is issued to an identity while it is being revoked.
+	acctMu sync.Mutex
+
 	evq       chan *eventReq // unbuffered: a send succeeds only while the committer runs
 	evPending atomic.Int64   // event requests under way, not yet taken by the committer
 	quit      chan struct{}
-	committer sync.WaitGroup
+	committer sync.WaitGroup // the event committer and the revocation cleanup
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -140,10 +160,12 @@ func newMetrics(reg prometheus.Registerer) metrics {
 }
 
 var (
-	bucketRules     = []byte("rules")      // id → rule JSON
-	bucketRuleRefs  = []byte("rule_refs")  // ref → id
-	bucketEvents    = []byte("events")     // id → event JSON; never deleted, so ids are 1..Sequence()
-	bucketEventIdem = []byte("event_idem") // idemIndexKey(Idempotency-Key) → id
+	bucketRules     = []byte("rules")            // id → rule JSON
+	bucketRuleRefs  = []byte("rule_refs")        // ref → id
+	bucketEvents    = []byte("events")           // id → event JSON; never deleted, so ids are 1..Sequence()
+	bucketEventIdem = []byte("event_idem")       // idemIndexKey(Idempotency-Key) → id
+	bucketAccounts  = []byte("service_accounts") // idKey(identity id) → account JSON
+	bucketRevoked   = []byte("revocations")      // revocationKey → auth.Revocation JSON
 )
 
 // New opens (or creates) DataDir/api.db, loads the rules and starts the
@@ -176,7 +198,7 @@ func New(cfg Config) (*Server, error) {
 		quit:    make(chan struct{}),
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRules, bucketRuleRefs, bucketEvents, bucketEventIdem} {
+		for _, b := range [][]byte{bucketRules, bucketRuleRefs, bucketEvents, bucketEventIdem, bucketAccounts, bucketRevoked} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
@@ -194,9 +216,19 @@ func New(cfg Config) (*Server, error) {
 		db.Close()
 		return nil, fmt.Errorf("apiserver: index events of %q: %w", path, err)
 	}
+	if cfg.SigningKey != nil {
+		if err := s.initAuth(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("apiserver: load revocations of %q: %w", path, err)
+		}
+	}
 	s.handler = s.routes()
 	s.committer.Add(1)
 	go s.runCommitter()
+	if s.verifier != nil {
+		s.committer.Add(1)
+		go s.runRevocationCleanup()
+	}
 	return s, nil
 }
 
@@ -252,18 +284,31 @@ func (s *Server) routes() http.Handler {
 	type route struct {
 		pattern string
 		h       http.HandlerFunc
+		allow   func(auth.Claims) error // the scopes that may call it (contract §5)
 	}
+	readEvents := func(c auth.Claims) error { return c.Require(auth.ScopeUser, auth.ScopeReadonly) }
+	// Which trigger a sensor may post is checked once the body is parsed.
+	createEvents := func(c auth.Claims) error { return c.Require(auth.ScopeWebhook, auth.ScopeSensor) }
 	api := []route{
-		{"GET /api/v1/rules", s.listRules},
-		{"POST /api/v1/rules", s.createRule},
-		{"GET /api/v1/rules/{ref}", s.getRule},
-		{"PUT /api/v1/rules/{ref}", s.updateRule},
-		{"DELETE /api/v1/rules/{ref}", s.deleteRule},
-		{"POST /api/v1/rules/{ref}/enable", s.enableRule},
-		{"POST /api/v1/rules/{ref}/disable", s.disableRule},
-		{"GET /api/v1/events", s.listEvents},
-		{"POST /api/v1/events", s.createEvent},
-		{"POST /events", s.createEvent},
+		{"GET /api/v1/rules", s.listRules, auth.Claims.CanReadRules},
+		{"POST /api/v1/rules", s.createRule, auth.Claims.CanWriteRules},
+		{"GET /api/v1/rules/{ref}", s.getRule, auth.Claims.CanReadRules},
+		{"PUT /api/v1/rules/{ref}", s.updateRule, auth.Claims.CanWriteRules},
+		{"DELETE /api/v1/rules/{ref}", s.deleteRule, auth.Claims.CanWriteRules},
+		{"POST /api/v1/rules/{ref}/enable", s.enableRule, auth.Claims.CanWriteRules},
+		{"POST /api/v1/rules/{ref}/disable", s.disableRule, auth.Claims.CanWriteRules},
+		{"GET /api/v1/events", s.listEvents, readEvents},
+		{"POST /api/v1/events", s.createEvent, createEvents},
+		{"POST /events", s.createEvent, createEvents},
+		{"POST /auth/refresh", s.refreshToken, auth.Claims.CanRefresh},
+		{"POST /auth/internal/sensor-token", s.refreshSensorToken, auth.Claims.CanRefresh},
+	}
+	for _, prefix := range []string{"", "/api/v1"} {
+		api = append(api,
+			route{"POST " + prefix + "/service-accounts", s.createServiceAccount, auth.Claims.CanManageServiceAccounts},
+			route{"GET " + prefix + "/service-accounts", s.listServiceAccounts, auth.Claims.CanManageServiceAccounts},
+			route{"DELETE " + prefix + "/service-accounts/{identity_id}", s.deleteServiceAccount, auth.Claims.CanManageServiceAccounts},
+		)
 	}
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -271,7 +316,7 @@ func (s *Server) routes() http.Handler {
 	allowed := map[string][]string{"/health": {"GET", "HEAD"}}
 	var paths []string
 	for _, rt := range api {
-		mux.Handle(rt.pattern, s.authenticate(rt.h))
+		mux.Handle(rt.pattern, s.guard(rt.allow, rt.h))
 		method, path, _ := strings.Cut(rt.pattern, " ")
 		if _, ok := allowed[path]; !ok {
 			paths = append(paths, path)
@@ -321,24 +366,6 @@ func (s *Server) instrument(mux *http.ServeMux) http.Handler {
 			s.metrics.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
 		}()
 		mux.ServeHTTP(sw, r)
-	})
-}
-
-func (s *Server) authenticate(h http.Handler) http.Handler {
-	if s.cfg.Authenticate == nil {
-		return h
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := s.cfg.Authenticate(r); err != nil {
-			if errors.Is(err, ErrForbidden) {
-				writeError(w, http.StatusForbidden, "%v", err)
-				return
-			}
-			w.Header().Set("WWW-Authenticate", `Bearer realm="timerd"`)
-			writeError(w, http.StatusUnauthorized, "%v", err)
-			return
-		}
-		h.ServeHTTP(w, r)
 	})
 }
 

@@ -1,25 +1,37 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os/exec"
+	"regexp"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
 
-// The README's curl line: an interval rule of 1 s shows events within 3 s.
+// The curl lines dev prints (as the README says): an interval rule of 1 s
+// shows events within 3 s.
 func TestDevIntervalRuleEventsWithin3s(t *testing.T) {
-	p, apiURL, _ := startDev(t, t.TempDir())
-	if !strings.Contains(p.output(), "curl -s -X POST "+apiURL+"/api/v1/rules") {
-		t.Fatalf("banner lacks the curl line for %s:\n%s", apiURL, p.output())
-	}
+	d := startDev(t, t.TempDir())
+	export := d.waitOutput(regexp.MustCompile(`(?m)^\s*(export TOKEN=.*)$`), time.Second)[1]
+	curl := d.waitOutput(regexp.MustCompile(`(?m)^\s*(curl -s -X POST `+regexp.QuoteMeta(d.apiURL)+`/api/v1/rules .*)$`), time.Second)[1]
 
 	created := time.Now()
-	id := createRule(t, apiURL, "demo.every_second", "core.intervaltimer", map[string]any{"interval": 1, "unit": "seconds"})
+	out, err := exec.Command("bash", "-c", export+"\n"+curl).CombinedOutput()
+	if err != nil {
+		t.Fatalf("the printed curl line: %v\n%s", err, out)
+	}
+	var answer struct {
+		Data struct{ ID int64 } `json:"data"`
+	}
+	if err := json.Unmarshal(out, &answer); err != nil || answer.Data.ID == 0 {
+		t.Fatalf("the printed curl line answered %q, want the created rule", out)
+	}
+	id := answer.Data.ID
 	var evs []event
 	waitFor(t, "first event of demo.every_second", 3*time.Second, func() bool {
-		evs = events(t, apiURL, "demo.every_second")
+		evs = d.events(t, "demo.every_second")
 		return len(evs) > 0
 	})
 	t.Logf("first event stored %s after the rule was created", time.Since(created).Round(time.Millisecond))
@@ -45,7 +57,7 @@ func TestDevIntervalRuleEventsWithin3s(t *testing.T) {
 		t.Errorf("idempotency key = %q, want %q", e.IdempotencyKey, want)
 	}
 
-	if err := p.stop(20 * time.Second); err != nil {
+	if err := d.stop(20 * time.Second); err != nil {
 		t.Fatalf("timerd dev after SIGTERM: %v, want exit status 0", err)
 	}
 }
@@ -55,33 +67,33 @@ func TestDevIntervalRuleEventsWithin3s(t *testing.T) {
 // resume from their watermarks with their misfire policy applied.
 func TestDevSIGKILLRestartRecovers(t *testing.T) {
 	dir := t.TempDir()
-	p, apiURL, _ := startDev(t, dir)
+	d := startDev(t, dir)
 
 	fireAt := time.Now().Add(5 * time.Second).UTC().Truncate(time.Millisecond)
-	createRule(t, apiURL, "once", "core.datetimetimer", map[string]any{"fire_at": fireAt.Format(time.RFC3339Nano)})
-	createRule(t, apiURL, "every.fire_once", "core.intervaltimer", map[string]any{"interval": 1, "misfire": "fire_once", "misfire_grace": "1s"})
-	createRule(t, apiURL, "every.default", "core.intervaltimer", map[string]any{"interval": 1})
+	d.createRule(t, "once", "core.datetimetimer", map[string]any{"fire_at": fireAt.Format(time.RFC3339Nano)})
+	d.createRule(t, "every.fire_once", "core.intervaltimer", map[string]any{"interval": 1, "misfire": "fire_once", "misfire_grace": "1s"})
+	d.createRule(t, "every.default", "core.intervaltimer", map[string]any{"interval": 1})
 	waitFor(t, "two events of each interval rule", 10*time.Second, func() bool {
-		return len(events(t, apiURL, "every.fire_once")) >= 2 && len(events(t, apiURL, "every.default")) >= 2
+		return len(d.events(t, "every.fire_once")) >= 2 && len(d.events(t, "every.default")) >= 2
 	})
 
-	if n := len(events(t, apiURL, "once")); n != 0 {
+	if n := len(d.events(t, "once")); n != 0 {
 		t.Fatalf("datetime rule fired before its time: %d events", n)
 	}
-	p.kill() // the API dies with it: dev is one process
+	d.kill() // the API dies with it: dev is one process
 	killed := time.Now()
 	time.Sleep(10 * time.Second) // the outage under test
 	restarted := time.Now()
-	_, apiURL, _ = startDev(t, dir)
+	d = startDev(t, dir)
 
 	var once []event
 	waitFor(t, "the datetime event after restart", 10*time.Second, func() bool {
-		once = events(t, apiURL, "once")
+		once = d.events(t, "once")
 		return len(once) > 0
 	})
 	// Let the interval rules run a few seconds past the restart.
 	time.Sleep(3 * time.Second)
-	once = events(t, apiURL, "once")
+	once = d.events(t, "once")
 	if len(once) != 1 {
 		t.Fatalf("datetime rule: %d events, want exactly 1", len(once))
 	}
@@ -93,7 +105,7 @@ func TestDevSIGKILLRestartRecovers(t *testing.T) {
 	}
 
 	// Default policy (grace 1 m > the 10 s outage): every slot is delivered, late.
-	def := slotsOf(t, events(t, apiURL, "every.default"))
+	def := slotsOf(t, d.events(t, "every.default"))
 	for i := 1; i < len(def); i++ {
 		if gap := def[i].slot.Sub(def[i-1].slot); gap != time.Second {
 			t.Errorf("every.default: slot %s follows %s (gap %s), want every slot", def[i].slot, def[i-1].slot, gap)
@@ -104,7 +116,7 @@ func TestDevSIGKILLRestartRecovers(t *testing.T) {
 	}
 	// fire_once with a 1 s grace: the ~9 slots missed during the outage
 	// become one catch-up fire; the count still runs on from the watermark.
-	fo := slotsOf(t, events(t, apiURL, "every.fire_once"))
+	fo := slotsOf(t, d.events(t, "every.fire_once"))
 	inOutage := 0
 	for i, s := range fo {
 		if s.slot.After(killed.Add(time.Second)) && s.slot.Before(restarted) {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -133,15 +134,28 @@ var (
 	nodeURLRe = regexp.MustCompile(`node:\s+(http://127\.0\.0\.1:\d+)`)
 )
 
+// dev is a running `timerd dev`.
+type dev struct {
+	*proc
+	apiURL, nodeURL string
+	token           string // the admin token dev wrote to its data dir
+}
+
 // startDev starts `timerd dev` on dataDir with ports picked by the kernel
-// and returns the process and the API and node URLs it printed.
-func startDev(t *testing.T, dataDir string) (p *proc, apiURL, nodeURL string) {
+// and reads back the URLs it printed and its admin token.
+func startDev(t *testing.T, dataDir string) *dev {
 	t.Helper()
-	p = start(t, "dev", "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "text")
-	apiURL = p.waitOutput(apiURLRe, 30*time.Second)[1]
-	nodeURL = p.waitOutput(nodeURLRe, 5*time.Second)[1]
-	waitReady(t, nodeURL, 30*time.Second)
-	return p, apiURL, nodeURL
+	p := start(t, "dev", "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "text")
+	d := &dev{proc: p}
+	d.apiURL = p.waitOutput(apiURLRe, 30*time.Second)[1]
+	d.nodeURL = p.waitOutput(nodeURLRe, 5*time.Second)[1]
+	tok, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+	if err != nil {
+		t.Fatalf("admin token of timerd dev: %v", err)
+	}
+	d.token = strings.TrimSpace(string(tok))
+	waitReady(t, d.nodeURL, 30*time.Second)
+	return d
 }
 
 func waitReady(t *testing.T, nodeURL string, timeout time.Duration) {
@@ -160,8 +174,9 @@ func waitReady(t *testing.T, nodeURL string, timeout time.Duration) {
 	t.Fatalf("%s/readyz not 200 within %s", nodeURL, timeout)
 }
 
-// apiDo sends a JSON request to the API and decodes the answer into out.
-func apiDo(t *testing.T, method, url string, body any, out any) int {
+// apiDo sends a JSON request to the API, as admin, and decodes the answer
+// into out.
+func (d *dev) apiDo(t *testing.T, method, path string, body any, out any) int {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -173,11 +188,13 @@ func apiDo(t *testing.T, method, url string, body any, out any) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	url := d.apiURL + path
 	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+d.token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
@@ -202,7 +219,7 @@ type event struct {
 }
 
 // events lists every event of a rule, all pages.
-func events(t *testing.T, apiURL, ruleRef string) []event {
+func (d *dev) events(t *testing.T, ruleRef string) []event {
 	t.Helper()
 	var all []event
 	for page := 1; ; page++ {
@@ -212,9 +229,9 @@ func events(t *testing.T, apiURL, ruleRef string) []event {
 				HasNext bool `json:"has_next"`
 			} `json:"pagination"`
 		}
-		url := fmt.Sprintf("%s/api/v1/events?rule_ref=%s&page=%d&page_size=1000", apiURL, ruleRef, page)
-		if code := apiDo(t, http.MethodGet, url, nil, &body); code != http.StatusOK {
-			t.Fatalf("GET %s: status %d", url, code)
+		path := fmt.Sprintf("/api/v1/events?rule_ref=%s&page=%d&page_size=1000", ruleRef, page)
+		if code := d.apiDo(t, http.MethodGet, path, nil, &body); code != http.StatusOK {
+			t.Fatalf("GET %s: status %d", path, code)
 		}
 		all = append(all, body.Items...)
 		if !body.Pagination.HasNext {
@@ -223,7 +240,7 @@ func events(t *testing.T, apiURL, ruleRef string) []event {
 	}
 }
 
-func createRule(t *testing.T, apiURL, ref, triggerRef string, params map[string]any) int64 {
+func (d *dev) createRule(t *testing.T, ref, triggerRef string, params map[string]any) int64 {
 	t.Helper()
 	var out struct {
 		Data struct {
@@ -231,7 +248,7 @@ func createRule(t *testing.T, apiURL, ref, triggerRef string, params map[string]
 		} `json:"data"`
 	}
 	body := map[string]any{"ref": ref, "trigger_ref": triggerRef, "trigger_params": params, "enabled": true}
-	if code := apiDo(t, http.MethodPost, apiURL+"/api/v1/rules", body, &out); code != http.StatusCreated {
+	if code := d.apiDo(t, http.MethodPost, "/api/v1/rules", body, &out); code != http.StatusCreated {
 		t.Fatalf("create rule %s: status %d", ref, code)
 	}
 	return out.Data.ID

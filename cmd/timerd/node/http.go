@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/timerd/timerd/auth"
 )
 
 // Status is the JSON of /v1/status.
@@ -23,6 +25,10 @@ type Status struct {
 	SensorRef   string     `json:"sensor_ref"`
 	StorePath   string     `json:"store_path"`
 	GeneratedAt time.Time  `json:"generated_at"`
+
+	// The API token's expiry and a masked form of it; never the token.
+	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"`
+	TokenMasked    string     `json:"token_masked,omitempty"`
 }
 
 func (n *Node) handler() http.Handler {
@@ -62,6 +68,11 @@ func (n *Node) Status() Status {
 	s.RulesKnown, _ = n.store.RuleCount()
 	s.OutboxDepth, _ = n.store.OutboxLen()
 	s.DeadLetters, _ = n.store.DeadLetterCount()
+	if n.tokens != nil {
+		exp := n.tokens.Expiry().UTC()
+		s.TokenExpiresAt = &exp
+		s.TokenMasked = auth.Mask(n.tokens.Token())
+	}
 	if t, ok := n.engine.NextFire(); ok {
 		t = t.UTC()
 		s.NextFire = &t

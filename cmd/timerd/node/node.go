@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
@@ -23,9 +24,22 @@ import (
 
 // Config is the configuration of one node.
 type Config struct {
-	DataDir   string // required: holds node.db
-	APIURL    string // required: Attune's API (events are posted, rules reconciled)
-	Tokens    ingest.TokenSource
+	DataDir string // required: holds node.db
+	APIURL  string // required: Attune's API (events are posted, rules reconciled)
+
+	// Token (ATTUNE_API_TOKEN) or TokenFile (ATTUNE_API_TOKEN_FILE) is the
+	// node's API token, a JWT with exp and iat. The node refreshes it
+	// through POST {APIURL}/auth/refresh at TokenRefreshAt of its lifetime
+	// and on a 401, and rereads TokenFile when it changes. At most one of
+	// them, and neither with Tokens.
+	Token, TokenFile string
+	TokenRefreshAt   float64       // fraction of exp − iat; default 0.8
+	TokenRetryMin    time.Duration // first retry of a failed refresh, doubling; default 60s
+	TokenRetryMax    time.Duration // default 1h
+	TokenFilePoll    time.Duration // default 10s
+	// Tokens, if set, hands out the bearer token instead (tests).
+	Tokens ingest.TokenSource
+
 	SensorRef string // default "core.timer"
 	NodeName  string // default the host name
 
@@ -87,6 +101,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("workers: must be positive, got %d", c.Workers)
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("shutdown timeout: must not be negative, got %s", c.ShutdownTimeout)
+	case c.Tokens != nil && (c.Token != "" || c.TokenFile != ""):
+		return errors.New("tokens: set Token or TokenFile, or Tokens, not both")
 	}
 	return nil
 }
@@ -99,6 +115,7 @@ type Node struct {
 	engine   *scheduler.Engine
 	delivery *ingest.Delivery
 	rules    *ingest.RulesClient
+	tokens   *auth.Source // nil without Token or TokenFile
 	ln       net.Listener
 	metrics  *metrics
 	ready    atomic.Bool
@@ -121,6 +138,15 @@ func New(cfg Config) (*Node, error) {
 	)
 	n.metrics = newMetrics(reg, n)
 
+	tokens := cfg.Tokens
+	src, err := newTokenSource(&cfg, reg)
+	if err != nil {
+		return nil, err
+	}
+	if src != nil { // not a nil *auth.Source in the interface
+		n.tokens, tokens = src, src
+	}
+
 	st, err := store.Open(filepath.Join(cfg.DataDir, "node.db"), store.Options{MmapPopulate: true, Registerer: reg})
 	if err != nil {
 		return nil, err
@@ -141,7 +167,7 @@ func New(cfg Config) (*Node, error) {
 	n.delivery, err = ingest.NewDelivery(ingest.DeliveryConfig{
 		Store:      st,
 		APIURL:     cfg.APIURL,
-		Tokens:     cfg.Tokens,
+		Tokens:     tokens,
 		Workers:    cfg.Workers,
 		Logger:     cfg.Logger.With("component", "delivery"),
 		Registerer: reg,
@@ -150,7 +176,7 @@ func New(cfg Config) (*Node, error) {
 		st.Close()
 		return nil, err
 	}
-	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: cfg.Tokens}
+	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: tokens}
 
 	if cfg.HTTPAddr != "" {
 		n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
@@ -188,14 +214,20 @@ func (n *Node) Run(ctx context.Context) error {
 	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
 	deliveryCtx, stopDelivery := context.WithCancel(context.WithoutCancel(ctx))
 	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
+	// The token is refreshed until the outbox flush at shutdown is over.
+	tokensCtx, stopTokens := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopEngine()
 	defer stopDelivery()
 	defer stopHTTP()
+	defer stopTokens()
 
 	engineDone := make(chan struct{})
 	deliveryDone := make(chan struct{})
 	if n.ln != nil {
 		g.Go(func() error { return n.serveHTTP(httpCtx) })
+	}
+	if n.tokens != nil {
+		g.Go(func() error { return n.tokens.Run(tokensCtx) })
 	}
 	g.Go(func() error {
 		defer close(engineDone)
@@ -219,6 +251,7 @@ func (n *Node) Run(ctx context.Context) error {
 			left, _ := n.store.OutboxLen()
 			n.log.Warn("outbox not flushed at shutdown; kept for the next start", "events", left, "err", err)
 		}
+		stopTokens()
 		stopHTTP()
 		return nil
 	})

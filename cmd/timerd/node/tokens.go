@@ -1,0 +1,33 @@
+package node
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/timerd/timerd/auth"
+)
+
+// newTokenSource builds the node's token source from cfg.Token or
+// cfg.TokenFile, refreshed through the API's POST /auth/refresh; nil when
+// neither is set. Its metrics (timerd_token_*) go to reg.
+func newTokenSource(cfg *Config, reg prometheus.Registerer) (*auth.Source, error) {
+	if cfg.Token == "" && cfg.TokenFile == "" {
+		return nil, nil
+	}
+	src, err := auth.NewSource(auth.SourceConfig{
+		Token:      cfg.Token,
+		TokenFile:  cfg.TokenFile,
+		FilePoll:   cfg.TokenFilePoll,
+		Refresh:    auth.HTTPRefresher(cfg.APIURL, nil),
+		RefreshAt:  cfg.TokenRefreshAt,
+		RetryMin:   cfg.TokenRetryMin,
+		RetryMax:   cfg.TokenRetryMax,
+		Logger:     cfg.Logger,
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("api token: %w", err)
+	}
+	return src, nil
+}
