@@ -3,7 +3,7 @@ GO        ?= go
 PKGS      ?= ./...
 TESTFLAGS ?= -race -timeout 14m
 
-.PHONY: all build test vet bench bench-peers load fuzz clean
+.PHONY: all build test mq vet bench bench-peers load soak clean
 
 all: build
 
@@ -16,9 +16,13 @@ vet:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 # Every test, with the race detector. End-to-end tests build and start real
-# timerd processes.
-test: vet
+# timerd processes. `mq` first makes sure a RabbitMQ broker answers on
+# 127.0.0.1:5672 (or TIMERD_TEST_MQ_URL is set), starting or installing one.
+test: vet mq
 	$(GO) test $(TESTFLAGS) $(PKGS)
+
+mq:
+	@bash test/mq/ensure-rabbitmq.sh
 
 # Micro-benchmarks of the engine, the store and delivery (not part of `make test`).
 bench:
@@ -31,6 +35,12 @@ bench-peers:
 # 50,000 interval rules of 10 s (5,000 fires/s) through timerd dev for a minute.
 load:
 	$(GO) run ./test/load
+
+# The token soak with the issue's figures: a 2-minute sensor token for 10 minutes
+# (make test runs the same test with a 20 s token for 100 s).
+soak:
+	TIMERD_SOAK_TOKEN_TTL=2m TIMERD_SOAK_DURATION=10m $(GO) test -race -count=1 -timeout 20m \
+		-run TestDevSensorTokenRefreshesWhileDelivering -v ./test/e2e
 
 clean:
 	rm -rf bin

@@ -1,0 +1,449 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// LifecycleRoutingKeys are the routing keys a node's queue is bound to.
+var LifecycleRoutingKeys = []string{"rule.created", "rule.enabled", "rule.disabled", "rule.deleted"}
+
+// DefaultExchange is the lifecycle exchange of the sensor documents
+// (contract §1); Attune's API itself publishes to "attune.events".
+const DefaultExchange = "attune"
+
+// dialTimeout bounds the TCP connect and the AMQP (and TLS) handshake.
+const dialTimeout = 10 * time.Second
+
+// QueueName is the durable queue of one node: "sensor.{sensor_ref}.{node_name}".
+func QueueName(sensorRef, nodeName string) string {
+	return "sensor." + sensorRef + "." + nodeName
+}
+
+// ConsumerConfig configures a Consumer.
+type ConsumerConfig struct {
+	URL          string        // amqp:// or amqps://, required
+	Exchange     string        // topic, durable; default "attune"
+	Queue        string        // required; see QueueName
+	QueueExpires time.Duration // x-expires of the queue; default 7 days
+	Prefetch     int           // unacked deliveries in flight; default 256
+	// Reconnect backoff after the connection or channel drops: doubles from
+	// ReconnectMin up to ReconnectMax, with jitter. Defaults 500ms and 30s.
+	ReconnectMin, ReconnectMax time.Duration
+	// RequeueDelay is how long a message whose handler failed waits before
+	// it goes back to the queue, so a failing store is not hammered.
+	// Default 1s.
+	RequeueDelay time.Duration
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer // nil: metrics are not registered
+}
+
+func (c *ConsumerConfig) setDefaults() {
+	if c.Exchange == "" {
+		c.Exchange = DefaultExchange
+	}
+	if c.QueueExpires == 0 {
+		c.QueueExpires = 7 * 24 * time.Hour
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = 256
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 500 * time.Millisecond
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 30 * time.Second
+	}
+	if c.RequeueDelay == 0 {
+		c.RequeueDelay = time.Second
+	}
+}
+
+// Validate reports the first bad field, after defaults are applied.
+func (c ConsumerConfig) Validate() error {
+	c.setDefaults()
+	if err := validateMQURL(c.URL); err != nil {
+		return err
+	}
+	switch {
+	case c.Queue == "":
+		return errors.New("mq consumer: Queue is required")
+	case len(c.Queue) > 255:
+		return fmt.Errorf("mq consumer: Queue: %d bytes, at most 255", len(c.Queue))
+	case len(c.Exchange) > 255:
+		return fmt.Errorf("mq consumer: Exchange: %d bytes, at most 255", len(c.Exchange))
+	case c.QueueExpires < time.Millisecond || c.QueueExpires.Milliseconds() > 1<<31-1:
+		return fmt.Errorf("mq consumer: QueueExpires: %v is out of range (1ms .. ~24 days)", c.QueueExpires)
+	case c.Prefetch < 0 || c.Prefetch > 65535:
+		return fmt.Errorf("mq consumer: Prefetch: %d is out of range (1 .. 65535)", c.Prefetch)
+	case c.ReconnectMin < 0:
+		return fmt.Errorf("mq consumer: ReconnectMin: %v is negative", c.ReconnectMin)
+	case c.ReconnectMax < c.ReconnectMin:
+		return fmt.Errorf("mq consumer: ReconnectMax: %v is less than ReconnectMin %v", c.ReconnectMax, c.ReconnectMin)
+	case c.RequeueDelay < 0:
+		return fmt.Errorf("mq consumer: RequeueDelay: %v is negative", c.RequeueDelay)
+	}
+	return nil
+}
+
+// validateMQURL checks that u is an amqp:// or amqps:// URL, without
+// echoing it (it may carry a password).
+func validateMQURL(u string) error {
+	if u == "" {
+		return errors.New("mq: URL is required")
+	}
+	uri, err := amqp.ParseURI(u)
+	if err != nil {
+		// ParseURI's errors do not include the URL.
+		return fmt.Errorf("mq: URL: %w", err)
+	}
+	if uri.Host == "" {
+		return errors.New("mq: URL: no host")
+	}
+	return nil
+}
+
+// Consumer reads rule lifecycle messages from a node's durable queue on
+// RabbitMQ. Each message is acked only after its handler returned nil, so a
+// change is in the store before the broker forgets it; delivery is at least
+// once and handlers must be idempotent (Attune's duplicates are normal).
+type Consumer struct {
+	cfg     ConsumerConfig
+	log     *slog.Logger
+	metrics consumerMetrics
+
+	mu   sync.Mutex
+	conn *amqp.Connection // set by Declare, taken over by Run
+
+	everConnected atomic.Bool // a connection has been made before
+}
+
+type consumerMetrics struct {
+	connected  prometheus.Gauge
+	reconnects prometheus.Counter
+	requeued   prometheus.Counter
+}
+
+// NewConsumer checks cfg and returns a Consumer that has not connected yet.
+func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Consumer{
+		cfg: cfg,
+		log: log.With("component", "mq-consumer", "queue", cfg.Queue),
+		metrics: consumerMetrics{
+			connected: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "timerd_mq_connected",
+				Help: "1 while the lifecycle consumer has a live RabbitMQ connection and channel, else 0.",
+			}),
+			reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "timerd_mq_reconnects_total",
+				Help: "RabbitMQ connections the lifecycle consumer made after its first one.",
+			}),
+			requeued: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "timerd_mq_requeued_total",
+				Help: "Lifecycle messages returned to the queue because their handler failed.",
+			}),
+		},
+	}
+	if cfg.Registerer != nil {
+		for _, m := range []prometheus.Collector{c.metrics.connected, c.metrics.reconnects, c.metrics.requeued} {
+			if err := cfg.Registerer.Register(m); err != nil {
+				return nil, fmt.Errorf("mq consumer: register metrics: %w", err)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Declare connects and declares the topology: the exchange (topic,
+// durable), the node's queue (durable, x-expires) and its bindings to the
+// four rule.* keys. From then on the broker keeps every lifecycle message
+// for this node, so a node calls Declare before its first reconcile and
+// nothing slips between the snapshot and the stream. Run then consumes on
+// the same connection. Declare is not safe to call concurrently with Run.
+func (c *Consumer) Declare(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil && !c.conn.IsClosed() {
+		ch, err := c.openChannel(c.conn)
+		if err != nil {
+			return err
+		}
+		return ch.Close()
+	}
+	conn, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	ch, err := c.openChannel(conn)
+	if err != nil {
+		_ = conn.Close()
+		return err
+	}
+	_ = ch.Close()
+	c.conn = conn
+	return nil
+}
+
+// Close drops the connection Declare made, when Run is not going to. It is
+// idempotent; Run closes its own connection when it returns.
+func (c *Consumer) Close() error {
+	c.mu.Lock()
+	conn := c.conn
+	c.conn = nil
+	c.mu.Unlock()
+	c.metrics.connected.Set(0)
+	if conn == nil || conn.IsClosed() {
+		return nil
+	}
+	return conn.Close()
+}
+
+// errRequeued ends a consume session after a failed handler: the session's
+// channel is closed so that the message and the ones prefetched behind it
+// return to the queue in their order.
+var errRequeued = errors.New("handler failed; message requeued")
+
+// Run consumes the queue until ctx is done, calling handle for each message,
+// synchronously and in queue order. A message is acked after handle returns
+// nil. When handle returns an error (the store failed), the message goes
+// back to the queue after RequeueDelay and comes again; a message the node
+// cannot use is its handle's business and must return nil, or it would
+// loop. When the connection or the channel drops, Run reconnects with
+// capped, jittered backoff and declares the topology again. Run returns nil
+// when ctx is done.
+func (c *Consumer) Run(ctx context.Context, handle func(Message) error) error {
+	if handle == nil {
+		return errors.New("mq consumer: Run: handle is nil")
+	}
+	defer c.Close()
+	attempt := 0
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.mu.Lock()
+		conn := c.conn
+		c.mu.Unlock()
+		if conn == nil || conn.IsClosed() {
+			var err error
+			conn, err = c.connect(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				attempt++
+				wait := c.backoff(attempt)
+				c.log.Warn("rabbitmq connect failed; retrying", "err", err, "retry_in", wait)
+				if !sleepCtx(ctx, wait) {
+					return nil
+				}
+				continue
+			}
+			c.mu.Lock()
+			c.conn = conn
+			c.mu.Unlock()
+		}
+		ch, err := c.openChannel(conn)
+		if err == nil {
+			attempt = 0
+			err = c.consume(ctx, conn, ch, handle)
+			_ = ch.Close()
+		}
+		c.metrics.connected.Set(0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, errRequeued) && !conn.IsClosed() {
+			continue // a fresh channel on the same connection
+		}
+		_ = c.Close()
+		attempt++
+		wait := c.backoff(attempt)
+		c.log.Warn("rabbitmq session ended; reconnecting", "err", err, "retry_in", wait)
+		if !sleepCtx(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// consume delivers from ch until ctx is done, the channel or connection
+// closes, or a handler fails.
+func (c *Consumer) consume(ctx context.Context, conn *amqp.Connection, ch *amqp.Channel, handle func(Message) error) error {
+	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	deliveries, err := ch.Consume(c.cfg.Queue, "", false, false, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consume %q: %w", c.cfg.Queue, err)
+	}
+	c.metrics.connected.Set(1)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-chClosed:
+			return closeErr("channel", e)
+		case e := <-connClosed:
+			return closeErr("connection", e)
+		case d, ok := <-deliveries:
+			if !ok {
+				return errors.New("delivery channel closed")
+			}
+			if err := handle(Message{RoutingKey: d.RoutingKey, Body: d.Body}); err != nil {
+				c.metrics.requeued.Inc()
+				c.log.Warn("lifecycle message not applied; requeueing",
+					"routing_key", d.RoutingKey, "message_id", d.MessageId, "err", err, "retry_in", c.cfg.RequeueDelay)
+				if !sleepCtx(ctx, c.cfg.RequeueDelay) {
+					return nil // closing the channel requeues it
+				}
+				if err := d.Nack(false, true); err != nil {
+					return fmt.Errorf("nack: %w", err)
+				}
+				return errRequeued
+			}
+			if err := d.Ack(false); err != nil {
+				// The channel is gone: the broker redelivers the message,
+				// which the idempotent handler absorbs.
+				return fmt.Errorf("ack: %w", err)
+			}
+		}
+	}
+}
+
+func closeErr(what string, e *amqp.Error) error {
+	if e == nil {
+		return fmt.Errorf("%s closed", what)
+	}
+	return fmt.Errorf("%s closed: %w", what, e)
+}
+
+// connect dials the broker; the context bounds the TCP connect, dialTimeout
+// the handshake.
+func (c *Consumer) connect(ctx context.Context) (*amqp.Connection, error) {
+	conn, err := dialMQ(ctx, c.cfg.URL, "timerd consumer "+c.cfg.Queue)
+	if err != nil {
+		return nil, err
+	}
+	if c.everConnected.Swap(true) {
+		c.metrics.reconnects.Inc()
+	}
+	c.log.Info("rabbitmq connected")
+	return conn, nil
+}
+
+// openChannel opens a channel, sets the prefetch and declares the topology.
+func (c *Consumer) openChannel(conn *amqp.Connection) (*amqp.Channel, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	if err := declareTopology(ch, c.cfg); err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
+		_ = ch.Close()
+		return nil, fmt.Errorf("set prefetch %d: %w", c.cfg.Prefetch, err)
+	}
+	return ch, nil
+}
+
+func declareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
+	if err := declareExchange(ch, cfg.Exchange); err != nil {
+		return err
+	}
+	args := amqp.Table{"x-expires": cfg.QueueExpires.Milliseconds()}
+	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, args); err != nil {
+		return fmt.Errorf("declare queue %q: %w", cfg.Queue, err)
+	}
+	for _, key := range LifecycleRoutingKeys {
+		if err := ch.QueueBind(cfg.Queue, key, cfg.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind queue %q to %q with %q: %w", cfg.Queue, cfg.Exchange, key, err)
+		}
+	}
+	return nil
+}
+
+func declareExchange(ch *amqp.Channel, exchange string) error {
+	if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %q: %w", exchange, err)
+	}
+	return nil
+}
+
+// dialMQ connects to url, naming the connection so operators (and tests)
+// can find it in `rabbitmqctl list_connections`. amqps:// gets TLS from
+// amqp091 (server name from the URL, certificates from its query).
+func dialMQ(ctx context.Context, url, name string) (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(name)
+	cfg := amqp.Config{
+		Properties: props,
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: dialTimeout}
+			conn, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// No heartbeats yet: bound the handshake (amqp091 clears it).
+			if err := conn.SetDeadline(time.Now().Add(dialTimeout)); err != nil {
+				_ = conn.Close()
+				return nil, err
+			}
+			return conn, nil
+		},
+	}
+	conn, err := amqp.DialConfig(url, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to rabbitmq: %w", err)
+	}
+	return conn, nil
+}
+
+// backoff is the wait before reconnect attempt n (1-based): ReconnectMin
+// doubling up to ReconnectMax, each with jitter in [50%, 100%].
+func (c *Consumer) backoff(n int) time.Duration {
+	return jitteredBackoff(c.cfg.ReconnectMin, c.cfg.ReconnectMax, n)
+}
+
+func jitteredBackoff(lo, hi time.Duration, n int) time.Duration {
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	if d <= 0 {
+		return 0
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d, or less when ctx is done; it reports whether ctx is
+// still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,292 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrMQUnavailable is returned by AMQPPublisher.Publish while the broker is
+// unreachable and the next reconnect attempt is not due yet.
+var ErrMQUnavailable = errors.New("rabbitmq unavailable")
+
+// ErrPublisherClosed is returned by Publish after Close.
+var ErrPublisherClosed = errors.New("publisher closed")
+
+// PublisherConfig configures an AMQPPublisher.
+type PublisherConfig struct {
+	URL      string // amqp:// or amqps://, required
+	Exchange string // topic, durable, declared on connect; default "attune"
+	// ConfirmTimeout bounds the wait for the broker's confirm of one
+	// message (the caller's context may cut it shorter). Default 5s.
+	ConfirmTimeout time.Duration
+	// After a failed connect, Publish fails fast with ErrMQUnavailable until
+	// the next attempt is due: ReconnectMin doubling to ReconnectMax, with
+	// jitter. Defaults 500ms and 30s.
+	ReconnectMin, ReconnectMax time.Duration
+	Logger                     *slog.Logger
+	Registerer                 prometheus.Registerer // nil: metrics are not registered
+}
+
+func (c *PublisherConfig) setDefaults() {
+	if c.Exchange == "" {
+		c.Exchange = DefaultExchange
+	}
+	if c.ConfirmTimeout == 0 {
+		c.ConfirmTimeout = 5 * time.Second
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 500 * time.Millisecond
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 30 * time.Second
+	}
+}
+
+// Validate reports the first bad field, after defaults are applied.
+func (c PublisherConfig) Validate() error {
+	c.setDefaults()
+	if err := validateMQURL(c.URL); err != nil {
+		return err
+	}
+	switch {
+	case len(c.Exchange) > 255:
+		return fmt.Errorf("mq publisher: Exchange: %d bytes, at most 255", len(c.Exchange))
+	case c.ConfirmTimeout < 0:
+		return fmt.Errorf("mq publisher: ConfirmTimeout: %v is negative", c.ConfirmTimeout)
+	case c.ReconnectMin < 0:
+		return fmt.Errorf("mq publisher: ReconnectMin: %v is negative", c.ReconnectMin)
+	case c.ReconnectMax < c.ReconnectMin:
+		return fmt.Errorf("mq publisher: ReconnectMax: %v is less than ReconnectMin %v", c.ReconnectMax, c.ReconnectMin)
+	}
+	return nil
+}
+
+// AMQPPublisher publishes lifecycle messages to RabbitMQ: persistent,
+// application/json, with the envelope's message_id as the message ID, each
+// one confirmed by the broker before Publish returns nil. It connects on the
+// first Publish and again after a failure; Publish calls are serialised.
+type AMQPPublisher struct {
+	cfg PublisherConfig
+	log *slog.Logger
+
+	mu        sync.Mutex
+	conn      *amqp.Connection
+	ch        *amqp.Channel
+	closed    bool
+	failures  int       // consecutive failed connects
+	nextDial  time.Time // no connect attempt before this
+	lastError error     // of the last failed connect
+
+	connected prometheus.Gauge
+	published *prometheus.CounterVec
+}
+
+var _ Publisher = (*AMQPPublisher)(nil)
+
+// NewPublisher checks cfg and returns a publisher; it connects lazily, so a
+// broker that is down at start-up does not stop the API.
+func NewPublisher(cfg PublisherConfig) (*AMQPPublisher, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &AMQPPublisher{
+		cfg: cfg,
+		log: log.With("component", "mq-publisher", "exchange", cfg.Exchange),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "timerd_mq_publisher_connected",
+			Help: "1 while the lifecycle publisher has a live RabbitMQ channel, else 0.",
+		}),
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_mq_published_total",
+			Help: "Lifecycle messages published to RabbitMQ, by result (confirmed, nacked, error).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"confirmed", "nacked", "error"} {
+		p.published.WithLabelValues(r)
+	}
+	if cfg.Registerer != nil {
+		for _, m := range []prometheus.Collector{p.connected, p.published} {
+			if err := cfg.Registerer.Register(m); err != nil {
+				return nil, fmt.Errorf("mq publisher: register metrics: %w", err)
+			}
+		}
+	}
+	return p, nil
+}
+
+// Publish sends m to the exchange with m.RoutingKey and waits for the
+// broker's confirm. An error means the message may not have been stored;
+// the caller decides (the API counts it; nodes reconcile).
+func (p *AMQPPublisher) Publish(ctx context.Context, m Message) error {
+	err := p.publish(ctx, m)
+	switch {
+	case err == nil:
+		p.published.WithLabelValues("confirmed").Inc()
+	case errors.Is(err, errNacked):
+		p.published.WithLabelValues("nacked").Inc()
+	default:
+		p.published.WithLabelValues("error").Inc()
+	}
+	return err
+}
+
+var errNacked = errors.New("rabbitmq nacked the message")
+
+// errChannelLost marks a publish that failed because the channel or the
+// connection went away under it.
+var errChannelLost = errors.New("channel lost")
+
+func (p *AMQPPublisher) publish(ctx context.Context, m Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ErrPublisherClosed
+	}
+	for try := 0; ; try++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		reused := p.ch != nil
+		ch, err := p.channel(ctx)
+		if err != nil {
+			return err
+		}
+		err = p.publishOn(ctx, ch, m)
+		// A connection that died since the last Publish is only noticed
+		// now: try once more on a fresh one. A duplicate is harmless
+		// (lifecycle messages are idempotent).
+		if errors.Is(err, errChannelLost) && reused && try == 0 {
+			p.log.Info("rabbitmq channel lost; publishing again on a new connection", "err", err)
+			continue
+		}
+		return err
+	}
+}
+
+func (p *AMQPPublisher) publishOn(ctx context.Context, ch *amqp.Channel, m Message) error {
+	msg := amqp.Publishing{
+		ContentType:  "application/json",
+		DeliveryMode: amqp.Persistent,
+		MessageId:    envelopeMessageID(m.Body),
+		Timestamp:    time.Now().UTC(),
+		AppId:        "timerd",
+		Body:         m.Body,
+	}
+	conf, err := ch.PublishWithDeferredConfirmWithContext(ctx, p.cfg.Exchange, m.RoutingKey, false, false, msg)
+	if err != nil {
+		p.dropLocked()
+		return fmt.Errorf("publish %q: %w: %w", m.RoutingKey, errChannelLost, err)
+	}
+	timer := time.NewTimer(p.cfg.ConfirmTimeout)
+	defer timer.Stop()
+	select {
+	case <-conf.Done():
+	case <-ctx.Done():
+		// The channel's confirm sequence is now uncertain: start afresh.
+		p.dropLocked()
+		return fmt.Errorf("publish %q: waiting for confirm: %w", m.RoutingKey, ctx.Err())
+	case <-timer.C:
+		p.dropLocked()
+		return fmt.Errorf("publish %q: no confirm within %v", m.RoutingKey, p.cfg.ConfirmTimeout)
+	}
+	if conf.Acked() {
+		return nil
+	}
+	// A closed channel nacks what it had pending; a real nack keeps it.
+	if ch.IsClosed() {
+		p.dropLocked()
+		return fmt.Errorf("publish %q: %w before its confirm", m.RoutingKey, errChannelLost)
+	}
+	return fmt.Errorf("publish %q: %w", m.RoutingKey, errNacked)
+}
+
+// channel returns the live confirm-mode channel, connecting when there is
+// none and a connect is due. p.mu is held.
+func (p *AMQPPublisher) channel(ctx context.Context) (*amqp.Channel, error) {
+	if p.ch != nil && !p.ch.IsClosed() && !p.conn.IsClosed() {
+		return p.ch, nil
+	}
+	p.dropLocked()
+	if now := time.Now(); now.Before(p.nextDial) {
+		return nil, fmt.Errorf("%w (last error: %v; next attempt in %v)", ErrMQUnavailable, p.lastError, p.nextDial.Sub(now).Round(time.Millisecond))
+	}
+	conn, ch, err := p.connect(ctx)
+	if err != nil {
+		p.failures++
+		p.lastError = err
+		p.nextDial = time.Now().Add(jitteredBackoff(p.cfg.ReconnectMin, p.cfg.ReconnectMax, p.failures))
+		p.log.Warn("rabbitmq connect failed", "err", err, "failures", p.failures)
+		return nil, fmt.Errorf("%w: %w", ErrMQUnavailable, err)
+	}
+	if p.failures > 0 {
+		p.log.Info("rabbitmq reconnected", "after_failures", p.failures)
+	}
+	p.failures, p.lastError, p.nextDial = 0, nil, time.Time{}
+	p.conn, p.ch = conn, ch
+	p.connected.Set(1)
+	return ch, nil
+}
+
+func (p *AMQPPublisher) connect(ctx context.Context) (*amqp.Connection, *amqp.Channel, error) {
+	conn, err := dialMQ(ctx, p.cfg.URL, "timerd publisher "+p.cfg.Exchange)
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = declareExchange(ch, p.cfg.Exchange)
+	}
+	if err == nil {
+		if err = ch.Confirm(false); err != nil {
+			err = fmt.Errorf("enable publisher confirms: %w", err)
+		}
+	}
+	if err != nil {
+		_ = conn.Close()
+		return nil, nil, err
+	}
+	return conn, ch, nil
+}
+
+// dropLocked closes the current connection, if any. p.mu is held.
+func (p *AMQPPublisher) dropLocked() {
+	if p.conn != nil {
+		_ = p.conn.Close()
+	}
+	p.conn, p.ch = nil, nil
+	p.connected.Set(0)
+}
+
+// Close closes the connection; later Publish calls fail with
+// ErrPublisherClosed. It is idempotent.
+func (p *AMQPPublisher) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	p.dropLocked()
+	return nil
+}
+
+// envelopeMessageID is the top-level message_id of an envelope body, or "".
+func envelopeMessageID(body []byte) string {
+	var e struct {
+		MessageID string `json:"message_id"`
+	}
+	if json.Unmarshal(body, &e) != nil || len(e.MessageID) > 255 {
+		return ""
+	}
+	return e.MessageID
+}
