@@ -1,0 +1,86 @@
+package node
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/timerd/timerd/store"
+)
+
+// BenchmarkRebuild1M measures what a restart costs a node with 1,000,000
+// rules: open the store, decode every rule and watermark, parse every timer
+// and load the engine's heap (the node's load()). Target: ≤ 3 s.
+//
+//	go test -run '^$' -bench Rebuild1M -benchtime 3x ./cmd/timerd/node
+func BenchmarkRebuild1M(b *testing.B) {
+	const n = 1_000_000
+	dir := rebuildFixture(b, n)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		nd, err := New(Config{DataDir: dir, APIURL: "http://127.0.0.1:1"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		loaded, err := nd.load()
+		if err != nil {
+			b.Fatal(err)
+		}
+		took := time.Since(start)
+		nd.store.Close()
+		if loaded != n {
+			b.Fatalf("loaded %d rules, want %d", loaded, n)
+		}
+		b.ReportMetric(took.Seconds(), "s/rebuild")
+	}
+}
+
+// rebuildFixture builds (once, cached under the temp dir) a node data dir
+// holding n rules: mostly interval timers, some cron and datetime ones.
+func rebuildFixture(b *testing.B, n int) string {
+	b.Helper()
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("timerd-rebuild-bench-%d-v1", n))
+	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
+		return dir
+	}
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dir, "node.db"), store.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const chunk = 50_000
+	for lo := 1; lo <= n; lo += chunk {
+		var rs []store.Rule
+		var wms []*store.Watermark
+		for id := lo; id < lo+chunk && id <= n; id++ {
+			r := store.Rule{ID: int64(id), Ref: fmt.Sprintf("rule.%d", id), UpdatedAt: base}
+			switch id % 10 {
+			case 0:
+				r.TriggerRef, r.Params = "core.crontimer", []byte(fmt.Sprintf(`{"expression":"%d */5 * * * *","timezone":"Europe/Berlin"}`, id%60))
+			case 1:
+				r.TriggerRef, r.Params = "core.datetimetimer", []byte(fmt.Sprintf(`{"fire_at":"2027-01-01T00:%02d:00Z"}`, id%60))
+			default:
+				r.TriggerRef, r.Params = "core.intervaltimer", []byte(fmt.Sprintf(`{"interval":%d,"unit":"seconds"}`, 1+id%3600))
+			}
+			rs = append(rs, r)
+			wms = append(wms, &store.Watermark{Slot: base, Count: uint64(id % 100)})
+		}
+		if err := st.PutRules(rs, wms); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "done"), nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
