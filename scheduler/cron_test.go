@@ -313,7 +313,7 @@ func TestCronLastIsLogarithmic(t *testing.T) {
 		{"per second, all of time", tm, "0001-01-01T00:00:00Z", "9999-01-01T00:00:00Z", "2099-12-31T22:59:59Z"},
 	}
 	for _, tt := range tests {
-		c := &countingSchedule{s: tt.tm.impl}
+		c := &countingSchedule{s: tt.tm.cron}
 		got, ok := lastBySearch(c, ts(t, tt.after), ts(t, tt.notAfter))
 		if !ok || !got.Equal(ts(t, tt.want)) {
 			t.Errorf("%s: Last = %v, %v; want %s", tt.name, got, ok, tt.want)

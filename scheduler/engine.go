@@ -22,14 +22,22 @@ type CommitFunc func(fires []Fire) error
 
 // Config configures an Engine.
 type Config struct {
-	Commit              CommitFunc            // required
-	Now                 func() time.Time      // default time.Now
-	DefaultMisfireGrace time.Duration         // default 1m; UnlimitedGrace allowed: a slot up to this late fires normally
-	MaxCatchUp          int                   // fire_all cap per rule per catch-up, default 100
-	MaxBatch            int                   // fires per commit, default 10000
-	RetryMin, RetryMax  time.Duration         // commit-failure backoff, default 100ms..10s
-	Logger              *slog.Logger          // default: discard
-	Registerer          prometheus.Registerer // nil: no metrics registered
+	Commit              CommitFunc       // required
+	Now                 func() time.Time // default time.Now
+	DefaultMisfireGrace time.Duration    // default 1m; UnlimitedGrace allowed: a slot up to this late fires normally
+	MaxCatchUp          int              // fire_all cap per rule per catch-up, default 100
+	MaxBatch            int              // fires per commit, default 10000
+	RetryMin, RetryMax  time.Duration    // commit-failure backoff, default 100ms..10s
+	// Coalesce groups fires that come due close together into one wake-up:
+	// after a wake that fired, a root due less than Coalesce later is taken
+	// Coalesce after that wake, with everything else due by then, rather
+	// than with a wake-up of its own. A slot never fires before it is due
+	// and at most Coalesce late on this account; a slot after a quiet spell
+	// fires on time. Default 2ms (0 means the default, as for every field);
+	// NoCoalesce (any negative value) turns it off.
+	Coalesce   time.Duration
+	Logger     *slog.Logger          // default: discard
+	Registerer prometheus.Registerer // nil: no metrics registered
 }
 
 // Defaults of Config.
@@ -39,8 +47,11 @@ const (
 	DefaultMaxBatch     = 10000
 	DefaultRetryMin     = 100 * time.Millisecond
 	DefaultRetryMax     = 10 * time.Second
+	DefaultCoalesce     = 2 * time.Millisecond
+	NoCoalesce          = time.Duration(-1) // Config.Coalesce: a wake-up per distinct due time
 
 	maxCatchUpLimit = 1_000_000 // the catch-up search keeps this many slots in memory
+	maxCoalesce     = time.Second
 )
 
 func (c Config) withDefaults() Config {
@@ -61,6 +72,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetryMax == 0 {
 		c.RetryMax = DefaultRetryMax
+	}
+	if c.Coalesce == 0 {
+		c.Coalesce = DefaultCoalesce
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -83,6 +97,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("scheduler config: RetryMin %v: must be >= 0", c.RetryMin)
 	case c.RetryMax < 0:
 		return fmt.Errorf("scheduler config: RetryMax %v: must be >= 0", c.RetryMax)
+	case c.Coalesce > maxCoalesce:
+		return fmt.Errorf("scheduler config: Coalesce %v: must be at most %v (it delays fires)", c.Coalesce, maxCoalesce)
 	}
 	if d := c.withDefaults(); d.RetryMin > d.RetryMax {
 		return fmt.Errorf("scheduler config: RetryMin %v exceeds RetryMax %v", d.RetryMin, d.RetryMax)
@@ -107,12 +123,15 @@ const (
 
 // rule is one slot of the engine's slab. Rules live by value in one slice,
 // addressed by index, so a million rules are one allocation, not a million.
+// It is kept small (40 bytes): the watermark slot is Unix nanoseconds, and
+// the next slot lives only in the rule's heap entry.
 type rule struct {
 	id      int64
 	timer   *Timer
-	wm      Watermark
-	next    time.Time // next slot while queued
+	wm      int64  // watermark slot, Unix ns (see setWM)
+	count   uint64 // watermark count
 	state   ruleState
+	farWM   bool // the watermark slot has no Unix-ns form: it is in Engine.far
 	removed bool // Remove came while busy: free the slot after the commit
 	changed bool // Upsert replaced the timer while busy: reschedule after the commit
 }
@@ -138,12 +157,14 @@ type Engine struct {
 	wake chan struct{}
 	ran  atomic.Bool
 
-	mu    sync.Mutex
-	ids   map[int64]int32 // rule id -> slab index
-	rules []rule
-	free  []int32 // released slab indexes
-	heap  slotHeap
-	calls uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
+	mu      sync.Mutex
+	ids     ruleIndex // rule id -> slab index
+	rules   []rule
+	free    []int32 // released slab indexes
+	heap    slotHeap
+	far     map[int32]time.Time // watermark slots outside Unix-ns range (the zero time aside), by slab index
+	calls   uint64              // Next and Last calls made by the engine; tests check catch-up stays cheap
+	lastPop int64               // Unix ns of the last wake that fired, for Coalesce
 
 	// Owned by the Run goroutine (and written under mu while planning).
 	fires   []Fire
@@ -158,10 +179,10 @@ func New(cfg Config) (*Engine, error) {
 	}
 	cfg = cfg.withDefaults()
 	e := &Engine{
-		cfg:  cfg,
-		log:  cfg.Logger,
-		wake: make(chan struct{}, 1),
-		ids:  make(map[int64]int32),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		wake:    make(chan struct{}, 1),
+		lastPop: math.MinInt64,
 	}
 	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(e.Len()) })
 	if err != nil {
@@ -196,13 +217,13 @@ func (e *Engine) Upsert(id int64, t *Timer, wm Watermark) {
 // later slot fires.
 func (e *Engine) Remove(id int64) {
 	e.mu.Lock()
-	idx, ok := e.ids[id]
+	pos, idx, ok := e.ids.find(e.rules, id)
 	if !ok {
 		e.mu.Unlock()
 		return
 	}
 	before := e.rootLocked()
-	delete(e.ids, id)
+	e.ids.deleteAt(e.rules, pos)
 	r := &e.rules[idx]
 	if r.state == busy {
 		r.removed = true
@@ -227,13 +248,11 @@ func (e *Engine) Load(items []Item) {
 	before := e.rootLocked()
 	// Heapify costs O(heap); pushing costs O(items·log heap).
 	bulk := len(items)*bits.Len(uint(e.heap.len()+len(items))) >= e.heap.len()
-	if len(e.ids) == 0 {
-		e.ids = make(map[int64]int32, len(items))
-	}
+	e.ids.reserve(e.rules, e.ids.n+len(items))
 	e.rules = slices.Grow(e.rules, len(items))
 	e.heap.pos = slices.Grow(e.heap.pos, len(items))
 	if bulk {
-		e.heap.es = slices.Grow(e.heap.es, len(items))
+		e.heap.reserve(len(items))
 	}
 	for _, it := range items {
 		if it.Timer == nil {
@@ -258,7 +277,7 @@ func (e *Engine) Load(items []Item) {
 func (e *Engine) Len() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.ids)
+	return e.ids.n
 }
 
 // NextFire is the earliest pending slot, if any.
@@ -269,19 +288,20 @@ func (e *Engine) NextFire() (time.Time, bool) {
 	if !ok {
 		return time.Time{}, false
 	}
-	return e.rules[root.idx].next, true
+	return e.nextOf(root), true
 }
 
 // Watermark is the rule's last committed slot and fire count as the engine
-// holds them (it includes slots skipped by the misfire policy).
+// holds them (it includes slots skipped by the misfire policy). The slot is
+// in UTC.
 func (e *Engine) Watermark(id int64) (Watermark, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	idx, ok := e.ids[id]
+	_, idx, ok := e.ids.find(e.rules, id)
 	if !ok {
 		return Watermark{}, false
 	}
-	return e.rules[idx].wm, true
+	return e.watermark(idx), true
 }
 
 // Run fires due slots until ctx is done, then returns nil. A commit in
@@ -335,11 +355,12 @@ func (e *Engine) rootLocked() entry {
 // upsertLocked is Upsert without the lock and the wake-up; sift false leaves
 // the heap for a heapify (bulk load).
 func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
-	idx, ok := e.ids[id]
+	_, idx, ok := e.ids.find(e.rules, id)
 	if !ok {
 		idx = e.alloc()
-		e.rules[idx] = rule{id: id, timer: t, wm: wm}
-		e.ids[id] = idx
+		e.rules[idx] = rule{id: id, timer: t, count: wm.Count}
+		e.setWM(idx, wm.Slot)
+		e.ids.insert(e.rules, idx)
 		e.schedule(idx, sift)
 		return
 	}
@@ -348,10 +369,10 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 		return
 	}
 	r.timer = t
-	if wm.Slot.After(r.wm.Slot) {
-		r.wm.Slot = wm.Slot
+	if wm.Slot.After(e.wmSlot(idx)) {
+		e.setWM(idx, wm.Slot)
 	}
-	r.wm.Count = max(r.wm.Count, wm.Count)
+	r.count = max(r.count, wm.Count)
 	if r.state == busy {
 		r.changed = true
 		return
@@ -363,13 +384,12 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 // watermark and places it in the heap (or out of it when there is none).
 func (e *Engine) schedule(idx int32, sift bool) {
 	r := &e.rules[idx]
-	next, ok := e.nextSlot(r.timer, r.wm.Slot)
+	next, ok := e.nextSlot(r.timer, e.wmSlot(idx))
 	if !ok {
 		e.heap.remove(idx)
-		r.state, r.next = idle, time.Time{}
+		r.state = idle
 		return
 	}
-	r.next = next
 	at := key(next)
 	switch {
 	case r.state == queued && sift:
@@ -388,11 +408,63 @@ func (e *Engine) schedule(idx int32, sift bool) {
 func (e *Engine) place(idx int32, next time.Time, ok bool) {
 	r := &e.rules[idx]
 	if !ok {
-		r.state, r.next = idle, time.Time{}
+		r.state = idle
 		return
 	}
-	r.state, r.next = queued, next
+	r.state = queued
 	e.heap.push(idx, key(next))
+}
+
+// nextOf is a queued rule's next slot. The heap key is the slot in Unix ns
+// unless it saturated (before 1678 or after 2262): then it is computed
+// again from the watermark, which gives the same slot.
+func (e *Engine) nextOf(en entry) time.Time {
+	if en.at != math.MinInt64 && en.at != math.MaxInt64 {
+		return time.Unix(0, en.at).UTC()
+	}
+	next, _ := e.nextSlot(e.rules[en.idx].timer, e.wmSlot(en.idx))
+	return next
+}
+
+// wmZero stands for the zero time ("never fired") in rule.wm.
+const wmZero = math.MinInt64
+
+// setWM sets a rule's watermark slot. A slot that has no Unix-ns form
+// other than wmZero (before 1678 or after 2262) is kept exactly in e.far.
+func (e *Engine) setWM(idx int32, slot time.Time) {
+	r := &e.rules[idx]
+	if r.farWM {
+		delete(e.far, idx)
+		r.farWM = false
+	}
+	switch {
+	case slot.IsZero():
+		r.wm = wmZero
+	case slot.After(minKeyTime) && !slot.After(maxKeyTime):
+		r.wm = slot.UnixNano()
+	default:
+		if e.far == nil {
+			e.far = make(map[int32]time.Time)
+		}
+		e.far[idx] = slot
+		r.farWM = true
+	}
+}
+
+// wmSlot is a rule's watermark slot.
+func (e *Engine) wmSlot(idx int32) time.Time {
+	r := &e.rules[idx]
+	switch {
+	case r.farWM:
+		return e.far[idx]
+	case r.wm == wmZero:
+		return time.Time{}
+	}
+	return time.Unix(0, r.wm).UTC()
+}
+
+func (e *Engine) watermark(idx int32) Watermark {
+	return Watermark{Slot: e.wmSlot(idx), Count: e.rules[idx].count}
 }
 
 func (e *Engine) alloc() int32 {
@@ -407,6 +479,9 @@ func (e *Engine) alloc() int32 {
 }
 
 func (e *Engine) release(idx int32) {
+	if e.rules[idx].farWM {
+		delete(e.far, idx)
+	}
 	e.rules[idx] = rule{} // drop the *Timer
 	e.free = append(e.free, idx)
 }
@@ -430,18 +505,16 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 			if len(e.flights) > 0 {
 				return 0, false
 			}
-			if nowKey < 0 && root.at > math.MaxInt64+nowKey {
-				return maxDuration, true
-			}
-			return time.Duration(root.at - nowKey), true
+			return e.waitFor(root.at, nowKey), true
 		}
 		e.heap.pop()
+		e.lastPop = nowKey
 		r := &e.rules[root.idx]
-		p := e.plan(r.id, r.timer, r.wm, r.next, now, room)
+		p := e.plan(r.id, r.timer, e.watermark(root.idx), e.nextOf(root), now, room)
 		if p.n == 0 {
 			// Everything due was skipped by the misfire policy: decided
 			// here, in memory; nothing to commit.
-			r.wm.Slot = p.last
+			e.setWM(root.idx, p.last)
 			e.place(root.idx, p.next, p.hasNext)
 			continue
 		}
@@ -453,6 +526,20 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 			e.mu.Lock()
 		}
 	}
+}
+
+// waitFor is how long to sleep from now for a root due at at. A root due
+// within Coalesce of the last wake that fired waits until Coalesce after that
+// wake, so that a dense run of slots is taken in groups rather than with a
+// timer, a futex and a commit each; never earlier than at.
+func (e *Engine) waitFor(at, now int64) time.Duration {
+	if c := int64(e.cfg.Coalesce); c > 0 && e.lastPop <= math.MaxInt64-c && at < e.lastPop+c {
+		at = e.lastPop + c
+	}
+	if now < 0 && at > math.MaxInt64+now {
+		return maxDuration
+	}
+	return time.Duration(at - now)
 }
 
 func bySlot(a, b Fire) int { return a.Slot.Compare(b.Slot) }
@@ -523,10 +610,10 @@ func (e *Engine) apply() {
 			e.release(fl.idx)
 			continue
 		}
-		if fl.p.last.After(r.wm.Slot) {
-			r.wm.Slot = fl.p.last
+		if fl.p.last.After(e.wmSlot(fl.idx)) {
+			e.setWM(fl.idx, fl.p.last)
 		}
-		r.wm.Count = max(r.wm.Count, fl.p.count)
+		r.count = max(r.count, fl.p.count)
 		r.state = idle
 		if r.changed {
 			r.changed = false
@@ -536,18 +623,37 @@ func (e *Engine) apply() {
 		}
 	}
 	e.mu.Unlock()
+	if c := cap(e.fires); c > minScratch && len(e.fires) < c/8 {
+		// A batch far smaller than the scratch (which grew for a catch-up
+		// at start, say): let the scratch go rather than keep its peak.
+		e.fires, e.flights = nil, nil
+		return
+	}
 	clear(e.fires) // drop *Timer references
 	e.fires, e.flights = e.fires[:0], e.flights[:0]
 }
 
+// minScratch is the batch scratch (in fires) kept whatever the batch sizes.
+const minScratch = 256
+
 // observe records the metrics of a committed batch.
 func (e *Engine) observe() {
+	var byKind [len(kinds)]int // counted here, added once per batch
 	for i := range e.fires {
 		f := &e.fires[i]
-		e.m.fired(f.Timer.Kind).Inc()
+		if k := kindIndex(f.Timer.Kind); k >= 0 {
+			byKind[k]++
+		} else {
+			e.m.fires.WithLabelValues(string(f.Timer.Kind)).Inc()
+		}
 		e.m.lateness.Observe(f.FiredAt.Sub(f.Slot).Seconds())
 		if f.CatchUp {
 			e.m.misfire(policyOf(f.Timer), "fired").Inc()
+		}
+	}
+	for k, n := range byKind {
+		if n > 0 {
+			e.m.firesByKind[k].Add(float64(n))
 		}
 	}
 	e.m.batch.Observe(float64(len(e.fires)))

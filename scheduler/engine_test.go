@@ -112,36 +112,42 @@ func slotsOf(fs []Fire) []time.Time {
 	return out
 }
 
-// checkInvariants verifies the heap order, the position index and the rule states.
+// checkInvariants verifies the heap order, the position index, the id index
+// and the rule states, and that each heap key is the rule's next slot.
 func checkInvariants(t *testing.T, e *Engine) {
 	t.Helper()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	h := &e.heap
-	for i, en := range h.es {
-		if i > 0 && h.es[(i-1)/2].at > en.at {
-			t.Fatalf("heap order broken at %d", i)
-		}
-		if h.pos[en.idx] != int32(i) {
-			t.Fatalf("pos[%d] = %d, want %d", en.idx, h.pos[en.idx], i)
-		}
+	if err := heapErr(h); err != nil {
+		t.Fatal(err)
+	}
+	for i, en := range h.entries() {
 		r := e.rules[en.idx]
-		if r.state != queued || key(r.next) != en.at {
-			t.Fatalf("heap entry %d: rule state %d next %v, entry at %d", i, r.state, r.next, en.at)
+		next, ok := r.timer.Next(e.wmSlot(en.idx))
+		if r.state != queued || !ok || key(next) != en.at {
+			t.Fatalf("heap entry %d: rule state %d, Next(watermark) %v %v, entry at %d", i, r.state, next, ok, en.at)
 		}
 	}
-	queuedN := 0
-	for id, idx := range e.ids {
-		r := e.rules[idx]
-		if r.id != id || r.removed {
-			t.Fatalf("ids[%d] -> slab %d holds id %d removed %v", id, idx, r.id, r.removed)
+	queuedN, indexed := 0, 0
+	for _, v := range e.ids.slots {
+		if v == 0 {
+			continue
+		}
+		indexed++
+		r := e.rules[v-1]
+		if _, idx, ok := e.ids.find(e.rules, r.id); !ok || idx != v-1 || r.removed || r.timer == nil {
+			t.Fatalf("index entry slab %d (id %d, removed %v): find gives %d %v", v-1, r.id, r.removed, idx, ok)
 		}
 		if r.state == queued {
 			queuedN++
 		}
 	}
-	if queuedN != len(h.es) {
-		t.Fatalf("%d queued rules, %d heap entries", queuedN, len(h.es))
+	if indexed != e.ids.n {
+		t.Fatalf("index holds %d entries, counts %d", indexed, e.ids.n)
+	}
+	if queuedN != h.len() {
+		t.Fatalf("%d queued rules, %d heap entries", queuedN, h.len())
 	}
 }
 
@@ -162,6 +168,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative retry min", Config{Commit: ok, RetryMin: -1}, "RetryMin"},
 		{"negative retry max", Config{Commit: ok, RetryMax: -1}, "RetryMax"},
 		{"min above max", Config{Commit: ok, RetryMin: time.Minute}, "RetryMin"},
+		{"no coalescing", Config{Commit: ok, Coalesce: NoCoalesce}, ""},
+		{"coalesce too long", Config{Commit: ok, Coalesce: 2 * time.Second}, "Coalesce"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -565,7 +573,7 @@ func TestMisfireInEngine(t *testing.T) {
 func TestLoad100k(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		t0 := time.Now()
-		e, rec := newEngine(t, Config{})
+		e, rec := newEngine(t, Config{Coalesce: NoCoalesce}) // every slot exactly on time
 		const n = 100_000
 		timers := make([]*Timer, 1000)
 		for j := range timers {
@@ -601,6 +609,139 @@ func TestLoad100k(t *testing.T) {
 		}
 		checkInvariants(t, e)
 	})
+}
+
+// TestCoalesce: slots 1ms apart are taken in groups one Coalesce apart,
+// none before its slot and none more than Coalesce late; a slot after a
+// quiet spell fires on time.
+func TestCoalesce(t *testing.T) {
+	tests := []struct {
+		name     string
+		coalesce time.Duration
+		want     time.Duration // effective window
+	}{
+		{"default", 0, DefaultCoalesce},
+		{"5ms", 5 * time.Millisecond, 5 * time.Millisecond},
+		{"off", NoCoalesce, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				t0 := time.Now()
+				e, rec := newEngine(t, Config{Coalesce: tc.coalesce})
+				const n = 100 // rule i fires at t0 + (i+1) ms, then every 10 s
+				for i := range int64(n) {
+					e.Upsert(i, every(10*time.Second, t0.Add(time.Duration(i+1)*time.Millisecond)), Watermark{Slot: t0})
+				}
+				e.Upsert(n, every(10*time.Second, t0.Add(5*time.Second)), Watermark{Slot: t0}) // alone at t0+5s
+				stop := start(t, e)
+				time.Sleep(6 * time.Second)
+				synctest.Wait()
+				stop()
+				fs := rec.fires()
+				if len(fs) != n+1 {
+					t.Fatalf("%d fires, want %d", len(fs), n+1)
+				}
+				for _, f := range fs {
+					late := f.FiredAt.Sub(f.Slot)
+					if late < 0 || late > tc.want {
+						t.Errorf("rule %d: slot t0+%v fired at t0+%v: %v late, want 0..%v", f.RuleID, f.Slot.Sub(t0), f.FiredAt.Sub(t0), late, tc.want)
+					}
+				}
+				if last := fs[n]; last.RuleID != n || !last.FiredAt.Equal(last.Slot) {
+					t.Errorf("lone slot after a quiet spell: %+v, want fired on time", last)
+				}
+				batches := len(rec.batchSizes())
+				wantBatches := n + 1
+				if tc.want > 0 {
+					wantBatches = n/int(tc.want/time.Millisecond) + 1 + 1
+				}
+				if batches > wantBatches {
+					t.Errorf("%d commits for %d fires 1ms apart, want at most %d", batches, n, wantBatches)
+				}
+			})
+		})
+	}
+}
+
+// TestCoalesceUpsertDoesNotDelay: a wake-up from an Upsert or Remove while a
+// coalesced group waits does not push the group back: it is taken Coalesce
+// after the wake that last fired.
+func TestCoalesceUpsertDoesNotDelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		t0 := time.Now()
+		e, rec := newEngine(t, Config{Coalesce: 10 * time.Millisecond})
+		e.Upsert(1, every(time.Hour, t0.Add(time.Second)), Watermark{Slot: t0})
+		e.Upsert(2, every(time.Hour, t0.Add(time.Second+time.Millisecond)), Watermark{Slot: t0})
+		stop := start(t, e)
+		defer stop()
+		time.Sleep(time.Second + 500*time.Microsecond)                                               // rule 1 fired at t0+1s; rule 2 waits for t0+1.01s
+		e.Upsert(3, every(time.Hour, t0.Add(time.Second+900*time.Microsecond)), Watermark{Slot: t0}) // new root: a wake-up
+		time.Sleep(200 * time.Microsecond)
+		e.Remove(3) // root again rule 2: another wake-up
+		time.Sleep(time.Second)
+		synctest.Wait()
+		fs := rec.of(2)
+		if len(fs) != 1 || !fs[0].FiredAt.Equal(t0.Add(time.Second+10*time.Millisecond)) {
+			t.Fatalf("rule 2 fires %+v, want one at t0+1.01s", fs)
+		}
+		if fs := rec.of(3); len(fs) != 0 {
+			t.Errorf("removed rule 3 fired: %+v", fs)
+		}
+	})
+}
+
+// TestWatermarkRange: the engine keeps watermarks as Unix ns; the zero time
+// and slots outside 1678–2262 must come back exact, and a slot before 1678
+// (its heap key saturated) must still fire.
+func TestWatermarkRange(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	ancient := time.Date(1600, 1, 1, 0, 0, 0, 7, time.UTC)
+	tests := []struct {
+		name  string
+		timer *Timer
+		wm    time.Time
+		fires []time.Time
+	}{
+		{"zero", every(time.Hour, now.Add(time.Minute)), time.Time{}, []time.Time{now.Add(time.Minute - time.Hour)}},
+		{"year 1600, datetime in 1650", at(time.Date(1650, 6, 1, 0, 0, 0, 0, time.UTC), UnlimitedGrace, FireOnce), ancient,
+			[]time.Time{time.Date(1650, 6, 1, 0, 0, 0, 0, time.UTC)}},
+		{"year 2300", every(time.Hour, now), time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC), nil},
+		{"in range, off UTC", every(time.Hour, now.Add(time.Minute)), now.Add(-time.Hour).In(time.FixedZone("x", 3600)), []time.Time{now.Add(time.Minute - time.Hour)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, rec := newEngine(t, Config{Now: func() time.Time { return now }})
+			e.Upsert(1, tc.timer, Watermark{Slot: tc.wm, Count: 3})
+			e.Upsert(2, every(time.Hour, now), Watermark{Slot: ancient}) // a second far watermark, released below
+			if wm, ok := e.Watermark(1); !ok || !wm.Slot.Equal(tc.wm) || wm.Slot.IsZero() != tc.wm.IsZero() || wm.Count != 3 {
+				t.Fatalf("Watermark after Upsert(wm %v) = %+v, %v", tc.wm, wm, ok)
+			}
+			e.Remove(2)
+			checkInvariants(t, e)
+			e.prepare()
+			if len(e.flights) > 0 {
+				tm := time.NewTimer(time.Hour)
+				defer tm.Stop()
+				e.commit(context.Background(), tm)
+			}
+			fs := rec.of(1)
+			if !slices.EqualFunc(slotsOf(fs), tc.fires, time.Time.Equal) {
+				t.Fatalf("fired %v, want %v", slotsOf(fs), tc.fires)
+			}
+			if len(fs) > 0 {
+				if wm, _ := e.Watermark(1); !wm.Slot.Equal(fs[len(fs)-1].Slot) || wm.Count != 4 {
+					t.Errorf("Watermark after the fire = %+v, want {%v 4}", wm, fs[len(fs)-1].Slot)
+				}
+			}
+			checkInvariants(t, e)
+			e.mu.Lock()
+			if fw := len(e.far); fw > 1 {
+				t.Errorf("%d far watermarks kept, want at most rule 1's", fw)
+			}
+			e.mu.Unlock()
+		})
+	}
 }
 
 func TestLoadIntoLoadedEngine(t *testing.T) {

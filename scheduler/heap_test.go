@@ -1,24 +1,44 @@
 package scheduler
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
 )
 
+// heapErr checks the heap order and the position index.
+func heapErr(h *slotHeap) error {
+	for i := heapBase; i < len(h.at); i++ {
+		if p := parentOf(i); i > heapBase && h.at[p] > h.at[i] {
+			return fmt.Errorf("heap order broken at %d: parent %d > %d", i, h.at[p], h.at[i])
+		}
+		if h.pos[h.idx[i]] != int32(i) {
+			return fmt.Errorf("pos[%d] = %d, want %d", h.idx[i], h.pos[h.idx[i]], i)
+		}
+	}
+	return nil
+}
+
+// entries lists the heap's entries in position order.
+func (h *slotHeap) entries() []entry {
+	var es []entry
+	for i := heapBase; i < len(h.at); i++ {
+		es = append(es, entry{at: h.at[i], idx: h.idx[i]})
+	}
+	return es
+}
+
 func checkHeap(t *testing.T, h *slotHeap, model map[int32]int64) {
 	t.Helper()
-	if len(h.es) != len(model) {
-		t.Fatalf("heap holds %d entries, model %d", len(h.es), len(model))
+	if h.len() != len(model) {
+		t.Fatalf("heap holds %d entries, model %d", h.len(), len(model))
 	}
-	for i, e := range h.es {
-		if i > 0 && h.es[(i-1)/2].at > e.at {
-			t.Fatalf("heap order broken at %d: parent %d > %d", i, h.es[(i-1)/2].at, e.at)
-		}
-		if h.pos[e.idx] != int32(i) {
-			t.Fatalf("pos[%d] = %d, want %d", e.idx, h.pos[e.idx], i)
-		}
+	if err := heapErr(h); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range h.entries() {
 		if model[e.idx] != e.at {
 			t.Fatalf("entry %d at %d, model %d", e.idx, e.at, model[e.idx])
 		}
@@ -113,6 +133,52 @@ func TestKey(t *testing.T) {
 	for _, tc := range tests {
 		if got := key(tc.t); got != tc.want {
 			t.Errorf("key(%s %v) = %d, want %d", tc.name, tc.t, got, tc.want)
+		}
+	}
+}
+
+// TestRuleIndexRandomOps checks the id index against a map through inserts
+// and deletes, with ids chosen to collide (few distinct low bits) and a
+// table kept small, so probe runs wrap around and deletes shift entries.
+func TestRuleIndexRandomOps(t *testing.T) {
+	for _, idSpace := range []int64{40, 5000} {
+		rng := rand.New(rand.NewPCG(5, uint64(idSpace)))
+		var x ruleIndex
+		var rules []rule
+		var free []int32
+		model := map[int64]int32{}
+		for op := range 30000 {
+			id := rng.Int64N(idSpace)*1024 - 7
+			_, idx, ok := x.find(rules, id)
+			want, in := model[id]
+			if ok != in || (ok && idx != want) {
+				t.Fatalf("op %d: find(%d) = %d %v, model %d %v", op, id, idx, ok, want, in)
+			}
+			if in && rng.IntN(2) == 0 {
+				pos, _, _ := x.find(rules, id)
+				x.deleteAt(rules, pos)
+				rules[want] = rule{}
+				free = append(free, want)
+				delete(model, id)
+			} else if !in {
+				if n := len(free); n > 0 {
+					idx, free = free[n-1], free[:n-1]
+				} else {
+					rules = append(rules, rule{})
+					idx = int32(len(rules) - 1)
+				}
+				rules[idx] = rule{id: id}
+				x.insert(rules, idx)
+				model[id] = idx
+			}
+			if x.n != len(model) || 4*x.n > 3*len(x.slots) {
+				t.Fatalf("op %d: n %d, model %d, table %d", op, x.n, len(model), len(x.slots))
+			}
+		}
+		for id, idx := range model {
+			if _, got, ok := x.find(rules, id); !ok || got != idx {
+				t.Fatalf("find(%d) = %d %v, want %d", id, got, ok, idx)
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"math"
 	"math/bits"
 	"strings"
 	"time"
@@ -8,24 +9,39 @@ import (
 
 // intervalSchedule has slots anchor + k·period for every integer k. Next
 // and Last are integer arithmetic: no loops, no allocation, and no overflow
-// whatever the distance between the anchor and the time asked about.
+// whatever the distance between the anchor and the time asked about. It is
+// used by value, made from a Timer's fields on each call.
 type intervalSchedule struct {
 	anchor time.Time
 	period time.Duration // > 0
 }
 
-func (s *intervalSchedule) next(after time.Time) (time.Time, bool) {
+func (s intervalSchedule) next(after time.Time) (time.Time, bool) {
 	n := after.Add(s.period - s.phase(after))
 	return n, n.After(after) // false only at the edge of time.Time's range
 }
 
-func (s *intervalSchedule) last(after, notAfter time.Time) (time.Time, bool) {
+func (s intervalSchedule) last(after, notAfter time.Time) (time.Time, bool) {
 	l := notAfter.Add(-s.phase(notAfter))
 	return l, l.After(after)
 }
 
 // phase returns (t − anchor) mod period, in [0, period).
-func (s *intervalSchedule) phase(t time.Time) time.Duration {
+func (s intervalSchedule) phase(t time.Time) time.Duration {
+	// Within ±292 years of the anchor the difference is a Duration (Sub
+	// saturates beyond, so only those two values can be wrong).
+	if d := t.Sub(s.anchor); d != math.MinInt64 && d != math.MaxInt64 {
+		r := d % s.period
+		if r < 0 {
+			r += s.period
+		}
+		return r
+	}
+	return s.phaseWide(t)
+}
+
+// phaseWide is phase in 128-bit arithmetic, for any distance.
+func (s intervalSchedule) phaseWide(t time.Time) time.Duration {
 	forward := !t.Before(s.anchor)
 	hi, lo := absDiffNanos(t, s.anchor)
 	r := time.Duration(bits.Rem64(hi, lo, uint64(s.period)))

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -26,7 +27,7 @@ func ts(tb testing.TB, s string) time.Time {
 
 func TestIntervalNextLast(t *testing.T) {
 	anchor := ts(t, "2026-01-01T00:00:00.25Z")
-	s := &intervalSchedule{anchor: anchor, period: 10 * time.Second}
+	s := intervalSchedule{anchor: anchor, period: 10 * time.Second}
 	tests := []struct {
 		name       string
 		after      string
@@ -61,7 +62,7 @@ func TestIntervalNextLast(t *testing.T) {
 // (a watermark never set) and a period of 100 years.
 func TestIntervalExtremes(t *testing.T) {
 	for _, period := range []time.Duration{time.Second, 24 * time.Hour, maxInterval, 1500 * time.Millisecond} {
-		s := &intervalSchedule{anchor: anchorFor(time.Time{}, period, 7), period: period}
+		s := intervalSchedule{anchor: anchorFor(time.Time{}, period, 7), period: period}
 		for _, after := range []time.Time{{}, time.Unix(0, 0), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), time.Unix(math.MaxInt64/4, 0)} {
 			n, ok := s.next(after)
 			if !ok || !n.After(after) || n.Sub(after) > period {
@@ -75,14 +76,45 @@ func TestIntervalExtremes(t *testing.T) {
 	}
 }
 
+// The engine calls Next on every fire: it must not allocate, whether the
+// timer was parsed or built by hand (the benchmarks and tests build them).
 func TestIntervalNextDoesNotAllocate(t *testing.T) {
-	tm := mustParse(t, "core.intervaltimer", `{"interval":5}`, 1)
-	after := time.Now()
-	if a := testing.AllocsPerRun(100, func() { after, _ = tm.Next(after) }); a != 0 {
-		t.Errorf("Timer.Next of an interval timer: %v allocations per call, want 0", a)
+	anchor := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	timers := map[string]*Timer{
+		"parsed":              mustParse(t, "core.intervaltimer", `{"interval":5}`, 1),
+		"hand-built interval": {Kind: KindInterval, Interval: 5 * time.Second, Anchor: anchor},
+		"hand-built @every":   {Kind: KindCron, Expression: "@every 5s", Interval: 5 * time.Second, Anchor: anchor},
+		"hand-built datetime": {Kind: KindDatetime, FireAt: anchor.Add(time.Hour)},
 	}
-	if a := testing.AllocsPerRun(100, func() { _, _ = tm.Last(after.Add(-time.Hour), after) }); a != 0 {
-		t.Errorf("Timer.Last of an interval timer: %v allocations per call, want 0", a)
+	for name, tm := range timers {
+		after := anchor
+		if a := testing.AllocsPerRun(100, func() { after, _ = tm.Next(after) }); a != 0 {
+			t.Errorf("%s: Timer.Next: %v allocations per call, want 0", name, a)
+		}
+		if a := testing.AllocsPerRun(100, func() { _, _ = tm.Last(after.Add(-time.Hour), after) }); a != 0 {
+			t.Errorf("%s: Timer.Last: %v allocations per call, want 0", name, a)
+		}
+	}
+}
+
+// phase takes a 64-bit shortcut within ±292 years of the anchor; it must
+// agree with the 128-bit arithmetic everywhere, on both sides of the anchor
+// and at the edges of the shortcut.
+func TestIntervalPhaseShortcut(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	anchor := time.Date(2026, 1, 1, 0, 0, 0, 250_000_000, time.UTC)
+	edges := []time.Time{anchor, anchor.Add(math.MaxInt64), anchor.Add(math.MinInt64 + 1),
+		anchor.Add(math.MaxInt64).Add(time.Nanosecond), anchor.Add(math.MinInt64).Add(-time.Nanosecond), {}}
+	for range 2000 {
+		edges = append(edges, anchor.Add(time.Duration(rng.Int64())-time.Duration(rng.Int64())/2))
+	}
+	for _, period := range []time.Duration{time.Nanosecond, time.Second, 1500 * time.Millisecond, 7 * time.Hour, maxInterval} {
+		s := intervalSchedule{anchor: anchor, period: period}
+		for _, at := range edges {
+			if got, want := s.phase(at), s.phaseWide(at); got != want {
+				t.Fatalf("period %v: phase(%v) = %v, 128-bit phase %v", period, at, got, want)
+			}
+		}
 	}
 }
 

@@ -10,9 +10,10 @@ import (
 // registered only when a Registerer is given.
 type metrics struct {
 	fires        *prometheus.CounterVec
-	firesByKind  [3]prometheus.Counter // interval, cron, datetime: no label lookup per fire
+	firesByKind  [len(kinds)]prometheus.Counter // by kindIndex: no label lookup per fire
 	lateness     prometheus.Histogram
 	misfires     *prometheus.CounterVec
+	misfiresBy   [len(policies)][2]prometheus.Counter // by policy, then fired/skipped
 	rules        prometheus.GaugeFunc
 	commit       prometheus.Histogram
 	commitErrors prometheus.Counter
@@ -54,10 +55,11 @@ func newMetrics(reg prometheus.Registerer, rules func() float64) (*metrics, erro
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8), // 1 .. 16384
 		}),
 	}
-	m.firesByKind = [3]prometheus.Counter{
-		m.fires.WithLabelValues(string(KindInterval)),
-		m.fires.WithLabelValues(string(KindCron)),
-		m.fires.WithLabelValues(string(KindDatetime)),
+	for i, k := range kinds {
+		m.firesByKind[i] = m.fires.WithLabelValues(string(k))
+	}
+	for i, p := range policies {
+		m.misfiresBy[i] = [2]prometheus.Counter{m.misfires.WithLabelValues(string(p), "fired"), m.misfires.WithLabelValues(string(p), "skipped")}
 	}
 	if reg == nil {
 		return m, nil
@@ -70,18 +72,33 @@ func newMetrics(reg prometheus.Registerer, rules func() float64) (*metrics, erro
 	return m, nil
 }
 
-func (m *metrics) fired(k Kind) prometheus.Counter {
-	switch k {
-	case KindInterval:
-		return m.firesByKind[0]
-	case KindCron:
-		return m.firesByKind[1]
-	case KindDatetime:
-		return m.firesByKind[2]
+// kinds and policies are the label values whose series are made up front.
+var (
+	kinds    = [...]Kind{KindInterval, KindCron, KindDatetime}
+	policies = [...]MisfirePolicy{FireOnce, FireAll, Skip}
+)
+
+// kindIndex is k's index in kinds, or -1.
+func kindIndex(k Kind) int {
+	for i, c := range kinds {
+		if k == c {
+			return i
+		}
 	}
-	return m.fires.WithLabelValues(string(k))
+	return -1
 }
 
+// misfire is the counter of a policy (as policyOf returns it) and an action,
+// "fired" or "skipped".
 func (m *metrics) misfire(p MisfirePolicy, action string) prometheus.Counter {
+	a := 0
+	if action != "fired" {
+		a = 1
+	}
+	for i, c := range policies {
+		if p == c {
+			return m.misfiresBy[i][a]
+		}
+	}
 	return m.misfires.WithLabelValues(string(p), action)
 }

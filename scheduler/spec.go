@@ -49,6 +49,17 @@ func IsTimerTrigger(triggerRef string) bool {
 	return false
 }
 
+// internRef returns the constant equal to ref, so that a parsed Timer does
+// not keep the caller's copy of the string (one allocation per rule).
+func internRef(ref string) string {
+	for _, c := range [...]string{refInterval, refCron, refDatetime, refTimer} {
+		if ref == c {
+			return c
+		}
+	}
+	return ref
+}
+
 // Parse turns (trigger_ref, trigger_params) into a Timer. ruleID seeds the
 // stable phase of interval timers that have no start_at. Parse is pure: the
 // same input gives the same Timer on every node and at every time.
@@ -60,7 +71,7 @@ func Parse(triggerRef string, params []byte, ruleID int64) (*Timer, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Timer{TriggerRef: triggerRef}
+	t := &Timer{TriggerRef: internRef(triggerRef)}
 	if err := p.policies(t); err != nil {
 		return nil, err
 	}
@@ -93,8 +104,21 @@ func Parse(triggerRef string, params []byte, ruleID int64) (*Timer, error) {
 }
 
 // Next returns the first slot strictly after after, or false if there is none.
+// It allocates nothing for interval and datetime timers, parsed or built by
+// hand: the engine calls it on every fire.
 func (t *Timer) Next(after time.Time) (time.Time, bool) {
-	return t.sched().next(after.Round(0))
+	after = after.Round(0)
+	switch t.shape() {
+	case shapeInterval:
+		return intervalSchedule{anchor: t.Anchor, period: t.Interval}.next(after)
+	case shapeDatetime:
+		return oneShot{at: t.FireAt}.next(after)
+	case shapeCron:
+		if c := t.cronSchedule(); c != nil {
+			return c.next(after)
+		}
+	}
+	return time.Time{}, false
 }
 
 // Last returns the latest slot s with after < s <= notAfter, or false. It is
@@ -105,11 +129,60 @@ func (t *Timer) Last(after, notAfter time.Time) (time.Time, bool) {
 	if !notAfter.After(after) {
 		return time.Time{}, false
 	}
-	s := t.sched()
-	if l, ok := s.(lastFinder); ok {
-		return l.last(after, notAfter)
+	switch t.shape() {
+	case shapeInterval:
+		return intervalSchedule{anchor: t.Anchor, period: t.Interval}.last(after, notAfter)
+	case shapeDatetime:
+		return oneShot{at: t.FireAt}.last(after, notAfter)
+	case shapeCron:
+		if c := t.cronSchedule(); c != nil {
+			return lastBySearch(c, after, notAfter)
+		}
 	}
-	return lastBySearch(s, after, notAfter)
+	return time.Time{}, false
+}
+
+// shape is which arithmetic gives a timer's slots.
+type shape uint8
+
+const (
+	shapeNone shape = iota
+	shapeInterval
+	shapeDatetime
+	shapeCron
+)
+
+// shape reads the slot arithmetic from the exported fields, so that a Timer
+// built by hand rather than by Parse works too.
+func (t *Timer) shape() shape {
+	switch {
+	case t.cron != nil:
+		return shapeCron
+	case t.Kind == KindDatetime:
+		return shapeDatetime
+	case t.Interval > 0 && (t.Kind == KindInterval || t.Kind == KindCron):
+		return shapeInterval // a cron "@every d" is an interval
+	case t.Kind == KindCron:
+		return shapeCron
+	}
+	return shapeNone
+}
+
+// cronSchedule is the compiled expression: Parse's, or for a Timer built
+// by hand one compiled on each call (nil if the expression is bad).
+func (t *Timer) cronSchedule() *cronSchedule {
+	if t.cron != nil {
+		return t.cron
+	}
+	loc := t.Location
+	if loc == nil {
+		loc = time.UTC
+	}
+	c, err := newCron(t.Expression, loc, t.DSTGap, t.DSTOverlap)
+	if err != nil {
+		return nil
+	}
+	return c
 }
 
 // Equal reports whether two timers have the same schedule and policies, and
@@ -132,34 +205,6 @@ func (t *Timer) Equal(o *Timer) bool {
 		t.MisfireGrace == o.MisfireGrace
 }
 
-// lastFinder is a schedule that computes Last directly.
-type lastFinder interface {
-	last(after, notAfter time.Time) (time.Time, bool)
-}
-
-// sched returns the slot arithmetic; a Timer built by hand rather than by
-// Parse gets it from its exported fields.
-func (t *Timer) sched() schedule {
-	if t.impl != nil {
-		return t.impl
-	}
-	switch {
-	case t.Kind == KindDatetime:
-		return oneShot{at: t.FireAt}
-	case t.Interval > 0 && (t.Kind == KindInterval || t.Kind == KindCron):
-		return &intervalSchedule{anchor: t.Anchor, period: t.Interval}
-	case t.Kind == KindCron:
-		loc := t.Location
-		if loc == nil {
-			loc = time.UTC
-		}
-		if c, err := newCron(t.Expression, loc, t.DSTGap, t.DSTOverlap); err == nil {
-			return c
-		}
-	}
-	return never{}
-}
-
 // oneShot is a datetime timer's single slot.
 type oneShot struct{ at time.Time }
 
@@ -170,11 +215,6 @@ func (o oneShot) next(after time.Time) (time.Time, bool) {
 func (o oneShot) last(after, notAfter time.Time) (time.Time, bool) {
 	return o.at, o.at.After(after) && !o.at.After(notAfter)
 }
-
-// never has no slots.
-type never struct{}
-
-func (never) next(time.Time) (time.Time, bool) { return time.Time{}, false }
 
 // lastBySearch finds the last slot in (after, notAfter] with O(log span)
 // calls to next: first a window ending at notAfter that holds a slot,
@@ -368,7 +408,7 @@ func (p params) policies(t *Timer) error {
 		if err != nil {
 			return specErr("trigger_params.start_at", "%v", err)
 		}
-		t.Anchor = at
+		t.Anchor = at.UTC() // an offset's *time.Location would be kept per timer; slots do not depend on it
 	}
 	return nil
 }
@@ -394,7 +434,6 @@ func (p params) interval(t *Timer, ruleID int64) error {
 	}
 	t.Interval = time.Duration(n) * unit
 	t.Anchor = anchorFor(t.Anchor, t.Interval, ruleID)
-	t.impl = &intervalSchedule{anchor: t.Anchor, period: t.Interval}
 	return nil
 }
 
@@ -436,7 +475,6 @@ func (p params) cron(t *Timer, ruleID int64) error {
 	} else if isEvery {
 		t.Interval = every
 		t.Anchor = anchorFor(t.Anchor, every, ruleID)
-		t.impl = &intervalSchedule{anchor: t.Anchor, period: every}
 		return nil
 	}
 	t.Anchor = time.Time{} // start_at has no meaning for a wall-clock schedule
@@ -444,7 +482,7 @@ func (p params) cron(t *Timer, ruleID int64) error {
 	if err != nil {
 		return err
 	}
-	t.impl = c
+	t.cron = c
 	return nil
 }
 
@@ -487,7 +525,6 @@ func (p params) datetime(t *Timer) error {
 	if !p.has("misfire_grace") && t.Misfire != Skip {
 		t.MisfireGrace = UnlimitedGrace
 	}
-	t.impl = oneShot{at: t.FireAt}
 	return nil
 }
 

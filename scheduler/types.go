@@ -69,10 +69,13 @@ type Timer struct {
 	// 0 means the engine's default; UnlimitedGrace means never missed.
 	MisfireGrace time.Duration
 
-	impl schedule // the slot arithmetic, set by Parse
+	// cron is the compiled expression of a KindCron timer, set by Parse.
+	// Interval and datetime slots are computed from the fields above by
+	// value: nothing else is allocated per timer.
+	cron *cronSchedule
 }
 
-// schedule is the slot arithmetic behind a Timer.
+// schedule is slot arithmetic that has only next (cron); Last bisects over it.
 type schedule interface {
 	// next returns the first slot strictly after t, or false if there is none.
 	next(t time.Time) (time.Time, bool)

@@ -22,6 +22,7 @@ type config struct {
 	Drain        time.Duration // how long after the window a fire for an in-window slot may still arrive and count
 	SetupTimeout time.Duration // a design that cannot set up N rules in this time is reported, not run
 	Aligned      bool          // every rule's phase is 0 (all slots on whole seconds) instead of spread
+	Coalesce     time.Duration // timerd's scheduler.Config.Coalesce (0: its default)
 	profile      string        // CPU profile of the window goes here, if set
 }
 

@@ -45,6 +45,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.cfg.Drain, "drain", time.Second, "how long after the window a late fire still counts")
 	fs.DurationVar(&o.cfg.SetupTimeout, "setup-timeout", 90*time.Second, "give up on a design that cannot take all rules in this time")
 	fs.BoolVar(&o.cfg.Aligned, "aligned", false, "put every slot on a whole second instead of spreading phases over milliseconds")
+	fs.DurationVar(&o.cfg.Coalesce, "coalesce", 0, "timerd's scheduler Coalesce window (0: the engine's default, negative: off)")
 	list := fs.String("designs", strings.Join(designOrder, ","), "comma-separated designs to run")
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
 	fs.BoolVar(&o.child, "child", false, "internal: measure one design in this process")
@@ -137,6 +138,7 @@ func runChild(ctx context.Context, self, name string, cfg config) result {
 		fmt.Sprintf("-n=%d", cfg.N), "-duration="+cfg.Duration.String(),
 		"-settle="+cfg.Settle.String(), "-drain="+cfg.Drain.String(),
 		"-setup-timeout="+cfg.SetupTimeout.String(), fmt.Sprintf("-aligned=%t", cfg.Aligned),
+		"-coalesce="+cfg.Coalesce.String(),
 		"-cpuprofile="+cfg.profile)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout

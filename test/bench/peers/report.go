@@ -53,6 +53,9 @@ func buildReport(cfg config, results []result) report {
 			"timerd's Commit only counts fires (stand-in for the bbolt store, no I/O)",
 			cfg.N, map[bool]string{true: "whole-second", false: "ms-spread"}[cfg.Aligned], cfg.Duration, cfg.Settle),
 	}
+	if cfg.Coalesce != 0 {
+		rep.Workload += fmt.Sprintf("; timerd Coalesce %v", cfg.Coalesce)
+	}
 	byName := map[string]*result{}
 	for i := range results {
 		byName[results[i].Design] = &results[i]

@@ -10,7 +10,8 @@ import (
 	"github.com/timerd/timerd/scheduler"
 )
 
-// timerdDesign is timerd's engine. Its Commit only counts fires (and their
+// timerdDesign is timerd's engine with default settings, fed timers from
+// scheduler.Parse as a node does. Its Commit only counts fires (and their
 // lateness at commit time): a stand-in for the bbolt store, so the figures
 // are the engine's own, without I/O.
 type timerdDesign struct {
@@ -21,7 +22,7 @@ type timerdDesign struct {
 func newTimerd() design { return &timerdDesign{} }
 
 func (t *timerdDesign) start(ctx context.Context, b *bench, deadline time.Time) (int, error) {
-	e, err := scheduler.New(scheduler.Config{Commit: func(fires []scheduler.Fire) error {
+	e, err := scheduler.New(scheduler.Config{Coalesce: b.cfg.Coalesce, Commit: func(fires []scheduler.Fire) error {
 		now := b.now()
 		for i := range fires {
 			f := &fires[i]
@@ -34,14 +35,22 @@ func (t *timerdDesign) start(ctx context.Context, b *bench, deadline time.Time) 
 	}
 	start := time.Now().Round(0) // the first fire is the first slot after the benchmark's start
 	items := make([]scheduler.Item, b.cfg.N)
+	var params []byte
 	for i := range items {
-		items[i] = scheduler.Item{
-			ID:        int64(i + 1),
-			Timer:     &scheduler.Timer{Kind: scheduler.KindInterval, Interval: time.Duration(b.every[i]), Anchor: b.anchorTime(i)},
-			Watermark: scheduler.Watermark{Slot: start},
+		// Parsed as a node parses a stored rule; start_at pins the
+		// workload's phase (without it the phase comes from the rule id).
+		if b.every[i]%int64(time.Second) != 0 {
+			return i, fmt.Errorf("rule %d: interval %v is not whole seconds, as trigger params need", i+1, time.Duration(b.every[i]))
 		}
+		params = fmt.Appendf(params[:0], `{"interval":%d,"unit":"seconds","start_at":%q}`,
+			b.every[i]/int64(time.Second), b.anchorTime(i).UTC().Format(time.RFC3339Nano))
+		tm, err := scheduler.Parse("core.intervaltimer", params, int64(i+1))
+		if err != nil {
+			return i, fmt.Errorf("parse rule %d: %w", i+1, err)
+		}
+		items[i] = scheduler.Item{ID: int64(i + 1), Timer: tm, Watermark: scheduler.Watermark{Slot: start}}
 		if err := setupCheck(i, deadline); err != nil {
-			return 0, err
+			return i + 1, err
 		}
 	}
 	e.Load(items)
