@@ -38,9 +38,15 @@ type SourceConfig struct {
 	// RetryMin is the first delay after a failed refresh, doubling up to
 	// RetryMax; defaults 60s and 1h.
 	RetryMin, RetryMax time.Duration
-	Now                func() time.Time // default time.Now
-	Logger             *slog.Logger     // default discard
-	Registerer         prometheus.Registerer
+	// StateFile, if set, keeps the token in use (mode 0600): every refresh
+	// writes it, and at start the more recently issued of it and the
+	// configured token is used. Without it a node restarted after its
+	// configured token expired could not authenticate, though it had
+	// refreshed that token long before.
+	StateFile  string
+	Now        func() time.Time // default time.Now
+	Logger     *slog.Logger     // default discard
+	Registerer prometheus.Registerer
 }
 
 // Validate names the first bad field.
@@ -162,11 +168,57 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 			}
 		}
 	}
+	if saved := s.loadState(); saved != nil && saved.iat.After(c.iat) && cfg.Now().Before(saved.exp) {
+		s.log.Info("resuming with the refreshed API token kept in the state file", "path", cfg.StateFile,
+			"token", Mask(saved.token), "expires_at", saved.exp)
+		c = saved
+	}
 	s.swap(c)
 	if !cfg.Now().Before(c.exp) {
-		s.log.Warn("API token has expired", "token", Mask(tok), "expires_at", c.exp)
+		s.log.Warn("API token has expired", "token", Mask(c.token), "expires_at", c.exp)
 	}
 	return s, nil
+}
+
+// loadState returns the token kept in StateFile, nil if there is none or it
+// is unusable (then the configured token is used and the file rewritten at
+// the next refresh).
+func (s *Source) loadState() *current {
+	if s.cfg.StateFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(s.cfg.StateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		s.log.Warn("read API token state file; using the configured token", "path", s.cfg.StateFile, "err", err)
+		return nil
+	}
+	tok := string(bytes.TrimSpace(b))
+	c, err := parseForSource(tok)
+	if err != nil {
+		s.log.Warn("API token state file holds no usable token; using the configured token",
+			"path", s.cfg.StateFile, "err", redact(err, tok))
+		return nil
+	}
+	return c
+}
+
+// saveState writes tok to StateFile atomically (a temporary file renamed
+// over it). A failure is logged: the node keeps running on the token it has.
+func (s *Source) saveState(tok string) {
+	if s.cfg.StateFile == "" {
+		return
+	}
+	tmp := s.cfg.StateFile + ".tmp"
+	err := os.WriteFile(tmp, []byte(tok+"\n"), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, s.cfg.StateFile)
+	}
+	if err != nil {
+		s.log.Warn("keep the refreshed API token in the state file", "path", s.cfg.StateFile, "err", redact(err, tok))
+	}
 }
 
 // parseForSource decodes a token the client must be able to schedule.
@@ -330,6 +382,7 @@ func (s *Source) refresh(ctx context.Context, cur *current, reason string) error
 				err = fmt.Errorf("refreshed token expired at %s", c.exp.UTC().Format(time.RFC3339))
 			} else {
 				s.swap(c)
+				s.saveState(tok)
 				s.refreshOK.Inc()
 				s.log.Info("API token refreshed", "reason", reason, "token", Mask(tok), "expires_at", c.exp)
 				return nil
@@ -368,6 +421,7 @@ func (s *Source) pollFile() bool {
 		return false
 	}
 	s.swap(c)
+	s.saveState(tok)
 	s.log.Info("API token reloaded from file", "path", s.cfg.TokenFile, "token", Mask(tok), "expires_at", c.exp)
 	return true
 }

@@ -484,3 +484,58 @@ var _ interface {
 	Token() string
 	Invalidate(token string)
 } = (*Source)(nil)
+
+// A refreshed token outlives a restart: the state file keeps it, and a new
+// Source prefers it to the configured token it was refreshed from, but not
+// to a configured token issued after it (an operator's new one).
+func TestSourceStateFileSurvivesRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		state := filepath.Join(t.TempDir(), "api.token")
+		f := &fakeRefresher{}
+		configured := issueTTL(t, 100*time.Hour)
+		s, err := NewSource(SourceConfig{Token: configured, Refresh: f.refresh, StateFile: state})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runSource(t, s)
+		time.Sleep(81 * time.Hour)
+		synctest.Wait()
+		stop()
+		refreshed := s.Token()
+		if refreshed == configured {
+			t.Fatal("no refresh at 80 % of the TTL")
+		}
+		if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("state file: %v, mode %v; want it, 0600", err, fi.Mode().Perm())
+		}
+
+		// Restarted after the configured token expired: the refreshed one is used.
+		time.Sleep(20 * time.Hour)
+		s2, err := NewSource(SourceConfig{Token: configured, Refresh: f.refresh, StateFile: state})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s2.Token() != refreshed {
+			t.Errorf("after a restart: the configured (expired) token is used, want the refreshed one from %s", state)
+		}
+
+		// An operator's newer token wins over the kept one.
+		newer := issueTTL(t, 100*time.Hour)
+		s3, err := NewSource(SourceConfig{Token: newer, Refresh: f.refresh, StateFile: state})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s3.Token() != newer {
+			t.Error("a configured token issued after the kept one was not used")
+		}
+
+		// A garbage state file is ignored, not fatal.
+		if err := os.WriteFile(state, []byte("garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s4, err := NewSource(SourceConfig{Token: newer, Refresh: f.refresh, StateFile: state})
+		if err != nil || s4.Token() != newer {
+			t.Errorf("garbage state file: err %v, token kept %v; want nil, the configured token", err, s4 != nil && s4.Token() == newer)
+		}
+	})
+}

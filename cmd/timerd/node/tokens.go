@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -10,7 +11,8 @@ import (
 
 // newTokenSource builds the node's token source from cfg.Token or
 // cfg.TokenFile, refreshed through the API's POST /auth/refresh; nil when
-// neither is set. Its metrics (timerd_token_*) go to reg.
+// neither is set. The token in use is kept in DataDir/api.token, so a
+// restart resumes with the last refreshed token. Its metrics (timerd_token_*) go to reg.
 func newTokenSource(cfg *Config, reg prometheus.Registerer) (*auth.Source, error) {
 	if cfg.Token == "" && cfg.TokenFile == "" {
 		return nil, nil
@@ -23,6 +25,7 @@ func newTokenSource(cfg *Config, reg prometheus.Registerer) (*auth.Source, error
 		RefreshAt:  cfg.TokenRefreshAt,
 		RetryMin:   cfg.TokenRetryMin,
 		RetryMax:   cfg.TokenRetryMax,
+		StateFile:  filepath.Join(cfg.DataDir, "api.token"),
 		Logger:     cfg.Logger,
 		Registerer: reg,
 	})
