@@ -3,18 +3,22 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
 )
 
 func newAPICmd() *cobra.Command {
 	var (
 		addr, dataDir, keyFile string
+		mqURL, mqExchange      string
 		cleanup                time.Duration
 		logs                   logFlags
 	)
@@ -38,12 +42,22 @@ func newAPICmd() *cobra.Command {
 			if err != nil {
 				return usagef("--key-file: %w", err)
 			}
-			srv, err := apiserver.New(apiserver.Config{
+			cfg := apiserver.Config{
 				DataDir:                   dataDir,
 				SigningKey:                key,
 				RevocationCleanupInterval: cleanup,
 				Logger:                    log,
-			})
+			}
+			if mqURL != "" {
+				pub, err := newMQPublisher(mqURL, mqExchange, log, nil)
+				if err != nil {
+					return err
+				}
+				defer pub.Close() // after the server: its last writes publish
+				cfg.Publisher = pub
+				log.Info("rule lifecycle messages published to rabbitmq", "exchange", mqExchange)
+			}
+			srv, err := apiserver.New(cfg)
 			if err != nil {
 				return err
 			}
@@ -59,9 +73,27 @@ func newAPICmd() *cobra.Command {
 	cmd.Flags().StringVar(&addr, "addr", envOr("TIMERD_API_ADDR", "127.0.0.1:8080"), "listen address (env TIMERD_API_ADDR)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("TIMERD_API_DATA_DIR", ""), "directory of the API's database (env TIMERD_API_DATA_DIR)")
 	cmd.Flags().StringVar(&keyFile, "key-file", envOr("TIMERD_API_KEY_FILE", ""), "file holding the HMAC key tokens are signed with; required (env TIMERD_API_KEY_FILE; see `timerd token keygen`)")
+	cmd.Flags().StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): publish rule lifecycle messages there, as Attune's API does")
+	cmd.Flags().StringVar(&mqExchange, "mq-exchange", ingest.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
 	cmd.Flags().DurationVar(&cleanup, "revocation-cleanup-interval", time.Hour, "how often revocations of expired tokens are deleted")
 	logs.register(cmd, "json")
 	return cmd
+}
+
+// newMQPublisher is the API's lifecycle publisher for --mq-url; errors
+// name the flag and never echo the URL (it may hold a password).
+func newMQPublisher(mqURL, exchange string, log *slog.Logger, reg prometheus.Registerer) (*ingest.AMQPPublisher, error) {
+	if err := checkMQURL(mqURL); err != nil {
+		return nil, usagef("--mq-url: %w", err)
+	}
+	if exchange == "" {
+		return nil, usagef("--mq-exchange: is empty")
+	}
+	pub, err := ingest.NewPublisher(ingest.PublisherConfig{URL: mqURL, Exchange: exchange, Logger: log, Registerer: reg})
+	if err != nil {
+		return nil, usagef("--mq-url: %w", err)
+	}
+	return pub, nil
 }
 
 func serveAPI(ctx context.Context, srv *apiserver.Server, ln net.Listener) error {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +29,7 @@ func newDevCmd() *cobra.Command {
 	var (
 		dataDir, apiAddr, httpAddr string
 		sensorTTL                  string
+		mqURL, mqExchange          string
 		logs                       logFlags
 	)
 	cmd := &cobra.Command{
@@ -36,6 +39,9 @@ func newDevCmd() *cobra.Command {
 timerd node in one process. Rules created through the API are published on
 the bus, scheduled by the node, and their fires are posted back to the API as
 events. Started again on the same --data-dir, it carries on where it stopped.
+With --mq-url the lifecycle messages go through RabbitMQ instead: the API
+publishes them to --mq-exchange and the node consumes its own durable queue,
+as in production.
 
 Authentication is on, as in production: dev keeps an HS256 key in
 DIR/signing.key and an admin token in DIR/admin.token (both mode 0600, kept
@@ -78,12 +84,34 @@ the API like any node.`,
 				return fmt.Errorf("issue the dev node's sensor token: %w", err)
 			}
 
-			bus := ingest.NewBus()
-			lifecycle, unsubscribe := bus.Subscribe()
-			defer unsubscribe()
 			// One registry: the node's /metrics shows the API's metrics too.
 			reg := prometheus.NewRegistry()
-			api, err := apiserver.New(apiserver.Config{DataDir: dataDir, SigningKey: creds.key, Publisher: bus,
+			var (
+				publisher ingest.Publisher
+				lifecycle <-chan ingest.Message
+				mq        *ingest.ConsumerConfig
+				via       = "an in-process lifecycle bus"
+			)
+			if mqURL != "" {
+				pub, err := newMQPublisher(mqURL, mqExchange, log, reg)
+				if err != nil {
+					return err
+				}
+				defer pub.Close() // after the API, whose last writes publish
+				publisher = pub
+				// The queue is kept across restarts on the same data dir, and
+				// two dev instances on one broker do not share one.
+				mq = &ingest.ConsumerConfig{URL: mqURL, Exchange: mqExchange,
+					Queue: ingest.QueueName("core.timer", devQueueNode(dataDir)), QueueExpires: 24 * time.Hour}
+				via = "RabbitMQ (exchange " + mqExchange + ", queue " + mq.Queue + ")"
+			} else {
+				bus := ingest.NewBus()
+				var unsubscribe func()
+				lifecycle, unsubscribe = bus.Subscribe()
+				defer unsubscribe()
+				publisher = bus
+			}
+			api, err := apiserver.New(apiserver.Config{DataDir: dataDir, SigningKey: creds.key, Publisher: publisher,
 				Logger: log, Registerer: reg})
 			if err != nil {
 				return err
@@ -101,6 +129,7 @@ the API like any node.`,
 				NodeName:  "dev",
 				HTTPAddr:  httpAddr,
 				Lifecycle: lifecycle,
+				MQ:        mq,
 				Logger:    log,
 				Registry:  reg,
 				Token:     sensorToken,
@@ -114,7 +143,7 @@ the API like any node.`,
 				}
 				return err
 			}
-			printDevBanner(cmd.OutOrStdout(), dataDir, apiURL, "http://"+n.HTTPAddr(), creds)
+			printDevBanner(cmd.OutOrStdout(), dataDir, apiURL, "http://"+n.HTTPAddr(), via, creds)
 
 			// The API outlives the node, so the node can flush its outbox
 			// to it at shutdown.
@@ -133,8 +162,21 @@ the API like any node.`,
 	cmd.Flags().StringVar(&apiAddr, "api-addr", envOr("TIMERD_API_ADDR", "127.0.0.1:8080"), "listen address of the Attune-compatible API (env TIMERD_API_ADDR)")
 	cmd.Flags().StringVar(&httpAddr, "http-addr", envOr("TIMERD_HTTP_ADDR", "127.0.0.1:8470"), "listen address of the node's metrics, health and status (env TIMERD_HTTP_ADDR)")
 	cmd.Flags().StringVar(&sensorTTL, "sensor-token-ttl", "24h", "lifetime of the node's sensor token (90d, 1d12h, 2m); it is refreshed at 80 %")
+	cmd.Flags().StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): carry rule lifecycle messages through the broker instead of the in-process bus")
+	cmd.Flags().StringVar(&mqExchange, "mq-exchange", ingest.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
 	logs.register(cmd, "text")
 	return cmd
+}
+
+// devQueueNode names dev's node in its queue name: "dev-" and a hash of
+// the data directory.
+func devQueueNode(dataDir string) string {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		abs = dataDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return "dev-" + hex.EncodeToString(sum[:4])
 }
 
 func isAddrErr(err error) bool {
@@ -245,7 +287,7 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-func printDevBanner(w io.Writer, dataDir, apiURL, nodeURL string, c *devCreds) {
+func printDevBanner(w io.Writer, dataDir, apiURL, nodeURL, via string, c *devCreds) {
 	keyNote, tokNote := "kept", "kept"
 	if c.keyCreated {
 		keyNote = "new"
@@ -253,7 +295,8 @@ func printDevBanner(w io.Writer, dataDir, apiURL, nodeURL string, c *devCreds) {
 	if c.adminNew {
 		tokNote = "new"
 	}
-	fmt.Fprintf(w, `timerd dev: the API, a lifecycle bus and one node in one process (Ctrl-C stops it)
+	fmt.Fprintf(w, `timerd dev: the API and one node in one process (Ctrl-C stops it)
+  lifecycle: %[10]s
   data dir:  %[1]s
   API:       %[2]s  (rules %[2]s/api/v1/rules, events %[2]s/api/v1/events, health %[2]s/health)
   node:      %[3]s  (%[3]s/metrics, %[3]s/healthz, %[3]s/readyz, %[3]s/v1/status)
@@ -268,5 +311,5 @@ See its events:
   curl -s -H "Authorization: Bearer $TOKEN" '%[2]s/api/v1/events?rule_ref=demo.every_second'
 Start again with --data-dir %[1]s to carry on where it stopped.
 
-`, dataDir, apiURL, nodeURL, c.keyPath, c.adminPath, keyNote, tokNote, c.adminExp.UTC().Format(time.RFC3339), shellQuote(c.adminPath))
+`, dataDir, apiURL, nodeURL, c.keyPath, c.adminPath, keyNote, tokNote, c.adminExp.UTC().Format(time.RFC3339), shellQuote(c.adminPath), via)
 }

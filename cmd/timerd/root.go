@@ -20,6 +20,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newDevCmd(), newAPICmd(), newScheduleCmd(), newTokenCmd(), newVersionCmd())
+	root.AddCommand(newAgentCmd())
 	return root
 }
 

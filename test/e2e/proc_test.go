@@ -52,7 +52,15 @@ type proc struct {
 
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, cmd: exec.Command(timerdBin, args...), done: make(chan struct{})}
+	return startCmd(t, exec.Command(timerdBin, args...))
+}
+
+// startCmd starts cmd (a timerd command line whose environment or stdin
+// the caller set) as start does.
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	args := cmd.Args[1:]
+	p := &proc{t: t, cmd: cmd, done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
 	if err := p.cmd.Start(); err != nil {

@@ -47,9 +47,23 @@ type Config struct {
 	// served; "" serves nothing. Port 0 picks a free port (see HTTPAddr()).
 	HTTPAddr string
 
-	// Lifecycle delivers rule lifecycle messages; nil means rules come from
-	// reconcile only.
+	// Lifecycle delivers rule lifecycle messages in process (timerd dev
+	// without a broker). At most one of Lifecycle and MQ; with neither,
+	// rules come from reconcile (and StartupRules) only.
 	Lifecycle <-chan ingest.Message
+	// MQ, if set, consumes the node's durable lifecycle queue on RabbitMQ.
+	// Queue defaults to ingest.QueueName(SensorRef, NodeName); Logger and
+	// Registerer are the node's. The queue is declared (retried while the
+	// broker is down) before the first reconcile; a message is acked only
+	// after its change is committed.
+	MQ *ingest.ConsumerConfig
+	// IntakeBatch bounds the lifecycle messages applied in one store
+	// transaction; default 256. 1 commits each message on its own.
+	IntakeBatch int
+	// StartupRules are applied at start, before the first reconcile
+	// (Attune's ATTUNE_SENSOR_TRIGGERS); the reconcile then has the last
+	// word.
+	StartupRules []ingest.RemoteRule
 
 	Workers           int           // concurrent event POSTs, default 32
 	ReconcileInterval time.Duration // default 5m; negative disables the periodic reconcile
@@ -72,6 +86,9 @@ func (c *Config) setDefaults() {
 		// An fsync-bound receiver answers each POST in about a commit time:
 		// throughput grows with the requests in flight (docs/benchmarks.md).
 		c.Workers = 32
+	}
+	if c.IntakeBatch == 0 {
+		c.IntakeBatch = 256
 	}
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 5 * time.Minute
@@ -103,6 +120,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("shutdown timeout: must not be negative, got %s", c.ShutdownTimeout)
 	case c.Tokens != nil && (c.Token != "" || c.TokenFile != ""):
 		return errors.New("tokens: set Token or TokenFile, or Tokens, not both")
+	case c.MQ != nil && c.Lifecycle != nil:
+		return errors.New("lifecycle: set MQ or Lifecycle, not both")
+	case c.IntakeBatch < 0 || c.IntakeBatch > 65535:
+		return fmt.Errorf("intake batch: %d is out of range (1 .. 65535)", c.IntakeBatch)
 	}
 	return nil
 }
@@ -119,6 +140,9 @@ type Node struct {
 	ln       net.Listener
 	metrics  *metrics
 	ready    atomic.Bool
+
+	consumer *ingest.Consumer // nil without Config.MQ
+	batches  chan batchReq    // consumer → intake goroutine
 }
 
 // New opens the store and binds the HTTP listener; Run starts the node.
@@ -130,7 +154,7 @@ func New(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %q: %w", cfg.DataDir, err)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "node")}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "node"), batches: make(chan batchReq)}
 	reg := cfg.Registry
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -177,6 +201,24 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: tokens}
+
+	if cfg.MQ != nil {
+		mq := *cfg.MQ
+		if mq.Queue == "" {
+			mq.Queue = ingest.QueueName(cfg.SensorRef, cfg.NodeName)
+		}
+		if mq.Exchange == "" {
+			mq.Exchange = ingest.DefaultExchange
+		}
+		mq.Logger = cfg.Logger
+		mq.Registerer = reg
+		n.consumer, err = ingest.NewConsumer(mq)
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		n.cfg.MQ = &mq
+	}
 
 	if cfg.HTTPAddr != "" {
 		n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
