@@ -16,8 +16,10 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,10 +29,59 @@ import (
 // DefaultURL is the broker tests use when TIMERD_TEST_MQ_URL is not set.
 const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
 
+// The shared broker is used by the tests of several packages at once (go
+// test runs packages in parallel). A test that stops it takes an exclusive
+// lock on lockPath; every other test holds a shared one while it runs, so a
+// restart never pulls the broker from under another package's test.
+var (
+	lockPath  = filepath.Join(os.TempDir(), "timerd-test-broker.lock")
+	exclusive sync.Mutex // held by this process's exclusive holder, if any
+	exclHeld  bool
+)
+
+// Exclusive gives t the broker to itself until it ends: it waits until no
+// test of any package holds the broker, and keeps others waiting. Call it
+// before URL in a test that stops or restarts the broker.
+func Exclusive(t testing.TB) {
+	t.Helper()
+	f := lockBroker(t, syscall.LOCK_EX)
+	exclusive.Lock()
+	exclHeld = true
+	exclusive.Unlock()
+	t.Cleanup(func() {
+		exclusive.Lock()
+		exclHeld = false
+		exclusive.Unlock()
+		f.Close()
+	})
+}
+
+// lockBroker takes a flock of kind how on lockPath, released when the file
+// is closed.
+func lockBroker(t testing.TB, how int) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatalf("broker lock %s: %v", lockPath, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		t.Fatalf("broker lock %s: %v", lockPath, err)
+	}
+	return f
+}
+
 // URL returns the test broker's URL, failing t when nothing answers AMQP
-// there.
+// there. t holds the broker (shared) until it ends; see Exclusive.
 func URL(t testing.TB) string {
 	t.Helper()
+	exclusive.Lock()
+	mine := exclHeld
+	exclusive.Unlock()
+	if !mine {
+		f := lockBroker(t, syscall.LOCK_SH)
+		t.Cleanup(func() { f.Close() })
+	}
 	u := os.Getenv("TIMERD_TEST_MQ_URL")
 	if u == "" {
 		u = DefaultURL

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/timerd/timerd/cmd/timerd/node"
+	"github.com/timerd/timerd/ingest"
+)
+
+func newAgentCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run one timerd node against Attune: rules from RabbitMQ and the rules API, events to the API",
+		Long: `agent runs one production node. It keeps its rules in a bbolt store in the
+data directory, follows rule lifecycle messages on its own durable RabbitMQ
+queue (sensor.{sensor_ref}.{node_name}), reconciles with Attune's rules API
+at start and periodically, fires its timers and posts their events to
+Attune's API with its sensor token.
+
+Configuration (docs/configuration.md), lowest precedence first: defaults,
+then the environment (ATTUNE_*, TIMERD_*) or, with --stdin-config, one JSON
+object on stdin, then flags given on the command line. A bad or missing
+setting stops start-up with exit status 2 and one line naming it.
+
+Settings without a flag (environment variable / stdin-config key):
+` + envOnlySettings(),
+		Example: `  ATTUNE_API_URL=http://attune:8080 ATTUNE_API_TOKEN_FILE=/run/secrets/timerd.token \
+  ATTUNE_MQ_URL=amqp://guest:guest@rabbitmq:5672/ timerd agent --data-dir /var/lib/timerd
+
+  echo '{"api_url":"http://attune:8080","api_token":"…","mq_url":"amqp://rabbitmq/","data_dir":"/var/lib/timerd"}' |
+    timerd agent --stdin-config`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadAgentConfig(cmd.Flags(), os.LookupEnv, cmd.InOrStdin())
+			if err != nil {
+				return usageError{err}
+			}
+			return runAgent(cmd.Context(), cfg, agentLogger(cmd.ErrOrStderr(), cfg))
+		},
+	}
+	registerAgentFlags(cmd.Flags())
+	return cmd
+}
+
+// envOnlySettings lists the settings that have no flag, for --help.
+func envOnlySettings() string {
+	var b strings.Builder
+	for _, s := range agentSettings {
+		if s.flag == "" {
+			fmt.Fprintf(&b, "  %-24s %-16s %s", s.env, s.key, s.usage)
+			if s.def != "" {
+				fmt.Fprintf(&b, " (default %q)", s.def)
+			}
+			b.WriteByte('\n')
+		}
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+// agentLogger logs in the fields the sensor interface asks for:
+// timestamp, level, sensor, message, and rule_id where there is one.
+func agentLogger(w io.Writer, cfg *agentConfig) *slog.Logger {
+	opts := &slog.HandlerOptions{
+		Level: cfg.LogLevel,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) > 0 {
+				return a
+			}
+			switch a.Key {
+			case slog.TimeKey:
+				a.Key = "timestamp"
+				a.Value = slog.StringValue(a.Value.Time().UTC().Format(time.RFC3339Nano))
+			case slog.MessageKey:
+				a.Key = "message"
+			case slog.LevelKey:
+				a.Value = slog.StringValue(strings.ToLower(a.Value.String()))
+			}
+			return a
+		},
+	}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if cfg.LogFormat == "text" {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(h).With("sensor", cfg.SensorRef)
+}
+
+func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
+	if len(cfg.UnknownKeys) > 0 {
+		log.Warn("stdin config: keys timerd does not know are ignored", "keys", cfg.UnknownKeys)
+	}
+	queue := ingest.QueueName(cfg.SensorRef, cfg.NodeName)
+	log.Info("timerd agent starting", "version", node.Version(), "node", cfg.NodeName, "api_url", cfg.APIURL,
+		"data_dir", cfg.DataDir, "startup_rules", len(cfg.SensorTriggers))
+	var mq *ingest.ConsumerConfig
+	if cfg.MQURL != "" {
+		mq = &ingest.ConsumerConfig{URL: cfg.MQURL, Exchange: cfg.MQExchange, Queue: queue, QueueExpires: cfg.QueueExpires}
+		log.Info("rule lifecycle from rabbitmq", "exchange", cfg.MQExchange, "queue", queue, "queue_expires", cfg.QueueExpires.String())
+	} else {
+		log.Warn("ATTUNE_MQ_URL IS NOT SET: no rule lifecycle messages are consumed; rule changes reach this node "+
+			"only through the reconcile with the rules API, every reconcile_interval", "reconcile_interval", cfg.ReconcileInterval.String())
+	}
+
+	if err := checkAPIHealth(ctx, cfg.APIURL, 5, 500*time.Millisecond, log); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
+	reconcile := cfg.ReconcileInterval
+	if reconcile == 0 {
+		reconcile = -1 // the node's "off"
+	}
+	n, err := node.New(node.Config{
+		DataDir:           cfg.DataDir,
+		APIURL:            cfg.APIURL,
+		Token:             cfg.APIToken,
+		TokenFile:         cfg.APITokenFile,
+		SensorRef:         cfg.SensorRef,
+		NodeName:          cfg.NodeName,
+		HTTPAddr:          cfg.HTTPAddr,
+		MQ:                mq,
+		StartupRules:      cfg.SensorTriggers,
+		Workers:           cfg.Workers,
+		ReconcileInterval: reconcile,
+		ShutdownTimeout:   cfg.ShutdownTimeout,
+		Logger:            log,
+	})
+	if err != nil {
+		switch {
+		case isAddrErr(err):
+			return usagef("TIMERD_HTTP_ADDR (or --http-addr): %w", err)
+		case strings.HasPrefix(err.Error(), "api token:"):
+			name := "ATTUNE_API_TOKEN"
+			if cfg.APITokenFile != "" {
+				name = "ATTUNE_API_TOKEN_FILE"
+			}
+			return usagef("%s: %w", name, errors.Unwrap(err))
+		case strings.HasPrefix(err.Error(), "data dir"):
+			return usagef("TIMERD_DATA_DIR (or --data-dir): %w", err)
+		}
+		return err
+	}
+	log.Info("node http listening", "http", "http://"+n.HTTPAddr(),
+		"endpoints", "/metrics /healthz /readyz /v1/status")
+	return n.Run(ctx)
+}
+
+// checkAPIHealth calls GET {api}/health, as Attune's sensor does at start,
+// trying up to attempts times with doubling waits.
+func checkAPIHealth(ctx context.Context, apiURL string, attempts int, wait time.Duration, log *slog.Logger) error {
+	client := &http.Client{Timeout: 5 * time.Second}
+	u := apiURL + "/health"
+	var err error
+	for i := 1; i <= attempts; i++ {
+		err = getHealth(ctx, client, u)
+		if err == nil {
+			log.Info("api healthy", "url", u)
+			return nil
+		}
+		if i == attempts || ctx.Err() != nil {
+			break
+		}
+		log.Warn("api health check failed; retrying", "url", u, "err", err, "attempt", i, "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+	return fmt.Errorf("ATTUNE_API_URL: GET %s: %w (%d attempts)", u, err, attempts)
+}
+
+func getHealth(ctx context.Context, client *http.Client, u string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		var ue interface{ Unwrap() error }
+		if errors.As(err, &ue) {
+			return ue.Unwrap() // the url.Error repeats the URL
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}

@@ -1,0 +1,552 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/ingest"
+)
+
+// agentConfig is the configuration of `timerd agent` (docs/configuration.md).
+type agentConfig struct {
+	// Attune's sensor settings (contract §6).
+	APIURL         string
+	APIToken       string // never printed
+	APITokenFile   string
+	SensorRef      string
+	MQURL          string // may carry a password: never printed
+	MQExchange     string
+	LogLevel       slog.Level
+	SensorTriggers []ingest.RemoteRule
+
+	// timerd's own.
+	DataDir           string
+	HTTPAddr          string
+	NodeName          string
+	QueueExpires      time.Duration
+	ReconcileInterval time.Duration // 0: no periodic reconcile
+	ShutdownTimeout   time.Duration
+	Workers           int
+	LogFormat         string
+
+	// UnknownKeys are stdin-config keys timerd does not know (ignored, as
+	// Attune may send more than a timer sensor reads).
+	UnknownKeys []string
+}
+
+// agentSetting is one setting: where it is read from and how it is parsed.
+type agentSetting struct {
+	env   string // environment variable
+	key   string // key of the --stdin-config object
+	flag  string // flag name, "" for none
+	def   string // default, "" for none
+	usage string
+	set   func(c *agentConfig, v string) error // parses and checks v; the error omits the value when it is secret
+}
+
+// agentSettings lists every setting of `timerd agent`, in the order of
+// docs/configuration.md.
+var agentSettings = []agentSetting{
+	{env: "ATTUNE_API_URL", key: "api_url", usage: "Attune's API, http(s); required", set: func(c *agentConfig, v string) error {
+		u, err := checkHTTPURL(v)
+		c.APIURL = u
+		return err
+	}},
+	{env: "ATTUNE_API_TOKEN", key: "api_token", usage: "the node's API token (a sensor JWT); required unless ATTUNE_API_TOKEN_FILE", set: func(c *agentConfig, v string) error {
+		v = strings.TrimSpace(v)
+		if err := checkToken(v, time.Now()); err != nil {
+			return err
+		}
+		c.APIToken = v
+		return nil
+	}},
+	{env: "ATTUNE_API_TOKEN_FILE", key: "api_token_file", usage: "file holding the API token, reread when it changes", set: func(c *agentConfig, v string) error {
+		f, err := os.Open(v)
+		if err != nil {
+			return fmt.Errorf("%q cannot be read: %w", v, unwrapPathErr(err))
+		}
+		f.Close()
+		c.APITokenFile = v
+		return nil
+	}},
+	{env: "ATTUNE_SENSOR_REF", key: "sensor_ref", def: "core.timer", usage: "the sensor's ref: names the queue and every event", set: func(c *agentConfig, v string) error {
+		if err := checkName(v, 128); err != nil {
+			return err
+		}
+		c.SensorRef = v
+		return nil
+	}},
+	{env: "ATTUNE_MQ_URL", key: "mq_url", usage: "RabbitMQ, amqp(s)://; without it rules follow the rules API only", set: func(c *agentConfig, v string) error {
+		if err := checkMQURL(v); err != nil {
+			return err
+		}
+		c.MQURL = v
+		return nil
+	}},
+	{env: "ATTUNE_MQ_EXCHANGE", key: "mq_exchange", def: ingest.DefaultExchange, usage: "the topic exchange rule lifecycle messages are published to", set: func(c *agentConfig, v string) error {
+		if v == "" || len(v) > 255 || strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+			return fmt.Errorf("%q is not an exchange name (1 to 255 printable bytes)", truncateSetting(v))
+		}
+		c.MQExchange = v
+		return nil
+	}},
+	{env: "ATTUNE_LOG_LEVEL", key: "log_level", flag: "log-level", def: "info", usage: "debug, info, warn or error", set: func(c *agentConfig, v string) error {
+		return c.LogLevel.UnmarshalText([]byte(strings.ToLower(strings.TrimSpace(v))))
+	}},
+	{env: "ATTUNE_SENSOR_TRIGGERS", key: "sensor_triggers", usage: `start-up rules, a JSON array of {"id","ref","trigger_ref","config"}`, set: func(c *agentConfig, v string) error {
+		rs, err := parseSensorTriggers(v)
+		c.SensorTriggers = rs
+		return err
+	}},
+	{env: "TIMERD_DATA_DIR", key: "data_dir", flag: "data-dir", usage: "directory of the node's store (node.db); required", set: func(c *agentConfig, v string) error {
+		if v == "" {
+			return errors.New("is empty")
+		}
+		c.DataDir = v
+		return nil
+	}},
+	{env: "TIMERD_HTTP_ADDR", key: "http_addr", flag: "http-addr", def: ":8470", usage: "listen address of /metrics, /healthz, /readyz and /v1/status", set: func(c *agentConfig, v string) error {
+		if _, port, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%q is not host:port", truncateSetting(v))
+		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			return fmt.Errorf("%q: port %q is not a number in 0..65535", truncateSetting(v), truncateSetting(port))
+		}
+		c.HTTPAddr = v
+		return nil
+	}},
+	{env: "TIMERD_NODE_NAME", key: "node_name", flag: "node-name", usage: "this node's name, unique per sensor: names its queue (default: the host name)", set: func(c *agentConfig, v string) error {
+		if err := checkName(v, 128); err != nil {
+			return err
+		}
+		c.NodeName = v
+		return nil
+	}},
+	{env: "TIMERD_QUEUE_EXPIRES", key: "queue_expires", flag: "queue-expires", def: "7d", usage: "x-expires of the node's queue: the broker drops it after this long unused (1s..24d)", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && (d < time.Second || d.Milliseconds() > 1<<31-1) {
+			err = fmt.Errorf("%s is out of range (1s .. 24d)", v)
+		}
+		c.QueueExpires = d
+		return err
+	}},
+	{env: "TIMERD_RECONCILE_INTERVAL", key: "reconcile_interval", flag: "reconcile-interval", def: "5m", usage: "how often rules are reconciled with the rules API; 0 only at start", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && d != 0 && d < time.Second {
+			err = fmt.Errorf("%s is less than 1s (0 turns the periodic reconcile off)", v)
+		}
+		c.ReconcileInterval = d
+		return err
+	}},
+	{env: "TIMERD_SHUTDOWN_TIMEOUT", key: "shutdown_timeout", flag: "shutdown-timeout", def: "10s", usage: "bound on delivering the outbox at shutdown; what is left stays for the next start", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && d <= 0 {
+			err = fmt.Errorf("%s is not positive", v)
+		}
+		c.ShutdownTimeout = d
+		return err
+	}},
+	{env: "TIMERD_WORKERS", key: "workers", flag: "workers", def: "32", usage: "concurrent event POSTs", set: func(c *agentConfig, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > 4096 {
+			return fmt.Errorf("%q is not a whole number in 1..4096", truncateSetting(v))
+		}
+		c.Workers = n
+		return nil
+	}},
+	{env: "TIMERD_LOG_FORMAT", key: "log_format", flag: "log-format", def: "json", usage: "json or text", set: func(c *agentConfig, v string) error {
+		switch strings.ToLower(v) {
+		case "json", "text":
+			c.LogFormat = strings.ToLower(v)
+			return nil
+		}
+		return fmt.Errorf("%q is not json or text", truncateSetting(v))
+	}},
+}
+
+// registerAgentFlags defines the flags of the settings that have one. Their
+// defaults are shown in the help; only flags given on the command line
+// override the environment or the stdin config.
+func registerAgentFlags(fs *pflag.FlagSet) {
+	for _, s := range agentSettings {
+		if s.flag == "" {
+			continue
+		}
+		fs.String(s.flag, s.def, s.usage+" (env "+s.env+")")
+	}
+	fs.Bool("stdin-config", false, "read the configuration as one JSON object from stdin instead of the environment")
+}
+
+// loadAgentConfig builds the configuration, lowest precedence first:
+// defaults, then the stdin config (with --stdin-config) or the
+// environment, then flags given on the command line. The first bad or
+// missing setting is an error naming it; no error holds a secret.
+func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), stdin io.Reader) (*agentConfig, error) {
+	c := &agentConfig{}
+	for _, s := range agentSettings {
+		if s.def != "" {
+			if err := s.set(c, s.def); err != nil {
+				return nil, fmt.Errorf("default of %s: %w", s.env, err) // a bug
+			}
+		}
+	}
+	stdinMode, _ := fs.GetBool("stdin-config")
+	given := map[string]bool{} // settings given by env or stdin
+	if stdinMode {
+		obj, err := readStdinConfig(stdin)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range agentSettings {
+			raw, ok := obj[s.key]
+			if !ok {
+				continue
+			}
+			delete(obj, s.key)
+			v, isNull, err := stdinValue(raw)
+			if err != nil {
+				return nil, fmt.Errorf("stdin config %q: %w", s.key, err)
+			}
+			if isNull {
+				continue
+			}
+			if err := s.set(c, v); err != nil {
+				return nil, fmt.Errorf("stdin config %q: %w", s.key, err)
+			}
+			given[s.env] = true
+		}
+		for k := range obj {
+			c.UnknownKeys = append(c.UnknownKeys, truncateSetting(k))
+		}
+		slices.Sort(c.UnknownKeys)
+	} else {
+		for _, s := range agentSettings {
+			v, ok := lookupEnv(s.env)
+			if !ok || v == "" {
+				continue
+			}
+			if err := s.set(c, v); err != nil {
+				return nil, fmt.Errorf("%s: %w", s.env, err)
+			}
+			given[s.env] = true
+		}
+	}
+	for _, s := range agentSettings {
+		if s.flag == "" || !fs.Changed(s.flag) {
+			continue
+		}
+		v := fs.Lookup(s.flag).Value.String()
+		if err := s.set(c, v); err != nil {
+			return nil, fmt.Errorf("--%s: %w", s.flag, err)
+		}
+		given[s.env] = true
+	}
+
+	name := func(env string) string {
+		for _, s := range agentSettings {
+			if s.env != env {
+				continue
+			}
+			n := env
+			if stdinMode {
+				n = fmt.Sprintf("stdin config %q", s.key)
+			}
+			if s.flag != "" {
+				n += " (or --" + s.flag + ")"
+			}
+			return n
+		}
+		return env
+	}
+	switch {
+	case !given["ATTUNE_API_URL"]:
+		return nil, fmt.Errorf("%s: required: Attune's API URL, http(s)://host[:port]", name("ATTUNE_API_URL"))
+	case given["ATTUNE_API_TOKEN"] && given["ATTUNE_API_TOKEN_FILE"]:
+		return nil, fmt.Errorf("%s: set it or %s, not both", name("ATTUNE_API_TOKEN_FILE"), name("ATTUNE_API_TOKEN"))
+	case !given["ATTUNE_API_TOKEN"] && !given["ATTUNE_API_TOKEN_FILE"]:
+		return nil, fmt.Errorf("%s: required (or %s): the node's sensor token", name("ATTUNE_API_TOKEN"), name("ATTUNE_API_TOKEN_FILE"))
+	case !given["TIMERD_DATA_DIR"]:
+		return nil, fmt.Errorf("%s: required: the directory of the node's store", name("TIMERD_DATA_DIR"))
+	}
+	if c.APIToken != "" {
+		if err := checkTokenExpiry(c.APIToken, c.DataDir, time.Now()); err != nil {
+			return nil, fmt.Errorf("%s: %w", name("ATTUNE_API_TOKEN"), err)
+		}
+	}
+	if c.MQURL == "" && c.ReconcileInterval == 0 {
+		return nil, fmt.Errorf("%s: 0 (no periodic reconcile) without ATTUNE_MQ_URL: the node would never see a rule change",
+			name("TIMERD_RECONCILE_INTERVAL"))
+	}
+	if c.NodeName == "" {
+		host, err := os.Hostname()
+		if err != nil || checkName(host, 128) != nil {
+			return nil, fmt.Errorf("%s: required: the host name %q cannot name a queue", name("TIMERD_NODE_NAME"), truncateSetting(host))
+		}
+		c.NodeName = host
+	}
+	if q := ingest.QueueName(c.SensorRef, c.NodeName); len(q) > 255 {
+		return nil, fmt.Errorf("%s: the queue name %q is longer than 255 bytes", name("TIMERD_NODE_NAME"), truncateSetting(q))
+	}
+	return c, nil
+}
+
+// readStdinConfig reads exactly one JSON object.
+func readStdinConfig(r io.Reader) (map[string]json.RawMessage, error) {
+	if r == nil {
+		return nil, errors.New("--stdin-config: no stdin")
+	}
+	b, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("--stdin-config: read stdin: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var obj map[string]json.RawMessage
+	if err := dec.Decode(&obj); err != nil {
+		// The JSON may hold the token: say where it broke, not what it says.
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil, errors.New("--stdin-config: stdin is empty, want one JSON object")
+		case errors.As(err, &se):
+			return nil, fmt.Errorf("--stdin-config: stdin is not valid JSON (syntax error at byte %d)", se.Offset)
+		case errors.As(err, &te):
+			return nil, fmt.Errorf("--stdin-config: stdin is a JSON %s, want one JSON object", te.Value)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return nil, errors.New("--stdin-config: stdin ends inside the JSON object")
+		}
+		return nil, errors.New("--stdin-config: stdin is not one JSON object")
+	}
+	if obj == nil {
+		return nil, errors.New("--stdin-config: stdin is null, want one JSON object")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("--stdin-config: stdin has more after the JSON object, want exactly one")
+	}
+	return obj, nil
+}
+
+// stdinValue turns a stdin-config value into the text a setting parses: a
+// string as it is, a number or boolean as written, an array or object as
+// its JSON (sensor_triggers).
+func stdinValue(raw json.RawMessage) (v string, isNull bool, err error) {
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case len(raw) == 0 || string(raw) == "null":
+		return "", true, nil
+	case raw[0] == '"':
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return "", false, errors.New("is not a valid JSON string")
+		}
+		return v, false, nil
+	}
+	return string(raw), false, nil
+}
+
+// checkHTTPURL returns u without a trailing slash if it is an absolute
+// http(s) URL with a host.
+func checkHTTPURL(v string) (string, error) {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("%q is not an http(s) URL", redactURL(v))
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("%q: want no query or fragment", redactURL(v))
+	}
+	return strings.TrimRight(v, "/"), nil
+}
+
+// checkMQURL checks an amqp(s) URL without echoing it: it may carry a
+// password.
+func checkMQURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return errors.New("is not a URL")
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return fmt.Errorf("scheme %q is not amqp or amqps", truncateSetting(u.Scheme))
+	}
+	if err := (ingest.ConsumerConfig{URL: v, Queue: "q"}).Validate(); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "mq: URL: "))
+	}
+	return nil
+}
+
+// checkToken checks that v looks like a usable JWT: exp and iat, not
+// expired. Errors never contain the token.
+func checkToken(v string, now time.Time) error {
+	if v == "" {
+		return errors.New("is empty")
+	}
+	claims, err := auth.ParseUnverified(v)
+	if err != nil {
+		return errors.New("is not a JWT")
+	}
+	exp := claims.ExpiresAtTime()
+	switch {
+	case exp.IsZero():
+		return errors.New("the token has no exp claim")
+	case claims.IssuedAt == nil:
+		return errors.New("the token has no iat claim")
+	}
+	return nil
+}
+
+// errTokenExpired marks a configured token that has expired: usable only
+// when the node kept a newer one in its data dir.
+var errTokenExpired = errors.New("the token expired")
+
+// checkTokenExpiry reports an expired configured token unless the token the
+// node kept at its last refresh (DATA_DIR/api.token, see
+// docs/token-rotation.md) is still valid: a node restarted after its
+// configured token expired resumes with the one it refreshed.
+func checkTokenExpiry(token, dataDir string, now time.Time) error {
+	claims, err := auth.ParseUnverified(token)
+	if err != nil {
+		return nil // reported by checkToken
+	}
+	exp := claims.ExpiresAtTime()
+	if exp.After(now) {
+		return nil
+	}
+	if b, err := os.ReadFile(filepath.Join(dataDir, "api.token")); err == nil {
+		if kept, err := auth.ParseUnverified(strings.TrimSpace(string(b))); err == nil && kept.ExpiresAtTime().After(now) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w at %s and %s holds no valid newer one", errTokenExpired, exp.UTC().Format(time.RFC3339),
+		filepath.Join(dataDir, "api.token"))
+}
+
+// checkName accepts refs and node names: letters, digits, '.', '_', '-',
+// ':' and '@'.
+func checkName(v string, max int) error {
+	if v == "" {
+		return errors.New("is empty")
+	}
+	if len(v) > max {
+		return fmt.Errorf("%q is longer than %d bytes", truncateSetting(v), max)
+	}
+	if strings.ContainsFunc(v, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+			r == '.' || r == '_' || r == '-' || r == ':' || r == '@')
+	}) {
+		return fmt.Errorf("%q may hold only letters, digits and . _ - : @", truncateSetting(v))
+	}
+	return nil
+}
+
+// parseSettingDuration reads a Go duration, optionally led by whole days
+// (7d, 1d12h); a bare 0 is zero.
+func parseSettingDuration(v string) (time.Duration, error) {
+	v = strings.TrimSpace(v)
+	if v == "0" {
+		return 0, nil
+	}
+	var days time.Duration
+	rest := v
+	if m := ttlDays.FindStringSubmatch(v); m != nil {
+		n, err := strconv.ParseInt(m[1], 10, 64)
+		if err != nil || n > 100_000 {
+			return 0, fmt.Errorf("%q: too many days", truncateSetting(v))
+		}
+		days, rest = time.Duration(n)*24*time.Hour, m[2]
+	}
+	var d time.Duration
+	if rest != "" {
+		var err error
+		if d, err = time.ParseDuration(rest); err != nil {
+			return 0, fmt.Errorf("%q is not a duration like 90s, 5m, 12h or 7d", truncateSetting(v))
+		}
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q is negative", truncateSetting(v))
+	}
+	return days + d, nil
+}
+
+// sensorTrigger is one element of ATTUNE_SENSOR_TRIGGERS.
+type sensorTrigger struct {
+	ID         json.Number     `json:"id"`
+	Ref        string          `json:"ref"`
+	TriggerRef string          `json:"trigger_ref"`
+	Config     json.RawMessage `json:"config"`
+}
+
+// parseSensorTriggers reads Attune's start-up set: a JSON array of
+// {"id","ref","trigger_ref","config"}, config being the trigger's
+// parameters. Its shape must be right; a timer whose parameters do not
+// parse is reported when it is applied, as a rule from the API would be.
+func parseSensorTriggers(v string) ([]ingest.RemoteRule, error) {
+	var items []json.RawMessage
+	if err := json.Unmarshal([]byte(v), &items); err != nil {
+		return nil, errors.New("is not a JSON array")
+	}
+	out := make([]ingest.RemoteRule, 0, len(items))
+	seen := map[int64]bool{}
+	for i, raw := range items {
+		var st sensorTrigger
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if err := dec.Decode(&st); err != nil || bytes.TrimSpace(raw)[0] != '{' {
+			return nil, fmt.Errorf("[%d]: not an object with id, ref, trigger_ref and config", i)
+		}
+		id, err := strconv.ParseInt(st.ID.String(), 10, 64)
+		if err != nil || id <= 0 {
+			return nil, fmt.Errorf("[%d]: id %q is not a positive integer", i, truncateSetting(st.ID.String()))
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("[%d]: id %d appears twice", i, id)
+		}
+		seen[id] = true
+		if st.TriggerRef == "" {
+			return nil, fmt.Errorf("[%d] (id %d): trigger_ref is missing", i, id)
+		}
+		cfg := bytes.TrimSpace(st.Config)
+		if string(cfg) == "null" {
+			cfg = nil
+		}
+		if len(cfg) > 0 && cfg[0] != '{' {
+			return nil, fmt.Errorf("[%d] (id %d): config is not a JSON object", i, id)
+		}
+		out = append(out, ingest.RemoteRule{ID: id, Ref: st.Ref, TriggerRef: st.TriggerRef, Params: json.RawMessage(cfg)})
+	}
+	return out, nil
+}
+
+// redactURL hides a password in u; a URL that does not parse is truncated.
+func redactURL(v string) string {
+	if u, err := url.Parse(v); err == nil && u.User != nil {
+		return truncateSetting(u.Redacted())
+	}
+	return truncateSetting(v)
+}
+
+func truncateSetting(s string) string {
+	if len(s) <= 80 {
+		return s
+	}
+	return s[:80] + "…"
+}
+
+func unwrapPathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

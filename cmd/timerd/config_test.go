@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/timerd/timerd/auth"
+)
+
+func testToken(t *testing.T, ttl time.Duration) string {
+	t.Helper()
+	tok, _, err := (&auth.Issuer{Key: bytes.Repeat([]byte("k"), 32)}).Issue(auth.IssueRequest{
+		Subject: "node", Scope: auth.ScopeSensor, TriggerTypes: []string{"core.timer"}, TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// loadFor runs loadAgentConfig with env (a map), stdin and flag args.
+func loadFor(t *testing.T, env map[string]string, stdin string, args ...string) (*agentConfig, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	registerAgentFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %v: %v", args, err)
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	return loadAgentConfig(fs, lookup, strings.NewReader(stdin))
+}
+
+func TestAgentConfigPrecedence(t *testing.T) {
+	tok := testToken(t, time.Hour)
+	base := map[string]string{"ATTUNE_API_URL": "http://api:8080/", "ATTUNE_API_TOKEN": tok, "TIMERD_DATA_DIR": "/d",
+		"ATTUNE_MQ_URL": "amqp://mq/"}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	stdin := `{"api_url":"https://stdin-api","api_token":"` + tok + `","data_dir":"/s","http_addr":"127.0.0.1:9000",
+		"workers":8,"reconcile_interval":"1m","queue_expires":"2d","mq_exchange":"attune.events","extra":{"x":1}}`
+	tests := []struct {
+		name  string
+		env   map[string]string
+		stdin string
+		args  []string
+		check func(c *agentConfig) string // "" when right
+	}{
+		{"defaults", base, "", nil, func(c *agentConfig) string {
+			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQExchange != "attune" || c.Workers != 32 ||
+				c.ReconcileInterval != 5*time.Minute || c.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
+				c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" {
+				return "not the documented defaults"
+			}
+			return ""
+		}},
+		{"env over defaults", with("TIMERD_HTTP_ADDR", "127.0.0.1:1", "TIMERD_WORKERS", "4", "ATTUNE_SENSOR_REF", "my.timer",
+			"TIMERD_NODE_NAME", "n1", "ATTUNE_LOG_LEVEL", "DEBUG"), "", nil, func(c *agentConfig) string {
+			if c.HTTPAddr != "127.0.0.1:1" || c.Workers != 4 || c.SensorRef != "my.timer" || c.NodeName != "n1" || c.LogLevel.String() != "DEBUG" {
+				return "env not applied"
+			}
+			return ""
+		}},
+		{"flags over env", with("TIMERD_HTTP_ADDR", "127.0.0.1:1", "TIMERD_WORKERS", "4"), "",
+			[]string{"--http-addr", "127.0.0.1:2", "--workers", "16", "--data-dir", "/f"}, func(c *agentConfig) string {
+				if c.HTTPAddr != "127.0.0.1:2" || c.Workers != 16 || c.DataDir != "/f" {
+					return "flags did not win"
+				}
+				return ""
+			}},
+		{"stdin replaces env", with("TIMERD_HTTP_ADDR", "127.0.0.1:1"), stdin, []string{"--stdin-config"}, func(c *agentConfig) string {
+			if c.APIURL != "https://stdin-api" || c.DataDir != "/s" || c.HTTPAddr != "127.0.0.1:9000" || c.Workers != 8 ||
+				c.ReconcileInterval != time.Minute || c.QueueExpires != 48*time.Hour || c.MQExchange != "attune.events" || c.MQURL != "" {
+				return "stdin config not applied, or env read"
+			}
+			if len(c.UnknownKeys) != 1 || c.UnknownKeys[0] != "extra" {
+				return "unknown keys not reported"
+			}
+			return ""
+		}},
+		{"flags over stdin", base, stdin, []string{"--stdin-config", "--workers", "2", "--reconcile-interval", "30s", "--log-format", "text"},
+			func(c *agentConfig) string {
+				if c.Workers != 2 || c.LogFormat != "text" || c.ReconcileInterval != 30*time.Second || c.DataDir != "/s" {
+					return "flags did not win over stdin"
+				}
+				return ""
+			}},
+		{"sensor triggers", with("ATTUNE_SENSOR_TRIGGERS", `[{"id":7,"ref":"a","trigger_ref":"core.intervaltimer","config":{"interval":5}},{"id":"8","trigger_ref":"core.webhook","config":null}]`),
+			"", nil, func(c *agentConfig) string {
+				if len(c.SensorTriggers) != 2 || c.SensorTriggers[0].ID != 7 || string(c.SensorTriggers[0].Params) != `{"interval":5}` ||
+					c.SensorTriggers[1].ID != 8 || c.SensorTriggers[1].Params != nil {
+					return "start-up set not parsed"
+				}
+				return ""
+			}},
+		{"token file instead of token", func() map[string]string {
+			m := with("ATTUNE_API_TOKEN_FILE", "config_test.go")
+			delete(m, "ATTUNE_API_TOKEN")
+			return m
+		}(), "", nil, func(c *agentConfig) string {
+			if c.APITokenFile != "config_test.go" || c.APIToken != "" {
+				return "token file not taken"
+			}
+			return ""
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := loadFor(t, tt.env, tt.stdin, tt.args...)
+			if err != nil {
+				t.Fatalf("loadAgentConfig(%v) = %v", tt.args, err)
+			}
+			if msg := tt.check(c); msg != "" {
+				t.Errorf("loadAgentConfig(%v): %s: %+v", tt.args, msg, *c)
+			}
+		})
+	}
+}
+
+func TestAgentConfigErrors(t *testing.T) {
+	tok := testToken(t, time.Hour)
+	expired, _, err := (&auth.Issuer{Key: bytes.Repeat([]byte("k"), 32), Now: func() time.Time { return time.Now().Add(-2 * time.Hour) }}).Issue(
+		auth.IssueRequest{Subject: "node", Scope: auth.ScopeSensor, TriggerTypes: []string{"core.timer"}, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]string{"ATTUNE_API_URL": "http://api", "ATTUNE_API_TOKEN": tok, "TIMERD_DATA_DIR": "/d", "ATTUNE_MQ_URL": "amqp://mq/"}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "<unset>" {
+				delete(m, kv[i])
+				continue
+			}
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	tests := []struct {
+		name  string
+		env   map[string]string
+		stdin string
+		args  []string
+		want  string // the error starts with it
+	}{
+		{"api url missing", with("ATTUNE_API_URL", "<unset>"), "", nil, "ATTUNE_API_URL: required"},
+		{"api url not http", with("ATTUNE_API_URL", "ftp://x"), "", nil, `ATTUNE_API_URL: "ftp://x" is not an http(s) URL`},
+		{"api url password hidden", with("ATTUNE_API_URL", "ftp://u:secret@x"), "", nil, `ATTUNE_API_URL: "ftp://u:xxxxx@x"`},
+		{"token missing", with("ATTUNE_API_TOKEN", "<unset>"), "", nil, "ATTUNE_API_TOKEN: required"},
+		{"token not a JWT", with("ATTUNE_API_TOKEN", "not-a-jwt"), "", nil, "ATTUNE_API_TOKEN: is not a JWT"},
+		{"token expired", with("ATTUNE_API_TOKEN", expired), "", nil, "ATTUNE_API_TOKEN: the token expired at"},
+		{"token and token file", with("ATTUNE_API_TOKEN_FILE", "config_test.go"), "", nil, "ATTUNE_API_TOKEN_FILE: set it or ATTUNE_API_TOKEN, not both"},
+		{"token file missing", with("ATTUNE_API_TOKEN", "<unset>", "ATTUNE_API_TOKEN_FILE", "/nonexistent/t"), "", nil, `ATTUNE_API_TOKEN_FILE: "/nonexistent/t" cannot be read`},
+		{"mq url scheme", with("ATTUNE_MQ_URL", "http://u:pw@mq/"), "", nil, `ATTUNE_MQ_URL: scheme "http" is not amqp or amqps`},
+		{"mq exchange too long", with("ATTUNE_MQ_EXCHANGE", strings.Repeat("x", 256)), "", nil, "ATTUNE_MQ_EXCHANGE:"},
+		{"sensor ref", with("ATTUNE_SENSOR_REF", "a b"), "", nil, `ATTUNE_SENSOR_REF: "a b" may hold only`},
+		{"log level", with("ATTUNE_LOG_LEVEL", "loud"), "", nil, "ATTUNE_LOG_LEVEL:"},
+		{"sensor triggers not JSON", with("ATTUNE_SENSOR_TRIGGERS", "[{"), "", nil, "ATTUNE_SENSOR_TRIGGERS: is not a JSON array"},
+		{"sensor triggers bad id", with("ATTUNE_SENSOR_TRIGGERS", `[{"id":-1,"trigger_ref":"core.timer"}]`), "", nil, `ATTUNE_SENSOR_TRIGGERS: [0]: id "-1" is not a positive integer`},
+		{"data dir missing", with("TIMERD_DATA_DIR", "<unset>"), "", nil, "TIMERD_DATA_DIR (or --data-dir): required"},
+		{"workers", with("TIMERD_WORKERS", "lots"), "", nil, `TIMERD_WORKERS: "lots" is not a whole number`},
+		{"http addr", with("TIMERD_HTTP_ADDR", "8470"), "", nil, `TIMERD_HTTP_ADDR: "8470" is not host:port`},
+		{"queue expires flag", base, "", []string{"--queue-expires", "90d"}, "--queue-expires: 90d is out of range"},
+		{"reconcile interval flag", base, "", []string{"--reconcile-interval", "soon"}, `--reconcile-interval: "soon" is not a duration`},
+		{"shutdown timeout", with("TIMERD_SHUTDOWN_TIMEOUT", "0"), "", nil, "TIMERD_SHUTDOWN_TIMEOUT: 0 is not positive"},
+		{"no mq and no reconcile", with("ATTUNE_MQ_URL", "<unset>", "TIMERD_RECONCILE_INTERVAL", "0"), "", nil, "TIMERD_RECONCILE_INTERVAL (or --reconcile-interval): 0"},
+		{"node name", with("TIMERD_NODE_NAME", "node/1"), "", nil, `TIMERD_NODE_NAME: "node/1" may hold only`},
+		{"stdin bad JSON", base, `{"api_url": "http://x", "api_token": "` + tok + `"`, []string{"--stdin-config"}, "--stdin-config: stdin ends inside the JSON object"},
+		{"stdin syntax error", base, `{"api_token": "` + tok + `" oops}`, []string{"--stdin-config"}, "--stdin-config: stdin is not valid JSON (syntax error at byte"},
+		{"stdin empty", base, ``, []string{"--stdin-config"}, "--stdin-config: stdin is empty"},
+		{"stdin array", base, `[1]`, []string{"--stdin-config"}, "--stdin-config: stdin is a JSON array"},
+		{"stdin two objects", base, `{} {}`, []string{"--stdin-config"}, "--stdin-config: stdin has more"},
+		{"stdin bad value", base, `{"api_url":"ftp://x"}`, []string{"--stdin-config"}, `stdin config "api_url": "ftp://x" is not an http(s) URL`},
+		{"stdin wrong type", base, `{"api_url":"http://x","api_token":"` + tok + `","data_dir":"/d","workers":"many"}`, []string{"--stdin-config"}, `stdin config "workers": "many"`},
+		{"stdin missing api url", base, `{"api_token":"` + tok + `","data_dir":"/d"}`, []string{"--stdin-config"}, `stdin config "api_url": required`},
+	}
+	// An expired configured token is fine when the node kept a valid newer
+	// one at its last refresh (docs/token-rotation.md).
+	t.Run("expired token, valid kept token", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "api.token"), []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadFor(t, with("ATTUNE_API_TOKEN", expired, "TIMERD_DATA_DIR", dir), ""); err != nil {
+			t.Errorf("loadAgentConfig with an expired token and a valid kept one = %v, want nil", err)
+		}
+	})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadFor(t, tt.env, tt.stdin, tt.args...)
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("loadAgentConfig(%v) = %v, want an error starting %q", tt.args, err, tt.want)
+			}
+			if msg := err.Error(); strings.Contains(msg, "\n") || strings.Contains(msg, tok) || strings.Contains(msg, expired) ||
+				strings.Contains(msg, "secret") || strings.Contains(msg, ":pw@") {
+				t.Errorf("error %q is not one line without secrets", msg)
+			}
+		})
+	}
+}
