@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/timerd/timerd/auth"
@@ -42,14 +44,18 @@ func newAPICmd() *cobra.Command {
 			if err != nil {
 				return usagef("--key-file: %w", err)
 			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			cfg := apiserver.Config{
 				DataDir:                   dataDir,
 				SigningKey:                key,
 				RevocationCleanupInterval: cleanup,
 				Logger:                    log,
+				Registerer:                reg,
+				Metrics:                   promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 			}
 			if mqURL != "" {
-				pub, err := newMQPublisher(mqURL, mqExchange, log, nil)
+				pub, err := newMQPublisher(mqURL, mqExchange, log, reg)
 				if err != nil {
 					return err
 				}

@@ -49,7 +49,10 @@ type Config struct {
 	RevocationCleanupInterval time.Duration
 	Logger                    *slog.Logger          // nil: discard
 	Registerer                prometheus.Registerer // nil: metrics are not registered
-	Now                       func() time.Time      // nil: time.Now
+	// Metrics, if set, is served at GET /metrics without authentication,
+	// as Prometheus scrapes it (timerd api serves its registry there).
+	Metrics http.Handler
+	Now     func() time.Time // nil: time.Now
 	// PublishTimeout bounds one Publish call. Default 5 s.
 	PublishTimeout time.Duration
 }
@@ -314,6 +317,10 @@ func (s *Server) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	allowed := map[string][]string{"/health": {"GET", "HEAD"}}
+	if s.cfg.Metrics != nil {
+		mux.Handle("GET /metrics", s.cfg.Metrics)
+		allowed["/metrics"] = []string{"GET", "HEAD"}
+	}
 	var paths []string
 	for _, rt := range api {
 		mux.Handle(rt.pattern, s.guard(rt.allow, rt.h))

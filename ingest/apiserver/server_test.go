@@ -3,6 +3,7 @@ package apiserver
 import (
 	"context"
 	"encoding/json"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"io"
 	"net"
 	"net/http"
@@ -334,5 +335,26 @@ func TestHostileInputs(t *testing.T) {
 	}
 	if code, b := e.do("POST", "/api/v1/events", `{"trigger_ref":"t"}`, "Idempotency-Key", strings.Repeat("k", 600)); code != http.StatusBadRequest {
 		t.Errorf("POST event with a 600-byte Idempotency-Key = %d %s, want 400", code, b)
+	}
+}
+
+// GET /metrics serves Config.Metrics without a token, also when the API
+// wants one everywhere else.
+func TestMetricsEndpointNeedsNoToken(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.SigningKey = []byte("0123456789abcdef0123456789abcdef")
+		c.Metrics = promhttp.HandlerFor(c.Registerer.(*prometheus.Registry), promhttp.HandlerOpts{})
+	})
+	if code, _ := e.do(http.MethodGet, "/api/v1/rules", ""); code != http.StatusUnauthorized {
+		t.Errorf("GET /api/v1/rules without a token = %d, want 401", code)
+	}
+	resp, err := http.Get(e.ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `timerd_api_requests_total{code="401"`) {
+		t.Errorf("GET /metrics = %d %.200s, want 200 with the 401 counted", resp.StatusCode, body)
 	}
 }

@@ -193,7 +193,7 @@ func New(cfg Config) (*Node, error) {
 		APIURL:     cfg.APIURL,
 		Tokens:     tokens,
 		Workers:    cfg.Workers,
-		Logger:     cfg.Logger.With("component", "delivery"),
+		Logger:     cfg.Logger,
 		Registerer: reg,
 	})
 	if err != nil {
