@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -34,28 +33,10 @@ func startMQSystem(t testing.TB) *mqSystem {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := apiserver.New(apiserver.Config{DataDir: t.TempDir(), Publisher: pub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ctx, ln)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		srv.Close()
-		pub.Close()
-	})
+	t.Cleanup(func() { pub.Close() }) // after the server stops: cleanups run last-in first
+	apiURL := serveAPI(t, apiserver.Config{DataDir: t.TempDir(), Publisher: pub})
 	tt, _ := t.(*testing.T)
-	s.system = &system{t: tt, apiURL: "http://" + ln.Addr().String()}
+	s.system = &system{t: tt, apiURL: apiURL}
 	return s
 }
 

@@ -34,7 +34,14 @@ type system struct {
 func startAPI(t *testing.T, dir string) *system {
 	t.Helper()
 	bus := ingest.NewBus()
-	srv, err := apiserver.New(apiserver.Config{DataDir: dir, Publisher: bus})
+	return &system{t: t, bus: bus, apiURL: serveAPI(t, apiserver.Config{DataDir: dir, Publisher: bus})}
+}
+
+// serveAPI runs an API server on 127.0.0.1:0 until the test ends and
+// returns its URL.
+func serveAPI(t testing.TB, cfg apiserver.Config) string {
+	t.Helper()
+	srv, err := apiserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +60,7 @@ func startAPI(t *testing.T, dir string) *system {
 		<-done
 		srv.Close()
 	})
-	return &system{t: t, bus: bus, apiURL: "http://" + ln.Addr().String()}
+	return "http://" + ln.Addr().String()
 }
 
 // runningNode is a node started on dir with its Run in a goroutine.
