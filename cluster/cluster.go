@@ -1,0 +1,711 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Errors of the Cluster lifecycle.
+var (
+	ErrJoinCalled = errors.New("cluster: Join already called")
+	ErrShutdown   = errors.New("cluster: shut down")
+)
+
+// Member is one node as this node sees it.
+type Member struct {
+	Name  string `json:"name"`
+	Addr  string `json:"addr"`  // host:port of its gossip
+	State string `json:"state"` // StateAlive, StateSuspect, StateDead or StateLeft
+	Self  bool   `json:"self,omitempty"`
+}
+
+// JoinResult says how Join decided.
+type JoinResult struct {
+	Contacted int  // peers reached by the join (0 when alone)
+	Alone     bool // no peer: Config.Join empty, or none reachable within JoinTimeout
+	TimedOut  bool // alone because JoinTimeout passed with no reachable peer
+}
+
+// Cluster is one node's membership, ring and watermark gossip.
+type Cluster struct {
+	cfg   Config
+	log   *slog.Logger
+	ml    *memberlist.Memberlist
+	queue *memberlist.TransmitLimitedQueue
+	table *table
+	met   *metrics
+
+	stateMaxBytes int
+
+	mu      sync.Mutex // guards members and leaving
+	members map[string]*memberState
+	leaving map[string]time.Time // peers that announced they leave
+	alive   atomic.Int32
+
+	viewMu  sync.Mutex // serialises building and publishing views
+	view    atomic.Pointer[View]
+	changes chan View // latest wins: holds at most the newest unread view
+
+	joinCalled  atomic.Bool
+	lastJoinErr atomic.Pointer[error]
+	decided     atomic.Bool
+	decidedCh   chan struct{}
+
+	wmSubscribed atomic.Bool
+	wmCh         chan Watermark
+
+	kick chan struct{}
+
+	life    sync.Mutex // guards stopped and wg.Add
+	stopped bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+type memberState struct {
+	addr  string
+	state string
+	since time.Time
+}
+
+// Dead and left members stay listed this long (and at most deadKept of them).
+const (
+	deadRetention  = time.Hour
+	deadKept       = 256
+	leaveIntentTTL = time.Minute
+	maxNameLen     = 512
+)
+
+// New validates cfg, binds the gossip port and starts memberlist. The node is alone and owns
+// nothing until Join decides.
+func New(cfg Config) (*Cluster, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	c := &Cluster{
+		cfg:           cfg,
+		log:           cfg.Logger.With("component", "cluster", "node", cfg.NodeName),
+		table:         newTable(cfg.WatermarkCapacity),
+		stateMaxBytes: cfg.StateMaxBytes,
+		members:       map[string]*memberState{},
+		leaving:       map[string]time.Time{},
+		changes:       make(chan View, 1),
+		decidedCh:     make(chan struct{}),
+		wmCh:          make(chan Watermark, 4096),
+		kick:          make(chan struct{}, 1),
+		stop:          make(chan struct{}),
+	}
+	c.view.Store(&View{Self: cfg.NodeName})
+	c.met = newMetrics()
+	c.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes: func() int { return int(c.alive.Load()) },
+	}
+	mc, err := cfg.memberlistConfig(&delegate{c})
+	if err != nil {
+		return nil, err
+	}
+	c.queue.RetransmitMult = mc.RetransmitMult
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	c.ml = ml
+	if err := c.met.register(cfg.Registerer, c); err != nil {
+		_ = ml.Shutdown()
+		return nil, fmt.Errorf("register cluster metrics: %w", err)
+	}
+	c.goTracked(c.worker)
+	return c, nil
+}
+
+// Name is this node's name.
+func (c *Cluster) Name() string { return c.cfg.NodeName }
+
+// LocalAddr is host:port that peers reach this node's gossip at (with the bound port when
+// BindAddr asked for port 0).
+func (c *Cluster) LocalAddr() string {
+	n := c.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// goTracked runs f in a goroutine that Shutdown waits for; false once shut down.
+func (c *Cluster) goTracked(f func()) bool {
+	c.life.Lock()
+	defer c.life.Unlock()
+	if c.stopped {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// Join joins the peers of Config.Join, retrying until JoinTimeout, and then publishes the
+// first View: with peers its gained rules settle for SettleDelay; alone (no peers configured,
+// or none reachable before JoinTimeout, logged as a warning) it owns every rule at once.
+// When Join returns with a decision, the peers' recent watermarks are already merged (the
+// join is a push/pull exchange). A node alone after the timeout keeps trying to join in the
+// background every RejoinInterval until it has a peer. Join is called once; ctx ends the
+// wait without a decision.
+func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
+	if !c.joinCalled.CompareAndSwap(false, true) {
+		return JoinResult{}, ErrJoinCalled
+	}
+	if len(c.cfg.Join) == 0 {
+		c.decide(false)
+		c.log.Info("no peers configured: running alone")
+		return JoinResult{Alone: true}, nil
+	}
+	start := time.Now()
+	timeout := time.NewTimer(c.cfg.JoinTimeout)
+	defer timeout.Stop()
+	backoff := 100 * time.Millisecond
+	for {
+		res := c.attempt()
+		if res == nil {
+			return JoinResult{}, ErrShutdown
+		}
+		select {
+		case n := <-res:
+			if n > 0 {
+				c.decide(true)
+				c.log.Info("joined the cluster", "contacted", n, "members", c.alive.Load(), "took", time.Since(start))
+				return JoinResult{Contacted: n}, nil
+			}
+			wait := time.NewTimer(backoff)
+			backoff = min(2*backoff, 2*time.Second)
+			select {
+			case <-wait.C:
+				continue
+			case <-timeout.C:
+				res = nil
+			case <-ctx.Done():
+				wait.Stop()
+				return JoinResult{}, ctx.Err()
+			case <-c.stop:
+				wait.Stop()
+				return JoinResult{}, ErrShutdown
+			}
+		case <-timeout.C:
+		case <-ctx.Done():
+			return JoinResult{}, ctx.Err()
+		case <-c.stop:
+			return JoinResult{}, ErrShutdown
+		}
+		c.decide(false)
+		var lastErr error
+		if p := c.lastJoinErr.Load(); p != nil {
+			lastErr = *p
+		}
+		c.log.Warn("NO PEER REACHABLE: running ALONE after the join timeout; this node owns every rule until a peer joins",
+			"join", c.cfg.Join, "join_timeout", c.cfg.JoinTimeout, "rejoin_interval", c.cfg.RejoinInterval, "last_error", lastErr)
+		if c.cfg.RejoinInterval > 0 {
+			c.goTracked(func() { c.rejoin(res) })
+		}
+		return JoinResult{Alone: true, TimedOut: true}, nil
+	}
+}
+
+// attempt runs one join in the background (it may block for memberlist's TCPTimeout per
+// address) and delivers the number of peers contacted; nil once shut down.
+func (c *Cluster) attempt() <-chan int {
+	res := make(chan int, 1)
+	if !c.goTracked(func() {
+		n, err := c.ml.Join(c.cfg.Join)
+		if n == 0 {
+			c.lastJoinErr.Store(&err)
+			c.log.Debug("join attempt failed", "join", c.cfg.Join, "err", err)
+		}
+		res <- n
+	}) {
+		return nil
+	}
+	return res
+}
+
+// rejoin keeps joining a node that decided it was alone until it has a peer.
+func (c *Cluster) rejoin(inflight <-chan int) {
+	if inflight != nil {
+		select {
+		case n := <-inflight:
+			if n > 0 {
+				c.log.Warn("joined peers after deciding to run alone", "contacted", n)
+				return
+			}
+		case <-c.stop:
+			return
+		}
+	}
+	t := time.NewTicker(c.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		if c.alive.Load() > 1 {
+			c.log.Info("a peer joined this node: no more join attempts")
+			return
+		}
+		if n, err := c.ml.Join(c.cfg.Join); n > 0 {
+			c.log.Warn("joined peers after deciding to run alone", "contacted", n)
+			return
+		} else {
+			c.log.Debug("rejoin attempt failed", "err", err)
+		}
+	}
+}
+
+// Decided is closed once Join has decided (joined, or alone); the node fires nothing before.
+func (c *Cluster) Decided() <-chan struct{} { return c.decidedCh }
+
+func (c *Cluster) decide(joined bool) {
+	settle := time.Duration(0)
+	if joined {
+		settle = c.cfg.SettleDelay
+	}
+	c.decided.Store(true)
+	c.rebuild(&settle)
+	close(c.decidedCh)
+}
+
+// worker rebuilds the ring after membership events, off memberlist's goroutines.
+func (c *Cluster) worker() {
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.kick:
+			c.rebuild(nil)
+		}
+	}
+}
+
+func (c *Cluster) kickWorker() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// rebuild publishes a new view when the ring's member set changed (always for the first
+// view, whose settle delay is given).
+func (c *Cluster) rebuild(firstSettle *time.Duration) {
+	c.viewMu.Lock()
+	defer c.viewMu.Unlock()
+	if !c.decided.Load() {
+		return
+	}
+	names := c.ringMembers()
+	cur := c.view.Load()
+	if firstSettle == nil && (cur.Version == 0 || slices.Equal(cur.Members, names)) {
+		return
+	}
+	ring, err := NewRing(c.cfg.Ring, names)
+	if err != nil {
+		c.log.Error("ring change not applied: keeping the previous view", "members", len(names), "err", err)
+		return
+	}
+	now := c.cfg.Now()
+	v := &View{Version: cur.Version + 1, Self: c.cfg.NodeName, Members: names, Changed: now, ring: ring}
+	if firstSettle != nil {
+		v.SettleAt = now.Add(*firstSettle)
+	} else {
+		v.SettleAt, v.prev = now.Add(c.cfg.SettleDelay), cur.ring
+		c.met.ringChanges.Inc()
+	}
+	c.view.Store(v)
+	select { // latest wins; viewMu makes this the only sender
+	case <-c.changes:
+	default:
+	}
+	c.changes <- v.clone()
+	c.log.Info("ring view", "version", v.Version, "members", names, "settle_at", v.SettleAt)
+}
+
+// ringMembers is the sorted names of live (alive or suspect) members, always with self.
+func (c *Cluster) ringMembers() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names := []string{c.cfg.NodeName}
+	for name, m := range c.members {
+		if name != c.cfg.NodeName && m.state == StateAlive {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// View is the current view.
+func (c *Cluster) View() View { return c.view.Load().clone() }
+
+// Changes delivers each new view; when the reader lags, only the newest unread one is kept.
+func (c *Cluster) Changes() <-chan View { return c.changes }
+
+// Owner is the node owning ruleID in the current view ("" before Join decided).
+func (c *Cluster) Owner(ruleID int64) string { return c.view.Load().ring.Owner(ruleID) }
+
+// Owns reports whether this node owns ruleID in the current view (false before Join decided).
+func (c *Cluster) Owns(ruleID int64) bool {
+	v := c.view.Load()
+	return v.ring != nil && v.ring.Owner(ruleID) == v.Self
+}
+
+// Members lists the nodes this node knows, sorted by name, dead and left ones included for
+// a while. State is never StateSuspect: memberlist v0.7.0 does not expose suspicion (its
+// Node.State is never set and no event reports it); a suspect stays alive, and in the ring,
+// until it is declared dead.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	out := make([]Member, 0, len(c.members))
+	for name, m := range c.members {
+		out = append(out, Member{Name: name, Addr: m.addr, State: m.state, Self: name == c.cfg.NodeName})
+	}
+	c.mu.Unlock()
+	slices.SortFunc(out, func(a, b Member) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Announce records a watermark of this node and gossips it to the peers when it is later
+// than the one known for the rule (peers relay what is new to them). It never blocks on
+// the network. Gossip is best effort (a full queue drops the oldest); push/pull, every
+// PushPullInterval and at each join, carries the most recent watermarks anyway.
+func (c *Cluster) Announce(ruleID int64, slot time.Time, count uint64) error {
+	if err := checkWatermark(Watermark{RuleID: ruleID, Slot: slot, Count: count}); err != nil {
+		return err
+	}
+	ns := slot.UnixNano()
+	if !c.table.merge(ruleID, ns, count) || c.alive.Load() <= 1 {
+		return nil // nothing new, or nobody to tell (push/pull carries it to a later joiner)
+	}
+	c.queueBroadcast(ruleID, ns, count)
+	c.met.broadcasts.Inc()
+	return nil
+}
+
+// queueBroadcast queues one watermark for gossip; a newer one for the same rule replaces it.
+func (c *Cluster) queueBroadcast(id, slot int64, count uint64) {
+	msg := appendRecord(append(make([]byte, 0, headerLen+recordLen), wireVersion, kindBroadcast), id, slot, count)
+	c.queue.QueueBroadcast(&broadcast{name: strconv.FormatInt(id, 10), msg: msg})
+	if n := c.queue.NumQueued(); n > maxQueuedBroadcasts {
+		c.queue.Prune(maxQueuedBroadcasts)
+		c.met.dropped.WithLabelValues(dropQueueFull).Add(float64(n - c.queue.NumQueued()))
+	}
+}
+
+// Watermark is the latest watermark known for ruleID: this node's own or a peer's.
+func (c *Cluster) Watermark(ruleID int64) (slot time.Time, count uint64, ok bool) {
+	e, ok := c.table.get(ruleID)
+	if !ok {
+		return time.Time{}, 0, false
+	}
+	return time.Unix(0, e.slot).UTC(), e.count, true
+}
+
+// Watermarks delivers the peers' gossiped watermarks that advanced this node's table (not
+// those merged in bulk by push/pull: consult Watermark for those). A full channel drops
+// (counted as slow_consumer); nothing is sent until the first call.
+func (c *Cluster) Watermarks() <-chan Watermark {
+	c.wmSubscribed.Store(true)
+	return c.wmCh
+}
+
+// Leave hands over gracefully and shuts down, within ctx's deadline or LeaveTimeout (the
+// earlier): it tells the peers it is leaving, waits (≤ 1/3 of the time) for the queued
+// watermark broadcasts to go out, pushes its recent watermarks to every live peer over TCP
+// (memberlist push/pull, ≤ 1/3: gossip is best effort, this is not), leaves memberlist
+// (peers drop it from the ring at once) and shuts down. Stop firing before calling it.
+// Idempotent; nil after Shutdown.
+func (c *Cluster) Leave(ctx context.Context) error {
+	c.life.Lock()
+	stopped := c.stopped
+	c.life.Unlock()
+	if stopped {
+		return nil
+	}
+	deadline := time.Now().Add(c.cfg.LeaveTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	step := time.Until(deadline) / 3
+	c.mu.Lock()
+	c.leaving[c.cfg.NodeName] = time.Now() // so that its own leave logs as left
+	c.mu.Unlock()
+	peers := c.peerAddrs()
+	if len(peers) > 0 {
+		// Peers then list this node as left, not dead.
+		c.queue.QueueBroadcast(&broadcast{name: "leave/" + c.cfg.NodeName,
+			msg: append([]byte{wireVersion, kindLeave}, c.cfg.NodeName...)})
+		c.drain(ctx, step)
+		c.pushState(ctx, peers, step)
+	}
+	var err error
+	if left := time.Until(deadline); left > 0 && ctx.Err() == nil {
+		if lerr := c.ml.Leave(left); lerr != nil {
+			err = fmt.Errorf("leave cluster: %w", lerr)
+		}
+	}
+	c.log.Info("left the cluster", "peers", len(peers))
+	return errors.Join(err, c.Shutdown())
+}
+
+// drain waits until the broadcast queue is empty, for at most d.
+func (c *Cluster) drain(ctx context.Context, d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for c.queue.NumQueued() > 0 {
+		select {
+		case <-tick.C:
+		case <-timer.C:
+			c.log.Warn("leaving with watermark broadcasts still queued", "queued", c.queue.NumQueued())
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// pushState sends this node's recent watermarks to each peer by a push/pull exchange (what
+// memberlist's Join does), waiting at most d; the exchange goes on in the background if slow.
+func (c *Cluster) pushState(ctx context.Context, peers []string, d time.Duration) {
+	done := make(chan struct{})
+	if !c.goTracked(func() {
+		defer close(done)
+		for _, p := range peers {
+			if _, err := c.ml.Join([]string{p}); err != nil {
+				c.log.Warn("push watermarks to a peer before leaving", "peer", p, "err", err)
+			}
+		}
+	}) {
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		c.log.Warn("leaving before every peer has this node's watermarks", "peers", len(peers))
+	case <-ctx.Done():
+	}
+}
+
+// peerAddrs is the gossip address of every alive peer.
+func (c *Cluster) peerAddrs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for name, m := range c.members {
+		if name != c.cfg.NodeName && m.state == StateAlive {
+			out = append(out, m.addr)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Shutdown stops gossip without telling peers (they will find this node dead); use Leave
+// for a graceful exit. It may wait for an in-flight join attempt (memberlist's TCPTimeout).
+// Idempotent.
+func (c *Cluster) Shutdown() error {
+	c.shutdownOnce.Do(func() {
+		c.life.Lock()
+		c.stopped = true
+		close(c.stop)
+		c.life.Unlock()
+		if err := c.ml.Shutdown(); err != nil {
+			c.shutdownErr = fmt.Errorf("shut down gossip: %w", err)
+		}
+		c.wg.Wait()
+	})
+	return c.shutdownErr
+}
+
+// broadcast is one watermark for memberlist's queue; a newer one for the same rule
+// replaces it (named broadcast).
+type broadcast struct {
+	name string
+	msg  []byte
+}
+
+func (b *broadcast) Invalidates(other memberlist.Broadcast) bool {
+	nb, ok := other.(memberlist.NamedBroadcast)
+	return ok && nb.Name() == b.name
+}
+func (b *broadcast) Name() string    { return b.name }
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
+
+// delegate receives memberlist's callbacks. It never blocks and never calls back into
+// memberlist (its events arrive under memberlist's node lock).
+type delegate struct{ c *Cluster }
+
+func (d *delegate) NodeMeta(int) []byte { return nil }
+
+func (d *delegate) NotifyMsg(b []byte) {
+	c := d.c
+	if len(b) >= headerLen && b[0] == wireVersion && b[1] == kindLeave {
+		d.leaving(b)
+		return
+	}
+	err := decodeRecords(b, kindBroadcast, func(id, slot int64, count uint64) {
+		if !c.table.merge(id, slot, count) {
+			return
+		}
+		// memberlist does not relay user broadcasts, and the sender transmits each only
+		// RetransmitMult·log(N+1) times to random peers: relay what is new to us, so that
+		// every peer gets it (the table check stops the echo).
+		c.queueBroadcast(id, slot, count)
+		if !c.wmSubscribed.Load() {
+			return
+		}
+		select {
+		case c.wmCh <- Watermark{RuleID: id, Slot: time.Unix(0, slot).UTC(), Count: count}:
+		default:
+			c.met.dropped.WithLabelValues(dropSlowReader).Inc()
+		}
+	})
+	d.dropped(err, "gossip message")
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.c.queue.GetBroadcasts(overhead, limit)
+}
+
+func (d *delegate) LocalState(bool) []byte {
+	return d.c.table.encodeRecent(kindState, d.c.stateMaxBytes)
+}
+
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	n := 0
+	err := decodeRecords(buf, kindState, func(id, slot int64, count uint64) {
+		if d.c.table.merge(id, slot, count) {
+			n++
+		}
+	})
+	d.dropped(err, "push/pull state")
+	if err == nil {
+		d.c.log.Debug("merged peer watermarks", "records", (len(buf)-headerLen)/recordLen, "advanced", n, "join", join)
+	}
+}
+
+func (d *delegate) dropped(err error, what string) {
+	if err == nil {
+		return
+	}
+	reason := dropMalformed
+	var we *wireError
+	if errors.As(err, &we) {
+		reason = we.reason
+	}
+	d.c.met.dropped.WithLabelValues(reason).Inc()
+	d.c.log.Warn("dropped a peer's "+what, "reason", reason, "err", err)
+}
+
+func (d *delegate) NotifyJoin(n *memberlist.Node) { d.set(n, StateAlive) }
+
+func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.set(n, StateAlive) }
+
+// NotifyLeave is told of both dead and left nodes (memberlist v0.7.0 passes a Node whose
+// State is never set): a node that announced it was leaving is left, any other dead.
+func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	state := StateDead
+	d.c.mu.Lock()
+	if t, ok := d.c.leaving[n.Name]; ok && time.Since(t) < leaveIntentTTL {
+		state = StateLeft
+	}
+	d.c.mu.Unlock()
+	d.set(n, state)
+}
+
+// leaving records a peer's intent to leave (it may arrive after memberlist's leave).
+func (d *delegate) leaving(b []byte) {
+	c := d.c
+	name := string(b[headerLen:])
+	if name == "" || len(name) > maxNameLen {
+		d.dropped(&wireError{dropInvalid, fmt.Sprintf("leave intent with a name of %d bytes", len(name))}, "leave intent")
+		return
+	}
+	now := time.Now()
+	c.mu.Lock()
+	_, seen := c.leaving[name]
+	c.leaving[name] = now
+	for n, t := range c.leaving {
+		if now.Sub(t) > leaveIntentTTL {
+			delete(c.leaving, n)
+		}
+	}
+	if m, ok := c.members[name]; ok && m.state == StateDead {
+		m.state = StateLeft
+	}
+	c.mu.Unlock()
+	if !seen && name != c.cfg.NodeName {
+		c.queue.QueueBroadcast(&broadcast{name: "leave/" + name, msg: slices.Clone(b)})
+	}
+}
+
+func (d *delegate) set(n *memberlist.Node, state string) {
+	c := d.c
+	now := time.Now()
+	c.mu.Lock()
+	c.members[n.Name] = &memberState{addr: n.Address(), state: state, since: now}
+	alive, gone := 0, 0
+	for name, m := range c.members {
+		switch {
+		case m.state == StateAlive:
+			alive++
+		case now.Sub(m.since) > deadRetention:
+			delete(c.members, name)
+		default:
+			gone++
+		}
+	}
+	if gone > deadKept { // forget the longest gone
+		for gone > deadKept {
+			oldest := ""
+			for name, m := range c.members {
+				if m.state != StateAlive && (oldest == "" || m.since.Before(c.members[oldest].since)) {
+					oldest = name
+				}
+			}
+			delete(c.members, oldest)
+			gone--
+		}
+	}
+	c.alive.Store(int32(alive))
+	c.mu.Unlock()
+	if state != StateAlive {
+		c.log.Info("member gone", "member", n.Name, "state", state)
+	} else {
+		c.log.Debug("member alive", "member", n.Name, "addr", n.Address())
+	}
+	c.kickWorker()
+}

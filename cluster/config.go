@@ -1,0 +1,236 @@
+package cluster
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of Config.
+const (
+	DefaultBindAddr          = "0.0.0.0:7946"
+	DefaultJoinTimeout       = 10 * time.Second
+	DefaultRejoinInterval    = 10 * time.Second
+	DefaultSettleDelay       = 2 * time.Second
+	DefaultLeaveTimeout      = 5 * time.Second
+	DefaultWatermarkCapacity = 1 << 20 // a 1M-rule catalogue; ~113 B per rule that fired: ≤ ~120 MB
+	// DefaultStateMaxBytes bounds the push/pull state: ~87k most recent watermarks. memberlist
+	// refuses remote state over 20 MiB and warns over 12 MiB.
+	DefaultStateMaxBytes = 2 << 20
+	// maxQueuedBroadcasts bounds the watermark gossip queue; push/pull covers what is pruned.
+	maxQueuedBroadcasts = 1 << 14
+)
+
+// ErrConfig reports a bad Config field.
+var ErrConfig = errors.New("cluster config")
+
+// Config of one node's cluster membership. The zero value plus NodeName-or-hostname is a
+// valid single-node config.
+type Config struct {
+	// NodeName is the unique name of this node in the cluster; default the host name.
+	NodeName string
+	// BindAddr is host:port for gossip (UDP and TCP); port 0 picks a free one.
+	BindAddr string
+	// AdvertiseAddr is the IP[:port] peers reach this node at; default from BindAddr.
+	AdvertiseAddr string
+	// Join lists peers as host[:port] (port default the bind port); a DNS name joins every
+	// address it resolves to. Empty: this node starts alone at once.
+	Join []string
+	// JoinTimeout bounds the retries of the first join; then the node decides it is alone.
+	JoinTimeout time.Duration
+	// RejoinInterval spaces the background joins of a node that decided it was alone, until
+	// it has a peer (so nodes started together never stay split). Negative disables.
+	RejoinInterval time.Duration
+	// GossipKey is a base64 AES key (16, 24 or 32 bytes): gossip is encrypted and a node
+	// with another key cannot join. Empty: plain gossip.
+	GossipKey string
+	// SettleDelay is how long after a ring change a node waits before adopting rules that a
+	// live peer owned, so that the peer has released them and announced its watermarks.
+	SettleDelay time.Duration
+	// LeaveTimeout bounds Leave when its context has no earlier deadline.
+	LeaveTimeout time.Duration
+	// Ring shapes the hash ring; every node must use the same.
+	Ring RingConfig
+	// WatermarkCapacity bounds the table of peers' watermarks (rules).
+	WatermarkCapacity int
+	// StateMaxBytes bounds the watermarks sent in one push/pull exchange.
+	StateMaxBytes int
+
+	Logger     *slog.Logger          // nil: discard
+	Registerer prometheus.Registerer // nil: metrics are not registered
+	// Now stamps views (a seam for skewing one node's clock in tests); nil: time.Now.
+	Now func() time.Time
+	// Memberlist returns the base memberlist config, a fresh one per call; nil:
+	// memberlist.DefaultLANConfig. Tests pass memberlist.DefaultLocalConfig. Name, addresses,
+	// key, logger and delegates are set over it.
+	Memberlist func() *memberlist.Config
+}
+
+func (c Config) withDefaults() Config {
+	if c.NodeName == "" {
+		c.NodeName, _ = os.Hostname()
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = DefaultBindAddr
+	}
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if c.RejoinInterval == 0 {
+		c.RejoinInterval = DefaultRejoinInterval
+	}
+	if c.SettleDelay == 0 {
+		c.SettleDelay = DefaultSettleDelay
+	}
+	if c.LeaveTimeout == 0 {
+		c.LeaveTimeout = DefaultLeaveTimeout
+	}
+	if c.WatermarkCapacity == 0 {
+		c.WatermarkCapacity = DefaultWatermarkCapacity
+	}
+	if c.StateMaxBytes == 0 {
+		c.StateMaxBytes = DefaultStateMaxBytes
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Memberlist == nil {
+		c.Memberlist = memberlist.DefaultLANConfig
+	}
+	c.Ring = c.Ring.withDefaults()
+	return c
+}
+
+// Validate reports the first bad field of c (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	bad := func(field string, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+	}
+	if c.NodeName == "" {
+		return bad("NodeName", "empty and no host name")
+	}
+	if _, _, err := splitHostPort(c.BindAddr, false); err != nil {
+		return bad("BindAddr", "%q: %v", c.BindAddr, err)
+	}
+	if c.AdvertiseAddr != "" {
+		host, _, err := splitHostPort(c.AdvertiseAddr, true)
+		if err != nil {
+			return bad("AdvertiseAddr", "%q: %v", c.AdvertiseAddr, err)
+		}
+		if net.ParseIP(host) == nil {
+			return bad("AdvertiseAddr", "%q: host must be an IP address", c.AdvertiseAddr)
+		}
+	}
+	for i, j := range c.Join {
+		if _, _, err := splitHostPort(j, true); err != nil {
+			return bad("Join", "entry %d %q: %v", i, j, err)
+		}
+	}
+	if c.JoinTimeout < 0 {
+		return bad("JoinTimeout", "%v: must not be negative", c.JoinTimeout)
+	}
+	if c.SettleDelay < 0 {
+		return bad("SettleDelay", "%v: must not be negative", c.SettleDelay)
+	}
+	if c.LeaveTimeout < 0 {
+		return bad("LeaveTimeout", "%v: must not be negative", c.LeaveTimeout)
+	}
+	if _, err := c.gossipKey(); err != nil {
+		return bad("GossipKey", "%v", err)
+	}
+	if err := c.Ring.Validate(); err != nil {
+		return bad("Ring", "%v", err)
+	}
+	if c.WatermarkCapacity < 1 {
+		return bad("WatermarkCapacity", "%d: must be positive", c.WatermarkCapacity)
+	}
+	if c.StateMaxBytes < headerLen+recordLen || c.StateMaxBytes > 12<<20 {
+		return bad("StateMaxBytes", "%d: want %d..%d", c.StateMaxBytes, headerLen+recordLen, 12<<20)
+	}
+	return nil
+}
+
+// gossipKey decodes GossipKey; nil when unset. The error never quotes the key.
+func (c Config) gossipKey() ([]byte, error) {
+	if c.GossipKey == "" {
+		return nil, nil
+	}
+	k, err := base64.StdEncoding.DecodeString(c.GossipKey)
+	if err != nil {
+		return nil, errors.New("not valid base64")
+	}
+	switch len(k) {
+	case 16, 24, 32:
+		return k, nil
+	}
+	return nil, fmt.Errorf("%d bytes, want 16, 24 or 32 (AES-128/192/256)", len(k))
+}
+
+// splitHostPort splits host:port; with portOptional a bare host (or [v6]) gives port -1.
+func splitHostPort(s string, portOptional bool) (string, int, error) {
+	host, ps, err := net.SplitHostPort(s)
+	if err != nil {
+		if !portOptional {
+			return "", 0, err
+		}
+		h := strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+		if h == "" || strings.Contains(h, ":") && net.ParseIP(h) == nil {
+			return "", 0, err
+		}
+		return h, -1, nil
+	}
+	if host == "" && portOptional {
+		return "", 0, errors.New("empty host")
+	}
+	p, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: want 0..65535", ps)
+	}
+	return host, int(p), nil
+}
+
+// memberlistConfig is a fresh memberlist config for c (already defaulted and valid).
+func (c Config) memberlistConfig(d *delegate) (*memberlist.Config, error) {
+	mc := c.Memberlist()
+	if mc == nil {
+		return nil, fmt.Errorf("%w: Memberlist returned nil", ErrConfig)
+	}
+	mc.Name = c.NodeName
+	host, port, _ := splitHostPort(c.BindAddr, false)
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertiseAddr, mc.AdvertisePort = "", port
+	if c.AdvertiseAddr != "" {
+		ah, ap, _ := splitHostPort(c.AdvertiseAddr, true)
+		mc.AdvertiseAddr = ah
+		if ap >= 0 {
+			mc.AdvertisePort = ap
+		}
+	}
+	key, err := c.gossipKey()
+	if err != nil {
+		return nil, err
+	}
+	mc.SecretKey, mc.Keyring = key, nil
+	// memberlist emits its own metrics through hashicorp/go-metrics' global, whose default
+	// sink is a blackhole; we never install one (metrics.NewGlobal), so nothing is kept.
+	mc.Logger, mc.LogOutput = newStdLogger(c.Logger.With("lib", "memberlist")), nil
+	mc.Delegate, mc.Events = d, d
+	mc.Conflict, mc.Merge, mc.Alive, mc.Ping = nil, nil, nil, nil
+	return mc, nil
+}

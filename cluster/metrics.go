@@ -1,0 +1,77 @@
+package cluster
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Member states, as in Member.State and the state label of timerd_cluster_members.
+const (
+	StateAlive   = "alive"
+	StateSuspect = "suspect"
+	StateDead    = "dead"
+	StateLeft    = "left"
+)
+
+type metrics struct {
+	ringChanges prometheus.Counter
+	broadcasts  prometheus.Counter
+	dropped     *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	f := promauto.With(nil) // registered by register, so that a clash is an error, not a panic
+	m := &metrics{
+		ringChanges: f.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_ring_changes_total",
+			Help: "Changes of the member set of this node's hash ring.",
+		}),
+		broadcasts: f.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_watermark_broadcasts_total",
+			Help: "Watermarks this node queued for gossip to its peers.",
+		}),
+		dropped: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_watermark_messages_dropped_total",
+			Help: "Watermark messages dropped: malformed, version, invalid (from peers), queue_full (gossip queue pruned), slow_consumer (Watermarks channel full).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{dropMalformed, dropVersion, dropInvalid, dropQueueFull, dropSlowReader} {
+		m.dropped.WithLabelValues(r)
+	}
+	return m
+}
+
+// register registers m and the members gauge of c (once c can list members).
+func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
+	if reg == nil {
+		return nil
+	}
+	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.dropped, membersCollector{c}}
+	for i, col := range cols {
+		if err := reg.Register(col); err != nil {
+			for _, done := range cols[:i] {
+				reg.Unregister(done)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+var membersDesc = prometheus.NewDesc("timerd_cluster_members",
+	"Members of the cluster as this node sees them, by state.", []string{"state"}, nil)
+
+// membersCollector counts Members at scrape time.
+type membersCollector struct{ c *Cluster }
+
+func (membersCollector) Describe(ch chan<- *prometheus.Desc) { ch <- membersDesc }
+
+func (mc membersCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := map[string]int{}
+	for _, m := range mc.c.Members() {
+		counts[m.State]++
+	}
+	for _, s := range []string{StateAlive, StateSuspect, StateDead, StateLeft} {
+		ch <- prometheus.MustNewConstMetric(membersDesc, prometheus.GaugeValue, float64(counts[s]), s)
+	}
+}
