@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
 )
@@ -111,6 +112,14 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			"only through the reconcile with the rules API, every reconcile_interval", "reconcile_interval", cfg.ReconcileInterval.String())
 	}
 
+	if len(cfg.Join) == 0 {
+		log.Info("no peers to join (TIMERD_JOIN): this node runs alone and owns every rule until a peer joins it",
+			"bind_addr", cfg.BindAddr)
+	} else {
+		log.Info("cluster", "join", cfg.Join, "bind_addr", cfg.BindAddr, "join_timeout", cfg.JoinTimeout.String(),
+			"settle_delay", cfg.SettleDelay.String(), "gossip_encrypted", cfg.GossipKey != "")
+	}
+
 	if err := checkAPIHealth(ctx, cfg.APIURL, 5, 500*time.Millisecond, log); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -136,9 +145,24 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		ReconcileInterval: reconcile,
 		ShutdownTimeout:   cfg.ShutdownTimeout,
 		Logger:            log,
+		// Always a cluster: with no peers it is alone at once.
+		Cluster: &cluster.Config{
+			NodeName:      cfg.NodeName,
+			BindAddr:      cfg.BindAddr,
+			AdvertiseAddr: cfg.AdvertiseAddr,
+			Join:          cfg.Join,
+			JoinTimeout:   cfg.JoinTimeout,
+			GossipKey:     cfg.GossipKey,
+			SettleDelay:   cfg.SettleDelay,
+		},
 	})
 	if err != nil {
 		switch {
+		case strings.HasPrefix(err.Error(), "start gossip on"):
+			if strings.Contains(err.Error(), "advertise") {
+				return usagef("TIMERD_ADVERTISE_ADDR (or --advertise-addr): %w", err)
+			}
+			return usagef("TIMERD_BIND_ADDR (or --bind-addr): %w", err)
 		case isAddrErr(err):
 			return usagef("TIMERD_HTTP_ADDR (or --http-addr): %w", err)
 		case strings.HasPrefix(err.Error(), "api token:"):
@@ -152,7 +176,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		}
 		return err
 	}
-	log.Info("node http listening", "http", "http://"+n.HTTPAddr(),
+	log.Info("node http listening", "http", "http://"+n.HTTPAddr(), "gossip", n.GossipAddr(),
 		"endpoints", "/metrics /healthz /readyz /v1/status")
 	return n.Run(ctx)
 }

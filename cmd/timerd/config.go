@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/ingest"
 )
 
@@ -43,6 +44,15 @@ type agentConfig struct {
 	ShutdownTimeout   time.Duration
 	Workers           int
 	LogFormat         string
+
+	// The cluster (docs/configuration.md, "Cluster"). The agent always
+	// runs it: with no Join it is alone at once and owns every rule.
+	BindAddr      string
+	AdvertiseAddr string
+	Join          []string
+	JoinTimeout   time.Duration
+	GossipKey     string // base64; never printed
+	SettleDelay   time.Duration
 
 	// UnknownKeys are stdin-config keys timerd does not know (ignored, as
 	// Attune may send more than a timer sensor reads).
@@ -135,6 +145,68 @@ var agentSettings = []agentSetting{
 		}
 		c.NodeName = v
 		return nil
+	}},
+	{env: "TIMERD_BIND_ADDR", key: "bind_addr", flag: "bind-addr", def: cluster.DefaultBindAddr, usage: "host:port of the cluster gossip (UDP and TCP)", set: func(c *agentConfig, v string) error {
+		if err := checkClusterField(cluster.Config{BindAddr: v}); err != nil {
+			return err
+		}
+		c.BindAddr = v
+		return nil
+	}},
+	{env: "TIMERD_ADVERTISE_ADDR", key: "advertise_addr", flag: "advertise-addr", usage: "IP[:port] peers reach this node's gossip at (default: from the bind address)", set: func(c *agentConfig, v string) error {
+		if err := checkClusterField(cluster.Config{AdvertiseAddr: v}); err != nil {
+			return err
+		}
+		c.AdvertiseAddr = v
+		return nil
+	}},
+	{env: "TIMERD_JOIN", key: "join", flag: "join", usage: "peers to join, comma-separated host[:port]; a DNS name joins every address it resolves to (none: run alone)", set: func(c *agentConfig, v string) error {
+		var peers []string
+		list := strings.Split(v, ",")
+		if t := strings.TrimSpace(v); strings.HasPrefix(t, "[") { // a JSON array in the stdin config
+			if err := json.Unmarshal([]byte(t), &list); err != nil {
+				return errors.New("is not a JSON array of strings or a comma-separated list")
+			}
+		}
+		for i, p := range list {
+			p = strings.TrimSpace(p)
+			if p == "" {
+				if strings.TrimSpace(v) == "" {
+					break // set empty: no peers
+				}
+				return fmt.Errorf("entry %d is empty", i)
+			}
+			peers = append(peers, p)
+		}
+		if err := checkClusterField(cluster.Config{Join: peers}); err != nil {
+			return err
+		}
+		c.Join = peers
+		return nil
+	}},
+	{env: "TIMERD_JOIN_TIMEOUT", key: "join_timeout", flag: "join-timeout", def: "10s", usage: "how long to try the peers at start before running alone (logged loudly)", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && (d <= 0 || d > time.Hour) {
+			err = fmt.Errorf("%s is out of range (1ms .. 1h)", v)
+		}
+		c.JoinTimeout = d
+		return err
+	}},
+	{env: "TIMERD_GOSSIP_KEY", key: "gossip_key", flag: "gossip-key", usage: "base64 AES key (16, 24 or 32 bytes) encrypting gossip; every node needs the same (default: plain gossip)", set: func(c *agentConfig, v string) error {
+		v = strings.TrimSpace(v)
+		if err := checkClusterField(cluster.Config{GossipKey: v}); err != nil {
+			return err // never quotes the key
+		}
+		c.GossipKey = v
+		return nil
+	}},
+	{env: "TIMERD_SETTLE_DELAY", key: "settle_delay", flag: "settle-delay", def: "2s", usage: "wait after a ring change before adopting a live peer's rules", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && (d <= 0 || d > 5*time.Minute) {
+			err = fmt.Errorf("%s is out of range (1ms .. 5m)", v)
+		}
+		c.SettleDelay = d
+		return err
 	}},
 	{env: "TIMERD_QUEUE_EXPIRES", key: "queue_expires", flag: "queue-expires", def: "7d", usage: "x-expires of the node's queue: the broker drops it after this long unused (1s..24d)", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
@@ -302,6 +374,24 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		return nil, fmt.Errorf("%s: the queue name %q is longer than 255 bytes", name("TIMERD_NODE_NAME"), truncateSetting(q))
 	}
 	return c, nil
+}
+
+// checkClusterField checks the one field set in cc as the cluster would,
+// without the "cluster config: Field:" prefix (the caller names the
+// setting). The other fields are valid defaults.
+func checkClusterField(cc cluster.Config) error {
+	if cc.NodeName == "" {
+		cc.NodeName = "n" // the host name is checked elsewhere
+	}
+	err := cc.Validate()
+	if err == nil {
+		return nil
+	}
+	msg := strings.TrimPrefix(err.Error(), cluster.ErrConfig.Error()+": ")
+	if _, rest, ok := strings.Cut(msg, ": "); ok {
+		msg = rest
+	}
+	return errors.New(msg)
 }
 
 // readStdinConfig reads exactly one JSON object.

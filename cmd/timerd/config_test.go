@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +35,9 @@ func loadFor(t *testing.T, env map[string]string, stdin string, args ...string) 
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	return loadAgentConfig(fs, lookup, strings.NewReader(stdin))
 }
+
+// gossipKey is a valid TIMERD_GOSSIP_KEY: base64 of 32 bytes.
+var gossipKey = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
 
 func TestAgentConfigPrecedence(t *testing.T) {
 	tok := testToken(t, time.Hour)
@@ -105,6 +109,37 @@ func TestAgentConfigPrecedence(t *testing.T) {
 				}
 				return ""
 			}},
+		{"cluster defaults", base, "", nil, func(c *agentConfig) string {
+			if c.BindAddr != "0.0.0.0:7946" || c.AdvertiseAddr != "" || c.Join != nil || c.JoinTimeout != 10*time.Second ||
+				c.GossipKey != "" || c.SettleDelay != 2*time.Second {
+				return "not the documented cluster defaults"
+			}
+			return ""
+		}},
+		{"cluster env", with("TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_ADVERTISE_ADDR", "10.0.0.5:7001",
+			"TIMERD_JOIN", " timerd-0.timerd:7946, 10.0.0.6 ,[::1]:7946", "TIMERD_JOIN_TIMEOUT", "30s",
+			"TIMERD_GOSSIP_KEY", gossipKey, "TIMERD_SETTLE_DELAY", "500ms"), "", nil, func(c *agentConfig) string {
+			if c.BindAddr != "127.0.0.1:7000" || c.AdvertiseAddr != "10.0.0.5:7001" || c.JoinTimeout != 30*time.Second ||
+				c.GossipKey != gossipKey || c.SettleDelay != 500*time.Millisecond ||
+				strings.Join(c.Join, "|") != "timerd-0.timerd:7946|10.0.0.6|[::1]:7946" {
+				return "cluster env not applied"
+			}
+			return ""
+		}},
+		{"cluster flags over env", with("TIMERD_JOIN", "a:1", "TIMERD_BIND_ADDR", "127.0.0.1:7000"), "",
+			[]string{"--join", "b:2,c:3", "--bind-addr", ":0", "--join-timeout", "1s", "--settle-delay", "3s"}, func(c *agentConfig) string {
+				if strings.Join(c.Join, "|") != "b:2|c:3" || c.BindAddr != ":0" || c.JoinTimeout != time.Second || c.SettleDelay != 3*time.Second {
+					return "cluster flags did not win"
+				}
+				return ""
+			}},
+		{"cluster stdin, join as an array", base, `{"api_url":"http://x","api_token":"` + tok + `","data_dir":"/s","mq_url":"amqp://mq/",
+			"join":["p1:7946","p2"],"gossip_key":"` + gossipKey + `","join_timeout":"5s"}`, []string{"--stdin-config"}, func(c *agentConfig) string {
+			if strings.Join(c.Join, "|") != "p1:7946|p2" || c.GossipKey != gossipKey || c.JoinTimeout != 5*time.Second {
+				return "cluster stdin config not applied"
+			}
+			return ""
+		}},
 		{"token file instead of token", func() map[string]string {
 			m := with("ATTUNE_API_TOKEN_FILE", "config_test.go")
 			delete(m, "ATTUNE_API_TOKEN")
@@ -180,6 +215,17 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"shutdown timeout", with("TIMERD_SHUTDOWN_TIMEOUT", "0"), "", nil, "TIMERD_SHUTDOWN_TIMEOUT: 0 is not positive"},
 		{"no mq and no reconcile", with("ATTUNE_MQ_URL", "<unset>", "TIMERD_RECONCILE_INTERVAL", "0"), "", nil, "TIMERD_RECONCILE_INTERVAL (or --reconcile-interval): 0"},
 		{"node name", with("TIMERD_NODE_NAME", "node/1"), "", nil, `TIMERD_NODE_NAME: "node/1" may hold only`},
+		{"bind addr", with("TIMERD_BIND_ADDR", "7946"), "", nil, `TIMERD_BIND_ADDR: "7946": address 7946: missing port in address`},
+		{"bind addr port", base, "", []string{"--bind-addr", "0.0.0.0:99999"}, `--bind-addr: "0.0.0.0:99999": port "99999": want 0..65535`},
+		{"advertise addr not an IP", with("TIMERD_ADVERTISE_ADDR", "node.example:7946"), "", nil, `TIMERD_ADVERTISE_ADDR: "node.example:7946": host must be an IP address`},
+		{"join empty entry", with("TIMERD_JOIN", "a:1,,b:2"), "", nil, "TIMERD_JOIN: entry 1 is empty"},
+		{"join bad port", with("TIMERD_JOIN", "a:1,b:x"), "", nil, `TIMERD_JOIN: entry 1 "b:x": port "x": want 0..65535`},
+		{"join stdin not strings", base, `{"join":[1,2]}`, []string{"--stdin-config"}, `stdin config "join": is not a JSON array of strings`},
+		{"join timeout zero", with("TIMERD_JOIN_TIMEOUT", "0"), "", nil, "TIMERD_JOIN_TIMEOUT: 0 is out of range"},
+		{"join timeout not a duration", base, "", []string{"--join-timeout", "ten"}, `--join-timeout: "ten" is not a duration`},
+		{"gossip key not base64", with("TIMERD_GOSSIP_KEY", "secret!!key"), "", nil, "TIMERD_GOSSIP_KEY: not valid base64"},
+		{"gossip key wrong length", with("TIMERD_GOSSIP_KEY", base64.StdEncoding.EncodeToString([]byte("sixteen-bytes-k!x"))), "", nil, "TIMERD_GOSSIP_KEY: 17 bytes, want 16, 24 or 32"},
+		{"settle delay", with("TIMERD_SETTLE_DELAY", "1h"), "", nil, "TIMERD_SETTLE_DELAY: 1h is out of range"},
 		{"stdin bad JSON", base, `{"api_url": "http://x", "api_token": "` + tok + `"`, []string{"--stdin-config"}, "--stdin-config: stdin ends inside the JSON object"},
 		{"stdin syntax error", base, `{"api_token": "` + tok + `" oops}`, []string{"--stdin-config"}, "--stdin-config: stdin is not valid JSON (syntax error at byte"},
 		{"stdin empty", base, ``, []string{"--stdin-config"}, "--stdin-config: stdin is empty"},
@@ -207,7 +253,8 @@ func TestAgentConfigErrors(t *testing.T) {
 				t.Fatalf("loadAgentConfig(%v) = %v, want an error starting %q", tt.args, err, tt.want)
 			}
 			if msg := err.Error(); strings.Contains(msg, "\n") || strings.Contains(msg, tok) || strings.Contains(msg, expired) ||
-				strings.Contains(msg, "secret") || strings.Contains(msg, ":pw@") {
+				strings.Contains(msg, "secret") || strings.Contains(msg, ":pw@") ||
+				strings.Contains(msg, "c2l4dGVlbi") {
 				t.Errorf("error %q is not one line without secrets", msg)
 			}
 		})

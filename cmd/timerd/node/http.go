@@ -29,6 +29,11 @@ type Status struct {
 	// The API token's expiry and a masked form of it; never the token.
 	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"`
 	TokenMasked    string     `json:"token_masked,omitempty"`
+
+	// The cluster as this node sees it (absent on a single node): its ring
+	// view's version and the members with the rules each owns in it.
+	RingVersion uint64         `json:"ring_version"`
+	Members     []MemberStatus `json:"members,omitempty"`
 }
 
 func (n *Node) handler() http.Handler {
@@ -38,8 +43,8 @@ func (n *Node) handler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !n.ready.Load() {
-			http.Error(w, "not ready: loading the store and reconciling rules", http.StatusServiceUnavailable)
+		if !n.isReady() {
+			http.Error(w, "not ready: joining the cluster, loading the store and reconciling rules", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))
@@ -58,7 +63,7 @@ func (n *Node) Status() Status {
 	s := Status{
 		Node:        n.cfg.NodeName,
 		Version:     Version(),
-		Ready:       n.ready.Load(),
+		Ready:       n.isReady(),
 		RulesOwned:  n.engine.Len(),
 		APIURL:      n.cfg.APIURL,
 		SensorRef:   n.cfg.SensorRef,
@@ -77,12 +82,22 @@ func (n *Node) Status() Status {
 		t = t.UTC()
 		s.NextFire = &t
 	}
+	if n.cl != nil {
+		s.Members, s.RingVersion = n.memberStatuses()
+	}
 	return s
 }
+
+// isReady: the node has joined (or decided it is alone), put its share of
+// the rules in the engine, reconciled and, with RabbitMQ, is consuming.
+func (n *Node) isReady() bool { return n.ready.Load() && n.placed.Load() }
 
 type metrics struct {
 	lifecycle  *prometheus.CounterVec
 	reconciles *prometheus.CounterVec
+	adopted    prometheus.Counter
+	released   prometheus.Counter
+	dupSlots   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
@@ -95,17 +110,29 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "timerd_reconciles_total",
 			Help: "Reconciles of the rule catalogue with the rules API, by result.",
 		}, []string{"result"}),
+		adopted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_rules_adopted_total",
+			Help: "Rules this node started firing after a ring change (gained from a peer).",
+		}),
+		released: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_rules_released_total",
+			Help: "Rules this node stopped firing after a ring change (lost to a peer).",
+		}),
+		dupSlots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_handoff_duplicate_slots_total",
+			Help: "Slots not fired because a peer had already announced them (a hand-off).",
+		}),
 	}
-	reg.MustRegister(m.lifecycle, m.reconciles,
+	reg.MustRegister(m.lifecycle, m.reconciles, m.adopted, m.released, m.dupSlots,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_rules_known",
 			Help: "Enabled timer rules in this node's store.",
 		}, func() float64 { c, _ := n.store.RuleCount(); return float64(c) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_ready",
-			Help: "1 when the node has loaded its store and reconciled, else 0.",
+			Help: "1 when the node has joined, loaded its share of the rules and reconciled, else 0.",
 		}, func() float64 {
-			if n.ready.Load() {
+			if n.isReady() {
 				return 1
 			}
 			return 0

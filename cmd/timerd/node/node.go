@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
@@ -64,6 +66,12 @@ type Config struct {
 	// (Attune's ATTUNE_SENSOR_TRIGGERS); the reconcile then has the last
 	// word.
 	StartupRules []ingest.RemoteRule
+
+	// Cluster, if set, makes the node one of a cluster: it joins its peers
+	// (see cluster.Config) and fires only the rules it owns, keeping the
+	// whole catalogue in its store. NodeName, Logger and Registerer default
+	// to the node's. nil: a single node that owns every rule.
+	Cluster *cluster.Config
 
 	Workers           int           // concurrent event POSTs, default 32
 	ReconcileInterval time.Duration // default 5m; negative disables the periodic reconcile
@@ -125,6 +133,11 @@ func (c *Config) Validate() error {
 	case c.IntakeBatch < 0 || c.IntakeBatch > 65535:
 		return fmt.Errorf("intake batch: %d is out of range (1 .. 65535)", c.IntakeBatch)
 	}
+	if c.Cluster != nil {
+		if err := c.clusterConfig().Validate(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -139,7 +152,16 @@ type Node struct {
 	tokens   *auth.Source // nil without Token or TokenFile
 	ln       net.Listener
 	metrics  *metrics
-	ready    atomic.Bool
+	ready    atomic.Bool // intake: reconciled (and consuming)
+	placed   atomic.Bool // the node's share of the rules is in the engine
+
+	cl *cluster.Cluster // nil without Config.Cluster
+	// ownMu orders the engine changes of the ownership loop and of intake,
+	// so that both place a rule by the same view (cluster.go).
+	ownMu   sync.Mutex
+	view    cluster.View        // guarded by ownMu: the view rules are placed by
+	pending map[int64]time.Time // guarded by ownMu: owned rules adopted later, when
+	members membersCache
 
 	consumer *ingest.Consumer // nil without Config.MQ
 	batches  chan batchReq    // consumer → intake goroutine
@@ -227,6 +249,16 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("http addr %q: %w", cfg.HTTPAddr, err)
 		}
 	}
+	if cfg.Cluster != nil {
+		// Last: it binds the gossip port and starts gossiping.
+		if n.cl, err = cluster.New(cfg.clusterConfig()); err != nil {
+			if n.ln != nil {
+				n.ln.Close()
+			}
+			st.Close()
+			return nil, err
+		}
+	}
 	return n, nil
 }
 
@@ -238,36 +270,63 @@ func (n *Node) HTTPAddr() string {
 	return n.ln.Addr().String()
 }
 
-// Run loads the node's rules, reconciles them with the API, then fires and
-// delivers until ctx is done. It then stops intake, stops firing, flushes
-// the outbox within ShutdownTimeout and closes the store. What is not
-// delivered stays in the outbox for the next start.
+// Run joins the cluster (if any), loads the node's rules, reconciles them
+// with the API, then fires and delivers until ctx is done. It then stops
+// intake, stops firing, leaves the cluster (handing its rules over with
+// their watermarks), flushes the outbox within ShutdownTimeout and closes
+// the store. What is not delivered stays in the outbox for the next start.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.store.Close()
-
-	loaded, err := n.load()
-	if err != nil {
-		return err
+	if n.cl != nil {
+		defer n.cl.Shutdown() // a no-op after Leave
 	}
-	n.log.Info("store loaded", "path", n.store.Path(), "rules", loaded)
 
 	g, gctx := errgroup.WithContext(ctx)
 	// Firing and delivery outlive intake: they stop in order at shutdown.
 	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+	ownCtx, stopOwn := context.WithCancel(context.WithoutCancel(ctx))
 	deliveryCtx, stopDelivery := context.WithCancel(context.WithoutCancel(ctx))
 	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
 	// The token is refreshed until the outbox flush at shutdown is over.
 	tokensCtx, stopTokens := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopEngine()
+	defer stopOwn()
 	defer stopDelivery()
 	defer stopHTTP()
 	defer stopTokens()
 
-	engineDone := make(chan struct{})
-	deliveryDone := make(chan struct{})
+	// HTTP first: /readyz answers 503 while the node joins and loads.
 	if n.ln != nil {
 		g.Go(func() error { return n.serveHTTP(httpCtx) })
 	}
+	abort := func(err error) error {
+		stopHTTP()
+		_ = g.Wait()
+		return err
+	}
+	if n.cl != nil {
+		// Nothing fires before Join decides: joined (with the peers'
+		// recent watermarks merged) or alone after the join timeout.
+		res, err := n.cl.Join(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return abort(nil)
+			}
+			return abort(fmt.Errorf("join cluster: %w", err))
+		}
+		n.log.Info("cluster decided", "alone", res.Alone, "timed_out", res.TimedOut, "contacted", res.Contacted,
+			"gossip", n.cl.LocalAddr())
+	}
+	loaded, err := n.load()
+	if err != nil {
+		return abort(err)
+	}
+	n.log.Info("store loaded", "path", n.store.Path(), "rules", loaded, "owned", n.engine.Len())
+
+	engineDone := make(chan struct{})
+	ownDone := make(chan struct{})
+	deliveryDone := make(chan struct{})
+	intakeDone := make(chan struct{})
 	if n.tokens != nil {
 		g.Go(func() error { return n.tokens.Run(tokensCtx) })
 	}
@@ -276,23 +335,47 @@ func (n *Node) Run(ctx context.Context) error {
 		return n.engine.Run(engineCtx)
 	})
 	g.Go(func() error {
+		defer close(ownDone)
+		return n.own(ownCtx)
+	})
+	g.Go(func() error {
 		defer close(deliveryDone)
 		return n.delivery.Run(deliveryCtx)
 	})
-	g.Go(func() error { return n.intake(gctx) })
+	g.Go(func() error {
+		defer close(intakeDone)
+		return n.intake(gctx)
+	})
 	g.Go(func() error {
 		<-gctx.Done()
 		n.ready.Store(false)
+		<-intakeDone // no rule change reaches the engine from here on
+		stopOwn()
+		<-ownDone // nor an adoption
 		stopEngine()
-		<-engineDone
-		stopDelivery()
-		<-deliveryDone
+		<-engineDone // nothing fires from here on
+		if n.cl != nil {
+			// Announces the final watermarks and leaves: the peers adopt
+			// this node's rules at once. Delivery goes on meanwhile.
+			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
+			start := time.Now()
+			if err := n.cl.Leave(leaveCtx); err != nil {
+				n.log.Warn("cluster leave", "err", err)
+			}
+			cancel()
+			n.log.Info("left the cluster", "took", time.Since(start).Round(time.Millisecond).String())
+		}
+		// Flush while delivery runs: stopping it first would cancel POSTs
+		// in flight, which the receiver may have stored, and the flush
+		// would send them again.
 		flushCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 		defer cancel()
 		if err := n.delivery.Flush(flushCtx); err != nil {
 			left, _ := n.store.OutboxLen()
 			n.log.Warn("outbox not flushed at shutdown; kept for the next start", "events", left, "err", err)
 		}
+		stopDelivery()
+		<-deliveryDone
 		stopTokens()
 		stopHTTP()
 		return nil
@@ -305,8 +388,15 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
-// load fills the engine from the store.
+// load fills the engine from the store: every rule on a single node, the
+// rules it owns (and may adopt now) in a cluster.
 func (n *Node) load() (int, error) {
+	if n.cl != nil {
+		if _, err := n.place(n.cl.View(), true); err != nil {
+			return 0, err
+		}
+		return n.store.RuleCount()
+	}
 	var items []scheduler.Item
 	err := n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
 		t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
@@ -323,24 +413,56 @@ func (n *Node) load() (int, error) {
 		return 0, fmt.Errorf("load rules: %w", err)
 	}
 	n.engine.Load(items)
+	n.placed.Store(true)
 	return len(items), nil
 }
 
 // commit durably records fires: their watermarks and outbox entries in one
-// transaction, then wakes delivery.
+// transaction, then wakes delivery and announces the watermarks to the
+// cluster.
+//
+// Duplicate guard: a fire whose slot a peer already announced (the rule
+// changed hands and the old owner's last watermark arrived after this node
+// adopted it) is dropped here, before it is written, and counted. The
+// engine lets its Commit leave fires out: it advances the rule's watermark
+// past them all the same, so the slot is not tried again, and the other
+// fires of the batch still share one transaction. Adoption already starts
+// from the later of the store's and the cluster's watermark; this catches
+// what gossip delivered after that.
 func (n *Node) commit(fires []scheduler.Fire) error {
-	recs := make([]store.FireRecord, len(fires))
-	for i, f := range fires {
+	recs := make([]store.FireRecord, 0, len(fires))
+	var dups int
+	for _, f := range fires {
+		if n.cl != nil {
+			if slot, _, ok := n.cl.Watermark(f.RuleID); ok && !f.Slot.After(slot) {
+				dups++
+				n.log.Debug("slot already fired by a peer; not fired again", "rule_id", f.RuleID, "slot", f.Slot, "peer_slot", slot)
+				continue
+			}
+		}
 		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
 		if err != nil {
 			return fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
 		}
-		recs[i] = store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev}
+		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev})
 	}
-	if err := n.store.CommitFires(recs); err != nil {
-		return err
+	if len(recs) > 0 {
+		if err := n.store.CommitFires(recs); err != nil {
+			return err
+		}
+		n.delivery.Notify()
 	}
-	n.delivery.Notify()
+	if dups > 0 {
+		n.metrics.dupSlots.Add(float64(dups))
+	}
+	if n.cl != nil {
+		for _, r := range recs {
+			// Cheap: a table update and a queued broadcast, never the network.
+			if err := n.cl.Announce(r.Event.RuleID, r.Watermark.Slot, r.Watermark.Count); err != nil {
+				n.log.Warn("watermark not announced", "rule_id", r.Event.RuleID, "err", err)
+			}
+		}
+	}
 	return nil
 }
 

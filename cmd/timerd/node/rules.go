@@ -275,6 +275,10 @@ type ruleTxn struct {
 	now   time.Time
 	rules map[int64]*ruleState
 	order []int64 // ids in the order first touched
+	// catalogue: the changes come from the catalogue (reconcile, start-up
+	// set), not from lifecycle messages: a rule new to this node's store
+	// may be an old rule, fired by a peer (catalogueWatermark).
+	catalogue bool
 }
 
 type ruleState struct {
@@ -361,6 +365,11 @@ func (tx *ruleTxn) upsert(r store.Rule) (string, error) {
 		// after now.
 		st.wm, st.setWM = store.Watermark{Slot: tx.now}, true
 		st.recreated = st.stored
+		if tx.catalogue && !st.stored {
+			if wm, ok := tx.n.catalogueWatermark(r.ID); ok && wm.Slot.Before(tx.now) {
+				st.wm = wm
+			}
+		}
 	case st.rule.Ref == r.Ref && st.rule.TriggerRef == r.TriggerRef && sameJSON(st.rule.Params, r.Params):
 		return resUnchanged, nil
 	default:
@@ -416,6 +425,10 @@ func (tx *ruleTxn) commit() error {
 		if err := tx.n.store.PutRules(puts, wms); err != nil {
 			return err
 		}
+		// The engine gets only the rules this node may run now, by the
+		// view the ownership loop placed the others by (ownMu).
+		tx.n.ownMu.Lock()
+		now := tx.n.cfg.Now()
 		for i, r := range puts {
 			st := tx.rules[r.ID]
 			wm := st.wm
@@ -425,15 +438,27 @@ func (tx *ruleTxn) commit() error {
 			if st.recreated {
 				tx.n.engine.Remove(r.ID)
 			}
-			tx.n.engine.Upsert(r.ID, st.timer, scheduler.Watermark(wm))
+			if !tx.n.runnableLocked(r.ID, now) {
+				tx.n.engine.Remove(r.ID)
+				continue
+			}
+			ewm := scheduler.Watermark(wm)
+			if _, running := tx.n.engine.Watermark(r.ID); !running {
+				// Starts running here: a peer may have fired it since.
+				ewm = tx.n.adoptWatermark(r.ID, wm)
+			}
+			tx.n.engine.Upsert(r.ID, st.timer, ewm)
 		}
+		tx.n.ownMu.Unlock()
 	}
 	for i, id := range dels {
 		// TODO(store): a DeleteRules([]int64) would make this one commit.
 		if err := tx.n.store.DeleteRule(id); err != nil {
 			return fmt.Errorf("%w (%d of %d deletes done)", err, i, len(dels))
 		}
+		tx.n.ownMu.Lock()
 		tx.n.engine.Remove(id)
+		tx.n.ownMu.Unlock()
 	}
 	if len(puts)+len(dels) > 0 {
 		tx.n.log.Debug("rule changes committed", "puts", len(puts), "deletes", len(dels),
@@ -469,6 +494,7 @@ func (n *Node) reconcile(ctx context.Context) error {
 // one transaction; with prune, stored rules absent from the list go.
 func (n *Node) applyRemote(rules []ingest.RemoteRule, prune bool, what string) error {
 	tx := n.newRuleTxn()
+	tx.catalogue = true
 	want := make(map[int64]bool, len(rules))
 	var applied, invalid, ignored, removed int
 	for _, r := range rules {

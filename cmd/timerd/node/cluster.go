@@ -1,0 +1,281 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/store"
+)
+
+// clusterConfig is Config.Cluster with the node's name, logger, registry
+// and clock where it leaves them unset.
+func (c *Config) clusterConfig() cluster.Config {
+	cc := *c.Cluster
+	if cc.NodeName == "" {
+		cc.NodeName = c.NodeName
+	}
+	if cc.Logger == nil {
+		cc.Logger = c.Logger
+	}
+	if cc.Registerer == nil && c.Registry != nil {
+		cc.Registerer = c.Registry
+	}
+	if cc.Now == nil {
+		// Views are compared with the node's clock (AdoptAt, SettleAt).
+		cc.Now = c.Now
+	}
+	return cc
+}
+
+// own is the ownership loop: on each new view it releases the engine's
+// rules this node no longer owns at once and adopts the rules it gained at
+// their View.AdoptAt, re-checking the latest view then. Without a cluster
+// there is nothing to do.
+func (n *Node) own(ctx context.Context) error {
+	if n.cl == nil {
+		return nil
+	}
+	n.ownMu.Lock()
+	cur := n.view // placed by load
+	first := n.pendingAtLocked()
+	if cur.SettleAt.After(n.cfg.Now()) && (first.IsZero() || cur.SettleAt.Before(first)) {
+		first = cur.SettleAt
+	}
+	n.ownMu.Unlock()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	arm := func(at time.Time) {
+		timer.Stop()
+		select { // a stale tick must not trigger a needless scan
+		case <-timer.C:
+		default:
+		}
+		if !at.IsZero() {
+			timer.Reset(max(at.Sub(n.cfg.Now()), 0))
+		}
+	}
+	arm(first)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case v := <-n.cl.Changes():
+			if v.Version <= cur.Version {
+				continue // the view load placed, or one a tick already took
+			}
+			cur = v
+		case <-timer.C:
+			cur = n.cl.View() // the latest: it may have changed since
+		}
+		next, err := n.place(cur, false)
+		if err != nil {
+			n.log.Error("rules not placed for the ring view; retrying", "version", cur.Version, "err", err)
+			next = n.cfg.Now().Add(time.Second)
+		}
+		arm(next)
+	}
+}
+
+// pendingAtLocked is when the next adoption left for later comes due, zero
+// if none. ownMu is held.
+func (n *Node) pendingAtLocked() time.Time {
+	var next time.Time
+	for _, at := range n.pending {
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	return next
+}
+
+// place makes the engine hold exactly the rules of the store this node owns
+// in v and may run now: it removes the others, and loads the owned ones it
+// does not run yet whose adoption time has come, each from the later of its
+// stored and its gossiped watermark. A rule's adoption time is v.AdoptAt,
+// or the time an earlier view set for it if later: a view that comes
+// during a settle delay must not cut it short (in the new view the node
+// was the rule's "previous owner" only on paper). It returns when the
+// adoptions it left for later come due (zero if none). The whole pass
+// holds ownMu, so intake places the rules it changes by the same view
+// (runnableLocked); it is O(rules).
+func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
+	start := time.Now()
+	n.ownMu.Lock()
+	defer n.ownMu.Unlock()
+	now := n.cfg.Now()
+	var (
+		items    []scheduler.Item
+		released int
+		pending  = map[int64]time.Time{}
+	)
+	err = n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
+		_, running := n.engine.Watermark(r.ID)
+		switch {
+		case !v.Owns(r.ID):
+			if running {
+				n.engine.Remove(r.ID) // a fire being committed completes
+				released++
+			}
+			return nil
+		case running:
+			return nil
+		}
+		at := v.AdoptAt(r.ID)
+		if prev, ok := n.pending[r.ID]; ok && prev.After(at) {
+			at = prev
+		}
+		if at.After(now) {
+			pending[r.ID] = at
+			return nil
+		}
+		t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
+		if err != nil {
+			n.log.Error("stored rule does not parse; not scheduled", "rule_id", r.ID, "err", err)
+			return nil
+		}
+		items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: n.adoptWatermark(r.ID, wm)})
+		return nil
+	})
+	if released > 0 {
+		n.metrics.released.Add(float64(released))
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("place rules: %w", err)
+	}
+	n.view, n.pending = v, pending
+	n.engine.Load(items)
+	if !initial {
+		n.metrics.adopted.Add(float64(len(items)))
+	}
+	next = n.pendingAtLocked()
+	if v.SettleAt.After(now) && (next.IsZero() || v.SettleAt.Before(next)) {
+		// A rule intake stores meanwhile may be due then.
+		next = v.SettleAt
+	}
+	if len(pending) == 0 {
+		n.placed.Store(true)
+	}
+	n.log.Info("rules placed for the ring view", "version", v.Version, "members", len(v.Members),
+		"running", n.engine.Len(), "adopted", len(items), "released", released, "pending", len(pending),
+		"adopt_at", next, "took", time.Since(start).Round(time.Microsecond).String())
+	return next, nil
+}
+
+// adoptWatermark is where a rule this node starts running continues from:
+// the later of its stored watermark and the one the cluster knows (a peer
+// may have fired it since this node last did).
+func (n *Node) adoptWatermark(id int64, wm store.Watermark) scheduler.Watermark {
+	if n.cl != nil {
+		if slot, count, ok := n.cl.Watermark(id); ok {
+			if slot.After(wm.Slot) {
+				wm.Slot = slot
+			}
+			wm.Count = max(wm.Count, count)
+		}
+	}
+	return scheduler.Watermark(wm)
+}
+
+// runnableLocked reports whether the engine may run rule id now: always on
+// a single node; in a cluster when the placed view owns it and its AdoptAt
+// has come (the ownership loop adopts it then otherwise). ownMu is held.
+func (n *Node) runnableLocked(id int64, now time.Time) bool {
+	if n.cl == nil {
+		return true
+	}
+	if !n.view.Owns(id) || n.view.AdoptAt(id).After(now) {
+		return false
+	}
+	at, ok := n.pending[id]
+	return !ok || !at.After(now)
+}
+
+// catalogueWatermark is the watermark of a rule this node learns from the
+// catalogue (reconcile or start-up set) but did not store before: where
+// the cluster last fired it, if a peer did. Without it a node that joins
+// with an empty store would take the rule as created now and skip the
+// slots between the old owner's last fire and now when it adopts it.
+func (n *Node) catalogueWatermark(id int64) (store.Watermark, bool) {
+	if n.cl == nil {
+		return store.Watermark{}, false
+	}
+	slot, count, ok := n.cl.Watermark(id)
+	return store.Watermark{Slot: slot, Count: count}, ok
+}
+
+// MemberStatus is one member of the cluster in /v1/status.
+type MemberStatus struct {
+	Name       string `json:"name"`
+	Addr       string `json:"addr"`
+	State      string `json:"state"`
+	Self       bool   `json:"self"`
+	RulesOwned int    `json:"rules_owned"`
+}
+
+// membersCache keeps the rules per member of one view: counting them is a
+// scan of the catalogue.
+type membersCache struct {
+	mu      sync.Mutex
+	version uint64
+	rules   int
+	at      time.Time
+	counts  map[string]int
+}
+
+// membersRecount bounds how often a changing catalogue is counted again
+// within one view.
+const membersRecount = 5 * time.Second
+
+// memberStatuses lists the members this node knows with the rules each owns
+// in its current view (computed from the store's catalogue).
+func (n *Node) memberStatuses() ([]MemberStatus, uint64) {
+	v := n.cl.View()
+	counts := n.ownerCounts(v)
+	var out []MemberStatus
+	self := false
+	for _, m := range n.cl.Members() {
+		self = self || m.Self
+		out = append(out, MemberStatus{Name: m.Name, Addr: m.Addr, State: m.State, Self: m.Self, RulesOwned: counts[m.Name]})
+	}
+	if !self {
+		out = append(out, MemberStatus{Name: n.cl.Name(), Addr: n.cl.LocalAddr(), State: cluster.StateAlive, Self: true,
+			RulesOwned: counts[n.cl.Name()]})
+	}
+	return out, v.Version
+}
+
+func (n *Node) ownerCounts(v cluster.View) map[string]int {
+	c := &n.members
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rules, _ := n.store.RuleCount()
+	if c.counts != nil && c.version == v.Version && (c.rules == rules || time.Since(c.at) < membersRecount) {
+		return c.counts
+	}
+	counts := map[string]int{}
+	if v.Ring() != nil {
+		err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
+			counts[v.Owner(r.ID)]++
+			return nil
+		})
+		if err != nil {
+			n.log.Warn("rules per member not counted", "err", err)
+			return c.counts
+		}
+	}
+	c.version, c.rules, c.at, c.counts = v.Version, rules, time.Now(), counts
+	return counts
+}
+
+// GossipAddr is the host:port peers reach this node's gossip at, "" without
+// a cluster.
+func (n *Node) GossipAddr() string {
+	if n.cl == nil {
+		return ""
+	}
+	return n.cl.LocalAddr()
+}

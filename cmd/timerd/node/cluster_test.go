@@ -1,0 +1,432 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/store"
+)
+
+const testSettle = 500 * time.Millisecond
+
+// clusterSystem is an API server whose metrics are on a registry of the
+// test's, and nodes that join one another.
+type clusterSystem struct {
+	*system
+	apiReg *prometheus.Registry
+	logs   *lockedBuf
+}
+
+// lockedBuf collects the nodes' logs, shown when a test fails.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// dump logs the lines about membership and placement.
+func (l *lockedBuf) dump(t *testing.T) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		if strings.Contains(line, "ring view") || strings.Contains(line, "placed") || strings.Contains(line, "left") ||
+			strings.Contains(line, "leav") || strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			t.Log(line)
+		}
+	}
+}
+
+func startClusterAPI(t *testing.T) *clusterSystem {
+	t.Helper()
+	bus := ingest.NewBus()
+	reg := prometheus.NewRegistry()
+	url := serveAPI(t, apiserver.Config{DataDir: t.TempDir(), Publisher: bus, Registerer: reg})
+	cs := &clusterSystem{system: &system{t: t, bus: bus, apiURL: url}, apiReg: reg, logs: &lockedBuf{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			cs.logs.dump(t)
+		}
+	})
+	return cs
+}
+
+func localMemberlist() *memberlist.Config {
+	mc := memberlist.DefaultLocalConfig()
+	mc.LogOutput = nil
+	return mc
+}
+
+func clusterConfig(join ...string) *cluster.Config {
+	return &cluster.Config{
+		BindAddr:    "127.0.0.1:0",
+		Join:        join,
+		JoinTimeout: 3 * time.Second,
+		SettleDelay: testSettle,
+		Memberlist:  localMemberlist,
+	}
+}
+
+// startClusterNode starts a node named name with its own store, subscribed
+// to the API's bus, in a cluster joining join; waitReady waits for /readyz.
+func (s *clusterSystem) startClusterNode(name string, cc *cluster.Config, waitReady bool) *runningNode {
+	t := s.t
+	t.Helper()
+	lifecycle, unsubscribe := s.bus.Subscribe()
+	n, err := New(Config{DataDir: t.TempDir(), APIURL: s.apiURL, HTTPAddr: "127.0.0.1:0", NodeName: name,
+		ReconcileInterval: -1, Lifecycle: lifecycle, Cluster: cc,
+		Logger: slog.New(slog.NewTextHandler(s.logs, nil)).With("node", name)})
+	if err != nil {
+		unsubscribe()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rn := &runningNode{Node: n, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		rn.done <- n.Run(ctx)
+		unsubscribe()
+	}()
+	t.Cleanup(func() { rn.stop(t) })
+	if waitReady {
+		waitUntil(t, name+" ready", 15*time.Second, func() bool { return get(t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
+	}
+	return rn
+}
+
+// runners reports, for each rule id, how many of nodes run it.
+func runners(nodes []*runningNode, ids []int64) map[int64]int {
+	out := make(map[int64]int, len(ids))
+	for _, id := range ids {
+		out[id] = 0
+		for _, n := range nodes {
+			if _, ok := n.engine.Watermark(id); ok {
+				out[id]++
+			}
+		}
+	}
+	return out
+}
+
+// ownedOnce reports whether every rule runs on exactly one of nodes, and
+// each node runs exactly the rules its view says it owns.
+func ownedOnce(nodes []*runningNode, ids []int64) bool {
+	for id, c := range runners(nodes, ids) {
+		if c != 1 {
+			return false
+		}
+		for _, n := range nodes {
+			_, ok := n.engine.Watermark(id)
+			if n.cl.Owns(id) != ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func viewSize(n *runningNode) int { return len(n.cl.View().Members) }
+
+// allEvents lists every event the API stored.
+func (s *clusterSystem) allEvents() []event {
+	s.t.Helper()
+	var all []event
+	for page := 1; ; page++ {
+		resp, err := http.Get(fmt.Sprintf("%s/api/v1/events?page=%d&page_size=1000", s.apiURL, page))
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		var out struct {
+			Items      []event `json:"items"`
+			Pagination struct {
+				HasNext bool `json:"has_next"`
+			} `json:"pagination"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		all = append(all, out.Items...)
+		if !out.Pagination.HasNext || len(out.Items) == 0 {
+			return all
+		}
+	}
+}
+
+// slotsByRule parses the events' idempotency keys, rule_id:slot_unix_nanos.
+func slotsByRule(t *testing.T, evs []event) map[int64][]int64 {
+	t.Helper()
+	out := map[int64][]int64{}
+	for _, e := range evs {
+		rule, slot, ok := strings.Cut(e.IdempotencyKey, ":")
+		id, err1 := strconv.ParseInt(rule, 10, 64)
+		ns, err2 := strconv.ParseInt(slot, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			t.Fatalf("event idempotency key %q: want rule_id:slot_nanos", e.IdempotencyKey)
+		}
+		out[id] = append(out[id], ns)
+	}
+	return out
+}
+
+// TestClusterHandOff runs three nodes on one API: 300 interval rules of
+// 1 s are split between them, each owned by exactly one; a node joining
+// and a node leaving move rules with no slot missing and none fired twice.
+func TestClusterHandOff(t *testing.T) {
+	const rules = 300
+	sys := startClusterAPI(t)
+	a := sys.startClusterNode("a", clusterConfig(), true)
+	b := sys.startClusterNode("b", clusterConfig(a.cl.LocalAddr()), true)
+	nodes := []*runningNode{a, b}
+	waitUntil(t, "a and b see each other", 10*time.Second, func() bool { return viewSize(a) == 2 && viewSize(b) == 2 })
+
+	ids := make([]int64, 0, rules)
+	for i := range rules {
+		ids = append(ids, sys.createRule(fmt.Sprintf("h%03d", i), "core.intervaltimer", `{"interval":1}`))
+	}
+	// Each node stores the whole catalogue; each rule runs on one.
+	waitUntil(t, "a and b store every rule", 10*time.Second, func() bool {
+		ca, _ := a.store.RuleCount()
+		cb, _ := b.store.RuleCount()
+		return ca == rules && cb == rules
+	})
+	waitUntil(t, "every rule run by exactly one of a, b", 10*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	time.Sleep(2 * time.Second) // let them fire a couple of slots
+
+	// Scale out: c joins with an empty store; it learns the catalogue by
+	// reconcile and adopts its share after the settle delay.
+	joinStart := time.Now()
+	c := sys.startClusterNode("c", clusterConfig(a.cl.LocalAddr()), false)
+	nodes = append(nodes, c)
+	waitUntil(t, "three members everywhere", 10*time.Second, func() bool {
+		return viewSize(a) == 3 && viewSize(b) == 3 && viewSize(c) == 3
+	})
+	waitUntil(t, "rules placed on three nodes", 10*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	joinTook := time.Since(joinStart)
+	if got := c.engine.Len(); got < rules/6 || got > rules/2 {
+		t.Errorf("c runs %d of %d rules after joining, want about a third", got, rules)
+	}
+	moved := testCounter(t, c, "timerd_rules_adopted_total", "")
+	released := testCounter(t, a, "timerd_rules_released_total", "") + testCounter(t, b, "timerd_rules_released_total", "")
+	if moved != float64(c.engine.Len()) || released != moved {
+		t.Errorf("scale out: c adopted %v, a and b released %v, c runs %d: want all equal", moved, released, c.engine.Len())
+	}
+
+	// Status lists the members and their share.
+	st := a.Status()
+	if len(st.Members) != 3 || st.RingVersion < 2 {
+		t.Errorf("a's status: %d members, ring_version %d; want 3 members, version ≥ 2", len(st.Members), st.RingVersion)
+	}
+	sum := 0
+	for _, m := range st.Members {
+		sum += m.RulesOwned
+		var n *runningNode
+		for _, x := range nodes {
+			if x.cfg.NodeName == m.Name {
+				n = x
+			}
+		}
+		if n == nil || m.State != cluster.StateAlive || m.Self != (m.Name == "a") || m.RulesOwned != n.engine.Len() {
+			t.Errorf("a's status member %+v: want alive, self only for a, rules_owned = its engine's", m)
+		}
+	}
+	if sum != rules {
+		t.Errorf("a's status: rules owned sum to %d, want %d", sum, rules)
+	}
+	time.Sleep(2 * time.Second)
+
+	// Graceful leave: the peers adopt b's rules at once.
+	t.Logf("API duplicates after the join: %v", counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"))
+	bRules := b.engine.Len()
+	leaveStart := time.Now()
+	b.stop(t)
+	nodes = []*runningNode{a, c}
+	waitUntil(t, "b's rules adopted by a and c", 10*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	leaveTook := time.Since(leaveStart)
+	t.Logf("API duplicates after b left: %v", counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"))
+	time.Sleep(2 * time.Second)
+	a.stop(t) // c takes everything
+	t.Logf("API duplicates after a left: %v", counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"))
+	waitUntil(t, "c runs every rule", 10*time.Second, func() bool { return c.engine.Len() == rules })
+	time.Sleep(1500 * time.Millisecond)
+	c.stop(t)
+
+	var dupsAtNodes float64
+	for _, n := range []*runningNode{a, b, c} {
+		dupsAtNodes += testCounter(t, n, "timerd_handoff_duplicate_slots_total", "")
+	}
+	dupsAtAPI := counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total")
+	if dupsAtAPI != 0 {
+		t.Errorf("API dropped %v duplicate events: a graceful hand-off must repeat no slot", dupsAtAPI)
+	}
+	// Every rule's slots are consecutive: none missing across the changes.
+	slots := slotsByRule(t, sys.allEvents())
+	var events, gaps int
+	for _, id := range ids {
+		s := slots[id]
+		events += len(s)
+		slices.Sort(s)
+		if len(s) < 5 {
+			t.Errorf("rule %d: %d events, want at least 5", id, len(s))
+			continue
+		}
+		for i := 1; i < len(s); i++ {
+			if d := time.Duration(s[i] - s[i-1]); d != time.Second {
+				gaps++
+				if gaps <= 5 {
+					t.Errorf("rule %d: slots %s then %s: %v apart, want 1s (owner %s)", id,
+						time.Unix(0, s[i-1]).UTC().Format("15:04:05.000"), time.Unix(0, s[i]).UTC().Format("15:04:05.000"), d,
+						a.cl.View().Owner(id))
+				}
+			}
+		}
+	}
+	t.Logf("%d events of %d rules; join: rules placed %v after c started (c adopted %v); leave: b's %d rules adopted %v after its stop began; "+
+		"duplicates dropped by the nodes %v, at the API %v; slot gaps %d",
+		events, rules, joinTook.Round(time.Millisecond), moved, bRules, leaveTook.Round(time.Millisecond), dupsAtNodes, dupsAtAPI, gaps)
+}
+
+// counterValue is the value of the counter name (no labels) in reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// A node whose peers are unreachable is not ready and fires nothing until
+// the join timeout has passed; then it runs alone.
+func TestClusterJoinTimeoutGatesFiring(t *testing.T) {
+	sys := startClusterAPI(t)
+	sys.createRule("early", "core.intervaltimer", `{"interval":1}`)
+	cc := clusterConfig("127.0.0.1:1") // nothing listens there
+	cc.JoinTimeout = 1500 * time.Millisecond
+	cc.RejoinInterval = -1
+	start := time.Now()
+	n := sys.startClusterNode("lonely", cc, false)
+	for time.Since(start) < time.Second {
+		if code := get(t, "http://"+n.HTTPAddr()+"/readyz"); code == 200 {
+			t.Fatalf("/readyz 200 %v after start, before the join timeout", time.Since(start))
+		}
+		if n.engine.Len() != 0 || len(sys.events("early")) != 0 {
+			t.Fatalf("rules run or fired %v after start, before the join timeout", time.Since(start))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitUntil(t, "ready after the join timeout", 10*time.Second, func() bool { return get(t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
+	if took := time.Since(start); took < cc.JoinTimeout {
+		t.Errorf("ready %v after start, before the join timeout %v", took, cc.JoinTimeout)
+	}
+	waitUntil(t, "the alone node fires", 5*time.Second, func() bool { return len(sys.events("early")) >= 1 })
+}
+
+// commit drops a fire whose slot the cluster already knows as fired, keeps
+// the others of the batch in one commit, and announces what it committed.
+func TestCommitSkipsSlotsAPeerFired(t *testing.T) {
+	n, err := New(Config{DataDir: t.TempDir(), APIURL: "http://127.0.0.1:1", ReconcileInterval: -1,
+		Registry: prometheus.NewRegistry(), NodeName: "solo", Cluster: clusterConfig()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		n.cl.Shutdown()
+		n.store.Close()
+	})
+	if _, err := n.cl.Join(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	timer, err := scheduler.Parse("core.intervaltimer", json.RawMessage(`{"interval":1}`), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []int64{1, 2} {
+		if err := n.store.PutRule(store.Rule{ID: id, Ref: fmt.Sprint("r", id), TriggerRef: "core.intervaltimer",
+			Params: json.RawMessage(`{"interval":1}`), UpdatedAt: time.Now()}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slot := time.Now().Truncate(time.Second).UTC()
+	// A peer fired rule 1 at slot (as gossip would record it).
+	if err := n.cl.Announce(1, slot, 7); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		fires     []scheduler.Fire
+		wantOut   int     // outbox entries added
+		wantDups  float64 // timerd_handoff_duplicate_slots_total after
+		announced map[int64]time.Time
+	}{
+		{
+			name: "slot a peer fired is dropped, the other rule's kept",
+			fires: []scheduler.Fire{
+				{RuleID: 1, Slot: slot, Count: 7, FiredAt: time.Now(), Timer: timer},
+				{RuleID: 2, Slot: slot, Count: 1, FiredAt: time.Now(), Timer: timer},
+			},
+			wantOut: 1, wantDups: 1,
+			announced: map[int64]time.Time{1: slot, 2: slot},
+		},
+		{
+			name:    "an earlier slot than the peer's is dropped too",
+			fires:   []scheduler.Fire{{RuleID: 1, Slot: slot.Add(-time.Second), Count: 6, FiredAt: time.Now(), Timer: timer}},
+			wantOut: 0, wantDups: 2,
+			announced: map[int64]time.Time{1: slot},
+		},
+		{
+			name:    "the next slot fires and is announced",
+			fires:   []scheduler.Fire{{RuleID: 1, Slot: slot.Add(time.Second), Count: 8, FiredAt: time.Now(), Timer: timer}},
+			wantOut: 1, wantDups: 2,
+			announced: map[int64]time.Time{1: slot.Add(time.Second)},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := n.store.OutboxLen()
+			if err := n.commit(tc.fires); err != nil {
+				t.Fatalf("commit: %v", err)
+			}
+			after, _ := n.store.OutboxLen()
+			if after-before != tc.wantOut {
+				t.Errorf("commit(%d fires): outbox grew by %d, want %d", len(tc.fires), after-before, tc.wantOut)
+			}
+			if got := testutil.ToFloat64(n.metrics.dupSlots); got != tc.wantDups {
+				t.Errorf("timerd_handoff_duplicate_slots_total = %v, want %v", got, tc.wantDups)
+			}
+			for id, want := range tc.announced {
+				if got, _, _ := n.cl.Watermark(id); !got.Equal(want) {
+					t.Errorf("cluster watermark of rule %d = %v, want %v", id, got, want)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/timerd/timerd/cmd/timerd/node"
+)
+
+func newStatusCmd() *cobra.Command {
+	var (
+		addr    string
+		timeout time.Duration
+		asJSON  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Print a node's view of itself and of the cluster",
+		Long: `status reads GET /v1/status of a node (its TIMERD_HTTP_ADDR) and prints it
+as a table: the node, its rules, outbox and token, then the cluster members
+as that node sees them, with the rules each owns.`,
+		Example: `  timerd status --addr 10.0.0.5:8470`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if timeout <= 0 {
+				return usagef("--timeout: %s is not positive", timeout)
+			}
+			u, err := statusURL(addr)
+			if err != nil {
+				return usagef("--addr: %w", err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			st, raw, err := fetchStatus(ctx, u)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				_, err := cmd.OutOrStdout().Write(raw)
+				return err
+			}
+			return printStatus(cmd.OutOrStdout(), st)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", envOr("TIMERD_STATUS_ADDR", "127.0.0.1:8470"), "the node's HTTP address, host:port (env TIMERD_STATUS_ADDR)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status JSON as the node serves it")
+	return cmd
+}
+
+// statusURL is the /v1/status URL of addr: host:port, or an http(s) URL.
+func statusURL(addr string) (string, error) {
+	a := strings.TrimRight(strings.TrimSpace(addr), "/")
+	if a == "" {
+		return "", fmt.Errorf("is empty, want host:port")
+	}
+	if !strings.HasPrefix(a, "http://") && !strings.HasPrefix(a, "https://") {
+		if strings.Contains(a, "/") {
+			return "", fmt.Errorf("%q is not host:port", truncateSetting(addr))
+		}
+		a = "http://" + a
+	}
+	if _, err := checkHTTPURL(a); err != nil {
+		return "", fmt.Errorf("%q is not host:port", truncateSetting(addr))
+	}
+	return a + "/v1/status", nil
+}
+
+func fetchStatus(ctx context.Context, u string) (node.Status, []byte, error) {
+	var st node.Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return st, nil, fmt.Errorf("status: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, nil, fmt.Errorf("status: GET %s: %w", u, unwrapURLErr(err))
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return st, nil, fmt.Errorf("status: GET %s: read: %w", u, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return st, nil, fmt.Errorf("status: GET %s: status %d", u, resp.StatusCode)
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return st, nil, fmt.Errorf("status: GET %s: not a timerd status: %w", u, err)
+	}
+	return st, raw, nil
+}
+
+func unwrapURLErr(err error) error {
+	if ue, ok := err.(interface{ Unwrap() error }); ok && ue.Unwrap() != nil {
+		return ue.Unwrap() // the url.Error repeats the URL
+	}
+	return err
+}
+
+// printStatus writes st as two tables: the node, then the members.
+func printStatus(w io.Writer, st node.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	orNone := func(t *time.Time) string {
+		if t == nil {
+			return "-"
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	token := "-"
+	if st.TokenExpiresAt != nil {
+		token = orNone(st.TokenExpiresAt)
+		if left := time.Until(*st.TokenExpiresAt); left > 0 {
+			token += " (in " + left.Round(time.Second).String() + ")"
+		} else {
+			token += " (EXPIRED)"
+		}
+		if st.TokenMasked != "" {
+			token += "  " + st.TokenMasked
+		}
+	}
+	rows := [][2]string{
+		{"node", st.Node},
+		{"version", st.Version},
+		{"ready", fmt.Sprint(st.Ready)},
+		{"rules known", fmt.Sprint(st.RulesKnown)},
+		{"rules owned", fmt.Sprint(st.RulesOwned)},
+		{"outbox", fmt.Sprintf("%d (dead letters %d)", st.OutboxDepth, st.DeadLetters)},
+		{"next fire", orNone(st.NextFire)},
+		{"token expiry", token},
+	}
+	if len(st.Members) > 0 {
+		rows = append(rows, [2]string{"ring version", fmt.Sprint(st.RingVersion)})
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(st.Members) == 0 {
+		_, err := fmt.Fprintln(w, "\nno cluster: a single node owning every rule")
+		return err
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(tw, "MEMBER\tADDR\tSTATE\tRULES OWNED")
+	for _, m := range st.Members {
+		name := m.Name
+		if m.Self {
+			name += " (self)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", name, m.Addr, m.State, m.RulesOwned)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+const statusJSON = `{
+  "node": "timerd-0", "version": "1.2.3", "ready": true,
+  "rules_known": 3000, "rules_owned": 1012, "outbox_depth": 4, "dead_letters": 1,
+  "next_fire": "2026-01-01T00:00:01Z", "api_url": "http://api", "sensor_ref": "core.timer",
+  "store_path": "/d/node.db", "generated_at": "2026-01-01T00:00:00Z",
+  "token_expires_at": "2020-01-01T00:00:00Z", "token_masked": "eyJh…(masked)",
+  "ring_version": 5,
+  "members": [
+    {"name": "timerd-0", "addr": "10.0.0.1:7946", "state": "alive", "self": true, "rules_owned": 1012},
+    {"name": "timerd-1", "addr": "10.0.0.2:7946", "state": "alive", "self": false, "rules_owned": 1988},
+    {"name": "timerd-2", "addr": "10.0.0.3:7946", "state": "left", "self": false, "rules_owned": 0}
+  ]
+}`
+
+func TestStatusCommand(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(statusJSON)) })
+	mux.HandleFunc("GET /single/v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte(`{"node":"dev","version":"x","ready":false,"rules_known":1,"rules_owned":1}`))
+	})
+	mux.HandleFunc("GET /broken/v1/status", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(`<html>`)) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	tests := []struct {
+		name     string
+		args     []string
+		code     int
+		want     []string // lines (spacing collapsed) the output holds
+		wantNot  []string
+		errorHas string
+	}{
+		{
+			name: "cluster node as tables",
+			args: []string{"--addr", host},
+			want: []string{"node timerd-0", "version 1.2.3", "ready true", "rules known 3000", "rules owned 1012",
+				"outbox 4 (dead letters 1)", "next fire 2026-01-01T00:00:01Z", "token expiry 2020-01-01T00:00:00Z (EXPIRED) eyJh…(masked)",
+				"ring version 5", "MEMBER ADDR STATE RULES OWNED", "timerd-0 (self) 10.0.0.1:7946 alive 1012",
+				"timerd-1 10.0.0.2:7946 alive 1988", "timerd-2 10.0.0.3:7946 left 0"},
+		},
+		{
+			name:    "single node, URL form",
+			args:    []string{"--addr", srv.URL + "/single/"},
+			want:    []string{"node dev", "ready false", "token expiry -", "next fire -", "no cluster: a single node owning every rule"},
+			wantNot: []string{"MEMBER", "ring version"},
+		},
+		{
+			name: "json as served",
+			args: []string{"--addr", host, "--json"},
+			want: []string{`"ring_version": 5,`},
+		},
+		{name: "not a status", args: []string{"--addr", srv.URL + "/broken"}, code: 1, errorHas: "not a timerd status"},
+		{name: "not found", args: []string{"--addr", srv.URL + "/nothing"}, code: 1, errorHas: "status 404"},
+		{name: "bad addr", args: []string{"--addr", "a b/c"}, code: 2, errorHas: `--addr: "a b/c" is not host:port`},
+		{name: "nobody listening", args: []string{"--addr", "127.0.0.1:1", "--timeout", "2s"}, code: 1, errorHas: "GET http://127.0.0.1:1/v1/status"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err, code := run(append([]string{"status"}, tt.args...)...)
+			if code != tt.code {
+				t.Fatalf("timerd status %v: exit %d (%v), want %d; output:\n%s", tt.args, code, err, tt.code, out)
+			}
+			if tt.errorHas != "" && (err == nil || !strings.Contains(err.Error(), tt.errorHas)) {
+				t.Errorf("timerd status %v: error %v, want one containing %q", tt.args, err, tt.errorHas)
+			}
+			lines := map[string]bool{}
+			for _, l := range strings.Split(out, "\n") {
+				lines[strings.Join(strings.Fields(l), " ")] = true
+			}
+			for _, w := range tt.want {
+				if !lines[w] {
+					t.Errorf("timerd status %v: no line %q in:\n%s", tt.args, w, out)
+				}
+			}
+			for _, w := range tt.wantNot {
+				if strings.Contains(out, w) {
+					t.Errorf("timerd status %v: %q in:\n%s", tt.args, w, out)
+				}
+			}
+		})
+	}
+}
