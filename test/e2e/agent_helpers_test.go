@@ -143,6 +143,7 @@ func (a *attune) agentEnv(b *broker, node, dataDir string) []string {
 		"ATTUNE_MQ_EXCHANGE="+b.exchange,
 		"TIMERD_DATA_DIR="+dataDir,
 		"TIMERD_HTTP_ADDR=127.0.0.1:0",
+		"TIMERD_BIND_ADDR=127.0.0.1:0", // gossip: agents of one test must not share 7946
 		"TIMERD_NODE_NAME="+node,
 		"TIMERD_QUEUE_EXPIRES=10m", // what a crashed run leaves goes away
 	)
