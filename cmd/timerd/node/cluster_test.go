@@ -200,19 +200,19 @@ func TestClusterHandOff(t *testing.T) {
 	a := sys.startClusterNode("a", clusterConfig(), true)
 	b := sys.startClusterNode("b", clusterConfig(a.cl.LocalAddr()), true)
 	nodes := []*runningNode{a, b}
-	waitUntil(t, "a and b see each other", 10*time.Second, func() bool { return viewSize(a) == 2 && viewSize(b) == 2 })
+	waitUntil(t, "a and b see each other", 30*time.Second, func() bool { return viewSize(a) == 2 && viewSize(b) == 2 })
 
 	ids := make([]int64, 0, rules)
 	for i := range rules {
 		ids = append(ids, sys.createRule(fmt.Sprintf("h%03d", i), "core.intervaltimer", `{"interval":1}`))
 	}
 	// Each node stores the whole catalogue; each rule runs on one.
-	waitUntil(t, "a and b store every rule", 10*time.Second, func() bool {
+	waitUntil(t, "a and b store every rule", 30*time.Second, func() bool {
 		ca, _ := a.store.RuleCount()
 		cb, _ := b.store.RuleCount()
 		return ca == rules && cb == rules
 	})
-	waitUntil(t, "every rule run by exactly one of a, b", 10*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	waitUntil(t, "every rule run by exactly one of a, b", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
 	time.Sleep(2 * time.Second) // let them fire a couple of slots
 
 	// Scale out: c joins with an empty store; it learns the catalogue by
@@ -220,10 +220,10 @@ func TestClusterHandOff(t *testing.T) {
 	joinStart := time.Now()
 	c := sys.startClusterNode("c", clusterConfig(a.cl.LocalAddr()), false)
 	nodes = append(nodes, c)
-	waitUntil(t, "three members everywhere", 10*time.Second, func() bool {
+	waitUntil(t, "three members everywhere", 30*time.Second, func() bool {
 		return viewSize(a) == 3 && viewSize(b) == 3 && viewSize(c) == 3
 	})
-	waitUntil(t, "rules placed on three nodes", 10*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	waitUntil(t, "rules placed on three nodes", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
 	joinTook := time.Since(joinStart)
 	if got := c.engine.Len(); got < rules/6 || got > rules/2 {
 		t.Errorf("c runs %d of %d rules after joining, want about a third", got, rules)
@@ -263,13 +263,13 @@ func TestClusterHandOff(t *testing.T) {
 	leaveStart := time.Now()
 	b.stop(t)
 	nodes = []*runningNode{a, c}
-	waitUntil(t, "b's rules adopted by a and c", 10*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	waitUntil(t, "b's rules adopted by a and c", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
 	leaveTook := time.Since(leaveStart)
 	t.Logf("API duplicates after b left: %v", counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"))
 	time.Sleep(2 * time.Second)
 	a.stop(t) // c takes everything
 	t.Logf("API duplicates after a left: %v", counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"))
-	waitUntil(t, "c runs every rule", 10*time.Second, func() bool { return c.engine.Len() == rules })
+	waitUntil(t, "c runs every rule", 30*time.Second, func() bool { return c.engine.Len() == rules })
 	time.Sleep(1500 * time.Millisecond)
 	c.stop(t)
 
