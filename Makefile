@@ -1,7 +1,9 @@
 # timerd — build, test and benchmark targets. `make test` is what CI runs.
 GO        ?= go
 PKGS      ?= ./...
-TESTFLAGS ?= -race -timeout 14m
+# -count=1: the end-to-end tests build and run the binary, which go test's cache
+# does not see, so a cached pass could hide a broken build.
+TESTFLAGS ?= -race -count=1 -timeout 14m
 
 .PHONY: all build test mq vet bench bench-peers load soak clean
 
