@@ -203,6 +203,9 @@ func splitHostPort(s string, portOptional bool) (string, int, error) {
 }
 
 // memberlistConfig is a fresh memberlist config for c (already defaulted and valid).
+// deadNodeReclaimTime: see memberlistConfig.
+const deadNodeReclaimTime = time.Millisecond
+
 func (c Config) memberlistConfig(d *delegate) (*memberlist.Config, error) {
 	mc := c.Memberlist()
 	if mc == nil {
@@ -232,5 +235,12 @@ func (c Config) memberlistConfig(d *delegate) (*memberlist.Config, error) {
 	mc.Logger, mc.LogOutput = newStdLogger(c.Logger.With("lib", "memberlist")), nil
 	mc.Delegate, mc.Events = d, d
 	mc.Conflict, mc.Merge, mc.Alive, mc.Ping = nil, nil, nil, nil
+	// A node that comes back under its name at another address (a pod
+	// restarted with a new IP) may take the name over as soon as the old
+	// one is dead; memberlist's default 0 refuses it for good, and the
+	// returning node would run beside peers that do not list it. (Back
+	// before its old self is declared dead, it is accepted at the next
+	// push/pull after that.)
+	mc.DeadNodeReclaimTime = deadNodeReclaimTime
 	return mc, nil
 }

@@ -138,6 +138,46 @@ func TestClusterScaleOut(t *testing.T) {
 	}
 }
 
+// A node with an empty store joins while datetime rules come due: every
+// rule fires once, including those the new node gains that come due
+// between the old owner's release and the new node's first reconcile (a
+// new owner must not skip a slot the old one did not fire).
+func TestClusterFirstJoinKeepsEveryFire(t *testing.T) {
+	n := clusterInt(t, "TIMERD_CLUSTER_FIRST_JOIN_RULES", 1200)
+	const spread = 4 * time.Second
+	c := newTCluster(t)
+	c.start("n1", nil, true)
+	due0 := time.Now().Add(2 * time.Second)
+	dueOf := func(i int) time.Time {
+		return due0.Add(spread * time.Duration(i) / time.Duration(n)).Truncate(time.Millisecond)
+	}
+	ids := c.createRules("first", "core.datetimetimer", n, func(i int) map[string]any {
+		return map[string]any{"fire_at": dueOf(i).Format(time.RFC3339Nano)}
+	})
+	c.start("n2", c.peers("n2"), true)
+	joined := c.node("n2").started
+	c.waitStable("2 nodes", 30*time.Second, nil)
+	waitFor(t, "the last rule due", spread+10*time.Second, func() bool { return time.Now().After(dueOf(n - 1).Add(2 * time.Second)) })
+	c.waitDrained(30 * time.Second)
+	owners := ringOwners(t, c.names("n1", "n2"), ids)
+	evs := c.allEvents()
+	lost := 0
+	for i, id := range ids {
+		if got := len(evs[id]); got != 1 {
+			lost++
+			if lost <= 10 {
+				t.Errorf("datetime rule %d (due %s, %s after n2 started, owner %s): %d events stored, want 1",
+					id, dueOf(i).Format(time.StampMilli), dueOf(i).Sub(joined).Round(time.Millisecond), owners[id], got)
+			}
+		}
+	}
+	t.Logf("%d datetime rules due from %s to %s after n2 started; %d not stored once",
+		n, due0.Sub(joined).Round(time.Millisecond), dueOf(n-1).Sub(joined).Round(time.Millisecond), lost)
+	if dups := c.apiDuplicates(); dups != 0 {
+		t.Errorf("timerd_api_events_duplicate_total = %v after a join, want 0", dups)
+	}
+}
+
 // Rolling restart: each of 3 nodes in turn gets SIGTERM and is started
 // again on its data (the next only once it is ready), while interval rules
 // run and datetime rules come due. Every datetime rule fires once, every
@@ -177,10 +217,13 @@ func TestClusterRollingRestart(t *testing.T) {
 
 	from := time.Now()
 	for _, s := range shorts {
+		dups := c.apiDuplicates()
 		stopped := c.stop(s)
+		dupsStop := c.apiDuplicates()
 		restart := time.Now()
 		c.start(s, c.peers(s), true)
-		t.Logf("%s: exited %s after SIGTERM, ready %s after its restart", s, stopped.Round(time.Millisecond), time.Since(restart).Round(time.Millisecond))
+		t.Logf("%s: exited %s after SIGTERM, ready %s after its restart; API duplicates +%v while it stopped, +%v while it started",
+			s, stopped.Round(time.Millisecond), time.Since(restart).Round(time.Millisecond), dupsStop-dups, c.apiDuplicates()-dupsStop)
 	}
 	restarts := time.Since(from)
 	c.waitStable("after the rolling restart", 30*time.Second, nil)
@@ -319,6 +362,30 @@ func TestClusterCrash(t *testing.T) {
 	c.waitStable("n2 back", 30*time.Second, nil)
 	c.waitDrained(30 * time.Second)
 	check("after n2 is back")
+}
+
+// A node killed and started again at another gossip address (a pod
+// restarted with a new IP keeps its name) is taken back by its peers: both
+// sides see each other alive and own rules by the same ring.
+func TestClusterCrashedNodeReturnsAtAnotherAddress(t *testing.T) {
+	c := newTCluster(t)
+	c.start("n1", nil, true)
+	c.start("n2", c.peers("n2"), true)
+	c.waitStable("2 nodes", 30*time.Second, nil)
+	old := c.node("n2").gossip
+	c.kill("n2")
+	victim := c.node("n2").name
+	waitFor(t, "n1 declares n2 dead", 60*time.Second, func() bool {
+		st, err := getStatus(c.node("n1").ag.nodeURL)
+		m, ok := st.member(victim)
+		return err == nil && ok && m.State == "dead"
+	})
+	n2 := c.start("n2", c.peers("n2"), true) // TIMERD_BIND_ADDR=127.0.0.1:0: another port
+	if n2.gossip == old {
+		t.Fatalf("n2 came back at its old address %s", old)
+	}
+	_, took := c.waitStable("n2 back at "+n2.gossip, 30*time.Second, nil)
+	t.Logf("n2 back at %s (was %s): both see each other alive %s after it was ready", n2.gossip, old, took.Round(time.Millisecond))
 }
 
 var aloneRe = regexp.MustCompile(`(?i)no peer reachable|running alone`)
