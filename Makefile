@@ -5,7 +5,7 @@ PKGS      ?= ./...
 # does not see, so a cached pass could hide a broken build.
 TESTFLAGS ?= -race -count=1 -timeout 14m
 
-.PHONY: all build test mq vet bench bench-peers load soak clean
+.PHONY: all build test mq vet bench bench-peers load soak cluster-soak clean
 
 all: build
 
@@ -40,9 +40,16 @@ load:
 
 # The token soak with the issue's figures: a 2-minute sensor token for 10 minutes
 # (make test runs the same test with a 20 s token for 100 s).
-soak:
+soak: mq
 	TIMERD_SOAK_TOKEN_TTL=2m TIMERD_SOAK_DURATION=10m $(GO) test -race -count=1 -timeout 20m \
 		-run TestDevSensorTokenRefreshesWhileDelivering -v ./test/e2e
+
+# The cluster end-to-end tests at the issue's sizes (make test runs them smaller):
+# 3,000 rules across a scale-out, 2,000 + 500 across a rolling restart, 300 in a crash.
+cluster-soak: mq
+	TIMERD_CLUSTER_RULES=3000 TIMERD_CLUSTER_ROLLING_INTERVAL_RULES=2000 \
+	TIMERD_CLUSTER_ROLLING_DATETIME_RULES=500 TIMERD_CLUSTER_CRASH_RULES=300 \
+		$(GO) test -race -count=1 -timeout 20m -run '^TestCluster' -v ./test/e2e
 
 clean:
 	rm -rf bin
