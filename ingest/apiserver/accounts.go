@@ -88,12 +88,9 @@ func parseNewAccount(body []byte) (*newAccount, error) {
 		return nil, err
 	}
 	na := &newAccount{ttl: DefaultServiceAccountTTL}
-	name, ok, err := f.str("name")
+	name, err := f.requiredStr("name")
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, errorf(http.StatusBadRequest, "name: required")
 	}
 	if err := checkText("name", name, maxRefLen); err != nil {
 		return nil, err
@@ -108,12 +105,9 @@ func parseNewAccount(body []byte) (*newAccount, error) {
 	if err := checkText("description", na.description, maxDescriptionLen); err != nil {
 		return nil, err
 	}
-	scope, ok, err := f.str("scope")
+	scope, err := f.requiredStr("scope")
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, errorf(http.StatusBadRequest, "scope: required")
 	}
 	if na.scope, err = auth.ParseScope(scope); err != nil {
 		return nil, errorf(http.StatusBadRequest, "scope: %v", err)

@@ -342,12 +342,9 @@ func (s *Server) parseEvent(w http.ResponseWriter, r *http.Request) (*eventReq, 
 		return nil, err
 	}
 	var ev eventBody
-	tref, ok, err := f.str("trigger_ref")
+	tref, err := f.requiredStr("trigger_ref")
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, errorf(http.StatusBadRequest, "trigger_ref: required")
 	}
 	if err := checkName("trigger_ref", tref); err != nil {
 		return nil, err

@@ -52,6 +52,15 @@ func (f fields) str(name string) (v string, ok bool, err error) {
 	return v, true, nil
 }
 
+// requiredStr is str for a field that must be there.
+func (f fields) requiredStr(name string) (string, error) {
+	v, ok, err := f.str(name)
+	if err == nil && !ok {
+		err = errorf(http.StatusBadRequest, "%s: required", name)
+	}
+	return v, err
+}
+
 func (f fields) boolean(name string) (v bool, ok bool, err error) {
 	raw := f.get(name)
 	if raw == nil {

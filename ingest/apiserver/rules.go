@@ -205,23 +205,17 @@ func (s *Server) parseNewRule(w http.ResponseWriter, r *http.Request) (*rule, er
 	}
 	now := s.cfg.Now().UTC()
 	ru := &rule{Enabled: true, Created: now, Updated: now, TriggerParams: json.RawMessage(`{}`)}
-	ref, ok, err := f.str("ref")
+	ref, err := f.requiredStr("ref")
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, errorf(http.StatusBadRequest, "ref: required")
 	}
 	if err := checkRef("ref", ref); err != nil {
 		return nil, err
 	}
 	ru.Ref = ref
-	tref, ok, err := f.str("trigger_ref")
+	tref, err := f.requiredStr("trigger_ref")
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, errorf(http.StatusBadRequest, "trigger_ref: required")
 	}
 	if err := checkName("trigger_ref", tref); err != nil {
 		return nil, err
