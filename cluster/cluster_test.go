@@ -146,7 +146,7 @@ func TestScaleOutAndLeave(t *testing.T) {
 	c, _ := start(t, testConfig("c", a.LocalAddr()))
 	nodes := []*Cluster{a, b, c}
 	for _, n := range nodes {
-		eventually(t, 5*time.Second, n.Name()+" sees 3 members", func() bool { return viewHas(n, 3, "a", "b", "c") })
+		eventually(t, 20*time.Second, n.Name()+" sees 3 members", func() bool { return viewHas(n, 3, "a", "b", "c") })
 	}
 	own3 := owners(t, nodes...)
 	share := map[string]int{}
@@ -171,7 +171,7 @@ func TestScaleOutAndLeave(t *testing.T) {
 	}
 	defer func() { dumpLogs = nil }()
 	for _, n := range nodes {
-		eventually(t, 5*time.Second, n.Name()+" sees 4 members", func() bool { return viewHas(n, 4, "a", "b", "c", "d") })
+		eventually(t, 20*time.Second, n.Name()+" sees 4 members", func() bool { return viewHas(n, 4, "a", "b", "c", "d") })
 	}
 	own4 := owners(t, nodes...)
 	moved := 0
@@ -213,7 +213,7 @@ func TestScaleOutAndLeave(t *testing.T) {
 		t.Fatalf("d.Leave: %v", err)
 	}
 	for _, n := range nodes[:3] {
-		eventually(t, 2*time.Second, n.Name()+" drops d", func() bool { return viewHas(n, 3, "a", "b", "c") })
+		eventually(t, 20*time.Second, n.Name()+" drops d", func() bool { return viewHas(n, 3, "a", "b", "c") })
 	}
 	t.Logf("peers saw the graceful leave within %v", time.Since(leaveStart))
 	own := owners(t, nodes[:3]...)
@@ -229,7 +229,7 @@ func TestScaleOutAndLeave(t *testing.T) {
 	// The leave intent is a broadcast: under load it may reach a after
 	// memberlist's own leave notice, so give it a moment.
 	states := map[string]string{}
-	eventually(t, 3*time.Second, "a sees d left and itself alive", func() bool {
+	eventually(t, 20*time.Second, "a sees d left and itself alive", func() bool {
 		clear(states)
 		for _, m := range a.Members() {
 			states[m.Name] = m.State
@@ -247,7 +247,7 @@ func TestScaleOutAndLeave(t *testing.T) {
 func TestWatermarkGossipAndPushPull(t *testing.T) {
 	a, _ := start(t, testConfig("a"))
 	b, _ := start(t, testConfig("b", a.LocalAddr()))
-	eventually(t, 5*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
+	eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
 	wms := b.Watermarks()
 
 	slot := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
@@ -256,7 +256,7 @@ func TestWatermarkGossipAndPushPull(t *testing.T) {
 			t.Fatalf("Announce(%d): %v", id, err)
 		}
 	}
-	eventually(t, 5*time.Second, "b learns a's 100 watermarks", func() bool {
+	eventually(t, 20*time.Second, "b learns a's 100 watermarks", func() bool {
 		for id := int64(1); id <= 100; id++ {
 			if _, _, ok := b.Watermark(id); !ok {
 				return false
@@ -285,7 +285,7 @@ func TestWatermarkGossipAndPushPull(t *testing.T) {
 
 	// A node joining later has the recent watermarks as soon as Join returns (push/pull).
 	c, _ := start(t, testConfig("c", b.LocalAddr()))
-	eventually(t, 5*time.Second, "a sees c", func() bool { return viewHas(a, 3, "c") })
+	eventually(t, 20*time.Second, "a sees c", func() bool { return viewHas(a, 3, "c") })
 	for _, id := range []int64{1, 50, 100} {
 		if s, n, ok := c.Watermark(id); !ok || n != uint64(id) || !s.Equal(slot.Add(time.Duration(id)*time.Second)) {
 			t.Errorf("late joiner c.Watermark(%d) = %v, %d, %v; want a's watermark", id, s, n, ok)
@@ -341,7 +341,7 @@ func TestWrongGossipKeyCannotJoin(t *testing.T) {
 	cfgC := testConfig("c", net.JoinHostPort("localhost", port))
 	cfgC.GossipKey = cfgA.GossipKey
 	start(t, cfgC)
-	eventually(t, 5*time.Second, "a sees c", func() bool { return viewHas(a, 2, "a", "c") })
+	eventually(t, 20*time.Second, "a sees c", func() bool { return viewHas(a, 2, "a", "c") })
 }
 
 func TestJoinUnreachableDecidesAloneAfterTimeout(t *testing.T) {
@@ -448,14 +448,14 @@ func TestRejoinAfterAlone(t *testing.T) {
 	if _, err := a.Join(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "b joins a in the background", func() bool { return viewHas(b, 2, "a", "b") })
-	eventually(t, 5*time.Second, "a sees b", func() bool { return viewHas(a, 2, "a", "b") })
+	eventually(t, 20*time.Second, "b joins a in the background", func() bool { return viewHas(b, 2, "a", "b") })
+	eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "a", "b") })
 }
 
 func TestMalformedMessagesDropped(t *testing.T) {
 	a, _ := start(t, testConfig("a"))
 	b, _ := start(t, testConfig("b", a.LocalAddr()))
-	eventually(t, 5*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
+	eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
 	good := appendRecord([]byte{wireVersion, kindBroadcast}, 5, 1000, 1)
 	tests := []struct {
 		name   string
@@ -496,7 +496,7 @@ func TestMalformedMessagesDropped(t *testing.T) {
 	if err := a.ml.SendReliable(bNode, good); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Second, "b counts the garbage and keeps the good message", func() bool {
+	eventually(t, 20*time.Second, "b counts the garbage and keeps the good message", func() bool {
 		_, _, ok := b.Watermark(5)
 		return ok && testutil.ToFloat64(b.met.dropped.WithLabelValues(dropVersion)) == before+1
 	})
@@ -536,7 +536,7 @@ func TestMetricsPerNode(t *testing.T) {
 	cfgB := testConfig("b", a.LocalAddr())
 	cfgB.Registerer = regB
 	start(t, cfgB)
-	eventually(t, 5*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
+	eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
 	want := `
 # HELP timerd_cluster_members Members of the cluster as this node sees them, by state.
 # TYPE timerd_cluster_members gauge
