@@ -460,11 +460,13 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	c.mu.Unlock()
 	peers := c.peerAddrs()
 	if len(peers) > 0 {
-		// Peers then list this node as left, not dead.
-		c.queue.QueueBroadcast(&broadcast{name: "leave/" + c.cfg.NodeName,
-			msg: append([]byte{wireVersion, kindLeave}, c.cfg.NodeName...)})
+		// Peers then list this node as left, not dead. The intent goes
+		// with the push below too: behind a long queue of watermarks the
+		// broadcast may never go out.
+		intent := append([]byte{wireVersion, kindLeave}, c.cfg.NodeName...)
+		c.queue.QueueBroadcast(&broadcast{name: "leave/" + c.cfg.NodeName, msg: intent})
 		c.drain(ctx, step)
-		c.pushState(ctx, peers, step)
+		c.pushState(ctx, peers, intent, step)
 	}
 	var err error
 	if left := time.Until(deadline); left > 0 && ctx.Err() == nil {
@@ -494,12 +496,20 @@ func (c *Cluster) drain(ctx context.Context, d time.Duration) {
 	}
 }
 
-// pushState sends this node's recent watermarks to each peer by a push/pull exchange (what
-// memberlist's Join does), waiting at most d; the exchange goes on in the background if slow.
-func (c *Cluster) pushState(ctx context.Context, peers []string, d time.Duration) {
+// pushState sends each peer the leave intent over TCP and this node's recent watermarks by a
+// push/pull exchange (what memberlist's Join does), waiting at most d; the exchanges go on in
+// the background if slow.
+func (c *Cluster) pushState(ctx context.Context, peers []string, intent []byte, d time.Duration) {
 	done := make(chan struct{})
 	if !c.goTracked(func() {
 		defer close(done)
+		for _, n := range c.ml.Members() {
+			if n.Name != c.cfg.NodeName {
+				if err := c.ml.SendReliable(n, intent); err != nil {
+					c.log.Warn("tell a peer this node leaves", "peer", n.Name, "err", err)
+				}
+			}
+		}
 		for _, p := range peers {
 			if _, err := c.ml.Join([]string{p}); err != nil {
 				c.log.Warn("push watermarks to a peer before leaving", "peer", p, "err", err)
