@@ -458,15 +458,15 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	c.mu.Lock()
 	c.leaving[c.cfg.NodeName] = time.Now() // so that its own leave logs as left
 	c.mu.Unlock()
-	peers := c.peerAddrs()
-	if len(peers) > 0 {
+	peers := c.alive.Load() - 1
+	if peers > 0 {
 		// Peers then list this node as left, not dead. The intent goes
 		// with the push below too: behind a long queue of watermarks the
 		// broadcast may never go out.
 		intent := append([]byte{wireVersion, kindLeave}, c.cfg.NodeName...)
 		c.queue.QueueBroadcast(&broadcast{name: "leave/" + c.cfg.NodeName, msg: intent})
 		c.drain(ctx, step)
-		c.pushState(ctx, peers, intent, step)
+		c.pushState(ctx, intent, step)
 	}
 	var err error
 	if left := time.Until(deadline); left > 0 && ctx.Err() == nil {
@@ -474,7 +474,7 @@ func (c *Cluster) Leave(ctx context.Context) error {
 			err = fmt.Errorf("leave cluster: %w", lerr)
 		}
 	}
-	c.log.Info("left the cluster", "peers", len(peers))
+	c.log.Info("left the cluster", "peers", peers)
 	return errors.Join(err, c.Shutdown())
 }
 
@@ -496,50 +496,81 @@ func (c *Cluster) drain(ctx context.Context, d time.Duration) {
 	}
 }
 
-// pushState sends each peer the leave intent over TCP and this node's recent watermarks by a
-// push/pull exchange (what memberlist's Join does), waiting at most d; the exchanges go on in
-// the background if slow.
-func (c *Cluster) pushState(ctx context.Context, peers []string, intent []byte, d time.Duration) {
-	done := make(chan struct{})
-	if !c.goTracked(func() {
-		defer close(done)
-		for _, n := range c.ml.Members() {
-			if n.Name != c.cfg.NodeName {
-				if err := c.ml.SendReliable(n, intent); err != nil {
-					c.log.Warn("tell a peer this node leaves", "peer", n.Name, "err", err)
-				}
-			}
+// pushState sends every peer the leave intent over TCP and this node's recent watermarks by a
+// push/pull exchange, waiting at most d; the exchanges go on in the background if slow.
+func (c *Cluster) pushState(ctx context.Context, intent []byte, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	peers, reached, err := c.eachPeer(ctx, func(n *memberlist.Node) error {
+		if err := c.ml.SendReliable(n, intent); err != nil {
+			c.log.Warn("tell a peer this node leaves", "peer", n.Name, "err", err)
 		}
-		for _, p := range peers {
-			if _, err := c.ml.Join([]string{p}); err != nil {
-				c.log.Warn("push watermarks to a peer before leaving", "peer", p, "err", err)
-			}
-		}
-	}) {
-		return
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
-		c.log.Warn("leaving before every peer has this node's watermarks", "peers", len(peers))
-	case <-ctx.Done():
+		_, err := c.ml.Join([]string{n.Address()})
+		return err
+	})
+	if reached < peers {
+		c.log.Warn("leaving before every peer has this node's watermarks", "peers", peers, "reached", reached, "err", err)
 	}
 }
 
-// peerAddrs is the gossip address of every alive peer.
-func (c *Cluster) peerAddrs() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []string
-	for name, m := range c.members {
-		if name != c.cfg.NodeName && m.state == StateAlive {
-			out = append(out, m.addr)
+// Sync exchanges recent watermarks with every live peer over TCP (memberlist's push/pull,
+// what a join does): each peer gets this node's, this node merges each peer's. It returns
+// how many peers there were and how many answered before ctx ended. Gossip is best effort
+// and lags when many rules fire; call Sync before adopting rules from a live owner so that
+// their last fires there are known here.
+func (c *Cluster) Sync(ctx context.Context) (peers, reached int, err error) {
+	start := time.Now()
+	peers, reached, err = c.eachPeer(ctx, func(n *memberlist.Node) error {
+		_, err := c.ml.Join([]string{n.Address()})
+		return err
+	})
+	if peers == 0 {
+		return 0, 0, err
+	}
+	c.met.syncs.Inc()
+	if reached < peers {
+		c.met.syncFailures.Inc()
+	}
+	c.log.Debug("watermarks synced with peers", "peers", peers, "reached", reached, "took", time.Since(start))
+	return peers, reached, err
+}
+
+// eachPeer runs f for every live peer at once and waits for them all or for ctx; the calls
+// still running then finish in the background (memberlist bounds them by its TCPTimeout).
+func (c *Cluster) eachPeer(ctx context.Context, f func(*memberlist.Node) error) (peers, reached int, err error) {
+	members := c.ml.Members()
+	results := make(chan error, len(members)) // never blocks a call that ends late
+	for _, n := range members {
+		if n.Name == c.cfg.NodeName {
+			continue
+		}
+		if !c.goTracked(func() {
+			if err := f(n); err != nil {
+				results <- fmt.Errorf("peer %s at %s: %w", n.Name, n.Address(), err)
+				return
+			}
+			results <- nil
+		}) {
+			return peers, 0, ErrShutdown
+		}
+		peers++
+	}
+	var errs []error
+	for range peers {
+		select {
+		case err := <-results:
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			reached++
+		case <-ctx.Done():
+			return peers, reached, errors.Join(append(errs, ctx.Err())...)
+		case <-c.stop:
+			return peers, reached, ErrShutdown
 		}
 	}
-	slices.Sort(out)
-	return out
+	return peers, reached, errors.Join(errs...)
 }
 
 // Shutdown stops gossip without telling peers (they will find this node dead); use Leave

@@ -318,6 +318,57 @@ func TestWatermarkGossipAndPushPull(t *testing.T) {
 	}
 }
 
+// Sync brings a peer's watermarks that gossip did not (here: recorded without a broadcast)
+// in one exchange, both ways, and counts the exchange.
+func TestSyncPullsWhatGossipMissed(t *testing.T) {
+	a, _ := start(t, testConfig("a"))
+	b, _ := start(t, testConfig("b", a.LocalAddr()))
+	c, _ := start(t, testConfig("c", a.LocalAddr()))
+	eventually(t, 20*time.Second, "b sees a and c", func() bool { return viewHas(b, 3, "a", "c") })
+	slot := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano()
+	for id := int64(1); id <= 500; id++ {
+		a.table.merge(id, slot, 1)     // a fired 1..500
+		c.table.merge(id+500, slot, 2) // c fired 501..1000
+	}
+	b.table.merge(2000, slot, 3)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	peers, reached, err := b.Sync(ctx)
+	if peers != 2 || reached != 2 || err != nil {
+		t.Fatalf("b.Sync = %d peers, %d reached, %v; want 2, 2, nil", peers, reached, err)
+	}
+	for id := int64(1); id <= 1000; id++ {
+		if _, _, ok := b.Watermark(id); !ok {
+			t.Fatalf("after Sync b.Watermark(%d) unknown, want the peers' watermark", id)
+		}
+	}
+	for _, peer := range []*Cluster{a, c} {
+		if _, n, ok := peer.Watermark(2000); !ok || n != 3 {
+			t.Errorf("after b.Sync %s.Watermark(2000) = %d, %v; want b's (count 3)", peer.Name(), n, ok)
+		}
+	}
+	if got := testutil.ToFloat64(b.met.syncs); got != 1 {
+		t.Errorf("timerd_watermark_syncs_total = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(b.met.syncFailures); got != 0 {
+		t.Errorf("timerd_watermark_sync_failures_total = %v, want 0", got)
+	}
+
+	// A peer that is gone without memberlist knowing yet fails the sync; it is counted.
+	if err := c.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if peers, reached, err := b.Sync(ctx); peers != 2 || reached != 1 || err == nil {
+		t.Errorf("b.Sync with c shut down = %d peers, %d reached, %v; want 2, 1 and an error", peers, reached, err)
+	}
+	if got := testutil.ToFloat64(b.met.syncFailures); got != 1 {
+		t.Errorf("timerd_watermark_sync_failures_total = %v, want 1", got)
+	}
+}
+
 func TestWrongGossipKeyCannotJoin(t *testing.T) {
 	cfgA := testConfig("a")
 	cfgA.GossipKey = "AAECAwQFBgcICQoLDA0ODw==" // 16 bytes

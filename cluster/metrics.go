@@ -14,9 +14,11 @@ const (
 )
 
 type metrics struct {
-	ringChanges prometheus.Counter
-	broadcasts  prometheus.Counter
-	dropped     *prometheus.CounterVec
+	ringChanges  prometheus.Counter
+	broadcasts   prometheus.Counter
+	syncs        prometheus.Counter
+	syncFailures prometheus.Counter
+	dropped      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -29,6 +31,14 @@ func newMetrics() *metrics {
 		broadcasts: f.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_watermark_broadcasts_total",
 			Help: "Watermarks this node queued for gossip to its peers.",
+		}),
+		syncs: f.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_watermark_syncs_total",
+			Help: "Watermark exchanges with every live peer over TCP, made before adopting rules.",
+		}),
+		syncFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_watermark_sync_failures_total",
+			Help: "Watermark exchanges in which a live peer did not answer in time.",
 		}),
 		dropped: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_watermark_messages_dropped_total",
@@ -46,7 +56,7 @@ func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
 	if reg == nil {
 		return nil
 	}
-	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.dropped, membersCollector{c}}
+	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.syncs, m.syncFailures, m.dropped, membersCollector{c}}
 	for i, col := range cols {
 		if err := reg.Register(col); err != nil {
 			for _, done := range cols[:i] {

@@ -24,6 +24,9 @@ type Event struct {
 type FireRecord struct {
 	Watermark Watermark
 	Event     Event
+	// Skipped records a slot a peer already fired: the watermark advances and nothing
+	// goes to the outbox (only Event.RuleID and Event.Slot are read).
+	Skipped bool
 }
 
 // OutboxEntry is an event committed and not yet delivered.
@@ -47,7 +50,7 @@ type DeadLetter struct {
 const outboxFill = 1.0
 
 // CommitFires makes fires durable in ONE read-write transaction (one fsync for the
-// batch): for each record an outbox entry, and the rule's watermark. A record for a
+// batch): for each record an outbox entry (none when Skipped), and the rule's watermark. A record for a
 // rule no longer stored still gets its outbox entry (the fire happened) but no
 // watermark. A watermark never moves back: a record whose slot is before the stored
 // one leaves it (a repeated or reordered fire). Nothing is written on an invalid record.
@@ -74,6 +77,7 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 		buf   []byte
 		jseq  uint64
 		jrecs []journalRec
+		added int64 // outbox entries
 	)
 	err := s.update(func(tx *bolt.Tx) error {
 		rb, ob := tx.Bucket(bucketRules), tx.Bucket(bucketOutbox)
@@ -81,23 +85,12 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 		latest := make(map[int64]Watermark, len(recs))
 		var key [8]byte
 		for _, rec := range recs {
-			seq, err := ob.NextSequence()
-			if err != nil {
-				return err
+			if !rec.Skipped {
+				if err := putOutbox(ob, rec.Event, now, &buf); err != nil {
+					return err
+				}
+				added++
 			}
-			// bbolt keeps value slices until commit, so each value needs its own memory:
-			// carve them from one growing buffer.
-			if cap(buf)-len(buf) < eventLen(rec.Event) {
-				buf = make([]byte, 0, max(64<<10, eventLen(rec.Event)))
-			}
-			start := len(buf)
-			buf = appendEvent(buf, rec.Event, now)
-			var okey [8]byte // bbolt copies keys, not values
-			binary.BigEndian.PutUint64(okey[:], seq)
-			if err := ob.Put(okey[:], buf[start:len(buf):len(buf)]); err != nil {
-				return fmt.Errorf("outbox entry of rule %d: %w", rec.Event.RuleID, err)
-			}
-
 			id := rec.Event.RuleID
 			binary.BigEndian.PutUint64(key[:], uint64(id))
 			if rb.Get(key[:]) == nil {
@@ -123,16 +116,37 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 		if jseq, err = journalAppend(tx, jrecs); err != nil {
 			return err
 		}
-		return addCounter(tx, keyOutboxLen, int64(len(recs)))
+		return addCounter(tx, keyOutboxLen, added)
 	})
 	if err != nil {
 		return s.wrap("commit fires", err)
 	}
-	s.outboxLen.Add(int64(len(recs)))
+	s.outboxLen.Add(added)
 	s.indexJournal(jseq, jrecs)
 	if s.j.records >= s.foldAfter {
 		// The fires are durable; a failed fold leaves the journal for the next one.
 		_ = s.fold()
+	}
+	return nil
+}
+
+// putOutbox appends e to the outbox bucket ob.
+func putOutbox(ob *bolt.Bucket, e Event, now time.Time, buf *[]byte) error {
+	seq, err := ob.NextSequence()
+	if err != nil {
+		return err
+	}
+	// bbolt keeps value slices until commit, so each value needs its own memory:
+	// carve them from one growing buffer.
+	if cap(*buf)-len(*buf) < eventLen(e) {
+		*buf = make([]byte, 0, max(64<<10, eventLen(e)))
+	}
+	start := len(*buf)
+	*buf = appendEvent(*buf, e, now)
+	var okey [8]byte // bbolt copies keys, not values
+	binary.BigEndian.PutUint64(okey[:], seq)
+	if err := ob.Put(okey[:], (*buf)[start:len(*buf):len(*buf)]); err != nil {
+		return fmt.Errorf("outbox entry of rule %d: %w", e.RuleID, err)
 	}
 	return nil
 }

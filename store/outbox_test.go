@@ -69,6 +69,34 @@ func TestCommitFiresWatermarkNeverMovesBack(t *testing.T) {
 	}
 }
 
+func TestCommitFiresSkipped(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	if err := s.PutRules([]Rule{testRule(1), testRule(2)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s1, s2 := t0.Add(time.Minute), t0.Add(2*time.Minute)
+	skipped := testFire(1, s2, 2)
+	skipped.Skipped = true
+	recs := []FireRecord{testFire(1, s1, 1), skipped, testFire(2, s1, 1)}
+	if err := s.CommitFires(recs); err != nil {
+		t.Fatalf("CommitFires: %v", err)
+	}
+	s = reopen(t, s)
+	if _, wm, _, _ := s.Rule(1); !wmEqual(wm, Watermark{Slot: s2, Count: 2}) {
+		t.Errorf("rule 1 watermark = %+v, want the skipped slot %v count 2", wm, s2)
+	}
+	got, err := s.Outbox(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Event.RuleID != 1 || !got[0].Event.Slot.Equal(s1) || got[1].Event.RuleID != 2 {
+		t.Errorf("Outbox = %+v, want rule 1 at %v and rule 2: no entry for the skipped slot", got, s1)
+	}
+	if n, err := s.OutboxLen(); err != nil || n != 2 {
+		t.Errorf("OutboxLen() = %d, %v; want 2", n, err)
+	}
+}
+
 func TestCommitFiresInvalidWritesNothing(t *testing.T) {
 	tests := []struct {
 		name string

@@ -101,7 +101,10 @@ func (n *Node) pendingAtLocked() time.Time {
 // was the rule's "previous owner" only on paper). It returns when the
 // adoptions it left for later come due (zero if none). The whole pass
 // holds ownMu, so intake places the rules it changes by the same view
-// (runnableLocked); it is O(rules).
+// (runnableLocked); it is O(rules). Before it adopts anything it syncs
+// watermarks with the live peers (at most syncTimeout): a previous owner
+// released the rules when it saw the view, and gossip may not have brought
+// its last fires here yet.
 func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 	start := time.Now()
 	n.ownMu.Lock()
@@ -109,6 +112,7 @@ func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 	now := n.cfg.Now()
 	var (
 		items    []scheduler.Item
+		stored   []store.Watermark // of items, until the sync
 		released int
 		pending  = map[int64]time.Time{}
 	)
@@ -137,7 +141,8 @@ func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 			n.log.Error("stored rule does not parse; not scheduled", "rule_id", r.ID, "err", err)
 			return nil
 		}
-		items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: n.adoptWatermark(r.ID, wm)})
+		items = append(items, scheduler.Item{ID: r.ID, Timer: t})
+		stored = append(stored, wm)
 		return nil
 	})
 	if released > 0 {
@@ -145,6 +150,12 @@ func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 	}
 	if err != nil {
 		return time.Time{}, fmt.Errorf("place rules: %w", err)
+	}
+	if len(items) > 0 {
+		n.syncWatermarks()
+	}
+	for i := range items {
+		items[i].Watermark = n.adoptWatermark(items[i].ID, stored[i])
 	}
 	n.view, n.pending = v, pending
 	n.engine.Load(items)
@@ -163,6 +174,31 @@ func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 		"running", n.engine.Len(), "adopted", len(items), "released", released, "pending", len(pending),
 		"adopt_at", next, "took", time.Since(start).Round(time.Microsecond).String())
 	return next, nil
+}
+
+// syncTimeout bounds the watermark sync before an adoption. A peer that
+// does not answer in time costs, at worst, a repeat of the slots it fired
+// last (recognisable: same Idempotency-Key).
+const syncTimeout = 2 * time.Second
+
+// syncWatermarks pulls the live peers' recent watermarks into the
+// cluster's table (and gives them this node's).
+func (n *Node) syncWatermarks() {
+	if n.cl == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
+	defer cancel()
+	start := time.Now()
+	peers, reached, err := n.cl.Sync(ctx)
+	if reached < peers {
+		n.log.Warn("watermarks not synced with every peer before adopting rules; their last fires may repeat",
+			"peers", peers, "reached", reached, "err", err)
+		return
+	}
+	if peers > 0 {
+		n.log.Info("watermarks synced before adopting rules", "peers", peers, "took", time.Since(start).Round(time.Microsecond).String())
+	}
 }
 
 // adoptWatermark is where a rule this node starts running continues from:

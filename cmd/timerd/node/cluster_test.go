@@ -386,6 +386,7 @@ func TestCommitSkipsSlotsAPeerFired(t *testing.T) {
 		wantOut   int     // outbox entries added
 		wantDups  float64 // timerd_handoff_duplicate_slots_total after
 		announced map[int64]time.Time
+		stored    map[int64]time.Time // watermarks in the store after
 	}{
 		{
 			name: "slot a peer fired is dropped, the other rule's kept",
@@ -395,18 +396,21 @@ func TestCommitSkipsSlotsAPeerFired(t *testing.T) {
 			},
 			wantOut: 1, wantDups: 1,
 			announced: map[int64]time.Time{1: slot, 2: slot},
+			stored:    map[int64]time.Time{1: slot, 2: slot}, // the dropped slot's watermark is kept
 		},
 		{
 			name:    "an earlier slot than the peer's is dropped too",
 			fires:   []scheduler.Fire{{RuleID: 1, Slot: slot.Add(-time.Second), Count: 6, FiredAt: time.Now(), Timer: timer}},
 			wantOut: 0, wantDups: 2,
 			announced: map[int64]time.Time{1: slot},
+			stored:    map[int64]time.Time{1: slot}, // never moves back
 		},
 		{
 			name:    "the next slot fires and is announced",
 			fires:   []scheduler.Fire{{RuleID: 1, Slot: slot.Add(time.Second), Count: 8, FiredAt: time.Now(), Timer: timer}},
 			wantOut: 1, wantDups: 2,
 			announced: map[int64]time.Time{1: slot.Add(time.Second)},
+			stored:    map[int64]time.Time{1: slot.Add(time.Second)},
 		},
 	}
 	for _, tc := range tests {
@@ -425,6 +429,11 @@ func TestCommitSkipsSlotsAPeerFired(t *testing.T) {
 			for id, want := range tc.announced {
 				if got, _, _ := n.cl.Watermark(id); !got.Equal(want) {
 					t.Errorf("cluster watermark of rule %d = %v, want %v", id, got, want)
+				}
+			}
+			for id, want := range tc.stored {
+				if _, wm, _, err := n.store.Rule(id); err != nil || !wm.Slot.Equal(want) {
+					t.Errorf("stored watermark of rule %d = %v (err %v), want %v", id, wm.Slot, err, want)
 				}
 			}
 		})

@@ -425,12 +425,11 @@ func (n *Node) load() (int, error) {
 //
 // Duplicate guard: a fire whose slot a peer already announced (the rule
 // changed hands and the old owner's last watermark arrived after this node
-// adopted it) is dropped here, before it is written, and counted. The
-// engine lets its Commit leave fires out: it advances the rule's watermark
-// past them all the same, so the slot is not tried again, and the other
-// fires of the batch still share one transaction. Adoption already starts
-// from the later of the store's and the cluster's watermark; this catches
-// what gossip delivered after that.
+// adopted it) is not fired: it is counted, and only its watermark is
+// written, so that a restart does not try the slot again. The engine
+// advances the rule past it all the same. Adoption already starts from the
+// later of the store's and the cluster's watermark; this catches what
+// gossip delivered after that.
 func (n *Node) commit(fires []scheduler.Fire) error {
 	recs := make([]store.FireRecord, 0, len(fires))
 	var dups int
@@ -439,6 +438,8 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 			if slot, _, ok := n.cl.Watermark(f.RuleID); ok && !f.Slot.After(slot) {
 				dups++
 				n.log.Debug("slot already fired by a peer; not fired again", "rule_id", f.RuleID, "slot", f.Slot, "peer_slot", slot)
+				recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count},
+					Event: store.Event{RuleID: f.RuleID, Slot: f.Slot}, Skipped: true})
 				continue
 			}
 		}
@@ -452,13 +453,18 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 		if err := n.store.CommitFires(recs); err != nil {
 			return err
 		}
-		n.delivery.Notify()
+		if dups < len(recs) {
+			n.delivery.Notify()
+		}
 	}
 	if dups > 0 {
 		n.metrics.dupSlots.Add(float64(dups))
 	}
 	if n.cl != nil {
 		for _, r := range recs {
+			if r.Skipped {
+				continue // the peer's watermark is the later one already
+			}
 			// Cheap: a table update and a queued broadcast, never the network.
 			if err := n.cl.Announce(r.Event.RuleID, r.Watermark.Slot, r.Watermark.Count); err != nil {
 				n.log.Warn("watermark not announced", "rule_id", r.Event.RuleID, "err", err)
