@@ -20,7 +20,7 @@ import (
 	"github.com/timerd/timerd/cluster"
 )
 
-// clusterInt reads a count from the environment, for `make cluster-soak`.
+// clusterInt reads a count from the environment (def when unset).
 func clusterInt(t *testing.T, name string, def int) int {
 	t.Helper()
 	v := os.Getenv(name)
