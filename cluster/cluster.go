@@ -64,6 +64,11 @@ type Cluster struct {
 	wmSubscribed atomic.Bool
 	wmCh         chan Watermark
 
+	sendMu     sync.Mutex       // guards unsent
+	unsent     map[int64]record // this node's watermarks not yet sent, the latest per rule
+	perPacket  int              // records in one watermark packet
+	flushEvery time.Duration
+
 	kick chan struct{}
 
 	life    sync.Mutex // guards stopped and wg.Add
@@ -108,6 +113,8 @@ func New(cfg Config) (*Cluster, error) {
 		wmCh:          make(chan Watermark, 4096),
 		kick:          make(chan struct{}, 1),
 		stop:          make(chan struct{}),
+		unsent:        map[int64]record{},
+		flushEvery:    watermarkFlushInterval,
 	}
 	c.view.Store(&View{Self: cfg.NodeName})
 	c.met = newMetrics()
@@ -119,6 +126,7 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c.queue.RetransmitMult = mc.RetransmitMult
+	c.perPacket = max(1, (mc.UDPBufferSize-packetOverhead-headerLen)/recordLen)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
@@ -129,6 +137,7 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("register cluster metrics: %w", err)
 	}
 	c.goTracked(c.worker)
+	c.goTracked(c.sender)
 	return c, nil
 }
 
@@ -393,10 +402,10 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
-// Announce records a watermark of this node and gossips it to the peers when it is later
-// than the one known for the rule (peers relay what is new to them). It never blocks on
-// the network. Gossip is best effort (a full queue drops the oldest); push/pull, every
-// PushPullInterval and at each join, carries the most recent watermarks anyway.
+// Announce records a watermark of this node and, when it is later than the one known for
+// the rule, sends it to every live peer within watermarkFlushInterval. It never blocks on the
+// network. Sending is best effort (UDP); push/pull, every PushPullInterval, at each join,
+// before each adoption (Sync) and at Leave, carries the most recent watermarks anyway.
 func (c *Cluster) Announce(ruleID int64, slot time.Time, count uint64) error {
 	if err := checkWatermark(Watermark{RuleID: ruleID, Slot: slot, Count: count}); err != nil {
 		return err
@@ -405,18 +414,66 @@ func (c *Cluster) Announce(ruleID int64, slot time.Time, count uint64) error {
 	if !c.table.merge(ruleID, ns, count) || c.alive.Load() <= 1 {
 		return nil // nothing new, or nobody to tell (push/pull carries it to a later joiner)
 	}
-	c.queueBroadcast(ruleID, ns, count)
+	c.sendMu.Lock()
+	c.unsent[ruleID] = record{slot: ns, count: count}
+	c.sendMu.Unlock()
 	c.met.broadcasts.Inc()
 	return nil
 }
 
-// queueBroadcast queues one watermark for gossip; a newer one for the same rule replaces it.
-func (c *Cluster) queueBroadcast(id, slot int64, count uint64) {
-	msg := appendRecord(append(make([]byte, 0, headerLen+recordLen), wireVersion, kindBroadcast), id, slot, count)
-	c.queue.QueueBroadcast(&broadcast{name: strconv.FormatInt(id, 10), msg: msg})
-	if n := c.queue.NumQueued(); n > maxQueuedBroadcasts {
-		c.queue.Prune(maxQueuedBroadcasts)
-		c.met.dropped.WithLabelValues(dropQueueFull).Add(float64(n - c.queue.NumQueued()))
+// sender sends the unsent watermarks every flushEvery.
+func (c *Cluster) sender() {
+	t := time.NewTicker(c.flushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.flush()
+		}
+	}
+}
+
+// flush sends the unsent watermarks to every live peer, packed into UDP packets of perPacket
+// records. Each peer gets them straight from the node that fired: memberlist's gossip
+// piggybacks a few dozen records per peer every 200 ms, retransmits each several times, and
+// fell minutes behind at a few hundred fires a second.
+func (c *Cluster) flush() {
+	c.sendMu.Lock()
+	batch := c.unsent
+	if len(batch) == 0 {
+		c.sendMu.Unlock()
+		return
+	}
+	c.unsent = make(map[int64]record, len(batch))
+	c.sendMu.Unlock()
+
+	var packets [][]byte
+	var p []byte
+	for id, r := range batch {
+		if len(p) == 0 {
+			p = make([]byte, 0, headerLen+min(len(batch), c.perPacket)*recordLen)
+			p = append(p, wireVersion, kindBroadcast)
+		}
+		p = appendRecord(p, id, r.slot, r.count)
+		if len(p) == headerLen+c.perPacket*recordLen {
+			packets, p = append(packets, p), nil
+		}
+	}
+	if len(p) > 0 {
+		packets = append(packets, p)
+	}
+	for _, n := range c.ml.Members() {
+		if n.Name == c.cfg.NodeName {
+			continue
+		}
+		for _, p := range packets {
+			if err := c.ml.SendBestEffort(n, p); err != nil {
+				c.met.dropped.WithLabelValues(dropSendFailed).Inc()
+				c.log.Debug("watermarks not sent to a peer", "peer", n.Name, "records", (len(p)-headerLen)/recordLen, "err", err)
+			}
+		}
 	}
 }
 
@@ -438,11 +495,10 @@ func (c *Cluster) Watermarks() <-chan Watermark {
 }
 
 // Leave hands over gracefully and shuts down, within ctx's deadline or LeaveTimeout (the
-// earlier): it tells the peers it is leaving, waits (≤ 1/3 of the time) for the queued
-// watermark broadcasts to go out, pushes its recent watermarks to every live peer over TCP
-// (memberlist push/pull, ≤ 1/3: gossip is best effort, this is not), leaves memberlist
-// (peers drop it from the ring at once) and shuts down. Stop firing before calling it.
-// Idempotent; nil after Shutdown.
+// earlier): it sends its unsent watermarks, tells every live peer over TCP that it is
+// leaving and pushes its recent watermarks to them (memberlist push/pull, ≤ 1/2 of the time:
+// UDP is best effort, this is not), leaves memberlist (peers drop it from the ring at once)
+// and shuts down. Stop firing before calling it. Idempotent; nil after Shutdown.
 func (c *Cluster) Leave(ctx context.Context) error {
 	c.life.Lock()
 	stopped := c.stopped
@@ -454,7 +510,7 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	step := time.Until(deadline) / 3
+	step := time.Until(deadline) / 2
 	c.mu.Lock()
 	c.leaving[c.cfg.NodeName] = time.Now() // so that its own leave logs as left
 	c.mu.Unlock()
@@ -465,7 +521,7 @@ func (c *Cluster) Leave(ctx context.Context) error {
 		// broadcast may never go out.
 		intent := append([]byte{wireVersion, kindLeave}, c.cfg.NodeName...)
 		c.queue.QueueBroadcast(&broadcast{name: "leave/" + c.cfg.NodeName, msg: intent})
-		c.drain(ctx, step)
+		c.flush()
 		c.pushState(ctx, intent, step)
 	}
 	var err error
@@ -476,24 +532,6 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	}
 	c.log.Info("left the cluster", "peers", peers)
 	return errors.Join(err, c.Shutdown())
-}
-
-// drain waits until the broadcast queue is empty, for at most d.
-func (c *Cluster) drain(ctx context.Context, d time.Duration) {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for c.queue.NumQueued() > 0 {
-		select {
-		case <-tick.C:
-		case <-timer.C:
-			c.log.Warn("leaving with watermark broadcasts still queued", "queued", c.queue.NumQueued())
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
 }
 
 // pushState sends every peer the leave intent over TCP and this node's recent watermarks by a
@@ -590,7 +628,7 @@ func (c *Cluster) Shutdown() error {
 	return c.shutdownErr
 }
 
-// broadcast is one watermark for memberlist's queue; a newer one for the same rule
+// broadcast is a leave intent for memberlist's gossip queue; a newer one of the same node
 // replaces it (named broadcast).
 type broadcast struct {
 	name string
@@ -618,14 +656,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 		return
 	}
 	err := decodeRecords(b, kindBroadcast, func(id, slot int64, count uint64) {
-		if !c.table.merge(id, slot, count) {
-			return
-		}
-		// memberlist does not relay user broadcasts, and the sender transmits each only
-		// RetransmitMult·log(N+1) times to random peers: relay what is new to us, so that
-		// every peer gets it (the table check stops the echo).
-		c.queueBroadcast(id, slot, count)
-		if !c.wmSubscribed.Load() {
+		if !c.table.merge(id, slot, count) || !c.wmSubscribed.Load() {
 			return
 		}
 		select {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/base64"
 	"context"
 	"errors"
 	"fmt"
@@ -294,7 +295,7 @@ func TestWatermarkGossipAndPushPull(t *testing.T) {
 	if got := testutil.ToFloat64(a.met.broadcasts); got != 100 {
 		t.Errorf("a timerd_watermark_broadcasts_total = %v, want 100", got)
 	}
-	// Leave drains the queue and pushes the state before leaving.
+	// Leave sends what is unsent and pushes the state before leaving.
 	for id := int64(1000); id < 1100; id++ {
 		if err := a.Announce(id, slot, 1); err != nil {
 			t.Fatal(err)
@@ -305,8 +306,8 @@ func TestWatermarkGossipAndPushPull(t *testing.T) {
 	if err := a.Leave(ctx); err != nil {
 		t.Fatalf("a.Leave: %v", err)
 	}
-	if q := a.queue.NumQueued(); q != 0 {
-		t.Errorf("a left with %d broadcasts queued, want 0", q)
+	if q := len(a.unsent); q != 0 {
+		t.Errorf("a left with %d watermarks unsent, want 0", q)
 	}
 	// Leave pushed a's state to its peers over TCP: they have everything when it returns.
 	for _, n := range []*Cluster{b, c} {
@@ -315,6 +316,45 @@ func TestWatermarkGossipAndPushPull(t *testing.T) {
 				t.Fatalf("after a.Leave returned, %s.Watermark(%d) unknown, want a's last watermarks", n.Name(), id)
 			}
 		}
+	}
+}
+
+// Many watermarks announced at once go out in several packets, none larger than
+// memberlist's UDP buffer with encryption, and all arrive; a node alone queues nothing.
+func TestAnnouncedWatermarksArriveInPackets(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	cfgA, cfgB := testConfig("a"), testConfig("b")
+	cfgA.GossipKey, cfgB.GossipKey = key, key
+	a, _ := start(t, cfgA)
+	if err := a.Announce(1, time.Now(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(a.unsent); n != 0 {
+		t.Errorf("a alone has %d watermarks unsent, want 0", n)
+	}
+	cfgB.Join = []string{a.LocalAddr()}
+	b, _ := start(t, cfgB)
+	eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
+	if size, limit := headerLen+a.perPacket*recordLen, testMemberlist().UDPBufferSize-packetOverhead; size > limit || a.perPacket < 40 {
+		t.Errorf("a packet of %d records is %d bytes, want at least 40 records and at most %d bytes", a.perPacket, size, limit)
+	}
+	const n = 2000 // ~37 packets
+	slot := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	for id := int64(10); id < 10+n; id++ {
+		if err := a.Announce(id, slot, uint64(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "b has all of a's watermarks", func() bool {
+		for id := int64(10); id < 10+n; id++ {
+			if _, c, ok := b.Watermark(id); !ok || c != uint64(id) {
+				return false
+			}
+		}
+		return true
+	})
+	if got := testutil.ToFloat64(a.met.dropped.WithLabelValues(dropSendFailed)); got != 0 {
+		t.Errorf("dropped{reason=send_failed} = %v, want 0", got)
 	}
 }
 

@@ -26,8 +26,11 @@ const (
 	// DefaultStateMaxBytes bounds the push/pull state: ~87k most recent watermarks. memberlist
 	// refuses remote state over 20 MiB and warns over 12 MiB.
 	DefaultStateMaxBytes = 2 << 20
-	// maxQueuedBroadcasts bounds the watermark gossip queue; push/pull covers what is pruned.
-	maxQueuedBroadcasts = 1 << 14
+	// watermarkFlushInterval is how often a node sends its new watermarks to its peers.
+	watermarkFlushInterval = 100 * time.Millisecond
+	// packetOverhead is what memberlist and its encryption add to a watermark packet
+	// (message type, CRC, AES-GCM version, nonce and tag), rounded up.
+	packetOverhead = 64
 )
 
 // ErrConfig reports a bad Config field.

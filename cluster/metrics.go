@@ -30,7 +30,7 @@ func newMetrics() *metrics {
 		}),
 		broadcasts: f.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_watermark_broadcasts_total",
-			Help: "Watermarks this node queued for gossip to its peers.",
+			Help: "Watermarks of this node's fires queued to be sent to its peers.",
 		}),
 		syncs: f.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_watermark_syncs_total",
@@ -42,10 +42,10 @@ func newMetrics() *metrics {
 		}),
 		dropped: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_watermark_messages_dropped_total",
-			Help: "Watermark messages dropped: malformed, version, invalid (from peers), queue_full (gossip queue pruned), slow_consumer (Watermarks channel full).",
+			Help: "Watermark messages dropped: malformed, version, invalid (from peers), send_failed (a packet to a peer), slow_consumer (Watermarks channel full).",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{dropMalformed, dropVersion, dropInvalid, dropQueueFull, dropSlowReader} {
+	for _, r := range []string{dropMalformed, dropVersion, dropInvalid, dropSendFailed, dropSlowReader} {
 		m.dropped.WithLabelValues(r)
 	}
 	return m

@@ -21,9 +21,12 @@ var ErrInvalidWatermark = errors.New("invalid watermark")
 
 // Wire format (version 1): [version][kind] then, for watermarks, records of 24 bytes,
 // big-endian: rule id int64, slot Unix nanoseconds int64, count uint64.
+//
+// kindBroadcast packets go straight from the node that fired to each peer (UDP); kindState is
+// memberlist's push/pull (TCP); kindLeave goes both by gossip and by TCP.
 const (
 	wireVersion    = 1
-	kindBroadcast  = 1 // gossiped after a fire
+	kindBroadcast  = 1 // sent to every peer after fires
 	kindState      = 2 // push/pull state, most recent first
 	kindLeave      = 3 // [version][kind][node name]: the sender is leaving gracefully
 	headerLen      = 2
@@ -31,7 +34,7 @@ const (
 	dropMalformed  = "malformed"
 	dropVersion    = "version"
 	dropInvalid    = "invalid"
-	dropQueueFull  = "queue_full"
+	dropSendFailed = "send_failed"
 	dropSlowReader = "slow_consumer"
 )
 
@@ -48,6 +51,12 @@ func checkWatermark(w Watermark) error {
 		return fmt.Errorf("%w: rule %d slot %v: outside the years 1678-2262", ErrInvalidWatermark, w.RuleID, w.Slot)
 	}
 	return nil
+}
+
+// record is a watermark on its way: slot in Unix nanoseconds, count.
+type record struct {
+	slot  int64
+	count uint64
 }
 
 func appendRecord(b []byte, id, slot int64, count uint64) []byte {
