@@ -1,11 +1,12 @@
 // Package cluster owns a node's membership (hashicorp/memberlist), the consistent-hash ring
-// that says which node owns a rule (buraksezer/consistent, wrapped in Ring), and the gossip
-// of fire watermarks between nodes.
+// that says which node owns a rule (buraksezer/consistent, wrapped in Ring), and the fire
+// watermarks the nodes send one another.
 //
 // Lifecycle: New (binds, gossips, owns nothing) → Join (joined, or alone after JoinTimeout;
 // publishes the first View) → on every membership change a new View on Changes (release what
 // is no longer owned at once, adopt gained rules at View.AdoptAt) → Announce after each fire,
-// Watermark before firing an adopted rule → Leave (drain broadcasts, leave, shut down).
+// Sync and Watermark before firing an adopted rule → Leave (send, push state, leave, shut
+// down).
 //
 // memberlist reports its own metrics to hashicorp/go-metrics' global sink, a blackhole by
 // default; this package never installs one, so they cost nothing and are not exported.
