@@ -172,7 +172,7 @@ func TestSourceBacksOff(t *testing.T) {
 		}
 		// Success resets the backoff: the next refresh is at 80 % of the new token.
 		last := calls[len(calls)-1]
-		time.Sleep(last.Add(80 * time.Hour).Sub(time.Now()))
+		time.Sleep(time.Until(last.Add(80 * time.Hour)))
 		synctest.Wait()
 		if calls = f.snapshot(); len(calls) != failures+2 || !calls[failures+1].Equal(last.Add(80*time.Hour)) {
 			t.Errorf("after recovery: calls %d, last %v; want %d, at %v", len(calls), calls[len(calls)-1], failures+2, last.Add(80*time.Hour))

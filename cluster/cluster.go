@@ -235,7 +235,7 @@ func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 func (c *Cluster) attempt() <-chan int {
 	res := make(chan int, 1)
 	if !c.goTracked(func() {
-		n, err := c.ml.Join(c.cfg.Join)
+		n, err := c.joinPeers()
 		if n == 0 {
 			c.lastJoinErr.Store(&err)
 			c.log.Debug("join attempt failed", "join", c.cfg.Join, "err", err)
@@ -245,6 +245,21 @@ func (c *Cluster) attempt() <-chan int {
 		return nil
 	}
 	return res
+}
+
+// errOnlySelf: the join list holds this node's own address (a static list of every node, or a
+// headless service that resolves to this pod alone) and no other node answered.
+var errOnlySelf = errors.New("only this node answered")
+
+// joinPeers joins Config.Join and reports how many nodes answered: 0 when only this node did,
+// which memberlist counts as a successful join. Counting it would make a node that reaches
+// nobody but itself skip the join timeout and the background rejoin: a split cluster.
+func (c *Cluster) joinPeers() (int, error) {
+	n, err := c.ml.Join(c.cfg.Join)
+	if n > 0 && c.ml.NumMembers() < 2 {
+		return 0, errors.Join(errOnlySelf, err)
+	}
+	return n, err
 }
 
 // rejoin keeps joining a node that decided it was alone until it has a peer.
@@ -272,7 +287,7 @@ func (c *Cluster) rejoin(inflight <-chan int) {
 			c.log.Info("a peer joined this node: no more join attempts")
 			return
 		}
-		if n, err := c.ml.Join(c.cfg.Join); n > 0 {
+		if n, err := c.joinPeers(); n > 0 {
 			c.log.Warn("joined peers after deciding to run alone", "contacted", n)
 			return
 		} else {

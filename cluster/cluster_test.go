@@ -477,6 +477,35 @@ func TestJoinUnreachableDecidesAloneAfterTimeout(t *testing.T) {
 	}
 }
 
+// A join list that holds the node's own address (every node listed, or a headless service
+// that resolves to this pod alone) is no join when no other node answers: memberlist counts
+// the node itself as contacted, which must not skip the timeout and the background rejoin.
+func TestJoinOnlySelfAnswersIsAlone(t *testing.T) {
+	cfg := testConfig("self")
+	cfg.JoinTimeout = 300 * time.Millisecond
+	cfg.RejoinInterval = 100 * time.Millisecond
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Shutdown()
+	c.cfg.Join = []string{c.LocalAddr(), "127.0.0.1:1"} // itself, and nobody
+	begin := time.Now()
+	res, err := c.Join(context.Background())
+	if took := time.Since(begin); err != nil || !res.Alone || !res.TimedOut || took < cfg.JoinTimeout {
+		t.Fatalf("Join listing only itself = %+v, %v after %v; want alone after the %v timeout", res, err, took, cfg.JoinTimeout)
+	}
+	if p := c.lastJoinErr.Load(); p == nil || !errors.Is(*p, errOnlySelf) {
+		t.Errorf("last join error %v, want errOnlySelf", p)
+	}
+	// The background rejoin goes on: a peer that then joins it makes a cluster of two.
+	b, _ := start(t, testConfig("b", c.LocalAddr()))
+	eventually(t, 20*time.Second, "self and b see each other", func() bool {
+		return viewHas(c, 2, "b", "self") && viewHas(b, 2, "b", "self")
+	})
+}
+
 func TestJoinCancelledDecidesNothing(t *testing.T) {
 	cfg := testConfig("x", "127.0.0.1:1")
 	cfg.Logger = slog.New(slog.DiscardHandler)

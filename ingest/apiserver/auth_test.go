@@ -510,7 +510,7 @@ func TestRevocationCleanupJob(t *testing.T) {
 			{70 * time.Minute, 0},
 		}
 		for _, w := range want {
-			time.Sleep(now.Add(w.at).Sub(time.Now()))
+			time.Sleep(time.Until(now.Add(w.at)))
 			synctest.Wait()
 			if n := revocationCount(t, srv); n != w.left {
 				t.Errorf("at +%v: %d revocations, want %d", w.at, n, w.left)
