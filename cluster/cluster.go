@@ -565,8 +565,9 @@ func (c *Cluster) pushState(ctx context.Context, intent []byte, d time.Duration)
 }
 
 // Sync exchanges recent watermarks with every live peer over TCP (memberlist's push/pull,
-// what a join does): each peer gets this node's, this node merges each peer's. It returns
-// how many peers there were and how many answered before ctx ended. Gossip is best effort
+// what a join does): this node has merged each answering peer's when Sync returns; each peer
+// merges this node's just after it answered. It returns how many peers there were and how
+// many answered before ctx ended. Gossip is best effort
 // and lags when many rules fire; call Sync before adopting rules from a live owner so that
 // their last fires there are known here.
 func (c *Cluster) Sync(ctx context.Context) (peers, reached int, err error) {
