@@ -103,8 +103,8 @@ func (n *Node) pendingAtLocked() time.Time {
 // holds ownMu, so intake places the rules it changes by the same view
 // (runnableLocked); it is O(rules). Before it adopts anything it syncs
 // watermarks with the live peers (at most syncTimeout): a previous owner
-// released the rules when it saw the view, and gossip may not have brought
-// its last fires here yet.
+// released the rules when it saw the view, and its last watermark packets
+// are best effort.
 func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 	start := time.Now()
 	n.ownMu.Lock()
