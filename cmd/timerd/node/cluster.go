@@ -95,7 +95,7 @@ func (n *Node) pendingAtLocked() time.Time {
 // place makes the engine hold exactly the rules of the store this node owns
 // in v and may run now: it removes the others, and loads the owned ones it
 // does not run yet whose adoption time has come, each from the later of its
-// stored and its gossiped watermark. A rule's adoption time is v.AdoptAt,
+// stored and its cluster watermark. A rule's adoption time is v.AdoptAt,
 // or the time an earlier view set for it if later: a view that comes
 // during a settle delay must not cut it short (in the new view the node
 // was the rule's "previous owner" only on paper). It returns when the

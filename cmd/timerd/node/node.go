@@ -429,7 +429,7 @@ func (n *Node) load() (int, error) {
 // written, so that a restart does not try the slot again. The engine
 // advances the rule past it all the same. Adoption already starts from the
 // later of the store's and the cluster's watermark; this catches what
-// gossip delivered after that.
+// the peers sent after that.
 func (n *Node) commit(fires []scheduler.Fire) error {
 	recs := make([]store.FireRecord, 0, len(fires))
 	var dups int
@@ -465,7 +465,7 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 			if r.Skipped {
 				continue // the peer's watermark is the later one already
 			}
-			// Cheap: a table update and a queued broadcast, never the network.
+			// Cheap: a table update and a map entry; a sender goroutine does the network.
 			if err := n.cl.Announce(r.Event.RuleID, r.Watermark.Slot, r.Watermark.Count); err != nil {
 				n.log.Warn("watermark not announced", "rule_id", r.Event.RuleID, "err", err)
 			}
