@@ -50,9 +50,9 @@ type DeadLetter struct {
 const outboxFill = 1.0
 
 // CommitFires makes fires durable in ONE read-write transaction (one fsync for the
-// batch): for each record an outbox entry (none when Skipped), and the rule's watermark. A record for a
-// rule no longer stored still gets its outbox entry (the fire happened) but no
-// watermark. A watermark never moves back: a record whose slot is before the stored
+// batch): for each record an outbox entry (none when Skipped), and the rule's watermark.
+// A record for a rule no longer stored still gets its outbox entry (the fire happened)
+// but no watermark. A watermark never moves back: a record whose slot is before the stored
 // one leaves it (a repeated or reordered fire). Nothing is written on an invalid record.
 //
 // The watermarks go to the watermark journal (journal.go); every 50,000 of them the
