@@ -28,7 +28,7 @@ mq:
 
 # Micro-benchmarks of the engine, the store and delivery (not part of `make test`).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./scheduler ./store ./ingest/...
+	$(GO) test -run '^$$' -bench . -benchmem ./scheduler ./store ./ingest/... ./cluster
 
 # timerd's engine side by side with a goroutine+Ticker per rule, robfig/cron and gocron.
 bench-peers:
