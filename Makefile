@@ -26,7 +26,7 @@ test: vet mq
 mq:
 	@bash test/mq/ensure-rabbitmq.sh
 
-# Micro-benchmarks of the engine, the store and delivery (not part of `make test`).
+# Micro-benchmarks of the engine, the store, delivery and the cluster layer (not part of `make test`).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./scheduler ./store ./ingest/... ./cluster
 
