@@ -45,8 +45,6 @@ type Cluster struct {
 	table *table
 	met   *metrics
 
-	stateMaxBytes int
-
 	mu      sync.Mutex // guards members and leaving
 	members map[string]*memberState
 	leaving map[string]time.Time // peers that announced they leave
@@ -101,18 +99,17 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	cfg = cfg.withDefaults()
 	c := &Cluster{
-		cfg:           cfg,
-		log:           cfg.Logger.With("component", "cluster", "node", cfg.NodeName),
-		table:         newTable(cfg.WatermarkCapacity),
-		stateMaxBytes: cfg.StateMaxBytes,
-		members:       map[string]*memberState{},
-		leaving:       map[string]time.Time{},
-		changes:       make(chan View, 1),
-		decidedCh:     make(chan struct{}),
-		wmCh:          make(chan Watermark, 4096),
-		kick:          make(chan struct{}, 1),
-		stop:          make(chan struct{}),
-		unsent:        map[int64]record{},
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "cluster", "node", cfg.NodeName),
+		table:     newTable(cfg.WatermarkCapacity),
+		members:   map[string]*memberState{},
+		leaving:   map[string]time.Time{},
+		changes:   make(chan View, 1),
+		decidedCh: make(chan struct{}),
+		wmCh:      make(chan Watermark, 4096),
+		kick:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		unsent:    map[int64]record{},
 	}
 	c.view.Store(&View{Self: cfg.NodeName})
 	c.met = newMetrics()
@@ -387,10 +384,7 @@ func (c *Cluster) Changes() <-chan View { return c.changes }
 func (c *Cluster) Owner(ruleID int64) string { return c.view.Load().ring.Owner(ruleID) }
 
 // Owns reports whether this node owns ruleID in the current view (false before Join decided).
-func (c *Cluster) Owns(ruleID int64) bool {
-	v := c.view.Load()
-	return v.ring != nil && v.ring.Owner(ruleID) == v.Self
-}
+func (c *Cluster) Owns(ruleID int64) bool { return c.view.Load().Owns(ruleID) }
 
 // Members lists the nodes this node knows, sorted by name, dead and left ones included for
 // a while. State is never StateSuspect: memberlist v0.7.0 does not expose suspicion (its
@@ -687,7 +681,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 }
 
 func (d *delegate) LocalState(bool) []byte {
-	return d.c.table.encodeRecent(kindState, d.c.stateMaxBytes)
+	return d.c.table.encodeRecent(kindState, d.c.cfg.StateMaxBytes)
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {

@@ -626,10 +626,14 @@ func TestMalformedMessagesDropped(t *testing.T) {
 		_, _, ok := b.Watermark(5)
 		return ok && testutil.ToFloat64(b.met.dropped.WithLabelValues(dropVersion)) == before+1
 	})
-	// Bad push/pull state changes nothing either.
-	(&delegate{b}).MergeRemoteState([]byte{wireVersion, kindState, 1, 2, 3}, false)
-	if got := testutil.ToFloat64(b.met.dropped.WithLabelValues(dropMalformed)); got < 1 {
-		t.Errorf("malformed state not counted")
+	// Bad push/pull state is counted and changes nothing either.
+	malformed := testutil.ToFloat64(b.met.dropped.WithLabelValues(dropMalformed))
+	(&delegate{b}).MergeRemoteState(appendRecord([]byte{wireVersion, kindState}, 6, 1000, 1)[:headerLen+recordLen-1], false)
+	if got := testutil.ToFloat64(b.met.dropped.WithLabelValues(dropMalformed)) - malformed; got != 1 {
+		t.Errorf("malformed push/pull state: dropped{reason=malformed} += %v, want 1", got)
+	}
+	if _, _, ok := b.Watermark(6); ok {
+		t.Errorf("malformed push/pull state stored a watermark")
 	}
 }
 

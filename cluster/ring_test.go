@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"testing"
 )
 
@@ -110,19 +109,21 @@ func TestRingFigures(t *testing.T) {
 	}
 }
 
-// TestRingSweep prints figures for a grid of configs; run with TIMERD_RING_SWEEP=1 -v.
-func TestRingSweep(t *testing.T) {
-	if os.Getenv("TIMERD_RING_SWEEP") == "" {
-		t.Skip("set TIMERD_RING_SWEEP=1 to print the parameter sweep")
-	}
+// BenchmarkRingSweep prints the spread and moves of a grid of ring configs (what
+// docs/architecture.md quotes); one iteration is the whole sweep:
+//
+//	go test -run '^$' -bench RingSweep -benchtime=1x -v ./cluster
+func BenchmarkRingSweep(b *testing.B) {
 	defer func(p string) { namePattern = p }(namePattern)
-	for _, pat := range []string{"timerd-%d", "node%d.timerd.svc", "10.0.0.%d:7946"} {
-		namePattern = pat
-		for _, p := range []int{1021, 7919, 16381} {
-			for _, rf := range []int{50, 100, 200, 500, 1000} {
-				for _, load := range []float64{1.1, 1.25} {
-					cfg := RingConfig{Partitions: p, ReplicationFactor: rf, Load: load}
-					t.Logf("%s partitions %5d replication %4d load %.2f: %v", pat, p, rf, load, measureRing(t, cfg, 100_000))
+	for range b.N {
+		for _, pat := range []string{"timerd-%d", "node%d.timerd.svc", "10.0.0.%d:7946"} {
+			namePattern = pat
+			for _, p := range []int{1021, 7919, 16381} {
+				for _, rf := range []int{50, 100, 200, 500, 1000} {
+					for _, load := range []float64{1.1, 1.25} {
+						cfg := RingConfig{Partitions: p, ReplicationFactor: rf, Load: load}
+						b.Logf("%s partitions %5d replication %4d load %.2f: %v", pat, p, rf, load, measureRing(b, cfg, 100_000))
+					}
 				}
 			}
 		}

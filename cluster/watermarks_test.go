@@ -140,14 +140,13 @@ func FuzzDecodeRecords(f *testing.F) {
 // newTestClusterShell is enough of a Cluster for the delegate's message path.
 func newTestClusterShell() *Cluster {
 	c := &Cluster{
-		cfg:           Config{NodeName: "shell"}.withDefaults(),
-		table:         newTable(100),
-		members:       map[string]*memberState{},
-		leaving:       map[string]time.Time{},
-		wmCh:          make(chan Watermark, 1),
-		kick:          make(chan struct{}, 1),
-		met:           newMetrics(),
-		stateMaxBytes: DefaultStateMaxBytes,
+		cfg:     Config{NodeName: "shell"}.withDefaults(),
+		table:   newTable(100),
+		members: map[string]*memberState{},
+		leaving: map[string]time.Time{},
+		wmCh:    make(chan Watermark, 1),
+		kick:    make(chan struct{}, 1),
+		met:     newMetrics(),
 	}
 	c.log = c.cfg.Logger
 	c.queue = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return 2 }, RetransmitMult: 2}

@@ -49,11 +49,7 @@ func (n *Node) own(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	arm := func(at time.Time) {
-		timer.Stop()
-		select { // a stale tick must not trigger a needless scan
-		case <-timer.C:
-		default:
-		}
+		timer.Stop() // since Go 1.23 a stopped timer delivers no stale tick
 		if !at.IsZero() {
 			timer.Reset(max(at.Sub(n.cfg.Now()), 0))
 		}
@@ -184,9 +180,6 @@ const syncTimeout = 2 * time.Second
 // syncWatermarks pulls the live peers' recent watermarks into the
 // cluster's table (and gives them this node's).
 func (n *Node) syncWatermarks() {
-	if n.cl == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
 	defer cancel()
 	start := time.Now()
