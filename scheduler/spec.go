@@ -533,6 +533,12 @@ func parseRFC3339(s string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("must be an RFC 3339 time with offset such as \"2026-01-27T12:00:00Z\", got %s", quote(s))
 	}
+	// A slot is stored as Unix nanoseconds (the lowest means "none"): a
+	// fire outside that range could never be committed, and its retries
+	// would hold up every rule.
+	if !at.After(minKeyTime) || at.After(maxKeyTime) {
+		return time.Time{}, fmt.Errorf("must be between the years 1678 and 2262, got %s", quote(s))
+	}
 	return at, nil
 }
 
