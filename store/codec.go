@@ -36,9 +36,11 @@ func keyID(k []byte) (int64, error) {
 	return int64(binary.BigEndian.Uint64(k)), nil
 }
 
-func checkTime(field string, t time.Time) error {
+// checkTime refuses a time of rule id that Unix nanoseconds cannot hold. It is on the
+// commit path of every fire, so the message is only formatted on failure.
+func checkTime(id int64, field string, t time.Time) error {
 	if !t.IsZero() && (t.Before(minTime) || t.After(maxTime)) {
-		return fmt.Errorf("%s %v: outside the years 1678–2262", field, t)
+		return fmt.Errorf("rule %d %s %v: outside the years 1678–2262", id, field, t)
 	}
 	return nil
 }
@@ -70,7 +72,7 @@ func validateRule(r Rule) error {
 	if r.ID <= 0 {
 		return fmt.Errorf("rule id %d: must be positive", r.ID)
 	}
-	if err := checkTime("rule "+fmt.Sprint(r.ID)+" UpdatedAt", r.UpdatedAt); err != nil {
+	if err := checkTime(r.ID, "UpdatedAt", r.UpdatedAt); err != nil {
 		return err
 	}
 	if len(r.Params) > 0 && !json.Valid(r.Params) {
@@ -196,7 +198,7 @@ func validateEvent(e Event) error {
 	if e.RuleID <= 0 {
 		return fmt.Errorf("event rule id %d: must be positive", e.RuleID)
 	}
-	return checkTime(fmt.Sprintf("event of rule %d Slot", e.RuleID), e.Slot)
+	return checkTime(e.RuleID, "event Slot", e.Slot)
 }
 
 func appendEvent(b []byte, e Event, created time.Time) []byte {

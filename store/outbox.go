@@ -66,7 +66,7 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 		if err := validateEvent(rec.Event); err != nil {
 			return s.wrap("commit fires", err)
 		}
-		if err := checkTime(fmt.Sprintf("rule %d watermark Slot", rec.Event.RuleID), rec.Watermark.Slot); err != nil {
+		if err := checkTime(rec.Event.RuleID, "watermark Slot", rec.Watermark.Slot); err != nil {
 			return s.wrap("commit fires", err)
 		}
 	}

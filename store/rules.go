@@ -51,7 +51,7 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 			return err
 		}
 		if len(wms) > 0 && wms[i] != nil {
-			if err := checkTime(fmt.Sprintf("rule %d watermark Slot", r.ID), wms[i].Slot); err != nil {
+			if err := checkTime(r.ID, "watermark Slot", wms[i].Slot); err != nil {
 				return err
 			}
 		}
