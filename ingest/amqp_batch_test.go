@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/mqtest"
 )
 
 // Messages waiting in the queue come in batches, in order, each batch acked
@@ -30,7 +31,7 @@ func TestConsumerRunBatch(t *testing.T) {
 		key, body := lifecycleBody(i)
 		publishRaw(t, ch, e.exchange, key, body)
 	}
-	mqWaitFor(t, 5*time.Second, "messages queued", func() bool { return queueDepth(t, e.url, e.queue) == n })
+	mqWaitFor(t, 5*time.Second, "messages queued", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == n })
 
 	var (
 		mu       sync.Mutex
@@ -93,7 +94,7 @@ func TestConsumerRunBatch(t *testing.T) {
 		t.Errorf("consume sessions = %d, want 2 (one more after the failed batch)", sessions)
 	}
 	mu.Unlock()
-	mqWaitFor(t, 5*time.Second, "queue empty (acked)", func() bool { return queueDepth(t, e.url, e.queue) == 0 })
+	mqWaitFor(t, 5*time.Second, "queue empty (acked)", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 0 })
 	if got := mqMetric(t, reg, "timerd_mq_requeued_total"); got < 1 {
 		t.Errorf("timerd_mq_requeued_total = %v, want at least 1", got)
 	}

@@ -131,7 +131,7 @@ func TestPublisherToConsumer(t *testing.T) {
 	}
 
 	// Confirmed means stored: every message is already in the queue.
-	if d := queueDepth(t, e.url, inspect); d != n {
+	if d := mqtest.QueueDepth(t, e.url, inspect); d != n {
 		t.Fatalf("inspect queue depth after %d confirmed publishes = %d, want %d", n, d, n)
 	}
 	for i := range 2 { // one envelope, one flat message

@@ -74,18 +74,6 @@ func publishRaw(t *testing.T, ch *amqp.Channel, exchange, key string, body []byt
 	}
 }
 
-// queueDepth is the number of ready messages in queue.
-func queueDepth(t *testing.T, url, queue string) int {
-	t.Helper()
-	ch := rawChannel(t, url)
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("QueueDeclarePassive(%q): %v", queue, err)
-	}
-	return q.Messages
-}
-
 // mqMetric is the value of the unlabelled gauge or counter name in reg.
 func mqMetric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
@@ -328,7 +316,7 @@ func TestConsumerDeclare(t *testing.T) {
 	for _, key := range append([]string{"rule.updated", "trigger.created", "rule"}, ingest.LifecycleRoutingKeys...) {
 		publishRaw(t, ch, e.exchange, key, []byte(`{}`))
 	}
-	mqWaitFor(t, 5*time.Second, "4 messages in the queue", func() bool { return queueDepth(t, e.url, e.queue) == 4 })
+	mqWaitFor(t, 5*time.Second, "4 messages in the queue", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 4 })
 
 	// Run consumes them on Declare's connection.
 	var r recorder
@@ -375,7 +363,7 @@ func TestConsumerDeliversBothShapesInOrderAndAcks(t *testing.T) {
 		t.Errorf("timerd_mq_connected after Run returned = %v, want 0", got)
 	}
 	// Everything was acked: nothing comes back to the queue.
-	if d := queueDepth(t, e.url, e.queue); d != 0 {
+	if d := mqtest.QueueDepth(t, e.url, e.queue); d != 0 {
 		t.Errorf("queue depth after consuming all = %d, want 0 (all acked)", d)
 	}
 }
@@ -556,7 +544,7 @@ func TestConsumerReconnectsAfterBrokerClosesConnection(t *testing.T) {
 	if got := mqMetric(t, reg, "timerd_mq_reconnects_total"); got != 1 {
 		t.Errorf("timerd_mq_reconnects_total = %v, want 1", got)
 	}
-	if d := queueDepth(t, e.url, e.queue); d != 0 {
+	if d := mqtest.QueueDepth(t, e.url, e.queue); d != 0 {
 		t.Errorf("queue depth after the redelivery = %d, want 0", d)
 	}
 }
@@ -584,7 +572,7 @@ func TestConsumerQueueSurvivesRestart(t *testing.T) {
 		key, body := lifecycleBody(i)
 		publishRaw(t, ch, e.exchange, key, body)
 	}
-	mqWaitFor(t, 5*time.Second, "5 messages waiting", func() bool { return queueDepth(t, e.url, e.queue) == 5 })
+	mqWaitFor(t, 5*time.Second, "5 messages waiting", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 5 })
 
 	var r2 recorder
 	c2, err := ingest.NewConsumer(e.consumerConfig(e.url, nil))

@@ -138,6 +138,25 @@ func Cleanup(t testing.TB, brokerURL, exchange string, queues ...string) {
 	})
 }
 
+// QueueDepth is the number of ready messages in queue, read over a connection of its own.
+func QueueDepth(t testing.TB, brokerURL, queue string) int {
+	t.Helper()
+	conn, err := amqp.DialConfig(brokerURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		t.Fatalf("mqtest: dial %s: %v", redact(brokerURL), err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("mqtest: channel: %v", err)
+	}
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("mqtest: queue %s: %v", queue, err)
+	}
+	return q.Messages
+}
+
 // CloseConnections makes the broker itself close every client connection
 // whose name (the connection_name client property) contains name, with
 // `rabbitmqctl close_connection`, and returns how many it closed. It needs

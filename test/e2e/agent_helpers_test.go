@@ -67,23 +67,7 @@ func (b *broker) publish(t *testing.T, ch *amqp.Channel, key string, body []byte
 }
 
 // depth is the number of ready messages in queue.
-func (b *broker) depth(t *testing.T, queue string) int {
-	t.Helper()
-	conn, err := amqp.Dial(b.url)
-	if err != nil {
-		t.Fatalf("amqp.Dial: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("queue %s: %v", queue, err)
-	}
-	return q.Messages
-}
+func (b *broker) depth(t *testing.T, queue string) int { return mqtest.QueueDepth(t, b.url, queue) }
 
 // attune is `timerd api --mq-url` with authentication: an admin token for
 // the test's rule writes and a sensor token for the agent. Its dev methods

@@ -69,24 +69,6 @@ func runNode(t testing.TB, cfg Config) *Node {
 	return n
 }
 
-func queueDepth(t testing.TB, url, queue string) int {
-	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("QueueDeclarePassive(%q): %v", queue, err)
-	}
-	return q.Messages
-}
-
 // On RabbitMQ: not ready while the broker cannot be reached (the queue is
 // not declared), ready once it is; rules written through the API are
 // followed and acked; a cut connection is survived.
@@ -113,7 +95,7 @@ func TestNodeFollowsRabbitMQ(t *testing.T) {
 	proxy.Cut()
 	s.createRule("b", "core.crontimer", `{"expression":"0 0 * * *"}`)
 	waitUntil(t, "rule b followed after the cut", 10*time.Second, func() bool { return n.engine.Len() == 1 })
-	waitUntil(t, "queue drained and acked", 5*time.Second, func() bool { return queueDepth(t, s.brokerURL, s.queue) == 0 })
+	waitUntil(t, "queue drained and acked", 5*time.Second, func() bool { return mqtest.QueueDepth(t, s.brokerURL, s.queue) == 0 })
 
 	counts := lifecycleCounts(t, n.cfg.Registry)
 	if counts["RuleCreated/applied"] != 2 || counts["RuleDisabled/applied"] != 1 {
@@ -171,7 +153,7 @@ func benchIntake(b *testing.B, msgs, batch int) {
 	}
 	conn.Close()
 	deadline := time.Now().Add(time.Minute)
-	for queueDepth(b, url, queue) < msgs {
+	for mqtest.QueueDepth(b, url, queue) < msgs {
 		if time.Now().After(deadline) {
 			b.Fatal("queue not filled")
 		}
