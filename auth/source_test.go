@@ -18,7 +18,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // issueTTL signs a sensor token valid from now for ttl (fake time inside a bubble).
@@ -102,7 +102,7 @@ func TestSourceRefreshesAt80Percent(t *testing.T) {
 		if err != nil {
 			t.Fatalf("NewSource: %v", err)
 		}
-		if got := metricValue(t, s.expiry); got != float64(start.Add(100*time.Hour).Unix()) {
+		if got := testutil.ToFloat64(s.expiry); got != float64(start.Add(100*time.Hour).Unix()) {
 			t.Errorf("expiry gauge = %v, want %v", got, start.Add(100*time.Hour).Unix())
 		}
 		stop := runSource(t, s)
@@ -129,10 +129,10 @@ func TestSourceRefreshesAt80Percent(t *testing.T) {
 		if len(calls) != 2 || !calls[1].Equal(start.Add(160*time.Hour)) {
 			t.Errorf("refresh calls = %v, want the second at start+160h", calls)
 		}
-		if got := metricValue(t, s.refreshOK); got != 2 {
+		if got := testutil.ToFloat64(s.refreshOK); got != 2 {
 			t.Errorf("timerd_token_refreshes_total{result=ok} = %v, want 2", got)
 		}
-		if got := metricValue(t, s.expiry); got != float64(start.Add(260*time.Hour).Unix()) {
+		if got := testutil.ToFloat64(s.expiry); got != float64(start.Add(260*time.Hour).Unix()) {
 			t.Errorf("expiry gauge = %v, want %v", got, start.Add(260*time.Hour).Unix())
 		}
 	})
@@ -167,7 +167,7 @@ func TestSourceBacksOff(t *testing.T) {
 				t.Errorf("gap before attempt %d = %v, want %v", i+2, got, w)
 			}
 		}
-		if ok, ko := metricValue(t, s.refreshOK), metricValue(t, s.refreshKO); ok != 1 || ko != failures {
+		if ok, ko := testutil.ToFloat64(s.refreshOK), testutil.ToFloat64(s.refreshKO); ok != 1 || ko != failures {
 			t.Errorf("refreshes ok=%v error=%v, want 1 and %d", ok, ko, failures)
 		}
 		// Success resets the backoff: the next refresh is at 80 % of the new token.
@@ -463,19 +463,6 @@ func TestHTTPRefresher(t *testing.T) {
 			}
 		})
 	}
-}
-
-// metricValue reads a gauge or counter.
-func metricValue(t *testing.T, m prometheus.Metric) float64 {
-	t.Helper()
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		t.Fatalf("read metric: %v", err)
-	}
-	if d.Gauge != nil {
-		return d.Gauge.GetValue()
-	}
-	return d.Counter.GetValue()
 }
 
 // Source must satisfy ingest.TokenSource (matched structurally: auth does not

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/timerd/timerd/scheduler"
@@ -180,19 +180,6 @@ func (f *fakeAPI) successCount(key string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.successes[key]
-}
-
-// metricValue reads a counter or gauge.
-func metricValue(t *testing.T, m prometheus.Metric) float64 {
-	t.Helper()
-	var pb dto.Metric
-	if err := m.Write(&pb); err != nil {
-		t.Fatalf("read metric: %v", err)
-	}
-	if c := pb.GetCounter(); c != nil {
-		return c.GetValue()
-	}
-	return pb.GetGauge().GetValue()
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -371,10 +358,10 @@ func TestDeliveryRetriesThenDeliversOnce(t *testing.T) {
 			if tc.failed.hangUp {
 				code = "error"
 			}
-			if got := metricValue(t, d.metrics.deliveries.WithLabelValues(code)); got != 2 {
+			if got := testutil.ToFloat64(d.metrics.deliveries.WithLabelValues(code)); got != 2 {
 				t.Errorf("timerd_deliveries_total{code=%q} = %v, want 2", code, got)
 			}
-			if got := metricValue(t, d.metrics.deliveries.WithLabelValues("201")); got != 1 {
+			if got := testutil.ToFloat64(d.metrics.deliveries.WithLabelValues("201")); got != 1 {
 				t.Errorf("timerd_deliveries_total{code=\"201\"} = %v, want 1", got)
 			}
 			if n, err := st.DeadLetterCount(); err != nil || n != 0 {
@@ -480,7 +467,7 @@ func TestDeliveryDeadLetters(t *testing.T) {
 				t.Errorf("server saw %d POSTs, want %d (a permanent answer is not retried)", got, len(events))
 			}
 			code := strconv.Itoa(tc.status)
-			if got := metricValue(t, d.metrics.deadLetters.WithLabelValues(code)); got != float64(len(events)) {
+			if got := testutil.ToFloat64(d.metrics.deadLetters.WithLabelValues(code)); got != float64(len(events)) {
 				t.Errorf("timerd_dead_letters_total{reason=%q} = %v, want %d", code, got, len(events))
 			}
 		})

@@ -194,7 +194,9 @@ func BenchmarkLastAfterAWeek(b *testing.B) {
 	tm := mustParse(b, "core.crontimer", `{"expression":"* * * * * *","timezone":"Europe/Berlin"}`, 1)
 	after := ts(b, "2026-03-25T00:00:00Z")
 	notAfter := after.Add(7 * 24 * time.Hour)
+	i := 0 // b.N is 0 inside b.Loop: count the iterations ourselves
 	for b.Loop() {
-		tm.Last(after, notAfter.Add(-time.Duration(b.N%1000)*time.Millisecond))
+		tm.Last(after, notAfter.Add(-time.Duration(i%1000)*time.Millisecond))
+		i++
 	}
 }

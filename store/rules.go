@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -61,8 +62,8 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	for i := range order {
 		order[i] = i
 	}
-	if !slices.IsSortedFunc(rs, func(a, b Rule) int { return cmpID(a.ID, b.ID) }) {
-		slices.SortStableFunc(order, func(a, b int) int { return cmpID(rs[a].ID, rs[b].ID) })
+	if !slices.IsSortedFunc(rs, func(a, b Rule) int { return cmp.Compare(a.ID, b.ID) }) {
+		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(rs[a].ID, rs[b].ID) })
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -115,16 +116,6 @@ const (
 	rulesFill      = 0.9
 	watermarksFill = 1.0
 )
-
-func cmpID(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
 
 // DeleteRule removes a rule and its watermark; a missing rule is not an error. Its
 // events already in the outbox stay: those fires happened.

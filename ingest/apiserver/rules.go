@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -63,7 +64,7 @@ func (c *catalogue) put(r *rule) {
 	}
 	c.byRef[r.Ref] = r
 	c.byID[r.ID] = r
-	i, found := slices.BinarySearchFunc(c.list, r.ID, func(x *rule, id int64) int { return cmpInt(x.ID, id) })
+	i, found := slices.BinarySearchFunc(c.list, r.ID, func(x *rule, id int64) int { return cmp.Compare(x.ID, id) })
 	if found {
 		c.list[i] = r
 	} else {
@@ -74,7 +75,7 @@ func (c *catalogue) put(r *rule) {
 func (c *catalogue) remove(r *rule) {
 	delete(c.byRef, r.Ref)
 	delete(c.byID, r.ID)
-	if i, found := slices.BinarySearchFunc(c.list, r.ID, func(x *rule, id int64) int { return cmpInt(x.ID, id) }); found {
+	if i, found := slices.BinarySearchFunc(c.list, r.ID, func(x *rule, id int64) int { return cmp.Compare(x.ID, id) }); found {
 		c.list = slices.Delete(c.list, i, i+1)
 	}
 }
@@ -92,16 +93,6 @@ func (c *catalogue) refOf(id int64) (string, bool) {
 		return r.Ref, true
 	}
 	return "", false
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func idKey(id int64) []byte {

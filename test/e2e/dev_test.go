@@ -106,6 +106,9 @@ func TestDevSIGKILLRestartRecovers(t *testing.T) {
 
 	// Default policy (grace 1 m > the 10 s outage): every slot is delivered, late.
 	def := slotsOf(t, d.events(t, "every.default"))
+	if len(def) == 0 || def[len(def)-1].slot.Before(restarted) {
+		t.Fatalf("every.default: %d events, none after the restart at %s: it did not resume", len(def), restarted)
+	}
 	for i := 1; i < len(def); i++ {
 		if gap := def[i].slot.Sub(def[i-1].slot); gap != time.Second {
 			t.Errorf("every.default: slot %s follows %s (gap %s), want every slot", def[i].slot, def[i-1].slot, gap)

@@ -770,10 +770,7 @@ func newTimelineTick(at time.Duration, since time.Time, a, b samples) timelineTi
 	if good, _ := deliveriesByClass(a, b); good != nil {
 		tl.DeliverPerSec = float64(*good) / secs
 	}
-	var ok bool
-	if tl.OutboxDepth, ok = b.sum("timerd_outbox_entries", nil); !ok {
-		tl.OutboxDepth, _ = b.sum("timerd_outbox_depth", nil)
-	}
+	tl.OutboxDepth, _ = b.sum("timerd_outbox_entries", nil)
 	ha, hb := a.histograms(), b.histograms()
 	p99 := func(name string) float64 {
 		if h := hb[name]; h != nil {
