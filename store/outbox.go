@@ -227,20 +227,9 @@ func (s *Store) deleteSeqs(b, countKey []byte, seqs []uint64) (int64, error) {
 	return n, err
 }
 
-// OutboxLen is the number of outbox entries (a counter, not a scan).
-func (s *Store) OutboxLen() (int, error) {
-	n, err := s.counter(keyOutboxLen)
-	return n, s.wrap("outbox length", err)
-}
-
-func (s *Store) counter(key []byte) (int, error) {
-	var n uint64
-	err := s.view(func(tx *bolt.Tx) (err error) {
-		n, err = getCounter(tx.Bucket(bucketMeta), key)
-		return err
-	})
-	return int(n), err
-}
+// OutboxLen is the number of outbox entries: the file's counter, mirrored in memory
+// since Open (the error is always nil).
+func (s *Store) OutboxLen() (int, error) { return int(s.outboxLen.Load()), nil }
 
 // DeadLetter moves outbox entry seq to the dead letters in one transaction, with the
 // reason and HTTP status (0 if none). ErrNotFound if there is no such entry.
@@ -287,11 +276,8 @@ func (s *Store) DeadLetters(afterSeq uint64, limit int) ([]DeadLetter, error) {
 	return out, nil
 }
 
-// DeadLetterCount is the number of dead letters (a counter, not a scan).
-func (s *Store) DeadLetterCount() (int, error) {
-	n, err := s.counter(keyDeadLetterLen)
-	return n, s.wrap("dead-letter count", err)
-}
+// DeadLetterCount is the number of dead letters, like OutboxLen.
+func (s *Store) DeadLetterCount() (int, error) { return int(s.deadLetterLen.Load()), nil }
 
 // DeleteDeadLetters removes dead letters (after inspection or a replay); unknown seqs
 // are ignored.

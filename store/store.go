@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -183,9 +182,6 @@ func (s *Store) init() error {
 			fresh = true
 			return nil
 		}
-		if size, err := fileSize(s.path); err == nil && size < tx.Size() {
-			return fmt.Errorf("%w: file is %d bytes, database needs %d (truncated?)", ErrCorrupt, size, tx.Size())
-		}
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil || !bytes.Equal(meta.Get(keyFormat), []byte(formatMarker)) {
 			return fmt.Errorf("%w (buckets: %s)", ErrForeign, listNames(names))
@@ -270,14 +266,6 @@ func listNames(names []string) string {
 		return strings.Join(names[:max], ", ") + fmt.Sprintf(", … %d more", len(names)-max)
 	}
 	return strings.Join(names, ", ")
-}
-
-func fileSize(path string) (int64, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
 }
 
 func (s *Store) registerMetrics(reg prometheus.Registerer) error {
