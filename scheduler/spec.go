@@ -40,6 +40,9 @@ func specErr(field, format string, args ...any) *SpecError {
 	return &SpecError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
+// TimerTriggers returns the trigger refs timerd serves (a new slice each call).
+func TimerTriggers() []string { return []string{refInterval, refCron, refDatetime, refTimer} }
+
 // IsTimerTrigger reports whether timerd serves triggerRef.
 func IsTimerTrigger(triggerRef string) bool {
 	switch triggerRef {

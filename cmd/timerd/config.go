@@ -79,7 +79,7 @@ var agentSettings = []agentSetting{
 	}},
 	{env: "ATTUNE_API_TOKEN", key: "api_token", usage: "the node's API token (a sensor JWT); required unless ATTUNE_API_TOKEN_FILE", set: func(c *agentConfig, v string) error {
 		v = strings.TrimSpace(v)
-		if err := checkToken(v, time.Now()); err != nil {
+		if err := checkToken(v); err != nil {
 			return err
 		}
 		c.APIToken = v
@@ -476,9 +476,10 @@ func checkMQURL(v string) error {
 	return nil
 }
 
-// checkToken checks that v looks like a usable JWT: exp and iat, not
-// expired. Errors never contain the token.
-func checkToken(v string, now time.Time) error {
+// checkToken checks that v looks like a usable JWT, with exp and iat (its
+// expiry is checkTokenExpiry's, which knows the data dir). Errors never
+// contain the token.
+func checkToken(v string) error {
 	if v == "" {
 		return errors.New("is empty")
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/scheduler"
 )
 
 func newDevCmd() *cobra.Command {
@@ -75,7 +76,7 @@ the API like any node.`,
 				Subject:      "timerd-dev-node",
 				IdentityID:   "timerd-dev-node",
 				Scope:        auth.ScopeSensor,
-				TriggerTypes: devTriggerTypes,
+				TriggerTypes: scheduler.TimerTriggers(),
 				TTL:          sensorTokenTTL,
 				Login:        "core.timer",
 				TokenType:    "sensor",
@@ -183,9 +184,6 @@ func isAddrErr(err error) bool {
 	var opErr *net.OpError
 	return errors.As(err, &opErr)
 }
-
-// devTriggerTypes are the triggers the dev node's sensor token may post.
-var devTriggerTypes = []string{"core.intervaltimer", "core.crontimer", "core.datetimetimer", "core.timer"}
 
 // devAdminTTL is the lifetime of DIR/admin.token; it is reissued when less
 // than devAdminMinLeft is left.

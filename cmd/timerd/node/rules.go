@@ -13,9 +13,6 @@ import (
 	"github.com/timerd/timerd/store"
 )
 
-// timerTriggers are the trigger refs reconcile asks the rules API for.
-var timerTriggers = []string{"core.intervaltimer", "core.crontimer", "core.datetimetimer", "core.timer"}
-
 // maxParamsBytes bounds the trigger_params of one rule: Attune's timer
 // parameters are a few keys; anything this large is not a timer.
 const maxParamsBytes = 64 << 10
@@ -473,7 +470,7 @@ func (tx *ruleTxn) commit() error {
 func (n *Node) reconcile(ctx context.Context) error {
 	start := time.Now()
 	var want []ingest.RemoteRule
-	for _, ref := range timerTriggers {
+	for _, ref := range scheduler.TimerTriggers() {
 		rules, err := n.rules.EnabledRules(ctx, ref)
 		if err != nil {
 			n.metrics.reconciles.WithLabelValues("error").Inc()

@@ -17,6 +17,7 @@ import (
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/scheduler"
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -94,7 +95,7 @@ func (a *authAPI) issue(req auth.IssueRequest) string {
 // sensorToken is what an operator hands a node: a sensor token for the
 // timer triggers.
 func (a *authAPI) sensorToken(ttl time.Duration) string {
-	return a.issue(auth.IssueRequest{IdentityID: "node-test", Scope: auth.ScopeSensor, TriggerTypes: timerTriggers,
+	return a.issue(auth.IssueRequest{IdentityID: "node-test", Scope: auth.ScopeSensor, TriggerTypes: scheduler.TimerTriggers(),
 		TTL: ttl, Login: "core.timer", TokenType: "sensor"})
 }
 
