@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -326,22 +325,10 @@ func dialMQ(ctx context.Context, url, name string) (*amqp.Connection, error) {
 	return conn, nil
 }
 
-// backoff is the wait before reconnect attempt n (1-based): ReconnectMin
-// doubling up to ReconnectMax, each with jitter in [50%, 100%].
+// backoff is the wait before reconnect attempt n (1-based): delivery's
+// backoffDelay between ReconnectMin and ReconnectMax.
 func (c *Consumer) backoff(n int) time.Duration {
-	return jitteredBackoff(c.cfg.ReconnectMin, c.cfg.ReconnectMax, n)
-}
-
-func jitteredBackoff(lo, hi time.Duration, n int) time.Duration {
-	d := lo
-	for i := 1; i < n && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	if d <= 0 {
-		return 0
-	}
-	return d/2 + rand.N(d/2+1)
+	return backoffDelay(n, c.cfg.ReconnectMin, c.cfg.ReconnectMax)
 }
 
 // sleepCtx waits d, or less when ctx is done; it reports whether ctx is

@@ -227,7 +227,7 @@ func (p *AMQPPublisher) channel(ctx context.Context) (*amqp.Channel, error) {
 	if err != nil {
 		p.failures++
 		p.lastError = err
-		p.nextDial = time.Now().Add(jitteredBackoff(p.cfg.ReconnectMin, p.cfg.ReconnectMax, p.failures))
+		p.nextDial = time.Now().Add(backoffDelay(p.failures, p.cfg.ReconnectMin, p.cfg.ReconnectMax))
 		p.log.Warn("rabbitmq connect failed", "err", err, "failures", p.failures)
 		return nil, fmt.Errorf("%w: %w", ErrMQUnavailable, err)
 	}

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,23 +30,11 @@ const testSettle = 500 * time.Millisecond
 type clusterSystem struct {
 	*system
 	apiReg *prometheus.Registry
-	logs   *lockedBuf
-}
-
-// lockedBuf collects the nodes' logs, shown when a test fails.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+	logs   *lockedBuffer // the nodes' logs, shown when a test fails
 }
 
 // dump logs the lines about membership and placement.
-func (l *lockedBuf) dump(t *testing.T) {
+func (l *lockedBuffer) dump(t *testing.T) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, line := range strings.Split(l.b.String(), "\n") {
@@ -64,7 +50,7 @@ func startClusterAPI(t *testing.T) *clusterSystem {
 	bus := ingest.NewBus()
 	reg := prometheus.NewRegistry()
 	url := serveAPI(t, apiserver.Config{DataDir: t.TempDir(), Publisher: bus, Registerer: reg})
-	cs := &clusterSystem{system: &system{t: t, bus: bus, apiURL: url}, apiReg: reg, logs: &lockedBuf{}}
+	cs := &clusterSystem{system: &system{t: t, bus: bus, apiURL: url}, apiReg: reg, logs: &lockedBuffer{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			cs.logs.dump(t)

@@ -22,7 +22,7 @@ import (
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
 
-// lockedBuffer collects the log output of the API and the node.
+// lockedBuffer collects log output that goroutines write concurrently.
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
