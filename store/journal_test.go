@@ -1,11 +1,15 @@
 package store
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	bolt "go.etcd.io/bbolt"
 )
 
 type modelRule struct {
@@ -196,5 +200,42 @@ func TestWatermarkReadsDuringFolds(t *testing.T) {
 		if _, wm, _, _ := s.Rule(id); wm.Count != rounds {
 			t.Errorf("Rule(%d) after %d rounds: count %d, want %d", id, rounds, wm.Count, rounds)
 		}
+	}
+}
+
+// A fold that fails (here: a corrupt journal entry, which reads of the journal report
+// too) leaves the fires committed, is counted, and is tried again only after as many
+// records more, not on every commit.
+func TestFailedFoldIsCountedAndDeferred(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	s.foldAfter = 2
+	if err := s.PutRules([]Rule{testRule(1)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketJournal).Put(binary.BigEndian.AppendUint64(nil, 1<<62), []byte{0xff})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commits := []struct {
+		slot       int
+		wantErrors float64
+	}{
+		{1, 0}, {2, 1}, // 2 records: the fold fails
+		{3, 1}, // 3 < 2 + 2: not tried again
+		{4, 2}, // 4: tried again, fails again
+	}
+	for _, c := range commits {
+		slot := t0.Add(time.Duration(c.slot) * time.Second)
+		if err := s.CommitFires([]FireRecord{testFire(1, slot, uint64(c.slot))}); err != nil {
+			t.Fatalf("CommitFires(slot %d) with a failing fold: %v, want the fire committed", c.slot, err)
+		}
+		if got := testutil.ToFloat64(s.foldErrors); got != c.wantErrors {
+			t.Errorf("after slot %d: timerd_store_fold_errors_total = %v, want %v", c.slot, got, c.wantErrors)
+		}
+	}
+	if n, _ := s.OutboxLen(); n != len(commits) {
+		t.Errorf("OutboxLen = %d, want %d", n, len(commits))
 	}
 }

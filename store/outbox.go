@@ -123,9 +123,15 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 	}
 	s.outboxLen.Add(added)
 	s.indexJournal(jseq, jrecs)
-	if s.j.records >= s.foldAfter {
-		// The fires are durable; a failed fold leaves the journal for the next one.
-		_ = s.fold()
+	if s.j.records >= s.foldAfter+s.foldDeferred {
+		// The fires are durable; a failed fold leaves the journal, and the next try
+		// waits for as many records again rather than weigh on every commit.
+		if err := s.fold(); err != nil {
+			s.foldDeferred = s.j.records
+			s.foldErrors.Inc()
+		} else {
+			s.foldDeferred = 0
+		}
 	}
 	return nil
 }

@@ -84,14 +84,16 @@ type Store struct {
 	// status and metrics ask for it often, and a scan of a million rules is not free.
 	ruleCount atomic.Int64
 
-	wmu       sync.Mutex   // serializes writers of watermarks (and the journal index)
-	imu       sync.RWMutex // guards j
-	j         journalState
-	foldAfter int // journal records before a fold
+	wmu          sync.Mutex   // serializes writers of watermarks (and the journal index)
+	imu          sync.RWMutex // guards j
+	j            journalState
+	foldAfter    int // journal records before a fold
+	foldDeferred int // records more to wait for after a failed fold (guarded by wmu)
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
 	commitDur  prometheus.Histogram
+	foldErrors prometheus.Counter
 
 	closeOnce sync.Once
 	closeErr  error
@@ -274,11 +276,16 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 		Help:    "Duration of store read-write transactions, fsync included.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs … 3.3s
 	})
+	s.foldErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "timerd_store_fold_errors_total",
+		Help: "Failed folds of the watermark journal (the fires stay durable; the journal grows until one succeeds).",
+	})
 	if reg == nil {
 		return nil
 	}
 	cs := []prometheus.Collector{
 		s.commitDur,
+		s.foldErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_outbox_entries",
 			Help: "Events committed and not yet delivered or dead-lettered.",
