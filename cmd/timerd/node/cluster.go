@@ -132,13 +132,10 @@ func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 			pending[r.ID] = at
 			return nil
 		}
-		t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
-		if err != nil {
-			n.log.Error("stored rule does not parse; not scheduled", "rule_id", r.ID, "err", err)
-			return nil
+		if t := n.parseStored(r); t != nil {
+			items = append(items, scheduler.Item{ID: r.ID, Timer: t})
+			stored = append(stored, wm)
 		}
-		items = append(items, scheduler.Item{ID: r.ID, Timer: t})
-		stored = append(stored, wm)
 		return nil
 	})
 	if released > 0 {

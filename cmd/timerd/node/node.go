@@ -390,6 +390,18 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
+// parseStored is the timer of a stored rule, nil when it does not parse: only
+// valid rules are stored, so one that no longer does (a newer version wrote
+// it) is reported and left unscheduled, not fatal.
+func (n *Node) parseStored(r store.Rule) *scheduler.Timer {
+	t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
+	if err != nil {
+		n.log.Error("stored rule does not parse; not scheduled", "rule_id", r.ID, "err", err)
+		return nil
+	}
+	return t
+}
+
 // load fills the engine from the store: every rule on a single node, the
 // rules it owns (and may adopt now) in a cluster.
 func (n *Node) load() (int, error) {
@@ -401,14 +413,9 @@ func (n *Node) load() (int, error) {
 	}
 	var items []scheduler.Item
 	err := n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
-		t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
-		if err != nil {
-			// Only valid rules are stored; one that no longer parses (a
-			// newer version wrote it) is reported, not fatal.
-			n.log.Error("stored rule does not parse; not scheduled", "rule_id", r.ID, "err", err)
-			return nil
+		if t := n.parseStored(r); t != nil {
+			items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
 		}
-		items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
 		return nil
 	})
 	if err != nil {
