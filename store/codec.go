@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -12,13 +13,19 @@ import (
 // on the restart path, and a fixed layout decodes several times faster than
 // encoding/json (see BenchmarkDecodeRule). Every value starts with a codec version byte.
 //
-//	rule:        v1 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref | params…
+//	rule:        v2 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref | params…
+//	             (v1, the same layout, held the time the node stored the rule: it is read as zero)
 //	watermark:   slot i64 | count u64                     (no version byte: fixed 16 bytes)
+//	tombstone:   v1 | version i64
 //	event:       v1 | created_at i64 | rule_id i64 | slot i64 | uvarint len, key | body…
 //	dead letter: v1 | at i64 | varint status | uvarint len, reason | event…
 //
 // Integers are big-endian; times are Unix nanoseconds, with math.MinInt64 for the zero time.
 const codecV1 = 1
+
+// ruleV2 is the version byte of rule records whose updated_at is the rule's source
+// version (Rule.UpdatedAt). A v1 rule's updated_at was when the node stored it.
+const ruleV2 = 2
 
 const watermarkLen = 16
 
@@ -83,7 +90,7 @@ func validateRule(r Rule) error {
 
 func encodeRule(r Rule) []byte {
 	b := make([]byte, 0, 1+8+2+len(r.Ref)+2+len(r.TriggerRef)+len(r.Params))
-	b = append(b, codecV1)
+	b = append(b, ruleV2)
 	b = appendTime(b, r.UpdatedAt)
 	b = appendString(b, r.Ref)
 	b = appendString(b, r.TriggerRef)
@@ -104,11 +111,18 @@ func (d *decoder) fail(what string) {
 }
 
 func (d *decoder) version() {
-	if len(d.b) == 0 || d.b[0] != codecV1 {
+	d.versionOf(codecV1)
+}
+
+// versionOf reads the version byte, one of accepted, and returns it (0 on failure).
+func (d *decoder) versionOf(accepted ...byte) byte {
+	if len(d.b) == 0 || bytes.IndexByte(accepted, d.b[0]) < 0 {
 		d.fail("unknown record version")
-		return
+		return 0
 	}
+	v := d.b[0]
 	d.b = d.b[1:]
+	return v
 }
 
 func (d *decoder) u64(what string) uint64 {
@@ -158,8 +172,11 @@ func (d *decoder) rest() []byte {
 
 func decodeRule(id int64, v []byte) (Rule, error) {
 	d := decoder{b: v}
-	d.version()
+	ver := d.versionOf(codecV1, ruleV2)
 	r := Rule{ID: id, UpdatedAt: d.time("updated_at")}
+	if ver == codecV1 {
+		r.UpdatedAt = time.Time{} // not a source version: unknown
+	}
 	ref := d.bytes("ref")
 	afterRef := len(v) - len(d.b)
 	trig := d.bytes("trigger_ref")
@@ -251,4 +268,21 @@ func decodeDeadLetter(seq uint64, v []byte) (DeadLetter, error) {
 		return DeadLetter{}, fmt.Errorf("dead letter %d: %w", seq, d.err)
 	}
 	return dl, nil
+}
+
+func encodeTombstone(version time.Time) []byte {
+	return appendTime(append(make([]byte, 0, 9), codecV1), version)
+}
+
+func decodeTombstone(id int64, v []byte) (Tombstone, error) {
+	d := decoder{b: v}
+	d.version()
+	ts := Tombstone{ID: id, Version: d.time("version")}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("trailing bytes")
+	}
+	if d.err != nil {
+		return Tombstone{}, fmt.Errorf("tombstone %d: %w", id, d.err)
+	}
+	return ts, nil
 }

@@ -5,10 +5,11 @@
 // outbox entry of its event are written in one transaction, and many fires share one
 // fsync. The package knows nothing of scheduling; it stores what it is given.
 //
-// Layout (schema version 1), all keys 8-byte big-endian:
+// Layout (schema version 2), all keys 8-byte big-endian:
 //
 //	meta         format marker, schema_version, created_at, outbox/dead-letter counters
 //	rules        rule id → rule (binary, see codec.go)
+//	tombstones   rule id → the source version of its removal (since schema version 2)
 //	watermarks   rule id → slot unix nanos (int64) + fire count (uint64)
 //	wmjournal    sequence → the watermarks of one commit, folded into watermarks in bulk (journal.go)
 //	outbox       sequence → event

@@ -3,9 +3,11 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +34,7 @@ func TestOpenNewWritesMeta(t *testing.T) {
 		if meta == nil {
 			t.Fatal("no meta bucket in a new store")
 		}
-		for k, want := range map[string]string{"format": formatMarker, "schema_version": "1"} {
+		for k, want := range map[string]string{"format": formatMarker, "schema_version": strconv.Itoa(SchemaVersion)} {
 			if got := string(meta.Get([]byte(k))); got != want {
 				t.Errorf("meta %s = %q, want %q", k, got, want)
 			}
@@ -190,9 +192,11 @@ func TestOpenRefuses(t *testing.T) {
 		}, ErrForeign, "buckets: meta"},
 		{"newer schema", func(t *testing.T) string {
 			p := storeFile(t, 1)
-			editStore(t, p, func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte("2")) })
+			editStore(t, p, func(tx *bolt.Tx) error {
+				return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion+1)))
+			})
 			return p
-		}, ErrSchemaVersion, "file has 2"},
+		}, ErrSchemaVersion, fmt.Sprintf("file has %d", SchemaVersion+1)},
 		{"garbage schema", func(t *testing.T) string {
 			p := storeFile(t, 1)
 			editStore(t, p, func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte("x")) })

@@ -17,7 +17,17 @@ type Rule struct {
 	Ref        string
 	TriggerRef string
 	Params     json.RawMessage
-	UpdatedAt  time.Time
+	// UpdatedAt is the rule's source version: when Attune last changed it (the
+	// lifecycle message's timestamp, the listing's updated). Zero when unknown: a
+	// rule stored before versions were kept (codec v1) reads as zero.
+	UpdatedAt time.Time
+}
+
+// Tombstone is a removed rule: its id and the source version of its removal, kept so
+// that an older change arriving later does not bring the rule back.
+type Tombstone struct {
+	ID      int64
+	Version time.Time
 }
 
 // Watermark is the last slot fired (or the baseline) and the number of fires so far.
@@ -27,8 +37,8 @@ type Watermark struct {
 	Count uint64
 }
 
-// PutRule inserts or replaces r; a non-nil wm also sets its watermark in the same
-// transaction, a nil wm leaves any watermark as it is.
+// PutRule inserts or replaces r, and drops its tombstone if it has one; a non-nil wm
+// also sets its watermark in the same transaction, a nil wm leaves any watermark as it is.
 func (s *Store) PutRule(r Rule, wm *Watermark) error {
 	return s.wrap("put rule", s.putRules([]Rule{r}, []*Watermark{wm}))
 }
@@ -74,12 +84,15 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	)
 	err := s.update(func(tx *bolt.Tx) error {
 		jrecs, added = jrecs[:0], 0
-		rb, wb := tx.Bucket(bucketRules), tx.Bucket(bucketWatermarks)
+		rb, wb, tb := tx.Bucket(bucketRules), tx.Bucket(bucketWatermarks), tx.Bucket(bucketTombstones)
 		rb.FillPercent, wb.FillPercent = rulesFill, watermarksFill
 		for _, i := range order {
 			k := idKey(rs[i].ID)
 			if rb.Get(k[:]) == nil {
 				added++
+				if err := tb.Delete(k); err != nil {
+					return fmt.Errorf("rule %d tombstone: %w", rs[i].ID, err)
+				}
 			}
 			if err := rb.Put(k, encodeRule(rs[i])); err != nil {
 				return fmt.Errorf("rule %d: %w", rs[i].ID, err)
@@ -151,6 +164,140 @@ func (s *Store) DeleteRule(id int64) error {
 	}
 	s.indexJournal(jseq, jrecs)
 	return nil
+}
+
+// RemoveRules removes rules and their watermarks and records their tombstones, in one
+// transaction; a rule not stored gets its tombstone all the same, and a tombstone
+// replaces an earlier one of the same id. The rules' events already in the outbox stay:
+// those fires happened. Nothing is written if any tombstone is invalid.
+func (s *Store) RemoveRules(ts []Tombstone) error {
+	for _, t := range ts {
+		if t.ID <= 0 {
+			return s.wrap("remove rules", fmt.Errorf("rule id %d: must be positive", t.ID))
+		}
+		if err := checkTime(t.ID, "tombstone Version", t.Version); err != nil {
+			return s.wrap("remove rules", err)
+		}
+	}
+	if len(ts) == 0 {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var jrecs []journalRec
+	for _, t := range ts {
+		if s.journaled(t.ID) {
+			jrecs = append(jrecs, journalRec{kind: recTomb, id: t.ID})
+		}
+	}
+	var (
+		jseq    uint64
+		removed int64
+	)
+	err := s.update(func(tx *bolt.Tx) error {
+		removed = 0
+		rb, wb, tb := tx.Bucket(bucketRules), tx.Bucket(bucketWatermarks), tx.Bucket(bucketTombstones)
+		for _, t := range ts {
+			k := idKey(t.ID)
+			if rb.Get(k) != nil {
+				removed++
+				if err := rb.Delete(k); err != nil {
+					return fmt.Errorf("rule %d: %w", t.ID, err)
+				}
+			}
+			if err := wb.Delete(k); err != nil {
+				return fmt.Errorf("rule %d watermark: %w", t.ID, err)
+			}
+			if err := tb.Put(k, encodeTombstone(t.Version)); err != nil {
+				return fmt.Errorf("rule %d tombstone: %w", t.ID, err)
+			}
+		}
+		var err error
+		jseq, err = journalAppend(tx, jrecs)
+		return err
+	})
+	if err != nil {
+		return s.wrap("remove rules", err)
+	}
+	s.ruleCount.Add(-removed)
+	s.indexJournal(jseq, jrecs)
+	return nil
+}
+
+// Tombstone returns the tombstone of rule id; ok is false if it has none.
+func (s *Store) Tombstone(id int64) (t Tombstone, ok bool, err error) {
+	err = s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTombstones).Get(idKey(id))
+		if v == nil {
+			return nil
+		}
+		t, err = decodeTombstone(id, v)
+		ok = err == nil
+		return err
+	})
+	if err != nil {
+		return Tombstone{}, false, s.wrap("get tombstone", err)
+	}
+	return t, ok, nil
+}
+
+// ForEachTombstone calls fn for every tombstone, in id order, from one snapshot. An
+// error from fn stops the walk and is returned. fn must not write to the store.
+func (s *Store) ForEachTombstone(fn func(Tombstone) error) error {
+	inFn := false
+	err := s.viewCallback(&inFn, func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketTombstones).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			id, err := keyID(k)
+			if err != nil {
+				return err
+			}
+			t, err := decodeTombstone(id, v)
+			if err != nil {
+				return err
+			}
+			inFn = true
+			err = fn(t)
+			inFn = false
+			if err != nil {
+				return &callbackError{err}
+			}
+		}
+		return nil
+	})
+	if ce, ok := err.(*callbackError); ok {
+		return ce.err
+	}
+	return s.wrap("scan tombstones", err)
+}
+
+// PurgeTombstones deletes the tombstones whose version is before before, and returns
+// how many it deleted. A tombstone that does not decode is deleted too: it can hold
+// nothing back.
+func (s *Store) PurgeTombstones(before time.Time) (int, error) {
+	purged := 0
+	err := s.update(func(tx *bolt.Tx) error {
+		tb := tx.Bucket(bucketTombstones)
+		var old [][]byte
+		c := tb.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			id, _ := keyID(k)
+			if t, err := decodeTombstone(id, v); err != nil || t.Version.Before(before) {
+				old = append(old, bytes.Clone(k))
+			}
+		}
+		for _, k := range old {
+			if err := tb.Delete(k); err != nil {
+				return err
+			}
+		}
+		purged = len(old)
+		return nil
+	})
+	if err != nil {
+		return 0, s.wrap("purge tombstones", err)
+	}
+	return purged, nil
 }
 
 // Rule returns the rule with id and its watermark (zero if none); ok is false if absent.

@@ -34,8 +34,9 @@ var (
 
 const (
 	formatMarker = "timerd-node-store"
-	// SchemaVersion is the layout this build reads and writes.
-	SchemaVersion = 1
+	// SchemaVersion is the layout this build reads and writes. Version 1 had no
+	// tombstones bucket; Open adds it and raises the file's version.
+	SchemaVersion = 2
 
 	defaultTimeout = time.Second
 )
@@ -47,7 +48,8 @@ var (
 	bucketOutbox      = []byte("outbox")
 	bucketDeadLetters = []byte("deadletters")
 	bucketJournal     = []byte("wmjournal")
-	allBuckets        = [][]byte{bucketMeta, bucketRules, bucketWatermarks, bucketOutbox, bucketDeadLetters, bucketJournal}
+	bucketTombstones  = []byte("tombstones") // since schema version 2
+	allBuckets        = [][]byte{bucketMeta, bucketRules, bucketWatermarks, bucketOutbox, bucketDeadLetters, bucketJournal, bucketTombstones}
 
 	keyFormat        = []byte("format")
 	keySchemaVersion = []byte("schema_version")
@@ -173,7 +175,7 @@ func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
 // init writes the meta of a new file, or checks that an existing one is ours and
 // loads the counters.
 func (s *Store) init() error {
-	fresh := false
+	fresh, upgrade := false, false
 	err := s.view(func(tx *bolt.Tx) error {
 		var names []string
 		_ = tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
@@ -197,10 +199,11 @@ func (s *Store) init() error {
 			return fmt.Errorf("%w: file has %d, this build reads up to %d", ErrSchemaVersion, ver, SchemaVersion)
 		}
 		for _, b := range allBuckets {
-			if tx.Bucket(b) == nil {
+			if tx.Bucket(b) == nil && !(ver < 2 && bytes.Equal(b, bucketTombstones)) {
 				return fmt.Errorf("%w: bucket %q missing", ErrCorrupt, b)
 			}
 		}
+		upgrade = ver < SchemaVersion
 		ol, err1 := getCounter(meta, keyOutboxLen)
 		dl, err2 := getCounter(meta, keyDeadLetterLen)
 		if err := errors.Join(err1, err2); err != nil {
@@ -210,8 +213,20 @@ func (s *Store) init() error {
 		s.deadLetterLen.Store(int64(dl))
 		return nil
 	})
-	if err != nil || !fresh {
+	if err != nil {
 		return err
+	}
+	if upgrade {
+		// 1 → 2: tombstones. Rule records of either codec version are read.
+		return s.update(func(tx *bolt.Tx) error {
+			if _, err := tx.CreateBucketIfNotExists(bucketTombstones); err != nil {
+				return fmt.Errorf("create bucket %q: %w", bucketTombstones, err)
+			}
+			return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))
+		})
+	}
+	if !fresh {
+		return nil
 	}
 	return s.update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
