@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,21 +40,26 @@ type JoinResult struct {
 
 // Cluster is one node's membership, ring and watermark gossip.
 type Cluster struct {
-	cfg   Config
-	log   *slog.Logger
-	ml    *memberlist.Memberlist
-	queue *memberlist.TransmitLimitedQueue
-	table *table
-	met   *metrics
+	cfg      Config
+	bindPort int // the bound gossip port: the port of a Join entry that has none
+	log      *slog.Logger
+	ml       *memberlist.Memberlist
+	queue    *memberlist.TransmitLimitedQueue
+	table    *table
+	met      *metrics
 
 	mu      sync.Mutex // guards members and leaving
 	members map[string]*memberState
 	leaving map[string]time.Time // peers that announced they leave
 	alive   atomic.Int32
 
-	viewMu  sync.Mutex // serialises building and publishing views
-	view    atomic.Pointer[View]
-	changes chan View // latest wins: holds at most the newest unread view
+	viewMu     sync.Mutex // serialises building and publishing views, guards mostSeen
+	view       atomic.Pointer[View]
+	changes    chan View // latest wins: holds at most the newest unread view
+	mostSeen   int       // the most members of one view so far
+	warnedNoQ  bool      // the warning that Expect 1 requires no quorum was logged
+	joinCtx    context.Context
+	cancelJoin context.CancelFunc // ends lookups of the join list at Shutdown
 
 	joinCalled  atomic.Bool
 	lastJoinErr atomic.Pointer[error]
@@ -111,7 +118,8 @@ func New(cfg Config) (*Cluster, error) {
 		stop:      make(chan struct{}),
 		unsent:    map[int64]record{},
 	}
-	c.view.Store(&View{Self: cfg.NodeName})
+	c.view.Store(&View{Self: cfg.NodeName, Expect: cfg.Expect})
+	c.joinCtx, c.cancelJoin = context.WithCancel(context.Background())
 	c.met = newMetrics()
 	c.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes: func() int { return int(c.alive.Load()) },
@@ -126,7 +134,7 @@ func New(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
 	}
-	c.ml = ml
+	c.ml, c.bindPort = ml, mc.BindPort // memberlist wrote the bound port back
 	if err := c.met.register(cfg.Registerer, c); err != nil {
 		_ = ml.Shutdown()
 		return nil, fmt.Errorf("register cluster metrics: %w", err)
@@ -163,18 +171,23 @@ func (c *Cluster) goTracked(f func()) bool {
 
 // Join joins the peers of Config.Join, retrying until JoinTimeout, and then publishes the
 // first View: with peers its gained rules settle for SettleDelay; alone (no peers configured,
-// or none reachable before JoinTimeout, logged as a warning) it owns every rule at once.
-// When Join returns with a decision, the peers' recent watermarks are already merged (the
-// join is a push/pull exchange). A node alone after the timeout keeps trying to join in the
-// background every RejoinInterval until it has a peer. Join is called once; ctx ends the
-// wait without a decision.
+// or none reachable before JoinTimeout, logged as a warning) it owns every rule at once when
+// Expect is 1, and nothing (no quorum) when Expect is more. When Join returns with a decision,
+// the peers' recent watermarks are already merged (the join is a push/pull exchange). From
+// then on the node goes on joining in the background (rejoin) for as long as it sees fewer
+// members than it should. Join is called once; ctx ends the wait without a decision.
 func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 	if !c.joinCalled.CompareAndSwap(false, true) {
 		return JoinResult{}, ErrJoinCalled
 	}
 	if len(c.cfg.Join) == 0 {
 		c.decide(false)
-		c.log.Info("no peers configured: running alone")
+		if v := c.view.Load(); !v.Quorum {
+			c.log.Warn("no peers configured (TIMERD_JOIN): this node fires nothing until peers join it and make a quorum",
+				"expect", v.Expect, "quorum", v.QuorumSize())
+		} else {
+			c.log.Info("no peers configured: running alone")
+		}
 		return JoinResult{Alone: true}, nil
 	}
 	start := time.Now()
@@ -190,7 +203,10 @@ func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 		case n := <-res:
 			if n > 0 {
 				c.decide(true)
-				c.log.Info("joined the cluster", "contacted", n, "members", c.alive.Load(), "took", time.Since(start))
+				v := c.view.Load()
+				c.log.Info("joined the cluster", "contacted", n, "members", c.alive.Load(), "took", time.Since(start),
+					"expect", v.Expect, "quorum", v.Quorum)
+				c.startRejoin(nil)
 				return JoinResult{Contacted: n}, nil
 			}
 			wait := time.NewTimer(backoff)
@@ -218,11 +234,15 @@ func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 		if p := c.lastJoinErr.Load(); p != nil {
 			lastErr = *p
 		}
-		c.log.Warn("NO PEER REACHABLE: running ALONE after the join timeout; this node owns every rule until a peer joins",
-			"join", c.cfg.Join, "join_timeout", c.cfg.JoinTimeout, "rejoin_interval", c.cfg.RejoinInterval, "last_error", lastErr)
-		if c.cfg.RejoinInterval > 0 {
-			c.goTracked(func() { c.rejoin(res) })
+		if v := c.view.Load(); !v.Quorum {
+			c.log.Warn("NO PEER REACHABLE after the join timeout: this node fires nothing and waits for a quorum; it keeps trying to join",
+				"join", c.cfg.Join, "expect", v.Expect, "quorum", v.QuorumSize(), "join_timeout", c.cfg.JoinTimeout,
+				"rejoin_interval", c.cfg.RejoinInterval, "last_error", lastErr)
+		} else {
+			c.log.Warn("NO PEER REACHABLE: running ALONE after the join timeout; this node owns every rule until a peer joins",
+				"join", c.cfg.Join, "join_timeout", c.cfg.JoinTimeout, "rejoin_interval", c.cfg.RejoinInterval, "last_error", lastErr)
 		}
+		c.startRejoin(res)
 		return JoinResult{Alone: true, TimedOut: true}, nil
 	}
 }
@@ -248,25 +268,103 @@ func (c *Cluster) attempt() <-chan int {
 // headless service that resolves to this pod alone) and no other node answered.
 var errOnlySelf = errors.New("only this node answered")
 
-// joinPeers joins Config.Join and reports how many nodes answered: 0 when only this node did,
-// which memberlist counts as a successful join. Counting it would make a node that reaches
-// nobody but itself skip the join timeout and the background rejoin: a split cluster.
+// joinPeers resolves Config.Join, joins every address and reports how many nodes answered: 0
+// when only this node did, which memberlist counts as a successful join. Counting it would
+// make a node that reaches nobody but itself skip the join timeout: a split cluster.
 func (c *Cluster) joinPeers() (int, error) {
-	n, err := c.ml.Join(c.cfg.Join)
-	if n > 0 && c.ml.NumMembers() < 2 {
-		return 0, errors.Join(errOnlySelf, err)
+	addrs, err := c.resolveJoin()
+	if len(addrs) == 0 {
+		return 0, err
 	}
-	return n, err
+	n, jerr := c.ml.Join(addrs)
+	if n > 0 && c.ml.NumMembers() < 2 {
+		return 0, errors.Join(errOnlySelf, err, jerr)
+	}
+	if n > 0 {
+		return n, nil
+	}
+	return 0, errors.Join(err, jerr)
 }
 
-// rejoin keeps joining a node that decided it was alone until it has a peer.
+// resolveTimeout bounds one lookup of the join list.
+const resolveTimeout = 5 * time.Second
+
+// resolveJoin is Config.Join as host:port addresses, in the form of Member.Addr: an IP entry
+// as it is, a host name looked up again (Config.Resolve) at every call, so that a DNS name
+// follows the nodes it names. An entry without a port takes the bind port. The addresses of
+// the names that resolved come with the error of those that did not.
+func (c *Cluster) resolveJoin() ([]string, error) {
+	ctx, cancel := context.WithTimeout(c.joinCtx, resolveTimeout)
+	defer cancel()
+	var (
+		out  []string
+		errs []error
+	)
+	add := func(a string) {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	for _, entry := range c.cfg.Join {
+		host, port, _ := splitHostPort(entry, true) // valid: Validate
+		if port < 0 {
+			port = c.bindPort
+		}
+		if a, err := hostPort(host, port); err == nil {
+			add(a)
+			continue
+		}
+		hosts, err := c.cfg.Resolve(ctx, host)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("resolve %s: %w", host, err))
+			continue
+		}
+		if len(hosts) == 0 {
+			errs = append(errs, fmt.Errorf("resolve %s: no address", host))
+		}
+		for _, h := range hosts {
+			a, err := hostPort(h, port)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("resolve %s: %w", host, err))
+				continue
+			}
+			add(a)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// hostPort is ip, or ip:port (whose port wins over port), as memberlist writes a node's address.
+func hostPort(s string, port int) (string, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return net.JoinHostPort(ap.Addr().Unmap().String(), strconv.Itoa(int(ap.Port()))), nil
+	}
+	ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
+	if err != nil {
+		return "", fmt.Errorf("%q is not an IP address", s)
+	}
+	return net.JoinHostPort(ip.Unmap().String(), strconv.Itoa(port)), nil
+}
+
+// startRejoin runs rejoin in the background when there is a join list and RejoinInterval is
+// positive.
+func (c *Cluster) startRejoin(inflight <-chan int) {
+	if len(c.cfg.Join) > 0 && c.cfg.RejoinInterval > 0 {
+		c.goTracked(func() { c.rejoin(inflight) })
+	}
+}
+
+// rejoin runs from Join's decision to Shutdown: every RejoinInterval it joins again while the
+// node sees fewer members than it should (rejoinOnce). It never stops for good: nodes started
+// together, each alone at first, and the two sides of a healed partition merge (a join is a
+// push/pull exchange: each side learns every member of the other). inflight is the join
+// attempt still running when Join timed out (nil if none).
 func (c *Cluster) rejoin(inflight <-chan int) {
 	if inflight != nil {
 		select {
 		case n := <-inflight:
 			if n > 0 {
 				c.log.Warn("joined peers after deciding to run alone", "contacted", n)
-				return
 			}
 		case <-c.stop:
 			return
@@ -280,17 +378,53 @@ func (c *Cluster) rejoin(inflight <-chan int) {
 			return
 		case <-t.C:
 		}
-		if c.alive.Load() > 1 {
-			c.log.Info("a peer joined this node: no more join attempts")
-			return
-		}
-		if n, err := c.joinPeers(); n > 0 {
-			c.log.Warn("joined peers after deciding to run alone", "contacted", n)
-			return
-		} else {
-			c.log.Debug("rejoin attempt failed", "err", err)
+		c.rejoinOnce()
+	}
+}
+
+// rejoinOnce resolves the join list again and, when the node sees fewer members than the
+// larger of Expect and the list's addresses (itself counted once), joins the listed addresses
+// that are no member's. A node without a quorum says, every time, that it waits for one.
+func (c *Cluster) rejoinOnce() {
+	addrs, err := c.resolveJoin()
+	self := c.LocalAddr()
+	known := map[string]bool{self: true}
+	c.mu.Lock()
+	for _, m := range c.members {
+		if m.state == StateAlive {
+			known[m.addr] = true
 		}
 	}
+	c.mu.Unlock()
+	others, missing := 0, []string(nil)
+	for _, a := range addrs {
+		if a == self {
+			continue
+		}
+		others++
+		if !known[a] {
+			missing = append(missing, a)
+		}
+	}
+	want := max(c.cfg.Expect, others+1)
+	if int(c.alive.Load()) >= want {
+		return
+	}
+	if len(missing) > 0 {
+		n, jerr := c.ml.Join(missing)
+		if n > 0 {
+			c.log.Info("joined peers in the background", "contacted", n, "members", c.alive.Load(), "want", want)
+			return
+		}
+		err = errors.Join(err, jerr)
+	}
+	if v := c.view.Load(); !v.Quorum {
+		c.log.Warn("waiting for a quorum: this node fires nothing", "members", len(v.Members), "quorum", v.QuorumSize(),
+			"expect", v.Expect, "join", c.cfg.Join, "resolved", addrs, "err", err)
+		return
+	}
+	c.log.Debug("fewer members than the join list names; joining again in the background", "members", c.alive.Load(),
+		"want", want, "resolved", addrs, "err", err)
 }
 
 // Decided is closed once Join has decided (joined, or alone); the node fires nothing before.
@@ -345,10 +479,14 @@ func (c *Cluster) rebuild(firstSettle *time.Duration) {
 	}
 	now := c.cfg.Now()
 	v := &View{Version: cur.Version + 1, Self: c.cfg.NodeName, Members: names, Changed: now, ring: ring}
+	c.quorum(v)
 	if firstSettle != nil {
 		v.SettleAt = now.Add(*firstSettle)
 	} else {
-		v.SettleAt, v.prev = now.Add(c.cfg.SettleDelay), cur.ring
+		v.SettleAt = now.Add(c.cfg.SettleDelay)
+		if cur.Quorum { // else who fired a rule meanwhile is unknown: AdoptAt waits for SettleAt
+			v.prev = cur.ring
+		}
 		c.met.ringChanges.Inc()
 	}
 	c.view.Store(v)
@@ -357,7 +495,36 @@ func (c *Cluster) rebuild(firstSettle *time.Duration) {
 	default:
 	}
 	c.changes <- v.clone()
-	c.log.Info("ring view", "version", v.Version, "members", names, "settle_at", v.SettleAt)
+	c.log.Info("ring view", "version", v.Version, "members", names, "settle_at", v.SettleAt,
+		"quorum", v.Quorum, "expect", v.Expect)
+	switch {
+	case v.Quorum && !cur.Quorum && c.cfg.Expect > 1:
+		c.log.Info("quorum reached: this node fires its share of the rules", "members", len(names), "quorum", v.QuorumSize(), "expect", v.Expect)
+	case !v.Quorum && cur.Quorum:
+		c.log.Warn("QUORUM LOST: this node fires nothing until it sees a quorum of the expected members again",
+			"members", len(names), "quorum", v.QuorumSize(), "expect", v.Expect)
+	}
+}
+
+// quorum sets v.Expect and v.Quorum from v.Members. viewMu is held.
+func (c *Cluster) quorum(v *View) {
+	seen := len(v.Members)
+	if c.cfg.Expect == 1 {
+		v.Expect, v.Quorum = 1, true
+		if seen > 1 && !c.warnedNoQ {
+			c.warnedNoQ = true
+			c.log.Warn("TIMERD_EXPECT is 1: no quorum is required, so every side of a network partition fires every rule; "+
+				"set it to the number of nodes", "members", seen)
+		}
+		return
+	}
+	if seen > c.cfg.Expect {
+		c.log.Warn("this node sees more members than TIMERD_EXPECT: it counts a quorum of the larger number; "+
+			"set TIMERD_EXPECT to the number of nodes", "members", seen, "expect", c.cfg.Expect)
+	}
+	c.mostSeen = max(c.mostSeen, seen)
+	v.Expect = max(c.cfg.Expect, c.mostSeen)
+	v.Quorum = seen >= v.QuorumSize()
 }
 
 // ringMembers is the sorted names of live (alive or suspect) members, always with self.
@@ -628,6 +795,7 @@ func (c *Cluster) Shutdown() error {
 		c.stopped = true
 		close(c.stop)
 		c.life.Unlock()
+		c.cancelJoin()
 		if err := c.ml.Shutdown(); err != nil {
 			c.shutdownErr = fmt.Errorf("shut down gossip: %w", err)
 		}

@@ -704,6 +704,8 @@ func TestConfigValidate(t *testing.T) {
 		{"join empty entry", Config{NodeName: "n", Join: []string{""}}, "Join"},
 		{"join bad port", Config{NodeName: "n", Join: []string{"a:b:c"}}, "Join"},
 		{"negative join timeout", Config{NodeName: "n", JoinTimeout: -1}, "JoinTimeout"},
+		{"negative expect", Config{NodeName: "n", Expect: -1}, "Expect"},
+		{"expect over 1000", Config{NodeName: "n", Expect: 1001}, "Expect"},
 		{"negative settle", Config{NodeName: "n", SettleDelay: -1}, "SettleDelay"},
 		{"key not base64", Config{NodeName: "n", GossipKey: "!!!"}, "GossipKey"},
 		{"key of 10 bytes", Config{NodeName: "n", GossipKey: "AAECAwQFBgcICQ=="}, "GossipKey"},
@@ -724,6 +726,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	good := []Config{
 		{NodeName: "n"},
+		{NodeName: "n", Expect: 1000},
 		{NodeName: "n", BindAddr: ":7946", AdvertiseAddr: "10.1.2.3", Join: []string{"timerd-headless", "10.0.0.1:7946", "[::1]:7946"},
 			GossipKey: "AAECAwQFBgcICQoLDA0ODwABAgMEBQYHCAkKCwwNDg8="},
 	}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -26,6 +27,8 @@ const (
 	// DefaultStateMaxBytes bounds the push/pull state: ~87k most recent watermarks. memberlist
 	// refuses remote state over 20 MiB and warns over 12 MiB.
 	DefaultStateMaxBytes = 2 << 20
+	// MaxExpect bounds Config.Expect.
+	MaxExpect = 1000
 	// watermarkFlushInterval is how often a node sends its new watermarks to its peers.
 	watermarkFlushInterval = 100 * time.Millisecond
 	// packetOverhead is what memberlist and its encryption add to a watermark packet
@@ -50,9 +53,20 @@ type Config struct {
 	Join []string
 	// JoinTimeout bounds the retries of the first join; then the node decides it is alone.
 	JoinTimeout time.Duration
-	// RejoinInterval spaces the background joins of a node that decided it was alone, until
-	// it has a peer (so nodes started together never stay split). Negative disables.
+	// RejoinInterval spaces the background joins: every interval, for as long as the node
+	// sees fewer members than Expect or than the join list resolves to (itself counted once),
+	// it resolves Join again and joins the addresses it does not see as members. So nodes
+	// started together, and islands of one cluster, merge. Negative disables.
 	RejoinInterval time.Duration
+	// Expect is N, the expected number of members: a node fires nothing while its view holds
+	// fewer than a quorum, ⌊N/2⌋+1, itself included (View.Quorum). A node that sees more
+	// members than Expect takes the largest number it has seen as N, so two disjoint halves
+	// never both hold a quorum. 1 (the default) requires no quorum: every node fires what its
+	// ring gives it, alone too. 1..MaxExpect.
+	Expect int
+	// Resolve looks up a host name of Join: IP addresses, or IP:port to override the entry's
+	// port (an SRV lookup); nil: net.DefaultResolver.LookupHost. A seam for tests.
+	Resolve func(ctx context.Context, host string) ([]string, error)
 	// GossipKey is a base64 AES key (16, 24 or 32 bytes): gossip is encrypted and a node
 	// with another key cannot join. Empty: plain gossip.
 	GossipKey string
@@ -112,6 +126,12 @@ func (c Config) withDefaults() Config {
 	if c.Memberlist == nil {
 		c.Memberlist = memberlist.DefaultLANConfig
 	}
+	if c.Expect == 0 {
+		c.Expect = 1
+	}
+	if c.Resolve == nil {
+		c.Resolve = net.DefaultResolver.LookupHost
+	}
 	c.Ring = c.Ring.withDefaults()
 	return c
 }
@@ -144,6 +164,9 @@ func (c Config) Validate() error {
 	}
 	if c.JoinTimeout < 0 {
 		return bad("JoinTimeout", "%v: must not be negative", c.JoinTimeout)
+	}
+	if c.Expect < 1 || c.Expect > MaxExpect {
+		return bad("Expect", "%d: want 1..%d (the expected number of members)", c.Expect, MaxExpect)
 	}
 	if c.SettleDelay < 0 {
 		return bad("SettleDelay", "%v: must not be negative", c.SettleDelay)

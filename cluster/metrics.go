@@ -56,7 +56,20 @@ func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
 	if reg == nil {
 		return nil
 	}
-	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.syncs, m.syncFailures, m.dropped, membersCollector{c}}
+	quorum := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "timerd_cluster_quorum",
+		Help: "1 when this node's view holds a quorum of the expected members (it fires its share), else 0.",
+	}, func() float64 {
+		if c.view.Load().Quorum {
+			return 1
+		}
+		return 0
+	})
+	expected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "timerd_cluster_expected_members",
+		Help: "N, the members a quorum (N/2+1) is counted of: TIMERD_EXPECT, or the most members this node has seen in one view when more.",
+	}, func() float64 { return float64(c.view.Load().Expect) })
+	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.syncs, m.syncFailures, m.dropped, membersCollector{c}, quorum, expected}
 	for i, col := range cols {
 		if err := reg.Register(col); err != nil {
 			for _, done := range cols[:i] {
