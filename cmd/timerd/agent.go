@@ -112,12 +112,16 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			"only through the reconcile with the rules API, every reconcile_interval", "reconcile_interval", cfg.ReconcileInterval.String())
 	}
 
-	if len(cfg.Join) == 0 {
+	switch {
+	case len(cfg.Join) == 0 && cfg.Expect == 1:
 		log.Info("no peers to join (TIMERD_JOIN): this node runs alone and owns every rule until a peer joins it",
 			"bind_addr", cfg.BindAddr)
-	} else {
-		log.Info("cluster", "join", cfg.Join, "bind_addr", cfg.BindAddr, "join_timeout", cfg.JoinTimeout.String(),
-			"settle_delay", cfg.SettleDelay.String(), "gossip_encrypted", cfg.GossipKey != "")
+	case len(cfg.Join) == 0:
+		log.Warn("no peers to join (TIMERD_JOIN): this node fires nothing until peers join it and make a quorum",
+			"bind_addr", cfg.BindAddr, "expect", cfg.Expect, "quorum", cfg.Expect/2+1)
+	default:
+		log.Info("cluster", "join", cfg.Join, "expect", cfg.Expect, "quorum", cfg.Expect/2+1, "bind_addr", cfg.BindAddr,
+			"join_timeout", cfg.JoinTimeout.String(), "settle_delay", cfg.SettleDelay.String(), "gossip_encrypted", cfg.GossipKey != "")
 	}
 
 	if err := checkAPIHealth(ctx, cfg.APIURL, 5, 500*time.Millisecond, log); err != nil {
@@ -151,6 +155,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			BindAddr:      cfg.BindAddr,
 			AdvertiseAddr: cfg.AdvertiseAddr,
 			Join:          cfg.Join,
+			Expect:        cfg.Expect,
 			JoinTimeout:   cfg.JoinTimeout,
 			GossipKey:     cfg.GossipKey,
 			SettleDelay:   cfg.SettleDelay,

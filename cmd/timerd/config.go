@@ -50,6 +50,7 @@ type agentConfig struct {
 	BindAddr      string
 	AdvertiseAddr string
 	Join          []string
+	Expect        int // expected cluster size N: fires only with a quorum of N/2+1
 	JoinTimeout   time.Duration
 	GossipKey     string // base64; never printed
 	SettleDelay   time.Duration
@@ -182,6 +183,14 @@ var agentSettings = []agentSetting{
 			return err
 		}
 		c.Join = peers
+		return nil
+	}},
+	{env: "TIMERD_EXPECT", key: "expect", flag: "expect", def: "1", usage: "expected number of nodes N: a node fires nothing unless it sees N/2+1 of them, itself included (1: no quorum, every node fires its share even alone)", set: func(c *agentConfig, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > cluster.MaxExpect {
+			return fmt.Errorf("%q is not a whole number in 1..%d (the number of nodes)", truncateSetting(v), cluster.MaxExpect)
+		}
+		c.Expect = n
 		return nil
 	}},
 	{env: "TIMERD_JOIN_TIMEOUT", key: "join_timeout", flag: "join-timeout", def: "10s", usage: "how long to try the peers at start before running alone (logged loudly)", set: func(c *agentConfig, v string) error {

@@ -111,31 +111,32 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			}},
 		{"cluster defaults", base, "", nil, func(c *agentConfig) string {
 			if c.BindAddr != "0.0.0.0:7946" || c.AdvertiseAddr != "" || c.Join != nil || c.JoinTimeout != 10*time.Second ||
-				c.GossipKey != "" || c.SettleDelay != 2*time.Second {
+				c.GossipKey != "" || c.SettleDelay != 2*time.Second || c.Expect != 1 {
 				return "not the documented cluster defaults"
 			}
 			return ""
 		}},
 		{"cluster env", with("TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_ADVERTISE_ADDR", "10.0.0.5:7001",
 			"TIMERD_JOIN", " timerd-0.timerd:7946, 10.0.0.6 ,[::1]:7946", "TIMERD_JOIN_TIMEOUT", "30s",
-			"TIMERD_GOSSIP_KEY", gossipKey, "TIMERD_SETTLE_DELAY", "500ms"), "", nil, func(c *agentConfig) string {
-			if c.BindAddr != "127.0.0.1:7000" || c.AdvertiseAddr != "10.0.0.5:7001" || c.JoinTimeout != 30*time.Second ||
+			"TIMERD_GOSSIP_KEY", gossipKey, "TIMERD_SETTLE_DELAY", "500ms", "TIMERD_EXPECT", " 3 "), "", nil, func(c *agentConfig) string {
+			if c.BindAddr != "127.0.0.1:7000" || c.AdvertiseAddr != "10.0.0.5:7001" || c.JoinTimeout != 30*time.Second || c.Expect != 3 ||
 				c.GossipKey != gossipKey || c.SettleDelay != 500*time.Millisecond ||
 				strings.Join(c.Join, "|") != "timerd-0.timerd:7946|10.0.0.6|[::1]:7946" {
 				return "cluster env not applied"
 			}
 			return ""
 		}},
-		{"cluster flags over env", with("TIMERD_JOIN", "a:1", "TIMERD_BIND_ADDR", "127.0.0.1:7000"), "",
-			[]string{"--join", "b:2,c:3", "--bind-addr", ":0", "--join-timeout", "1s", "--settle-delay", "3s"}, func(c *agentConfig) string {
-				if strings.Join(c.Join, "|") != "b:2|c:3" || c.BindAddr != ":0" || c.JoinTimeout != time.Second || c.SettleDelay != 3*time.Second {
+		{"cluster flags over env", with("TIMERD_JOIN", "a:1", "TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_EXPECT", "3"), "",
+			[]string{"--join", "b:2,c:3", "--bind-addr", ":0", "--join-timeout", "1s", "--settle-delay", "3s", "--expect", "5"}, func(c *agentConfig) string {
+				if strings.Join(c.Join, "|") != "b:2|c:3" || c.BindAddr != ":0" || c.JoinTimeout != time.Second || c.SettleDelay != 3*time.Second ||
+					c.Expect != 5 {
 					return "cluster flags did not win"
 				}
 				return ""
 			}},
 		{"cluster stdin, join as an array", base, `{"api_url":"http://x","api_token":"` + tok + `","data_dir":"/s","mq_url":"amqp://mq/",
-			"join":["p1:7946","p2"],"gossip_key":"` + gossipKey + `","join_timeout":"5s"}`, []string{"--stdin-config"}, func(c *agentConfig) string {
-			if strings.Join(c.Join, "|") != "p1:7946|p2" || c.GossipKey != gossipKey || c.JoinTimeout != 5*time.Second {
+			"join":["p1:7946","p2"],"gossip_key":"` + gossipKey + `","join_timeout":"5s","expect":3}`, []string{"--stdin-config"}, func(c *agentConfig) string {
+			if strings.Join(c.Join, "|") != "p1:7946|p2" || c.GossipKey != gossipKey || c.JoinTimeout != 5*time.Second || c.Expect != 3 {
 				return "cluster stdin config not applied"
 			}
 			return ""
@@ -221,6 +222,11 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"join empty entry", with("TIMERD_JOIN", "a:1,,b:2"), "", nil, "TIMERD_JOIN: entry 1 is empty"},
 		{"join bad port", with("TIMERD_JOIN", "a:1,b:x"), "", nil, `TIMERD_JOIN: entry 1 "b:x": port "x": want 0..65535`},
 		{"join stdin not strings", base, `{"join":[1,2]}`, []string{"--stdin-config"}, `stdin config "join": is not a JSON array of strings`},
+		{"expect zero", with("TIMERD_EXPECT", "0"), "", nil, `TIMERD_EXPECT: "0" is not a whole number in 1..1000`},
+		{"expect negative", base, "", []string{"--expect", "-3"}, `--expect: "-3" is not a whole number in 1..1000`},
+		{"expect too large", with("TIMERD_EXPECT", "1001"), "", nil, `TIMERD_EXPECT: "1001" is not a whole number in 1..1000`},
+		{"expect not a number", base, `{"api_url":"http://x","api_token":"` + tok + `","data_dir":"/d","expect":"three"}`, []string{"--stdin-config"}, `stdin config "expect": "three" is not a whole number`},
+		{"expect fraction", base, `{"api_url":"http://x","api_token":"` + tok + `","data_dir":"/d","expect":2.5}`, []string{"--stdin-config"}, `stdin config "expect": "2.5" is not a whole number`},
 		{"join timeout zero", with("TIMERD_JOIN_TIMEOUT", "0"), "", nil, "TIMERD_JOIN_TIMEOUT: 0 is out of range"},
 		{"join timeout not a duration", base, "", []string{"--join-timeout", "ten"}, `--join-timeout: "ten" is not a duration`},
 		{"gossip key not base64", with("TIMERD_GOSSIP_KEY", "secret!!key"), "", nil, "TIMERD_GOSSIP_KEY: not valid base64"},
