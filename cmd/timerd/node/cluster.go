@@ -89,7 +89,8 @@ func (n *Node) pendingAtLocked() time.Time {
 }
 
 // place makes the engine hold exactly the rules of the store this node owns
-// in v and may run now: it removes the others, and loads the owned ones it
+// in v and may run now (none in a view without a quorum: View.Owns; the node
+// is then not ready): it removes the others, and loads the owned ones it
 // does not run yet whose adoption time has come, each from the later of its
 // stored and its cluster watermark. A rule's adoption time is v.AdoptAt,
 // or the time an earlier view set for it if later: a view that comes
@@ -160,10 +161,13 @@ func (n *Node) place(v cluster.View, initial bool) (next time.Time, err error) {
 		// A rule intake stores meanwhile may be due then.
 		next = v.SettleAt
 	}
-	if len(pending) == 0 {
+	switch {
+	case !v.Quorum:
+		n.placed.Store(false)
+	case len(pending) == 0:
 		n.placed.Store(true)
 	}
-	n.log.Info("rules placed for the ring view", "version", v.Version, "members", len(v.Members),
+	n.log.Info("rules placed for the ring view", "version", v.Version, "members", len(v.Members), "quorum", v.Quorum,
 		"running", n.engine.Len(), "adopted", len(items), "released", released, "pending", len(pending),
 		"adopt_at", next, "took", time.Since(start).Round(time.Microsecond).String())
 	return next, nil
@@ -207,8 +211,9 @@ func (n *Node) adoptWatermark(id int64, wm store.Watermark) scheduler.Watermark 
 }
 
 // runnableLocked reports whether the engine may run rule id now: always on
-// a single node; in a cluster when the placed view owns it and its AdoptAt
-// has come (the ownership loop adopts it then otherwise). ownMu is held.
+// a single node; in a cluster when the placed view owns it (which a view
+// without a quorum never does) and its AdoptAt has come (the ownership loop
+// adopts it then otherwise). ownMu is held.
 func (n *Node) runnableLocked(id int64, now time.Time) bool {
 	if n.cl == nil {
 		return true
@@ -220,22 +225,20 @@ func (n *Node) runnableLocked(id int64, now time.Time) bool {
 	return !ok || !at.After(now)
 }
 
-// catalogueWatermark is the watermark of a rule this node learns from the
-// catalogue (reconcile or start-up set) but did not store before: where
-// the cluster last fired it, if a peer did. Without it a node that joins
-// with an empty store would take the rule as created now and skip the
-// slots between the old owner's last fire and now when it adopts it.
-func (n *Node) catalogueWatermark(id int64) (store.Watermark, bool) {
+// clusterWatermark is what the cluster knows of a rule this node does not
+// store (new to it, or removed and added again): where a peer last fired
+// it, zero if none did (or without a cluster). The rule book starts such a
+// rule after the later of it and the rule's anchor (docs/protocol.md §1),
+// so a node that joins with an empty store neither skips the slots between
+// the old owner's last fire and now, nor fires again what a peer fired.
+func (n *Node) clusterWatermark(id int64) scheduler.Watermark {
 	if n.cl == nil {
-		return store.Watermark{}, false
+		return scheduler.Watermark{}
 	}
 	if slot, count, ok := n.cl.Watermark(id); ok {
-		return store.Watermark{Slot: slot, Count: count}, true
+		return scheduler.Watermark{Slot: slot, Count: count}
 	}
-	// Never fired as far as the cluster knows. Its owner until now may
-	// have released it before this node learned of it: start from when this
-	// node started, so a slot due in between fires late rather than never.
-	return store.Watermark{Slot: n.started}, !n.started.IsZero()
+	return scheduler.Watermark{}
 }
 
 // MemberStatus is one member of the cluster in /v1/status.
@@ -300,6 +303,17 @@ func (n *Node) ownerCounts(v cluster.View) map[string]int {
 	}
 	c.version, c.rules, c.at, c.counts = v.Version, rules, time.Now(), counts
 	return counts
+}
+
+// quorumStatus fills the quorum fields of s: a node without a cluster is its
+// own quorum.
+func (n *Node) quorumStatus(s *Status) {
+	s.Quorum, s.ExpectedMembers, s.SeenMembers, s.QuorumSize = true, 1, 1, 1
+	if n.cl == nil {
+		return
+	}
+	v := n.cl.View()
+	s.Quorum, s.ExpectedMembers, s.SeenMembers, s.QuorumSize = v.Quorum, v.Expect, len(v.Members), v.QuorumSize()
 }
 
 // GossipAddr is the host:port peers reach this node's gossip at, "" without

@@ -425,3 +425,108 @@ func TestCommitSkipsSlotsAPeerFired(t *testing.T) {
 		})
 	}
 }
+
+// gaugeValue is the value of the gauge name (no labels) on node n.
+func gaugeValue(t *testing.T, n *runningNode, name string) float64 {
+	t.Helper()
+	mfs, err := n.cfg.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("gauge %s not found", name)
+	return 0
+}
+
+// With Expect 3, one node of three fires nothing and is not ready; two of
+// three fire every rule, each slot once; and when the second one stops, the
+// first releases everything and fires nothing again.
+func TestClusterQuorum(t *testing.T) {
+	const rules = 30
+	sys := startClusterAPI(t)
+	expect3 := func(join ...string) *cluster.Config {
+		cc := clusterConfig(join...)
+		cc.Expect = 3
+		return cc
+	}
+	a := sys.startClusterNode("a", expect3(), false)
+	ids := make([]int64, 0, rules)
+	for i := range rules {
+		ids = append(ids, sys.createRule(fmt.Sprintf("q%02d", i), "core.intervaltimer", `{"interval":1}`))
+	}
+	waitUntil(t, "a decided and stores every rule", 15*time.Second, func() bool {
+		c, _ := a.store.RuleCount()
+		return c == rules && a.cl.View().Version >= 1
+	})
+	// 1 of 3: nothing runs, nothing fires, never ready.
+	readyURL := "http://" + a.HTTPAddr() + "/readyz"
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if code := get(t, readyURL); code != http.StatusServiceUnavailable {
+			t.Fatalf("a alone with Expect 3: /readyz %d, want 503", code)
+		}
+		if got := a.engine.Len(); got != 0 {
+			t.Fatalf("a alone with Expect 3 runs %d rules, want 0", got)
+		}
+	}
+	if evs := sys.allEvents(); len(evs) != 0 {
+		t.Fatalf("a alone with Expect 3 delivered %d events, want none", len(evs))
+	}
+	st := a.Status()
+	if st.Ready || st.Quorum || st.ExpectedMembers != 3 || st.SeenMembers != 1 || st.QuorumSize != 2 || st.RulesOwned != 0 {
+		t.Errorf("a alone: status ready %v quorum %v expected %d seen %d quorum size %d rules owned %d; want not ready, no quorum, 3, 1, 2, 0",
+			st.Ready, st.Quorum, st.ExpectedMembers, st.SeenMembers, st.QuorumSize, st.RulesOwned)
+	}
+	if q, e := gaugeValue(t, a, "timerd_cluster_quorum"), gaugeValue(t, a, "timerd_cluster_expected_members"); q != 0 || e != 3 {
+		t.Errorf("a alone: timerd_cluster_quorum %v, timerd_cluster_expected_members %v; want 0 and 3", q, e)
+	}
+
+	// 2 of 3: a quorum; every rule runs on one of them and fires.
+	b := sys.startClusterNode("b", expect3(a.cl.LocalAddr()), true)
+	nodes := []*runningNode{a, b}
+	waitUntil(t, "a ready with b", 15*time.Second, func() bool { return get(t, readyURL) == http.StatusOK })
+	waitUntil(t, "every rule run by exactly one of a, b", 15*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	if a.engine.Len() == 0 || b.engine.Len() == 0 {
+		t.Errorf("2 of 3: a runs %d rules, b %d; want both a share", a.engine.Len(), b.engine.Len())
+	}
+	waitUntil(t, "every rule fired twice", 15*time.Second, func() bool {
+		slots := slotsByRule(t, sys.allEvents())
+		for _, id := range ids {
+			if len(slots[id]) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	if st := a.Status(); !st.Quorum || st.SeenMembers != 2 || gaugeValue(t, a, "timerd_cluster_quorum") != 1 {
+		t.Errorf("a with b: status quorum %v seen %d, gauge %v; want a quorum of 2 seen", st.Quorum, st.SeenMembers,
+			gaugeValue(t, a, "timerd_cluster_quorum"))
+	}
+
+	// b stops: a is 1 of 3 again and releases everything.
+	b.stop(t)
+	waitUntil(t, "a releases every rule", 15*time.Second, func() bool {
+		out, _ := a.store.OutboxLen()
+		return a.engine.Len() == 0 && !a.cl.View().Quorum && out == 0 && get(t, readyURL) == http.StatusServiceUnavailable
+	})
+	before := len(sys.allEvents())
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if got := a.engine.Len(); got != 0 {
+			t.Fatalf("a alone again runs %d rules, want 0", got)
+		}
+	}
+	if after := len(sys.allEvents()); after != before {
+		t.Errorf("a alone again delivered %d events, want none", after-before)
+	}
+	if d := counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"); d != 0 {
+		t.Errorf("API dropped %v repeated slots, want 0", d)
+	}
+	for id, s := range slotsByRule(t, sys.allEvents()) {
+		if len(s) != len(slices.Compact(slices.Sorted(slices.Values(s)))) {
+			t.Errorf("rule %d: a slot stored twice: %v", id, s)
+		}
+	}
+}

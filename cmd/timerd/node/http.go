@@ -30,6 +30,14 @@ type Status struct {
 	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"`
 	TokenMasked    string     `json:"token_masked,omitempty"`
 
+	// Whether this node's view holds a quorum (it fires nothing without):
+	// QuorumSize of ExpectedMembers, SeenMembers in its view (itself
+	// included; 0 before it joined). A single node is its own quorum.
+	Quorum          bool `json:"quorum"`
+	ExpectedMembers int  `json:"expected_members"`
+	SeenMembers     int  `json:"seen_members"`
+	QuorumSize      int  `json:"quorum_size"`
+
 	// The cluster as this node sees it (absent on a single node): its ring
 	// view's version and the members with the rules each owns in it.
 	RingVersion uint64         `json:"ring_version"`
@@ -44,7 +52,11 @@ func (n *Node) handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !n.isReady() {
-			http.Error(w, "not ready: joining the cluster, loading the store and reconciling rules", http.StatusServiceUnavailable)
+			msg := "not ready: joining the cluster, loading the store and reconciling rules"
+			if n.cl != nil && n.cl.View().Version > 0 && !n.cl.View().Quorum {
+				msg = "not ready: waiting for a quorum of the cluster's members (see /v1/status)"
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))
@@ -82,6 +94,7 @@ func (n *Node) Status() Status {
 		t = t.UTC()
 		s.NextFire = &t
 	}
+	n.quorumStatus(&s)
 	if n.cl != nil {
 		s.Members, s.RingVersion = n.memberStatuses()
 	}

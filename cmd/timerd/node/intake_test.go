@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
@@ -29,6 +32,11 @@ func newIdleNode(t *testing.T) *Node {
 }
 
 func envelope(typ ingest.LifecycleType, id int64, trigger, params string) ingest.Message {
+	return envelopeAt(typ, id, trigger, params, time.Now())
+}
+
+// envelopeAt is envelope with the timestamp at (Attune's version of the change).
+func envelopeAt(typ ingest.LifecycleType, id int64, trigger, params string, at time.Time) ingest.Message {
 	l := ingest.Lifecycle{Type: typ, RuleID: id, RuleRef: fmt.Sprintf("r%d", id), TriggerRef: trigger, Enabled: true}
 	if params != "" {
 		l.Params = json.RawMessage(params)
@@ -36,14 +44,16 @@ func envelope(typ ingest.LifecycleType, id int64, trigger, params string) ingest
 	if typ == ingest.RuleDisabled || typ == ingest.RuleDeleted {
 		l.Enabled = false
 	}
-	return ingest.Message{RoutingKey: ingest.RoutingKey(typ), Body: ingest.EnvelopeJSON(l, "", time.Now())}
+	return ingest.Message{RoutingKey: ingest.RoutingKey(typ), Body: ingest.EnvelopeJSON(l, "", at)}
 }
 
 func raw(key, body string) ingest.Message { return ingest.Message{RoutingKey: key, Body: []byte(body)} }
 
 func TestApplyMessages(t *testing.T) {
 	const every5 = `{"interval":5}`
-	created := envelope(ingest.RuleCreated, 1, "core.intervaltimer", every5)
+	t0 := time.Now().Add(-time.Minute)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	created := envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", every5, t0)
 	tests := []struct {
 		name    string
 		before  []ingest.Message // applied in a batch of their own first
@@ -66,9 +76,51 @@ func TestApplyMessages(t *testing.T) {
 		{
 			name:   "stored rule deleted and created again in one batch",
 			before: []ingest.Message{created},
-			batch:  []ingest.Message{envelope(ingest.RuleDeleted, 1, "core.intervaltimer", ""), created},
-			want:   []string{resApplied, resApplied},
+			batch: []ingest.Message{envelopeAt(ingest.RuleDeleted, 1, "core.intervaltimer", "", at(1)),
+				envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", every5, at(2))},
+			want:  []string{resApplied, resApplied},
+			rules: []int64{1},
+		},
+		{
+			name:   "a stale enable after a disable: the rule stays removed",
+			before: []ingest.Message{created},
+			batch: []ingest.Message{envelopeAt(ingest.RuleDisabled, 1, "core.intervaltimer", "", at(3)),
+				envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", every5, at(2))},
+			want: []string{resApplied, resStale},
+		},
+		{
+			name:   "a stale disable after an enable: the rule stays",
+			before: []ingest.Message{created},
+			batch: []ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`, at(3)),
+				envelopeAt(ingest.RuleDisabled, 1, "core.intervaltimer", "", at(2))},
+			want:  []string{resApplied, resStale},
+			rules: []int64{1},
+		},
+		{
+			name:   "deleted, then its creation arrives",
+			before: []ingest.Message{envelopeAt(ingest.RuleDeleted, 1, "core.intervaltimer", "", at(1))},
+			batch:  []ingest.Message{created, envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", every5, at(0))},
+			want:   []string{resStale, resStale},
+		},
+		{
+			name:   "an older message in another batch is stale",
+			before: []ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`, at(5))},
+			batch:  []ingest.Message{created},
+			want:   []string{resStale},
 			rules:  []int64{1},
+		},
+		{
+			name:   "a disable without a timestamp is as new as its arrival",
+			before: []ingest.Message{created},
+			batch:  []ingest.Message{raw("rule.disabled", `{"event_type":"RuleDisabled","rule_id":1}`)},
+			want:   []string{resApplied},
+		},
+		{
+			name: "a timestamp from year 9999 does not lock the rule",
+			before: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", every5,
+				time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC))},
+			batch: []ingest.Message{envelopeAt(ingest.RuleDisabled, 1, "core.intervaltimer", "", time.Now().Add(2*time.Minute))},
+			want:  []string{resApplied},
 		},
 		{
 			name:   "parameter change of a stored rule",
@@ -241,4 +293,117 @@ func lifecycleCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 
 		}
 	}
 	return out
+}
+
+// A datetime rule that reaches the node after its slot fires it (late): its
+// schedule starts at the change's version, not at its arrival. So does one
+// moved by PUT to a time before it arrived; one whose change is older than
+// the anchor bound starts at its arrival and does not fire.
+func TestLateArrivalsFire(t *testing.T) {
+	now := time.Now()
+	dt := func(at time.Time) string { return `{"fire_at":"` + at.UTC().Format(time.RFC3339Nano) + `"}` }
+	tests := []struct {
+		name   string
+		before []ingest.Message
+		batch  []ingest.Message
+		next   time.Time // the engine's next fire; zero: none
+	}{
+		{name: "created before its slot, arrives after it",
+			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-time.Minute)), now.Add(-2*time.Minute))},
+			next:  now.Add(-time.Minute)},
+		{name: "moved to a time before it arrived",
+			before: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(time.Hour)), now.Add(-3*time.Minute))},
+			batch:  []ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.datetimetimer", dt(now.Add(-time.Minute)), now.Add(-2*time.Minute))},
+			next:   now.Add(-time.Minute)},
+		{name: "\"fire now\": due a little before its creation",
+			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-90*time.Second)), now.Add(-time.Minute))},
+			next:  now.Add(-90 * time.Second)},
+		{name: "created longer ago than the anchor bound: starts now",
+			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-5*time.Minute)), now.Add(-6*time.Minute))}},
+		{name: "due before its creation by more than the skew: never",
+			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-3*time.Minute)), now.Add(-time.Minute))}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := newIdleNode(t)
+			for _, b := range [][]ingest.Message{tt.before, tt.batch} {
+				if err := n.applyMessages(b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			next, ok := n.engine.NextFire()
+			if ok != !tt.next.IsZero() || (ok && !next.Equal(tt.next.UTC().Round(0))) {
+				t.Errorf("next fire = %v (%v), want %v", next, ok, tt.next)
+			}
+		})
+	}
+}
+
+// Reconcile applies the listing by its versions: a listed rule created
+// before its slot fires late, a listing older than the rule's tombstone
+// does not bring it back, and a rule missing from the listing goes only if
+// its version is older than the listing less the skew allowance.
+func TestReconcileVersions(t *testing.T) {
+	now := time.Now()
+	n := newIdleNode(t)
+	dt := func(at time.Time) json.RawMessage {
+		return json.RawMessage(`{"fire_at":"` + at.UTC().Format(time.RFC3339Nano) + `"}`)
+	}
+	// Stored: 2 (changed 2 min ago), 3 (changed 30 s ago), 4 removed 10 s ago.
+	if err := n.applyMessages([]ingest.Message{
+		envelopeAt(ingest.RuleCreated, 2, "core.intervaltimer", `{"interval":60}`, now.Add(-2*time.Minute)),
+		envelopeAt(ingest.RuleCreated, 3, "core.intervaltimer", `{"interval":60}`, now.Add(-30*time.Second)),
+		envelopeAt(ingest.RuleDeleted, 4, "core.intervaltimer", "", now.Add(-10*time.Second)),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	listing := []ingest.RemoteRule{
+		{ID: 1, Ref: "late", TriggerRef: "core.datetimetimer", Params: dt(now.Add(-time.Minute)), Updated: now.Add(-2 * time.Minute)},
+		{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer", Params: json.RawMessage(`{"interval":60}`), Updated: now.Add(-time.Minute)},
+	}
+	if err := n.applyRemote(listing, now, "reconcile"); err != nil {
+		t.Fatal(err)
+	}
+	var stored []int64
+	n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil })
+	if fmt.Sprint(stored) != "[1 3]" {
+		t.Errorf("rules after reconcile = %v, want [1 3] (2 pruned, 3 too new to prune, 4's tombstone newer)", stored)
+	}
+	if wm, ok := n.engine.Watermark(1); !ok || !wm.Slot.Before(now.Add(-time.Minute)) {
+		t.Errorf("rule 1 (due 1 min ago, listed as updated 2 min ago): watermark %v, %v; want before its slot", wm.Slot, ok)
+	}
+	if ts, ok, _ := n.store.Tombstone(2); !ok || !ts.Version.Equal(now.Add(-protocol.SkewAllowance).UTC()) {
+		t.Errorf("tombstone of pruned rule 2 = %v, %v; want the listing's start less the skew", ts.Version, ok)
+	}
+	// The start-up set (no versions) never undoes what the node holds.
+	if err := n.applyRemote([]ingest.RemoteRule{{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer",
+		Params: json.RawMessage(`{"interval":60}`)}}, time.Time{}, "start-up set"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, _ := n.store.Rule(4); ok {
+		t.Errorf("start-up set brought back rule 4, removed after it")
+	}
+}
+
+// Tombstones past their TTL are purged by reconcile.
+func TestReconcilePurgesTombstones(t *testing.T) {
+	n := newIdleNode(t)
+	old := time.Now().Add(-protocol.TombstoneTTL - time.Hour)
+	if err := n.store.RemoveRules([]store.Tombstone{{ID: 1, Version: old}, {ID: 2, Version: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte(`{"items":[],"pagination":{"has_next":false}}`))
+	}))
+	defer srv.Close()
+	n.rules = &ingest.RulesClient{APIURL: srv.URL}
+	if err := n.reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := n.store.Tombstone(1); ok {
+		t.Errorf("tombstone past its TTL not purged")
+	}
+	if _, ok, _ := n.store.Tombstone(2); !ok {
+		t.Errorf("fresh tombstone purged")
+	}
 }

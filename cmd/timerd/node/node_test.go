@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/store"
 )
 
 func TestMain(m *testing.M) {
@@ -231,6 +233,10 @@ func TestNodeRestartContinuesAndReconciles(t *testing.T) {
 	})
 	n.stop(t)
 	before := len(sys.events("keep"))
+	// A reconcile removes a rule it does not list only if the rule's version
+	// is older than the listing less the skew allowance (docs/protocol.md
+	// §1): make "gone" two minutes old.
+	ageRule(t, dir, "gone", 2*time.Minute)
 
 	// While the node is down: one rule is deleted, one created. The node
 	// hears neither message; its reconcile at start must catch both.
@@ -308,5 +314,30 @@ func TestMetricsPassPromlint(t *testing.T) {
 		if !names[want] {
 			t.Errorf("metric %s missing", want)
 		}
+	}
+}
+
+// ageRule moves the source version of the stored rule ref back by d, in the
+// store of a stopped node.
+func ageRule(t *testing.T, dir, ref string, d time.Duration) {
+	t.Helper()
+	st, err := store.Open(filepath.Join(dir, "node.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var found *store.Rule
+	st.ForEachRule(func(r store.Rule, _ store.Watermark) error {
+		if r.Ref == ref {
+			found = &r
+		}
+		return nil
+	})
+	if found == nil {
+		t.Fatalf("rule %s not stored", ref)
+	}
+	found.UpdatedAt = found.UpdatedAt.Add(-d)
+	if err := st.PutRule(*found, nil); err != nil {
+		t.Fatal(err)
 	}
 }

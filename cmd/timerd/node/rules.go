@@ -1,31 +1,34 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
 
+	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
 
-// maxParamsBytes bounds the trigger_params of one rule: Attune's timer
-// parameters are a few keys; anything this large is not a timer.
-const maxParamsBytes = 64 << 10
-
 // Results of one lifecycle message, the result label of
-// timerd_lifecycle_messages_total.
+// timerd_lifecycle_messages_total: the rule book's (applied, unchanged,
+// stale, invalid, ignored), and error.
 const (
-	resApplied   = "applied"   // the store and the schedule changed
-	resUnchanged = "unchanged" // a duplicate: nothing to change
-	resIgnored   = "ignored"   // well formed, but not a timer rule of ours
-	resInvalid   = "invalid"   // does not parse, or its timer does not
-	resError     = "error"     // the store failed; the message comes again
+	resApplied   = string(protocol.Applied)   // the store and the schedule changed
+	resUnchanged = string(protocol.Unchanged) // a duplicate: nothing to change
+	resStale     = string(protocol.Stale)     // older than the rule's version: nothing changed
+	resIgnored   = string(protocol.Ignored)   // well formed, but not a timer rule of ours
+	resInvalid   = string(protocol.Invalid)   // does not parse, or its timer does not
+	resError     = "error"                    // the store failed; the message comes again
 )
+
+// startupVersion is the source version of a start-up rule: the set carries
+// none, and it is older than anything the node holds, so it never undoes a
+// change the node has seen, starts what it adds now, and the first
+// reconcile prunes what Attune no longer lists.
+var startupVersion = time.Unix(0, 0).UTC()
 
 // batchReq is a batch of lifecycle messages the consumer hands to the
 // intake goroutine; done receives nil once they are committed, or the
@@ -41,7 +44,7 @@ type batchReq struct {
 // their writes.
 func (n *Node) intake(ctx context.Context) error {
 	if len(n.cfg.StartupRules) > 0 {
-		if err := n.applyRemote(n.cfg.StartupRules, false, "start-up set"); err != nil {
+		if err := n.applyRemote(n.cfg.StartupRules, time.Time{}, "start-up set"); err != nil {
 			n.log.Error("start-up rules not applied; reconcile retries", "err", err)
 		}
 	}
@@ -246,6 +249,9 @@ func (n *Node) applyMessages(msgs []ingest.Message) error {
 		case err != nil:
 			n.log.Warn("lifecycle message dropped", "result", result, "type", l.Type, "rule_id", l.RuleID,
 				"trigger_ref", truncate(l.TriggerRef, 64), "err", err)
+		case result == resStale:
+			n.log.Info("lifecycle message older than the rule's version; nothing changed", "type", l.Type,
+				"rule_id", l.RuleID, "timestamp", l.Timestamp)
 		case result == resApplied:
 			n.log.Debug("lifecycle message applied", "type", l.Type, "rule_id", l.RuleID, "rule_ref", l.RuleRef)
 		}
@@ -264,39 +270,41 @@ func (n *Node) failBatch(msgs []ingest.Message, err error) error {
 	return fmt.Errorf("apply %d lifecycle messages: %w", len(msgs), err)
 }
 
-// ruleTxn collects rule changes against the store and applies them in one
-// transaction, then to the engine. It tracks the state each change leaves
-// so that later messages of the same batch see earlier ones.
+// ruleTxn collects rule changes against the store, decided by the rule
+// book, and applies them in one transaction, then to the engine. It tracks
+// the record each change leaves so that later changes of the same batch see
+// earlier ones.
 type ruleTxn struct {
 	n     *Node
+	book  protocol.Book
 	now   time.Time
 	rules map[int64]*ruleState
 	order []int64 // ids in the order first touched
-	// catalogue: the changes come from the catalogue (reconcile, start-up
-	// set), not from lifecycle messages: a rule new to this node's store
-	// may be an old rule, fired by a peer (catalogueWatermark).
-	catalogue bool
 }
 
 type ruleState struct {
-	stored  bool             // in the store before this transaction
-	present bool             // in the store after it
-	dirty   bool             // written by this transaction
-	rule    store.Rule       // when present
-	timer   *scheduler.Timer // when present
-	wm      store.Watermark  // the stored watermark, or the new one when setWM
-	setWM   bool             // write wm; else leave the stored one alone
+	stored bool            // a live rule in the store before this transaction
+	rec    protocol.Record // as this transaction leaves it
+	dirty  bool            // rec is written by this transaction
+	// timer is the rule's parsed timer once a change applied to it: the
+	// engine learns it at commit. A rule only given a newer version keeps
+	// its schedule and has none.
+	timer *scheduler.Timer
+	setWM bool // write rec.Watermark: the schedule is new or changed
 	// recreated: removed and added again in this transaction, so the
 	// engine forgets the old schedule before it learns the new one.
 	recreated bool
 }
 
 func (n *Node) newRuleTxn() *ruleTxn {
-	return &ruleTxn{n: n, now: n.cfg.Now(), rules: make(map[int64]*ruleState)}
+	return &ruleTxn{n: n, book: protocol.Book{AnchorBound: n.cfg.ReconcileInterval}, now: n.cfg.Now(),
+		rules: make(map[int64]*ruleState)}
 }
 
 // state is the rule's state as this transaction left it, read from the
-// store the first time.
+// store the first time: a live rule with the later of its stored and its
+// running watermark, or a tombstone (or nothing) with what the cluster
+// knows of the rule.
 func (tx *ruleTxn) state(id int64) (*ruleState, error) {
 	if st, ok := tx.rules[id]; ok {
 		return st, nil
@@ -305,7 +313,26 @@ func (tx *ruleTxn) state(id int64) (*ruleState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &ruleState{stored: found, present: found, rule: r, wm: wm}
+	st := &ruleState{stored: found}
+	if found {
+		st.rec = protocol.Record{Live: true, Version: r.UpdatedAt, Watermark: scheduler.Watermark(wm),
+			Rule: protocol.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params}}
+		// The engine's watermark may be ahead of the stored one (a fire
+		// committing right now).
+		if ewm, ok := tx.n.engine.Watermark(id); ok {
+			if ewm.Slot.After(st.rec.Watermark.Slot) {
+				st.rec.Watermark.Slot = ewm.Slot
+			}
+			st.rec.Watermark.Count = max(st.rec.Watermark.Count, ewm.Count)
+		}
+	} else {
+		ts, _, err := tx.n.store.Tombstone(id)
+		if err != nil {
+			return nil, err
+		}
+		st.rec.Version = ts.Version
+		st.rec.Watermark = tx.n.clusterWatermark(id)
+	}
 	tx.rules[id] = st
 	tx.order = append(tx.order, id)
 	return st, nil
@@ -314,107 +341,67 @@ func (tx *ruleTxn) state(id int64) (*ruleState, error) {
 // apply makes one lifecycle message part of the transaction and returns its
 // result label; err says why for invalid, ignored and error.
 func (tx *ruleTxn) apply(l ingest.Lifecycle) (string, error) {
-	timerTrigger := scheduler.IsTimerTrigger(l.TriggerRef)
-	remove := l.Type == ingest.RuleDisabled || l.Type == ingest.RuleDeleted || !l.Enabled
-	if !remove && timerTrigger {
-		return tx.upsert(store.Rule{ID: l.RuleID, Ref: l.RuleRef, TriggerRef: l.TriggerRef, Params: l.Params})
-	}
-	st, err := tx.state(l.RuleID)
+	return tx.change(protocol.Change{
+		Rule:    protocol.Rule{ID: l.RuleID, Ref: l.RuleRef, TriggerRef: l.TriggerRef, Params: l.Params},
+		Enabled: l.Type != ingest.RuleDisabled && l.Type != ingest.RuleDeleted && l.Enabled,
+		Version: l.Timestamp,
+	})
+}
+
+// change decides c by the rule book and takes the decision into the
+// transaction.
+func (tx *ruleTxn) change(c protocol.Change) (string, error) {
+	st, err := tx.state(c.Rule.ID)
 	if err != nil {
 		return resError, err
 	}
-	if !st.present {
-		// Not ours: a rule of another trigger, or one already gone.
-		if l.TriggerRef != "" && !timerTrigger {
-			return resIgnored, fmt.Errorf("trigger %q is not a timer trigger", truncate(l.TriggerRef, 64))
-		}
-		return resUnchanged, nil
-	}
-	// An enabled rule whose trigger is no longer a timer is no longer ours
-	// either (Attune sends a disable first; this is for one that did not).
-	tx.remove(st)
-	return resApplied, nil
+	d := tx.book.Apply(st.rec, c, tx.now)
+	tx.take(st, d)
+	return string(d.Result), d.Reason
 }
 
-func (tx *ruleTxn) remove(st *ruleState) {
-	st.present, st.dirty, st.setWM, st.timer = false, true, false, nil
-}
-
-// upsert stores and schedules an enabled timer rule. A rule whose timer is
-// unchanged keeps its schedule and fire count: Attune publishes enable
-// messages unconditionally.
-func (tx *ruleTxn) upsert(r store.Rule) (string, error) {
-	if len(r.Params) > maxParamsBytes {
-		return resInvalid, fmt.Errorf("trigger_params: %d bytes, at most %d", len(r.Params), maxParamsBytes)
+// take makes decision d the rule's state in this transaction.
+func (tx *ruleTxn) take(st *ruleState, d protocol.Decision) {
+	if !d.Write {
+		return
 	}
-	t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
-	if err != nil {
-		return resInvalid, err
+	if d.Record.Live && !st.rec.Live && st.stored {
+		st.recreated = true
 	}
-	st, err := tx.state(r.ID)
-	if err != nil {
-		return resError, err
-	}
-	r.UpdatedAt = tx.now
+	st.rec, st.dirty = d.Record, true
 	switch {
-	case !st.present:
-		// New (or deleted and re-created): the first slot is the first one
-		// after now.
-		st.wm, st.setWM = store.Watermark{Slot: tx.now}, true
-		st.recreated = st.stored
-		if tx.catalogue && !st.stored {
-			if wm, ok := tx.n.catalogueWatermark(r.ID); ok && wm.Slot.Before(tx.now) {
-				st.wm = wm
-			}
-		}
-	case st.rule.Ref == r.Ref && st.rule.TriggerRef == r.TriggerRef && sameJSON(st.rule.Params, r.Params):
-		return resUnchanged, nil
-	default:
-		old := st.timer
-		if old == nil {
-			old, _ = scheduler.Parse(st.rule.TriggerRef, st.rule.Params, st.rule.ID)
-		}
-		if !old.Equal(t) {
-			// A new schedule starts now and keeps counting. The engine's
-			// watermark may be ahead of the stored one (a fire committing
-			// right now): take the later of both.
-			base := st.wm
-			if ewm, ok := tx.n.engine.Watermark(r.ID); ok {
-				if ewm.Slot.After(base.Slot) {
-					base.Slot = ewm.Slot
-				}
-				base.Count = max(base.Count, ewm.Count)
-			}
-			st.wm, st.setWM = store.Watermark{Slot: later(base.Slot, tx.now), Count: base.Count}, true
-		}
-		// Same schedule, other spelling or ref: the watermark stays.
+	case !d.Record.Live:
+		st.timer, st.setWM = nil, false
+	case d.Timer != nil:
+		st.timer = d.Timer
+		st.setWM = st.setWM || d.Reschedule
 	}
-	st.present, st.dirty, st.rule, st.timer = true, true, r, t
-	return resApplied, nil
 }
 
 // commit writes the transaction's changes to the store (one transaction
-// for every put; deletes follow), then to the engine.
+// for every put, one for every removal), then to the engine.
 func (tx *ruleTxn) commit() error {
 	var (
 		puts []store.Rule
 		wms  []*store.Watermark
-		dels []int64
+		dels []store.Tombstone
 	)
 	for _, id := range tx.order {
 		st := tx.rules[id]
 		switch {
 		case !st.dirty:
-		case st.present:
-			puts = append(puts, st.rule)
+		case st.rec.Live:
+			r := st.rec.Rule
+			puts = append(puts, store.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params,
+				UpdatedAt: st.rec.Version})
 			var wm *store.Watermark
 			if st.setWM {
-				w := st.wm
+				w := store.Watermark(st.rec.Watermark)
 				wm = &w
 			}
 			wms = append(wms, wm)
-		case st.stored:
-			dels = append(dels, id)
+		default:
+			dels = append(dels, store.Tombstone{ID: id, Version: st.rec.Version})
 		}
 	}
 	start := time.Now()
@@ -426,11 +413,10 @@ func (tx *ruleTxn) commit() error {
 		// view the ownership loop placed the others by (ownMu).
 		tx.n.ownMu.Lock()
 		now := tx.n.cfg.Now()
-		for i, r := range puts {
+		for _, r := range puts {
 			st := tx.rules[r.ID]
-			wm := st.wm
-			if wms[i] != nil {
-				wm = *wms[i]
+			if st.timer == nil {
+				continue // a newer version of the same rule: the schedule stays
 			}
 			if st.recreated {
 				tx.n.engine.Remove(r.ID)
@@ -439,36 +425,39 @@ func (tx *ruleTxn) commit() error {
 				tx.n.engine.Remove(r.ID)
 				continue
 			}
-			ewm := scheduler.Watermark(wm)
+			ewm := st.rec.Watermark
 			if _, running := tx.n.engine.Watermark(r.ID); !running {
 				// Starts running here: a peer may have fired it since.
-				ewm = tx.n.adoptWatermark(r.ID, wm)
+				ewm = tx.n.adoptWatermark(r.ID, store.Watermark(ewm))
 			}
 			tx.n.engine.Upsert(r.ID, st.timer, ewm)
 		}
 		tx.n.ownMu.Unlock()
 	}
-	for i, id := range dels {
-		// TODO(store): a DeleteRules([]int64) would make this one commit.
-		if err := tx.n.store.DeleteRule(id); err != nil {
-			return fmt.Errorf("%w (%d of %d deletes done)", err, i, len(dels))
+	if len(dels) > 0 {
+		if err := tx.n.store.RemoveRules(dels); err != nil {
+			return fmt.Errorf("%w (%d puts done)", err, len(puts))
 		}
 		tx.n.ownMu.Lock()
-		tx.n.engine.Remove(id)
+		for _, t := range dels {
+			tx.n.engine.Remove(t.ID)
+		}
 		tx.n.ownMu.Unlock()
 	}
 	if len(puts)+len(dels) > 0 {
-		tx.n.log.Debug("rule changes committed", "puts", len(puts), "deletes", len(dels),
+		tx.n.log.Debug("rule changes committed", "puts", len(puts), "removals", len(dels),
 			"took", time.Since(start).Round(time.Microsecond).String())
 	}
 	return nil
 }
 
 // reconcile makes the store match the rules API: it adds missing rules,
-// updates changed ones and removes those no longer enabled. A partial
-// listing changes nothing.
+// updates changed ones and removes those no longer enabled, each as the
+// rule book decides by its version; then it purges tombstones past their
+// TTL. A partial listing changes nothing.
 func (n *Node) reconcile(ctx context.Context) error {
 	start := time.Now()
+	listed := n.cfg.Now()
 	var want []ingest.RemoteRule
 	for _, ref := range scheduler.TimerTriggers() {
 		rules, err := n.rules.EnabledRules(ctx, ref)
@@ -478,60 +467,76 @@ func (n *Node) reconcile(ctx context.Context) error {
 		}
 		want = append(want, rules...)
 	}
-	if err := n.applyRemote(want, true, "reconcile"); err != nil {
+	if err := n.applyRemote(want, listed, "reconcile"); err != nil {
 		n.metrics.reconciles.WithLabelValues("error").Inc()
 		return err
 	}
 	n.metrics.reconciles.WithLabelValues("ok").Inc()
-	n.log.Info("reconciled", "rules", len(want), "took", time.Since(start).Round(time.Millisecond).String())
+	purged, err := n.store.PurgeTombstones(n.cfg.Now().Add(-protocol.TombstoneTTL))
+	if err != nil {
+		n.log.Warn("tombstones not purged; the next reconcile retries", "err", err)
+	}
+	n.log.Info("reconciled", "rules", len(want), "tombstones_purged", purged,
+		"took", time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
-// applyRemote upserts rules as listed by the API (or the start-up set) in
-// one transaction; with prune, stored rules absent from the list go.
-func (n *Node) applyRemote(rules []ingest.RemoteRule, prune bool, what string) error {
+// applyRemote applies rules as listed by the API (listed is when the
+// listing started) or, with listed zero, the start-up set, in one
+// transaction. A listing also prunes: stored rules absent from it go, if
+// the rule book says so.
+func (n *Node) applyRemote(rules []ingest.RemoteRule, listed time.Time, what string) error {
 	tx := n.newRuleTxn()
-	tx.catalogue = true
 	want := make(map[int64]bool, len(rules))
-	var applied, invalid, ignored, removed int
+	counts := map[string]int{}
 	for _, r := range rules {
 		want[r.ID] = true
-		if !scheduler.IsTimerTrigger(r.TriggerRef) {
-			ignored++
-			n.log.Info(what+": rule is not a timer rule; not scheduled", "rule_id", r.ID, "rule_ref", r.Ref,
-				"trigger_ref", truncate(r.TriggerRef, 64))
-			continue
+		v := r.Version()
+		if v.IsZero() {
+			// A listing without times is as old as its start; the start-up
+			// set is older than anything held.
+			v = listed
+			if listed.IsZero() {
+				v = startupVersion
+			}
 		}
-		res, err := tx.upsert(store.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params})
+		res, err := tx.change(protocol.Change{
+			Rule:    protocol.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params},
+			Enabled: true,
+			Version: v,
+		})
+		counts[res]++
 		switch res {
 		case resError:
 			return fmt.Errorf("%s: rule %d: %w", what, r.ID, err)
 		case resInvalid:
-			invalid++
 			n.log.Warn(what+": rule not scheduled", "rule_id", r.ID, "rule_ref", r.Ref, "err", err)
-		case resApplied:
-			applied++
+		case resIgnored:
+			n.log.Info(what+": rule is not a timer rule; not scheduled", "rule_id", r.ID, "rule_ref", r.Ref,
+				"trigger_ref", truncate(r.TriggerRef, 64))
 		}
 	}
-	if prune {
-		var stale []int64
+	removed := 0
+	if !listed.IsZero() {
+		var gone []int64
 		err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
 			if !want[r.ID] {
-				stale = append(stale, r.ID)
+				gone = append(gone, r.ID)
 			}
 			return nil
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		slices.Sort(stale)
-		for _, id := range stale {
+		slices.Sort(gone)
+		for _, id := range gone {
 			st, err := tx.state(id)
 			if err != nil {
 				return fmt.Errorf("%s: rule %d: %w", what, id, err)
 			}
-			if st.present {
-				tx.remove(st)
+			d := tx.book.Prune(st.rec, listed)
+			tx.take(st, d)
+			if d.Result == protocol.Applied {
 				removed++
 			}
 		}
@@ -539,32 +544,11 @@ func (n *Node) applyRemote(rules []ingest.RemoteRule, prune bool, what string) e
 	if err := tx.commit(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if applied+removed+invalid+ignored > 0 {
-		n.log.Info(what+" applied", "rules", len(rules), "applied", applied, "removed", removed,
-			"invalid", invalid, "ignored", ignored)
+	if counts[resApplied]+removed+counts[resInvalid]+counts[resIgnored]+counts[resStale] > 0 {
+		n.log.Info(what+" applied", "rules", len(rules), "applied", counts[resApplied], "removed", removed,
+			"stale", counts[resStale], "invalid", counts[resInvalid], "ignored", counts[resIgnored])
 	}
 	return nil
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
-// sameJSON compares two JSON values ignoring key order and spacing.
-func sameJSON(a, b json.RawMessage) bool {
-	if bytes.Equal(a, b) {
-		return true
-	}
-	var va, vb any
-	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
-		return false
-	}
-	ca, _ := json.Marshal(va)
-	cb, _ := json.Marshal(vb)
-	return bytes.Equal(ca, cb)
 }
 
 func truncate(s string, n int) string {
