@@ -119,7 +119,7 @@ func (b Book) Apply(rec Record, c Change, now time.Time) Decision {
 			return keep
 		}
 		if held(rec, now) && v.Before(rec.Version) {
-			keep.Result = Stale
+			keep.Result = Unchanged // an older removal of a rule removed since: what it asks for holds
 			return keep
 		}
 		// Unchanged, but its version is kept: a create that is older and
@@ -132,7 +132,13 @@ func (b Book) Apply(rec Record, c Change, now time.Time) Decision {
 		return keep
 	}
 	if held(rec, now) && v.Before(rec.Version) {
+		// Older than what is held. A repeat of the rule as it is (a listing
+		// and a message of one change disagree on its time by rounding)
+		// asks for nothing: unchanged. Anything else is stale.
 		keep.Result = Stale
+		if c.Enabled && timer && rec.Live && sameRule(rec.Rule, c.Rule) {
+			keep.Result = Unchanged
+		}
 		return keep
 	}
 	if !c.Enabled || !timer {
