@@ -479,7 +479,7 @@ func (c *Cluster) rebuild(firstSettle *time.Duration) {
 	}
 	now := c.cfg.Now()
 	v := &View{Version: cur.Version + 1, Self: c.cfg.NodeName, Members: names, Changed: now, ring: ring}
-	c.quorum(v)
+	c.quorum(v, cur)
 	if firstSettle != nil {
 		v.SettleAt = now.Add(*firstSettle)
 	} else {
@@ -506,8 +506,12 @@ func (c *Cluster) rebuild(firstSettle *time.Duration) {
 	}
 }
 
-// quorum sets v.Expect and v.Quorum from v.Members. viewMu is held.
-func (c *Cluster) quorum(v *View) {
+// quorum sets v.Expect and v.Quorum from v.Members, cur being the previous view. N is the
+// larger of Config.Expect and the most members this node has seen in one view, less those that
+// left gracefully since (a scale-in, a rolling restart; they count again when back). A member
+// that died or that this node lost contact with still counts: each side of a partition keeps
+// the N of the whole, and at most one side holds more than half of it. viewMu is held.
+func (c *Cluster) quorum(v, cur *View) {
 	seen := len(v.Members)
 	if c.cfg.Expect == 1 {
 		v.Expect, v.Quorum = 1, true
@@ -522,7 +526,15 @@ func (c *Cluster) quorum(v *View) {
 		c.log.Warn("this node sees more members than TIMERD_EXPECT: it counts a quorum of the larger number; "+
 			"set TIMERD_EXPECT to the number of nodes", "members", seen, "expect", c.cfg.Expect)
 	}
-	c.mostSeen = max(c.mostSeen, seen)
+	left := 0
+	c.mu.Lock()
+	for _, name := range cur.Members {
+		if m, ok := c.members[name]; ok && m.state == StateLeft && !slices.Contains(v.Members, name) {
+			left++
+		}
+	}
+	c.mu.Unlock()
+	c.mostSeen = max(c.mostSeen-left, seen)
 	v.Expect = max(c.cfg.Expect, c.mostSeen)
 	v.Quorum = seen >= v.QuorumSize()
 }

@@ -60,9 +60,9 @@ type Config struct {
 	RejoinInterval time.Duration
 	// Expect is N, the expected number of members: a node fires nothing while its view holds
 	// fewer than a quorum, ⌊N/2⌋+1, itself included (View.Quorum). A node that sees more
-	// members than Expect takes the largest number it has seen as N, so two disjoint halves
-	// never both hold a quorum. 1 (the default) requires no quorum: every node fires what its
-	// ring gives it, alone too. 1..MaxExpect.
+	// members than Expect takes the most it has seen as N (less those that left gracefully
+	// since), so two disjoint halves never both hold a quorum. 1 (the default) requires no
+	// quorum: every node fires what its ring gives it, alone too. 1..MaxExpect.
 	Expect int
 	// Resolve looks up a host name of Join: IP addresses, or IP:port to override the entry's
 	// port (an SRV lookup); nil: net.DefaultResolver.LookupHost. A seam for tests.

@@ -89,9 +89,8 @@ timerd_cluster_quorum ` + strconv.Itoa(quorum) + "\n"
 	}
 }
 
-// A node that has seen more members than Expect counts a quorum of the larger number: with
-// Expect 2 set on four nodes, two of them alone do not have one (else both halves of a
-// partition would).
+// A node that sees more members than Expect counts a quorum of the most it has seen; members
+// that leave gracefully (a scale-in) are taken off it again.
 func TestQuorumOfMoreMembersThanExpected(t *testing.T) {
 	var nodes []*Cluster
 	var logs []*logBuf
@@ -121,9 +120,83 @@ func TestQuorumOfMoreMembersThanExpected(t *testing.T) {
 		}
 	}
 	for _, n := range nodes[:2] {
-		eventually(t, 20*time.Second, n.Name()+" has no quorum with 2 of the 4 it saw", func() bool {
+		eventually(t, 20*time.Second, n.Name()+" counts a quorum of 2 once c and d left gracefully", func() bool {
 			v := n.View()
-			return len(v.Members) == 2 && !v.Quorum && v.Expect == 4
+			return len(v.Members) == 2 && v.Quorum && v.Expect == 2
+		})
+	}
+}
+
+// quorum, step by step: the views a node goes through, the members gone since the previous
+// one (left gracefully or not), and the N and quorum it counts.
+func TestQuorumCount(t *testing.T) {
+	type step struct {
+		members []string
+		left    []string // gone since the previous view after a leave intent; the others gone are dead
+		expect  int      // N
+		quorum  bool
+	}
+	tests := []struct {
+		name   string
+		expect int
+		steps  []step
+	}{
+		{"expect 1 needs no quorum", 1, []step{
+			{members: []string{"a"}, expect: 1, quorum: true},
+			{members: []string{"a", "b", "c"}, expect: 1, quorum: true},
+			{members: []string{"a"}, expect: 1, quorum: true},
+		}},
+		{"2 of 3", 3, []step{
+			{members: []string{"a"}, expect: 3, quorum: false},
+			{members: []string{"a", "b"}, expect: 3, quorum: true},
+			{members: []string{"a", "b", "c"}, expect: 3, quorum: true},
+			{members: []string{"a"}, expect: 3, quorum: false}, // b and c dead
+			{members: []string{"a", "c"}, left: []string{"b"}, expect: 3, quorum: true},
+		}},
+		{"halves of more members than expected", 2, []step{
+			{members: []string{"a", "b", "c", "d"}, expect: 4, quorum: true},
+			{members: []string{"a", "b"}, expect: 4, quorum: false}, // c and d cut off: dead to a
+			{members: []string{"a", "b", "c", "d"}, expect: 4, quorum: true},
+		}},
+		{"graceful leaves lower N, deaths do not", 3, []step{
+			{members: []string{"a", "b", "c", "d", "e"}, expect: 5, quorum: true},
+			{members: []string{"a", "b", "c", "d"}, left: []string{"e"}, expect: 4, quorum: true},
+			{members: []string{"a", "b"}, expect: 4, quorum: false}, // c and d dead: still counted
+			{members: []string{"a", "b", "c", "d"}, expect: 4, quorum: true},
+			{members: []string{"a", "b"}, left: []string{"d"}, expect: 3, quorum: true}, // c dead, d left
+			{members: []string{"a", "b", "c", "d"}, expect: 4, quorum: true},            // d back
+		}},
+		{"never below expect", 3, []step{
+			{members: []string{"a", "b", "c"}, expect: 3, quorum: true},
+			{members: []string{"a"}, left: []string{"b", "c"}, expect: 3, quorum: false},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Cluster{cfg: Config{NodeName: "a", Expect: tt.expect}.withDefaults(), members: map[string]*memberState{}}
+			c.log = c.cfg.Logger
+			cur := &View{Self: "a", Expect: tt.expect}
+			for i, st := range tt.steps {
+				for _, name := range cur.Members {
+					if !slices.Contains(st.members, name) {
+						state := StateDead
+						if slices.Contains(st.left, name) {
+							state = StateLeft
+						}
+						c.members[name] = &memberState{state: state}
+					}
+				}
+				for _, name := range st.members {
+					c.members[name] = &memberState{state: StateAlive}
+				}
+				v := &View{Self: "a", Members: st.members}
+				c.quorum(v, cur)
+				if v.Expect != st.expect || v.Quorum != st.quorum {
+					t.Errorf("step %d, members %v (left %v): N %d quorum %v, want N %d quorum %v",
+						i, st.members, st.left, v.Expect, v.Quorum, st.expect, st.quorum)
+				}
+				cur = v
+			}
 		})
 	}
 }

@@ -17,8 +17,9 @@ type View struct {
 	Members  []string  // sorted names in the ring (alive and suspect members)
 	Changed  time.Time // when this node built the view (Config.Now)
 	SettleAt time.Time // Changed + SettleDelay; Changed for the first view of a node alone
-	// Expect is N, the number of members a quorum is counted of: Config.Expect, or the most
-	// members this node has seen in one view when that is more (and Expect > 1).
+	// Expect is N, the number of members a quorum is counted of: Config.Expect, or, when that
+	// is more (and Expect > 1), the most members this node has seen in one view, less those
+	// that left gracefully since.
 	Expect int
 	// Quorum: Members hold at least QuorumSize; without it the node owns, and fires, nothing.
 	// Always true when Config.Expect is 1 (no quorum required), false before Join decided.
