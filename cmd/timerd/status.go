@@ -137,7 +137,12 @@ func printStatus(w io.Writer, st node.Status) error {
 		{"token expiry", token},
 	}
 	if len(st.Members) > 0 {
-		rows = append(rows, [2]string{"ring version", fmt.Sprint(st.RingVersion)})
+		q := fmt.Sprintf("yes: %d of %d expected members seen, %d needed", st.SeenMembers, st.ExpectedMembers, st.QuorumSize)
+		if !st.Quorum {
+			q = fmt.Sprintf("NO: %d of %d expected members seen, %d needed: this node fires nothing",
+				st.SeenMembers, st.ExpectedMembers, st.QuorumSize)
+		}
+		rows = append(rows, [2]string{"quorum", q}, [2]string{"ring version", fmt.Sprint(st.RingVersion)})
 	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])

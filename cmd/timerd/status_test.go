@@ -13,6 +13,7 @@ const statusJSON = `{
   "next_fire": "2026-01-01T00:00:01Z", "api_url": "http://api", "sensor_ref": "core.timer",
   "store_path": "/d/node.db", "generated_at": "2026-01-01T00:00:00Z",
   "token_expires_at": "2020-01-01T00:00:00Z", "token_masked": "eyJh…(masked)",
+  "quorum": true, "expected_members": 3, "seen_members": 2, "quorum_size": 2,
   "ring_version": 5,
   "members": [
     {"name": "timerd-0", "addr": "10.0.0.1:7946", "state": "alive", "self": true, "rules_owned": 1012},
@@ -26,6 +27,10 @@ func TestStatusCommand(t *testing.T) {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(statusJSON)) })
 	mux.HandleFunc("GET /single/v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte(`{"node":"dev","version":"x","ready":false,"rules_known":1,"rules_owned":1}`))
+	})
+	mux.HandleFunc("GET /alone/v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte(`{"node":"timerd-0","ready":false,"quorum":false,"expected_members":3,"seen_members":1,"quorum_size":2,"ring_version":1,
+			"members":[{"name":"timerd-0","addr":"10.0.0.1:7946","state":"alive","self":true,"rules_owned":0}]}`))
 	})
 	mux.HandleFunc("GET /broken/v1/status", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(`<html>`)) })
 	srv := httptest.NewServer(mux)
@@ -45,7 +50,7 @@ func TestStatusCommand(t *testing.T) {
 			args: []string{"--addr", host},
 			want: []string{"node timerd-0", "version 1.2.3", "ready true", "rules known 3000", "rules owned 1012",
 				"outbox 4 (dead letters 1)", "next fire 2026-01-01T00:00:01Z", "token expiry 2020-01-01T00:00:00Z (EXPIRED) eyJh…(masked)",
-				"ring version 5", "MEMBER ADDR STATE RULES OWNED", "timerd-0 (self) 10.0.0.1:7946 alive 1012",
+				"quorum yes: 2 of 3 expected members seen, 2 needed", "ring version 5", "MEMBER ADDR STATE RULES OWNED", "timerd-0 (self) 10.0.0.1:7946 alive 1012",
 				"timerd-1 10.0.0.2:7946 alive 1988", "timerd-2 10.0.0.3:7946 left 0"},
 		},
 		{
@@ -53,6 +58,11 @@ func TestStatusCommand(t *testing.T) {
 			args:    []string{"--addr", srv.URL + "/single/"},
 			want:    []string{"node dev", "ready false", "token expiry -", "next fire -", "no cluster: a single node owning every rule"},
 			wantNot: []string{"MEMBER", "ring version"},
+		},
+		{
+			name: "cluster node without a quorum",
+			args: []string{"--addr", srv.URL + "/alone"},
+			want: []string{"ready false", "quorum NO: 1 of 3 expected members seen, 2 needed: this node fires nothing"},
 		},
 		{
 			name: "json as served",
