@@ -52,6 +52,15 @@ const (
 
 	maxCatchUpLimit = 1_000_000 // the catch-up search keeps this many slots in memory
 	maxCoalesce     = time.Second
+
+	// maxSleep caps every sleep of Run. The timer runs on the monotonic
+	// clock, but slots are due by the wall clock (Config.Now): a wait
+	// computed before a wall-clock step (NTP, a resumed VM) would leave
+	// the slots the step made due late by as much as the step. Capped,
+	// the step is noticed within a second and those slots fire then. A
+	// dense schedule wakes more often than this anyway; a sparse one pays
+	// at most one wake-up a second (a clock read and a heap peek).
+	maxSleep = time.Second
 )
 
 func (c Config) withDefaults() Config {
@@ -488,7 +497,7 @@ func (e *Engine) release(idx int32) {
 
 // prepare pops every due rule (up to MaxBatch fires) and plans its fires into
 // e.fires, marking the rules busy. With nothing due it returns how long to
-// wait for the root, or armed false when the heap is empty.
+// wait for the root (at most maxSleep), or armed false when the heap is empty.
 func (e *Engine) prepare() (wait time.Duration, armed bool) {
 	e.fires, e.flights = e.fires[:0], e.flights[:0]
 	e.mu.Lock()
@@ -528,18 +537,20 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 	}
 }
 
-// waitFor is how long to sleep from now for a root due at at. A root due
-// within Coalesce of the last wake that fired waits until Coalesce after that
-// wake, so that a dense run of slots is taken in groups rather than with a
-// timer, a futex and a commit each; never earlier than at.
+// waitFor is how long to sleep from now for a root due at at, at most
+// maxSleep. A root due within Coalesce of the last wake that fired waits
+// until Coalesce after that wake, so that a dense run of slots is taken in
+// groups rather than with a timer, a futex and a commit each; never earlier
+// than at. A last wake later than now means the wall clock went back: it is
+// not waited for (that could hold the root back by as much as the step).
 func (e *Engine) waitFor(at, now int64) time.Duration {
-	if c := int64(e.cfg.Coalesce); c > 0 && e.lastPop <= math.MaxInt64-c && at < e.lastPop+c {
+	if c := int64(e.cfg.Coalesce); c > 0 && e.lastPop <= now && e.lastPop <= math.MaxInt64-c && at < e.lastPop+c {
 		at = e.lastPop + c
 	}
 	if now < 0 && at > math.MaxInt64+now {
-		return maxDuration
+		return maxSleep
 	}
-	return time.Duration(at - now)
+	return min(time.Duration(at-now), maxSleep)
 }
 
 func bySlot(a, b Fire) int { return a.Slot.Compare(b.Slot) }
