@@ -117,7 +117,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 	m := &metrics{
 		lifecycle: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_lifecycle_messages_total",
-			Help: "Rule lifecycle messages by type and result (applied, unchanged, ignored, invalid, error).",
+			Help: "Rule lifecycle messages by type and result: applied, unchanged, stale (an older change than the one held: not applied), ignored, invalid, error.",
 		}, []string{"type", "result"}),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_reconciles_total",

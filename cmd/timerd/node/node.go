@@ -144,7 +144,6 @@ func (c *Config) Validate() error {
 // Node is one running timerd node.
 type Node struct {
 	cfg      Config
-	started  time.Time // when Run began: the baseline of rules new to a clustered node
 	log      *slog.Logger
 	store    *store.Store
 	engine   *scheduler.Engine
@@ -277,7 +276,6 @@ func (n *Node) HTTPAddr() string {
 // their watermarks), flushes the outbox within ShutdownTimeout and closes
 // the store. What is not delivered stays in the outbox for the next start.
 func (n *Node) Run(ctx context.Context) error {
-	n.started = n.cfg.Now()
 	defer n.store.Close()
 	if n.cl != nil {
 		defer n.cl.Shutdown() // a no-op after Leave
