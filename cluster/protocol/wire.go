@@ -509,12 +509,12 @@ func Decode(b []byte) (Message, error) {
 	if len(b) < 2 {
 		return nil, &wireError{WireMalformed, fmt.Sprintf("%d bytes", len(b))}
 	}
+	// One case per version read. Version 2 will add its case and decodeV2 and keep
+	// the case of version 1 and decodeV1 as they are (§10: a node reads its own
+	// version and the one before), and Encode will take the version to write.
 	switch b[0] {
-	case WireVersion:
+	case 1:
 		return decodeV1(b[1], b[2:])
-		// Version 2 will keep the case of version 1 (§10: a node reads its own version
-		// and the one before) and its decoder, decodeV1, as it is; its own goes in
-		// decodeV2.
 	}
 	return nil, &wireError{WireUnknownVersion, fmt.Sprintf("version %d, this node reads %d", b[0], WireVersion)}
 }
