@@ -1,0 +1,1250 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+)
+
+// Defaults of MemberConfig (docs/protocol.md, "Parameters").
+const (
+	DefaultHeartbeat   = 200 * time.Millisecond
+	DefaultLease       = time.Second
+	DefaultFenceMargin = 250 * time.Millisecond
+	DefaultRetry       = 500 * time.Millisecond
+	DefaultMaxRecords  = 50
+)
+
+// Ring names the owner of each partition in one view.
+type Ring interface {
+	Owner(partition int) string
+}
+
+// Store is what a member reads of its node's store. The host applies the member's
+// effects to it before the next Step.
+type Store interface {
+	// Watermark is a rule's watermark, if the store has one.
+	Watermark(rule int64) (Watermark, bool)
+	// PartitionWatermarks are the watermarks of every rule of the partitions.
+	PartitionWatermarks(parts []int) []Watermark
+}
+
+// MemberConfig configures a Member.
+type MemberConfig struct {
+	Self       Incarnation
+	Expect     int // the expected cluster size N; 1 for a single node
+	Partitions int
+	// PartitionOf maps a rule to its partition.
+	PartitionOf func(rule int64) int
+	// Ring builds the ring of a member set (sorted names, self included).
+	Ring  func(members []string) Ring
+	Store Store
+
+	Heartbeat   time.Duration // R
+	Lease       time.Duration // L
+	FenceMargin time.Duration // M
+	Retry       time.Duration // re-send of unanswered acquisitions, fires and offers
+	// SkewAllowance bounds how far ahead of this node's wall clock a fired slot may be.
+	SkewAllowance time.Duration
+	MaxRecords    int // fire records in one Fired message
+}
+
+func (c *MemberConfig) setDefaults() {
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
+	}
+	if c.FenceMargin == 0 {
+		c.FenceMargin = DefaultFenceMargin
+	}
+	if c.Retry == 0 {
+		c.Retry = DefaultRetry
+	}
+	if c.SkewAllowance == 0 {
+		c.SkewAllowance = time.Minute
+	}
+	if c.MaxRecords == 0 {
+		c.MaxRecords = DefaultMaxRecords
+	}
+}
+
+// Validate names the first bad field.
+func (c MemberConfig) Validate() error {
+	c.setDefaults()
+	switch {
+	case c.Self.Node == "":
+		return errors.New("protocol: Self.Node is required")
+	case c.Expect < 1:
+		return fmt.Errorf("protocol: Expect %d: must be at least 1", c.Expect)
+	case c.Partitions < 1:
+		return fmt.Errorf("protocol: Partitions %d: must be at least 1", c.Partitions)
+	case c.PartitionOf == nil || c.Ring == nil || c.Store == nil:
+		return errors.New("protocol: PartitionOf, Ring and Store are required")
+	case c.Heartbeat <= 0 || c.Lease <= c.Heartbeat:
+		return fmt.Errorf("protocol: Lease %v must exceed Heartbeat %v", c.Lease, c.Heartbeat)
+	case c.FenceMargin < 0:
+		return fmt.Errorf("protocol: FenceMargin %v: must not be negative", c.FenceMargin)
+	}
+	return nil
+}
+
+// Time is the two clocks a member reads: Boot (CLOCK_BOOTTIME: never steps, counts
+// suspend) for leases and fences, Wall for slots and clock skew.
+type Time struct {
+	Boot time.Duration
+	Wall int64 // Unix ns
+}
+
+// Effects a Step returns; the host carries them out in order.
+type (
+	// Send is a message to a member by name.
+	Send struct {
+		To  string
+		Msg Message
+	}
+	// StartFiring: store the watermarks (merged with the store's) and the holdings, then
+	// fire the partitions' rules.
+	StartFiring struct {
+		Parts      map[int]Epoch
+		Watermarks []Watermark
+	}
+	// StopFiring: stop firing the partitions' rules (a commit in flight completes) and
+	// store that they are no longer held, before anything after this effect is sent.
+	StopFiring struct{ Parts []int }
+	// SaveWatermarks: merge into the store (and into the engine, for rules fired here).
+	SaveWatermarks struct{ Watermarks []Watermark }
+	// Deliverable: these outbox events may be delivered.
+	Deliverable struct{ Events []EventRef }
+	// Drop: remove these outbox events; the verdict says why.
+	Drop struct {
+		Events  []EventRef
+		Verdict Verdict
+	}
+	// Reincarnate: the incarnation was fenced; store the new one before sending anything.
+	Reincarnate struct{ Self Incarnation }
+	// Fence: store that this member fenced every incarnation of Node up to Upto, before
+	// sending anything: a fence is a promise never to ack them again, and must outlive
+	// a restart.
+	Fence struct {
+		Node string
+		Upto uint64
+	}
+	// Log is something an operator should read.
+	Log struct {
+		Warn  bool
+		Msg   string
+		Attrs []any
+	}
+)
+
+// Member is one node's side of the fire-once protocol: its lease, the fences it keeps,
+// the partitions it holds and acquires, the replication of its fires and the offers
+// of its older events (docs/protocol.md). It is a deterministic state machine with no
+// clock, network or disk of its own; not safe for concurrent use.
+type Member struct {
+	cfg  MemberConfig
+	self Incarnation
+	now  Time
+	out  []Effect
+
+	// Lease.
+	seq        uint64
+	rounds     []round
+	leaseUntil time.Duration
+	lastBeat   time.Duration
+	beaten     bool
+
+	peers   map[string]*peer
+	known   map[string]bool // members the host lists
+	seen    map[string]bool // members heard in this incarnation, less those that retired
+	retired map[string]uint64
+
+	// Partitions.
+	held     map[int]Epoch
+	promised map[int]Epoch // the highest epoch granted, or asked for by this member
+	heard    map[int]Epoch // the highest epoch heard of (refusals): the next ask goes above it
+	// renew: held partitions whose fires a member refused for a newer epoch (promised to
+	// an acquisition that did not complete): they are acquired again above it.
+	renew map[int]bool
+	view     []string
+	ring     Ring
+	acq      *acquisition
+	acqID    uint64
+	nextAcq  time.Duration
+
+	// Fires on their way, and older events offered.
+	fireSeq   uint64
+	sent      map[uint64][]eventKey // per Fired seq, the records it carried (the last maxSentKept)
+	repl      map[eventKey]*replicating
+	offering  map[eventKey]*offered
+	offerID   uint64
+	nextRepl  time.Duration
+	// claimed in this step: its grants' watermarks are not in the store until the host
+	// carried out the step's effects, so no verdict is taken on it before the next step.
+	justClaimed map[int]bool
+
+	stats Stats
+}
+
+// Effect is one of the effect types above.
+type Effect any
+
+type round struct {
+	seq  uint64
+	sent time.Duration
+	acks map[string]bool
+}
+
+type peer struct {
+	inc       uint64        // latest incarnation heard
+	heard     time.Duration // when inc was last heard (boot clock)
+	acked     time.Duration // when inc was last acked
+	everAcked bool
+	fenced    uint64            // every incarnation up to this one is fenced here
+	fences    map[string]uint64 // the peer's own fences, from its last heartbeat
+	mismatch  bool
+	skew      time.Duration
+}
+
+// maxSentKept bounds the Fired messages whose acks are still read.
+const maxSentKept = 4096
+
+type eventKey struct {
+	rule int64
+	slot int64
+}
+
+type replicating struct {
+	ref    EventRef
+	epoch  Epoch
+	ackers map[string]bool
+	sent   time.Duration // when last sent
+}
+
+type offered struct {
+	ref  EventRef
+	sent time.Duration // when last offered; 0: not yet
+}
+
+type acquisition struct {
+	id      uint64
+	parts   map[int]Epoch
+	asked   map[string]bool
+	replied map[string]bool
+	failed  map[int]bool
+	wms     map[int64]Watermark
+	sent    time.Duration
+}
+
+// Stats counts what a member decided, for metrics.
+type Stats struct {
+	Fenced          uint64 // incarnations this member fenced
+	Reincarnations  uint64
+	Acquired        uint64 // partitions acquired
+	Renewed         uint64 // held partitions acquired again at a newer epoch
+	Released        uint64 // partitions released to another member
+	RefusedRecords  uint64 // fire records refused (newer epoch, fenced sender)
+	FutureRecords   uint64 // fire records refused for a slot too far ahead
+	Verdicts        map[Verdict]uint64
+	MaxSkew         time.Duration // largest wall-clock difference to a peer seen
+	MismatchedPeers uint64
+}
+
+// Durable is what a member's store keeps across restarts.
+type Durable struct {
+	// Held: the partitions an earlier incarnation held, with their epochs. The new
+	// incarnation holds nothing, and asks above those epochs.
+	Held map[int]Epoch
+	// Fences: per node, the highest incarnation fenced (Fence effects).
+	Fences map[string]uint64
+}
+
+// NewMember starts a member from what its store kept.
+func NewMember(cfg MemberConfig, d Durable) (*Member, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	m := &Member{
+		cfg:      cfg,
+		self:     cfg.Self,
+		peers:    map[string]*peer{},
+		known:    map[string]bool{},
+		seen:     map[string]bool{},
+		retired:  map[string]uint64{},
+		held:     map[int]Epoch{},
+		renew:    map[int]bool{},
+		heard:    map[int]Epoch{},
+		promised: maps.Clone(d.Held),
+		repl:     map[eventKey]*replicating{},
+		sent:     map[uint64][]eventKey{},
+		offering: map[eventKey]*offered{},
+		stats:    Stats{Verdicts: map[Verdict]uint64{}},
+	}
+	if m.promised == nil {
+		m.promised = map[int]Epoch{}
+	}
+	for node, upto := range d.Fences {
+		if node != m.self.Node && upto > 0 {
+			m.peers[node] = &peer{inc: upto, fenced: upto}
+		}
+	}
+	return m, nil
+}
+
+// Self is the member's current incarnation.
+func (m *Member) Self() Incarnation { return m.self }
+
+// Stats returns the member's counters.
+func (m *Member) Stats() Stats {
+	s := m.stats
+	s.Verdicts = maps.Clone(m.stats.Verdicts)
+	return s
+}
+
+// quorum is Q for the larger of the expected size and the members seen in this life.
+func (m *Member) quorum() int {
+	n := max(m.cfg.Expect, len(m.seen)+1)
+	return n/2 + 1
+}
+
+// HasLease reports whether the member's lease covers now.
+func (m *Member) HasLease(now Time) bool {
+	return m.quorum() == 1 || now.Boot < m.leaseUntil
+}
+
+// MayFire reports whether the member may fire a rule of partition p at now, and under
+// which epoch: it holds p and its lease covers now. The commit path asks before the
+// store commit and again after it.
+func (m *Member) MayFire(now Time, p int) (Epoch, bool) {
+	e, ok := m.held[p]
+	if !ok || !m.HasLease(now) {
+		return Epoch{}, false
+	}
+	return e, true
+}
+
+// Held is a copy of the partitions held, with their epochs.
+func (m *Member) Held() map[int]Epoch { return maps.Clone(m.held) }
+
+// View is the sorted member names of the current ring.
+func (m *Member) View() []string { return slices.Clone(m.view) }
+
+// Inputs of Step.
+type (
+	// Tick is time passing: heartbeats, fences, acquisitions and re-sends are due.
+	Tick struct{}
+	// Receive is a message from a member.
+	Receive struct{ Msg Message }
+	// Known is the membership the host's gossip layer lists (names, self excluded).
+	Known struct{ Names []string }
+	// Committed is this incarnation's fires, just committed to the store; ask MayFire
+	// before the commit. A fire whose partition or lease ended meanwhile is offered
+	// rather than replicated.
+	Committed struct{ Events []EventRef }
+	// Unsettled is the outbox's events of earlier incarnations (or handed in): the
+	// member offers them to their holders, and says Deliverable or Drop for each.
+	Unsettled struct{ Events []EventRef }
+	// Leave: stop firing and tell the members this incarnation retires.
+	Leave struct{}
+)
+
+// Input is one of the input types above.
+type Input any
+
+// Step applies one input at now and returns the effects to carry out, in order.
+func (m *Member) Step(now Time, in Input) []Effect {
+	if now.Boot > m.now.Boot || m.now == (Time{}) {
+		m.now = now
+	}
+	m.now.Wall = now.Wall
+	m.out = nil
+	clear(m.justClaimed)
+	switch in := in.(type) {
+	case Tick:
+		m.tick()
+	case Receive:
+		m.receive(in.Msg)
+	case Known:
+		m.known = map[string]bool{}
+		for _, n := range in.Names {
+			if n != m.self.Node {
+				m.known[n] = true
+			}
+		}
+		m.tick()
+	case Committed:
+		m.committed(in.Events)
+	case Unsettled:
+		for _, ev := range in.Events {
+			m.offering[eventKey{ev.Rule, ev.Slot}] = &offered{ref: ev}
+		}
+		m.sendOffers()
+	case Leave:
+		m.leave()
+	}
+	out := m.out
+	m.out = nil
+	return out
+}
+
+func (m *Member) emit(e Effect) { m.out = append(m.out, e) }
+
+func (m *Member) send(to string, msg Message) { m.emit(Send{To: to, Msg: msg}) }
+
+func (m *Member) logf(warn bool, msg string, attrs ...any) {
+	m.emit(Log{Warn: warn, Msg: msg, Attrs: attrs})
+}
+
+// tick runs what is due: a heartbeat round, fences by silence, the view, acquisitions,
+// and re-sends of fires and offers.
+func (m *Member) tick() {
+	now := m.now.Boot
+	if !m.beaten || now-m.lastBeat >= m.cfg.Heartbeat {
+		m.beat()
+	}
+	m.fenceSilent()
+	m.updateView()
+	m.acquire()
+	if now >= m.nextRepl {
+		m.resendFires()
+	}
+	m.sendOffers()
+}
+
+// recipients are the members a heartbeat, fire or acquisition goes to: those the host
+// lists and those heard lately.
+func (m *Member) recipients() []string {
+	set := map[string]bool{}
+	for n := range m.known {
+		set[n] = true
+	}
+	for n, p := range m.peers {
+		if m.live(p) {
+			set[n] = true
+		}
+	}
+	for n, inc := range m.retired {
+		if p := m.peers[n]; p == nil || p.inc <= inc {
+			delete(set, n)
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+func (m *Member) live(p *peer) bool {
+	return p.inc > 0 && p.fenced < p.inc && !p.mismatch && m.now.Boot-p.heard < m.cfg.Lease+m.cfg.FenceMargin
+}
+
+func (m *Member) beat() {
+	m.seq++
+	m.lastBeat, m.beaten = m.now.Boot, true
+	m.rounds = append(m.rounds, round{seq: m.seq, sent: m.now.Boot, acks: map[string]bool{}})
+	if keep := int(m.cfg.Lease/m.cfg.Heartbeat) + 2; len(m.rounds) > keep {
+		m.rounds = slices.Delete(m.rounds, 0, len(m.rounds)-keep)
+	}
+	fences := map[string]uint64{}
+	for n, p := range m.peers {
+		if p.fenced > 0 {
+			fences[n] = p.fenced
+		}
+	}
+	for _, to := range m.recipients() {
+		m.send(to, Heartbeat{From: m.self, Seq: m.seq, Expect: m.cfg.Expect, Wall: m.now.Wall, Fences: fences})
+	}
+}
+
+// fenceSilent fences every incarnation this member has not acked for L + M.
+func (m *Member) fenceSilent() {
+	for n, p := range m.peers {
+		if p.inc == 0 || p.fenced >= p.inc {
+			continue
+		}
+		if !p.everAcked || m.now.Boot-p.acked >= m.cfg.Lease+m.cfg.FenceMargin {
+			if !p.everAcked && m.now.Boot-p.heard < m.cfg.Lease+m.cfg.FenceMargin {
+				continue // heard but not acked yet (a mismatch): no lease through us
+			}
+			m.fence(n, p, p.inc)
+			m.logf(true, "fenced a silent member", "member", Incarnation{n, p.inc}.String())
+		}
+	}
+}
+
+// fence records (and has the host store) that no incarnation of node up to upto is
+// acked again.
+func (m *Member) fence(node string, p *peer, upto uint64) {
+	if upto <= p.fenced {
+		return
+	}
+	p.fenced = upto
+	m.stats.Fenced++
+	m.emit(Fence{Node: node, Upto: upto})
+}
+
+// quorumFenced reports whether node#inc can hold no lease any more: a later incarnation
+// of it is known, it retired, or a quorum (this member included) fenced it.
+func (m *Member) quorumFenced(node string, inc uint64) bool {
+	if inc == 0 {
+		return false
+	}
+	if r, ok := m.retired[node]; ok && r >= inc {
+		return true
+	}
+	p := m.peers[node]
+	if p != nil && p.inc > inc {
+		return true
+	}
+	n := 0
+	if p != nil && p.fenced >= inc {
+		n++
+	}
+	for name, q := range m.peers {
+		if name != node && q.fences[node] >= inc {
+			n++
+		}
+	}
+	return n >= m.quorum()
+}
+
+// updateView recomputes the ring over this member and the peers it hears.
+func (m *Member) updateView() {
+	names := []string{m.self.Node}
+	for n, p := range m.peers {
+		if m.live(p) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	if slices.Equal(names, m.view) && m.ring != nil {
+		return
+	}
+	m.view, m.ring = names, m.cfg.Ring(names)
+	m.nextAcq = 0 // look again at once
+}
+
+// acquire starts an acquisition of the partitions the view gives this member and it
+// does not hold, when it has a lease and none is in flight; and re-asks the members of
+// one in flight that have not answered.
+func (m *Member) acquire() {
+	now := m.now.Boot
+	if a := m.acq; a != nil {
+		m.finishAcquisition()
+		if m.acq != nil && now-a.sent >= m.cfg.Retry {
+			a.sent = now
+			for n := range a.asked {
+				if !a.replied[n] {
+					m.send(n, m.acquireMsg(a))
+				}
+			}
+		}
+		return
+	}
+	if !m.HasLease(m.now) || now < m.nextAcq || m.ring == nil {
+		return
+	}
+	parts := map[int]Epoch{}
+	for p := range m.cfg.Partitions {
+		_, held := m.held[p]
+		if held && !m.renew[p] || !held && m.ring.Owner(p) != m.self.Node {
+			continue
+		}
+		e := Epoch{N: max(m.promised[p].N, m.heard[p].N) + 1, Node: m.self.Node}
+		m.promised[p] = e
+		parts[p] = e
+	}
+	if len(parts) == 0 {
+		m.nextAcq = now + m.cfg.Retry
+		return
+	}
+	m.acqID++
+	a := &acquisition{id: m.acqID, parts: parts, asked: map[string]bool{}, replied: map[string]bool{},
+		failed: map[int]bool{}, wms: map[int64]Watermark{}, sent: now}
+	m.acq = a
+	for _, n := range m.recipients() {
+		m.askAcquire(a, n)
+	}
+	m.finishAcquisition()
+}
+
+func (m *Member) acquireMsg(a *acquisition) Acquire {
+	parts := make([]PartitionEpoch, 0, len(a.parts))
+	for _, p := range slices.Sorted(maps.Keys(a.parts)) {
+		parts = append(parts, PartitionEpoch{Partition: p, Epoch: a.parts[p]})
+	}
+	return Acquire{From: m.self, ID: a.id, Parts: parts}
+}
+
+func (m *Member) askAcquire(a *acquisition, name string) {
+	if name == m.self.Node || a.asked[name] {
+		return
+	}
+	if p := m.peers[name]; p != nil && m.quorumFenced(name, p.inc) {
+		return
+	}
+	if r, ok := m.retired[name]; ok && (m.peers[name] == nil || m.peers[name].inc <= r) {
+		return
+	}
+	a.asked[name] = true
+	m.send(name, m.acquireMsg(a))
+}
+
+// finishAcquisition claims the partitions of the acquisition in flight once every
+// member asked has answered or can hold no lease any more.
+func (m *Member) finishAcquisition() {
+	a := m.acq
+	if a == nil {
+		return
+	}
+	for n := range a.asked {
+		if a.replied[n] {
+			continue
+		}
+		p := m.peers[n]
+		if p == nil || !m.quorumFenced(n, p.inc) {
+			return // still waiting for it
+		}
+	}
+	m.acq = nil
+	m.nextAcq = m.now.Boot + m.cfg.Retry // failed ones are asked again then
+	claim := map[int]Epoch{}
+	for p, e := range a.parts {
+		if a.failed[p] || m.promised[p] != e {
+			continue
+		}
+		claim[p] = e
+	}
+	if len(claim) == 0 {
+		return
+	}
+	var wms []Watermark
+	for _, w := range a.wms {
+		if _, ok := claim[m.cfg.PartitionOf(w.Rule)]; ok {
+			wms = append(wms, w)
+		}
+	}
+	slices.SortFunc(wms, func(x, y Watermark) int { return cmpInt64(x.Rule, y.Rule) })
+	if m.justClaimed == nil {
+		m.justClaimed = map[int]bool{}
+	}
+	for p, e := range claim {
+		if _, renewed := m.held[p]; renewed {
+			delete(m.renew, p)
+			m.stats.Renewed++
+			for _, r := range m.repl {
+				if m.cfg.PartitionOf(r.ref.Rule) == p {
+					r.epoch, r.sent = e, -m.cfg.Retry // sent again, under the new epoch
+				}
+			}
+		}
+		m.held[p] = e
+		m.justClaimed[p] = true
+	}
+	m.stats.Acquired += uint64(len(claim))
+	m.emit(StartFiring{Parts: claim, Watermarks: wms})
+	// Events waiting for these partitions are decided on the next step (justClaimed).
+	for _, o := range m.offering {
+		if _, ok := claim[m.cfg.PartitionOf(o.ref.Rule)]; ok {
+			o.sent = 0
+		}
+	}
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (m *Member) receive(msg Message) {
+	from := msg.Sender()
+	if from.Node == m.self.Node || from.Node == "" {
+		return
+	}
+	if hb, ok := msg.(Heartbeat); ok {
+		m.heartbeat(hb)
+		return
+	}
+	if a, ok := msg.(HeartbeatAck); ok && a.Fenced {
+		// Heard even from an incarnation fenced here: two nodes that fenced each other
+		// (both sides of a partition) must not ignore each other for good.
+		if a.To == m.self {
+			m.reincarnate(a.From)
+		}
+		return
+	}
+	p := m.peers[from.Node]
+	if p != nil && p.fenced >= from.N {
+		m.stats.RefusedRecords += uint64(firedLen(msg))
+		return // a fenced incarnation is not heard
+	}
+	if p == nil || p.inc < from.N {
+		// Heard first by something else than a heartbeat: its heartbeat follows.
+		p = m.peer(from)
+	}
+	switch msg := msg.(type) {
+	case HeartbeatAck:
+		m.heartbeatAck(msg)
+	case Acquire:
+		m.grant(msg)
+	case Grant:
+		m.granted(msg)
+	case Fired:
+		m.fired(msg)
+	case FiredAck:
+		m.firedAck(msg)
+	case Offer:
+		m.offer(msg)
+	case OfferReply:
+		m.offerReply(msg)
+	case Retired:
+		if m.retired[from.Node] < from.N {
+			m.retired[from.Node] = from.N
+		}
+		delete(m.seen, from.Node)
+		m.fence(from.Node, p, from.N)
+		m.logf(false, "member retired", "member", from.String())
+		m.updateView()
+	}
+}
+
+func firedLen(msg Message) int {
+	if f, ok := msg.(Fired); ok {
+		return len(f.Records)
+	}
+	return 0
+}
+
+// peer is the record of node, moved on to inc when it is newer (the older incarnations
+// are fenced: a node starts a new incarnation only once the old one stopped).
+func (m *Member) peer(from Incarnation) *peer {
+	p := m.peers[from.Node]
+	if p == nil {
+		p = &peer{}
+		m.peers[from.Node] = p
+	}
+	if from.N > p.inc {
+		if p.inc > 0 {
+			m.fence(from.Node, p, p.inc)
+		}
+		p.inc, p.everAcked, p.heard = from.N, false, m.now.Boot
+	}
+	return p
+}
+
+func (m *Member) heartbeat(hb Heartbeat) {
+	p := m.peer(hb.From)
+	ack := HeartbeatAck{From: m.self, To: hb.From, Seq: hb.Seq, Wall: m.now.Wall, Echo: hb.Wall}
+	switch {
+	case p.fenced >= hb.From.N:
+		ack.Fenced = true
+	case hb.Expect != m.cfg.Expect:
+		ack.Mismatch = true
+		if !p.mismatch {
+			m.stats.MismatchedPeers++
+			m.logf(true, "a member expects another cluster size; not counted for leases",
+				"member", hb.From.String(), "its_expect", hb.Expect, "expect", m.cfg.Expect)
+		}
+		p.mismatch = true
+	default:
+		if hb.From.N == p.inc {
+			p.heard, p.acked, p.everAcked, p.mismatch = m.now.Boot, m.now.Boot, true, false
+			p.fences = hb.Fences
+			m.seen[hb.From.Node] = true
+			if r, ok := m.retired[hb.From.Node]; ok && r < hb.From.N {
+				delete(m.retired, hb.From.Node)
+			}
+		}
+	}
+	m.send(hb.From.Node, ack)
+	if ack.Fenced {
+		return
+	}
+	m.updateView()
+}
+
+func (m *Member) heartbeatAck(a HeartbeatAck) {
+	if a.To != m.self {
+		return // for an earlier incarnation of this node
+	}
+	if a.Fenced {
+		m.reincarnate(a.From)
+		return
+	}
+	if a.Mismatch {
+		return
+	}
+	p := m.peers[a.From.Node]
+	if p != nil && a.Echo != 0 {
+		// The acker's clock less the midpoint of the round trip.
+		skew := time.Duration(a.Wall - (a.Echo+m.now.Wall)/2)
+		p.skew = skew
+		if skew < 0 {
+			skew = -skew
+		}
+		m.stats.MaxSkew = max(m.stats.MaxSkew, skew)
+	}
+	for i := range m.rounds {
+		r := &m.rounds[i]
+		if r.seq != a.Seq {
+			continue
+		}
+		r.acks[a.From.Node] = true
+		if len(r.acks)+1 >= m.quorum() {
+			m.leaseUntil = max(m.leaseUntil, r.sent+m.cfg.Lease)
+		}
+	}
+}
+
+// reincarnate starts a new incarnation once a member said it fenced this one: it
+// stops firing everything, holds nothing, and offers its fires on their way.
+func (m *Member) reincarnate(by Incarnation) {
+	old := m.self
+	m.self.N++
+	m.stats.Reincarnations++
+	m.logf(true, "this incarnation was fenced: starting a new one", "fenced_by", by.String(),
+		"old", old.String(), "new", m.self.String())
+	m.emit(Reincarnate{Self: m.self})
+	if len(m.held) > 0 {
+		m.emit(StopFiring{Parts: slices.Sorted(maps.Keys(m.held))})
+		clear(m.held)
+	}
+	clear(m.renew)
+	m.acq = nil
+	m.leaseUntil, m.rounds = 0, nil
+	clear(m.seen)
+	for k, r := range m.repl {
+		m.offering[k] = &offered{ref: r.ref}
+		delete(m.repl, k)
+	}
+	m.beat()
+}
+
+// grant answers an acquisition (protocol step 2 and 3).
+func (m *Member) grant(a Acquire) {
+	g := Grant{From: m.self, To: a.From, ID: a.ID}
+	var release []int
+	for _, pe := range a.Parts {
+		p, e := pe.Partition, pe.Epoch
+		if p < 0 || p >= m.cfg.Partitions || e.Node != a.From.Node {
+			g.Refused = append(g.Refused, PartitionEpoch{Partition: p})
+			continue
+		}
+		prom := m.promised[p]
+		switch {
+		case prom == e: // asked again: the same answer
+			if h, ok := m.held[p]; ok && h == e {
+				g.Refused = append(g.Refused, pe) // cannot happen: e is another node's
+				continue
+			}
+			g.Granted = append(g.Granted, p)
+		case !prom.Less(e):
+			g.Refused = append(g.Refused, PartitionEpoch{Partition: p, Epoch: prom})
+		default:
+			if _, held := m.held[p]; held {
+				if m.ring == nil || m.ring.Owner(p) != a.From.Node {
+					g.Refused = append(g.Refused, PartitionEpoch{Partition: p, Epoch: m.held[p]})
+					continue
+				}
+				release = append(release, p)
+				delete(m.held, p)
+				delete(m.renew, p)
+			}
+			m.promised[p] = e
+			g.Granted = append(g.Granted, p)
+		}
+	}
+	if len(release) > 0 {
+		m.stats.Released += uint64(len(release))
+		m.emit(StopFiring{Parts: release})
+		// Fires of these partitions still on their way will be refused by the members
+		// that granted the new epoch: they are offered to the new holder instead.
+		for k, r := range m.repl {
+			if slices.Contains(release, m.cfg.PartitionOf(k.rule)) {
+				m.offering[k] = &offered{ref: r.ref}
+				delete(m.repl, k)
+			}
+		}
+	}
+	if len(g.Granted) > 0 {
+		g.Watermarks = m.cfg.Store.PartitionWatermarks(g.Granted)
+	}
+	g.Members = m.recipients()
+	m.send(a.From.Node, g)
+}
+
+func (m *Member) granted(g Grant) {
+	a := m.acq
+	if a == nil || g.ID != a.id || g.To != m.self || !a.asked[g.From.Node] {
+		return
+	}
+	a.replied[g.From.Node] = true
+	for _, r := range g.Refused {
+		a.failed[r.Partition] = true
+		if m.heard[r.Partition].Less(r.Epoch) {
+			m.heard[r.Partition] = r.Epoch
+		}
+	}
+	for _, w := range g.Watermarks {
+		if _, ok := a.parts[m.cfg.PartitionOf(w.Rule)]; !ok {
+			continue
+		}
+		if cur, ok := a.wms[w.Rule]; ok {
+			w = Merge(cur, w)
+		}
+		a.wms[w.Rule] = w
+	}
+	for _, n := range g.Members {
+		if n != m.self.Node && !a.asked[n] {
+			m.askAcquire(a, n)
+		}
+	}
+	m.finishAcquisition()
+}
+
+// committed starts the replication of this incarnation's fires just committed.
+func (m *Member) committed(evs []EventRef) {
+	var recs []FireRecord
+	for _, ev := range evs {
+		k := eventKey{ev.Rule, ev.Slot}
+		e, ok := m.MayFire(m.now, m.cfg.PartitionOf(ev.Rule))
+		if !ok || ev.Firer != m.self {
+			m.offering[k] = &offered{ref: ev}
+			continue
+		}
+		m.repl[k] = &replicating{ref: ev, epoch: e, ackers: map[string]bool{}}
+		recs = append(recs, FireRecord{Rule: ev.Rule, Prev: ev.Prev, Slot: ev.Slot, Count: ev.Count, Firer: ev.Firer, Epoch: e})
+	}
+	m.replicate(recs)
+	if len(m.offering) > 0 {
+		m.sendOffers()
+	}
+}
+
+// replicate sends fire records to every member, or marks them deliverable at once when
+// this member needs nobody's ack.
+func (m *Member) replicate(recs []FireRecord) {
+	if len(recs) == 0 {
+		return
+	}
+	need := m.quorum() - 1
+	if need <= 0 {
+		var ready []EventRef
+		for _, r := range recs {
+			k := eventKey{r.Rule, r.Slot}
+			if st, ok := m.repl[k]; ok {
+				ready = append(ready, st.ref)
+				delete(m.repl, k)
+			}
+		}
+		if len(ready) > 0 {
+			m.emit(Deliverable{Events: ready})
+		}
+		return
+	}
+	to := m.recipients()
+	for _, r := range recs {
+		if st, ok := m.repl[eventKey{r.Rule, r.Slot}]; ok {
+			st.sent = m.now.Boot
+		}
+	}
+	for start := 0; start < len(recs); start += m.cfg.MaxRecords {
+		chunk := recs[start:min(len(recs), start+m.cfg.MaxRecords)]
+		m.fireSeq++
+		keys := make([]eventKey, len(chunk))
+		for i, r := range chunk {
+			keys[i] = eventKey{r.Rule, r.Slot}
+		}
+		m.sent[m.fireSeq] = keys
+		delete(m.sent, m.fireSeq-maxSentKept)
+		for _, n := range to {
+			m.send(n, Fired{From: m.self, Seq: m.fireSeq, Records: chunk})
+		}
+	}
+}
+
+// resendFires sends again the records sent a retry interval ago and not acked by
+// enough members yet.
+func (m *Member) resendFires() {
+	m.nextRepl = m.now.Boot + m.cfg.Retry/4
+	if len(m.repl) == 0 {
+		return
+	}
+	var stale []eventKey
+	for k, r := range m.repl {
+		if m.now.Boot-r.sent >= m.cfg.Retry {
+			stale = append(stale, k)
+		}
+	}
+	keys := slices.SortedFunc(slices.Values(stale), func(a, b eventKey) int {
+		if c := cmpInt64(a.rule, b.rule); c != 0 {
+			return c
+		}
+		return cmpInt64(a.slot, b.slot)
+	})
+	recs := make([]FireRecord, 0, len(keys))
+	for _, k := range keys {
+		r := m.repl[k]
+		recs = append(recs, FireRecord{Rule: r.ref.Rule, Prev: r.ref.Prev, Slot: r.ref.Slot, Count: r.ref.Count, Firer: r.ref.Firer, Epoch: r.epoch})
+	}
+	m.replicate(recs)
+}
+
+// fired merges a member's fire records and acknowledges those it accepts.
+func (m *Member) fired(f Fired) {
+	ack := FiredAck{From: m.self, To: f.From, Seq: f.Seq}
+	var wms []Watermark
+	for i, r := range f.Records {
+		p := m.cfg.PartitionOf(r.Rule)
+		switch {
+		case r.Epoch.Less(m.promised[p]):
+			ack.Refused = append(ack.Refused, i)
+			m.stats.RefusedRecords++
+		case r.Slot > m.now.Wall+int64(m.cfg.SkewAllowance):
+			ack.Refused = append(ack.Refused, i)
+			m.stats.FutureRecords++
+		default:
+			wms = append(wms, Watermark{Rule: r.Rule, Slot: r.Slot, Count: r.Count,
+				Chain: Chain{{From: r.Prev, Last: r.Slot, Firer: r.Firer, Epoch: r.Epoch}}})
+		}
+	}
+	if len(wms) > 0 {
+		m.emit(SaveWatermarks{Watermarks: mergeByRule(m.cfg.Store, wms)})
+	}
+	m.send(f.From.Node, ack)
+}
+
+// mergeByRule merges each record into the store's watermark of its rule.
+func mergeByRule(st Store, wms []Watermark) []Watermark {
+	out := make([]Watermark, 0, len(wms))
+	idx := map[int64]int{}
+	for _, w := range wms {
+		if i, ok := idx[w.Rule]; ok {
+			out[i] = Merge(out[i], w)
+			continue
+		}
+		if cur, ok := st.Watermark(w.Rule); ok {
+			w = Merge(cur, w)
+		}
+		idx[w.Rule] = len(out)
+		out = append(out, w)
+	}
+	return out
+}
+
+// firedAck counts a member's acks of fire records; a record acked by Q − 1 members is
+// deliverable. Acks count by record, so an ack of an earlier send of it counts too.
+func (m *Member) firedAck(a FiredAck) {
+	if a.To != m.self {
+		return
+	}
+	recs, ok := m.sent[a.Seq]
+	if !ok {
+		return
+	}
+	refused := map[int]bool{}
+	for _, i := range a.Refused {
+		refused[i] = true
+	}
+	var ready []EventRef
+	for i, k := range recs {
+		r, ok := m.repl[k]
+		if !ok {
+			continue
+		}
+		if refused[i] {
+			if _, held := m.held[m.cfg.PartitionOf(k.rule)]; held {
+				// Still ours: a member promised a newer epoch to an acquisition that
+				// could not complete. Raise ours above it; the record waits.
+				m.renew[m.cfg.PartitionOf(k.rule)] = true
+				continue
+			}
+			// The partition moved on: ask its holder.
+			m.offering[k] = &offered{ref: r.ref}
+			delete(m.repl, k)
+			continue
+		}
+		r.ackers[a.From.Node] = true
+		if len(r.ackers) >= m.quorum()-1 {
+			ready = append(ready, r.ref)
+			delete(m.repl, k)
+		}
+	}
+	if len(ready) > 0 {
+		m.emit(Deliverable{Events: ready})
+	}
+	if len(m.offering) > 0 {
+		m.sendOffers()
+	}
+}
+
+// sendOffers offers the events waiting for a verdict that were not offered in the last
+// retry interval: those of partitions this member holds are decided here, the others go
+// to their owner in this member's view. Called on every tick and when events join.
+func (m *Member) sendOffers() {
+	if len(m.offering) == 0 {
+		return
+	}
+	var due []eventKey
+	for k, o := range m.offering {
+		if o.sent == 0 || m.now.Boot-o.sent >= m.cfg.Retry {
+			due = append(due, k)
+		}
+	}
+	keys := slices.SortedFunc(slices.Values(due), func(a, b eventKey) int {
+		if c := cmpInt64(a.rule, b.rule); c != 0 {
+			return c
+		}
+		return cmpInt64(a.slot, b.slot)
+	})
+	byOwner := map[string][]EventRef{}
+	var local []EventRef
+	for _, k := range keys {
+		o := m.offering[k]
+		o.sent = max(m.now.Boot, 1)
+		ev := o.ref
+		p := m.cfg.PartitionOf(ev.Rule)
+		if _, ok := m.held[p]; ok {
+			if m.justClaimed[p] {
+				o.sent = 0 // decided on the next step
+				continue
+			}
+			local = append(local, ev)
+			continue
+		}
+		if m.ring == nil {
+			continue
+		}
+		if owner := m.ring.Owner(p); owner != m.self.Node {
+			byOwner[owner] = append(byOwner[owner], ev)
+		}
+	}
+	if len(local) > 0 {
+		verdicts, epochs := m.decide(local)
+		m.settle(local, verdicts, epochs)
+	}
+	for _, owner := range slices.Sorted(maps.Keys(byOwner)) {
+		evs := byOwner[owner]
+		for start := 0; start < len(evs); start += m.cfg.MaxRecords {
+			m.offerID++
+			m.send(owner, Offer{From: m.self, ID: m.offerID, Events: evs[start:min(len(evs), start+m.cfg.MaxRecords)]})
+		}
+	}
+}
+
+// decide gives the holder's verdicts on events (0 where this member does not hold the
+// partition) and records the late ones in the rules' chains, so that the engine does
+// not fire their slots and a repeated offer gets the same verdict.
+func (m *Member) decide(evs []EventRef) ([]Verdict, []Epoch) {
+	verdicts := make([]Verdict, len(evs))
+	epochs := make([]Epoch, len(evs))
+	var late []Watermark
+	lateIdx := map[int64]int{}
+	for i, ev := range evs {
+		p := m.cfg.PartitionOf(ev.Rule)
+		e, ok := m.held[p]
+		if !ok || m.justClaimed[p] {
+			continue
+		}
+		wm, found := m.cfg.Store.Watermark(ev.Rule)
+		if j, ok := lateIdx[ev.Rule]; ok {
+			wm, found = late[j], true
+		}
+		if !found {
+			wm = Watermark{Rule: ev.Rule, Slot: NoSlot}
+		}
+		v := Decide(wm, ev.Slot, ev.Firer)
+		verdicts[i], epochs[i] = v, e
+		m.stats.Verdicts[v]++
+		if v == Late {
+			wm.Chain = wm.Chain.Extend(max(wm.Slot, ev.Prev), ev.Slot, ev.Firer, e)
+			wm.Slot, wm.Count = ev.Slot, max(wm.Count, ev.Count)
+			if j, ok := lateIdx[ev.Rule]; ok {
+				late[j] = wm
+			} else {
+				lateIdx[ev.Rule] = len(late)
+				late = append(late, wm)
+			}
+		}
+	}
+	if len(late) > 0 {
+		m.emit(SaveWatermarks{Watermarks: late})
+	}
+	return verdicts, epochs
+}
+
+// settle applies verdicts to offered events: those to deliver are replicated under the
+// holder's epoch, those fired by another or unknown are dropped, and those without a
+// verdict wait for the next offer.
+func (m *Member) settle(evs []EventRef, verdicts []Verdict, epochs []Epoch) {
+	var recs []FireRecord
+	drops := map[Verdict][]EventRef{}
+	for i, ev := range evs {
+		k := eventKey{ev.Rule, ev.Slot}
+		if _, ok := m.offering[k]; !ok {
+			continue // settled by an earlier reply
+		}
+		switch v := verdicts[i]; {
+		case v == 0:
+			continue
+		case v.Deliver():
+			delete(m.offering, k)
+			m.repl[k] = &replicating{ref: ev, epoch: epochs[i], ackers: map[string]bool{}}
+			recs = append(recs, FireRecord{Rule: ev.Rule, Prev: ev.Prev, Slot: ev.Slot, Count: ev.Count, Firer: ev.Firer, Epoch: epochs[i]})
+		default:
+			delete(m.offering, k)
+			drops[v] = append(drops[v], ev)
+		}
+	}
+	for _, v := range []Verdict{FiredByAnother, Unknown} {
+		if len(drops[v]) > 0 {
+			if v == Unknown {
+				m.logf(true, "events dropped: no record says who fired their slots", "events", len(drops[v]),
+					"first_rule", drops[v][0].Rule, "first_slot", drops[v][0].Slot)
+			}
+			m.emit(Drop{Events: drops[v], Verdict: v})
+		}
+	}
+	m.replicate(recs)
+}
+
+// offer answers a member's offer of events.
+func (m *Member) offer(o Offer) {
+	if len(o.Events) > 4*m.cfg.MaxRecords {
+		return // not from a member of ours
+	}
+	verdicts, epochs := m.decide(o.Events)
+	m.send(o.From.Node, OfferReply{From: m.self, To: o.From, ID: o.ID, Events: o.Events, Verdicts: verdicts, Epochs: epochs})
+}
+
+func (m *Member) offerReply(r OfferReply) {
+	if r.To != m.self || len(r.Verdicts) != len(r.Events) || len(r.Epochs) != len(r.Events) {
+		return
+	}
+	for i, v := range r.Verdicts {
+		if v > Unknown || v != 0 && r.Epochs[i].Node != r.From.Node {
+			return // not a verdict of a holder
+		}
+	}
+	m.settle(r.Events, r.Verdicts, r.Epochs)
+}
+
+// leave stops firing everything and tells every member this incarnation retires.
+func (m *Member) leave() {
+	if len(m.held) > 0 {
+		m.emit(StopFiring{Parts: slices.Sorted(maps.Keys(m.held))})
+		clear(m.held)
+	}
+	clear(m.renew)
+	m.acq = nil
+	for _, n := range m.recipients() {
+		m.send(n, Retired{From: m.self})
+	}
+}

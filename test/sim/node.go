@@ -1,0 +1,337 @@
+package sim
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/timerd/timerd/cluster/protocol"
+)
+
+// store is a node's durable state: what survives a crash.
+type store struct {
+	w      *world
+	inc    uint64
+	held   map[int]protocol.Epoch
+	fences map[string]uint64
+	wms    map[int64]protocol.Watermark
+	outbox map[fireID]protocol.EventRef
+}
+
+func (s *store) Watermark(rule int64) (protocol.Watermark, bool) {
+	wm, ok := s.wms[rule]
+	return wm, ok
+}
+
+func (s *store) PartitionWatermarks(parts []int) []protocol.Watermark {
+	want := map[int]bool{}
+	for _, p := range parts {
+		want[p] = true
+	}
+	var out []protocol.Watermark
+	for _, r := range s.w.rules {
+		if want[s.w.partitionOf(r.id)] {
+			if wm, ok := s.wms[r.id]; ok {
+				out = append(out, wm)
+			}
+		}
+	}
+	return out
+}
+
+func (s *store) merge(wm protocol.Watermark) {
+	if cur, ok := s.wms[wm.Rule]; ok {
+		wm = protocol.Merge(cur, wm)
+	}
+	s.wms[wm.Rule] = wm
+}
+
+// pendingFire is a fire checked against the lease and not committed yet: a node paused
+// between the check and the commit commits it when it wakes.
+type pendingFire struct {
+	ref   protocol.EventRef
+	epoch protocol.Epoch
+}
+
+type node struct {
+	w    *world
+	idx  int
+	name string
+	skew int64 // wall clock offset, ns
+
+	up          bool
+	pausedUntil int64
+	inbox       []*event // messages that arrived while paused
+	pending     []pendingFire
+
+	m           *protocol.Member
+	st          *store
+	deliverable map[fireID]protocol.EventRef
+}
+
+func (n *node) time() protocol.Time {
+	return protocol.Time{Boot: time.Duration(n.w.now), Wall: n.w.wall(n)}
+}
+
+func (n *node) paused() bool { return n.pausedUntil > n.w.now }
+
+// start begins a new incarnation on the node's store: it holds nothing, and offers
+// every event its outbox still has.
+func (n *node) start() {
+	w := n.w
+	n.st.inc++
+	cfg := protocol.MemberConfig{
+		Self:        protocol.Incarnation{Node: n.name, N: n.st.inc},
+		Expect:      w.cfg.Expect,
+		Partitions:  w.parts,
+		PartitionOf: w.partitionOf,
+		Ring:        func(members []string) protocol.Ring { return newRendezvous(members, w.parts) },
+		Store:       n.st,
+	}
+	m, err := protocol.NewMember(cfg, protocol.Durable{Held: n.st.held, Fences: n.st.fences})
+	if err != nil {
+		panic(err) // a bug of the simulation's config
+	}
+	clear(n.st.held)
+	n.m, n.up, n.pausedUntil, n.pending, n.inbox = m, true, 0, nil, nil
+	n.deliverable = map[fireID]protocol.EventRef{}
+	w.tracef("%s starts as %s", n.name, m.Self())
+	var others []string
+	for _, o := range w.nodes {
+		if o != n {
+			others = append(others, o.name)
+		}
+	}
+	n.apply(m.Step(n.time(), protocol.Known{Names: others}))
+	if len(n.st.outbox) > 0 {
+		evs := slices.SortedFunc(maps.Values(n.st.outbox), byRuleSlot)
+		n.apply(m.Step(n.time(), protocol.Unsettled{Events: evs}))
+	}
+}
+
+func byRuleSlot(a, b protocol.EventRef) int {
+	if a.Rule != b.Rule {
+		return cmp64(a.Rule, b.Rule)
+	}
+	return cmp64(a.Slot, b.Slot)
+}
+
+func cmp64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// crash loses everything not committed.
+func (n *node) crash() {
+	n.w.tracef("%s CRASHES (was %s)", n.name, n.m.Self())
+	n.up, n.m, n.pending, n.inbox, n.deliverable = false, nil, nil, nil, nil
+	n.pausedUntil = 0
+}
+
+func (n *node) tick() {
+	if !n.up || n.paused() {
+		return
+	}
+	n.resume()
+	n.apply(n.m.Step(n.time(), protocol.Tick{}))
+	n.fire()
+	n.deliver()
+}
+
+// resume carries out what a pause held back: the commit it interrupted, then the
+// messages that waited.
+func (n *node) resume() {
+	if len(n.pending) > 0 {
+		pend := n.pending
+		n.pending = nil
+		n.commit(pend)
+	}
+	for len(n.inbox) > 0 && n.up && !n.paused() {
+		e := n.inbox[0]
+		n.inbox = n.inbox[1:]
+		n.receive(e.msg)
+	}
+}
+
+func (n *node) receive(msg protocol.Message) {
+	n.apply(n.m.Step(n.time(), protocol.Receive{Msg: msg}))
+}
+
+// due is the fires of the held partitions due now, each checked against the lease.
+func (n *node) due() []pendingFire {
+	w := n.w
+	t := n.time()
+	var out []pendingFire
+	for _, r := range w.rules {
+		p := w.partitionOf(r.id)
+		e, ok := n.m.MayFire(t, p)
+		if w.cfg.Faults.DisableFix == fixLeaseCheck {
+			e, ok = n.m.Held()[p], n.holds(p)
+		}
+		if !ok {
+			continue
+		}
+		wm := n.st.wms[r.id]
+		for range 100 { // fire_all, capped per tick like the engine's catch-up
+			next, ok := r.slotAfter(wm.Slot)
+			if !ok || next > t.Wall {
+				break
+			}
+			out = append(out, pendingFire{ref: protocol.EventRef{Rule: r.id, Prev: wm.Slot, Slot: next,
+				Count: wm.Count + 1, Firer: n.m.Self()}, epoch: e})
+			wm.Slot, wm.Count = next, wm.Count+1
+		}
+	}
+	return out
+}
+
+func (n *node) holds(p int) bool {
+	_, ok := n.m.Held()[p]
+	return ok
+}
+
+func (n *node) fire() {
+	if f := n.due(); len(f) > 0 {
+		n.commit(f)
+	}
+}
+
+// commit makes fires durable (one transaction, which may fail), checks that nobody else
+// may fire their partitions now, and hands them to the member.
+func (n *node) commit(fires []pendingFire) {
+	w := n.w
+	if w.faulty && w.rng.Float64() < w.cfg.Faults.StoreFail {
+		w.stats["store_failures"]++
+		return
+	}
+	refs := make([]protocol.EventRef, 0, len(fires))
+	for _, f := range fires {
+		ev := f.ref
+		wm := n.st.wms[ev.Rule]
+		if ev.Slot <= wm.Slot {
+			continue // decided meanwhile (a late verdict, a merge)
+		}
+		ev.Prev = wm.Slot
+		wm.Chain = wm.Chain.Extend(wm.Slot, ev.Slot, ev.Firer, f.epoch)
+		wm.Slot, wm.Count = ev.Slot, max(wm.Count+1, ev.Count)
+		ev.Count = wm.Count
+		n.st.wms[ev.Rule] = wm
+		n.st.outbox[fireID{ev.Rule, ev.Slot}] = ev
+		refs = append(refs, ev)
+		if ev.Rule == w.cfg.traceRule {
+			w.tracef("%s commits rule %d slot %s (partition %d epoch %v) chain %v", n.m.Self(), ev.Rule, slotString(ev.Slot), w.partitionOf(ev.Rule), f.epoch, wm.Chain)
+		}
+		w.committed++
+		if _, ok := n.m.MayFire(n.time(), w.partitionOf(ev.Rule)); ok {
+			// A commit that ended after the lease lapsed (a pause between the check and
+			// the commit) is not delivered by its node: only the others must be exclusive.
+			w.checkExclusive(n, w.partitionOf(ev.Rule), ev)
+		}
+	}
+	if len(refs) == 0 {
+		return
+	}
+	if w.cfg.Faults.DisableFix == fixReplicationGate {
+		for _, ev := range refs {
+			n.deliverable[fireID{ev.Rule, ev.Slot}] = ev
+		}
+	}
+	n.apply(n.m.Step(n.time(), protocol.Committed{Events: refs}))
+}
+
+// deliver posts the deliverable events while the API is up (each POST fails now and
+// then), and records which fire reached the API.
+func (n *node) deliver() {
+	w := n.w
+	if w.apiDown {
+		return
+	}
+	keys := slices.SortedFunc(maps.Keys(n.deliverable), func(a, b fireID) int {
+		if a.rule != b.rule {
+			return cmp64(a.rule, b.rule)
+		}
+		return cmp64(a.slot, b.slot)
+	})
+	for _, k := range keys {
+		ev := n.deliverable[k]
+		if _, ok := n.st.outbox[k]; !ok {
+			delete(n.deliverable, k)
+			continue
+		}
+		if w.faulty && w.rng.IntN(20) == 0 {
+			continue // a 503: tried again on the next tick
+		}
+		if ev.Rule == w.cfg.traceRule {
+			w.tracef("%s delivers rule %d slot %s fired by %s", n.m.Self(), ev.Rule, slotString(ev.Slot), ev.Firer)
+		}
+		w.recordDelivery(n, ev)
+		delete(n.deliverable, k)
+		delete(n.st.outbox, k)
+	}
+}
+
+// apply carries out a member's effects, in order.
+func (n *node) apply(effects []protocol.Effect) {
+	w := n.w
+	for _, e := range effects {
+		switch e := e.(type) {
+		case protocol.Send:
+			w.send(n.idx, e.To, e.Msg)
+		case protocol.StartFiring:
+			if w.cfg.Faults.DisableFix != fixGrantWatermarks {
+				for _, wm := range e.Watermarks {
+					n.st.merge(wm)
+				}
+			}
+			for p, ep := range e.Parts {
+				n.st.held[p] = ep
+			}
+			w.tracef("%s holds %v", n.m.Self(), slices.Sorted(maps.Keys(e.Parts)))
+		case protocol.StopFiring:
+			for _, p := range e.Parts {
+				delete(n.st.held, p)
+			}
+			w.tracef("%s releases %v", n.m.Self(), e.Parts)
+		case protocol.SaveWatermarks:
+			for _, wm := range e.Watermarks {
+				if wm.Rule == w.cfg.traceRule {
+					w.tracef("%s saves watermark of rule %d: %s chain %v", n.name, wm.Rule, slotString(wm.Slot), wm.Chain)
+				}
+				n.st.merge(wm)
+			}
+		case protocol.Deliverable:
+			for _, ev := range e.Events {
+				if ev.Rule == w.cfg.traceRule {
+					w.tracef("%s may deliver rule %d slot %s fired by %s", n.name, ev.Rule, slotString(ev.Slot), ev.Firer)
+				}
+				k := fireID{ev.Rule, ev.Slot}
+				if _, ok := n.st.outbox[k]; ok {
+					n.deliverable[k] = ev
+				}
+			}
+		case protocol.Drop:
+			for _, ev := range e.Events {
+				if ev.Rule == w.cfg.traceRule {
+					w.tracef("%s drops rule %d slot %s fired by %s: %s", n.name, ev.Rule, slotString(ev.Slot), ev.Firer, e.Verdict)
+				}
+				k := fireID{ev.Rule, ev.Slot}
+				delete(n.st.outbox, k)
+				delete(n.deliverable, k)
+			}
+			w.stats["dropped_"+e.Verdict.String()] += uint64(len(e.Events))
+			w.tracef("%s drops %d events: %s", n.name, len(e.Events), e.Verdict)
+		case protocol.Reincarnate:
+			n.st.inc = e.Self.N
+			w.tracef("%s is fenced: now %s", n.name, e.Self)
+		case protocol.Fence:
+			n.st.fences[e.Node] = max(n.st.fences[e.Node], e.Upto)
+		case protocol.Log:
+			w.tracef("%s log: %s %v", n.name, e.Msg, e.Attrs)
+		}
+	}
+}

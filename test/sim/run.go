@@ -1,0 +1,333 @@
+package sim
+
+import (
+	"container/heap"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/timerd/timerd/cluster/protocol"
+)
+
+// Fixes the simulation's host can leave out, to show that the simulation catches the
+// defect each one closes (TestSimCatchesRevertedFixes).
+const (
+	fixLeaseCheck      = "lease-check"      // the commit path fires every held partition, lease or not
+	fixReplicationGate = "replication-gate" // events are delivered at once, replicated or not
+	fixGrantWatermarks = "grant-watermarks" // an acquisition ignores the watermarks of the grants
+)
+
+// quietPeriod follows the faulty part: everything heals, and every kept slot must fire.
+const quietPeriod = 10 * time.Second
+
+// Run runs one simulated cluster and checks the invariants.
+func Run(cfg Config) Result {
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 3
+	}
+	if cfg.Expect == 0 {
+		cfg.Expect = cfg.Nodes
+	}
+	if cfg.Rules == 0 {
+		cfg.Rules = 20
+	}
+	if cfg.Partitions == 0 {
+		cfg.Partitions = 32
+	}
+	if cfg.Duration == 0 {
+		cfg.Duration = 20 * time.Second
+	}
+	w := &world{
+		cfg:       cfg,
+		rng:       rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		parts:     cfg.Partitions,
+		cut:       map[[2]int]int{},
+		byID:      map[int64]rule{},
+		delivered: map[fireID]map[protocol.Incarnation]bool{},
+		stats:     map[string]uint64{},
+		faulty:    true,
+	}
+	w.end = int64(cfg.Duration + quietPeriod + cfg.Faults.ExtraQuiet)
+	for i := range cfg.Rules {
+		r := rule{id: int64(i + 1)}
+		if w.rng.IntN(5) == 0 {
+			r.phase = epoch0 + w.rng.Int64N(int64(cfg.Duration+quietPeriod/2))
+		} else {
+			r.period = int64(time.Duration(1+w.rng.IntN(4)) * time.Second)
+			r.phase = epoch0 + w.rng.Int64N(r.period) + 1
+		}
+		w.rules = append(w.rules, r)
+		w.byID[r.id] = r
+	}
+	for i := range cfg.Nodes {
+		n := &node{w: w, idx: i, name: fmt.Sprintf("n%d", i+1)}
+		if cfg.Faults.ClockSkew > 0 {
+			n.skew = w.rng.Int64N(2*int64(cfg.Faults.ClockSkew)) - int64(cfg.Faults.ClockSkew)
+		}
+		n.st = &store{w: w, held: map[int]protocol.Epoch{}, fences: map[string]uint64{}, wms: map[int64]protocol.Watermark{},
+			outbox: map[fireID]protocol.EventRef{}}
+		for _, r := range w.rules {
+			// Every node's catalogue has every rule, anchored at the start.
+			n.st.wms[r.id] = protocol.Watermark{Rule: r.id, Slot: epoch0}
+		}
+		w.nodes = append(w.nodes, n)
+	}
+	// Nodes start within the first second, in any order.
+	for _, n := range w.nodes {
+		w.after(time.Duration(w.rng.Int64N(int64(time.Second))), func() { n.start(); w.scheduleTick(n) })
+	}
+	w.scheduleFaults()
+	w.after(cfg.Duration, w.heal)
+
+	for w.q.Len() > 0 {
+		e := heap.Pop(&w.q).(*event)
+		if e.at > w.end {
+			break
+		}
+		w.now = e.at
+		switch e.kind {
+		case evTick:
+			n := w.nodes[e.node]
+			n.tick()
+			w.scheduleTick(n)
+		case evMessage:
+			n := w.nodes[e.node]
+			switch {
+			case !n.up:
+			case n.paused():
+				n.inbox = append(n.inbox, e)
+			default:
+				n.receive(e.msg)
+			}
+		case evFault:
+			e.do()
+		}
+	}
+	w.checkEveryKeptSlotFired()
+	return w.result()
+}
+
+func (w *world) scheduleTick(n *node) {
+	d := 15*time.Millisecond + time.Duration(w.rng.Int64N(int64(10*time.Millisecond)))
+	w.schedule(w.now+int64(d), &event{kind: evTick, node: n.idx})
+}
+
+// scheduleFaults draws the run's faults, all within the faulty part.
+func (w *world) scheduleFaults() {
+	f := w.cfg.Faults
+	span := int64(w.cfg.Duration)
+	at := func() time.Duration { return time.Duration(w.rng.Int64N(span)) }
+	for range f.Partitions {
+		start := at()
+		length := time.Second + time.Duration(w.rng.Int64N(int64(8*time.Second)))
+		w.after(start, func() { w.partition(length) })
+	}
+	for range f.Pauses {
+		n := w.nodes[w.rng.IntN(len(w.nodes))]
+		maxLen := f.PauseMaxLen
+		if maxLen == 0 {
+			maxLen = 6 * time.Second
+		}
+		length := 300*time.Millisecond + time.Duration(w.rng.Int64N(int64(maxLen)))
+		midCommit := w.rng.IntN(2) == 0
+		w.after(at(), func() { w.pause(n, length, midCommit) })
+	}
+	for range f.Crashes {
+		n := w.nodes[w.rng.IntN(len(w.nodes))]
+		down := 200*time.Millisecond + time.Duration(w.rng.Int64N(int64(5*time.Second)))
+		w.after(at(), func() {
+			if !n.up {
+				return
+			}
+			n.crash()
+			w.after(down, func() {
+				if !n.up {
+					n.start()
+				}
+			})
+		})
+	}
+	for range f.Leaves {
+		n := w.nodes[w.rng.IntN(len(w.nodes))]
+		away := time.Second + time.Duration(w.rng.Int64N(int64(4*time.Second)))
+		w.after(at(), func() {
+			if !n.up || n.paused() {
+				return
+			}
+			w.tracef("%s leaves", n.name)
+			n.apply(n.m.Step(n.time(), protocol.Leave{}))
+			n.up, n.m, n.deliverable = false, nil, nil
+			w.after(away, func() {
+				if !n.up {
+					n.start()
+				}
+			})
+		})
+	}
+	for range f.APIDown {
+		length := time.Second + time.Duration(w.rng.Int64N(int64(4*time.Second)))
+		w.after(at(), func() {
+			w.apiDown = true
+			w.tracef("events API down")
+			w.after(length, func() { w.apiDown = false; w.tracef("events API up") })
+		})
+	}
+}
+
+// partition cuts the nodes into two groups for a while.
+func (w *world) partition(length time.Duration) {
+	var a, b []int
+	for i := range w.nodes {
+		if w.rng.IntN(2) == 0 {
+			a = append(a, i)
+		} else {
+			b = append(b, i)
+		}
+	}
+	for _, i := range a {
+		for _, j := range b {
+			w.cut[[2]int{i, j}]++
+			w.cut[[2]int{j, i}]++
+		}
+	}
+	w.tracef("PARTITION %v | %v for %v", names(w, a), names(w, b), length)
+	w.after(length, func() {
+		for _, i := range a {
+			for _, j := range b {
+				w.cut[[2]int{i, j}]--
+				w.cut[[2]int{j, i}]--
+			}
+		}
+		w.tracef("partition %v | %v healed", names(w, a), names(w, b))
+	})
+}
+
+func names(w *world, idx []int) []string {
+	out := make([]string, len(idx))
+	for k, i := range idx {
+		out[k] = w.nodes[i].name
+	}
+	return out
+}
+
+// pause stops a node (SIGSTOP); midCommit pauses it between the lease check of its next
+// due fires and their commit, which lands when it wakes.
+func (w *world) pause(n *node, length time.Duration, midCommit bool) {
+	if !n.up || n.paused() {
+		return
+	}
+	if midCommit {
+		n.pending = n.due()
+	}
+	n.pausedUntil = w.now + int64(length)
+	w.tracef("%s PAUSED for %v (mid-commit: %d fires)", n.name, length, len(n.pending))
+}
+
+// heal ends the faulty part: the network heals, the API comes back, every node runs.
+func (w *world) heal() {
+	w.faulty = false
+	clear(w.cut)
+	w.apiDown = false
+	w.tracef("quiet period: everything heals")
+	for _, n := range w.nodes {
+		if !n.up {
+			n.start()
+		}
+	}
+}
+
+// delivered records that an event reached the API, and that no other fire of its slot did.
+func (w *world) recordDelivery(n *node, ev protocol.EventRef) {
+	k := fireID{ev.Rule, ev.Slot}
+	by := w.delivered[k]
+	if by == nil {
+		by = map[protocol.Incarnation]bool{}
+		w.delivered[k] = by
+	}
+	if !by[ev.Firer] && len(by) > 0 {
+		w.violate("I1: rule %d slot %s delivered by %s (fired by %s) and before by a fire of %v",
+			ev.Rule, slotString(ev.Slot), n.m.Self(), ev.Firer, keysOf(by))
+	}
+	by[ev.Firer] = true
+}
+
+// checkExclusive: when n commits a fire of partition p, no other node may fire p now.
+func (w *world) checkExclusive(n *node, p int, ev protocol.EventRef) {
+	t := n.time()
+	for _, o := range w.nodes {
+		if o == n || !o.up || o.m == nil {
+			continue
+		}
+		if _, ok := o.m.MayFire(protocol.Time{Boot: t.Boot, Wall: w.wall(o)}, p); ok {
+			w.violate("I3: %s commits rule %d slot %s of partition %d while %s may fire it too",
+				n.m.Self(), ev.Rule, slotString(ev.Slot), p, o.m.Self())
+		}
+	}
+}
+
+// checkEveryKeptSlotFired: every slot due before the end less a margin reached the API.
+func (w *world) checkEveryKeptSlotFired() {
+	limit := epoch0 + w.end - int64(4*time.Second)
+	missing := 0
+	for _, r := range w.rules {
+		t := int64(epoch0)
+		for {
+			s, ok := r.slotAfter(t)
+			if !ok || s > limit {
+				break
+			}
+			t = s
+			if len(w.delivered[fireID{r.id, s}]) == 0 {
+				missing++
+				if missing <= 5 {
+					w.violate("I2: rule %d slot %s never delivered", r.id, slotString(s))
+				}
+			}
+		}
+	}
+	if missing > 5 {
+		w.violate("I2: %d slots never delivered in all", missing)
+	}
+}
+
+func (w *world) result() Result {
+	r := Result{Seed: w.cfg.Seed, Violations: w.violations, Trace: w.trace, Fires: w.committed,
+		Delivered: len(w.delivered), Stats: w.stats}
+	limit := epoch0 + w.end - int64(4*time.Second)
+	for _, ru := range w.rules {
+		t := int64(epoch0)
+		for {
+			s, ok := ru.slotAfter(t)
+			if !ok || s > limit {
+				break
+			}
+			t = s
+			r.Expected++
+		}
+	}
+	for _, n := range w.nodes {
+		if n.m != nil {
+			st := n.m.Stats()
+			r.Stats["fenced"] += st.Fenced
+			r.Stats["reincarnations"] += st.Reincarnations
+			r.Stats["acquired"] += st.Acquired
+			r.Stats["released"] += st.Released
+			for v, c := range st.Verdicts {
+				r.Stats["verdict_"+v.String()] += c
+			}
+		}
+	}
+	return r
+}
+
+func slotString(ns int64) string {
+	return fmt.Sprintf("+%.3fs", float64(ns-epoch0)/1e9)
+}
+
+func keysOf(m map[protocol.Incarnation]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k.String())
+	}
+	return out
+}

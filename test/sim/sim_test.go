@@ -1,0 +1,94 @@
+package sim
+
+import (
+	"flag"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	seeds   = flag.Int("sim.seeds", 300, "seeds per scenario")
+	oneSeed = flag.Uint64("sim.seed", 0, "run only this seed, with its whole trace")
+)
+
+// scenarios are the families of runs; every seed runs each of them.
+var scenarios = []struct {
+	name string
+	cfg  Config
+}{
+	{"quiet", Config{Nodes: 3}},
+	{"lossy", Config{Nodes: 3, Faults: Faults{Drop: 0.05, MaxDelay: 20 * time.Millisecond}}},
+	{"partitions", Config{Nodes: 3, Faults: Faults{Partitions: 3, MaxDelay: 5 * time.Millisecond}}},
+	{"pauses", Config{Nodes: 3, Faults: Faults{Pauses: 3, MaxDelay: 5 * time.Millisecond}}},
+	{"crashes", Config{Nodes: 3, Faults: Faults{Crashes: 3, StoreFail: 0.02, MaxDelay: 5 * time.Millisecond}}},
+	{"leaves", Config{Nodes: 4, Faults: Faults{Leaves: 2, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
+	{"everything", Config{Nodes: 5, Faults: Faults{Drop: 0.03, MaxDelay: 30 * time.Millisecond, Partitions: 2,
+		Pauses: 2, Crashes: 2, StoreFail: 0.02, APIDown: 1, ClockSkew: 200 * time.Millisecond, Leaves: 1}}},
+}
+
+func TestSim(t *testing.T) {
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			first, n := uint64(1), *seeds
+			if *oneSeed != 0 {
+				first, n = *oneSeed, 1
+			}
+			failed := 0
+			for seed := first; seed < first+uint64(n); seed++ {
+				cfg := sc.cfg
+				cfg.Seed, cfg.Trace = seed, *oneSeed != 0
+				r := Run(cfg)
+				if r.Failed() {
+					failed++
+					if failed <= 3 {
+						t.Errorf("%s\n  replay: go test ./test/sim -run 'TestSim/%s$' -sim.seed %d -v\n  last steps:\n    %s",
+							r, sc.name, seed, strings.Join(tail(r.Trace, 40), "\n    "))
+					}
+				}
+				if *oneSeed != 0 {
+					t.Log(r)
+					t.Log(r.Stats)
+					if testing.Verbose() && os.Getenv("SIM_TRACE") != "" {
+						t.Log("\n" + strings.Join(r.Trace, "\n"))
+					}
+				}
+			}
+			if failed > 0 {
+				t.Errorf("%d of %d seeds broke an invariant", failed, n)
+			}
+		})
+	}
+}
+
+func tail(s []string, n int) []string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// TestTraceRule prints the trace lines of one run that concern one partition's holders
+// and one rule (debugging aid: -sim.seed, -sim.scenario, -sim.rule).
+func TestTraceRule(t *testing.T) {
+	if *traceRule == 0 {
+		t.Skip("set -sim.rule")
+	}
+	for _, sc := range scenarios {
+		if sc.name != *traceScenario {
+			continue
+		}
+		cfg := sc.cfg
+		cfg.Seed, cfg.Trace = *oneSeed, true
+		cfg.traceRule = *traceRule
+		r := Run(cfg)
+		t.Log("\n" + strings.Join(r.Trace, "\n"))
+	}
+}
+
+var (
+	traceRule     = flag.Int64("sim.rule", 0, "TestTraceRule: the rule to follow")
+	traceScenario = flag.String("sim.scenario", "everything", "TestTraceRule: the scenario")
+)
