@@ -169,20 +169,20 @@ type Member struct {
 	heard    map[int]Epoch // the highest epoch heard of (refusals): the next ask goes above it
 	// renew: held partitions whose fires a member refused for a newer epoch (promised to
 	// an acquisition that did not complete): they are acquired again above it.
-	renew map[int]bool
-	view     []string
-	ring     Ring
-	acq      *acquisition
-	acqID    uint64
-	nextAcq  time.Duration
+	renew   map[int]bool
+	view    []string
+	ring    Ring
+	acq     *acquisition
+	acqID   uint64
+	nextAcq time.Duration
 
 	// Fires on their way, and older events offered.
-	fireSeq   uint64
-	sent      map[uint64][]eventKey // per Fired seq, the records it carried (the last maxSentKept)
-	repl      map[eventKey]*replicating
-	offering  map[eventKey]*offered
-	offerID   uint64
-	nextRepl  time.Duration
+	fireSeq  uint64
+	sent     map[uint64][]eventKey // per Fired seq, the records it carried (the last maxSentKept)
+	repl     map[eventKey]*replicating
+	offering map[eventKey]*offered
+	offerID  uint64
+	nextRepl time.Duration
 	// claimed in this step: its grants' watermarks are not in the store until the host
 	// carried out the step's effects, so no verdict is taken on it before the next step.
 	justClaimed map[int]bool
