@@ -876,7 +876,13 @@ func (m *Member) grant(a Acquire) {
 	if len(g.Granted) > 0 {
 		g.Watermarks = m.cfg.Store.PartitionWatermarks(g.Granted)
 	}
-	g.Members = m.recipients()
+	for _, n := range m.recipients() {
+		inc := uint64(0)
+		if p := m.peers[n]; p != nil {
+			inc = p.inc
+		}
+		g.Members = append(g.Members, Incarnation{Node: n, N: inc})
+	}
 	m.send(a.From.Node, g)
 }
 
@@ -901,9 +907,24 @@ func (m *Member) granted(g Grant) {
 		}
 		a.wms[w.Rule] = w
 	}
-	for _, n := range g.Members {
-		if n != m.self.Node && !a.asked[n] {
-			m.askAcquire(a, n)
+	for _, in := range g.Members {
+		if in.Node == m.self.Node || in.Node == "" {
+			continue
+		}
+		if p := m.peers[in.Node]; in.N > 0 && (p == nil || p.inc < in.N) {
+			// A later incarnation than this member heard of must be asked too: only
+			// an incarnation known to be fenced may be passed over. It is not heard
+			// for all that: it joins the view when its heartbeats come.
+			if p == nil {
+				p = &peer{}
+				m.peers[in.Node] = p
+			} else if p.inc > 0 {
+				m.fence(in.Node, p, p.inc)
+			}
+			p.inc, p.everAcked = in.N, false
+		}
+		if !a.asked[in.Node] {
+			m.askAcquire(a, in.Node)
 		}
 	}
 	m.finishAcquisition()

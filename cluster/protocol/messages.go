@@ -56,7 +56,7 @@ type Grant struct {
 	ID         uint64
 	Granted    []int
 	Refused    []PartitionEpoch
-	Members    []string
+	Members    []Incarnation // the members the granter knows, at their latest incarnations
 	Watermarks []Watermark
 }
 

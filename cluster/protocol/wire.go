@@ -196,7 +196,7 @@ func sizeHint(m Message) int {
 	case Grant:
 		n := base + 3*4 + len(m.Granted)*4 + len(m.Refused)*minPartitionEpoch + len(m.Watermarks)*minWatermark
 		for _, node := range m.Members {
-			n += 2 + len(node)
+			n += 2 + len(node.Node) + 8
 		}
 		for _, w := range m.Watermarks {
 			n += len(w.Chain) * minPoint
@@ -405,7 +405,7 @@ func (e *encoder) grant(m Grant) {
 		return
 	}
 	for _, n := range m.Members {
-		e.name(n)
+		e.incarnation(n)
 	}
 	if !e.count(len(m.Watermarks), "Grant.Watermarks") {
 		return
@@ -776,10 +776,10 @@ func (d *decoder) grant() Grant {
 		}
 	}
 	m.Refused = d.partitionEpochs("Grant.Refused")
-	if n := d.count(minName, "Grant.Members"); n > 0 {
-		m.Members = make([]string, n)
+	if n := d.count(minIncarnation, "Grant.Members"); n > 0 {
+		m.Members = make([]Incarnation, n)
 		for i := range m.Members {
-			m.Members[i] = d.name()
+			m.Members[i] = d.incarnation()
 		}
 	}
 	n := d.count(minWatermark, "Grant.Watermarks")

@@ -64,9 +64,9 @@ func wireCases() []wireCase {
 		fullChain[i] = Point{From: int64(i), Last: int64(i + 1), Firer: Incarnation{fmt.Sprintf("n%d", i%3), uint64(i)},
 			Epoch: Epoch{N: uint64(i), Node: fmt.Sprintf("n%d", i%3)}}
 	}
-	var manyNames []string // more than an encoder scans
+	var manyNames []Incarnation // more than an encoder scans
 	for i := range 3 * linearNames {
-		manyNames = append(manyNames, fmt.Sprintf("timerd-%d", i))
+		manyNames = append(manyNames, Incarnation{fmt.Sprintf("timerd-%d", i), uint64(i)})
 	}
 	verdicts := []Verdict{0, Yours, Late, FiredByAnother, Unknown}
 	refs := []EventRef{
@@ -98,7 +98,7 @@ func wireCases() []wireCase {
 		{"acquire nil", Acquire{From: wireN0}},
 		{"grant", Grant{From: wireN1, To: wireN0, ID: 17, Granted: []int{0, 7, 16380},
 			Refused: []PartitionEpoch{{Partition: 9}, {Partition: 10, Epoch: Epoch{N: 8, Node: "timerd-2"}}},
-			Members: []string{"timerd-0", "timerd-1", "timerd-2"}, Watermarks: wireWatermarks(20)}},
+			Members: []Incarnation{{"timerd-0", 1}, {"timerd-1", 4}, {"timerd-2", 2}}, Watermarks: wireWatermarks(20)}},
 		{"grant full chain, no chain, baseline", Grant{From: wireN1, To: wireN0, Granted: []int{3},
 			Watermarks: []Watermark{
 				{Rule: 1, Slot: wireSlot, Count: 9, Chain: fullChain},
@@ -107,8 +107,8 @@ func wireCases() []wireCase {
 				{Rule: math.MaxInt64, Slot: math.MaxInt64, Count: math.MaxUint64, Chain: fullChain[:1]},
 			}}},
 		{"grant many names", Grant{From: wireN1, To: wireN0, Members: manyNames, Watermarks: []Watermark{
-			{Rule: 1, Chain: Chain{{Firer: Incarnation{manyNames[40], 1}, Epoch: Epoch{1, manyNames[20]}}}}}}},
-		{"grant empty", Grant{From: wireN1, To: wireN0, Granted: []int{}, Refused: []PartitionEpoch{}, Members: []string{},
+			{Rule: 1, Chain: Chain{{Firer: Incarnation{manyNames[40].Node, 1}, Epoch: Epoch{1, manyNames[20].Node}}}}}}},
+		{"grant empty", Grant{From: wireN1, To: wireN0, Granted: []int{}, Refused: []PartitionEpoch{}, Members: []Incarnation{},
 			Watermarks: []Watermark{}}},
 		{"grant zero", Grant{}},
 		{"fired 50", Fired{From: wireN0, Seq: 99, Records: wireRecords(50, wireN0)}},
@@ -285,7 +285,7 @@ func TestWireEncodeRefuses(t *testing.T) {
 		{"unknown type", wireUnknown{}, WireInvalid},
 		{"long sender", Retired{From: Incarnation{Node: long}}, WireTooLarge},
 		{"long fence", Heartbeat{Fences: map[string]uint64{long: 1}}, WireTooLarge},
-		{"long member", Grant{Members: []string{"a", long}}, WireTooLarge},
+		{"long member", Grant{Members: []Incarnation{{"a", 1}, {long, 1}}}, WireTooLarge},
 		{"long epoch node", Fired{Records: []FireRecord{{Epoch: Epoch{Node: long}}}}, WireTooLarge},
 		{"negative expect", Heartbeat{Expect: -1}, WireInvalid},
 		{"huge expect", Heartbeat{Expect: maxSmallInt + 1}, WireInvalid},
@@ -500,7 +500,7 @@ func BenchmarkWire(b *testing.B) {
 	}{
 		{"Fired50", Fired{From: wireN0, Seq: 99, Records: wireRecords(50, wireN0)}},
 		{"Grant10000", Grant{From: wireN1, To: wireN0, ID: 17, Granted: []int{3, 4, 5},
-			Members: []string{"timerd-0", "timerd-1", "timerd-2"}, Watermarks: wireWatermarks(10_000)}},
+			Members: []Incarnation{{"timerd-0", 1}, {"timerd-1", 4}, {"timerd-2", 2}}, Watermarks: wireWatermarks(10_000)}},
 		{"Heartbeat5", Heartbeat{From: wireN0, Seq: 41, Expect: 5, Wall: wireSlot,
 			Fences: map[string]uint64{"timerd-1": 2, "timerd-2": 11, "timerd-3": 1, "timerd-4": 5, "timerd-5": 8}}},
 	} {
