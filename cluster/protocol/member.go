@@ -126,6 +126,9 @@ type (
 	}
 	// Reincarnate: the incarnation was fenced; store the new one before sending anything.
 	Reincarnate struct{ Self Incarnation }
+	// SaveEpochs: store these promised epochs (per partition, the highest) before
+	// sending anything: an epoch granted must never be granted lower after a restart.
+	SaveEpochs struct{ Epochs map[int]Epoch }
 	// Fence: store that this member fenced every incarnation of Node up to Upto, before
 	// sending anything: a fence is a promise never to ack them again, and must outlive
 	// a restart.
@@ -261,6 +264,8 @@ type Durable struct {
 	Held map[int]Epoch
 	// Fences: per node, the highest incarnation fenced (Fence effects).
 	Fences map[string]uint64
+	// Epochs: per partition, the highest epoch promised (SaveEpochs effects).
+	Epochs map[int]Epoch
 }
 
 // NewMember starts a member from what its store kept.
@@ -287,6 +292,11 @@ func NewMember(cfg MemberConfig, d Durable) (*Member, error) {
 	}
 	if m.promised == nil {
 		m.promised = map[int]Epoch{}
+	}
+	for p, e := range d.Epochs {
+		if m.promised[p].Less(e) {
+			m.promised[p] = e
+		}
 	}
 	for node, upto := range d.Fences {
 		if node != m.self.Node && upto > 0 {
@@ -560,6 +570,7 @@ func (m *Member) acquire() {
 		m.nextAcq = now + m.cfg.Retry
 		return
 	}
+	m.emit(SaveEpochs{Epochs: maps.Clone(parts)})
 	m.acqID++
 	a := &acquisition{id: m.acqID, parts: parts, asked: map[string]bool{}, replied: map[string]bool{},
 		failed: map[int]bool{}, wms: map[int64]Watermark{}, sent: now}
@@ -610,9 +621,32 @@ func (m *Member) finishAcquisition() {
 	}
 	m.acq = nil
 	m.nextAcq = m.now.Boot + m.cfg.Retry // failed ones are asked again then
+	// A fire known under an epoch not below ours (a member that forgot its promises:
+	// its disk was replaced) makes ours too low: asked again above it.
+	newest := map[int]Epoch{}
+	note := func(w Watermark) {
+		p := m.cfg.PartitionOf(w.Rule)
+		for _, pt := range w.Chain {
+			if newest[p].Less(pt.Epoch) {
+				newest[p] = pt.Epoch
+			}
+		}
+	}
+	for _, w := range a.wms {
+		note(w)
+	}
+	for _, w := range m.cfg.Store.PartitionWatermarks(slices.Sorted(maps.Keys(a.parts))) {
+		note(w)
+	}
 	claim := map[int]Epoch{}
 	for p, e := range a.parts {
 		if a.failed[p] || m.promised[p] != e {
+			continue
+		}
+		if n, ok := newest[p]; ok && !n.Less(e) {
+			if m.heard[p].Less(n) {
+				m.heard[p] = n
+			}
 			continue
 		}
 		claim[p] = e
@@ -874,6 +908,11 @@ func (m *Member) grant(a Acquire) {
 		}
 	}
 	if len(g.Granted) > 0 {
+		saved := make(map[int]Epoch, len(g.Granted))
+		for _, p := range g.Granted {
+			saved[p] = m.promised[p]
+		}
+		m.emit(SaveEpochs{Epochs: saved})
 		g.Watermarks = m.cfg.Store.PartitionWatermarks(g.Granted)
 	}
 	for _, n := range m.recipients() {

@@ -14,6 +14,7 @@ type store struct {
 	inc    uint64
 	held   map[int]protocol.Epoch
 	fences map[string]uint64
+	epochs map[int]protocol.Epoch
 	wms    map[int64]protocol.Watermark
 	outbox map[fireID]protocol.EventRef
 }
@@ -88,7 +89,7 @@ func (n *node) start() {
 		Ring:        func(members []string) protocol.Ring { return newRendezvous(members, w.parts) },
 		Store:       n.st,
 	}
-	m, err := protocol.NewMember(cfg, protocol.Durable{Held: n.st.held, Fences: n.st.fences})
+	m, err := protocol.NewMember(cfg, protocol.Durable{Held: n.st.held, Fences: n.st.fences, Epochs: n.st.epochs})
 	if err != nil {
 		panic(err) // a bug of the simulation's config
 	}
@@ -328,6 +329,12 @@ func (n *node) apply(effects []protocol.Effect) {
 		case protocol.Reincarnate:
 			n.st.inc = e.Self.N
 			w.tracef("%s is fenced: now %s", n.name, e.Self)
+		case protocol.SaveEpochs:
+			for p, e := range e.Epochs {
+				if n.st.epochs[p].Less(e) {
+					n.st.epochs[p] = e
+				}
+			}
 		case protocol.Fence:
 			n.st.fences[e.Node] = max(n.st.fences[e.Node], e.Upto)
 		case protocol.Log:

@@ -64,7 +64,7 @@ func Run(cfg Config) Result {
 		if cfg.Faults.ClockSkew > 0 {
 			n.skew = w.rng.Int64N(2*int64(cfg.Faults.ClockSkew)) - int64(cfg.Faults.ClockSkew)
 		}
-		n.st = &store{w: w, held: map[int]protocol.Epoch{}, fences: map[string]uint64{}, wms: map[int64]protocol.Watermark{},
+		n.st = &store{w: w, held: map[int]protocol.Epoch{}, fences: map[string]uint64{}, epochs: map[int]protocol.Epoch{}, wms: map[int64]protocol.Watermark{},
 			outbox: map[fireID]protocol.EventRef{}}
 		for _, r := range w.rules {
 			// Every node's catalogue has every rule, anchored at the start.
