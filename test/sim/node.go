@@ -171,8 +171,12 @@ func (n *node) due() []pendingFire {
 	for _, r := range w.rules {
 		p := w.partitionOf(r.id)
 		e, ok := n.m.MayFire(t, p)
-		if w.cfg.Faults.DisableFix == fixLeaseCheck {
-			e, ok = n.m.Held()[p], n.holds(p)
+		if w.cfg.Faults.DisableFix == fixLeaseCheck && !ok && n.holds(p) {
+			// The commit path without its lease check: it fires what it holds.
+			e, ok = n.m.Held()[p], true
+			for _, due := range n.dueOf(r) {
+				w.violate("I3: %s begins a commit of rule %d slot %s without a lease", n.m.Self(), r.id, slotString(due))
+			}
 		}
 		if !ok {
 			continue
@@ -187,6 +191,16 @@ func (n *node) due() []pendingFire {
 				Count: wm.Count + 1, Firer: n.m.Self()}, epoch: e})
 			wm.Slot, wm.Count = next, wm.Count+1
 		}
+	}
+	return out
+}
+
+// dueOf is the rule's slots due now after its watermark.
+func (n *node) dueOf(r rule) []int64 {
+	var out []int64
+	wm := n.st.wms[r.id]
+	for next, ok := r.slotAfter(wm.Slot); ok && next <= n.w.wall(n) && len(out) < 100; next, ok = r.slotAfter(next) {
+		out = append(out, next)
 	}
 	return out
 }
