@@ -222,6 +222,32 @@ func (e *Engine) Upsert(id int64, t *Timer, wm Watermark) {
 	}
 }
 
+// Advance moves a rule's watermark on to wm when wm is later (a peer fired the rule, or
+// a verdict recorded a slot as fired): its next slot is then the first after wm. An
+// unknown rule, or an earlier wm, changes nothing.
+func (e *Engine) Advance(id int64, wm Watermark) {
+	e.mu.Lock()
+	_, idx, ok := e.ids.find(e.rules, id)
+	if !ok || !wm.Slot.After(e.wmSlot(idx)) {
+		e.mu.Unlock()
+		return
+	}
+	before := e.rootLocked()
+	r := &e.rules[idx]
+	e.setWM(idx, wm.Slot)
+	r.count = max(r.count, wm.Count)
+	if r.state == busy {
+		r.changed = true // rescheduled from the new watermark after the commit
+	} else {
+		e.schedule(idx, true)
+	}
+	changed := e.rootLocked() != before
+	e.mu.Unlock()
+	if changed {
+		e.signal()
+	}
+}
+
 // Remove forgets a rule. A fire of it already being committed completes; no
 // later slot fires.
 func (e *Engine) Remove(id int64) {
