@@ -237,6 +237,8 @@ type acquisition struct {
 	id      uint64
 	parts   map[int]Epoch
 	asked   map[string]bool
+	askedAt map[string]uint64 // the incarnation asked
+	grants  map[int]map[string]bool // per partition, the members that granted it
 	replied map[string]bool
 	failed  map[int]bool
 	wms     map[int64]Watermark
@@ -322,6 +324,13 @@ func (m *Member) quorum() int {
 	return n/2 + 1
 }
 
+// readQuorum is how many members' stores (this one included) an acquisition reads:
+// N − Q + 1, so that it meets every Q stores a delivered fire was written to.
+func (m *Member) readQuorum() int {
+	n := max(m.cfg.Expect, len(m.seen)+1)
+	return n - m.quorum() + 1
+}
+
 // HasLease reports whether the member's lease covers now.
 func (m *Member) HasLease(now Time) bool {
 	return m.quorum() == 1 || now.Boot < m.leaseUntil
@@ -336,6 +345,44 @@ func (m *Member) MayFire(now Time, p int) (Epoch, bool) {
 		return Epoch{}, false
 	}
 	return e, true
+}
+
+// Status is what a member shows an operator and the node's commit path.
+type Status struct {
+	Self       Incarnation
+	Quorum     int           // Q
+	LeaseUntil time.Duration // boot clock; meaningless when Quorum is 1 (always leased)
+	View       []string      // the members of the ring, self included
+	Held       map[int]Epoch
+	// Settled: every partition the view gives this member is held and none is being
+	// acquired: the member fires its whole share.
+	Settled bool
+	Fenced  map[string]uint64 // per node, the highest incarnation fenced here
+	Skew    map[string]time.Duration
+}
+
+// Status returns the member's state.
+func (m *Member) Status() Status {
+	st := Status{Self: m.self, Quorum: m.quorum(), LeaseUntil: m.leaseUntil, View: slices.Clone(m.view),
+		Held: maps.Clone(m.held), Fenced: map[string]uint64{}, Skew: map[string]time.Duration{}}
+	st.Settled = m.acq == nil && len(m.renew) == 0 && m.ring != nil
+	if st.Settled {
+		for p := range m.cfg.Partitions {
+			if _, ok := m.held[p]; !ok && m.ring.Owner(p) == m.self.Node {
+				st.Settled = false
+				break
+			}
+		}
+	}
+	for n, p := range m.peers {
+		if p.fenced > 0 {
+			st.Fenced[n] = p.fenced
+		}
+		if p.skew != 0 {
+			st.Skew[n] = p.skew
+		}
+	}
+	return st
 }
 
 // Held is a copy of the partitions held, with their epochs.
@@ -572,8 +619,8 @@ func (m *Member) acquire() {
 	}
 	m.emit(SaveEpochs{Epochs: maps.Clone(parts)})
 	m.acqID++
-	a := &acquisition{id: m.acqID, parts: parts, asked: map[string]bool{}, replied: map[string]bool{},
-		failed: map[int]bool{}, wms: map[int64]Watermark{}, sent: now}
+	a := &acquisition{id: m.acqID, parts: parts, asked: map[string]bool{}, askedAt: map[string]uint64{},
+		grants: map[int]map[string]bool{}, replied: map[string]bool{}, failed: map[int]bool{}, wms: map[int64]Watermark{}, sent: now}
 	m.acq = a
 	for _, n := range m.recipients() {
 		m.askAcquire(a, n)
@@ -600,6 +647,9 @@ func (m *Member) askAcquire(a *acquisition, name string) {
 		return
 	}
 	a.asked[name] = true
+	if p := m.peers[name]; p != nil {
+		a.askedAt[name] = p.inc
+	}
 	m.send(name, m.acquireMsg(a))
 }
 
@@ -609,6 +659,20 @@ func (m *Member) finishAcquisition() {
 	a := m.acq
 	if a == nil {
 		return
+	}
+	// A member heard of at a later incarnation than it was asked at (or not asked,
+	// because the incarnation known then was fenced) is asked now: it may have started
+	// again on a store that holds fires nobody else has.
+	for _, n := range m.recipients() {
+		p := m.peers[n]
+		if p == nil || p.inc == 0 || m.quorumFenced(n, p.inc) {
+			continue
+		}
+		if !a.asked[n] || a.askedAt[n] < p.inc {
+			delete(a.asked, n)
+			delete(a.replied, n)
+			m.askAcquire(a, n)
+		}
 	}
 	for n := range a.asked {
 		if a.replied[n] {
@@ -647,6 +711,11 @@ func (m *Member) finishAcquisition() {
 			if m.heard[p].Less(n) {
 				m.heard[p] = n
 			}
+			continue
+		}
+		// The read quorum: every fire delivered was stored by Q members (its firer and
+		// Q − 1 acks), so N − Q + 1 stores, this one included, hold it.
+		if len(a.grants[p])+1 < m.readQuorum() {
 			continue
 		}
 		claim[p] = e
@@ -930,7 +999,18 @@ func (m *Member) granted(g Grant) {
 	if a == nil || g.ID != a.id || g.To != m.self || !a.asked[g.From.Node] {
 		return
 	}
+	if a.askedAt[g.From.Node] != g.From.N && a.askedAt[g.From.Node] != 0 {
+		return // an answer of an incarnation asked before: the later one answers again
+	}
 	a.replied[g.From.Node] = true
+	for _, p := range g.Granted {
+		if _, ok := a.parts[p]; ok {
+			if a.grants[p] == nil {
+				a.grants[p] = map[string]bool{}
+			}
+			a.grants[p][g.From.Node] = true
+		}
+	}
 	for _, r := range g.Refused {
 		a.failed[r.Partition] = true
 		if m.heard[r.Partition].Less(r.Epoch) {

@@ -246,6 +246,18 @@ func (w *world) send(from int, to string, msg protocol.Message) {
 			w.tracef("  %s -> %s acquire#%d %v", w.nodes[from].name, to, m.ID, m.Parts)
 		case protocol.Grant:
 			w.tracef("  %s -> %s grant#%d granted %v refused %v", m.From, to, m.ID, m.Granted, m.Refused)
+		case protocol.Offer:
+			for _, ev := range m.Events {
+				if ev.Rule == w.cfg.traceRule {
+					w.tracef("  %s -> %s offer rule %d slot %s", m.From, to, ev.Rule, slotString(ev.Slot))
+				}
+			}
+		case protocol.OfferReply:
+			for i, ev := range m.Events {
+				if ev.Rule == w.cfg.traceRule {
+					w.tracef("  %s -> %s verdict rule %d slot %s: %v", m.From, to, ev.Rule, slotString(ev.Slot), m.Verdicts[i])
+				}
+			}
 		}
 	}
 	w.stats[fmt.Sprintf("msg_%T", msg)]++
