@@ -237,7 +237,7 @@ type acquisition struct {
 	id      uint64
 	parts   map[int]Epoch
 	asked   map[string]bool
-	askedAt map[string]uint64 // the incarnation asked
+	askedAt map[string]uint64       // the incarnation asked
 	grants  map[int]map[string]bool // per partition, the members that granted it
 	replied map[string]bool
 	failed  map[int]bool
