@@ -75,6 +75,8 @@ type Cluster struct {
 
 	kick chan struct{}
 
+	tr transport // protocol messages (transport.go)
+
 	life    sync.Mutex // guards stopped and wg.Add
 	stopped bool
 	stop    chan struct{}
@@ -88,6 +90,7 @@ type memberState struct {
 	addr  string
 	state string
 	since time.Time
+	node  memberlist.Node // a copy, for sending to it
 }
 
 // Dead and left members stay listed this long (and at most deadKept of them).
@@ -129,6 +132,7 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c.queue.RetransmitMult = mc.RetransmitMult
+	c.tr.init(mc.UDPBufferSize, cfg.MessageBuffer)
 	c.perPacket = max(1, (mc.UDPBufferSize-packetOverhead-headerLen)/recordLen)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -812,6 +816,7 @@ func (c *Cluster) Shutdown() error {
 			c.shutdownErr = fmt.Errorf("shut down gossip: %w", err)
 		}
 		c.wg.Wait()
+		c.stopSenders()
 	})
 	return c.shutdownErr
 }
@@ -839,6 +844,10 @@ func (d *delegate) NodeMeta(int) []byte { return nil }
 
 func (d *delegate) NotifyMsg(b []byte) {
 	c := d.c
+	if len(b) > 0 && b[0] == protocolPrefix {
+		d.protocolMsg(b[1:])
+		return
+	}
 	if len(b) >= headerLen && b[0] == wireVersion && b[1] == kindLeave {
 		d.leaving(b)
 		return
@@ -936,7 +945,9 @@ func (d *delegate) set(n *memberlist.Node, state string) {
 	c := d.c
 	now := time.Now()
 	c.mu.Lock()
-	c.members[n.Name] = &memberState{addr: n.Address(), state: state, since: now}
+	prev, had := c.members[n.Name]
+	c.members[n.Name] = &memberState{addr: n.Address(), state: state, since: now, node: *n}
+	knownChanged := n.Name != c.cfg.NodeName && (had && prev.state == StateAlive) != (state == StateAlive)
 	alive, gone := 0, 0
 	for name, m := range c.members {
 		switch {
@@ -962,6 +973,9 @@ func (d *delegate) set(n *memberlist.Node, state string) {
 	}
 	c.alive.Store(int32(alive))
 	c.mu.Unlock()
+	if knownChanged {
+		c.signalKnown()
+	}
 	if state != StateAlive {
 		c.log.Info("member gone", "member", n.Name, "state", state)
 	} else {

@@ -81,6 +81,9 @@ type Config struct {
 	WatermarkCapacity int
 	// StateMaxBytes bounds the watermarks sent in one push/pull exchange.
 	StateMaxBytes int
+	// MessageBuffer is the capacity of Messages, the protocol messages received and not yet
+	// read; default DefaultMessageBuffer.
+	MessageBuffer int
 
 	Logger     *slog.Logger          // nil: discard
 	Registerer prometheus.Registerer // nil: metrics are not registered
@@ -116,6 +119,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StateMaxBytes == 0 {
 		c.StateMaxBytes = DefaultStateMaxBytes
+	}
+	if c.MessageBuffer == 0 {
+		c.MessageBuffer = DefaultMessageBuffer
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -185,6 +191,9 @@ func (c Config) Validate() error {
 	}
 	if c.StateMaxBytes < headerLen+recordLen || c.StateMaxBytes > 12<<20 {
 		return bad("StateMaxBytes", "%d: want %d..%d", c.StateMaxBytes, headerLen+recordLen, 12<<20)
+	}
+	if c.MessageBuffer < 1 {
+		return bad("MessageBuffer", "%d: must be positive", c.MessageBuffer)
 	}
 	return nil
 }

@@ -19,6 +19,10 @@ type metrics struct {
 	syncs        prometheus.Counter
 	syncFailures prometheus.Counter
 	dropped      *prometheus.CounterVec
+
+	protoSent     *prometheus.CounterVec
+	protoReceived prometheus.Counter
+	protoDropped  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -48,6 +52,28 @@ func newMetrics() *metrics {
 	for _, r := range []string{dropMalformed, dropVersion, dropInvalid, dropSendFailed, dropSlowReader} {
 		m.dropped.WithLabelValues(r)
 	}
+	m.protoSent = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "timerd_cluster_protocol_messages_sent_total",
+		Help: "Protocol messages sent to a peer, by transport: udp (one datagram), tcp (larger messages).",
+	}, []string{"transport"})
+	m.protoReceived = f.NewCounter(prometheus.CounterOpts{
+		Name: "timerd_cluster_protocol_messages_received_total",
+		Help: "Protocol messages received from live members and handed to the reader.",
+	})
+	m.protoDropped = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "timerd_cluster_protocol_messages_dropped_total",
+		Help: "Protocol messages dropped. in: malformed, version, invalid, too_large (undecodable), not_member (the sender is no live member), " +
+			"slow_consumer (Messages channel full). out: malformed, invalid, too_large (not encodable), unknown_member (no live member of that name), " +
+			"queue_full (the peer's TCP queue), send_failed.",
+	}, []string{"direction", "reason"})
+	for _, r := range []string{transportUDP, transportTCP} {
+		m.protoSent.WithLabelValues(r)
+	}
+	for dir, reasons := range protocolDropReasons {
+		for _, r := range reasons {
+			m.protoDropped.WithLabelValues(dir, r)
+		}
+	}
 	return m
 }
 
@@ -69,7 +95,8 @@ func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
 		Name: "timerd_cluster_expected_members",
 		Help: "N, the members a quorum (N/2+1) is counted of: TIMERD_EXPECT, or the most members this node has seen in one view when more.",
 	}, func() float64 { return float64(c.view.Load().Expect) })
-	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.syncs, m.syncFailures, m.dropped, membersCollector{c}, quorum, expected}
+	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.syncs, m.syncFailures, m.dropped, m.protoSent, m.protoReceived, m.protoDropped,
+		membersCollector{c}, quorum, expected}
 	for i, col := range cols {
 		if err := reg.Register(col); err != nil {
 			for _, done := range cols[:i] {

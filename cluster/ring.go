@@ -146,9 +146,33 @@ func (r *Ring) Owner(ruleID int64) string {
 	if r == nil || len(r.owner) == 0 {
 		return ""
 	}
+	return r.members[r.owner[partitionOf(len(r.owner), ruleID)]]
+}
+
+// PartitionOf is the partition of ruleID under cfg: xxhash64 of the id as 8 bytes
+// big-endian, mod Partitions, what Ring.Owner looks up. -1 when cfg's Partitions is
+// negative (Validate refuses it).
+func PartitionOf(cfg RingConfig, ruleID int64) int {
+	n := cfg.withDefaults().Partitions
+	if n < 1 {
+		return -1
+	}
+	return partitionOf(n, ruleID)
+}
+
+func partitionOf(partitions int, ruleID int64) int {
 	var key [8]byte
 	binary.BigEndian.PutUint64(key[:], uint64(ruleID))
-	return r.members[r.owner[xxhash.Sum64(key[:])%uint64(len(r.owner))]]
+	return int(xxhash.Sum64(key[:]) % uint64(partitions))
+}
+
+// PartitionOwner is the member owning partition p, "" on an empty ring and for a p out of
+// range.
+func (r *Ring) PartitionOwner(p int) string {
+	if r == nil || p < 0 || p >= len(r.owner) {
+		return ""
+	}
+	return r.members[r.owner[p]]
 }
 
 // Members returns the sorted member names.
