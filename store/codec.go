@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 // Records are small binary envelopes rather than JSON: decoding 1M rules at start-up is
@@ -15,9 +17,13 @@ import (
 //
 //	rule:        v2 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref | params…
 //	             (v1, the same layout, held the time the node stored the rule: it is read as zero)
-//	watermark:   slot i64 | count u64                     (no version byte: fixed 16 bytes)
+//	watermark:   slot i64 | count u64                     (no chain: no version byte, fixed 16 bytes)
+//	             v2 | slot i64 | count u64 | chain         (with a fire chain, see appendChain)
 //	tombstone:   v1 | version i64
 //	event:       v1 | created_at i64 | rule_id i64 | slot i64 | uvarint len, key | body…
+//	             v2 | created_at i64 | rule_id i64 | slot i64 | prev i64 | count u64 |
+//	                  uvarint firer N | uvarint len, firer node | uvarint len, key | body…
+//	             (v2: a fire of the protocol, convertible to a protocol.EventRef)
 //	dead letter: v1 | at i64 | varint status | uvarint len, reason | event…
 //
 // Integers are big-endian; times are Unix nanoseconds, with math.MinInt64 for the zero time.
@@ -27,7 +33,12 @@ const codecV1 = 1
 // version (Rule.UpdatedAt). A v1 rule's updated_at was when the node stored it.
 const ruleV2 = 2
 
-const watermarkLen = 16
+// watermarkLen is a watermark without a chain, as every version wrote it; wmV2 starts
+// one with a chain.
+const (
+	watermarkLen = 16
+	wmV2         = 2
+)
 
 var (
 	minTime = time.Unix(0, math.MinInt64+1)
@@ -99,8 +110,9 @@ func encodeRule(r Rule) []byte {
 
 // decoder reads a value; the first failure sticks and later reads return zero values.
 type decoder struct {
-	b   []byte
-	err error
+	b    []byte
+	err  error
+	last string // the last string read by str
 }
 
 func (d *decoder) fail(what string) {
@@ -195,20 +207,127 @@ func decodeRule(id int64, v []byte) (Rule, error) {
 	return r, nil
 }
 
-func encodeWatermark(w Watermark) []byte {
-	b := make([]byte, 0, watermarkLen)
+// encodeWatermark writes a watermark without a chain in the 16 bytes every version
+// reads, and one with a chain as wmV2 | slot | count | chain.
+func encodeWatermark(w Watermark, c protocol.Chain) []byte {
+	if len(c) == 0 {
+		b := make([]byte, 0, watermarkLen)
+		b = appendTime(b, w.Slot)
+		return binary.BigEndian.AppendUint64(b, w.Count)
+	}
+	b := make([]byte, 0, 1+watermarkLen+chainLen(c))
+	b = append(b, wmV2)
 	b = appendTime(b, w.Slot)
-	return binary.BigEndian.AppendUint64(b, w.Count)
+	b = binary.BigEndian.AppendUint64(b, w.Count)
+	return appendChain(b, c)
 }
 
-func decodeWatermark(v []byte) (Watermark, error) {
-	if len(v) != watermarkLen {
-		return Watermark{}, fmt.Errorf("%w: watermark of %d bytes, want %d", ErrCorrupt, len(v), watermarkLen)
+func decodeWatermark(v []byte) (Watermark, protocol.Chain, error) {
+	if len(v) == watermarkLen {
+		return Watermark{
+			Slot:  nanosTime(int64(binary.BigEndian.Uint64(v))),
+			Count: binary.BigEndian.Uint64(v[8:]),
+		}, nil, nil
 	}
-	return Watermark{
-		Slot:  nanosTime(int64(binary.BigEndian.Uint64(v))),
-		Count: binary.BigEndian.Uint64(v[8:]),
-	}, nil
+	d := decoder{b: v}
+	d.versionOf(wmV2)
+	w := Watermark{Slot: d.time("slot"), Count: d.u64("count")}
+	c := d.chain()
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("trailing bytes")
+	}
+	if d.err != nil {
+		return Watermark{}, nil, fmt.Errorf("watermark of %d bytes: %w", len(v), d.err)
+	}
+	return w, c, nil
+}
+
+// Chains. A point is From i64 | Last i64 | uvarint firer N | firer node | uvarint
+// epoch N | epoch node, where the epoch node is a uvarint 0 when it is the firer's (the
+// common case: a holder fires under its own epoch), else its length + 1 and its bytes.
+const (
+	// maxChainPoints bounds a decoded chain (protocol.ChainLen is what is written).
+	maxChainPoints = 64
+	minPointLen    = 8 + 8 + 1 + 1 + 1 + 1
+)
+
+func chainLen(c protocol.Chain) int {
+	n := binary.MaxVarintLen64
+	for _, p := range c {
+		n += 16 + 3*binary.MaxVarintLen64 + len(p.Firer.Node) + 1 + len(p.Epoch.Node)
+	}
+	return n
+}
+
+func appendChain(b []byte, c protocol.Chain) []byte {
+	b = binary.AppendUvarint(b, uint64(len(c)))
+	for _, p := range c {
+		b = binary.BigEndian.AppendUint64(b, uint64(p.From))
+		b = binary.BigEndian.AppendUint64(b, uint64(p.Last))
+		b = binary.AppendUvarint(b, p.Firer.N)
+		b = appendString(b, p.Firer.Node)
+		b = binary.AppendUvarint(b, p.Epoch.N)
+		if p.Epoch.Node == p.Firer.Node {
+			b = append(b, 0)
+		} else {
+			b = binary.AppendUvarint(b, uint64(len(p.Epoch.Node))+1)
+			b = append(b, p.Epoch.Node...)
+		}
+	}
+	return b
+}
+
+func (d *decoder) uvarint(what string) uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("bad " + what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// str is a length-prefixed string; a repeat of the last one read shares its memory.
+func (d *decoder) str(what string) string {
+	b := d.bytes(what)
+	if string(b) == d.last { // no allocation for the comparison
+		return d.last
+	}
+	d.last = string(b)
+	return d.last
+}
+
+func (d *decoder) chain() protocol.Chain {
+	n := d.uvarint("chain length")
+	if n == 0 || d.err != nil {
+		return nil
+	}
+	if n > maxChainPoints || n*minPointLen > uint64(len(d.b)) {
+		d.fail(fmt.Sprintf("chain of %d points", n))
+		return nil
+	}
+	c := make(protocol.Chain, n)
+	for i := range c {
+		p := &c[i]
+		p.From, p.Last = int64(d.u64("point from")), int64(d.u64("point last"))
+		p.Firer.N = d.uvarint("firer incarnation")
+		p.Firer.Node = d.str("firer node")
+		p.Epoch.N = d.uvarint("epoch")
+		switch l := d.uvarint("epoch node length"); {
+		case d.err != nil:
+		case l == 0:
+			p.Epoch.Node = p.Firer.Node
+		case l-1 > uint64(len(d.b)):
+			d.fail("bad epoch node length")
+		default:
+			p.Epoch.Node = string(d.b[:l-1])
+			d.b = d.b[l-1:]
+		}
+	}
+	if d.err != nil {
+		return nil
+	}
+	return c
 }
 
 func validateEvent(e Event) error {
@@ -218,35 +337,71 @@ func validateEvent(e Event) error {
 	return checkTime(e.RuleID, "event Slot", e.Slot)
 }
 
-func appendEvent(b []byte, e Event, created time.Time) []byte {
-	b = append(b, codecV1)
+// eventV2 is the version byte of events that record the fire they stand for.
+const eventV2 = 2
+
+// fireRef is what an event of the protocol records of its fire besides rule and slot.
+type fireRef struct {
+	prev  int64
+	count uint64
+	firer protocol.Incarnation
+}
+
+// appendEvent writes e as v1, or as v2 with ref when ref is not nil.
+func appendEvent(b []byte, e Event, created time.Time, ref *fireRef) []byte {
+	if ref == nil {
+		b = append(b, codecV1)
+	} else {
+		b = append(b, eventV2)
+	}
 	b = appendTime(b, created)
 	b = binary.BigEndian.AppendUint64(b, uint64(e.RuleID))
 	b = appendTime(b, e.Slot)
+	if ref != nil {
+		b = binary.BigEndian.AppendUint64(b, uint64(ref.prev))
+		b = binary.BigEndian.AppendUint64(b, ref.count)
+		b = binary.AppendUvarint(b, ref.firer.N)
+		b = appendString(b, ref.firer.Node)
+	}
 	b = appendString(b, e.IdempotencyKey)
 	return append(b, e.Body...)
 }
 
-func eventLen(e Event) int {
-	return 1 + 8 + 8 + 8 + binary.MaxVarintLen64 + len(e.IdempotencyKey) + len(e.Body)
+func eventLen(e Event, ref *fireRef) int {
+	n := 1 + 8 + 8 + 8 + binary.MaxVarintLen64 + len(e.IdempotencyKey) + len(e.Body)
+	if ref != nil {
+		n += 16 + 2*binary.MaxVarintLen64 + len(ref.firer.Node)
+	}
+	return n
 }
 
-func (d *decoder) event() (Event, time.Time) {
-	d.version()
+// event reads an event; ref is nil for a v1 event.
+func (d *decoder) event() (Event, time.Time, *fireRef) {
+	ver := d.versionOf(codecV1, eventV2)
 	created := d.time("created_at")
 	e := Event{RuleID: int64(d.u64("rule_id")), Slot: d.time("slot")}
+	var ref *fireRef
+	if ver == eventV2 {
+		ref = &fireRef{prev: int64(d.u64("prev")), count: d.u64("count")}
+		ref.firer.N = d.uvarint("firer incarnation")
+		ref.firer.Node = string(d.bytes("firer node"))
+	}
 	e.IdempotencyKey = string(d.bytes("idempotency key"))
 	e.Body = d.rest()
-	return e, created
+	return e, created, ref
 }
 
 func decodeOutboxEntry(seq uint64, v []byte) (OutboxEntry, error) {
 	d := decoder{b: v}
-	e, created := d.event()
+	e, created, ref := d.event()
 	if d.err != nil {
 		return OutboxEntry{}, fmt.Errorf("outbox entry %d: %w", seq, d.err)
 	}
-	return OutboxEntry{Seq: seq, Event: e, CreatedAt: created}, nil
+	ent := OutboxEntry{Seq: seq, Event: e, CreatedAt: created}
+	if ref != nil {
+		ent.Prev, ent.Count, ent.Firer = ref.prev, ref.count, ref.firer
+	}
+	return ent, nil
 }
 
 func encodeDeadLetter(reason string, status int, at time.Time, outboxValue []byte) []byte {
@@ -263,7 +418,7 @@ func decodeDeadLetter(seq uint64, v []byte) (DeadLetter, error) {
 	d.version()
 	dl := DeadLetter{Seq: seq, At: d.time("at"), Status: int(d.varint("status"))}
 	dl.Reason = string(d.bytes("reason"))
-	dl.Event, _ = d.event()
+	dl.Event, _, _ = d.event()
 	if d.err != nil {
 		return DeadLetter{}, fmt.Errorf("dead letter %d: %w", seq, d.err)
 	}

@@ -5,13 +5,20 @@
 // outbox entry of its event are written in one transaction, and many fires share one
 // fsync. The package knows nothing of scheduling; it stores what it is given.
 //
-// Layout (schema version 2), all keys 8-byte big-endian:
+// For the fire-once protocol (docs/protocol.md) it also keeps each watermark's fire
+// chain, the fire each outbox event stands for, the events not yet deliverable
+// (pending), and what protocol.Member needs across restarts (incarnation, holdings,
+// promised epochs, fences); *Store is a protocol.Store.
 //
-//	meta         format marker, schema_version, created_at, outbox/dead-letter counters
+// Layout (schema version 3), keys 8-byte big-endian unless said:
+//
+//	meta         format marker, schema_version, created_at, outbox/dead-letter/pending counters
 //	rules        rule id → rule (binary, see codec.go)
 //	tombstones   rule id → the source version of its removal (since schema version 2)
-//	watermarks   rule id → slot unix nanos (int64) + fire count (uint64)
+//	watermarks   rule id → slot unix nanos (int64) + fire count (uint64) [+ fire chain]
 //	wmjournal    sequence → the watermarks of one commit, folded into watermarks in bulk (journal.go)
-//	outbox       sequence → event
+//	outbox       sequence → event (ready: deliverable)
+//	pending      rule id, slot, firer → event not deliverable yet (pending.go; since schema version 3)
+//	protocol     incarnation, held/, epochs/, fences/ (protocol.go; since schema version 3)
 //	deadletters  outbox sequence → event + reason, status, time
 package store

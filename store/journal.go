@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 // The watermark journal. Fires hit rules at random, so writing each fire's watermark
@@ -29,20 +31,27 @@ const (
 	recSet  = 1
 	recTomb = 2
 
-	journalRecLen    = 1 + 8 + 8 + 8
+	journalRecLen    = 1 + 8 + 8 + 8 // a record of a v1 value
 	defaultFoldAfter = 50_000
+
+	// journalV2 values hold records with fire chains: kind | id | slot | count | chain
+	// (appendChain; a uvarint 0 for none). v1 values, fixed 25-byte records without
+	// chains, are still read.
+	journalV2 = 2
 )
 
 type journalRec struct {
-	kind byte
-	id   int64
-	wm   Watermark
+	kind  byte
+	id    int64
+	wm    Watermark
+	chain protocol.Chain
 }
 
 type idxEntry struct {
-	seq  uint64 // journal key holding the record
-	tomb bool
-	wm   Watermark
+	seq   uint64 // journal key holding the record
+	tomb  bool
+	wm    Watermark
+	chain protocol.Chain // shared: never modified in place
 }
 
 // journalState is guarded by s.imu; writers change it only while holding s.wmu.
@@ -57,11 +66,38 @@ func appendJournalRec(b []byte, r journalRec) []byte {
 	b = append(b, r.kind)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.id))
 	b = appendTime(b, r.wm.Slot)
-	return binary.BigEndian.AppendUint64(b, r.wm.Count)
+	b = binary.BigEndian.AppendUint64(b, r.wm.Count)
+	if len(r.chain) == 0 {
+		return append(b, 0)
+	}
+	return appendChain(b, r.chain)
 }
 
 // forEachJournalRec decodes one journal value.
 func forEachJournalRec(seq uint64, v []byte, fn func(journalRec)) error {
+	if len(v) > 0 && v[0] == journalV2 {
+		d := decoder{b: v[1:]}
+		for len(d.b) > 0 && d.err == nil {
+			if len(d.b) < 1+8 {
+				d.fail("short record")
+				break
+			}
+			r := journalRec{kind: d.b[0], id: int64(binary.BigEndian.Uint64(d.b[1:]))}
+			d.b = d.b[9:]
+			if r.kind != recSet && r.kind != recTomb {
+				return fmt.Errorf("%w: watermark journal entry %d: record kind %d", ErrCorrupt, seq, r.kind)
+			}
+			r.wm = Watermark{Slot: d.time("slot"), Count: d.u64("count")}
+			r.chain = d.chain()
+			if d.err == nil {
+				fn(r)
+			}
+		}
+		if d.err != nil {
+			return fmt.Errorf("watermark journal entry %d: %w", seq, d.err)
+		}
+		return nil
+	}
 	if len(v) == 0 || v[0] != codecV1 || (len(v)-1)%journalRecLen != 0 {
 		return fmt.Errorf("%w: watermark journal entry %d: bad length or version", ErrCorrupt, seq)
 	}
@@ -89,8 +125,15 @@ func journalAppend(tx *bolt.Tx, recs []journalRec) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	v := make([]byte, 1, 1+len(recs)*journalRecLen)
-	v[0] = codecV1
+	n := 1
+	for _, r := range recs {
+		n += journalRecLen + 1
+		if len(r.chain) > 0 {
+			n += chainLen(r.chain)
+		}
+	}
+	v := make([]byte, 1, n)
+	v[0] = journalV2
 	for _, r := range recs {
 		v = appendJournalRec(v, r)
 	}
@@ -105,29 +148,33 @@ func (s *Store) indexJournal(seq uint64, recs []journalRec) {
 	s.imu.Lock()
 	defer s.imu.Unlock()
 	for _, r := range recs {
-		s.j.idx[r.id] = idxEntry{seq: seq, tomb: r.kind == recTomb, wm: r.wm}
+		s.j.idx[r.id] = idxEntry{seq: seq, tomb: r.kind == recTomb, wm: r.wm, chain: r.chain}
 	}
 	s.j.applied = seq
 	s.j.records += len(recs)
 }
 
-// currentWatermark is the latest watermark of id for a writer (holding s.wmu) in tx.
-func (s *Store) currentWatermark(tx *bolt.Tx, id int64) (wm Watermark, ok bool, err error) {
+// currentWatermark is the latest watermark of id, with its chain (shared: copy before
+// changing it), for a writer (holding s.wmu) in tx.
+func (s *Store) currentWatermark(tx *bolt.Tx, id int64) (wm Watermark, chain protocol.Chain, ok bool, err error) {
 	s.imu.RLock()
 	e, inIdx := s.j.idx[id]
 	s.imu.RUnlock()
 	if inIdx {
-		return e.wm, !e.tomb, nil
+		if e.tomb {
+			return Watermark{}, nil, false, nil
+		}
+		return e.wm, e.chain, true, nil
 	}
 	v := tx.Bucket(bucketWatermarks).Get(idKey(id))
 	if v == nil {
-		return Watermark{}, false, nil
+		return Watermark{}, nil, false, nil
 	}
-	wm, err = decodeWatermark(v)
+	wm, chain, err = decodeWatermark(v)
 	if err != nil {
-		return Watermark{}, false, fmt.Errorf("rule %d: %w", id, err)
+		return Watermark{}, nil, false, fmt.Errorf("rule %d: %w", id, err)
 	}
-	return wm, true, nil
+	return wm, chain, true, nil
 }
 
 // journaled reports whether the journal holds a record for id (writer, holding s.wmu).
@@ -196,7 +243,7 @@ func foldTx(tx *bolt.Tx) (uint64, error) {
 		if r.kind == recTomb {
 			err = wb.Delete(idKey(id))
 		} else {
-			err = wb.Put(idKey(id), encodeWatermark(r.wm))
+			err = wb.Put(idKey(id), encodeWatermark(r.wm, r.chain))
 		}
 		if err != nil {
 			return 0, fmt.Errorf("fold watermark of rule %d: %w", id, err)
@@ -210,8 +257,9 @@ func foldTx(tx *bolt.Tx) (uint64, error) {
 	return uint64(int64(binary.BigEndian.Uint64(keys[len(keys)-1]))), nil
 }
 
-// snapshotWatermark is id's watermark as of tx (a reader's snapshot).
-func (s *Store) snapshotWatermark(tx *bolt.Tx, id int64) (Watermark, error) {
+// snapshotWatermark is id's watermark as of tx (a reader's snapshot), with its chain
+// (shared: copy before changing it); ok is false when it has none.
+func (s *Store) snapshotWatermark(tx *bolt.Tx, id int64) (Watermark, protocol.Chain, bool, error) {
 	c := tx.Bucket(bucketJournal).Cursor()
 	fk, _ := c.First()
 	if fk != nil {
@@ -225,9 +273,9 @@ func (s *Store) snapshotWatermark(tx *bolt.Tx, id int64) (Watermark, error) {
 		switch {
 		case usable && ok && e.seq >= first && e.seq <= last:
 			if e.tomb {
-				return Watermark{}, nil
+				return Watermark{}, nil, false, nil
 			}
-			return e.wm, nil
+			return e.wm, e.chain, true, nil
 		case usable && !ok:
 			// No record for id in the snapshot's journal: the bucket has it.
 		default:
@@ -241,26 +289,26 @@ func (s *Store) snapshotWatermark(tx *bolt.Tx, id int64) (Watermark, error) {
 					}
 				})
 				if err != nil {
-					return Watermark{}, err
+					return Watermark{}, nil, false, err
 				}
 			}
 			if found != nil {
 				if found.kind == recTomb {
-					return Watermark{}, nil
+					return Watermark{}, nil, false, nil
 				}
-				return found.wm, nil
+				return found.wm, found.chain, true, nil
 			}
 		}
 	}
 	v := tx.Bucket(bucketWatermarks).Get(idKey(id))
 	if v == nil {
-		return Watermark{}, nil
+		return Watermark{}, nil, false, nil
 	}
-	wm, err := decodeWatermark(v)
+	wm, chain, err := decodeWatermark(v)
 	if err != nil {
-		return Watermark{}, fmt.Errorf("rule %d: %w", id, err)
+		return Watermark{}, nil, false, fmt.Errorf("rule %d: %w", id, err)
 	}
-	return wm, nil
+	return wm, chain, true, nil
 }
 
 // snapshotJournal reads the whole journal of tx: rule id → last record.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 // Event is one event to POST, built by the caller.
@@ -27,13 +29,35 @@ type FireRecord struct {
 	// Skipped records a slot a peer already fired: the watermark advances and nothing
 	// goes to the outbox (only Event.RuleID and Event.Slot are read).
 	Skipped bool
+
+	// Firer, when set, makes the record a fire of the protocol (docs/protocol.md),
+	// fired by Firer holding the rule's partition at Epoch; see CommitFireRefs. Without
+	// a Firer a record is written as before the protocol: its entry is ready at once and
+	// it adds no point to the fire chain.
+	Firer protocol.Incarnation
+	Epoch protocol.Epoch
+	// Ready: the entry of a fire of the protocol is deliverable at once (a single node
+	// needs no replication); else it is pending until MarkReady or DropPending.
+	Ready bool
 }
 
 // OutboxEntry is an event committed and not yet delivered.
 type OutboxEntry struct {
-	Seq       uint64
+	Seq       uint64 // 0 for a pending entry: it gets its sequence when it is made ready
 	Event     Event
 	CreatedAt time.Time
+	// The fire the event stands for, for an event of the protocol (Firer.Node is empty
+	// for an entry committed without a Firer, or by an older timerd).
+	Prev    int64 // the rule's watermark slot before the fire (Unix ns, protocol.NoSlot for none)
+	Count   uint64
+	Firer   protocol.Incarnation
+	Pending bool // awaiting replication or a verdict: not delivered (Pending)
+}
+
+// Ref is the protocol's name of the entry's fire.
+func (e OutboxEntry) Ref() protocol.EventRef {
+	return protocol.EventRef{Rule: e.Event.RuleID, Prev: e.Prev, Slot: timeNanos(e.Event.Slot),
+		Count: e.Count, Firer: e.Firer}
 }
 
 // DeadLetter is an event the receiver refused for good.
@@ -54,74 +78,155 @@ const outboxFill = 1.0
 // A record for a rule no longer stored still gets its outbox entry (the fire happened)
 // but no watermark. A watermark never moves back: a record whose slot is before the stored
 // one leaves it (a repeated or reordered fire). Nothing is written on an invalid record.
+// Records with a Firer are fires of the protocol: see CommitFireRefs.
 //
 // The watermarks go to the watermark journal (journal.go); every 50,000 of them the
 // call then folds the journal in a second, larger transaction, after the fires are
 // already durable.
 func (s *Store) CommitFires(recs []FireRecord) error {
+	_, err := s.commitFires(recs)
+	return err
+}
+
+// CommitFireRefs is CommitFires returning, in record order, the fires of the protocol
+// (records with a Firer) it committed an outbox entry for: the Committed input of
+// protocol.Member. A record with a Firer:
+//   - is decided by Event.Slot (Watermark.Slot is not read): a slot at or before the
+//     rule's watermark was decided meanwhile (a merge, a verdict) and the record is left
+//     out altogether;
+//   - extends the rule's fire chain with Point{From: the watermark's slot, Last: slot,
+//     Firer, Epoch} (protocol.Chain.Extend; the common case, the same firer and epoch
+//     as the last point, extends it in place);
+//   - counts max(Watermark.Count, the stored count + 1) (+ 0 when Skipped);
+//   - keeps the watermark of a rule the store does not know, as MergeWatermarks does;
+//   - goes to the outbox ready when Ready, else pending (MarkReady, DropPending).
+func (s *Store) CommitFireRefs(recs []FireRecord) ([]protocol.EventRef, error) {
+	return s.commitFires(recs)
+}
+
+func (s *Store) commitFires(recs []FireRecord) ([]protocol.EventRef, error) {
 	if len(recs) == 0 {
-		return nil
+		return nil, nil
 	}
 	for _, rec := range recs {
 		if err := validateEvent(rec.Event); err != nil {
-			return s.wrap("commit fires", err)
+			return nil, s.wrap("commit fires", err)
 		}
 		if err := checkTime(rec.Event.RuleID, "watermark Slot", rec.Watermark.Slot); err != nil {
-			return s.wrap("commit fires", err)
+			return nil, s.wrap("commit fires", err)
+		}
+		if rec.Firer.Node != "" && rec.Event.Slot.IsZero() {
+			return nil, s.wrap("commit fires", fmt.Errorf("rule %d: a fire of the protocol needs a slot", rec.Event.RuleID))
 		}
 	}
 	now := time.Now()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	var (
-		buf   []byte
-		jseq  uint64
-		jrecs []journalRec
-		added int64 // outbox entries
+		buf         []byte
+		jseq        uint64
+		jrecs       []journalRec
+		added, pend int64 // outbox and pending entries
+		refs        []protocol.EventRef
 	)
+	type current struct {
+		wm    Watermark
+		chain protocol.Chain
+		ok    bool
+	}
 	err := s.update(func(tx *bolt.Tx) error {
-		rb, ob := tx.Bucket(bucketRules), tx.Bucket(bucketOutbox)
+		added, pend, refs = 0, 0, refs[:0]
+		rb, ob, pb := tx.Bucket(bucketRules), tx.Bucket(bucketOutbox), tx.Bucket(bucketPending)
 		ob.FillPercent = outboxFill
-		latest := make(map[int64]Watermark, len(recs))
+		latest := make(map[int64]current, len(recs))
+		read := func(id int64) (current, error) {
+			if c, ok := latest[id]; ok {
+				return c, nil
+			}
+			var c current
+			var err error
+			c.wm, c.chain, c.ok, err = s.currentWatermark(tx, id)
+			return c, err
+		}
 		var key [8]byte
-		for _, rec := range recs {
-			if !rec.Skipped {
-				if err := putOutbox(ob, rec.Event, now, &buf); err != nil {
+		for i := range recs {
+			rec := &recs[i]
+			id := rec.Event.RuleID
+			if rec.Firer.Node == "" {
+				if !rec.Skipped {
+					if err := putOutbox(ob, rec.Event, now, nil, &buf); err != nil {
+						return err
+					}
+					added++
+				}
+				binary.BigEndian.PutUint64(key[:], uint64(id))
+				if rb.Get(key[:]) == nil {
+					continue
+				}
+				c, err := read(id)
+				if err != nil {
+					return err
+				}
+				if c.ok && rec.Watermark.Slot.Before(c.wm.Slot) {
+					continue
+				}
+				latest[id] = current{wm: rec.Watermark, chain: c.chain, ok: true}
+				continue
+			}
+			c, err := read(id)
+			if err != nil {
+				return err
+			}
+			slot, prev := timeNanos(rec.Event.Slot), int64(protocol.NoSlot)
+			count := rec.Watermark.Count
+			if c.ok {
+				prev = timeNanos(c.wm.Slot)
+				if slot <= prev {
+					continue // decided meanwhile
+				}
+				if rec.Skipped {
+					count = max(count, c.wm.Count)
+				} else {
+					count = max(count, c.wm.Count+1)
+				}
+			}
+			latest[id] = current{wm: Watermark{Slot: rec.Event.Slot, Count: count},
+				chain: extendChain(c.chain, prev, slot, rec.Firer, rec.Epoch), ok: true}
+			if rec.Skipped {
+				continue
+			}
+			ref := fireRef{prev: prev, count: count, firer: rec.Firer}
+			if rec.Ready {
+				if err := putOutbox(ob, rec.Event, now, &ref, &buf); err != nil {
 					return err
 				}
 				added++
-			}
-			id := rec.Event.RuleID
-			binary.BigEndian.PutUint64(key[:], uint64(id))
-			if rb.Get(key[:]) == nil {
-				continue
-			}
-			prev, ok := latest[id]
-			if !ok {
-				var err error
-				if prev, ok, err = s.currentWatermark(tx, id); err != nil {
+			} else {
+				fresh, err := putPending(pb, rec.Event, now, &ref, &buf)
+				if err != nil {
 					return err
 				}
+				if fresh {
+					pend++
+				}
 			}
-			if ok && rec.Watermark.Slot.Before(prev.Slot) {
-				continue
-			}
-			latest[id] = rec.Watermark
+			refs = append(refs, protocol.EventRef{Rule: id, Prev: prev, Slot: slot, Count: count, Firer: rec.Firer})
 		}
 		jrecs = make([]journalRec, 0, len(latest))
-		for id, wm := range latest {
-			jrecs = append(jrecs, journalRec{kind: recSet, id: id, wm: wm})
+		for id, c := range latest {
+			jrecs = append(jrecs, journalRec{kind: recSet, id: id, wm: c.wm, chain: c.chain})
 		}
 		var err error
 		if jseq, err = journalAppend(tx, jrecs); err != nil {
 			return err
 		}
-		return addCounter(tx, keyOutboxLen, added)
+		return errors.Join(addCounter(tx, keyOutboxLen, added), addCounter(tx, keyPendingLen, pend))
 	})
 	if err != nil {
-		return s.wrap("commit fires", err)
+		return nil, s.wrap("commit fires", err)
 	}
 	s.outboxLen.Add(added)
+	s.pendingLen.Add(pend)
 	s.indexJournal(jseq, jrecs)
 	if s.j.records >= s.foldAfter+s.foldDeferred {
 		// The fires are durable; a failed fold leaves the journal, and the next try
@@ -133,28 +238,49 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 			s.foldDeferred = 0
 		}
 	}
-	return nil
+	return refs, nil
 }
 
-// putOutbox appends e to the outbox bucket ob.
-func putOutbox(ob *bolt.Bucket, e Event, now time.Time, buf *[]byte) error {
+// extendChain is c.Extend(prev, slot, firer, epoch); when the fire continues the last
+// point (the same firer and epoch, right after it) it extends that point in a copy,
+// without Extend's merge and sort. c is not modified.
+func extendChain(c protocol.Chain, prev, slot int64, firer protocol.Incarnation, epoch protocol.Epoch) protocol.Chain {
+	if n := len(c); n > 0 {
+		if last := c[n-1]; last.Last == prev && last.From <= prev && slot > prev &&
+			last.Firer == firer && last.Epoch == epoch {
+			out := make(protocol.Chain, n)
+			copy(out, c)
+			out[n-1].Last = slot
+			return out
+		}
+	}
+	return c.Extend(prev, slot, firer, epoch)
+}
+
+// putOutbox appends e to the outbox bucket ob; ref is nil for an event without a fire
+// of the protocol.
+func putOutbox(ob *bolt.Bucket, e Event, now time.Time, ref *fireRef, buf *[]byte) error {
 	seq, err := ob.NextSequence()
 	if err != nil {
 		return err
 	}
-	// bbolt keeps value slices until commit, so each value needs its own memory:
-	// carve them from one growing buffer.
-	if cap(*buf)-len(*buf) < eventLen(e) {
-		*buf = make([]byte, 0, max(64<<10, eventLen(e)))
-	}
-	start := len(*buf)
-	*buf = appendEvent(*buf, e, now)
 	var okey [8]byte // bbolt copies keys, not values
 	binary.BigEndian.PutUint64(okey[:], seq)
-	if err := ob.Put(okey[:], (*buf)[start:len(*buf):len(*buf)]); err != nil {
+	if err := ob.Put(okey[:], carve(buf, e, now, ref)); err != nil {
 		return fmt.Errorf("outbox entry of rule %d: %w", e.RuleID, err)
 	}
 	return nil
+}
+
+// carve encodes an event into *buf: bbolt keeps value slices until commit, so each
+// value needs its own memory, carved from one growing buffer.
+func carve(buf *[]byte, e Event, now time.Time, ref *fireRef) []byte {
+	if n := eventLen(e, ref); cap(*buf)-len(*buf) < n {
+		*buf = make([]byte, 0, max(64<<10, n))
+	}
+	start := len(*buf)
+	*buf = appendEvent(*buf, e, now, ref)
+	return (*buf)[start:len(*buf):len(*buf)]
 }
 
 // Outbox returns up to limit entries with Seq > afterSeq, oldest first.

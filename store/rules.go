@@ -38,7 +38,9 @@ type Watermark struct {
 }
 
 // PutRule inserts or replaces r, and drops its tombstone if it has one; a non-nil wm
-// also sets its watermark in the same transaction, a nil wm leaves any watermark as it is.
+// also sets its watermark in the same transaction (keeping its fire chain), a nil wm
+// leaves any watermark as it is, including one MergeWatermarks stored before the rule
+// arrived.
 func (s *Store) PutRule(r Rule, wm *Watermark) error {
 	return s.wrap("put rule", s.putRules([]Rule{r}, []*Watermark{wm}))
 }
@@ -100,12 +102,17 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 			if len(wms) == 0 || wms[i] == nil {
 				continue
 			}
+			// The fire chain is history, not schedule: a rule change keeps it.
+			_, chain, _, err := s.currentWatermark(tx, rs[i].ID)
+			if err != nil {
+				return err
+			}
 			if s.journaled(rs[i].ID) {
 				// A journal record would override the bucket at the next fold.
-				jrecs = append(jrecs, journalRec{kind: recSet, id: rs[i].ID, wm: *wms[i]})
+				jrecs = append(jrecs, journalRec{kind: recSet, id: rs[i].ID, wm: *wms[i], chain: chain})
 				continue
 			}
-			if err := wb.Put(k, encodeWatermark(*wms[i])); err != nil {
+			if err := wb.Put(k, encodeWatermark(*wms[i], chain)); err != nil {
 				return fmt.Errorf("rule %d watermark: %w", rs[i].ID, err)
 			}
 		}
@@ -312,7 +319,7 @@ func (s *Store) Rule(id int64) (r Rule, wm Watermark, ok bool, err error) {
 			return err
 		}
 		ok = true
-		wm, err = s.snapshotWatermark(tx, id)
+		wm, _, _, err = s.snapshotWatermark(tx, id)
 		return err
 	})
 	if err != nil {
@@ -354,7 +361,7 @@ func (s *Store) ForEachRule(fn func(Rule, Watermark) error) error {
 					wm = jr.wm
 				}
 			} else if wk != nil && bytes.Equal(wk, k) {
-				if wm, err = decodeWatermark(wv); err != nil {
+				if wm, _, err = decodeWatermark(wv); err != nil {
 					return fmt.Errorf("rule %d: %w", id, err)
 				}
 			}

@@ -35,8 +35,10 @@ var (
 const (
 	formatMarker = "timerd-node-store"
 	// SchemaVersion is the layout this build reads and writes. Version 1 had no
-	// tombstones bucket; Open adds it and raises the file's version.
-	SchemaVersion = 2
+	// tombstones bucket, version 2 no protocol and pending buckets (and no chains in
+	// watermarks, no fires in outbox entries); Open adds what is missing and raises the
+	// file's version.
+	SchemaVersion = 3
 
 	defaultTimeout = time.Second
 )
@@ -49,13 +51,18 @@ var (
 	bucketDeadLetters = []byte("deadletters")
 	bucketJournal     = []byte("wmjournal")
 	bucketTombstones  = []byte("tombstones") // since schema version 2
-	allBuckets        = [][]byte{bucketMeta, bucketRules, bucketWatermarks, bucketOutbox, bucketDeadLetters, bucketJournal, bucketTombstones}
+	bucketProtocol    = []byte("protocol")   // since schema version 3
+	bucketPending     = []byte("pending")    // since schema version 3
+	allBuckets        = [][]byte{bucketMeta, bucketRules, bucketWatermarks, bucketOutbox, bucketDeadLetters, bucketJournal, bucketTombstones, bucketProtocol, bucketPending}
+	// bucketSince: the schema version that added a bucket (others: version 1).
+	bucketSince = map[string]uint64{string(bucketTombstones): 2, string(bucketProtocol): 3, string(bucketPending): 3}
 
 	keyFormat        = []byte("format")
 	keySchemaVersion = []byte("schema_version")
 	keyCreatedAt     = []byte("created_at")
 	keyOutboxLen     = []byte("outbox_len")
 	keyDeadLetterLen = []byte("deadletter_len")
+	keyPendingLen    = []byte("pending_len") // since schema version 3
 )
 
 // Options configures Open. The zero value is usable.
@@ -64,6 +71,10 @@ type Options struct {
 	NoSync       bool                  // tests/benchmarks only: a crash may lose or corrupt data
 	MmapPopulate bool                  // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
 	Registerer   prometheus.Registerer // nil: no metrics
+	// PartitionOf maps a rule id to its partition, for PartitionWatermarks (the
+	// cluster's xxhash64 of the 8-byte big-endian id mod the partition count). Nil: the
+	// store cannot answer PartitionWatermarks (use PartitionWatermarksOf).
+	PartitionOf func(rule int64) int
 }
 
 // Validate reports the first bad field.
@@ -80,8 +91,11 @@ type Store struct {
 	path string
 
 	// Mirrors of the meta counters for the gauges; the meta bucket is the truth.
-	outboxLen     atomic.Int64
+	outboxLen     atomic.Int64 // ready entries
+	pendingLen    atomic.Int64
 	deadLetterLen atomic.Int64
+	incarnation   atomic.Uint64 // mirror of the protocol bucket's; writers hold pmu
+	pmu           sync.Mutex    // serializes writers of the protocol bucket
 	// ruleCount is counted once at Open and kept by the writers (under wmu):
 	// status and metrics ask for it often, and a scan of a million rules is not free.
 	ruleCount atomic.Int64
@@ -91,6 +105,10 @@ type Store struct {
 	j            journalState
 	foldAfter    int // journal records before a fold
 	foldDeferred int // records more to wait for after a failed fold (guarded by wmu)
+
+	partitionOf func(int64) int
+	readErrs    atomic.Uint64
+	readErr     atomic.Pointer[error] // the last error of a protocol.Store read
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -136,7 +154,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter}
+	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter, partitionOf: opts.PartitionOf}
 	defer func() {
 		if err != nil {
 			_ = db.Close()
@@ -199,18 +217,31 @@ func (s *Store) init() error {
 			return fmt.Errorf("%w: file has %d, this build reads up to %d", ErrSchemaVersion, ver, SchemaVersion)
 		}
 		for _, b := range allBuckets {
-			if tx.Bucket(b) == nil && !(ver < 2 && bytes.Equal(b, bucketTombstones)) {
+			if tx.Bucket(b) == nil && ver >= max(1, bucketSince[string(b)]) {
 				return fmt.Errorf("%w: bucket %q missing", ErrCorrupt, b)
 			}
 		}
 		upgrade = ver < SchemaVersion
 		ol, err1 := getCounter(meta, keyOutboxLen)
 		dl, err2 := getCounter(meta, keyDeadLetterLen)
-		if err := errors.Join(err1, err2); err != nil {
+		var pl uint64
+		var err3 error
+		if ver >= 3 {
+			pl, err3 = getCounter(meta, keyPendingLen)
+		}
+		if err := errors.Join(err1, err2, err3); err != nil {
 			return err
 		}
 		s.outboxLen.Store(int64(ol))
 		s.deadLetterLen.Store(int64(dl))
+		s.pendingLen.Store(int64(pl))
+		if pb := tx.Bucket(bucketProtocol); pb != nil {
+			inc, err := getIncarnation(pb)
+			if err != nil {
+				return err
+			}
+			s.incarnation.Store(inc)
+		}
 		return nil
 	})
 	if err != nil {
@@ -218,11 +249,21 @@ func (s *Store) init() error {
 	}
 	if upgrade {
 		// 1 → 2: tombstones. Rule records of either codec version are read.
+		// 2 → 3: protocol and pending buckets, the pending counter. Watermarks without
+		// a chain, journal values of v1 and outbox entries of v1 are read (codec.go).
 		return s.update(func(tx *bolt.Tx) error {
-			if _, err := tx.CreateBucketIfNotExists(bucketTombstones); err != nil {
-				return fmt.Errorf("create bucket %q: %w", bucketTombstones, err)
+			for _, b := range [][]byte{bucketTombstones, bucketProtocol, bucketPending} {
+				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+					return fmt.Errorf("create bucket %q: %w", b, err)
+				}
 			}
-			return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))
+			meta := tx.Bucket(bucketMeta)
+			if meta.Get(keyPendingLen) == nil {
+				if err := putCounter(meta, keyPendingLen, 0); err != nil {
+					return err
+				}
+			}
+			return meta.Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))
 		})
 	}
 	if !fresh {
@@ -241,6 +282,7 @@ func (s *Store) init() error {
 			meta.Put(keyCreatedAt, []byte(time.Now().UTC().Format(time.RFC3339Nano))),
 			putCounter(meta, keyOutboxLen, 0),
 			putCounter(meta, keyDeadLetterLen, 0),
+			putCounter(meta, keyPendingLen, 0),
 		)
 	})
 }

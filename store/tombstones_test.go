@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -64,8 +65,8 @@ func TestOpenSchema1File(t *testing.T) {
 	}
 	db := s.db
 	_ = db.View(func(tx *bolt.Tx) error {
-		if v := string(tx.Bucket(bucketMeta).Get(keySchemaVersion)); v != "2" {
-			t.Errorf("schema_version after the upgrade = %q, want 2", v)
+		if v, want := string(tx.Bucket(bucketMeta).Get(keySchemaVersion)), strconv.Itoa(SchemaVersion); v != want {
+			t.Errorf("schema_version after the upgrade = %q, want %s", v, want)
 		}
 		return nil
 	})
