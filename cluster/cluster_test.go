@@ -712,6 +712,7 @@ func TestConfigValidate(t *testing.T) {
 		{"ring replication 1", Config{NodeName: "n", Ring: RingConfig{ReplicationFactor: 1}}, "Ring"},
 		{"negative capacity", Config{NodeName: "n", WatermarkCapacity: -1}, "WatermarkCapacity"},
 		{"state too large", Config{NodeName: "n", StateMaxBytes: 64 << 20}, "StateMaxBytes"},
+		{"negative message buffer", Config{NodeName: "n", MessageBuffer: -1}, "MessageBuffer"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,11 @@
 // Sync and Watermark before firing an adopted rule → Leave (send, push state, leave, shut
 // down).
 //
+// The fire-once protocol's messages (cluster/protocol) travel through the same memberlist:
+// Send (UDP when the message fits one datagram, else TCP from a bounded queue per peer),
+// Messages (decoded, from live members only), Known and KnownChanges (the live members for
+// protocol.Known); PartitionOf and RingOf give the protocol its partitions and rings.
+//
 // memberlist reports its own metrics to hashicorp/go-metrics' global sink, a blackhole by
 // default; this package never installs one, so they cost nothing and are not exported.
 // Its log goes to the injected slog.Logger.

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"reflect"
@@ -268,6 +269,33 @@ func TestProtocolSlowConsumer(t *testing.T) {
 }
 
 // A node with another gossip key reaches nothing, over UDP or TCP, even naming a member.
+// A peer's TCP queue is bounded by messages and by bytes; what does not fit is dropped,
+// counted, and Send returns at once. (The queue of "stuck" has no sender draining it.)
+func TestProtocolTCPQueueBounded(t *testing.T) {
+	a, _ := start(t, testConfig("a"))
+	a.tr.mu.Lock()
+	a.tr.queues["stuck"] = &peerQueue{ch: make(chan []byte, tcpQueueLen)}
+	a.tr.queues["stuck bytes"] = &peerQueue{ch: make(chan []byte, tcpQueueLen)}
+	a.tr.mu.Unlock()
+	for i := range tcpQueueLen {
+		if err := a.enqueue("stuck", make([]byte, 2000)); err != nil {
+			t.Fatalf("enqueue %d of %d: %v", i+1, tcpQueueLen, err)
+		}
+	}
+	if err := a.enqueue("stuck", make([]byte, 2000)); !errors.Is(err, ErrQueueFull) {
+		t.Errorf("enqueue beyond %d messages = %v, want ErrQueueFull", tcpQueueLen, err)
+	}
+	if err := a.enqueue("stuck bytes", make([]byte, maxReliableBytes)); err != nil {
+		t.Errorf("enqueue of %d bytes on an empty queue = %v, want nil", maxReliableBytes, err)
+	}
+	if err := a.enqueue("stuck bytes", make([]byte, tcpQueueBytes-maxReliableBytes+1)); !errors.Is(err, ErrQueueFull) {
+		t.Errorf("enqueue beyond %d bytes = %v, want ErrQueueFull", tcpQueueBytes, err)
+	}
+	if got := dropsOf(a, dirOut, dropQueueFull); got != 2 {
+		t.Errorf("dropped{out,queue_full} = %v, want 2", got)
+	}
+}
+
 func TestProtocolWrongGossipKey(t *testing.T) {
 	key := func(k string) func(*Config) { return func(c *Config) { c.GossipKey = k } }
 	a, b, alog, _ := pair(t, key("AAECAwQFBgcICQoLDA0ODw=="), key("AAECAwQFBgcICQoLDA0ODw=="))
@@ -426,11 +454,25 @@ func TestRingOfOwnsEveryPartitionOnce(t *testing.T) {
 // BenchmarkProtocolFired: node a sends b.N Fired messages of MaxFiredRecordsPerPacket
 // records to b over loopback (UDP) as fast as Send returns; b reads Messages. It reports
 // the messages and fire records b received per second, and the share lost (UDP, or
-// memberlist's handler queue of 1024 packets, or Messages full).
+// memberlist's handler queue of 1024 packets, or Messages full). memberlist compresses
+// every packet (LZW) by default; compression=off measures without.
 //
-//	go test -run '^$' -bench ProtocolFired ./cluster
+//	go test -run '^$' -bench ProtocolFired -benchtime=20000x ./cluster
 func BenchmarkProtocolFired(b *testing.B) {
-	quiet := func(c *Config) { c.Logger = slog.New(slog.DiscardHandler) }
+	for _, compress := range []bool{true, false} {
+		b.Run(fmt.Sprintf("compression=%v", compress), func(b *testing.B) { benchFired(b, compress) })
+	}
+}
+
+func benchFired(b *testing.B, compress bool) {
+	quiet := func(c *Config) {
+		c.Logger = slog.New(slog.DiscardHandler)
+		c.Memberlist = func() *memberlist.Config {
+			mc := testMemberlist()
+			mc.EnableCompression = compress
+			return mc
+		}
+	}
 	ca := testConfig("a")
 	quiet(&ca)
 	a, err := New(ca)
@@ -503,6 +545,7 @@ func BenchmarkProtocolFired(b *testing.B) {
 		b.ReportMetric(float64(received)*float64(len(f.Records))/took.Seconds(), "records/s")
 	}
 	b.ReportMetric(100*(1-float64(received)/float64(b.N)), "%lost")
+	b.ReportMetric(100*dropsOf(r, dirIn, dropSlowReader)/float64(b.N), "%slow_consumer")
 	_ = r.Shutdown()
 	<-done
 }
