@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 // BenchmarkCommitFires commits batches of fires with fsync on, into a store of 100k
@@ -16,7 +18,15 @@ import (
 // 50k entries, as delivery would.
 //
 //	go test -run '^$' -bench CommitFires -benchtime 3s ./store
-func BenchmarkCommitFires(b *testing.B) {
+func BenchmarkCommitFires(b *testing.B) { benchCommitFires(b, false) }
+
+// BenchmarkCommitFiresChained is BenchmarkCommitFires with fires of the protocol: each
+// record has a firer and an epoch (so it extends its rule's fire chain and records its
+// fire in the outbox entry), ready at once as on a single node. One firer and epoch
+// throughout: the common case, each fire extends the chain's last point.
+func BenchmarkCommitFiresChained(b *testing.B) { benchCommitFires(b, true) }
+
+func benchCommitFires(b *testing.B, chained bool) {
 	const rules = 100_000
 	for _, batch := range []int{1, 100, 1000, 10000} {
 		b.Run("batch="+strconv.Itoa(batch), func(b *testing.B) {
@@ -40,6 +50,11 @@ func BenchmarkCommitFires(b *testing.B) {
 				id := rng.Int64N(rules) + 1
 				recs[i] = testFire(id, t0, 1)
 				recs[i].Event.Body = benchBody(id)
+				if chained {
+					recs[i].Firer = protocol.Incarnation{Node: "timerd-node-0000", N: 3}
+					recs[i].Epoch = protocol.Epoch{N: 7, Node: "timerd-node-0000"}
+					recs[i].Ready = true
+				}
 			}
 			pending := 0
 			iter := 0

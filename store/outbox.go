@@ -241,20 +241,33 @@ func (s *Store) commitFires(recs []FireRecord) ([]protocol.EventRef, error) {
 	return refs, nil
 }
 
-// extendChain is c.Extend(prev, slot, firer, epoch); when the fire continues the last
-// point (the same firer and epoch, right after it) it extends that point in a copy,
-// without Extend's merge and sort. c is not modified.
+// extendChain is c.Extend(prev, slot, firer, epoch), without Extend's merge and sort
+// in the common case: the fire continues the chain's last point (the same firer and
+// epoch, right after it) in a chain that Extend's merge would leave as it is (its
+// points end in increasing order, and no two of one firer and epoch touch); then it
+// extends that point, in a copy. c is not modified.
 func extendChain(c protocol.Chain, prev, slot int64, firer protocol.Incarnation, epoch protocol.Epoch) protocol.Chain {
-	if n := len(c); n > 0 {
-		if last := c[n-1]; last.Last == prev && last.From <= prev && slot > prev &&
-			last.Firer == firer && last.Epoch == epoch {
-			out := make(protocol.Chain, n)
-			copy(out, c)
-			out[n-1].Last = slot
-			return out
+	n := len(c)
+	if n == 0 || n > protocol.ChainLen || slot <= prev {
+		return c.Extend(prev, slot, firer, epoch)
+	}
+	if last := c[n-1]; last.Last != prev || last.From > prev || last.Firer != firer || last.Epoch != epoch {
+		return c.Extend(prev, slot, firer, epoch)
+	}
+	for i := 0; i < n-1; i++ {
+		if c[i].Last >= c[i+1].Last {
+			return c.Extend(prev, slot, firer, epoch)
+		}
+		for j := i + 1; j < n; j++ {
+			if c[i].Firer == c[j].Firer && c[i].Epoch == c[j].Epoch && c[j].From <= c[i].Last {
+				return c.Extend(prev, slot, firer, epoch)
+			}
 		}
 	}
-	return c.Extend(prev, slot, firer, epoch)
+	out := make(protocol.Chain, n)
+	copy(out, c)
+	out[n-1].Last = slot
+	return out
 }
 
 // putOutbox appends e to the outbox bucket ob; ref is nil for an event without a fire
