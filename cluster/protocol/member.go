@@ -167,9 +167,10 @@ type Member struct {
 	retired map[string]uint64
 
 	// Partitions.
-	held     map[int]Epoch
-	promised map[int]Epoch // the highest epoch granted, or asked for by this member
-	heard    map[int]Epoch // the highest epoch heard of (refusals): the next ask goes above it
+	held        map[int]Epoch
+	heldVersion uint64        // raised on every change of held
+	promised    map[int]Epoch // the highest epoch granted, or asked for by this member
+	heard       map[int]Epoch // the highest epoch heard of (refusals): the next ask goes above it
 	// renew: held partitions whose fires a member refused for a newer epoch (promised to
 	// an acquisition that did not complete): they are acquired again above it.
 	renew   map[int]bool
@@ -384,6 +385,16 @@ func (m *Member) Status() Status {
 	}
 	return st
 }
+
+// LeaseUntil is when the lease ends on the boot clock; meaningless when Quorum is 1.
+func (m *Member) LeaseUntil() time.Duration { return m.leaseUntil }
+
+// Quorum is Q: 1 means the member needs nobody (always leased).
+func (m *Member) Quorum() int { return m.quorum() }
+
+// HeldVersion changes whenever the partitions held do: a host that keeps a copy of
+// Held takes a new one only then.
+func (m *Member) HeldVersion() uint64 { return m.heldVersion }
 
 // Held is a copy of the partitions held, with their epochs.
 func (m *Member) Held() map[int]Epoch { return maps.Clone(m.held) }
@@ -745,6 +756,7 @@ func (m *Member) finishAcquisition() {
 		}
 		m.held[p] = e
 		m.justClaimed[p] = true
+		m.heldVersion++
 	}
 	m.stats.Acquired += uint64(len(claim))
 	m.emit(StartFiring{Parts: claim, Watermarks: wms})
@@ -918,6 +930,7 @@ func (m *Member) reincarnate(by Incarnation) {
 	if len(m.held) > 0 {
 		m.emit(StopFiring{Parts: slices.Sorted(maps.Keys(m.held))})
 		clear(m.held)
+		m.heldVersion++
 	}
 	clear(m.renew)
 	m.acq = nil
@@ -958,6 +971,7 @@ func (m *Member) grant(a Acquire) {
 				}
 				release = append(release, p)
 				delete(m.held, p)
+				m.heldVersion++
 				delete(m.renew, p)
 			}
 			m.promised[p] = e
@@ -1381,6 +1395,7 @@ func (m *Member) leave() {
 	if len(m.held) > 0 {
 		m.emit(StopFiring{Parts: slices.Sorted(maps.Keys(m.held))})
 		clear(m.held)
+		m.heldVersion++
 	}
 	clear(m.renew)
 	m.acq = nil

@@ -142,7 +142,8 @@ func printStatus(w io.Writer, st node.Status) error {
 			q = fmt.Sprintf("NO: %d of %d expected members seen, %d needed: this node fires nothing",
 				st.SeenMembers, st.ExpectedMembers, st.QuorumSize)
 		}
-		rows = append(rows, [2]string{"quorum", q}, [2]string{"ring version", fmt.Sprint(st.RingVersion)})
+		rows = append(rows, [2]string{"quorum", q},
+			[2]string{"incarnation", fmt.Sprintf("%s, holding %d partitions", st.Incarnation, st.PartitionsHeld)})
 	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])

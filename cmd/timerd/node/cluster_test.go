@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,9 +15,9 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
 	"github.com/timerd/timerd/scheduler"
@@ -222,8 +223,9 @@ func TestClusterHandOff(t *testing.T) {
 
 	// Status lists the members and their share.
 	st := a.Status()
-	if len(st.Members) != 3 || st.RingVersion < 2 {
-		t.Errorf("a's status: %d members, ring_version %d; want 3 members, version ≥ 2", len(st.Members), st.RingVersion)
+	if len(st.Members) != 3 || st.Incarnation == "" || st.PartitionsHeld == 0 {
+		t.Errorf("a's status: %d members, incarnation %q, %d partitions held; want 3 members, an incarnation, some partitions",
+			len(st.Members), st.Incarnation, st.PartitionsHeld)
 	}
 	sum := 0
 	for _, m := range st.Members {
@@ -336,9 +338,11 @@ func TestClusterJoinTimeoutGatesFiring(t *testing.T) {
 	waitUntil(t, "the alone node fires", 5*time.Second, func() bool { return len(sys.events("early")) >= 1 })
 }
 
-// commit drops a fire whose slot the cluster already knows as fired, keeps
-// the others of the batch in one commit, and announces what it committed.
-func TestCommitSkipsSlotsAPeerFired(t *testing.T) {
+// The commit path of a clustered node (docs/protocol.md §6): a fire of a partition
+// not held, or with the lease lapsed, is refused before the store (the engine tries
+// again); a fire under the lease is committed pending, as its firer's at its epoch,
+// and handed to the protocol for replication.
+func TestCommitChecksLeaseAndHolding(t *testing.T) {
 	n, err := New(Config{DataDir: t.TempDir(), APIURL: "http://127.0.0.1:1", ReconcileInterval: -1,
 		Registry: prometheus.NewRegistry(), NodeName: "solo", Cluster: clusterConfig()})
 	if err != nil {
@@ -348,79 +352,61 @@ func TestCommitSkipsSlotsAPeerFired(t *testing.T) {
 		n.cl.Shutdown()
 		n.store.Close()
 	})
-	if _, err := n.cl.Join(context.Background()); err != nil {
+	if n.drv, err = newDriver(n); err != nil {
 		t.Fatal(err)
 	}
 	timer, err := scheduler.Parse("core.intervaltimer", json.RawMessage(`{"interval":1}`), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []int64{1, 2} {
-		if err := n.store.PutRule(store.Rule{ID: id, Ref: fmt.Sprint("r", id), TriggerRef: "core.intervaltimer",
-			Params: json.RawMessage(`{"interval":1}`), UpdatedAt: time.Now()}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	slot := time.Now().Truncate(time.Second).UTC()
-	// A peer fired rule 1 at slot (as gossip would record it).
-	if err := n.cl.Announce(1, slot, 7); err != nil {
+	if err := n.store.PutRule(store.Rule{ID: 1, Ref: "r1", TriggerRef: "core.intervaltimer",
+		Params: json.RawMessage(`{"interval":1}`), UpdatedAt: time.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
+	p := n.drv.partitionOf(1)
+	self := protocol.Incarnation{Node: "solo", N: 9}
+	epoch := protocol.Epoch{N: 3, Node: "solo"}
+	slot := time.Now().Truncate(time.Second).UTC()
+	fire := []scheduler.Fire{{RuleID: 1, Slot: slot, Count: 1, FiredAt: time.Now(), Timer: timer}}
 	tests := []struct {
-		name      string
-		fires     []scheduler.Fire
-		wantOut   int     // outbox entries added
-		wantDups  float64 // timerd_handoff_duplicate_slots_total after
-		announced map[int64]time.Time
-		stored    map[int64]time.Time // watermarks in the store after
+		name    string
+		snap    memberSnap
+		wantErr error
+		pending int
 	}{
-		{
-			name: "slot a peer fired is dropped, the other rule's kept",
-			fires: []scheduler.Fire{
-				{RuleID: 1, Slot: slot, Count: 7, FiredAt: time.Now(), Timer: timer},
-				{RuleID: 2, Slot: slot, Count: 1, FiredAt: time.Now(), Timer: timer},
-			},
-			wantOut: 1, wantDups: 1,
-			announced: map[int64]time.Time{1: slot, 2: slot},
-			stored:    map[int64]time.Time{1: slot, 2: slot}, // the dropped slot's watermark is kept
-		},
-		{
-			name:    "an earlier slot than the peer's is dropped too",
-			fires:   []scheduler.Fire{{RuleID: 1, Slot: slot.Add(-time.Second), Count: 6, FiredAt: time.Now(), Timer: timer}},
-			wantOut: 0, wantDups: 2,
-			announced: map[int64]time.Time{1: slot},
-			stored:    map[int64]time.Time{1: slot}, // never moves back
-		},
-		{
-			name:    "the next slot fires and is announced",
-			fires:   []scheduler.Fire{{RuleID: 1, Slot: slot.Add(time.Second), Count: 8, FiredAt: time.Now(), Timer: timer}},
-			wantOut: 1, wantDups: 2,
-			announced: map[int64]time.Time{1: slot.Add(time.Second)},
-			stored:    map[int64]time.Time{1: slot.Add(time.Second)},
-		},
+		{"partition not held", memberSnap{self: self, held: map[int]protocol.Epoch{p + 1: epoch}, leaseUntil: bootNow() + time.Hour},
+			errNotFireable, 0},
+		{"lease lapsed", memberSnap{self: self, held: map[int]protocol.Epoch{p: epoch}, leaseUntil: bootNow() - time.Millisecond},
+			errNotFireable, 0},
+		{"held under a lease", memberSnap{self: self, held: map[int]protocol.Epoch{p: epoch}, leaseUntil: bootNow() + time.Hour},
+			nil, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			before, _ := n.store.OutboxLen()
-			if err := n.commit(tc.fires); err != nil {
-				t.Fatalf("commit: %v", err)
+			n.drv.snap.Store(&tc.snap)
+			if err := n.commit(fire); !errors.Is(err, tc.wantErr) {
+				t.Fatalf("commit: %v, want %v", err, tc.wantErr)
 			}
-			after, _ := n.store.OutboxLen()
-			if after-before != tc.wantOut {
-				t.Errorf("commit(%d fires): outbox grew by %d, want %d", len(tc.fires), after-before, tc.wantOut)
+			pend, err := n.store.Pending()
+			if err != nil || len(pend) != tc.pending {
+				t.Fatalf("pending entries: %d (%v), want %d", len(pend), err, tc.pending)
 			}
-			if got := testutil.ToFloat64(n.metrics.dupSlots); got != tc.wantDups {
-				t.Errorf("timerd_handoff_duplicate_slots_total = %v, want %v", got, tc.wantDups)
+			if out, _ := n.store.OutboxLen(); out != 0 {
+				t.Errorf("ready outbox entries: %d, want 0 (nothing is deliverable before it is replicated)", out)
 			}
-			for id, want := range tc.announced {
-				if got, _, _ := n.cl.Watermark(id); !got.Equal(want) {
-					t.Errorf("cluster watermark of rule %d = %v, want %v", id, got, want)
+			if tc.pending == 0 {
+				return
+			}
+			if ref := pend[0].Ref(); ref.Firer != self || ref.Rule != 1 || ref.Slot != slot.UnixNano() {
+				t.Errorf("pending fire %+v, want rule 1 slot %v fired by %s", ref, slot, self)
+			}
+			select {
+			case refs := <-n.drv.committed:
+				if len(refs) != 1 || refs[0].Firer != self {
+					t.Errorf("handed to the protocol: %+v, want the one fire by %s", refs, self)
 				}
-			}
-			for id, want := range tc.stored {
-				if _, wm, _, err := n.store.Rule(id); err != nil || !wm.Slot.Equal(want) {
-					t.Errorf("stored watermark of rule %d = %v (err %v), want %v", id, wm.Slot, err, want)
-				}
+			default:
+				t.Error("the committed fire was not handed to the protocol")
 			}
 		})
 	}
@@ -506,16 +492,18 @@ func TestClusterQuorum(t *testing.T) {
 			gaugeValue(t, a, "timerd_cluster_quorum"))
 	}
 
-	// b stops: a is 1 of 3 again and releases everything.
+	// b stops: a is 1 of 3 again; its lease lapses and it fires nothing (it
+	// keeps its partitions: nobody else may fire them either).
 	b.stop(t)
-	waitUntil(t, "a releases every rule", 15*time.Second, func() bool {
+	waitUntil(t, "a's lease lapses", 15*time.Second, func() bool {
 		out, _ := a.store.OutboxLen()
-		return a.engine.Len() == 0 && !a.cl.View().Quorum && out == 0 && get(t, readyURL) == http.StatusServiceUnavailable
+		return gaugeValue(t, a, "timerd_lease") == 0 && !a.Status().Quorum && out == 0 &&
+			get(t, readyURL) == http.StatusServiceUnavailable
 	})
 	before := len(sys.allEvents())
 	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if got := a.engine.Len(); got != 0 {
-			t.Fatalf("a alone again runs %d rules, want 0", got)
+		if gaugeValue(t, a, "timerd_lease") != 0 {
+			t.Fatal("a alone again holds a lease")
 		}
 	}
 	if after := len(sys.allEvents()); after != before {

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 // Status is the JSON of /v1/status.
@@ -38,10 +39,13 @@ type Status struct {
 	SeenMembers     int  `json:"seen_members"`
 	QuorumSize      int  `json:"quorum_size"`
 
-	// The cluster as this node sees it (absent on a single node): its ring
-	// view's version and the members with the rules each owns in it.
-	RingVersion uint64         `json:"ring_version"`
-	Members     []MemberStatus `json:"members,omitempty"`
+	// The fire-once protocol (absent on a single node): this node's
+	// incarnation and the ring partitions it holds (docs/protocol.md).
+	Incarnation    string `json:"incarnation,omitempty"`
+	PartitionsHeld int    `json:"partitions_held"`
+	// The cluster as this node sees it (absent on a single node): the
+	// members with the rules each owns in this node's view.
+	Members []MemberStatus `json:"members,omitempty"`
 }
 
 func (n *Node) handler() http.Handler {
@@ -95,22 +99,38 @@ func (n *Node) Status() Status {
 		s.NextFire = &t
 	}
 	n.quorumStatus(&s)
-	if n.cl != nil {
-		s.Members, s.RingVersion = n.memberStatuses()
+	if n.drv != nil {
+		s.Members = n.memberStatuses()
 	}
 	return s
 }
 
-// isReady: the node has joined (or decided it is alone), put its share of
-// the rules in the engine, reconciled and, with RabbitMQ, is consuming.
-func (n *Node) isReady() bool { return n.ready.Load() && n.placed.Load() }
+// isReady: the node has reconciled and, with RabbitMQ, is consuming; in a
+// cluster it also holds a lease and every partition its view gives it.
+func (n *Node) isReady() bool {
+	if !n.ready.Load() {
+		return false
+	}
+	if n.cl == nil {
+		return true
+	}
+	d := n.drv
+	if d == nil {
+		return false
+	}
+	snap := d.snap.Load()
+	return snap.status.Settled && snap.leased(bootNow())
+}
 
 type metrics struct {
 	lifecycle  *prometheus.CounterVec
 	reconciles *prometheus.CounterVec
 	adopted    prometheus.Counter
 	released   prometheus.Counter
-	dupSlots   prometheus.Counter
+	// The fire-once protocol (member.go).
+	fenced         *prometheus.CounterVec
+	reincarnations prometheus.Counter
+	notFireable    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
@@ -131,12 +151,63 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "timerd_rules_released_total",
 			Help: "Rules this node stopped firing after a ring change (lost to a peer).",
 		}),
-		dupSlots: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "timerd_handoff_duplicate_slots_total",
-			Help: "Slots not fired because a peer had already announced them (a hand-off).",
+		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_fires_fenced_total",
+			Help: "Events of an earlier incarnation not delivered, by the holder's verdict: fired_by_another (fired again after this node lapsed), dropped_unknown (no record says who fired the slot).",
+		}, []string{"outcome"}),
+		reincarnations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_incarnations_fenced_total",
+			Help: "Times this node learned its incarnation was fenced (a pause or partition outlived its lease) and started a new one.",
+		}),
+		notFireable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_commits_not_fireable_total",
+			Help: "Commits of fires refused before the store because the lease had lapsed or the partition was released; the engine tries again.",
 		}),
 	}
-	reg.MustRegister(m.lifecycle, m.reconciles, m.adopted, m.released, m.dupSlots,
+	for _, v := range []protocol.Verdict{protocol.FiredByAnother, protocol.Unknown} {
+		m.fenced.WithLabelValues(v.String())
+	}
+	snap := func() *memberSnap {
+		if n.drv == nil {
+			return nil
+		}
+		return n.drv.snap.Load()
+	}
+	reg.MustRegister(m.lifecycle, m.reconciles, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_lease",
+			Help: "1 while this node holds a lease (a quorum answered its heartbeats within the lease), else 0; a single node always does.",
+		}, func() float64 {
+			if s := snap(); s == nil && n.cl == nil || s != nil && s.leased(bootNow()) {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_partitions_held",
+			Help: "Ring partitions this node holds (fires the rules of).",
+		}, func() float64 {
+			if s := snap(); s != nil {
+				return float64(len(s.held))
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_cluster_clock_skew_seconds",
+			Help: "The largest difference between this node's wall clock and a peer's, measured on heartbeats (half the round trip is the error).",
+		}, func() float64 {
+			var worst time.Duration
+			if s := snap(); s != nil {
+				for _, d := range s.status.Skew {
+					worst = max(worst, d, -d)
+				}
+			}
+			return worst.Seconds()
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_outbox_pending_events",
+			Help: "Events committed and not yet deliverable: awaiting replication to a quorum, or a holder's verdict.",
+		}, func() float64 { c, _ := n.store.PendingLen(); return float64(c) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_rules_known",
 			Help: "Enabled timer rules in this node's store.",

@@ -155,12 +155,11 @@ type Node struct {
 	ready    atomic.Bool // intake: reconciled (and consuming)
 	placed   atomic.Bool // the node's share of the rules is in the engine
 
-	cl *cluster.Cluster // nil without Config.Cluster
-	// ownMu orders the engine changes of the ownership loop and of intake,
-	// so that both place a rule by the same view (cluster.go).
+	cl  *cluster.Cluster // nil without Config.Cluster
+	drv *driver          // the fire-once protocol (member.go); nil without Config.Cluster
+	// ownMu orders the engine changes of the protocol driver and of intake, so
+	// that a rule is in the engine exactly when its partition is fired here.
 	ownMu   sync.Mutex
-	view    cluster.View        // guarded by ownMu: the view rules are placed by
-	pending map[int64]time.Time // guarded by ownMu: owned rules adopted later, when
 	members membersCache
 
 	consumer *ingest.Consumer // nil without Config.MQ
@@ -199,10 +198,17 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.store = st
 
+	var retryMax time.Duration
+	if cfg.Cluster != nil {
+		// A commit refused for want of a lease is tried again soon after the
+		// lease is back: a lapse is short (a pause, a partition healing).
+		retryMax = time.Second
+	}
 	n.engine, err = scheduler.New(scheduler.Config{
 		Commit:              n.commit,
 		Now:                 cfg.Now,
 		DefaultMisfireGrace: cfg.MisfireGrace,
+		RetryMax:            retryMax,
 		Logger:              cfg.Logger.With("component", "scheduler"),
 		Registerer:          reg,
 	})
@@ -317,6 +323,13 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("cluster decided", "alone", res.Alone, "timed_out", res.TimedOut, "contacted", res.Contacted,
 			"gossip", n.cl.LocalAddr())
 	}
+	if n.cl != nil {
+		drv, err := newDriver(n)
+		if err != nil {
+			return abort(err)
+		}
+		n.drv = drv
+	}
 	loaded, err := n.load()
 	if err != nil {
 		return abort(err)
@@ -336,7 +349,10 @@ func (n *Node) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		defer close(ownDone)
-		return n.own(ownCtx)
+		if n.drv == nil {
+			return nil
+		}
+		return n.drv.run(ownCtx)
 	})
 	g.Go(func() error {
 		defer close(deliveryDone)
@@ -350,13 +366,20 @@ func (n *Node) Run(ctx context.Context) error {
 		<-gctx.Done()
 		n.ready.Store(false)
 		<-intakeDone // no rule change reaches the engine from here on
-		stopOwn()
-		<-ownDone // nor an adoption
 		stopEngine()
 		<-engineDone // nothing fires from here on
+		if n.drv != nil {
+			// The last fires are replicated (they become deliverable), then the
+			// incarnation retires: the peers take its partitions over at once.
+			n.drv.settle(n.cfg.ShutdownTimeout / 4)
+			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout/4)
+			n.drv.leave(leaveCtx)
+			cancel()
+		}
+		stopOwn()
+		<-ownDone
 		if n.cl != nil {
-			// Announces the final watermarks and leaves: the peers adopt
-			// this node's rules at once. Delivery goes on meanwhile.
+			// Leaves memberlist. Delivery goes on meanwhile.
 			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 			start := time.Now()
 			if err := n.cl.Leave(leaveCtx); err != nil {
@@ -400,13 +423,10 @@ func (n *Node) parseStored(r store.Rule) *scheduler.Timer {
 	return t
 }
 
-// load fills the engine from the store: every rule on a single node, the
-// rules it owns (and may adopt now) in a cluster.
+// load fills the engine from the store on a single node. In a cluster the
+// engine gets the rules of each partition the node acquires (member.go).
 func (n *Node) load() (int, error) {
 	if n.cl != nil {
-		if _, err := n.place(n.cl.View(), true); err != nil {
-			return 0, err
-		}
 		return n.store.RuleCount()
 	}
 	var items []scheduler.Item
@@ -425,57 +445,48 @@ func (n *Node) load() (int, error) {
 }
 
 // commit durably records fires: their watermarks and outbox entries in one
-// transaction, then wakes delivery and announces the watermarks to the
-// cluster.
-//
-// Duplicate guard: a fire whose slot a peer already announced (the rule
-// changed hands and the old owner's last watermark arrived after this node
-// adopted it) is not fired: it is counted, and only its watermark is
-// written, so that a restart does not try the slot again. The engine
-// advances the rule past it all the same. Adoption already starts from the
-// later of the store's and the cluster's watermark; this catches what
-// the peers sent after that.
+// transaction, then wakes delivery. In a cluster the fires are those of the
+// protocol (docs/protocol.md §6): each rule's partition must be held and the
+// lease valid before the commit, and the driver checks both again after it
+// (Committed), before the fires are replicated and become deliverable.
 func (n *Node) commit(fires []scheduler.Fire) error {
 	recs := make([]store.FireRecord, 0, len(fires))
-	var dups int
+	var snap *memberSnap
+	if n.drv != nil {
+		snap = n.drv.snap.Load()
+	}
+	now := bootNow()
 	for _, f := range fires {
-		if n.cl != nil {
-			if slot, _, ok := n.cl.Watermark(f.RuleID); ok && !f.Slot.After(slot) {
-				dups++
-				n.log.Debug("slot already fired by a peer; not fired again", "rule_id", f.RuleID, "slot", f.Slot, "peer_slot", slot)
-				recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count},
-					Event: store.Event{RuleID: f.RuleID, Slot: f.Slot}, Skipped: true})
-				continue
-			}
-		}
 		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
 		if err != nil {
 			return fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
 		}
-		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev})
+		rec := store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev}
+		if snap != nil {
+			e, ok := snap.mayFire(n.drv.partitionOf(f.RuleID), now)
+			if !ok {
+				n.metrics.notFireable.Inc()
+				return errNotFireable
+			}
+			rec.Firer, rec.Epoch = snap.self, e
+		}
+		recs = append(recs, rec)
 	}
-	if len(recs) > 0 {
+	if len(recs) == 0 {
+		return nil
+	}
+	if n.drv == nil {
 		if err := n.store.CommitFires(recs); err != nil {
 			return err
 		}
-		if dups < len(recs) {
-			n.delivery.Notify()
-		}
+		n.delivery.Notify()
+		return nil
 	}
-	if dups > 0 {
-		n.metrics.dupSlots.Add(float64(dups))
+	refs, err := n.store.CommitFireRefs(recs)
+	if err != nil {
+		return err
 	}
-	if n.cl != nil {
-		for _, r := range recs {
-			if r.Skipped {
-				continue // the peer's watermark is the later one already
-			}
-			// Cheap: a table update and a map entry; a sender goroutine does the network.
-			if err := n.cl.Announce(r.Event.RuleID, r.Watermark.Slot, r.Watermark.Count); err != nil {
-				n.log.Warn("watermark not announced", "rule_id", r.Event.RuleID, "err", err)
-			}
-		}
-	}
+	n.drv.committed <- refs
 	return nil
 }
 

@@ -409,10 +409,9 @@ func (tx *ruleTxn) commit() error {
 		if err := tx.n.store.PutRules(puts, wms); err != nil {
 			return err
 		}
-		// The engine gets only the rules this node may run now, by the
-		// view the ownership loop placed the others by (ownMu).
+		// The engine gets only the rules of the partitions this node fires
+		// (ownMu: the protocol driver changes them under it too).
 		tx.n.ownMu.Lock()
-		now := tx.n.cfg.Now()
 		for _, r := range puts {
 			st := tx.rules[r.ID]
 			if st.timer == nil {
@@ -421,14 +420,17 @@ func (tx *ruleTxn) commit() error {
 			if st.recreated {
 				tx.n.engine.Remove(r.ID)
 			}
-			if !tx.n.runnableLocked(r.ID, now) {
+			if !tx.n.runnableLocked(r.ID) {
 				tx.n.engine.Remove(r.ID)
 				continue
 			}
 			ewm := st.rec.Watermark
 			if _, running := tx.n.engine.Watermark(r.ID); !running {
-				// Starts running here: a peer may have fired it since.
-				ewm = tx.n.adoptWatermark(r.ID, store.Watermark(ewm))
+				// Starts running here: the store may know a later fire (a peer's,
+				// replicated here) than the rule's record says.
+				if cw := tx.n.clusterWatermark(r.ID); cw.Slot.After(ewm.Slot) {
+					ewm.Slot, ewm.Count = cw.Slot, max(ewm.Count, cw.Count)
+				}
 			}
 			tx.n.engine.Upsert(r.ID, st.timer, ewm)
 		}

@@ -1,0 +1,362 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/store"
+)
+
+// memberTick is how often the driver steps the member when nothing else comes:
+// heartbeats (every 200 ms), fences, acquisitions and re-sends fall due on ticks.
+const memberTick = 50 * time.Millisecond
+
+// errNotFireable fails a commit whose rules this node may not fire now (no lease, or a
+// partition released meanwhile): the engine tries again after a backoff, by which time
+// the lease is back or the released rules are gone from the engine.
+var errNotFireable = errors.New("not fireable: no lease, or the partition is not held")
+
+// driver runs the node's side of the fire-once protocol (docs/protocol.md): one
+// goroutine owns the protocol.Member, steps it and carries out its effects in order.
+// The commit path reads what the node may fire from a snapshot published after every
+// step, before the step's effects are carried out, so a release is seen by the commit
+// path before the grant that hands the partition over is sent.
+type driver struct {
+	n           *Node
+	m           *protocol.Member
+	log         *slog.Logger
+	partitionOf func(int64) int
+	ringOf      func(members []string) protocol.Ring
+	committed   chan []protocol.EventRef
+	leaveReq    chan chan struct{}
+	snap        atomic.Pointer[memberSnap]
+	// firing: the partitions whose rules are in the engine. Guarded by the node's ownMu,
+	// which intake holds too: a rule intake stores joins the engine only once its
+	// partition's watermarks (the grants') are in the store.
+	firing map[int]bool
+}
+
+// memberSnap is what the commit path and the status page read of the member.
+type memberSnap struct {
+	self        protocol.Incarnation
+	held        map[int]protocol.Epoch // shared between snapshots while heldVersion stays
+	heldVersion uint64
+	leaseUntil  time.Duration
+	always      bool            // a quorum of one: always leased
+	status      protocol.Status // refreshed when held changes and every statusEvery
+	statusAt    time.Time
+}
+
+// statusEvery bounds how stale the status part of a snapshot (view, settled, skew) gets:
+// computing it walks every partition, too much for every step.
+const statusEvery = 250 * time.Millisecond
+
+func (s *memberSnap) mayFire(p int, now time.Duration) (protocol.Epoch, bool) {
+	e, ok := s.held[p]
+	if !ok || !s.always && now >= s.leaseUntil {
+		return protocol.Epoch{}, false
+	}
+	return e, true
+}
+
+// leased reports whether the lease covers now.
+func (s *memberSnap) leased(now time.Duration) bool { return s.always || now < s.leaseUntil }
+
+// memberStore is the node's store as the member reads it.
+type memberStore struct {
+	st          *store.Store
+	partitionOf func(int64) int
+}
+
+func (s memberStore) Watermark(rule int64) (protocol.Watermark, bool) { return s.st.Watermark(rule) }
+
+func (s memberStore) PartitionWatermarks(parts []int) []protocol.Watermark {
+	wms, err := s.st.PartitionWatermarksOf(parts, s.partitionOf)
+	if err != nil {
+		return nil // a grant without watermarks: the acquirer reads other stores too
+	}
+	return wms
+}
+
+// newDriver starts a new incarnation on the node's store.
+func newDriver(n *Node) (*driver, error) {
+	cc := n.cfg.clusterConfig()
+	ring := cc.Ring
+	if ring.Partitions == 0 {
+		ring.Partitions = cluster.DefaultPartitions
+	}
+	partitionOf := func(id int64) int { return cluster.PartitionOf(ring, id) }
+	ringOf, err := cluster.RingOf(ring)
+	if err != nil {
+		return nil, err
+	}
+	inc, err := n.store.NextIncarnation()
+	if err != nil {
+		return nil, fmt.Errorf("start an incarnation: %w", err)
+	}
+	durable, err := n.store.Durable()
+	if err != nil {
+		return nil, fmt.Errorf("read the protocol state: %w", err)
+	}
+	m, err := protocol.NewMember(protocol.MemberConfig{
+		Self:        protocol.Incarnation{Node: n.cl.Name(), N: inc},
+		Expect:      max(cc.Expect, 1),
+		Partitions:  ring.Partitions,
+		PartitionOf: partitionOf,
+		Ring:        ringOf,
+		Store:       memberStore{st: n.store, partitionOf: partitionOf},
+	}, durable)
+	if err != nil {
+		return nil, err
+	}
+	// The new incarnation holds nothing: it acquires what its view gives it.
+	if len(durable.Held) > 0 {
+		if err := n.store.SetHeld(nil, slices.Sorted(maps.Keys(durable.Held))); err != nil {
+			return nil, fmt.Errorf("clear the partitions held before: %w", err)
+		}
+	}
+	d := &driver{
+		n:           n,
+		m:           m,
+		log:         n.cfg.Logger.With("component", "protocol"),
+		partitionOf: partitionOf,
+		ringOf:      ringOf,
+		committed:   make(chan []protocol.EventRef, 64),
+		leaveReq:    make(chan chan struct{}),
+		firing:      map[int]bool{},
+	}
+	d.publish()
+	d.log.Info("incarnation started", "incarnation", m.Self().String(), "expect", max(cc.Expect, 1))
+	return d, nil
+}
+
+func (d *driver) now() protocol.Time {
+	return protocol.Time{Boot: bootNow(), Wall: d.n.cfg.Now().UnixNano()}
+}
+
+func (d *driver) publish() {
+	prev := d.snap.Load()
+	s := &memberSnap{self: d.m.Self(), heldVersion: d.m.HeldVersion(), leaseUntil: d.m.LeaseUntil(),
+		always: d.m.Quorum() == 1}
+	if prev != nil && prev.heldVersion == s.heldVersion && time.Since(prev.statusAt) < statusEvery {
+		s.held, s.status, s.statusAt = prev.held, prev.status, prev.statusAt
+	} else {
+		s.status, s.statusAt = d.m.Status(), time.Now()
+		s.held = s.status.Held
+	}
+	d.snap.Store(s)
+}
+
+// run steps the member until ctx ends: on every message, membership change, commit and
+// tick. Its effects are carried out before the next step.
+func (d *driver) run(ctx context.Context) error {
+	pending, err := d.n.store.Pending()
+	if err != nil {
+		return fmt.Errorf("read the events not yet deliverable: %w", err)
+	}
+	if len(pending) > 0 {
+		refs := make([]protocol.EventRef, len(pending))
+		for i, e := range pending {
+			refs[i] = e.Ref()
+		}
+		d.log.Info("events of an earlier incarnation offered to their partitions' holders", "events", len(refs))
+		if err := d.step(protocol.Unsettled{Events: refs}); err != nil {
+			return err
+		}
+	}
+	if err := d.step(protocol.Known{Names: d.n.cl.Known()}); err != nil {
+		return err
+	}
+	tick := time.NewTicker(memberTick)
+	defer tick.Stop()
+	for {
+		var in protocol.Input
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			in = protocol.Tick{}
+		case msg := <-d.n.cl.Messages():
+			in = protocol.Receive{Msg: msg}
+		case <-d.n.cl.KnownChanges():
+			in = protocol.Known{Names: d.n.cl.Known()}
+		case refs := <-d.committed:
+			in = protocol.Committed{Events: refs}
+		case done := <-d.leaveReq:
+			err := d.step(protocol.Leave{})
+			close(done)
+			return err
+		}
+		if err := d.step(in); err != nil {
+			return err
+		}
+	}
+}
+
+// settle waits, at most d, until no fire of this node waits to be replicated: the
+// engine is stopped, and the fires it committed last become deliverable.
+func (d *driver) settle(d2 time.Duration) {
+	deadline := time.Now().Add(d2)
+	for time.Now().Before(deadline) {
+		if n, err := d.n.store.PendingLen(); err != nil || n == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n, _ := d.n.store.PendingLen()
+	d.log.Warn("leaving with fires not yet replicated; offered again at the next start", "events", n)
+}
+
+// leave stops firing everything and tells the members this incarnation retires; run
+// returns after it. A no-op once run has returned.
+func (d *driver) leave(ctx context.Context) {
+	done := make(chan struct{})
+	select {
+	case d.leaveReq <- done:
+		<-done
+	case <-ctx.Done():
+	}
+}
+
+func (d *driver) step(in protocol.Input) error {
+	effects := d.m.Step(d.now(), in)
+	d.publish()
+	for _, e := range effects {
+		if err := d.apply(e); err != nil {
+			// The store failed under the protocol's feet: what it holds no longer
+			// matches what the member decided. Stop; a restart is a new incarnation.
+			return fmt.Errorf("protocol effect %T: %w", e, err)
+		}
+	}
+	return nil
+}
+
+func (d *driver) apply(e protocol.Effect) error {
+	n := d.n
+	switch e := e.(type) {
+	case protocol.Send:
+		if err := n.cl.Send(e.To, e.Msg); err != nil {
+			d.log.Debug("protocol message not sent", "to", e.To, "type", fmt.Sprintf("%T", e.Msg), "err", err)
+		}
+	case protocol.StartFiring:
+		if err := n.store.MergeWatermarks(e.Watermarks); err != nil {
+			return err
+		}
+		if err := n.store.SetHeld(e.Parts, nil); err != nil {
+			return err
+		}
+		return d.startFiring(e.Parts)
+	case protocol.StopFiring:
+		d.stopFiring(e.Parts)
+		return n.store.SetHeld(nil, e.Parts)
+	case protocol.SaveWatermarks:
+		if err := n.store.MergeWatermarks(e.Watermarks); err != nil {
+			return err
+		}
+		for _, w := range e.Watermarks {
+			n.engine.Advance(w.Rule, scheduler.Watermark{Slot: time.Unix(0, w.Slot).UTC(), Count: w.Count})
+		}
+	case protocol.Deliverable:
+		if err := n.store.MarkReady(e.Events); err != nil {
+			return err
+		}
+		n.delivery.Notify()
+	case protocol.Drop:
+		if err := n.store.DropPending(e.Events); err != nil {
+			return err
+		}
+		n.metrics.fenced.WithLabelValues(e.Verdict.String()).Add(float64(len(e.Events)))
+	case protocol.Reincarnate:
+		n.metrics.reincarnations.Inc()
+		return n.store.SetIncarnation(e.Self.N)
+	case protocol.Fence:
+		return n.store.SaveFence(e.Node, e.Upto)
+	case protocol.SaveEpochs:
+		return n.store.SaveEpochs(e.Epochs)
+	case protocol.Log:
+		if e.Warn {
+			d.log.Warn(e.Msg, e.Attrs...)
+		} else {
+			d.log.Info(e.Msg, e.Attrs...)
+		}
+	}
+	return nil
+}
+
+// startFiring loads the rules of newly held partitions into the engine, from the
+// store's watermarks (just merged with the grants'). Rules already running (a renewed
+// epoch) keep their schedule; a later watermark moves them on.
+func (d *driver) startFiring(parts map[int]protocol.Epoch) error {
+	n := d.n
+	n.ownMu.Lock()
+	defer n.ownMu.Unlock()
+	var items []scheduler.Item
+	err := n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
+		if _, ok := parts[d.partitionOf(r.ID)]; !ok {
+			return nil
+		}
+		if cur, running := n.engine.Watermark(r.ID); running {
+			if wm.Slot.After(cur.Slot) {
+				n.engine.Advance(r.ID, scheduler.Watermark(wm))
+			}
+			return nil
+		}
+		if t := n.parseStored(r); t != nil {
+			items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	n.engine.Load(items)
+	for p := range parts {
+		d.firing[p] = true
+	}
+	n.metrics.adopted.Add(float64(len(items)))
+	d.log.Info("partitions held: firing their rules", "partitions", len(parts), "rules", len(items),
+		"running", n.engine.Len())
+	return nil
+}
+
+// stopFiring removes the rules of released partitions from the engine; a commit in
+// flight completes, and its fires are offered to the new holder (the commit path's
+// second check fails).
+func (d *driver) stopFiring(parts []int) {
+	n := d.n
+	set := make(map[int]bool, len(parts))
+	for _, p := range parts {
+		set[p] = true
+	}
+	n.ownMu.Lock()
+	defer n.ownMu.Unlock()
+	for _, p := range parts {
+		delete(d.firing, p)
+	}
+	released := 0
+	_ = n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
+		if set[d.partitionOf(r.ID)] {
+			if _, running := n.engine.Watermark(r.ID); running {
+				n.engine.Remove(r.ID)
+				released++
+			}
+		}
+		return nil
+	})
+	n.metrics.released.Add(float64(released))
+	d.log.Info("partitions released: their rules stopped", "partitions", len(parts), "rules", released,
+		"running", n.engine.Len())
+}
+
+// runnableLocked reports whether the engine may run rule id: its partition's rules are
+// being fired here. The node's ownMu is held.
+func (d *driver) runnableLocked(id int64) bool { return d.firing[d.partitionOf(id)] }
