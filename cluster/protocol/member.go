@@ -161,10 +161,14 @@ type Member struct {
 	lastBeat   time.Duration
 	beaten     bool
 
-	peers   map[string]*peer
-	known   map[string]bool // members the host lists
-	seen    map[string]bool // members heard in this incarnation, less those that retired
-	retired map[string]uint64
+	leaving bool // Leave came: the member hands over and retires
+	retired bool // Retired was sent
+
+	peers        map[string]*peer
+	known        map[string]bool // members the host lists
+	seen         map[string]bool // members heard in this incarnation, less those that retired
+	retiredPeers map[string]uint64
+	cleanRetired map[string]uint64 // retired after handing everything over: not counted in N
 
 	// Partitions.
 	held        map[int]Epoch
@@ -211,6 +215,7 @@ type peer struct {
 	fenced    uint64            // every incarnation up to this one is fenced here
 	fences    map[string]uint64 // the peer's own fences, from its last heartbeat
 	mismatch  bool
+	leaving   bool // its heartbeats say it is leaving: out of the view, still asked
 	skew      time.Duration
 }
 
@@ -278,20 +283,21 @@ func NewMember(cfg MemberConfig, d Durable) (*Member, error) {
 	}
 	cfg.setDefaults()
 	m := &Member{
-		cfg:      cfg,
-		self:     cfg.Self,
-		peers:    map[string]*peer{},
-		known:    map[string]bool{},
-		seen:     map[string]bool{},
-		retired:  map[string]uint64{},
-		held:     map[int]Epoch{},
-		renew:    map[int]bool{},
-		heard:    map[int]Epoch{},
-		promised: maps.Clone(d.Held),
-		repl:     map[eventKey]*replicating{},
-		sent:     map[uint64][]eventKey{},
-		offering: map[eventKey]*offered{},
-		stats:    Stats{Verdicts: map[Verdict]uint64{}},
+		cfg:          cfg,
+		self:         cfg.Self,
+		peers:        map[string]*peer{},
+		known:        map[string]bool{},
+		seen:         map[string]bool{},
+		retiredPeers: map[string]uint64{},
+		cleanRetired: map[string]uint64{},
+		held:         map[int]Epoch{},
+		renew:        map[int]bool{},
+		heard:        map[int]Epoch{},
+		promised:     maps.Clone(d.Held),
+		repl:         map[eventKey]*replicating{},
+		sent:         map[uint64][]eventKey{},
+		offering:     map[eventKey]*offered{},
+		stats:        Stats{Verdicts: map[Verdict]uint64{}},
 	}
 	if m.promised == nil {
 		m.promised = map[int]Epoch{}
@@ -319,16 +325,41 @@ func (m *Member) Stats() Stats {
 	return s
 }
 
-// quorum is Q for the larger of the expected size and the members seen in this life.
+// quorum is Q of N, the larger of the expected size and the members this member
+// counts: those gossip lists and those heard in this life, less those that retired
+// cleanly (a scale-in). A member cut off from the others still counts them (heard), so
+// two sides of a partition never both hold a quorum unless Expect is too small.
 func (m *Member) quorum() int {
-	n := max(m.cfg.Expect, len(m.seen)+1)
-	return n/2 + 1
+	return max(m.cfg.Expect, m.memberCount())/2 + 1
+}
+
+func (m *Member) memberCount() int {
+	n := 1
+	counted := func(name string) bool {
+		if r, ok := m.cleanRetired[name]; ok {
+			if p := m.peers[name]; p == nil || p.inc <= r {
+				return false
+			}
+		}
+		return true
+	}
+	for name := range m.known {
+		if counted(name) {
+			n++
+		}
+	}
+	for name := range m.seen {
+		if !m.known[name] && counted(name) {
+			n++
+		}
+	}
+	return n
 }
 
 // readQuorum is how many members' stores (this one included) an acquisition reads:
 // N − Q + 1, so that it meets every Q stores a delivered fire was written to.
 func (m *Member) readQuorum() int {
-	n := max(m.cfg.Expect, len(m.seen)+1)
+	n := max(m.cfg.Expect, m.memberCount())
 	return n - m.quorum() + 1
 }
 
@@ -417,8 +448,11 @@ type (
 	// Unsettled is the outbox's events of earlier incarnations (or handed in): the
 	// member offers them to their holders, and says Deliverable or Drop for each.
 	Unsettled struct{ Events []EventRef }
-	// Leave: stop firing and tell the members this incarnation retires.
-	Leave struct{}
+	// Leave: the node is shutting down (its engine is stopped). The member fires
+	// nothing, says it is leaving, hands each partition it holds to the member that
+	// asks for it, and retires once it holds nothing (Retired reports it). Force
+	// retires at once, holding or not: its partitions are then taken over.
+	Leave struct{ Force bool }
 )
 
 // Input is one of the input types above.
@@ -453,7 +487,7 @@ func (m *Member) Step(now Time, in Input) []Effect {
 		}
 		m.sendOffers()
 	case Leave:
-		m.leave()
+		m.leave(in.Force)
 	}
 	out := m.out
 	m.out = nil
@@ -478,6 +512,9 @@ func (m *Member) tick() {
 	m.fenceSilent()
 	m.updateView()
 	m.acquire()
+	if m.leaving && !m.retired && m.handedOver() {
+		m.retire(true)
+	}
 	if now >= m.nextRepl {
 		m.resendFires()
 	}
@@ -496,7 +533,7 @@ func (m *Member) recipients() []string {
 			set[n] = true
 		}
 	}
-	for n, inc := range m.retired {
+	for n, inc := range m.retiredPeers {
 		if p := m.peers[n]; p == nil || p.inc <= inc {
 			delete(set, n)
 		}
@@ -522,7 +559,8 @@ func (m *Member) beat() {
 		}
 	}
 	for _, to := range m.recipients() {
-		m.send(to, Heartbeat{From: m.self, Seq: m.seq, Expect: m.cfg.Expect, Wall: m.now.Wall, Fences: fences})
+		m.send(to, Heartbeat{From: m.self, Seq: m.seq, Expect: m.cfg.Expect, Wall: m.now.Wall, Fences: fences,
+			Leaving: m.leaving})
 	}
 }
 
@@ -559,7 +597,7 @@ func (m *Member) quorumFenced(node string, inc uint64) bool {
 	if inc == 0 {
 		return false
 	}
-	if r, ok := m.retired[node]; ok && r >= inc {
+	if r, ok := m.retiredPeers[node]; ok && r >= inc {
 		return true
 	}
 	p := m.peers[node]
@@ -580,9 +618,12 @@ func (m *Member) quorumFenced(node string, inc uint64) bool {
 
 // updateView recomputes the ring over this member and the peers it hears.
 func (m *Member) updateView() {
-	names := []string{m.self.Node}
+	var names []string
+	if !m.leaving {
+		names = append(names, m.self.Node)
+	}
 	for n, p := range m.peers {
-		if m.live(p) {
+		if m.live(p) && !p.leaving {
 			names = append(names, n)
 		}
 	}
@@ -611,7 +652,7 @@ func (m *Member) acquire() {
 		}
 		return
 	}
-	if !m.HasLease(m.now) || now < m.nextAcq || m.ring == nil {
+	if m.leaving || !m.HasLease(m.now) || now < m.nextAcq || m.ring == nil {
 		return
 	}
 	parts := map[int]Epoch{}
@@ -654,7 +695,7 @@ func (m *Member) askAcquire(a *acquisition, name string) {
 	if p := m.peers[name]; p != nil && m.quorumFenced(name, p.inc) {
 		return
 	}
-	if r, ok := m.retired[name]; ok && (m.peers[name] == nil || m.peers[name].inc <= r) {
+	if r, ok := m.retiredPeers[name]; ok && (m.peers[name] == nil || m.peers[name].inc <= r) {
 		return
 	}
 	a.asked[name] = true
@@ -820,12 +861,15 @@ func (m *Member) receive(msg Message) {
 	case OfferReply:
 		m.offerReply(msg)
 	case Retired:
-		if m.retired[from.Node] < from.N {
-			m.retired[from.Node] = from.N
+		if m.retiredPeers[from.Node] < from.N {
+			m.retiredPeers[from.Node] = from.N
 		}
-		delete(m.seen, from.Node)
+		if msg.Clean && m.cleanRetired[from.Node] < from.N {
+			// It handed everything over: a smaller cluster from now on (a scale-in).
+			m.cleanRetired[from.Node] = from.N
+		}
 		m.fence(from.Node, p, from.N)
-		m.logf(false, "member retired", "member", from.String())
+		m.logf(false, "member retired", "member", from.String(), "handed_over", msg.Clean)
 		m.updateView()
 	}
 }
@@ -871,10 +915,10 @@ func (m *Member) heartbeat(hb Heartbeat) {
 	default:
 		if hb.From.N == p.inc {
 			p.heard, p.acked, p.everAcked, p.mismatch = m.now.Boot, m.now.Boot, true, false
-			p.fences = hb.Fences
+			p.fences, p.leaving = hb.Fences, hb.Leaving
 			m.seen[hb.From.Node] = true
-			if r, ok := m.retired[hb.From.Node]; ok && r < hb.From.N {
-				delete(m.retired, hb.From.Node)
+			if r, ok := m.retiredPeers[hb.From.Node]; ok && r < hb.From.N {
+				delete(m.retiredPeers, hb.From.Node)
 			}
 		}
 	}
@@ -981,6 +1025,7 @@ func (m *Member) grant(a Acquire) {
 	if len(release) > 0 {
 		m.stats.Released += uint64(len(release))
 		m.emit(StopFiring{Parts: release})
+
 		// Fires of these partitions still on their way will be refused by the members
 		// that granted the new epoch: they are offered to the new holder instead.
 		for k, r := range m.repl {
@@ -1390,16 +1435,44 @@ func (m *Member) offerReply(r OfferReply) {
 	m.settle(r.Events, r.Verdicts, r.Epochs)
 }
 
-// leave stops firing everything and tells every member this incarnation retires.
-func (m *Member) leave() {
+// leave starts the hand-over of a node shutting down; force retires at once.
+func (m *Member) leave(force bool) {
+	if m.retired {
+		return
+	}
+	if !m.leaving {
+		m.leaving = true
+		m.acq = nil
+		m.updateView()
+		m.beat() // the members learn it now, not at the next round
+	}
+	if force || m.handedOver() {
+		m.retire(len(m.held) == 0)
+	}
+}
+
+// handedOver: a leaving member holds nothing and has no fire on its way (replicated
+// or offered): once it retires, the members no longer hear it.
+func (m *Member) handedOver() bool {
+	return len(m.held) == 0 && len(m.repl) == 0 && len(m.offering) == 0
+}
+
+// retire stops firing what is still held and tells every member this incarnation is
+// gone. clean: it held nothing (each partition was handed over with its watermarks),
+// so the members may stop counting it in N.
+func (m *Member) retire(clean bool) {
 	if len(m.held) > 0 {
 		m.emit(StopFiring{Parts: slices.Sorted(maps.Keys(m.held))})
 		clear(m.held)
 		m.heldVersion++
 	}
 	clear(m.renew)
-	m.acq = nil
+	m.acq, m.retired = nil, true
 	for _, n := range m.recipients() {
-		m.send(n, Retired{From: m.self})
+		m.send(n, Retired{From: m.self, Clean: clean})
 	}
+	m.logf(false, "retired", "incarnation", m.self.String(), "handed_over", clean)
 }
+
+// Retired reports whether the member has retired (after Leave).
+func (m *Member) Retired() bool { return m.retired }

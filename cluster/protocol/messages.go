@@ -28,6 +28,9 @@ type Heartbeat struct {
 	Seq    uint64
 	Expect int
 	Wall   int64 // the sender's wall clock, Unix ns
+	// Leaving: the sender is shutting down; it fires nothing and hands its partitions
+	// to whoever asks. Members leave it out of their views.
+	Leaving bool
 	Fences map[string]uint64
 }
 
@@ -114,8 +117,13 @@ type OfferReply struct {
 	Epochs   []Epoch
 }
 
-// Retired says the incarnation left gracefully: it fires nothing more and holds nothing.
-type Retired struct{ From Incarnation }
+// Retired says the incarnation left: it fires nothing more and holds nothing. Clean:
+// it handed every partition it held over (released it to an acquirer) first; else
+// its partitions are taken over, and the members keep counting it in N.
+type Retired struct {
+	From  Incarnation
+	Clean bool
+}
 
 func (m Heartbeat) Sender() Incarnation    { return m.From }
 func (m HeartbeatAck) Sender() Incarnation { return m.From }

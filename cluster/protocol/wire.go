@@ -167,6 +167,11 @@ func Encode(m Message) ([]byte, error) {
 	case Retired:
 		e.b = append(e.b, kindRetired)
 		e.incarnation(m.From)
+		var flags byte
+		if m.Clean {
+			flags |= retiredClean
+		}
+		e.u8(flags)
 	default:
 		return nil, &wireError{WireInvalid, fmt.Sprintf("no wire kind for message type %T", m)}
 	}
@@ -344,6 +349,11 @@ func (e *encoder) heartbeat(m Heartbeat) {
 	e.u64(m.Seq)
 	e.small(m.Expect, "Heartbeat.Expect")
 	e.i64(m.Wall)
+	var flags byte
+	if m.Leaving {
+		flags |= hbLeaving
+	}
+	e.u8(flags)
 	e.count(len(m.Fences), "Heartbeat.Fences")
 	if e.err != nil {
 		return
@@ -374,6 +384,14 @@ func (e *encoder) heartbeatAck(m HeartbeatAck) {
 	e.i64(m.Wall)
 	e.i64(m.Echo)
 }
+
+// Flags of a Heartbeat and of a Retired.
+const (
+	hbLeaving    = 1
+	retiredClean = 1
+	hbFlags      = hbLeaving
+	retiredFlags = retiredClean
+)
 
 // Flags of a HeartbeatAck.
 const (
@@ -541,7 +559,13 @@ func decodeV1(kind byte, body []byte) (Message, error) {
 	case kindOfferReply:
 		m = d.offerReply()
 	case kindRetired:
-		m = Retired{From: d.incarnation()}
+		r := Retired{From: d.incarnation()}
+		flags := d.u8("flags")
+		if flags&^retiredFlags != 0 {
+			d.fail(WireMalformed, "flags %#x", flags)
+		}
+		r.Clean = flags&retiredClean != 0
+		m = r
 	default:
 		return nil, &wireError{WireMalformed, fmt.Sprintf("kind %d", kind)}
 	}
@@ -735,6 +759,11 @@ func (d *decoder) eventRefs(what string) []EventRef {
 
 func (d *decoder) heartbeat() Heartbeat {
 	m := Heartbeat{From: d.incarnation(), Seq: d.u64("seq"), Expect: d.small("expect"), Wall: d.i64("wall")}
+	flags := d.u8("flags")
+	if flags&^hbFlags != 0 {
+		d.fail(WireMalformed, "flags %#x", flags)
+	}
+	m.Leaving = flags&hbLeaving != 0
 	n := d.count(minFence, "Heartbeat.Fences")
 	if n == 0 {
 		return m

@@ -61,6 +61,7 @@ type node struct {
 	skew int64 // wall clock offset, ns
 
 	up          bool
+	leaving     bool // shutting down: fires nothing, hands over, delivers
 	pausedUntil int64
 	inbox       []*event // messages that arrived while paused
 	pending     []pendingFire
@@ -94,7 +95,7 @@ func (n *node) start() {
 		panic(err) // a bug of the simulation's config
 	}
 	clear(n.st.held)
-	n.m, n.up, n.pausedUntil, n.pending, n.inbox = m, true, 0, nil, nil
+	n.m, n.up, n.pausedUntil, n.pending, n.inbox, n.leaving = m, true, 0, nil, nil, false
 	n.deliverable = map[fireID]protocol.EventRef{}
 	w.tracef("%s starts as %s", n.name, m.Self())
 	var others []string
@@ -131,7 +132,7 @@ func cmp64(a, b int64) int {
 func (n *node) crash() {
 	n.w.tracef("%s CRASHES (was %s)", n.name, n.m.Self())
 	n.up, n.m, n.pending, n.inbox, n.deliverable = false, nil, nil, nil, nil
-	n.pausedUntil = 0
+	n.pausedUntil, n.leaving = 0, false
 }
 
 func (n *node) tick() {
@@ -140,7 +141,9 @@ func (n *node) tick() {
 	}
 	n.resume()
 	n.apply(n.m.Step(n.time(), protocol.Tick{}))
-	n.fire()
+	if !n.leaving {
+		n.fire()
+	}
 	n.deliver()
 }
 

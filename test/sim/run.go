@@ -151,16 +151,28 @@ func (w *world) scheduleFaults() {
 		n := w.nodes[w.rng.IntN(len(w.nodes))]
 		away := time.Second + time.Duration(w.rng.Int64N(int64(4*time.Second)))
 		w.after(at(), func() {
-			if !n.up || n.paused() {
+			if !n.up || n.paused() || n.leaving {
 				return
 			}
+			// SIGTERM: the engine stops, the member hands its partitions over and
+			// retires; the node delivers what it can, then exits.
 			w.tracef("%s leaves", n.name)
+			n.leaving = true
 			n.apply(n.m.Step(n.time(), protocol.Leave{}))
-			n.up, n.m, n.deliverable = false, nil, nil
-			w.after(away, func() {
-				if !n.up {
-					n.start()
+			w.after(2*time.Second, func() {
+				if !n.up || !n.leaving {
+					return
 				}
+				if n.m != nil && !n.m.Retired() {
+					n.apply(n.m.Step(n.time(), protocol.Leave{Force: true}))
+				}
+				w.tracef("%s exits", n.name)
+				n.up, n.m, n.deliverable, n.leaving = false, nil, nil, false
+				w.after(away, func() {
+					if !n.up {
+						n.start()
+					}
+				})
 			})
 		})
 	}

@@ -352,9 +352,6 @@ func TestCommitChecksLeaseAndHolding(t *testing.T) {
 		n.cl.Shutdown()
 		n.store.Close()
 	})
-	if n.drv, err = newDriver(n); err != nil {
-		t.Fatal(err)
-	}
 	timer, err := scheduler.Parse("core.intervaltimer", json.RawMessage(`{"interval":1}`), 1)
 	if err != nil {
 		t.Fatal(err)

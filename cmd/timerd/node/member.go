@@ -37,7 +37,8 @@ type driver struct {
 	partitionOf func(int64) int
 	ringOf      func(members []string) protocol.Ring
 	committed   chan []protocol.EventRef
-	leaveReq    chan chan struct{}
+	leaveReq    chan leaveReq
+	retired     chan struct{} // closed once the member retired
 	snap        atomic.Pointer[memberSnap]
 	// firing: the partitions whose rules are in the engine. Guarded by the node's ownMu,
 	// which intake holds too: a rule intake stores joins the engine only once its
@@ -131,7 +132,8 @@ func newDriver(n *Node) (*driver, error) {
 		partitionOf: partitionOf,
 		ringOf:      ringOf,
 		committed:   make(chan []protocol.EventRef, 64),
-		leaveReq:    make(chan chan struct{}),
+		leaveReq:    make(chan leaveReq),
+		retired:     make(chan struct{}),
 		firing:      map[int]bool{},
 	}
 	d.publish()
@@ -191,15 +193,26 @@ func (d *driver) run(ctx context.Context) error {
 			in = protocol.Known{Names: d.n.cl.Known()}
 		case refs := <-d.committed:
 			in = protocol.Committed{Events: refs}
-		case done := <-d.leaveReq:
-			err := d.step(protocol.Leave{})
-			close(done)
-			return err
+		case req := <-d.leaveReq:
+			in = protocol.Leave{Force: req.force}
+			close(req.taken)
 		}
 		if err := d.step(in); err != nil {
 			return err
 		}
+		if d.m.Retired() {
+			select {
+			case <-d.retired:
+			default:
+				close(d.retired)
+			}
+		}
 	}
+}
+
+type leaveReq struct {
+	force bool
+	taken chan struct{}
 }
 
 // settle waits, at most d, until no fire of this node waits to be replicated: the
@@ -216,13 +229,39 @@ func (d *driver) settle(d2 time.Duration) {
 	d.log.Warn("leaving with fires not yet replicated; offered again at the next start", "events", n)
 }
 
-// leave stops firing everything and tells the members this incarnation retires; run
-// returns after it. A no-op once run has returned.
-func (d *driver) leave(ctx context.Context) {
-	done := make(chan struct{})
+// leave hands this node's partitions over and retires its incarnation: it tells the
+// members it is leaving, answers their acquisitions with its watermarks and the fires
+// still on their way, and retires once it holds nothing; after d it retires anyway
+// (its partitions are then taken over). The engine is stopped before.
+func (d *driver) leave(ctx context.Context, d2 time.Duration) {
+	start := time.Now()
+	ask := func(force bool) bool {
+		req := leaveReq{force: force, taken: make(chan struct{})}
+		select {
+		case d.leaveReq <- req:
+			<-req.taken
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if !ask(false) {
+		return
+	}
+	t := time.NewTimer(d2)
+	defer t.Stop()
 	select {
-	case d.leaveReq <- done:
-		<-done
+	case <-d.retired:
+		d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
+		return
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	d.log.Warn("partitions not all handed over in time: retiring anyway; the members take them over",
+		"held", len(d.snap.Load().held), "waited", d2)
+	ask(true)
+	select {
+	case <-d.retired:
 	case <-ctx.Done():
 	}
 }

@@ -264,6 +264,15 @@ func New(cfg Config) (*Node, error) {
 			st.Close()
 			return nil, err
 		}
+		// A new incarnation of the node starts here, before anything reads it.
+		if n.drv, err = newDriver(n); err != nil {
+			_ = n.cl.Shutdown()
+			if n.ln != nil {
+				n.ln.Close()
+			}
+			st.Close()
+			return nil, err
+		}
 	}
 	return n, nil
 }
@@ -323,13 +332,6 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("cluster decided", "alone", res.Alone, "timed_out", res.TimedOut, "contacted", res.Contacted,
 			"gossip", n.cl.LocalAddr())
 	}
-	if n.cl != nil {
-		drv, err := newDriver(n)
-		if err != nil {
-			return abort(err)
-		}
-		n.drv = drv
-	}
 	loaded, err := n.load()
 	if err != nil {
 		return abort(err)
@@ -369,12 +371,12 @@ func (n *Node) Run(ctx context.Context) error {
 		stopEngine()
 		<-engineDone // nothing fires from here on
 		if n.drv != nil {
-			// The last fires are replicated (they become deliverable), then the
-			// incarnation retires: the peers take its partitions over at once.
-			n.drv.settle(n.cfg.ShutdownTimeout / 4)
-			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout/4)
-			n.drv.leave(leaveCtx)
+			// The peers acquire this node's partitions from it (with its
+			// watermarks), then its incarnation retires.
+			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout/2)
+			n.drv.leave(leaveCtx, n.cfg.ShutdownTimeout/4)
 			cancel()
+			n.drv.settle(n.cfg.ShutdownTimeout / 4)
 		}
 		stopOwn()
 		<-ownDone
