@@ -31,7 +31,7 @@ type Heartbeat struct {
 	// Leaving: the sender is shutting down; it fires nothing and hands its partitions
 	// to whoever asks. Members leave it out of their views.
 	Leaving bool
-	Fences map[string]uint64
+	Fences  map[string]uint64
 }
 
 // HeartbeatAck answers a heartbeat; it counts for the lease unless Fenced or Mismatch.
