@@ -14,7 +14,8 @@ const statusJSON = `{
   "store_path": "/d/node.db", "generated_at": "2026-01-01T00:00:00Z",
   "token_expires_at": "2020-01-01T00:00:00Z", "token_masked": "eyJh…(masked)",
   "quorum": true, "expected_members": 3, "seen_members": 2, "quorum_size": 2,
-  "ring_version": 5,
+  "incarnation": "timerd-0#3",
+  "partitions_held": 5400,
   "members": [
     {"name": "timerd-0", "addr": "10.0.0.1:7946", "state": "alive", "self": true, "rules_owned": 1012},
     {"name": "timerd-1", "addr": "10.0.0.2:7946", "state": "alive", "self": false, "rules_owned": 1988},
@@ -29,7 +30,7 @@ func TestStatusCommand(t *testing.T) {
 		w.Write([]byte(`{"node":"dev","version":"x","ready":false,"rules_known":1,"rules_owned":1}`))
 	})
 	mux.HandleFunc("GET /alone/v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Write([]byte(`{"node":"timerd-0","ready":false,"quorum":false,"expected_members":3,"seen_members":1,"quorum_size":2,"ring_version":1,
+		w.Write([]byte(`{"node":"timerd-0","ready":false,"quorum":false,"expected_members":3,"seen_members":1,"quorum_size":2,"incarnation":"timerd-0#1","partitions_held":0,
 			"members":[{"name":"timerd-0","addr":"10.0.0.1:7946","state":"alive","self":true,"rules_owned":0}]}`))
 	})
 	mux.HandleFunc("GET /broken/v1/status", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(`<html>`)) })
@@ -50,14 +51,14 @@ func TestStatusCommand(t *testing.T) {
 			args: []string{"--addr", host},
 			want: []string{"node timerd-0", "version 1.2.3", "ready true", "rules known 3000", "rules owned 1012",
 				"outbox 4 (dead letters 1)", "next fire 2026-01-01T00:00:01Z", "token expiry 2020-01-01T00:00:00Z (EXPIRED) eyJh…(masked)",
-				"quorum yes: 2 of 3 expected members seen, 2 needed", "ring version 5", "MEMBER ADDR STATE RULES OWNED", "timerd-0 (self) 10.0.0.1:7946 alive 1012",
+				"quorum yes: 2 of 3 expected members seen, 2 needed", "incarnation timerd-0#3, holding 5400 partitions", "MEMBER ADDR STATE RULES OWNED", "timerd-0 (self) 10.0.0.1:7946 alive 1012",
 				"timerd-1 10.0.0.2:7946 alive 1988", "timerd-2 10.0.0.3:7946 left 0"},
 		},
 		{
 			name:    "single node, URL form",
 			args:    []string{"--addr", srv.URL + "/single/"},
 			want:    []string{"node dev", "ready false", "token expiry -", "next fire -", "no cluster: a single node owning every rule"},
-			wantNot: []string{"MEMBER", "ring version"},
+			wantNot: []string{"MEMBER", "incarnation"},
 		},
 		{
 			name: "cluster node without a quorum",
@@ -67,7 +68,7 @@ func TestStatusCommand(t *testing.T) {
 		{
 			name: "json as served",
 			args: []string{"--addr", host, "--json"},
-			want: []string{`"ring_version": 5,`},
+			want: []string{`"incarnation": "timerd-0#3",`},
 		},
 		{name: "not a status", args: []string{"--addr", srv.URL + "/broken"}, code: 1, errorHas: "not a timerd status"},
 		{name: "not found", args: []string{"--addr", srv.URL + "/nothing"}, code: 1, errorHas: "status 404"},
