@@ -134,3 +134,31 @@ func (m FiredAck) Sender() Incarnation     { return m.From }
 func (m Offer) Sender() Incarnation        { return m.From }
 func (m OfferReply) Sender() Incarnation   { return m.From }
 func (m Retired) Sender() Incarnation      { return m.From }
+
+// HandedEvent is a ready event of a node that leaves for good: its idempotency key,
+// rule, slot and JSON body, as it would be POSTed.
+type HandedEvent struct {
+	Key  string
+	Rule int64
+	Slot int64
+	Body []byte
+}
+
+// Handover gives a holder the ready events a leaving node could not deliver (the API
+// was down): they were fired and replicated, so whoever delivers them delivers them
+// once; the holder adds them to its outbox and acknowledges, and the leaver then
+// deletes its copies.
+type Handover struct {
+	From   Incarnation
+	ID     uint64
+	Events []HandedEvent
+}
+
+// HandoverAck acknowledges a Handover: its events are in the sender's outbox.
+type HandoverAck struct {
+	From, To Incarnation
+	ID       uint64
+}
+
+func (m Handover) Sender() Incarnation    { return m.From }
+func (m HandoverAck) Sender() Incarnation { return m.From }

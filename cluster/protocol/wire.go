@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -63,12 +64,16 @@ const (
 	kindOffer
 	kindOfferReply
 	kindRetired
+	kindHandover
+	kindHandoverAck
 )
 
 // Bounds of what a message may hold. A message beyond them is refused, by Encode and
 // by Decode, before anything is allocated for it.
 const (
 	maxNameLen  = 512     // bytes of a node name (cluster.maxNameLen)
+	maxKeyLen   = 256     // bytes of an idempotency key
+	maxBodyLen  = 1 << 20 // bytes of a handed-over event's body
 	maxItems    = 1 << 20 // records, partitions, watermarks, names… of one list
 	maxSmallInt = math.MaxInt32
 )
@@ -172,6 +177,13 @@ func Encode(m Message) ([]byte, error) {
 			flags |= retiredClean
 		}
 		e.u8(flags)
+	case Handover:
+		e.handover(m)
+	case HandoverAck:
+		e.u8(kindHandoverAck)
+		e.incarnation(m.From)
+		e.incarnation(m.To)
+		e.u64(m.ID)
 	default:
 		return nil, &wireError{WireInvalid, fmt.Sprintf("no wire kind for message type %T", m)}
 	}
@@ -215,6 +227,12 @@ func sizeHint(m Message) int {
 		return base + len(m.Events)*minEventRef
 	case OfferReply:
 		return base + 3*4 + len(m.Events)*minEventRef + len(m.Verdicts) + len(m.Epochs)*minEpoch
+	case Handover:
+		n := base + 4
+		for _, ev := range m.Events {
+			n += 2*4 + 16 + len(ev.Key) + len(ev.Body)
+		}
+		return n
 	}
 	return base
 }
@@ -479,6 +497,31 @@ func (e *encoder) firedAck(m FiredAck) {
 	}
 }
 
+func (e *encoder) handover(m Handover) {
+	e.u8(kindHandover)
+	e.incarnation(m.From)
+	e.u64(m.ID)
+	if !e.count(len(m.Events), "Handover.Events") {
+		return
+	}
+	for _, ev := range m.Events {
+		if len(ev.Key) > maxKeyLen || len(ev.Body) > maxBodyLen {
+			e.fail(WireTooLarge, "handed event of rule %d: key of %d bytes, body of %d", ev.Rule, len(ev.Key), len(ev.Body))
+			return
+		}
+		e.blob([]byte(ev.Key))
+		e.i64(ev.Rule)
+		e.i64(ev.Slot)
+		e.blob(ev.Body)
+	}
+}
+
+// blob writes a length-prefixed byte string.
+func (e *encoder) blob(b []byte) {
+	e.b = binary.AppendUvarint(e.b, uint64(len(b)))
+	e.b = append(e.b, b...)
+}
+
 func (e *encoder) offer(m Offer) {
 	e.u8(kindOffer)
 	e.incarnation(m.From)
@@ -558,6 +601,10 @@ func decodeV1(kind byte, body []byte) (Message, error) {
 		m = d.offer()
 	case kindOfferReply:
 		m = d.offerReply()
+	case kindHandover:
+		m = d.handover()
+	case kindHandoverAck:
+		m = HandoverAck{From: d.incarnation(), To: d.incarnation(), ID: d.u64("id")}
 	case kindRetired:
 		r := Retired{From: d.incarnation()}
 		flags := d.u8("flags")
@@ -889,6 +936,39 @@ func (d *decoder) firedAck() FiredAck {
 		}
 	}
 	return m
+}
+
+func (d *decoder) handover() Handover {
+	m := Handover{From: d.incarnation(), ID: d.u64("id")}
+	n := d.count(1+8+8+1, "Handover.Events")
+	if n == 0 {
+		return m
+	}
+	m.Events = make([]HandedEvent, n)
+	for i := range m.Events {
+		key := d.blob(maxKeyLen, "key")
+		ev := HandedEvent{Key: string(key), Rule: d.i64("rule"), Slot: d.i64("slot")}
+		ev.Body = bytes.Clone(d.blob(maxBodyLen, "body"))
+		if d.err != nil {
+			return m
+		}
+		m.Events[i] = ev
+	}
+	return m
+}
+
+// blob reads a length-prefixed byte string of at most max bytes; it points into the
+// message.
+func (d *decoder) blob(max int, what string) []byte {
+	n := d.uvarint(what)
+	switch {
+	case d.err != nil:
+		return nil
+	case n > uint64(max):
+		d.fail(WireTooLarge, "%s of %d bytes, at most %d", what, n, max)
+		return nil
+	}
+	return d.fixed(int(n), what)
 }
 
 func (d *decoder) offer() Offer {

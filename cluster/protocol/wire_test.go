@@ -132,6 +132,11 @@ func wireCases() []wireCase {
 		{"offer reply empty", OfferReply{From: wireN2, To: wireN0, Events: []EventRef{}, Verdicts: []Verdict{}, Epochs: []Epoch{}}},
 		{"retired", Retired{From: wireN2}},
 		{"retired clean", Retired{From: wireN2, Clean: true}},
+		{"handover", Handover{From: wireN2, ID: 7, Events: []HandedEvent{
+			{Key: "42:1767225600000000000", Rule: 42, Slot: wireSlot, Body: []byte(`{"trigger_ref":"core.intervaltimer"}`)},
+			{Key: "43:1", Rule: 43, Slot: 1, Body: []byte(`{}`)}}}},
+		{"handover empty", Handover{From: wireN2, ID: 1}},
+		{"handover ack", HandoverAck{From: wireN1, To: wireN2, ID: 7}},
 		{"retired long name", Retired{From: Incarnation{wireLong, math.MaxUint64}}},
 		{"retired zero", Retired{}},
 	}
@@ -258,7 +263,7 @@ func TestWireCoversEveryMessage(t *testing.T) {
 // TestWireKindsStay pins each message type to its kind: a kind is never reused.
 func TestWireKindsStay(t *testing.T) {
 	kinds := map[string]byte{"Heartbeat": 1, "HeartbeatAck": 2, "Acquire": 3, "Grant": 4, "Fired": 5,
-		"FiredAck": 6, "Offer": 7, "OfferReply": 8, "Retired": 9}
+		"FiredAck": 6, "Offer": 7, "OfferReply": 8, "Retired": 9, "Handover": 10, "HandoverAck": 11}
 	for _, tc := range wireCases() {
 		b, err := Encode(tc.msg)
 		if err != nil {
@@ -339,6 +344,8 @@ func TestWireDecodeRefuses(t *testing.T) {
 		{"name not in table", wireBytes{WireVersion, kindRetired}.uvarint(0).u64(1), WireMalformed},
 		{"name ref past table", wireBytes{WireVersion, kindFiredAck}.inc("a", 1).uvarint(1 << 1).u64(1).u64(1).uvarint(0), WireMalformed},
 		{"bad uvarint", wireBytes{WireVersion, kindRetired, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, WireMalformed},
+		{"handover key too long", append(wireHeader(kindHandover).u64(1).uvarint(1).uvarint(maxKeyLen+1), make([]byte, 40)...), WireTooLarge},
+		{"handover body past the end", wireHeader(kindHandover).u64(1).uvarint(1).uvarint(1).u8('k').u64(1).u64(2).uvarint(100), WireMalformed},
 		{"2^40 records in 10 bytes", wireHeader(kindFired).u64(1).uvarint(1 << 40), WireTooLarge},
 		{"2^64-1 records", wireHeader(kindFired).u64(1).uvarint(math.MaxUint64), WireTooLarge},
 		{"1000 records in 60 bytes", append(wireHeader(kindFired).u64(1).uvarint(1000), make([]byte, 60)...), WireMalformed},

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,7 +40,11 @@ type driver struct {
 	committed   chan []protocol.EventRef
 	leaveReq    chan leaveReq
 	retired     chan struct{} // closed once the member retired
-	snap        atomic.Pointer[memberSnap]
+
+	handoverMu   sync.Mutex
+	handoverSeq  uint64
+	handoverAcks map[uint64]chan struct{} // by Handover ID: closed when acknowledged
+	snap         atomic.Pointer[memberSnap]
 	// firing: the partitions whose rules are in the engine. Guarded by the node's ownMu,
 	// which intake holds too: a rule intake stores joins the engine only once its
 	// partition's watermarks (the grants') are in the store.
@@ -126,15 +131,16 @@ func newDriver(n *Node) (*driver, error) {
 		}
 	}
 	d := &driver{
-		n:           n,
-		m:           m,
-		log:         n.cfg.Logger.With("component", "protocol"),
-		partitionOf: partitionOf,
-		ringOf:      ringOf,
-		committed:   make(chan []protocol.EventRef, 64),
-		leaveReq:    make(chan leaveReq),
-		retired:     make(chan struct{}),
-		firing:      map[int]bool{},
+		n:            n,
+		m:            m,
+		log:          n.cfg.Logger.With("component", "protocol"),
+		partitionOf:  partitionOf,
+		ringOf:       ringOf,
+		committed:    make(chan []protocol.EventRef, 64),
+		leaveReq:     make(chan leaveReq),
+		retired:      make(chan struct{}),
+		handoverAcks: map[uint64]chan struct{}{},
+		firing:       map[int]bool{},
 	}
 	d.publish()
 	d.log.Info("incarnation started", "incarnation", m.Self().String(), "expect", max(cc.Expect, 1))
@@ -188,6 +194,14 @@ func (d *driver) run(ctx context.Context) error {
 		case <-tick.C:
 			in = protocol.Tick{}
 		case msg := <-d.n.cl.Messages():
+			switch m := msg.(type) {
+			case protocol.Handover:
+				d.takeHandover(m)
+				continue
+			case protocol.HandoverAck:
+				d.handoverAcked(m)
+				continue
+			}
 			in = protocol.Receive{Msg: msg}
 		case <-d.n.cl.KnownChanges():
 			in = protocol.Known{Names: d.n.cl.Known()}
@@ -399,3 +413,100 @@ func (d *driver) stopFiring(parts []int) {
 // runnableLocked reports whether the engine may run rule id: its partition's rules are
 // being fired here. The node's ownMu is held.
 func (d *driver) runnableLocked(id int64) bool { return d.firing[d.partitionOf(id)] }
+
+// handoverBatch bounds the events of one Handover message (sent over TCP).
+const handoverBatch = 500
+
+// handOver gives the ready events this node could not deliver before leaving (the API
+// was down) to the members that now hold their partitions, and deletes each batch
+// once its taker acknowledged it: nothing is stranded in the store of a node that is
+// gone for good. It returns how many were handed over; the rest stays for the next
+// start. Delivery is stopped before, so that no event is both posted and handed over.
+func (d *driver) handOver(ctx context.Context) (int, error) {
+	n := d.n
+	peers := n.cl.Known()
+	if len(peers) == 0 {
+		return 0, nil
+	}
+	ring := d.ringOf(peers)
+	entries, err := n.store.Outbox(0, 1<<20)
+	if err != nil {
+		return 0, err
+	}
+	type batch struct {
+		to   string
+		msg  protocol.Handover
+		seqs []uint64
+	}
+	var batches []*batch
+	open := map[string]*batch{}
+	for _, e := range entries {
+		to := ring.Owner(d.partitionOf(e.Event.RuleID))
+		if to == "" {
+			continue
+		}
+		b := open[to]
+		if b == nil || len(b.msg.Events) == handoverBatch {
+			d.handoverMu.Lock()
+			d.handoverSeq++
+			id := d.handoverSeq
+			d.handoverMu.Unlock()
+			b = &batch{to: to, msg: protocol.Handover{From: d.snap.Load().self, ID: id}}
+			open[to] = b
+			batches = append(batches, b)
+		}
+		b.msg.Events = append(b.msg.Events, protocol.HandedEvent{Key: e.Event.IdempotencyKey, Rule: e.Event.RuleID,
+			Slot: e.Event.Slot.UnixNano(), Body: e.Event.Body})
+		b.seqs = append(b.seqs, e.Seq)
+	}
+	handed := 0
+	for _, b := range batches {
+		acked := make(chan struct{})
+		d.handoverMu.Lock()
+		d.handoverAcks[b.msg.ID] = acked
+		d.handoverMu.Unlock()
+		if err := n.cl.Send(b.to, b.msg); err != nil {
+			d.log.Warn("events not handed over", "to", b.to, "events", len(b.seqs), "err", err)
+			continue
+		}
+		select {
+		case <-acked:
+			if err := n.store.AckOutbox(b.seqs...); err != nil {
+				return handed, err
+			}
+			handed += len(b.seqs)
+		case <-ctx.Done():
+			return handed, ctx.Err()
+		}
+	}
+	return handed, nil
+}
+
+// takeHandover adds a leaving node's ready events to this node's outbox and
+// acknowledges them.
+func (d *driver) takeHandover(m protocol.Handover) {
+	n := d.n
+	evs := make([]store.Event, 0, len(m.Events))
+	for _, e := range m.Events {
+		evs = append(evs, store.Event{RuleID: e.Rule, Slot: time.Unix(0, e.Slot).UTC(), IdempotencyKey: e.Key, Body: e.Body})
+	}
+	if err := n.store.AppendReady(evs); err != nil {
+		d.log.Error("handed-over events not taken; they stay with the leaving node", "from", m.From.String(),
+			"events", len(evs), "err", err)
+		return
+	}
+	n.delivery.Notify()
+	d.log.Info("took the undelivered events of a leaving node", "from", m.From.String(), "events", len(evs))
+	if err := n.cl.Send(m.From.Node, protocol.HandoverAck{From: d.snap.Load().self, To: m.From, ID: m.ID}); err != nil {
+		d.log.Warn("handover not acknowledged", "to", m.From.String(), "err", err)
+	}
+}
+
+func (d *driver) handoverAcked(m protocol.HandoverAck) {
+	d.handoverMu.Lock()
+	defer d.handoverMu.Unlock()
+	if ch, ok := d.handoverAcks[m.ID]; ok && m.To == d.snap.Load().self {
+		close(ch)
+		delete(d.handoverAcks, m.ID)
+	}
+}

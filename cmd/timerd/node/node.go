@@ -378,10 +378,29 @@ func (n *Node) Run(ctx context.Context) error {
 			cancel()
 			n.drv.settle(n.cfg.ShutdownTimeout / 4)
 		}
+		// Flush while delivery runs: stopping it first would cancel POSTs
+		// in flight, which the receiver may have stored, and the flush
+		// would send them again. In a cluster, what the flush cannot
+		// deliver (the API down) is handed to the new holders.
+		flushFor := n.cfg.ShutdownTimeout
+		if n.drv != nil {
+			flushFor /= 2
+		}
+		flushCtx, cancel := context.WithTimeout(context.Background(), flushFor)
+		defer cancel()
+		flushErr := n.delivery.Flush(flushCtx)
+		if flushErr != nil && n.drv != nil {
+			stopDelivery()
+			<-deliveryDone
+			hoCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout/2)
+			handed, err := n.drv.handOver(hoCtx)
+			cancel()
+			n.log.Info("undelivered events handed to the members that hold their partitions", "events", handed, "err", err)
+		}
 		stopOwn()
 		<-ownDone
 		if n.cl != nil {
-			// Leaves memberlist. Delivery goes on meanwhile.
+			// Leaves memberlist.
 			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 			start := time.Now()
 			if err := n.cl.Leave(leaveCtx); err != nil {
@@ -390,14 +409,8 @@ func (n *Node) Run(ctx context.Context) error {
 			cancel()
 			n.log.Info("left the cluster", "took", time.Since(start).Round(time.Millisecond).String())
 		}
-		// Flush while delivery runs: stopping it first would cancel POSTs
-		// in flight, which the receiver may have stored, and the flush
-		// would send them again.
-		flushCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
-		defer cancel()
-		if err := n.delivery.Flush(flushCtx); err != nil {
-			left, _ := n.store.OutboxLen()
-			n.log.Warn("outbox not flushed at shutdown; kept for the next start", "events", left, "err", err)
+		if left, _ := n.store.OutboxLen(); flushErr != nil && left > 0 {
+			n.log.Warn("outbox not flushed at shutdown; kept for the next start", "events", left, "err", flushErr)
 		}
 		stopDelivery()
 		<-deliveryDone
