@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 // Errors of the Cluster lifecycle.
@@ -38,14 +40,13 @@ type JoinResult struct {
 	TimedOut  bool // alone because JoinTimeout passed with no reachable peer
 }
 
-// Cluster is one node's membership, ring and watermark gossip.
+// Cluster is one node's membership, ring and the transport of the protocol's messages.
 type Cluster struct {
 	cfg      Config
 	bindPort int // the bound gossip port: the port of a Join entry that has none
 	log      *slog.Logger
 	ml       *memberlist.Memberlist
-	queue    *memberlist.TransmitLimitedQueue
-	table    *table
+	queue    *memberlist.TransmitLimitedQueue // leave intents
 	met      *metrics
 
 	mu      sync.Mutex // guards members and leaving
@@ -55,23 +56,14 @@ type Cluster struct {
 
 	viewMu     sync.Mutex // serialises building and publishing views, guards mostSeen
 	view       atomic.Pointer[View]
-	changes    chan View // latest wins: holds at most the newest unread view
-	mostSeen   int       // the most members of one view so far
-	warnedNoQ  bool      // the warning that Expect 1 requires no quorum was logged
+	mostSeen   int  // the most members of one view so far
+	warnedNoQ  bool // the warning that Expect 1 requires no quorum was logged
 	joinCtx    context.Context
 	cancelJoin context.CancelFunc // ends lookups of the join list at Shutdown
 
 	joinCalled  atomic.Bool
 	lastJoinErr atomic.Pointer[error]
 	decided     atomic.Bool
-	decidedCh   chan struct{}
-
-	wmSubscribed atomic.Bool
-	wmCh         chan Watermark
-
-	sendMu    sync.Mutex       // guards unsent
-	unsent    map[int64]record // this node's watermarks not yet sent, the latest per rule
-	perPacket int              // records in one watermark packet
 
 	kick chan struct{}
 
@@ -109,17 +101,12 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	cfg = cfg.withDefaults()
 	c := &Cluster{
-		cfg:       cfg,
-		log:       cfg.Logger.With("component", "cluster", "node", cfg.NodeName),
-		table:     newTable(cfg.WatermarkCapacity),
-		members:   map[string]*memberState{},
-		leaving:   map[string]time.Time{},
-		changes:   make(chan View, 1),
-		decidedCh: make(chan struct{}),
-		wmCh:      make(chan Watermark, 4096),
-		kick:      make(chan struct{}, 1),
-		stop:      make(chan struct{}),
-		unsent:    map[int64]record{},
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "cluster", "node", cfg.NodeName),
+		members: map[string]*memberState{},
+		leaving: map[string]time.Time{},
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
 	}
 	c.view.Store(&View{Self: cfg.NodeName, Expect: cfg.Expect})
 	c.joinCtx, c.cancelJoin = context.WithCancel(context.Background())
@@ -133,7 +120,6 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c.queue.RetransmitMult = mc.RetransmitMult
 	c.tr.init(mc.UDPBufferSize, cfg.MessageBuffer)
-	c.perPacket = max(1, (mc.UDPBufferSize-packetOverhead-headerLen)/recordLen)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
@@ -144,7 +130,6 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("register cluster metrics: %w", err)
 	}
 	c.goTracked(c.worker)
-	c.goTracked(c.sender)
 	return c, nil
 }
 
@@ -174,18 +159,16 @@ func (c *Cluster) goTracked(f func()) bool {
 }
 
 // Join joins the peers of Config.Join, retrying until JoinTimeout, and then publishes the
-// first View: with peers its gained rules settle for SettleDelay; alone (no peers configured,
-// or none reachable before JoinTimeout, logged as a warning) it owns every rule at once when
-// Expect is 1, and nothing (no quorum) when Expect is more. When Join returns with a decision,
-// the peers' recent watermarks are already merged (the join is a push/pull exchange). From
-// then on the node goes on joining in the background (rejoin) for as long as it sees fewer
-// members than it should. Join is called once; ctx ends the wait without a decision.
+// first View: of itself and the peers it reached or, alone (no peers configured, or none
+// reachable before JoinTimeout, logged as a warning), of itself, a quorum only if Expect is
+// 1. From then on the node goes on joining in the background (rejoin) for as long as it sees
+// fewer members than it should. Join is called once; ctx ends the wait without a decision.
 func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 	if !c.joinCalled.CompareAndSwap(false, true) {
 		return JoinResult{}, ErrJoinCalled
 	}
 	if len(c.cfg.Join) == 0 {
-		c.decide(false)
+		c.decide()
 		if v := c.view.Load(); !v.Quorum {
 			c.log.Warn("no peers configured (TIMERD_JOIN): this node fires nothing until peers join it and make a quorum",
 				"expect", v.Expect, "quorum", v.QuorumSize())
@@ -206,7 +189,7 @@ func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 		select {
 		case n := <-res:
 			if n > 0 {
-				c.decide(true)
+				c.decide()
 				v := c.view.Load()
 				c.log.Info("joined the cluster", "contacted", n, "members", c.alive.Load(), "took", time.Since(start),
 					"expect", v.Expect, "quorum", v.Quorum)
@@ -233,7 +216,7 @@ func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 		case <-c.stop:
 			return JoinResult{}, ErrShutdown
 		}
-		c.decide(false)
+		c.decide()
 		var lastErr error
 		if p := c.lastJoinErr.Load(); p != nil {
 			lastErr = *p
@@ -431,17 +414,10 @@ func (c *Cluster) rejoinOnce() {
 		"want", want, "resolved", addrs, "err", err)
 }
 
-// Decided is closed once Join has decided (joined, or alone); the node fires nothing before.
-func (c *Cluster) Decided() <-chan struct{} { return c.decidedCh }
-
-func (c *Cluster) decide(joined bool) {
-	settle := time.Duration(0)
-	if joined {
-		settle = c.cfg.SettleDelay
-	}
+// decide publishes the first view: Join has decided (joined, or alone).
+func (c *Cluster) decide() {
 	c.decided.Store(true)
-	c.rebuild(&settle)
-	close(c.decidedCh)
+	c.rebuild(true)
 }
 
 // worker rebuilds the ring after membership events, off memberlist's goroutines.
@@ -451,7 +427,7 @@ func (c *Cluster) worker() {
 		case <-c.stop:
 			return
 		case <-c.kick:
-			c.rebuild(nil)
+			c.rebuild(false)
 		}
 	}
 }
@@ -463,9 +439,8 @@ func (c *Cluster) kickWorker() {
 	}
 }
 
-// rebuild publishes a new view when the ring's member set changed (always for the first
-// view, whose settle delay is given).
-func (c *Cluster) rebuild(firstSettle *time.Duration) {
+// rebuild publishes a new view when the ring's member set changed (always the first view).
+func (c *Cluster) rebuild(first bool) {
 	c.viewMu.Lock()
 	defer c.viewMu.Unlock()
 	if !c.decided.Load() {
@@ -473,7 +448,7 @@ func (c *Cluster) rebuild(firstSettle *time.Duration) {
 	}
 	names := c.ringMembers()
 	cur := c.view.Load()
-	if firstSettle == nil && (cur.Version == 0 || slices.Equal(cur.Members, names)) {
+	if !first && (cur.Version == 0 || slices.Equal(cur.Members, names)) {
 		return
 	}
 	ring, err := NewRing(c.cfg.Ring, names)
@@ -481,26 +456,13 @@ func (c *Cluster) rebuild(firstSettle *time.Duration) {
 		c.log.Error("ring change not applied: keeping the previous view", "members", len(names), "err", err)
 		return
 	}
-	now := c.cfg.Now()
-	v := &View{Version: cur.Version + 1, Self: c.cfg.NodeName, Members: names, Changed: now, ring: ring}
+	v := &View{Version: cur.Version + 1, Self: c.cfg.NodeName, Members: names, ring: ring}
 	c.quorum(v, cur)
-	if firstSettle != nil {
-		v.SettleAt = now.Add(*firstSettle)
-	} else {
-		v.SettleAt = now.Add(c.cfg.SettleDelay)
-		if cur.Quorum { // else who fired a rule meanwhile is unknown: AdoptAt waits for SettleAt
-			v.prev = cur.ring
-		}
+	if !first {
 		c.met.ringChanges.Inc()
 	}
 	c.view.Store(v)
-	select { // latest wins; viewMu makes this the only sender
-	case <-c.changes:
-	default:
-	}
-	c.changes <- v.clone()
-	c.log.Info("ring view", "version", v.Version, "members", names, "settle_at", v.SettleAt,
-		"quorum", v.Quorum, "expect", v.Expect)
+	c.log.Info("ring view", "version", v.Version, "members", names, "quorum", v.Quorum, "expect", v.Expect)
 	switch {
 	case v.Quorum && !cur.Quorum && c.cfg.Expect > 1:
 		c.log.Info("quorum reached: this node fires its share of the rules", "members", len(names), "quorum", v.QuorumSize(), "expect", v.Expect)
@@ -560,9 +522,6 @@ func (c *Cluster) ringMembers() []string {
 // View is the current view.
 func (c *Cluster) View() View { return c.view.Load().clone() }
 
-// Changes delivers each new view; when the reader lags, only the newest unread one is kept.
-func (c *Cluster) Changes() <-chan View { return c.changes }
-
 // Owner is the node owning ruleID in the current view ("" before Join decided).
 func (c *Cluster) Owner(ruleID int64) string { return c.view.Load().ring.Owner(ruleID) }
 
@@ -592,103 +551,11 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
-// Announce records a watermark of this node and, when it is later than the one known for
-// the rule, sends it to every live peer within watermarkFlushInterval. It never blocks on the
-// network. Sending is best effort (UDP); push/pull, every PushPullInterval, at each join,
-// before each adoption (Sync) and at Leave, carries the most recent watermarks anyway.
-func (c *Cluster) Announce(ruleID int64, slot time.Time, count uint64) error {
-	if err := checkWatermark(Watermark{RuleID: ruleID, Slot: slot, Count: count}); err != nil {
-		return err
-	}
-	ns := slot.UnixNano()
-	if !c.table.merge(ruleID, ns, count) || c.alive.Load() <= 1 {
-		return nil // nothing new, or nobody to tell (push/pull carries it to a later joiner)
-	}
-	c.sendMu.Lock()
-	c.unsent[ruleID] = record{slot: ns, count: count}
-	c.sendMu.Unlock()
-	c.met.broadcasts.Inc()
-	return nil
-}
-
-// sender sends the unsent watermarks every watermarkFlushInterval.
-func (c *Cluster) sender() {
-	t := time.NewTicker(watermarkFlushInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-			c.flush()
-		}
-	}
-}
-
-// flush sends the unsent watermarks to every live peer, packed into UDP packets of perPacket
-// records. Each peer gets them straight from the node that fired: memberlist's gossip
-// piggybacks a few dozen records per peer every 200 ms and sends each several times; at 400
-// fires a second it left 5 % unseen after a second (BenchmarkWatermarkSpread).
-func (c *Cluster) flush() {
-	c.sendMu.Lock()
-	batch := c.unsent
-	if len(batch) == 0 {
-		c.sendMu.Unlock()
-		return
-	}
-	c.unsent = make(map[int64]record, len(batch))
-	c.sendMu.Unlock()
-
-	var packets [][]byte
-	var p []byte
-	for id, r := range batch {
-		if len(p) == 0 {
-			p = make([]byte, 0, headerLen+min(len(batch), c.perPacket)*recordLen)
-			p = append(p, wireVersion, kindBroadcast)
-		}
-		p = appendRecord(p, id, r.slot, r.count)
-		if len(p) == headerLen+c.perPacket*recordLen {
-			packets, p = append(packets, p), nil
-		}
-	}
-	if len(p) > 0 {
-		packets = append(packets, p)
-	}
-	for _, n := range c.ml.Members() {
-		if n.Name == c.cfg.NodeName {
-			continue
-		}
-		for _, p := range packets {
-			if err := c.ml.SendBestEffort(n, p); err != nil {
-				c.met.dropped.WithLabelValues(dropSendFailed).Inc()
-				c.log.Debug("watermarks not sent to a peer", "peer", n.Name, "records", (len(p)-headerLen)/recordLen, "err", err)
-			}
-		}
-	}
-}
-
-// Watermark is the latest watermark known for ruleID: this node's own or a peer's.
-func (c *Cluster) Watermark(ruleID int64) (slot time.Time, count uint64, ok bool) {
-	e, ok := c.table.get(ruleID)
-	if !ok {
-		return time.Time{}, 0, false
-	}
-	return time.Unix(0, e.slot).UTC(), e.count, true
-}
-
-// Watermarks delivers the peers' gossiped watermarks that advanced this node's table (not
-// those merged in bulk by push/pull: consult Watermark for those). A full channel drops
-// (counted as slow_consumer); nothing is sent until the first call.
-func (c *Cluster) Watermarks() <-chan Watermark {
-	c.wmSubscribed.Store(true)
-	return c.wmCh
-}
-
-// Leave hands over gracefully and shuts down, within ctx's deadline or LeaveTimeout (the
-// earlier): it sends its unsent watermarks, tells every live peer over TCP that it is
-// leaving and pushes its recent watermarks to them (memberlist push/pull, ≤ 1/2 of the time:
-// UDP is best effort, this is not), leaves memberlist (peers drop it from the ring at once)
-// and shuts down. Stop firing before calling it. Idempotent; nil after Shutdown.
+// Leave tells the peers that this node leaves and shuts down, within ctx's deadline or
+// LeaveTimeout (the earlier): it tells every live peer that it is leaving, by gossip and over
+// TCP (≤ 1/2 of the time), so that they list it as left, not dead; then it leaves memberlist
+// (peers drop it from the ring at once) and shuts down. Hand over what the node holds before
+// calling it. Idempotent; nil after Shutdown.
 func (c *Cluster) Leave(ctx context.Context) error {
 	c.life.Lock()
 	stopped := c.stopped
@@ -706,13 +573,10 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	c.mu.Unlock()
 	peers := c.alive.Load() - 1
 	if peers > 0 {
-		// Peers then list this node as left, not dead. The intent goes
-		// with the push below too: behind a long queue of watermarks the
-		// broadcast may never go out.
-		intent := append([]byte{wireVersion, kindLeave}, c.cfg.NodeName...)
+		// Gossip is best effort: the intent goes to every peer over TCP too.
+		intent := append([]byte{leaveVersion, leaveKind}, c.cfg.NodeName...)
 		c.queue.QueueBroadcast(&broadcast{name: "leave/" + c.cfg.NodeName, msg: intent})
-		c.flush()
-		c.pushState(ctx, intent, step)
+		c.tellLeaving(ctx, intent, step)
 	}
 	var err error
 	if left := time.Until(deadline); left > 0 && ctx.Err() == nil {
@@ -724,44 +588,17 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	return errors.Join(err, c.Shutdown())
 }
 
-// pushState sends every peer the leave intent over TCP and this node's recent watermarks by a
-// push/pull exchange, waiting at most d; the exchanges go on in the background if slow.
-func (c *Cluster) pushState(ctx context.Context, intent []byte, d time.Duration) {
+// tellLeaving sends every live peer the leave intent over TCP, waiting at most d; the sends
+// go on in the background if slow.
+func (c *Cluster) tellLeaving(ctx context.Context, intent []byte, d time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	peers, reached, err := c.eachPeer(ctx, func(n *memberlist.Node) error {
-		if err := c.ml.SendReliable(n, intent); err != nil {
-			c.log.Warn("tell a peer this node leaves", "peer", n.Name, "err", err)
-		}
-		_, err := c.ml.Join([]string{n.Address()})
-		return err
+		return c.ml.SendReliable(n, intent)
 	})
 	if reached < peers {
-		c.log.Warn("leaving before every peer has this node's watermarks", "peers", peers, "reached", reached, "err", err)
+		c.log.Warn("leaving before every peer was told", "peers", peers, "reached", reached, "err", err)
 	}
-}
-
-// Sync exchanges recent watermarks with every live peer over TCP (memberlist's push/pull,
-// what a join does): this node has merged each answering peer's when Sync returns; each peer
-// merges this node's just after it answered. It returns how many peers there were and how
-// many answered before ctx ended. Gossip is best effort
-// and lags when many rules fire; call Sync before adopting rules from a live owner so that
-// their last fires there are known here.
-func (c *Cluster) Sync(ctx context.Context) (peers, reached int, err error) {
-	start := time.Now()
-	peers, reached, err = c.eachPeer(ctx, func(n *memberlist.Node) error {
-		_, err := c.ml.Join([]string{n.Address()})
-		return err
-	})
-	if peers == 0 {
-		return 0, 0, err
-	}
-	c.met.syncs.Inc()
-	if reached < peers {
-		c.met.syncFailures.Inc()
-	}
-	c.log.Debug("watermarks synced with peers", "peers", peers, "reached", reached, "took", time.Since(start))
-	return peers, reached, err
 }
 
 // eachPeer runs f for every live peer at once and waits for them all or for ctx; the calls
@@ -821,6 +658,16 @@ func (c *Cluster) Shutdown() error {
 	return c.shutdownErr
 }
 
+// The leave intent, [leaveVersion][leaveKind][node name], is the one packet besides the
+// protocol's: a node that leaves sends it by gossip and over TCP, so that its peers list
+// it as left, not dead (and count a quorum without it). Its bytes are those of earlier
+// builds.
+const (
+	leaveVersion = 1
+	leaveKind    = 3
+	leaveHeader  = 2
+)
+
 // broadcast is a leave intent for memberlist's gossip queue; a newer one of the same node
 // replaces it (named broadcast).
 type broadcast struct {
@@ -842,62 +689,32 @@ type delegate struct{ c *Cluster }
 
 func (d *delegate) NodeMeta(int) []byte { return nil }
 
+// NotifyMsg takes a protocol packet (transport.go) or a leave intent; any other packet is
+// dropped and counted as the protocol's (in, version; in, malformed when shorter than a
+// header): the watermark packets of an older build, whose gossip this node no longer runs,
+// are such.
 func (d *delegate) NotifyMsg(b []byte) {
-	c := d.c
-	if len(b) > 0 && b[0] == protocolPrefix {
+	switch {
+	case len(b) > 0 && b[0] == protocolPrefix:
 		d.protocolMsg(b[1:])
-		return
-	}
-	if len(b) >= headerLen && b[0] == wireVersion && b[1] == kindLeave {
+	case len(b) >= leaveHeader && b[0] == leaveVersion && b[1] == leaveKind:
 		d.leaving(b)
-		return
+	case len(b) < leaveHeader:
+		d.c.dropIn(protocol.WireMalformed, fmt.Sprintf("a packet of %d bytes", len(b)))
+	default:
+		d.c.dropIn(protocol.WireUnknownVersion, fmt.Sprintf("a packet of version %d, kind %d", b[0], b[1]))
 	}
-	err := decodeRecords(b, kindBroadcast, func(id, slot int64, count uint64) {
-		if !c.table.merge(id, slot, count) || !c.wmSubscribed.Load() {
-			return
-		}
-		select {
-		case c.wmCh <- Watermark{RuleID: id, Slot: time.Unix(0, slot).UTC(), Count: count}:
-		default:
-			c.met.dropped.WithLabelValues(dropSlowReader).Inc()
-		}
-	})
-	d.dropped(err, "gossip message")
 }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.c.queue.GetBroadcasts(overhead, limit)
 }
 
-func (d *delegate) LocalState(bool) []byte {
-	return d.c.table.encodeRecent(kindState, d.c.cfg.StateMaxBytes)
-}
+// LocalState and MergeRemoteState exchange no state of this node's own: memberlist's
+// push/pull carries the membership alone.
+func (d *delegate) LocalState(bool) []byte { return nil }
 
-func (d *delegate) MergeRemoteState(buf []byte, join bool) {
-	n := 0
-	err := decodeRecords(buf, kindState, func(id, slot int64, count uint64) {
-		if d.c.table.merge(id, slot, count) {
-			n++
-		}
-	})
-	d.dropped(err, "push/pull state")
-	if err == nil {
-		d.c.log.Debug("merged peer watermarks", "records", (len(buf)-headerLen)/recordLen, "advanced", n, "join", join)
-	}
-}
-
-func (d *delegate) dropped(err error, what string) {
-	if err == nil {
-		return
-	}
-	reason := dropMalformed
-	var we *wireError
-	if errors.As(err, &we) {
-		reason = we.reason
-	}
-	d.c.met.dropped.WithLabelValues(reason).Inc()
-	d.c.log.Warn("dropped a peer's "+what, "reason", reason, "err", err)
-}
+func (d *delegate) MergeRemoteState([]byte, bool) {}
 
 func (d *delegate) NotifyJoin(n *memberlist.Node) { d.set(n, StateAlive) }
 
@@ -918,9 +735,9 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 // leaving records a peer's intent to leave (it may arrive after memberlist's leave).
 func (d *delegate) leaving(b []byte) {
 	c := d.c
-	name := string(b[headerLen:])
+	name := string(b[leaveHeader:])
 	if name == "" || len(name) > maxNameLen {
-		d.dropped(&wireError{dropInvalid, fmt.Sprintf("leave intent with a name of %d bytes", len(name))}, "leave intent")
+		c.dropIn(protocol.WireInvalid, fmt.Sprintf("a leave intent with a name of %d bytes", len(name)))
 		return
 	}
 	now := time.Now()

@@ -18,22 +18,12 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultBindAddr          = "0.0.0.0:7946"
-	DefaultJoinTimeout       = 10 * time.Second
-	DefaultRejoinInterval    = 10 * time.Second
-	DefaultSettleDelay       = 2 * time.Second
-	DefaultLeaveTimeout      = 5 * time.Second
-	DefaultWatermarkCapacity = 1 << 20 // a 1M-rule catalogue; ~113 B per rule that fired: ≤ ~120 MB
-	// DefaultStateMaxBytes bounds the push/pull state: ~87k most recent watermarks. memberlist
-	// refuses remote state over 20 MiB and warns over 12 MiB.
-	DefaultStateMaxBytes = 2 << 20
+	DefaultBindAddr       = "0.0.0.0:7946"
+	DefaultJoinTimeout    = 10 * time.Second
+	DefaultRejoinInterval = 10 * time.Second
+	DefaultLeaveTimeout   = 5 * time.Second
 	// MaxExpect bounds Config.Expect.
 	MaxExpect = 1000
-	// watermarkFlushInterval is how often a node sends its new watermarks to its peers.
-	watermarkFlushInterval = 100 * time.Millisecond
-	// packetOverhead is what memberlist and its encryption add to a watermark packet
-	// (message type, CRC, AES-GCM version, nonce and tag), rounded up.
-	packetOverhead = 64
 )
 
 // ErrConfig reports a bad Config field.
@@ -70,25 +60,16 @@ type Config struct {
 	// GossipKey is a base64 AES key (16, 24 or 32 bytes): gossip is encrypted and a node
 	// with another key cannot join. Empty: plain gossip.
 	GossipKey string
-	// SettleDelay is how long after a ring change a node waits before adopting rules that a
-	// live peer owned, so that the peer has released them and announced its watermarks.
-	SettleDelay time.Duration
 	// LeaveTimeout bounds Leave when its context has no earlier deadline.
 	LeaveTimeout time.Duration
 	// Ring shapes the hash ring; every node must use the same.
 	Ring RingConfig
-	// WatermarkCapacity bounds the table of peers' watermarks (rules).
-	WatermarkCapacity int
-	// StateMaxBytes bounds the watermarks sent in one push/pull exchange.
-	StateMaxBytes int
 	// MessageBuffer is the capacity of Messages, the protocol messages received and not yet
 	// read; default DefaultMessageBuffer.
 	MessageBuffer int
 
 	Logger     *slog.Logger          // nil: discard
 	Registerer prometheus.Registerer // nil: metrics are not registered
-	// Now stamps views (a seam for skewing one node's clock in tests); nil: time.Now.
-	Now func() time.Time
 	// Memberlist returns the base memberlist config, a fresh one per call; nil:
 	// memberlist.DefaultLANConfig. Tests pass memberlist.DefaultLocalConfig. Name, addresses,
 	// key, logger and delegates are set over it.
@@ -108,26 +89,14 @@ func (c Config) withDefaults() Config {
 	if c.RejoinInterval == 0 {
 		c.RejoinInterval = DefaultRejoinInterval
 	}
-	if c.SettleDelay == 0 {
-		c.SettleDelay = DefaultSettleDelay
-	}
 	if c.LeaveTimeout == 0 {
 		c.LeaveTimeout = DefaultLeaveTimeout
-	}
-	if c.WatermarkCapacity == 0 {
-		c.WatermarkCapacity = DefaultWatermarkCapacity
-	}
-	if c.StateMaxBytes == 0 {
-		c.StateMaxBytes = DefaultStateMaxBytes
 	}
 	if c.MessageBuffer == 0 {
 		c.MessageBuffer = DefaultMessageBuffer
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Now == nil {
-		c.Now = time.Now
 	}
 	if c.Memberlist == nil {
 		c.Memberlist = memberlist.DefaultLANConfig
@@ -174,9 +143,6 @@ func (c Config) Validate() error {
 	if c.Expect < 1 || c.Expect > MaxExpect {
 		return bad("Expect", "%d: want 1..%d (the expected number of members)", c.Expect, MaxExpect)
 	}
-	if c.SettleDelay < 0 {
-		return bad("SettleDelay", "%v: must not be negative", c.SettleDelay)
-	}
 	if c.LeaveTimeout < 0 {
 		return bad("LeaveTimeout", "%v: must not be negative", c.LeaveTimeout)
 	}
@@ -185,12 +151,6 @@ func (c Config) Validate() error {
 	}
 	if err := c.Ring.Validate(); err != nil {
 		return bad("Ring", "%v", err)
-	}
-	if c.WatermarkCapacity < 1 {
-		return bad("WatermarkCapacity", "%d: must be positive", c.WatermarkCapacity)
-	}
-	if c.StateMaxBytes < headerLen+recordLen || c.StateMaxBytes > 12<<20 {
-		return bad("StateMaxBytes", "%d: want %d..%d", c.StateMaxBytes, headerLen+recordLen, 12<<20)
 	}
 	if c.MessageBuffer < 1 {
 		return bad("MessageBuffer", "%d: must be positive", c.MessageBuffer)

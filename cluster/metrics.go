@@ -14,11 +14,7 @@ const (
 )
 
 type metrics struct {
-	ringChanges  prometheus.Counter
-	broadcasts   prometheus.Counter
-	syncs        prometheus.Counter
-	syncFailures prometheus.Counter
-	dropped      *prometheus.CounterVec
+	ringChanges prometheus.Counter
 
 	protoSent     *prometheus.CounterVec
 	protoReceived prometheus.Counter
@@ -32,25 +28,6 @@ func newMetrics() *metrics {
 			Name: "timerd_ring_changes_total",
 			Help: "Changes of the member set of this node's hash ring.",
 		}),
-		broadcasts: f.NewCounter(prometheus.CounterOpts{
-			Name: "timerd_watermark_broadcasts_total",
-			Help: "Watermarks of this node's fires queued to be sent to its peers.",
-		}),
-		syncs: f.NewCounter(prometheus.CounterOpts{
-			Name: "timerd_watermark_syncs_total",
-			Help: "Watermark exchanges with every live peer over TCP, made before adopting rules.",
-		}),
-		syncFailures: f.NewCounter(prometheus.CounterOpts{
-			Name: "timerd_watermark_sync_failures_total",
-			Help: "Watermark exchanges in which a live peer did not answer in time.",
-		}),
-		dropped: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "timerd_watermark_messages_dropped_total",
-			Help: "Watermark messages dropped: malformed, version, invalid (from peers), send_failed (a packet to a peer), slow_consumer (Watermarks channel full).",
-		}, []string{"reason"}),
-	}
-	for _, r := range []string{dropMalformed, dropVersion, dropInvalid, dropSendFailed, dropSlowReader} {
-		m.dropped.WithLabelValues(r)
 	}
 	m.protoSent = f.NewCounterVec(prometheus.CounterOpts{
 		Name: "timerd_cluster_protocol_messages_sent_total",
@@ -62,7 +39,7 @@ func newMetrics() *metrics {
 	})
 	m.protoDropped = f.NewCounterVec(prometheus.CounterOpts{
 		Name: "timerd_cluster_protocol_messages_dropped_total",
-		Help: "Protocol messages dropped. in: malformed, version, invalid, too_large (undecodable), not_member (the sender is no live member), " +
+		Help: "Protocol messages dropped. in: malformed, version, invalid, too_large (undecodable; version also counts the packets of an older build's watermark gossip), not_member (the sender is no live member), " +
 			"slow_consumer (Messages channel full). out: malformed, invalid, too_large (not encodable), unknown_member (no live member of that name), " +
 			"queue_full (the peer's TCP queue), send_failed.",
 	}, []string{"direction", "reason"})
@@ -95,7 +72,7 @@ func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
 		Name: "timerd_cluster_expected_members",
 		Help: "N, the members a quorum (N/2+1) is counted of: TIMERD_EXPECT, or the most members this node has seen in one view when more.",
 	}, func() float64 { return float64(c.view.Load().Expect) })
-	cols := []prometheus.Collector{m.ringChanges, m.broadcasts, m.syncs, m.syncFailures, m.dropped, m.protoSent, m.protoReceived, m.protoDropped,
+	cols := []prometheus.Collector{m.ringChanges, m.protoSent, m.protoReceived, m.protoDropped,
 		membersCollector{c}, quorum, expected}
 	for i, col := range cols {
 		if err := reg.Register(col); err != nil {

@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -19,10 +21,10 @@ import (
 // from a bounded queue per peer, so that Send never waits on the network. GossipKey
 // encrypts both.
 //
-// protocolPrefix is 'P' (0x50). Every packet of the watermark gossip starts with its
-// wireVersion, 1, and that gossip will never reach version 0x50, so the two cannot be
-// confused while both run. A node of an older build counts a protocol packet as a
-// watermark message of an unknown version (dropped, reason "version").
+// protocolPrefix is 'P' (0x50). The only other packet, the leave intent, starts with
+// leaveVersion, 1, as did the watermark gossip of older builds: a packet of that gossip is
+// dropped and counted (in, version), and a node of such a build counts a protocol packet
+// as a watermark message of an unknown version (dropped, reason "version").
 const protocolPrefix byte = 'P'
 
 // Bounds of the transport.
@@ -43,6 +45,9 @@ const (
 	// stream writes have no deadline, and a write to a paused peer whose receive window is
 	// full does not return while it stays paused.
 	tcpStopWait = 5 * time.Second
+	// packetOverhead is what memberlist and its encryption add to a user message (message
+	// type, CRC, AES-GCM version, nonce and tag), rounded up.
+	packetOverhead = 64
 )
 
 // Errors of Send.
@@ -52,13 +57,15 @@ var (
 )
 
 // Reasons of timerd_cluster_protocol_messages_dropped_total. Received messages ("in") are
-// dropped by protocol.WireReason (malformed, version, invalid, too_large), as not_member
-// and as slow_consumer; sent ones ("out") by WireReason (Encode refused the message), as
-// unknown_member, queue_full and send_failed.
+// dropped by protocol.WireReason (malformed, version, invalid, too_large; packets that are
+// no protocol message too: NotifyMsg), as not_member and as slow_consumer; sent ones ("out")
+// by WireReason (Encode refused the message), as unknown_member, queue_full and send_failed.
 const (
 	dropNotMember     = "not_member"
+	dropSlowReader    = "slow_consumer"
 	dropUnknownMember = "unknown_member"
 	dropQueueFull     = "queue_full"
+	dropSendFailed    = "send_failed"
 
 	dirIn  = "in"
 	dirOut = "out"
@@ -242,6 +249,17 @@ func (c *Cluster) stopSenders() {
 	case <-t.C:
 		c.log.Warn("a TCP send to a peer is still blocked after shutdown; abandoning it", "waited", tcpStopWait)
 	}
+}
+
+// dropIn counts a received packet dropped for reason, what saying which. A packet of
+// another version is logged at debug level only: an older build's gossip sends many.
+func (c *Cluster) dropIn(reason, what string) {
+	c.met.protoDropped.WithLabelValues(dirIn, reason).Inc()
+	level := slog.LevelWarn
+	if reason == protocol.WireUnknownVersion {
+		level = slog.LevelDebug
+	}
+	c.log.Log(context.Background(), level, "dropped a peer's packet", "reason", reason, "packet", what)
 }
 
 func (c *Cluster) dropOut(reason string) {

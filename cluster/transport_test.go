@@ -250,11 +250,16 @@ func TestProtocolSlowConsumer(t *testing.T) {
 	eventually(t, 10*time.Second, "b counts 3 messages dropped as slow_consumer", func() bool {
 		return dropsOf(b, dirIn, dropSlowReader) == 3
 	})
-	// Gossip goes on: a watermark reaches b, and the held messages are the first two.
-	if err := a.Announce(77, time.Unix(1000, 0), 1); err != nil {
+	// The other messages go on: a leave intent reaches b; the held messages are the first two.
+	if err := a.ml.SendReliable(&node, append([]byte{leaveVersion, leaveKind}, "gone"...)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "b has a's watermark", func() bool { _, _, ok := b.Watermark(77); return ok })
+	eventually(t, 10*time.Second, "b has the leave intent", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		_, ok := b.leaving["gone"]
+		return ok
+	})
 	var held []uint64 // UDP: in either order
 	for range 2 {
 		held = append(held, receive(t, b, time.Second).(protocol.Heartbeat).Seq)

@@ -100,6 +100,9 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 	if len(cfg.UnknownKeys) > 0 {
 		log.Warn("stdin config: keys timerd does not know are ignored", "keys", cfg.UnknownKeys)
 	}
+	for _, r := range cfg.Retired {
+		log.Warn(r)
+	}
 	queue := ingest.QueueName(cfg.SensorRef, cfg.NodeName)
 	log.Info("timerd agent starting", "version", node.Version(), "node", cfg.NodeName, "api_url", cfg.APIURL,
 		"data_dir", cfg.DataDir, "startup_rules", len(cfg.SensorTriggers))
@@ -121,7 +124,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			"bind_addr", cfg.BindAddr, "expect", cfg.Expect, "quorum", cfg.Expect/2+1)
 	default:
 		log.Info("cluster", "join", cfg.Join, "expect", cfg.Expect, "quorum", cfg.Expect/2+1, "bind_addr", cfg.BindAddr,
-			"join_timeout", cfg.JoinTimeout.String(), "settle_delay", cfg.SettleDelay.String(), "gossip_encrypted", cfg.GossipKey != "")
+			"join_timeout", cfg.JoinTimeout.String(), "gossip_encrypted", cfg.GossipKey != "")
 	}
 
 	if err := checkAPIHealth(ctx, cfg.APIURL, 5, 500*time.Millisecond, log); err != nil {
@@ -158,7 +161,6 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			Expect:        cfg.Expect,
 			JoinTimeout:   cfg.JoinTimeout,
 			GossipKey:     cfg.GossipKey,
-			SettleDelay:   cfg.SettleDelay,
 		},
 	})
 	if err != nil {

@@ -53,11 +53,13 @@ type agentConfig struct {
 	Expect        int // expected cluster size N: fires only with a quorum of N/2+1
 	JoinTimeout   time.Duration
 	GossipKey     string // base64; never printed
-	SettleDelay   time.Duration
 
 	// UnknownKeys are stdin-config keys timerd does not know (ignored, as
 	// Attune may send more than a timer sensor reads).
 	UnknownKeys []string
+	// Retired says, for each retired setting given, that it is ignored and
+	// why; the agent logs each once at start.
+	Retired []string
 }
 
 // agentSetting is one setting: where it is read from and how it is parsed.
@@ -68,6 +70,10 @@ type agentSetting struct {
 	def   string // default, "" for none
 	usage string
 	set   func(c *agentConfig, v string) error // parses and checks v; the error omits the value when it is secret
+	// retired, when set, says why the setting no longer does anything: it is
+	// accepted with any value (an existing configuration still starts),
+	// ignored, and hidden from the help.
+	retired string
 }
 
 // agentSettings lists every setting of `timerd agent`, in the order of
@@ -209,14 +215,8 @@ var agentSettings = []agentSetting{
 		c.GossipKey = v
 		return nil
 	}},
-	{env: "TIMERD_SETTLE_DELAY", key: "settle_delay", flag: "settle-delay", def: "2s", usage: "wait after a ring change before adopting a live peer's rules", set: func(c *agentConfig, v string) error {
-		d, err := parseSettingDuration(v)
-		if err == nil && (d <= 0 || d > 5*time.Minute) {
-			err = fmt.Errorf("%s is out of range (1ms .. 5m)", v)
-		}
-		c.SettleDelay = d
-		return err
-	}},
+	{env: "TIMERD_SETTLE_DELAY", key: "settle_delay", flag: "settle-delay", usage: "no longer used; ignored",
+		retired: "leases and acquisitions replaced it (docs/protocol.md)", set: func(*agentConfig, string) error { return nil }},
 	{env: "TIMERD_QUEUE_EXPIRES", key: "queue_expires", flag: "queue-expires", def: "7d", usage: "x-expires of the node's queue: the broker drops it after this long unused (1s..24d)", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
 		if err == nil && (d < time.Second || d.Milliseconds() > 1<<31-1) {
@@ -268,6 +268,9 @@ func registerAgentFlags(fs *pflag.FlagSet) {
 			continue
 		}
 		fs.String(s.flag, s.def, s.usage+" (env "+s.env+")")
+		if s.retired != "" {
+			_ = fs.MarkHidden(s.flag) // defined just above: no error
+		}
 	}
 	fs.Bool("stdin-config", false, "read the configuration as one JSON object from stdin instead of the environment")
 }
@@ -352,6 +355,11 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 			return n
 		}
 		return env
+	}
+	for _, s := range agentSettings {
+		if s.retired != "" && given[s.env] {
+			c.Retired = append(c.Retired, fmt.Sprintf("%s is no longer used and is ignored: %s", name(s.env), s.retired))
+		}
 	}
 	switch {
 	case !given["ATTUNE_API_URL"]:

@@ -111,25 +111,44 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			}},
 		{"cluster defaults", base, "", nil, func(c *agentConfig) string {
 			if c.BindAddr != "0.0.0.0:7946" || c.AdvertiseAddr != "" || c.Join != nil || c.JoinTimeout != 10*time.Second ||
-				c.GossipKey != "" || c.SettleDelay != 2*time.Second || c.Expect != 1 {
+				c.GossipKey != "" || c.Expect != 1 || c.Retired != nil {
 				return "not the documented cluster defaults"
 			}
 			return ""
 		}},
 		{"cluster env", with("TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_ADVERTISE_ADDR", "10.0.0.5:7001",
 			"TIMERD_JOIN", " timerd-0.timerd:7946, 10.0.0.6 ,[::1]:7946", "TIMERD_JOIN_TIMEOUT", "30s",
-			"TIMERD_GOSSIP_KEY", gossipKey, "TIMERD_SETTLE_DELAY", "500ms", "TIMERD_EXPECT", " 3 "), "", nil, func(c *agentConfig) string {
+			"TIMERD_GOSSIP_KEY", gossipKey, "TIMERD_EXPECT", " 3 "), "", nil, func(c *agentConfig) string {
 			if c.BindAddr != "127.0.0.1:7000" || c.AdvertiseAddr != "10.0.0.5:7001" || c.JoinTimeout != 30*time.Second || c.Expect != 3 ||
-				c.GossipKey != gossipKey || c.SettleDelay != 500*time.Millisecond ||
-				strings.Join(c.Join, "|") != "timerd-0.timerd:7946|10.0.0.6|[::1]:7946" {
+				c.GossipKey != gossipKey || strings.Join(c.Join, "|") != "timerd-0.timerd:7946|10.0.0.6|[::1]:7946" {
 				return "cluster env not applied"
 			}
 			return ""
 		}},
+		// A retired setting is accepted with any value, ignored, and noted once.
+		{"retired setting in env", with("TIMERD_SETTLE_DELAY", "1h"), "", nil, func(c *agentConfig) string {
+			if len(c.Retired) != 1 || !strings.HasPrefix(c.Retired[0], "TIMERD_SETTLE_DELAY (or --settle-delay) is no longer used") ||
+				!strings.Contains(c.Retired[0], "docs/protocol.md") {
+				return "TIMERD_SETTLE_DELAY not noted as retired"
+			}
+			return ""
+		}},
+		{"retired setting as a flag", base, "", []string{"--settle-delay", "3s"}, func(c *agentConfig) string {
+			if len(c.Retired) != 1 || !strings.Contains(c.Retired[0], "--settle-delay") {
+				return "--settle-delay not noted as retired"
+			}
+			return ""
+		}},
+		{"retired setting on stdin", base, `{"api_url":"http://x","api_token":"` + tok + `","data_dir":"/s","mq_url":"amqp://mq/","settle_delay":"2s"}`,
+			[]string{"--stdin-config"}, func(c *agentConfig) string {
+				if len(c.Retired) != 1 || !strings.HasPrefix(c.Retired[0], `stdin config "settle_delay"`) || c.UnknownKeys != nil {
+					return "settle_delay not noted as retired"
+				}
+				return ""
+			}},
 		{"cluster flags over env", with("TIMERD_JOIN", "a:1", "TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_EXPECT", "3"), "",
-			[]string{"--join", "b:2,c:3", "--bind-addr", ":0", "--join-timeout", "1s", "--settle-delay", "3s", "--expect", "5"}, func(c *agentConfig) string {
-				if strings.Join(c.Join, "|") != "b:2|c:3" || c.BindAddr != ":0" || c.JoinTimeout != time.Second || c.SettleDelay != 3*time.Second ||
-					c.Expect != 5 {
+			[]string{"--join", "b:2,c:3", "--bind-addr", ":0", "--join-timeout", "1s", "--expect", "5"}, func(c *agentConfig) string {
+				if strings.Join(c.Join, "|") != "b:2|c:3" || c.BindAddr != ":0" || c.JoinTimeout != time.Second || c.Expect != 5 {
 					return "cluster flags did not win"
 				}
 				return ""
@@ -231,7 +250,6 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"join timeout not a duration", base, "", []string{"--join-timeout", "ten"}, `--join-timeout: "ten" is not a duration`},
 		{"gossip key not base64", with("TIMERD_GOSSIP_KEY", "secret!!key"), "", nil, "TIMERD_GOSSIP_KEY: not valid base64"},
 		{"gossip key wrong length", with("TIMERD_GOSSIP_KEY", base64.StdEncoding.EncodeToString([]byte("sixteen-bytes-k!x"))), "", nil, "TIMERD_GOSSIP_KEY: 17 bytes, want 16, 24 or 32"},
-		{"settle delay", with("TIMERD_SETTLE_DELAY", "1h"), "", nil, "TIMERD_SETTLE_DELAY: 1h is out of range"},
 		{"stdin bad JSON", base, `{"api_url": "http://x", "api_token": "` + tok + `"`, []string{"--stdin-config"}, "--stdin-config: stdin ends inside the JSON object"},
 		{"stdin syntax error", base, `{"api_token": "` + tok + `" oops}`, []string{"--stdin-config"}, "--stdin-config: stdin is not valid JSON (syntax error at byte"},
 		{"stdin empty", base, ``, []string{"--stdin-config"}, "--stdin-config: stdin is empty"},
@@ -264,5 +282,16 @@ func TestAgentConfigErrors(t *testing.T) {
 				t.Errorf("error %q is not one line without secrets", msg)
 			}
 		})
+	}
+}
+
+// A retired setting's flag is accepted but not shown in the help.
+func TestRetiredFlagsHidden(t *testing.T) {
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	registerAgentFlags(fs)
+	for _, s := range agentSettings {
+		if s.retired != "" && s.flag != "" && !fs.Lookup(s.flag).Hidden {
+			t.Errorf("--%s is retired and shown in the help", s.flag)
+		}
 	}
 }

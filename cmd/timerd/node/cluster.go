@@ -11,8 +11,8 @@ import (
 	"github.com/timerd/timerd/store"
 )
 
-// clusterConfig is Config.Cluster with the node's name, logger, registry
-// and clock where it leaves them unset.
+// clusterConfig is Config.Cluster with the node's name, logger and registry
+// where it leaves them unset.
 func (c *Config) clusterConfig() cluster.Config {
 	cc := *c.Cluster
 	if cc.NodeName == "" {
@@ -23,10 +23,6 @@ func (c *Config) clusterConfig() cluster.Config {
 	}
 	if cc.Registerer == nil && c.Registry != nil {
 		cc.Registerer = c.Registry
-	}
-	if cc.Now == nil {
-		// Views are compared with the node's clock (AdoptAt, SettleAt).
-		cc.Now = c.Now
 	}
 	return cc
 }

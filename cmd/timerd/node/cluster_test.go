@@ -24,8 +24,6 @@ import (
 	"github.com/timerd/timerd/store"
 )
 
-const testSettle = 500 * time.Millisecond
-
 // clusterSystem is an API server whose metrics are on a registry of the
 // test's, and nodes that join one another.
 type clusterSystem struct {
@@ -71,7 +69,6 @@ func clusterConfig(join ...string) *cluster.Config {
 		BindAddr:    "127.0.0.1:0",
 		Join:        join,
 		JoinTimeout: 3 * time.Second,
-		SettleDelay: testSettle,
 		Memberlist:  localMemberlist,
 	}
 }
