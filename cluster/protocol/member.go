@@ -214,8 +214,10 @@ type peer struct {
 	everAcked bool
 	fenced    uint64            // every incarnation up to this one is fenced here
 	fences    map[string]uint64 // the peer's own fences, from its last heartbeat
-	mismatch  bool
-	leaving   bool // its heartbeats say it is leaving: out of the view, still asked
+	mismatch  bool              // its expected size differs (logged once; the larger one counts)
+	expect    int               // its expected size, from its heartbeats
+	since     time.Duration     // when inc was first learned (a grant may name it before it is heard)
+	leaving   bool              // its heartbeats say it is leaving: out of the view, still asked
 	skew      time.Duration
 }
 
@@ -330,7 +332,19 @@ func (m *Member) Stats() Stats {
 // cleanly (a scale-in). A member cut off from the others still counts them (heard), so
 // two sides of a partition never both hold a quorum unless Expect is too small.
 func (m *Member) quorum() int {
-	return max(m.cfg.Expect, m.memberCount())/2 + 1
+	return m.clusterSize()/2 + 1
+}
+
+// clusterSize is N: the larger of the expected size (this member's, or a live peer's
+// that expects more) and the members counted.
+func (m *Member) clusterSize() int {
+	n := max(m.cfg.Expect, m.memberCount())
+	for _, p := range m.peers {
+		if p.expect > n && m.live(p) {
+			n = p.expect
+		}
+	}
+	return n
 }
 
 func (m *Member) memberCount() int {
@@ -359,8 +373,7 @@ func (m *Member) memberCount() int {
 // readQuorum is how many members' stores (this one included) an acquisition reads:
 // N − Q + 1, so that it meets every Q stores a delivered fire was written to.
 func (m *Member) readQuorum() int {
-	n := max(m.cfg.Expect, m.memberCount())
-	return n - m.quorum() + 1
+	return m.clusterSize() - m.quorum() + 1
 }
 
 // HasLease reports whether the member's lease covers now.
@@ -542,7 +555,7 @@ func (m *Member) recipients() []string {
 }
 
 func (m *Member) live(p *peer) bool {
-	return p.inc > 0 && p.fenced < p.inc && !p.mismatch && m.now.Boot-p.heard < m.cfg.Lease+m.cfg.FenceMargin
+	return p.inc > 0 && p.fenced < p.inc && m.now.Boot-p.heard < m.cfg.Lease+m.cfg.FenceMargin
 }
 
 func (m *Member) beat() {
@@ -571,8 +584,8 @@ func (m *Member) fenceSilent() {
 			continue
 		}
 		if !p.everAcked || m.now.Boot-p.acked >= m.cfg.Lease+m.cfg.FenceMargin {
-			if !p.everAcked && m.now.Boot-p.heard < m.cfg.Lease+m.cfg.FenceMargin {
-				continue // heard but not acked yet (a mismatch): no lease through us
+			if !p.everAcked && m.now.Boot-max(p.heard, p.since) < m.cfg.Lease+m.cfg.FenceMargin {
+				continue // learned of lately, not acked yet: give its heartbeats time
 			}
 			m.fence(n, p, p.inc)
 			m.logf(true, "fenced a silent member", "member", Incarnation{n, p.inc}.String())
@@ -893,7 +906,7 @@ func (m *Member) peer(from Incarnation) *peer {
 		if p.inc > 0 {
 			m.fence(from.Node, p, p.inc)
 		}
-		p.inc, p.everAcked, p.heard = from.N, false, m.now.Boot
+		p.inc, p.everAcked, p.heard, p.since = from.N, false, m.now.Boot, m.now.Boot
 	}
 	return p
 }
@@ -904,17 +917,17 @@ func (m *Member) heartbeat(hb Heartbeat) {
 	switch {
 	case p.fenced >= hb.From.N:
 		ack.Fenced = true
-	case hb.Expect != m.cfg.Expect:
-		ack.Mismatch = true
-		if !p.mismatch {
+	default:
+		if hb.Expect != m.cfg.Expect && !p.mismatch {
+			// Both count the larger (quorum): quorums of N and N+1 members still
+			// meet, so a rolling change of the setting stays safe.
 			m.stats.MismatchedPeers++
-			m.logf(true, "a member expects another cluster size; not counted for leases",
+			m.logf(true, "a member expects another cluster size; the larger counts: set the same on every node",
 				"member", hb.From.String(), "its_expect", hb.Expect, "expect", m.cfg.Expect)
 		}
-		p.mismatch = true
-	default:
 		if hb.From.N == p.inc {
-			p.heard, p.acked, p.everAcked, p.mismatch = m.now.Boot, m.now.Boot, true, false
+			p.heard, p.acked, p.everAcked = m.now.Boot, m.now.Boot, true
+			p.mismatch, p.expect = hb.Expect != m.cfg.Expect, hb.Expect
 			p.fences, p.leaving = hb.Fences, hb.Leaving
 			m.seen[hb.From.Node] = true
 			if r, ok := m.retiredPeers[hb.From.Node]; ok && r < hb.From.N {
@@ -1099,7 +1112,7 @@ func (m *Member) granted(g Grant) {
 			} else if p.inc > 0 {
 				m.fence(in.Node, p, p.inc)
 			}
-			p.inc, p.everAcked = in.N, false
+			p.inc, p.everAcked, p.since = in.N, false, m.now.Boot
 		}
 		if !a.asked[in.Node] {
 			m.askAcquire(a, in.Node)

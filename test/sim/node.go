@@ -15,8 +15,11 @@ type store struct {
 	held   map[int]protocol.Epoch
 	fences map[string]uint64
 	epochs map[int]protocol.Epoch
-	wms    map[int64]protocol.Watermark
-	outbox map[fireID]protocol.EventRef
+	// The rule book and the node's lifecycle queue (durable, like a RabbitMQ queue).
+	catalog map[int64]protocol.Record
+	queue   []change
+	wms     map[int64]protocol.Watermark
+	outbox  map[fireID]protocol.EventRef
 }
 
 func (s *store) Watermark(rule int64) (protocol.Watermark, bool) {
@@ -71,8 +74,12 @@ type node struct {
 	deliverable map[fireID]protocol.EventRef
 }
 
+// bootOffset is the boot clock at the start of a run: a machine up for an hour, so
+// that a time left at zero by mistake is an hour old, as on a real node.
+const bootOffset = time.Hour
+
 func (n *node) time() protocol.Time {
-	return protocol.Time{Boot: time.Duration(n.w.now), Wall: n.w.wall(n)}
+	return protocol.Time{Boot: bootOffset + time.Duration(n.w.now), Wall: n.w.wall(n)}
 }
 
 func (n *node) paused() bool { return n.pausedUntil > n.w.now }
@@ -105,6 +112,7 @@ func (n *node) start() {
 		}
 	}
 	n.apply(m.Step(n.time(), protocol.Known{Names: others}))
+	n.applyQueue()
 	if len(n.st.outbox) > 0 {
 		evs := slices.SortedFunc(maps.Values(n.st.outbox), byRuleSlot)
 		n.apply(m.Step(n.time(), protocol.Unsettled{Events: evs}))
@@ -150,6 +158,9 @@ func (n *node) tick() {
 // resume carries out what a pause held back: the commit it interrupted, then the
 // messages that waited.
 func (n *node) resume() {
+	if len(n.st.queue) > 0 {
+		n.applyQueue()
+	}
 	if len(n.pending) > 0 {
 		pend := n.pending
 		n.pending = nil
@@ -172,6 +183,9 @@ func (n *node) due() []pendingFire {
 	t := n.time()
 	var out []pendingFire
 	for _, r := range w.rules {
+		if !n.live(r.id) {
+			continue
+		}
 		p := w.partitionOf(r.id)
 		e, ok := n.m.MayFire(t, p)
 		if w.cfg.Faults.DisableFix == fixLeaseCheck && !ok && n.holds(p) {

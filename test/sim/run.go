@@ -49,12 +49,24 @@ func Run(cfg Config) Result {
 	}
 	w.end = int64(cfg.Duration + quietPeriod + cfg.Faults.ExtraQuiet)
 	for i := range cfg.Rules {
-		r := rule{id: int64(i + 1)}
+		r := rule{id: int64(i + 1), created: epoch0 - int64(time.Second)}
+		if cfg.Faults.Lifecycle && w.rng.IntN(3) == 0 {
+			r.created = epoch0 + int64(time.Second) + w.rng.Int64N(int64(cfg.Duration-5*time.Second))
+		}
 		if w.rng.IntN(5) == 0 {
-			r.phase = epoch0 + w.rng.Int64N(int64(cfg.Duration+quietPeriod/2))
+			r.phase = max(r.created, epoch0) + w.rng.Int64N(int64(cfg.Duration+quietPeriod/2))
 		} else {
 			r.period = int64(time.Duration(1+w.rng.IntN(4)) * time.Second)
 			r.phase = epoch0 + w.rng.Int64N(r.period) + 1
+		}
+		if cfg.Faults.Lifecycle && w.rng.IntN(4) == 0 {
+			// Disabled while it runs: after every node heard of its creation (a node that
+			// hears of the disable first takes the creation as stale and never fires the
+			// rule: no slot is owed then), and early enough that every node hears of it.
+			lo := max(r.created, epoch0) + int64(maxLifecycleDelay+time.Second)
+			if hi := epoch0 + w.end - int64(quietPeriod) - int64(maxLifecycleDelay); hi > lo {
+				r.disabled = lo + w.rng.Int64N(hi-lo)
+			}
 		}
 		w.rules = append(w.rules, r)
 		w.byID[r.id] = r
@@ -66,9 +78,16 @@ func Run(cfg Config) Result {
 		}
 		n.st = &store{w: w, held: map[int]protocol.Epoch{}, fences: map[string]uint64{}, epochs: map[int]protocol.Epoch{}, wms: map[int64]protocol.Watermark{},
 			outbox: map[fireID]protocol.EventRef{}}
+		n.st.catalog = map[int64]protocol.Record{}
 		for _, r := range w.rules {
-			// Every node's catalogue has every rule, anchored at the start.
+			if r.created >= epoch0 {
+				continue // it comes by its lifecycle message
+			}
+			// Every node's catalogue has the rules made before the start, anchored then.
 			n.st.wms[r.id] = protocol.Watermark{Rule: r.id, Slot: epoch0}
+			trig, params := r.params()
+			n.st.catalog[r.id] = protocol.Record{Live: true, Version: time.Unix(0, r.created).UTC(),
+				Rule: protocol.Rule{ID: r.id, TriggerRef: trig, Params: params}}
 		}
 		w.nodes = append(w.nodes, n)
 	}
@@ -77,6 +96,9 @@ func Run(cfg Config) Result {
 		w.after(time.Duration(w.rng.Int64N(int64(time.Second))), func() { n.start(); w.scheduleTick(n) })
 	}
 	w.scheduleFaults()
+	if cfg.Faults.Lifecycle {
+		w.scheduleLifecycle()
+	}
 	w.after(cfg.Duration, w.heal)
 
 	for w.q.Len() > 0 {
@@ -104,6 +126,7 @@ func Run(cfg Config) Result {
 		}
 	}
 	w.checkEveryKeptSlotFired()
+	w.checkBooks()
 	return w.result()
 }
 
@@ -277,23 +300,28 @@ func (w *world) checkExclusive(n *node, p int, ev protocol.EventRef) {
 	}
 }
 
-// checkEveryKeptSlotFired: every slot due before the end less a margin reached the API.
+// checkEveryKeptSlotFired: every slot of a rule, from its creation until the end less a
+// margin (or until a second before it was disabled), reached the API; and no slot a
+// good while after its rule was disabled (every node had heard) did.
 func (w *world) checkEveryKeptSlotFired() {
-	limit := epoch0 + w.end - int64(4*time.Second)
 	missing := 0
 	for _, r := range w.rules {
-		t := int64(epoch0)
-		for {
-			s, ok := r.slotAfter(t)
-			if !ok || s > limit {
-				break
-			}
-			t = s
+		from, to := r.keptWindow(w)
+		for s, ok := r.slotAfter(from); ok && s <= to; s, ok = r.slotAfter(s) {
 			if len(w.delivered[fireID{r.id, s}]) == 0 {
 				missing++
 				if missing <= 5 {
 					w.violate("I2: rule %d slot %s never delivered", r.id, slotString(s))
 				}
+			}
+		}
+		if r.disabled == 0 {
+			continue
+		}
+		after := r.disabled + int64(maxLifecycleDelay) + int64(time.Second)
+		for s, ok := r.slotAfter(after); ok && s <= epoch0+w.end; s, ok = r.slotAfter(s) {
+			if len(w.delivered[fireID{r.id, s}]) > 0 {
+				w.violate("I4: rule %d disabled at %s: slot %s delivered", r.id, slotString(r.disabled), slotString(s))
 			}
 		}
 	}
@@ -302,18 +330,29 @@ func (w *world) checkEveryKeptSlotFired() {
 	}
 }
 
+// keptWindow is the slots of r that must fire: after its creation (or the start), up
+// to 4 s before the end; for a rule disabled at d, up to d less the longest time the
+// faults can leave no node with a lease (a slot due in an outage fires late, and a rule
+// disabled meanwhile fires no catch-up).
+func (r rule) keptWindow(w *world) (from, to int64) {
+	from = max(int64(epoch0), r.created)
+	to = epoch0 + w.end - int64(4*time.Second)
+	if r.disabled != 0 {
+		to = min(to, r.disabled-int64(outageBound))
+	}
+	return from, to
+}
+
+// outageBound bounds how long the faults of a run can leave no node able to fire a
+// partition: a 9 s partition, a 6 s pause or 5 s crash, then a fence and an acquisition.
+const outageBound = 15 * time.Second
+
 func (w *world) result() Result {
 	r := Result{Seed: w.cfg.Seed, Violations: w.violations, Trace: w.trace, Fires: w.committed,
 		Delivered: len(w.delivered), Stats: w.stats}
-	limit := epoch0 + w.end - int64(4*time.Second)
 	for _, ru := range w.rules {
-		t := int64(epoch0)
-		for {
-			s, ok := ru.slotAfter(t)
-			if !ok || s > limit {
-				break
-			}
-			t = s
+		from, to := ru.keptWindow(w)
+		for s, ok := ru.slotAfter(from); ok && s <= to; s, ok = ru.slotAfter(s) {
 			r.Expected++
 		}
 	}

@@ -26,8 +26,10 @@ var scenarios = []struct {
 	{"leaves", Config{Nodes: 4, Faults: Faults{Leaves: 2, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
 	// TIMERD_EXPECT left at 1: N is the most members seen, less those that left cleanly.
 	{"unexpected", Config{Nodes: 3, Expect: 1, Faults: Faults{Leaves: 2, Crashes: 1, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
+	// Rules created and disabled during the run, their messages late, twice, out of order.
+	{"lifecycle", Config{Nodes: 3, Faults: Faults{Lifecycle: true, Crashes: 1, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
 	{"everything", Config{Nodes: 5, Faults: Faults{Drop: 0.03, MaxDelay: 30 * time.Millisecond, Partitions: 2,
-		Pauses: 2, Crashes: 2, StoreFail: 0.02, APIDown: 1, ClockSkew: 200 * time.Millisecond, Leaves: 1}}},
+		Pauses: 2, Crashes: 2, StoreFail: 0.02, APIDown: 1, ClockSkew: 200 * time.Millisecond, Leaves: 1, Lifecycle: true}}},
 }
 
 func TestSim(t *testing.T) {

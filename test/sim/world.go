@@ -19,15 +19,19 @@ import (
 
 // Faults says how hostile a run is; the zero value is a quiet network.
 type Faults struct {
-	Drop        float64       // probability that a message is lost
-	MaxDelay    time.Duration // messages take up to this long (uniform), and a tenth of them up to 10×
-	Partitions  int           // network partitions during the run (each splits the nodes in two, then heals)
-	Pauses      int           // nodes paused (SIGSTOP), 0.3–6 s each, half of them mid-commit
-	Crashes     int           // nodes killed and restarted 0.2–5 s later
-	StoreFail   float64       // probability that a store commit fails
-	APIDown     int           // outages of the events API, 1–5 s each
-	ClockSkew   time.Duration // each node's wall clock is off by up to this much
-	DisableFix  string        // for tests: a fix to turn off (see fixes.go)
+	Drop       float64       // probability that a message is lost
+	MaxDelay   time.Duration // messages take up to this long (uniform), and a tenth of them up to 10×
+	Partitions int           // network partitions during the run (each splits the nodes in two, then heals)
+	Pauses     int           // nodes paused (SIGSTOP), 0.3–6 s each, half of them mid-commit
+	Crashes    int           // nodes killed and restarted 0.2–5 s later
+	StoreFail  float64       // probability that a store commit fails
+	APIDown    int           // outages of the events API, 1–5 s each
+	ClockSkew  time.Duration // each node's wall clock is off by up to this much
+	DisableFix string        // for tests: a fix to turn off (see run.go)
+	// Lifecycle: a third of the rules are created during the run and some rules are
+	// disabled; each node receives each change through its own durable queue, late (up
+	// to maxLifecycleDelay), sometimes twice, in any order.
+	Lifecycle   bool
 	ExtraQuiet  time.Duration // added to the quiet period at the end
 	Leaves      int           // graceful leaves and returns
 	PauseMaxLen time.Duration
@@ -76,6 +80,18 @@ type rule struct {
 	id     int64
 	period int64 // ns; 0 for a one-shot
 	phase  int64 // the first slot (Unix ns)
+	// Lifecycle (Faults.Lifecycle): created in Attune at created (Unix ns; before the
+	// start for the rules every node has at start), disabled at disabled (0: never).
+	created, disabled int64
+}
+
+// params is the rule's trigger_params for the rule book.
+func (r rule) params() (string, []byte) {
+	if r.period == 0 {
+		return "core.datetimetimer", []byte(fmt.Sprintf(`{"fire_at":%q}`, time.Unix(0, r.phase).UTC().Format(time.RFC3339Nano)))
+	}
+	return "core.intervaltimer", []byte(fmt.Sprintf(`{"interval":%d,"unit":"seconds","start_at":%q}`,
+		r.period/int64(time.Second), time.Unix(0, r.phase).UTC().Format(time.RFC3339Nano)))
 }
 
 // slotAfter is the rule's first slot after t, false if none.
