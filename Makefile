@@ -5,7 +5,7 @@ PKGS      ?= ./...
 # does not see, so a cached pass could hide a broken build.
 TESTFLAGS ?= -race -count=1 -timeout 14m
 
-.PHONY: all build test mq vet bench bench-peers load soak cluster-soak sim clean
+.PHONY: all build test mq net vet bench bench-peers load soak cluster-soak sim clean
 
 all: build
 
@@ -19,12 +19,16 @@ vet:
 
 # Every test, with the race detector. End-to-end tests build and start real
 # timerd processes. `mq` first makes sure a RabbitMQ broker answers on
-# 127.0.0.1:5672 (or TIMERD_TEST_MQ_URL is set), starting or installing one.
-test: vet mq
+# 127.0.0.1:5672 (or TIMERD_TEST_MQ_URL is set), starting or installing one;
+# `net` installs iptables for the partition test when run as root (else it skips).
+test: vet mq net
 	$(GO) test $(TESTFLAGS) $(PKGS)
 
 mq:
 	@bash test/mq/ensure-rabbitmq.sh
+
+net:
+	@bash test/net/ensure-iptables.sh
 
 # Micro-benchmarks of the engine, the store, delivery and the cluster layer (not part of `make test`).
 bench:
