@@ -191,6 +191,9 @@ type Member struct {
 	offering map[eventKey]*offered
 	offerID  uint64
 	nextRepl time.Duration
+	// Offers are looked at every quarter retry interval, or at once when events join.
+	nextOfferScan time.Duration
+	offersAdded   bool
 	// claimed in this step: its grants' watermarks are not in the store until the host
 	// carried out the step's effects, so no verdict is taken on it before the next step.
 	justClaimed map[int]bool
@@ -497,6 +500,7 @@ func (m *Member) Step(now Time, in Input) []Effect {
 	case Unsettled:
 		for _, ev := range in.Events {
 			m.offering[eventKey{ev.Rule, ev.Slot}] = &offered{ref: ev}
+			m.offersAdded = true
 		}
 		m.sendOffers()
 	case Leave:
@@ -818,6 +822,7 @@ func (m *Member) finishAcquisition() {
 	for _, o := range m.offering {
 		if _, ok := claim[m.cfg.PartitionOf(o.ref.Rule)]; ok {
 			o.sent = 0
+			m.offersAdded = true
 		}
 	}
 }
@@ -995,6 +1000,7 @@ func (m *Member) reincarnate(by Incarnation) {
 	clear(m.seen)
 	for k, r := range m.repl {
 		m.offering[k] = &offered{ref: r.ref}
+		m.offersAdded = true
 		delete(m.repl, k)
 	}
 	m.beat()
@@ -1044,6 +1050,7 @@ func (m *Member) grant(a Acquire) {
 		for k, r := range m.repl {
 			if slices.Contains(release, m.cfg.PartitionOf(k.rule)) {
 				m.offering[k] = &offered{ref: r.ref}
+				m.offersAdded = true
 				delete(m.repl, k)
 			}
 		}
@@ -1129,6 +1136,7 @@ func (m *Member) committed(evs []EventRef) {
 		e, ok := m.MayFire(m.now, m.cfg.PartitionOf(ev.Rule))
 		if !ok || ev.Firer != m.self {
 			m.offering[k] = &offered{ref: ev}
+			m.offersAdded = true
 			continue
 		}
 		m.repl[k] = &replicating{ref: ev, epoch: e, ackers: map[string]bool{}}
@@ -1280,6 +1288,7 @@ func (m *Member) firedAck(a FiredAck) {
 			}
 			// The partition moved on: ask its holder.
 			m.offering[k] = &offered{ref: r.ref}
+			m.offersAdded = true
 			delete(m.repl, k)
 			continue
 		}
@@ -1301,9 +1310,10 @@ func (m *Member) firedAck(a FiredAck) {
 // retry interval: those of partitions this member holds are decided here, the others go
 // to their owner in this member's view. Called on every tick and when events join.
 func (m *Member) sendOffers() {
-	if len(m.offering) == 0 {
+	if len(m.offering) == 0 || m.now.Boot < m.nextOfferScan && !m.offersAdded {
 		return
 	}
+	m.nextOfferScan, m.offersAdded = m.now.Boot+m.cfg.Retry/4, false
 	var due []eventKey
 	for k, o := range m.offering {
 		if o.sent == 0 || m.now.Boot-o.sent >= m.cfg.Retry {
@@ -1326,6 +1336,7 @@ func (m *Member) sendOffers() {
 		if _, ok := m.held[p]; ok {
 			if m.justClaimed[p] {
 				o.sent = 0 // decided on the next step
+				m.offersAdded = true
 				continue
 			}
 			local = append(local, ev)

@@ -49,6 +49,13 @@ type driver struct {
 	// which intake holds too: a rule intake stores joins the engine only once its
 	// partition's watermarks (the grants') are in the store.
 	firing map[int]bool
+	// readErr is a read of the store the member made in the current step that failed.
+	readErr error
+	// A batch of steps (run): the watermarks merged and the messages to send, held
+	// until the batch ends, when the watermarks are written in one transaction and
+	// then the messages go: an ack never leaves before what it acknowledges is stored.
+	overlay map[int64]protocol.Watermark
+	sends   []protocol.Send
 }
 
 // memberSnap is what the commit path and the status page read of the member.
@@ -77,18 +84,47 @@ func (s *memberSnap) mayFire(p int, now time.Duration) (protocol.Epoch, bool) {
 // leased reports whether the lease covers now.
 func (s *memberSnap) leased(now time.Duration) bool { return s.always || now < s.leaseUntil }
 
-// memberStore is the node's store as the member reads it.
-type memberStore struct {
-	st          *store.Store
-	partitionOf func(int64) int
+// memberStore is the node's store as the member reads it. The member's Store has no
+// errors: a failed read is kept, and the step that made it fails (a grant without
+// its watermarks would let the acquirer fire again what this node knows was fired).
+type memberStore struct{ d *driver }
+
+// Watermark reads the store through the watermarks merged in this batch, not yet
+// written (driver.overlay).
+func (s memberStore) Watermark(rule int64) (protocol.Watermark, bool) {
+	if wm, ok := s.d.overlay[rule]; ok {
+		return wm, true
+	}
+	wm, ok, err := s.d.n.store.LoadWatermark(rule)
+	if err != nil {
+		s.d.readErr = err
+	}
+	return wm, ok
 }
 
-func (s memberStore) Watermark(rule int64) (protocol.Watermark, bool) { return s.st.Watermark(rule) }
-
 func (s memberStore) PartitionWatermarks(parts []int) []protocol.Watermark {
-	wms, err := s.st.PartitionWatermarksOf(parts, s.partitionOf)
+	wms, err := s.d.n.store.PartitionWatermarksOf(parts, s.d.partitionOf)
 	if err != nil {
-		return nil // a grant without watermarks: the acquirer reads other stores too
+		s.d.readErr = err
+	}
+	if len(s.d.overlay) == 0 {
+		return wms
+	}
+	want := make(map[int]bool, len(parts))
+	for _, p := range parts {
+		want[p] = true
+	}
+	seen := make(map[int64]bool, len(wms))
+	for i, w := range wms {
+		seen[w.Rule] = true
+		if o, ok := s.d.overlay[w.Rule]; ok {
+			wms[i] = o
+		}
+	}
+	for rule, o := range s.d.overlay {
+		if !seen[rule] && want[s.d.partitionOf(rule)] {
+			wms = append(wms, o)
+		}
 	}
 	return wms
 }
@@ -113,13 +149,28 @@ func newDriver(n *Node) (*driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the protocol state: %w", err)
 	}
-	m, err := protocol.NewMember(protocol.MemberConfig{
+	d := &driver{
+		n:            n,
+		log:          n.cfg.Logger.With("component", "protocol"),
+		partitionOf:  partitionOf,
+		ringOf:       ringOf,
+		committed:    make(chan []protocol.EventRef, 64),
+		leaveReq:     make(chan leaveReq),
+		retired:      make(chan struct{}),
+		handoverAcks: map[uint64]chan struct{}{},
+		firing:       map[int]bool{},
+		overlay:      map[int64]protocol.Watermark{},
+	}
+	d.m, err = protocol.NewMember(protocol.MemberConfig{
 		Self:        protocol.Incarnation{Node: n.cl.Name(), N: inc},
 		Expect:      max(cc.Expect, 1),
 		Partitions:  ring.Partitions,
 		PartitionOf: partitionOf,
 		Ring:        ringOf,
-		Store:       memberStore{st: n.store, partitionOf: partitionOf},
+		Store:       memberStore{d: d},
+		// A Fired message within one UDP packet: the TCP queue to a peer is for the
+		// large, rare messages (grants, offers, hand-overs).
+		MaxRecords: protocol.MaxFiredRecordsPerPacket,
 	}, durable)
 	if err != nil {
 		return nil, err
@@ -130,20 +181,8 @@ func newDriver(n *Node) (*driver, error) {
 			return nil, fmt.Errorf("clear the partitions held before: %w", err)
 		}
 	}
-	d := &driver{
-		n:            n,
-		m:            m,
-		log:          n.cfg.Logger.With("component", "protocol"),
-		partitionOf:  partitionOf,
-		ringOf:       ringOf,
-		committed:    make(chan []protocol.EventRef, 64),
-		leaveReq:     make(chan leaveReq),
-		retired:      make(chan struct{}),
-		handoverAcks: map[uint64]chan struct{}{},
-		firing:       map[int]bool{},
-	}
 	d.publish()
-	d.log.Info("incarnation started", "incarnation", m.Self().String(), "expect", max(cc.Expect, 1))
+	d.log.Info("incarnation started", "incarnation", d.m.Self().String(), "expect", max(cc.Expect, 1))
 	return d, nil
 }
 
@@ -177,11 +216,11 @@ func (d *driver) run(ctx context.Context) error {
 			refs[i] = e.Ref()
 		}
 		d.log.Info("events of an earlier incarnation offered to their partitions' holders", "events", len(refs))
-		if err := d.step(protocol.Unsettled{Events: refs}); err != nil {
+		if err := d.batch(protocol.Unsettled{Events: refs}); err != nil {
 			return err
 		}
 	}
-	if err := d.step(protocol.Known{Names: d.n.cl.Known()}); err != nil {
+	if err := d.batch(protocol.Known{Names: d.n.cl.Known()}); err != nil {
 		return err
 	}
 	tick := time.NewTicker(memberTick)
@@ -194,15 +233,7 @@ func (d *driver) run(ctx context.Context) error {
 		case <-tick.C:
 			in = protocol.Tick{}
 		case msg := <-d.n.cl.Messages():
-			switch m := msg.(type) {
-			case protocol.Handover:
-				d.takeHandover(m)
-				continue
-			case protocol.HandoverAck:
-				d.handoverAcked(m)
-				continue
-			}
-			in = protocol.Receive{Msg: msg}
+			in = d.input(msg)
 		case <-d.n.cl.KnownChanges():
 			in = protocol.Known{Names: d.n.cl.Known()}
 		case refs := <-d.committed:
@@ -211,7 +242,7 @@ func (d *driver) run(ctx context.Context) error {
 			in = protocol.Leave{Force: req.force}
 			close(req.taken)
 		}
-		if err := d.step(in); err != nil {
+		if err := d.batch(in); err != nil {
 			return err
 		}
 		if d.m.Retired() {
@@ -224,15 +255,92 @@ func (d *driver) run(ctx context.Context) error {
 	}
 }
 
+// maxBatch bounds the inputs stepped before their writes and messages go out.
+const maxBatch = 256
+
+// batch steps in and then every message and commit already waiting (up to maxBatch),
+// then writes the watermarks they merged in one transaction and sends their messages:
+// one fsync for a burst of fire records, not one each, so that a busy node still
+// answers heartbeats within its peers' leases.
+func (d *driver) batch(in protocol.Input) error {
+	if in != nil {
+		if err := d.step(in); err != nil {
+			return err
+		}
+	}
+more:
+	for range maxBatch {
+		select {
+		case msg := <-d.n.cl.Messages():
+			in = d.input(msg)
+		case refs := <-d.committed:
+			in = protocol.Committed{Events: refs}
+		default:
+			break more
+		}
+		if in == nil {
+			continue
+		}
+		if err := d.step(in); err != nil {
+			return err
+		}
+	}
+	return d.endBatch()
+}
+
+// input is a message as the member's input; nil for those the driver answers itself
+// (a leaving node's hand-over).
+func (d *driver) input(msg protocol.Message) protocol.Input {
+	switch m := msg.(type) {
+	case protocol.Handover:
+		d.takeHandover(m)
+		return nil
+	case protocol.HandoverAck:
+		d.handoverAcked(m)
+		return nil
+	}
+	return protocol.Receive{Msg: msg}
+}
+
+// endBatch writes the batch's merged watermarks, then sends its messages.
+func (d *driver) endBatch() error {
+	if err := d.flushOverlay(); err != nil {
+		return err
+	}
+	for _, e := range d.sends {
+		if err := d.n.cl.Send(e.To, e.Msg); err != nil {
+			d.log.Debug("protocol message not sent", "to", e.To, "type", fmt.Sprintf("%T", e.Msg), "err", err)
+		}
+	}
+	clear(d.sends)
+	d.sends = d.sends[:0]
+	return nil
+}
+
+func (d *driver) flushOverlay() error {
+	if len(d.overlay) == 0 {
+		return nil
+	}
+	wms := make([]protocol.Watermark, 0, len(d.overlay))
+	for _, w := range d.overlay {
+		wms = append(wms, w)
+	}
+	if err := d.n.store.MergeWatermarks(wms); err != nil {
+		return err
+	}
+	clear(d.overlay)
+	return nil
+}
+
 type leaveReq struct {
 	force bool
 	taken chan struct{}
 }
 
-// settle waits, at most d, until no fire of this node waits to be replicated: the
+// settle waits, at most within, until no fire of this node waits to be replicated: the
 // engine is stopped, and the fires it committed last become deliverable.
-func (d *driver) settle(d2 time.Duration) {
-	deadline := time.Now().Add(d2)
+func (d *driver) settle(within time.Duration) {
+	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		if n, err := d.n.store.PendingLen(); err != nil || n == 0 {
 			return
@@ -245,9 +353,9 @@ func (d *driver) settle(d2 time.Duration) {
 
 // leave hands this node's partitions over and retires its incarnation: it tells the
 // members it is leaving, answers their acquisitions with its watermarks and the fires
-// still on their way, and retires once it holds nothing; after d it retires anyway
+// still on their way, and retires once it holds nothing; after within it retires anyway
 // (its partitions are then taken over). The engine is stopped before.
-func (d *driver) leave(ctx context.Context, d2 time.Duration) {
+func (d *driver) leave(ctx context.Context, within time.Duration) {
 	start := time.Now()
 	ask := func(force bool) bool {
 		req := leaveReq{force: force, taken: make(chan struct{})}
@@ -262,7 +370,7 @@ func (d *driver) leave(ctx context.Context, d2 time.Duration) {
 	if !ask(false) {
 		return
 	}
-	t := time.NewTimer(d2)
+	t := time.NewTimer(within)
 	defer t.Stop()
 	select {
 	case <-d.retired:
@@ -272,7 +380,7 @@ func (d *driver) leave(ctx context.Context, d2 time.Duration) {
 	case <-ctx.Done():
 	}
 	d.log.Warn("partitions not all handed over in time: retiring anyway; the members take them over",
-		"held", len(d.snap.Load().held), "waited", d2)
+		"held", len(d.snap.Load().held), "waited", within)
 	ask(true)
 	select {
 	case <-d.retired:
@@ -281,7 +389,13 @@ func (d *driver) leave(ctx context.Context, d2 time.Duration) {
 }
 
 func (d *driver) step(in protocol.Input) error {
+	d.readErr = nil
 	effects := d.m.Step(d.now(), in)
+	if d.readErr != nil {
+		// What the member decided may rest on a read that failed (a grant without
+		// watermarks): none of it is carried out. Stop; a restart is a new incarnation.
+		return fmt.Errorf("protocol step: read the store: %w", d.readErr)
+	}
 	d.publish()
 	for _, e := range effects {
 		if err := d.apply(e); err != nil {
@@ -297,10 +411,12 @@ func (d *driver) apply(e protocol.Effect) error {
 	n := d.n
 	switch e := e.(type) {
 	case protocol.Send:
-		if err := n.cl.Send(e.To, e.Msg); err != nil {
-			d.log.Debug("protocol message not sent", "to", e.To, "type", fmt.Sprintf("%T", e.Msg), "err", err)
-		}
+		d.sends = append(d.sends, e) // at the end of the batch, after its writes
 	case protocol.StartFiring:
+		// The rules are loaded from the store: what the batch merged goes in first.
+		if err := d.flushOverlay(); err != nil {
+			return err
+		}
 		if err := n.store.MergeWatermarks(e.Watermarks); err != nil {
 			return err
 		}
@@ -312,10 +428,12 @@ func (d *driver) apply(e protocol.Effect) error {
 		d.stopFiring(e.Parts)
 		return n.store.SetHeld(nil, e.Parts)
 	case protocol.SaveWatermarks:
-		if err := n.store.MergeWatermarks(e.Watermarks); err != nil {
-			return err
-		}
+		ms := memberStore{d: d}
 		for _, w := range e.Watermarks {
+			if cur, ok := ms.Watermark(w.Rule); ok {
+				w = protocol.Merge(cur, w)
+			}
+			d.overlay[w.Rule] = w
 			n.engine.Advance(w.Rule, scheduler.Watermark{Slot: time.Unix(0, w.Slot).UTC(), Count: w.Count})
 		}
 	case protocol.Deliverable:
