@@ -581,8 +581,15 @@ func (m *Member) beat() {
 	}
 }
 
-// fenceSilent fences every incarnation this member has not acked for L + M.
+// fenceSilent fences every incarnation this member has not acked for L + M, while
+// this member holds a lease itself: a node that cannot renew its own (cut off, or
+// starved of CPU so that the heartbeats it was sent wait unread) takes the others'
+// silence for what it is, its own. Not fencing is always safe; it only delays a
+// takeover until a member that hears the quorum fences.
 func (m *Member) fenceSilent() {
+	if !m.HasLease(m.now) {
+		return
+	}
 	for n, p := range m.peers {
 		if p.inc == 0 || p.fenced >= p.inc {
 			continue

@@ -263,7 +263,9 @@ const maxBatch = 256
 // one fsync for a burst of fire records, not one each, so that a busy node still
 // answers heartbeats within its peers' leases.
 func (d *driver) batch(in protocol.Input) error {
-	if in != nil {
+	// A tick goes last: the heartbeats waiting are heard before silence is judged.
+	_, tick := in.(protocol.Tick)
+	if in != nil && !tick {
 		if err := d.step(in); err != nil {
 			return err
 		}
@@ -282,6 +284,11 @@ more:
 			continue
 		}
 		if err := d.step(in); err != nil {
+			return err
+		}
+	}
+	if tick {
+		if err := d.step(protocol.Tick{}); err != nil {
 			return err
 		}
 	}
