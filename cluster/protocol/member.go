@@ -10,9 +10,9 @@ import (
 
 // Defaults of MemberConfig (docs/protocol.md, "Parameters").
 const (
-	DefaultHeartbeat   = 200 * time.Millisecond
-	DefaultLease       = time.Second
-	DefaultFenceMargin = 250 * time.Millisecond
+	DefaultHeartbeat   = 250 * time.Millisecond
+	DefaultLease       = 1500 * time.Millisecond
+	DefaultFenceMargin = 500 * time.Millisecond
 	DefaultRetry       = 500 * time.Millisecond
 	DefaultMaxRecords  = 50
 )
