@@ -200,7 +200,7 @@ func TestClusterHandOff(t *testing.T) {
 	time.Sleep(2 * time.Second) // let them fire a couple of slots
 
 	// Scale out: c joins with an empty store; it learns the catalogue by
-	// reconcile and adopts its share after the settle delay.
+	// reconcile and acquires its share from the holders.
 	joinStart := time.Now()
 	c := sys.startClusterNode("c", clusterConfig(a.cl.LocalAddr()), false)
 	nodes = append(nodes, c)
@@ -260,7 +260,7 @@ func TestClusterHandOff(t *testing.T) {
 
 	var dupsAtNodes float64
 	for _, n := range []*runningNode{a, b, c} {
-		dupsAtNodes += testCounter(t, n, "timerd_handoff_duplicate_slots_total", "")
+		dupsAtNodes += testCounter(t, n, "timerd_fires_fenced_total", "")
 	}
 	dupsAtAPI := counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total")
 	if dupsAtAPI != 0 {
