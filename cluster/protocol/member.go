@@ -161,6 +161,7 @@ type Member struct {
 	lastBeat   time.Duration
 	beaten     bool
 
+	ready   bool // Ready came: the member acquires partitions
 	leaving bool // Leave came: the member hands over and retires
 	retired bool // Retired was sent
 
@@ -464,6 +465,11 @@ type (
 	// Unsettled is the outbox's events of earlier incarnations (or handed in): the
 	// member offers them to their holders, and says Deliverable or Drop for each.
 	Unsettled struct{ Events []EventRef }
+	// Ready: the node's rule book is loaded (its first reconcile is done): it may
+	// acquire partitions from now on. Until then it takes part in leases, fences and
+	// grants, and the current holders keep firing what its view would give it; a node
+	// busy starting holds nothing that a fence of it would have to take over.
+	Ready struct{}
 	// Leave: the node is shutting down (its engine is stopped). The member fires
 	// nothing, says it is leaving, hands each partition it holds to the member that
 	// asks for it, and retires once it holds nothing (Retired reports it). Force
@@ -503,6 +509,10 @@ func (m *Member) Step(now Time, in Input) []Effect {
 			m.offersAdded = true
 		}
 		m.sendOffers()
+	case Ready:
+		m.ready = true
+		m.nextAcq = 0
+		m.tick()
 	case Leave:
 		m.leave(in.Force)
 	}
@@ -676,7 +686,7 @@ func (m *Member) acquire() {
 		}
 		return
 	}
-	if m.leaving || !m.HasLease(m.now) || now < m.nextAcq || m.ring == nil {
+	if !m.ready || m.leaving || !m.HasLease(m.now) || now < m.nextAcq || m.ring == nil {
 		return
 	}
 	parts := map[int]Epoch{}

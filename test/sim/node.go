@@ -113,6 +113,7 @@ func (n *node) start() {
 	}
 	n.apply(m.Step(n.time(), protocol.Known{Names: others}))
 	n.applyQueue()
+	n.apply(m.Step(n.time(), protocol.Ready{}))
 	if len(n.st.outbox) > 0 {
 		evs := slices.SortedFunc(maps.Values(n.st.outbox), byRuleSlot)
 		n.apply(m.Step(n.time(), protocol.Unsettled{Events: evs}))

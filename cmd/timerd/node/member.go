@@ -40,7 +40,9 @@ type driver struct {
 	committed   chan []protocol.EventRef
 	leaveReq    chan leaveReq
 	retired     chan struct{} // closed once the member retired
+	readyCh     chan struct{} // closed by the node once its rule book is loaded (markReady)
 
+	readyOnce    sync.Once
 	handoverMu   sync.Mutex
 	handoverSeq  uint64
 	handoverAcks map[uint64]chan struct{} // by Handover ID: closed when acknowledged
@@ -157,6 +159,7 @@ func newDriver(n *Node) (*driver, error) {
 		committed:    make(chan []protocol.EventRef, 64),
 		leaveReq:     make(chan leaveReq),
 		retired:      make(chan struct{}),
+		readyCh:      make(chan struct{}),
 		handoverAcks: map[uint64]chan struct{}{},
 		firing:       map[int]bool{},
 		overlay:      map[int64]protocol.Watermark{},
@@ -225,6 +228,7 @@ func (d *driver) run(ctx context.Context) error {
 	}
 	tick := time.NewTicker(memberTick)
 	defer tick.Stop()
+	readyC := d.readyCh
 	for {
 		var in protocol.Input
 		select {
@@ -241,6 +245,8 @@ func (d *driver) run(ctx context.Context) error {
 		case req := <-d.leaveReq:
 			in = protocol.Leave{Force: req.force}
 			close(req.taken)
+		case <-readyC:
+			in, readyC = protocol.Ready{}, nil
 		}
 		if err := d.batch(in); err != nil {
 			return err
@@ -337,6 +343,11 @@ func (d *driver) flushOverlay() error {
 	}
 	clear(d.overlay)
 	return nil
+}
+
+// markReady tells the member the node's rule book is loaded: it may acquire now.
+func (d *driver) markReady() {
+	d.readyOnce.Do(func() { close(d.readyCh) })
 }
 
 type leaveReq struct {

@@ -117,6 +117,9 @@ func (n *Node) intake(ctx context.Context) error {
 		}
 	}
 	n.ready.Store(true)
+	if n.drv != nil {
+		n.drv.markReady() // the rule book is loaded: it may acquire partitions now
+	}
 	n.log.Info("node ready", "rules", n.engine.Len(), "lifecycle", n.lifecycleSource())
 
 	var tick <-chan time.Time
