@@ -162,7 +162,7 @@ func TestAgentSurvivesBrokerRestart(t *testing.T) {
 	}
 
 	// No fire lost: every slot from the first to the disable, once.
-	waitFor(t, "outbox drained", 10*time.Second, func() bool { return nodeStatus(t, ag.nodeURL).OutboxDepth == 0 })
+	waitFor(t, "outbox drained", 10*time.Second, func() bool { return outboxStatus(t, ag.nodeURL).OutboxDepth == 0 })
 	slots := slotsOf(t, api.events(t, "restart.tick"))
 	for i := 1; i < len(slots); i++ {
 		if gap := slots[i].slot.Sub(slots[i-1].slot); gap != time.Second {
@@ -218,7 +218,7 @@ func TestAgentSurvivesHostileMessages(t *testing.T) {
 	ag := startAgent(t, api.agentEnv(b, node, t.TempDir()))
 	api.createRule(t, "calm", "core.intervaltimer", map[string]any{"interval": 3600})
 	waitFor(t, "calm followed", 5*time.Second, func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 1 })
-	before := nodeStatus(t, ag.nodeURL)
+	before := outboxStatus(t, ag.nodeURL)
 
 	const total = 10_000
 	ch := b.channel(t)
@@ -244,7 +244,7 @@ func TestAgentSurvivesHostileMessages(t *testing.T) {
 	if got := metric(m, "timerd_rules_known"); got != 1 {
 		t.Errorf("rules known after the hostile messages = %v, want 1", got)
 	}
-	if after := nodeStatus(t, ag.nodeURL); after != before {
+	if after := outboxStatus(t, ag.nodeURL); after != before {
 		t.Errorf("node status changed: %+v → %+v", before, after)
 	}
 	if resp, err := http.Get(ag.nodeURL + "/healthz"); err != nil || resp.StatusCode != 200 {

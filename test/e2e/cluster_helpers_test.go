@@ -89,8 +89,11 @@ var shortHTTP = &http.Client{Timeout: 3 * time.Second}
 
 // getStatus reads a node's /v1/status; an error (not a failed test) when
 // the node is down or answers badly, so that it can be polled.
-func getStatus(nodeURL string) (clusterStatus, error) {
-	var st clusterStatus
+func getStatus(nodeURL string) (clusterStatus, error) { return nodeStatus[clusterStatus](nodeURL) }
+
+// nodeStatus reads a node's /v1/status into T, a struct of the fields a test reads.
+func nodeStatus[T any](nodeURL string) (T, error) {
+	var st T
 	resp, err := shortHTTP.Get(nodeURL + "/v1/status")
 	if err != nil {
 		return st, err

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
@@ -223,18 +222,7 @@ type fsStatus struct {
 	OutboxDepth    int    `json:"outbox_depth"`
 }
 
-func getFSStatus(nodeURL string) (fsStatus, error) {
-	var st fsStatus
-	resp, err := shortHTTP.Get(nodeURL + "/v1/status")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET %s/v1/status: status %d", nodeURL, resp.StatusCode)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
+func getFSStatus(nodeURL string) (fsStatus, error) { return nodeStatus[fsStatus](nodeURL) }
 
 // startThree starts n1, n2 and n3 of c (whose nodes have TIMERD_EXPECT=3)
 // and waits until each runs what the 3-node ring gives it of ids.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,18 +19,7 @@ type quorumOf struct {
 	QuorumSize      int  `json:"quorum_size"`
 }
 
-func getQuorum(nodeURL string) (quorumOf, error) {
-	var q quorumOf
-	resp, err := shortHTTP.Get(nodeURL + "/v1/status")
-	if err != nil {
-		return q, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return q, fmt.Errorf("GET %s/v1/status: status %d", nodeURL, resp.StatusCode)
-	}
-	return q, json.NewDecoder(resp.Body).Decode(&q)
-}
+func getQuorum(nodeURL string) (quorumOf, error) { return nodeStatus[quorumOf](nodeURL) }
 
 // sharedPort holds one port open on TCP and UDP on every one of hosts (loopback addresses), so
 // that nothing else takes it until release. A static join list, like a StatefulSet's, needs

@@ -331,18 +331,7 @@ type partStatus struct {
 	PartitionsHeld int    `json:"partitions_held"`
 }
 
-func getPartStatus(nodeURL string) (partStatus, error) {
-	var st partStatus
-	resp, err := shortHTTP.Get(nodeURL + "/v1/status")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET %s/v1/status: status %d", nodeURL, resp.StatusCode)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
+func getPartStatus(nodeURL string) (partStatus, error) { return nodeStatus[partStatus](nodeURL) }
 
 // tryMetrics is metrics with an error instead of a failed test, for polling.
 func tryMetrics(nodeURL string) (map[string]float64, error) {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/json"
 	"net/http"
 	"os"
 	"strconv"
@@ -53,11 +52,11 @@ func TestDevSensorTokenRefreshesWhileDelivering(t *testing.T) {
 	start := time.Now()
 	for time.Since(start) < run {
 		time.Sleep(time.Second) // the soak itself: let it run
-		if st := nodeStatus(t, d.nodeURL); st.DeadLetters != 0 {
+		if st := outboxStatus(t, d.nodeURL); st.DeadLetters != 0 {
 			t.Fatalf("after %s: %d dead letters", time.Since(start).Round(time.Second), st.DeadLetters)
 		}
 	}
-	waitFor(t, "outbox drained", 10*time.Second, func() bool { return nodeStatus(t, d.nodeURL).OutboxDepth == 0 })
+	waitFor(t, "outbox drained", 10*time.Second, func() bool { return outboxStatus(t, d.nodeURL).OutboxDepth == 0 })
 
 	m := metrics(t, d.nodeURL)
 	wantRefreshes := int(run/(ttl*8/10)) - 1
@@ -97,15 +96,10 @@ type nodeStatusJSON struct {
 	DeadLetters int `json:"dead_letters"`
 }
 
-func nodeStatus(t *testing.T, nodeURL string) nodeStatusJSON {
+func outboxStatus(t *testing.T, nodeURL string) nodeStatusJSON {
 	t.Helper()
-	resp, err := http.Get(nodeURL + "/v1/status")
+	st, err := nodeStatus[nodeStatusJSON](nodeURL)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var st nodeStatusJSON
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}
 	return st

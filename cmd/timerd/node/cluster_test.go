@@ -75,13 +75,17 @@ func clusterConfig(join ...string) *cluster.Config {
 
 // startClusterNode starts a node named name with its own store, subscribed
 // to the API's bus, in a cluster joining join; waitReady waits for /readyz.
-func (s *clusterSystem) startClusterNode(name string, cc *cluster.Config, waitReady bool) *runningNode {
+func (s *clusterSystem) startClusterNode(name string, cc *cluster.Config, waitReady bool, opts ...func(*Config)) *runningNode {
 	t := s.t
 	t.Helper()
 	lifecycle, unsubscribe := s.bus.Subscribe()
-	n, err := New(Config{DataDir: t.TempDir(), APIURL: s.apiURL, HTTPAddr: "127.0.0.1:0", NodeName: name,
+	cfg := Config{DataDir: t.TempDir(), APIURL: s.apiURL, HTTPAddr: "127.0.0.1:0", NodeName: name,
 		ReconcileInterval: -1, Lifecycle: lifecycle, Cluster: cc,
-		Logger: slog.New(slog.NewTextHandler(s.logs, nil)).With("node", name)})
+		Logger: slog.New(slog.NewTextHandler(s.logs, nil)).With("node", name)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	n, err := New(cfg)
 	if err != nil {
 		unsubscribe()
 		t.Fatal(err)

@@ -1,9 +1,7 @@
 package node
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -14,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/store"
 )
 
@@ -38,27 +33,9 @@ func TestLeaveWithAPIDownHandsEventsOver(t *testing.T) {
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(front.Close)
-	start := func(name string, cc func() *cluster.Config) *runningNode {
-		lifecycle, unsubscribe := sys.bus.Subscribe()
-		dir := t.TempDir()
-		n, err := New(Config{DataDir: dir, APIURL: front.URL, HTTPAddr: "127.0.0.1:0", NodeName: name,
-			ReconcileInterval: -1, Lifecycle: lifecycle, Cluster: cc(), ShutdownTimeout: 4 * time.Second,
-			Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(sys.logs, nil)).With("node", name)})
-		if err != nil {
-			unsubscribe()
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		rn := &runningNode{Node: n, cancel: cancel, done: make(chan error, 1)}
-		go func() {
-			rn.done <- n.Run(ctx)
-			unsubscribe()
-		}()
-		t.Cleanup(func() { rn.stop(t) })
-		return rn
-	}
-	a := start("a", func() *cluster.Config { return clusterConfig() })
-	b := start("b", func() *cluster.Config { return clusterConfig(a.cl.LocalAddr()) })
+	viaFront := func(c *Config) { c.APIURL, c.ShutdownTimeout = front.URL, 4*time.Second }
+	a := sys.startClusterNode("a", clusterConfig(), false, viaFront)
+	b := sys.startClusterNode("b", clusterConfig(a.cl.LocalAddr()), false, viaFront)
 	ids := make([]int64, 0, rules)
 	for i := range rules {
 		ids = append(ids, sys.createRule(fmt.Sprintf("ho%02d", i), "core.intervaltimer", `{"interval":1}`))
