@@ -211,7 +211,7 @@ func TestClusterHandOff(t *testing.T) {
 	waitUntil(t, "three members everywhere", 30*time.Second, func() bool {
 		return viewSize(a) == 3 && viewSize(b) == 3 && viewSize(c) == 3
 	})
-	waitUntil(t, "rules placed on three nodes", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	waitUntil(t, "rules placed on three nodes", 60*time.Second, func() bool { return ownedOnce(nodes, ids) })
 	joinTook := time.Since(joinStart)
 	if got := c.engine.Len(); got < rules/6 || got > rules/2 {
 		t.Errorf("c runs %d of %d rules after joining, want about a third", got, rules)
