@@ -447,8 +447,6 @@ func (m *Member) HeldVersion() uint64 { return m.heldVersion }
 // Held is a copy of the partitions held, with their epochs.
 func (m *Member) Held() map[int]Epoch { return maps.Clone(m.held) }
 
-// View is the sorted member names of the current ring.
-func (m *Member) View() []string { return slices.Clone(m.view) }
 
 // Inputs of Step.
 type (
