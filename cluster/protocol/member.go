@@ -447,7 +447,6 @@ func (m *Member) HeldVersion() uint64 { return m.heldVersion }
 // Held is a copy of the partitions held, with their epochs.
 func (m *Member) Held() map[int]Epoch { return maps.Clone(m.held) }
 
-
 // Inputs of Step.
 type (
 	// Tick is time passing: heartbeats, fences, acquisitions and re-sends are due.
