@@ -161,9 +161,15 @@ type Member struct {
 	lastBeat   time.Duration
 	beaten     bool
 
-	ready   bool // Ready came: the member acquires partitions
-	leaving bool // Leave came: the member hands over and retires
-	retired bool // Retired was sent
+	ready    bool      // Ready came: the member acquires partitions
+	leaving  bool      // Leave came: the member hands over and retires
+	transfer *transfer // leaving: the copy of the store that retiring cleanly waits for
+	// The copy of the store to the members that joined since N last grew (copyStore).
+	copy      *transfer
+	copyOwed  bool              // N grew in this incarnation
+	grownFrom int               // N when last looked at
+	copiedTo  map[string]uint64 // the incarnation of each member the store was copied to
+	retired   bool              // Retired was sent
 
 	peers        map[string]*peer
 	known        map[string]bool // members the host lists
@@ -245,6 +251,29 @@ type offered struct {
 	sent time.Duration // when last offered; 0: not yet
 }
 
+// transfer is a leaving member's copy of its store to the members (docs/protocol.md
+// §7): chunks of its watermarks and promised epochs, taken when it held nothing and had
+// nothing on its way, and which members acknowledged each.
+type transfer struct {
+	chunks     []Transfer
+	watermarks int                     // in all chunks
+	need       int                     // leaving: members that must hold every chunk, Q of N − 1
+	to         map[string]uint64       // the members sent to, at their incarnation then
+	acked      map[string]map[int]bool // per member, the chunks it acknowledged
+	sent       time.Duration
+}
+
+// done reports whether enough members hold every chunk.
+func (t *transfer) done() bool {
+	n := 0
+	for _, a := range t.acked {
+		if len(a) == len(t.chunks) {
+			n++
+		}
+	}
+	return n >= t.need
+}
+
 type acquisition struct {
 	id      uint64
 	parts   map[int]Epoch
@@ -269,6 +298,8 @@ type Stats struct {
 	Verdicts        map[Verdict]uint64
 	MaxSkew         time.Duration // largest wall-clock difference to a peer seen
 	MismatchedPeers uint64
+	// TransferredIn: watermarks merged from leaving members' transfers.
+	TransferredIn uint64
 }
 
 // Durable is what a member's store keeps across restarts.
@@ -296,6 +327,7 @@ func NewMember(cfg MemberConfig, d Durable) (*Member, error) {
 		seen:         map[string]bool{},
 		retiredPeers: map[string]uint64{},
 		cleanRetired: map[string]uint64{},
+		copiedTo:     map[string]uint64{},
 		held:         map[int]Epoch{},
 		renew:        map[int]bool{},
 		heard:        map[int]Epoch{},
@@ -485,6 +517,9 @@ func (m *Member) Step(now Time, in Input) []Effect {
 	m.now.Wall = now.Wall
 	m.out = nil
 	clear(m.justClaimed)
+	if m.retired {
+		return nil
+	}
 	switch in := in.(type) {
 	case Tick:
 		m.tick()
@@ -529,6 +564,9 @@ func (m *Member) logf(warn bool, msg string, attrs ...any) {
 // tick runs what is due: a heartbeat round, fences by silence, the view, acquisitions,
 // and re-sends of fires and offers.
 func (m *Member) tick() {
+	if m.retired {
+		return // gone: the members no longer count on anything it says
+	}
 	now := m.now.Boot
 	if !m.beaten || now-m.lastBeat >= m.cfg.Heartbeat {
 		m.beat()
@@ -536,8 +574,10 @@ func (m *Member) tick() {
 	m.fenceSilent()
 	m.updateView()
 	m.acquire()
-	if m.leaving && !m.retired && m.handedOver() {
-		m.retire(true)
+	if m.leaving && m.handedOver() {
+		m.transferStore()
+	} else if !m.leaving {
+		m.copyStore()
 	}
 	if now >= m.nextRepl {
 		m.resendFires()
@@ -877,6 +917,14 @@ func (m *Member) receive(msg Message) {
 		// Heard first by something else than a heartbeat: its heartbeat follows.
 		p = m.peer(from)
 	}
+	if m.transfer != nil {
+		// Its store is being copied: it acks no fire and grants nothing more, so that
+		// what it stored is what it copies. Those who asked go on without it.
+		switch msg.(type) {
+		case Fired, Acquire:
+			return
+		}
+	}
 	switch msg := msg.(type) {
 	case HeartbeatAck:
 		m.heartbeatAck(msg)
@@ -892,6 +940,14 @@ func (m *Member) receive(msg Message) {
 		m.offer(msg)
 	case OfferReply:
 		m.offerReply(msg)
+	case Transfer:
+		m.transferred(msg)
+	case TransferAck:
+		for _, t := range []*transfer{m.transfer, m.copy} {
+			if t != nil && msg.To == m.self && t.to[from.Node] == from.N && msg.Chunk < len(t.chunks) {
+				t.acked[from.Node][msg.Chunk] = true
+			}
+		}
 	case Retired:
 		if m.retiredPeers[from.Node] < from.N {
 			m.retiredPeers[from.Node] = from.N
@@ -1030,30 +1086,24 @@ func (m *Member) grant(a Acquire) {
 			g.Refused = append(g.Refused, PartitionEpoch{Partition: p})
 			continue
 		}
-		prom := m.promised[p]
-		switch {
-		case prom == e: // asked again: the same answer
-			if h, ok := m.held[p]; ok && h == e {
-				g.Refused = append(g.Refused, pe) // cannot happen: e is another node's
+		// An epoch promised already (asked again, or promised by a leaving member whose
+		// store was copied here) is granted again: released first if held here.
+		if prom := m.promised[p]; e.Less(prom) {
+			g.Refused = append(g.Refused, PartitionEpoch{Partition: p, Epoch: prom})
+			continue
+		}
+		if _, held := m.held[p]; held {
+			if m.ring == nil || m.ring.Owner(p) != a.From.Node {
+				g.Refused = append(g.Refused, PartitionEpoch{Partition: p, Epoch: m.held[p]})
 				continue
 			}
-			g.Granted = append(g.Granted, p)
-		case !prom.Less(e):
-			g.Refused = append(g.Refused, PartitionEpoch{Partition: p, Epoch: prom})
-		default:
-			if _, held := m.held[p]; held {
-				if m.ring == nil || m.ring.Owner(p) != a.From.Node {
-					g.Refused = append(g.Refused, PartitionEpoch{Partition: p, Epoch: m.held[p]})
-					continue
-				}
-				release = append(release, p)
-				delete(m.held, p)
-				m.heldVersion++
-				delete(m.renew, p)
-			}
-			m.promised[p] = e
-			g.Granted = append(g.Granted, p)
+			release = append(release, p)
+			delete(m.held, p)
+			m.heldVersion++
+			delete(m.renew, p)
 		}
+		m.promised[p] = e
+		g.Granted = append(g.Granted, p)
 	}
 	if len(release) > 0 {
 		m.stats.Released += uint64(len(release))
@@ -1484,9 +1534,163 @@ func (m *Member) leave(force bool) {
 		m.updateView()
 		m.beat() // the members learn it now, not at the next round
 	}
-	if force || m.handedOver() {
-		m.retire(len(m.held) == 0)
+	switch {
+	case force:
+		m.retire(m.transfer != nil && m.transfer.done())
+	case m.handedOver():
+		m.transferStore()
 	}
+}
+
+// transferChunk bounds a Transfer: about 100 kB with full chains.
+const (
+	transferWatermarks = 500
+	transferEpochs     = 4096
+)
+
+// transferStore copies this leaving member's store to the members, and retires once
+// a quorum of the cluster without it holds all of it: every fire it stored, as firer
+// or as acker, is then still stored by enough members that an acquisition's read
+// quorum, counted without it, meets them (docs/protocol.md §7). A transfer that cannot
+// complete (too few members answer) ends in a retirement that is not clean, on Force.
+func (m *Member) transferStore() {
+	if m.transfer == nil {
+		m.transfer = m.newTransfer(func(string, uint64) bool { return true })
+		if rest := m.clusterSize() - 1; rest > 0 {
+			m.transfer.need = rest/2 + 1
+		}
+		m.logf(false, "copying the store to the members before retiring", "watermarks", m.transfer.watermarks,
+			"chunks", len(m.transfer.chunks), "members", len(m.transfer.to), "needed", m.transfer.need)
+	}
+	if m.transfer.done() {
+		m.retire(true)
+		return
+	}
+	m.sendTransfer(m.transfer)
+}
+
+// copyStore copies this member's store to the members it has not copied it to (at their
+// current incarnation), once N has grown in this incarnation: a fire stored by Q of the
+// smaller N is not stored by Q of the larger, and a read quorum of it could miss the
+// fire (a node that ran alone and fired with nobody's ack, then others joined it). The
+// copy gates nothing; it is sent again until each member acknowledged it or is gone.
+// With TIMERD_EXPECT at the cluster's size N does not grow, and nothing is copied.
+func (m *Member) copyStore() {
+	n := m.clusterSize()
+	if m.grownFrom > 0 && n > m.grownFrom && !m.copyOwed {
+		m.copyOwed = true
+		m.logf(false, "the cluster grew: copying the store to its members", "from", m.grownFrom, "to", n)
+	}
+	m.grownFrom = n
+	if m.copy == nil && m.copyOwed {
+		want := func(name string, inc uint64) bool { return m.copiedTo[name] != inc }
+		for _, name := range m.recipients() {
+			if p := m.peers[name]; p != nil && p.inc > 0 && !m.quorumFenced(name, p.inc) && want(name, p.inc) {
+				m.copy = m.newTransfer(want)
+				break
+			}
+		}
+	}
+	t := m.copy
+	if t == nil {
+		return
+	}
+	pending := false
+	for name, inc := range t.to {
+		if len(t.acked[name]) == len(t.chunks) {
+			m.copiedTo[name] = inc
+			continue
+		}
+		if p := m.peers[name]; p != nil && p.inc == inc && !m.quorumFenced(name, inc) {
+			pending = true
+		}
+	}
+	if !pending {
+		m.copy = nil
+		return
+	}
+	m.sendTransfer(t)
+}
+
+// newTransfer snapshots the store's watermarks and the promised epochs in chunks, for
+// the live members that want says yes to.
+func (m *Member) newTransfer(want func(name string, inc uint64) bool) *transfer {
+	wms := m.cfg.Store.PartitionWatermarks(allPartitions(m.cfg.Partitions))
+	var epochs []PartitionEpoch
+	for _, p := range slices.Sorted(maps.Keys(m.promised)) {
+		epochs = append(epochs, PartitionEpoch{Partition: p, Epoch: m.promised[p]})
+	}
+	n := max(1, (len(wms)+transferWatermarks-1)/transferWatermarks, (len(epochs)+transferEpochs-1)/transferEpochs)
+	t := &transfer{chunks: make([]Transfer, n), watermarks: len(wms), to: map[string]uint64{}, acked: map[string]map[int]bool{}}
+	for i := range t.chunks {
+		t.chunks[i] = Transfer{From: m.self, Chunk: i, Chunks: n,
+			Epochs:     epochs[min(len(epochs), i*transferEpochs):min(len(epochs), (i+1)*transferEpochs)],
+			Watermarks: wms[min(len(wms), i*transferWatermarks):min(len(wms), (i+1)*transferWatermarks)]}
+	}
+	for _, name := range m.recipients() {
+		if p := m.peers[name]; p != nil && p.inc > 0 && !m.quorumFenced(name, p.inc) && want(name, p.inc) {
+			t.to[name] = p.inc
+			t.acked[name] = map[int]bool{}
+		}
+	}
+	return t
+}
+
+// sendTransfer sends the chunks not acknowledged yet, every retry interval, to the
+// members still at the incarnation it was meant for.
+func (m *Member) sendTransfer(t *transfer) {
+	if t.sent != 0 && m.now.Boot-t.sent < m.cfg.Retry {
+		return
+	}
+	t.sent = m.now.Boot
+	for _, name := range slices.Sorted(maps.Keys(t.to)) {
+		inc := t.to[name]
+		if p := m.peers[name]; p == nil || p.inc != inc || m.quorumFenced(name, inc) {
+			continue
+		}
+		for i, c := range t.chunks {
+			if !t.acked[name][i] {
+				m.send(name, c)
+			}
+		}
+	}
+}
+
+func allPartitions(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// transferred merges a chunk of a leaving member's store and acknowledges it. A
+// watermark from too far ahead is left out, as a fire record would be; an epoch raises
+// this member's promise, as if it had granted it.
+func (m *Member) transferred(t Transfer) {
+	var wms []Watermark
+	for _, w := range t.Watermarks {
+		if w.Slot > m.now.Wall+int64(m.cfg.SkewAllowance) {
+			m.stats.FutureRecords++
+			continue
+		}
+		wms = append(wms, w)
+	}
+	if len(wms) > 0 {
+		m.stats.TransferredIn += uint64(len(wms))
+		m.emit(SaveWatermarks{Watermarks: mergeByRule(m.cfg.Store, wms)})
+	}
+	raised := map[int]Epoch{}
+	for _, pe := range t.Epochs {
+		if pe.Partition >= 0 && pe.Partition < m.cfg.Partitions && m.promised[pe.Partition].Less(pe.Epoch) {
+			m.promised[pe.Partition] = pe.Epoch
+			raised[pe.Partition] = pe.Epoch
+		}
+	}
+	if len(raised) > 0 {
+		m.emit(SaveEpochs{Epochs: raised})
+	}
+	m.send(t.From.Node, TransferAck{From: m.self, To: t.From, Chunk: t.Chunk})
 }
 
 // handedOver: a leaving member holds nothing and has no fire on its way (replicated
@@ -1496,8 +1700,9 @@ func (m *Member) handedOver() bool {
 }
 
 // retire stops firing what is still held and tells every member this incarnation is
-// gone. clean: it held nothing (each partition was handed over with its watermarks),
-// so the members may stop counting it in N.
+// gone. clean: it held nothing (each partition was handed over with its watermarks)
+// and a quorum of the others holds a copy of its store, so the members may stop
+// counting it in N.
 func (m *Member) retire(clean bool) {
 	if len(m.held) > 0 {
 		m.emit(StopFiring{Parts: slices.Sorted(maps.Keys(m.held))})

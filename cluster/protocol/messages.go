@@ -162,3 +162,24 @@ type HandoverAck struct {
 
 func (m Handover) Sender() Incarnation    { return m.From }
 func (m HandoverAck) Sender() Incarnation { return m.From }
+
+// Transfer copies a leaving member's store to a member before it retires cleanly
+// (docs/protocol.md §7): chunk Chunk (from 0) of Chunks, with watermarks of its store
+// and epochs it promised. The receiver merges both into its own and acknowledges the
+// chunk. Once a quorum of the smaller cluster holds all of it, the fires the leaver
+// stored survive its going, and the members may stop counting it in N.
+type Transfer struct {
+	From          Incarnation
+	Chunk, Chunks int
+	Epochs        []PartitionEpoch
+	Watermarks    []Watermark
+}
+
+// TransferAck acknowledges a chunk of a Transfer: it is in the sender's store.
+type TransferAck struct {
+	From, To Incarnation
+	Chunk    int
+}
+
+func (m Transfer) Sender() Incarnation    { return m.From }
+func (m TransferAck) Sender() Incarnation { return m.From }

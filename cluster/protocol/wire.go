@@ -40,7 +40,11 @@ import (
 //	6 FiredAck      From, To, Seq uint64, count, index uint32…
 //	7 Offer         From, ID uint64, count, EventRef…
 //	8 OfferReply    From, To, ID uint64, count, EventRef…, count, Verdict byte…, count, Epoch…
-//	9 Retired       From
+//	9 Retired       From, flags byte (1 Clean)
+//	10 Handover     From, ID uint64, count, (key, Rule int64, Slot int64, body)…
+//	11 HandoverAck  From, To, ID uint64
+//	12 Transfer     From, Chunk uint32, Chunks uint32, count, PartitionEpoch…, count, Watermark…
+//	13 TransferAck  From, To, Chunk uint32
 //
 // Decode returns nil for every empty slice and map, and Encode writes nil and empty
 // alike: a message that went over the wire compares equal to the one sent once its
@@ -66,6 +70,8 @@ const (
 	kindRetired
 	kindHandover
 	kindHandoverAck
+	kindTransfer
+	kindTransferAck
 )
 
 // Bounds of what a message may hold. A message beyond them is refused, by Encode and
@@ -184,6 +190,21 @@ func Encode(m Message) ([]byte, error) {
 		e.incarnation(m.From)
 		e.incarnation(m.To)
 		e.u64(m.ID)
+	case Transfer:
+		if m.Chunk < 0 || m.Chunk >= m.Chunks {
+			return nil, &wireError{WireInvalid, fmt.Sprintf("Transfer: chunk %d of %d", m.Chunk, m.Chunks)}
+		}
+		e.u8(kindTransfer)
+		e.incarnation(m.From)
+		e.small(m.Chunk, "Transfer.Chunk")
+		e.small(m.Chunks, "Transfer.Chunks")
+		e.partitionEpochs(m.Epochs, "Transfer.Epochs")
+		e.watermarks(m.Watermarks, "Transfer.Watermarks")
+	case TransferAck:
+		e.u8(kindTransferAck)
+		e.incarnation(m.From)
+		e.incarnation(m.To)
+		e.small(m.Chunk, "TransferAck.Chunk")
 	default:
 		return nil, &wireError{WireInvalid, fmt.Sprintf("no wire kind for message type %T", m)}
 	}
@@ -211,14 +232,13 @@ func sizeHint(m Message) int {
 	case Acquire:
 		return base + len(m.Parts)*minPartitionEpoch
 	case Grant:
-		n := base + 3*4 + len(m.Granted)*4 + len(m.Refused)*minPartitionEpoch + len(m.Watermarks)*minWatermark
+		n := base + 3*4 + len(m.Granted)*4 + len(m.Refused)*minPartitionEpoch + watermarksHint(m.Watermarks)
 		for _, node := range m.Members {
 			n += 2 + len(node.Node) + 8
 		}
-		for _, w := range m.Watermarks {
-			n += len(w.Chain) * minPoint
-		}
 		return n
+	case Transfer:
+		return base + 2*4 + len(m.Epochs)*minPartitionEpoch + watermarksHint(m.Watermarks)
 	case Fired:
 		return base + len(m.Records)*minFireRecord
 	case FiredAck:
@@ -235,6 +255,14 @@ func sizeHint(m Message) int {
 		return n
 	}
 	return base
+}
+
+func watermarksHint(ws []Watermark) int {
+	n := len(ws) * minWatermark
+	for _, w := range ws {
+		n += len(w.Chain) * minPoint
+	}
+	return n
 }
 
 // Encoders are reused: Encode allocates the message it returns and nothing else.
@@ -443,10 +471,14 @@ func (e *encoder) grant(m Grant) {
 	for _, n := range m.Members {
 		e.incarnation(n)
 	}
-	if !e.count(len(m.Watermarks), "Grant.Watermarks") {
+	e.watermarks(m.Watermarks, "Grant.Watermarks")
+}
+
+func (e *encoder) watermarks(ws []Watermark, what string) {
+	if !e.count(len(ws), what) {
 		return
 	}
-	for _, w := range m.Watermarks {
+	for _, w := range ws {
 		if e.err != nil {
 			return
 		}
@@ -605,6 +637,16 @@ func decodeV1(kind byte, body []byte) (Message, error) {
 		m = d.handover()
 	case kindHandoverAck:
 		m = HandoverAck{From: d.incarnation(), To: d.incarnation(), ID: d.u64("id")}
+	case kindTransfer:
+		t := Transfer{From: d.incarnation(), Chunk: d.small("chunk"), Chunks: d.small("chunks")}
+		t.Epochs = d.partitionEpochs("Transfer.Epochs")
+		t.Watermarks = d.watermarks("Transfer.Watermarks")
+		if d.err == nil && t.Chunk >= t.Chunks {
+			d.fail(WireInvalid, "chunk %d of %d", t.Chunk, t.Chunks)
+		}
+		m = t
+	case kindTransferAck:
+		m = TransferAck{From: d.incarnation(), To: d.incarnation(), Chunk: d.small("chunk")}
 	case kindRetired:
 		r := Retired{From: d.incarnation()}
 		flags := d.u8("flags")
@@ -858,27 +900,32 @@ func (d *decoder) grant() Grant {
 			m.Members[i] = d.incarnation()
 		}
 	}
-	n := d.count(minWatermark, "Grant.Watermarks")
+	m.Watermarks = d.watermarks("Grant.Watermarks")
+	return m
+}
+
+func (d *decoder) watermarks(what string) []Watermark {
+	n := d.count(minWatermark, what)
 	if n == 0 {
-		return m
+		return nil
 	}
-	m.Watermarks = make([]Watermark, n)
+	ws := make([]Watermark, n)
 	// The chains share one array: a grant of 10,000 rules is a few allocations, not
 	// 10,000. It grows as points come (its first size is bounded by the bytes left).
 	pts := make([]Point, 0, min(len(d.b)/minPoint, 2*n))
-	for i := range m.Watermarks {
-		w := &m.Watermarks[i]
+	for i := range ws {
+		w := &ws[i]
 		w.Rule, w.Slot, w.Count = d.i64("rule"), d.i64("slot"), d.u64("count")
 		c := d.uvarint("chain")
 		if c > ChainLen && d.err == nil {
 			d.fail(WireTooLarge, "rule %d: chain of %d points, at most %d", w.Rule, c, ChainLen)
 		}
 		if d.err != nil {
-			return m
+			return nil
 		}
 		if c*minPoint > uint64(len(d.b)) {
 			d.fail(WireMalformed, "rule %d: chain of %d points in %d bytes", w.Rule, c, len(d.b))
-			return m
+			return nil
 		}
 		start := len(pts)
 		for range c {
@@ -896,14 +943,14 @@ func (d *decoder) grant() Grant {
 	}
 	// Point the chains at the final array (append may have moved it).
 	off := 0
-	for i := range m.Watermarks {
-		w := &m.Watermarks[i]
+	for i := range ws {
+		w := &ws[i]
 		if c := len(w.Chain); c > 0 {
 			w.Chain = pts[off : off+c : off+c]
 			off += c
 		}
 	}
-	return m
+	return ws
 }
 
 func (d *decoder) fired() Fired {

@@ -137,9 +137,23 @@ func wireCases() []wireCase {
 			{Key: "43:1", Rule: 43, Slot: 1, Body: []byte(`{}`)}}}},
 		{"handover empty", Handover{From: wireN2, ID: 1}},
 		{"handover ack", HandoverAck{From: wireN1, To: wireN2, ID: 7}},
+		{"transfer", Transfer{From: wireN2, Chunk: 2, Chunks: 3, Epochs: epochsOf(wireN1.Node, 0, 9, 16380),
+			Watermarks: wireWatermarks(20)}},
+		{"transfer last, no epochs", Transfer{From: wireN2, Chunk: 0, Chunks: 1, Watermarks: []Watermark{
+			{Rule: 1, Slot: wireSlot, Count: 9, Chain: fullChain}, {Rule: 2, Slot: NoSlot}}}},
+		{"transfer empty", Transfer{From: wireN2, Chunks: 1, Epochs: []PartitionEpoch{}, Watermarks: []Watermark{}}},
+		{"transfer ack", TransferAck{From: wireN1, To: wireN2, Chunk: maxSmallInt}},
 		{"retired long name", Retired{From: Incarnation{wireLong, math.MaxUint64}}},
 		{"retired zero", Retired{}},
 	}
+}
+
+func epochsOf(node string, parts ...int) []PartitionEpoch {
+	out := make([]PartitionEpoch, len(parts))
+	for i, p := range parts {
+		out[i] = PartitionEpoch{Partition: p, Epoch: Epoch{N: uint64(i + 1), Node: node}}
+	}
+	return out
 }
 
 // wireNormal is m as Decode returns it: every empty slice and map nil.
@@ -263,7 +277,8 @@ func TestWireCoversEveryMessage(t *testing.T) {
 // TestWireKindsStay pins each message type to its kind: a kind is never reused.
 func TestWireKindsStay(t *testing.T) {
 	kinds := map[string]byte{"Heartbeat": 1, "HeartbeatAck": 2, "Acquire": 3, "Grant": 4, "Fired": 5,
-		"FiredAck": 6, "Offer": 7, "OfferReply": 8, "Retired": 9, "Handover": 10, "HandoverAck": 11}
+		"FiredAck": 6, "Offer": 7, "OfferReply": 8, "Retired": 9, "Handover": 10, "HandoverAck": 11,
+		"Transfer": 12, "TransferAck": 13}
 	for _, tc := range wireCases() {
 		b, err := Encode(tc.msg)
 		if err != nil {
@@ -290,6 +305,8 @@ func TestWireEncodeRefuses(t *testing.T) {
 		{"nil", nil, WireInvalid},
 		{"pointer", &Retired{}, WireInvalid},
 		{"unknown type", wireUnknown{}, WireInvalid},
+		{"transfer chunk past chunks", Transfer{From: wireN2, Chunk: 1, Chunks: 1}, WireInvalid},
+		{"transfer negative chunk", Transfer{From: wireN2, Chunk: -1, Chunks: 1}, WireInvalid},
 		{"long sender", Retired{From: Incarnation{Node: long}}, WireTooLarge},
 		{"long fence", Heartbeat{Fences: map[string]uint64{long: 1}}, WireTooLarge},
 		{"long member", Grant{Members: []Incarnation{{"a", 1}, {long, 1}}}, WireTooLarge},
@@ -336,6 +353,9 @@ func TestWireDecodeRefuses(t *testing.T) {
 		{"version 2", append([]byte{2, kindRetired}, wireHeader(0)[2:]...), WireUnknownVersion},
 		{"kind 0", wireHeader(0), WireMalformed},
 		{"kind 10", wireHeader(10), WireMalformed},
+		{"kind 14", wireHeader(14), WireMalformed},
+		{"transfer chunk past chunks", wireHeader(kindTransfer).u32(3).u32(3).uvarint(0).uvarint(0), WireInvalid},
+		{"transfer of no chunks", wireHeader(kindTransfer).u32(0).u32(0).uvarint(0).uvarint(0), WireInvalid},
 		{"trailing byte", wireHeader(kindRetired).u8(0).u8(0), WireMalformed},
 		{"retired flags", wireHeader(kindRetired).u8(2), WireMalformed},
 		{"heartbeat flags", wireHeader(kindHeartbeat).u64(1).u32(1).u64(0).u8(2).uvarint(0), WireMalformed},

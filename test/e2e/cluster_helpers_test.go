@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -125,6 +126,11 @@ type tcluster struct {
 	extra []string // environment of every node (gossip key, timeouts)
 	mu    sync.Mutex
 	nodes map[string]*cnode
+	// posts: every node posts its events through a proxy of its own, which records who
+	// posted what (the API keeps nothing about the sender); a failed test lists the keys
+	// posted more than once.
+	posts   *postRecorder
+	proxies map[string]string // by short name
 }
 
 // cnode is one node of a tcluster: its name, data directory and current
@@ -139,7 +145,55 @@ type cnode struct {
 func newTCluster(t *testing.T, extra ...string) *tcluster {
 	t.Helper()
 	b := newBroker(t)
-	return &tcluster{t: t, b: b, api: startAttune(t, b), extra: extra, nodes: map[string]*cnode{}}
+	c := &tcluster{t: t, b: b, api: startAttune(t, b), extra: extra, nodes: map[string]*cnode{},
+		posts: &postRecorder{}, proxies: map[string]string{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.reportRepeatedPosts()
+		}
+	})
+	return c
+}
+
+// proxy is the API's URL as node short posts to it: its recording proxy.
+func (c *tcluster) proxy(short string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	u, ok := c.proxies[short]
+	if !ok {
+		u = c.posts.proxy(c.t, c.api.apiURL, short)
+		c.proxies[short] = u
+	}
+	return u
+}
+
+// reportRepeatedPosts logs the idempotency keys posted more than once: by which
+// nodes, with which fired_at (one fire delivered twice, or two fires of one slot).
+func (c *tcluster) reportRepeatedPosts() {
+	byKey := map[string][]apiPost{}
+	for _, p := range c.posts.all() {
+		byKey[p.key] = append(byKey[p.key], p)
+	}
+	keys := slices.Sorted(maps.Keys(byKey))
+	shown := 0
+	for _, k := range keys {
+		ps := byKey[k]
+		if len(ps) < 2 {
+			continue
+		}
+		if shown++; shown > 30 {
+			continue
+		}
+		var b strings.Builder
+		for _, p := range ps {
+			fmt.Fprintf(&b, "\n      by %s at %s: fired_at %s, status %d", p.node, p.at.Format(time.StampMilli),
+				p.firedAt.Format(time.StampMilli), p.status)
+		}
+		c.t.Logf("key %s posted %d times:%s", k, len(ps), b.String())
+	}
+	if shown > 0 {
+		c.t.Logf("%d keys posted more than once", shown)
+	}
 }
 
 // node returns the node named short, creating its entry (and the cleanup of
@@ -197,7 +251,7 @@ func (c *tcluster) names(shorts ...string) []string {
 func (c *tcluster) start(short string, join []string, wait bool, extra ...string) *cnode {
 	c.t.Helper()
 	n := c.node(short)
-	env := append(c.api.agentEnv(c.b, n.name, n.dir), "TIMERD_BIND_ADDR=127.0.0.1:0")
+	env := append(c.api.agentEnv(c.b, n.name, n.dir), "TIMERD_BIND_ADDR=127.0.0.1:0", "ATTUNE_API_URL="+c.proxy(short))
 	if len(join) > 0 {
 		env = append(env, "TIMERD_JOIN="+strings.Join(join, ","))
 	}

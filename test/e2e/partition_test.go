@@ -80,7 +80,7 @@ func TestPartition(t *testing.T) {
 	bin, n3dir := partitionUserFiles(t)
 	c.node("n3").dir = n3dir
 
-	rec := &postRecorder{}
+	rec := c.posts
 	port, release := sharedPort(t, hosts...)
 	env := make([][]string, len(hosts))
 	for i, h := range hosts {
@@ -89,7 +89,7 @@ func TestPartition(t *testing.T) {
 			"TIMERD_BIND_ADDR=" + c.node(shorts[i]).gossip,
 			"TIMERD_JOIN=" + strings.Join(hosts, ","),
 			"TIMERD_EXPECT=3",
-			"ATTUNE_API_URL=" + rec.proxy(t, c.api.apiURL, shorts[i]), // the last value of a key wins
+			"ATTUNE_API_URL=" + c.proxy(shorts[i]), // the last value of a key wins
 		}
 	}
 	env[2] = append(env[2], "HOME="+n3dir)
