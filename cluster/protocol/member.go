@@ -169,7 +169,9 @@ type Member struct {
 	copyOwed  bool              // N grew in this incarnation
 	grownFrom int               // N when last looked at
 	copiedTo  map[string]uint64 // the incarnation of each member the store was copied to
-	retired   bool              // Retired was sent
+	copyID    uint64
+	merged    map[string]*merged // by sender node
+	retired   bool               // Retired was sent
 
 	peers        map[string]*peer
 	known        map[string]bool // members the host lists
@@ -255,12 +257,22 @@ type offered struct {
 // §7): chunks of its watermarks and promised epochs, taken when it held nothing and had
 // nothing on its way, and which members acknowledged each.
 type transfer struct {
+	id         uint64
 	chunks     []Transfer
 	watermarks int                     // in all chunks
 	need       int                     // leaving: members that must hold every chunk, Q of N − 1
 	to         map[string]uint64       // the members sent to, at their incarnation then
 	acked      map[string]map[int]bool // per member, the chunks it acknowledged
 	sent       time.Duration
+	every      time.Duration // the wait before chunks are sent again: doubles, to a bound
+}
+
+// merged is the last copy merged here from a member: the chunks already merged are
+// acknowledged again, not merged again (a copy resent to a busy member arrives twice).
+type merged struct {
+	from   Incarnation
+	id     uint64
+	chunks map[int]bool
 }
 
 // done reports whether enough members hold every chunk.
@@ -328,6 +340,7 @@ func NewMember(cfg MemberConfig, d Durable) (*Member, error) {
 		retiredPeers: map[string]uint64{},
 		cleanRetired: map[string]uint64{},
 		copiedTo:     map[string]uint64{},
+		merged:       map[string]*merged{},
 		held:         map[int]Epoch{},
 		renew:        map[int]bool{},
 		heard:        map[int]Epoch{},
@@ -944,7 +957,7 @@ func (m *Member) receive(msg Message) {
 		m.transferred(msg)
 	case TransferAck:
 		for _, t := range []*transfer{m.transfer, m.copy} {
-			if t != nil && msg.To == m.self && t.to[from.Node] == from.N && msg.Chunk < len(t.chunks) {
+			if t != nil && msg.To == m.self && msg.ID == t.id && t.to[from.Node] == from.N && msg.Chunk < len(t.chunks) {
 				t.acked[from.Node][msg.Chunk] = true
 			}
 		}
@@ -1621,9 +1634,11 @@ func (m *Member) newTransfer(want func(name string, inc uint64) bool) *transfer 
 		epochs = append(epochs, PartitionEpoch{Partition: p, Epoch: m.promised[p]})
 	}
 	n := max(1, (len(wms)+transferWatermarks-1)/transferWatermarks, (len(epochs)+transferEpochs-1)/transferEpochs)
-	t := &transfer{chunks: make([]Transfer, n), watermarks: len(wms), to: map[string]uint64{}, acked: map[string]map[int]bool{}}
+	m.copyID++
+	t := &transfer{id: m.copyID, chunks: make([]Transfer, n), watermarks: len(wms), to: map[string]uint64{},
+		acked: map[string]map[int]bool{}}
 	for i := range t.chunks {
-		t.chunks[i] = Transfer{From: m.self, Chunk: i, Chunks: n,
+		t.chunks[i] = Transfer{From: m.self, ID: t.id, Chunk: i, Chunks: n,
 			Epochs:     epochs[min(len(epochs), i*transferEpochs):min(len(epochs), (i+1)*transferEpochs)],
 			Watermarks: wms[min(len(wms), i*transferWatermarks):min(len(wms), (i+1)*transferWatermarks)]}
 	}
@@ -1639,8 +1654,15 @@ func (m *Member) newTransfer(want func(name string, inc uint64) bool) *transfer 
 // sendTransfer sends the chunks not acknowledged yet, every retry interval, to the
 // members still at the incarnation it was meant for.
 func (m *Member) sendTransfer(t *transfer) {
-	if t.sent != 0 && m.now.Boot-t.sent < m.cfg.Retry {
+	if t.sent != 0 && m.now.Boot-t.sent < t.every {
 		return
+	}
+	// Sent over TCP, a copy is lost only with its connection; a member slow to merge it
+	// must not get it again and again: resent after 4 retry intervals, then 8, up to 32.
+	if t.sent == 0 {
+		t.every = 4 * m.cfg.Retry
+	} else {
+		t.every = min(2*t.every, 32*m.cfg.Retry)
 	}
 	t.sent = m.now.Boot
 	for _, name := range slices.Sorted(maps.Keys(t.to)) {
@@ -1668,6 +1690,17 @@ func allPartitions(n int) []int {
 // watermark from too far ahead is left out, as a fire record would be; an epoch raises
 // this member's promise, as if it had granted it.
 func (m *Member) transferred(t Transfer) {
+	ack := TransferAck{From: m.self, To: t.From, ID: t.ID, Chunk: t.Chunk}
+	mg := m.merged[t.From.Node]
+	if mg == nil || mg.from != t.From || mg.id != t.ID {
+		mg = &merged{from: t.From, id: t.ID, chunks: map[int]bool{}}
+		m.merged[t.From.Node] = mg
+	}
+	if mg.chunks[t.Chunk] {
+		m.send(t.From.Node, ack)
+		return
+	}
+	mg.chunks[t.Chunk] = true
 	var wms []Watermark
 	for _, w := range t.Watermarks {
 		if w.Slot > m.now.Wall+int64(m.cfg.SkewAllowance) {
@@ -1690,7 +1723,7 @@ func (m *Member) transferred(t Transfer) {
 	if len(raised) > 0 {
 		m.emit(SaveEpochs{Epochs: raised})
 	}
-	m.send(t.From.Node, TransferAck{From: m.self, To: t.From, Chunk: t.Chunk})
+	m.send(t.From.Node, ack)
 }
 
 // handedOver: a leaving member holds nothing and has no fire on its way (replicated

@@ -170,6 +170,7 @@ func (m HandoverAck) Sender() Incarnation { return m.From }
 // stored survive its going, and the members may stop counting it in N.
 type Transfer struct {
 	From          Incarnation
+	ID            uint64 // the sender's copy: its chunks are merged once each
 	Chunk, Chunks int
 	Epochs        []PartitionEpoch
 	Watermarks    []Watermark
@@ -178,6 +179,7 @@ type Transfer struct {
 // TransferAck acknowledges a chunk of a Transfer: it is in the sender's store.
 type TransferAck struct {
 	From, To Incarnation
+	ID       uint64
 	Chunk    int
 }
 

@@ -43,8 +43,8 @@ import (
 //	9 Retired       From, flags byte (1 Clean)
 //	10 Handover     From, ID uint64, count, (key, Rule int64, Slot int64, body)…
 //	11 HandoverAck  From, To, ID uint64
-//	12 Transfer     From, Chunk uint32, Chunks uint32, count, PartitionEpoch…, count, Watermark…
-//	13 TransferAck  From, To, Chunk uint32
+//	12 Transfer     From, ID uint64, Chunk uint32, Chunks uint32, count, PartitionEpoch…, count, Watermark…
+//	13 TransferAck  From, To, ID uint64, Chunk uint32
 //
 // Decode returns nil for every empty slice and map, and Encode writes nil and empty
 // alike: a message that went over the wire compares equal to the one sent once its
@@ -196,6 +196,7 @@ func Encode(m Message) ([]byte, error) {
 		}
 		e.u8(kindTransfer)
 		e.incarnation(m.From)
+		e.u64(m.ID)
 		e.small(m.Chunk, "Transfer.Chunk")
 		e.small(m.Chunks, "Transfer.Chunks")
 		e.partitionEpochs(m.Epochs, "Transfer.Epochs")
@@ -204,6 +205,7 @@ func Encode(m Message) ([]byte, error) {
 		e.u8(kindTransferAck)
 		e.incarnation(m.From)
 		e.incarnation(m.To)
+		e.u64(m.ID)
 		e.small(m.Chunk, "TransferAck.Chunk")
 	default:
 		return nil, &wireError{WireInvalid, fmt.Sprintf("no wire kind for message type %T", m)}
@@ -638,7 +640,7 @@ func decodeV1(kind byte, body []byte) (Message, error) {
 	case kindHandoverAck:
 		m = HandoverAck{From: d.incarnation(), To: d.incarnation(), ID: d.u64("id")}
 	case kindTransfer:
-		t := Transfer{From: d.incarnation(), Chunk: d.small("chunk"), Chunks: d.small("chunks")}
+		t := Transfer{From: d.incarnation(), ID: d.u64("id"), Chunk: d.small("chunk"), Chunks: d.small("chunks")}
 		t.Epochs = d.partitionEpochs("Transfer.Epochs")
 		t.Watermarks = d.watermarks("Transfer.Watermarks")
 		if d.err == nil && t.Chunk >= t.Chunks {
@@ -646,7 +648,7 @@ func decodeV1(kind byte, body []byte) (Message, error) {
 		}
 		m = t
 	case kindTransferAck:
-		m = TransferAck{From: d.incarnation(), To: d.incarnation(), Chunk: d.small("chunk")}
+		m = TransferAck{From: d.incarnation(), To: d.incarnation(), ID: d.u64("id"), Chunk: d.small("chunk")}
 	case kindRetired:
 		r := Retired{From: d.incarnation()}
 		flags := d.u8("flags")

@@ -159,6 +159,9 @@ func newTCluster(t *testing.T, extra ...string) *tcluster {
 func (c *tcluster) proxy(short string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.posts == nil { // a tcluster built by hand
+		c.posts, c.proxies = &postRecorder{}, map[string]string{}
+	}
 	u, ok := c.proxies[short]
 	if !ok {
 		u = c.posts.proxy(c.t, c.api.apiURL, short)

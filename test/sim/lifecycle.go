@@ -35,10 +35,20 @@ func (w *world) scheduleLifecycle() {
 				if w.rng.IntN(10) == 0 {
 					copies = 2 // Attune publishes enables unconditionally
 				}
-				for range copies {
+				// A repeated enable that arrives after the rule's disable (an API
+				// replica that published late): stale, it must change nothing.
+				late := c.enabled && r.disabled != 0 && w.rng.IntN(3) == 0
+				if late {
+					copies = 2
+				}
+				for i := range copies {
 					delay := time.Duration(w.rng.Int64N(int64(3 * time.Second)))
 					if w.rng.IntN(10) == 0 {
 						delay = time.Duration(w.rng.Int64N(int64(maxLifecycleDelay)))
+					}
+					if late && i == 1 {
+						// After the disable, however late that came.
+						delay = time.Duration(r.disabled-c.version) + maxLifecycleDelay + time.Duration(w.rng.Int64N(int64(time.Second)))
 					}
 					at := time.Duration(c.version-epoch0) + delay
 					w.after(at-time.Duration(w.now), func() { n.queueChange(c) })
@@ -72,8 +82,12 @@ func (n *node) applyQueue() {
 				rec.Watermark = scheduler.Watermark{Slot: time.Unix(0, wm.Slot).UTC(), Count: wm.Count}
 			}
 		}
+		version := c.version
+		if w.cfg.Faults.DisableFix == fixSourceVersions {
+			version = w.wall(n) // the node's own time at arrival, as before the rule book
+		}
 		d := protocol.Book{}.Apply(rec, protocol.Change{Rule: protocol.Rule{ID: id, TriggerRef: trig, Params: params},
-			Enabled: c.enabled, Version: time.Unix(0, c.version).UTC()}, time.Unix(0, w.wall(n)).UTC())
+			Enabled: c.enabled, Version: time.Unix(0, version).UTC()}, time.Unix(0, w.wall(n)).UTC())
 		if d.Result == protocol.Stale {
 			w.stats["lifecycle_stale"]++
 		}
@@ -83,6 +97,9 @@ func (n *node) applyQueue() {
 		n.st.catalog[id] = d.Record
 		if d.Reschedule && d.Record.Live {
 			base := d.Record.Watermark.Slot.UnixNano()
+			if w.cfg.Faults.DisableFix == fixAnchors {
+				base = max(base, w.wall(n)) // from the moment of ingestion
+			}
 			wm, ok := n.st.wms[id]
 			if !ok {
 				wm = protocol.Watermark{Rule: id, Slot: protocol.NoSlot}

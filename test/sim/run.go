@@ -15,6 +15,8 @@ const (
 	fixLeaseCheck      = "lease-check"      // the commit path fires every held partition, lease or not
 	fixReplicationGate = "replication-gate" // events are delivered at once, replicated or not
 	fixGrantWatermarks = "grant-watermarks" // an acquisition ignores the watermarks of the grants
+	fixSourceVersions  = "source-versions"  // lifecycle messages apply in arrival order (versioned by arrival)
+	fixAnchors         = "anchors"          // a new schedule starts when its message arrives, not when it was made
 )
 
 // quietPeriod follows the faulty part: everything heals, and every kept slot must fire.

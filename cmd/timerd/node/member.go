@@ -58,6 +58,12 @@ type driver struct {
 	// then the messages go: an ack never leaves before what it acknowledges is stored.
 	overlay map[int64]protocol.Watermark
 	sends   []protocol.Send
+	// stepMu orders the member's steps (and the overlay's writes) with the commit path:
+	// a step reads watermarks and acts on them (a grant carries them, a verdict says a
+	// slot is another's to deliver, a release stops the engine), and a fire committed
+	// between its read and its effects would be in neither. Held by the driver for each
+	// step and flush, by the commit path from its lease check to its store commit.
+	stepMu sync.Mutex
 }
 
 // memberSnap is what the commit path and the status page read of the member.
@@ -269,10 +275,23 @@ const maxBatch = 256
 // one fsync for a burst of fire records, not one each, so that a busy node still
 // answers heartbeats within its peers' leases.
 func (d *driver) batch(in protocol.Input) error {
+	start := time.Now()
+	var steps int
+	var slowest time.Duration
+	var slowestIn protocol.Input
+	step := func(in protocol.Input) error {
+		t := time.Now()
+		err := d.step(in)
+		if took := time.Since(t); took > slowest {
+			slowest, slowestIn = took, in
+		}
+		steps++
+		return err
+	}
 	// A tick goes last: the heartbeats waiting are heard before silence is judged.
 	_, tick := in.(protocol.Tick)
 	if in != nil && !tick {
-		if err := d.step(in); err != nil {
+		if err := step(in); err != nil {
 			return err
 		}
 	}
@@ -289,17 +308,33 @@ more:
 		if in == nil {
 			continue
 		}
-		if err := d.step(in); err != nil {
+		if err := step(in); err != nil {
 			return err
 		}
 	}
 	if tick {
-		if err := d.step(protocol.Tick{}); err != nil {
+		if err := step(protocol.Tick{}); err != nil {
 			return err
 		}
 	}
-	return d.endBatch()
+	stepped := time.Since(start)
+	err := d.endBatch()
+	if took := time.Since(start); took > slowBatch {
+		// Heartbeats wait while a batch runs: a batch near the fence time (L + M) gets
+		// this node fenced by its peers. A slow disk or a starved process shows here.
+		what := fmt.Sprintf("%T", slowestIn)
+		if r, ok := slowestIn.(protocol.Receive); ok {
+			what = fmt.Sprintf("%T", r.Msg)
+		}
+		d.log.Warn("protocol batch slow: heartbeats waited", "took", took.Round(time.Millisecond).String(),
+			"steps", steps, "slowest", what, "slowest_took", slowest.Round(time.Millisecond).String(),
+			"write_and_send_took", (took - stepped).Round(time.Millisecond).String())
+	}
+	return err
 }
+
+// slowBatch is the batch time that is logged: two heartbeat intervals.
+const slowBatch = 2 * protocol.DefaultHeartbeat
 
 // input is a message as the member's input; nil for those the driver answers itself
 // (a leaving node's hand-over).
@@ -317,7 +352,10 @@ func (d *driver) input(msg protocol.Message) protocol.Input {
 
 // endBatch writes the batch's merged watermarks, then sends its messages.
 func (d *driver) endBatch() error {
-	if err := d.flushOverlay(); err != nil {
+	d.stepMu.Lock()
+	err := d.flushOverlay()
+	d.stepMu.Unlock()
+	if err != nil {
 		return err
 	}
 	for _, e := range d.sends {
@@ -343,6 +381,14 @@ func (d *driver) flushOverlay() error {
 	}
 	clear(d.overlay)
 	return nil
+}
+
+// decidedMeanwhile reports whether a fire of rule at slot is at or below what this
+// batch merged for the rule and has not written yet (a verdict, a transfer, a peer's
+// fire). stepMu is held.
+func (d *driver) decidedMeanwhile(rule int64, slot int64) bool {
+	w, ok := d.overlay[rule]
+	return ok && slot <= w.Slot
 }
 
 // markReady tells the member the node's rule book is loaded: it may acquire now.
@@ -407,6 +453,8 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 }
 
 func (d *driver) step(in protocol.Input) error {
+	d.stepMu.Lock()
+	defer d.stepMu.Unlock()
 	d.readErr = nil
 	effects := d.m.Step(d.now(), in)
 	if d.readErr != nil {

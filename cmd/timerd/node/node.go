@@ -19,6 +19,7 @@ import (
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
@@ -465,44 +466,58 @@ func (n *Node) load() (int, error) {
 // lease valid before the commit, and the driver checks both again after it
 // (Committed), before the fires are replicated and become deliverable.
 func (n *Node) commit(fires []scheduler.Fire) error {
-	recs := make([]store.FireRecord, 0, len(fires))
-	var snap *memberSnap
 	if n.drv != nil {
-		snap = n.drv.snap.Load()
+		refs, err := n.commitFired(fires)
+		if err != nil || len(refs) == 0 {
+			return err
+		}
+		n.drv.committed <- refs // outside stepMu: the driver may be waiting for it
+		return nil
 	}
-	now := bootNow()
+	recs := make([]store.FireRecord, 0, len(fires))
 	for _, f := range fires {
 		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
 		if err != nil {
 			return fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
 		}
-		rec := store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev}
-		if snap != nil {
-			e, ok := snap.mayFire(n.drv.partitionOf(f.RuleID), now)
-			if !ok {
-				n.metrics.notFireable.Inc()
-				return errNotFireable
-			}
-			rec.Firer, rec.Epoch = snap.self, e
-		}
-		recs = append(recs, rec)
+		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev})
 	}
-	if len(recs) == 0 {
-		return nil
-	}
-	if n.drv == nil {
-		if err := n.store.CommitFires(recs); err != nil {
-			return err
-		}
-		n.delivery.Notify()
-		return nil
-	}
-	refs, err := n.store.CommitFireRefs(recs)
-	if err != nil {
+	if err := n.store.CommitFires(recs); err != nil {
 		return err
 	}
-	n.drv.committed <- refs
+	n.delivery.Notify()
 	return nil
+}
+
+// commitFired is the commit of a clustered node: under the driver's stepMu, so that no
+// step reads the watermarks between this lease check and this store commit.
+func (n *Node) commitFired(fires []scheduler.Fire) ([]protocol.EventRef, error) {
+	d := n.drv
+	d.stepMu.Lock()
+	defer d.stepMu.Unlock()
+	snap := d.snap.Load()
+	now := bootNow()
+	recs := make([]store.FireRecord, 0, len(fires))
+	for _, f := range fires {
+		if d.decidedMeanwhile(f.RuleID, f.Slot.UnixNano()) {
+			continue // a verdict or a peer's record got there first (as the store checks its own)
+		}
+		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
+		if err != nil {
+			return nil, fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
+		}
+		e, ok := snap.mayFire(d.partitionOf(f.RuleID), now)
+		if !ok {
+			n.metrics.notFireable.Inc()
+			return nil, errNotFireable
+		}
+		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev,
+			Firer: snap.self, Epoch: e})
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	return n.store.CommitFireRefs(recs)
 }
 
 func (n *Node) serveHTTP(ctx context.Context) error {
