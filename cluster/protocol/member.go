@@ -495,7 +495,10 @@ func (m *Member) Held() map[int]Epoch { return maps.Clone(m.held) }
 // Inputs of Step.
 type (
 	// Tick is time passing: heartbeats, fences, acquisitions and re-sends are due.
-	Tick struct{}
+	// Backlog: the host has messages waiting that it has not stepped yet (it cut a
+	// batch short): silence is not judged until they are heard, as a heartbeat among
+	// them would prove a member alive.
+	Tick struct{ Backlog bool }
 	// Receive is a message from a member.
 	Receive struct{ Msg Message }
 	// Known is the membership the host's gossip layer lists (names, self excluded).
@@ -535,7 +538,7 @@ func (m *Member) Step(now Time, in Input) []Effect {
 	}
 	switch in := in.(type) {
 	case Tick:
-		m.tick()
+		m.tick(in.Backlog)
 	case Receive:
 		m.receive(in.Msg)
 	case Known:
@@ -545,7 +548,7 @@ func (m *Member) Step(now Time, in Input) []Effect {
 				m.known[n] = true
 			}
 		}
-		m.tick()
+		m.tick(false)
 	case Committed:
 		m.committed(in.Events)
 	case Unsettled:
@@ -557,7 +560,7 @@ func (m *Member) Step(now Time, in Input) []Effect {
 	case Ready:
 		m.ready = true
 		m.nextAcq = 0
-		m.tick()
+		m.tick(false)
 	case Leave:
 		m.leave(in.Force)
 	}
@@ -576,7 +579,7 @@ func (m *Member) logf(warn bool, msg string, attrs ...any) {
 
 // tick runs what is due: a heartbeat round, fences by silence, the view, acquisitions,
 // and re-sends of fires and offers.
-func (m *Member) tick() {
+func (m *Member) tick(backlog bool) {
 	if m.retired {
 		return // gone: the members no longer count on anything it says
 	}
@@ -584,7 +587,9 @@ func (m *Member) tick() {
 	if !m.beaten || now-m.lastBeat >= m.cfg.Heartbeat {
 		m.beat()
 	}
-	m.fenceSilent()
+	if !backlog {
+		m.fenceSilent()
+	}
 	m.updateView()
 	m.acquire()
 	if m.leaving && m.handedOver() {

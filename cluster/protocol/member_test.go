@@ -67,3 +67,124 @@ func TestFiredRefusesFutureSlotsAndFencedSenders(t *testing.T) {
 		t.Errorf("a fenced incarnation's fire produced %+v, want nothing", out)
 	}
 }
+
+func newTestMember(t *testing.T, self string, expect int, st mapStore) *Member {
+	t.Helper()
+	m, err := NewMember(MemberConfig{Self: Incarnation{self, 1}, Expect: expect, Partitions: 4,
+		PartitionOf: func(int64) int { return 0 }, Ring: func([]string) Ring { return oneOwner("z") },
+		Store: st}, Durable{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func sent[T Message](out []Effect) []T {
+	var msgs []T
+	for _, e := range out {
+		if s, ok := e.(Send); ok {
+			if m, ok := s.Msg.(T); ok {
+				msgs = append(msgs, m)
+			}
+		}
+	}
+	return msgs
+}
+
+// A peer that expects another cluster size is acked and counted; both count the larger
+// N, so quorums of the two sizes still meet during a rolling change of TIMERD_EXPECT.
+func TestExpectMismatchCountsTheLarger(t *testing.T) {
+	m := newTestMember(t, "a", 3, mapStore{})
+	now := Time{Boot: time.Hour, Wall: 1}
+	out := m.Step(now, Receive{Msg: Heartbeat{From: Incarnation{"b", 1}, Seq: 1, Expect: 4, Wall: 1}})
+	acks := sent[HeartbeatAck](out)
+	if len(acks) != 1 || acks[0].Fenced || acks[0].Mismatch {
+		t.Fatalf("answer to a peer expecting 4 = %+v, want one plain ack", acks)
+	}
+	if q := m.Quorum(); q != 3 {
+		t.Errorf("quorum with a peer expecting 4 = %d, want 3 (of N = 4)", q)
+	}
+	if m.Stats().MismatchedPeers != 1 {
+		t.Errorf("MismatchedPeers = %d, want 1", m.Stats().MismatchedPeers)
+	}
+}
+
+// A leaving member's store is merged once per chunk, acknowledged every time, and a
+// watermark from too far ahead is left out; the promised epochs it carries are kept.
+func TestTransferIsMergedOnceAndAcknowledged(t *testing.T) {
+	m := newTestMember(t, "a", 3, mapStore{})
+	wall := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	now := Time{Boot: time.Hour, Wall: wall}
+	b := Incarnation{"b", 2}
+	tr := Transfer{From: b, ID: 1, Chunk: 0, Chunks: 2, Epochs: []PartitionEpoch{{Partition: 2, Epoch: Epoch{5, "c"}}},
+		Watermarks: []Watermark{{Rule: 1, Slot: wall - int64(time.Second), Count: 3},
+			{Rule: 2, Slot: wall + int64(time.Hour), Count: 1}}}
+	out := m.Step(now, Receive{Msg: tr})
+	var saved []Watermark
+	var epochs map[int]Epoch
+	for _, e := range out {
+		switch e := e.(type) {
+		case SaveWatermarks:
+			saved = append(saved, e.Watermarks...)
+		case SaveEpochs:
+			epochs = e.Epochs
+		}
+	}
+	if len(saved) != 1 || saved[0].Rule != 1 {
+		t.Errorf("merged %+v, want rule 1 only (rule 2 is an hour ahead)", saved)
+	}
+	if epochs[2] != (Epoch{5, "c"}) {
+		t.Errorf("epochs saved %+v, want partition 2 at 5/c", epochs)
+	}
+	if acks := sent[TransferAck](out); len(acks) != 1 || acks[0] != (TransferAck{From: m.Self(), To: b, ID: 1, Chunk: 0}) {
+		t.Errorf("acks %+v, want chunk 0 of copy 1 acknowledged", acks)
+	}
+	// The same chunk again (resent while this member was busy): acknowledged, not merged.
+	out = m.Step(now, Receive{Msg: tr})
+	if len(sent[TransferAck](out)) != 1 || len(out) != 1 {
+		t.Errorf("a chunk merged before, again: %+v, want only its ack", out)
+	}
+}
+
+// A leaving member retires cleanly (the others stop counting it) only once a quorum
+// of the cluster without it holds its store; forced before, it retires not cleanly.
+func TestLeaveRetiresCleanlyOnceAQuorumHoldsTheStore(t *testing.T) {
+	for _, force := range []bool{false, true} {
+		m := newTestMember(t, "a", 1, mapStore{7: {Rule: 7, Slot: 100, Count: 1}})
+		now := Time{Boot: time.Hour, Wall: 1000}
+		peers := []Incarnation{{"b", 1}, {"c", 1}, {"d", 1}, {"e", 1}}
+		for _, p := range peers {
+			m.Step(now, Receive{Msg: Heartbeat{From: p, Seq: 1, Expect: 1, Wall: 1000}})
+		}
+		// N = 5: retiring cleanly takes copies at Q(4) = 3 members.
+		now.Boot += time.Millisecond
+		out := m.Step(now, Leave{})
+		chunks := sent[Transfer](out)
+		if len(chunks) != len(peers) || len(chunks[0].Watermarks) != 1 {
+			t.Fatalf("leave sent %d chunks (%+v), want one with rule 7 to each of 4 members", len(chunks), chunks)
+		}
+		var retired []Retired
+		for i, p := range peers[:3] {
+			now.Boot += time.Millisecond
+			out = m.Step(now, Receive{Msg: TransferAck{From: p, To: m.Self(), ID: chunks[0].ID, Chunk: 0}})
+			out = append(out, m.Step(now, Tick{})...)
+			retired = sent[Retired](out)
+			if i < 2 && len(retired) > 0 {
+				t.Fatalf("retired after %d acks: %+v, want 3", i+1, retired)
+			}
+			if i == 1 && force {
+				out = m.Step(now, Leave{Force: true})
+				if r := sent[Retired](out); len(r) == 0 || r[0].Clean {
+					t.Fatalf("forced with 2 of 3 copies: %+v, want a retirement that is not clean", r)
+				}
+				break
+			}
+		}
+		if !force && (len(retired) == 0 || !retired[0].Clean) {
+			t.Errorf("after 3 copies: %+v, want a clean retirement", retired)
+		}
+		if !m.Retired() {
+			t.Errorf("force %v: not retired", force)
+		}
+	}
+}

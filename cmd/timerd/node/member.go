@@ -267,8 +267,13 @@ func (d *driver) run(ctx context.Context) error {
 	}
 }
 
-// maxBatch bounds the inputs stepped before their writes and messages go out.
-const maxBatch = 256
+// maxBatch and maxBatchTime bound the inputs stepped before their writes and messages
+// go out: on a starved node (two busy cores, a race build) 256 steps took up to 9 s,
+// and its peers, whose heartbeats it acked only at the end, fenced it.
+const (
+	maxBatch     = 256
+	maxBatchTime = 100 * time.Millisecond
+)
 
 // batch steps in and then every message and commit already waiting (up to maxBatch),
 // then writes the watermarks they merged in one transaction and sends their messages:
@@ -297,6 +302,9 @@ func (d *driver) batch(in protocol.Input) error {
 	}
 more:
 	for range maxBatch {
+		if time.Since(start) > maxBatchTime {
+			break // what was stepped goes out now: heartbeat acks must not wait for the queue
+		}
 		select {
 		case msg := <-d.n.cl.Messages():
 			in = d.input(msg)
@@ -313,7 +321,9 @@ more:
 		}
 	}
 	if tick {
-		if err := step(protocol.Tick{}); err != nil {
+		// Messages left waiting may hold a heartbeat: silence is judged once they are read.
+		backlog := len(d.n.cl.Messages()) > 0
+		if err := step(protocol.Tick{Backlog: backlog}); err != nil {
 			return err
 		}
 	}
