@@ -46,7 +46,7 @@ load:
 	$(GO) run ./test/load
 
 # The token soak with the issue's figures: a 2-minute sensor token for 10 minutes
-# (make test runs the same test with a 20 s token for 100 s).
+# (make test runs the same test with a 10 s token for 50 s).
 soak: mq
 	TIMERD_SOAK_TOKEN_TTL=2m TIMERD_SOAK_DURATION=10m $(GO) test -race -count=1 -timeout 20m \
 		-run TestDevSensorTokenRefreshesWhileDelivering -v ./test/e2e

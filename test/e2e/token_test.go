@@ -27,10 +27,10 @@ func soakSetting(t *testing.T, name string, def time.Duration) time.Duration {
 // lifetimes: the token is refreshed at 80 % of its TTL, swapped with no
 // pause, and no 401 ever becomes a dead letter. `make soak` runs it with the
 // issue's figures (a 2-minute token for 10 minutes); make test with a
-// 20-second token for 100 seconds.
+// 10-second token for 50 seconds (five lifetimes).
 func TestDevSensorTokenRefreshesWhileDelivering(t *testing.T) {
-	ttl := soakSetting(t, "TIMERD_SOAK_TOKEN_TTL", 20*time.Second)
-	run := soakSetting(t, "TIMERD_SOAK_DURATION", 100*time.Second)
+	ttl := soakSetting(t, "TIMERD_SOAK_TOKEN_TTL", 10*time.Second)
+	run := soakSetting(t, "TIMERD_SOAK_DURATION", 50*time.Second)
 
 	dir := t.TempDir()
 	p := start(t, "dev", "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
