@@ -253,9 +253,9 @@ type offered struct {
 	sent time.Duration // when last offered; 0: not yet
 }
 
-// transfer is a leaving member's copy of its store to the members (docs/protocol.md
-// §7): chunks of its watermarks and promised epochs, taken when it held nothing and had
-// nothing on its way, and which members acknowledged each.
+// transfer is a copy of this member's store to members (docs/protocol.md §7), a leaving
+// member's or one whose N grew: chunks of its watermarks and promised epochs, and which
+// members acknowledged each.
 type transfer struct {
 	id         uint64
 	chunks     []Transfer
@@ -310,7 +310,7 @@ type Stats struct {
 	Verdicts        map[Verdict]uint64
 	MaxSkew         time.Duration // largest wall-clock difference to a peer seen
 	MismatchedPeers uint64
-	// TransferredIn: watermarks merged from leaving members' transfers.
+	// TransferredIn: watermarks merged from members' store copies.
 	TransferredIn uint64
 }
 
@@ -1560,7 +1560,7 @@ func (m *Member) leave(force bool) {
 	}
 }
 
-// transferChunk bounds a Transfer: about 100 kB with full chains.
+// A Transfer chunk holds at most these: about 100 kB with full chains.
 const (
 	transferWatermarks = 500
 	transferEpochs     = 4096
@@ -1656,8 +1656,8 @@ func (m *Member) newTransfer(want func(name string, inc uint64) bool) *transfer 
 	return t
 }
 
-// sendTransfer sends the chunks not acknowledged yet, every retry interval, to the
-// members still at the incarnation it was meant for.
+// sendTransfer sends the chunks not acknowledged yet to the members still at the
+// incarnation it was meant for, again and again with a growing wait.
 func (m *Member) sendTransfer(t *transfer) {
 	if t.sent != 0 && m.now.Boot-t.sent < t.every {
 		return
@@ -1691,7 +1691,7 @@ func allPartitions(n int) []int {
 	return out
 }
 
-// transferred merges a chunk of a leaving member's store and acknowledges it. A
+// transferred merges a chunk of a member's store copy and acknowledges it. A
 // watermark from too far ahead is left out, as a fire record would be; an epoch raises
 // this member's promise, as if it had granted it.
 func (m *Member) transferred(t Transfer) {
