@@ -452,6 +452,7 @@ func HTTPRefresher(apiURL string, client *http.Client) func(ctx context.Context,
 	if client == nil {
 		client = &http.Client{Timeout: refreshTimeout}
 	}
+	client = NoRedirects(client)
 	base := strings.TrimRight(apiURL, "/")
 	return func(ctx context.Context, current string) (string, error) {
 		tok, status, err := postRefresh(ctx, client, base+"/auth/refresh", current)
@@ -478,6 +479,9 @@ func postRefresh(ctx context.Context, client *http.Client, url, current string) 
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return "", resp.StatusCode, fmt.Errorf("refresh token: POST %s: read body: %w", url, err)
+	}
+	if IsRedirect(resp) {
+		return "", resp.StatusCode, fmt.Errorf("refresh token: POST %s: %s", url, RedirectNote(resp))
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// The body is left out: a confused server might echo the token.

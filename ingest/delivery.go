@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/store"
 )
 
@@ -154,7 +155,8 @@ func eventsURL(base string) (string, error) {
 //   - 401: the token is invalidated (once per token) and the entry retried,
 //     at once if the token changed, else with backoff; never a dead letter.
 //   - 408, 409 (a request with the same Idempotency-Key still in progress),
-//     425, 429, 5xx, 1xx/3xx left unfollowed, network errors and timeouts:
+//     425, 429, 5xx, 1xx, 3xx (never followed: logged once per Location),
+//     network errors and timeouts:
 //     retried with capped exponential backoff and jitter, honouring
 //     Retry-After on 429 and 503.
 //   - any other 4xx (400, 403, 404, 422, …): permanent; the entry becomes a
@@ -176,6 +178,28 @@ type Delivery struct {
 
 	tokMu       sync.Mutex
 	invalidated [4]string // the last tokens passed to Invalidate, newest first
+
+	redirMu   sync.Mutex
+	redirects map[string]bool // the redirects logged (at most maxRedirectsLogged)
+}
+
+// maxRedirectsLogged bounds the distinct redirects logged at warn level.
+const maxRedirectsLogged = 16
+
+// noteRedirect logs a redirect the first time it is seen: an ingress that redirects
+// every POST (http to https) would otherwise log one line per event.
+func (d *Delivery) noteRedirect(note string) {
+	d.redirMu.Lock()
+	defer d.redirMu.Unlock()
+	if d.redirects[note] || len(d.redirects) >= maxRedirectsLogged {
+		return
+	}
+	if d.redirects == nil {
+		d.redirects = map[string]bool{}
+	}
+	d.redirects[note] = true
+	d.log.Warn("the events API redirected a POST; redirects are never followed, the event is retried: fix ATTUNE_API_URL",
+		"endpoint", d.endpoint, "answer", note)
 }
 
 // NewDelivery checks cfg and returns a stopped Delivery.
@@ -208,6 +232,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		}
 		d.client = &http.Client{Transport: d.ownedTr}
 	}
+	d.client = auth.NoRedirects(d.client)
 	return d, nil
 }
 
@@ -620,6 +645,9 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 	case isPermanent(code):
 		out.kind = outDeadLetter
 		out.reason = deadLetterReason(code, excerpt, out.token)
+	case auth.IsRedirect(resp):
+		out.kind, out.reason = outRetry, auth.RedirectNote(resp)
+		d.noteRedirect(out.reason)
 	default:
 		out.kind = outRetry
 		out.reason = resp.Status

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/timerd/timerd/auth"
 )
 
 // RemoteRule is a rule as Attune's rules API lists it; only the fields a
@@ -91,6 +93,7 @@ func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) ([]Re
 	if client == nil {
 		client = &http.Client{Timeout: 30 * time.Second}
 	}
+	client = auth.NoRedirects(client)
 	base := strings.TrimRight(c.APIURL, "/") + "/api/v1/rules"
 	var all []RemoteRule
 	for page := 1; page <= maxRulePages; page++ {
@@ -148,6 +151,9 @@ func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, ou
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusUnauthorized && c.Tokens != nil && tok != "" {
 		c.Tokens.Invalidate(tok)
+	}
+	if auth.IsRedirect(resp) {
+		return errors.New(auth.RedirectNote(resp))
 	}
 	if resp.StatusCode != http.StatusOK {
 		excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, 200))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
@@ -191,7 +192,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 // checkAPIHealth calls GET {api}/health, as Attune's sensor does at start,
 // trying up to attempts times with doubling waits.
 func checkAPIHealth(ctx context.Context, apiURL string, attempts int, wait time.Duration, log *slog.Logger) error {
-	client := &http.Client{Timeout: 5 * time.Second}
+	client := auth.NoRedirects(&http.Client{Timeout: 5 * time.Second})
 	u := apiURL + "/health"
 	var err error
 	for i := 1; i <= attempts; i++ {
@@ -229,6 +230,9 @@ func getHealth(ctx context.Context, client *http.Client, u string) error {
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if auth.IsRedirect(resp) {
+		return errors.New(auth.RedirectNote(resp))
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
