@@ -376,6 +376,29 @@ func (s *Store) deleteSeqs(b, countKey []byte, seqs []uint64) (int64, error) {
 // since Open (the error is always nil).
 func (s *Store) OutboxLen() (int, error) { return int(s.outboxLen.Load()), nil }
 
+// OutboxOldest returns when the oldest deliverable entry was committed (its CreatedAt);
+// false when the outbox is empty. It reads one entry.
+func (s *Store) OutboxOldest() (time.Time, bool, error) {
+	var at time.Time
+	var ok bool
+	err := s.view(func(tx *bolt.Tx) error {
+		k, v := tx.Bucket(bucketOutbox).Cursor().First()
+		if k == nil {
+			return nil
+		}
+		e, err := decodeOutboxEntry(binary.BigEndian.Uint64(k), v)
+		if err != nil {
+			return err
+		}
+		at, ok = e.CreatedAt, true
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, false, s.wrap("oldest outbox entry", err)
+	}
+	return at, ok, nil
+}
+
 // DeadLetter moves outbox entry seq to the dead letters in one transaction, with the
 // reason and HTTP status (0 if none). ErrNotFound if there is no such entry.
 func (s *Store) DeadLetter(seq uint64, reason string, status int) error {

@@ -282,3 +282,35 @@ func TestDeadLetter(t *testing.T) {
 		t.Errorf("DeadLetterCount() after deleting one = %d, want 1", n)
 	}
 }
+
+// OutboxOldest names the commit time of the oldest deliverable entry, and moves on as
+// entries are delivered; an empty outbox has none.
+func TestOutboxOldest(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	if _, ok, err := s.OutboxOldest(); ok || err != nil {
+		t.Fatalf("empty outbox: OutboxOldest = %v, %v; want none", ok, err)
+	}
+	before := time.Now()
+	if err := s.CommitFires([]FireRecord{testFire(1, t0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	mid := time.Now()
+	if err := s.CommitFires([]FireRecord{testFire(2, t0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	at, ok, err := s.OutboxOldest()
+	if err != nil || !ok || at.Before(before.Add(-time.Millisecond)) || !at.Before(mid) {
+		t.Fatalf("OutboxOldest = %v, %v, %v; want the first commit's time, between %v and %v", at, ok, err, before, mid)
+	}
+	page, err := s.Outbox(0, 1)
+	if err != nil || len(page) != 1 {
+		t.Fatal(page, err)
+	}
+	if err := s.AckOutbox(page[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if at, ok, err = s.OutboxOldest(); err != nil || !ok || at.Before(mid) {
+		t.Errorf("after the first was delivered: OutboxOldest = %v, %v, %v; want the second's time (after %v)", at, ok, err, mid)
+	}
+}

@@ -209,6 +209,16 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Help: "Events committed and not yet deliverable: awaiting replication to a quorum, or a holder's verdict.",
 		}, func() float64 { c, _ := n.store.PendingLen(); return float64(c) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_outbox_oldest_age_seconds",
+			Help: "Age of the oldest deliverable event not yet delivered (since it was committed); 0 when the outbox is empty.",
+		}, func() float64 {
+			at, ok, err := n.store.OutboxOldest()
+			if err != nil || !ok {
+				return 0
+			}
+			return max(0, time.Since(at).Seconds())
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_rules_known",
 			Help: "Enabled timer rules in this node's store.",
 		}, func() float64 { c, _ := n.store.RuleCount(); return float64(c) }),
