@@ -823,7 +823,12 @@ func TestFireOnceScaleInAPIDown(t *testing.T) {
 		}
 		depth[s] = st.OutboxDepth
 	}
-	t.Logf("API down for %s: outbox depths %v", down, depth)
+	// The outbox's oldest event ages while the API is down (alerted on: docs/operations.md).
+	age := c.nodeMetric("n1", "timerd_outbox_oldest_age_seconds")
+	t.Logf("API down for %s: outbox depths %v, n1's oldest undelivered event %.1f s old", down, depth, age)
+	if depth["n1"] > 0 && (age <= 0 || age > time.Since(apiDown).Seconds()+5) {
+		t.Errorf("timerd_outbox_oldest_age_seconds on n1 = %v with %d events undelivered for up to %s, want above 0", age, depth["n1"], time.Since(apiDown).Round(time.Millisecond))
+	}
 	leave := time.Now()
 	took := c.stop("n2")
 	t.Logf("n2 (owner of %d of %d rules) exited %s after SIGTERM, with the API down", len(mine), ni, took.Round(time.Millisecond))
@@ -860,6 +865,9 @@ func TestFireOnceScaleInAPIDown(t *testing.T) {
 		return len(chk.noEvent) == 0
 	})
 	drained := time.Since(apiUp)
+	waitFor(t, "n1's outbox empty again: timerd_outbox_oldest_age_seconds 0", 30*time.Second, func() bool {
+		return c.nodeMetric("n1", "timerd_outbox_oldest_age_seconds") == 0
+	})
 	strandedReady, strandedPending, lostElsewhere := classify(iv.missing, left)
 	mineMissing := 0
 	for _, k := range iv.missing {
