@@ -78,7 +78,7 @@ func (e *testEnv) call(tok string, want int, out any, method, path, body string)
 func TestVerificationFailures(t *testing.T) {
 	e := newEnv(t, withKey)
 	admin := scopeToken(t, auth.ScopeAdmin)
-	e.call(admin, http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"r","trigger_ref":"core.intervaltimer"}`)
+	e.call(admin, http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"r","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}`)
 
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

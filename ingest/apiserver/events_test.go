@@ -42,7 +42,7 @@ func str(p *string) string {
 func TestEventCreate(t *testing.T) {
 	now := time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC)
 	e := newEnv(t, func(c *Config) { c.Now = func() time.Time { return now } })
-	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"ops.nightly","trigger_ref":"core.intervaltimer"}`)
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"ops.nightly","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}`)
 
 	var got eventData
 	e.must(http.StatusCreated, &got, "POST", "/api/v1/events",

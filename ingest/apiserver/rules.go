@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/scheduler"
 )
 
 // rule is a rule as stored and as served. Values are never mutated once in
@@ -215,7 +216,39 @@ func (s *Server) parseNewRule(w http.ResponseWriter, r *http.Request) (*rule, er
 	if err := applyOptional(f, ru); err != nil {
 		return nil, err
 	}
+	if err := validateTimer(ru, now); err != nil {
+		return nil, err
+	}
 	return ru, nil
+}
+
+// pastAllowance is how far before now a one-shot's fire_at may be: it fires at once (a
+// "fire now" rule, clocks a little apart), as the nodes' rule book allows.
+const pastAllowance = time.Minute
+
+// validateTimer checks a timer rule's params with the scheduler's own parser, as every
+// node will read them, and that the schedule has a time left: a 400 naming the field,
+// rather than a rule the nodes refuse (or keep firing the old schedule of).
+func validateTimer(ru *rule, now time.Time) error {
+	if !scheduler.IsTimerTrigger(ru.TriggerRef) {
+		return nil
+	}
+	t, err := scheduler.Parse(ru.TriggerRef, ru.TriggerParams, ru.ID)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	if _, ok := t.Next(now.Add(-pastAllowance)); !ok {
+		field := "trigger_params"
+		switch t.Kind {
+		case scheduler.KindDatetime:
+			field = "trigger_params.fire_at"
+		case scheduler.KindCron:
+			field = "trigger_params.expression"
+		}
+		return errorf(http.StatusBadRequest, "%s: the schedule has no time left after %s", field,
+			now.Add(-pastAllowance).Format(time.RFC3339))
+	}
+	return nil
 }
 
 // applyOptional sets trigger_params, enabled, action_ref and trigger_id from
@@ -340,6 +373,9 @@ func (s *Server) updateRule(w http.ResponseWriter, r *http.Request) {
 			ru.TriggerRef = tref
 		}
 		if err := applyOptional(f, ru); err != nil {
+			return false, err
+		}
+		if err := validateTimer(ru, s.cfg.Now().UTC()); err != nil {
 			return false, err
 		}
 		after, _ := json.Marshal(ru)

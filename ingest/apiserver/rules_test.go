@@ -38,13 +38,13 @@ func TestRuleCRUD(t *testing.T) {
 	}
 
 	var b ruleResp
-	e.must(http.StatusCreated, &b, "POST", "/api/v1/rules", `{"ref":"ops.b","trigger_ref":"core.crontimer","enabled":false}`)
-	if b.Data.ID != 2 || b.Data.Enabled || string(b.Data.TriggerParams) != "{}" || b.Data.ActionRef != nil {
-		t.Errorf("POST rule b = %+v, want id 2, disabled, params {}, no action", b.Data)
+	e.must(http.StatusCreated, &b, "POST", "/api/v1/rules", `{"ref":"ops.b","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"},"enabled":false}`)
+	if b.Data.ID != 2 || b.Data.Enabled || string(b.Data.TriggerParams) != `{"expression":"@hourly"}` || b.Data.ActionRef != nil {
+		t.Errorf("POST rule b = %+v, want id 2, disabled, params @hourly, no action", b.Data)
 	}
 	// The wire form has every field, action_ref null when unset.
 	_, raw := e.do("GET", "/api/v1/rules/ops.b", "")
-	for _, k := range []string{`"id":2`, `"ref":"ops.b"`, `"trigger_ref":"core.crontimer"`, `"trigger_params":{}`,
+	for _, k := range []string{`"id":2`, `"ref":"ops.b"`, `"trigger_ref":"core.crontimer"`, `"trigger_params":{"expression":"@hourly"}`,
 		`"enabled":false`, `"action_ref":null`, `"created":"2026-02-01T10:00:00Z"`, `"updated":`} {
 		if !strings.Contains(string(raw), k) {
 			t.Errorf("GET /api/v1/rules/ops.b = %s, missing %s", raw, k)
@@ -52,7 +52,7 @@ func TestRuleCRUD(t *testing.T) {
 	}
 
 	var dup apiError
-	e.must(http.StatusConflict, &dup, "POST", "/api/v1/rules", `{"ref":"ops.a","trigger_ref":"core.crontimer"}`)
+	e.must(http.StatusConflict, &dup, "POST", "/api/v1/rules", `{"ref":"ops.a","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"}}`)
 	if !strings.Contains(dup.Error, "ops.a") {
 		t.Errorf("duplicate ref error = %q, want it to name the ref", dup.Error)
 	}
@@ -92,7 +92,7 @@ func TestRuleCRUD(t *testing.T) {
 	}
 	e.must(http.StatusNotFound, nil, "GET", "/api/v1/rules/ops.a", "")
 	// The ref is free again; ids are never reused.
-	e.must(http.StatusCreated, &got, "POST", "/api/v1/rules", `{"ref":"ops.a","trigger_ref":"core.crontimer"}`)
+	e.must(http.StatusCreated, &got, "POST", "/api/v1/rules", `{"ref":"ops.a","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"}}`)
 	if got.Data.ID != 3 {
 		t.Errorf("re-created ops.a id = %d, want 3", got.Data.ID)
 	}
@@ -155,12 +155,12 @@ func TestRuleList(t *testing.T) {
 	e := newEnv(t)
 	// 25 rules: odd ids are cron, even interval; every third disabled.
 	for i := 1; i <= 25; i++ {
-		tref := "core.crontimer"
+		tref, params := "core.crontimer", `{"expression":"@hourly"}`
 		if i%2 == 0 {
-			tref = "core.intervaltimer"
+			tref, params = "core.intervaltimer", `{"interval":5}`
 		}
 		e.must(http.StatusCreated, nil, "POST", "/api/v1/rules",
-			fmt.Sprintf(`{"ref":"r%02d","trigger_ref":%q,"enabled":%v}`, i, tref, i%3 != 0))
+			fmt.Sprintf(`{"ref":"r%02d","trigger_ref":%q,"trigger_params":%s,"enabled":%v}`, i, tref, params, i%3 != 0))
 	}
 	tests := []struct {
 		query    string
@@ -274,11 +274,11 @@ func TestRuleWritesPublishLifecycle(t *testing.T) {
 	}{
 		{"create enabled", "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}`,
 			[]wantMsg{{ingest.RuleCreated, interval, p5, true}}},
-		{"create disabled", "POST", "/api/v1/rules", `{"ref":"b","trigger_ref":"core.crontimer","enabled":false}`,
-			[]wantMsg{{ingest.RuleCreated, cron, `{}`, false}}},
+		{"create disabled", "POST", "/api/v1/rules", `{"ref":"b","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"},"enabled":false}`,
+			[]wantMsg{{ingest.RuleCreated, cron, `{"expression":"@hourly"}`, false}}},
 		{"duplicate publishes nothing", "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"x"}`, nil},
-		{"enable", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{}`, true}}},
-		{"enable again is published again", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{}`, true}}},
+		{"enable", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
+		{"enable again is published again", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
 		{"disable", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
 		{"disable again", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
 		{"PUT params of enabled", "PUT", "/api/v1/rules/a", `{"trigger_params":{"interval":10}}`,
@@ -378,5 +378,58 @@ func TestRestartKeepsRulesAndCounters(t *testing.T) {
 	e.must(http.StatusOK, &evs, "GET", "/api/v1/events?rule_ref=a", "")
 	if evs.Pagination.TotalItems != 2 {
 		t.Errorf("events of rule a after restart = %+v, want 2", evs)
+	}
+}
+
+// Timer params are checked with the scheduler's own parser on POST and PUT: a rule the
+// nodes could not run (an interval of 0, a cron whose years are all past, a fire_at an
+// hour ago) is refused with a 400 naming the field, and a refused PUT leaves the rule
+// and publishes nothing. A fire_at less than a minute ago is a "fire now" rule.
+func TestRuleParamsValidatedWithTheScheduler(t *testing.T) {
+	now := time.Date(2026, 2, 1, 10, 0, 0, 0, time.UTC)
+	e := newEnv(t, func(c *Config) { c.Now = func() time.Time { return now } })
+	bad := []struct {
+		name, trigger, params, field string
+	}{
+		{"interval 0", "core.intervaltimer", `{"interval":0}`, "trigger_params.interval"},
+		{"interval missing", "core.intervaltimer", `{}`, "trigger_params.interval"},
+		{"cron years past", "core.crontimer", `{"expression":"0 0 0 1 1 * 2020"}`, "trigger_params.expression"},
+		{"cron garbage", "core.crontimer", `{"expression":"every tuesday"}`, "trigger_params.expression"},
+		{"fire_at an hour ago", "core.datetimetimer", `{"fire_at":"2026-02-01T09:00:00Z"}`, "trigger_params.fire_at"},
+		{"fire_at not a time", "core.datetimetimer", `{"fire_at":"tomorrow"}`, "trigger_params.fire_at"},
+		{"timezone unknown", "core.crontimer", `{"expression":"@hourly","timezone":"Mars/Olympus"}`, "trigger_params.timezone"},
+	}
+	for _, tc := range bad {
+		var got apiError
+		e.must(http.StatusBadRequest, &got, "POST", "/api/v1/rules",
+			fmt.Sprintf(`{"ref":"bad","trigger_ref":%q,"trigger_params":%s}`, tc.trigger, tc.params))
+		if !strings.HasPrefix(got.Error, tc.field+":") {
+			t.Errorf("POST %s: error %q, want it to name %s", tc.name, got.Error, tc.field)
+		}
+	}
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules",
+		`{"ref":"now","trigger_ref":"core.datetimetimer","trigger_params":{"fire_at":"2026-02-01T09:59:30Z"}}`)
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules",
+		`{"ref":"tick","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}`)
+	for range 2 { // the creations' messages
+		<-e.msg
+	}
+	for _, tc := range bad {
+		var got apiError
+		e.must(http.StatusBadRequest, &got, "PUT", "/api/v1/rules/tick",
+			fmt.Sprintf(`{"trigger_ref":%q,"trigger_params":%s}`, tc.trigger, tc.params))
+		if !strings.HasPrefix(got.Error, tc.field+":") {
+			t.Errorf("PUT %s: error %q, want it to name %s", tc.name, got.Error, tc.field)
+		}
+	}
+	var rule ruleResp
+	e.must(http.StatusOK, &rule, "GET", "/api/v1/rules/tick", "")
+	if rule.Data.TriggerRef != "core.intervaltimer" || string(rule.Data.TriggerParams) != `{"interval":5}` {
+		t.Errorf("after refused PUTs the rule is %+v, want it unchanged", rule.Data)
+	}
+	select {
+	case m := <-e.msg:
+		t.Errorf("a refused PUT published %s %s", m.RoutingKey, m.Body)
+	default:
 	}
 }

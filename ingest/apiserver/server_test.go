@@ -223,7 +223,7 @@ func TestConfigValidate(t *testing.T) {
 
 func TestBodyTooLarge(t *testing.T) {
 	e := newEnv(t)
-	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"core.crontimer"}`)
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"}}`)
 	big := `{"ref":"b","trigger_ref":"core.crontimer","trigger_params":{"pad":"` + strings.Repeat("x", MaxBodyBytes) + `"}}`
 	for _, tc := range []struct{ method, path string }{
 		{"POST", "/api/v1/rules"},
