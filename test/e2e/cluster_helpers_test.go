@@ -384,6 +384,35 @@ func (c *tcluster) waitStable(what string, within time.Duration, want map[string
 	}
 }
 
+// waitKnown waits until every running node's store holds n enabled rules.
+func (c *tcluster) waitKnown(n int) {
+	c.t.Helper()
+	waitFor(c.t, "every node knows every rule", 30*time.Second, func() bool {
+		for _, node := range c.running() {
+			if st, err := getStatus(node.ag.nodeURL); err != nil || st.RulesKnown != n {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitHoldAll waits until the nodes named hold every partition between them.
+func (c *tcluster) waitHoldAll(within time.Duration, shorts ...string) {
+	c.t.Helper()
+	waitFor(c.t, strings.Join(shorts, ", ")+" hold every partition", within, func() bool {
+		sum := 0
+		for _, s := range shorts {
+			st, err := getFSStatus(c.node(s).ag.nodeURL)
+			if err != nil {
+				return false
+			}
+			sum += st.PartitionsHeld
+		}
+		return sum == cluster.DefaultPartitions
+	})
+}
+
 // waitDrained waits until no running node has an event in its outbox.
 func (c *tcluster) waitDrained(within time.Duration) {
 	c.t.Helper()

@@ -216,14 +216,7 @@ func TestClusterRollingRestart(t *testing.T) {
 	dts := c.createRules("roll.dt", "core.datetimetimer", nd, func(i int) map[string]any {
 		return map[string]any{"fire_at": dueOf(i).Format(time.RFC3339Nano)}
 	})
-	waitFor(t, "every node knows every rule", 30*time.Second, func() bool {
-		for _, n := range c.running() {
-			if st, err := getStatus(n.ag.nodeURL); err != nil || st.RulesKnown != ni+nd {
-				return false
-			}
-		}
-		return true
-	})
+	c.waitKnown(ni + nd)
 
 	from := time.Now()
 	for _, s := range shorts {
@@ -291,14 +284,7 @@ func TestClusterCrash(t *testing.T) {
 	dts := c.createRules("crash", "core.datetimetimer", nd, func(i int) map[string]any {
 		return map[string]any{"fire_at": dueOf(i).Format(time.RFC3339Nano)}
 	})
-	waitFor(t, "every node knows every rule", 30*time.Second, func() bool {
-		for _, n := range c.running() {
-			if st, err := getStatus(n.ag.nodeURL); err != nil || st.RulesKnown != nd {
-				return false
-			}
-		}
-		return true
-	})
+	c.waitKnown(nd)
 	if time.Now().After(killAt) {
 		t.Fatalf("rules known only %s after the planned kill: raise the lead time", time.Since(killAt))
 	}

@@ -333,14 +333,7 @@ func TestFireOnceSIGSTOP(t *testing.T) {
 	dts := c.createRules("pause.dt", "core.datetimetimer", nd, func(i int) map[string]any {
 		return map[string]any{"fire_at": dueOf(i).Format(time.RFC3339Nano)}
 	})
-	waitFor(t, "every node knows every rule", 30*time.Second, func() bool {
-		for _, n := range c.running() {
-			if st, err := getStatus(n.ag.nodeURL); err != nil || st.RulesKnown != ni+nd {
-				return false
-			}
-		}
-		return true
-	})
+	c.waitKnown(ni + nd)
 	if late := time.Since(stopAt); late > 500*time.Millisecond {
 		t.Fatalf("rules known only %s after the planned SIGSTOP: raise the lead time", late.Round(time.Millisecond))
 	}
@@ -365,17 +358,7 @@ func TestFireOnceSIGSTOP(t *testing.T) {
 	stopped := time.Now()
 	t.Logf("n2 (%s, owner of %d of %d rules) stopped with SIGSTOP for %s", before.Incarnation, len(mine), ni+nd, pause)
 	// The two others keep a quorum: they take n2's partitions over.
-	waitFor(t, "n1 and n3 hold every partition", pause, func() bool {
-		sum := 0
-		for _, s := range []string{"n1", "n3"} {
-			st, err := getFSStatus(c.node(s).ag.nodeURL)
-			if err != nil {
-				return false
-			}
-			sum += st.PartitionsHeld
-		}
-		return sum == cluster.DefaultPartitions
-	})
+	c.waitHoldAll(pause, "n1", "n3")
 	takeover := time.Since(stopped)
 	t.Logf("n1 and n3 hold all %d partitions %s after the SIGSTOP", cluster.DefaultPartitions, takeover.Round(time.Millisecond))
 	sleepUntil(stopped.Add(pause))
@@ -516,14 +499,7 @@ func TestFireOnceFailover(t *testing.T) {
 	dts := c.createRules("failover.dt", "core.datetimetimer", nd, func(i int) map[string]any {
 		return map[string]any{"fire_at": dueOf(i).Format(time.RFC3339Nano)}
 	})
-	waitFor(t, "every node knows every rule", 30*time.Second, func() bool {
-		for _, n := range c.running() {
-			if st, err := getStatus(n.ag.nodeURL); err != nil || st.RulesKnown != ni+nd {
-				return false
-			}
-		}
-		return true
-	})
+	c.waitKnown(ni + nd)
 	if late := time.Since(killAt); late > time.Second {
 		t.Fatalf("rules known only %s after the planned kill: raise the lead time", late.Round(time.Millisecond))
 	}
@@ -538,17 +514,7 @@ func TestFireOnceFailover(t *testing.T) {
 	c.kill("n2")
 	killed := time.Now()
 	t.Logf("killed n2 (SIGKILL), owner of %d of %d interval and datetime rules", len(mine), ni+nd)
-	waitFor(t, "n1 and n3 hold every partition", 30*time.Second, func() bool {
-		sum := 0
-		for _, s := range []string{"n1", "n3"} {
-			st, err := getFSStatus(c.node(s).ag.nodeURL)
-			if err != nil {
-				return false
-			}
-			sum += st.PartitionsHeld
-		}
-		return sum == cluster.DefaultPartitions
-	})
+	c.waitHoldAll(30*time.Second, "n1", "n3")
 	takeover := time.Since(killed)
 	last := dueOf(nd - 1)
 	waitFor(t, "the last datetime rule due", window+30*time.Second, func() bool { return time.Now().After(last.Add(2 * time.Second)) })
