@@ -310,8 +310,6 @@ type Stats struct {
 	Verdicts        map[Verdict]uint64
 	MaxSkew         time.Duration // largest wall-clock difference to a peer seen
 	MismatchedPeers uint64
-	// TransferredIn: watermarks merged from members' store copies.
-	TransferredIn uint64
 }
 
 // Durable is what a member's store keeps across restarts.
@@ -1715,7 +1713,6 @@ func (m *Member) transferred(t Transfer) {
 		wms = append(wms, w)
 	}
 	if len(wms) > 0 {
-		m.stats.TransferredIn += uint64(len(wms))
 		m.emit(SaveWatermarks{Watermarks: mergeByRule(m.cfg.Store, wms)})
 	}
 	raised := map[int]Epoch{}
