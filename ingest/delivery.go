@@ -181,6 +181,14 @@ type Delivery struct {
 
 	redirMu   sync.Mutex
 	redirects map[string]bool // the redirects logged (at most maxRedirectsLogged)
+
+	// ack deletes delivered entries from the outbox (Store.AckOutbox; a test
+	// swaps it to make the commit fail).
+	ack func(seqs ...uint64) error
+	// unacked holds the entries answered 2xx whose ack could not be committed
+	// yet (a full disk): they are never posted again, only acked again, also by
+	// the next Run or Flush. Touched only by the engine that holds d.engine.
+	unacked map[uint64]struct{}
 }
 
 // maxRedirectsLogged bounds the distinct redirects logged at warn level.
@@ -218,6 +226,8 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		window:   max(256, 32*cfg.Workers),
 		notify:   make(chan struct{}, 1),
 		engine:   make(chan struct{}, 1),
+		ack:      cfg.Store.AckOutbox,
+		unacked:  make(map[uint64]struct{}),
 	}
 	if d.client == nil {
 		d.ownedTr = &http.Transport{
@@ -331,10 +341,12 @@ type engine struct {
 	results chan outcome
 
 	// Acks run beside the loop so that workers get new entries during a commit.
-	toAck   []uint64
-	acking  bool
-	ackReq  chan []uint64
-	ackDone chan ackResult
+	toAck    []uint64
+	acking   bool
+	ackFails int       // consecutive failed ack commits
+	ackAfter time.Time // after a failed ack commit: the next one not before
+	ackReq   chan []uint64
+	ackDone  chan ackResult
 }
 
 type ackResult struct {
@@ -366,9 +378,13 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	var ackWG sync.WaitGroup
 	ackWG.Go(func() {
 		for seqs := range e.ackReq {
-			e.ackDone <- ackResult{seqs, d.cfg.Store.AckOutbox(seqs...)}
+			e.ackDone <- ackResult{seqs, d.ack(seqs...)}
 		}
 	})
+	// Deliveries an earlier engine could not ack: ack them, never post them.
+	for seq := range d.unacked {
+		e.toAck = append(e.toAck, seq)
+	}
 	defer func() {
 		cancel()
 		close(e.jobs)
@@ -385,7 +401,9 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		// Record what finished before the cancel, so it is not posted twice.
 		e.handle(rest)
 		if len(e.toAck) > 0 {
-			e.acked(ackResult{e.toAck, d.cfg.Store.AckOutbox(e.toAck...)})
+			seqs := e.toAck
+			e.toAck = nil
+			e.acked(ackResult{seqs, d.ack(seqs...)})
 		}
 		if d.ownedTr != nil {
 			d.ownedTr.CloseIdleConnections()
@@ -404,7 +422,7 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		for e.waiting.Len() > 0 && !e.waiting[0].due.After(now) {
 			heap.Push(&e.ready, heap.Pop(&e.waiting))
 		}
-		if flush && len(e.window) == 0 && !e.more {
+		if flush && len(e.window) == 0 && len(e.toAck) == 0 && !e.more {
 			return nil
 		}
 		var timerC <-chan time.Time
@@ -419,7 +437,14 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		}
 		var ackReq chan []uint64
 		if len(e.toAck) > 0 && !e.acking {
-			ackReq = e.ackReq
+			if wait := e.ackAfter.Sub(now); wait > 0 {
+				if timerC == nil || e.waiting[0].due.After(e.ackAfter) {
+					timer.Reset(wait)
+					timerC = timer.C
+				}
+			} else {
+				ackReq = e.ackReq
+			}
 		}
 		var err error
 		select {
@@ -489,6 +514,9 @@ func (e *engine) fill() error {
 			if _, ok := e.window[ent.Seq]; ok {
 				continue
 			}
+			if _, ok := e.d.unacked[ent.Seq]; ok {
+				continue // delivered; its ack is queued
+			}
 			p := &pending{entry: ent}
 			e.window[ent.Seq] = p
 			heap.Push(&e.ready, p)
@@ -545,18 +573,32 @@ func (e *engine) handle(batch []outcome) {
 	}
 }
 
-// acked removes committed acks from the window; failed ones are posted again
-// (safe: the receiver drops repeated keys).
+// acked removes committed acks from the window. A failed commit (a full disk)
+// is retried with backoff, and the entries are never posted again: the
+// receiver took them, and the fact stays in d.unacked until it is written.
 func (e *engine) acked(res ackResult) {
+	d := e.d
 	if res.err != nil {
-		e.d.log.Error("ack outbox", "entries", len(res.seqs), "err", res.err)
-		for _, seq := range res.seqs {
-			e.retry(e.window[seq], 0)
+		e.ackFails++
+		if e.ackFails == 1 {
+			d.log.Error("ack outbox: delivered events stay in the outbox until the commit succeeds; they are not posted again",
+				"entries", len(res.seqs), "err", res.err)
 		}
+		d.metrics.ackFailures.Inc()
+		for _, seq := range res.seqs {
+			d.unacked[seq] = struct{}{}
+		}
+		e.toAck = append(e.toAck, res.seqs...)
+		e.ackAfter = time.Now().Add(backoffDelay(e.ackFails, d.cfg.BackoffMin, d.cfg.BackoffMax))
 		return
+	}
+	if e.ackFails > 0 {
+		d.log.Info("ack outbox recovered", "failed_commits", e.ackFails)
+		e.ackFails, e.ackAfter = 0, time.Time{}
 	}
 	for _, seq := range res.seqs {
 		delete(e.window, seq)
+		delete(d.unacked, seq)
 	}
 }
 

@@ -10,6 +10,7 @@ type deliveryMetrics struct {
 	deliveries  *prometheus.CounterVec // by HTTP status, or "error"
 	seconds     prometheus.Histogram
 	deadLetters *prometheus.CounterVec // by HTTP status
+	ackFailures prometheus.Counter
 }
 
 func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
@@ -27,6 +28,10 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 			Name: "timerd_dead_letters_total",
 			Help: "Events moved to dead letters after a permanent rejection, by HTTP status code.",
 		}, []string{"reason"}),
+		ackFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_outbox_ack_failures_total",
+			Help: "Failed commits of delivered events' removal from the outbox (a full disk); they are retried, never posted again.",
+		}),
 	}
 	if reg == nil {
 		return m
@@ -34,6 +39,7 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 	m.deliveries = registerOrExisting(reg, m.deliveries)
 	m.seconds = registerOrExisting(reg, m.seconds)
 	m.deadLetters = registerOrExisting(reg, m.deadLetters)
+	m.ackFailures = registerOrExisting(reg, m.ackFailures)
 	return m
 }
 

@@ -943,3 +943,57 @@ func BenchmarkDelivery(b *testing.B) {
 		})
 	}
 }
+
+// TestDeliveredEventIsNotPostedAgainWhenItsAckFails: the receiver answered 2xx,
+// then the commit that removes the event from the outbox failed (a full disk).
+// The event is acked again later, never posted again, also across a restart of
+// the engine (Run, then Flush). tmpfs_test in test/e2e does it on a real full disk.
+func TestDeliveredEventIsNotPostedAgainWhenItsAckFails(t *testing.T) {
+	leakCheck(t)
+	st := openStore(t)
+	api := newFakeAPI(t, created)
+	events := commitEvents(t, st, 7, 5, time.Unix(1_700_000_000, 0))
+
+	d, err := NewDelivery(testConfig(st, api.srv.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	var failed atomic.Int64
+	failing.Store(true)
+	d.ack = func(seqs ...uint64) error {
+		if failing.Load() {
+			failed.Add(1)
+			return errors.New("write: no space left on device")
+		}
+		return st.AckOutbox(seqs...)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	waitFor(t, 5*time.Second, "every event delivered and an ack failed twice", func() bool {
+		return api.count() >= len(events) && failed.Load() >= 2
+	})
+	time.Sleep(100 * time.Millisecond) // several poll intervals and ack retries
+	cancel()
+	<-done
+	if n := outboxLen(t, st); n != len(events) {
+		t.Fatalf("outbox holds %d entries with every ack failing, want %d", n, len(events))
+	}
+
+	// A new engine acks what the last one could not, without posting it.
+	failing.Store(false)
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer fcancel()
+	if err := d.Flush(fctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	if n := outboxLen(t, st); n != 0 {
+		t.Errorf("outbox holds %d entries after the disk came back, want 0", n)
+	}
+	for _, ev := range events {
+		if n := api.attemptsOf(ev.IdempotencyKey); n != 1 {
+			t.Errorf("event %s posted %d times, want 1: a delivered event was posted again after its ack failed", ev.IdempotencyKey, n)
+		}
+	}
+}
