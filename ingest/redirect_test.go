@@ -127,9 +127,9 @@ func TestRulesListingNeverFollowsRedirects(t *testing.T) {
 	}))
 	defer api.Close()
 	c := &RulesClient{APIURL: api.URL, Tokens: &staticTokens{tokens: []string{"s3cret-token"}}}
-	rules, err := c.EnabledRules(context.Background(), "core.intervaltimer")
+	l, err := c.EnabledRules(context.Background(), "core.intervaltimer")
 	if err == nil || !strings.Contains(err.Error(), "302 Found: redirect to "+other.srv.URL) {
-		t.Errorf("EnabledRules = %d rules, %v; want an error naming the redirect", len(rules), err)
+		t.Errorf("EnabledRules = %d rules, %v; want an error naming the redirect", len(l.Rules), err)
 	}
 	if err != nil && strings.Contains(err.Error(), "s3cret-token") {
 		t.Errorf("the token is in the error: %v", err)

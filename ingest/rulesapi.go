@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -86,16 +87,39 @@ type RulesClient struct {
 // maxRulePages bounds a reconcile against a server whose has_next never ends.
 const maxRulePages = 100_000
 
-// EnabledRules returns every enabled rule of triggerRef, following
+// ErrMalformedListing: a page of the rules listing has neither "items" nor
+// "data" (a `200 {}` from a proxy or a broken server). It proves nothing, so
+// the reconcile applies nothing of it.
+var ErrMalformedListing = errors.New("malformed rules listing: no items")
+
+// Why a listing is not complete: the reason label of
+// timerd_reconcile_refused_total when it would have pruned.
+const (
+	IncompleteNoTotals      = "no_totals"      // a page lacks pagination.total_items
+	IncompleteTotalsChanged = "totals_changed" // total_items changed while paging
+	IncompleteCountMismatch = "count_mismatch" // the distinct rules read are not total_items
+)
+
+// Listing is the enabled rules of one trigger as the rules API listed them.
+type Listing struct {
+	Rules []RemoteRule
+	// Incomplete is "" when the listing proved itself complete: every page
+	// carried pagination.total_items, it did not change while paging, and
+	// the distinct rules read match it. Else it says why (Incomplete*).
+	// Only a complete listing may prune the rules it lacks.
+	Incomplete string
+}
+
+// EnabledRules lists every enabled rule of triggerRef, following
 // pagination.has_next. It accepts "items" or "data" as the list key.
-func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) ([]RemoteRule, error) {
-	client := c.Client
-	if client == nil {
-		client = &http.Client{Timeout: 30 * time.Second}
-	}
-	client = auth.NoRedirects(client)
+func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) (Listing, error) {
+	client := c.client()
 	base := strings.TrimRight(c.APIURL, "/") + "/api/v1/rules"
-	var all []RemoteRule
+	var (
+		l     Listing
+		seen  = map[int64]bool{}
+		total = int64(-1)
+	)
 	for page := 1; page <= maxRulePages; page++ {
 		q := url.Values{}
 		q.Set("trigger_ref", triggerRef)
@@ -104,32 +128,93 @@ func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) ([]Re
 		q.Set("page_size", "100")
 		var body rulesPage
 		if err := c.get(ctx, client, base+"?"+q.Encode(), &body); err != nil {
-			return nil, fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, err)
+			return Listing{}, fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, err)
 		}
 		items := body.Items
 		if items == nil {
 			items = body.Data
 		}
+		if items == nil {
+			return Listing{}, fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, ErrMalformedListing)
+		}
 		for _, r := range items {
+			seen[r.ID] = true
 			// The server filters, but a server that ignores the filter must
 			// not make us schedule another trigger's rules.
 			if r.TriggerRef == triggerRef && (r.Enabled == nil || *r.Enabled) {
-				all = append(all, r)
+				l.Rules = append(l.Rules, r)
 			}
 		}
+		switch p := body.Pagination; {
+		case p == nil || p.TotalItems == nil:
+			l.Incomplete = cmp.Or(l.Incomplete, IncompleteNoTotals)
+		case total >= 0 && *p.TotalItems != total:
+			l.Incomplete = cmp.Or(l.Incomplete, IncompleteTotalsChanged)
+		default:
+			total = *p.TotalItems
+		}
 		if body.Pagination == nil || !body.Pagination.HasNext {
-			return all, nil
+			if l.Incomplete == "" && int64(len(seen)) != total {
+				l.Incomplete = IncompleteCountMismatch
+			}
+			return l, nil
 		}
 	}
-	return nil, fmt.Errorf("list rules of %s: more than %d pages", triggerRef, maxRulePages)
+	return Listing{}, fmt.Errorf("list rules of %s: more than %d pages", triggerRef, maxRulePages)
 }
 
 type rulesPage struct {
 	Items      []RemoteRule `json:"items"`
 	Data       []RemoteRule `json:"data"`
 	Pagination *struct {
-		HasNext bool `json:"has_next"`
+		HasNext    bool   `json:"has_next"`
+		TotalItems *int64 `json:"total_items"`
 	} `json:"pagination"`
+}
+
+// Rule reads one rule by ref (GET /api/v1/rules/{ref}); found is false
+// only when the API answers 404 with a JSON body, as Attune does for a rule
+// it does not have: an ingress's 404 page, a redirect or any other answer
+// is an error, so that a re-check before a removal removes nothing on doubt.
+func (c *RulesClient) Rule(ctx context.Context, ref string) (r RemoteRule, found bool, err error) {
+	if ref == "" {
+		return RemoteRule{}, false, errors.New("rule has no ref")
+	}
+	u := strings.TrimRight(c.APIURL, "/") + "/api/v1/rules/" + url.PathEscape(ref)
+	var body struct {
+		Data  *RemoteRule     `json:"data"`
+		Error json.RawMessage `json:"error"`
+	}
+	err = c.get(ctx, c.client(), u, &body)
+	var se *StatusError
+	switch {
+	case errors.As(err, &se) && se.Code == http.StatusNotFound && se.JSON:
+		return RemoteRule{}, false, nil
+	case err != nil:
+		return RemoteRule{}, false, fmt.Errorf("get rule %q: %w", ref, err)
+	case body.Data == nil:
+		return RemoteRule{}, false, fmt.Errorf("get rule %q: %w", ref, errors.New("answer has no data"))
+	}
+	return *body.Data, true, nil
+}
+
+func (c *RulesClient) client() *http.Client {
+	client := c.Client
+	if client == nil {
+		client = &http.Client{Timeout: 30 * time.Second}
+	}
+	return auth.NoRedirects(client)
+}
+
+// StatusError is an answer other than 200 from the rules API.
+type StatusError struct {
+	Code    int
+	JSON    bool   // the body is a JSON object (an API's error, not a proxy's page)
+	Excerpt string // the start of the body
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("status %d: %s", e.Code, e.Excerpt)
 }
 
 func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, out any) error {
@@ -156,12 +241,21 @@ func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, ou
 		return errors.New(auth.RedirectNote(resp))
 	}
 	if resp.StatusCode != http.StatusOK {
-		excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-		return fmt.Errorf("status %d: %s", resp.StatusCode, strings.TrimSpace(string(excerpt)))
+		head, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		var obj map[string]json.RawMessage
+		return &StatusError{Code: resp.StatusCode, JSON: json.Unmarshal(head, &obj) == nil,
+			Excerpt: truncateBytes(strings.TrimSpace(redact(string(head), tok)), 200)}
 	}
 	dec := json.NewDecoder(io.LimitReader(resp.Body, 64<<20))
 	if err := dec.Decode(out); err != nil {
 		return errors.Join(errors.New("decode response"), err)
 	}
 	return nil
+}
+
+func truncateBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
 }

@@ -55,10 +55,11 @@ func TestEnabledRulesVersions(t *testing.T) {
 		],"pagination":{"has_next":false}}`))
 	}))
 	defer srv.Close()
-	rules, err := (&RulesClient{APIURL: srv.URL}).EnabledRules(context.Background(), "core.intervaltimer")
+	l, err := (&RulesClient{APIURL: srv.URL}).EnabledRules(context.Background(), "core.intervaltimer")
 	if err != nil {
 		t.Fatal(err)
 	}
+	rules := l.Rules
 	want := map[int64]time.Time{1: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC), 2: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)}
 	if len(rules) != 2 {
 		t.Fatalf("EnabledRules = %d rules, want 2", len(rules))

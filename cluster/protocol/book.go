@@ -35,7 +35,7 @@ const (
 	Applied   Result = "applied"   // the rule or its schedule changed
 	Unchanged Result = "unchanged" // nothing to change (a duplicate, or a removal of a rule not held)
 	Stale     Result = "stale"     // older than the version held: changes nothing
-	Invalid   Result = "invalid"   // its timer does not parse: changes nothing
+	Invalid   Result = "invalid"   // its timer does not parse: changes nothing, but stops a live rule (stopped)
 	Ignored   Result = "ignored"   // not a timer rule, and not held
 )
 
@@ -155,13 +155,16 @@ func (b Book) Apply(rec Record, c Change, now time.Time) Decision {
 		}
 		return keep
 	}
-	if len(r.Params) > maxParamsBytes {
-		keep.Result, keep.Reason = Invalid, fmt.Errorf("trigger_params: %d bytes, at most %d", len(r.Params), maxParamsBytes)
-		return keep
+	var t *scheduler.Timer
+	err := fmt.Errorf("trigger_params: %d bytes, at most %d", len(r.Params), maxParamsBytes)
+	if len(r.Params) <= maxParamsBytes {
+		t, err = scheduler.Parse(r.TriggerRef, r.Params, r.ID)
 	}
-	t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
 	if err != nil {
 		keep.Result, keep.Reason = Invalid, err
+		if rec.Live {
+			keep.Record, keep.Write = stopped(rec, r, v), true
+		}
 		return keep
 	}
 	d := Decision{Result: Applied, Write: true, Timer: t,
@@ -176,6 +179,19 @@ func (b Book) Apply(rec Record, c Change, now time.Time) Decision {
 	d.Reschedule = true
 	d.Record.Watermark.Slot = later(rec.Watermark.Slot, startAfter(t, b.anchor(v, now)))
 	return d
+}
+
+// stopped is the record of a live rule after a newer change whose timer does
+// not parse: the user changed the rule, so its old schedule must not go on
+// firing; it is held, unscheduled, with its watermark, until a valid change
+// (which continues after that watermark) or a removal. The params are kept
+// so that a repeat of the same change is unchanged, unless they are too
+// large to store.
+func stopped(rec Record, r Rule, v time.Time) Record {
+	if len(r.Params) > maxParamsBytes {
+		r.Params = nil
+	}
+	return Record{Live: true, Rule: r, Version: v, Watermark: rec.Watermark}
 }
 
 // Prune decides a live rule that a rules listing started at listed does not

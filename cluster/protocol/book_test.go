@@ -172,8 +172,24 @@ func TestBookApply(t *testing.T) {
 
 		// Bad input changes nothing.
 		{name: "invalid timer", c: enable(interval(1, `{"interval":-5}`), ago(time.Second)), result: Invalid},
-		{name: "invalid change of a live rule", rec: live(every5, ago(time.Minute), wm(ago(time.Second), 3)),
-			c: enable(interval(1, `{"interval":"x"}`), ago(time.Second)), result: Invalid},
+		// A live rule changed to an invalid timer stops: held with the change's
+		// version, params and the rule's watermark, and no timer.
+		{name: "invalid change of a live rule stops it", rec: live(every5, ago(time.Minute), wm(ago(time.Second), 3)),
+			c: enable(interval(1, `{"interval":"x"}`), ago(time.Second)), result: Invalid, write: true,
+			want: live(interval(1, `{"interval":"x"}`), ago(time.Second), wm(ago(time.Second), 3))},
+		{name: "an older invalid change of a live rule is stale", rec: live(every5, ago(time.Second), wm(ago(time.Second), 3)),
+			c: enable(interval(1, `{"interval":"x"}`), ago(time.Minute)), result: Stale},
+		{name: "a repeat of the invalid change of a stopped rule", rec: live(interval(1, `{"interval":0}`), ago(time.Minute), wm(ago(time.Second), 3)),
+			c: enable(interval(1, `{"interval":0}`), ago(time.Second)), result: Unchanged, write: true,
+			want: live(interval(1, `{"interval":0}`), ago(time.Second), wm(ago(time.Second), 3))},
+		{name: "a valid change of a stopped rule continues after its watermark",
+			rec: live(interval(1, `{"interval":0}`), ago(time.Minute), wm(ago(time.Second), 3)),
+			c:   enable(every5, ago(time.Minute/2)), result: Applied, write: true, reschedule: true,
+			want: live(every5, ago(time.Minute/2), wm(ago(time.Second), 3))},
+		{name: "params too large for a live rule: stopped without them",
+			rec:    live(every5, ago(time.Minute), wm(ago(time.Second), 3)),
+			c:      enable(interval(1, `{"interval":5,"pad":"`+strings.Repeat("x", 70<<10)+`"}`), ago(time.Second)),
+			result: Invalid, write: true, want: live(interval(1, ""), ago(time.Second), wm(ago(time.Second), 3))},
 		{name: "params too large",
 			c:      enable(interval(1, `{"interval":5,"pad":"`+strings.Repeat("x", 70<<10)+`"}`), ago(time.Second)),
 			result: Invalid},

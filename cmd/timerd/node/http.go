@@ -125,6 +125,7 @@ func (n *Node) isReady() bool {
 type metrics struct {
 	lifecycle  *prometheus.CounterVec
 	reconciles *prometheus.CounterVec
+	refused    *prometheus.CounterVec
 	adopted    prometheus.Counter
 	released   prometheus.Counter
 	// The fire-once protocol (member.go).
@@ -143,6 +144,10 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "timerd_reconciles_total",
 			Help: "Reconciles of the rule catalogue with the rules API, by result.",
 		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_reconcile_refused_total",
+			Help: "Removals a reconcile refused, by reason: per listing for malformed (a page without items: nothing applied), no_totals, totals_changed and count_mismatch (not proved complete: nothing removed); per rule kept for changed_since_listing, still_enabled (the re-check found it) and recheck_failed.",
+		}, []string{"reason"}),
 		adopted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_rules_adopted_total",
 			Help: "Rules this node started firing after a ring change (gained from a peer).",
@@ -164,6 +169,9 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Help: "Commits of fires refused before the store because the lease had lapsed or the partition was released; the engine tries again.",
 		}),
 	}
+	for _, r := range refusedReasons {
+		m.refused.WithLabelValues(r)
+	}
 	for _, v := range []protocol.Verdict{protocol.FiredByAnother, protocol.Unknown} {
 		m.fenced.WithLabelValues(v.String())
 	}
@@ -173,7 +181,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 		}
 		return n.drv.snap.Load()
 	}
-	reg.MustRegister(m.lifecycle, m.reconciles, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable,
+	reg.MustRegister(m.lifecycle, m.reconciles, m.refused, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_lease",
 			Help: "1 while this node holds a lease (a quorum answered its heartbeats within the lease), else 0; a single node always does.",
@@ -222,6 +230,10 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "timerd_rules_known",
 			Help: "Enabled timer rules in this node's store.",
 		}, func() float64 { c, _ := n.store.RuleCount(); return float64(c) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_rules_invalid",
+			Help: "Stored rules whose timer does not parse, so not firing: a change made them invalid (the old schedule stopped, the watermark kept), or the node loaded them so. A valid change starts them again.",
+		}, func() float64 { return float64(n.invalid.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_ready",
 			Help: "1 when the node has joined, loaded its share of the rules and reconciled, else 0.",

@@ -361,7 +361,8 @@ func TestReconcileVersions(t *testing.T) {
 		{ID: 1, Ref: "late", TriggerRef: "core.datetimetimer", Params: dt(now.Add(-time.Minute)), Updated: now.Add(-2 * time.Minute)},
 		{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer", Params: json.RawMessage(`{"interval":60}`), Updated: now.Add(-time.Minute)},
 	}
-	if err := n.applyRemote(listing, now, "reconcile"); err != nil {
+	n.rules = &ingest.RulesClient{APIURL: newRulesAPI(t).srv.URL} // asked for rule 2: a 404
+	if err := n.applyRemote(context.Background(), listing, now, "", "reconcile"); err != nil {
 		t.Fatal(err)
 	}
 	var stored []int64
@@ -376,8 +377,8 @@ func TestReconcileVersions(t *testing.T) {
 		t.Errorf("tombstone of pruned rule 2 = %v, %v; want the listing's start less the skew", ts.Version, ok)
 	}
 	// The start-up set (no versions) never undoes what the node holds.
-	if err := n.applyRemote([]ingest.RemoteRule{{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer",
-		Params: json.RawMessage(`{"interval":60}`)}}, time.Time{}, "start-up set"); err != nil {
+	if err := n.applyRemote(context.Background(), []ingest.RemoteRule{{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer",
+		Params: json.RawMessage(`{"interval":60}`)}}, time.Time{}, "", "start-up set"); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, ok, _ := n.store.Rule(4); ok {

@@ -155,6 +155,7 @@ type Node struct {
 	metrics  *metrics
 	ready    atomic.Bool // intake: reconciled (and consuming)
 	placed   atomic.Bool // the node's share of the rules is in the engine
+	invalid  invalidRules
 
 	cl  *cluster.Cluster // nil without Config.Cluster
 	drv *driver          // the fire-once protocol (member.go); nil without Config.Cluster
@@ -432,11 +433,38 @@ func (n *Node) Run(ctx context.Context) error {
 // it) is reported and left unscheduled, not fatal.
 func (n *Node) parseStored(r store.Rule) *scheduler.Timer {
 	t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
+	n.invalid.mark(r.ID, err != nil)
 	if err != nil {
-		n.log.Error("stored rule does not parse; not scheduled", "rule_id", r.ID, "err", err)
+		n.log.Error("stored rule does not parse; not scheduled until a valid change", "rule_id", r.ID, "err", err)
 		return nil
 	}
 	return t
+}
+
+// invalidRules are the stored rules this node found not to parse (a change
+// stopped them, or it loaded them so): timerd_rules_invalid.
+type invalidRules struct {
+	mu  sync.Mutex
+	ids map[int64]struct{}
+}
+
+func (v *invalidRules) mark(id int64, invalid bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !invalid {
+		delete(v.ids, id)
+		return
+	}
+	if v.ids == nil {
+		v.ids = make(map[int64]struct{})
+	}
+	v.ids[id] = struct{}{}
+}
+
+func (v *invalidRules) count() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.ids)
 }
 
 // load fills the engine from the store on a single node. In a cluster the

@@ -1,7 +1,9 @@
 package node
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -44,7 +46,7 @@ type batchReq struct {
 // their writes.
 func (n *Node) intake(ctx context.Context) error {
 	if len(n.cfg.StartupRules) > 0 {
-		if err := n.applyRemote(n.cfg.StartupRules, time.Time{}, "start-up set"); err != nil {
+		if err := n.applyRemote(ctx, n.cfg.StartupRules, time.Time{}, "", "start-up set"); err != nil {
 			n.log.Error("start-up rules not applied; reconcile retries", "err", err)
 		}
 	}
@@ -250,7 +252,7 @@ func (n *Node) applyMessages(msgs []ingest.Message) error {
 			n.log.Info("lifecycle message ignored", "result", result, "type", l.Type, "rule_id", l.RuleID,
 				"trigger_ref", truncate(l.TriggerRef, 64), "reason", err)
 		case err != nil:
-			n.log.Warn("lifecycle message dropped", "result", result, "type", l.Type, "rule_id", l.RuleID,
+			n.log.Warn("lifecycle message not applied", "result", result, "type", l.Type, "rule_id", l.RuleID,
 				"trigger_ref", truncate(l.TriggerRef, 64), "err", err)
 		case result == resStale:
 			n.log.Info("lifecycle message older than the rule's version; nothing changed", "type", l.Type,
@@ -297,6 +299,9 @@ type ruleState struct {
 	// recreated: removed and added again in this transaction, so the
 	// engine forgets the old schedule before it learns the new one.
 	recreated bool
+	// stopped: a change to an invalid timer stopped the rule; it is stored
+	// with its watermark and leaves the engine.
+	stopped bool
 }
 
 func (n *Node) newRuleTxn() *ruleTxn {
@@ -372,8 +377,9 @@ func (tx *ruleTxn) take(st *ruleState, d protocol.Decision) {
 		st.recreated = true
 	}
 	st.rec, st.dirty = d.Record, true
+	st.stopped = d.Result == protocol.Invalid
 	switch {
-	case !d.Record.Live:
+	case !d.Record.Live || st.stopped:
 		st.timer, st.setWM = nil, false
 	case d.Timer != nil:
 		st.timer = d.Timer
@@ -417,9 +423,17 @@ func (tx *ruleTxn) commit() error {
 		tx.n.ownMu.Lock()
 		for _, r := range puts {
 			st := tx.rules[r.ID]
+			if st.stopped {
+				tx.n.engine.Remove(r.ID)
+				tx.n.invalid.mark(r.ID, true)
+				tx.n.log.Error("rule changed to a timer that does not parse: it stopped firing; its watermark is kept until a valid change",
+					"rule_id", r.ID, "rule_ref", r.Ref, "trigger_ref", truncate(r.TriggerRef, 64), "version", st.rec.Version)
+				continue
+			}
 			if st.timer == nil {
 				continue // a newer version of the same rule: the schedule stays
 			}
+			tx.n.invalid.mark(r.ID, false)
 			if st.recreated {
 				tx.n.engine.Remove(r.ID)
 			}
@@ -446,6 +460,7 @@ func (tx *ruleTxn) commit() error {
 		tx.n.ownMu.Lock()
 		for _, t := range dels {
 			tx.n.engine.Remove(t.ID)
+			tx.n.invalid.mark(t.ID, false)
 		}
 		tx.n.ownMu.Unlock()
 	}
@@ -459,20 +474,28 @@ func (tx *ruleTxn) commit() error {
 // reconcile makes the store match the rules API: it adds missing rules,
 // updates changed ones and removes those no longer enabled, each as the
 // rule book decides by its version; then it purges tombstones past their
-// TTL. A partial listing changes nothing.
+// TTL. A failed or malformed listing changes nothing; an incomplete one
+// removes nothing (docs/operations.md, "Reconcile").
 func (n *Node) reconcile(ctx context.Context) error {
 	start := time.Now()
 	listed := n.cfg.Now()
-	var want []ingest.RemoteRule
+	var (
+		want       []ingest.RemoteRule
+		incomplete string
+	)
 	for _, ref := range scheduler.TimerTriggers() {
-		rules, err := n.rules.EnabledRules(ctx, ref)
+		l, err := n.rules.EnabledRules(ctx, ref)
 		if err != nil {
 			n.metrics.reconciles.WithLabelValues("error").Inc()
+			if errors.Is(err, ingest.ErrMalformedListing) {
+				n.metrics.refused.WithLabelValues(refusedMalformed).Inc()
+			}
 			return err
 		}
-		want = append(want, rules...)
+		want = append(want, l.Rules...)
+		incomplete = cmp.Or(incomplete, l.Incomplete)
 	}
-	if err := n.applyRemote(want, listed, "reconcile"); err != nil {
+	if err := n.applyRemote(ctx, want, listed, incomplete, "reconcile"); err != nil {
 		n.metrics.reconciles.WithLabelValues("error").Inc()
 		return err
 	}
@@ -486,11 +509,27 @@ func (n *Node) reconcile(ctx context.Context) error {
 	return nil
 }
 
+// Why a reconcile removed nothing, or not a rule the listing lacked: the
+// reason label of timerd_reconcile_refused_total. The listing's reasons
+// (malformed and ingest.Incomplete*) count once per reconcile, the others
+// once per rule kept.
+const (
+	refusedMalformed    = "malformed"             // a page had no items: nothing applied
+	refusedChanged      = "changed_since_listing" // the rule's version is newer than the listing
+	refusedStillEnabled = "still_enabled"         // the re-check found the rule enabled: paging missed it
+	refusedRecheck      = "recheck_failed"        // the re-check got no clear answer
+)
+
+var refusedReasons = []string{refusedMalformed, ingest.IncompleteNoTotals, ingest.IncompleteTotalsChanged,
+	ingest.IncompleteCountMismatch, refusedChanged, refusedStillEnabled, refusedRecheck}
+
 // applyRemote applies rules as listed by the API (listed is when the
 // listing started) or, with listed zero, the start-up set, in one
-// transaction. A listing also prunes: stored rules absent from it go, if
-// the rule book says so.
-func (n *Node) applyRemote(rules []ingest.RemoteRule, listed time.Time, what string) error {
+// transaction. A complete listing (incomplete "") also prunes: a stored
+// rule it lacks goes if the rule book says so and the API, asked for that
+// rule alone, says it is gone (offset paging misses rules that move
+// between pages while it reads).
+func (n *Node) applyRemote(ctx context.Context, rules []ingest.RemoteRule, listed time.Time, incomplete, what string) error {
 	tx := n.newRuleTxn()
 	want := make(map[int64]bool, len(rules))
 	counts := map[string]int{}
@@ -533,6 +572,12 @@ func (n *Node) applyRemote(rules []ingest.RemoteRule, listed time.Time, what str
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
+		if len(gone) > 0 && incomplete != "" {
+			n.metrics.refused.WithLabelValues(incomplete).Inc()
+			n.log.Warn(what+": the listing did not prove itself complete; no rule removed",
+				"reason", incomplete, "rules_not_listed", len(gone))
+			gone = nil
+		}
 		slices.Sort(gone)
 		for _, id := range gone {
 			st, err := tx.state(id)
@@ -540,10 +585,18 @@ func (n *Node) applyRemote(rules []ingest.RemoteRule, listed time.Time, what str
 				return fmt.Errorf("%s: rule %d: %w", what, id, err)
 			}
 			d := tx.book.Prune(st.rec, listed)
-			tx.take(st, d)
-			if d.Result == protocol.Applied {
-				removed++
+			if d.Result != protocol.Applied {
+				if st.rec.Live {
+					n.metrics.refused.WithLabelValues(refusedChanged).Inc()
+				}
+				continue
 			}
+			if reason := n.recheck(ctx, st.rec.Rule); reason != "" {
+				n.metrics.refused.WithLabelValues(reason).Inc()
+				continue
+			}
+			tx.take(st, d)
+			removed++
 		}
 	}
 	if err := tx.commit(); err != nil {
@@ -554,6 +607,24 @@ func (n *Node) applyRemote(rules []ingest.RemoteRule, listed time.Time, what str
 			"stale", counts[resStale], "invalid", counts[resInvalid], "ignored", counts[resIgnored])
 	}
 	return nil
+}
+
+// recheck asks the rules API for a rule a listing lacked before it is
+// removed. It returns "" when the API says the rule is gone (404), disabled,
+// another rule under the ref, or no longer a timer rule of ours; else the
+// reason to keep it.
+func (n *Node) recheck(ctx context.Context, r protocol.Rule) string {
+	got, found, err := n.rules.Rule(ctx, r.Ref)
+	switch {
+	case err != nil:
+		n.log.Warn("reconcile: rule not listed, and its re-check failed; kept until a reconcile can tell",
+			"rule_id", r.ID, "rule_ref", r.Ref, "err", err)
+		return refusedRecheck
+	case found && got.ID == r.ID && (got.Enabled == nil || *got.Enabled) && got.TriggerRef == r.TriggerRef:
+		n.log.Info("reconcile: rule missing from the listing is still enabled; kept", "rule_id", r.ID, "rule_ref", r.Ref)
+		return refusedStillEnabled
+	}
+	return ""
 }
 
 func truncate(s string, n int) string {
