@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/scheduler"
 )
 
 type claimsKey struct{}
@@ -159,6 +160,12 @@ func checkEventTrigger(r *http.Request, triggerRef string) error {
 			return errorf(code, "trigger_ref: %v", err)
 		}
 		return errorf(code, "%v", err)
+	}
+	// A timer's events come from the timer sensor alone: a webhook or an admin
+	// token could otherwise post a future slot's key first (keys are
+	// predictable) and the real fire would be dropped as its repeat.
+	if scheduler.IsTimerTrigger(triggerRef) && c.Scope != auth.ScopeSensor {
+		return errorf(http.StatusForbidden, "trigger_ref: %q is a timer trigger: only a sensor token that lists it may post its events", triggerRef)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -141,7 +142,7 @@ func TestVerificationFailures(t *testing.T) {
 		{"webhook posts any trigger", "Bearer " + scopeToken(t, auth.ScopeWebhook), "POST", "/events", event("core.webhook"), 201, ""},
 		{"readonly reads events", "Bearer " + scopeToken(t, auth.ScopeReadonly), "GET", "/api/v1/events", "", 200, ""},
 		{"user writes a rule", "Bearer " + scopeToken(t, auth.ScopeUser), "POST", "/api/v1/rules/r/enable", "", 200, ""},
-		{"admin posts any trigger", "Bearer " + admin, "POST", "/api/v1/events", event("core.crontimer"), 201, ""},
+		{"admin posts any trigger but a timer", "Bearer " + admin, "POST", "/api/v1/events", event("core.webhook"), 201, ""},
 		{"bearer is case-insensitive", "bearer " + admin, "GET", "/api/v1/rules/r", "", 200, ""},
 	}
 	for _, tc := range tests {
@@ -521,4 +522,76 @@ func TestRevocationCleanupJob(t *testing.T) {
 			t.Error("jti b still revoked in memory after its record was deleted")
 		}
 	})
+}
+
+// Timer event keys are predictable (rule_id:slot, `timerd schedule next`
+// prints them). An attacker with a webhook, admin or another trigger's sensor
+// token posts a future slot's key first: refused, so the real fire is stored
+// when it comes. A second node's sensor token repeating a fire is answered as
+// the duplicate it is, with the original's id and nothing else.
+func TestTimerKeysCannotBeSquatted(t *testing.T) {
+	e := newEnv(t, withKey)
+	const key = "1:1772352000000000000"
+	fire := `{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_1","payload":{"type":"interval"}}`
+	squatters := map[string]string{
+		"webhook":              scopeToken(t, auth.ScopeWebhook),
+		"admin":                scopeToken(t, auth.ScopeAdmin),
+		"sensor of crontimers": scopeToken(t, auth.ScopeSensor, "core.crontimer"),
+	}
+	for who, tok := range squatters {
+		code, b := e.do("POST", "/api/v1/events", `{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_1","payload":{"forged":true}}`,
+			append(bearer(tok), "Idempotency-Key", key)...)
+		if code != http.StatusForbidden {
+			t.Errorf("%s posted a timer event: %d %s, want 403", who, code, b)
+		}
+	}
+	node1 := scopeToken(t, auth.ScopeSensor, "core.intervaltimer")
+	node2, _ := issue(t, nil, auth.IssueRequest{Scope: auth.ScopeSensor, Subject: "node-2", TriggerTypes: []string{"core.intervaltimer"}})
+	var first eventData
+	e.must(http.StatusCreated, &first, "POST", "/api/v1/events", fire, append(bearer(node1), "Idempotency-Key", key)...)
+	if strings.Contains(string(first.Data.Payload), "forged") {
+		t.Fatalf("the stored fire is the squatter's: %s", first.Data.Payload)
+	}
+	code, b := e.do("POST", "/api/v1/events", fire, append(bearer(node2), "Idempotency-Key", key)...)
+	if want := fmt.Sprintf(`{"data":{"id":%d}}`, first.Data.ID); code != http.StatusOK || strings.TrimSpace(string(b)) != want {
+		t.Errorf("node 2's repeat = %d %s, want 200 %s", code, b, want)
+	}
+	// The same key for another rule is that rule's event, not a repeat.
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/events",
+		`{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_2"}`, append(bearer(node1), "Idempotency-Key", key)...)
+}
+
+// A file written before keys were scoped is re-indexed at open: a repeat of
+// an event stored then is still a repeat.
+func TestIdempotencyIndexMigrated(t *testing.T) {
+	e := newEnv(t)
+	var first eventData
+	body := `{"trigger_ref":"core.crontimer","trigger_instance_id":"rule_3"}`
+	e.must(http.StatusCreated, &first, "POST", "/api/v1/events", body, "Idempotency-Key", "3:42")
+	e.stop()
+	db, err := bolt.Open(filepath.Join(e.dir, "api.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketEventIdem); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(bucketEventIdem); err != nil {
+			return err
+		}
+		old, err := tx.CreateBucket(bucketEventIdemV1)
+		if err != nil {
+			return err
+		}
+		return old.Put([]byte("3:42"), idKey(first.Data.ID))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	e.start(e.opt...)
+	code, b := e.do("POST", "/api/v1/events", body, "Idempotency-Key", "3:42")
+	if want := fmt.Sprintf(`{"data":{"id":%d}}`, first.Data.ID); code != http.StatusOK || strings.TrimSpace(string(b)) != want {
+		t.Errorf("repeat after the migration = %d %s, want 200 %s", code, b, want)
+	}
 }

@@ -35,14 +35,15 @@ type eventBody struct {
 type eventReq struct {
 	body    []byte // encoded eventBody
 	idemKey string
+	idemIdx []byte // scopedIdemKey of idemKey, nil without one
 	inst    string
 	ruleRef string
 	resp    chan eventResp // capacity 1
 }
 
 type eventResp struct {
-	id  int64  // of a newly stored event
-	raw []byte // stored event JSON
+	id  int64  // of the event stored, or of the original for a repeat
+	raw []byte // stored event JSON; nil for a repeat
 	dup bool
 	err error
 }
@@ -112,9 +113,9 @@ func (s *Server) commitEvents(batch []*eventReq) {
 		idem := tx.Bucket(bucketEventIdem)
 		created := s.cfg.Now().UTC().Format(time.RFC3339Nano)
 		for i, req := range batch {
-			if req.idemKey != "" {
-				if id := idem.Get(idemIndexKey(req.idemKey)); id != nil {
-					resps[i] = eventResp{raw: bytes.Clone(events.Get(id)), dup: true}
+			if req.idemIdx != nil {
+				if id := idem.Get(req.idemIdx); id != nil {
+					resps[i] = eventResp{id: int64(binary.BigEndian.Uint64(id)), dup: true}
 					continue
 				}
 			}
@@ -133,8 +134,8 @@ func (s *Server) commitEvents(batch []*eventReq) {
 			if err := events.Put(key, raw); err != nil {
 				return err
 			}
-			if req.idemKey != "" {
-				if err := idem.Put(idemIndexKey(req.idemKey), key); err != nil {
+			if req.idemIdx != nil {
+				if err := idem.Put(req.idemIdx, key); err != nil {
 					return err
 				}
 			}
@@ -153,7 +154,7 @@ func (s *Server) commitEvents(batch []*eventReq) {
 	if err == nil {
 		s.evIndex.mu.Lock()
 		for i, req := range batch {
-			if resps[i].id != 0 {
+			if resps[i].id != 0 && !resps[i].dup {
 				s.evIndex.add(req.inst, req.ruleRef, resps[i].id)
 			}
 		}
@@ -188,7 +189,30 @@ func idemIndexKey(key string) []byte {
 			return binary.BigEndian.AppendUint64(k, r)
 		}
 	}
-	return append([]byte{0}, key...)
+	k := make([]byte, 0, 1+binary.MaxVarintLen64+len(key))
+	k = append(k, 0)
+	k = binary.AppendUvarint(k, uint64(len(key)))
+	return append(k, key...)
+}
+
+// scopedIdemKey is the index key of an Idempotency-Key within its trigger and
+// trigger instance (the rule): the same key for another trigger or rule is
+// another event, so a token that may post one trigger cannot take the key of
+// another's future fire (timerd's keys are predictable). Each part is length
+// prefixed, so two scopes never share a key.
+func scopedIdemKey(key, triggerRef, inst string) []byte {
+	k := idemIndexKey(key)
+	k = binary.AppendUvarint(k, uint64(len(triggerRef)))
+	k = append(k, triggerRef...)
+	k = binary.AppendUvarint(k, uint64(len(inst)))
+	return append(k, inst...)
+}
+
+// duplicateAnswer is the answer to a repeat: the original event's id and
+// nothing else, so that a repeat reveals no event to a caller who may not
+// read events.
+func duplicateAnswer(id int64) []byte {
+	return append(strconv.AppendInt([]byte(`{"id":`), id, 10), '}')
 }
 
 // eventIndex maps trigger_instance_id and rule_ref to the ids of their
@@ -252,6 +276,35 @@ func intersect(a, b []int64) []int64 {
 	return out
 }
 
+// migrateIdemIndex rebuilds the scoped idempotency index from the stored
+// events when the file still has the unscoped one of earlier versions.
+func migrateIdemIndex(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketEventIdemV1) == nil {
+			return nil
+		}
+		idem := tx.Bucket(bucketEventIdem)
+		err := tx.Bucket(bucketEvents).ForEach(func(k, v []byte) error {
+			var e struct {
+				TriggerRef string  `json:"trigger_ref"`
+				Inst       string  `json:"trigger_instance_id"`
+				Key        *string `json:"idempotency_key"`
+			}
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("event %x: %w", k, err)
+			}
+			if e.Key == nil || *e.Key == "" {
+				return nil
+			}
+			return idem.Put(scopedIdemKey(*e.Key, e.TriggerRef, e.Inst), bytes.Clone(k))
+		})
+		if err != nil {
+			return err
+		}
+		return tx.DeleteBucket(bucketEventIdemV1)
+	})
+}
+
 // loadEventIndex rebuilds the index from the stored events.
 func loadEventIndex(db *bolt.DB) (*eventIndex, error) {
 	x := newEventIndex()
@@ -287,17 +340,17 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Fast path for a repeat: a read transaction does not wait for commits.
-	if req.idemKey != "" {
-		var raw []byte
+	if req.idemIdx != nil {
+		var id int64
 		_ = s.db.View(func(tx *bolt.Tx) error {
-			if id := tx.Bucket(bucketEventIdem).Get(idemIndexKey(req.idemKey)); id != nil {
-				raw = bytes.Clone(tx.Bucket(bucketEvents).Get(id))
+			if v := tx.Bucket(bucketEventIdem).Get(req.idemIdx); v != nil {
+				id = int64(binary.BigEndian.Uint64(v))
 			}
 			return nil
 		})
-		if raw != nil {
+		if id != 0 {
 			s.metrics.eventsDup.Inc()
-			writeData(w, http.StatusOK, raw)
+			writeData(w, http.StatusOK, duplicateAnswer(id))
 			return
 		}
 	}
@@ -314,7 +367,7 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 	case resp.err != nil:
 		s.fail(w, r, resp.err)
 	case resp.dup:
-		writeData(w, http.StatusOK, resp.raw)
+		writeData(w, http.StatusOK, duplicateAnswer(resp.id))
 	default:
 		writeData(w, http.StatusCreated, resp.raw)
 	}
@@ -386,7 +439,11 @@ func (s *Server) parseEvent(w http.ResponseWriter, r *http.Request) (*eventReq, 
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, "encode event: %v", err)
 	}
-	return &eventReq{body: b, idemKey: key, inst: inst, ruleRef: ruleRef, resp: make(chan eventResp, 1)}, nil
+	req := &eventReq{body: b, idemKey: key, inst: inst, ruleRef: ruleRef, resp: make(chan eventResp, 1)}
+	if key != "" {
+		req.idemIdx = scopedIdemKey(key, tref, inst)
+	}
+	return req, nil
 }
 
 // ruleIDOf parses Attune's trigger_instance_id "rule_<id>".

@@ -78,27 +78,36 @@ func TestEventCreate(t *testing.T) {
 func TestEventIdempotency(t *testing.T) {
 	e := newEnv(t)
 	body := `{"trigger_ref":"core.crontimer","trigger_instance_id":"rule_5","payload":{"n":1}}`
-	var first, second, other eventData
+	var first, other eventData
 	e.must(http.StatusCreated, &first, "POST", "/api/v1/events", body, "Idempotency-Key", "5:100")
-	// The repeat may differ in body (a retried fire is re-encoded): the key decides.
-	e.must(http.StatusOK, &second, "POST", "/events", `{"trigger_ref":"core.crontimer","payload":{"n":2}}`, "Idempotency-Key", "5:100")
-	e.must(http.StatusCreated, &other, "POST", "/api/v1/events", body, "Idempotency-Key", "5:200")
-	if second.Data.ID != first.Data.ID || string(second.Data.Payload) != `{"n":1}` {
-		t.Errorf("repeat of key 5:100 = %+v, want the stored event %+v", second.Data, first.Data)
+	// The repeat may differ in payload (a retried fire is re-encoded): the key,
+	// within its trigger and rule, decides. It is answered with the original's
+	// id and nothing else.
+	_, repeat := e.do("POST", "/events", `{"trigger_ref":"core.crontimer","trigger_instance_id":"rule_5","payload":{"n":2}}`,
+		"Idempotency-Key", "5:100")
+	if want := fmt.Sprintf(`{"data":{"id":%d}}`, first.Data.ID); strings.TrimSpace(string(repeat)) != want {
+		t.Errorf("repeat of key 5:100 answered %s, want %s", repeat, want)
 	}
+	e.must(http.StatusCreated, &other, "POST", "/api/v1/events", body, "Idempotency-Key", "5:200")
 	if other.Data.ID == first.Data.ID {
 		t.Errorf("key 5:200 got id %d, the id of key 5:100", other.Data.ID)
 	}
+	// The same key for another rule or another trigger is another event.
+	var otherRule, otherTrigger eventData
+	e.must(http.StatusCreated, &otherRule, "POST", "/api/v1/events", `{"trigger_ref":"core.crontimer","trigger_instance_id":"rule_6"}`,
+		"Idempotency-Key", "5:100")
+	e.must(http.StatusCreated, &otherTrigger, "POST", "/api/v1/events", `{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_5"}`,
+		"Idempotency-Key", "5:100")
 	var list eventList
 	e.must(http.StatusOK, &list, "GET", "/api/v1/events", "")
-	if list.Pagination.TotalItems != 2 {
-		t.Errorf("stored %d events, want 2", list.Pagination.TotalItems)
+	if list.Pagination.TotalItems != 4 {
+		t.Errorf("stored %d events, want 4", list.Pagination.TotalItems)
 	}
 	if got := e.counter("timerd_api_events_duplicate_total"); got != 1 {
 		t.Errorf("timerd_api_events_duplicate_total = %v, want 1", got)
 	}
-	if got := e.counter("timerd_api_events_stored_total"); got != 2 {
-		t.Errorf("timerd_api_events_stored_total = %v, want 2", got)
+	if got := e.counter("timerd_api_events_stored_total"); got != 4 {
+		t.Errorf("timerd_api_events_stored_total = %v, want 4", got)
 	}
 }
 
@@ -330,11 +339,11 @@ func TestIdemIndexKey(t *testing.T) {
 	}{
 		{"7:1772352000000000000", "01" + "1898a8c0f0f40000" + "0000000000000007"},
 		{"1:0", "01" + "0000000000000000" + "0000000000000001"},
-		{"01:5", "00" + fmt.Sprintf("%x", "01:5")}, // not canonical: kept as is
-		{"1:+5", "00" + fmt.Sprintf("%x", "1:+5")},
-		{"abc", "00" + fmt.Sprintf("%x", "abc")},
-		{"1:18446744073709551616", "00" + fmt.Sprintf("%x", "1:18446744073709551616")},
-		{"", "00"},
+		{"01:5", "0004" + fmt.Sprintf("%x", "01:5")}, // not canonical: kept as is, after its length
+		{"1:+5", "0004" + fmt.Sprintf("%x", "1:+5")},
+		{"abc", "0003" + fmt.Sprintf("%x", "abc")},
+		{"1:18446744073709551616", "0016" + fmt.Sprintf("%x", "1:18446744073709551616")},
+		{"", "0000"},
 	}
 	for _, tc := range tests {
 		if got := fmt.Sprintf("%x", idemIndexKey(tc.key)); got != tc.want {

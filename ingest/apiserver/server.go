@@ -163,12 +163,15 @@ func newMetrics(reg prometheus.Registerer) metrics {
 }
 
 var (
-	bucketRules     = []byte("rules")            // id → rule JSON
-	bucketRuleRefs  = []byte("rule_refs")        // ref → id
-	bucketEvents    = []byte("events")           // id → event JSON; never deleted, so ids are 1..Sequence()
-	bucketEventIdem = []byte("event_idem")       // idemIndexKey(Idempotency-Key) → id
-	bucketAccounts  = []byte("service_accounts") // idKey(identity id) → account JSON
-	bucketRevoked   = []byte("revocations")      // revocationKey → auth.Revocation JSON
+	bucketRules     = []byte("rules")         // id → rule JSON
+	bucketRuleRefs  = []byte("rule_refs")     // ref → id
+	bucketEvents    = []byte("events")        // id → event JSON; never deleted, so ids are 1..Sequence()
+	bucketEventIdem = []byte("event_idem_v2") // scopedIdemKey(Idempotency-Key, trigger_ref, instance) → id
+	// bucketEventIdemV1 held keys unscoped (any token could take another
+	// trigger's key); it is rebuilt as bucketEventIdem at open, then dropped.
+	bucketEventIdemV1 = []byte("event_idem")
+	bucketAccounts    = []byte("service_accounts") // idKey(identity id) → account JSON
+	bucketRevoked     = []byte("revocations")      // revocationKey → auth.Revocation JSON
 )
 
 // New opens (or creates) DataDir/api.db, loads the rules and starts the
@@ -210,6 +213,10 @@ func New(cfg Config) (*Server, error) {
 	}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("apiserver: init store %q: %w", path, err)
+	}
+	if err := migrateIdemIndex(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("apiserver: rebuild the idempotency index of %q: %w", path, err)
 	}
 	if s.cat, err = loadCatalogue(db); err != nil {
 		db.Close()
