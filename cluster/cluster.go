@@ -46,6 +46,7 @@ type Cluster struct {
 	bindPort int // the bound gossip port: the port of a Join entry that has none
 	log      *slog.Logger
 	ml       *memberlist.Memberlist
+	keyring  *memberlist.Keyring              // nil: plain gossip
 	queue    *memberlist.TransmitLimitedQueue // leave intents
 	met      *metrics
 
@@ -125,11 +126,15 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	c.ml, c.bindPort = ml, mc.BindPort // memberlist wrote the bound port back
+	c.keyring = mc.Keyring             // memberlist made one of SecretKey; nil: plain gossip
 	if err := c.met.register(cfg.Registerer, c); err != nil {
 		_ = ml.Shutdown()
 		return nil, fmt.Errorf("register cluster metrics: %w", err)
 	}
 	c.goTracked(c.worker)
+	if cfg.GossipKeyringFile != "" {
+		c.goTracked(c.watchKeyring)
+	}
 	return c, nil
 }
 

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 
 // Defaults of Config.
 const (
+	DefaultGossipPort     = 7946
 	DefaultBindAddr       = "0.0.0.0:7946"
 	DefaultJoinTimeout    = 10 * time.Second
 	DefaultRejoinInterval = 10 * time.Second
@@ -58,8 +58,14 @@ type Config struct {
 	// port (an SRV lookup); nil: net.DefaultResolver.LookupHost. A seam for tests.
 	Resolve func(ctx context.Context, host string) ([]string, error)
 	// GossipKey is a base64 AES key (16, 24 or 32 bytes): gossip is encrypted and a node
-	// with another key cannot join. Empty: plain gossip.
+	// with another key cannot join. Empty: plain gossip (unless GossipKeyringFile).
 	GossipKey string
+	// GossipKeyringFile names a file of such keys, one a line, the first the primary; it
+	// is read again every KeyringReload and changes are applied without a restart (a key
+	// rotation: keyring.go). Exclusive with GossipKey.
+	GossipKeyringFile string
+	// KeyringReload: how often GossipKeyringFile is read; default DefaultKeyringReload.
+	KeyringReload time.Duration
 	// LeaveTimeout bounds Leave when its context has no earlier deadline.
 	LeaveTimeout time.Duration
 	// Ring shapes the hash ring; every node must use the same.
@@ -94,6 +100,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MessageBuffer == 0 {
 		c.MessageBuffer = DefaultMessageBuffer
+	}
+	if c.KeyringReload == 0 {
+		c.KeyringReload = DefaultKeyringReload
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -149,6 +158,17 @@ func (c Config) Validate() error {
 	if _, err := c.gossipKey(); err != nil {
 		return bad("GossipKey", "%v", err)
 	}
+	if c.GossipKeyringFile != "" {
+		if c.GossipKey != "" {
+			return bad("GossipKeyringFile", "set with GossipKey: use one of them")
+		}
+		if _, err := readKeyring(c.GossipKeyringFile); err != nil {
+			return bad("GossipKeyringFile", "%v", err)
+		}
+	}
+	if c.KeyringReload < 0 {
+		return bad("KeyringReload", "%v: must not be negative", c.KeyringReload)
+	}
 	if err := c.Ring.Validate(); err != nil {
 		return bad("Ring", "%v", err)
 	}
@@ -163,16 +183,11 @@ func (c Config) gossipKey() ([]byte, error) {
 	if c.GossipKey == "" {
 		return nil, nil
 	}
-	k, err := base64.StdEncoding.DecodeString(c.GossipKey)
-	if err != nil {
-		return nil, errors.New("not valid base64")
-	}
-	switch len(k) {
-	case 16, 24, 32:
-		return k, nil
-	}
-	return nil, fmt.Errorf("%d bytes, want 16, 24 or 32 (AES-128/192/256)", len(k))
+	return decodeGossipKey(c.GossipKey)
 }
+
+// Encrypted reports whether gossip is encrypted (a key or a keyring file).
+func (c Config) Encrypted() bool { return c.GossipKey != "" || c.GossipKeyringFile != "" }
 
 // splitHostPort splits host:port; with portOptional a bare host (or [v6]) gives port -1.
 func splitHostPort(s string, portOptional bool) (string, int, error) {
@@ -225,6 +240,16 @@ func (c Config) memberlistConfig(d *delegate) (*memberlist.Config, error) {
 		return nil, err
 	}
 	mc.SecretKey, mc.Keyring = key, nil
+	if c.GossipKeyringFile != "" {
+		keys, err := readKeyring(c.GossipKeyringFile)
+		if err != nil {
+			return nil, err
+		}
+		if mc.Keyring, err = memberlist.NewKeyring(keys, keys[0]); err != nil {
+			return nil, err
+		}
+		mc.SecretKey = nil
+	}
 	// memberlist emits its own metrics through hashicorp/go-metrics' global, whose default
 	// sink is a blackhole; we never install one (metrics.NewGlobal), so nothing is kept.
 	mc.Logger, mc.LogOutput = newStdLogger(c.Logger.With("lib", "memberlist")), nil

@@ -19,6 +19,8 @@ type metrics struct {
 	protoSent     *prometheus.CounterVec
 	protoReceived prometheus.Counter
 	protoDropped  *prometheus.CounterVec
+
+	keyringReloads *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -43,6 +45,12 @@ func newMetrics() *metrics {
 			"slow_consumer (Messages channel full). out: malformed, invalid, too_large (not encodable), unknown_member (no live member of that name), " +
 			"queue_full (the peer's TCP queue), send_failed.",
 	}, []string{"direction", "reason"})
+	m.keyringReloads = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "timerd_gossip_keyring_reloads_total",
+		Help: "Changes of the gossip keyring file applied (ok) or refused (error: the keys in use stay).",
+	}, []string{"result"})
+	m.keyringReloads.WithLabelValues("ok")
+	m.keyringReloads.WithLabelValues("error")
 	for _, r := range []string{transportUDP, transportTCP} {
 		m.protoSent.WithLabelValues(r)
 	}
@@ -72,8 +80,17 @@ func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
 		Name: "timerd_cluster_expected_members",
 		Help: "N, the members a quorum (N/2+1) is counted of: TIMERD_EXPECT, or the most members this node has seen in one view when more.",
 	}, func() float64 { return float64(c.view.Load().Expect) })
-	cols := []prometheus.Collector{m.ringChanges, m.protoSent, m.protoReceived, m.protoDropped,
-		membersCollector{c}, quorum, expected}
+	keys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "timerd_gossip_keys",
+		Help: "Keys in this node's gossip keyring (0: gossip is not encrypted; 2 during a rotation).",
+	}, func() float64 {
+		if ring := c.keyring; ring != nil {
+			return float64(len(ring.GetKeys()))
+		}
+		return 0
+	})
+	cols := []prometheus.Collector{m.ringChanges, m.protoSent, m.protoReceived, m.protoDropped, m.keyringReloads,
+		membersCollector{c}, quorum, expected, keys}
 	for i, col := range cols {
 		if err := reg.Register(col); err != nil {
 			for _, done := range cols[:i] {

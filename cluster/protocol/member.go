@@ -306,7 +306,7 @@ type Stats struct {
 	Renewed         uint64 // held partitions acquired again at a newer epoch
 	Released        uint64 // partitions released to another member
 	RefusedRecords  uint64 // fire records refused (newer epoch, fenced sender)
-	FutureRecords   uint64 // fire records refused for a slot too far ahead
+	FutureRecords   uint64 // fire records and watermarks refused for a slot later than now plus SkewAllowance
 	Verdicts        map[Verdict]uint64
 	MaxSkew         time.Duration // largest wall-clock difference to a peer seen
 	MismatchedPeers uint64
@@ -1178,6 +1178,10 @@ func (m *Member) granted(g Grant) {
 	}
 	for _, w := range g.Watermarks {
 		if _, ok := a.parts[m.cfg.PartitionOf(w.Rule)]; !ok {
+			continue
+		}
+		if w.Slot > m.now.Wall+int64(m.cfg.SkewAllowance) {
+			m.stats.FutureRecords++ // a slot nobody could have fired yet: it would silence the rule
 			continue
 		}
 		if cur, ok := a.wms[w.Rule]; ok {

@@ -116,6 +116,10 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			"only through the reconcile with the rules API, every reconcile_interval", "reconcile_interval", cfg.ReconcileInterval.String())
 	}
 
+	if cfg.GossipInsecure && cfg.GossipKey == "" && cfg.GossipKeyring == "" && (len(cfg.Join) > 0 || cfg.Expect > 1) {
+		log.Warn("GOSSIP IS NOT ENCRYPTED (TIMERD_GOSSIP_INSECURE=true): anyone who reaches the gossip port can change "+
+			"what this cluster fires; set TIMERD_GOSSIP_KEY or TIMERD_GOSSIP_KEYRING_FILE", "bind_addr", cfg.BindAddr)
+	}
 	switch {
 	case len(cfg.Join) == 0 && cfg.Expect == 1:
 		log.Info("no peers to join (TIMERD_JOIN): this node runs alone and owns every rule until a peer joins it",
@@ -125,7 +129,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			"bind_addr", cfg.BindAddr, "expect", cfg.Expect, "quorum", cfg.Expect/2+1)
 	default:
 		log.Info("cluster", "join", cfg.Join, "expect", cfg.Expect, "quorum", cfg.Expect/2+1, "bind_addr", cfg.BindAddr,
-			"join_timeout", cfg.JoinTimeout.String(), "gossip_encrypted", cfg.GossipKey != "")
+			"join_timeout", cfg.JoinTimeout.String(), "gossip_encrypted", cfg.GossipKey != "" || cfg.GossipKeyring != "")
 	}
 
 	if err := checkAPIHealth(ctx, cfg.APIURL, 5, 500*time.Millisecond, log); err != nil {
@@ -162,6 +166,8 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			Expect:        cfg.Expect,
 			JoinTimeout:   cfg.JoinTimeout,
 			GossipKey:     cfg.GossipKey,
+			// Read again while running: a rotation needs no restart.
+			GossipKeyringFile: cfg.GossipKeyring,
 		},
 	})
 	if err != nil {

@@ -53,6 +53,9 @@ type agentConfig struct {
 	Expect        int // expected cluster size N: fires only with a quorum of N/2+1
 	JoinTimeout   time.Duration
 	GossipKey     string // base64; never printed
+	GossipKeyring string // a file of keys, re-read while running (a rotation)
+	// GossipInsecure: a cluster may gossip unencrypted (TIMERD_GOSSIP_INSECURE).
+	GossipInsecure bool
 
 	// UnknownKeys are stdin-config keys timerd does not know (ignored, as
 	// Attune may send more than a timer sensor reads).
@@ -215,6 +218,21 @@ var agentSettings = []agentSetting{
 		c.GossipKey = v
 		return nil
 	}},
+	{env: "TIMERD_GOSSIP_KEYRING_FILE", key: "gossip_keyring_file", flag: "gossip-keyring-file", usage: "file of base64 gossip keys, one a line, the first encrypting: re-read every 5s, so a key is rotated without a restart (docs/security.md); instead of TIMERD_GOSSIP_KEY", set: func(c *agentConfig, v string) error {
+		if err := checkClusterField(cluster.Config{GossipKeyringFile: v}); err != nil {
+			return err // never quotes a key
+		}
+		c.GossipKeyring = v
+		return nil
+	}},
+	{env: "TIMERD_GOSSIP_INSECURE", key: "gossip_insecure", flag: "gossip-insecure", def: "false", usage: "true lets a cluster (TIMERD_JOIN, or TIMERD_EXPECT above 1) gossip unencrypted: anyone who reaches the gossip port can then change what the nodes fire", set: func(c *agentConfig, v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", truncateSetting(v))
+		}
+		c.GossipInsecure = b
+		return nil
+	}},
 	{env: "TIMERD_SETTLE_DELAY", key: "settle_delay", flag: "settle-delay", usage: "no longer used; ignored",
 		retired: "leases and acquisitions replaced it (docs/protocol.md)", set: func(*agentConfig, string) error { return nil }},
 	{env: "TIMERD_QUEUE_EXPIRES", key: "queue_expires", flag: "queue-expires", def: "7d", usage: "x-expires of the node's queue: the broker drops it after this long unused (1s..24d)", set: func(c *agentConfig, v string) error {
@@ -375,6 +393,18 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		if err := checkTokenExpiry(c.APIToken, c.DataDir, time.Now()); err != nil {
 			return nil, fmt.Errorf("%s: %w", name("ATTUNE_API_TOKEN"), err)
 		}
+	}
+	inCluster := len(c.Join) > 0 || c.Expect > 1
+	switch {
+	case given["TIMERD_GOSSIP_KEY"] && given["TIMERD_GOSSIP_KEYRING_FILE"]:
+		return nil, fmt.Errorf("%s: set it or %s, not both", name("TIMERD_GOSSIP_KEYRING_FILE"), name("TIMERD_GOSSIP_KEY"))
+	case inCluster && c.GossipKey == "" && c.GossipKeyring == "" && !c.GossipInsecure:
+		return nil, fmt.Errorf("%s: required in a cluster (or %s): unencrypted gossip lets anyone who reaches the gossip port "+
+			"change what the nodes fire; set %s=true to run so anyway", name("TIMERD_GOSSIP_KEY"), name("TIMERD_GOSSIP_KEYRING_FILE"),
+			name("TIMERD_GOSSIP_INSECURE"))
+	case !inCluster && !given["TIMERD_BIND_ADDR"]:
+		// Alone, nobody needs to reach the gossip port.
+		c.BindAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(cluster.DefaultGossipPort))
 	}
 	if c.MQURL == "" && c.ReconcileInterval == 0 {
 		return nil, fmt.Errorf("%s: 0 (no periodic reconcile) without ATTUNE_MQ_URL: the node would never see a rule change",

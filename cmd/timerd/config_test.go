@@ -110,9 +110,34 @@ func TestAgentConfigPrecedence(t *testing.T) {
 				return ""
 			}},
 		{"cluster defaults", base, "", nil, func(c *agentConfig) string {
-			if c.BindAddr != "0.0.0.0:7946" || c.AdvertiseAddr != "" || c.Join != nil || c.JoinTimeout != 10*time.Second ||
-				c.GossipKey != "" || c.Expect != 1 || c.Retired != nil {
+			// Alone, gossip binds to loopback: nobody needs to reach it.
+			if c.BindAddr != "127.0.0.1:7946" || c.AdvertiseAddr != "" || c.Join != nil || c.JoinTimeout != 10*time.Second ||
+				c.GossipKey != "" || c.Expect != 1 || c.Retired != nil || c.GossipInsecure {
 				return "not the documented cluster defaults"
+			}
+			return ""
+		}},
+		{"a cluster binds every address by default", with("TIMERD_JOIN", "p:7946", "TIMERD_GOSSIP_KEY", gossipKey), "", nil, func(c *agentConfig) string {
+			if c.BindAddr != "0.0.0.0:7946" {
+				return "a node that joins binds " + c.BindAddr
+			}
+			return ""
+		}},
+		{"alone, a bind address given is kept", with("TIMERD_BIND_ADDR", "0.0.0.0:7000"), "", nil, func(c *agentConfig) string {
+			if c.BindAddr != "0.0.0.0:7000" {
+				return "TIMERD_BIND_ADDR not kept"
+			}
+			return ""
+		}},
+		{"unencrypted cluster, said explicitly", with("TIMERD_JOIN", "p:7946", "TIMERD_GOSSIP_INSECURE", "true"), "", nil, func(c *agentConfig) string {
+			if !c.GossipInsecure || c.GossipKey != "" {
+				return "TIMERD_GOSSIP_INSECURE not taken"
+			}
+			return ""
+		}},
+		{"keyring file", with("TIMERD_EXPECT", "3", "TIMERD_GOSSIP_KEYRING_FILE", keyringFile(t, gossipKey)), "", nil, func(c *agentConfig) string {
+			if c.GossipKeyring == "" {
+				return "TIMERD_GOSSIP_KEYRING_FILE not taken"
 			}
 			return ""
 		}},
@@ -146,7 +171,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 				}
 				return ""
 			}},
-		{"cluster flags over env", with("TIMERD_JOIN", "a:1", "TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_EXPECT", "3"), "",
+		{"cluster flags over env", with("TIMERD_JOIN", "a:1", "TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_EXPECT", "3", "TIMERD_GOSSIP_KEY", gossipKey), "",
 			[]string{"--join", "b:2,c:3", "--bind-addr", ":0", "--join-timeout", "1s", "--expect", "5"}, func(c *agentConfig) string {
 				if strings.Join(c.Join, "|") != "b:2|c:3" || c.BindAddr != ":0" || c.JoinTimeout != time.Second || c.Expect != 5 {
 					return "cluster flags did not win"
@@ -249,6 +274,13 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"join timeout zero", with("TIMERD_JOIN_TIMEOUT", "0"), "", nil, "TIMERD_JOIN_TIMEOUT: 0 is out of range"},
 		{"join timeout not a duration", base, "", []string{"--join-timeout", "ten"}, `--join-timeout: "ten" is not a duration`},
 		{"gossip key not base64", with("TIMERD_GOSSIP_KEY", "secret!!key"), "", nil, "TIMERD_GOSSIP_KEY: not valid base64"},
+		{"a cluster without a gossip key", with("TIMERD_JOIN", "p:7946"), "", nil, "TIMERD_GOSSIP_KEY (or --gossip-key): required in a cluster"},
+		{"a quorum without a gossip key", with("TIMERD_EXPECT", "3"), "", nil, "TIMERD_GOSSIP_KEY (or --gossip-key): required in a cluster"},
+		{"insecure, but not true", with("TIMERD_JOIN", "p:7946", "TIMERD_GOSSIP_INSECURE", "yes please"), "", nil, `TIMERD_GOSSIP_INSECURE: "yes please" is not true or false`},
+		{"gossip key and keyring file", with("TIMERD_GOSSIP_KEY", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")),
+			"TIMERD_GOSSIP_KEYRING_FILE", keyringFile(t, base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")))), "", nil,
+			"TIMERD_GOSSIP_KEYRING_FILE (or --gossip-keyring-file): set it or TIMERD_GOSSIP_KEY"},
+		{"keyring file unreadable", with("TIMERD_GOSSIP_KEYRING_FILE", "/nonexistent/keys"), "", nil, "TIMERD_GOSSIP_KEYRING_FILE: open /nonexistent/keys"},
 		{"gossip key wrong length", with("TIMERD_GOSSIP_KEY", base64.StdEncoding.EncodeToString([]byte("sixteen-bytes-k!x"))), "", nil, "TIMERD_GOSSIP_KEY: 17 bytes, want 16, 24 or 32"},
 		{"stdin bad JSON", base, `{"api_url": "http://x", "api_token": "` + tok + `"`, []string{"--stdin-config"}, "--stdin-config: stdin ends inside the JSON object"},
 		{"stdin syntax error", base, `{"api_token": "` + tok + `" oops}`, []string{"--stdin-config"}, "--stdin-config: stdin is not valid JSON (syntax error at byte"},
@@ -294,4 +326,14 @@ func TestRetiredFlagsHidden(t *testing.T) {
 			t.Errorf("--%s is retired and shown in the help", s.flag)
 		}
 	}
+}
+
+// keyringFile writes keys to a keyring file of the test.
+func keyringFile(t *testing.T, keys ...string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "gossip.keys")
+	if err := os.WriteFile(p, []byte(strings.Join(keys, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

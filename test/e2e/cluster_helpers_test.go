@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -145,6 +147,9 @@ type cnode struct {
 func newTCluster(t *testing.T, extra ...string) *tcluster {
 	t.Helper()
 	b := newBroker(t)
+	// Every node of a test cluster shares a gossip key, as a cluster must
+	// (TIMERD_GOSSIP_INSECURE aside); extra may name another (the last wins).
+	extra = append([]string{"TIMERD_GOSSIP_KEY=" + testGossipKey()}, extra...)
 	c := &tcluster{t: t, b: b, api: startAttune(t, b), extra: extra, nodes: map[string]*cnode{},
 		posts: &postRecorder{}, proxies: map[string]string{}}
 	t.Cleanup(func() {
@@ -153,6 +158,15 @@ func newTCluster(t *testing.T, extra ...string) *tcluster {
 		}
 	})
 	return c
+}
+
+// testGossipKey is a fresh AES-256 gossip key, base64.
+func testGossipKey() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return base64.StdEncoding.EncodeToString(b)
 }
 
 // proxy is the API's URL as node short posts to it: its recording proxy.

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"math"
 	"regexp"
 	"slices"
@@ -432,12 +430,7 @@ func TestClusterJoinUnreachableWaitsForTimeout(t *testing.T) {
 // form a cluster, a third with another key ends alone after its join
 // timeout, and none of them lists it or the key.
 func TestClusterWrongGossipKeyCannotJoin(t *testing.T) {
-	key := func() string {
-		b := make([]byte, 32)
-		rand.Read(b)
-		return base64.StdEncoding.EncodeToString(b)
-	}
-	keyA, keyB := key(), key()
+	keyA, keyB := testGossipKey(), testGossipKey()
 	c := newTCluster(t, "TIMERD_GOSSIP_KEY="+keyA)
 	c.start("n1", nil, true)
 	c.start("n2", c.peers("n2"), true)

@@ -762,7 +762,7 @@ func TestFireOnceScaleInAPIDown(t *testing.T) {
 	const every = time.Second
 	b := newBroker(t)
 	api := newRestartableAPI(t, b)
-	c := &tcluster{t: t, b: b, api: api.start(), extra: []string{"TIMERD_EXPECT=3"}, nodes: map[string]*cnode{}}
+	c := &tcluster{t: t, b: b, api: api.start(), extra: []string{"TIMERD_EXPECT=3", "TIMERD_GOSSIP_KEY=" + testGossipKey()}, nodes: map[string]*cnode{}}
 	ids := c.createRules("scalein", "core.intervaltimer", ni, func(int) map[string]any { return map[string]any{"interval": 1} })
 	three := startThree(c, ids)
 	two := c.names("n1", "n3")

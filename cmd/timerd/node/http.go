@@ -191,6 +191,15 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			}
 			return 0
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "timerd_cluster_future_watermarks_refused_total",
+			Help: "Fire records and watermarks from peers refused because their slot is later than now plus the skew allowance (a broken clock or a forged packet); never applied.",
+		}, func() float64 {
+			if s := snap(); s != nil {
+				return float64(s.stats.FutureRecords)
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_partitions_held",
 			Help: "Ring partitions this node holds (fires the rules of).",

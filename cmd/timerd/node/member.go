@@ -74,6 +74,7 @@ type memberSnap struct {
 	leaseUntil  time.Duration
 	always      bool            // a quorum of one: always leased
 	status      protocol.Status // refreshed when held changes and every statusEvery
+	stats       protocol.Stats  // refreshed with status
 	statusAt    time.Time
 }
 
@@ -204,9 +205,9 @@ func (d *driver) publish() {
 	s := &memberSnap{self: d.m.Self(), heldVersion: d.m.HeldVersion(), leaseUntil: d.m.LeaseUntil(),
 		always: d.m.Quorum() == 1}
 	if prev != nil && prev.heldVersion == s.heldVersion && time.Since(prev.statusAt) < statusEvery {
-		s.held, s.status, s.statusAt = prev.held, prev.status, prev.statusAt
+		s.held, s.status, s.stats, s.statusAt = prev.held, prev.status, prev.stats, prev.statusAt
 	} else {
-		s.status, s.statusAt = d.m.Status(), time.Now()
+		s.status, s.stats, s.statusAt = d.m.Status(), d.m.Stats(), time.Now()
 		s.held = s.status.Held
 	}
 	d.snap.Store(s)
