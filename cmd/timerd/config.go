@@ -44,6 +44,9 @@ type agentConfig struct {
 	ShutdownTimeout   time.Duration
 	Workers           int
 	LogFormat         string
+	// Dead letters (docs/operations.md, "Dead letters").
+	RejectRetryWindow   time.Duration
+	DeadLetterRetention time.Duration // 0: kept forever
 
 	// The cluster (docs/configuration.md, "Cluster"). The agent always
 	// runs it: with no Join it is alone at once and owns every rule.
@@ -248,6 +251,22 @@ var agentSettings = []agentSetting{
 		}
 		c.Workers = n
 		return nil
+	}},
+	{env: "TIMERD_REJECT_RETRY_WINDOW", key: "reject_retry_window", flag: "reject-retry-window", def: "10m", usage: "how long an event answered 403 or 404 is retried, from its first such answer, before it is a dead letter (1s..7d)", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && (d < time.Second || d > 7*24*time.Hour) {
+			err = fmt.Errorf("%s is out of range (1s .. 7d)", v)
+		}
+		c.RejectRetryWindow = d
+		return err
+	}},
+	{env: "TIMERD_DEAD_LETTER_RETENTION", key: "dead_letter_retention", flag: "dead-letter-retention", def: "7d", usage: "dead letters older than this are deleted; 0 keeps them forever", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && d != 0 && d < time.Minute {
+			err = fmt.Errorf("%s is less than 1m (0 keeps dead letters forever)", v)
+		}
+		c.DeadLetterRetention = d
+		return err
 	}},
 	{env: "TIMERD_LOG_FORMAT", key: "log_format", flag: "log-format", def: "json", usage: "json or text", set: func(c *agentConfig, v string) error {
 		switch strings.ToLower(v) {
