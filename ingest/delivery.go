@@ -320,7 +320,8 @@ func (d *Delivery) Run(ctx context.Context) error {
 // Flush delivers every entry now in the outbox (or dead-letters it) and
 // returns nil, or returns ctx.Err() when ctx ends first. It may be called
 // after Run returned; while Run is active it waits for Run to empty the
-// outbox.
+// outbox. The events of a paused rule (see breaker) keep it waiting until
+// ctx ends.
 func (d *Delivery) Flush(ctx context.Context) error {
 	for {
 		select {
