@@ -66,15 +66,15 @@ type DeliveryConfig struct {
 
 // Defaults of DeliveryConfig.
 const (
-	DefaultDeliveryWorkers = 8
-	DefaultDeliveryTimeout = 10 * time.Second
-	DefaultBackoffMin      = 200 * time.Millisecond
-	DefaultBackoffMax      = 30 * time.Second
-	DefaultOutboxPoll      = time.Second
-	DefaultRejectWindow    = 10 * time.Minute
-	DefaultBreakerK        = 5
-	DefaultProbeMin        = 10 * time.Second
-	DefaultProbeMax        = 5 * time.Minute
+	DefaultDeliveryWorkers  = 8
+	DefaultDeliveryTimeout  = 10 * time.Second
+	DefaultBackoffMin       = 200 * time.Millisecond
+	DefaultBackoffMax       = 30 * time.Second
+	DefaultOutboxPoll       = time.Second
+	DefaultRejectWindow     = 10 * time.Minute
+	DefaultBreakerThreshold = 5
+	DefaultProbeMin         = 10 * time.Second
+	DefaultProbeMax         = 5 * time.Minute
 )
 
 const (
@@ -152,7 +152,7 @@ func (c DeliveryConfig) withDefaults() DeliveryConfig {
 		c.RejectRetryWindow = DefaultRejectWindow
 	}
 	if c.BreakerThreshold == 0 {
-		c.BreakerThreshold = DefaultBreakerK
+		c.BreakerThreshold = DefaultBreakerThreshold
 	}
 	if c.ProbeMin == 0 {
 		c.ProbeMin = DefaultProbeMin

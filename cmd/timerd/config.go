@@ -140,7 +140,7 @@ var agentSettings = []agentSetting{
 		c.DataDir = v
 		return nil
 	}},
-	{env: "TIMERD_HTTP_ADDR", key: "http_addr", flag: "http-addr", def: ":8470", usage: "listen address of /metrics, /healthz, /readyz and /v1/status", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_HTTP_ADDR", key: "http_addr", flag: "http-addr", def: ":8470", usage: "listen address of /metrics, /healthz, /readyz, /v1/status and /v1/dead-letters", set: func(c *agentConfig, v string) error {
 		if _, port, err := net.SplitHostPort(v); err != nil {
 			return fmt.Errorf("%q is not host:port", truncateSetting(v))
 		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {

@@ -49,7 +49,7 @@ type Config struct {
 	SensorRef string // default "core.timer"
 	NodeName  string // default the host name
 
-	// HTTPAddr is where /metrics, /healthz, /readyz and /v1/status are
+	// HTTPAddr is where /metrics, /healthz, /readyz, /v1/status and /v1/dead-letters are
 	// served; "" serves nothing. Port 0 picks a free port (see HTTPAddr()).
 	HTTPAddr string
 
