@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -82,5 +83,30 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 		if !alerts[want] {
 			t.Errorf("docs/alerts.yml has no alert %s", want)
 		}
+	}
+}
+
+// With promtool installed, docs/alerts.yml passes `promtool check rules`
+// and a node's /metrics passes `promtool check metrics`.
+func TestAlertRulesPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool is not installed (Debian: apt-get install prometheus); TestAlertRulesUseExportedMetrics checks the metric names")
+	}
+	if out, err := exec.Command(promtool, "check", "rules", "../../../docs/alerts.yml").CombinedOutput(); err != nil {
+		t.Errorf("promtool check rules docs/alerts.yml: %v\n%s", err, out)
+	}
+	n := newIdleNode(t)
+	srv := httptest.NewServer(n.handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = resp.Body
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics of a node's /metrics: %v\n%s", err, out)
 	}
 }
