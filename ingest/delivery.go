@@ -48,17 +48,33 @@ type DeliveryConfig struct {
 	// connections alive (the default of 2 costs 40 % of throughput).
 	Client       *http.Client
 	PollInterval time.Duration // re-scan of the outbox without Notify, default 1s
-	Logger       *slog.Logger  // nil: discard
-	Registerer   prometheus.Registerer
+	// RejectRetryWindow is how long a 403 or 404 is retried (with the backoff
+	// above), counted from the event's first such answer, before the event is
+	// a dead letter: an ingress answers 404 for seconds during a rollout.
+	// Default 10m.
+	RejectRetryWindow time.Duration
+	// BreakerThreshold is the number of consecutive dead letters of one rule
+	// that pause the rule's delivery (its breaker opens): its events stay in
+	// the outbox and one of them is probed with backoff from ProbeMin to
+	// ProbeMax; one success closes the breaker. Defaults 5, 10s and 5m.
+	BreakerThreshold int
+	ProbeMin         time.Duration
+	ProbeMax         time.Duration
+	Logger           *slog.Logger // nil: discard
+	Registerer       prometheus.Registerer
 }
 
 // Defaults of DeliveryConfig.
 const (
-	DefaultDeliveryWorkers = 8
-	DefaultDeliveryTimeout = 10 * time.Second
-	DefaultBackoffMin      = 200 * time.Millisecond
-	DefaultBackoffMax      = 30 * time.Second
-	DefaultOutboxPoll      = time.Second
+	DefaultDeliveryWorkers  = 8
+	DefaultDeliveryTimeout  = 10 * time.Second
+	DefaultBackoffMin       = 200 * time.Millisecond
+	DefaultBackoffMax       = 30 * time.Second
+	DefaultOutboxPoll       = time.Second
+	DefaultRejectWindow     = 10 * time.Minute
+	DefaultBreakerThreshold = 5
+	DefaultProbeMin         = 10 * time.Second
+	DefaultProbeMax         = 5 * time.Minute
 )
 
 const (
@@ -97,10 +113,21 @@ func (c DeliveryConfig) Validate() error {
 		return bad("BackoffMax", "negative %v", c.BackoffMax)
 	case c.PollInterval < 0:
 		return bad("PollInterval", "negative %v", c.PollInterval)
+	case c.RejectRetryWindow < 0:
+		return bad("RejectRetryWindow", "negative %v", c.RejectRetryWindow)
+	case c.BreakerThreshold < 0:
+		return bad("BreakerThreshold", "negative %d", c.BreakerThreshold)
+	case c.ProbeMin < 0:
+		return bad("ProbeMin", "negative %v", c.ProbeMin)
+	case c.ProbeMax < 0:
+		return bad("ProbeMax", "negative %v", c.ProbeMax)
 	}
 	d := c.withDefaults()
 	if d.BackoffMax < d.BackoffMin {
 		return bad("BackoffMax", "%v is below BackoffMin %v", d.BackoffMax, d.BackoffMin)
+	}
+	if d.ProbeMax < d.ProbeMin {
+		return bad("ProbeMax", "%v is below ProbeMin %v", d.ProbeMax, d.ProbeMin)
 	}
 	return nil
 }
@@ -120,6 +147,18 @@ func (c DeliveryConfig) withDefaults() DeliveryConfig {
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultOutboxPoll
+	}
+	if c.RejectRetryWindow == 0 {
+		c.RejectRetryWindow = DefaultRejectWindow
+	}
+	if c.BreakerThreshold == 0 {
+		c.BreakerThreshold = DefaultBreakerThreshold
+	}
+	if c.ProbeMin == 0 {
+		c.ProbeMin = DefaultProbeMin
+	}
+	if c.ProbeMax == 0 {
+		c.ProbeMax = max(DefaultProbeMax, c.ProbeMin)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -159,8 +198,14 @@ func eventsURL(base string) (string, error) {
 //     network errors and timeouts:
 //     retried with capped exponential backoff and jitter, honouring
 //     Retry-After on 429 and 503.
-//   - any other 4xx (400, 403, 404, 422, …): permanent; the entry becomes a
+//   - 403 and 404: retried with backoff for RejectRetryWindow from the
+//     entry's first such answer (an ingress in a rollout), then permanent.
+//   - any other 4xx (400, 410, 422, …): permanent; the entry becomes a
 //     dead letter whose reason is the status and a short excerpt of the body.
+//
+// A rule whose events become BreakerThreshold dead letters in a row is
+// paused (see breaker): its events stay in the outbox, one is probed with
+// backoff, and the first success resumes the rule.
 //
 // At most a window of outbox entries is held in memory; an entry that keeps
 // failing holds one slot of it and never blocks the others.
@@ -189,6 +234,9 @@ type Delivery struct {
 	// yet (a full disk): they are never posted again, only acked again, also by
 	// the next Run or Flush. Touched only by the engine that holds d.engine.
 	unacked map[uint64]struct{}
+	// breakers holds the rules with dead letters since their last delivery,
+	// and the paused ones. Touched only by the engine that holds d.engine.
+	breakers map[int64]*breaker
 }
 
 // maxRedirectsLogged bounds the distinct redirects logged at warn level.
@@ -228,6 +276,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		engine:   make(chan struct{}, 1),
 		ack:      cfg.Store.AckOutbox,
 		unacked:  make(map[uint64]struct{}),
+		breakers: make(map[int64]*breaker),
 	}
 	if d.client == nil {
 		d.ownedTr = &http.Transport{
@@ -271,7 +320,8 @@ func (d *Delivery) Run(ctx context.Context) error {
 // Flush delivers every entry now in the outbox (or dead-letters it) and
 // returns nil, or returns ctx.Err() when ctx ends first. It may be called
 // after Run returned; while Run is active it waits for Run to empty the
-// outbox.
+// outbox. The events of a paused rule (see breaker) keep it waiting until
+// ctx ends.
 func (d *Delivery) Flush(ctx context.Context) error {
 	for {
 		select {
@@ -306,6 +356,9 @@ type pending struct {
 	attempt int       // failed attempts so far
 	unauth  int       // consecutive 401s
 	due     time.Time // while waiting: not before
+	// firstRejected is the first 403 or 404 of the entry (in memory: a
+	// restart starts its window again).
+	firstRejected time.Time
 }
 
 type outcomeKind int
@@ -315,6 +368,7 @@ const (
 	outRetry
 	outUnauthorized
 	outDeadLetter
+	outRejected // 403 or 404: retried within RejectRetryWindow, then a dead letter
 	outCancelled
 )
 
@@ -384,6 +438,9 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	// Deliveries an earlier engine could not ack: ack them, never post them.
 	for seq := range d.unacked {
 		e.toAck = append(e.toAck, seq)
+	}
+	for _, b := range d.breakers {
+		b.probe = nil // an earlier engine's entry
 	}
 	defer func() {
 		cancel()
@@ -518,6 +575,14 @@ func (e *engine) fill() error {
 				continue // delivered; its ack is queued
 			}
 			p := &pending{entry: ent}
+			if b := e.d.breakers[ent.Event.RuleID]; b.paused() {
+				if b.probe != nil {
+					continue // stays in the outbox; reloaded when the breaker closes
+				}
+				e.window[ent.Seq] = p
+				e.scheduleProbe(p, b)
+				continue
+			}
 			e.window[ent.Seq] = p
 			heap.Push(&e.ready, p)
 		}
@@ -533,11 +598,20 @@ func (e *engine) handle(batch []outcome) {
 	d := e.d
 	for _, r := range batch {
 		seq := r.p.entry.Seq
+		rule := r.p.entry.Event.RuleID
+		if r.kind == outRejected {
+			r.kind = e.rejected(r.p)
+		}
+		if b := d.breakers[rule]; b.paused() && isFailure(r.kind) {
+			e.pausedFailure(r.p, b)
+			continue
+		}
 		switch r.kind {
 		case outCancelled:
 			// The engine is stopping; the entry stays in the outbox.
 		case outDelivered:
 			e.toAck = append(e.toAck, seq)
+			e.resetBreaker(rule)
 			if e.failing {
 				e.failing = false
 				d.log.Info("event delivery recovered")
@@ -553,6 +627,7 @@ func (e *engine) handle(batch []outcome) {
 			d.log.Warn("event rejected, moved to dead letters", "seq", seq, "rule", r.p.entry.Event.RuleID,
 				"idempotency_key", r.p.entry.Event.IdempotencyKey, "status", r.status, "reason", r.reason)
 			delete(e.window, seq)
+			e.countDeadLetter(rule)
 		case outUnauthorized:
 			d.invalidate(r.token)
 			r.p.unauth++
@@ -686,6 +761,9 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 		out.kind = outUnauthorized
 	case isPermanent(code):
 		out.kind = outDeadLetter
+		if isRejectRetried(code) {
+			out.kind = outRejected
+		}
 		out.reason = deadLetterReason(code, excerpt, out.token)
 	case auth.IsRedirect(resp):
 		out.kind, out.reason = outRetry, auth.RedirectNote(resp)
@@ -710,6 +788,13 @@ func isPermanent(code int) bool {
 		return false
 	}
 	return code >= 400 && code < 500
+}
+
+// isRejectRetried reports whether a permanent status is retried for a while
+// first: an ingress or gateway answers 403 or 404 while a route is being
+// rolled out; 400 and 422 judge the event itself.
+func isRejectRetried(code int) bool {
+	return code == http.StatusForbidden || code == http.StatusNotFound
 }
 
 // deadLetterReason is "<status> <text>: <body excerpt>", printable, bounded,

@@ -11,6 +11,8 @@ type deliveryMetrics struct {
 	seconds     prometheus.Histogram
 	deadLetters *prometheus.CounterVec // by HTTP status
 	ackFailures prometheus.Counter
+	rulesPaused prometheus.Gauge   // rules whose breaker is open
+	rulePauses  prometheus.Counter // breaker openings
 }
 
 func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
@@ -32,6 +34,14 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 			Name: "timerd_outbox_ack_failures_total",
 			Help: "Failed commits of delivered events' removal from the outbox (a full disk); they are retried, never posted again.",
 		}),
+		rulesPaused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "timerd_delivery_rules_paused",
+			Help: "Rules whose delivery is paused after repeated dead letters: their events stay in the outbox and one is probed with backoff.",
+		}),
+		rulePauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_delivery_rule_pauses_total",
+			Help: "Times a rule's delivery was paused after repeated dead letters.",
+		}),
 	}
 	if reg == nil {
 		return m
@@ -40,6 +50,8 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 	m.seconds = registerOrExisting(reg, m.seconds)
 	m.deadLetters = registerOrExisting(reg, m.deadLetters)
 	m.ackFailures = registerOrExisting(reg, m.ackFailures)
+	m.rulesPaused = registerOrExisting(reg, m.rulesPaused)
+	m.rulePauses = registerOrExisting(reg, m.rulePauses)
 	return m
 }
 

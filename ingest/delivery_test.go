@@ -426,10 +426,9 @@ func TestDeliveryDeadLetters(t *testing.T) {
 		wantReason string
 	}{
 		{"400", 400, `{"error":"bad payload"}`, `400 Bad Request: {"error":"bad payload"}`},
-		{"403 echoing the token", 403, "trigger not allowed for " + token, "403 Forbidden: trigger not allowed for [redacted]"},
-		{"404 empty body", 404, "", "404 Not Found"},
+		{"400 echoing the token", 400, "trigger not allowed for " + token, "400 Bad Request: trigger not allowed for [redacted]"},
+		{"410 empty body", 410, "", "410 Gone"},
 		{"422 with control characters", 422, "bad\r\n\tvalue\x00", "422 Unprocessable Entity: bad value"},
-		{"410", 410, "gone", "410 Gone: gone"},
 		{"413 long body is cut", 413, long, "413 Request Entity Too Large: " + long[:reasonExcerpt]},
 	}
 	for _, tc := range tests {
@@ -831,6 +830,10 @@ func TestDeliveryConfigValidate(t *testing.T) {
 		{"negative backoff", func(c *DeliveryConfig) { c.BackoffMin = -1 }, "BackoffMin"},
 		{"max below min", func(c *DeliveryConfig) { c.BackoffMin, c.BackoffMax = time.Second, time.Millisecond }, "BackoffMax"},
 		{"negative poll", func(c *DeliveryConfig) { c.PollInterval = -1 }, "PollInterval"},
+		{"negative reject window", func(c *DeliveryConfig) { c.RejectRetryWindow = -time.Second }, "RejectRetryWindow"},
+		{"negative breaker threshold", func(c *DeliveryConfig) { c.BreakerThreshold = -1 }, "BreakerThreshold"},
+		{"negative probe", func(c *DeliveryConfig) { c.ProbeMin = -1 }, "ProbeMin"},
+		{"probe max below min", func(c *DeliveryConfig) { c.ProbeMin, c.ProbeMax = time.Hour, time.Minute }, "ProbeMax"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

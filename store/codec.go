@@ -441,3 +441,30 @@ func decodeTombstone(id int64, v []byte) (Tombstone, error) {
 	}
 	return ts, nil
 }
+
+// outboxValueOfDeadLetter is the outbox value inside dead letter v, checked, in new
+// memory, with its commit time set to now.
+func outboxValueOfDeadLetter(seq uint64, v []byte, now time.Time) ([]byte, error) {
+	d := decoder{b: v}
+	d.version()
+	d.time("at")
+	d.varint("status")
+	d.bytes("reason")
+	if d.err != nil {
+		return nil, fmt.Errorf("dead letter %d: %w", seq, d.err)
+	}
+	entry := bytes.Clone(d.b)
+	if _, err := decodeOutboxEntry(seq, entry); err != nil {
+		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	copy(entry[1:9], appendTime(nil, now)) // the event's layout: version, created_at, …
+	return entry, nil
+}
+
+// deadLetterAt reads only the time a dead letter was written.
+func deadLetterAt(v []byte) (time.Time, error) {
+	d := decoder{b: v}
+	d.version()
+	at := d.time("at")
+	return at, d.err
+}

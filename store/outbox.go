@@ -457,3 +457,94 @@ func (s *Store) DeleteDeadLetters(seqs ...uint64) error {
 	s.deadLetterLen.Add(-n)
 	return nil
 }
+
+// RedriveDeadLetters moves dead letters back into the outbox in one transaction, all
+// of them when seqs is empty, and returns the seqs moved (unknown ones are skipped).
+// Each goes to the end of the outbox under a new outbox sequence with its event as it
+// was (Idempotency-Key, body and the fire it stands for), so that a receiver that
+// took it already drops the repeat; only its commit time becomes now, which is what
+// timerd_outbox_oldest_age_seconds measures.
+func (s *Store) RedriveDeadLetters(seqs ...uint64) ([]uint64, error) {
+	now := time.Now()
+	var moved []uint64
+	err := s.update(func(tx *bolt.Tx) error {
+		moved = moved[:0]
+		ob, db := tx.Bucket(bucketOutbox), tx.Bucket(bucketDeadLetters)
+		ob.FillPercent = outboxFill
+		var keys [][]byte
+		if len(seqs) == 0 {
+			c := db.Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				keys = append(keys, slices.Clone(k))
+			}
+		} else {
+			for _, seq := range slices.Compact(slices.Sorted(slices.Values(seqs))) {
+				keys = append(keys, binary.BigEndian.AppendUint64(nil, seq))
+			}
+		}
+		for _, k := range keys {
+			v := db.Get(k)
+			if v == nil {
+				continue
+			}
+			if len(k) != 8 {
+				return fmt.Errorf("%w: %s key of %d bytes, want 8", ErrCorrupt, bucketDeadLetters, len(k))
+			}
+			seq := binary.BigEndian.Uint64(k)
+			entry, err := outboxValueOfDeadLetter(seq, v, now)
+			if err != nil {
+				return err
+			}
+			next, err := ob.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := ob.Put(binary.BigEndian.AppendUint64(nil, next), entry); err != nil {
+				return err
+			}
+			if err := db.Delete(k); err != nil {
+				return err
+			}
+			moved = append(moved, seq)
+		}
+		n := int64(len(moved))
+		return errors.Join(addCounter(tx, keyOutboxLen, n), addCounter(tx, keyDeadLetterLen, -n))
+	})
+	if err != nil {
+		return nil, s.wrap("redrive dead letters", err)
+	}
+	s.outboxLen.Add(int64(len(moved)))
+	s.deadLetterLen.Add(-int64(len(moved)))
+	return moved, nil
+}
+
+// DeleteDeadLettersBefore deletes the dead letters written before cutoff (the
+// retention) and returns how many.
+func (s *Store) DeleteDeadLettersBefore(cutoff time.Time) (int, error) {
+	var old []uint64
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDeadLetters).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) != 8 {
+				return fmt.Errorf("%w: %s key of %d bytes, want 8", ErrCorrupt, bucketDeadLetters, len(k))
+			}
+			at, err := deadLetterAt(v)
+			if err != nil {
+				return fmt.Errorf("dead letter %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			if at.Before(cutoff) {
+				old = append(old, binary.BigEndian.Uint64(k))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, s.wrap("expire dead letters", err)
+	}
+	n, err := s.deleteSeqs(bucketDeadLetters, keyDeadLetterLen, old)
+	if err != nil {
+		return 0, s.wrap("expire dead letters", err)
+	}
+	s.deadLetterLen.Add(-n)
+	return int(n), nil
+}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 func TestCommitFires(t *testing.T) {
@@ -312,5 +314,102 @@ func TestOutboxOldest(t *testing.T) {
 	}
 	if at, ok, err = s.OutboxOldest(); err != nil || !ok || at.Before(mid) {
 		t.Errorf("after the first was delivered: OutboxOldest = %v, %v, %v; want the second's time (after %v)", at, ok, err, mid)
+	}
+}
+
+// A redriven dead letter is back in the outbox, after every entry there, with its
+// Idempotency-Key, body and fire unchanged; unknown seqs are skipped; the counters
+// follow, also across a reopen.
+func TestRedriveDeadLetters(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	recs := []FireRecord{testFire(1, t0, 1), testFire(2, t0, 1), testFire(3, t0, 1), testFire(4, t0, 1)}
+	// Seq 2 is a fire of the protocol: its ref must survive the round trip.
+	recs[1].Firer, recs[1].Epoch, recs[1].Ready = protocol.Incarnation{Node: "n1", N: 3}, protocol.Epoch{Node: "n1", N: 1}, true
+	if err := s.CommitFires(recs); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.Outbox(0, 10)
+	if before[1].Firer.Node != "n1" {
+		t.Fatalf("outbox entry 2 = %+v, want a fire of n1", before[1])
+	}
+	for _, seq := range []uint64{1, 2, 3} {
+		if err := s.DeadLetter(seq, "400 Bad Request", 400); err != nil {
+			t.Fatalf("DeadLetter(%d): %v", seq, err)
+		}
+	}
+	moved, err := s.RedriveDeadLetters(2, 2, 99)
+	if err != nil || len(moved) != 1 || moved[0] != 2 {
+		t.Fatalf("RedriveDeadLetters(2, 2, 99) = %v, %v; want [2]", moved, err)
+	}
+	s = reopen(t, s)
+	if n, _ := s.DeadLetterCount(); n != 2 {
+		t.Errorf("DeadLetterCount() = %d, want 2", n)
+	}
+	if n, _ := s.OutboxLen(); n != 2 {
+		t.Errorf("OutboxLen() = %d, want 2 (seq 4 and the redriven one)", n)
+	}
+	out, err := s.Outbox(0, 10)
+	if err != nil || len(out) != 2 {
+		t.Fatalf("Outbox = %+v, %v; want 2 entries", out, err)
+	}
+	got := out[1]
+	if out[0].Seq != 4 || got.Seq <= 4 {
+		t.Errorf("outbox seqs %d, %d; want 4 then the redriven entry after it", out[0].Seq, got.Seq)
+	}
+	if !eventEqual(got.Event, recs[1].Event) {
+		t.Errorf("redriven event = %+v, want %+v", got.Event, recs[1].Event)
+	}
+	if got.Ref() != before[1].Ref() {
+		t.Errorf("redriven ref = %+v, want %+v", got.Ref(), before[1].Ref())
+	}
+	if !got.CreatedAt.After(before[1].CreatedAt) {
+		t.Errorf("redriven CreatedAt %v, want after the first commit %v", got.CreatedAt, before[1].CreatedAt)
+	}
+
+	all, err := s.RedriveDeadLetters()
+	if err != nil || len(all) != 2 || all[0] != 1 || all[1] != 3 {
+		t.Fatalf("RedriveDeadLetters() = %v, %v; want [1 3]", all, err)
+	}
+	if n, _ := s.DeadLetterCount(); n != 0 {
+		t.Errorf("DeadLetterCount() after redriving all = %d, want 0", n)
+	}
+	if n, _ := s.OutboxLen(); n != 4 {
+		t.Errorf("OutboxLen() after redriving all = %d, want 4", n)
+	}
+	if none, err := s.RedriveDeadLetters(); err != nil || len(none) != 0 {
+		t.Errorf("RedriveDeadLetters() with none = %v, %v; want nothing", none, err)
+	}
+}
+
+// The retention deletes only the dead letters written before the cutoff.
+func TestDeleteDeadLettersBefore(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	if err := s.CommitFires([]FireRecord{testFire(1, t0, 1), testFire(2, t0, 1), testFire(3, t0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeadLetter(1, "old", 400); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	cutoff := time.Now()
+	for _, seq := range []uint64{2, 3} {
+		if err := s.DeadLetter(seq, "new", 400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.DeleteDeadLettersBefore(cutoff)
+	if err != nil || n != 1 {
+		t.Fatalf("DeleteDeadLettersBefore = %d, %v; want 1", n, err)
+	}
+	dls, _ := s.DeadLetters(0, 10)
+	if len(dls) != 2 || dls[0].Seq != 2 || dls[1].Seq != 3 {
+		t.Errorf("dead letters left %+v, want seqs 2 and 3", dls)
+	}
+	s = reopen(t, s)
+	if c, _ := s.DeadLetterCount(); c != 2 {
+		t.Errorf("DeadLetterCount() after reopen = %d, want 2", c)
+	}
+	if n, err := s.DeleteDeadLettersBefore(cutoff); n != 0 || err != nil {
+		t.Errorf("second DeleteDeadLettersBefore = %d, %v; want 0, nil", n, err)
 	}
 }

@@ -143,6 +143,10 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 	if reconcile == 0 {
 		reconcile = -1 // the node's "off"
 	}
+	retention := cfg.DeadLetterRetention
+	if retention == 0 {
+		retention = -1 // the node's "forever"
+	}
 	n, err := node.New(node.Config{
 		DataDir:           cfg.DataDir,
 		APIURL:            cfg.APIURL,
@@ -157,6 +161,9 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		ReconcileInterval: reconcile,
 		ShutdownTimeout:   cfg.ShutdownTimeout,
 		Logger:            log,
+
+		RejectRetryWindow:   cfg.RejectRetryWindow,
+		DeadLetterRetention: retention,
 		// Always a cluster: with no peers it is alone at once.
 		Cluster: &cluster.Config{
 			NodeName:      cfg.NodeName,

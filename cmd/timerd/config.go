@@ -44,6 +44,9 @@ type agentConfig struct {
 	ShutdownTimeout   time.Duration
 	Workers           int
 	LogFormat         string
+	// Dead letters (docs/operations.md, "Dead letters").
+	RejectRetryWindow   time.Duration
+	DeadLetterRetention time.Duration // 0: kept forever
 
 	// The cluster (docs/configuration.md, "Cluster"). The agent always
 	// runs it: with no Join it is alone at once and owns every rule.
@@ -140,7 +143,7 @@ var agentSettings = []agentSetting{
 		c.DataDir = v
 		return nil
 	}},
-	{env: "TIMERD_HTTP_ADDR", key: "http_addr", flag: "http-addr", def: ":8470", usage: "listen address of /metrics, /healthz, /readyz and /v1/status", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_HTTP_ADDR", key: "http_addr", flag: "http-addr", def: ":8470", usage: "listen address of /metrics, /healthz, /readyz, /v1/status and /v1/dead-letters", set: func(c *agentConfig, v string) error {
 		if _, port, err := net.SplitHostPort(v); err != nil {
 			return fmt.Errorf("%q is not host:port", truncateSetting(v))
 		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
@@ -266,6 +269,22 @@ var agentSettings = []agentSetting{
 		}
 		c.Workers = n
 		return nil
+	}},
+	{env: "TIMERD_REJECT_RETRY_WINDOW", key: "reject_retry_window", flag: "reject-retry-window", def: "10m", usage: "how long an event answered 403 or 404 is retried, from its first such answer, before it is a dead letter (1s..7d)", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && (d < time.Second || d > 7*24*time.Hour) {
+			err = fmt.Errorf("%s is out of range (1s .. 7d)", v)
+		}
+		c.RejectRetryWindow = d
+		return err
+	}},
+	{env: "TIMERD_DEAD_LETTER_RETENTION", key: "dead_letter_retention", flag: "dead-letter-retention", def: "7d", usage: "dead letters older than this are deleted; 0 keeps them forever", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && d != 0 && d < time.Minute {
+			err = fmt.Errorf("%s is less than 1m (0 keeps dead letters forever)", v)
+		}
+		c.DeadLetterRetention = d
+		return err
 	}},
 	{env: "TIMERD_LOG_FORMAT", key: "log_format", flag: "log-format", def: "json", usage: "json or text", set: func(c *agentConfig, v string) error {
 		switch strings.ToLower(v) {

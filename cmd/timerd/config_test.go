@@ -65,7 +65,8 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		{"defaults", base, "", nil, func(c *agentConfig) string {
 			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQExchange != "attune" || c.Workers != 32 ||
 				c.ReconcileInterval != 5*time.Minute || c.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
-				c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" {
+				c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" ||
+				c.RejectRetryWindow != 10*time.Minute || c.DeadLetterRetention != 7*24*time.Hour {
 				return "not the documented defaults"
 			}
 			return ""
@@ -74,6 +75,19 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			"TIMERD_NODE_NAME", "n1", "ATTUNE_LOG_LEVEL", "DEBUG"), "", nil, func(c *agentConfig) string {
 			if c.HTTPAddr != "127.0.0.1:1" || c.Workers != 4 || c.SensorRef != "my.timer" || c.NodeName != "n1" || c.LogLevel.String() != "DEBUG" {
 				return "env not applied"
+			}
+			return ""
+		}},
+		{"dead letter settings", with("TIMERD_REJECT_RETRY_WINDOW", "30s", "TIMERD_DEAD_LETTER_RETENTION", "0"), "",
+			nil, func(c *agentConfig) string {
+				if c.RejectRetryWindow != 30*time.Second || c.DeadLetterRetention != 0 {
+					return "dead letter settings not applied"
+				}
+				return ""
+			}},
+		{"dead letter flags", base, "", []string{"--reject-retry-window", "1h", "--dead-letter-retention", "1d12h"}, func(c *agentConfig) string {
+			if c.RejectRetryWindow != time.Hour || c.DeadLetterRetention != 36*time.Hour {
+				return "dead letter flags not applied"
 			}
 			return ""
 		}},
@@ -257,6 +271,10 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"http addr", with("TIMERD_HTTP_ADDR", "8470"), "", nil, `TIMERD_HTTP_ADDR: "8470" is not host:port`},
 		{"queue expires flag", base, "", []string{"--queue-expires", "90d"}, "--queue-expires: 90d is out of range"},
 		{"reconcile interval flag", base, "", []string{"--reconcile-interval", "soon"}, `--reconcile-interval: "soon" is not a duration`},
+		{"reject retry window too short", with("TIMERD_REJECT_RETRY_WINDOW", "500ms"), "", nil, "TIMERD_REJECT_RETRY_WINDOW: 500ms is out of range (1s .. 7d)"},
+		{"reject retry window negative", base, "", []string{"--reject-retry-window", "-1m"}, `--reject-retry-window: "-1m" is negative`},
+		{"dead letter retention too short", with("TIMERD_DEAD_LETTER_RETENTION", "30s"), "", nil, "TIMERD_DEAD_LETTER_RETENTION: 30s is less than 1m"},
+		{"dead letter retention not a duration", with("TIMERD_DEAD_LETTER_RETENTION", "forever"), "", nil, `TIMERD_DEAD_LETTER_RETENTION: "forever" is not a duration`},
 		{"shutdown timeout", with("TIMERD_SHUTDOWN_TIMEOUT", "0"), "", nil, "TIMERD_SHUTDOWN_TIMEOUT: 0 is not positive"},
 		{"no mq and no reconcile", with("ATTUNE_MQ_URL", "<unset>", "TIMERD_RECONCILE_INTERVAL", "0"), "", nil, "TIMERD_RECONCILE_INTERVAL (or --reconcile-interval): 0"},
 		{"node name", with("TIMERD_NODE_NAME", "node/1"), "", nil, `TIMERD_NODE_NAME: "node/1" may hold only`},

@@ -58,6 +58,16 @@ as that node sees them, with the rules each owns.`,
 
 // statusURL is the /v1/status URL of addr: host:port, or an http(s) URL.
 func statusURL(addr string) (string, error) {
+	base, err := nodeBaseURL(addr)
+	if err != nil {
+		return "", err
+	}
+	return base + "/v1/status", nil
+}
+
+// nodeBaseURL is the URL of a node's HTTP endpoints at addr: host:port, or an
+// http(s) URL (with a path prefix, if any).
+func nodeBaseURL(addr string) (string, error) {
 	a := strings.TrimRight(strings.TrimSpace(addr), "/")
 	if a == "" {
 		return "", fmt.Errorf("is empty, want host:port")
@@ -71,7 +81,7 @@ func statusURL(addr string) (string, error) {
 	if _, err := checkHTTPURL(a); err != nil {
 		return "", fmt.Errorf("%q is not host:port", truncateSetting(addr))
 	}
-	return a + "/v1/status", nil
+	return a, nil
 }
 
 func fetchStatus(ctx context.Context, u string) (node.Status, []byte, error) {

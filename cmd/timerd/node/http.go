@@ -71,6 +71,8 @@ func (n *Node) handler() http.Handler {
 		enc.SetIndent("", "  ")
 		enc.Encode(n.Status())
 	})
+	mux.HandleFunc("GET /v1/dead-letters", n.handleDeadLetters)
+	mux.HandleFunc("POST /v1/dead-letters/redrive", n.handleRedrive)
 	return mux
 }
 
@@ -132,6 +134,8 @@ type metrics struct {
 	fenced         *prometheus.CounterVec
 	reincarnations prometheus.Counter
 	notFireable    prometheus.Counter
+	// Dead letters deleted past DeadLetterRetention.
+	deadLettersExpired prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
@@ -168,6 +172,10 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "timerd_commits_not_fireable_total",
 			Help: "Commits of fires refused before the store because the lease had lapsed or the partition was released; the engine tries again.",
 		}),
+		deadLettersExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_dead_letters_expired_total",
+			Help: "Dead letters deleted because they were older than the retention (TIMERD_DEAD_LETTER_RETENTION).",
+		}),
 	}
 	for _, r := range refusedReasons {
 		m.refused.WithLabelValues(r)
@@ -181,7 +189,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 		}
 		return n.drv.snap.Load()
 	}
-	reg.MustRegister(m.lifecycle, m.reconciles, m.refused, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable,
+	reg.MustRegister(m.lifecycle, m.reconciles, m.refused, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable, m.deadLettersExpired,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_lease",
 			Help: "1 while this node holds a lease (a quorum answered its heartbeats within the lease), else 0; a single node always does.",

@@ -25,6 +25,9 @@ import (
 	"github.com/timerd/timerd/store"
 )
 
+// DefaultDeadLetterRetention is how long a node keeps dead letters.
+const DefaultDeadLetterRetention = 7 * 24 * time.Hour
+
 // Config is the configuration of one node.
 type Config struct {
 	DataDir string // required: holds node.db
@@ -46,7 +49,7 @@ type Config struct {
 	SensorRef string // default "core.timer"
 	NodeName  string // default the host name
 
-	// HTTPAddr is where /metrics, /healthz, /readyz and /v1/status are
+	// HTTPAddr is where /metrics, /healthz, /readyz, /v1/status and /v1/dead-letters are
 	// served; "" serves nothing. Port 0 picks a free port (see HTTPAddr()).
 	HTTPAddr string
 
@@ -78,6 +81,12 @@ type Config struct {
 	ReconcileInterval time.Duration // default 5m; negative disables the periodic reconcile
 	ShutdownTimeout   time.Duration // bound on the outbox flush at shutdown, default 10s
 	MisfireGrace      time.Duration // engine default grace, default 1m
+	// RejectRetryWindow is how long a 403 or 404 from the events API is
+	// retried before the event is a dead letter; default 10m.
+	RejectRetryWindow time.Duration
+	// DeadLetterRetention is how long dead letters are kept; default 7d,
+	// negative keeps them forever.
+	DeadLetterRetention time.Duration
 
 	Logger   *slog.Logger
 	Registry *prometheus.Registry // nil: a registry of the node's own
@@ -105,6 +114,9 @@ func (c *Config) setDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
+	if c.DeadLetterRetention == 0 {
+		c.DeadLetterRetention = DefaultDeadLetterRetention
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -125,6 +137,8 @@ func (c *Config) Validate() error {
 		return errors.New("api url: required")
 	case c.Workers < 0:
 		return fmt.Errorf("workers: must be positive, got %d", c.Workers)
+	case c.RejectRetryWindow < 0:
+		return fmt.Errorf("reject retry window: must not be negative, got %s", c.RejectRetryWindow)
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("shutdown timeout: must not be negative, got %s", c.ShutdownTimeout)
 	case c.Tokens != nil && (c.Token != "" || c.TokenFile != ""):
@@ -225,6 +239,8 @@ func New(cfg Config) (*Node, error) {
 		Workers:    cfg.Workers,
 		Logger:     cfg.Logger,
 		Registerer: reg,
+
+		RejectRetryWindow: cfg.RejectRetryWindow,
 	})
 	if err != nil {
 		st.Close()
@@ -362,6 +378,9 @@ func (n *Node) Run(ctx context.Context) error {
 		defer close(deliveryDone)
 		return n.delivery.Run(deliveryCtx)
 	})
+	if n.cfg.DeadLetterRetention > 0 {
+		g.Go(func() error { return n.expireDeadLetters(deliveryCtx) })
+	}
 	g.Go(func() error {
 		defer close(intakeDone)
 		return n.intake(gctx)
