@@ -188,3 +188,65 @@ func TestLeaveRetiresCleanlyOnceAQuorumHoldsTheStore(t *testing.T) {
 		}
 	}
 }
+
+// A grant's watermarks are a peer's word too: one whose slot is later than now
+// plus the skew allowance (a forged or broken peer) would hold the rule's slots
+// back for as long. It is refused and counted; the others are taken.
+func TestGrantRefusesFutureWatermarks(t *testing.T) {
+	m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: 3, Partitions: 1,
+		PartitionOf: func(int64) int { return 0 }, Ring: func([]string) Ring { return oneOwner("a") },
+		Store: mapStore{}}, Durable{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wall := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	now := Time{Boot: time.Hour, Wall: wall}
+	peers := []Incarnation{{"b", 1}, {"c", 1}}
+	m.Step(now, Known{Names: []string{"a", "b", "c"}})
+	for _, p := range peers {
+		m.Step(now, Receive{Msg: Heartbeat{From: p, Seq: 1, Expect: 3, Wall: wall}})
+	}
+	m.Step(now, Ready{})
+	var asks []Acquire
+	for i := 0; i < 5 && len(asks) == 0; i++ {
+		now.Boot += 100 * time.Millisecond
+		out := m.Step(now, Tick{})
+		for _, hb := range sent[Heartbeat](out) {
+			for _, p := range peers {
+				out = append(out, m.Step(now, Receive{Msg: HeartbeatAck{From: p, To: m.Self(), Seq: hb.Seq, Wall: wall, Echo: hb.Wall}})...)
+			}
+			break
+		}
+		out = append(out, m.Step(now, Tick{})...)
+		asks = sent[Acquire](out)
+	}
+	if len(asks) == 0 {
+		t.Fatal("a asked nobody for its partition")
+	}
+	good := Watermark{Rule: 1, Slot: wall - int64(time.Second), Count: 3}
+	future := Watermark{Rule: 2, Slot: wall + int64(time.Hour), Count: 1}
+	var started []StartFiring
+	for _, p := range peers {
+		g := Grant{From: p, To: m.Self(), ID: asks[0].ID, Granted: []int{0}, Members: append(peers, m.Self()),
+			Watermarks: []Watermark{good, future}}
+		for _, e := range m.Step(now, Receive{Msg: g}) {
+			if s, ok := e.(StartFiring); ok {
+				started = append(started, s)
+			}
+		}
+	}
+	if len(started) != 1 {
+		t.Fatalf("StartFiring %d times after a quorum of grants, want once", len(started))
+	}
+	for _, w := range started[0].Watermarks {
+		if w.Rule == future.Rule {
+			t.Errorf("a started firing with rule 2's watermark an hour ahead: %+v", w)
+		}
+	}
+	if len(started[0].Watermarks) != 1 || started[0].Watermarks[0].Rule != good.Rule {
+		t.Errorf("StartFiring watermarks %+v, want rule 1's", started[0].Watermarks)
+	}
+	if got := m.Stats().FutureRecords; got != 2 {
+		t.Errorf("FutureRecords = %d, want 2 (one from each grant)", got)
+	}
+}
