@@ -126,9 +126,29 @@ func (i *Issuer) Issue(req IssueRequest) (string, Claims, error) {
 // same lifetime (exp − iat) starting now. The old token stays valid until it
 // expires.
 func (i *Issuer) Reissue(old Claims) (string, Claims, error) {
+	return i.ReissueBefore(old, time.Time{})
+}
+
+// ErrIdentityExpired: a token may not be reissued past its identity's expiry.
+var ErrIdentityExpired = errors.New("the identity expired")
+
+// ReissueBefore is Reissue with the new token's exp at notAfter at the latest
+// (its identity's own expiry); zero: no bound.
+func (i *Issuer) ReissueBefore(old Claims, notAfter time.Time) (string, Claims, error) {
 	ttl := old.ExpiresAtTime().Sub(old.IssuedAtTime())
 	if old.IssuedAt == nil || old.ExpiresAt == nil || ttl <= 0 {
 		return "", Claims{}, fmt.Errorf("reissue token: %w: needs iat before exp", ErrMalformed)
+	}
+	if !notAfter.IsZero() {
+		now := time.Now
+		if i.Now != nil {
+			now = i.Now
+		}
+		left := notAfter.Sub(now()).Truncate(time.Second)
+		if left < time.Second {
+			return "", Claims{}, fmt.Errorf("reissue token: %w at %s", ErrIdentityExpired, notAfter.UTC().Format(time.RFC3339))
+		}
+		ttl = min(ttl, left)
 	}
 	return i.Issue(IssueRequest{
 		Subject:      old.Subject,

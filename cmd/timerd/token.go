@@ -65,6 +65,14 @@ func newTokenIssueCmd() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
+			if identityID == "" {
+				msg := "timerd: warning: a token without --identity-id cannot be refreshed (it lives to its --ttl) " +
+					"and can be revoked only by its jti (POST /auth/revoke) or by rotating the signing key"
+				if sc == auth.ScopeAdmin {
+					msg += "; an admin token that leaks is good for its whole --ttl: keep the ttl short"
+				}
+				fmt.Fprintln(cmd.ErrOrStderr(), msg)
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), tok)
 			return nil
 		},

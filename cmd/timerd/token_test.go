@@ -57,6 +57,17 @@ func TestTokenIssueInspect(t *testing.T) {
 		t.Fatalf("token issue: %q, exit %d, %v; want a JWT", tok, code, err)
 	}
 
+	// With an identity no warning; without one, a warning (the token lives to
+	// its ttl), louder for an admin token.
+	if _, stderr, _, _ := runTokenCmd("", "issue", "--key-file", key, "--scope", "readonly", "--identity-id", "43"); stderr != "" {
+		t.Errorf("token issue --identity-id warned: %s", stderr)
+	}
+	if _, stderr, _, code := runTokenCmd("", "issue", "--key-file", key, "--scope", "admin", "--sub", "ops"); code != 0 ||
+		!strings.Contains(stderr, "cannot be refreshed") || !strings.Contains(stderr, "rotating the signing key") ||
+		!strings.Contains(stderr, "admin token") {
+		t.Errorf("token issue of an identity-less admin token: exit %d, stderr %q; want the warning", code, stderr)
+	}
+
 	out, _, err, code := runTokenCmd("Bearer "+tok+"\n", "inspect", "--key-file", key)
 	if code != 0 {
 		t.Fatalf("token inspect --key-file: exit %d, %v; output %s", code, err, out)

@@ -25,6 +25,9 @@ type account struct {
 	TTLSeconds  int64           `json:"ttl_seconds"`
 	Created     time.Time       `json:"created"`
 	CreatedBy   string          `json:"created_by,omitempty"`
+	// ExpiresAt, when set, is the identity's own expiry: no token of it,
+	// first or refreshed, lives past it.
+	ExpiresAt *time.Time `json:"identity_expires_at,omitempty"`
 	// TokensExpireAt is the latest exp of any token issued to the account:
 	// how long a revocation of the whole identity must be kept.
 	TokensExpireAt time.Time     `json:"tokens_expire_at"`
@@ -50,6 +53,7 @@ type accountJSON struct {
 	TTLSeconds     int64           `json:"ttl_seconds"`
 	Created        time.Time       `json:"created"`
 	CreatedBy      string          `json:"created_by,omitempty"`
+	ExpiresAt      *time.Time      `json:"identity_expires_at,omitempty"`
 	TokensExpireAt time.Time       `json:"tokens_expire_at"`
 }
 
@@ -65,7 +69,7 @@ func (a *account) view() accountJSON {
 	return accountJSON{
 		IdentityID: a.IdentityID, Name: a.Name, Description: a.Description, Scope: a.Scope,
 		Metadata: accountMetadata{TriggerTypes: tt}, TTLSeconds: a.TTLSeconds, Created: a.Created,
-		CreatedBy: a.CreatedBy, TokensExpireAt: a.TokensExpireAt,
+		CreatedBy: a.CreatedBy, ExpiresAt: a.ExpiresAt, TokensExpireAt: a.TokensExpireAt,
 	}
 }
 
@@ -80,6 +84,7 @@ type newAccount struct {
 	scope             auth.Scope
 	ttl               time.Duration
 	triggerTypes      []string
+	expiresAt         *time.Time // the identity's own expiry, if any
 }
 
 func parseNewAccount(body []byte) (*newAccount, error) {
@@ -131,6 +136,16 @@ func parseNewAccount(body []byte) (*newAccount, error) {
 		return nil, errorf(http.StatusBadRequest, "ttl_days: at most %d", auth.MaxTTL/(24*time.Hour))
 	case hasHours:
 		return nil, errorf(http.StatusBadRequest, "ttl_hours: at most %d", auth.MaxTTL/time.Hour)
+	}
+	if at, ok, err := f.str("identity_expires_at"); err != nil {
+		return nil, err
+	} else if ok {
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return nil, errorf(http.StatusBadRequest, "identity_expires_at: not an RFC 3339 time")
+		}
+		t = t.UTC()
+		na.expiresAt = &t
 	}
 	if raw := f.get("metadata"); raw != nil {
 		if firstByte(raw) != '{' {
@@ -211,11 +226,19 @@ func (s *Server) createServiceAccount(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
+		ttl := na.ttl
+		if na.expiresAt != nil {
+			left := na.expiresAt.Sub(s.cfg.Now()).Truncate(time.Second)
+			if left < time.Second {
+				return errorf(http.StatusBadRequest, "identity_expires_at: %s is not in the future", na.expiresAt.Format(time.RFC3339))
+			}
+			ttl = min(ttl, left)
+		}
 		req := auth.IssueRequest{
 			IdentityID:   auth.IdentityID(strconv.FormatUint(seq, 10)),
 			Scope:        na.scope,
 			TriggerTypes: na.triggerTypes,
-			TTL:          na.ttl,
+			TTL:          ttl,
 			Login:        na.name, // Attune: the sensor ref
 		}
 		if na.scope == auth.ScopeSensor {
@@ -228,7 +251,7 @@ func (s *Server) createServiceAccount(w http.ResponseWriter, r *http.Request) {
 		a = account{
 			IdentityID: req.IdentityID, Name: na.name, Description: na.description, Scope: na.scope,
 			Metadata: auth.Metadata{TriggerTypes: na.triggerTypes}, TTLSeconds: int64(na.ttl / time.Second),
-			Created: s.cfg.Now().UTC(), CreatedBy: caller.Subject, TokensExpireAt: c.ExpiresAtTime().UTC(),
+			Created: s.cfg.Now().UTC(), CreatedBy: caller.Subject, ExpiresAt: na.expiresAt, TokensExpireAt: c.ExpiresAtTime().UTC(),
 			Live: []issuedToken{{JTI: c.ID, Exp: c.ExpiresAtTime().UTC()}},
 		}
 		return putAccount(tx, seq, &a)
@@ -244,6 +267,24 @@ func (s *Server) createServiceAccount(w http.ResponseWriter, r *http.Request) {
 		Token     string `json:"token"`
 		ExpiresAt string `json:"expires_at"`
 	}{a.view(), tok, formatTime(a.TokensExpireAt)})
+}
+
+// accountOf reads the service account of identity id; found is false when id
+// names none here.
+func (s *Server) accountOf(id auth.IdentityID) (a account, found bool, err error) {
+	seq, ok := accountKey(string(id))
+	if !ok {
+		return account{}, false, nil
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketAccounts).Get(idKey(int64(seq)))
+		if v == nil {
+			return nil
+		}
+		found = true
+		return json.Unmarshal(v, &a)
+	})
+	return a, found, err
 }
 
 func putAccount(tx *bolt.Tx, seq uint64, a *account) error {

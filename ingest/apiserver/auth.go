@@ -133,7 +133,25 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request) (string, auth.C
 	if revoked, _ := s.revs.revoked(old.ID, string(old.IdentityID)); revoked {
 		return "", auth.Claims{}, errorf(http.StatusUnauthorized, "%v", auth.ErrRevoked)
 	}
-	tok, c, err := s.issuer.Reissue(old)
+	// A token without an identity could only be revoked one jti at a time,
+	// and would renew itself for ever: it lives to its exp and no further.
+	if old.IdentityID == "" {
+		return "", auth.Claims{}, errorf(http.StatusForbidden,
+			"this token has no identity_id: it cannot be refreshed; issue a new one, or use a service account's token")
+	}
+	// A service account's tokens never outlive its expires_at. (A deleted
+	// account's identity is revoked above; an identity that names no account
+	// here, as `timerd token issue --identity-id` writes, is revoked with
+	// POST /auth/revoke.)
+	var notAfter time.Time
+	a, found, err := s.accountOf(old.IdentityID)
+	switch {
+	case err != nil:
+		return "", auth.Claims{}, err
+	case found && a.ExpiresAt != nil:
+		notAfter = *a.ExpiresAt
+	}
+	tok, c, err := s.issuer.ReissueBefore(old, notAfter)
 	if err != nil {
 		return "", auth.Claims{}, errorf(http.StatusUnauthorized, "%v", err)
 	}

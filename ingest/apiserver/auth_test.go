@@ -367,7 +367,15 @@ func TestRefresh(t *testing.T) {
 	e.call(expired, http.StatusUnauthorized, nil, "POST", "/auth/refresh", `{}`)
 	e.call(scopeToken(t, auth.ScopeActionExecution), http.StatusForbidden, nil, "POST", "/auth/refresh", `{}`)
 	e.call("", http.StatusUnauthorized, nil, "POST", "/auth/refresh", `{}`)
-	e.call(scopeToken(t, auth.ScopeReadonly), http.StatusOK, nil, "POST", "/auth/refresh", `{}`)
+	readonly, _ := issue(t, nil, auth.IssueRequest{IdentityID: "43", Scope: auth.ScopeReadonly})
+	e.call(readonly, http.StatusOK, nil, "POST", "/auth/refresh", `{}`)
+	// A token without an identity lives to its exp and no further.
+	for _, sc := range []auth.Scope{auth.ScopeAdmin, auth.ScopeReadonly, auth.ScopeSensor} {
+		b := e.call(scopeToken(t, sc, "core.timer"), http.StatusForbidden, nil, "POST", "/auth/refresh", `{}`)
+		if !strings.Contains(string(b), "no identity_id") {
+			t.Errorf("refresh of an identity-less %s token: %s, want it to say why", sc, b)
+		}
+	}
 }
 
 // Without a key the server is open and the token endpoints say why they
@@ -594,4 +602,75 @@ func TestIdempotencyIndexMigrated(t *testing.T) {
 	if want := fmt.Sprintf(`{"data":{"id":%d}}`, first.Data.ID); code != http.StatusOK || strings.TrimSpace(string(b)) != want {
 		t.Errorf("repeat after the migration = %d %s, want 200 %s", code, b, want)
 	}
+}
+
+// One token can be revoked: by itself, or by an admin by its jti; an admin
+// also revokes every token of an identity. Nobody else revokes another's
+// token. Revocations outlive a restart.
+func TestRevokeOneToken(t *testing.T) {
+	e := newEnv(t, withKey)
+	admin := scopeToken(t, auth.ScopeAdmin)
+	self := scopeToken(t, auth.ScopeUser)
+	e.call(self, http.StatusOK, nil, "GET", "/api/v1/rules", "")
+	e.call(self, http.StatusOK, nil, "POST", "/auth/revoke", `{"reason":"leaving"}`)
+	e.call(self, http.StatusUnauthorized, nil, "GET", "/api/v1/rules", "")
+
+	c1, c1Claims := issue(t, nil, auth.IssueRequest{IdentityID: "77", Scope: auth.ScopeReadonly})
+	c2, _ := issue(t, nil, auth.IssueRequest{IdentityID: "77", Scope: auth.ScopeReadonly})
+	other := scopeToken(t, auth.ScopeUser)
+	e.call(other, http.StatusForbidden, nil, "POST", "/auth/revoke", `{"jti":"`+c1Claims.ID+`"}`)
+	e.call(other, http.StatusForbidden, nil, "POST", "/auth/revoke", `{"identity_id":"77"}`)
+	e.call(c1, http.StatusOK, nil, "GET", "/api/v1/rules", "")
+	for _, bad := range []string{`{"jti":"a","identity_id":"77"}`, `{"jti":5}`, `[]`, `{"reason":"` + strings.Repeat("r", 2000) + `"}`} {
+		e.call(admin, http.StatusBadRequest, nil, "POST", "/auth/revoke", bad)
+	}
+	e.call(admin, http.StatusOK, nil, "POST", "/auth/revoke", `{"jti":"`+c1Claims.ID+`"}`)
+	e.call(c1, http.StatusUnauthorized, nil, "GET", "/api/v1/rules", "")
+	e.call(c2, http.StatusOK, nil, "GET", "/api/v1/rules", "") // the same identity, another token
+	e.call(admin, http.StatusOK, nil, "POST", "/auth/revoke", `{"identity_id":"77"}`)
+	e.call(c2, http.StatusUnauthorized, nil, "GET", "/api/v1/rules", "")
+
+	e.restart()
+	for _, tok := range []string{self, c1, c2} {
+		e.call(tok, http.StatusUnauthorized, nil, "GET", "/api/v1/rules", "")
+	}
+	e.call(other, http.StatusOK, nil, "GET", "/api/v1/rules", "")
+}
+
+// A service account created with expires_at gets no token, first or
+// refreshed, that lives past it; at it, a refresh is refused.
+func TestServiceAccountExpiryBoundsRefresh(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clk := &clock{now: t0}
+	e := newEnv(t, withKey, func(c *Config) { c.Now = clk.Now })
+	admin, _ := issue(t, &auth.Issuer{Key: testKey, Now: clk.Now}, auth.IssueRequest{Scope: auth.ScopeAdmin, TTL: 24 * time.Hour})
+	until := t0.Add(3 * time.Hour)
+	var acct createdAccount
+	e.call(admin, http.StatusCreated, &acct, "POST", "/service-accounts",
+		`{"name":"temp","scope":"readonly","ttl_hours":2,"identity_expires_at":"`+until.Format(time.RFC3339)+`"}`)
+	exp := func(tok string) time.Time {
+		c, err := auth.ParseUnverified(tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.ExpiresAtTime()
+	}
+	if got := exp(acct.Token); !got.Equal(t0.Add(2 * time.Hour)) {
+		t.Errorf("first token expires %v, want its 2 h lifetime", got)
+	}
+	clk.set(t0.Add(90 * time.Minute))
+	var ref struct{ Token string }
+	e.call(acct.Token, http.StatusOK, &ref, "POST", "/auth/refresh", `{}`)
+	if got := exp(ref.Token); !got.Equal(until) {
+		t.Errorf("refreshed token expires %v, want the identity's expiry %v", got, until)
+	}
+	clk.set(until.Add(-time.Second / 2))
+	b := e.call(ref.Token, http.StatusUnauthorized, nil, "POST", "/auth/refresh", `{}`)
+	if !strings.Contains(string(b), "identity expired") {
+		t.Errorf("refresh at the identity's expiry: %s, want it to say the identity expired", b)
+	}
+	clk.set(t0.Add(4 * time.Hour))
+	e.call(admin, http.StatusBadRequest, nil, "POST", "/service-accounts",
+		`{"name":"late","scope":"readonly","identity_expires_at":"`+until.Format(time.RFC3339)+`"}`)
+	e.call(admin, http.StatusBadRequest, nil, "POST", "/service-accounts", `{"name":"bad","scope":"readonly","identity_expires_at":"tomorrow"}`)
 }

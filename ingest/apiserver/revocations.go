@@ -1,8 +1,10 @@
 package apiserver
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -158,4 +160,74 @@ func (s *Server) runRevocationCleanup() {
 			}
 		}
 	}
+}
+
+// revokeToken is POST /auth/revoke, body {"jti"} or {"identity_id"}, and an
+// optional "reason". Any token may revoke itself ({} or its own jti); an
+// admin may revoke any one token by jti, or every token of an identity. A
+// record is kept until the tokens it covers expire: the caller's own exp,
+// the account's latest token, else MaxTTL (a jti's exp is not known here).
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
+	caller, ok := claimsOf(r)
+	if !ok {
+		s.fail(w, r, errTokensDisabled)
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var jti, identity, reason string
+	if len(bytes.TrimSpace(body)) > 0 {
+		f, err := decodeObject(body)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		for _, p := range []struct {
+			name string
+			v    *string
+			max  int
+		}{{"jti", &jti, maxRefLen}, {"identity_id", &identity, maxRefLen}, {"reason", &reason, maxDescriptionLen}} {
+			if *p.v, _, err = f.str(p.name); err == nil {
+				err = checkText(p.name, *p.v, p.max)
+			}
+			if err != nil {
+				s.fail(w, r, err)
+				return
+			}
+		}
+	}
+	now := s.cfg.Now().UTC()
+	rev := auth.Revocation{RevokedAt: now, RevokedBy: caller.Subject, Reason: reason}
+	switch {
+	case jti != "" && identity != "":
+		s.fail(w, r, errorf(http.StatusBadRequest, "jti, identity_id: give one, not both"))
+		return
+	case (jti == "" && identity == "") || jti == caller.ID:
+		rev.JTI, rev.TokenExp = caller.ID, caller.ExpiresAtTime().UTC() // itself
+	case caller.Scope != auth.ScopeAdmin:
+		s.fail(w, r, errorf(http.StatusForbidden, "%v: only an admin token may revoke another token or an identity", auth.ErrScope))
+		return
+	case jti != "":
+		rev.JTI, rev.TokenExp = jti, now.Add(auth.MaxTTL)
+	default:
+		rev.IdentityID, rev.TokenExp = auth.IdentityID(identity), now.Add(auth.MaxTTL)
+		if a, found, err := s.accountOf(rev.IdentityID); err == nil && found {
+			rev.TokenExp = a.TokensExpireAt
+		}
+	}
+	if rev.JTI == "" && rev.IdentityID == "" {
+		s.fail(w, r, errorf(http.StatusBadRequest, "the token has no jti: nothing to revoke it by"))
+		return
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return putRevocations(tx, []auth.Revocation{rev}) }); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.revs.add(rev)
+	s.log.Info("token revoked", "jti", rev.JTI, "identity_id", rev.IdentityID, "by", caller.Subject,
+		"reason", reason, "kept_until", rev.TokenExp)
+	writeJSON(w, http.StatusOK, map[string]any{"data": rev})
 }

@@ -312,6 +312,7 @@ func (s *Server) routes() http.Handler {
 		{"POST /events", s.createEvent, createEvents},
 		{"POST /auth/refresh", s.refreshToken, auth.Claims.CanRefresh},
 		{"POST /auth/internal/sensor-token", s.refreshSensorToken, auth.Claims.CanRefresh},
+		{"POST /auth/revoke", s.revokeToken, func(auth.Claims) error { return nil }}, // itself, or admin: revokeToken
 	}
 	for _, prefix := range []string{"", "/api/v1"} {
 		api = append(api,
