@@ -255,7 +255,7 @@ func (d *Delivery) noteRedirect(note string) {
 	}
 	d.redirects[note] = true
 	d.log.Warn("the events API redirected a POST; redirects are never followed, the event is retried: fix ATTUNE_API_URL",
-		"endpoint", d.endpoint, "answer", note)
+		"endpoint", RedactURL(d.endpoint), "answer", note)
 }
 
 // NewDelivery checks cfg and returns a stopped Delivery.

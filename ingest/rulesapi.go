@@ -253,6 +253,16 @@ func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, ou
 	return nil
 }
 
+// RedactURL is s with the password of its user info replaced by "xxxxx", as
+// every URL timerd logs or shows is; s as it is when it has none or does not parse.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	return u.Redacted()
+}
+
 func truncateBytes(s string, n int) string {
 	if len(s) <= n {
 		return s

@@ -105,7 +105,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		log.Warn(r)
 	}
 	queue := ingest.QueueName(cfg.SensorRef, cfg.NodeName)
-	log.Info("timerd agent starting", "version", node.Version(), "node", cfg.NodeName, "api_url", cfg.APIURL,
+	log.Info("timerd agent starting", "version", node.Version(), "node", cfg.NodeName, "api_url", redactURL(cfg.APIURL),
 		"data_dir", cfg.DataDir, "startup_rules", len(cfg.SensorTriggers))
 	var mq *ingest.ConsumerConfig
 	if cfg.MQURL != "" {
@@ -211,13 +211,13 @@ func checkAPIHealth(ctx context.Context, apiURL string, attempts int, wait time.
 	for i := 1; i <= attempts; i++ {
 		err = getHealth(ctx, client, u)
 		if err == nil {
-			log.Info("api healthy", "url", u)
+			log.Info("api healthy", "url", redactURL(u))
 			return nil
 		}
 		if i == attempts || ctx.Err() != nil {
 			break
 		}
-		log.Warn("api health check failed; retrying", "url", u, "err", err, "attempt", i, "retry_in", wait.String())
+		log.Warn("api health check failed; retrying", "url", redactURL(u), "err", err, "attempt", i, "retry_in", wait.String())
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -225,7 +225,7 @@ func checkAPIHealth(ctx context.Context, apiURL string, attempts int, wait time.
 		}
 		wait *= 2
 	}
-	return fmt.Errorf("ATTUNE_API_URL: GET %s: %w (%d attempts)", u, err, attempts)
+	return fmt.Errorf("ATTUNE_API_URL: GET %s: %w (%d attempts)", redactURL(u), err, attempts)
 }
 
 func getHealth(ctx context.Context, client *http.Client, u string) error {

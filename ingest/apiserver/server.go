@@ -326,7 +326,9 @@ func (s *Server) routes() http.Handler {
 	})
 	allowed := map[string][]string{"/health": {"GET", "HEAD"}}
 	if s.cfg.Metrics != nil {
-		mux.Handle("GET /metrics", s.cfg.Metrics)
+		// Like every endpoint but /health: a token that may read (scrape with a
+		// readonly service account's token).
+		mux.Handle("GET /metrics", s.guard(func(c auth.Claims) error { return c.Require(auth.ScopeUser, auth.ScopeReadonly) }, s.cfg.Metrics.ServeHTTP))
 		allowed["/metrics"] = []string{"GET", "HEAD"}
 	}
 	var paths []string

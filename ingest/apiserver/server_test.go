@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest"
 )
 
@@ -104,7 +105,7 @@ func (e *testEnv) do(method, path, body string, hdr ...string) (int, []byte) {
 	if err != nil {
 		e.t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" && method != http.MethodHead {
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" && method != http.MethodHead && !(path == "/metrics" && resp.StatusCode == http.StatusOK) {
 		e.t.Errorf("%s %s: Content-Type = %q, want application/json", method, path, ct)
 	}
 	return resp.StatusCode, b
@@ -338,23 +339,22 @@ func TestHostileInputs(t *testing.T) {
 	}
 }
 
-// GET /metrics serves Config.Metrics without a token, also when the API
-// wants one everywhere else.
-func TestMetricsEndpointNeedsNoToken(t *testing.T) {
+// GET /metrics wants a token that may read, as every endpoint but /health
+// does (the docs say so): a scraper uses a readonly service account's token.
+func TestMetricsEndpointNeedsAReadToken(t *testing.T) {
 	e := newEnv(t, func(c *Config) {
-		c.SigningKey = []byte("0123456789abcdef0123456789abcdef")
+		c.SigningKey = testKey
 		c.Metrics = promhttp.HandlerFor(c.Registerer.(*prometheus.Registry), promhttp.HandlerOpts{})
 	})
 	if code, _ := e.do(http.MethodGet, "/api/v1/rules", ""); code != http.StatusUnauthorized {
 		t.Errorf("GET /api/v1/rules without a token = %d, want 401", code)
 	}
-	resp, err := http.Get(e.ts.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	if code, _ := e.do(http.MethodGet, "/metrics", ""); code != http.StatusUnauthorized {
+		t.Errorf("GET /metrics without a token = %d, want 401", code)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `timerd_api_requests_total{code="401"`) {
-		t.Errorf("GET /metrics = %d %.200s, want 200 with the 401 counted", resp.StatusCode, body)
+	e.call(scopeToken(t, auth.ScopeSensor, "core.timer"), http.StatusForbidden, nil, http.MethodGet, "/metrics", "")
+	code, body := e.do(http.MethodGet, "/metrics", "", bearer(scopeToken(t, auth.ScopeReadonly))...)
+	if code != http.StatusOK || !strings.Contains(string(body), `timerd_api_requests_total{code="401"`) {
+		t.Errorf("GET /metrics = %.200s, want the 401s counted", body)
 	}
 }

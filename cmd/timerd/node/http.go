@@ -10,6 +10,7 @@ import (
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/ingest"
 )
 
 // Status is the JSON of /v1/status.
@@ -83,7 +84,7 @@ func (n *Node) Status() Status {
 		Version:     Version(),
 		Ready:       n.isReady(),
 		RulesOwned:  n.engine.Len(),
-		APIURL:      n.cfg.APIURL,
+		APIURL:      ingest.RedactURL(n.cfg.APIURL),
 		SensorRef:   n.cfg.SensorRef,
 		StorePath:   n.store.Path(),
 		GeneratedAt: time.Now().UTC(),
