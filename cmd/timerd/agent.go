@@ -155,6 +155,8 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		SensorRef:         cfg.SensorRef,
 		NodeName:          cfg.NodeName,
 		HTTPAddr:          cfg.HTTPAddr,
+		HTTPTokenFile:     cfg.HTTPTokenFile,
+		HTTPConfigFile:    cfg.HTTPConfigFile,
 		MQ:                mq,
 		StartupRules:      cfg.SensorTriggers,
 		Workers:           cfg.Workers,

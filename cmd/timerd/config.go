@@ -16,10 +16,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/spf13/pflag"
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
 )
 
@@ -38,6 +40,8 @@ type agentConfig struct {
 	// timerd's own.
 	DataDir           string
 	HTTPAddr          string
+	HTTPTokenFile     string // the operator endpoints' bearer token
+	HTTPConfigFile    string // exporter-toolkit web config: TLS
 	NodeName          string
 	QueueExpires      time.Duration
 	ReconcileInterval time.Duration // 0: no periodic reconcile
@@ -150,6 +154,20 @@ var agentSettings = []agentSetting{
 			return fmt.Errorf("%q: port %q is not a number in 0..65535", truncateSetting(v), truncateSetting(port))
 		}
 		c.HTTPAddr = v
+		return nil
+	}},
+	{env: "TIMERD_HTTP_TOKEN_FILE", key: "http_token_file", flag: "http-token-file", usage: "file of a bearer token (16 bytes or more) that /v1/status and /v1/dead-letters want; /metrics, /healthz and /readyz stay open (default: no token)", set: func(c *agentConfig, v string) error {
+		if _, err := node.ReadHTTPToken(v); err != nil {
+			return err // never quotes the token
+		}
+		c.HTTPTokenFile = v
+		return nil
+	}},
+	{env: "TIMERD_HTTP_CONFIG_FILE", key: "http_config_file", flag: "http-config-file", usage: "Prometheus exporter-toolkit web config (TLS, client certificates) for the HTTP server (default: plain HTTP)", set: func(c *agentConfig, v string) error {
+		if err := web.Validate(v); err != nil {
+			return fmt.Errorf("%s: %w", v, err)
+		}
+		c.HTTPConfigFile = v
 		return nil
 	}},
 	{env: "TIMERD_NODE_NAME", key: "node_name", flag: "node-name", usage: "this node's name, unique per sensor: names its queue (default: the host name)", set: func(c *agentConfig, v string) error {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,13 +21,27 @@ import (
 
 // nodeFlags are the flags of commands that talk to a node's HTTP endpoints.
 type nodeFlags struct {
-	addr    string
-	timeout time.Duration
+	addr      string
+	timeout   time.Duration
+	tokenFile string
 }
 
 func (f *nodeFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.addr, "addr", envOr("TIMERD_STATUS_ADDR", "127.0.0.1:8470"), "the node's HTTP address, host:port (env TIMERD_STATUS_ADDR)")
+	cmd.Flags().StringVar(&f.addr, "addr", envOr("TIMERD_STATUS_ADDR", "127.0.0.1:8470"), "the node's HTTP address, host:port or an http(s) URL (env TIMERD_STATUS_ADDR)")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Second, "give up after this long")
+	cmd.Flags().StringVar(&f.tokenFile, "token-file", os.Getenv("TIMERD_HTTP_TOKEN_FILE"), "file of the bearer token the node's TIMERD_HTTP_TOKEN_FILE names (env TIMERD_HTTP_TOKEN_FILE)")
+}
+
+// token is the bearer token of --token-file, "" without one.
+func (f *nodeFlags) token() (string, error) {
+	if f.tokenFile == "" {
+		return "", nil
+	}
+	tok, err := node.ReadHTTPToken(f.tokenFile)
+	if err != nil {
+		return "", usagef("--token-file: %w", err)
+	}
+	return tok, nil
 }
 
 // url checks the flags and returns the node URL of path.
@@ -80,7 +95,11 @@ It shows --limit of them after --after; the last line says how to see more.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			raw, err := nodeRequest(ctx, http.MethodGet, u, nil)
+			tok, err := nf.token()
+			if err != nil {
+				return err
+			}
+			raw, err := nodeRequest(ctx, http.MethodGet, u, tok, nil)
 			if err != nil {
 				return fmt.Errorf("dead-letters list: %w", err)
 			}
@@ -164,7 +183,11 @@ one with --all.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			raw, err := nodeRequest(ctx, http.MethodPost, u, body)
+			tok, err := nf.token()
+			if err != nil {
+				return err
+			}
+			raw, err := nodeRequest(ctx, http.MethodPost, u, tok, body)
 			if err != nil {
 				return fmt.Errorf("dead-letters redrive: %w", err)
 			}
@@ -204,7 +227,7 @@ func idList(ids []uint64) string {
 
 // nodeRequest sends one request to a node and returns the body of a 200; any
 // other status is an error holding the node's message.
-func nodeRequest(ctx context.Context, method, u string, body []byte) ([]byte, error) {
+func nodeRequest(ctx context.Context, method, u, token string, body []byte) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -215,6 +238,9 @@ func nodeRequest(ctx context.Context, method, u string, body []byte) ([]byte, er
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

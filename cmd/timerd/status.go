@@ -17,9 +17,8 @@ import (
 
 func newStatusCmd() *cobra.Command {
 	var (
-		addr    string
-		timeout time.Duration
-		asJSON  bool
+		nf     nodeFlags
+		asJSON bool
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -30,16 +29,17 @@ as that node sees them, with the rules each owns.`,
 		Example: `  timerd status --addr 10.0.0.5:8470`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if timeout <= 0 {
-				return usagef("--timeout: %s is not positive", timeout)
-			}
-			u, err := statusURL(addr)
+			u, err := nf.url("/v1/status")
 			if err != nil {
-				return usagef("--addr: %w", err)
+				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			tok, err := nf.token()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			st, raw, err := fetchStatus(ctx, u)
+			st, raw, err := fetchStatus(ctx, u, tok)
 			if err != nil {
 				return err
 			}
@@ -50,19 +50,9 @@ as that node sees them, with the rules each owns.`,
 			return printStatus(cmd.OutOrStdout(), st)
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("TIMERD_STATUS_ADDR", "127.0.0.1:8470"), "the node's HTTP address, host:port (env TIMERD_STATUS_ADDR)")
-	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
+	nf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status JSON as the node serves it")
 	return cmd
-}
-
-// statusURL is the /v1/status URL of addr: host:port, or an http(s) URL.
-func statusURL(addr string) (string, error) {
-	base, err := nodeBaseURL(addr)
-	if err != nil {
-		return "", err
-	}
-	return base + "/v1/status", nil
 }
 
 // nodeBaseURL is the URL of a node's HTTP endpoints at addr: host:port, or an
@@ -84,23 +74,11 @@ func nodeBaseURL(addr string) (string, error) {
 	return a, nil
 }
 
-func fetchStatus(ctx context.Context, u string) (node.Status, []byte, error) {
+func fetchStatus(ctx context.Context, u, token string) (node.Status, []byte, error) {
 	var st node.Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	raw, err := nodeRequest(ctx, http.MethodGet, u, token, nil)
 	if err != nil {
 		return st, nil, fmt.Errorf("status: %w", err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return st, nil, fmt.Errorf("status: GET %s: %w", u, unwrapURLErr(err))
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return st, nil, fmt.Errorf("status: GET %s: read: %w", u, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return st, nil, fmt.Errorf("status: GET %s: status %d", u, resp.StatusCode)
 	}
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return st, nil, fmt.Errorf("status: GET %s: not a timerd status: %w", u, err)

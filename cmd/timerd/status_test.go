@@ -3,6 +3,8 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -34,9 +36,19 @@ func TestStatusCommand(t *testing.T) {
 			"members":[{"name":"timerd-0","addr":"10.0.0.1:7946","state":"alive","self":true,"rules_owned":0}]}`))
 	})
 	mux.HandleFunc("GET /broken/v1/status", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(`<html>`)) })
+	const operatorToken = "operator-token-0123456789"
+	mux.HandleFunc("GET /guarded/v1/status", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+operatorToken {
+			http.Error(w, "this endpoint needs the bearer token of TIMERD_HTTP_TOKEN_FILE", http.StatusUnauthorized)
+			return
+		}
+		w.Write([]byte(statusJSON))
+	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
+	tokenFile := filepath.Join(t.TempDir(), "http.token")
+	os.WriteFile(tokenFile, []byte(operatorToken+"\n"), 0o600)
 
 	tests := []struct {
 		name     string
@@ -70,6 +82,9 @@ func TestStatusCommand(t *testing.T) {
 			args: []string{"--addr", host, "--json"},
 			want: []string{`"incarnation": "timerd-0#3",`},
 		},
+		{name: "with the node's token", args: []string{"--addr", srv.URL + "/guarded", "--token-file", tokenFile}, want: []string{"node timerd-0"}},
+		{name: "without the node's token", args: []string{"--addr", srv.URL + "/guarded"}, code: 1, errorHas: "status 401: this endpoint needs the bearer token"},
+		{name: "token file missing", args: []string{"--addr", host, "--token-file", "/nonexistent/token"}, code: 2, errorHas: "--token-file: open /nonexistent/token"},
 		{name: "not a status", args: []string{"--addr", srv.URL + "/broken"}, code: 1, errorHas: "not a timerd status"},
 		{name: "not found", args: []string{"--addr", srv.URL + "/nothing"}, code: 1, errorHas: "status 404"},
 		{name: "bad addr", args: []string{"--addr", "a b/c"}, code: 2, errorHas: `--addr: "a b/c" is not host:port`},

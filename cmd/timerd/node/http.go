@@ -1,8 +1,12 @@
 package node
 
 import (
+	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +53,53 @@ type Status struct {
 	Members []MemberStatus `json:"members,omitempty"`
 }
 
+// MinHTTPTokenLen is the shortest bearer token TIMERD_HTTP_TOKEN_FILE may hold.
+const MinHTTPTokenLen = 16
+
+// ReadHTTPToken reads the bearer token of the node's operator endpoints from
+// path: the file's content without surrounding white space. The error never
+// quotes the content.
+func ReadHTTPToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	switch {
+	case len(tok) < MinHTTPTokenLen:
+		return "", fmt.Errorf("%s: the token is shorter than %d bytes", path, MinHTTPTokenLen)
+	case strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return "", fmt.Errorf("%s: the token holds white space or control characters", path)
+	}
+	return tok, nil
+}
+
+// operator guards the operator endpoints (/v1/…) with the bearer token of
+// Config.HTTPTokenFile, read at each request so that it can be rotated by
+// rewriting the file; without the setting they are open. /metrics, /healthz
+// and /readyz never are guarded: probes and scrapes need no secret.
+func (n *Node) operator(h http.HandlerFunc) http.HandlerFunc {
+	if n.cfg.HTTPTokenFile == "" {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		want, err := ReadHTTPToken(n.cfg.HTTPTokenFile)
+		if err != nil {
+			n.log.Error("operator endpoint refused: TIMERD_HTTP_TOKEN_FILE cannot be read", "err", err)
+			http.Error(w, "the node cannot read its TIMERD_HTTP_TOKEN_FILE", http.StatusServiceUnavailable)
+			return
+		}
+		got, err := auth.BearerToken(r)
+		if err != nil || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			n.metrics.unauthorized.Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer realm="timerd node"`)
+			http.Error(w, "this endpoint needs the bearer token of TIMERD_HTTP_TOKEN_FILE", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	}
+}
+
 func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.cfg.Registry, promhttp.HandlerOpts{Registry: n.cfg.Registry}))
@@ -66,14 +117,14 @@ func (n *Node) handler() http.Handler {
 		}
 		w.Write([]byte("ready\n"))
 	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /v1/status", n.operator(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		enc.Encode(n.Status())
-	})
-	mux.HandleFunc("GET /v1/dead-letters", n.handleDeadLetters)
-	mux.HandleFunc("POST /v1/dead-letters/redrive", n.handleRedrive)
+	}))
+	mux.HandleFunc("GET /v1/dead-letters", n.operator(n.handleDeadLetters))
+	mux.HandleFunc("POST /v1/dead-letters/redrive", n.operator(n.handleRedrive))
 	return mux
 }
 
@@ -128,9 +179,11 @@ func (n *Node) isReady() bool {
 type metrics struct {
 	lifecycle  *prometheus.CounterVec
 	reconciles *prometheus.CounterVec
-	refused    *prometheus.CounterVec
-	adopted    prometheus.Counter
-	released   prometheus.Counter
+	// unauthorized counts requests to the operator endpoints without the token.
+	unauthorized prometheus.Counter
+	refused      *prometheus.CounterVec
+	adopted      prometheus.Counter
+	released     prometheus.Counter
 	// The fire-once protocol (member.go).
 	fenced         *prometheus.CounterVec
 	reincarnations prometheus.Counter
@@ -149,6 +202,10 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "timerd_reconciles_total",
 			Help: "Reconciles of the rule catalogue with the rules API, by result.",
 		}, []string{"result"}),
+		unauthorized: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_http_unauthorized_total",
+			Help: "Requests to the node's operator endpoints (/v1/...) refused for want of the TIMERD_HTTP_TOKEN_FILE token.",
+		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_reconcile_refused_total",
 			Help: "Removals a reconcile refused, by reason: per listing for malformed (a page without items: nothing applied), no_totals, totals_changed and count_mismatch (not proved complete: nothing removed); per rule kept for changed_since_listing, still_enabled (the re-check found it) and recheck_failed.",
@@ -190,7 +247,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 		}
 		return n.drv.snap.Load()
 	}
-	reg.MustRegister(m.lifecycle, m.reconciles, m.refused, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable, m.deadLettersExpired,
+	reg.MustRegister(m.lifecycle, m.reconciles, m.refused, m.unauthorized, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable, m.deadLettersExpired,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_lease",
 			Help: "1 while this node holds a lease (a quorum answered its heartbeats within the lease), else 0; a single node always does.",

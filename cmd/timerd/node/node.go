@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/exporter-toolkit/web"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/timerd/timerd/auth"
@@ -52,6 +53,12 @@ type Config struct {
 	// HTTPAddr is where /metrics, /healthz, /readyz, /v1/status and /v1/dead-letters are
 	// served; "" serves nothing. Port 0 picks a free port (see HTTPAddr()).
 	HTTPAddr string
+	// HTTPTokenFile, if set, names the file of a bearer token the operator
+	// endpoints (/v1/...) want; /metrics, /healthz and /readyz stay open.
+	HTTPTokenFile string
+	// HTTPConfigFile, if set, is a Prometheus exporter-toolkit web config
+	// (TLS, client certificates, basic auth) for the HTTP server.
+	HTTPConfigFile string
 
 	// Lifecycle delivers rule lifecycle messages in process (timerd dev
 	// without a broker). At most one of Lifecycle and MQ; with neither,
@@ -147,6 +154,16 @@ func (c *Config) Validate() error {
 		return errors.New("lifecycle: set MQ or Lifecycle, not both")
 	case c.IntakeBatch < 0 || c.IntakeBatch > 65535:
 		return fmt.Errorf("intake batch: %d is out of range (1 .. 65535)", c.IntakeBatch)
+	}
+	if c.HTTPTokenFile != "" {
+		if _, err := ReadHTTPToken(c.HTTPTokenFile); err != nil {
+			return fmt.Errorf("http token file: %w", err)
+		}
+	}
+	if c.HTTPConfigFile != "" {
+		if err := web.Validate(c.HTTPConfigFile); err != nil {
+			return fmt.Errorf("http config file %s: %w", c.HTTPConfigFile, err)
+		}
 	}
 	if c.Cluster != nil {
 		if err := c.clusterConfig().Validate(); err != nil {
@@ -572,9 +589,15 @@ func (n *Node) serveHTTP(ctx context.Context) error {
 		Handler:           n.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute, // a scraper's keep-alive, not an idle socket for ever
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(n.ln) }()
+	go func() {
+		// With HTTPConfigFile: TLS (and the rest of the exporter-toolkit web
+		// config, as Prometheus exporters read it); without, plain HTTP.
+		cfgFile := n.cfg.HTTPConfigFile
+		errc <- web.Serve(n.ln, srv, &web.FlagConfig{WebConfigFile: &cfgFile}, n.log.With("component", "http"))
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("node http: %w", err)
