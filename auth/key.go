@@ -17,6 +17,9 @@ const MinKeyLen = 32
 // ErrShortKey is returned for an HMAC key shorter than MinKeyLen.
 var ErrShortKey = errors.New("signing key too short")
 
+// ErrKeyReadable: the key file lets its group or others read it.
+var ErrKeyReadable = errors.New("signing key file is readable by others")
+
 // LoadKey reads the HMAC signing key from path.
 //
 // The key is the file's bytes, less one trailing newline ("\n" or "\r\n"). It
@@ -34,8 +37,9 @@ func LoadKey(path string, logger *slog.Logger) ([]byte, error) {
 	if len(b) < MinKeyLen {
 		return nil, fmt.Errorf("load key %q: %w: %d bytes, need at least %d", path, ErrShortKey, len(b), MinKeyLen)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o004 != 0 && logger != nil {
-		logger.Warn("signing key file is readable by everyone; chmod 600 it", "path", path, "mode", fi.Mode().Perm().String())
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o044 != 0 {
+		// Whoever reads the key can sign any token.
+		return nil, fmt.Errorf("load key %q: %w: mode %s lets its group or others read it; chmod 600 it", path, ErrKeyReadable, fi.Mode().Perm())
 	}
 	return b, nil
 }

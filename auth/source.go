@@ -211,12 +211,7 @@ func (s *Source) saveState(tok string) {
 	if s.cfg.StateFile == "" {
 		return
 	}
-	tmp := s.cfg.StateFile + ".tmp"
-	err := os.WriteFile(tmp, []byte(tok+"\n"), 0o600)
-	if err == nil {
-		err = os.Rename(tmp, s.cfg.StateFile)
-	}
-	if err != nil {
+	if err := WriteFileAtomic(s.cfg.StateFile, []byte(tok+"\n"), 0o600); err != nil {
 		s.log.Warn("keep the refreshed API token in the state file", "path", s.cfg.StateFile, "err", redact(err, tok))
 	}
 }

@@ -64,7 +64,7 @@ the API like any node.`,
 				if err != nil {
 					return fmt.Errorf("create data dir: %w", err)
 				}
-			} else if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			} else if err := auth.PrivateDir(dataDir, log); err != nil {
 				return usagef("--data-dir %q: %w", dataDir, err)
 			}
 
@@ -239,39 +239,12 @@ func devCredentials(dir string, log *slog.Logger) (*devCreds, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issue admin token: %w", err)
 	}
-	if err := writeFileAtomic(c.adminPath, []byte(tok+"\n"), 0o600); err != nil {
+	if err := auth.WriteFileAtomic(c.adminPath, []byte(tok+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("write admin token: %w", err)
 	}
 	c.adminExp, c.adminNew = claims.ExpiresAtTime(), true
 	log.Info("dev admin token issued", "path", c.adminPath, "reason", reason, "expires_at", c.adminExp)
 	return c, nil
-}
-
-// writeFileAtomic writes data to a new file next to path and renames it
-// over path, so a reader never sees half a token.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // shellQuote quotes s for a POSIX shell unless it needs no quoting.

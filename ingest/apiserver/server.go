@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest"
@@ -181,7 +181,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+	if err := auth.PrivateDir(cfg.DataDir, cfg.Logger); err != nil {
 		return nil, fmt.Errorf("apiserver: create data dir %q: %w", cfg.DataDir, err)
 	}
 	path := filepath.Join(cfg.DataDir, "api.db")
@@ -192,6 +192,9 @@ func New(cfg Config) (*Server, error) {
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
 	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("apiserver: open store %q: it is locked by another process (another timerd api on this data dir?); waited 5s", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("apiserver: open store %q: %w", path, err)
 	}

@@ -358,3 +358,13 @@ func TestMetricsEndpointNeedsAReadToken(t *testing.T) {
 		t.Errorf("GET /metrics = %.200s, want the 401s counted", body)
 	}
 }
+
+// A second server on the same data dir says the file is locked, naming it,
+// instead of a bare "timeout".
+func TestSecondServerOnTheDataDirSaysLocked(t *testing.T) {
+	e := newEnv(t)
+	_, err := New(Config{DataDir: e.dir})
+	if err == nil || !strings.Contains(err.Error(), "api.db") || !strings.Contains(err.Error(), "locked by another process") {
+		t.Errorf("New on a data dir in use = %v, want an error naming api.db and saying it is locked", err)
+	}
+}

@@ -205,7 +205,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if err := auth.PrivateDir(cfg.DataDir, cfg.Logger); err != nil {
 		return nil, fmt.Errorf("data dir %q: %w", cfg.DataDir, err)
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "node"), batches: make(chan batchReq)}
