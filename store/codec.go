@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"hash/crc32"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -15,10 +16,12 @@ import (
 // on the restart path, and a fixed layout decodes several times faster than
 // encoding/json (see BenchmarkDecodeRule). Every value starts with a codec version byte.
 //
-//	rule:        v2 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref | params…
-//	             (v1, the same layout, held the time the node stored the rule: it is read as zero)
-//	watermark:   slot i64 | count u64                     (no chain: no version byte, fixed 16 bytes)
-//	             v2 | slot i64 | count u64 | chain         (with a fire chain, see appendChain)
+//	rule:        v3 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref | params… | crc32c
+//	             (v2: the same without the checksum; v1, the same layout, held the time the node
+//	             stored the rule: it is read as zero)
+//	watermark:   v3 | slot i64 | count u64 | chain | crc32c  (chain: see appendChain; 0 for none)
+//	             slot i64 | count u64                     (before v3, no chain: fixed 16 bytes)
+//	             v2 | slot i64 | count u64 | chain         (before v3, with a fire chain)
 //	tombstone:   v1 | version i64
 //	event:       v1 | created_at i64 | rule_id i64 | slot i64 | uvarint len, key | body…
 //	             v2 | created_at i64 | rule_id i64 | slot i64 | prev i64 | count u64 |
@@ -27,7 +30,33 @@ import (
 //	dead letter: v1 | at i64 | varint status | uvarint len, reason | event…
 //
 // Integers are big-endian; times are Unix nanoseconds, with math.MinInt64 for the zero time.
+// crc32c is the CRC-32 (Castagnoli) of every byte before it, big-endian: a flipped bit in
+// a rule or a watermark is an error naming the rule, never a different schedule.
 const codecV1 = 1
+
+// sealedV3 is the version byte of rule and watermark records that end in a checksum.
+const sealedV3 = 3
+
+const crcLen = 4
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// seal appends the checksum of b.
+func seal(b []byte) []byte {
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// unseal checks v's trailing checksum and returns v without it.
+func unseal(v []byte) ([]byte, error) {
+	if len(v) < 1+crcLen {
+		return nil, fmt.Errorf("%w: %d bytes, too short for a checksum", ErrCorrupt, len(v))
+	}
+	body, sum := v[:len(v)-crcLen], binary.BigEndian.Uint32(v[len(v)-crcLen:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, fmt.Errorf("%w: checksum mismatch (a flipped bit on disk?)", ErrCorrupt)
+	}
+	return body, nil
+}
 
 // ruleV2 is the version byte of rule records whose updated_at is the rule's source
 // version (Rule.UpdatedAt). A v1 rule's updated_at was when the node stored it.
@@ -100,12 +129,13 @@ func validateRule(r Rule) error {
 }
 
 func encodeRule(r Rule) []byte {
-	b := make([]byte, 0, 1+8+2+len(r.Ref)+2+len(r.TriggerRef)+len(r.Params))
-	b = append(b, ruleV2)
+	b := make([]byte, 0, 1+8+2+len(r.Ref)+2+len(r.TriggerRef)+len(r.Params)+crcLen)
+	b = append(b, sealedV3)
 	b = appendTime(b, r.UpdatedAt)
 	b = appendString(b, r.Ref)
 	b = appendString(b, r.TriggerRef)
-	return append(b, r.Params...)
+	b = append(b, r.Params...)
+	return seal(b)
 }
 
 // decoder reads a value; the first failure sticks and later reads return zero values.
@@ -183,8 +213,15 @@ func (d *decoder) rest() []byte {
 }
 
 func decodeRule(id int64, v []byte) (Rule, error) {
+	if len(v) > 0 && v[0] == sealedV3 {
+		body, err := unseal(v)
+		if err != nil {
+			return Rule{}, fmt.Errorf("rule %d: %w", id, err)
+		}
+		v = body
+	}
 	d := decoder{b: v}
-	ver := d.versionOf(codecV1, ruleV2)
+	ver := d.versionOf(codecV1, ruleV2, sealedV3)
 	r := Rule{ID: id, UpdatedAt: d.time("updated_at")}
 	if ver == codecV1 {
 		r.UpdatedAt = time.Time{} // not a source version: unknown
@@ -207,19 +244,18 @@ func decodeRule(id int64, v []byte) (Rule, error) {
 	return r, nil
 }
 
-// encodeWatermark writes a watermark without a chain in the 16 bytes every version
-// reads, and one with a chain as wmV2 | slot | count | chain.
+// encodeWatermark writes v3 | slot | count | chain | crc32c; decodeWatermark also
+// reads the two layouts of earlier versions.
 func encodeWatermark(w Watermark, c protocol.Chain) []byte {
-	if len(c) == 0 {
-		b := make([]byte, 0, watermarkLen)
-		b = appendTime(b, w.Slot)
-		return binary.BigEndian.AppendUint64(b, w.Count)
+	n := 1 + watermarkLen + 1 + crcLen
+	if len(c) > 0 {
+		n += chainLen(c)
 	}
-	b := make([]byte, 0, 1+watermarkLen+chainLen(c))
-	b = append(b, wmV2)
+	b := make([]byte, 0, n)
+	b = append(b, sealedV3)
 	b = appendTime(b, w.Slot)
 	b = binary.BigEndian.AppendUint64(b, w.Count)
-	return appendChain(b, c)
+	return seal(appendChain(b, c))
 }
 
 func decodeWatermark(v []byte) (Watermark, protocol.Chain, error) {
@@ -229,8 +265,15 @@ func decodeWatermark(v []byte) (Watermark, protocol.Chain, error) {
 			Count: binary.BigEndian.Uint64(v[8:]),
 		}, nil, nil
 	}
+	if len(v) > 0 && v[0] == sealedV3 {
+		body, err := unseal(v)
+		if err != nil {
+			return Watermark{}, nil, fmt.Errorf("watermark: %w", err)
+		}
+		v = body
+	}
 	d := decoder{b: v}
-	d.versionOf(wmV2)
+	d.versionOf(wmV2, sealedV3)
 	w := Watermark{Slot: d.time("slot"), Count: d.u64("count")}
 	c := d.chain()
 	if d.err == nil && len(d.b) != 0 {

@@ -36,7 +36,7 @@ const (
 
 	// journalV2 values hold records with fire chains: kind | id | slot | count | chain
 	// (appendChain; a uvarint 0 for none). v1 values, fixed 25-byte records without
-	// chains, are still read.
+	// chains, are still read. sealedV3 values are v2's records and a crc32c of the value.
 	journalV2 = 2
 )
 
@@ -75,7 +75,14 @@ func appendJournalRec(b []byte, r journalRec) []byte {
 
 // forEachJournalRec decodes one journal value.
 func forEachJournalRec(seq uint64, v []byte, fn func(journalRec)) error {
-	if len(v) > 0 && v[0] == journalV2 {
+	if len(v) > 0 && v[0] == sealedV3 {
+		body, err := unseal(v)
+		if err != nil {
+			return fmt.Errorf("watermark journal entry %d: %w", seq, err)
+		}
+		v = body
+	}
+	if len(v) > 0 && (v[0] == journalV2 || v[0] == sealedV3) {
 		d := decoder{b: v[1:]}
 		for len(d.b) > 0 && d.err == nil {
 			if len(d.b) < 1+8 {
@@ -125,7 +132,7 @@ func journalAppend(tx *bolt.Tx, recs []journalRec) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	n := 1
+	n := 1 + crcLen
 	for _, r := range recs {
 		n += journalRecLen + 1
 		if len(r.chain) > 0 {
@@ -133,11 +140,11 @@ func journalAppend(tx *bolt.Tx, recs []journalRec) (uint64, error) {
 		}
 	}
 	v := make([]byte, 1, n)
-	v[0] = journalV2
+	v[0] = sealedV3
 	for _, r := range recs {
 		v = appendJournalRec(v, r)
 	}
-	return seq, jb.Put(binary.BigEndian.AppendUint64(nil, seq), v)
+	return seq, jb.Put(binary.BigEndian.AppendUint64(nil, seq), seal(v))
 }
 
 // indexJournal records a committed journal value in the index. Caller holds s.wmu.

@@ -406,3 +406,76 @@ func truncateToHalf(t *testing.T, p string) {
 		t.Fatal(err)
 	}
 }
+
+// A flipped bit in a stored rule, watermark or journal value is an error naming
+// the rule (or the journal entry), never a silently different schedule.
+func TestFlippedBitIsAnErrorNamingTheRule(t *testing.T) {
+	// file has rules 1..3 with watermarks in the bucket, and rule 1's fire in the journal.
+	file := func(t *testing.T) string {
+		s := openTest(t, Options{NoSync: true})
+		wm := func(n int) *Watermark { return &Watermark{Slot: time.Unix(int64(n), 0), Count: uint64(n)} }
+		if err := s.PutRules([]Rule{testRule(1), testRule(2), testRule(3)}, []*Watermark{wm(1), wm(2), wm(3)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CommitFires([]FireRecord{testFire(1, time.Unix(10, 0), 10)}); err != nil {
+			t.Fatal(err)
+		}
+		p := s.Path()
+		// Close without folding: the journal keeps rule 1's record.
+		if err := s.db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	flip := func(t *testing.T, p string, bucket, key []byte, at int) {
+		t.Helper()
+		editStore(t, p, func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucket)
+			if key == nil {
+				key, _ = b.Cursor().First()
+			}
+			v := bytes.Clone(b.Get(key))
+			if v == nil {
+				return fmt.Errorf("no value %x in %s", key, bucket)
+			}
+			v[min(at, len(v)-1)] ^= 0x10
+			return b.Put(key, v)
+		})
+	}
+	read := func(p string, id int64) error {
+		s, err := Open(p, Options{NoSync: true})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if _, _, _, err := s.Rule(id); err != nil {
+			return err
+		}
+		return s.ForEachRule(func(Rule, Watermark) error { return nil })
+	}
+	for _, tt := range []struct {
+		name   string
+		bucket []byte
+		key    []byte
+		at     int
+		want   string
+	}{
+		{"rule params", bucketRules, idKey(2), 30, "rule 2"},
+		{"rule updated_at", bucketRules, idKey(2), 3, "rule 2"},
+		{"watermark slot", bucketWatermarks, idKey(3), 5, "rule 3"},
+		{"watermark count", bucketWatermarks, idKey(3), 12, "rule 3"},
+		{"journal record", bucketJournal, nil, 12, "watermark journal entry"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := file(t)
+			flip(t, p, tt.bucket, tt.key, tt.at)
+			err := read(p, 3)
+			if err == nil {
+				err = read(p, 2)
+			}
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "checksum") {
+				t.Errorf("a flipped bit in the %s: %v, want ErrCorrupt naming %s and the checksum", tt.name, err, tt.want)
+			}
+		})
+	}
+}

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"reflect"
@@ -629,12 +631,7 @@ func TestOpenSchema2File(t *testing.T) {
 			return err
 		}
 		// Every value as v2 wrote it.
-		if err := tx.Bucket(bucketWatermarks).ForEach(func(k, v []byte) error {
-			if len(v) != watermarkLen {
-				t.Errorf("watermark %x of %d bytes before the protocol", k, len(v))
-			}
-			return nil
-		}); err != nil {
+		if err := rewriteUnsealed(tx, 2); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
@@ -697,6 +694,72 @@ func TestOpenSchema2File(t *testing.T) {
 	if n, _ := s.PendingLen(); n != 1 {
 		t.Errorf("PendingLen() after reopen = %d, want 1", n)
 	}
+	checkAllSealed(t, s)
+}
+
+// rewriteUnsealed turns every rule and watermark value of tx into what schema
+// version ver (1 or 2, before checksums) wrote: rules of codec v1 or v2, chainless
+// watermarks of 16 bytes.
+func rewriteUnsealed(tx *bolt.Tx, ver int) error {
+	rb, wb := tx.Bucket(bucketRules), tx.Bucket(bucketWatermarks)
+	type kv struct{ k, v []byte }
+	var puts []struct {
+		b *bolt.Bucket
+		kv
+	}
+	err := rb.ForEach(func(k, v []byte) error {
+		body, err := unseal(v)
+		if err != nil {
+			return err
+		}
+		old := bytes.Clone(body)
+		old[0] = byte(ver) // v1 and v2: the same layout
+		puts = append(puts, struct {
+			b *bolt.Bucket
+			kv
+		}{rb, kv{bytes.Clone(k), old}})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = wb.ForEach(func(k, v []byte) error {
+		wm, chain, err := decodeWatermark(v)
+		if err != nil || len(chain) > 0 {
+			return fmt.Errorf("watermark %x: %v, chain %v", k, err, chain)
+		}
+		old := binary.BigEndian.AppendUint64(appendTime(nil, wm.Slot), wm.Count)
+		puts = append(puts, struct {
+			b *bolt.Bucket
+			kv
+		}{wb, kv{bytes.Clone(k), old}})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range puts {
+		if err := p.b.Put(p.k, p.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkAllSealed fails t unless every rule and watermark value of s ends in its checksum.
+func checkAllSealed(t *testing.T, s *Store) {
+	t.Helper()
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketRules, bucketWatermarks} {
+			tx.Bucket(b).ForEach(func(k, v []byte) error {
+				if _, err := unseal(v); err != nil || v[0] != sealedV3 {
+					t.Errorf("%s %x after the upgrade: no checksum (%v)", b, k, err)
+				}
+				return nil
+			})
+		}
+		return nil
+	})
 }
 
 func TestWatermarkCodec(t *testing.T) {
@@ -720,10 +783,10 @@ func TestWatermarkCodec(t *testing.T) {
 		if err != nil || !wmEqual(wm, c.wm) || !slices.Equal(chain, c.chain) {
 			t.Errorf("%s: decode(encode) = %+v %v, %v; want %+v %v", c.name, wm, chain, err, c.wm, c.chain)
 		}
-		if len(c.chain) == 0 && len(v) != watermarkLen {
-			t.Errorf("%s: %d bytes, want the %d every version reads", c.name, len(v), watermarkLen)
-		}
-		for cut := watermarkLen + 1; cut < len(v); cut++ {
+		for cut := 0; cut < len(v); cut++ {
+			if cut == watermarkLen {
+				continue // the length of a watermark before v2, read as one
+			}
 			if _, _, err := decodeWatermark(v[:cut]); !errors.Is(err, ErrCorrupt) {
 				t.Errorf("%s cut to %d bytes: err %v, want ErrCorrupt", c.name, cut, err)
 			}

@@ -36,9 +36,10 @@ const (
 	formatMarker = "timerd-node-store"
 	// SchemaVersion is the layout this build reads and writes. Version 1 had no
 	// tombstones bucket, version 2 no protocol and pending buckets (and no chains in
-	// watermarks, no fires in outbox entries); Open adds what is missing and raises the
-	// file's version.
-	SchemaVersion = 3
+	// watermarks, no fires in outbox entries), version 3 no checksums in rule, watermark
+	// and journal values; Open adds what is missing, rewrites what lacks a checksum and
+	// raises the file's version.
+	SchemaVersion = 4
 
 	defaultTimeout = time.Second
 )
@@ -251,7 +252,9 @@ func (s *Store) init() error {
 		// 1 → 2: tombstones. Rule records of either codec version are read.
 		// 2 → 3: protocol and pending buckets, the pending counter. Watermarks without
 		// a chain, journal values of v1 and outbox entries of v1 are read (codec.go).
-		return s.update(func(tx *bolt.Tx) error {
+		// 3 → 4: rule and watermark values are rewritten with a checksum (sealAll);
+		// journal values of earlier versions are read until folded.
+		err := s.update(func(tx *bolt.Tx) error {
 			for _, b := range [][]byte{bucketTombstones, bucketProtocol, bucketPending} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 					return fmt.Errorf("create bucket %q: %w", b, err)
@@ -263,8 +266,17 @@ func (s *Store) init() error {
 					return err
 				}
 			}
-			return meta.Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))
+			return nil
 		})
+		if err == nil {
+			err = s.sealAll() // 3 → 4
+		}
+		if err == nil {
+			err = s.update(func(tx *bolt.Tx) error {
+				return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))
+			})
+		}
+		return err
 	}
 	if !fresh {
 		return nil
@@ -285,6 +297,76 @@ func (s *Store) init() error {
 			putCounter(meta, keyPendingLen, 0),
 		)
 	})
+}
+
+// sealBatch bounds the values one transaction of sealAll rewrites.
+const sealBatch = 10_000
+
+// sealAll rewrites every rule and watermark value written before checksums with one,
+// sealBatch values a transaction (a million rules is one pass at upgrade).
+func (s *Store) sealAll() error {
+	for _, b := range []struct {
+		name   []byte
+		sealed func(v []byte) bool
+		decode func(id int64, v []byte) ([]byte, error)
+	}{
+		{bucketRules, func(v []byte) bool { return len(v) > 0 && v[0] == sealedV3 }, func(id int64, v []byte) ([]byte, error) {
+			r, err := decodeRule(id, v)
+			return encodeRule(r), err
+		}},
+		// A 16-byte watermark is one of before v2, whatever its first byte.
+		{bucketWatermarks, func(v []byte) bool { return len(v) != watermarkLen && len(v) > 0 && v[0] == sealedV3 }, func(id int64, v []byte) ([]byte, error) {
+			wm, chain, err := decodeWatermark(v)
+			if err != nil {
+				return nil, fmt.Errorf("rule %d: %w", id, err)
+			}
+			return encodeWatermark(wm, chain), nil
+		}},
+	} {
+		var after []byte
+		for done := false; !done; {
+			err := s.update(func(tx *bolt.Tx) error {
+				bk := tx.Bucket(b.name)
+				c := bk.Cursor()
+				k, v := c.First()
+				if after != nil {
+					k, v = c.Seek(after)
+					if bytes.Equal(k, after) {
+						k, v = c.Next()
+					}
+				}
+				type kv struct{ k, v []byte }
+				var todo []kv
+				for n := 0; k != nil && n < sealBatch; k, v = c.Next() {
+					after = bytes.Clone(k)
+					if b.sealed(v) {
+						continue
+					}
+					id, err := keyID(k)
+					if err != nil {
+						return err
+					}
+					nv, err := b.decode(id, v)
+					if err != nil {
+						return err
+					}
+					todo = append(todo, kv{after, nv})
+					n++
+				}
+				done = k == nil
+				for _, e := range todo {
+					if err := bk.Put(e.k, e.v); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("add checksums to %s: %w", b.name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // initJournal folds what a previous run journaled, so the index starts empty.

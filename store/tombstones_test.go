@@ -17,16 +17,9 @@ import (
 func TestOpenSchema1File(t *testing.T) {
 	p := storeFile(t, 3)
 	editStore(t, p, func(tx *bolt.Tx) error {
-		rb := tx.Bucket(bucketRules)
-		for id := int64(1); id <= 3; id++ {
-			v := rb.Get(idKey(id))
-			if v[0] != ruleV2 {
-				return fmt.Errorf("rule %d written with version %d, want %d", id, v[0], ruleV2)
-			}
-			old := append([]byte{codecV1}, v[1:]...) // v1: the same layout, updated_at the store time
-			if err := rb.Put(idKey(id), old); err != nil {
-				return err
-			}
+		// v1 rules: v2's layout, updated_at the store time; chainless watermarks.
+		if err := rewriteUnsealed(tx, 1); err != nil {
+			return err
 		}
 		if err := tx.DeleteBucket(bucketTombstones); err != nil {
 			return err
