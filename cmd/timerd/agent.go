@@ -140,19 +140,20 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		reconcile = -1 // the node's "off"
 	}
 	n, err := node.New(node.Config{
-		DataDir:           cfg.DataDir,
-		APIURL:            cfg.APIURL,
-		Token:             cfg.APIToken,
-		TokenFile:         cfg.APITokenFile,
-		SensorRef:         cfg.SensorRef,
-		NodeName:          cfg.NodeName,
-		HTTPAddr:          cfg.HTTPAddr,
-		MQ:                mq,
-		StartupRules:      cfg.SensorTriggers,
-		Workers:           cfg.Workers,
-		ReconcileInterval: reconcile,
-		ShutdownTimeout:   cfg.ShutdownTimeout,
-		Logger:            log,
+		DataDir:                 cfg.DataDir,
+		APIURL:                  cfg.APIURL,
+		Token:                   cfg.APIToken,
+		TokenFile:               cfg.APITokenFile,
+		SensorRef:               cfg.SensorRef,
+		NodeName:                cfg.NodeName,
+		HTTPAddr:                cfg.HTTPAddr,
+		MQ:                      mq,
+		StartupRules:            cfg.SensorTriggers,
+		Workers:                 cfg.Workers,
+		ReconcileInterval:       reconcile,
+		ShutdownTimeout:         cfg.ShutdownTimeout,
+		CommitFailureLeaveAfter: cfg.CommitFailureLeaveAfter,
+		Logger:                  log,
 		// Always a cluster: with no peers it is alone at once.
 		Cluster: &cluster.Config{
 			NodeName:      cfg.NodeName,

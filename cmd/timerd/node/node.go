@@ -25,6 +25,9 @@ import (
 	"github.com/timerd/timerd/store"
 )
 
+// DefaultCommitFailureLeaveAfter is Config.CommitFailureLeaveAfter's default.
+const DefaultCommitFailureLeaveAfter = 30 * time.Second
+
 // Config is the configuration of one node.
 type Config struct {
 	DataDir string // required: holds node.db
@@ -78,6 +81,11 @@ type Config struct {
 	ReconcileInterval time.Duration // default 5m; negative disables the periodic reconcile
 	ShutdownTimeout   time.Duration // bound on the outbox flush at shutdown, default 10s
 	MisfireGrace      time.Duration // engine default grace, default 1m
+	// CommitFailureLeaveAfter: a node of a cluster whose store has failed its commits
+	// for this long steps out of the protocol, so that its peers take its partitions
+	// over, and comes back as a new incarnation once a probe commit succeeds
+	// (docs/operations.md, "When the disk fills"). Default 30s.
+	CommitFailureLeaveAfter time.Duration
 
 	Logger   *slog.Logger
 	Registry *prometheus.Registry // nil: a registry of the node's own
@@ -105,6 +113,9 @@ func (c *Config) setDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
+	if c.CommitFailureLeaveAfter == 0 {
+		c.CommitFailureLeaveAfter = DefaultCommitFailureLeaveAfter
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -127,6 +138,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("workers: must be positive, got %d", c.Workers)
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("shutdown timeout: must not be negative, got %s", c.ShutdownTimeout)
+	case c.CommitFailureLeaveAfter < 0:
+		return fmt.Errorf("commit failure leave after: must not be negative, got %s", c.CommitFailureLeaveAfter)
 	case c.Tokens != nil && (c.Token != "" || c.TokenFile != ""):
 		return errors.New("tokens: set Token or TokenFile, or Tokens, not both")
 	case c.MQ != nil && c.Lifecycle != nil:
@@ -153,8 +166,9 @@ type Node struct {
 	tokens   *auth.Source // nil without Token or TokenFile
 	ln       net.Listener
 	metrics  *metrics
-	ready    atomic.Bool // intake: reconciled (and consuming)
-	placed   atomic.Bool // the node's share of the rules is in the engine
+	health   *storeHealth // whether the store takes commits (storehealth.go)
+	ready    atomic.Bool  // intake: reconciled (and consuming)
+	placed   atomic.Bool  // the node's share of the rules is in the engine
 
 	cl  *cluster.Cluster // nil without Config.Cluster
 	drv *driver          // the fire-once protocol (member.go); nil without Config.Cluster
@@ -183,6 +197,7 @@ func New(cfg Config) (*Node, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	n.metrics = newMetrics(reg, n)
+	n.health = newStoreHealth(reg)
 
 	tokens := cfg.Tokens
 	src, err := newTokenSource(&cfg, reg)
@@ -315,6 +330,10 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.ln != nil {
 		g.Go(func() error { return n.serveHTTP(httpCtx) })
 	}
+	g.Go(func() error {
+		n.health.run(httpCtx, n.store.Probe)
+		return nil
+	})
 	abort := func(err error) error {
 		stopHTTP()
 		_ = g.Wait()
@@ -483,6 +502,7 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev})
 	}
 	if err := n.store.CommitFires(recs); err != nil {
+		n.health.record(err)
 		return err
 	}
 	n.delivery.Notify()
@@ -495,6 +515,9 @@ func (n *Node) commitFired(fires []scheduler.Fire) ([]protocol.EventRef, error) 
 	d := n.drv
 	d.stepMu.Lock()
 	defer d.stepMu.Unlock()
+	if d.offline.Load() {
+		return nil, errStoreOffline
+	}
 	snap := d.snap.Load()
 	now := bootNow()
 	recs := make([]store.FireRecord, 0, len(fires))
@@ -517,7 +540,9 @@ func (n *Node) commitFired(fires []scheduler.Fire) ([]protocol.EventRef, error) 
 	if len(recs) == 0 {
 		return nil, nil
 	}
-	return n.store.CommitFireRefs(recs)
+	refs, err := n.store.CommitFireRefs(recs)
+	n.health.record(err)
+	return refs, err
 }
 
 func (n *Node) serveHTTP(ctx context.Context) error {
