@@ -48,8 +48,11 @@ type DeliveryConfig struct {
 	// connections alive (the default of 2 costs 40 % of throughput).
 	Client       *http.Client
 	PollInterval time.Duration // re-scan of the outbox without Notify, default 1s
-	Logger       *slog.Logger  // nil: discard
-	Registerer   prometheus.Registerer
+	// AckFailed, if set, is told of every ack commit that failed (the node's
+	// readiness follows its store's commits). It must not block.
+	AckFailed  func(error)
+	Logger     *slog.Logger // nil: discard
+	Registerer prometheus.Registerer
 }
 
 // Defaults of DeliveryConfig.
@@ -585,6 +588,9 @@ func (e *engine) acked(res ackResult) {
 				"entries", len(res.seqs), "err", res.err)
 		}
 		d.metrics.ackFailures.Inc()
+		if d.cfg.AckFailed != nil {
+			d.cfg.AckFailed(res.err)
+		}
 		for _, seq := range res.seqs {
 			d.unacked[seq] = struct{}{}
 		}

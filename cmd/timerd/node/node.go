@@ -237,6 +237,7 @@ func New(cfg Config) (*Node, error) {
 		APIURL:     cfg.APIURL,
 		Tokens:     tokens,
 		Workers:    cfg.Workers,
+		AckFailed:  n.health.record,
 		Logger:     cfg.Logger,
 		Registerer: reg,
 	})
