@@ -205,11 +205,22 @@ func newDriver(n *Node) (*driver, error) {
 		},
 	}
 	d.memberCfg.Store = memberStore{d: d}
-	if d.m, err = d.newMember(); err != nil {
+	d.m, err = d.newMember()
+	switch {
+	case err == nil:
+		d.publish()
+		d.log.Info("incarnation started", "incarnation", d.m.Self().String(), "expect", d.memberCfg.Expect)
+	case errors.Is(err, store.ErrCorrupt):
 		return nil, err
+	default:
+		// The store cannot commit (a full disk): the node starts out of the protocol,
+		// not ready, and starts its incarnation once a probe succeeds (offline.go). An
+		// exit would have it restarted into the same disk.
+		n.health.record(err)
+		d.offline.Store(true)
+		d.snap.Store(&memberSnap{self: d.memberCfg.Self, held: map[int]protocol.Epoch{}})
+		d.log.Error("the store cannot commit: no incarnation started; it starts once a probe commit succeeds", "err", err)
 	}
-	d.publish()
-	d.log.Info("incarnation started", "incarnation", d.m.Self().String(), "expect", d.memberCfg.Expect)
 	return d, nil
 }
 
@@ -233,8 +244,11 @@ func (d *driver) publish() {
 // run steps the member until ctx ends: on every message, membership change, commit and
 // tick. Its effects are carried out before the next step.
 func (d *driver) run(ctx context.Context) error {
-	if err := d.begin(); err != nil && !d.setAside(err) {
-		return err
+	// A node started on a full disk is out of the protocol: awaitStore begins its first incarnation.
+	if !d.offline.Load() {
+		if err := d.begin(); err != nil && !d.setAside(err) {
+			return err
+		}
 	}
 	tick := time.NewTicker(memberTick)
 	defer tick.Stop()
@@ -492,6 +506,10 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	defer t.Stop()
 	select {
 	case <-d.retired:
+		if d.offline.Load() {
+			d.log.Warn("left out of the protocol (the store cannot commit): nothing handed over; the members take the partitions over")
+			return
+		}
 		d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
 		return
 	case <-t.C:

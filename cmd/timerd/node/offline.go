@@ -14,13 +14,17 @@ import (
 
 // A node whose store cannot commit (a full disk) steps out of the fire-once protocol
 // and comes back as a new incarnation once it can (docs/operations.md, "When the disk
-// fills"; docs/protocol.md §4). Out, it is silent: it steps its member no more, answers
+// fills"; docs/protocol.md, "A node whose store cannot commit"). Out, it is silent: it steps its member no more, answers
 // no heartbeat and sends none, and commits no fire. To its peers that is a paused node:
 // its lease lapses within L, they fence it after L + M and take its partitions over with
 // the watermarks of their own stores. A member whose write failed cannot be stepped on:
 // what it decided is no longer what its store holds (a promise, a fence, a release not
 // written). So it is dropped, and the one that comes back is built from the store as at
 // a start: a new incarnation, holding nothing, offering its pending fires to the holders.
+
+// errFailingTooLong: the store has failed the engine's commits for longer than
+// CommitFailureLeaveAfter (those failures are counted already).
+var errFailingTooLong = errors.New("the store's commits have failed for too long")
 
 // errStoreOffline refuses a commit while the node is out of the protocol: the engine
 // tries again after a backoff.
@@ -33,7 +37,9 @@ func (d *driver) setAside(err error) bool {
 	if errors.Is(err, store.ErrCorrupt) {
 		return false
 	}
-	d.n.health.record(err)
+	if !errors.Is(err, errFailingTooLong) {
+		d.n.health.record(err)
+	}
 	d.stepMu.Lock()
 	d.offline.Store(true) // the commit path refuses from here on
 	prev := d.snap.Load()
@@ -42,7 +48,7 @@ func (d *driver) setAside(err error) bool {
 	d.snap.Store(&memberSnap{self: prev.self, held: map[int]protocol.Epoch{}, status: prev.status})
 	d.stepMu.Unlock()
 	d.log.Error("the store cannot commit: this node stops answering its peers, which fence it and take its partitions over; it comes back as a new incarnation once a probe commit succeeds",
-		"incarnation", d.m.Self().String(), "partitions_held", len(prev.held), "err", err)
+		"incarnation", prev.self.String(), "partitions_held", len(prev.held), "err", err)
 	return true
 }
 
@@ -57,7 +63,7 @@ func (d *driver) commitsFailedTooLong() error {
 		return nil
 	}
 	_, err, _ := d.n.health.failing()
-	return fmt.Errorf("commits failed for more than %s: %w", after, err)
+	return fmt.Errorf("%w (%s): %w", errFailingTooLong, after, err)
 }
 
 // awaitStore is the driver while the member is set aside: what comes in is dropped (a
@@ -93,7 +99,7 @@ func (d *driver) awaitStore(ctx context.Context) error {
 // from the store's watermarks), and what the old member had not written is forgotten.
 func (d *driver) rejoin() error {
 	d.stepMu.Lock()
-	old := d.m.Self()
+	old := d.snap.Load().self // N 0: none started yet (the node started on a full disk)
 	d.stopFiring(slices.Collect(maps.Keys(d.firing)))
 	m, err := d.newMember()
 	if err != nil {
