@@ -60,8 +60,11 @@ type DeliveryConfig struct {
 	BreakerThreshold int
 	ProbeMin         time.Duration
 	ProbeMax         time.Duration
-	Logger           *slog.Logger // nil: discard
-	Registerer       prometheus.Registerer
+	// AckFailed, if set, is told of every ack commit that failed (the node's
+	// readiness follows its store's commits). It must not block.
+	AckFailed  func(error)
+	Logger     *slog.Logger // nil: discard
+	Registerer prometheus.Registerer
 }
 
 // Defaults of DeliveryConfig.
@@ -660,6 +663,9 @@ func (e *engine) acked(res ackResult) {
 				"entries", len(res.seqs), "err", res.err)
 		}
 		d.metrics.ackFailures.Inc()
+		if d.cfg.AckFailed != nil {
+			d.cfg.AckFailed(res.err)
+		}
 		for _, seq := range res.seqs {
 			d.unacked[seq] = struct{}{}
 		}

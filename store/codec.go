@@ -3,9 +3,9 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
-	"hash/crc32"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"time"
 

@@ -46,8 +46,11 @@ type agentConfig struct {
 	QueueExpires      time.Duration
 	ReconcileInterval time.Duration // 0: no periodic reconcile
 	ShutdownTimeout   time.Duration
-	Workers           int
-	LogFormat         string
+	// CommitFailureLeaveAfter: how long the store may fail commits before the node
+	// steps out of the cluster (node.Config.CommitFailureLeaveAfter).
+	CommitFailureLeaveAfter time.Duration
+	Workers                 int
+	LogFormat               string
 	// Dead letters (docs/operations.md, "Dead letters").
 	RejectRetryWindow   time.Duration
 	DeadLetterRetention time.Duration // 0: kept forever
@@ -278,6 +281,14 @@ var agentSettings = []agentSetting{
 			err = fmt.Errorf("%s is not positive", v)
 		}
 		c.ShutdownTimeout = d
+		return err
+	}},
+	{env: "TIMERD_COMMIT_FAILURE_LEAVE_AFTER", key: "commit_failure_leave_after", flag: "commit-failure-leave-after", def: "30s", usage: "how long the store may fail its commits (a full disk) before the node steps out of the cluster so that its share fires elsewhere; it rejoins once a probe commit succeeds", set: func(c *agentConfig, v string) error {
+		d, err := parseSettingDuration(v)
+		if err == nil && (d <= 0 || d > 24*time.Hour) {
+			err = fmt.Errorf("%s is out of range (1ms .. 24h)", v)
+		}
+		c.CommitFailureLeaveAfter = d
 		return err
 	}},
 	{env: "TIMERD_WORKERS", key: "workers", flag: "workers", def: "32", usage: "concurrent event POSTs", set: func(c *agentConfig, v string) error {

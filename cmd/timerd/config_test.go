@@ -65,7 +65,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		{"defaults", base, "", nil, func(c *agentConfig) string {
 			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQExchange != "attune" || c.Workers != 32 ||
 				c.ReconcileInterval != 5*time.Minute || c.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
-				c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" ||
+				c.CommitFailureLeaveAfter != 30*time.Second || c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" ||
 				c.RejectRetryWindow != 10*time.Minute || c.DeadLetterRetention != 7*24*time.Hour {
 				return "not the documented defaults"
 			}
@@ -276,6 +276,7 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"dead letter retention too short", with("TIMERD_DEAD_LETTER_RETENTION", "30s"), "", nil, "TIMERD_DEAD_LETTER_RETENTION: 30s is less than 1m"},
 		{"dead letter retention not a duration", with("TIMERD_DEAD_LETTER_RETENTION", "forever"), "", nil, `TIMERD_DEAD_LETTER_RETENTION: "forever" is not a duration`},
 		{"shutdown timeout", with("TIMERD_SHUTDOWN_TIMEOUT", "0"), "", nil, "TIMERD_SHUTDOWN_TIMEOUT: 0 is not positive"},
+		{"commit failure leave after", with("TIMERD_COMMIT_FAILURE_LEAVE_AFTER", "0"), "", nil, "TIMERD_COMMIT_FAILURE_LEAVE_AFTER: 0 is out of range (1ms .. 24h)"},
 		{"no mq and no reconcile", with("ATTUNE_MQ_URL", "<unset>", "TIMERD_RECONCILE_INTERVAL", "0"), "", nil, "TIMERD_RECONCILE_INTERVAL (or --reconcile-interval): 0"},
 		{"node name", with("TIMERD_NODE_NAME", "node/1"), "", nil, `TIMERD_NODE_NAME: "node/1" may hold only`},
 		{"bind addr", with("TIMERD_BIND_ADDR", "7946"), "", nil, `TIMERD_BIND_ADDR: "7946": address 7946: missing port in address`},

@@ -103,13 +103,17 @@ func (n *Node) operator(h http.HandlerFunc) http.HandlerFunc {
 func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.cfg.Registry, promhttp.HandlerOpts{Registry: n.cfg.Registry}))
+	// Liveness: 200 while the process serves. A full disk does not fail it: a restart
+	// makes no room, and /readyz says what is wrong (docs/operations.md).
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !n.isReady() {
 			msg := "not ready: joining the cluster, loading the store and reconciling rules"
-			if n.cl != nil && n.cl.View().Version > 0 && !n.cl.View().Quorum {
+			if _, err, failing := n.health.failing(); failing {
+				msg = "not ready: the store cannot commit: " + err.Error()
+			} else if n.cl != nil && n.cl.View().Version > 0 && !n.cl.View().Quorum {
 				msg = "not ready: waiting for a quorum of the cluster's members (see /v1/status)"
 			}
 			http.Error(w, msg, http.StatusServiceUnavailable)
@@ -159,10 +163,14 @@ func (n *Node) Status() Status {
 	return s
 }
 
-// isReady: the node has reconciled and, with RabbitMQ, is consuming; in a
-// cluster it also holds a lease and every partition its view gives it.
+// isReady: the node has reconciled and, with RabbitMQ, is consuming, and its
+// store takes commits; in a cluster it also holds a lease and every partition its
+// view gives it.
 func (n *Node) isReady() bool {
 	if !n.ready.Load() {
+		return false
+	}
+	if _, _, failing := n.health.failing(); failing {
 		return false
 	}
 	if n.cl == nil {

@@ -42,7 +42,12 @@ type driver struct {
 	retired     chan struct{} // closed once the member retired
 	readyCh     chan struct{} // closed by the node once its rule book is loaded (markReady)
 
-	readyOnce    sync.Once
+	memberCfg protocol.MemberConfig // the member's, Self.N aside (set by each new incarnation)
+	readyOnce sync.Once
+	// offline: a store write failed, and the member is set aside until a probe commit
+	// succeeds (offline.go). The commit path refuses while it is set.
+	offline      atomic.Bool
+	leaving      bool // leave was asked while offline: no new incarnation (driver goroutine only)
 	handoverMu   sync.Mutex
 	handoverSeq  uint64
 	handoverAcks map[uint64]chan struct{} // by Handover ID: closed when acknowledged
@@ -138,6 +143,33 @@ func (s memberStore) PartitionWatermarks(parts []int) []protocol.Watermark {
 	return wms
 }
 
+// newMember starts a new incarnation on the node's store: the next incarnation number,
+// the durable protocol state (fences, promised epochs) and nothing held.
+func (d *driver) newMember() (*protocol.Member, error) {
+	n := d.n
+	inc, err := n.store.NextIncarnation()
+	if err != nil {
+		return nil, fmt.Errorf("start an incarnation: %w", err)
+	}
+	durable, err := n.store.Durable()
+	if err != nil {
+		return nil, fmt.Errorf("read the protocol state: %w", err)
+	}
+	cfg := d.memberCfg
+	cfg.Self.N = inc
+	m, err := protocol.NewMember(cfg, durable)
+	if err != nil {
+		return nil, err
+	}
+	// The new incarnation holds nothing: it acquires what its view gives it.
+	if len(durable.Held) > 0 {
+		if err := n.store.SetHeld(nil, slices.Sorted(maps.Keys(durable.Held))); err != nil {
+			return nil, fmt.Errorf("clear the partitions held before: %w", err)
+		}
+	}
+	return m, nil
+}
+
 // newDriver starts a new incarnation on the node's store.
 func newDriver(n *Node) (*driver, error) {
 	cc := n.cfg.clusterConfig()
@@ -149,14 +181,6 @@ func newDriver(n *Node) (*driver, error) {
 	ringOf, err := cluster.RingOf(ring)
 	if err != nil {
 		return nil, err
-	}
-	inc, err := n.store.NextIncarnation()
-	if err != nil {
-		return nil, fmt.Errorf("start an incarnation: %w", err)
-	}
-	durable, err := n.store.Durable()
-	if err != nil {
-		return nil, fmt.Errorf("read the protocol state: %w", err)
 	}
 	d := &driver{
 		n:            n,
@@ -170,29 +194,34 @@ func newDriver(n *Node) (*driver, error) {
 		handoverAcks: map[uint64]chan struct{}{},
 		firing:       map[int]bool{},
 		overlay:      map[int64]protocol.Watermark{},
+		memberCfg: protocol.MemberConfig{
+			Self:        protocol.Incarnation{Node: n.cl.Name()},
+			Expect:      max(cc.Expect, 1),
+			Partitions:  ring.Partitions,
+			PartitionOf: partitionOf,
+			Ring:        ringOf,
+			// A Fired message within one UDP packet: the TCP queue to a peer is for the
+			// large, rare messages (grants, offers, hand-overs).
+			MaxRecords: protocol.MaxFiredRecordsPerPacket,
+		},
 	}
-	d.m, err = protocol.NewMember(protocol.MemberConfig{
-		Self:        protocol.Incarnation{Node: n.cl.Name(), N: inc},
-		Expect:      max(cc.Expect, 1),
-		Partitions:  ring.Partitions,
-		PartitionOf: partitionOf,
-		Ring:        ringOf,
-		Store:       memberStore{d: d},
-		// A Fired message within one UDP packet: the TCP queue to a peer is for the
-		// large, rare messages (grants, offers, hand-overs).
-		MaxRecords: protocol.MaxFiredRecordsPerPacket,
-	}, durable)
-	if err != nil {
+	d.memberCfg.Store = memberStore{d: d}
+	d.m, err = d.newMember()
+	switch {
+	case err == nil:
+		d.publish()
+		d.log.Info("incarnation started", "incarnation", d.m.Self().String(), "expect", d.memberCfg.Expect)
+	case errors.Is(err, store.ErrCorrupt):
 		return nil, err
+	default:
+		// The store cannot commit (a full disk): the node starts out of the protocol,
+		// not ready, and starts its incarnation once a probe succeeds (offline.go). An
+		// exit would have it restarted into the same disk.
+		n.health.record(err)
+		d.offline.Store(true)
+		d.snap.Store(&memberSnap{self: d.memberCfg.Self, held: map[int]protocol.Epoch{}})
+		d.log.Error("the store cannot commit: no incarnation started; it starts once a probe commit succeeds", "err", err)
 	}
-	// The new incarnation holds nothing: it acquires what its view gives it.
-	if len(durable.Held) > 0 {
-		if err := n.store.SetHeld(nil, slices.Sorted(maps.Keys(durable.Held))); err != nil {
-			return nil, fmt.Errorf("clear the partitions held before: %w", err)
-		}
-	}
-	d.publish()
-	d.log.Info("incarnation started", "incarnation", d.m.Self().String(), "expect", max(cc.Expect, 1))
 	return d, nil
 }
 
@@ -216,27 +245,28 @@ func (d *driver) publish() {
 // run steps the member until ctx ends: on every message, membership change, commit and
 // tick. Its effects are carried out before the next step.
 func (d *driver) run(ctx context.Context) error {
-	pending, err := d.n.store.Pending()
-	if err != nil {
-		return fmt.Errorf("read the events not yet deliverable: %w", err)
-	}
-	if len(pending) > 0 {
-		refs := make([]protocol.EventRef, len(pending))
-		for i, e := range pending {
-			refs[i] = e.Ref()
-		}
-		d.log.Info("events of an earlier incarnation offered to their partitions' holders", "events", len(refs))
-		if err := d.batch(protocol.Unsettled{Events: refs}); err != nil {
+	// A node started on a full disk is out of the protocol: awaitStore begins its first incarnation.
+	if !d.offline.Load() {
+		if err := d.begin(); err != nil && !d.setAside(err) {
 			return err
 		}
-	}
-	if err := d.batch(protocol.Known{Names: d.n.cl.Known()}); err != nil {
-		return err
 	}
 	tick := time.NewTicker(memberTick)
 	defer tick.Stop()
 	readyC := d.readyCh
 	for {
+		if d.offline.Load() {
+			if err := d.awaitStore(ctx); err != nil && !d.setAside(err) {
+				return err
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			if d.isReadied() {
+				readyC = nil // a new incarnation was told so by rejoin
+			}
+			continue
+		}
 		var in protocol.Input
 		select {
 		case <-ctx.Done():
@@ -255,16 +285,44 @@ func (d *driver) run(ctx context.Context) error {
 		case <-readyC:
 			in, readyC = protocol.Ready{}, nil
 		}
-		if err := d.batch(in); err != nil {
+		err := d.batch(in)
+		if err == nil {
+			err = d.commitsFailedTooLong()
+		}
+		if err != nil && !d.setAside(err) {
 			return err
 		}
 		if d.m.Retired() {
-			select {
-			case <-d.retired:
-			default:
-				close(d.retired)
-			}
+			d.closeRetired()
 		}
+	}
+}
+
+// begin starts an incarnation's steps: the events of earlier incarnations still
+// pending are offered to their partitions' holders, and the member learns who gossip lists.
+func (d *driver) begin() error {
+	pending, err := d.n.store.Pending()
+	if err != nil {
+		return fmt.Errorf("read the events not yet deliverable: %w", err)
+	}
+	if len(pending) > 0 {
+		refs := make([]protocol.EventRef, len(pending))
+		for i, e := range pending {
+			refs[i] = e.Ref()
+		}
+		d.log.Info("events of an earlier incarnation offered to their partitions' holders", "events", len(refs))
+		if err := d.batch(protocol.Unsettled{Events: refs}); err != nil {
+			return err
+		}
+	}
+	return d.batch(protocol.Known{Names: d.n.cl.Known()})
+}
+
+func (d *driver) closeRetired() {
+	select {
+	case <-d.retired:
+	default:
+		close(d.retired)
 	}
 }
 
@@ -449,6 +507,10 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	defer t.Stop()
 	select {
 	case <-d.retired:
+		if d.offline.Load() {
+			d.log.Warn("left out of the protocol (the store cannot commit): nothing handed over; the members take the partitions over")
+			return
+		}
 		d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
 		return
 	case <-t.C:

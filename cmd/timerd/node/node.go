@@ -29,6 +29,9 @@ import (
 // DefaultDeadLetterRetention is how long a node keeps dead letters.
 const DefaultDeadLetterRetention = 7 * 24 * time.Hour
 
+// DefaultCommitFailureLeaveAfter is Config.CommitFailureLeaveAfter's default.
+const DefaultCommitFailureLeaveAfter = 30 * time.Second
+
 // Config is the configuration of one node.
 type Config struct {
 	DataDir string // required: holds node.db
@@ -94,6 +97,11 @@ type Config struct {
 	// DeadLetterRetention is how long dead letters are kept; default 7d,
 	// negative keeps them forever.
 	DeadLetterRetention time.Duration
+	// CommitFailureLeaveAfter: a node of a cluster whose store has failed its commits
+	// for this long steps out of the protocol, so that its peers take its partitions
+	// over, and comes back as a new incarnation once a probe commit succeeds
+	// (docs/operations.md, "When the disk fills"). Default 30s.
+	CommitFailureLeaveAfter time.Duration
 
 	Logger   *slog.Logger
 	Registry *prometheus.Registry // nil: a registry of the node's own
@@ -124,6 +132,9 @@ func (c *Config) setDefaults() {
 	if c.DeadLetterRetention == 0 {
 		c.DeadLetterRetention = DefaultDeadLetterRetention
 	}
+	if c.CommitFailureLeaveAfter == 0 {
+		c.CommitFailureLeaveAfter = DefaultCommitFailureLeaveAfter
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -148,6 +159,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("reject retry window: must not be negative, got %s", c.RejectRetryWindow)
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("shutdown timeout: must not be negative, got %s", c.ShutdownTimeout)
+	case c.CommitFailureLeaveAfter < 0:
+		return fmt.Errorf("commit failure leave after: must not be negative, got %s", c.CommitFailureLeaveAfter)
 	case c.Tokens != nil && (c.Token != "" || c.TokenFile != ""):
 		return errors.New("tokens: set Token or TokenFile, or Tokens, not both")
 	case c.MQ != nil && c.Lifecycle != nil:
@@ -184,8 +197,9 @@ type Node struct {
 	tokens   *auth.Source // nil without Token or TokenFile
 	ln       net.Listener
 	metrics  *metrics
-	ready    atomic.Bool // intake: reconciled (and consuming)
-	placed   atomic.Bool // the node's share of the rules is in the engine
+	health   *storeHealth // whether the store takes commits (storehealth.go)
+	ready    atomic.Bool  // intake: reconciled (and consuming)
+	placed   atomic.Bool  // the node's share of the rules is in the engine
 	invalid  invalidRules
 
 	cl  *cluster.Cluster // nil without Config.Cluster
@@ -215,6 +229,7 @@ func New(cfg Config) (*Node, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	n.metrics = newMetrics(reg, n)
+	n.health = newStoreHealth(reg)
 
 	tokens := cfg.Tokens
 	src, err := newTokenSource(&cfg, reg)
@@ -254,6 +269,7 @@ func New(cfg Config) (*Node, error) {
 		APIURL:     cfg.APIURL,
 		Tokens:     tokens,
 		Workers:    cfg.Workers,
+		AckFailed:  n.health.record,
 		Logger:     cfg.Logger,
 		Registerer: reg,
 
@@ -349,6 +365,10 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.ln != nil {
 		g.Go(func() error { return n.serveHTTP(httpCtx) })
 	}
+	g.Go(func() error {
+		n.health.run(httpCtx, n.store.Probe)
+		return nil
+	})
 	abort := func(err error) error {
 		stopHTTP()
 		_ = g.Wait()
@@ -547,6 +567,7 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev})
 	}
 	if err := n.store.CommitFires(recs); err != nil {
+		n.health.record(err)
 		return err
 	}
 	n.delivery.Notify()
@@ -559,6 +580,9 @@ func (n *Node) commitFired(fires []scheduler.Fire) ([]protocol.EventRef, error) 
 	d := n.drv
 	d.stepMu.Lock()
 	defer d.stepMu.Unlock()
+	if d.offline.Load() {
+		return nil, errStoreOffline
+	}
 	snap := d.snap.Load()
 	now := bootNow()
 	recs := make([]store.FireRecord, 0, len(fires))
@@ -581,7 +605,9 @@ func (n *Node) commitFired(fires []scheduler.Fire) ([]protocol.EventRef, error) 
 	if len(recs) == 0 {
 		return nil, nil
 	}
-	return n.store.CommitFireRefs(recs)
+	refs, err := n.store.CommitFireRefs(recs)
+	n.health.record(err)
+	return refs, err
 }
 
 func (n *Node) serveHTTP(ctx context.Context) error {
