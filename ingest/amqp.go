@@ -262,6 +262,9 @@ func (c *Consumer) openChannel(conn *amqp.Connection) (*amqp.Channel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open channel: %w", err)
 	}
+	if ch, err = ensureExchange(conn, ch, c.cfg.Exchange); err != nil {
+		return nil, err
+	}
 	if err := declareTopology(ch, c.cfg); err != nil {
 		_ = ch.Close()
 		return nil, err
@@ -273,10 +276,9 @@ func (c *Consumer) openChannel(conn *amqp.Connection) (*amqp.Channel, error) {
 	return ch, nil
 }
 
+// declareTopology declares the node's queue and binds it to the exchange:
+// configure and write on the queue, read on the exchange (docs/security.md).
 func declareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
-	if err := declareExchange(ch, cfg.Exchange); err != nil {
-		return err
-	}
 	args := amqp.Table{"x-expires": cfg.QueueExpires.Milliseconds()}
 	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, args); err != nil {
 		return fmt.Errorf("declare queue %q: %w", cfg.Queue, err)
@@ -287,6 +289,31 @@ func declareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
 		}
 	}
 	return nil
+}
+
+// ensureExchange makes sure the exchange exists on ch. A passive declare needs no
+// permission; only when the exchange is missing does the node declare it, which
+// needs configure on it: a node with the least permissions relies on Attune's API
+// to have declared it, and retries until it has. A refused declare closes the
+// channel: the one returned is the one to use (nil with an error).
+func ensureExchange(conn *amqp.Connection, ch *amqp.Channel, exchange string) (*amqp.Channel, error) {
+	err := ch.ExchangeDeclarePassive(exchange, "topic", true, false, false, false, nil)
+	if err == nil {
+		return ch, nil
+	}
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.NotFound {
+		_ = ch.Close()
+		return nil, fmt.Errorf("check exchange %q: %w", exchange, err)
+	}
+	if ch, err = conn.Channel(); err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	if err := declareExchange(ch, exchange); err != nil {
+		_ = ch.Close()
+		return nil, fmt.Errorf("%w (the exchange does not exist yet: Attune's API declares it when it starts)", err)
+	}
+	return ch, nil
 }
 
 func declareExchange(ch *amqp.Channel, exchange string) error {
