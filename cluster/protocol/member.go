@@ -208,6 +208,9 @@ type Member struct {
 	justClaimed map[int]bool
 
 	stats Stats
+	// futureWarned: when refuseFuture last logged (boot time), so that a broken or
+	// hostile peer costs one warning a minute, not one a record.
+	futureWarned time.Duration
 }
 
 // Effect is one of the effect types above.
@@ -570,6 +573,18 @@ func (m *Member) Step(now Time, in Input) []Effect {
 func (m *Member) emit(e Effect) { m.out = append(m.out, e) }
 
 func (m *Member) send(to string, msg Message) { m.emit(Send{To: to, Msg: msg}) }
+
+// refuseFuture counts a fire record or watermark from peer whose slot is later than
+// now plus the skew allowance, and warns at most once a minute.
+func (m *Member) refuseFuture(peer string, rule, slot int64) {
+	m.stats.FutureRecords++
+	if m.futureWarned != 0 && m.now.Boot-m.futureWarned < time.Minute {
+		return
+	}
+	m.futureWarned = m.now.Boot
+	m.logf(true, "a peer sent a fire or watermark later than now plus the skew allowance; refused (a broken clock, or a forged packet)",
+		"peer", peer, "rule", rule, "slot", time.Unix(0, slot).UTC(), "refused_so_far", m.stats.FutureRecords)
+}
 
 func (m *Member) logf(warn bool, msg string, attrs ...any) {
 	m.emit(Log{Warn: warn, Msg: msg, Attrs: attrs})
@@ -1181,7 +1196,7 @@ func (m *Member) granted(g Grant) {
 			continue
 		}
 		if w.Slot > m.now.Wall+int64(m.cfg.SkewAllowance) {
-			m.stats.FutureRecords++ // a slot nobody could have fired yet: it would silence the rule
+			m.refuseFuture(g.From.Node, w.Rule, w.Slot) // a slot nobody could have fired yet: it would silence the rule
 			continue
 		}
 		if cur, ok := a.wms[w.Rule]; ok {
@@ -1313,7 +1328,7 @@ func (m *Member) fired(f Fired) {
 			m.stats.RefusedRecords++
 		case r.Slot > m.now.Wall+int64(m.cfg.SkewAllowance):
 			ack.Refused = append(ack.Refused, i)
-			m.stats.FutureRecords++
+			m.refuseFuture(f.From.Node, r.Rule, r.Slot)
 		default:
 			wms = append(wms, Watermark{Rule: r.Rule, Slot: r.Slot, Count: r.Count,
 				Chain: Chain{{From: r.Prev, Last: r.Slot, Firer: r.Firer, Epoch: r.Epoch}}})
@@ -1711,7 +1726,7 @@ func (m *Member) transferred(t Transfer) {
 	var wms []Watermark
 	for _, w := range t.Watermarks {
 		if w.Slot > m.now.Wall+int64(m.cfg.SkewAllowance) {
-			m.stats.FutureRecords++
+			m.refuseFuture(t.From.Node, w.Rule, w.Slot)
 			continue
 		}
 		wms = append(wms, w)

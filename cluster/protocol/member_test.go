@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -226,14 +227,23 @@ func TestGrantRefusesFutureWatermarks(t *testing.T) {
 	good := Watermark{Rule: 1, Slot: wall - int64(time.Second), Count: 3}
 	future := Watermark{Rule: 2, Slot: wall + int64(time.Hour), Count: 1}
 	var started []StartFiring
+	warned := 0
 	for _, p := range peers {
 		g := Grant{From: p, To: m.Self(), ID: asks[0].ID, Granted: []int{0}, Members: append(peers, m.Self()),
 			Watermarks: []Watermark{good, future}}
 		for _, e := range m.Step(now, Receive{Msg: g}) {
-			if s, ok := e.(StartFiring); ok {
-				started = append(started, s)
+			switch e := e.(type) {
+			case StartFiring:
+				started = append(started, e)
+			case Log:
+				if e.Warn && strings.Contains(e.Msg, "later than now plus the skew allowance") {
+					warned++
+				}
 			}
 		}
+	}
+	if warned != 1 {
+		t.Errorf("warned %d times of the refused watermarks, want once (at most once a minute)", warned)
 	}
 	if len(started) != 1 {
 		t.Fatalf("StartFiring %d times after a quorum of grants, want once", len(started))
