@@ -187,14 +187,8 @@ func checkText(field, v string, maxLen int) error {
 // createServiceAccount is POST /service-accounts (admin): it stores the
 // account and returns its first token, the only time it is shown.
 func (s *Server) createServiceAccount(w http.ResponseWriter, r *http.Request) {
-	caller, ok := claimsOf(r)
+	caller, body, ok := s.callerAndBody(w, r)
 	if !ok {
-		s.fail(w, r, errTokensDisabled)
-		return
-	}
-	body, err := readBody(w, r)
-	if err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	na, err := parseNewAccount(body)
@@ -332,14 +326,8 @@ func accountKey(id string) (uint64, bool) {
 // token of the identity: one record for the identity, kept until the
 // latest exp of its tokens, plus one per token still live.
 func (s *Server) deleteServiceAccount(w http.ResponseWriter, r *http.Request) {
-	caller, ok := claimsOf(r)
+	caller, body, ok := s.callerAndBody(w, r)
 	if !ok {
-		s.fail(w, r, errTokensDisabled)
-		return
-	}
-	body, err := readBody(w, r)
-	if err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	var reason string
@@ -371,7 +359,7 @@ func (s *Server) deleteServiceAccount(w http.ResponseWriter, r *http.Request) {
 		a    account
 		recs []auth.Revocation
 	)
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAccounts)
 		v := b.Get(idKey(int64(seq)))
 		if v == nil {

@@ -84,6 +84,22 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	writeError(w, code, "%v", err)
 }
 
+// callerAndBody is the start of every token endpoint: the caller's claims and
+// the request body; false when it answered the request with an error.
+func (s *Server) callerAndBody(w http.ResponseWriter, r *http.Request) (auth.Claims, []byte, bool) {
+	caller, ok := claimsOf(r)
+	if !ok {
+		s.fail(w, r, errTokensDisabled)
+		return auth.Claims{}, nil, false
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		s.fail(w, r, err)
+		return auth.Claims{}, nil, false
+	}
+	return caller, body, true
+}
+
 // errTokensDisabled answers the token endpoints of a server without a key.
 var errTokensDisabled = errorf(http.StatusNotImplemented,
 	"token authentication is disabled on this server: it was started without a signing key")

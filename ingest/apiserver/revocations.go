@@ -168,14 +168,8 @@ func (s *Server) runRevocationCleanup() {
 // record is kept until the tokens it covers expire: the caller's own exp,
 // the account's latest token, else MaxTTL (a jti's exp is not known here).
 func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
-	caller, ok := claimsOf(r)
+	caller, body, ok := s.callerAndBody(w, r)
 	if !ok {
-		s.fail(w, r, errTokensDisabled)
-		return
-	}
-	body, err := readBody(w, r)
-	if err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	var jti, identity, reason string

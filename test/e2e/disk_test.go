@@ -231,20 +231,7 @@ func TestDiskFullSingleNode(t *testing.T) {
 	if got := c.nodeMetric("n1", "timerd_store_commit_failing"); got != 0 {
 		t.Errorf("timerd_store_commit_failing once ready again: %v, want 0", got)
 	}
-	time.Sleep(3 * time.Second)
-	to := time.Now().Add(-time.Second)
-	var chk slotCheck
-	evs, _, settled := storedSettled(c, 20*time.Second, func(evs map[int64][]stored) slotCheck {
-		chk = intervalSlotsOnce(evs, ids, every, from, to)
-		return chk
-	}, noneMissing)
-	chk.report(t, "interval slots from 1 s before the disk filled to after it had room again", nil)
-	if n := keysTwice(evs); n != 0 {
-		t.Errorf("%d idempotency keys are stored more than once", n)
-	}
-	if twice := postedTwice(c, "n1"); len(twice) > 0 {
-		t.Errorf("%d keys were posted again after a 2xx answer: %v", len(twice), twice[:min(10, len(twice))])
-	}
+	chk, settled := everySlotOnce(t, c, ids, every, from, "n1", "interval slots from 1 s before the disk filled to after it had room again")
 	t.Logf("%d slots stored once; /readyz 503 %s after the disk filled, 200 %s after room came back (restarted on the full disk meanwhile); events settled %s later; commit failures %v before the restart",
 		chk.total, notReady.Round(time.Millisecond), ready.Round(time.Millisecond), settled.Round(time.Millisecond), failures)
 
@@ -334,6 +321,17 @@ func TestDiskFullClusterNodeStepsOut(t *testing.T) {
 		return why, err == nil && after.Incarnation != before.Incarnation && after.PartitionsHeld > 0 && code == http.StatusOK
 	})
 	back := time.Since(freed)
+	chk, settled := everySlotOnce(t, c, ids, every, from, "", "interval slots from 1 s before n2's disk filled to after it had room again")
+	t.Logf("%d slots stored once; n2 %s -> %s (%d partitions) ready %s after room came back; events settled %s later; n2's commit failures %v",
+		chk.total, before.Incarnation, after.Incarnation, after.PartitionsHeld, back.Round(time.Millisecond),
+		settled.Round(time.Millisecond), c.nodeMetric("n2", "timerd_store_commit_failures_total")-failures0)
+}
+
+// everySlotOnce waits 3 s, then checks that every interval slot of ids from from
+// to a second ago is stored exactly once, that no key is stored twice and that
+// no node (or node short, when given) posted a key again after a 2xx.
+func everySlotOnce(t *testing.T, c *tcluster, ids []int64, every time.Duration, from time.Time, short, what string) (slotCheck, time.Duration) {
+	t.Helper()
 	time.Sleep(3 * time.Second)
 	to := time.Now().Add(-time.Second)
 	var chk slotCheck
@@ -341,14 +339,12 @@ func TestDiskFullClusterNodeStepsOut(t *testing.T) {
 		chk = intervalSlotsOnce(evs, ids, every, from, to)
 		return chk
 	}, noneMissing)
-	chk.report(t, "interval slots from 1 s before n2's disk filled to after it had room again", nil)
+	chk.report(t, what, nil)
 	if n := keysTwice(evs); n != 0 {
 		t.Errorf("%d idempotency keys are stored more than once", n)
 	}
-	if twice := postedTwice(c, ""); len(twice) > 0 {
+	if twice := postedTwice(c, short); len(twice) > 0 {
 		t.Errorf("%d keys were posted again after a 2xx answer: %v", len(twice), twice[:min(10, len(twice))])
 	}
-	t.Logf("%d slots stored once; n2 %s -> %s (%d partitions) ready %s after room came back; events settled %s later; n2's commit failures %v",
-		chk.total, before.Incarnation, after.Incarnation, after.PartitionsHeld, back.Round(time.Millisecond),
-		settled.Round(time.Millisecond), c.nodeMetric("n2", "timerd_store_commit_failures_total")-failures0)
+	return chk, settled
 }
