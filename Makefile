@@ -2,8 +2,10 @@
 GO        ?= go
 PKGS      ?= ./...
 # -count=1: the end-to-end tests build and run the binary, which go test's cache
-# does not see, so a cached pass could hide a broken build.
-TESTFLAGS ?= -race -count=1 -timeout 14m
+# does not see, so a cached pass could hide a broken build. -parallel 4: the
+# end-to-end tests of one agent that mostly wait (t.Parallel) run four at a time,
+# after the cluster tests, which run alone.
+TESTFLAGS ?= -race -count=1 -timeout 14m -parallel 4
 
 .PHONY: all build test mq net vet bench bench-peers load soak cluster-soak sim clean
 

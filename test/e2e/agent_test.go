@@ -179,6 +179,7 @@ func TestAgentSurvivesBrokerRestart(t *testing.T) {
 // API's changes through the reconcile and its durable queue, and a change
 // that only the queue knows (published by hand) from the queue alone.
 func TestAgentPicksUpChangesMadeWhileStopped(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	b := newBroker(t)
 	node := b.node("n1")
 	b.cleanupQueue(t, node)
@@ -211,6 +212,7 @@ func TestAgentPicksUpChangesMadeWhileStopped(t *testing.T) {
 // 10,000 malformed or hostile messages: the agent keeps running, counts
 // every one as invalid or ignored, and no rule changes.
 func TestAgentSurvivesHostileMessages(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	b := newBroker(t)
 	node := b.node("n1")
 	b.cleanupQueue(t, node)
@@ -322,6 +324,7 @@ func hostile(i int, rng *rand.Rand) []byte {
 // naming it, and never prints the token; an unreachable API exits 1 with a
 // clear line.
 func TestAgentConfigErrorsExit2(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key")
 	timerdOut(t, "token", "keygen", "--out", key)

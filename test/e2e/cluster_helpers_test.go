@@ -451,7 +451,7 @@ func (c *tcluster) nodeMetric(short, name string, labels ...string) float64 {
 // Idempotency-Key.
 func (c *tcluster) apiDuplicates() float64 {
 	c.t.Helper()
-	return metric(metrics(c.t, c.api.apiURL), "timerd_api_events_duplicate_total")
+	return metric(c.api.apiMetrics(c.t), "timerd_api_events_duplicate_total")
 }
 
 // createRules creates n rules through the API (a few requests at a time)

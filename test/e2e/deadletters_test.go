@@ -98,6 +98,7 @@ func deadLetterPage(t *testing.T, nodeURL string) node.DeadLetterPage {
 // dead-letters list`, and `timerd dead-letters redrive --all` delivers each
 // once with its key.
 func TestAgentRejectionWindowAndRedrive(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	b := newBroker(t)
 	nodeName := b.node("dl")
 	b.cleanupQueue(t, nodeName)

@@ -98,6 +98,7 @@ func newElsewhere(t *testing.T) *elsewhere {
 //     rule stops (it does not keep its old schedule), timerd_rules_invalid is
 //     1 and an error is logged; a valid PUT starts it again.
 func TestAgentAgainstAMisbehavingAPI(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	b := newBroker(t)
 	node := b.node("edges")
 	b.cleanupQueue(t, node)

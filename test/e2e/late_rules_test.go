@@ -55,9 +55,12 @@ func TestLateRulesFireOnceAfterRestart(t *testing.T) {
 
 	restarted := time.Now()
 	ag = startAgent(t, env)
+	// Delivered: the outbox and the events awaiting their verdict (a node is
+	// always a cluster, alone too) are empty.
 	waitFor(t, "every late rule fired and delivered", 60*time.Second, func() bool {
 		m := metrics(t, ag.nodeURL)
-		return metric(m, "timerd_fires_total") >= float64(len(due)) && metric(m, "timerd_outbox_entries") == 0
+		return metric(m, "timerd_fires_total") >= float64(len(due)) && metric(m, "timerd_outbox_entries") == 0 &&
+			metric(m, "timerd_outbox_pending_events") == 0
 	})
 	lateBy := time.Duration(0)
 	for ref, d := range due {
@@ -77,7 +80,7 @@ func TestLateRulesFireOnceAfterRestart(t *testing.T) {
 		lateBy = max(lateBy, fired.Sub(d))
 	}
 	m := metrics(t, ag.nodeURL)
-	if dups := metric(metrics(t, api.apiURL), "timerd_api_events_duplicate_total"); dups != 0 {
+	if dups := metric(api.apiMetrics(t), "timerd_api_events_duplicate_total"); dups != 0 {
 		t.Errorf("timerd_api_events_duplicate_total = %v, want 0", dups)
 	}
 	if fires := metric(m, "timerd_fires_total"); fires != float64(len(due)) {
@@ -91,6 +94,7 @@ func TestLateRulesFireOnceAfterRestart(t *testing.T) {
 // A stale enable, published after the disable it predates (Attune's API
 // replicas publish in no order), changes nothing: the rule stays disabled.
 func TestLateStaleEnableKeepsRuleDisabled(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	b := newBroker(t)
 	node := b.node("n1")
 	b.cleanupQueue(t, node)

@@ -23,6 +23,7 @@ import (
 // without the token and `timerd status --token-file` reads it, probes and
 // scrapes stay open, and events still flow through the URL.
 func TestAgentHidesSecrets(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	b := newBroker(t)
 	node := b.node("secrets")
 	b.cleanupQueue(t, node)
@@ -119,6 +120,7 @@ func mqUser(t *testing.T, b *broker, name string, configure, write, read string)
 // through the API, and cannot publish a lifecycle message itself (it could
 // otherwise delete rules on every node).
 func TestLeastRabbitMQPermissions(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	b := newBroker(t)
 	node := b.node("least")
 	b.cleanupQueue(t, node)

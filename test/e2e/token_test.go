@@ -29,6 +29,7 @@ func soakSetting(t *testing.T, name string, def time.Duration) time.Duration {
 // issue's figures (a 2-minute token for 10 minutes); make test with a
 // 10-second token for 50 seconds (five lifetimes).
 func TestDevSensorTokenRefreshesWhileDelivering(t *testing.T) {
+	t.Parallel() // single agent, mostly waiting: run beside the others (Makefile: -parallel)
 	ttl := soakSetting(t, "TIMERD_SOAK_TOKEN_TTL", 10*time.Second)
 	run := soakSetting(t, "TIMERD_SOAK_DURATION", 50*time.Second)
 
@@ -108,11 +109,34 @@ func outboxStatus(t *testing.T, nodeURL string) nodeStatusJSON {
 // metrics reads the node's Prometheus text into "name{labels}" → value.
 func metrics(t *testing.T, nodeURL string) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(nodeURL + "/metrics")
+	return metricsWith(t, nodeURL, "")
+}
+
+// apiMetrics reads the metrics of `timerd api` (a's admin token may read them).
+func (d *dev) apiMetrics(t *testing.T) map[string]float64 {
+	t.Helper()
+	return metricsWith(t, d.apiURL, d.token)
+}
+
+// metricsWith reads base's /metrics with bearer token ("" for none); any
+// answer but 200 fails the test (an empty map would pass checks of zero).
+func metricsWith(t *testing.T, base, token string) map[string]float64 {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s/metrics: status %d", base, resp.StatusCode)
+	}
 	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
