@@ -216,7 +216,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_reconcile_refused_total",
-			Help: "Removals a reconcile refused, by reason: per listing for malformed (a page without items: nothing applied), no_totals, totals_changed and count_mismatch (not proved complete: nothing removed); per rule kept for changed_since_listing, still_enabled (the re-check found it) and recheck_failed.",
+			Help: "Removals a reconcile refused, by reason: per listing for malformed (a page without items: nothing applied), no_totals, totals_changed and count_mismatch (not proved complete: nothing removed); per rule kept for changed_since_listing, still_enabled (the re-check found it), recheck_failed and recheck_deferred (past 1,000 re-checks, or after a failed one: the next reconcile asks).",
 		}, []string{"reason"}),
 		adopted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_rules_adopted_total",

@@ -96,8 +96,8 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 		one     func(http.ResponseWriter)
 		wantErr error
 		kept    []int64 // of 1, 2, 3
-		reason  string  // counted in timerd_reconcile_refused_total
-		refused float64 // that many times (default 1)
+		reason  string // counted once in timerd_reconcile_refused_total
+		also    string // and this one once too
 	}{
 		{name: "200 {}: malformed, nothing applied", pages: []string{`{}`},
 			wantErr: ingest.ErrMalformedListing, kept: []int64{1, 2, 3}, reason: refusedMalformed},
@@ -116,6 +116,7 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 		// offset paging skipped rule 3. Asked alone, 3 is enabled: kept.
 		{name: "offset paging skips a rule that moved", pages: []string{listed(3, true, 1, 2), listed(3, false, 5)},
 			rules: map[string]string{"r3": enabledRule(3)}, kept: []int64{1, 2, 3, 5}, reason: refusedStillEnabled},
+		// The first failed re-check stops the others (deferred to the next reconcile).
 		{name: "re-check answered by an ingress's 404 page",
 			pages: []string{listed(1, false, 1)},
 			one: func(w http.ResponseWriter) {
@@ -123,10 +124,10 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 				w.WriteHeader(http.StatusNotFound)
 				w.Write([]byte("<html><body>404 Not Found</body></html>"))
 			},
-			kept: []int64{1, 2, 3}, reason: refusedRecheck, refused: 2},
+			kept: []int64{1, 2, 3}, reason: refusedRecheck, also: refusedDeferred},
 		{name: "re-check answered 503", pages: []string{listed(1, false, 1)},
 			one:  func(w http.ResponseWriter) { w.WriteHeader(http.StatusServiceUnavailable) },
-			kept: []int64{1, 2, 3}, reason: refusedRecheck, refused: 2},
+			kept: []int64{1, 2, 3}, reason: refusedRecheck, also: refusedDeferred},
 		{name: "complete listing, re-check 404 in JSON: removed", pages: []string{listed(1, false, 1)},
 			kept: []int64{1}},
 		{name: "complete listing, re-check says disabled: removed", pages: []string{listed(2, false, 1, 3)},
@@ -164,8 +165,8 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 			}
 			for _, r := range refusedReasons {
 				want := 0.0
-				if r == tt.reason {
-					want = max(tt.refused, 1)
+				if r == tt.reason || r == tt.also {
+					want = 1
 				}
 				if got := testutil.ToFloat64(n.metrics.refused.WithLabelValues(r)); got != want {
 					t.Errorf("timerd_reconcile_refused_total{reason=%q} = %v, want %v", r, got, want)
@@ -259,5 +260,34 @@ func TestInvalidUpdateStopsTheRuleAndKeepsItsWatermark(t *testing.T) {
 	}
 	if got := n.invalid.count(); got != 0 {
 		t.Errorf("after a valid update: timerd_rules_invalid = %d, want 0", got)
+	}
+}
+
+// A mass deletion is pruned maxRechecks rules a reconcile: the rest wait for
+// the next one, counted as deferred, so intake is not held for minutes.
+func TestReconcileBoundsItsRechecks(t *testing.T) {
+	n := newIdleNode(t)
+	past := time.Now().Add(-time.Hour)
+	var msgs []ingest.Message
+	for id := int64(1); id <= maxRechecks+5; id++ {
+		msgs = append(msgs, envelopeAt(ingest.RuleCreated, id, "core.intervaltimer", `{"interval":60}`, past))
+	}
+	if err := n.applyMessages(msgs); err != nil {
+		t.Fatal(err)
+	}
+	api := newRulesAPI(t)
+	api.pages = []string{listed(0, false)}
+	n.rules = &ingest.RulesClient{APIURL: api.srv.URL}
+	for round, want := range []int{5, 0} {
+		if err := n.reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		left, _ := n.store.RuleCount()
+		if left != want {
+			t.Errorf("after reconcile %d: %d rules left, want %d", round+1, left, want)
+		}
+	}
+	if got := testutil.ToFloat64(n.metrics.refused.WithLabelValues(refusedDeferred)); got != 5 {
+		t.Errorf("recheck_deferred = %v, want 5", got)
 	}
 }

@@ -518,10 +518,16 @@ const (
 	refusedChanged      = "changed_since_listing" // the rule's version is newer than the listing
 	refusedStillEnabled = "still_enabled"         // the re-check found the rule enabled: paging missed it
 	refusedRecheck      = "recheck_failed"        // the re-check got no clear answer
+	refusedDeferred     = "recheck_deferred"      // past maxRechecks, or after a failed one: the next reconcile asks
 )
 
+// maxRechecks bounds the rules one reconcile asks the API for one by one, so that
+// a mass deletion does not hold lifecycle messages back for minutes: the rest go
+// at the next reconcile.
+const maxRechecks = 1000
+
 var refusedReasons = []string{refusedMalformed, ingest.IncompleteNoTotals, ingest.IncompleteTotalsChanged,
-	ingest.IncompleteCountMismatch, refusedChanged, refusedStillEnabled, refusedRecheck}
+	ingest.IncompleteCountMismatch, refusedChanged, refusedStillEnabled, refusedRecheck, refusedDeferred}
 
 // applyRemote applies rules as listed by the API (listed is when the
 // listing started) or, with listed zero, the start-up set, in one
@@ -579,6 +585,7 @@ func (n *Node) applyRemote(ctx context.Context, rules []ingest.RemoteRule, liste
 			gone = nil
 		}
 		slices.Sort(gone)
+		rechecks, recheckFailed := 0, false
 		for _, id := range gone {
 			st, err := tx.state(id)
 			if err != nil {
@@ -591,8 +598,16 @@ func (n *Node) applyRemote(ctx context.Context, rules []ingest.RemoteRule, liste
 				}
 				continue
 			}
+			// After one failed re-check the API is not asked again this time: an
+			// API that hangs must not hold intake for a timeout per rule.
+			if recheckFailed || rechecks >= maxRechecks {
+				n.metrics.refused.WithLabelValues(refusedDeferred).Inc()
+				continue
+			}
+			rechecks++
 			if reason := n.recheck(ctx, st.rec.Rule); reason != "" {
 				n.metrics.refused.WithLabelValues(reason).Inc()
+				recheckFailed = reason == refusedRecheck
 				continue
 			}
 			tx.take(st, d)
