@@ -96,8 +96,8 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 		one     func(http.ResponseWriter)
 		wantErr error
 		kept    []int64 // of 1, 2, 3
-		reason  string // counted once in timerd_reconcile_refused_total
-		also    string // and this one once too
+		reason  string  // counted once in timerd_reconcile_refused_total
+		also    string  // and this one once too
 	}{
 		{name: "200 {}: malformed, nothing applied", pages: []string{`{}`},
 			wantErr: ingest.ErrMalformedListing, kept: []int64{1, 2, 3}, reason: refusedMalformed},
