@@ -7,7 +7,7 @@ PKGS      ?= ./...
 # after the cluster tests, which run alone.
 TESTFLAGS ?= -race -count=1 -timeout 14m -parallel 4
 
-.PHONY: all build test mq net vet bench bench-peers load soak cluster-soak sim clean
+.PHONY: all build test mq net vet bench bench-peers bench-node load soak cluster-soak sim clean
 
 all: build
 
@@ -42,6 +42,11 @@ bench:
 # timerd's engine side by side with a goroutine+Ticker per rule, robfig/cron and gocron.
 bench-peers:
 	$(GO) run ./test/bench/peers
+
+# One timerd agent against a null Attune: events/s received, CPU per event, RSS and
+# lateness (test/bench/node; ARGS="-rules 100000 -delay 20ms -baseline REV" and the like).
+bench-node:
+	$(GO) run ./test/bench/node $(ARGS)
 
 # 50,000 interval rules of 10 s (5,000 fires/s) through timerd dev for a minute.
 load:

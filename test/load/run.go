@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/timerd/timerd/test/internal/procstat"
 )
 
 // config is one load run.
@@ -106,7 +108,7 @@ type report struct {
 	NodeDelivered   *int    `json:"node_deliveries_2xx"`     // node deliveries answered 2xx in the same span
 	NodeDelivErrors *int    `json:"node_deliveries_not_2xx"` // failed attempts (status ≥ 300 or no response)
 	analysis
-	Process     procStats       `json:"process"`
+	Process     procstat.Stats  `json:"process"`
 	Timeline    []timelineTick  `json:"timeline,omitempty"`
 	NodeMetrics []metricSummary `json:"node_metrics,omitempty"`
 	APIMetrics  []metricSummary `json:"api_metrics,omitempty"`
@@ -265,9 +267,9 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	// The window: sample the process and the node once a second.
 	node0, _ := cl.scrape(ctx, p.nodeURL)
 	api0, _ := cl.scrape(ctx, p.apiURL)
-	var ps []procSample
+	var ps []procstat.Sample
 	pid := p.cmd.Process.Pid
-	if s, err := readProc(pid); err == nil {
+	if s, err := procstat.Read(pid); err == nil {
 		ps = append(ps, s)
 	}
 	lastAt, lastScrape := time.Now(), node0
@@ -283,7 +285,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		case <-tick.C:
 		case <-time.After(time.Until(w.End)):
 		}
-		if s, err := readProc(pid); err == nil {
+		if s, err := procstat.Read(pid); err == nil {
 			ps = append(ps, s)
 		}
 		if s, err := cl.status(ctx); err == nil {
@@ -298,7 +300,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		}
 	}
 	tick.Stop()
-	rep.Process = summarise(ps)
+	rep.Process = procstat.Summarise(ps)
 
 	// Drain: the rules keep firing, and entries count in the outbox until
 	// their delivery is acked, so under load it is rarely empty. Drained is

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/test/internal/procstat"
+)
+
+// mix is the share of each timer kind among the rules.
+type mix struct{ Interval, Cron, Datetime float64 }
+
+func (m mix) String() string {
+	var parts []string
+	for _, p := range []struct {
+		name string
+		v    float64
+	}{{"interval", m.Interval}, {"cron", m.Cron}, {"datetime", m.Datetime}} {
+		if p.v > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%g", p.name, p.v))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func (m *mix) Set(s string) error {
+	*m = mix{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		f, err := strconv.ParseFloat(v, 64)
+		if !ok || err != nil || f < 0 {
+			return fmt.Errorf("%q is not kind=share", kv)
+		}
+		switch k {
+		case "interval":
+			m.Interval = f
+		case "cron":
+			m.Cron = f
+		case "datetime":
+			m.Datetime = f
+		default:
+			return fmt.Errorf("unknown kind %q (interval, cron, datetime)", k)
+		}
+	}
+	if m.Interval+m.Cron+m.Datetime == 0 {
+		return errors.New("no rules of any kind")
+	}
+	return nil
+}
+
+// due is the events per second the interval and cron rules make.
+func (c config) due() float64 {
+	sum := c.Mix.Interval + c.Mix.Cron + c.Mix.Datetime
+	return float64(c.Rules) * (c.Mix.Interval + c.Mix.Cron) / sum / c.Every.Seconds()
+}
+
+// result is one run's figures over the window.
+type result struct {
+	Name        string
+	PerSec      float64
+	CPUPerEvent float64 // µs
+	Cores       float64
+	RSSMaxMiB   float64
+	Lateness    dist
+	Duplicates  int
+}
+
+// freePort is a 127.0.0.1 address no one listens on right now.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// tailBuffer keeps the last 64 KiB written to it.
+type tailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - 64<<10; over > 0 {
+		t.b = t.b[over:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
+
+// measure runs one agent of bin against a fresh stub.
+func measure(ctx context.Context, cfg config, bin, dataDir string) (result, error) {
+	stub, err := startStub(cfg)
+	if err != nil {
+		return result{}, err
+	}
+	defer stub.close()
+	key := make([]byte, 32)
+	rand.Read(key)
+	tok, _, err := (&auth.Issuer{Key: key}).Issue(auth.IssueRequest{Subject: "bench", IdentityID: "bench",
+		Scope: auth.ScopeSensor, TriggerTypes: scheduler.TimerTriggers(), TTL: 24 * time.Hour, Login: "core.timer"})
+	if err != nil {
+		return result{}, err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return result{}, err
+	}
+	httpAddr, err := freePort()
+	if err != nil {
+		return result{}, err
+	}
+	cmd := exec.CommandContext(ctx, bin, "agent")
+	cmd.Env = append(os.Environ(),
+		"ATTUNE_API_URL="+stub.url, "ATTUNE_API_TOKEN="+tok, "TIMERD_DATA_DIR="+dataDir,
+		"TIMERD_HTTP_ADDR="+httpAddr, "TIMERD_BIND_ADDR=127.0.0.1:0", "TIMERD_NODE_NAME=bench",
+		"TIMERD_RECONCILE_INTERVAL=1h", "ATTUNE_LOG_LEVEL=warn")
+	if cfg.Workers > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_WORKERS=%d", cfg.Workers))
+	}
+	var logs tailBuffer // warnings and errors: shown if the agent fails
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	if err := cmd.Start(); err != nil {
+		return result{}, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	}()
+	base := "http://" + httpAddr
+	started := time.Now()
+	for !ready(base) {
+		select {
+		case err := <-exited:
+			exited <- err
+			return result{}, fmt.Errorf("the agent exited (%v):\n%s", err, logs.String())
+		default:
+		}
+		if time.Since(started) > 5*time.Minute {
+			return result{}, fmt.Errorf("the agent was not ready within 5 minutes:\n%s", logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	progress("ready %s after start; warm-up %s", time.Since(started).Round(time.Millisecond), cfg.Warmup)
+	sleep(ctx, cfg.Warmup)
+	pid := cmd.Process.Pid
+	first, err := procstat.Read(pid)
+	if err != nil {
+		return result{}, err
+	}
+	samples := []procstat.Sample{first}
+	winStart := time.Now()
+	for end := winStart.Add(cfg.Window); time.Now().Before(end) && ctx.Err() == nil; {
+		sleep(ctx, min(time.Second, time.Until(end)))
+		if s, err := procstat.Read(pid); err == nil {
+			samples = append(samples, s)
+		}
+	}
+	winEnd := time.Now()
+	last := samples[len(samples)-1]
+	evs, dups := stub.window(winStart, winEnd)
+	res := result{Duplicates: dups, RSSMaxMiB: procstat.Summarise(samples).RSSMaxMiB}
+	res.PerSec = float64(len(evs)) / winEnd.Sub(winStart).Seconds()
+	cpu := last.CPU - first.CPU
+	res.Cores = cpu.Seconds() / last.At.Sub(first.At).Seconds()
+	if len(evs) > 0 {
+		res.CPUPerEvent = float64(cpu.Microseconds()) / float64(len(evs))
+	}
+	late := make([]time.Duration, len(evs))
+	for i, e := range evs {
+		late[i] = e.received.Sub(e.scheduled)
+	}
+	res.Lateness = newDist(late)
+	progress("%.0f events/s, %.1f µs CPU each, lateness %s", res.PerSec, res.CPUPerEvent, res.Lateness)
+	return res, ctx.Err()
+}
+
+func ready(base string) bool {
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// dist is a distribution of durations, in milliseconds.
+type dist struct {
+	N             int
+	P50, P99, Max float64
+}
+
+func newDist(ds []time.Duration) dist {
+	if len(ds) == 0 {
+		return dist{}
+	}
+	slices.Sort(ds)
+	q := func(p float64) float64 { return ms(ds[min(len(ds)-1, int(p*float64(len(ds))))]) }
+	return dist{N: len(ds), P50: q(0.5), P99: q(0.99), Max: ms(ds[len(ds)-1])}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (d dist) String() string {
+	return fmt.Sprintf("p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d)", d.P50, d.P99, d.Max, d.N)
+}
+
+// The body fields the stub reads of an event.
+type eventBody struct {
+	Payload struct {
+		ScheduledAt string `json:"scheduled_at"`
+		FireAt      string `json:"fire_at"`
+	} `json:"payload"`
+}
+
+func scheduledAt(body []byte) (time.Time, error) {
+	var e eventBody
+	if err := json.Unmarshal(body, &e); err != nil {
+		return time.Time{}, err
+	}
+	s := e.Payload.ScheduledAt
+	if s == "" {
+		s = e.Payload.FireAt
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}
