@@ -35,6 +35,7 @@ type config struct {
 	Workers  int
 	Binary   string
 	Baseline string
+	Metrics  string // directory: each run's /metrics at the window's end
 }
 
 func main() {
@@ -49,6 +50,7 @@ func main() {
 	fs.IntVar(&cfg.Workers, "workers", 0, "TIMERD_WORKERS of the agent (0: its default)")
 	fs.StringVar(&cfg.Binary, "binary", "", "timerd binary (default: go build ./cmd/timerd)")
 	fs.StringVar(&cfg.Baseline, "baseline", "", "also run the timerd of this git revision, side by side")
+	fs.StringVar(&cfg.Metrics, "metrics", "", "write each run's /metrics at the window's end into this directory")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -92,7 +94,7 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	var results []result
 	for _, r := range runs {
 		progress("run %s: %d rules (%s), every %s, stub delay %s", r.name, cfg.Rules, cfg.Mix, cfg.Every, cfg.Delay)
-		res, err := measure(ctx, cfg, r.bin, filepath.Join(tmp, "data-"+fmt.Sprint(len(results))))
+		res, err := measure(ctx, cfg, r.bin, filepath.Join(tmp, "data-"+fmt.Sprint(len(results))), r.name)
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}

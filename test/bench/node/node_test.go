@@ -24,7 +24,7 @@ func TestSmoke(t *testing.T) {
 	}
 	cfg := config{Rules: 300, Every: time.Second, Mix: mix{Interval: 0.8, Cron: 0.1, Datetime: 0.1},
 		Warmup: 4 * time.Second, Window: 3 * time.Second}
-	res, err := measure(ctx, cfg, bin, filepath.Join(dir, "data"))
+	res, err := measure(ctx, cfg, bin, filepath.Join(dir, "data"), "smoke")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,7 +115,7 @@ func (t *tailBuffer) String() string {
 }
 
 // measure runs one agent of bin against a fresh stub.
-func measure(ctx context.Context, cfg config, bin, dataDir string) (result, error) {
+func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result, error) {
 	stub, err := startStub(cfg)
 	if err != nil {
 		return result{}, err
@@ -183,6 +185,11 @@ func measure(ctx context.Context, cfg config, bin, dataDir string) (result, erro
 		}
 	}
 	winEnd := time.Now()
+	if cfg.Metrics != "" {
+		if err := saveMetrics(base, filepath.Join(cfg.Metrics, strings.ReplaceAll(name, " ", "-")+".prom")); err != nil {
+			return result{}, err
+		}
+	}
 	last := samples[len(samples)-1]
 	evs, dups := stub.window(winStart, winEnd)
 	res := result{Duplicates: dups, RSSMaxMiB: procstat.Summarise(samples).RSSMaxMiB}
@@ -199,6 +206,24 @@ func measure(ctx context.Context, cfg config, bin, dataDir string) (result, erro
 	res.Lateness = newDist(late)
 	progress("%.0f events/s, %.1f µs CPU each, lateness %s", res.PerSec, res.CPUPerEvent, res.Lateness)
 	return res, ctx.Err()
+}
+
+func saveMetrics(base, path string) error {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }
 
 func ready(base string) bool {

@@ -20,6 +20,9 @@ type stub struct {
 	srv  *http.Server
 	base time.Time        // datetime rules fire from here over the warm-up's second half and the window
 	ids  map[string][]int // rule ids by trigger
+	// created is the rules' updated time: they start with the stub, with no
+	// slots to catch up (an older one would anchor them in the past).
+	created time.Time
 
 	mu     sync.Mutex
 	events []received
@@ -37,7 +40,7 @@ func startStub(cfg config) (*stub, error) {
 		return nil, err
 	}
 	s := &stub{cfg: cfg, url: "http://" + ln.Addr().String(), keys: map[string]int{},
-		base: time.Now().Add(cfg.Warmup / 2), ids: map[string][]int{}}
+		base: time.Now().Add(cfg.Warmup / 2), created: time.Now().UTC(), ids: map[string][]int{}}
 	for id := 1; id <= cfg.Rules; id++ {
 		k := s.kindOf(id)
 		s.ids[k] = append(s.ids[k], id)
@@ -103,7 +106,7 @@ func (s *stub) list(w http.ResponseWriter, r *http.Request) {
 	items := make([]map[string]any, 0, to-from)
 	for _, id := range ids[from:to] {
 		items = append(items, map[string]any{"id": id, "ref": fmt.Sprintf("bench.%d", id), "trigger_ref": trig,
-			"trigger_params": s.params(id, trig), "enabled": true, "updated": s.base.Add(-time.Hour).UTC().Format(time.RFC3339)})
+			"trigger_params": s.params(id, trig), "enabled": true, "updated": s.created.Format(time.RFC3339Nano)})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{"items": items, "pagination": map[string]any{
