@@ -157,6 +157,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		HTTPAddr:                cfg.HTTPAddr,
 		HTTPTokenFile:           cfg.HTTPTokenFile,
 		HTTPConfigFile:          cfg.HTTPConfigFile,
+		Pprof:                   cfg.Pprof,
 		MQ:                      mq,
 		StartupRules:            cfg.SensorTriggers,
 		Workers:                 cfg.Workers,

@@ -42,6 +42,7 @@ type agentConfig struct {
 	HTTPAddr          string
 	HTTPTokenFile     string // the operator endpoints' bearer token
 	HTTPConfigFile    string // exporter-toolkit web config: TLS
+	Pprof             bool   // serve /debug/pprof/
 	NodeName          string
 	QueueExpires      time.Duration
 	ReconcileInterval time.Duration // 0: no periodic reconcile
@@ -297,6 +298,14 @@ var agentSettings = []agentSetting{
 			return fmt.Errorf("%q is not a whole number in 1..4096", truncateSetting(v))
 		}
 		c.Workers = n
+		return nil
+	}},
+	{env: "TIMERD_PPROF", key: "pprof", flag: "pprof", def: "false", usage: "true serves Go's profiles at /debug/pprof/ on the HTTP address, behind TIMERD_HTTP_TOKEN_FILE's token when set", set: func(c *agentConfig, v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", truncateSetting(v))
+		}
+		c.Pprof = b
 		return nil
 	}},
 	{env: "TIMERD_REJECT_RETRY_WINDOW", key: "reject_retry_window", flag: "reject-retry-window", def: "10m", usage: "how long an event answered 403 or 404 is retried, from its first such answer, before it is a dead letter (1s..7d)", set: func(c *agentConfig, v string) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -127,6 +128,11 @@ func (n *Node) handler() http.Handler {
 		enc.SetIndent("", "  ")
 		enc.Encode(n.Status())
 	}))
+	if n.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", n.operator(pprof.Index))
+		mux.HandleFunc("GET /debug/pprof/profile", n.operator(pprof.Profile))
+		mux.HandleFunc("GET /debug/pprof/trace", n.operator(pprof.Trace))
+	}
 	mux.HandleFunc("GET /v1/dead-letters", n.operator(n.handleDeadLetters))
 	mux.HandleFunc("POST /v1/dead-letters/redrive", n.operator(n.handleRedrive))
 	return mux

@@ -62,6 +62,8 @@ type Config struct {
 	// HTTPConfigFile, if set, is a Prometheus exporter-toolkit web config
 	// (TLS, client certificates, basic auth) for the HTTP server.
 	HTTPConfigFile string
+	// Pprof serves Go's profiles at /debug/pprof/, an operator endpoint.
+	Pprof bool
 
 	// Lifecycle delivers rule lifecycle messages in process (timerd dev
 	// without a broker). At most one of Lifecycle and MQ; with neither,
@@ -551,9 +553,15 @@ func (n *Node) load() (int, error) {
 // (Committed), before the fires are replicated and become deliverable.
 func (n *Node) commit(fires []scheduler.Fire) error {
 	if n.drv != nil {
-		refs, err := n.commitFired(fires)
+		refs, ready, err := n.commitFired(fires)
 		if err != nil || len(refs) == 0 {
 			return err
+		}
+		if ready {
+			// A node alone wrote them deliverable: the protocol has nothing to
+			// replicate or decide (its Committed step would only say Deliverable).
+			n.delivery.Notify()
+			return nil
 		}
 		n.drv.committed <- refs // outside stepMu: the driver may be waiting for it
 		return nil
@@ -576,12 +584,12 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 
 // commitFired is the commit of a clustered node: under the driver's stepMu, so that no
 // step reads the watermarks between this lease check and this store commit.
-func (n *Node) commitFired(fires []scheduler.Fire) ([]protocol.EventRef, error) {
+func (n *Node) commitFired(fires []scheduler.Fire) (refs []protocol.EventRef, ready bool, err error) {
 	d := n.drv
 	d.stepMu.Lock()
 	defer d.stepMu.Unlock()
 	if d.offline.Load() {
-		return nil, errStoreOffline
+		return nil, false, errStoreOffline
 	}
 	snap := d.snap.Load()
 	now := bootNow()
@@ -592,22 +600,25 @@ func (n *Node) commitFired(fires []scheduler.Fire) ([]protocol.EventRef, error) 
 		}
 		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
 		if err != nil {
-			return nil, fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
+			return nil, false, fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
 		}
 		e, ok := snap.mayFire(d.partitionOf(f.RuleID), now)
 		if !ok {
 			n.metrics.notFireable.Inc()
-			return nil, errNotFireable
+			return nil, false, errNotFireable
 		}
+		// A quorum of one (a node alone) needs nobody's ack: its fire is written
+		// deliverable at once, without a second commit for MarkReady. The snapshot
+		// is the member's current state: steps publish it under stepMu, held here.
 		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev,
-			Firer: snap.self, Epoch: e})
+			Firer: snap.self, Epoch: e, Ready: snap.always})
 	}
 	if len(recs) == 0 {
-		return nil, nil
+		return nil, false, nil
 	}
-	refs, err := n.store.CommitFireRefs(recs)
+	refs, err = n.store.CommitFireRefs(recs)
 	n.health.record(err)
-	return refs, err
+	return refs, snap.always, err
 }
 
 func (n *Node) serveHTTP(ctx context.Context) error {

@@ -35,7 +35,8 @@ type config struct {
 	Workers  int
 	Binary   string
 	Baseline string
-	Metrics  string // directory: each run's /metrics at the window's end
+	Metrics  string // directory: each run's /metrics at the window's end, and its CPU profile with Profile
+	Profile  bool   // take a CPU profile of the agent over the window (TIMERD_PPROF)
 }
 
 func main() {
@@ -51,6 +52,7 @@ func main() {
 	fs.StringVar(&cfg.Binary, "binary", "", "timerd binary (default: go build ./cmd/timerd)")
 	fs.StringVar(&cfg.Baseline, "baseline", "", "also run the timerd of this git revision, side by side")
 	fs.StringVar(&cfg.Metrics, "metrics", "", "write each run's /metrics at the window's end into this directory")
+	fs.BoolVar(&cfg.Profile, "cpuprofile", false, "also write a CPU profile of the agent over the window into the -metrics directory (go tool pprof -top FILE)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}

@@ -140,6 +140,9 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 		"ATTUNE_API_URL="+stub.url, "ATTUNE_API_TOKEN="+tok, "TIMERD_DATA_DIR="+dataDir,
 		"TIMERD_HTTP_ADDR="+httpAddr, "TIMERD_BIND_ADDR=127.0.0.1:0", "TIMERD_NODE_NAME=bench",
 		"TIMERD_RECONCILE_INTERVAL=1h", "ATTUNE_LOG_LEVEL=warn")
+	if cfg.Profile {
+		cmd.Env = append(cmd.Env, "TIMERD_PPROF=true")
+	}
 	if cfg.Workers > 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_WORKERS=%d", cfg.Workers))
 	}
@@ -178,6 +181,15 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 	}
 	samples := []procstat.Sample{first}
 	winStart := time.Now()
+	profiled := make(chan error, 1)
+	if cfg.Profile && cfg.Metrics != "" {
+		go func() {
+			u := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, max(1, int(cfg.Window.Seconds())-1))
+			profiled <- save(u, filepath.Join(cfg.Metrics, strings.ReplaceAll(name, " ", "-")+".cpu.pprof"))
+		}()
+	} else {
+		profiled <- nil
+	}
 	for end := winStart.Add(cfg.Window); time.Now().Before(end) && ctx.Err() == nil; {
 		sleep(ctx, min(time.Second, time.Until(end)))
 		if s, err := procstat.Read(pid); err == nil {
@@ -185,8 +197,11 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 		}
 	}
 	winEnd := time.Now()
+	if err := <-profiled; err != nil {
+		return result{}, fmt.Errorf("cpu profile: %w", err)
+	}
 	if cfg.Metrics != "" {
-		if err := saveMetrics(base, filepath.Join(cfg.Metrics, strings.ReplaceAll(name, " ", "-")+".prom")); err != nil {
+		if err := save(base+"/metrics", filepath.Join(cfg.Metrics, strings.ReplaceAll(name, " ", "-")+".prom")); err != nil {
 			return result{}, err
 		}
 	}
@@ -208,8 +223,9 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 	return res, ctx.Err()
 }
 
-func saveMetrics(base, path string) error {
-	resp, err := http.Get(base + "/metrics")
+// save writes what GET u answers to path.
+func save(u, path string) error {
+	resp, err := http.Get(u)
 	if err != nil {
 		return err
 	}
