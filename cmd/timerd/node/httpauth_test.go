@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -49,7 +48,7 @@ func TestOperatorEndpointsWantTheToken(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte(tok1+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
+	var logs lockedBuffer // the node logs while the test reads
 	n := runNode(t, Config{DataDir: filepath.Join(dir, "node"), APIURL: s.apiURL, HTTPAddr: "127.0.0.1:0", NodeName: "auth",
 		ReconcileInterval: -1, HTTPTokenFile: tokFile, Registry: prometheus.NewRegistry(),
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})

@@ -627,6 +627,9 @@ func (n *Node) serveHTTP(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute, // a scraper's keep-alive, not an idle socket for ever
+		// The server's own complaints (a TLS handshake with a plain HTTP client)
+		// go to the node's log, not to stderr unstructured.
+		ErrorLog: slog.NewLogLogger(n.log.With("component", "http").Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
 	go func() {
