@@ -505,16 +505,32 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	}
 	t := time.NewTimer(within)
 	defer t.Stop()
-	select {
-	case <-d.retired:
-		if d.offline.Load() {
-			d.log.Warn("left out of the protocol (the store cannot commit): nothing handed over; the members take the partitions over")
+	retiredIn := func() bool {
+		select {
+		case <-d.retired:
+			if d.offline.Load() {
+				d.log.Warn("left out of the protocol (the store cannot commit): nothing handed over; the members take the partitions over")
+				return true
+			}
+			d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
+			return true
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		return false
+	}
+	if retiredIn() {
+		return
+	}
+	// Every partition handed over, but fires still on their way to a quorum, or the
+	// store still being copied: a forced retirement would strand those fires in this
+	// store (a node that leaves for good never offers them again). Wait on, within ctx.
+	if len(d.snap.Load().held) == 0 && ctx.Err() == nil {
+		d.log.Info("partitions handed over; waiting for the last fires to be replicated and the store copied")
+		t.Reset(time.Until(deadlineOr(ctx, time.Now().Add(within))))
+		if retiredIn() {
 			return
 		}
-		d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
-		return
-	case <-t.C:
-	case <-ctx.Done():
 	}
 	d.log.Warn("partitions not all handed over in time: retiring anyway; the members take them over",
 		"held", len(d.snap.Load().held), "waited", within)
@@ -523,6 +539,14 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	case <-d.retired:
 	case <-ctx.Done():
 	}
+}
+
+// deadlineOr is ctx's deadline, or def when it has none.
+func deadlineOr(ctx context.Context, def time.Time) time.Time {
+	if dl, ok := ctx.Deadline(); ok {
+		return dl
+	}
+	return def
 }
 
 func (d *driver) step(in protocol.Input) error {
