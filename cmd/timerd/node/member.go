@@ -522,14 +522,19 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	if retiredIn() {
 		return
 	}
-	// Every partition handed over, but fires still on their way to a quorum, or the
-	// store still being copied: a forced retirement would strand those fires in this
-	// store (a node that leaves for good never offers them again). Wait on, within ctx.
-	if len(d.snap.Load().held) == 0 && ctx.Err() == nil {
-		d.log.Info("partitions handed over; waiting for the last fires to be replicated and the store copied")
-		t.Reset(time.Until(deadlineOr(ctx, time.Now().Add(within))))
-		if retiredIn() {
-			return
+	// Every partition handed over, but fires still on their way to a quorum: a forced
+	// retirement would strand them in this store (a node that leaves for good never
+	// offers them again). Wait while there are any, within ctx.
+	if len(d.snap.Load().held) == 0 && d.pendingFires() {
+		d.log.Info("partitions handed over; waiting for the last fires to reach a quorum")
+		until := deadlineOr(ctx, time.Now().Add(within))
+		for d.pendingFires() && time.Now().Before(until) && ctx.Err() == nil {
+			select {
+			case <-d.retired:
+				d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
 	}
 	d.log.Warn("partitions not all handed over in time: retiring anyway; the members take them over",
@@ -539,6 +544,12 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	case <-d.retired:
 	case <-ctx.Done():
 	}
+}
+
+// pendingFires reports whether this node's store holds fires not yet replicated.
+func (d *driver) pendingFires() bool {
+	n, err := d.n.store.PendingLen()
+	return err == nil && n > 0
 }
 
 // deadlineOr is ctx's deadline, or def when it has none.
