@@ -723,13 +723,8 @@ func parseSensorTriggers(v string) ([]ingest.RemoteRule, error) {
 	return out, nil
 }
 
-// redactURL hides a password in u; a URL that does not parse is truncated.
-func redactURL(v string) string {
-	if u, err := url.Parse(v); err == nil && u.User != nil {
-		return truncateSetting(u.Redacted())
-	}
-	return truncateSetting(v)
-}
+// redactURL hides a password in v (ingest.RedactURL) and truncates it for a message.
+func redactURL(v string) string { return truncateSetting(ingest.RedactURL(v)) }
 
 func truncateSetting(s string) string {
 	if len(s) <= 80 {

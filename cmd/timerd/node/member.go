@@ -503,24 +503,21 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	if !ask(false) {
 		return
 	}
+	retired := func() {
+		if d.offline.Load() {
+			d.log.Warn("left out of the protocol (the store cannot commit): nothing handed over; the members take the partitions over")
+			return
+		}
+		d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
+	}
 	t := time.NewTimer(within)
 	defer t.Stop()
-	retiredIn := func() bool {
-		select {
-		case <-d.retired:
-			if d.offline.Load() {
-				d.log.Warn("left out of the protocol (the store cannot commit): nothing handed over; the members take the partitions over")
-				return true
-			}
-			d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
-			return true
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		return false
-	}
-	if retiredIn() {
+	select {
+	case <-d.retired:
+		retired()
 		return
+	case <-t.C:
+	case <-ctx.Done():
 	}
 	// Every partition handed over, but fires still on their way to a quorum: a forced
 	// retirement would strand them in this store (a node that leaves for good never
@@ -531,7 +528,7 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 		for d.pendingFires() && time.Now().Before(until) && ctx.Err() == nil {
 			select {
 			case <-d.retired:
-				d.log.Info("partitions handed over; incarnation retired", "took", time.Since(start).Round(time.Millisecond).String())
+				retired()
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
