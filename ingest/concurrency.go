@@ -11,17 +11,20 @@ import (
 // that answers in 2 ms for the same events per second (Little's law), and one
 // that is overloaded needs fewer.
 //
-// The limit moves once per window of samples (a few round trips), in the
-// spirit of Netflix's concurrency-limits gradient limiter and of TCP's AIMD:
+// The limit moves once per window of samples (a few round trips), as
+// Netflix's concurrency-limits Gradient2 limiter does, with TCP's halving on
+// loss:
 //
-//   - It grows (by √limit) only while the limit binds (an event waited for a
-//     slot during the window: there is a backlog) and latency holds: the
-//     window's mean round trip is within tolerance of the base round trip.
-//     At a fixed rate the round trip grows with the POSTs in flight (Little's
-//     law again), so latency holding is what says that more POSTs in flight
-//     still bring more events per second.
-//   - It shrinks by the gradient base·tolerance/rtt (at most by half) when the
-//     latency does not hold while the limit binds.
+//   - While the limit binds (an event waited for a slot during the window:
+//     there is a backlog) it becomes limit·gradient + √limit, where the
+//     gradient is tolerance·base/rtt clamped to [0.5, 1]: rtt is the window's
+//     mean round trip, base a moving average of the windows before. While
+//     latency holds (rtt within tolerance of base) that is growth by √limit;
+//     when the round trip jumps, a cut of up to half. At a fixed rate the
+//     round trip grows with the POSTs in flight (Little's law again), so
+//     latency holding is what says that more POSTs in flight still bring more
+//     events per second.
+//   - Without a backlog it stays: more room would change nothing.
 //   - It halves at once on an answer that says the receiver is overloaded
 //     (429, 5xx, 408, a transport error or timeout), once per round: the POSTs
 //     that were already in flight when it halved do not halve it again.
@@ -30,9 +33,11 @@ import (
 //   - It never exceeds the ceiling, the node's share of the cluster's budget,
 //     and never falls below 1.
 //
-// The base round trip is the lowest window mean of the last two base periods
-// (baseEvery each): it follows a receiver that became slower for good within
-// 2·baseEvery, and a burst of queueing does not become the new normal at once.
+// The base is an average of the window means over about baseWindows windows
+// (a second or two), falling four times as fast as it rises: it follows a
+// receiver that became slower for good, so that the limit does not collapse
+// under a steady, higher latency (a busy machine's own scheduling delays look
+// the same from here), while a sudden jump of the round trip cuts the limit.
 //
 // Every method takes the time: a limiter has no clock of its own, so tests
 // drive it with made-up times. It is not safe for concurrent use: the
@@ -45,10 +50,8 @@ type limiter struct {
 	winN      int
 	winRTT    time.Duration // sum of the window's round trips
 	winBinds  bool          // an event waited for a slot during the window
-	baseCur   time.Duration // lowest window mean since baseAt; 0: none yet
-	basePrev  time.Duration // lowest window mean of the period before
-	baseAt    time.Time
-	lastDrop  time.Time // POSTs started before it do not lower the limit again
+	base      float64       // moving average of the window means, ns; 0: none yet
+	lastDrop  time.Time     // POSTs started before it do not lower the limit again
 	pausedTil time.Time // Retry-After: no new POST before
 }
 
@@ -62,7 +65,7 @@ const (
 	// also at least two of its own round trips long.
 	minWindow        = 50 * time.Millisecond
 	minWindowSamples = 8
-	baseEvery        = 10 * time.Second
+	baseWindows      = 20
 )
 
 // limitChange says why a window or a signal changed the limit.
@@ -127,29 +130,30 @@ func (l *limiter) success(start time.Time, rtt time.Duration, now time.Time) lim
 	binds := l.winBinds
 	l.resetWindow()
 
-	if l.baseAt.IsZero() || now.Sub(l.baseAt) >= baseEvery {
-		l.basePrev, l.baseCur, l.baseAt = l.baseCur, 0, now
-	}
-	if l.baseCur == 0 || mean < l.baseCur {
-		l.baseCur = mean
-	}
-	base := l.baseCur
-	if l.basePrev != 0 && l.basePrev < base {
-		base = l.basePrev
+	m := float64(mean)
+	base := l.base // the windows before this one
+	switch {
+	case l.base == 0:
+		l.base, base = m, m
+	case m < l.base:
+		l.base += (m - l.base) * 4 / baseWindows
+	default:
+		l.base += (m - l.base) / baseWindows
 	}
 	if !binds {
 		return limitSame // no backlog: more room would change nothing
 	}
-	if float64(mean) <= latencyTolerance*float64(base) {
-		if l.limit >= float64(l.ceiling) {
-			return limitSame
-		}
-		l.limit = math.Min(float64(l.ceiling), l.limit+math.Max(1, math.Sqrt(l.limit)))
+	gradient := math.Max(0.5, math.Min(1, latencyTolerance*base/m))
+	next := math.Min(float64(l.ceiling), math.Max(1, l.limit*gradient+math.Sqrt(l.limit)))
+	switch {
+	case next > l.limit:
+		l.limit = next
 		return limitGrew
+	case next < l.limit:
+		l.limit = next
+		return limitLatency
 	}
-	gradient := math.Max(0.5, latencyTolerance*float64(base)/float64(mean))
-	l.limit = math.Max(1, l.limit*gradient)
-	return limitLatency
+	return limitSame
 }
 
 // overload halves the limit for a POST started at start that was answered

@@ -84,9 +84,17 @@ func TestLimiterShrinksWhenLatencyRises(t *testing.T) {
 	}
 	// Within tolerance (1.5× the base) it grows again.
 	before := l.value()
-	runWindows(l, now, 1, 15*time.Millisecond, true)
+	now = runWindows(l, now, 1, 15*time.Millisecond, true)
 	if got := l.value(); got <= before {
 		t.Errorf("a window at 1.5× the base round trip: limit %d, want above %d", got, before)
+	}
+	// A receiver slower for good (or a busy machine's own delays) becomes the
+	// new base: the limit does not stay cut.
+	now = runWindows(l, now, 1, 60*time.Millisecond, true)
+	cut := l.value()
+	runWindows(l, now, 60, 60*time.Millisecond, true)
+	if got := l.value(); got <= cut {
+		t.Errorf("60 windows at a steady 60 ms after a cut to %d: limit %d, want above", cut, got)
 	}
 }
 

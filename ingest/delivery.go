@@ -331,9 +331,10 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		client:   cfg.Client,
 		log:      cfg.Logger.With("component", "delivery"),
 		metrics:  newDeliveryMetrics(cfg.Registerer),
-		// Enough ready entries to keep the most POSTs in flight busy between
-		// reads of the outbox, and the reads batched.
-		window:   min(max(1024, 4*cfg.maxInFlight()), 32768),
+		// Enough entries to keep the most POSTs in flight busy while the
+		// delivered ones wait for their ack commit (an fsync: tens of ms on a
+		// busy disk, at 10,000 events/s), and the reads batched.
+		window:   min(max(1024, 16*cfg.maxInFlight()), 32768),
 		lim:      newLimiter(cfg.ceiling()),
 		notify:   make(chan struct{}, 1),
 		engine:   make(chan struct{}, 1),
