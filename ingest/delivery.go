@@ -540,8 +540,8 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		if d.ownedTr != nil {
 			d.ownedTr.CloseIdleConnections()
 		}
-		d.metrics.inFlight.WithLabelValues(classOnTime).Set(0)
-		d.metrics.inFlight.WithLabelValues(classCatchUp).Set(0)
+		d.metrics.onTimeInFlight.Set(0)
+		d.metrics.catchUpInFlight.Set(0)
 	}()
 
 	e.setCeiling()
@@ -684,8 +684,8 @@ func (e *engine) dispatch(now time.Time) {
 	if e.ready.Len()+e.catchUp.Len() > 0 {
 		d.lim.binds() // work waits for a slot
 	}
-	d.metrics.inFlight.WithLabelValues(classOnTime).Set(float64(e.onTimeInFlight))
-	d.metrics.inFlight.WithLabelValues(classCatchUp).Set(float64(e.catchUpInFlight))
+	d.metrics.onTimeInFlight.Set(float64(e.onTimeInFlight))
+	d.metrics.catchUpInFlight.Set(float64(e.catchUpInFlight))
 }
 
 // startWorker starts one more worker: they are never fewer than the POSTs in

@@ -17,6 +17,9 @@ type deliveryMetrics struct {
 	limit          prometheus.Gauge
 	ceiling        prometheus.Gauge
 	inFlight       *prometheus.GaugeVec   // by class: on_time, catch_up
+	// The children of inFlight, set on every dispatch: a label lookup each
+	// time would cost more than the rest of the dispatch.
+	onTimeInFlight, catchUpInFlight prometheus.Gauge
 	limitDecreases *prometheus.CounterVec // by reason: latency, overload, retry_after
 }
 
@@ -71,6 +74,8 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 		}, []string{"reason"}),
 	}
 	if reg == nil {
+		m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
+		m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
 		return m
 	}
 	m.deliveries = registerOrExisting(reg, m.deliveries)
@@ -83,6 +88,8 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 	m.ceiling = registerOrExisting(reg, m.ceiling)
 	m.inFlight = registerOrExisting(reg, m.inFlight)
 	m.limitDecreases = registerOrExisting(reg, m.limitDecreases)
+	m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
+	m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
 	return m
 }
 
