@@ -52,7 +52,7 @@ type limiter struct {
 	winBinds  bool          // an event waited for a slot during the window
 	base      float64       // moving average of the window means, ns; 0: none yet
 	lastDrop  time.Time     // POSTs started before it do not lower the limit again
-	pausedTil time.Time // Retry-After: no new POST before
+	pausedTil time.Time     // Retry-After: no new POST before
 }
 
 const (

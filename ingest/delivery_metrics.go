@@ -14,13 +14,13 @@ type deliveryMetrics struct {
 	rulesPaused prometheus.Gauge   // rules whose breaker is open
 	rulePauses  prometheus.Counter // breaker openings
 	// Adaptive concurrency (limiter).
-	limit          prometheus.Gauge
-	ceiling        prometheus.Gauge
-	inFlight       *prometheus.GaugeVec   // by class: on_time, catch_up
+	limit    prometheus.Gauge
+	ceiling  prometheus.Gauge
+	inFlight *prometheus.GaugeVec // by class: on_time, catch_up
 	// The children of inFlight, set on every dispatch: a label lookup each
 	// time would cost more than the rest of the dispatch.
 	onTimeInFlight, catchUpInFlight prometheus.Gauge
-	limitDecreases *prometheus.CounterVec // by reason: latency, overload, retry_after
+	limitDecreases                  *prometheus.CounterVec // by reason: latency, overload, retry_after
 }
 
 // The classes of events in flight.
