@@ -552,8 +552,12 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	// Everything in the outbox now is the backlog, read from the start; what
 	// is committed from here on is read after tail, first.
 	last, err := e.lastSeq()
-	if err != nil && flush {
-		return err
+	if err != nil {
+		if flush {
+			return err
+		}
+		// Read as one backlog from the start, as before the two cursors.
+		d.log.Error("read outbox", "err", err)
 	}
 	e.tail = last
 	if err := e.fill(); err != nil && flush {
