@@ -155,35 +155,140 @@ func errNoRule(ref string) error {
 }
 
 func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
+	s.rqPending.Add(1)
+	enqueued := false
+	defer func() {
+		if !enqueued {
+			s.rqPending.Add(-1)
+		}
+	}()
 	ru, err := s.parseNewRule(w, r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.ruleWriteMu.Lock()
-	defer s.ruleWriteMu.Unlock()
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		refs := tx.Bucket(bucketRuleRefs)
-		if refs.Get([]byte(ru.Ref)) != nil {
-			return errorf(http.StatusConflict, "rule %q already exists", ru.Ref)
-		}
-		rules := tx.Bucket(bucketRules)
-		seq, err := rules.NextSequence()
-		if err != nil {
-			return err
-		}
-		ru.ID = int64(seq)
-		return putRule(tx, ru)
-	})
-	if err != nil {
+	req := &ruleReq{ru: ru, resp: make(chan error, 1)}
+	select {
+	case s.ruleq <- req:
+		s.rqPending.Add(-1)
+		enqueued = true
+	case <-s.quit:
+		s.fail(w, r, ErrClosed)
+		return
+	}
+	if err := <-req.resp; err != nil { // the committer always answers a create it took
 		s.fail(w, r, err)
 		return
 	}
-	s.cat.mu.Lock()
-	s.cat.put(ru)
-	s.cat.mu.Unlock()
-	s.publish(lifecycleOf(ingest.RuleCreated, ru))
 	writeJSON(w, http.StatusCreated, map[string]any{"data": ru})
+}
+
+// ruleReq is a validated create waiting for the rule committer, which sets
+// ru.ID and answers on resp (capacity 1).
+type ruleReq struct {
+	ru   *rule
+	resp chan error
+}
+
+// maxRuleBatch bounds the creates of one bbolt transaction.
+const maxRuleBatch = 1000
+
+// runRuleCommitter is the group commit of rule creates, as runCommitter is
+// of events: one fsync for every create waiting, where one each made the API
+// take about 650 rules/s. It takes one create, those already waiting, and
+// lingers (up to maxLinger) for as many as it answered last time plus those
+// under way, so that the clients it answered together commit together.
+func (s *Server) runRuleCommitter() {
+	defer s.committer.Done()
+	batch := make([]*ruleReq, 0, maxRuleBatch)
+	expect := 1
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case req := <-s.ruleq:
+			batch = append(batch[:0], req)
+		}
+	fill:
+		for len(batch) < maxRuleBatch {
+			select {
+			case req := <-s.ruleq:
+				batch = append(batch, req)
+			default:
+				break fill
+			}
+		}
+		if len(batch) < expect {
+			linger.Reset(maxLinger)
+		wait:
+			for len(batch) < expect {
+				select {
+				case req := <-s.ruleq:
+					batch = append(batch, req)
+				case <-linger.C:
+					break wait
+				case <-s.quit:
+					break wait
+				}
+			}
+			linger.Stop()
+		}
+		s.commitRules(batch)
+		expect = min(len(batch)+int(s.rqPending.Load()), maxRuleBatch)
+		clear(batch)
+	}
+}
+
+// commitRules stores the creates of batch in one transaction, in order (a
+// ref taken by an earlier create of the batch is a conflict for a later
+// one), then adds them to the catalogue and publishes their messages, all
+// under ruleWriteMu, and answers each.
+func (s *Server) commitRules(batch []*ruleReq) {
+	errs := make([]error, len(batch))
+	s.ruleWriteMu.Lock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		clear(errs)
+		refs, rules := tx.Bucket(bucketRuleRefs), tx.Bucket(bucketRules)
+		for i, req := range batch {
+			if refs.Get([]byte(req.ru.Ref)) != nil {
+				errs[i] = errorf(http.StatusConflict, "rule %q already exists", req.ru.Ref)
+				continue
+			}
+			seq, err := rules.NextSequence()
+			if err != nil {
+				return err
+			}
+			req.ru.ID = int64(seq)
+			if err := putRule(tx, req.ru); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	} else {
+		s.cat.mu.Lock()
+		for i, req := range batch {
+			if errs[i] == nil {
+				s.cat.put(req.ru)
+			}
+		}
+		s.cat.mu.Unlock()
+		for i, req := range batch {
+			if errs[i] == nil {
+				s.publish(lifecycleOf(ingest.RuleCreated, req.ru))
+			}
+		}
+	}
+	s.ruleWriteMu.Unlock()
+	for i, req := range batch {
+		req.resp <- errs[i]
+	}
 }
 
 func (s *Server) parseNewRule(w http.ResponseWriter, r *http.Request) (*rule, error) {

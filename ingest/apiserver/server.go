@@ -115,8 +115,10 @@ type Server struct {
 
 	evq       chan *eventReq // unbuffered: a send succeeds only while the committer runs
 	evPending atomic.Int64   // event requests under way, not yet taken by the committer
+	ruleq     chan *ruleReq  // creates for the rule committer; unbuffered, as evq
+	rqPending atomic.Int64   // creates under way, not yet taken by the rule committer
 	quit      chan struct{}
-	committer sync.WaitGroup // the event committer and the revocation cleanup
+	committer sync.WaitGroup // the event and rule committers and the revocation cleanup
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -204,6 +206,7 @@ func New(cfg Config) (*Server, error) {
 		db:      db,
 		metrics: newMetrics(cfg.Registerer),
 		evq:     make(chan *eventReq),
+		ruleq:   make(chan *ruleReq),
 		quit:    make(chan struct{}),
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
@@ -236,8 +239,9 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.handler = s.routes()
-	s.committer.Add(1)
+	s.committer.Add(2)
 	go s.runCommitter()
+	go s.runRuleCommitter()
 	if s.verifier != nil {
 		s.committer.Add(1)
 		go s.runRevocationCleanup()
@@ -248,7 +252,7 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the HTTP handler of the API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close stops the event committer (pending inserts fail with 503) and closes
+// Close stops the committers (pending inserts and creates fail with 503) and closes
 // the database. It is idempotent. Stop serving before closing.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
