@@ -109,6 +109,8 @@ type Server struct {
 	issuer   *auth.Issuer
 	verifier *auth.Verifier
 	revs     *revocations // in memory; bbolt is the durable copy
+	tokMu    sync.Mutex
+	tokCache map[string]auth.Claims // tokens verified once, by their text (see verify)
 	// acctMu serialises service-account writes with refreshes, so that no
 	// token is issued to an identity while it is being revoked.
 	acctMu sync.Mutex
