@@ -183,7 +183,7 @@ func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, map[string]any{"data": ru})
 }
 
-// ruleReq is a validated create waiting for the rule committer, which sets
+// ruleReq is a validated create waiting for the committer, which sets
 // ru.ID and answers on resp (capacity 1).
 type ruleReq struct {
 	ru   *rule
@@ -193,101 +193,46 @@ type ruleReq struct {
 // maxRuleBatch bounds the creates of one bbolt transaction.
 const maxRuleBatch = 1000
 
-// runRuleCommitter is the group commit of rule creates, as runCommitter is
-// of events: one fsync for every create waiting, where one each made the API
-// take about 650 rules/s. It takes one create, those already waiting, and
-// lingers (up to maxLinger) for as many as it answered last time plus those
-// under way, so that the clients it answered together commit together.
-func (s *Server) runRuleCommitter() {
-	defer s.committer.Done()
-	batch := make([]*ruleReq, 0, maxRuleBatch)
-	expect := 1
-	linger := time.NewTimer(time.Hour)
-	linger.Stop()
-	for {
-		select {
-		case <-s.quit:
-			return
-		case req := <-s.ruleq:
-			batch = append(batch[:0], req)
-		}
-	fill:
-		for len(batch) < maxRuleBatch {
-			select {
-			case req := <-s.ruleq:
-				batch = append(batch, req)
-			default:
-				break fill
-			}
-		}
-		if len(batch) < expect {
-			linger.Reset(maxLinger)
-		wait:
-			for len(batch) < expect {
-				select {
-				case req := <-s.ruleq:
-					batch = append(batch, req)
-				case <-linger.C:
-					break wait
-				case <-s.quit:
-					break wait
-				}
-			}
-			linger.Stop()
-		}
-		s.commitRules(batch)
-		expect = min(len(batch)+int(s.rqPending.Load()), maxRuleBatch)
-		clear(batch)
+// putNewRules stores the creates of batch in tx, in order; errs[i] is the
+// conflict of a ref already taken. Creates are group-committed with the
+// events (runCommitter): one fsync for every create waiting, where one each
+// made the API take about 650 rules/s.
+func (s *Server) putNewRules(tx *bolt.Tx, batch []*ruleReq, errs []error) error {
+	if len(batch) == 0 {
+		return nil
 	}
+	refs, rules := tx.Bucket(bucketRuleRefs), tx.Bucket(bucketRules)
+	for i, req := range batch {
+		if refs.Get([]byte(req.ru.Ref)) != nil {
+			errs[i] = errorf(http.StatusConflict, "rule %q already exists", req.ru.Ref)
+			continue
+		}
+		seq, err := rules.NextSequence()
+		if err != nil {
+			return err
+		}
+		req.ru.ID = int64(seq)
+		if err := putRule(tx, req.ru); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// commitRules stores the creates of batch in one transaction, in order (a
-// ref taken by an earlier create of the batch is a conflict for a later
-// one), then adds them to the catalogue and publishes their messages, all
-// under ruleWriteMu, and answers each.
-func (s *Server) commitRules(batch []*ruleReq) {
-	errs := make([]error, len(batch))
-	s.ruleWriteMu.Lock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		clear(errs)
-		refs, rules := tx.Bucket(bucketRuleRefs), tx.Bucket(bucketRules)
-		for i, req := range batch {
-			if refs.Get([]byte(req.ru.Ref)) != nil {
-				errs[i] = errorf(http.StatusConflict, "rule %q already exists", req.ru.Ref)
-				continue
-			}
-			seq, err := rules.NextSequence()
-			if err != nil {
-				return err
-			}
-			req.ru.ID = int64(seq)
-			if err := putRule(tx, req.ru); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		for i := range errs {
-			errs[i] = err
-		}
-	} else {
-		s.cat.mu.Lock()
-		for i, req := range batch {
-			if errs[i] == nil {
-				s.cat.put(req.ru)
-			}
-		}
-		s.cat.mu.Unlock()
-		for i, req := range batch {
-			if errs[i] == nil {
-				s.publish(lifecycleOf(ingest.RuleCreated, req.ru))
-			}
+// addNewRules adds the committed creates of batch to the catalogue and
+// publishes their messages, in order. The caller holds ruleWriteMu.
+func (s *Server) addNewRules(batch []*ruleReq, errs []error) {
+	s.cat.mu.Lock()
+	for i, req := range batch {
+		if errs[i] == nil {
+			s.cat.put(req.ru)
 		}
 	}
-	s.ruleWriteMu.Unlock()
+	s.cat.mu.Unlock()
 	for i, req := range batch {
-		req.resp <- errs[i]
+		if errs[i] == nil {
+			s.publish(lifecycleOf(ingest.RuleCreated, req.ru))
+		}
 	}
 }
 

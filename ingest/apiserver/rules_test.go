@@ -435,15 +435,25 @@ func TestRuleParamsValidatedWithTheScheduler(t *testing.T) {
 	}
 }
 
-// Creates that commit together (the rule committer's group commit) are
-// still each their own: distinct ids, one winner per ref, every rule stored
-// and listed, and one RuleCreated per rule stored, with its id, in id order.
+// Creates that commit together (the committer's group commit, with events
+// posted meanwhile) are still each their own: distinct ids, one winner per
+// ref, every rule stored and listed, and one RuleCreated per rule stored,
+// with its id, in id order; and every event is stored once.
 func TestConcurrentCreatesCommitTogether(t *testing.T) {
 	e := newEnv(t)
 	const refs, perRef = 60, 3 // every ref created three times at once
+	const events = 200
 	codes := make([][]int, refs)
 	ids := make([][]int64, refs)
 	var wg sync.WaitGroup
+	evCodes := make([]int, events)
+	for i := range events {
+		wg.Go(func() {
+			evCodes[i], _ = e.do("POST", "/api/v1/events",
+				fmt.Sprintf(`{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_%d","payload":{"n":%d}}`, i%7+1, i),
+				"Idempotency-Key", fmt.Sprintf("%d:%d", i%7+1, i))
+		})
+	}
 	for i := range refs {
 		codes[i], ids[i] = make([]int, perRef), make([]int64, perRef)
 		for j := range perRef {
@@ -479,6 +489,18 @@ func TestConcurrentCreatesCommitTogether(t *testing.T) {
 		if won != 1 {
 			t.Errorf("burst.r%d created %d times, want once", i, won)
 		}
+	}
+	for i, c := range evCodes {
+		if c != http.StatusCreated {
+			t.Errorf("event %d: status %d, want 201", i, c)
+		}
+	}
+	var evs struct {
+		Pagination pagination `json:"pagination"`
+	}
+	e.must(http.StatusOK, &evs, "GET", "/api/v1/events?page_size=1", "")
+	if evs.Pagination.TotalItems != events {
+		t.Errorf("%d events stored, want %d", evs.Pagination.TotalItems, events)
 	}
 	var list ruleList
 	e.must(http.StatusOK, &list, "GET", "/api/v1/rules?page_size=1000", "")

@@ -117,10 +117,10 @@ type Server struct {
 
 	evq       chan *eventReq // unbuffered: a send succeeds only while the committer runs
 	evPending atomic.Int64   // event requests under way, not yet taken by the committer
-	ruleq     chan *ruleReq  // creates for the rule committer; unbuffered, as evq
-	rqPending atomic.Int64   // creates under way, not yet taken by the rule committer
+	ruleq     chan *ruleReq  // rule creates for the committer; unbuffered, as evq
+	rqPending atomic.Int64   // rule creates under way, not yet taken by the committer
 	quit      chan struct{}
-	committer sync.WaitGroup // the event and rule committers and the revocation cleanup
+	committer sync.WaitGroup // the committer and the revocation cleanup
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -241,9 +241,8 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.handler = s.routes()
-	s.committer.Add(2)
+	s.committer.Add(1)
 	go s.runCommitter()
-	go s.runRuleCommitter()
 	if s.verifier != nil {
 		s.committer.Add(1)
 		go s.runRevocationCleanup()
@@ -254,7 +253,7 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the HTTP handler of the API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close stops the committers (pending inserts and creates fail with 503) and closes
+// Close stops the committer (pending inserts and creates fail with 503) and closes
 // the database. It is idempotent. Stop serving before closing.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
