@@ -91,7 +91,7 @@ func printReport(out io.Writer, r *report) {
 	row("duplicates rejected by API", "%s (timerd_api_events_duplicate_total)", opt(r.APIDupRejected))
 	row("node deliveries", "%s answered 2xx, %s answered 200 (the API's duplicate answer), %s failed attempts",
 		opt(r.NodeDelivered), opt(r.NodeDupAnswered), opt(r.NodeDelivErrors))
-	row("missing slots", "%d", r.Missing)
+	row("missing slots", "%d (%d fires still in the outbox when the events were read)", r.Missing, r.OutboxAtFetch)
 	if r.OffGrid+r.Foreign+r.Early > 0 {
 		row("off-grid / early / foreign events", "%d / %d / %d", r.OffGrid, r.Early, r.Foreign)
 	}

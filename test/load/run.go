@@ -95,7 +95,8 @@ type report struct {
 	RunEnd          string  `json:"run_end"`
 	DrainSec        float64 `json:"drain_seconds"` // from the run's end until the outbox was empty
 	Drained         bool    `json:"drained"`
-	OutboxMax       int     `json:"outbox_depth_max"` // sampled once a second in the run
+	OutboxMax       int     `json:"outbox_depth_max"`      // sampled once a second in the run
+	OutboxAtFetch   int     `json:"outbox_depth_at_fetch"` // fires not yet delivered when the events were read: counted missing
 	DeadLetters     int     `json:"dead_letters"`
 	EventsFetched   int     `json:"events_fetched"`
 	EventsInRun     int     `json:"events_in_run"` // stored events whose slot is in the run
@@ -289,6 +290,9 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	rep.NodeDelivered, rep.NodeDelivErrors = deliveriesByClass(node0, node1)
 
 	// Fetch and analyse.
+	if st, err := cl.status(ctx); err == nil {
+		rep.OutboxAtFetch = st.OutboxDepth
+	}
 	cfg.logf("fetching events")
 	t0 := time.Now()
 	evs, err := fetchEvents(ctx, cl, s.Start.Add(-2*time.Second))
