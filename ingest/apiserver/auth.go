@@ -70,9 +70,9 @@ func (s *Server) guard(allow func(auth.Claims) error, h http.HandlerFunc) http.H
 
 // verify is s.verifier.Verify with the signature check of a token already
 // verified skipped: a node posts every event with the same token, and the
-// JWT parse and HMAC were an eighth of the API's CPU per event. A cached
-// token is used only before its expiry (Verify's leeway is left to Verify)
-// and its revocation is checked every time, as Verify does.
+// JWT parse and HMAC were 12 % of the CPU per event of BenchmarkPostEvents.
+// A cached token is used only before its expiry (Verify's leeway is left to
+// Verify) and its revocation is checked every time, as Verify does.
 func (s *Server) verify(tok string) (auth.Claims, error) {
 	s.tokMu.Lock()
 	c, ok := s.tokCache[tok]
