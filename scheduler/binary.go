@@ -100,7 +100,9 @@ func appendStr(b []byte, s string) []byte {
 var ErrTimerForm = errors.New("bad binary timer")
 
 // DecodeTimer returns the Timer whose binary form is b. It never panics on bad input:
-// a truncated, unknown or inconsistent form is an error wrapping ErrTimerForm.
+// a truncated, unknown or inconsistent form is an error wrapping ErrTimerForm. A sound
+// form of a cron timer whose time zone or expression this build cannot load (a zone
+// database without the zone) gives Parse's error for it, a *SpecError.
 func DecodeTimer(b []byte) (*Timer, error) {
 	d := formReader{b: b}
 	if v := d.byte(); v != timerCodecV1 {
@@ -153,16 +155,18 @@ func DecodeTimer(b []byte) (*Timer, error) {
 		}
 	case KindCron:
 		// Parse's time zone: the name as given, "UTC" when there was none.
+		// A zone or an expression this build cannot load is not a bad form: Parse of
+		// the rule's params fails the same way here, and says so.
 		loc, err := loadLocation(t.Timezone)
 		if err != nil {
-			return nil, d.failf("%v", err)
+			return nil, err
 		}
 		t.Location = loc
 		if t.Interval > 0 {
 			break // "@every d": slots as for an interval
 		}
 		if t.cron, err = newCron(t.Expression, loc, t.DSTGap, t.DSTOverlap); err != nil {
-			return nil, d.failf("%v", err)
+			return nil, err
 		}
 	}
 	return t, nil

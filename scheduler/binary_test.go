@@ -131,19 +131,27 @@ func TestDecodeTimerRefusesBadForms(t *testing.T) {
 	}
 	b, _ := good.AppendBinary(nil)
 	for name, form := range map[string][]byte{
-		"empty":          nil,
-		"version":        append([]byte{9}, b[1:]...),
-		"truncated":      b[:len(b)-3],
-		"trailing":       append(append([]byte(nil), b...), 0),
-		"kind 0":         append(append([]byte(nil), b[:2]...), append([]byte{0}, b[3:]...)...),
-		"kind 9":         append(append([]byte(nil), b[:2]...), append([]byte{9}, b[3:]...)...),
-		"unknown zone":   mustForm(t, &Timer{TriggerRef: refCron, Kind: KindCron, Expression: "@daily", Timezone: "Mars/Olympus"}),
-		"bad expression": mustForm(t, &Timer{TriggerRef: refCron, Kind: KindCron, Expression: "61 * * * *", Timezone: "UTC"}),
-		"no period":      mustForm(t, &Timer{TriggerRef: refInterval, Kind: KindInterval}),
-		"no fire_at":     mustForm(t, &Timer{TriggerRef: refDatetime, Kind: KindDatetime}),
+		"empty":      nil,
+		"version":    append([]byte{9}, b[1:]...),
+		"truncated":  b[:len(b)-3],
+		"trailing":   append(append([]byte(nil), b...), 0),
+		"kind 0":     append(append([]byte(nil), b[:2]...), append([]byte{0}, b[3:]...)...),
+		"kind 9":     append(append([]byte(nil), b[:2]...), append([]byte{9}, b[3:]...)...),
+		"no period":  mustForm(t, &Timer{TriggerRef: refInterval, Kind: KindInterval}),
+		"no fire_at": mustForm(t, &Timer{TriggerRef: refDatetime, Kind: KindDatetime}),
 	} {
 		if tm, err := DecodeTimer(form); !errors.Is(err, ErrTimerForm) {
 			t.Errorf("DecodeTimer(%s %x) = %+v, %v; want an error wrapping ErrTimerForm", name, form, tm, err)
+		}
+	}
+	// Sound forms of what this build cannot load: Parse's error, not a bad form.
+	for name, form := range map[string][]byte{
+		"unknown zone":   mustForm(t, &Timer{TriggerRef: refCron, Kind: KindCron, Expression: "@daily", Timezone: "Mars/Olympus"}),
+		"bad expression": mustForm(t, &Timer{TriggerRef: refCron, Kind: KindCron, Expression: "61 * * * *", Timezone: "UTC"}),
+	} {
+		var se *SpecError
+		if tm, err := DecodeTimer(form); !errors.As(err, &se) || errors.Is(err, ErrTimerForm) {
+			t.Errorf("DecodeTimer(%s %x) = %+v, %v; want a *SpecError", name, form, tm, err)
 		}
 	}
 	if _, err := (&Timer{Kind: "weekly"}).AppendBinary(nil); err == nil {

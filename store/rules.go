@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/scheduler"
 )
 
 // Rule is a timer rule as the node keeps it; Params is stored as given.
@@ -21,6 +23,12 @@ type Rule struct {
 	// lifecycle message's timestamp, the listing's updated). Zero when unknown: a
 	// rule stored before versions were kept (codec v1) reads as zero.
 	UpdatedAt time.Time
+	// Timer is the rule's parsed timer, stored in binary form next to Params so that a
+	// restart needs no JSON parsing. On put it must be nil or what scheduler.Parse gives
+	// for (TriggerRef, Params, ID); when nil the store parses Params itself. Rule and
+	// ForEachRule return it decoded; it is nil when Params do not parse (or name a time
+	// zone this build does not know): the caller's own Parse says why.
+	Timer *scheduler.Timer
 }
 
 // Tombstone is a removed rule: its id and the source version of its removal, kept so
@@ -59,10 +67,13 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	if len(rs) == 0 {
 		return nil
 	}
+	// Encoded before the write lock: encoding may parse a rule's params.
+	vals := make([][]byte, len(rs))
 	for i, r := range rs {
 		if err := validateRule(r); err != nil {
 			return err
 		}
+		vals[i] = encodeRule(r)
 		if len(wms) > 0 && wms[i] != nil {
 			if err := checkTime(r.ID, "watermark Slot", wms[i].Slot); err != nil {
 				return err
@@ -96,7 +107,7 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 					return fmt.Errorf("rule %d tombstone: %w", rs[i].ID, err)
 				}
 			}
-			if err := rb.Put(k, encodeRule(rs[i])); err != nil {
+			if err := rb.Put(k, vals[i]); err != nil {
 				return fmt.Errorf("rule %d: %w", rs[i].ID, err)
 			}
 			if len(wms) == 0 || wms[i] == nil {

@@ -490,6 +490,10 @@ func (n *Node) Run(ctx context.Context) error {
 // valid rules are stored, so one that no longer does (a newer version wrote
 // it) is reported and left unscheduled, not fatal.
 func (n *Node) parseStored(r store.Rule) *scheduler.Timer {
+	if r.Timer != nil { // the store's binary form of Parse's timer: no JSON to parse
+		n.invalid.mark(r.ID, false)
+		return r.Timer
+	}
 	t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
 	n.invalid.mark(r.ID, err != nil)
 	if err != nil {
