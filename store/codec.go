@@ -241,7 +241,11 @@ func (d *decoder) rest() []byte {
 	return v
 }
 
-func decodeRule(id int64, v []byte) (Rule, error) {
+func decodeRule(id int64, v []byte) (Rule, error) { return decodeRuleOf(id, v, false) }
+
+// decodeRuleOf decodes a rule value; lean leaves out the strings and params of a rule
+// whose timer decodes (ForEachTimer): the checksum still covers the whole value.
+func decodeRuleOf(id int64, v []byte, lean bool) (Rule, error) {
 	if len(v) > 0 && (v[0] == sealedV3 || v[0] == ruleV4) {
 		body, err := unseal(v)
 		if err != nil {
@@ -266,11 +270,6 @@ func decodeRule(id int64, v []byte) (Rule, error) {
 	if d.err != nil {
 		return Rule{}, fmt.Errorf("rule %d: %w", id, d.err)
 	}
-	// One allocation for both strings: they sit side by side in the value, with the
-	// trigger_ref length prefix between them.
-	both := string(v[afterRef-len(ref) : afterTrig])
-	r.Ref = both[:len(ref)]
-	r.TriggerRef = both[len(both)-len(trig):]
 	if len(form) > 0 {
 		t, err := scheduler.DecodeTimer(form)
 		switch {
@@ -283,6 +282,14 @@ func decodeRule(id int64, v []byte) (Rule, error) {
 		// zone missing from its zone database): no Timer, and the caller's Parse of
 		// the params says why, as it would have without the form.
 	}
+	if lean && r.Timer != nil {
+		return r, nil
+	}
+	// One allocation for both strings: they sit side by side in the value, with the
+	// trigger_ref length prefix between them.
+	both := string(v[afterRef-len(ref) : afterTrig])
+	r.Ref = both[:len(ref)]
+	r.TriggerRef = both[len(both)-len(trig):]
 	if p := d.rest(); p != nil {
 		r.Params = json.RawMessage(p)
 	}

@@ -343,6 +343,17 @@ func (s *Store) Rule(id int64) (r Rule, wm Watermark, ok bool, err error) {
 // from one consistent snapshot. An error from fn stops the walk and is returned.
 // fn must not write to the store: the read transaction is held while it runs.
 func (s *Store) ForEachRule(fn func(Rule, Watermark) error) error {
+	return s.forEachRule(false, fn)
+}
+
+// ForEachTimer is ForEachRule for loading an engine: a rule whose Timer is set comes
+// with its ID and Timer only (no Ref, TriggerRef or Params, which are not copied out
+// of the file); one without comes whole, for the caller to parse and report.
+func (s *Store) ForEachTimer(fn func(Rule, Watermark) error) error {
+	return s.forEachRule(true, fn)
+}
+
+func (s *Store) forEachRule(lean bool, fn func(Rule, Watermark) error) error {
 	inFn := false
 	err := s.viewCallback(&inFn, func(tx *bolt.Tx) error {
 		journal, err := snapshotJournal(tx)
@@ -359,7 +370,7 @@ func (s *Store) ForEachRule(fn func(Rule, Watermark) error) error {
 			if err != nil {
 				return err
 			}
-			r, err := decodeRule(id, v)
+			r, err := decodeRuleOf(id, v, lean)
 			if err != nil {
 				return err
 			}

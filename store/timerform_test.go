@@ -105,6 +105,36 @@ func TestRuleTimerIsStored(t *testing.T) {
 	}
 }
 
+// ForEachTimer gives a rule with a timer as its id and timer only, and one without
+// (params that do not parse) whole, so that the caller can report it.
+func TestForEachTimer(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	rs := timerRules()
+	if err := s.PutRules(rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	i := 0
+	if err := s.ForEachTimer(func(r Rule, _ Watermark) error {
+		want := rs[i]
+		i++
+		switch {
+		case r.ID != want.ID:
+			t.Errorf("ForEachTimer: rule %d, want %d", r.ID, want.ID)
+		case r.Timer != nil && (r.Ref != "" || r.TriggerRef != "" || r.Params != nil):
+			t.Errorf("ForEachTimer: rule %d has a timer and %q %q %s, want only the timer", r.ID, r.Ref, r.TriggerRef, r.Params)
+		case r.Timer == nil && !ruleEqual(r, want):
+			t.Errorf("ForEachTimer: rule %d without a timer = %+v, want it whole: %+v", r.ID, r, want)
+		}
+		if r.Timer != nil {
+			want.Timer = r.Timer
+			checkTimer(t, "ForEachTimer", want)
+		}
+		return nil
+	}); err != nil || i != len(rs) {
+		t.Fatalf("ForEachTimer: %d rules, %v; want %d", i, err, len(rs))
+	}
+}
+
 // A file of schema version 4 (rule values without a binary timer) opens: every rule
 // value is rewritten with its timer, parsed once, the file's version is raised, and
 // the rules, their timers and their watermarks read as before.

@@ -535,8 +535,9 @@ func (n *Node) load() (int, error) {
 	if n.cl != nil {
 		return n.store.RuleCount()
 	}
-	var items []scheduler.Item
-	err := n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
+	count, _ := n.store.RuleCount()
+	items := make([]scheduler.Item, 0, count)
+	err := n.store.ForEachTimer(func(r store.Rule, wm store.Watermark) error {
 		if t := n.parseStored(r); t != nil {
 			items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
 		}
