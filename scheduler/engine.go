@@ -178,7 +178,12 @@ func (e *Engine) setTimer(r *rule, t *Timer) {
 	}
 	tmpl := *t
 	tmpl.Interval, tmpl.Anchor = 0, time.Time{}
-	shared, ok := e.templates[tmpl]
+	// Rules come in runs of the same template (a load): a compare of the
+	// last one is cheaper than hashing the struct.
+	shared, ok := e.lastTemplate, e.lastTemplate != nil && *e.lastTemplate == tmpl
+	if !ok {
+		shared, ok = e.templates[tmpl]
+	}
 	if !ok {
 		if len(e.templates) >= maxTemplates {
 			return // the rare node with this many distinct policies keeps whole timers
@@ -190,6 +195,7 @@ func (e *Engine) setTimer(r *rule, t *Timer) {
 		*shared = tmpl
 		e.templates[tmpl] = shared
 	}
+	e.lastTemplate = shared
 	r.timer, r.compact, r.period, r.anchor = shared, true, int64(t.Interval), t.Anchor.UnixNano()
 }
 
@@ -226,9 +232,10 @@ type Engine struct {
 	heap  slotHeap
 	far   map[int32]time.Time // watermark slots outside Unix-ns range (the zero time aside), by slab index
 	// templates are the shared parts of compact rules' timers (rule.setTimer).
-	templates map[Timer]*Timer
-	calls     uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
-	lastPop   int64  // Unix ns of the last wake that fired, for Coalesce
+	templates    map[Timer]*Timer
+	lastTemplate *Timer // the one setTimer found last
+	calls        uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
+	lastPop      int64  // Unix ns of the last wake that fired, for Coalesce
 
 	// Owned by the Run goroutine (and written under mu while planning).
 	fires   []Fire
