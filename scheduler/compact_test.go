@@ -57,7 +57,20 @@ func TestCompactRulesFireWithTheirTimers(t *testing.T) {
 	// A hand-built timer whose anchor is not in UTC is kept whole.
 	timers[201] = every(time.Second, time.Date(2029, 1, 1, 0, 0, 0, 1, time.FixedZone("X", 3600)))
 	items = append(items, Item{ID: 201, Timer: timers[201], Watermark: Watermark{Slot: clock}})
+	timers[202] = at(clock.Add(5*time.Second).In(time.FixedZone("Y", -3600)), 0, FireOnce)
+	items = append(items, Item{ID: 202, Timer: timers[202], Watermark: Watermark{Slot: clock}})
 	e.Load(items)
+	for _, id := range []int64{201, 202} {
+		if _, idx, _ := e.ids.find(e.rules, id); e.rules[idx].compact || e.rules[idx].timer != timers[id] {
+			t.Errorf("rule %d, a time off UTC: kept compact", id)
+		}
+	}
+	// A cron timer has nothing of its own: its rules share one timer.
+	_, i6, _ := e.ids.find(e.rules, 5)
+	_, i14, _ := e.ids.find(e.rules, 13)
+	if r6, r14 := e.rules[i6], e.rules[i14]; r6.compact || r6.timer != r14.timer || r6.timer == timers[5] {
+		t.Errorf("cron rules 5 and 13: compact %v, timers %p %p, want one shared template", r6.compact, r6.timer, r14.timer)
+	}
 	if len(e.templates) == 0 || len(e.templates) > len(params) {
 		t.Errorf("%d templates for %d kinds of timer", len(e.templates), len(params))
 	}

@@ -136,48 +136,66 @@ const (
 // It is kept small (56 bytes): the watermark slot is Unix nanoseconds, and
 // the next slot lives only in the rule's heap entry.
 //
-// An interval timer is kept compact: its period and anchor here, and timer
-// points to a template shared by every rule with the same other fields
-// (trigger ref, kind, policies; Interval and Anchor zero). A parsed Timer is
-// about 200 bytes, most of it fields an interval does not use, and the rules
-// of a node share a few templates; the Timer the rule was given is garbage
-// once loaded. Other timers are kept as given.
+// Timers are kept compact: what is the rule's own (an interval's period and
+// anchor, a datetime's instant) here, and timer points to a template shared
+// by every rule with the same other fields (trigger ref, kind, policies, a
+// cron's expression and zone). A parsed Timer is about 200 bytes, and the
+// rules of a node share a few templates; the Timer the rule was given is
+// garbage once loaded. A cron timer has nothing of its own: the template is
+// its timer. A timer with a time that has no exact Unix-ns form is kept as
+// given.
 type rule struct {
-	id      int64
-	timer   *Timer // the rule's timer, or its template when compact
-	wm      int64  // watermark slot, Unix ns (see setWM)
-	count   uint64 // watermark count
-	period  int64  // compact: Interval
-	anchor  int64  // compact: Anchor, Unix ns
-	state   ruleState
-	farWM   bool // the watermark slot has no Unix-ns form: it is in Engine.far
-	removed bool // Remove came while busy: free the slot after the commit
-	changed bool // Upsert replaced the timer while busy: reschedule after the commit
-	compact bool // timer is a template completed by period and anchor
+	id       int64
+	timer    *Timer // the rule's timer, or its template when compact
+	wm       int64  // watermark slot, Unix ns (see setWM)
+	count    uint64 // watermark count
+	period   int64  // compact: Interval
+	at       int64  // compact: Anchor, or FireAt if atFireAt, in Unix ns; noTime for the zero time
+	state    ruleState
+	farWM    bool // the watermark slot has no Unix-ns form: it is in Engine.far
+	removed  bool // Remove came while busy: free the slot after the commit
+	changed  bool // Upsert replaced the timer while busy: reschedule after the commit
+	compact  bool // timer is a template completed by period and at
+	atFireAt bool
 }
 
+// noTime in rule.at stands for the zero time.
+const noTime = math.MinInt64
+
 // timerInto is the rule's timer: its own, or for a compact rule the template
-// completed with its period and anchor in *buf.
+// completed with its own fields in *buf.
 func (r *rule) timerInto(buf *Timer) *Timer {
 	if !r.compact {
 		return r.timer
 	}
 	*buf = *r.timer
 	buf.Interval = time.Duration(r.period)
-	buf.Anchor = time.Unix(0, r.anchor).UTC()
+	if r.at != noTime {
+		if at := time.Unix(0, r.at).UTC(); r.atFireAt {
+			buf.FireAt = at
+		} else {
+			buf.Anchor = at
+		}
+	}
 	return buf
 }
 
-// setTimer makes t the rule's timer, compact when it is an interval timer
-// whose anchor has an exact Unix-ns form and a template can be shared.
+// setTimer makes t the rule's timer, compact when its own time has an exact
+// Unix-ns form and a template can be shared.
 func (e *Engine) setTimer(r *rule, t *Timer) {
-	r.timer, r.compact, r.period, r.anchor = t, false, 0, 0
-	if t.shape() != shapeInterval || t.cron != nil || t.Anchor.Location() != time.UTC ||
-		!t.Anchor.After(minKeyTime) || t.Anchor.After(maxKeyTime) {
+	r.timer, r.compact, r.period, r.at, r.atFireAt = t, false, 0, noTime, false
+	at, atFireAt := t.Anchor, false
+	switch {
+	case !t.FireAt.IsZero() && !t.Anchor.IsZero():
+		return // built by hand with both: kept as given
+	case !t.FireAt.IsZero():
+		at, atFireAt = t.FireAt, true
+	}
+	if !at.IsZero() && (at.Location() != time.UTC || !at.After(minKeyTime) || at.After(maxKeyTime)) {
 		return
 	}
 	tmpl := *t
-	tmpl.Interval, tmpl.Anchor = 0, time.Time{}
+	tmpl.Interval, tmpl.Anchor, tmpl.FireAt = 0, time.Time{}, time.Time{}
 	// Rules come in runs of the same template (a load): a compare of the
 	// last one is cheaper than hashing the struct.
 	shared, ok := e.lastTemplate, e.lastTemplate != nil && *e.lastTemplate == tmpl
@@ -186,7 +204,7 @@ func (e *Engine) setTimer(r *rule, t *Timer) {
 	}
 	if !ok {
 		if len(e.templates) >= maxTemplates {
-			return // the rare node with this many distinct policies keeps whole timers
+			return // the rare node with this many distinct templates keeps whole timers
 		}
 		if e.templates == nil {
 			e.templates = make(map[Timer]*Timer)
@@ -196,12 +214,20 @@ func (e *Engine) setTimer(r *rule, t *Timer) {
 		e.templates[tmpl] = shared
 	}
 	e.lastTemplate = shared
-	r.timer, r.compact, r.period, r.anchor = shared, true, int64(t.Interval), t.Anchor.UnixNano()
+	if tmpl == *t {
+		r.timer = shared // nothing of its own (cron): the template is the timer
+		return
+	}
+	r.timer, r.compact, r.period, r.atFireAt = shared, true, int64(t.Interval), atFireAt
+	if !at.IsZero() {
+		r.at = at.UnixNano()
+	}
 }
 
 // maxTemplates bounds Engine.templates: each distinct trigger ref, kind,
-// policies (misfire_grace is free text) and, for an "@every" cron, expression
-// and zone is one. Templates are kept while the engine lives.
+// policies (misfire_grace is free text), cron expression and zone, and
+// datetime time zone (free text too) is one. Templates are kept while the
+// engine lives.
 const maxTemplates = 4096
 
 // flight is a busy rule of the batch being committed.
