@@ -20,6 +20,10 @@ import (
 //	     uvarint len, timezone | uvarint len, expression |
 //	     [uvarint len, trigger_ref if ref = 0]
 //
+// A stored form freezes what Parse gave when it was written: a build whose Parse gives
+// another Timer for the same input (a changed default, a fixed bug) must have the forms
+// rewritten from the JSON, with a new store schema version as 4 → 5 did.
+//
 // The enumerations are codes, 0 for the empty string; ref 1–4 are the trigger refs
 // timerd serves. A cron expression is compiled when decoded (the compiled form is
 // shared between timers); "@every" cron timers are intervals and compile nothing.
