@@ -73,6 +73,47 @@ var descriptors = map[string]string{
 }
 
 func newCron(expr string, loc *time.Location, gap DSTGap, overlap DSTOverlap) (*cronSchedule, error) {
+	key := scheduleKey{expr, loc, gap, overlap}
+	schedules.Lock()
+	c, ok := schedules.m[key]
+	schedules.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := compileSchedule(expr, loc, gap, overlap)
+	if err != nil {
+		return nil, err
+	}
+	schedules.Lock()
+	if len(schedules.m) >= maxCompiled || schedules.m == nil {
+		schedules.m = make(map[scheduleKey]*cronSchedule)
+	}
+	schedules.m[key] = c
+	schedules.Unlock()
+	return c, nil
+}
+
+// schedules caches compiled schedules by what they are compiled from, so that
+// the timers of a million rules that share a few expressions and zones share
+// a few schedules: one allocation each rather than one per timer, and no
+// normalising of the text at start (DecodeTimer). Sharing is safe: a schedule
+// is read-only but for dayWithSlot, which holds a day with a slot of the
+// expression in the zone whichever timer stored it. Locations are cached by
+// name (loadLocation), so the pointer stands for the zone. Bounded: emptied
+// when full.
+var schedules struct {
+	sync.Mutex
+	m map[scheduleKey]*cronSchedule
+}
+
+type scheduleKey struct {
+	expr    string
+	loc     *time.Location
+	gap     DSTGap
+	overlap DSTOverlap
+}
+
+func compileSchedule(expr string, loc *time.Location, gap DSTGap, overlap DSTOverlap) (*cronSchedule, error) {
 	norm, err := normaliseCron(expr)
 	if err != nil {
 		return nil, err

@@ -16,8 +16,9 @@ import (
 )
 
 // CommitFunc durably records fires (one bbolt transaction). It is called only
-// from the engine goroutine. The slice is reused once it returns: copy what
-// you keep. An error makes the engine retry the same fires after a backoff.
+// from the engine goroutine. The slice, and the Timers its fires point to, are
+// reused once it returns: copy what you keep. An error makes the engine retry
+// the same fires after a backoff.
 type CommitFunc func(fires []Fire) error
 
 // Config configures an Engine.
@@ -132,18 +133,102 @@ const (
 
 // rule is one slot of the engine's slab. Rules live by value in one slice,
 // addressed by index, so a million rules are one allocation, not a million.
-// It is kept small (40 bytes): the watermark slot is Unix nanoseconds, and
+// It is kept small (56 bytes): the watermark slot is Unix nanoseconds, and
 // the next slot lives only in the rule's heap entry.
+//
+// Timers are kept compact: what is the rule's own (an interval's period and
+// anchor, a datetime's instant) here, and timer points to a template shared
+// by every rule with the same other fields (trigger ref, kind, policies, a
+// cron's expression and zone). A parsed Timer is about 200 bytes, and the
+// rules of a node share a few templates; the Timer the rule was given is
+// garbage once loaded. A cron timer has nothing of its own: the template is
+// its timer. A timer with a time that has no exact Unix-ns form is kept as
+// given.
 type rule struct {
-	id      int64
-	timer   *Timer
-	wm      int64  // watermark slot, Unix ns (see setWM)
-	count   uint64 // watermark count
-	state   ruleState
-	farWM   bool // the watermark slot has no Unix-ns form: it is in Engine.far
-	removed bool // Remove came while busy: free the slot after the commit
-	changed bool // Upsert replaced the timer while busy: reschedule after the commit
+	id       int64
+	timer    *Timer // the rule's timer, or its template when compact
+	wm       int64  // watermark slot, Unix ns (see setWM)
+	count    uint64 // watermark count
+	period   int64  // compact: Interval
+	at       int64  // compact: Anchor, or FireAt if atFireAt, in Unix ns; noTime for the zero time
+	state    ruleState
+	farWM    bool // the watermark slot has no Unix-ns form: it is in Engine.far
+	removed  bool // Remove came while busy: free the slot after the commit
+	changed  bool // Upsert replaced the timer while busy: reschedule after the commit
+	compact  bool // timer is a template completed by period and at
+	atFireAt bool
 }
+
+// noTime in rule.at stands for the zero time.
+const noTime = math.MinInt64
+
+// timerInto is the rule's timer: its own, or for a compact rule the template
+// completed with its own fields in *buf.
+func (r *rule) timerInto(buf *Timer) *Timer {
+	if !r.compact {
+		return r.timer
+	}
+	*buf = *r.timer
+	buf.Interval = time.Duration(r.period)
+	if r.at != noTime {
+		if at := time.Unix(0, r.at).UTC(); r.atFireAt {
+			buf.FireAt = at
+		} else {
+			buf.Anchor = at
+		}
+	}
+	return buf
+}
+
+// setTimer makes t the rule's timer, compact when its own time has an exact
+// Unix-ns form and a template can be shared.
+func (e *Engine) setTimer(r *rule, t *Timer) {
+	r.timer, r.compact, r.period, r.at, r.atFireAt = t, false, 0, noTime, false
+	at, atFireAt := t.Anchor, false
+	switch {
+	case !t.FireAt.IsZero() && !t.Anchor.IsZero():
+		return // built by hand with both: kept as given
+	case !t.FireAt.IsZero():
+		at, atFireAt = t.FireAt, true
+	}
+	if !at.IsZero() && (at.Location() != time.UTC || !at.After(minKeyTime) || at.After(maxKeyTime)) {
+		return
+	}
+	tmpl := *t
+	tmpl.Interval, tmpl.Anchor, tmpl.FireAt = 0, time.Time{}, time.Time{}
+	// Rules come in runs of the same template (a load): a compare of the
+	// last one is cheaper than hashing the struct.
+	shared, ok := e.lastTemplate, e.lastTemplate != nil && *e.lastTemplate == tmpl
+	if !ok {
+		shared, ok = e.templates[tmpl]
+	}
+	if !ok {
+		if len(e.templates) >= maxTemplates {
+			return // the rare node with this many distinct templates keeps whole timers
+		}
+		if e.templates == nil {
+			e.templates = make(map[Timer]*Timer)
+		}
+		shared = new(Timer) // not &tmpl: that would allocate on every call
+		*shared = tmpl
+		e.templates[tmpl] = shared
+	}
+	e.lastTemplate = shared
+	if tmpl == *t {
+		r.timer = shared // nothing of its own (cron): the template is the timer
+		return
+	}
+	r.timer, r.compact, r.period, r.atFireAt = shared, true, int64(t.Interval), atFireAt
+	if !at.IsZero() {
+		r.at = at.UnixNano()
+	}
+}
+
+// maxTemplates bounds Engine.templates: each distinct trigger ref, kind,
+// policies (misfire_grace is free text), cron expression and zone, and
+// datetime time zone (free text too) is one. Templates are kept while the
+// engine lives.
+const maxTemplates = 4096
 
 // flight is a busy rule of the batch being committed.
 type flight struct {
@@ -166,19 +251,26 @@ type Engine struct {
 	wake chan struct{}
 	ran  atomic.Bool
 
-	mu      sync.Mutex
-	ids     ruleIndex // rule id -> slab index
-	rules   []rule
-	free    []int32 // released slab indexes
-	heap    slotHeap
-	far     map[int32]time.Time // watermark slots outside Unix-ns range (the zero time aside), by slab index
-	calls   uint64              // Next and Last calls made by the engine; tests check catch-up stays cheap
-	lastPop int64               // Unix ns of the last wake that fired, for Coalesce
+	mu    sync.Mutex
+	ids   ruleIndex // rule id -> slab index
+	rules []rule
+	free  []int32 // released slab indexes
+	heap  slotHeap
+	far   map[int32]time.Time // watermark slots outside Unix-ns range (the zero time aside), by slab index
+	// templates are the shared parts of compact rules' timers (rule.setTimer).
+	templates    map[Timer]*Timer
+	lastTemplate *Timer // the one setTimer found last
+	calls        uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
+	lastPop      int64  // Unix ns of the last wake that fired, for Coalesce
 
 	// Owned by the Run goroutine (and written under mu while planning).
 	fires   []Fire
 	flights []flight
 	ring    []time.Time // catch-up scratch, MaxCatchUp long
+	// timers hold the whole timers of the batch's compact rules, which its
+	// fires point to: chunks that never move, reused batch after batch.
+	timers    [][]Timer
+	timersLen int
 }
 
 // New returns an engine; call Run to start firing.
@@ -289,9 +381,18 @@ func (e *Engine) Load(items []Item) {
 	if bulk {
 		e.heap.reserve(len(items))
 	}
+	// Into an empty engine, items in increasing id order (a store's) cannot be
+	// known yet: they are added without a lookup, which costs a cache miss in
+	// the slab per probe at a million rules. The first id out of order ends it.
+	fresh, prev := e.ids.n == 0, int64(math.MinInt64)
 	for _, it := range items {
 		if it.Timer == nil {
 			e.log.Error("load of a rule without a timer; ignored", "rule_id", it.ID)
+			continue
+		}
+		if fresh = fresh && it.ID > prev; fresh {
+			prev = it.ID
+			e.addLocked(it.ID, it.Timer, it.Watermark, !bulk)
 			continue
 		}
 		e.upsertLocked(it.ID, it.Timer, it.Watermark, !bulk)
@@ -392,18 +493,15 @@ func (e *Engine) rootLocked() entry {
 func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 	_, idx, ok := e.ids.find(e.rules, id)
 	if !ok {
-		idx = e.alloc()
-		e.rules[idx] = rule{id: id, timer: t, count: wm.Count}
-		e.setWM(idx, wm.Slot)
-		e.ids.insert(e.rules, idx)
-		e.schedule(idx, sift)
+		e.addLocked(id, t, wm, sift)
 		return
 	}
 	r := &e.rules[idx]
-	if r.timer == t || r.timer.Equal(t) {
+	var buf Timer
+	if cur := r.timerInto(&buf); cur == t || cur.Equal(t) {
 		return
 	}
-	r.timer = t
+	e.setTimer(r, t)
 	if wm.Slot.After(e.wmSlot(idx)) {
 		e.setWM(idx, wm.Slot)
 	}
@@ -415,11 +513,22 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 	e.schedule(idx, sift)
 }
 
+// addLocked adds rule id, which the engine does not know.
+func (e *Engine) addLocked(id int64, t *Timer, wm Watermark, sift bool) {
+	idx := e.alloc()
+	e.rules[idx] = rule{id: id, count: wm.Count}
+	e.setTimer(&e.rules[idx], t)
+	e.setWM(idx, wm.Slot)
+	e.ids.insert(e.rules, idx)
+	e.schedule(idx, sift)
+}
+
 // schedule computes the next slot of an idle or queued rule from its
 // watermark and places it in the heap (or out of it when there is none).
 func (e *Engine) schedule(idx int32, sift bool) {
 	r := &e.rules[idx]
-	next, ok := e.nextSlot(r.timer, e.wmSlot(idx))
+	var buf Timer
+	next, ok := e.nextSlot(r.timerInto(&buf), e.wmSlot(idx))
 	if !ok {
 		e.heap.remove(idx)
 		r.state = idle
@@ -457,7 +566,8 @@ func (e *Engine) nextOf(en entry) time.Time {
 	if en.at != math.MinInt64 && en.at != math.MaxInt64 {
 		return time.Unix(0, en.at).UTC()
 	}
-	next, _ := e.nextSlot(e.rules[en.idx].timer, e.wmSlot(en.idx))
+	var buf Timer
+	next, _ := e.nextSlot(e.rules[en.idx].timerInto(&buf), e.wmSlot(en.idx))
 	return next
 }
 
@@ -545,7 +655,14 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 		e.heap.pop()
 		e.lastPop = nowKey
 		r := &e.rules[root.idx]
-		p := e.plan(r.id, r.timer, e.watermark(root.idx), e.nextOf(root), now, room)
+		t := r.timer
+		if r.compact {
+			t = r.timerInto(e.batchTimer())
+		}
+		p := e.plan(r.id, t, e.watermark(root.idx), e.nextOf(root), now, room)
+		if p.n == 0 && r.compact {
+			e.timersLen-- // no fire points to it
+		}
 		if p.n == 0 {
 			// Everything due was skipped by the misfire policy: decided
 			// here, in memory; nothing to commit.
@@ -561,6 +678,18 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 			e.mu.Lock()
 		}
 	}
+}
+
+// batchTimer is room for one whole timer the batch's fires may point to,
+// valid until the batch is applied.
+func (e *Engine) batchTimer() *Timer {
+	const chunk = 64
+	c, i := e.timersLen/chunk, e.timersLen%chunk
+	if c == len(e.timers) {
+		e.timers = append(e.timers, make([]Timer, chunk))
+	}
+	e.timersLen++
+	return &e.timers[c][i]
 }
 
 // waitFor is how long to sleep from now for a root due at at, at most
@@ -663,11 +792,15 @@ func (e *Engine) apply() {
 	if c := cap(e.fires); c > minScratch && len(e.fires) < c/8 {
 		// A batch far smaller than the scratch (which grew for a catch-up
 		// at start, say): let the scratch go rather than keep its peak.
-		e.fires, e.flights = nil, nil
+		e.fires, e.flights, e.timers, e.timersLen = nil, nil, nil, 0
 		return
 	}
 	clear(e.fires) // drop *Timer references
 	e.fires, e.flights = e.fires[:0], e.flights[:0]
+	for _, c := range e.timers[:min(len(e.timers), (e.timersLen+63)/64)] {
+		clear(c) // drop their *Location and *cronSchedule references
+	}
+	e.timersLen = 0
 }
 
 // minScratch is the batch scratch (in fires) kept whatever the batch sizes.

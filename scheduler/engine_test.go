@@ -124,7 +124,8 @@ func checkInvariants(t *testing.T, e *Engine) {
 	}
 	for i, en := range h.entries() {
 		r := e.rules[en.idx]
-		next, ok := r.timer.Next(e.wmSlot(en.idx))
+		var buf Timer
+		next, ok := r.timerInto(&buf).Next(e.wmSlot(en.idx))
 		if r.state != queued || !ok || key(next) != en.at {
 			t.Fatalf("heap entry %d: rule state %d, Next(watermark) %v %v, entry at %d", i, r.state, next, ok, en.at)
 		}

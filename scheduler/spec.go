@@ -515,6 +515,9 @@ func (p params) datetime(t *Timer) error {
 	if t.FireAt, err = parseRFC3339(s); err != nil {
 		return specErr("trigger_params.fire_at", "%v", err)
 	}
+	// As start_at: the offset's *time.Location would be kept per timer (and
+	// its binary form would have to keep it); the slot does not depend on it.
+	t.FireAt = t.FireAt.UTC()
 	// Informational only (Attune ignores it too), so any string is kept.
 	if t.Timezone, _, err = p.str("timezone"); err != nil {
 		return err

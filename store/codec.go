@@ -4,20 +4,26 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"math"
 	"time"
 
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/scheduler"
 )
 
 // Records are small binary envelopes rather than JSON: decoding 1M rules at start-up is
 // on the restart path, and a fixed layout decodes several times faster than
 // encoding/json (see BenchmarkDecodeRule). Every value starts with a codec version byte.
 //
-//	rule:        v3 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref | params… | crc32c
-//	             (v2: the same without the checksum; v1, the same layout, held the time the node
+//	rule:        v4 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref |
+//	                  uvarint len, timer | params… | crc32c
+//	             (timer: the binary form of the parsed timer, scheduler.Timer.AppendBinary, so
+//	             that a restart parses no JSON; empty when params do not parse)
+//	             v3 | updated_at i64 | uvarint len, ref | uvarint len, trigger_ref | params… | crc32c
+//	             (v2: v3 without the checksum; v1, the same layout, held the time the node
 //	             stored the rule: it is read as zero)
 //	watermark:   v3 | slot i64 | count u64 | chain | crc32c  (chain: see appendChain; 0 for none)
 //	             slot i64 | count u64                     (before v3, no chain: fixed 16 bytes)
@@ -128,12 +134,35 @@ func validateRule(r Rule) error {
 	return nil
 }
 
+// ruleV4 is the version byte of rule records that hold the binary form of their timer
+// (schema version 5); they end in a checksum, as sealedV3 ones.
+const ruleV4 = 4
+
+// maxTimerForm bounds a rule's binary timer: the form of an expression and a zone of
+// the longest Parse accepts is far shorter.
+const maxTimerForm = 4096
+
+// encodeRule writes r as ruleV4, with the binary form of r.Timer, or of its params
+// parsed here when r.Timer is nil (an empty form when they do not parse).
 func encodeRule(r Rule) []byte {
-	b := make([]byte, 0, 1+8+2+len(r.Ref)+2+len(r.TriggerRef)+len(r.Params)+crcLen)
-	b = append(b, sealedV3)
+	t := r.Timer
+	if t == nil {
+		t, _ = scheduler.Parse(r.TriggerRef, r.Params, r.ID)
+	}
+	b := make([]byte, 0, 1+8+2+len(r.Ref)+2+len(r.TriggerRef)+1+64+len(r.Params)+crcLen)
+	b = append(b, ruleV4)
 	b = appendTime(b, r.UpdatedAt)
 	b = appendString(b, r.Ref)
 	b = appendString(b, r.TriggerRef)
+	var form []byte
+	if t != nil {
+		var scratch [128]byte
+		if f, err := t.AppendBinary(scratch[:0]); err == nil && len(f) <= maxTimerForm {
+			form = f
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(form)))
+	b = append(b, form...)
 	b = append(b, r.Params...)
 	return seal(b)
 }
@@ -212,8 +241,12 @@ func (d *decoder) rest() []byte {
 	return v
 }
 
-func decodeRule(id int64, v []byte) (Rule, error) {
-	if len(v) > 0 && v[0] == sealedV3 {
+func decodeRule(id int64, v []byte) (Rule, error) { return decodeRuleOf(id, v, false) }
+
+// decodeRuleOf decodes a rule value; lean leaves out the strings and params of a rule
+// whose timer decodes (ForEachTimer): the checksum still covers the whole value.
+func decodeRuleOf(id int64, v []byte, lean bool) (Rule, error) {
+	if len(v) > 0 && (v[0] == sealedV3 || v[0] == ruleV4) {
 		body, err := unseal(v)
 		if err != nil {
 			return Rule{}, fmt.Errorf("rule %d: %w", id, err)
@@ -221,7 +254,7 @@ func decodeRule(id int64, v []byte) (Rule, error) {
 		v = body
 	}
 	d := decoder{b: v}
-	ver := d.versionOf(codecV1, ruleV2, sealedV3)
+	ver := d.versionOf(codecV1, ruleV2, sealedV3, ruleV4)
 	r := Rule{ID: id, UpdatedAt: d.time("updated_at")}
 	if ver == codecV1 {
 		r.UpdatedAt = time.Time{} // not a source version: unknown
@@ -230,8 +263,27 @@ func decodeRule(id int64, v []byte) (Rule, error) {
 	afterRef := len(v) - len(d.b)
 	trig := d.bytes("trigger_ref")
 	afterTrig := len(v) - len(d.b)
+	var form []byte
+	if ver == ruleV4 {
+		form = d.bytes("timer")
+	}
 	if d.err != nil {
 		return Rule{}, fmt.Errorf("rule %d: %w", id, d.err)
+	}
+	if len(form) > 0 {
+		t, err := scheduler.DecodeTimer(form)
+		switch {
+		case errors.Is(err, scheduler.ErrTimerForm):
+			return Rule{}, fmt.Errorf("rule %d: %w: timer: %w", id, ErrCorrupt, err)
+		case err == nil:
+			r.Timer = t
+		}
+		// Otherwise the form is sound but names what this build cannot load (a time
+		// zone missing from its zone database): no Timer, and the caller's Parse of
+		// the params says why, as it would have without the form.
+	}
+	if lean && r.Timer != nil {
+		return r, nil
 	}
 	// One allocation for both strings: they sit side by side in the value, with the
 	// trigger_ref length prefix between them.

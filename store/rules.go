@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/scheduler"
 )
 
 // Rule is a timer rule as the node keeps it; Params is stored as given.
@@ -21,6 +23,12 @@ type Rule struct {
 	// lifecycle message's timestamp, the listing's updated). Zero when unknown: a
 	// rule stored before versions were kept (codec v1) reads as zero.
 	UpdatedAt time.Time
+	// Timer is the rule's parsed timer, stored in binary form next to Params so that a
+	// restart needs no JSON parsing. On put it must be nil or what scheduler.Parse gives
+	// for (TriggerRef, Params, ID); when nil the store parses Params itself. Rule and
+	// ForEachRule return it decoded; it is nil when Params do not parse (or name a time
+	// zone this build does not know): the caller's own Parse says why.
+	Timer *scheduler.Timer
 }
 
 // Tombstone is a removed rule: its id and the source version of its removal, kept so
@@ -59,10 +67,13 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	if len(rs) == 0 {
 		return nil
 	}
+	// Encoded before the write lock: encoding may parse a rule's params.
+	vals := make([][]byte, len(rs))
 	for i, r := range rs {
 		if err := validateRule(r); err != nil {
 			return err
 		}
+		vals[i] = encodeRule(r)
 		if len(wms) > 0 && wms[i] != nil {
 			if err := checkTime(r.ID, "watermark Slot", wms[i].Slot); err != nil {
 				return err
@@ -96,7 +107,7 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 					return fmt.Errorf("rule %d tombstone: %w", rs[i].ID, err)
 				}
 			}
-			if err := rb.Put(k, encodeRule(rs[i])); err != nil {
+			if err := rb.Put(k, vals[i]); err != nil {
 				return fmt.Errorf("rule %d: %w", rs[i].ID, err)
 			}
 			if len(wms) == 0 || wms[i] == nil {
@@ -332,6 +343,17 @@ func (s *Store) Rule(id int64) (r Rule, wm Watermark, ok bool, err error) {
 // from one consistent snapshot. An error from fn stops the walk and is returned.
 // fn must not write to the store: the read transaction is held while it runs.
 func (s *Store) ForEachRule(fn func(Rule, Watermark) error) error {
+	return s.forEachRule(false, fn)
+}
+
+// ForEachTimer is ForEachRule for loading an engine: a rule whose Timer is set comes
+// with its ID and Timer only (no Ref, TriggerRef or Params, which are not copied out
+// of the file); one without comes whole, for the caller to parse and report.
+func (s *Store) ForEachTimer(fn func(Rule, Watermark) error) error {
+	return s.forEachRule(true, fn)
+}
+
+func (s *Store) forEachRule(lean bool, fn func(Rule, Watermark) error) error {
 	inFn := false
 	err := s.viewCallback(&inFn, func(tx *bolt.Tx) error {
 		journal, err := snapshotJournal(tx)
@@ -348,7 +370,7 @@ func (s *Store) ForEachRule(fn func(Rule, Watermark) error) error {
 			if err != nil {
 				return err
 			}
-			r, err := decodeRule(id, v)
+			r, err := decodeRuleOf(id, v, lean)
 			if err != nil {
 				return err
 			}

@@ -37,9 +37,10 @@ const (
 	// SchemaVersion is the layout this build reads and writes. Version 1 had no
 	// tombstones bucket, version 2 no protocol and pending buckets (and no chains in
 	// watermarks, no fires in outbox entries), version 3 no checksums in rule, watermark
-	// and journal values; Open adds what is missing, rewrites what lacks a checksum and
+	// and journal values, version 4 no binary timer in rule values (codec.go, ruleV4);
+	// Open adds what is missing, rewrites what lacks a checksum or a binary timer and
 	// raises the file's version.
-	SchemaVersion = 4
+	SchemaVersion = 5
 
 	defaultTimeout = time.Second
 )
@@ -254,6 +255,8 @@ func (s *Store) init() error {
 		// a chain, journal values of v1 and outbox entries of v1 are read (codec.go).
 		// 3 → 4: rule and watermark values are rewritten with a checksum (sealAll);
 		// journal values of earlier versions are read until folded.
+		// 4 → 5: rule values are rewritten with the binary form of their timer, parsed
+		// once here (sealAll), so that no later start parses JSON.
 		err := s.update(func(tx *bolt.Tx) error {
 			for _, b := range [][]byte{bucketTombstones, bucketProtocol, bucketPending} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -269,7 +272,7 @@ func (s *Store) init() error {
 			return nil
 		})
 		if err == nil {
-			err = s.sealAll() // 3 → 4
+			err = s.sealAll() // 3 → 4 and 4 → 5
 		}
 		if err == nil {
 			err = s.update(func(tx *bolt.Tx) error {
@@ -303,14 +306,15 @@ func (s *Store) init() error {
 const sealBatch = 10_000
 
 // sealAll rewrites every rule and watermark value written before checksums with one,
-// sealBatch values a transaction (a million rules is one pass at upgrade).
+// and every rule value written before binary timers (ruleV4) with its timer, sealBatch
+// values a transaction (a million rules is one pass at upgrade).
 func (s *Store) sealAll() error {
 	for _, b := range []struct {
 		name   []byte
 		sealed func(v []byte) bool
 		decode func(id int64, v []byte) ([]byte, error)
 	}{
-		{bucketRules, func(v []byte) bool { return len(v) > 0 && v[0] == sealedV3 }, func(id int64, v []byte) ([]byte, error) {
+		{bucketRules, func(v []byte) bool { return len(v) > 0 && v[0] == ruleV4 }, func(id int64, v []byte) ([]byte, error) {
 			r, err := decodeRule(id, v)
 			return encodeRule(r), err
 		}},
@@ -362,7 +366,7 @@ func (s *Store) sealAll() error {
 				return nil
 			})
 			if err != nil {
-				return fmt.Errorf("add checksums to %s: %w", b.name, err)
+				return fmt.Errorf("rewrite %s to the current codec: %w", b.name, err)
 			}
 		}
 	}

@@ -508,6 +508,10 @@ func (n *Node) Run(ctx context.Context) error {
 // valid rules are stored, so one that no longer does (a newer version wrote
 // it) is reported and left unscheduled, not fatal.
 func (n *Node) parseStored(r store.Rule) *scheduler.Timer {
+	if r.Timer != nil { // the store's binary form of Parse's timer: no JSON to parse
+		n.invalid.mark(r.ID, false)
+		return r.Timer
+	}
 	t, err := scheduler.Parse(r.TriggerRef, r.Params, r.ID)
 	n.invalid.mark(r.ID, err != nil)
 	if err != nil {
@@ -549,8 +553,9 @@ func (n *Node) load() (int, error) {
 	if n.cl != nil {
 		return n.store.RuleCount()
 	}
-	var items []scheduler.Item
-	err := n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
+	count, _ := n.store.RuleCount()
+	items := make([]scheduler.Item, 0, count)
+	err := n.store.ForEachTimer(func(r store.Rule, wm store.Watermark) error {
 		if t := n.parseStored(r); t != nil {
 			items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
 		}

@@ -401,8 +401,9 @@ func (tx *ruleTxn) commit() error {
 		case !st.dirty:
 		case st.rec.Live:
 			r := st.rec.Rule
+			// st.timer is Parse's timer of r (or nil: the store parses r itself).
 			puts = append(puts, store.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params,
-				UpdatedAt: st.rec.Version})
+				UpdatedAt: st.rec.Version, Timer: st.timer})
 			var wm *store.Watermark
 			if st.setWM {
 				w := store.Watermark(st.rec.Watermark)
