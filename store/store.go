@@ -71,6 +71,11 @@ type Options struct {
 	Timeout      time.Duration         // file-lock wait, default 1s (bbolt waits forever by default)
 	NoSync       bool                  // tests/benchmarks only: a crash may lose or corrupt data
 	MmapPopulate bool                  // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
+	// SyncFreelist writes bbolt's list of free pages at every commit (bbolt's default)
+	// instead of rebuilding it at Open by walking the file's live pages. The list grows
+	// with the pages an outage's drained outbox left free, and every later commit
+	// would write (and sort) all of it; docs/operations.md has the figures.
+	SyncFreelist bool
 	Registerer   prometheus.Registerer // nil: no metrics
 	// PartitionOf maps a rule id to its partition, for PartitionWatermarks (the
 	// cluster's xxhash64 of the 8-byte big-endian id mod the partition count). Nil: the
@@ -101,6 +106,7 @@ type Store struct {
 	// status and metrics ask for it often, and a scan of a million rules is not free.
 	ruleCount atomic.Int64
 
+	acks         ackQueue     // acks waiting to ride on a fires commit (AckOutbox)
 	wmu          sync.Mutex   // serializes writers of watermarks (and the journal index)
 	imu          sync.RWMutex // guards j
 	j            journalState
@@ -139,6 +145,8 @@ func Open(path string, opts Options) (s *Store, err error) {
 		Timeout:      opts.Timeout,
 		NoSync:       opts.NoSync,
 		FreelistType: bolt.FreelistMapType, // O(1) page allocation on large files
+		// Rebuilt at Open rather than written at every commit: see SyncFreelist.
+		NoFreelistSync: !opts.SyncFreelist,
 	}
 	if opts.MmapPopulate {
 		bopts.MmapFlags = mmapPopulate
