@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"errors"
+	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -13,6 +15,18 @@ type deliveryMetrics struct {
 	ackFailures prometheus.Counter
 	rulesPaused prometheus.Gauge   // rules whose breaker is open
 	rulePauses  prometheus.Counter // breaker openings
+
+	byCode sync.Map // int HTTP status → its child of deliveries, resolved once
+}
+
+// delivery is the deliveries counter of an HTTP status: a map lookup per event
+// rather than WithLabelValues' formatting and hashing of the label.
+func (m *deliveryMetrics) delivery(code int) prometheus.Counter {
+	if c, ok := m.byCode.Load(code); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := m.byCode.LoadOrStore(code, m.deliveries.WithLabelValues(strconv.Itoa(code)))
+	return c.(prometheus.Counter)
 }
 
 func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
