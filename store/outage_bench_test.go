@@ -20,113 +20,128 @@ var (
 )
 
 // BenchmarkOutage is issue 11 point 7: what a store that held an outage's outbox costs
-// every later commit. For each way of keeping bbolt's freelist it measures, with fsync
-// on: CommitFires of 20 fires (a batch at 5,000 fires/s) and the ack of 20 events on
-// the fresh store; the time to fill the outbox with -outage.events events (commits of
-// 10,000, as the scheduler piles them up while the API is down) and to drain it (reads
-// and acks of 5,000); the same commits again after the drain; the file's size and the
-// time to Open it. "compacted" is the synced freelist after bolt.Compact copied the
-// drained file (an offline step: the node must be stopped).
+// every later commit, with bbolt's freelist synced at every commit (SyncFreelist, bbolt's
+// default) and rebuilt at Open instead (the node's default). With fsync on it fills the
+// outbox of a store of -outage.rules rules with -outage.events events (commits of 10,000,
+// as the scheduler piles them up while the API is down) and drains it (reads and acks of
+// 5,000 as delivery does), then compacts a copy with bolt.Compact (an offline step: the
+// node must be stopped). On the fresh, the drained and the compacted file it measures,
+// for each setting in turn (rounds alternate, so the machine's load weighs on both
+// alike): the median CommitFires of 20 fires (a batch at 5,000 fires/s), the median ack
+// of 20 events, the time Open takes (after a commit in that setting: a file written
+// without a synced freelist has its list rebuilt by a walk of its pages), and bbolt's
+// count of free pages.
 //
 //	go test -run '^$' -bench Outage -benchtime 1x -timeout 60m ./store -args -outage.events 5000000
 func BenchmarkOutage(b *testing.B) {
-	type row struct {
-		name                     string
-		fresh, after             commitCost
-		fill, drain, compact     time.Duration
-		openFresh, openAfter     time.Duration
-		sizeFresh, sizeAfter     int64
-		freeAfter                int
-		compactedSize            int64
-		compacted                commitCost
-		openCompacted            time.Duration
-		compactedFree, freshFree int
-	}
-	var rows []row
-	for _, sync := range []bool{true, false} {
-		r := row{name: "NoFreelistSync (default)"}
-		if sync {
-			r.name = "SyncFreelist"
+	var stages []stage
+	var fill, drain, compact time.Duration
+	for b.Loop() {
+		dir := b.TempDir()
+		path := filepath.Join(dir, "node.db")
+		s := openBench(b, path, Options{})
+		putBenchRules(b, s, *outageRules)
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
 		}
-		b.Run(fmt.Sprintf("SyncFreelist=%v", sync), func(b *testing.B) {
-			for b.Loop() {
-				opts := Options{SyncFreelist: sync}
-				path := filepath.Join(b.TempDir(), "node.db")
-				s := openBench(b, path, opts)
-				putBenchRules(b, s, *outageRules)
-				r.fresh = measureCommits(b, s)
-				s, r.openFresh, r.sizeFresh = reopenTimed(b, s, opts)
-				r.freshFree = freePages(s)
+		stages = append(stages, measureStage(b, "fresh", path))
 
-				start := time.Now()
-				fillOutbox(b, s, *outageEvents)
-				r.fill = time.Since(start)
-				start = time.Now()
-				drainOutbox(b, s)
-				r.drain = time.Since(start)
-				r.after = measureCommits(b, s)
-				s, r.openAfter, r.sizeAfter = reopenTimed(b, s, opts)
-				r.freeAfter = freePages(s)
-				if err := s.Close(); err != nil {
-					b.Fatal(err)
-				}
-				if sync {
-					dst := path + ".compacted"
-					start = time.Now()
-					compactFile(b, dst, path)
-					r.compact = time.Since(start)
-					s = openBench(b, dst, opts)
-					r.compacted = measureCommits(b, s)
-					s, r.openCompacted, r.compactedSize = reopenTimed(b, s, opts)
-					r.compactedFree = freePages(s)
-					if err := s.Close(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
-		})
-		rows = append(rows, r)
+		s = openBench(b, path, Options{})
+		start := time.Now()
+		fillOutbox(b, s, *outageEvents)
+		fill = time.Since(start)
+		start = time.Now()
+		drainOutbox(b, s)
+		drain = time.Since(start)
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		stages = append(stages, measureStage(b, "drained", path))
+
+		start = time.Now()
+		compactFile(b, path+".compacted", path)
+		compact = time.Since(start)
+		stages = append(stages, measureStage(b, "compacted", path+".compacted"))
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "outage of %d events, %d rules, fsync on\t", *outageEvents, *outageRules)
-	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t", r.name)
-	}
-	fmt.Fprintln(w)
-	line := func(label string, f func(r row) string) {
-		fmt.Fprintf(w, "%s\t", label)
-		for _, r := range rows {
-			fmt.Fprintf(w, "%s\t", f(r))
-		}
-		fmt.Fprintln(w)
-	}
+	fmt.Fprintf(w, "%d rules, outage of %d events: fill %.1f s, drain %.1f s (NoFreelistSync), compaction %.1f s; fsync on\t", *outageRules, *outageEvents,
+		fill.Seconds(), drain.Seconds(), compact.Seconds())
+	fmt.Fprintln(w, "SyncFreelist\tNoFreelistSync (default)\t")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", d.Seconds()*1e3) }
-	line("fresh: CommitFires of 20 (ms, median)", func(r row) string { return ms(r.fresh.fires) })
-	line("fresh: ack of 20 (ms, median)", func(r row) string { return ms(r.fresh.ack) })
-	line("fresh: Open (ms)", func(r row) string { return ms(r.openFresh) })
-	line("fresh: file (MiB) / free pages", func(r row) string { return fmt.Sprintf("%d / %d", r.sizeFresh>>20, r.freshFree) })
-	line("fill (s)", func(r row) string { return fmt.Sprintf("%.1f", r.fill.Seconds()) })
-	line("drain (s)", func(r row) string { return fmt.Sprintf("%.1f", r.drain.Seconds()) })
-	line("after: CommitFires of 20 (ms, median)", func(r row) string { return ms(r.after.fires) })
-	line("after: ack of 20 (ms, median)", func(r row) string { return ms(r.after.ack) })
-	line("after: Open (ms)", func(r row) string { return ms(r.openAfter) })
-	line("after: file (MiB) / free pages", func(r row) string { return fmt.Sprintf("%d / %d", r.sizeAfter>>20, r.freeAfter) })
-	line("compact (s)", func(r row) string { return orDash(r.compact > 0, fmt.Sprintf("%.1f", r.compact.Seconds())) })
-	line("compacted: CommitFires of 20 (ms, median)", func(r row) string { return orDash(r.compact > 0, ms(r.compacted.fires)) })
-	line("compacted: Open (ms)", func(r row) string { return orDash(r.compact > 0, ms(r.openCompacted)) })
-	line("compacted: file (MiB)", func(r row) string { return orDash(r.compact > 0, fmt.Sprint(r.compactedSize>>20)) })
+	for _, st := range stages {
+		line := func(label string, f func(c cost) string) {
+			fmt.Fprintf(w, "%s: %s\t%s\t%s\t\n", st.name, label, f(st.cost[1]), f(st.cost[0]))
+		}
+		line(fmt.Sprintf("file %d MiB, free pages", st.size>>20), func(c cost) string { return fmt.Sprint(c.free) })
+		line("CommitFires of 20 (ms, median)", func(c cost) string { return ms(c.fires) })
+		line("ack of 20 (ms, median)", func(c cost) string { return ms(c.ack) })
+		line("Open (ms, median)", func(c cost) string { return ms(c.open) })
+	}
 	_ = w.Flush()
 }
 
-func orDash(ok bool, s string) string {
-	if !ok {
-		return "-"
-	}
-	return s
+// stage is one file's costs.
+type stage struct {
+	name string
+	cost [2]cost // by SyncFreelist: false, true
+	size int64
 }
 
-// commitCost is the median cost of one CommitFires of 20 fires, and of one ack of 20.
-type commitCost struct{ fires, ack time.Duration }
+// cost is what one setting of the freelist costs on one file: medians over the rounds.
+type cost struct {
+	fires, ack, open time.Duration
+	free             int
+}
+
+// measureStage measures the file at path with each freelist setting in turn, over 4
+// rounds each.
+func measureStage(b *testing.B, name string, path string) (st stage) {
+	b.Helper()
+	st.name = name
+	var fires, acks, opens [2][]time.Duration
+	for round := range 8 {
+		sync := round%2 == 1
+		opts := Options{SyncFreelist: sync}
+		// A commit in this setting first: the file's meta then says whether a
+		// freelist is synced, as it would on a node that always runs so.
+		s := openBench(b, path, opts)
+		if err := s.CommitFires(fireBatch(rand.New(rand.NewPCG(9, 9)), 1, *outageRules)); err != nil {
+			b.Fatal(err)
+		}
+		ackAll(b, s)
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		s = openBench(b, path, opts)
+		i := 0
+		if sync {
+			i = 1
+		}
+		opens[i] = append(opens[i], time.Since(start))
+		f, a := measureCommits(b, s, 50)
+		fires[i] = append(fires[i], f...)
+		acks[i] = append(acks[i], a...)
+		st.cost[i].free = s.db.Stats().FreePageN
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range 2 {
+		st.cost[i].fires, st.cost[i].ack, st.cost[i].open = median(fires[i]), median(acks[i]), median(opens[i])
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st.size = fi.Size()
+	return st
+}
+
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
 
 func openBench(b *testing.B, path string, opts Options) *Store {
 	b.Helper()
@@ -137,26 +152,6 @@ func openBench(b *testing.B, path string, opts Options) *Store {
 	s.acks.wait = time.Nanosecond // an ack commits on its own: measured apart from the fires
 	return s
 }
-
-// reopenTimed closes s and returns it opened again, with the time Open took and the
-// file's size.
-func reopenTimed(b *testing.B, s *Store, opts Options) (*Store, time.Duration, int64) {
-	b.Helper()
-	path := s.Path()
-	if err := s.Close(); err != nil {
-		b.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	start := time.Now()
-	s = openBench(b, path, opts)
-	return s, time.Since(start), fi.Size()
-}
-
-// freePages is the number of free pages bbolt knows of.
-func freePages(s *Store) int { return s.db.Stats().FreePageN }
 
 func putBenchRules(b *testing.B, s *Store, n int) {
 	b.Helper()
@@ -188,13 +183,12 @@ func fireBatch(rng *rand.Rand, n, rules int) []FireRecord {
 	return recs
 }
 
-// measureCommits times 200 commits of 20 fires, each followed by the ack of the
-// previous batch's 20 events, and returns the medians.
-func measureCommits(b *testing.B, s *Store) commitCost {
+// measureCommits times n commits of 20 fires, each followed by the ack of its 20
+// events.
+func measureCommits(b *testing.B, s *Store, n int) (fires, acks []time.Duration) {
 	b.Helper()
 	rng := rand.New(rand.NewPCG(7, 7))
-	const n, batch = 200, 20
-	fires, acks := make([]time.Duration, 0, n), make([]time.Duration, 0, n)
+	const batch = 20
 	for range n {
 		recs := fireBatch(rng, batch, *outageRules)
 		start := time.Now()
@@ -217,9 +211,7 @@ func measureCommits(b *testing.B, s *Store) commitCost {
 		acks = append(acks, time.Since(start))
 	}
 	ackAll(b, s)
-	slices.Sort(fires)
-	slices.Sort(acks)
-	return commitCost{fires: fires[n/2], ack: acks[n/2]}
+	return fires, acks
 }
 
 func fillOutbox(b *testing.B, s *Store, events int) {
@@ -277,4 +269,3 @@ func compactFile(b *testing.B, dst, src string) {
 		b.Fatal(err)
 	}
 }
-

@@ -409,8 +409,8 @@ const (
 // ackQueue gathers the acks waiting for a commit (AckOutbox).
 type ackQueue struct {
 	mu        sync.Mutex
-	open      *ackBatch    // the batch new acks join; nil: none
-	lastFires atomic.Int64 // when the last CommitFires began, Unix ns
+	open      *ackBatch     // the batch new acks join; nil: none
+	lastFires atomic.Int64  // when the last CommitFires began, Unix ns
 	wait      time.Duration // 0: ackRideWait (a test waits longer)
 }
 

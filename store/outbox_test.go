@@ -529,7 +529,7 @@ func TestAckOutboxWithoutFires(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.acks.lastFires.Store(time.Now().Add(-time.Hour).UnixNano()) // the fires were long ago
-	s.acks.wait = time.Hour                                        // would hang the test if waited for
+	s.acks.wait = time.Hour                                       // would hang the test if waited for
 	before := txID(t, s)
 	if err := s.AckOutbox(2); err != nil {
 		t.Fatal(err)

@@ -68,9 +68,9 @@ var (
 
 // Options configures Open. The zero value is usable.
 type Options struct {
-	Timeout      time.Duration         // file-lock wait, default 1s (bbolt waits forever by default)
-	NoSync       bool                  // tests/benchmarks only: a crash may lose or corrupt data
-	MmapPopulate bool                  // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
+	Timeout      time.Duration // file-lock wait, default 1s (bbolt waits forever by default)
+	NoSync       bool          // tests/benchmarks only: a crash may lose or corrupt data
+	MmapPopulate bool          // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
 	// SyncFreelist writes bbolt's list of free pages at every commit (bbolt's default)
 	// instead of rebuilding it at Open by walking the file's live pages. The list grows
 	// with the pages an outage's drained outbox left free, and every later commit
