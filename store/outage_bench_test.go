@@ -3,6 +3,7 @@ package store
 import (
 	"flag"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -20,13 +21,14 @@ var (
 )
 
 // BenchmarkOutage is issue 11 point 7: what a store that held an outage's outbox costs
-// every later commit, with bbolt's freelist synced at every commit (SyncFreelist, bbolt's
-// default) and rebuilt at Open instead (the node's default). With fsync on it fills the
+// every later commit, with bbolt's freelist written at every commit (bbolt's default),
+// never (rebuilt at each Open), and while it lists at most 4,096 pages (the node's
+// default, Options.FreelistSyncPages). With fsync on it fills the
 // outbox of a store of -outage.rules rules with -outage.events events (commits of 10,000,
 // as the scheduler piles them up while the API is down) and drains it (reads and acks of
 // 5,000 as delivery does), then compacts a copy with bolt.Compact (an offline step: the
 // node must be stopped). On the fresh, the drained and the compacted file it measures,
-// for each setting in turn (rounds alternate, so the machine's load weighs on both
+// for each setting in turn (rounds alternate, so the machine's load weighs on all
 // alike): the median CommitFires of 20 fires (a batch at 5,000 fires/s), the median ack
 // of 20 events, the time Open takes (after a commit in that setting: a file written
 // without a synced freelist has its list rebuilt by a walk of its pages), and bbolt's
@@ -64,13 +66,20 @@ func BenchmarkOutage(b *testing.B) {
 		stages = append(stages, measureStage(b, "compacted", path+".compacted"))
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "%d rules, outage of %d events: fill %.1f s, drain %.1f s (NoFreelistSync), compaction %.1f s; fsync on\t", *outageRules, *outageEvents,
+	fmt.Fprintf(w, "%d rules, outage of %d events: fill %.1f s, drain %.1f s (default), compaction %.1f s; fsync on\t", *outageRules, *outageEvents,
 		fill.Seconds(), drain.Seconds(), compact.Seconds())
-	fmt.Fprintln(w, "SyncFreelist\tNoFreelistSync (default)\t")
+	for _, set := range freelistSettings {
+		fmt.Fprintf(w, "%s\t", set.name)
+	}
+	fmt.Fprintln(w)
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", d.Seconds()*1e3) }
 	for _, st := range stages {
 		line := func(label string, f func(c cost) string) {
-			fmt.Fprintf(w, "%s: %s\t%s\t%s\t\n", st.name, label, f(st.cost[1]), f(st.cost[0]))
+			fmt.Fprintf(w, "%s: %s\t", st.name, label)
+			for _, c := range st.cost {
+				fmt.Fprintf(w, "%s\t", f(c))
+			}
+			fmt.Fprintln(w)
 		}
 		line(fmt.Sprintf("file %d MiB, free pages", st.size>>20), func(c cost) string { return fmt.Sprint(c.free) })
 		line("CommitFires of 20 (ms, median)", func(c cost) string { return ms(c.fires) })
@@ -83,7 +92,7 @@ func BenchmarkOutage(b *testing.B) {
 // stage is one file's costs.
 type stage struct {
 	name string
-	cost [2]cost // by SyncFreelist: false, true
+	cost [3]cost // by freelistSettings
 	size int64
 }
 
@@ -93,15 +102,21 @@ type cost struct {
 	free             int
 }
 
-// measureStage measures the file at path with each freelist setting in turn, over 4
+// freelistSettings are the values of Options.FreelistSyncPages compared.
+var freelistSettings = []struct {
+	name  string
+	pages int
+}{{"always written", math.MaxInt}, {"never", -1}, {"up to 4,096 (default)", 0}}
+
+// measureStage measures the file at path with each freelist setting in turn, over 3
 // rounds each.
 func measureStage(b *testing.B, name string, path string) (st stage) {
 	b.Helper()
 	st.name = name
-	var fires, acks, opens [2][]time.Duration
-	for round := range 8 {
-		sync := round%2 == 1
-		opts := Options{SyncFreelist: sync}
+	var fires, acks, opens [3][]time.Duration
+	for round := range 9 {
+		i := round % 3
+		opts := Options{FreelistSyncPages: freelistSettings[i].pages}
 		// A commit in this setting first: the file's meta then says whether a
 		// freelist is synced, as it would on a node that always runs so.
 		s := openBench(b, path, opts)
@@ -114,10 +129,6 @@ func measureStage(b *testing.B, name string, path string) (st stage) {
 		}
 		start := time.Now()
 		s = openBench(b, path, opts)
-		i := 0
-		if sync {
-			i = 1
-		}
 		opens[i] = append(opens[i], time.Since(start))
 		f, a := measureCommits(b, s, 50)
 		fires[i] = append(fires[i], f...)
@@ -127,7 +138,7 @@ func measureStage(b *testing.B, name string, path string) (st stage) {
 			b.Fatal(err)
 		}
 	}
-	for i := range 2 {
+	for i := range st.cost {
 		st.cost[i].fires, st.cost[i].ack, st.cost[i].open = median(fires[i]), median(acks[i]), median(opens[i])
 	}
 	fi, err := os.Stat(path)
@@ -268,4 +279,46 @@ func compactFile(b *testing.B, dst, src string) {
 	if err := ddb.Close(); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkOpen1MFreelist is the price of not writing the freelist, paid at a
+// restart: Open of a store of 1M rules with watermarks (the restart of issue 11 point 5)
+// with the freelist written (read from its page) and not (a walk of every live page), in
+// alternating rounds on one copy of the file, each after a commit in that setting.
+//
+//	go test -run '^$' -bench Open1MFreelist -benchtime 1x ./store
+func BenchmarkOpen1MFreelist(b *testing.B) {
+	src := benchStore1M(b, 1_000_000)
+	var opens [2][]time.Duration
+	var size int64
+	for b.Loop() {
+		path := filepath.Join(b.TempDir(), "1m.db")
+		data, err := os.ReadFile(src)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		size = int64(len(data))
+		for round := range 10 {
+			i := round % 2
+			opts := Options{FreelistSyncPages: []int{math.MaxInt, -1}[i]}
+			s := openBench(b, path, opts)
+			if err := s.CommitFires(fireBatch(rand.New(rand.NewPCG(9, 9)), 1, 1_000_000)); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			s = openBench(b, path, opts)
+			opens[i] = append(opens[i], time.Since(start))
+			if err := s.Close(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	fmt.Printf("Open of 1M rules (%d MiB), warm, median of 5: freelist written %.1f ms, not written %.1f ms\n",
+		size>>20, median(opens[0]).Seconds()*1e3, median(opens[1]).Seconds()*1e3)
 }

@@ -41,7 +41,8 @@ const (
 	// raises the file's version.
 	SchemaVersion = 4
 
-	defaultTimeout = time.Second
+	defaultTimeout           = time.Second
+	defaultFreelistSyncPages = 4096
 )
 
 var (
@@ -71,12 +72,15 @@ type Options struct {
 	Timeout      time.Duration // file-lock wait, default 1s (bbolt waits forever by default)
 	NoSync       bool          // tests/benchmarks only: a crash may lose or corrupt data
 	MmapPopulate bool          // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
-	// SyncFreelist writes bbolt's list of free pages at every commit (bbolt's default)
-	// instead of rebuilding it at Open by walking the file's live pages. The list grows
-	// with the pages an outage's drained outbox left free, and every later commit
-	// would write (and sort) all of it; docs/operations.md has the figures.
-	SyncFreelist bool
-	Registerer   prometheus.Registerer // nil: no metrics
+	// FreelistSyncPages bounds the free pages for which a commit writes bbolt's list of
+	// them (bbolt writes it at every commit, whatever its length): above, commits leave
+	// it out and the next Open rebuilds it by walking the live pages. An outage's drained
+	// outbox leaves hundreds of thousands of free pages, and writing (and sorting) their
+	// list made every later commit 90 times slower; the walk costs an Open about 0.1 s
+	// per million rules. docs/operations.md has the figures. 0: 4,096 (a 32 KiB list);
+	// negative: never written.
+	FreelistSyncPages int
+	Registerer        prometheus.Registerer // nil: no metrics
 	// PartitionOf maps a rule id to its partition, for PartitionWatermarks (the
 	// cluster's xxhash64 of the 8-byte big-endian id mod the partition count). Nil: the
 	// store cannot answer PartitionWatermarks (use PartitionWatermarksOf).
@@ -113,9 +117,10 @@ type Store struct {
 	foldAfter    int // journal records before a fold
 	foldDeferred int // records more to wait for after a failed fold (guarded by wmu)
 
-	partitionOf func(int64) int
-	readErrs    atomic.Uint64
-	readErr     atomic.Pointer[error] // the last error of a protocol.Store read
+	partitionOf       func(int64) int
+	freelistSyncPages int // Options.FreelistSyncPages
+	readErrs          atomic.Uint64
+	readErr           atomic.Pointer[error] // the last error of a protocol.Store read
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -137,6 +142,9 @@ func Open(path string, opts Options) (s *Store, err error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = defaultTimeout
 	}
+	if opts.FreelistSyncPages == 0 {
+		opts.FreelistSyncPages = defaultFreelistSyncPages
+	}
 	if err := precheck(path); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
@@ -145,8 +153,9 @@ func Open(path string, opts Options) (s *Store, err error) {
 		Timeout:      opts.Timeout,
 		NoSync:       opts.NoSync,
 		FreelistType: bolt.FreelistMapType, // O(1) page allocation on large files
-		// Rebuilt at Open rather than written at every commit: see SyncFreelist.
-		NoFreelistSync: !opts.SyncFreelist,
+		// Whether commits write the freelist is decided at each commit (update): none is
+		// written at Open, and a file without one has it rebuilt.
+		NoFreelistSync: true,
 	}
 	if opts.MmapPopulate {
 		bopts.MmapFlags = mmapPopulate
@@ -163,7 +172,8 @@ func Open(path string, opts Options) (s *Store, err error) {
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter, partitionOf: opts.PartitionOf}
+	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter, partitionOf: opts.PartitionOf,
+		freelistSyncPages: opts.FreelistSyncPages}
 	defer func() {
 		if err != nil {
 			_ = db.Close()
@@ -483,7 +493,15 @@ func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.recoverCorrupt(&err, nil)
 	start := time.Now()
-	err = s.db.Update(fn)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		// bbolt reads the flag in this commit, under the writer lock we hold; the
+		// count is the last commit's.
+		s.db.NoFreelistSync = s.db.Stats().FreePageN > s.freelistSyncPages
+		return nil
+	})
 	if err == nil && s.commitDur != nil {
 		s.commitDur.Observe(time.Since(start).Seconds())
 	}
