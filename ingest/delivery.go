@@ -731,13 +731,16 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 		return out
 	}
 	// The header map built whole, its keys canonical already: Header.Set would
-	// canonicalise each key and allocate each value's slice.
+	// canonicalise each key and allocate each value's slice. Accept-Encoding set
+	// here spares the transport a second map to add gzip to (the answer is drained
+	// unread, or read for a dead letter's reason, better in plain text).
 	out.token = d.token()
-	h := make(http.Header, 3)
+	h := make(http.Header, 4)
 	h["Content-Type"] = jsonContentType
+	h["Accept-Encoding"] = identityEncoding
 	h["Idempotency-Key"] = []string{ev.IdempotencyKey}
 	if out.token != "" {
-		h["Authorization"] = []string{"Bearer " + out.token}
+		h["Authorization"] = bearer(out.token)
 	}
 	req.Header = h
 
@@ -802,10 +805,6 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 	}
 	return out
 }
-
-// jsonContentType is the Content-Type of every event POST, shared: the transport
-// only reads a request's headers.
-var jsonContentType = []string{"application/json"}
 
 // isPermanent reports whether a status rejects the event for good: every 4xx
 // but 401 (refresh the token), 408 (timeout), 409 (the same Idempotency-Key

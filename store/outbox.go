@@ -122,6 +122,13 @@ func (s *Store) commitFires(recs []FireRecord) ([]protocol.EventRef, error) {
 			return nil, s.wrap("commit fires", fmt.Errorf("rule %d: a fire of the protocol needs a slot", rec.Event.RuleID))
 		}
 	}
+	// One buffer for the batch's outbox values, of their size: carve's 64 KiB chunks
+	// were most of a small batch's allocation.
+	need := 0
+	for i := range recs {
+		need += eventLen(recs[i].Event, &fireRef{firer: recs[i].Firer})
+	}
+	buf := make([]byte, 0, need)
 	now := time.Now()
 	s.acks.lastFires.Store(now.UnixNano())
 	s.wmu.Lock()
@@ -129,7 +136,6 @@ func (s *Store) commitFires(recs []FireRecord) ([]protocol.EventRef, error) {
 	// The acks waiting for a commit ride in this one (AckOutbox).
 	acks := s.acks.takeOpen()
 	var (
-		buf         []byte
 		jseq        uint64
 		jrecs       []journalRec
 		added, pend int64 // outbox and pending entries
