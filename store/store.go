@@ -76,7 +76,7 @@ type Options struct {
 	// them (bbolt writes it at every commit, whatever its length): above, commits leave
 	// it out and the next Open rebuilds it by walking the live pages. An outage's drained
 	// outbox leaves hundreds of thousands of free pages, and writing (and sorting) their
-	// list made every later commit 90 times slower; the walk costs an Open about 0.1 s
+	// list made every later commit 10 to 90 times slower; the walk costs an Open about 0.1 s
 	// per million rules. docs/operations.md has the figures. 0: 4,096 (a 32 KiB list);
 	// negative: never written.
 	FreelistSyncPages int
