@@ -317,7 +317,9 @@ func carve(buf *[]byte, e Event, now time.Time, ref *fireRef) []byte {
 
 // Outbox returns up to limit entries with Seq > afterSeq, oldest first.
 func (s *Store) Outbox(afterSeq uint64, limit int) ([]OutboxEntry, error) {
-	var out []OutboxEntry
+	// Sized for a delivery page (256) at once rather than grown by doubling: the
+	// engine reads one per few hundred events.
+	out := make([]OutboxEntry, 0, min(max(limit, 0), 256))
 	err := s.scan(bucketOutbox, afterSeq, limit, func(seq uint64, v []byte) error {
 		e, err := decodeOutboxEntry(seq, v)
 		out = append(out, e)
