@@ -44,6 +44,13 @@ type busSub struct {
 	once   sync.Once
 }
 
+// subBuffer is the capacity of a subscriber's channel. A reader that takes
+// what is waiting without blocking (the node's intake, to commit it in one
+// batch) finds at most one message in an unbuffered channel, since the pump
+// hands them over one at a time: a burst of creates became one store commit
+// each. Buffered, a batch takes whatever the pump has moved meanwhile.
+const subBuffer = 4096
+
 // NewBus returns an empty bus.
 func NewBus() *Bus {
 	return &Bus{subs: make(map[*busSub]struct{})}
@@ -76,14 +83,15 @@ func (b *Bus) Publish(ctx context.Context, m Message) error {
 
 // Subscribe returns a channel that receives every message published from now
 // on, and a cancel func that unsubscribes, drops what is still queued, and
-// closes the channel. Cancel is idempotent and safe to call concurrently with
+// closes the channel (what its buffer already holds is still received
+// before the close). Cancel is idempotent and safe to call concurrently with
 // Publish. On a closed bus the channel is already closed.
 func (b *Bus) Subscribe() (<-chan Message, func()) {
 	s := &busSub{
 		notify: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		exited: make(chan struct{}),
-		out:    make(chan Message),
+		out:    make(chan Message, subBuffer),
 	}
 	b.mu.Lock()
 	if b.closed {

@@ -37,15 +37,33 @@ type TokenSource interface {
 // DeliveryConfig configures a Delivery. Zero durations and counts take the
 // defaults named on each field.
 type DeliveryConfig struct {
-	Store      *store.Store  // required
-	APIURL     string        // required, http(s)://host[:port][/prefix]
-	Tokens     TokenSource   // optional; nil: no Authorization header
-	Workers    int           // concurrent POSTs, default 8
-	Timeout    time.Duration // per request, default 10s
-	BackoffMin time.Duration // first retry delay, default 200ms
-	BackoffMax time.Duration // cap of the retry delay and of Retry-After, default 30s
-	// Client is optional; the default keeps MaxIdleConnsPerHost = Workers
-	// connections alive (the default of 2 costs 40 % of throughput).
+	Store  *store.Store // required
+	APIURL string       // required, http(s)://host[:port][/prefix]
+	Tokens TokenSource  // optional; nil: no Authorization header
+	// Budget is the cluster's delivery budget: the most event POSTs in flight
+	// to the events API from all the nodes that share it together. A node's
+	// ceiling is Budget divided by the live members (Members), at least 1;
+	// below it the POSTs in flight adapt to the backlog and to the receiver's
+	// latency (see limiter). Default 512.
+	Budget int
+	// Members, if set, returns the cluster's live members, this node
+	// included; it is read about once a PollInterval and must be cheap.
+	// nil, or an answer below 1: the node is alone and has the whole Budget.
+	Members func() int
+	// Workers, if set, also caps this node's POSTs in flight, whatever its
+	// share of Budget (TIMERD_WORKERS, deprecated). 0: no cap of its own.
+	Workers int
+	// CatchUpAfter: an event whose slot is older than this when it becomes
+	// ready to post is catch-up (an outage's backlog): it is posted only with
+	// the slots the on-time events leave, less a reserve kept for them.
+	// Default 30s.
+	CatchUpAfter time.Duration
+	Timeout      time.Duration // per request, default 10s
+	BackoffMin   time.Duration // first retry delay, default 200ms
+	BackoffMax   time.Duration // cap of the retry delay and of Retry-After, default 30s
+	// Client is optional; the default keeps MaxIdleConnsPerHost = the most
+	// POSTs that may ever be in flight alive, so that every one reuses a
+	// connection (net/http's default of 2 costs 40 % of throughput).
 	Client       *http.Client
 	PollInterval time.Duration // re-scan of the outbox without Notify, default 1s
 	// RejectRetryWindow is how long a 403 or 404 is retried (with the backoff
@@ -69,7 +87,8 @@ type DeliveryConfig struct {
 
 // Defaults of DeliveryConfig.
 const (
-	DefaultDeliveryWorkers  = 8
+	DefaultDeliveryBudget   = 512
+	DefaultCatchUpAfter     = 30 * time.Second
 	DefaultDeliveryTimeout  = 10 * time.Second
 	DefaultBackoffMin       = 200 * time.Millisecond
 	DefaultBackoffMax       = 30 * time.Second
@@ -81,7 +100,11 @@ const (
 )
 
 const (
-	maxDeliveryWorkers = 1024
+	maxDeliveryBudget  = 65536
+	maxDeliveryWorkers = 4096
+	// catchUpReserve: 1/catchUpReserve of the limit is kept for on-time
+	// events; catch-up never takes it.
+	catchUpReserve     = 8
 	deliveryPage       = 256      // outbox entries read per store transaction
 	reasonExcerpt      = 200      // bytes of a response body kept in a dead letter's reason
 	maxDrainedResponse = 64 << 10 // response bytes read to keep the connection alive
@@ -108,6 +131,10 @@ func (c DeliveryConfig) Validate() error {
 	switch {
 	case c.Workers < 0 || c.Workers > maxDeliveryWorkers:
 		return bad("Workers", "%d not in [1, %d]", c.Workers, maxDeliveryWorkers)
+	case c.Budget < 0 || c.Budget > maxDeliveryBudget:
+		return bad("Budget", "%d not in [1, %d]", c.Budget, maxDeliveryBudget)
+	case c.CatchUpAfter < 0:
+		return bad("CatchUpAfter", "negative %v", c.CatchUpAfter)
 	case c.Timeout < 0:
 		return bad("Timeout", "negative %v", c.Timeout)
 	case c.BackoffMin < 0:
@@ -136,8 +163,11 @@ func (c DeliveryConfig) Validate() error {
 }
 
 func (c DeliveryConfig) withDefaults() DeliveryConfig {
-	if c.Workers == 0 {
-		c.Workers = DefaultDeliveryWorkers
+	if c.Budget == 0 {
+		c.Budget = DefaultDeliveryBudget
+	}
+	if c.CatchUpAfter == 0 {
+		c.CatchUpAfter = DefaultCatchUpAfter
 	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultDeliveryTimeout
@@ -220,6 +250,10 @@ type Delivery struct {
 	log      *slog.Logger
 	metrics  *deliveryMetrics
 	window   int
+	// lim is the adaptive concurrency; it outlives an engine, so that a Flush
+	// after Run starts from what Run learnt. Touched only by the engine that
+	// holds d.engine.
+	lim *limiter
 
 	notify chan struct{}
 	engine chan struct{} // a one-slot semaphore: one engine (Run or Flush) at a time
@@ -261,6 +295,29 @@ func (d *Delivery) noteRedirect(note string) {
 		"endpoint", RedactURL(d.endpoint), "answer", note)
 }
 
+// maxInFlight is the most POSTs that may ever be in flight: the whole budget
+// (a node alone), or Workers when that is lower.
+func (c DeliveryConfig) maxInFlight() int {
+	if c.Workers > 0 {
+		return min(c.Budget, c.Workers)
+	}
+	return c.Budget
+}
+
+// ceiling is this node's share of the budget now: Budget over the live
+// members, at least 1, and at most Workers when set.
+func (c DeliveryConfig) ceiling() int {
+	members := 1
+	if c.Members != nil {
+		members = max(1, c.Members())
+	}
+	share := max(1, c.Budget/members)
+	if c.Workers > 0 {
+		share = min(share, c.Workers)
+	}
+	return share
+}
+
 // NewDelivery checks cfg and returns a stopped Delivery.
 func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	if err := cfg.Validate(); err != nil {
@@ -274,7 +331,11 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		client:   cfg.Client,
 		log:      cfg.Logger.With("component", "delivery"),
 		metrics:  newDeliveryMetrics(cfg.Registerer),
-		window:   max(256, 32*cfg.Workers),
+		// Enough entries to keep the most POSTs in flight busy while the
+		// delivered ones wait for their ack commit (an fsync: tens of ms on a
+		// busy disk, at 10,000 events/s), and the reads batched.
+		window:   min(max(1024, 16*cfg.maxInFlight()), 32768),
+		lim:      newLimiter(cfg.ceiling()),
 		notify:   make(chan struct{}, 1),
 		engine:   make(chan struct{}, 1),
 		ack:      cfg.Store.AckOutbox,
@@ -286,8 +347,8 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 			Proxy:                 http.ProxyFromEnvironment,
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			ForceAttemptHTTP2:     true,
-			MaxIdleConns:          max(100, 2*cfg.Workers),
-			MaxIdleConnsPerHost:   cfg.Workers,
+			MaxIdleConns:          max(100, cfg.maxInFlight()),
+			MaxIdleConnsPerHost:   cfg.maxInFlight(),
 			IdleConnTimeout:       90 * time.Second,
 			TLSHandshakeTimeout:   10 * time.Second,
 			ExpectContinueTimeout: time.Second,
@@ -362,6 +423,7 @@ type pending struct {
 	// firstRejected is the first 403 or 404 of the entry (in memory: a
 	// restart starts its window again).
 	firstRejected time.Time
+	catchUp       bool // posted as catch-up (counted in engine.catchUpInFlight)
 }
 
 type outcomeKind int
@@ -382,6 +444,8 @@ type outcome struct {
 	retryAfter time.Duration // from a Retry-After header, 0 if none
 	token      string        // the token the attempt carried
 	reason     string        // dead letter reason, or the error for logs
+	start      time.Time     // when the worker began the attempt
+	rtt        time.Duration // how long the attempt took
 }
 
 // engine is the state of one Run or Flush; only its loop goroutine touches it.
@@ -389,13 +453,26 @@ type engine struct {
 	d       *Delivery
 	flush   bool
 	window  map[uint64]*pending // every entry held: ready, in flight, waiting or being acked
-	ready   readyHeap           // by seq: rough FIFO
+	ready   readyHeap           // on-time entries by seq: rough FIFO
+	catchUp readyHeap           // catch-up entries (slot older than CatchUpAfter) by seq
 	waiting dueHeap             // by due time
-	cursor  uint64              // highest seq loaded
-	more    bool                // the outbox may hold entries after cursor
-	failing bool                // the last attempt failed (one log line per outage)
+	// The outbox is read by two cursors, so that an outage's backlog cannot
+	// fill the window and hold back the events fired since: every entry up
+	// to tail that was there when the engine started is the backlog, read
+	// from cursor in the room the newer ones leave; entries after tail are
+	// new and read first.
+	cursor  uint64 // the backlog's read position: entries ≤ cursor were loaded or are gone
+	tail    uint64 // highest seq loaded by the new-entries read
+	more    bool   // the outbox may hold entries after tail
+	failing bool   // the last attempt failed (one log line per outage)
 	jobs    chan *pending
 	results chan outcome
+	wctx    context.Context // the workers' requests; cancelled when the engine stops
+	wg      sync.WaitGroup  // the workers
+
+	workers         int // started; never fewer than the POSTs in flight
+	onTimeInFlight  int
+	catchUpInFlight int
 
 	// Acks run beside the loop so that workers get new entries during a commit.
 	toAck    []uint64
@@ -413,25 +490,20 @@ type ackResult struct {
 
 func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	e := &engine{
-		d:       d,
-		flush:   flush,
-		window:  make(map[uint64]*pending),
-		more:    true,
-		jobs:    make(chan *pending, d.cfg.Workers), // a job queued per worker: no wait for the loop between POSTs
-		results: make(chan outcome, d.cfg.Workers),
+		d:      d,
+		flush:  flush,
+		window: make(map[uint64]*pending),
+		more:   true,
+		// Unbuffered: a job is handed to an idle worker, and there is always
+		// one, as workers are started up to the POSTs in flight (dispatch).
+		jobs:    make(chan *pending),
+		results: make(chan outcome, 256),
 		ackReq:  make(chan []uint64),
 		ackDone: make(chan ackResult, 1),
 	}
 	// Workers stop on close(jobs); their requests on cancel.
 	wctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for range d.cfg.Workers {
-		wg.Go(func() {
-			for p := range e.jobs {
-				e.results <- d.attempt(wctx, p)
-			}
-		})
-	}
+	e.wctx = wctx
 	var ackWG sync.WaitGroup
 	ackWG.Go(func() {
 		for seqs := range e.ackReq {
@@ -453,7 +525,7 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		if e.acking {
 			e.acked(<-e.ackDone)
 		}
-		go func() { wg.Wait(); close(e.results) }()
+		go func() { e.wg.Wait(); close(e.results) }()
 		var rest []outcome
 		for r := range e.results {
 			rest = append(rest, r)
@@ -468,50 +540,64 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		if d.ownedTr != nil {
 			d.ownedTr.CloseIdleConnections()
 		}
+		d.metrics.onTimeInFlight.Set(0)
+		d.metrics.catchUpInFlight.Set(0)
 	}()
 
+	e.setCeiling()
 	ticker := time.NewTicker(d.cfg.PollInterval)
 	defer ticker.Stop()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	// Everything in the outbox now is the backlog, read from the start; what
+	// is committed from here on is read after tail, first.
+	last, err := e.lastSeq()
+	if err != nil {
+		if flush {
+			return err
+		}
+		// Read as one backlog from the start, as before the two cursors.
+		d.log.Error("read outbox", "err", err)
+	}
+	e.tail = last
 	if err := e.fill(); err != nil && flush {
 		return err
 	}
 	for {
 		now := time.Now()
 		for e.waiting.Len() > 0 && !e.waiting[0].due.After(now) {
-			heap.Push(&e.ready, heap.Pop(&e.waiting))
+			e.push(heap.Pop(&e.waiting).(*pending), now)
 		}
-		if flush && len(e.window) == 0 && len(e.toAck) == 0 && !e.more {
+		if flush && len(e.window) == 0 && len(e.toAck) == 0 && !e.more && e.cursor >= e.tail {
 			return nil
 		}
-		var timerC <-chan time.Time
+		e.dispatch(now)
+		var wake time.Time // the earliest of: a retry due, an ack retry, the end of a Retry-After pause
 		if e.waiting.Len() > 0 {
-			timer.Reset(e.waiting[0].due.Sub(now))
-			timerC = timer.C
+			wake = e.waiting[0].due
 		}
-		var jobs chan *pending
-		var next *pending
-		if e.ready.Len() > 0 {
-			jobs, next = e.jobs, e.ready[0]
+		if p := d.lim.pausedUntil(); p.After(now) && e.ready.Len()+e.catchUp.Len() > 0 && (wake.IsZero() || p.Before(wake)) {
+			wake = p
 		}
 		var ackReq chan []uint64
 		if len(e.toAck) > 0 && !e.acking {
-			if wait := e.ackAfter.Sub(now); wait > 0 {
-				if timerC == nil || e.waiting[0].due.After(e.ackAfter) {
-					timer.Reset(wait)
-					timerC = timer.C
+			if e.ackAfter.After(now) {
+				if wake.IsZero() || e.ackAfter.Before(wake) {
+					wake = e.ackAfter
 				}
 			} else {
 				ackReq = e.ackReq
 			}
 		}
+		var timerC <-chan time.Time
+		if !wake.IsZero() {
+			timer.Reset(wake.Sub(now))
+			timerC = timer.C
+		}
 		var err error
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case jobs <- next:
-			heap.Pop(&e.ready)
 		case r := <-e.results:
 			batch := []outcome{r}
 		drain:
@@ -542,6 +628,7 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 				}
 				e.more = true
 			}
+			e.setCeiling()
 			err = e.fill()
 		case <-timerC:
 		}
@@ -554,52 +641,233 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	}
 }
 
-// fill loads outbox entries after the cursor into the window while there is
-// room. Reads are batched: with work queued it waits for a quarter of the
-// window to be free.
-func (e *engine) fill() error {
-	for e.more {
-		room := e.d.window - len(e.window)
-		if room <= 0 || (e.ready.Len() >= e.d.cfg.Workers && room < e.d.window/4) {
-			return nil
+// setCeiling gives the limiter this node's share of the budget now.
+func (e *engine) setCeiling() {
+	c := e.d.cfg.ceiling()
+	e.d.lim.setCeiling(c)
+	e.d.metrics.ceiling.Set(float64(c))
+	e.d.metrics.limit.Set(float64(e.d.lim.value()))
+}
+
+// push makes p ready: on time, or catch-up if its slot is older than
+// CatchUpAfter.
+func (e *engine) push(p *pending, now time.Time) {
+	if now.Sub(p.entry.Event.Slot) > e.d.cfg.CatchUpAfter {
+		heap.Push(&e.catchUp, p)
+		return
+	}
+	heap.Push(&e.ready, p)
+}
+
+// dispatch hands ready entries to the workers while the limiter allows:
+// on-time entries first; catch-up ones only in what the on-time ones leave,
+// less a reserve of the limit kept free for on-time events to come.
+func (e *engine) dispatch(now time.Time) {
+	d := e.d
+	limit := d.lim.current(now)
+	for e.onTimeInFlight+e.catchUpInFlight < limit {
+		var p *pending
+		switch {
+		case e.ready.Len() > 0:
+			p = heap.Pop(&e.ready).(*pending)
+			p.catchUp = false
+			e.onTimeInFlight++
+		case e.catchUp.Len() > 0 && e.catchUpInFlight < limit-e.onTimeInFlight-limit/catchUpReserve:
+			p = heap.Pop(&e.catchUp).(*pending)
+			p.catchUp = true
+			e.catchUpInFlight++
 		}
-		n := min(room, deliveryPage)
-		entries, err := e.d.cfg.Store.Outbox(e.cursor, n)
+		if p == nil {
+			break
+		}
+		if e.workers < e.onTimeInFlight+e.catchUpInFlight {
+			e.startWorker()
+		}
+		e.jobs <- p
+	}
+	if e.ready.Len()+e.catchUp.Len() > 0 {
+		d.lim.binds() // work waits for a slot
+	}
+	d.metrics.onTimeInFlight.Set(float64(e.onTimeInFlight))
+	d.metrics.catchUpInFlight.Set(float64(e.catchUpInFlight))
+}
+
+// startWorker starts one more worker: they are never fewer than the POSTs in
+// flight, so a job sent on the unbuffered jobs channel finds one idle.
+func (e *engine) startWorker() {
+	e.workers++
+	e.wg.Go(func() {
+		for p := range e.jobs {
+			start := time.Now()
+			out := e.d.attempt(e.wctx, p)
+			out.start, out.rtt = start, time.Since(start)
+			e.results <- out
+		}
+	})
+}
+
+// finished takes an answered POST off the in-flight counts and tells the
+// limiter what it says of the receiver.
+func (e *engine) finished(r outcome) {
+	d := e.d
+	if r.p.catchUp {
+		e.catchUpInFlight--
+	} else {
+		e.onTimeInFlight--
+	}
+	now := time.Now()
+	change := limitSame
+	switch {
+	case r.kind == outDelivered:
+		change = d.lim.success(r.start, r.rtt, now)
+	case r.kind == outRetry && r.retryAfter > 0:
+		change = d.lim.retryAfter(r.start, now, min(r.retryAfter, d.cfg.BackoffMax))
+	case r.kind == outRetry && isOverload(r.status):
+		change = d.lim.overload(r.start, now)
+	}
+	switch change {
+	case limitSame:
+		return
+	case limitLatency:
+		d.metrics.limitDecreases.WithLabelValues("latency").Inc()
+	case limitOverload:
+		d.metrics.limitDecreases.WithLabelValues("overload").Inc()
+	case limitRetryAfter:
+		d.metrics.limitDecreases.WithLabelValues("retry_after").Inc()
+	}
+	d.metrics.limit.Set(float64(d.lim.value()))
+}
+
+// isOverload reports whether a retried answer says the receiver is
+// overloaded: no answer (a transport error or a timeout), 408, 429 or 5xx.
+// A redirect, 409 or 425 say nothing of its load.
+func isOverload(status int) bool {
+	return status == 0 || status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500
+}
+
+// lastSeq is the seq of the outbox's last entry (0 if empty), found with a
+// few one-entry reads: a gallop, then a binary search.
+func (e *engine) lastSeq() (uint64, error) {
+	st := e.d.cfg.Store
+	// found reports the first entry after seq, if any.
+	found := func(seq uint64) (uint64, bool, error) {
+		ents, err := st.Outbox(seq, 1)
+		if err != nil || len(ents) == 0 {
+			return 0, false, err
+		}
+		return ents[0].Seq, true, nil
+	}
+	last, ok, err := found(0)
+	if err != nil || !ok {
+		return 0, err
+	}
+	// Invariant: an entry has seq last, and none is after hi.
+	var hi uint64
+	for step := uint64(1); ; step *= 2 {
+		if last+step < last {
+			return last, nil // seqs never get near 2^64
+		}
+		s, ok, err := found(last + step)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			hi = last + step
+			break
+		}
+		last = s
+	}
+	for last < hi {
+		mid := last + (hi-last)/2
+		s, ok, err := found(mid)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			hi = mid // none after mid; mid == last ends the search
+			continue
+		}
+		last = s
+	}
+	return last, nil
+}
+
+// fill loads outbox entries into the window while there is room: those
+// committed since the engine started first (they are on time), then the
+// backlog in the room they leave, keeping a quarter of the window for them.
+// Reads are batched: with work queued it waits for a quarter of the window
+// to be free.
+func (e *engine) fill() error {
+	quarter := e.d.window / 4
+	room := func() int { return e.d.window - len(e.window) }
+	queued := func() bool { return e.ready.Len()+e.catchUp.Len() >= e.d.lim.value() }
+	for e.more {
+		if room() <= 0 || (queued() && room() < quarter) {
+			break
+		}
+		n := min(room(), deliveryPage)
+		entries, err := e.d.cfg.Store.Outbox(e.tail, n)
 		if err != nil {
 			e.more = false // retried at the next Notify or poll
-			return fmt.Errorf("read outbox after %d: %w", e.cursor, err)
+			return fmt.Errorf("read outbox after %d: %w", e.tail, err)
 		}
 		for _, ent := range entries {
-			e.cursor = max(e.cursor, ent.Seq)
-			if _, ok := e.window[ent.Seq]; ok {
-				continue
-			}
-			if _, ok := e.d.unacked[ent.Seq]; ok {
-				continue // delivered; its ack is queued
-			}
-			p := &pending{entry: ent}
-			if b := e.d.breakers[ent.Event.RuleID]; b.paused() {
-				if b.probe != nil {
-					continue // stays in the outbox; reloaded when the breaker closes
-				}
-				e.window[ent.Seq] = p
-				e.scheduleProbe(p, b)
-				continue
-			}
-			e.window[ent.Seq] = p
-			heap.Push(&e.ready, p)
+			e.tail = max(e.tail, ent.Seq)
+			e.load(ent)
 		}
 		if len(entries) < n {
 			e.more = false
 		}
 	}
+	for e.cursor < e.tail {
+		if room() <= quarter || (queued() && room() < 2*quarter) {
+			return nil
+		}
+		n := min(room()-quarter, deliveryPage)
+		entries, err := e.d.cfg.Store.Outbox(e.cursor, n)
+		if err != nil {
+			return fmt.Errorf("read outbox after %d: %w", e.cursor, err)
+		}
+		for _, ent := range entries {
+			if ent.Seq > e.tail {
+				break // the new entries' read has it
+			}
+			e.cursor = ent.Seq
+			e.load(ent)
+		}
+		if len(entries) < n || (len(entries) > 0 && entries[len(entries)-1].Seq > e.tail) {
+			e.cursor = e.tail
+		}
+	}
 	return nil
+}
+
+// load adds an outbox entry to the window, unless it is there already.
+func (e *engine) load(ent store.OutboxEntry) {
+	if _, ok := e.window[ent.Seq]; ok {
+		return
+	}
+	if _, ok := e.d.unacked[ent.Seq]; ok {
+		return // delivered; its ack is queued
+	}
+	p := &pending{entry: ent}
+	if b := e.d.breakers[ent.Event.RuleID]; b.paused() {
+		if b.probe != nil {
+			return // stays in the outbox; reloaded when the breaker closes
+		}
+		e.window[ent.Seq] = p
+		e.scheduleProbe(p, b)
+		return
+	}
+	e.window[ent.Seq] = p
+	e.push(p, time.Now())
 }
 
 // handle applies a batch of outcomes. Deliveries are queued for the acker.
 func (e *engine) handle(batch []outcome) {
 	d := e.d
 	for _, r := range batch {
+		e.finished(r)
 		seq := r.p.entry.Seq
 		rule := r.p.entry.Event.RuleID
 		if r.kind == outRejected {
@@ -635,7 +903,7 @@ func (e *engine) handle(batch []outcome) {
 			d.invalidate(r.token)
 			r.p.unauth++
 			if r.p.unauth == 1 && d.token() != r.token {
-				heap.Push(&e.ready, r.p) // a fresh token: retry at once
+				e.push(r.p, time.Now()) // a fresh token: retry at once
 				continue
 			}
 			e.retry(r.p, 0)

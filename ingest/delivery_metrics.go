@@ -15,6 +15,14 @@ type deliveryMetrics struct {
 	ackFailures prometheus.Counter
 	rulesPaused prometheus.Gauge   // rules whose breaker is open
 	rulePauses  prometheus.Counter // breaker openings
+	// Adaptive concurrency (limiter).
+	limit    prometheus.Gauge
+	ceiling  prometheus.Gauge
+	inFlight *prometheus.GaugeVec // by class: on_time, catch_up
+	// The children of inFlight, set on every dispatch: a label lookup each
+	// time would cost more than the rest of the dispatch.
+	onTimeInFlight, catchUpInFlight prometheus.Gauge
+	limitDecreases                  *prometheus.CounterVec // by reason: latency, overload, retry_after
 
 	byCode sync.Map // int HTTP status → its child of deliveries, resolved once
 }
@@ -28,6 +36,12 @@ func (m *deliveryMetrics) delivery(code int) prometheus.Counter {
 	c, _ := m.byCode.LoadOrStore(code, m.deliveries.WithLabelValues(strconv.Itoa(code)))
 	return c.(prometheus.Counter)
 }
+
+// The classes of events in flight.
+const (
+	classOnTime  = "on_time"
+	classCatchUp = "catch_up"
+)
 
 func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 	m := &deliveryMetrics{
@@ -56,8 +70,26 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 			Name: "timerd_delivery_rule_pauses_total",
 			Help: "Times a rule's delivery was paused after repeated dead letters.",
 		}),
+		limit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "timerd_delivery_concurrency_limit",
+			Help: "Event POSTs this node may have in flight now: the adaptive limit, at most the ceiling.",
+		}),
+		ceiling: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "timerd_delivery_concurrency_ceiling",
+			Help: "This node's share of the cluster's delivery budget (TIMERD_DELIVERY_BUDGET over the live members, at most TIMERD_WORKERS when set).",
+		}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "timerd_delivery_in_flight",
+			Help: "Event POSTs in flight, by class: on_time, or catch_up (slot older than the catch-up age, posted only with the slots on-time events leave).",
+		}, []string{"class"}),
+		limitDecreases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "timerd_delivery_concurrency_decreases_total",
+			Help: "Decreases of the delivery concurrency limit, by reason: latency (round trips rose), overload (429, 5xx, 408, transport error: halved), retry_after (halved and paused).",
+		}, []string{"reason"}),
 	}
 	if reg == nil {
+		m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
+		m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
 		return m
 	}
 	m.deliveries = registerOrExisting(reg, m.deliveries)
@@ -66,6 +98,12 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 	m.ackFailures = registerOrExisting(reg, m.ackFailures)
 	m.rulesPaused = registerOrExisting(reg, m.rulesPaused)
 	m.rulePauses = registerOrExisting(reg, m.rulePauses)
+	m.limit = registerOrExisting(reg, m.limit)
+	m.ceiling = registerOrExisting(reg, m.ceiling)
+	m.inFlight = registerOrExisting(reg, m.inFlight)
+	m.limitDecreases = registerOrExisting(reg, m.limitDecreases)
+	m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
+	m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
 	return m
 }
 

@@ -104,6 +104,9 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 	for _, r := range cfg.Retired {
 		log.Warn(r)
 	}
+	for _, r := range cfg.Deprecated {
+		log.Warn(r)
+	}
 	queue := ingest.QueueName(cfg.SensorRef, cfg.NodeName)
 	log.Info("timerd agent starting", "version", node.Version(), "node", cfg.NodeName, "api_url", redactURL(cfg.APIURL),
 		"data_dir", cfg.DataDir, "startup_rules", len(cfg.SensorTriggers))
@@ -161,6 +164,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 		MQ:                      mq,
 		StartupRules:            cfg.SensorTriggers,
 		Workers:                 cfg.Workers,
+		DeliveryBudget:          cfg.DeliveryBudget,
 		ReconcileInterval:       reconcile,
 		ShutdownTimeout:         cfg.ShutdownTimeout,
 		Logger:                  log,

@@ -50,8 +50,12 @@ type agentConfig struct {
 	// CommitFailureLeaveAfter: how long the store may fail commits before the node
 	// steps out of the cluster (node.Config.CommitFailureLeaveAfter).
 	CommitFailureLeaveAfter time.Duration
-	Workers                 int
-	LogFormat               string
+	// Workers (TIMERD_WORKERS, deprecated) caps this node's POSTs in flight; 0: no cap.
+	Workers int
+	// DeliveryBudget: the most event POSTs in flight from the whole cluster
+	// (node.Config.DeliveryBudget).
+	DeliveryBudget int
+	LogFormat      string
 	// Dead letters (docs/operations.md, "Dead letters").
 	RejectRetryWindow   time.Duration
 	DeadLetterRetention time.Duration // 0: kept forever
@@ -74,6 +78,9 @@ type agentConfig struct {
 	// Retired says, for each retired setting given, that it is ignored and
 	// why; the agent logs each once at start.
 	Retired []string
+	// Deprecated says, for each deprecated setting given, what to use instead;
+	// the agent logs each once at start.
+	Deprecated []string
 }
 
 // agentSetting is one setting: where it is read from and how it is parsed.
@@ -292,7 +299,15 @@ var agentSettings = []agentSetting{
 		c.CommitFailureLeaveAfter = d
 		return err
 	}},
-	{env: "TIMERD_WORKERS", key: "workers", flag: "workers", def: "32", usage: "concurrent event POSTs", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_DELIVERY_BUDGET", key: "delivery_budget", flag: "delivery-budget", def: "512", usage: "the most event POSTs in flight to Attune from the whole cluster: each node's ceiling is it divided by the live members; below it delivery adapts to the backlog and to Attune's latency (1..65536)", set: func(c *agentConfig, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > 65536 {
+			return fmt.Errorf("%q is not a whole number in 1..65536", truncateSetting(v))
+		}
+		c.DeliveryBudget = n
+		return nil
+	}},
+	{env: "TIMERD_WORKERS", key: "workers", flag: "workers", usage: "deprecated: caps this node's event POSTs in flight below its share of TIMERD_DELIVERY_BUDGET (1..4096); unset: no cap of its own", set: func(c *agentConfig, v string) error {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || n < 1 || n > 4096 {
 			return fmt.Errorf("%q is not a whole number in 1..4096", truncateSetting(v))
@@ -435,6 +450,10 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		if s.retired != "" && given[s.env] {
 			c.Retired = append(c.Retired, fmt.Sprintf("%s is no longer used and is ignored: %s", name(s.env), s.retired))
 		}
+	}
+	if given["TIMERD_WORKERS"] {
+		c.Deprecated = append(c.Deprecated, fmt.Sprintf("%s is deprecated: delivery adapts the POSTs in flight by itself, "+
+			"up to this node's share of TIMERD_DELIVERY_BUDGET; %d still caps them on this node (docs/configuration.md)", name("TIMERD_WORKERS"), c.Workers))
 	}
 	switch {
 	case !given["ATTUNE_API_URL"]:

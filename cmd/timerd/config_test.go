@@ -63,7 +63,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		check func(c *agentConfig) string // "" when right
 	}{
 		{"defaults", base, "", nil, func(c *agentConfig) string {
-			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQExchange != "attune" || c.Workers != 32 ||
+			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQExchange != "attune" || c.Workers != 0 || c.DeliveryBudget != 512 ||
 				c.ReconcileInterval != 5*time.Minute || c.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
 				c.CommitFailureLeaveAfter != 30*time.Second || c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" ||
 				c.RejectRetryWindow != 10*time.Minute || c.DeadLetterRetention != 7*24*time.Hour {

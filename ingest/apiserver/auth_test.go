@@ -674,3 +674,32 @@ func TestServiceAccountExpiryBoundsRefresh(t *testing.T) {
 		`{"name":"late","scope":"readonly","identity_expires_at":"`+until.Format(time.RFC3339)+`"}`)
 	e.call(admin, http.StatusBadRequest, nil, "POST", "/service-accounts", `{"name":"bad","scope":"readonly","identity_expires_at":"tomorrow"}`)
 }
+
+// A token verified once is taken from the cache of verified tokens until
+// its expiry only: within the leeway after it the full check still lets it
+// in, past the leeway it is refused; and a cached token that is revoked is
+// refused at once.
+func TestVerifiedTokenCacheKeepsExpiryAndRevocation(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clk := &clock{now: t0}
+	e := newEnv(t, withKey, func(c *Config) { c.Now = clk.Now })
+	iss := &auth.Issuer{Key: testKey, Now: clk.Now}
+	tok, _ := issue(t, iss, auth.IssueRequest{IdentityID: "5", Scope: auth.ScopeReadonly, TTL: time.Hour})
+	for range 3 { // cached from the first
+		e.call(tok, http.StatusOK, nil, "GET", "/api/v1/rules", "")
+	}
+	clk.set(t0.Add(time.Hour + auth.DefaultLeeway - time.Second))
+	e.call(tok, http.StatusOK, nil, "GET", "/api/v1/rules", "")
+	clk.set(t0.Add(time.Hour + auth.DefaultLeeway + time.Second))
+	if b := e.call(tok, http.StatusUnauthorized, nil, "GET", "/api/v1/rules", ""); !strings.Contains(string(b), "expired") {
+		t.Errorf("an expired token that was cached: %s, want it refused as expired", b)
+	}
+
+	clk.set(t0)
+	self, _ := issue(t, iss, auth.IssueRequest{IdentityID: "6", Scope: auth.ScopeUser, TTL: time.Hour})
+	e.call(self, http.StatusOK, nil, "GET", "/api/v1/rules", "")
+	e.call(self, http.StatusOK, nil, "POST", "/auth/revoke", `{}`)
+	if b := e.call(self, http.StatusUnauthorized, nil, "GET", "/api/v1/rules", ""); !strings.Contains(string(b), "revoked") {
+		t.Errorf("a revoked token that was cached: %s, want it refused as revoked", b)
+	}
+}

@@ -48,47 +48,59 @@ type eventResp struct {
 	err error
 }
 
-// runCommitter is the group commit of event inserts: it takes one request,
-// every request already waiting, and commits them in one transaction (up to
-// maxEventBatch). While a commit is in its fsync, new requests queue up for
-// the next one, so batches grow with the load.
+// runCommitter is the group commit of event inserts and rule creates: it
+// takes one request, every request already waiting, and commits them in one
+// transaction (up to maxEventBatch events and maxRuleBatch creates). While a
+// commit is in its fsync, new requests queue up for the next one, so batches
+// grow with the load. Rule creates ride in the same transactions as events:
+// while rules are created under load, one fsync serves both, where two
+// committers took turns at bbolt's one writer.
 //
 // Clients that wait for their answer come back together when a commit
 // answers them, but not at once: taking only the first would alternate small
 // and large batches. So the committer expects as many requests as it just
-// answered plus those already under way (s.evPending), and lingers up to
-// maxLinger for them. An idle server (one request, none under way) adds no
-// delay; db.Batch instead always waits MaxBatchDelay (10 ms) when fewer than
-// MaxBatchSize callers wait.
+// answered plus those already under way (s.evPending, s.rqPending), and
+// lingers up to maxLinger for them. An idle server (one request, none under
+// way) adds no delay; db.Batch instead always waits MaxBatchDelay (10 ms)
+// when fewer than MaxBatchSize callers wait.
 func (s *Server) runCommitter() {
 	defer s.committer.Done()
-	batch := make([]*eventReq, 0, maxEventBatch)
+	var b commitBatch
+	b.events = make([]*eventReq, 0, maxEventBatch)
+	b.rules = make([]*ruleReq, 0, maxRuleBatch)
 	expect := 1
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
 	for {
+		b.events, b.rules = b.events[:0], b.rules[:0]
 		select {
 		case <-s.quit:
 			return
 		case req := <-s.evq:
-			batch = append(batch[:0], req)
+			b.events = append(b.events, req)
+		case req := <-s.ruleq:
+			b.rules = append(b.rules, req)
 		}
 	fill:
-		for len(batch) < maxEventBatch {
+		for !b.full() {
 			select {
 			case req := <-s.evq:
-				batch = append(batch, req)
+				b.events = append(b.events, req)
+			case req := <-s.ruleq:
+				b.rules = append(b.rules, req)
 			default:
 				break fill
 			}
 		}
-		if len(batch) < expect {
+		if b.len() < expect && !b.full() {
 			linger.Reset(maxLinger)
 		wait:
-			for len(batch) < expect {
+			for b.len() < expect && !b.full() {
 				select {
 				case req := <-s.evq:
-					batch = append(batch, req)
+					b.events = append(b.events, req)
+				case req := <-s.ruleq:
+					b.rules = append(b.rules, req)
 				case <-linger.C:
 					break wait
 				case <-s.quit:
@@ -97,70 +109,83 @@ func (s *Server) runCommitter() {
 			}
 			linger.Stop()
 		}
-		s.commitEvents(batch)
-		expect = min(len(batch)+int(s.evPending.Load()), maxEventBatch)
-		clear(batch)
+		s.commit(b)
+		expect = min(b.len()+int(s.evPending.Load()+s.rqPending.Load()), maxEventBatch)
+		clear(b.events)
+		clear(b.rules)
 	}
 }
 
-func (s *Server) commitEvents(batch []*eventReq) {
-	resps := make([]eventResp, len(batch))
+// commitBatch is what one transaction of the committer stores.
+type commitBatch struct {
+	events []*eventReq
+	rules  []*ruleReq
+}
+
+func (b commitBatch) len() int { return len(b.events) + len(b.rules) }
+
+// full: a queue at its bound must wait for the next commit (a send to it
+// blocks until then, which is what keeps the batch bounded).
+func (b commitBatch) full() bool {
+	return len(b.events) >= maxEventBatch || len(b.rules) >= maxRuleBatch
+}
+
+// commit stores b in one transaction, then answers every request of it. The
+// creates are stored in order (a ref taken by an earlier create of the batch
+// is a conflict for a later one), then added to the catalogue and published,
+// under ruleWriteMu from before the transaction to after the publish, so
+// that lifecycle messages leave in commit order.
+func (s *Server) commit(b commitBatch) {
+	resps := make([]eventResp, len(b.events))
+	ruleErrs := make([]error, len(b.rules))
 	stored := 0
+	if len(b.rules) > 0 {
+		s.ruleWriteMu.Lock()
+	}
 	start := time.Now()
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		stored = 0
-		events := tx.Bucket(bucketEvents)
-		idem := tx.Bucket(bucketEventIdem)
-		created := s.cfg.Now().UTC().Format(time.RFC3339Nano)
-		for i, req := range batch {
-			if req.idemIdx != nil {
-				if id := idem.Get(req.idemIdx); id != nil {
-					resps[i] = eventResp{id: int64(binary.BigEndian.Uint64(id)), dup: true}
-					continue
-				}
-			}
-			seq, err := events.NextSequence()
-			if err != nil {
-				return err
-			}
-			key := idKey(int64(seq))
-			raw := make([]byte, 0, len(req.body)+64)
-			raw = append(raw, `{"id":`...)
-			raw = strconv.AppendUint(raw, seq, 10)
-			raw = append(raw, `,"created":"`...)
-			raw = append(raw, created...)
-			raw = append(raw, `",`...)
-			raw = append(raw, req.body[1:]...) // req.body is a JSON object
-			if err := events.Put(key, raw); err != nil {
-				return err
-			}
-			if req.idemIdx != nil {
-				if err := idem.Put(req.idemIdx, key); err != nil {
-					return err
-				}
-			}
-			resps[i] = eventResp{raw: raw, id: int64(seq)}
-			stored++
+		clear(ruleErrs)
+		if err := s.putNewRules(tx, b.rules, ruleErrs); err != nil {
+			return err
 		}
-		return nil
+		var err error
+		stored, err = s.putEvents(tx, b.events, resps)
+		return err
 	})
-	s.metrics.eventCommit.Observe(time.Since(start).Seconds())
-	s.metrics.eventBatch.Observe(float64(len(batch)))
+	if len(b.events) > 0 {
+		s.metrics.eventCommit.Observe(time.Since(start).Seconds())
+		s.metrics.eventBatch.Observe(float64(len(b.events)))
+	}
 	if err != nil {
-		s.log.Error("commit events", "events", len(batch), "err", err)
+		s.log.Error("commit", "events", len(b.events), "rule_creates", len(b.rules), "err", err)
 		stored = 0
+		for i := range ruleErrs {
+			ruleErrs[i] = err
+		}
+	}
+	if len(b.rules) > 0 {
+		if err == nil {
+			s.addNewRules(b.rules, ruleErrs)
+		}
+		s.ruleWriteMu.Unlock()
+		for i, req := range b.rules {
+			req.resp <- ruleErrs[i]
+		}
+	}
+	if len(b.events) == 0 {
+		return
 	}
 	s.metrics.eventsStored.Add(float64(stored))
 	if err == nil {
 		s.evIndex.mu.Lock()
-		for i, req := range batch {
+		for i, req := range b.events {
 			if resps[i].id != 0 && !resps[i].dup {
 				s.evIndex.add(req.inst, req.ruleRef, resps[i].id)
 			}
 		}
 		s.evIndex.mu.Unlock()
 	}
-	for i, req := range batch {
+	for i, req := range b.events {
 		if err != nil {
 			req.resp <- eventResp{err: err}
 			continue
@@ -170,6 +195,49 @@ func (s *Server) commitEvents(batch []*eventReq) {
 		}
 		req.resp <- resps[i]
 	}
+}
+
+// putEvents inserts the events of batch in tx and says what each got in
+// resps; it returns how many were stored (the others are repeats).
+func (s *Server) putEvents(tx *bolt.Tx, batch []*eventReq, resps []eventResp) (int, error) {
+	if len(batch) == 0 {
+		return 0, nil
+	}
+	stored := 0
+	events := tx.Bucket(bucketEvents)
+	idem := tx.Bucket(bucketEventIdem)
+	created := s.cfg.Now().UTC().Format(time.RFC3339Nano)
+	for i, req := range batch {
+		if req.idemIdx != nil {
+			if id := idem.Get(req.idemIdx); id != nil {
+				resps[i] = eventResp{id: int64(binary.BigEndian.Uint64(id)), dup: true}
+				continue
+			}
+		}
+		seq, err := events.NextSequence()
+		if err != nil {
+			return 0, err
+		}
+		key := idKey(int64(seq))
+		raw := make([]byte, 0, len(req.body)+64)
+		raw = append(raw, `{"id":`...)
+		raw = strconv.AppendUint(raw, seq, 10)
+		raw = append(raw, `,"created":"`...)
+		raw = append(raw, created...)
+		raw = append(raw, `",`...)
+		raw = append(raw, req.body[1:]...) // req.body is a JSON object
+		if err := events.Put(key, raw); err != nil {
+			return 0, err
+		}
+		if req.idemIdx != nil {
+			if err := idem.Put(req.idemIdx, key); err != nil {
+				return 0, err
+			}
+		}
+		resps[i] = eventResp{raw: raw, id: int64(seq)}
+		stored++
+	}
+	return stored, nil
 }
 
 // idemIndexKey maps an Idempotency-Key to its index key. timerd's keys,

@@ -155,35 +155,85 @@ func errNoRule(ref string) error {
 }
 
 func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
+	s.rqPending.Add(1)
+	enqueued := false
+	defer func() {
+		if !enqueued {
+			s.rqPending.Add(-1)
+		}
+	}()
 	ru, err := s.parseNewRule(w, r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.ruleWriteMu.Lock()
-	defer s.ruleWriteMu.Unlock()
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		refs := tx.Bucket(bucketRuleRefs)
-		if refs.Get([]byte(ru.Ref)) != nil {
-			return errorf(http.StatusConflict, "rule %q already exists", ru.Ref)
+	req := &ruleReq{ru: ru, resp: make(chan error, 1)}
+	select {
+	case s.ruleq <- req:
+		s.rqPending.Add(-1)
+		enqueued = true
+	case <-s.quit:
+		s.fail(w, r, ErrClosed)
+		return
+	}
+	if err := <-req.resp; err != nil { // the committer always answers a create it took
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"data": ru})
+}
+
+// ruleReq is a validated create waiting for the committer, which sets
+// ru.ID and answers on resp (capacity 1).
+type ruleReq struct {
+	ru   *rule
+	resp chan error
+}
+
+// maxRuleBatch bounds the creates of one bbolt transaction.
+const maxRuleBatch = 1000
+
+// putNewRules stores the creates of batch in tx, in order; errs[i] is the
+// conflict of a ref already taken. Creates are group-committed with the
+// events (runCommitter): one fsync for every create waiting, where one each
+// made the API take about 650 rules/s.
+func (s *Server) putNewRules(tx *bolt.Tx, batch []*ruleReq, errs []error) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	refs, rules := tx.Bucket(bucketRuleRefs), tx.Bucket(bucketRules)
+	for i, req := range batch {
+		if refs.Get([]byte(req.ru.Ref)) != nil {
+			errs[i] = errorf(http.StatusConflict, "rule %q already exists", req.ru.Ref)
+			continue
 		}
-		rules := tx.Bucket(bucketRules)
 		seq, err := rules.NextSequence()
 		if err != nil {
 			return err
 		}
-		ru.ID = int64(seq)
-		return putRule(tx, ru)
-	})
-	if err != nil {
-		s.fail(w, r, err)
-		return
+		req.ru.ID = int64(seq)
+		if err := putRule(tx, req.ru); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// addNewRules adds the committed creates of batch to the catalogue and
+// publishes their messages, in order. The caller holds ruleWriteMu.
+func (s *Server) addNewRules(batch []*ruleReq, errs []error) {
 	s.cat.mu.Lock()
-	s.cat.put(ru)
+	for i, req := range batch {
+		if errs[i] == nil {
+			s.cat.put(req.ru)
+		}
+	}
 	s.cat.mu.Unlock()
-	s.publish(lifecycleOf(ingest.RuleCreated, ru))
-	writeJSON(w, http.StatusCreated, map[string]any{"data": ru})
+	for i, req := range batch {
+		if errs[i] == nil {
+			s.publish(lifecycleOf(ingest.RuleCreated, req.ru))
+		}
+	}
 }
 
 func (s *Server) parseNewRule(w http.ResponseWriter, r *http.Request) (*rule, error) {

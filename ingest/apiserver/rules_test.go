@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -431,5 +432,93 @@ func TestRuleParamsValidatedWithTheScheduler(t *testing.T) {
 	case m := <-e.msg:
 		t.Errorf("a refused PUT published %s %s", m.RoutingKey, m.Body)
 	default:
+	}
+}
+
+// Creates that commit together (the committer's group commit, with events
+// posted meanwhile) are still each their own: distinct ids, one winner per
+// ref, every rule stored and listed, and one RuleCreated per rule stored,
+// with its id, in id order; and every event is stored once.
+func TestConcurrentCreatesCommitTogether(t *testing.T) {
+	e := newEnv(t)
+	const refs, perRef = 60, 3 // every ref created three times at once
+	const events = 200
+	codes := make([][]int, refs)
+	ids := make([][]int64, refs)
+	var wg sync.WaitGroup
+	evCodes := make([]int, events)
+	for i := range events {
+		wg.Go(func() {
+			evCodes[i], _ = e.do("POST", "/api/v1/events",
+				fmt.Sprintf(`{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_%d","payload":{"n":%d}}`, i%7+1, i),
+				"Idempotency-Key", fmt.Sprintf("%d:%d", i%7+1, i))
+		})
+	}
+	for i := range refs {
+		codes[i], ids[i] = make([]int, perRef), make([]int64, perRef)
+		for j := range perRef {
+			wg.Go(func() {
+				code, raw := e.do("POST", "/api/v1/rules",
+					fmt.Sprintf(`{"ref":"burst.r%d","trigger_ref":"core.intervaltimer","trigger_params":{"interval":60}}`, i))
+				var r ruleResp
+				if code == http.StatusCreated && json.Unmarshal(raw, &r) == nil {
+					ids[i][j] = r.Data.ID
+				}
+				codes[i][j] = code
+			})
+		}
+	}
+	wg.Wait()
+	byID := map[int64]string{}
+	for i := range refs {
+		won := 0
+		for j := range perRef {
+			switch codes[i][j] {
+			case http.StatusCreated:
+				won++
+				ref := fmt.Sprintf("burst.r%d", i)
+				if other, dup := byID[ids[i][j]]; dup || ids[i][j] <= 0 {
+					t.Errorf("%s got id %d, already %q's", ref, ids[i][j], other)
+				}
+				byID[ids[i][j]] = ref
+			case http.StatusConflict:
+			default:
+				t.Errorf("create burst.r%d: status %d, want 201 or 409", i, codes[i][j])
+			}
+		}
+		if won != 1 {
+			t.Errorf("burst.r%d created %d times, want once", i, won)
+		}
+	}
+	for i, c := range evCodes {
+		if c != http.StatusCreated {
+			t.Errorf("event %d: status %d, want 201", i, c)
+		}
+	}
+	var evs struct {
+		Pagination pagination `json:"pagination"`
+	}
+	e.must(http.StatusOK, &evs, "GET", "/api/v1/events?page_size=1", "")
+	if evs.Pagination.TotalItems != events {
+		t.Errorf("%d events stored, want %d", evs.Pagination.TotalItems, events)
+	}
+	var list ruleList
+	e.must(http.StatusOK, &list, "GET", "/api/v1/rules?page_size=1000", "")
+	if len(list.Items) != refs {
+		t.Errorf("listed %d rules, want %d", len(list.Items), refs)
+	}
+	for _, r := range list.Items {
+		if byID[r.ID] != r.Ref {
+			t.Errorf("listed rule %d %q, created as %q", r.ID, r.Ref, byID[r.ID])
+		}
+	}
+	msgs := e.nextMsgs()
+	if len(msgs) != refs {
+		t.Fatalf("%d messages published, want %d", len(msgs), refs)
+	}
+	for i, l := range msgs {
+		if l.Type != ingest.RuleCreated || byID[l.RuleID] != l.RuleRef || (i > 0 && l.RuleID <= msgs[i-1].RuleID) {
+			t.Errorf("message %d: %s of rule %d %q; want RuleCreated of a created rule, ids ascending", i, l.Type, l.RuleID, l.RuleRef)
+		}
 	}
 }

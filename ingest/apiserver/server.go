@@ -109,14 +109,18 @@ type Server struct {
 	issuer   *auth.Issuer
 	verifier *auth.Verifier
 	revs     *revocations // in memory; bbolt is the durable copy
+	tokMu    sync.Mutex
+	tokCache map[string]auth.Claims // tokens verified once, by their text (see verify)
 	// acctMu serialises service-account writes with refreshes, so that no
 	// token is issued to an identity while it is being revoked.
 	acctMu sync.Mutex
 
 	evq       chan *eventReq // unbuffered: a send succeeds only while the committer runs
 	evPending atomic.Int64   // event requests under way, not yet taken by the committer
+	ruleq     chan *ruleReq  // rule creates for the committer; unbuffered, as evq
+	rqPending atomic.Int64   // rule creates under way, not yet taken by the committer
 	quit      chan struct{}
-	committer sync.WaitGroup // the event committer and the revocation cleanup
+	committer sync.WaitGroup // the committer and the revocation cleanup
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -204,6 +208,7 @@ func New(cfg Config) (*Server, error) {
 		db:      db,
 		metrics: newMetrics(cfg.Registerer),
 		evq:     make(chan *eventReq),
+		ruleq:   make(chan *ruleReq),
 		quit:    make(chan struct{}),
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
@@ -248,7 +253,7 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the HTTP handler of the API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close stops the event committer (pending inserts fail with 503) and closes
+// Close stops the committer (pending inserts and creates fail with 503) and closes
 // the database. It is idempotent. Stop serving before closing.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {

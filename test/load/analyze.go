@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/timerd/timerd/scheduler"
 )
 
 // event is the part of a stored event the analysis reads.
@@ -35,12 +37,6 @@ func (e event) ruleID() (int64, bool) {
 		}
 	}
 	return 0, false
-}
-
-// window is the measuring window [Start, End) of slots.
-type window struct {
-	Start, End time.Time
-	Interval   time.Duration
 }
 
 // dist summarises durations, in milliseconds.
@@ -87,117 +83,134 @@ func fmtMs(v float64) string {
 	}
 }
 
-// analysis is what the stored events say about the window.
+// analysis is what the stored events say about the run: every slot of every
+// rule from its creation to the end of the window.
 type analysis struct {
-	Expected      int      `json:"fires_expected"`
-	Stored        int      `json:"slots_stored"`      // expected slots stored at least once
-	Duplicates    int      `json:"duplicates_stored"` // stored copies beyond the first of a slot
-	Missing       int      `json:"missing_slots"`
-	OffGrid       int      `json:"off_grid_events"`     // in-window events on no slot of their rule's phase
-	Foreign       int      `json:"foreign_events"`      // in-window events of rules this run did not create
-	UnknownPhase  int      `json:"rules_unknown_phase"` // rules with no event at all: every slot counted missing
+	Expected   int `json:"fires_expected"`
+	Stored     int `json:"slots_stored"`      // expected slots stored at least once
+	Duplicates int `json:"duplicates_stored"` // stored copies beyond the first of a slot
+	Missing    int `json:"missing_slots"`
+	// Optional are slots between the create request and its answer: the
+	// rule may or may not have been anchored before them; stored once each
+	// is fine, so they count neither as expected nor as missing.
+	Optional      int      `json:"optional_slots_stored"`
+	Early         int      `json:"early_events"`    // events of slots before the rule was created
+	OffGrid       int      `json:"off_grid_events"` // events on no slot of their rule
+	Foreign       int      `json:"foreign_events"`  // events of rules this run did not create
 	MissingSample []string `json:"missing_sample,omitempty"`
 	// Latency is created − scheduled_at (fire to stored, scheduling
 	// lateness included); Lateness is fired_at − scheduled_at; Store is
-	// created − fired_at. Each from the first stored copy of a slot.
-	Latency dist `json:"latency"`
-	// Worst are the seconds of the window (by slot) with the highest p99
-	// latency, worst first: a burst or a steady tail.
-	Worst    []secondStat `json:"worst_seconds,omitempty"`
-	Lateness dist         `json:"fire_lateness"`
-	Store    dist         `json:"fired_to_stored"`
+	// created − fired_at. Each from the first stored copy of a slot, over
+	// the whole run (from the first create); the After ones only for slots
+	// at or after the last create was answered.
+	Latency       dist `json:"latency"`
+	LatencyAfter  dist `json:"latency_after_creation"`
+	Lateness      dist `json:"fire_lateness"`
+	LatenessAfter dist `json:"fire_lateness_after_creation"`
+	Store         dist `json:"fired_to_stored"`
+	// Worst are the seconds of the run (by slot, since the first create)
+	// with the highest p99 latency, worst first: a burst or a steady tail.
+	Worst []secondStat `json:"worst_seconds,omitempty"`
 }
 
-// analyze checks that every slot of every rule in w is stored exactly once.
-// A rule's phase (slot mod interval) comes from the first of its events in
-// evs, else from phases (rule id → a slot seen elsewhere); a rule with
-// neither is assumed to owe Duration/Interval slots, all missing.
-func analyze(rules []int64, evs []event, w window, phases map[int64]time.Time) analysis {
+// ruleSpec is a rule the run created: its timer, and when its create was
+// sent and answered.
+type ruleSpec struct {
+	ID          int64
+	Sent, Acked time.Time
+	Timer       *scheduler.Timer
+}
+
+// span is the run: slots from Start (the first create) to End are
+// analysed; CreatedEnd is when the last create was answered.
+type span struct {
+	Start, CreatedEnd, End time.Time
+}
+
+// anchorSlack is how far before its create request a rule's anchor may be:
+// the lifecycle message's timestamp has millisecond precision.
+const anchorSlack = time.Millisecond
+
+// analyze checks that every slot of every rule, after its create was
+// answered and before s.End, is stored exactly once. A slot between the
+// request and the answer may or may not fire (the rule is anchored at the
+// API's commit); one before the request must not.
+func analyze(rules []ruleSpec, evs []event, s span) analysis {
 	var a analysis
-	iv := w.Interval.Nanoseconds()
-	known := make(map[int64]bool, len(rules))
-	for _, id := range rules {
-		known[id] = true
+	byID := make(map[int64]*ruleSpec, len(rules))
+	for i := range rules {
+		byID[rules[i].ID] = &rules[i]
 	}
 	type key struct {
 		rule int64
 		slot int64
 	}
-	first := make(map[int64]int64, len(rules)) // rule → first observed slot (unix nanos)
-	seen := make(map[key]int)
-	var lat, late, store []time.Duration
+	seen := make(map[key]int, len(evs))
+	var lat, latAfter, late, lateAfter, store []time.Duration
 	perSec := map[int][]time.Duration{}
 	for _, e := range evs {
+		slot := e.Payload.ScheduledAt
+		if !slot.Before(s.End) {
+			continue // after the run
+		}
 		id, ok := e.ruleID()
-		if !ok || !known[id] {
-			if inWindow(e.Payload.ScheduledAt, w) {
+		r := byID[id]
+		if !ok || r == nil {
+			if !slot.Before(s.Start) {
 				a.Foreign++
 			}
 			continue
 		}
-		slot := e.Payload.ScheduledAt.UnixNano()
-		if f, ok := first[id]; !ok || slot < f {
-			first[id] = slot
-		}
-		if !inWindow(e.Payload.ScheduledAt, w) {
+		if !slot.After(r.Sent.Add(-anchorSlack)) {
+			a.Early++
 			continue
 		}
-		k := key{id, slot}
+		if next, ok := r.Timer.Next(slot.Add(-time.Nanosecond)); !ok || !next.Equal(slot) {
+			a.OffGrid++
+			continue
+		}
+		k := key{id, slot.UnixNano()}
 		seen[k]++
 		if seen[k] > 1 {
 			a.Duplicates++
 			continue
 		}
-		lat = append(lat, e.Created.Sub(e.Payload.ScheduledAt))
-		sec := int(e.Payload.ScheduledAt.Sub(w.Start) / time.Second)
-		perSec[sec] = append(perSec[sec], e.Created.Sub(e.Payload.ScheduledAt))
+		if !slot.After(r.Acked) {
+			a.Optional++
+		}
+		d := e.Created.Sub(slot)
+		after := !slot.Before(s.CreatedEnd)
+		lat = append(lat, d)
+		if after {
+			latAfter = append(latAfter, d)
+		}
+		sec := int(slot.Sub(s.Start) / time.Second)
+		perSec[sec] = append(perSec[sec], d)
 		if !e.Payload.FiredAt.IsZero() {
-			late = append(late, e.Payload.FiredAt.Sub(e.Payload.ScheduledAt))
+			l := e.Payload.FiredAt.Sub(slot)
+			late = append(late, l)
+			if after {
+				lateAfter = append(lateAfter, l)
+			}
 			store = append(store, e.Created.Sub(e.Payload.FiredAt))
 		}
 	}
-	start, end := w.Start.UnixNano(), w.End.UnixNano()
-	onGrid := 0
-	for _, id := range rules {
-		anchor, ok := first[id]
-		if !ok {
-			if t, ok2 := phases[id]; ok2 {
-				anchor, ok = t.UnixNano(), true
-			}
-		}
-		if !ok {
-			a.UnknownPhase++
-			n := int((end - start) / iv)
-			a.Expected += n
-			a.Missing += n
-			if len(a.MissingSample) < 10 {
-				a.MissingSample = append(a.MissingSample, fmt.Sprintf("rule %d: no event at all", id))
-			}
-			continue
-		}
-		phase := mod(anchor, iv)
-		s := start + mod(phase-start, iv) // first slot ≥ start
-		for ; s < end; s += iv {
+	for _, r := range rules {
+		for slot, ok := r.Timer.Next(r.Acked); ok && slot.Before(s.End); slot, ok = r.Timer.Next(slot) {
 			a.Expected++
-			if seen[key{id, s}] > 0 {
+			if seen[key{r.ID, slot.UnixNano()}] > 0 {
 				a.Stored++
-				onGrid += seen[key{id, s}]
 				continue
 			}
 			a.Missing++
 			if len(a.MissingSample) < 10 {
 				a.MissingSample = append(a.MissingSample,
-					fmt.Sprintf("rule %d slot %s", id, time.Unix(0, s).UTC().Format(time.RFC3339Nano)))
+					fmt.Sprintf("rule %d slot %s", r.ID, slot.UTC().Format(time.RFC3339Nano)))
 			}
 		}
 	}
-	// Every stored in-window copy of a known rule is on its grid or off it.
-	total := 0
-	for _, c := range seen {
-		total += c
-	}
-	a.OffGrid = total - onGrid
-	a.Latency, a.Lateness, a.Store = newDist(lat), newDist(late), newDist(store)
+	a.Latency, a.LatencyAfter = newDist(lat), newDist(latAfter)
+	a.Lateness, a.LatenessAfter, a.Store = newDist(late), newDist(lateAfter), newDist(store)
 	for sec, ds := range perSec {
 		d := newDist(ds)
 		a.Worst = append(a.Worst, secondStat{At: sec, N: d.N, P50: d.P50, P99: d.P99, Max: d.Max})
@@ -207,19 +220,9 @@ func analyze(rules []int64, evs []event, w window, phases map[int64]time.Time) a
 	return a
 }
 
-func inWindow(t time.Time, w window) bool { return !t.Before(w.Start) && t.Before(w.End) }
-
-func mod(a, b int64) int64 {
-	m := a % b
-	if m < 0 {
-		m += b
-	}
-	return m
-}
-
-// secondStat is the latency of the slots of one second of the window.
+// secondStat is the latency of the slots of one second of the run.
 type secondStat struct {
-	At  int     `json:"second"` // since the window start
+	At  int     `json:"second"` // since the first create
 	N   int     `json:"n"`
 	P50 float64 `json:"p50_ms"`
 	P99 float64 `json:"p99_ms"`

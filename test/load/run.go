@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
 
@@ -29,30 +29,26 @@ import (
 type config struct {
 	Rules        int
 	Interval     time.Duration // of every rule; whole seconds
-	Duration     time.Duration // of the measuring window
+	Duration     time.Duration // measured after the last create (the run starts at the first)
 	Concurrency  int           // clients creating rules
 	Binary       string        // timerd to run; "" builds it
 	DataDir      string        // "" makes a temporary one
 	Keep         bool          // keep the data dir
-	P99Target    time.Duration
+	P99Target    time.Duration // of the latency of the slots after the last create
 	Settle       time.Duration // wait after the outbox drained, before fetching events
 	DrainTimeout time.Duration
-	// CatchUpTimeout bounds the wait, once every rule is owned, for the
-	// outbox backlog of the setup to be delivered.
-	CatchUpTimeout time.Duration
-	Progress       io.Writer // progress lines; nil discards them
+	Progress     io.Writer // progress lines; nil discards them
 }
 
 func defaultConfig() config {
 	return config{
-		Rules:          50000,
-		Interval:       10 * time.Second,
-		Duration:       60 * time.Second,
-		Concurrency:    12,
-		P99Target:      250 * time.Millisecond,
-		Settle:         3 * time.Second,
-		DrainTimeout:   60 * time.Second,
-		CatchUpTimeout: 2 * time.Minute,
+		Rules:        50000,
+		Interval:     10 * time.Second,
+		Duration:     60 * time.Second,
+		Concurrency:  12,
+		P99Target:    250 * time.Millisecond,
+		Settle:       3 * time.Second,
+		DrainTimeout: 60 * time.Second,
 	}
 }
 
@@ -70,38 +66,40 @@ func (c config) validate() error {
 		return fmt.Errorf("-p99: %s, want > 0", c.P99Target)
 	case c.Settle < 0:
 		return fmt.Errorf("-settle: %s, want ≥ 0", c.Settle)
-	case c.CatchUpTimeout < 0:
-		return fmt.Errorf("-catchup-timeout: %s, want ≥ 0", c.CatchUpTimeout)
 	case c.DrainTimeout <= 0:
 		return fmt.Errorf("-drain-timeout: %s, want > 0", c.DrainTimeout)
 	}
 	return nil
 }
 
-// report is the outcome of a run (the -json output).
+// report is the outcome of a run (the -json output). The run is measured
+// from the first create to Duration after the last one.
 type report struct {
-	Rules           int     `json:"rules"`
-	IntervalSec     float64 `json:"interval_seconds"`
-	DurationSec     float64 `json:"duration_seconds"`
-	FiresPerSec     float64 `json:"fires_per_second"`
-	Concurrency     int     `json:"concurrency"`
-	CPUs            int     `json:"cpus"`
-	DataDir         string  `json:"data_dir,omitempty"`
-	SetupSec        float64 `json:"setup_seconds"` // creating the rules
-	CreatePerSec    float64 `json:"creates_per_second"`
-	CreateLatency   dist    `json:"create_latency"`
-	OwnedAfterSec   float64 `json:"owned_after_seconds"` // from the last create until rules_owned = rules
+	Rules         int     `json:"rules"`
+	IntervalSec   float64 `json:"interval_seconds"`
+	DurationSec   float64 `json:"duration_seconds"` // after the last create
+	FiresPerSec   float64 `json:"fires_per_second"`
+	Concurrency   int     `json:"concurrency"`
+	CPUs          int     `json:"cpus"`
+	DataDir       string  `json:"data_dir,omitempty"`
+	SetupSec      float64 `json:"setup_seconds"` // creating the rules
+	CreatePerSec  float64 `json:"creates_per_second"`
+	CreateLatency dist    `json:"create_latency"`
+	// OwnedAfterSec is the intake delay: from the last create answered
+	// until the node runs every rule (rules_owned = rules).
+	OwnedAfterSec   float64 `json:"owned_after_seconds"`
+	IntakeLagMax    int     `json:"intake_lag_max"` // rules answered but not yet running, at most (sampled each second)
 	BacklogAtOwned  int     `json:"outbox_backlog_at_owned"`
-	CatchUpSec      float64 `json:"catch_up_seconds"` // until the backlog was under one second of fires
-	CaughtUp        bool    `json:"caught_up"`
-	WindowStart     string  `json:"window_start"`
-	WindowEnd       string  `json:"window_end"`
-	DrainSec        float64 `json:"drain_seconds"` // from window end until the outbox was empty
+	RunStart        string  `json:"run_start"`   // the first create
+	CreatedEnd      string  `json:"created_end"` // the last create answered
+	RunEnd          string  `json:"run_end"`
+	DrainSec        float64 `json:"drain_seconds"` // from the run's end until the outbox was empty
 	Drained         bool    `json:"drained"`
-	OutboxMax       int     `json:"outbox_depth_max"` // sampled once a second in the window
+	OutboxMax       int     `json:"outbox_depth_max"`      // sampled once a second in the run
+	OutboxAtFetch   int     `json:"outbox_depth_at_fetch"` // fires not yet delivered when the events were read: counted missing
 	DeadLetters     int     `json:"dead_letters"`
 	EventsFetched   int     `json:"events_fetched"`
-	EventsInWindow  int     `json:"events_in_window"` // stored events whose slot is in the window
+	EventsInRun     int     `json:"events_in_run"` // stored events whose slot is in the run
 	FetchSec        float64 `json:"fetch_seconds"`
 	APIDupRejected  *int    `json:"api_duplicates_rejected"` // timerd_api_events_duplicate_total delta; null when the API has no metric
 	NodeDupAnswered *int    `json:"node_deliveries_200"`     // node deliveries answered 200 (the API's duplicate answer); null without metric
@@ -113,7 +111,7 @@ type report struct {
 	NodeMetrics []metricSummary `json:"node_metrics,omitempty"`
 	APIMetrics  []metricSummary `json:"api_metrics,omitempty"`
 	ExactlyOnce bool            `json:"pass_exactly_once"`
-	LatencyOK   bool            `json:"pass_latency"`
+	LatencyOK   bool            `json:"pass_latency"` // p99 of the slots after the last create
 	P99TargetMs float64         `json:"p99_target_ms"`
 	Pass        bool            `json:"pass"`
 	Exit        string          `json:"timerd_exit"`
@@ -199,108 +197,61 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		return nil, fmt.Errorf("wait for %s/readyz: %w", p.nodeURL, err)
 	}
 
-	// Setup: create the rules.
-	ids, lat, setup, err := createRules(ctx, cfg, cl, p)
+	// The run is measured from the first create: rules fire while the rest
+	// are being created, and their slots count as much as the later ones.
+	node0, _ := cl.scrape(ctx, p.nodeURL)
+	api0, _ := cl.scrape(ctx, p.apiURL)
+	start := time.Now()
+	var created atomic.Int64
+	smp := startSampler(ctx, cfg, cl, p, start, node0, &created)
+	stopSampler := sync.OnceValue(func() *sampled { return smp.stop() })
+	defer stopSampler()
+
+	rules, lat, err := createRules(ctx, cfg, cl, p, &created)
 	if err != nil {
 		return nil, err
 	}
+	createdEnd := time.Now()
+	setup := createdEnd.Sub(start)
 	rep.SetupSec = setup.Seconds()
 	rep.CreatePerSec = float64(cfg.Rules) / setup.Seconds()
 	rep.CreateLatency = newDist(lat)
-	cfg.logf("created %d rules in %s (%.0f/s); waiting for the node to own them", cfg.Rules, setup.Round(time.Millisecond), rep.CreatePerSec)
+	s := span{Start: start, CreatedEnd: createdEnd, End: createdEnd.Add(cfg.Duration)}
+	rep.RunStart, rep.CreatedEnd, rep.RunEnd = stamp(s.Start), stamp(s.CreatedEnd), stamp(s.End)
+	cfg.logf("created %d rules in %s (%.0f/s); waiting for the node to run them all", cfg.Rules, setup.Round(time.Millisecond), rep.CreatePerSec)
 
-	created := time.Now()
+	// Intake: from the last create answered until the node's engine holds
+	// every rule (rules_owned is the engine's count).
 	lastLog := time.Now()
-	err = poll(ctx, 5*time.Minute, 200*time.Millisecond, p, func() (bool, error) {
-		s, err := cl.status(ctx)
+	err = poll(ctx, 5*time.Minute, 20*time.Millisecond, p, func() (bool, error) {
+		st, err := cl.status(ctx)
 		if err != nil {
 			return false, nil // the node may be busy; keep asking
 		}
 		if time.Since(lastLog) > 5*time.Second {
-			cfg.logf("node owns %d/%d rules (known %d)", s.RulesOwned, cfg.Rules, s.RulesKnown)
+			cfg.logf("node runs %d/%d rules (known %d)", st.RulesOwned, cfg.Rules, st.RulesKnown)
 			lastLog = time.Now()
 		}
-		return s.RulesOwned >= cfg.Rules, nil
+		if st.RulesOwned >= cfg.Rules {
+			rep.BacklogAtOwned = st.OutboxDepth
+			return true, nil
+		}
+		return false, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("wait for rules_owned ≥ %d: %w", cfg.Rules, err)
 	}
-	rep.OwnedAfterSec = time.Since(created).Seconds()
-
-	// Rules fired while the rest were being created, and the outbox may
-	// hold a backlog: let delivery catch up (to under one second of fires)
-	// so that the window measures the steady state.
-	if s, err := cl.status(ctx); err == nil {
-		rep.BacklogAtOwned = s.OutboxDepth
-	}
-	caughtUp := time.Now()
-	lastLog = time.Now()
-	err = poll(ctx, cfg.CatchUpTimeout, time.Second, p, func() (bool, error) {
-		s, err := cl.status(ctx)
-		if err != nil {
-			return false, nil
-		}
-		if time.Since(lastLog) > 10*time.Second {
-			cfg.logf("catching up: outbox %d", s.OutboxDepth)
-			lastLog = time.Now()
-		}
-		return float64(s.OutboxDepth) <= rep.FiresPerSec, nil
-	})
-	rep.CatchUpSec, rep.CaughtUp = time.Since(caughtUp).Seconds(), err == nil
-	if err != nil && !errors.Is(err, errTimeout) {
+	rep.OwnedAfterSec = time.Since(createdEnd).Seconds()
+	cfg.logf("all %d rules run %.2fs after the last create (outbox %d); measuring until %s after it",
+		cfg.Rules, rep.OwnedAfterSec, rep.BacklogAtOwned, cfg.Duration)
+	if err := sleepUntil(ctx, s.End, p); err != nil {
 		return nil, err
 	}
-	if !rep.CaughtUp {
-		cfg.logf("outbox backlog not delivered within %s; measuring anyway", cfg.CatchUpTimeout)
+	sm := stopSampler()
+	if sm.err != nil {
+		return nil, sm.err
 	}
-
-	// Warm-up of one interval: every rule has had its first slot.
-	w := window{Start: time.Now().Add(cfg.Interval), Interval: cfg.Interval}
-	w.End = w.Start.Add(cfg.Duration)
-	rep.WindowStart, rep.WindowEnd = w.Start.UTC().Format(time.RFC3339Nano), w.End.UTC().Format(time.RFC3339Nano)
-	cfg.logf("all %d rules owned, outbox %d → caught up %v in %.0fs; warm-up %s, then measuring %s",
-		cfg.Rules, rep.BacklogAtOwned, rep.CaughtUp, rep.CatchUpSec, cfg.Interval, cfg.Duration)
-	if err := sleepUntil(ctx, w.Start, p); err != nil {
-		return nil, err
-	}
-
-	// The window: sample the process and the node once a second.
-	node0, _ := cl.scrape(ctx, p.nodeURL)
-	api0, _ := cl.scrape(ctx, p.apiURL)
-	var ps []procstat.Sample
-	pid := p.cmd.Process.Pid
-	if s, err := procstat.Read(pid); err == nil {
-		ps = append(ps, s)
-	}
-	lastAt, lastScrape := time.Now(), node0
-	tick := time.NewTicker(time.Second)
-	for now := time.Now(); now.Before(w.End); now = time.Now() {
-		select {
-		case <-ctx.Done():
-			tick.Stop()
-			return nil, ctx.Err()
-		case <-p.done:
-			tick.Stop()
-			return nil, p.exitErr("during the window")
-		case <-tick.C:
-		case <-time.After(time.Until(w.End)):
-		}
-		if s, err := procstat.Read(pid); err == nil {
-			ps = append(ps, s)
-		}
-		if s, err := cl.status(ctx); err == nil {
-			rep.OutboxMax = max(rep.OutboxMax, s.OutboxDepth)
-		}
-		if time.Since(lastAt) >= 10*time.Second || !time.Now().Before(w.End) {
-			cur, _ := cl.scrape(ctx, p.nodeURL)
-			tl := newTimelineTick(time.Since(w.Start), lastAt, lastScrape, cur)
-			rep.Timeline = append(rep.Timeline, tl)
-			cfg.logf("window %s: %s", tl.At, tl)
-			lastAt, lastScrape = time.Now(), cur
-		}
-	}
-	tick.Stop()
-	rep.Process = procstat.Summarise(ps)
+	rep.Process, rep.Timeline, rep.OutboxMax, rep.IntakeLagMax = procstat.Summarise(sm.ps), sm.timeline, sm.outboxMax, sm.lagMax
 
 	// Drain: the rules keep firing, and entries count in the outbox until
 	// their delivery is acked, so under load it is rarely empty. Drained is
@@ -314,13 +265,13 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		}
 		return err == nil && s.OutboxDepth <= drained, nil
 	})
-	rep.DrainSec = time.Since(w.End).Seconds()
+	rep.DrainSec = time.Since(s.End).Seconds()
 	rep.Drained = err == nil
 	if err != nil && !errors.Is(err, errTimeout) {
 		return nil, err
 	}
 	if !rep.Drained {
-		cfg.logf("outbox not empty %s after the window; analysing anyway", cfg.DrainTimeout)
+		cfg.logf("outbox not empty %s after the run; analysing anyway", cfg.DrainTimeout)
 	}
 	if err := sleepUntil(ctx, time.Now().Add(cfg.Settle), p); err != nil {
 		return nil, err
@@ -339,26 +290,25 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	rep.NodeDelivered, rep.NodeDelivErrors = deliveriesByClass(node0, node1)
 
 	// Fetch and analyse.
+	if st, err := cl.status(ctx); err == nil {
+		rep.OutboxAtFetch = st.OutboxDepth
+	}
 	cfg.logf("fetching events")
 	t0 := time.Now()
-	evs, err := fetchEvents(ctx, cl, w.Start.Add(-2*time.Second))
+	evs, err := fetchEvents(ctx, cl, s.Start.Add(-2*time.Second))
 	if err != nil {
 		return nil, err
 	}
 	rep.FetchSec = time.Since(t0).Seconds()
 	rep.EventsFetched = len(evs)
 	for _, e := range evs {
-		if inWindow(e.Payload.ScheduledAt, w) {
-			rep.EventsInWindow++
+		if !e.Payload.ScheduledAt.Before(s.Start) && e.Payload.ScheduledAt.Before(s.End) {
+			rep.EventsInRun++
 		}
 	}
-	phases, err := phasesOfSilentRules(ctx, cl, ids, evs, 500)
-	if err != nil {
-		return nil, err
-	}
-	rep.analysis = analyze(ids, evs, w, phases)
-	rep.ExactlyOnce = rep.Expected > 0 && rep.Missing == 0 && rep.Duplicates == 0 && rep.OffGrid == 0
-	rep.LatencyOK = rep.Latency.N > 0 && rep.Latency.P99 <= ms(cfg.P99Target)
+	rep.analysis = analyze(rules, evs, s)
+	rep.ExactlyOnce = rep.Expected > 0 && rep.Missing == 0 && rep.Duplicates == 0 && rep.OffGrid == 0 && rep.Early == 0
+	rep.LatencyOK = rep.LatencyAfter.N > 0 && rep.LatencyAfter.P99 <= ms(cfg.P99Target)
 	rep.Pass = rep.ExactlyOnce && rep.LatencyOK
 
 	if err := p.stop(30 * time.Second); err != nil {
@@ -367,6 +317,78 @@ func run(ctx context.Context, cfg config) (*report, error) {
 		rep.Exit = "exit status 0"
 	}
 	return rep, nil
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// sampled is what the sampler saw from the first create to the end of the
+// run.
+type sampled struct {
+	ps        []procstat.Sample
+	timeline  []timelineTick
+	outboxMax int
+	lagMax    int // rules created but not yet running, at most
+	err       error
+}
+
+type sampler struct {
+	done chan struct{}
+	quit chan struct{}
+	out  sampled
+}
+
+// startSampler samples the process and the node's status once a second,
+// and the node's metrics every ten, until stop.
+func startSampler(ctx context.Context, cfg config, cl *client, p *proc, start time.Time, scrape0 samples, created *atomic.Int64) *sampler {
+	sm := &sampler{done: make(chan struct{}), quit: make(chan struct{})}
+	pid := p.cmd.Process.Pid
+	if s, err := procstat.Read(pid); err == nil {
+		sm.out.ps = append(sm.out.ps, s)
+	}
+	go func() {
+		defer close(sm.done)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		lastAt, lastScrape := time.Now(), scrape0
+		for {
+			select {
+			case <-ctx.Done():
+				sm.out.err = ctx.Err()
+				return
+			case <-p.done:
+				sm.out.err = p.exitErr("during the run")
+				return
+			case <-sm.quit:
+				if cur, _ := cl.scrape(ctx, p.nodeURL); cur != nil {
+					sm.out.timeline = append(sm.out.timeline, newTimelineTick(time.Since(start), lastAt, lastScrape, cur))
+				}
+				return
+			case <-tick.C:
+			}
+			if s, err := procstat.Read(pid); err == nil {
+				sm.out.ps = append(sm.out.ps, s)
+			}
+			c := int(created.Load())
+			if st, err := cl.status(ctx); err == nil {
+				sm.out.outboxMax = max(sm.out.outboxMax, st.OutboxDepth)
+				sm.out.lagMax = max(sm.out.lagMax, c-st.RulesOwned)
+			}
+			if time.Since(lastAt) >= 10*time.Second {
+				cur, _ := cl.scrape(ctx, p.nodeURL)
+				tl := newTimelineTick(time.Since(start), lastAt, lastScrape, cur)
+				sm.out.timeline = append(sm.out.timeline, tl)
+				cfg.logf("+%s: %s", tl.At, tl)
+				lastAt, lastScrape = time.Now(), cur
+			}
+		}
+	}()
+	return sm
+}
+
+func (sm *sampler) stop() *sampled {
+	close(sm.quit)
+	<-sm.done
+	return &sm.out
 }
 
 func build(ctx context.Context, out string) error {
@@ -379,11 +401,13 @@ func build(ctx context.Context, out string) error {
 }
 
 // createRules creates cfg.Rules rules with cfg.Concurrency clients and
-// returns their ids, each create's latency and the time it all took.
-func createRules(ctx context.Context, cfg config, cl *client, p *proc) ([]int64, []time.Duration, time.Duration, error) {
-	ids := make([]int64, cfg.Rules)
+// returns them, with each create's latency; created counts those answered.
+func createRules(ctx context.Context, cfg config, cl *client, p *proc, created *atomic.Int64) ([]ruleSpec, []time.Duration, error) {
+	rules := make([]ruleSpec, cfg.Rules)
 	lat := make([]time.Duration, cfg.Rules)
-	var next, done atomic.Int64
+	sec := int64(cfg.Interval / time.Second)
+	params := fmt.Appendf(nil, `{"interval":%d,"unit":"seconds"}`, sec)
+	var next atomic.Int64
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for range cfg.Concurrency {
@@ -394,12 +418,19 @@ func createRules(ctx context.Context, cfg config, cl *client, p *proc) ([]int64,
 					return nil
 				}
 				t := time.Now()
-				id, err := cl.createRule(gctx, fmt.Sprintf("load.r%06d", i), int64(cfg.Interval/time.Second))
+				id, err := cl.createRule(gctx, fmt.Sprintf("load.r%06d", i), sec)
 				if err != nil {
 					return err
 				}
-				ids[i], lat[i] = id, time.Since(t)
-				done.Add(1)
+				acked := time.Now()
+				// The schedule the node derives from the rule: the load
+				// knows every slot the rule owes.
+				tm, err := scheduler.Parse("core.intervaltimer", params, id)
+				if err != nil {
+					return fmt.Errorf("rule %d: %w", id, err)
+				}
+				rules[i], lat[i] = ruleSpec{ID: id, Sent: t, Acked: acked, Timer: tm}, acked.Sub(t)
+				created.Add(1)
 			}
 		})
 	}
@@ -412,7 +443,7 @@ func createRules(ctx context.Context, cfg config, cl *client, p *proc) ([]int64,
 			case <-stop:
 				return
 			case <-t.C:
-				d := done.Load()
+				d := created.Load()
 				cfg.logf("created %d/%d rules (%.0f/s)", d, cfg.Rules, float64(d)/time.Since(start).Seconds())
 			}
 		}
@@ -422,12 +453,12 @@ func createRules(ctx context.Context, cfg config, cl *client, p *proc) ([]int64,
 	if err != nil {
 		select {
 		case <-p.done:
-			return nil, nil, 0, p.exitErr("while creating rules")
+			return nil, nil, p.exitErr("while creating rules")
 		default:
 		}
-		return nil, nil, 0, err
+		return nil, nil, err
 	}
-	return ids, lat, time.Since(start), nil
+	return rules, lat, nil
 }
 
 // fetchEvents reads every stored event from the first page that may hold
@@ -481,31 +512,6 @@ func fetchEvents(ctx context.Context, cl *client, from time.Time) ([]event, erro
 		return nil, err
 	}
 	return slices.Concat(pages...), nil
-}
-
-// phasesOfSilentRules asks the API for one event of each rule (up to limit)
-// that has no event in evs, so that its slots in the window are known.
-func phasesOfSilentRules(ctx context.Context, cl *client, ids []int64, evs []event, limit int) (map[int64]time.Time, error) {
-	seen := make(map[int64]bool, len(ids))
-	for _, e := range evs {
-		if id, ok := e.ruleID(); ok {
-			seen[id] = true
-		}
-	}
-	phases := map[int64]time.Time{}
-	for _, id := range ids {
-		if seen[id] || len(phases) >= limit {
-			continue
-		}
-		pg, err := cl.events(ctx, url.Values{"trigger_instance_id": {fmt.Sprintf("rule_%d", id)}}, 1, 1)
-		if err != nil {
-			return nil, fmt.Errorf("list events of rule %d: %w", id, err)
-		}
-		if len(pg.Items) > 0 {
-			phases[id] = pg.Items[0].Payload.ScheduledAt
-		}
-	}
-	return phases, nil
 }
 
 func counterDelta(a, b samples, name string, match map[string]string) *int {

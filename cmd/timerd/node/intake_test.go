@@ -408,3 +408,41 @@ func TestReconcilePurgesTombstones(t *testing.T) {
 		t.Errorf("fresh tombstone purged")
 	}
 }
+
+// A burst of rule creates on the in-process bus, published as fast as the
+// bus takes them (the API creating rules at its full rate), is all running
+// once the node has taken it in: every rule in the engine, none lost to the
+// batching. How long it takes is logged, not asserted (the load tool
+// reports it: go run ./test/load).
+func TestIntakeBurstAllRun(t *testing.T) {
+	n := 5000
+	if testing.Short() {
+		n = 500
+	}
+	dir := t.TempDir()
+	s := startAPI(t, dir)
+	rn := s.startNode(dir, true)
+	start := time.Now()
+	for id := int64(1); id <= int64(n); id++ {
+		// An hour apart: none fires during the test.
+		m := envelope(ingest.RuleCreated, id, "core.intervaltimer", `{"interval":3600}`)
+		if err := s.bus.Publish(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	published := time.Since(start)
+	waitUntil(t, fmt.Sprintf("%d rules running", n), 2*time.Minute, func() bool { return rn.engine.Len() >= n })
+	t.Logf("%d creates published in %s, all running %s later", n, published.Round(time.Millisecond),
+		(time.Since(start) - published).Round(time.Millisecond))
+	for id := int64(1); id <= int64(n); id++ {
+		if _, ok := rn.engine.Watermark(id); !ok {
+			t.Fatalf("rule %d of the burst is not running", id)
+		}
+	}
+	if c, err := rn.store.RuleCount(); err != nil || c != n {
+		t.Errorf("store holds %d rules (err %v), want %d", c, err, n)
+	}
+	if got := lifecycleCounts(t, rn.cfg.Registry)["RuleCreated/applied"]; got != float64(n) {
+		t.Errorf("lifecycle messages RuleCreated/applied = %v, want %d", got, n)
+	}
+}

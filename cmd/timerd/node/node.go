@@ -89,7 +89,13 @@ type Config struct {
 	// to the node's. nil: a single node that owns every rule.
 	Cluster *cluster.Config
 
-	Workers           int           // concurrent event POSTs, default 32
+	// DeliveryBudget is the most event POSTs in flight to the API from the
+	// whole cluster; the node's ceiling is it over the live members of its
+	// view (ingest.DeliveryConfig.Budget). Default 512.
+	DeliveryBudget int
+	// Workers, if set, also caps this node's POSTs in flight (TIMERD_WORKERS,
+	// deprecated). 0: no cap of its own.
+	Workers           int
 	ReconcileInterval time.Duration // default 5m; negative disables the periodic reconcile
 	ShutdownTimeout   time.Duration // bound on the outbox flush at shutdown, default 10s
 	MisfireGrace      time.Duration // engine default grace, default 1m
@@ -116,11 +122,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.NodeName == "" {
 		c.NodeName, _ = os.Hostname()
-	}
-	if c.Workers == 0 {
-		// An fsync-bound receiver answers each POST in about a commit time:
-		// throughput grows with the requests in flight (docs/benchmarks.md).
-		c.Workers = 32
 	}
 	if c.IntakeBatch == 0 {
 		c.IntakeBatch = 256
@@ -157,6 +158,8 @@ func (c *Config) Validate() error {
 		return errors.New("api url: required")
 	case c.Workers < 0:
 		return fmt.Errorf("workers: must be positive, got %d", c.Workers)
+	case c.DeliveryBudget < 0:
+		return fmt.Errorf("delivery budget: must be positive, got %d", c.DeliveryBudget)
 	case c.RejectRetryWindow < 0:
 		return fmt.Errorf("reject retry window: must not be negative, got %s", c.RejectRetryWindow)
 	case c.ShutdownTimeout < 0:
@@ -271,6 +274,8 @@ func New(cfg Config) (*Node, error) {
 		APIURL:     cfg.APIURL,
 		Tokens:     tokens,
 		Workers:    cfg.Workers,
+		Budget:     cfg.DeliveryBudget,
+		Members:    n.liveMembers,
 		AckFailed:  n.health.record,
 		Logger:     cfg.Logger,
 		Registerer: reg,
@@ -328,6 +333,19 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	return n, nil
+}
+
+// liveMembers is the members of the node's view, itself included (1 alone,
+// or before the protocol has a view): the delivery budget is shared by them.
+func (n *Node) liveMembers() int {
+	if n.drv == nil {
+		return 1
+	}
+	s := n.drv.snap.Load()
+	if s == nil {
+		return 1
+	}
+	return max(1, len(s.status.View))
 }
 
 // HTTPAddr is the bound address of the node's HTTP endpoints, "" if none.

@@ -33,6 +33,7 @@ type config struct {
 	Warmup   time.Duration
 	Window   time.Duration
 	Workers  int
+	Budget   int
 	Binary   string
 	Baseline string
 	Metrics  string // directory: each run's /metrics at the window's end, and its CPU profile with Profile
@@ -48,7 +49,8 @@ func main() {
 	fs.DurationVar(&cfg.Delay, "delay", 0, "how long the stub takes to answer each event (0: at once)")
 	fs.DurationVar(&cfg.Warmup, "warmup", cfg.Warmup, "run before the window: start, reconcile, settle")
 	fs.DurationVar(&cfg.Window, "window", cfg.Window, "measuring window")
-	fs.IntVar(&cfg.Workers, "workers", 0, "TIMERD_WORKERS of the agent (0: its default)")
+	fs.IntVar(&cfg.Workers, "workers", 0, "TIMERD_WORKERS of the agent: a cap on its POSTs in flight, deprecated (0: unset)")
+	fs.IntVar(&cfg.Budget, "budget", 0, "TIMERD_DELIVERY_BUDGET of the agent: the most POSTs in flight, adapted below it (0: its default; a revision without the setting ignores it)")
 	fs.StringVar(&cfg.Binary, "binary", "", "timerd binary (default: go build ./cmd/timerd)")
 	fs.StringVar(&cfg.Baseline, "baseline", "", "also run the timerd of this git revision, side by side")
 	fs.StringVar(&cfg.Metrics, "metrics", "", "write each run's /metrics at the window's end into this directory")

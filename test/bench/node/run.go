@@ -146,6 +146,9 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 	if cfg.Workers > 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_WORKERS=%d", cfg.Workers))
 	}
+	if cfg.Budget > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_DELIVERY_BUDGET=%d", cfg.Budget))
+	}
 	var logs tailBuffer // warnings and errors: shown if the agent fails
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
