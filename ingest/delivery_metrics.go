@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"errors"
+	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -21,6 +23,18 @@ type deliveryMetrics struct {
 	// time would cost more than the rest of the dispatch.
 	onTimeInFlight, catchUpInFlight prometheus.Gauge
 	limitDecreases                  *prometheus.CounterVec // by reason: latency, overload, retry_after
+
+	byCode sync.Map // int HTTP status → its child of deliveries, resolved once
+}
+
+// delivery is the deliveries counter of an HTTP status: a map lookup per event
+// rather than WithLabelValues' formatting and hashing of the label.
+func (m *deliveryMetrics) delivery(code int) prometheus.Counter {
+	if c, ok := m.byCode.Load(code); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := m.byCode.LoadOrStore(code, m.deliveries.WithLabelValues(strconv.Itoa(code)))
+	return c.(prometheus.Counter)
 }
 
 // The classes of events in flight.

@@ -1,12 +1,12 @@
 package ingest
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
@@ -20,45 +20,6 @@ var (
 	minUnixNano = time.Unix(0, math.MinInt64)
 	maxUnixNano = time.Unix(0, math.MaxInt64)
 )
-
-// eventBody is the POST body of contract §3. The payload is typed per kind so
-// that the key order is fixed and encoding needs no map.
-type eventBody[P any] struct {
-	TriggerRef        string `json:"trigger_ref"`
-	TriggerInstanceID string `json:"trigger_instance_id"`
-	Payload           P      `json:"payload"`
-}
-
-type intervalPayload struct {
-	Type            string  `json:"type"`
-	IntervalSeconds float64 `json:"interval_seconds"`
-	FiredAt         string  `json:"fired_at"`
-	ScheduledAt     string  `json:"scheduled_at"`
-	ExecutionCount  uint64  `json:"execution_count"`
-	SensorRef       string  `json:"sensor_ref"`
-}
-
-type cronPayload struct {
-	Type           string  `json:"type"`
-	FiredAt        string  `json:"fired_at"`
-	ScheduledAt    string  `json:"scheduled_at"`
-	Expression     string  `json:"expression"`
-	Timezone       string  `json:"timezone"`
-	NextFireAt     *string `json:"next_fire_at"` // null when the rule has no next slot
-	ExecutionCount uint64  `json:"execution_count"`
-	SensorRef      string  `json:"sensor_ref"`
-}
-
-type datetimePayload struct {
-	Type           string `json:"type"`
-	FireAt         string `json:"fire_at"`
-	FiredAt        string `json:"fired_at"`
-	ScheduledAt    string `json:"scheduled_at"`
-	Timezone       string `json:"timezone"`
-	DelayMS        int64  `json:"delay_ms"`
-	ExecutionCount uint64 `json:"execution_count"`
-	SensorRef      string `json:"sensor_ref"`
-}
 
 // BuildEvent turns a fire into the event posted to Attune (contract §3): the
 // JSON body with the payload keys of the timer's kind, and the idempotency
@@ -76,68 +37,55 @@ func BuildEvent(f scheduler.Fire, sensorRef string) (store.Event, error) {
 		return store.Event{}, fmt.Errorf("build event for rule %d: %w: fired_at is zero", f.RuleID, ErrBadFire)
 	}
 	t := f.Timer
-	firedAt, scheduledAt := formatTime(f.FiredAt), formatTime(f.Slot)
-	instance := "rule_" + strconv.FormatInt(f.RuleID, 10)
-
-	var body []byte
-	var err error
+	// The body is appended field by field in a buffer of about its size: the keys in
+	// the order of contract §3, strings escaped exactly as encoding/json does
+	// (event_test.go checks it byte for byte against json.Marshal).
+	b := make([]byte, 0, 320+len(t.TriggerRef)+len(t.Expression)+len(t.Timezone)+len(sensorRef))
+	b = append(b, `{"trigger_ref":`...)
+	b = appendJSONString(b, t.TriggerRef)
+	b = append(b, `,"trigger_instance_id":"rule_`...)
+	b = strconv.AppendInt(b, f.RuleID, 10)
+	b = append(b, `","payload":{"type":`...)
 	switch t.Kind {
 	case scheduler.KindInterval:
-		body, err = json.Marshal(eventBody[intervalPayload]{
-			TriggerRef: t.TriggerRef, TriggerInstanceID: instance,
-			Payload: intervalPayload{
-				Type:            "interval",
-				IntervalSeconds: t.Interval.Seconds(),
-				FiredAt:         firedAt,
-				ScheduledAt:     scheduledAt,
-				ExecutionCount:  f.Count,
-				SensorRef:       sensorRef,
-			},
-		})
+		b = append(b, `"interval","interval_seconds":`...)
+		b = appendJSONFloat(b, t.Interval.Seconds())
+		b = appendTimeField(b, `,"fired_at":`, f.FiredAt)
+		b = appendTimeField(b, `,"scheduled_at":`, f.Slot)
 	case scheduler.KindCron:
-		var next *string
-		if !f.Next.IsZero() {
-			s := formatTime(f.Next)
-			next = &s
+		b = append(b, `"cron"`...)
+		b = appendTimeField(b, `,"fired_at":`, f.FiredAt)
+		b = appendTimeField(b, `,"scheduled_at":`, f.Slot)
+		b = append(b, `,"expression":`...)
+		b = appendJSONString(b, t.Expression)
+		b = append(b, `,"timezone":`...)
+		b = appendJSONString(b, t.Timezone)
+		if f.Next.IsZero() {
+			b = append(b, `,"next_fire_at":null`...) // the rule has no next slot
+		} else {
+			b = appendTimeField(b, `,"next_fire_at":`, f.Next)
 		}
-		body, err = json.Marshal(eventBody[cronPayload]{
-			TriggerRef: t.TriggerRef, TriggerInstanceID: instance,
-			Payload: cronPayload{
-				Type:           "cron",
-				FiredAt:        firedAt,
-				ScheduledAt:    scheduledAt,
-				Expression:     t.Expression,
-				Timezone:       t.Timezone,
-				NextFireAt:     next,
-				ExecutionCount: f.Count,
-				SensorRef:      sensorRef,
-			},
-		})
 	case scheduler.KindDatetime:
 		fireAt := t.FireAt
 		if fireAt.IsZero() {
 			fireAt = f.Slot
 		}
-		body, err = json.Marshal(eventBody[datetimePayload]{
-			TriggerRef: t.TriggerRef, TriggerInstanceID: instance,
-			Payload: datetimePayload{
-				Type:           "one_shot",
-				FireAt:         formatTime(fireAt),
-				FiredAt:        firedAt,
-				ScheduledAt:    scheduledAt,
-				Timezone:       t.Timezone,
-				DelayMS:        f.FiredAt.Sub(fireAt).Milliseconds(),
-				ExecutionCount: f.Count,
-				SensorRef:      sensorRef,
-			},
-		})
+		b = append(b, `"one_shot"`...)
+		b = appendTimeField(b, `,"fire_at":`, fireAt)
+		b = appendTimeField(b, `,"fired_at":`, f.FiredAt)
+		b = appendTimeField(b, `,"scheduled_at":`, f.Slot)
+		b = append(b, `,"timezone":`...)
+		b = appendJSONString(b, t.Timezone)
+		b = append(b, `,"delay_ms":`...)
+		b = strconv.AppendInt(b, f.FiredAt.Sub(fireAt).Milliseconds(), 10)
 	default:
 		return store.Event{}, fmt.Errorf("build event for rule %d: %w: unknown timer kind %q", f.RuleID, ErrBadFire, t.Kind)
 	}
-	if err != nil {
-		// Only strings and numbers are encoded: this cannot happen.
-		return store.Event{}, fmt.Errorf("build event for rule %d: %w", f.RuleID, err)
-	}
+	b = append(b, `,"execution_count":`...)
+	b = strconv.AppendUint(b, f.Count, 10)
+	b = append(b, `,"sensor_ref":`...)
+	b = appendJSONString(b, sensorRef)
+	body := append(b, "}}"...)
 	return store.Event{
 		RuleID:         f.RuleID,
 		Slot:           f.Slot,
@@ -156,4 +104,83 @@ func IdempotencyKey(ruleID int64, slot time.Time) string {
 	return string(b)
 }
 
-func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+// appendTimeField appends key and t as a JSON string: RFC 3339 with nanoseconds, in
+// UTC (no character of it needs escaping).
+func appendTimeField(b []byte, key string, t time.Time) []byte {
+	b = append(b, key...)
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
+
+// appendJSONFloat appends f as encoding/json writes a float64: the shortest
+// representation, in exponent form below 1e-6 and from 1e21, with a one-digit
+// negative exponent written as e-7, not e-07. f is finite (a duration in seconds).
+func appendJSONFloat(b []byte, f float64) []byte {
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as encoding/json's Marshal writes a string: quoted,
+// with \", \\, \b, \f, \n, \r and \t, other control bytes and <, >, & as \u00XX,
+// U+2028 and U+2029 as \u2028 and \u2029, and each byte of invalid UTF-8 as \ufffd.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}

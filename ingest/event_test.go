@@ -3,6 +3,7 @@ package ingest
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -158,4 +159,147 @@ func BenchmarkBuildEvent(b *testing.B) {
 			}
 		})
 	}
+}
+
+// The encoding/json body BuildEvent wrote before it appended the body itself: the
+// reference its output is checked against, byte for byte.
+type refBody[P any] struct {
+	TriggerRef        string `json:"trigger_ref"`
+	TriggerInstanceID string `json:"trigger_instance_id"`
+	Payload           P      `json:"payload"`
+}
+
+type refInterval struct {
+	Type            string  `json:"type"`
+	IntervalSeconds float64 `json:"interval_seconds"`
+	FiredAt         string  `json:"fired_at"`
+	ScheduledAt     string  `json:"scheduled_at"`
+	ExecutionCount  uint64  `json:"execution_count"`
+	SensorRef       string  `json:"sensor_ref"`
+}
+
+type refCron struct {
+	Type           string  `json:"type"`
+	FiredAt        string  `json:"fired_at"`
+	ScheduledAt    string  `json:"scheduled_at"`
+	Expression     string  `json:"expression"`
+	Timezone       string  `json:"timezone"`
+	NextFireAt     *string `json:"next_fire_at"`
+	ExecutionCount uint64  `json:"execution_count"`
+	SensorRef      string  `json:"sensor_ref"`
+}
+
+type refDatetime struct {
+	Type           string `json:"type"`
+	FireAt         string `json:"fire_at"`
+	FiredAt        string `json:"fired_at"`
+	ScheduledAt    string `json:"scheduled_at"`
+	Timezone       string `json:"timezone"`
+	DelayMS        int64  `json:"delay_ms"`
+	ExecutionCount uint64 `json:"execution_count"`
+	SensorRef      string `json:"sensor_ref"`
+}
+
+func refEncode(t testing.TB, f scheduler.Fire, sensorRef string) string {
+	t.Helper()
+	tm := f.Timer
+	ft := func(x time.Time) string { return x.UTC().Format(time.RFC3339Nano) }
+	instance := "rule_" + strconv.FormatInt(f.RuleID, 10)
+	var v any
+	switch tm.Kind {
+	case scheduler.KindInterval:
+		v = refBody[refInterval]{tm.TriggerRef, instance, refInterval{"interval", tm.Interval.Seconds(),
+			ft(f.FiredAt), ft(f.Slot), f.Count, sensorRef}}
+	case scheduler.KindCron:
+		var next *string
+		if !f.Next.IsZero() {
+			s := ft(f.Next)
+			next = &s
+		}
+		v = refBody[refCron]{tm.TriggerRef, instance, refCron{"cron", ft(f.FiredAt), ft(f.Slot),
+			tm.Expression, tm.Timezone, next, f.Count, sensorRef}}
+	case scheduler.KindDatetime:
+		fireAt := tm.FireAt
+		if fireAt.IsZero() {
+			fireAt = f.Slot
+		}
+		v = refBody[refDatetime]{tm.TriggerRef, instance, refDatetime{"one_shot", ft(fireAt), ft(f.FiredAt),
+			ft(f.Slot), tm.Timezone, f.FiredAt.Sub(fireAt).Milliseconds(), f.Count, sensorRef}}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// Strings that encoding/json escapes, each way it does.
+var escapeCases = []string{
+	"", "core.timer", `quote " and backslash \`, "<script>&amp;</script>", "\b\f\n\r\t",
+	"\x00\x01\x1f\x7f", "line\u2028para\u2029end", "invalid \xff\xfe utf-8 \xc3", "truncated \xe2\x82",
+	"émoji 🕐 and 中文", "Europe/Paris", "0 */5 * * * *", "@every 1h30m", "tab\tin\texpr",
+}
+
+// BuildEvent writes exactly what encoding/json wrote for every kind, string and
+// interval, escaping included.
+func TestBuildEventMatchesEncodingJSON(t *testing.T) {
+	slot := time.Date(2026, 1, 27, 12, 34, 55, 123456789, time.UTC)
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		t.Fatal(err)
+	}
+	intervals := []time.Duration{time.Nanosecond, 999 * time.Nanosecond, time.Microsecond, 1500 * time.Microsecond,
+		time.Second, 1500 * time.Millisecond, 10 * time.Second, 24 * time.Hour, 1<<63 - 1}
+	fires := []scheduler.Fire{}
+	for i, s := range escapeCases {
+		for _, iv := range intervals {
+			fires = append(fires, scheduler.Fire{RuleID: int64(i + 1), Slot: slot, FiredAt: slot.Add(iv / 3), Count: uint64(i),
+				Timer: &scheduler.Timer{TriggerRef: s, Kind: scheduler.KindInterval, Interval: iv}})
+		}
+		fires = append(fires,
+			scheduler.Fire{RuleID: 1 << 62, Slot: slot.In(paris), FiredAt: slot, Count: 1 << 63, Next: slot.Add(time.Hour),
+				Timer: &scheduler.Timer{TriggerRef: "core.crontimer", Kind: scheduler.KindCron, Expression: s, Timezone: s}},
+			scheduler.Fire{RuleID: 3, Slot: slot, FiredAt: slot, Timer: &scheduler.Timer{TriggerRef: s, Kind: scheduler.KindCron,
+				Expression: "@hourly", Timezone: "UTC"}},
+			scheduler.Fire{RuleID: 4, Slot: slot, FiredAt: slot.Add(-time.Minute), Timer: &scheduler.Timer{TriggerRef: s,
+				Kind: scheduler.KindDatetime, FireAt: slot.Add(time.Second), Timezone: s}},
+			scheduler.Fire{RuleID: 5, Slot: slot, FiredAt: slot.Add(time.Hour), Timer: &scheduler.Timer{TriggerRef: s,
+				Kind: scheduler.KindDatetime, Timezone: s}},
+		)
+	}
+	for _, f := range fires {
+		for _, sensor := range []string{"core.timer", "sensor<&>\"\x01"} {
+			ev, err := BuildEvent(f, sensor)
+			if err != nil {
+				t.Fatalf("BuildEvent(%+v): %v", f, err)
+			}
+			if want := refEncode(t, f, sensor); string(ev.Body) != want {
+				t.Errorf("BuildEvent(rule %d, kind %s, timer %+v) body:\n got %s\nwant %s", f.RuleID, f.Timer.Kind, f.Timer, ev.Body, want)
+			}
+		}
+	}
+}
+
+func FuzzBuildEventMatchesEncodingJSON(f *testing.F) {
+	for _, s := range escapeCases {
+		f.Add(s, s, int64(1500*time.Millisecond))
+	}
+	slot := time.Date(2026, 1, 27, 12, 34, 55, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, ref, tz string, interval int64) {
+		for _, fire := range []scheduler.Fire{
+			{RuleID: 1, Slot: slot, FiredAt: slot, Timer: &scheduler.Timer{TriggerRef: ref, Kind: scheduler.KindInterval,
+				Interval: time.Duration(interval)}},
+			{RuleID: 2, Slot: slot, FiredAt: slot, Next: slot.Add(time.Minute), Timer: &scheduler.Timer{TriggerRef: ref,
+				Kind: scheduler.KindCron, Expression: ref, Timezone: tz}},
+			{RuleID: 3, Slot: slot, FiredAt: slot, Timer: &scheduler.Timer{TriggerRef: ref, Kind: scheduler.KindDatetime, Timezone: tz}},
+		} {
+			ev, err := BuildEvent(fire, tz)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := refEncode(t, fire, tz); string(ev.Body) != want {
+				t.Errorf("BuildEvent(%q, %q, %d):\n got %s\nwant %s", ref, tz, interval, ev.Body, want)
+			}
+		}
+	})
 }

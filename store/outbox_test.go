@@ -413,3 +413,214 @@ func TestDeleteDeadLettersBefore(t *testing.T) {
 		t.Errorf("second DeleteDeadLettersBefore = %d, %v; want 0, nil", n, err)
 	}
 }
+
+// txID is the id of the store's last committed read-write transaction.
+func txID(t *testing.T, s *Store) int {
+	t.Helper()
+	var id int
+	if err := s.db.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// waitAckQueued waits until AckOutbox calls have queued n seqs.
+func waitAckQueued(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		s.acks.mu.Lock()
+		queued := s.acks.open != nil && len(s.acks.open.seqs) >= n
+		s.acks.mu.Unlock()
+		if queued {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("AckOutbox queued nothing within 10s")
+		}
+	}
+}
+
+// While fires are committed, acks ride in the next fires transaction: no commit of
+// their own, and AckOutbox returns once that transaction is durable.
+func TestAckOutboxRidesOnFiresCommit(t *testing.T) {
+	s := openTest(t, Options{})
+	s.acks.wait = time.Minute // the fires commit below comes first, however slow the machine
+	var recs []FireRecord
+	for i := range 10 {
+		recs = append(recs, testFire(int64(i+1), t0, 1))
+	}
+	if err := s.CommitFires(recs); err != nil {
+		t.Fatal(err)
+	}
+	before := txID(t, s)
+	errs := make(chan error, 2)
+	go func() { errs <- s.AckOutbox(1, 2, 3) }()
+	waitAckQueued(t, s, 3)
+	go func() { errs <- s.AckOutbox(4, 5, 999) }() // joins the batch
+	waitAckQueued(t, s, 6)
+	if err := s.CommitFires([]FireRecord{testFire(1, t0.Add(time.Minute), 2)}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("AckOutbox: %v", err)
+		}
+	}
+	if got := txID(t, s); got != before+1 {
+		t.Errorf("acks and one fires commit took %d transactions, want 1", got-before)
+	}
+	s = reopen(t, s)
+	if n, _ := s.OutboxLen(); n != 6 {
+		t.Errorf("OutboxLen() after acking 5 of 11 = %d, want 6", n)
+	}
+	rest, err := s.Outbox(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range rest {
+		if want := uint64(6 + i); e.Seq != want {
+			t.Errorf("Outbox after acks: entry %d seq %d, want %d", i, e.Seq, want)
+		}
+	}
+}
+
+// Acks that rode in a failed fires commit fail with it: nothing is deleted, the
+// error says so (delivery keeps them and acks again), and the next ack commits them.
+func TestAckOutboxRideFailsWithTheCommit(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	s.acks.wait = time.Minute
+	if err := s.PutRules([]Rule{testRule(7)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CommitFires([]FireRecord{testFire(1, t0, 1), testFire(2, t0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	// A damaged watermark of rule 7 fails the next fires commit of rule 7.
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketWatermarks).Put(idKey(7), []byte{0xff})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 1)
+	go func() { errs <- s.AckOutbox(1) }()
+	waitAckQueued(t, s, 1)
+	if err := s.CommitFires([]FireRecord{testFire(7, t0, 1)}); err == nil {
+		t.Fatal("CommitFires over a damaged watermark: no error")
+	}
+	if err := <-errs; err == nil {
+		t.Error("AckOutbox that rode in a failed commit returned nil")
+	}
+	if n, _ := s.OutboxLen(); n != 2 {
+		t.Errorf("OutboxLen() after a failed ack = %d, want 2", n)
+	}
+	s.acks.wait = time.Millisecond
+	if err := s.AckOutbox(1); err != nil {
+		t.Fatalf("AckOutbox again: %v", err)
+	}
+	if e, _ := s.Outbox(0, 10); len(e) != 1 || e[0].Seq != 2 {
+		t.Errorf("Outbox after the second ack = %+v, want seq 2 alone", e)
+	}
+}
+
+// Without fires, an ack commits at once, on its own.
+func TestAckOutboxWithoutFires(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	if err := s.CommitFires([]FireRecord{testFire(1, t0, 1), testFire(2, t0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	s.acks.lastFires.Store(time.Now().Add(-time.Hour).UnixNano()) // the fires were long ago
+	s.acks.wait = time.Hour                                       // would hang the test if waited for
+	before := txID(t, s)
+	if err := s.AckOutbox(2); err != nil {
+		t.Fatal(err)
+	}
+	if got := txID(t, s); got != before+1 {
+		t.Errorf("an ack took %d transactions, want 1", got-before)
+	}
+	if e, _ := s.Outbox(0, 10); len(e) != 1 || e[0].Seq != 1 {
+		t.Errorf("Outbox after acking 2 = %+v, want seq 1 alone", e)
+	}
+}
+
+// The freelist is written while short and left out once an outage's drain freed many
+// pages; the next Open rebuilds it, and the file checks out whole either way.
+func TestFreelistWrittenWhileShort(t *testing.T) {
+	const maxPages = 64
+	opts := Options{NoSync: true, FreelistSyncPages: maxPages}
+	s := openTest(t, opts)
+	commit := func(n int, slot time.Time) {
+		t.Helper()
+		recs := make([]FireRecord, n)
+		for i := range recs {
+			recs[i] = testFire(int64(i+1), slot, 1)
+		}
+		if err := s.CommitFires(recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		if err := s.db.View(func(tx *bolt.Tx) error {
+			for err := range tx.Check() {
+				return err
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("%s: bbolt check: %v", when, err)
+		}
+	}
+	commit(10, t0)
+	commit(10, t0.Add(time.Minute))
+	if free := s.db.Stats().FreePageN; free > maxPages || s.db.NoFreelistSync {
+		t.Fatalf("fresh store: %d free pages, freelist written %v; want ≤ %d and written", free, !s.db.NoFreelistSync, maxPages)
+	}
+	// An outage: thousands of events, then all delivered.
+	for i := range 20 {
+		commit(1000, t0.Add(time.Duration(i+2)*time.Minute))
+	}
+	drain := func() {
+		t.Helper()
+		for {
+			page, err := s.Outbox(0, 5000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) == 0 {
+				return
+			}
+			seqs := make([]uint64, len(page))
+			for i, e := range page {
+				seqs[i] = e.Seq
+			}
+			if err := s.AckOutbox(seqs...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	drain()
+	commit(10, t0.Add(time.Hour))
+	free := s.db.Stats().FreePageN
+	if free <= maxPages || !s.db.NoFreelistSync {
+		t.Fatalf("after the drain: %d free pages, freelist written %v; want > %d and not written", free, !s.db.NoFreelistSync, maxPages)
+	}
+	check("after the drain")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(s.Path(), opts)
+	if err != nil {
+		t.Fatalf("reopen without a written freelist: %v", err)
+	}
+	s = s2
+	t.Cleanup(func() { _ = s.Close() })
+	if got := s.db.Stats().FreePageN; got < free-maxPages {
+		t.Errorf("rebuilt freelist lists %d free pages, want about %d", got, free)
+	}
+	check("after the reopen")
+	if n, _ := s.OutboxLen(); n != 10 {
+		t.Errorf("OutboxLen() after the reopen = %d, want 10", n)
+	}
+	drain()
+	commit(10, t0.Add(2*time.Hour))
+	check("after more commits")
+}

@@ -42,7 +42,8 @@ const (
 	// raises the file's version.
 	SchemaVersion = 5
 
-	defaultTimeout = time.Second
+	defaultTimeout           = time.Second
+	defaultFreelistSyncPages = 4096
 )
 
 var (
@@ -69,10 +70,18 @@ var (
 
 // Options configures Open. The zero value is usable.
 type Options struct {
-	Timeout      time.Duration         // file-lock wait, default 1s (bbolt waits forever by default)
-	NoSync       bool                  // tests/benchmarks only: a crash may lose or corrupt data
-	MmapPopulate bool                  // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
-	Registerer   prometheus.Registerer // nil: no metrics
+	Timeout      time.Duration // file-lock wait, default 1s (bbolt waits forever by default)
+	NoSync       bool          // tests/benchmarks only: a crash may lose or corrupt data
+	MmapPopulate bool          // MAP_POPULATE for fast cold start (Linux; ignored elsewhere)
+	// FreelistSyncPages bounds the free pages for which a commit writes bbolt's list of
+	// them (bbolt writes it at every commit, whatever its length): above, commits leave
+	// it out and the next Open rebuilds it by walking the live pages. An outage's drained
+	// outbox leaves hundreds of thousands of free pages, and writing (and sorting) their
+	// list made every later commit 10 to 90 times slower; the walk costs an Open about 0.1 s
+	// per million rules. docs/operations.md has the figures. 0: 4,096 (a 32 KiB list);
+	// negative: never written.
+	FreelistSyncPages int
+	Registerer        prometheus.Registerer // nil: no metrics
 	// PartitionOf maps a rule id to its partition, for PartitionWatermarks (the
 	// cluster's xxhash64 of the 8-byte big-endian id mod the partition count). Nil: the
 	// store cannot answer PartitionWatermarks (use PartitionWatermarksOf).
@@ -102,15 +111,17 @@ type Store struct {
 	// status and metrics ask for it often, and a scan of a million rules is not free.
 	ruleCount atomic.Int64
 
+	acks         ackQueue     // acks waiting to ride on a fires commit (AckOutbox)
 	wmu          sync.Mutex   // serializes writers of watermarks (and the journal index)
 	imu          sync.RWMutex // guards j
 	j            journalState
 	foldAfter    int // journal records before a fold
 	foldDeferred int // records more to wait for after a failed fold (guarded by wmu)
 
-	partitionOf func(int64) int
-	readErrs    atomic.Uint64
-	readErr     atomic.Pointer[error] // the last error of a protocol.Store read
+	partitionOf       func(int64) int
+	freelistSyncPages int // Options.FreelistSyncPages
+	readErrs          atomic.Uint64
+	readErr           atomic.Pointer[error] // the last error of a protocol.Store read
 
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
@@ -132,6 +143,9 @@ func Open(path string, opts Options) (s *Store, err error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = defaultTimeout
 	}
+	if opts.FreelistSyncPages == 0 {
+		opts.FreelistSyncPages = defaultFreelistSyncPages
+	}
 	if err := precheck(path); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
@@ -140,6 +154,9 @@ func Open(path string, opts Options) (s *Store, err error) {
 		Timeout:      opts.Timeout,
 		NoSync:       opts.NoSync,
 		FreelistType: bolt.FreelistMapType, // O(1) page allocation on large files
+		// Whether commits write the freelist is decided at each commit (update): none is
+		// written at Open, and a file without one has it rebuilt.
+		NoFreelistSync: true,
 	}
 	if opts.MmapPopulate {
 		bopts.MmapFlags = mmapPopulate
@@ -156,7 +173,8 @@ func Open(path string, opts Options) (s *Store, err error) {
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter, partitionOf: opts.PartitionOf}
+	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter, partitionOf: opts.PartitionOf,
+		freelistSyncPages: opts.FreelistSyncPages}
 	defer func() {
 		if err != nil {
 			_ = db.Close()
@@ -479,7 +497,15 @@ func (s *Store) update(fn func(tx *bolt.Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.recoverCorrupt(&err, nil)
 	start := time.Now()
-	err = s.db.Update(fn)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		// bbolt reads the flag in this commit, under the writer lock we hold; the
+		// count is the last commit's.
+		s.db.NoFreelistSync = s.db.Stats().FreePageN > s.freelistSyncPages
+		return nil
+	})
 	if err == nil && s.commitDur != nil {
 		s.commitDur.Observe(time.Since(start).Seconds())
 	}

@@ -1,0 +1,31 @@
+package ingest
+
+import "sync/atomic"
+
+// Header values of every event POST, shared by all requests: the transport only
+// reads a request's headers.
+var (
+	jsonContentType  = []string{"application/json"}
+	identityEncoding = []string{"identity"}
+)
+
+// bearerHeader is the Authorization value of one token.
+type bearerHeader struct {
+	token string
+	value []string
+}
+
+// lastBearer is the Authorization value of the last token posted with: a token
+// (a JWT of half a kilobyte) is the same for hours, and was concatenated into a new
+// string for every POST.
+var lastBearer atomic.Pointer[bearerHeader]
+
+// bearer returns the Authorization header value of tok, "Bearer <tok>".
+func bearer(tok string) []string {
+	if b := lastBearer.Load(); b != nil && b.token == tok {
+		return b.value
+	}
+	b := &bearerHeader{token: tok, value: []string{"Bearer " + tok}}
+	lastBearer.Store(b)
+	return b.value
+}
