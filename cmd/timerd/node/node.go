@@ -270,9 +270,9 @@ func New(cfg Config) (*Node, error) {
 		// whatever its size: at thousands of fires a second, taking 10 ms of
 		// them at once cuts the node's CPU per event (docs/benchmarks.md) for
 		// at most 10 ms of lateness.
-		Coalesce: fireCoalesce,
-		Logger:   cfg.Logger.With("component", "scheduler"),
-		Registerer:          reg,
+		Coalesce:   fireCoalesce,
+		Logger:     cfg.Logger.With("component", "scheduler"),
+		Registerer: reg,
 	})
 	if err != nil {
 		st.Close()
