@@ -64,7 +64,7 @@ cluster-soak: mq
 	$(GO) test -race -count=3 -timeout 30m -run '^TestCluster' -v ./test/e2e
 
 # The deterministic simulation of the fire-once protocol (docs/protocol.md): 1,500
-# seeds of each of its 9 scenarios, 13,500 runs (make test runs 100 of each). A failing
+# seeds of each of its 10 scenarios, 15,000 runs (make test runs 100 of each). A failing
 # seed prints the command that replays it.
 sim:
 	$(GO) test -count=1 -timeout 60m -run 'TestSim' ./test/sim -sim.seeds 1500 -v
