@@ -268,7 +268,7 @@ func (c *tcluster) names(shorts ...string) []string {
 func (c *tcluster) start(short string, join []string, wait bool, extra ...string) *cnode {
 	c.t.Helper()
 	n, p := c.launch(short, join, extra...)
-	c.started(n, p, wait)
+	c.started(n, p, wait, readyWithin)
 	return n
 }
 
@@ -282,7 +282,9 @@ func (c *tcluster) startJoining(join []string, shorts ...string) {
 		_, procs[i] = c.launch(s, join)
 	}
 	for i, s := range shorts {
-		c.started(c.node(s), procs[i], true)
+		// Started one after the other, each had its own minute to get ready; together
+		// they share the CPU (each loads the whole rule book): the same budget in all.
+		c.started(c.node(s), procs[i], true, time.Duration(len(shorts))*readyWithin)
 	}
 }
 
@@ -301,9 +303,12 @@ func (c *tcluster) launch(short string, join []string, extra ...string) (*cnode,
 	return n, startCmd(c.t, cmd)
 }
 
+// readyWithin bounds how long a started node may take to be ready.
+const readyWithin = 60 * time.Second
+
 // started waits until the launched process p of n serves /v1/status, records its
-// gossip address and, if wait, waits for /readyz.
-func (c *tcluster) started(n *cnode, p *proc, wait bool) {
+// gossip address and, if wait, waits for /readyz (up to within).
+func (c *tcluster) started(n *cnode, p *proc, wait bool, within time.Duration) {
 	c.t.Helper()
 	ag := &agent{proc: p}
 	ag.nodeURL = p.waitOutput(agentHTTPRe, 30*time.Second)[1]
@@ -322,7 +327,7 @@ func (c *tcluster) started(n *cnode, p *proc, wait bool) {
 	n.ag = ag
 	c.mu.Unlock()
 	if wait {
-		waitReady(c.t, ag.nodeURL, 60*time.Second)
+		waitReady(c.t, ag.nodeURL, within)
 	}
 }
 
