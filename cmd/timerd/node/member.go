@@ -497,8 +497,16 @@ func (d *driver) settle(within time.Duration) {
 	}
 }
 
-// retireWait bounds how long settle waits for the run loop to take a forced retirement.
-const retireWait = 2 * time.Second
+// retireWait bounds how long a forced retirement waits at least for the run loop to
+// take it (a batch of a starved node takes seconds).
+const retireWait = 3 * time.Second
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
 
 // leave hands this node's partitions over and retires its incarnation: it tells the
 // members it is leaving, answers their acquisitions with its watermarks and the fires
@@ -549,9 +557,9 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	}
 	d.log.Warn("partitions not all handed over in time: retiring anyway; the members take them over",
 		"held", len(d.snap.Load().held), "waited", within)
-	// Not within ctx, which may be over by now: a Leave asked then might never be taken,
-	// and the members would not hear that this incarnation is gone.
-	rctx, cancel := context.WithTimeout(context.Background(), retireWait)
+	// Not only within ctx, which may be over by now: a Leave asked then might never be
+	// taken, and the members would not hear that this incarnation is gone.
+	rctx, cancel := context.WithDeadline(context.Background(), later(deadlineOr(ctx, time.Time{}), time.Now().Add(retireWait)))
 	defer cancel()
 	d.forceRetire(rctx)
 }
