@@ -267,6 +267,30 @@ func (c *tcluster) names(shorts ...string) []string {
 // address from /v1/status and, if wait, waits for /readyz.
 func (c *tcluster) start(short string, join []string, wait bool, extra ...string) *cnode {
 	c.t.Helper()
+	n, p := c.launch(short, join, extra...)
+	c.started(n, p, wait, readyWithin)
+	return n
+}
+
+// startJoining starts the nodes shorts at once, each joining join, and waits
+// until each is ready: a cluster forms in the time of its slowest node, not of
+// all of them one after the other (they learn of one another through join).
+func (c *tcluster) startJoining(join []string, shorts ...string) {
+	c.t.Helper()
+	procs := make([]*proc, len(shorts))
+	for i, s := range shorts {
+		_, procs[i] = c.launch(s, join)
+	}
+	for i, s := range shorts {
+		// Started one after the other, each had its own minute to get ready; together
+		// they share the CPU (each loads the whole rule book): the same budget in all.
+		c.started(c.node(s), procs[i], true, time.Duration(len(shorts))*readyWithin)
+	}
+}
+
+// launch starts the process of node short (see start) without waiting for it.
+func (c *tcluster) launch(short string, join []string, extra ...string) (*cnode, *proc) {
+	c.t.Helper()
 	n := c.node(short)
 	env := append(c.api.agentEnv(c.b, n.name, n.dir), "TIMERD_BIND_ADDR=127.0.0.1:0", "ATTUNE_API_URL="+c.proxy(short))
 	if len(join) > 0 {
@@ -276,7 +300,16 @@ func (c *tcluster) start(short string, join []string, wait bool, extra ...string
 	cmd := exec.Command(timerdBin, "agent")
 	cmd.Env = env
 	n.started = time.Now()
-	p := startCmd(c.t, cmd)
+	return n, startCmd(c.t, cmd)
+}
+
+// readyWithin bounds how long a started node may take to be ready.
+const readyWithin = 60 * time.Second
+
+// started waits until the launched process p of n serves /v1/status, records its
+// gossip address and, if wait, waits for /readyz (up to within).
+func (c *tcluster) started(n *cnode, p *proc, wait bool, within time.Duration) {
+	c.t.Helper()
 	ag := &agent{proc: p}
 	ag.nodeURL = p.waitOutput(agentHTTPRe, 30*time.Second)[1]
 	waitFor(c.t, n.short+": gossip address in /v1/status", 30*time.Second, func() bool {
@@ -294,9 +327,8 @@ func (c *tcluster) start(short string, join []string, wait bool, extra ...string
 	n.ag = ag
 	c.mu.Unlock()
 	if wait {
-		waitReady(c.t, ag.nodeURL, 60*time.Second)
+		waitReady(c.t, ag.nodeURL, within)
 	}
-	return n
 }
 
 // stop sends node short SIGTERM and waits for its exit status 0.

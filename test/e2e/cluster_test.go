@@ -31,8 +31,7 @@ func TestClusterScaleOut(t *testing.T) {
 	t.Logf("created %d interval rules of %s in %s", n, every, time.Since(begin).Round(time.Millisecond))
 
 	c.start("n1", nil, true)
-	c.start("n2", c.peers("n2"), true)
-	c.start("n3", c.peers("n3"), true)
+	c.startJoining(c.peers("n2"), "n2", "n3")
 	three := c.names("n1", "n2", "n3")
 	want3 := ringCounts(t, three, ids)
 	_, took := c.waitStable("3 nodes", 60*time.Second, want3)
@@ -117,7 +116,7 @@ func TestClusterScaleOut(t *testing.T) {
 			rel, adopted, moved)
 	}
 
-	run("4 nodes firing for two intervals", 2*every)
+	run("4 nodes firing for an interval", every) // each rule fires under the 4-node ring
 
 	// Scale in: n4 leaves and its rules go back.
 	leave := time.Now()
@@ -199,8 +198,7 @@ func TestClusterRollingRestart(t *testing.T) {
 	ids := c.createRules("roll", "core.intervaltimer", ni, func(int) map[string]any { return map[string]any{"interval": 5} })
 	c.start("n1", nil, true)
 	firing := time.Now()
-	c.start("n2", c.peers("n2"), true)
-	c.start("n3", c.peers("n3"), true)
+	c.startJoining(c.peers("n2"), "n2", "n3")
 	shorts := []string{"n1", "n2", "n3"}
 	c.waitStable("3 nodes", 60*time.Second, ringCounts(t, c.names(shorts...), ids))
 
@@ -270,8 +268,7 @@ func TestClusterCrash(t *testing.T) {
 	nd := clusterInt(t, "TIMERD_CLUSTER_CRASH_RULES", 300)
 	c := newTCluster(t)
 	c.start("n1", nil, true)
-	c.start("n2", c.peers("n2"), true)
-	c.start("n3", c.peers("n3"), true)
+	c.startJoining(c.peers("n2"), "n2", "n3")
 	three := c.names("n1", "n2", "n3")
 	c.waitStable("3 nodes", 60*time.Second, nil)
 
@@ -362,6 +359,7 @@ func TestClusterCrash(t *testing.T) {
 // restarted with a new IP keeps its name) is taken back by its peers: both
 // sides see each other alive and own rules by the same ring.
 func TestClusterCrashedNodeReturnsAtAnotherAddress(t *testing.T) {
+	t.Parallel() // few nodes, no slot timing: beside the agent tests (Makefile: -parallel)
 	c := newTCluster(t)
 	c.start("n1", nil, true)
 	c.start("n2", c.peers("n2"), true)
@@ -388,6 +386,7 @@ var aloneRe = regexp.MustCompile(`(?i)no peer reachable|running alone`)
 // not ready and fires nothing until the join timeout has passed, then says
 // loudly that it runs alone, and fires.
 func TestClusterJoinUnreachableWaitsForTimeout(t *testing.T) {
+	t.Parallel() // few nodes, no slot timing: beside the agent tests (Makefile: -parallel)
 	const timeout = 6 * time.Second
 	c := newTCluster(t)
 	ids := c.createRules("alone", "core.intervaltimer", 1, func(int) map[string]any { return map[string]any{"interval": 1} })
@@ -430,6 +429,7 @@ func TestClusterJoinUnreachableWaitsForTimeout(t *testing.T) {
 // form a cluster, a third with another key ends alone after its join
 // timeout, and none of them lists it or the key.
 func TestClusterWrongGossipKeyCannotJoin(t *testing.T) {
+	t.Parallel() // few nodes, no slot timing: beside the agent tests (Makefile: -parallel)
 	keyA, keyB := testGossipKey(), testGossipKey()
 	c := newTCluster(t, "TIMERD_GOSSIP_KEY="+keyA)
 	c.start("n1", nil, true)

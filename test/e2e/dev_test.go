@@ -66,6 +66,7 @@ func TestDevIntervalRuleEventsWithin3s(t *testing.T) {
 // same data dir: the datetime event arrives (late, once) and interval rules
 // resume from their watermarks with their misfire policy applied.
 func TestDevSIGKILLRestartRecovers(t *testing.T) {
+	t.Parallel() // few nodes, no slot timing: beside the agent tests (Makefile: -parallel)
 	dir := t.TempDir()
 	d := startDev(t, dir)
 

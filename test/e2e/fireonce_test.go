@@ -229,8 +229,7 @@ func getFSStatus(nodeURL string) (fsStatus, error) { return nodeStatus[fsStatus]
 func startThree(c *tcluster, ids []int64) []string {
 	c.t.Helper()
 	c.start("n1", nil, false) // alone it has no quorum: not ready
-	c.start("n2", c.peers("n2"), true)
-	c.start("n3", c.peers("n3"), true)
+	c.startJoining(c.peers("n2"), "n2", "n3")
 	three := c.names("n1", "n2", "n3")
 	_, took := c.waitStable("3 nodes", 60*time.Second, ringCounts(c.t, three, ids))
 	c.t.Logf("3 nodes (TIMERD_EXPECT=3) run what the ring says %s after the third was ready; load average %s", took.Round(time.Millisecond), loadavg())

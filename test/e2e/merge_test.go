@@ -157,6 +157,7 @@ func TestMergeStartedTogether(t *testing.T) {
 // A node with TIMERD_EXPECT=3 whose peers are unreachable does not run alone after its join
 // timeout: it is not ready, fires nothing and says it waits for a quorum.
 func TestMergeAloneWaitsForQuorum(t *testing.T) {
+	t.Parallel() // few nodes, no slot timing: beside the agent tests (Makefile: -parallel)
 	const timeout = 2 * time.Second
 	c := newTCluster(t)
 	ids := c.createRules("quorum", "core.intervaltimer", 5, func(int) map[string]any { return map[string]any{"interval": 1} })

@@ -64,7 +64,12 @@ type node struct {
 	skew int64 // wall clock offset, ns
 
 	up          bool
-	leaving     bool // shutting down: fires nothing, hands over, delivers
+	leaving     bool          // shutting down: fires nothing, hands over, delivers
+	leaves      int           // leaves begun: a leave's timers act only on their own
+	waited      bool          // this leave waited past its budget for fires to reach a quorum
+	departed    bool          // left for good: never started again
+	ackDelay    time.Duration // its peers' acks of its fires are this late (Faults.AckDelay)
+	knownStale  bool          // gossip changed while it was paused: told when it runs again
 	pausedUntil int64
 	inbox       []*event // messages that arrived while paused
 	pending     []pendingFire
@@ -105,13 +110,7 @@ func (n *node) start() {
 	n.m, n.up, n.pausedUntil, n.pending, n.inbox, n.leaving = m, true, 0, nil, nil, false
 	n.deliverable = map[fireID]protocol.EventRef{}
 	w.tracef("%s starts as %s", n.name, m.Self())
-	var others []string
-	for _, o := range w.nodes {
-		if o != n {
-			others = append(others, o.name)
-		}
-	}
-	n.apply(m.Step(n.time(), protocol.Known{Names: others}))
+	n.apply(m.Step(n.time(), protocol.Known{Names: w.known(n)}))
 	n.applyQueue()
 	n.apply(m.Step(n.time(), protocol.Ready{}))
 	if len(n.st.outbox) > 0 {
@@ -159,6 +158,10 @@ func (n *node) tick() {
 // resume carries out what a pause held back: the commit it interrupted, then the
 // messages that waited.
 func (n *node) resume() {
+	if n.knownStale {
+		n.knownStale = false
+		n.apply(n.m.Step(n.time(), protocol.Known{Names: n.w.known(n)}))
+	}
 	if len(n.st.queue) > 0 {
 		n.applyQueue()
 	}
@@ -305,6 +308,49 @@ func (n *node) deliver() {
 		w.recordDelivery(n, ev)
 		delete(n.deliverable, k)
 		delete(n.st.outbox, k)
+	}
+}
+
+// known is what gossip lists to n: every other node but those that left for good (a
+// node that leaves memberlist is no longer listed; one down for a while is kept, as
+// the simulation always has).
+func (w *world) known(n *node) []string {
+	var out []string
+	for _, o := range w.nodes {
+		if o != n && !o.departed {
+			out = append(out, o.name)
+		}
+	}
+	return out
+}
+
+// pendingFires is how many of the outbox's fires wait for a quorum's acks (not yet
+// deliverable): the node's store.PendingLen.
+func (n *node) pendingFires() int {
+	c := 0
+	for k := range n.st.outbox {
+		if _, ok := n.deliverable[k]; !ok {
+			c++
+		}
+	}
+	return c
+}
+
+// handOver gives the deliverable events a leaving node could not deliver (the API
+// down) to the members that now hold their partitions, as the node's Handover does.
+func (n *node) handOver() {
+	for k, ev := range n.deliverable {
+		for _, o := range n.w.nodes {
+			if o == n || !o.up || o.m == nil || !o.holds(n.w.partitionOf(k.rule)) {
+				continue
+			}
+			o.st.outbox[k] = ev
+			o.deliverable[k] = ev
+			delete(n.st.outbox, k)
+			delete(n.deliverable, k)
+			n.w.stats["handed_over"]++
+			break
+		}
 	}
 }
 

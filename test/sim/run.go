@@ -17,6 +17,7 @@ const (
 	fixGrantWatermarks = "grant-watermarks" // an acquisition ignores the watermarks of the grants
 	fixSourceVersions  = "source-versions"  // lifecycle messages apply in arrival order (versioned by arrival)
 	fixAnchors         = "anchors"          // a new schedule starts when its message arrives, not when it was made
+	fixLeaveWait       = "leave-wait"       // a leaver retires at its budget, fires not yet replicated or not
 )
 
 // quietPeriod follows the faulty part: everything heals, and every kept slot must fire.
@@ -166,7 +167,7 @@ func (w *world) scheduleFaults() {
 			}
 			n.crash()
 			w.after(down, func() {
-				if !n.up {
+				if !n.up && !n.departed {
 					n.start()
 				}
 			})
@@ -176,29 +177,34 @@ func (w *world) scheduleFaults() {
 		n := w.nodes[w.rng.IntN(len(w.nodes))]
 		away := time.Second + time.Duration(w.rng.Int64N(int64(4*time.Second)))
 		w.after(at(), func() {
-			if !n.up || n.paused() || n.leaving {
-				return
-			}
-			// SIGTERM: the engine stops, the member hands its partitions over and
-			// retires; the node delivers what it can, then exits.
-			w.tracef("%s leaves", n.name)
-			n.leaving = true
-			n.apply(n.m.Step(n.time(), protocol.Leave{}))
-			w.after(2*time.Second, func() {
-				if !n.up || !n.leaving {
-					return
-				}
-				if n.m != nil && !n.m.Retired() {
-					n.apply(n.m.Step(n.time(), protocol.Leave{Force: true}))
-				}
-				w.tracef("%s exits", n.name)
-				n.up, n.m, n.deliverable, n.leaving = false, nil, nil, false
+			w.leave(n, func() {
 				w.after(away, func() {
-					if !n.up {
+					if !n.up && !n.departed {
 						n.start()
 					}
 				})
 			})
+		})
+	}
+	for range f.Departures {
+		n := w.nodes[w.rng.IntN(len(w.nodes))]
+		when := at()
+		late := f.AckDelay/2 + time.Duration(w.rng.Int64N(int64(f.AckDelay/2)+1))
+		// Its peers answer its fires late from a while before it leaves (a busy
+		// machine): fires it committed last are still unacknowledged when the leave's
+		// budget is over.
+		w.after(max(0, when-slowAcksBefore), func() {
+			if n.up && !n.departed {
+				n.ackDelay = late
+			}
+		})
+		w.after(when, func() {
+			if !n.up || n.paused() || n.leaving || n.departed {
+				n.ackDelay = 0 // it does not leave now: its acks come on time again
+				return
+			}
+			n.departed = true // for good: it is never started again
+			w.leave(n, nil)
 		})
 	}
 	for range f.APIDown {
@@ -209,6 +215,93 @@ func (w *world) scheduleFaults() {
 			w.after(length, func() { w.apiDown = false; w.tracef("events API up") })
 		})
 	}
+}
+
+// The leave's bounds, as the node's shutdown has them (cmd/timerd/node: driver.leave
+// and settle, with TIMERD_SHUTDOWN_TIMEOUT of 8 s): the hand-over's budget is a quarter
+// of it; a node that has handed every partition over but has fires not yet
+// acknowledged by a quorum waits on for them, unretired, up to three quarters of it;
+// then it flushes its ready events and hands what it could not deliver to the
+// partitions' holders.
+const (
+	leaveBudget    = 2 * time.Second
+	leaveWaitUntil = 6 * time.Second // since the leave began
+	leaveFlush     = time.Second
+	// slowAcksBefore: the acks of a departing node's fires are late from this long
+	// before its leave.
+	slowAcksBefore = 1500 * time.Millisecond
+)
+
+// leave is SIGTERM: the engine stops, the member hands its partitions over and
+// retires (forced once the budget is over, unless fires still wait for a quorum),
+// then the node delivers what it can, hands the rest over, and exits; then runs after
+// the exit, unless the node crashed meanwhile.
+func (w *world) leave(n *node, then func()) {
+	if !n.up || n.paused() || n.leaving {
+		return
+	}
+	w.tracef("%s leaves", n.name)
+	n.leaving, n.waited = true, false
+	n.leaves++
+	gen, began := n.leaves, w.now
+	still := func() bool { return n.up && n.leaving && n.leaves == gen }
+	n.apply(n.m.Step(n.time(), protocol.Leave{}))
+	exit := func() {
+		w.after(leaveFlush, func() {
+			if !still() {
+				return
+			}
+			n.handOver()
+			w.tracef("%s exits (%d fires not replicated stay in its store)", n.name, n.pendingFires())
+			n.up, n.m, n.deliverable, n.leaving = false, nil, nil, false
+			if n.departed {
+				// It left memberlist: gossip lists it no more.
+				for _, o := range w.nodes {
+					switch {
+					case o.up && o.paused():
+						o.knownStale = true
+					case o.up:
+						o.apply(o.m.Step(o.time(), protocol.Known{Names: w.known(o)}))
+					}
+				}
+			}
+			if then != nil {
+				then()
+			}
+		})
+	}
+	var check func()
+	check = func() {
+		if !still() {
+			return
+		}
+		if n.m.Retired() {
+			exit()
+			return
+		}
+		waited := time.Duration(w.now - began)
+		if waited < leaveBudget {
+			w.after(20*time.Millisecond, check)
+			return
+		}
+		// Every partition handed over, fires still on their way: a forced retirement
+		// would strand them in this store, which a node gone for good never offers again.
+		if w.cfg.Faults.DisableFix != fixLeaveWait && len(n.m.Held()) == 0 && n.pendingFires() > 0 &&
+			waited < leaveWaitUntil {
+			if !n.waited {
+				n.waited = true
+				w.stats["leaves_waiting_for_fires"]++
+			}
+			w.after(20*time.Millisecond, check)
+			return
+		}
+		if n.pendingFires() > 0 {
+			w.stats["leaves_forced_with_pending_fires"]++
+		}
+		n.apply(n.m.Step(n.time(), protocol.Leave{Force: true}))
+		exit()
+	}
+	w.after(20*time.Millisecond, check)
 }
 
 // partition cuts the nodes into two groups for a while.
@@ -267,7 +360,7 @@ func (w *world) heal() {
 	w.apiDown = false
 	w.tracef("quiet period: everything heals")
 	for _, n := range w.nodes {
-		if !n.up {
+		if !n.up && !n.departed {
 			n.start()
 		}
 	}

@@ -24,6 +24,9 @@ var scenarios = []struct {
 	{"pauses", Config{Nodes: 3, Faults: Faults{Pauses: 3, MaxDelay: 5 * time.Millisecond}}},
 	{"crashes", Config{Nodes: 3, Faults: Faults{Crashes: 3, StoreFail: 0.02, MaxDelay: 5 * time.Millisecond}}},
 	{"leaves", Config{Nodes: 4, Faults: Faults{Leaves: 2, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
+	// A node leaves for good while the acks of its last fires are 2.5-5 s late, past its
+	// leave's budget (2 s): it must not retire with them unreplicated, or they are lost.
+	{"departure", Config{Nodes: 4, Faults: Faults{Departures: 1, AckDelay: 5 * time.Second, Leaves: 1, MaxDelay: 5 * time.Millisecond}}},
 	// TIMERD_EXPECT left at 1: N is the most members seen, less those that left cleanly.
 	{"unexpected", Config{Nodes: 3, Expect: 1, Faults: Faults{Leaves: 2, Crashes: 1, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
 	// Rules created and disabled during the run, their messages late, twice, out of order.
@@ -116,6 +119,9 @@ func TestSimCatchesRevertedFixes(t *testing.T) {
 		{fixSourceVersions, "I4: rule", Config{Nodes: 3, Rules: 60, Faults: Faults{Lifecycle: true, MaxDelay: 5 * time.Millisecond}}},
 		// Start a new schedule when its message arrives: a late creation loses slots.
 		{fixAnchors, "I2", Config{Nodes: 3, Faults: Faults{Lifecycle: true, MaxDelay: 5 * time.Millisecond}}},
+		// Retire at the leave's budget with fires not yet replicated: a node that never
+		// comes back strands them, and nobody fires their slots.
+		{fixLeaveWait, "I2", Config{Nodes: 4, Faults: Faults{Departures: 1, AckDelay: 3 * time.Second, MaxDelay: 5 * time.Millisecond}}},
 	}
 	for _, c := range cases {
 		t.Run(c.fix, func(t *testing.T) {

@@ -31,9 +31,14 @@ type Faults struct {
 	// Lifecycle: a third of the rules are created during the run and some rules are
 	// disabled; each node receives each change through its own durable queue, late (up
 	// to maxLifecycleDelay), sometimes twice, in any order.
-	Lifecycle   bool
-	ExtraQuiet  time.Duration // added to the quiet period at the end
-	Leaves      int           // graceful leaves and returns
+	Lifecycle  bool
+	ExtraQuiet time.Duration // added to the quiet period at the end
+	Leaves     int           // graceful leaves and returns
+	// Departures: graceful leaves for good (the node never starts again), each with
+	// the acks of its last fires late, by AckDelay/2 to AckDelay, from slowAcksBefore its
+	// leave on.
+	Departures  int
+	AckDelay    time.Duration
 	PauseMaxLen time.Duration
 }
 
@@ -277,5 +282,9 @@ func (w *world) send(from int, to string, msg protocol.Message) {
 		}
 	}
 	w.stats[fmt.Sprintf("msg_%T", msg)]++
-	w.schedule(w.now+w.delay(), &event{kind: evMessage, node: j, from: from, msg: msg})
+	d := w.delay()
+	if _, ack := msg.(protocol.FiredAck); ack {
+		d += int64(w.nodes[j].ackDelay)
+	}
+	w.schedule(w.now+d, &event{kind: evMessage, node: j, from: from, msg: msg})
 }

@@ -39,8 +39,11 @@ type driver struct {
 	ringOf      func(members []string) protocol.Ring
 	committed   chan []protocol.EventRef
 	leaveReq    chan leaveReq
-	retired     chan struct{} // closed once the member retired
-	readyCh     chan struct{} // closed by the node once its rule book is loaded (markReady)
+	// retireOwed: leave returned with fires still on their way and its member not
+	// retired; settle retires it. Only the shutdown's goroutine uses it.
+	retireOwed bool
+	retired    chan struct{} // closed once the member retired
+	readyCh    chan struct{} // closed by the node once its rule book is loaded (markReady)
 
 	memberCfg protocol.MemberConfig // the member's, Self.N aside (set by each new incarnation)
 	readyOnce sync.Once
@@ -471,36 +474,50 @@ type leaveReq struct {
 }
 
 // settle waits, at most within, until no fire of this node waits to be replicated: the
-// engine is stopped, and the fires it committed last become deliverable.
+// engine is stopped, and the fires it committed last become deliverable. A leave that
+// ended with every partition handed over but fires still on their way left its member
+// unretired (leave): it takes their acks meanwhile, and is retired here, once they are
+// in or within is over. (Retired, a member takes no ack: waiting then was for nothing.)
 func (d *driver) settle(within time.Duration) {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		if n, err := d.n.store.PendingLen(); err != nil || n == 0 {
-			return
+			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	n, _ := d.n.store.PendingLen()
-	d.log.Warn("leaving with fires not yet replicated; offered again at the next start", "events", n)
+	if n, _ := d.n.store.PendingLen(); n > 0 {
+		d.log.Warn("leaving with fires not yet replicated; offered again at the next start", "events", n)
+	}
+	if d.retireOwed {
+		d.retireOwed = false
+		ctx, cancel := context.WithTimeout(context.Background(), retireWait)
+		defer cancel()
+		d.forceRetire(ctx)
+	}
+}
+
+// retireWait bounds how long a forced retirement waits at least for the run loop to
+// take it (a batch of a starved node takes seconds).
+const retireWait = 3 * time.Second
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // leave hands this node's partitions over and retires its incarnation: it tells the
 // members it is leaving, answers their acquisitions with its watermarks and the fires
 // still on their way, and retires once it holds nothing; after within it retires anyway
-// (its partitions are then taken over). The engine is stopped before.
+// (its partitions are then taken over). The engine is stopped before. A member that has
+// handed every partition over but still waits for acks of its last fires when ctx ends
+// is left unretired for settle, which waits on for them: a node that leaves for good
+// would strand them (nobody delivers them, and the new holders know their slots as fired).
 func (d *driver) leave(ctx context.Context, within time.Duration) {
 	start := time.Now()
-	ask := func(force bool) bool {
-		req := leaveReq{force: force, taken: make(chan struct{})}
-		select {
-		case d.leaveReq <- req:
-			<-req.taken
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
-	if !ask(false) {
+	if !d.askLeave(ctx, false) {
 		return
 	}
 	retired := func() {
@@ -533,10 +550,37 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
+		if d.pendingFires() && len(d.snap.Load().held) == 0 && !d.offline.Load() {
+			d.retireOwed = true // settle waits on, then retires it
+			return
+		}
 	}
 	d.log.Warn("partitions not all handed over in time: retiring anyway; the members take them over",
 		"held", len(d.snap.Load().held), "waited", within)
-	ask(true)
+	// Not only within ctx, which may be over by now: a Leave asked then might never be
+	// taken, and the members would not hear that this incarnation is gone.
+	rctx, cancel := context.WithDeadline(context.Background(), later(deadlineOr(ctx, time.Time{}), time.Now().Add(retireWait)))
+	defer cancel()
+	d.forceRetire(rctx)
+}
+
+// askLeave hands the run loop a Leave (forced or not); false if ctx ended first.
+func (d *driver) askLeave(ctx context.Context, force bool) bool {
+	req := leaveReq{force: force, taken: make(chan struct{})}
+	select {
+	case d.leaveReq <- req:
+		<-req.taken
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// forceRetire retires the member, handed over or not, and waits for it within ctx.
+func (d *driver) forceRetire(ctx context.Context) {
+	if !d.askLeave(ctx, true) {
+		return
+	}
 	select {
 	case <-d.retired:
 	case <-ctx.Done():
