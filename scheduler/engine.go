@@ -181,8 +181,18 @@ func (r *rule) timerInto(buf *Timer) *Timer {
 }
 
 // setTimer makes t the rule's timer, compact when its own time has an exact
-// Unix-ns form and a template can be shared.
-func (e *Engine) setTimer(r *rule, t *Timer) {
+// Unix-ns form and a template can be shared. A borrowed t (LoadFrom) is the
+// caller's to reuse: a rule kept whole gets a copy of it.
+func (e *Engine) setTimer(r *rule, t *Timer, borrowed bool) {
+	e.setTimerOf(r, t)
+	if borrowed && r.timer == t {
+		own := new(Timer)
+		*own = *t
+		r.timer = own
+	}
+}
+
+func (e *Engine) setTimerOf(r *rule, t *Timer) {
 	r.timer, r.compact, r.period, r.at, r.atFireAt = t, false, 0, noTime, false
 	at, atFireAt := t.Anchor, false
 	switch {
@@ -306,7 +316,7 @@ func (e *Engine) Upsert(id int64, t *Timer, wm Watermark) {
 	}
 	e.mu.Lock()
 	before := e.rootLocked()
-	e.upsertLocked(id, t, wm, true)
+	e.upsertLocked(id, t, wm, true, false)
 	changed := e.rootLocked() != before
 	e.mu.Unlock()
 	if changed {
@@ -371,32 +381,51 @@ func (e *Engine) Load(items []Item) {
 	if len(items) == 0 {
 		return
 	}
+	_ = e.load(len(items), false, func(add func(Item)) error {
+		for _, it := range items {
+			add(it)
+		}
+		return nil
+	})
+}
+
+// LoadFrom is Load of rules read one at a time, such as a store's scan: each
+// calls add once per rule; n is how many it expects (a size hint). add keeps
+// nothing of the Timer it is given, so that each may reuse one Timer for every
+// rule (a million rules loaded without a million allocations). The engine is
+// locked while each runs; its error is LoadFrom's, the rules added before it
+// are kept.
+func (e *Engine) LoadFrom(n int, each func(add func(Item)) error) error {
+	return e.load(n, true, each)
+}
+
+func (e *Engine) load(n int, borrowed bool, each func(add func(Item)) error) error {
 	e.mu.Lock()
 	before := e.rootLocked()
 	// Heapify costs O(heap); pushing costs O(items·log heap).
-	bulk := len(items)*bits.Len(uint(e.heap.len()+len(items))) >= e.heap.len()
-	e.ids.reserve(e.rules, e.ids.n+len(items))
-	e.rules = slices.Grow(e.rules, len(items))
-	e.heap.pos = slices.Grow(e.heap.pos, len(items))
+	bulk := n*bits.Len(uint(e.heap.len()+n)) >= e.heap.len()
+	e.ids.reserve(e.rules, e.ids.n+n)
+	e.rules = slices.Grow(e.rules, n)
+	e.heap.pos = slices.Grow(e.heap.pos, n)
 	if bulk {
-		e.heap.reserve(len(items))
+		e.heap.reserve(n)
 	}
 	// Into an empty engine, items in increasing id order (a store's) cannot be
 	// known yet: they are added without a lookup, which costs a cache miss in
 	// the slab per probe at a million rules. The first id out of order ends it.
 	fresh, prev := e.ids.n == 0, int64(math.MinInt64)
-	for _, it := range items {
+	err := each(func(it Item) {
 		if it.Timer == nil {
 			e.log.Error("load of a rule without a timer; ignored", "rule_id", it.ID)
-			continue
+			return
 		}
 		if fresh = fresh && it.ID > prev; fresh {
 			prev = it.ID
-			e.addLocked(it.ID, it.Timer, it.Watermark, !bulk)
-			continue
+			e.addLocked(it.ID, it.Timer, it.Watermark, !bulk, borrowed)
+			return
 		}
-		e.upsertLocked(it.ID, it.Timer, it.Watermark, !bulk)
-	}
+		e.upsertLocked(it.ID, it.Timer, it.Watermark, !bulk, borrowed)
+	})
 	if bulk {
 		e.heap.heapify()
 	}
@@ -405,6 +434,7 @@ func (e *Engine) Load(items []Item) {
 	if changed {
 		e.signal()
 	}
+	return err
 }
 
 // Len is the number of rules the engine knows, including one-shot timers
@@ -489,11 +519,11 @@ func (e *Engine) rootLocked() entry {
 }
 
 // upsertLocked is Upsert without the lock and the wake-up; sift false leaves
-// the heap for a heapify (bulk load).
-func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
+// the heap for a heapify (bulk load); borrowed keeps a copy of *t, not t.
+func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift, borrowed bool) {
 	_, idx, ok := e.ids.find(e.rules, id)
 	if !ok {
-		e.addLocked(id, t, wm, sift)
+		e.addLocked(id, t, wm, sift, borrowed)
 		return
 	}
 	r := &e.rules[idx]
@@ -501,7 +531,7 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 	if cur := r.timerInto(&buf); cur == t || cur.Equal(t) {
 		return
 	}
-	e.setTimer(r, t)
+	e.setTimer(r, t, borrowed)
 	if wm.Slot.After(e.wmSlot(idx)) {
 		e.setWM(idx, wm.Slot)
 	}
@@ -514,10 +544,10 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 }
 
 // addLocked adds rule id, which the engine does not know.
-func (e *Engine) addLocked(id int64, t *Timer, wm Watermark, sift bool) {
+func (e *Engine) addLocked(id int64, t *Timer, wm Watermark, sift, borrowed bool) {
 	idx := e.alloc()
 	e.rules[idx] = rule{id: id, count: wm.Count}
-	e.setTimer(&e.rules[idx], t)
+	e.setTimer(&e.rules[idx], t, borrowed)
 	e.setWM(idx, wm.Slot)
 	e.ids.insert(e.rules, idx)
 	e.schedule(idx, sift)
