@@ -208,3 +208,43 @@ func TestLoadFromKeepsNoBorrowedTimer(t *testing.T) {
 	}
 	checkInvariants(t, e)
 }
+
+// A load indexes a run of new ids in increasing order at its end (indexAll):
+// every rule is found after it, also when an id out of order ends the run in
+// the middle (an upsert that must find the rule just added).
+func TestLoadIndexesEveryRule(t *testing.T) {
+	clock := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm := every(time.Minute, time.Time{})
+	changed := every(time.Hour, time.Time{})
+	var items []Item
+	id := int64(0)
+	for i := range 20000 {
+		id += 1 + int64(i%7)*int64(i%3)<<20
+		items = append(items, Item{ID: id, Timer: tm, Watermark: Watermark{Slot: clock}})
+	}
+	mid := items[10000].ID
+	items = append(items[:15000:15000], append([]Item{{ID: mid, Timer: changed}}, items[15000:]...)...)
+	if err := e.LoadFrom(len(items), func(add func(Item)) error {
+		for _, it := range items {
+			add(it)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if e.Len() != 20000 {
+		t.Fatalf("%d rules, want 20000", e.Len())
+	}
+	for _, it := range items {
+		_, idx, ok := e.ids.find(e.rules, it.ID)
+		var buf Timer
+		if want := map[bool]*Timer{true: changed, false: tm}[it.ID == mid]; !ok || !e.rules[idx].timerInto(&buf).Equal(want) {
+			t.Fatalf("rule %d: found %v, timer %+v, want %+v", it.ID, ok, buf, *want)
+		}
+	}
+	checkInvariants(t, e)
+}

@@ -413,7 +413,12 @@ func (e *Engine) load(n int, borrowed bool, each func(add func(Item)) error) err
 	// Into an empty engine, items in increasing id order (a store's) cannot be
 	// known yet: they are added without a lookup, which costs a cache miss in
 	// the slab per probe at a million rules. The first id out of order ends it.
+	// Those are indexed at the end of the run, in table order (indexAll).
 	fresh, prev := e.ids.n == 0, int64(math.MinInt64)
+	var unindexed []int32
+	if fresh {
+		unindexed = make([]int32, 0, n)
+	}
 	err := each(func(it Item) {
 		if it.Timer == nil {
 			e.log.Error("load of a rule without a timer; ignored", "rule_id", it.ID)
@@ -421,11 +426,16 @@ func (e *Engine) load(n int, borrowed bool, each func(add func(Item)) error) err
 		}
 		if fresh = fresh && it.ID > prev; fresh {
 			prev = it.ID
-			e.addLocked(it.ID, it.Timer, it.Watermark, !bulk, borrowed)
+			unindexed = append(unindexed, e.addRule(it.ID, it.Timer, it.Watermark, !bulk, borrowed))
 			return
+		}
+		if unindexed != nil {
+			e.indexAll(unindexed)
+			unindexed = nil
 		}
 		e.upsertLocked(it.ID, it.Timer, it.Watermark, !bulk, borrowed)
 	})
+	e.indexAll(unindexed)
 	if bulk {
 		e.heap.heapify()
 	}
@@ -545,12 +555,55 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift, borrowed b
 
 // addLocked adds rule id, which the engine does not know.
 func (e *Engine) addLocked(id int64, t *Timer, wm Watermark, sift, borrowed bool) {
+	e.ids.insert(e.rules, e.addRule(id, t, wm, sift, borrowed))
+}
+
+// addRule is addLocked without the index entry, which the caller owes: it
+// returns the rule's slab index.
+func (e *Engine) addRule(id int64, t *Timer, wm Watermark, sift, borrowed bool) int32 {
 	idx := e.alloc()
 	e.rules[idx] = rule{id: id, count: wm.Count}
 	e.setTimer(&e.rules[idx], t, borrowed)
 	e.setWM(idx, wm.Slot)
-	e.ids.insert(e.rules, idx)
 	e.schedule(idx, sift)
+	return idx
+}
+
+// indexAll adds the slab indexes idxs, whose rule ids are new and distinct, to
+// the id index in the order of their table positions (a counting sort on the
+// top bits): the writes sweep the table once, where in load order each would
+// land at random, a cache miss at a million rules.
+func (e *Engine) indexAll(idxs []int32) {
+	x := &e.ids
+	x.reserve(e.rules, x.n+len(idxs))
+	if len(idxs) < 1<<12 {
+		for _, idx := range idxs {
+			x.put(e.rules[idx].id, idx)
+		}
+		x.n += len(idxs)
+		return
+	}
+	const bucketBits = 10
+	mask := len(x.slots) - 1
+	shift := bits.Len(uint(mask)) - bucketBits // the table has at least 4/3·4096 slots
+	bucket := func(idx int32) int { return int(slotHash(e.rules[idx].id)) & mask >> shift }
+	var starts [1<<bucketBits + 1]int
+	for _, idx := range idxs {
+		starts[bucket(idx)+1]++
+	}
+	for b := 1; b < len(starts); b++ {
+		starts[b] += starts[b-1]
+	}
+	sorted := make([]int32, len(idxs))
+	for _, idx := range idxs {
+		b := bucket(idx)
+		sorted[starts[b]] = idx
+		starts[b]++
+	}
+	for _, idx := range sorted {
+		x.put(e.rules[idx].id, idx)
+	}
+	x.n += len(idxs)
 }
 
 // schedule computes the next slot of an idle or queued rule from its
