@@ -206,22 +206,24 @@ func (e *Engine) setTimerOf(r *rule, t *Timer) {
 	}
 	tmpl := *t
 	tmpl.Interval, tmpl.Anchor, tmpl.FireAt = 0, time.Time{}, time.Time{}
-	// Rules come in runs of the same template (a load): a compare of the
-	// last one is cheaper than hashing the struct.
-	shared, ok := e.lastTemplate, e.lastTemplate != nil && *e.lastTemplate == tmpl
+	// Rules come in runs and mixes of a few templates (a load): comparing the
+	// few found last is cheaper than hashing the struct for the map.
+	shared, ok := e.recentTemplate(&tmpl)
 	if !ok {
 		shared, ok = e.templates[tmpl]
-	}
-	if !ok {
-		if len(e.templates) >= maxTemplates {
-			return // the rare node with this many distinct templates keeps whole timers
+		if !ok {
+			if len(e.templates) >= maxTemplates {
+				return // the rare node with this many distinct templates keeps whole timers
+			}
+			if e.templates == nil {
+				e.templates = make(map[Timer]*Timer)
+			}
+			shared = new(Timer) // not &tmpl: that would allocate on every call
+			*shared = tmpl
+			e.templates[tmpl] = shared
 		}
-		if e.templates == nil {
-			e.templates = make(map[Timer]*Timer)
-		}
-		shared = new(Timer) // not &tmpl: that would allocate on every call
-		*shared = tmpl
-		e.templates[tmpl] = shared
+		e.recentTemplates[e.recentNext] = shared
+		e.recentNext = (e.recentNext + 1) % len(e.recentTemplates)
 	}
 	e.lastTemplate = shared
 	if tmpl == *t {
@@ -232,6 +234,19 @@ func (e *Engine) setTimerOf(r *rule, t *Timer) {
 	if !at.IsZero() {
 		r.at = at.UnixNano()
 	}
+}
+
+// recentTemplate is the template equal to *tmpl among the last ones found.
+func (e *Engine) recentTemplate(tmpl *Timer) (*Timer, bool) {
+	if p := e.lastTemplate; p != nil && *p == *tmpl {
+		return p, true
+	}
+	for _, p := range e.recentTemplates {
+		if p != nil && *p == *tmpl {
+			return p, true
+		}
+	}
+	return nil, false
 }
 
 // maxTemplates bounds Engine.templates: each distinct trigger ref, kind,
@@ -268,10 +283,14 @@ type Engine struct {
 	heap  slotHeap
 	far   map[int32]time.Time // watermark slots outside Unix-ns range (the zero time aside), by slab index
 	// templates are the shared parts of compact rules' timers (rule.setTimer).
-	templates    map[Timer]*Timer
-	lastTemplate *Timer // the one setTimer found last
-	calls        uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
-	lastPop      int64  // Unix ns of the last wake that fired, for Coalesce
+	templates map[Timer]*Timer
+	// lastTemplate is the one setTimer found last, recentTemplates the last
+	// ones it looked up in the map, replaced in turn from recentNext.
+	lastTemplate    *Timer
+	recentTemplates [8]*Timer
+	recentNext      int
+	calls           uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
+	lastPop         int64  // Unix ns of the last wake that fired, for Coalesce
 
 	// Owned by the Run goroutine (and written under mu while planning).
 	fires   []Fire
