@@ -108,19 +108,30 @@ var ErrTimerForm = errors.New("bad binary timer")
 // form of a cron timer whose time zone or expression this build cannot load (a zone
 // database without the zone) gives Parse's error for it, a *SpecError.
 func DecodeTimer(b []byte) (*Timer, error) {
+	t := new(Timer)
+	if err := DecodeTimerInto(b, t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// DecodeTimerInto is DecodeTimer into *t, which it overwrites whole: a load of a
+// million rules reuses one Timer rather than allocating one per rule (the engine
+// keeps a copy of what it needs, Engine.LoadFrom). On an error *t is unspecified.
+func DecodeTimerInto(b []byte, t *Timer) error {
 	d := formReader{b: b}
 	if v := d.byte(); v != timerCodecV1 {
-		return nil, d.failf("version %d", v)
+		return d.failf("version %d", v)
 	}
 	ref, kind, misfire, gap, overlap, flags := d.byte(), d.byte(), d.byte(), d.byte(), d.byte(), d.byte()
 	if d.err != nil {
-		return nil, d.err
+		return d.err
 	}
 	if int(ref) >= len(refCodes) || kind == 0 || int(kind) >= len(kindCodes) || int(misfire) >= len(misfireCodes) ||
 		int(gap) >= len(gapCodes) || int(overlap) >= len(overlapCodes) || flags&^(flagAnchor|flagFireAt) != 0 {
-		return nil, d.failf("code out of range")
+		return d.failf("code out of range")
 	}
-	t := &Timer{
+	*t = Timer{
 		TriggerRef: refCodes[ref],
 		Kind:       kindCodes[kind],
 		Misfire:    misfireCodes[misfire],
@@ -142,20 +153,20 @@ func DecodeTimer(b []byte) (*Timer, error) {
 	}
 	switch {
 	case d.err != nil:
-		return nil, d.err
+		return d.err
 	case len(d.b) != 0:
-		return nil, d.failf("%d trailing bytes", len(d.b))
+		return d.failf("%d trailing bytes", len(d.b))
 	case t.MisfireGrace < 0 && t.MisfireGrace != UnlimitedGrace, t.Interval < 0:
-		return nil, d.failf("negative duration")
+		return d.failf("negative duration")
 	}
 	switch t.Kind {
 	case KindInterval:
 		if t.Interval == 0 {
-			return nil, d.failf("interval timer without a period")
+			return d.failf("interval timer without a period")
 		}
 	case KindDatetime:
 		if t.FireAt.IsZero() {
-			return nil, d.failf("datetime timer without fire_at")
+			return d.failf("datetime timer without fire_at")
 		}
 	case KindCron:
 		// Parse's time zone: the name as given, "UTC" when there was none.
@@ -163,17 +174,17 @@ func DecodeTimer(b []byte) (*Timer, error) {
 		// the rule's params fails the same way here, and says so.
 		loc, err := loadLocation(t.Timezone)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		t.Location = loc
 		if t.Interval > 0 {
 			break // "@every d": slots as for an interval
 		}
 		if t.cron, err = newCron(t.Expression, loc, t.DSTGap, t.DSTOverlap); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return t, nil
+	return nil
 }
 
 // formReader reads a binary form; the first failure sticks.

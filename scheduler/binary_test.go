@@ -54,7 +54,25 @@ func roundTrip(t *testing.T, ref string, params []byte, id int64) bool {
 		t.Fatalf("%s: DecodeTimer(%x): %v", in, b, err)
 	}
 	agree(t, in, parsed, decoded)
+	// Into a used Timer (a load's scratch), the same timer: every field overwritten.
+	scratch := usedTimer(t)
+	if err := DecodeTimerInto(b, scratch); err != nil || *scratch != *decoded {
+		t.Fatalf("%s: DecodeTimerInto(%x, used) = %+v, %v; want %+v", in, b, *scratch, err, *decoded)
+	}
 	return true
+}
+
+// usedTimer is a Timer with every field set, as a scratch Timer is after a decode
+// of another rule.
+func usedTimer(t testing.TB) *Timer {
+	t.Helper()
+	tm, err := Parse(refCron, []byte(`{"expression":"*/5 * * * *","timezone":"Europe/Berlin","misfire":"fire_all","misfire_grace":"3s","dst_gap":"skip","dst_overlap":"twice"}`), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm.Interval, tm.TriggerRef = time.Hour, "x.y"
+	tm.Anchor, tm.FireAt = time.Unix(1, 2), time.Unix(3, 4)
+	return tm
 }
 
 // randomParams builds trigger params from the keys every kind reads, with valid and
@@ -194,6 +212,10 @@ func FuzzDecodeTimer(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tm, err := DecodeTimer(b)
+		scratch := usedTimer(t)
+		if errInto := DecodeTimerInto(b, scratch); (errInto == nil) != (err == nil) || err == nil && *scratch != *tm {
+			t.Fatalf("DecodeTimerInto(%x, used) = %+v, %v; DecodeTimer = %+v, %v", b, *scratch, errInto, tm, err)
+		}
 		if err != nil {
 			return
 		}

@@ -146,3 +146,105 @@ func TestCompactTemplatesAreBounded(t *testing.T) {
 	}
 	checkInvariants(t, e)
 }
+
+// LoadFrom keeps nothing of the Timer it is given (a store scan reuses one for
+// every rule): compact, shared and whole rules alike keep their timers when the
+// scratch is overwritten after each rule and scribbled on after the load.
+func TestLoadFromKeepsNoBorrowedTimer(t *testing.T) {
+	clock := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int64]*Timer{}
+	for id, p := range []struct{ ref, params string }{
+		{"core.intervaltimer", `{"interval":7}`},
+		{"core.crontimer", `{"expression":"*/6 * * * * *","timezone":"Europe/Berlin"}`},
+		{"core.crontimer", `{"expression":"@every 4s"}`},
+		{"core.datetimetimer", `{"fire_at":"2030-01-01T00:00:09Z"}`},
+	} {
+		tm, err := Parse(p.ref, []byte(p.params), int64(id+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[int64(id+1)] = tm
+	}
+	// Kept whole: times off UTC.
+	want[5] = every(time.Second, time.Date(2029, 1, 1, 0, 0, 0, 1, time.FixedZone("X", 3600)))
+	want[6] = at(clock.Add(5*time.Second).In(time.FixedZone("Y", -3600)), 0, FireOnce)
+	scratch := new(Timer)
+	if err := e.LoadFrom(len(want), func(add func(Item)) error {
+		for id := int64(1); id <= int64(len(want)); id++ {
+			*scratch = *want[id]
+			add(Item{ID: id, Timer: scratch, Watermark: Watermark{Slot: clock}})
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	*scratch = *usedTimer(t)
+	for id, w := range want {
+		_, idx, ok := e.ids.find(e.rules, id)
+		if !ok {
+			t.Fatalf("rule %d not loaded", id)
+		}
+		var buf Timer
+		got := e.rules[idx].timerInto(&buf)
+		if got == scratch || !got.Equal(w) || got.shape() != w.shape() {
+			t.Errorf("rule %d: timer %+v, want %+v", id, *got, *w)
+		}
+	}
+	checkInvariants(t, e)
+	// each's error is LoadFrom's; the rules added before it are kept.
+	boom := fmt.Errorf("boom")
+	if err := e.LoadFrom(1, func(add func(Item)) error {
+		add(Item{ID: 100, Timer: want[1]})
+		return boom
+	}); err != boom {
+		t.Errorf("LoadFrom: %v, want %v", err, boom)
+	}
+	if e.Len() != len(want)+1 {
+		t.Errorf("%d rules after a failed load, want %d", e.Len(), len(want)+1)
+	}
+	checkInvariants(t, e)
+}
+
+// A load indexes a run of new ids in increasing order at its end (indexAll):
+// every rule is found after it, also when an id out of order ends the run in
+// the middle (an upsert that must find the rule just added).
+func TestLoadIndexesEveryRule(t *testing.T) {
+	clock := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm := every(time.Minute, time.Time{})
+	changed := every(time.Hour, time.Time{})
+	var items []Item
+	id := int64(0)
+	for i := range 20000 {
+		id += 1 + int64(i%7)*int64(i%3)<<20
+		items = append(items, Item{ID: id, Timer: tm, Watermark: Watermark{Slot: clock}})
+	}
+	mid := items[10000].ID
+	items = append(items[:15000:15000], append([]Item{{ID: mid, Timer: changed}}, items[15000:]...)...)
+	if err := e.LoadFrom(len(items), func(add func(Item)) error {
+		for _, it := range items {
+			add(it)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if e.Len() != 20000 {
+		t.Fatalf("%d rules, want 20000", e.Len())
+	}
+	for _, it := range items {
+		_, idx, ok := e.ids.find(e.rules, it.ID)
+		var buf Timer
+		if want := map[bool]*Timer{true: changed, false: tm}[it.ID == mid]; !ok || !e.rules[idx].timerInto(&buf).Equal(want) {
+			t.Fatalf("rule %d: found %v, timer %+v, want %+v", it.ID, ok, buf, *want)
+		}
+	}
+	checkInvariants(t, e)
+}

@@ -181,8 +181,18 @@ func (r *rule) timerInto(buf *Timer) *Timer {
 }
 
 // setTimer makes t the rule's timer, compact when its own time has an exact
-// Unix-ns form and a template can be shared.
-func (e *Engine) setTimer(r *rule, t *Timer) {
+// Unix-ns form and a template can be shared. A borrowed t (LoadFrom) is the
+// caller's to reuse: a rule kept whole gets a copy of it.
+func (e *Engine) setTimer(r *rule, t *Timer, borrowed bool) {
+	e.setTimerOf(r, t)
+	if borrowed && r.timer == t {
+		own := new(Timer)
+		*own = *t
+		r.timer = own
+	}
+}
+
+func (e *Engine) setTimerOf(r *rule, t *Timer) {
 	r.timer, r.compact, r.period, r.at, r.atFireAt = t, false, 0, noTime, false
 	at, atFireAt := t.Anchor, false
 	switch {
@@ -196,22 +206,24 @@ func (e *Engine) setTimer(r *rule, t *Timer) {
 	}
 	tmpl := *t
 	tmpl.Interval, tmpl.Anchor, tmpl.FireAt = 0, time.Time{}, time.Time{}
-	// Rules come in runs of the same template (a load): a compare of the
-	// last one is cheaper than hashing the struct.
-	shared, ok := e.lastTemplate, e.lastTemplate != nil && *e.lastTemplate == tmpl
+	// Rules come in runs and mixes of a few templates (a load): comparing the
+	// few found last is cheaper than hashing the struct for the map.
+	shared, ok := e.recentTemplate(&tmpl)
 	if !ok {
 		shared, ok = e.templates[tmpl]
-	}
-	if !ok {
-		if len(e.templates) >= maxTemplates {
-			return // the rare node with this many distinct templates keeps whole timers
+		if !ok {
+			if len(e.templates) >= maxTemplates {
+				return // the rare node with this many distinct templates keeps whole timers
+			}
+			if e.templates == nil {
+				e.templates = make(map[Timer]*Timer)
+			}
+			shared = new(Timer) // not &tmpl: that would allocate on every call
+			*shared = tmpl
+			e.templates[tmpl] = shared
 		}
-		if e.templates == nil {
-			e.templates = make(map[Timer]*Timer)
-		}
-		shared = new(Timer) // not &tmpl: that would allocate on every call
-		*shared = tmpl
-		e.templates[tmpl] = shared
+		e.recentTemplates[e.recentNext] = shared
+		e.recentNext = (e.recentNext + 1) % len(e.recentTemplates)
 	}
 	e.lastTemplate = shared
 	if tmpl == *t {
@@ -222,6 +234,19 @@ func (e *Engine) setTimer(r *rule, t *Timer) {
 	if !at.IsZero() {
 		r.at = at.UnixNano()
 	}
+}
+
+// recentTemplate is the template equal to *tmpl among the last ones found.
+func (e *Engine) recentTemplate(tmpl *Timer) (*Timer, bool) {
+	if p := e.lastTemplate; p != nil && *p == *tmpl {
+		return p, true
+	}
+	for _, p := range e.recentTemplates {
+		if p != nil && *p == *tmpl {
+			return p, true
+		}
+	}
+	return nil, false
 }
 
 // maxTemplates bounds Engine.templates: each distinct trigger ref, kind,
@@ -258,10 +283,14 @@ type Engine struct {
 	heap  slotHeap
 	far   map[int32]time.Time // watermark slots outside Unix-ns range (the zero time aside), by slab index
 	// templates are the shared parts of compact rules' timers (rule.setTimer).
-	templates    map[Timer]*Timer
-	lastTemplate *Timer // the one setTimer found last
-	calls        uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
-	lastPop      int64  // Unix ns of the last wake that fired, for Coalesce
+	templates map[Timer]*Timer
+	// lastTemplate is the one setTimer found last, recentTemplates the last
+	// ones it looked up in the map, replaced in turn from recentNext.
+	lastTemplate    *Timer
+	recentTemplates [8]*Timer
+	recentNext      int
+	calls           uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
+	lastPop         int64  // Unix ns of the last wake that fired, for Coalesce
 
 	// Owned by the Run goroutine (and written under mu while planning).
 	fires   []Fire
@@ -306,7 +335,7 @@ func (e *Engine) Upsert(id int64, t *Timer, wm Watermark) {
 	}
 	e.mu.Lock()
 	before := e.rootLocked()
-	e.upsertLocked(id, t, wm, true)
+	e.upsertLocked(id, t, wm, true, false)
 	changed := e.rootLocked() != before
 	e.mu.Unlock()
 	if changed {
@@ -371,32 +400,61 @@ func (e *Engine) Load(items []Item) {
 	if len(items) == 0 {
 		return
 	}
+	_ = e.load(len(items), false, func(add func(Item)) error {
+		for _, it := range items {
+			add(it)
+		}
+		return nil
+	})
+}
+
+// LoadFrom is Load of rules read one at a time, such as a store's scan: each
+// calls add once per rule; n is how many it expects (a size hint). add keeps
+// nothing of the Timer it is given, so that each may reuse one Timer for every
+// rule (a million rules loaded without a million allocations). The engine is
+// locked while each runs; its error is LoadFrom's, the rules added before it
+// are kept.
+func (e *Engine) LoadFrom(n int, each func(add func(Item)) error) error {
+	return e.load(n, true, each)
+}
+
+func (e *Engine) load(n int, borrowed bool, each func(add func(Item)) error) error {
 	e.mu.Lock()
 	before := e.rootLocked()
 	// Heapify costs O(heap); pushing costs O(items·log heap).
-	bulk := len(items)*bits.Len(uint(e.heap.len()+len(items))) >= e.heap.len()
-	e.ids.reserve(e.rules, e.ids.n+len(items))
-	e.rules = slices.Grow(e.rules, len(items))
-	e.heap.pos = slices.Grow(e.heap.pos, len(items))
+	bulk := n*bits.Len(uint(e.heap.len()+n)) >= e.heap.len()
+	e.ids.reserve(e.rules, e.ids.n+n)
+	e.rules = slices.Grow(e.rules, n)
+	e.heap.pos = slices.Grow(e.heap.pos, n)
 	if bulk {
-		e.heap.reserve(len(items))
+		e.heap.reserve(n)
 	}
 	// Into an empty engine, items in increasing id order (a store's) cannot be
 	// known yet: they are added without a lookup, which costs a cache miss in
 	// the slab per probe at a million rules. The first id out of order ends it.
+	// Those are indexed at the end of the run, in table order (indexAll).
 	fresh, prev := e.ids.n == 0, int64(math.MinInt64)
-	for _, it := range items {
+	var unindexed []int32
+	if fresh {
+		unindexed = make([]int32, 0, n)
+	}
+	err := each(func(it Item) {
 		if it.Timer == nil {
 			e.log.Error("load of a rule without a timer; ignored", "rule_id", it.ID)
-			continue
+			return
 		}
 		if fresh = fresh && it.ID > prev; fresh {
 			prev = it.ID
-			e.addLocked(it.ID, it.Timer, it.Watermark, !bulk)
-			continue
+			unindexed = append(unindexed, e.addRule(it.ID, it.Timer, it.Watermark, !bulk, borrowed))
+			return
 		}
-		e.upsertLocked(it.ID, it.Timer, it.Watermark, !bulk)
-	}
+		if unindexed != nil {
+			e.indexAll(unindexed)
+			unindexed = nil
+		}
+		e.upsertLocked(it.ID, it.Timer, it.Watermark, !bulk, borrowed)
+	})
+	e.indexAll(unindexed)
 	if bulk {
 		e.heap.heapify()
 	}
@@ -405,6 +463,7 @@ func (e *Engine) Load(items []Item) {
 	if changed {
 		e.signal()
 	}
+	return err
 }
 
 // Len is the number of rules the engine knows, including one-shot timers
@@ -489,11 +548,11 @@ func (e *Engine) rootLocked() entry {
 }
 
 // upsertLocked is Upsert without the lock and the wake-up; sift false leaves
-// the heap for a heapify (bulk load).
-func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
+// the heap for a heapify (bulk load); borrowed keeps a copy of *t, not t.
+func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift, borrowed bool) {
 	_, idx, ok := e.ids.find(e.rules, id)
 	if !ok {
-		e.addLocked(id, t, wm, sift)
+		e.addLocked(id, t, wm, sift, borrowed)
 		return
 	}
 	r := &e.rules[idx]
@@ -501,7 +560,7 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 	if cur := r.timerInto(&buf); cur == t || cur.Equal(t) {
 		return
 	}
-	e.setTimer(r, t)
+	e.setTimer(r, t, borrowed)
 	if wm.Slot.After(e.wmSlot(idx)) {
 		e.setWM(idx, wm.Slot)
 	}
@@ -514,13 +573,56 @@ func (e *Engine) upsertLocked(id int64, t *Timer, wm Watermark, sift bool) {
 }
 
 // addLocked adds rule id, which the engine does not know.
-func (e *Engine) addLocked(id int64, t *Timer, wm Watermark, sift bool) {
+func (e *Engine) addLocked(id int64, t *Timer, wm Watermark, sift, borrowed bool) {
+	e.ids.insert(e.rules, e.addRule(id, t, wm, sift, borrowed))
+}
+
+// addRule is addLocked without the index entry, which the caller owes: it
+// returns the rule's slab index.
+func (e *Engine) addRule(id int64, t *Timer, wm Watermark, sift, borrowed bool) int32 {
 	idx := e.alloc()
 	e.rules[idx] = rule{id: id, count: wm.Count}
-	e.setTimer(&e.rules[idx], t)
+	e.setTimer(&e.rules[idx], t, borrowed)
 	e.setWM(idx, wm.Slot)
-	e.ids.insert(e.rules, idx)
 	e.schedule(idx, sift)
+	return idx
+}
+
+// indexAll adds the slab indexes idxs, whose rule ids are new and distinct, to
+// the id index in the order of their table positions (a counting sort on the
+// top bits): the writes sweep the table once, where in load order each would
+// land at random, a cache miss at a million rules.
+func (e *Engine) indexAll(idxs []int32) {
+	x := &e.ids
+	x.reserve(e.rules, x.n+len(idxs))
+	if len(idxs) < 1<<12 {
+		for _, idx := range idxs {
+			x.put(e.rules[idx].id, idx)
+		}
+		x.n += len(idxs)
+		return
+	}
+	const bucketBits = 10
+	mask := len(x.slots) - 1
+	shift := bits.Len(uint(mask)) - bucketBits // the table has at least 4/3·4096 slots
+	bucket := func(idx int32) int { return int(slotHash(e.rules[idx].id)) & mask >> shift }
+	var starts [1<<bucketBits + 1]int
+	for _, idx := range idxs {
+		starts[bucket(idx)+1]++
+	}
+	for b := 1; b < len(starts); b++ {
+		starts[b] += starts[b-1]
+	}
+	sorted := make([]int32, len(idxs))
+	for _, idx := range idxs {
+		b := bucket(idx)
+		sorted[starts[b]] = idx
+		starts[b]++
+	}
+	for _, idx := range sorted {
+		x.put(e.rules[idx].id, idx)
+	}
+	x.n += len(idxs)
 }
 
 // schedule computes the next slot of an idle or queued rule from its

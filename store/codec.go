@@ -241,11 +241,12 @@ func (d *decoder) rest() []byte {
 	return v
 }
 
-func decodeRule(id int64, v []byte) (Rule, error) { return decodeRuleOf(id, v, false) }
+func decodeRule(id int64, v []byte) (Rule, error) { return decodeRuleOf(id, v, nil) }
 
-// decodeRuleOf decodes a rule value; lean leaves out the strings and params of a rule
-// whose timer decodes (ForEachTimer): the checksum still covers the whole value.
-func decodeRuleOf(id int64, v []byte, lean bool) (Rule, error) {
+// decodeRuleOf decodes a rule value. With a scratch Timer (ForEachTimer) the timer is
+// decoded into it, and the strings and params of a rule whose timer decodes are left
+// out: the checksum still covers the whole value.
+func decodeRuleOf(id int64, v []byte, scratch *scheduler.Timer) (Rule, error) {
 	if len(v) > 0 && (v[0] == sealedV3 || v[0] == ruleV4) {
 		body, err := unseal(v)
 		if err != nil {
@@ -271,7 +272,11 @@ func decodeRuleOf(id int64, v []byte, lean bool) (Rule, error) {
 		return Rule{}, fmt.Errorf("rule %d: %w", id, d.err)
 	}
 	if len(form) > 0 {
-		t, err := scheduler.DecodeTimer(form)
+		t := scratch
+		if t == nil {
+			t = new(scheduler.Timer)
+		}
+		err := scheduler.DecodeTimerInto(form, t)
 		switch {
 		case errors.Is(err, scheduler.ErrTimerForm):
 			return Rule{}, fmt.Errorf("rule %d: %w: timer: %w", id, ErrCorrupt, err)
@@ -282,7 +287,7 @@ func decodeRuleOf(id int64, v []byte, lean bool) (Rule, error) {
 		// zone missing from its zone database): no Timer, and the caller's Parse of
 		// the params says why, as it would have without the form.
 	}
-	if lean && r.Timer != nil {
+	if scratch != nil && r.Timer != nil {
 		return r, nil
 	}
 	// One allocation for both strings: they sit side by side in the value, with the

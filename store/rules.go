@@ -343,17 +343,21 @@ func (s *Store) Rule(id int64) (r Rule, wm Watermark, ok bool, err error) {
 // from one consistent snapshot. An error from fn stops the walk and is returned.
 // fn must not write to the store: the read transaction is held while it runs.
 func (s *Store) ForEachRule(fn func(Rule, Watermark) error) error {
-	return s.forEachRule(false, fn)
+	return s.forEachRule(nil, fn)
 }
 
 // ForEachTimer is ForEachRule for loading an engine: a rule whose Timer is set comes
 // with its ID and Timer only (no Ref, TriggerRef or Params, which are not copied out
-// of the file); one without comes whole, for the caller to parse and report.
+// of the file); one without comes whole, for the caller to parse and report. The
+// Timer is one scratch value, overwritten for the next rule: fn copies what it keeps
+// of it (scheduler.Engine.LoadFrom does), so that a scan allocates no Timer per rule.
 func (s *Store) ForEachTimer(fn func(Rule, Watermark) error) error {
-	return s.forEachRule(true, fn)
+	return s.forEachRule(new(scheduler.Timer), fn)
 }
 
-func (s *Store) forEachRule(lean bool, fn func(Rule, Watermark) error) error {
+// forEachRule scans the rules, their timers decoded into scratch when it is not nil
+// (ForEachTimer).
+func (s *Store) forEachRule(scratch *scheduler.Timer, fn func(Rule, Watermark) error) error {
 	inFn := false
 	err := s.viewCallback(&inFn, func(tx *bolt.Tx) error {
 		journal, err := snapshotJournal(tx)
@@ -370,7 +374,7 @@ func (s *Store) forEachRule(lean bool, fn func(Rule, Watermark) error) error {
 			if err != nil {
 				return err
 			}
-			r, err := decodeRuleOf(id, v, lean)
+			r, err := decodeRuleOf(id, v, scratch)
 			if err != nil {
 				return err
 			}

@@ -261,3 +261,39 @@ func TestBadTimerForm(t *testing.T) {
 		}
 	}
 }
+
+// ForEachTimer decodes every timer into one scratch Timer: a scan of many rules
+// allocates nothing per rule (a restart of a million rules, docs/benchmarks.md).
+func TestForEachTimerAllocatesNoTimerPerRule(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	kinds := timerRules()[:6] // the valid ones
+	const n = 600
+	rs := make([]Rule, n)
+	for i := range rs {
+		rs[i] = kinds[i%len(kinds)]
+		rs[i].ID = int64(i + 1)
+	}
+	if err := s.PutRules(rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	var first *scheduler.Timer
+	count := func() {
+		first = nil
+		if err := s.ForEachTimer(func(r Rule, _ Watermark) error {
+			switch {
+			case r.Timer == nil:
+				t.Fatalf("rule %d without a timer", r.ID)
+			case first == nil:
+				first = r.Timer
+			case r.Timer != first:
+				t.Fatalf("rule %d: timer %p, want the scratch %p", r.ID, r.Timer, first)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if allocs := testing.AllocsPerRun(5, count); allocs >= n/10 {
+		t.Errorf("ForEachTimer of %d rules: %.0f allocations, want fewer than %d", n, allocs, n/10)
+	}
+}

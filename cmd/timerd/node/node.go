@@ -562,20 +562,25 @@ func (n *Node) load() (int, error) {
 	if n.cl != nil {
 		return n.store.RuleCount()
 	}
+	// Straight from the store's scan into the engine: the store's Timer is one
+	// scratch value that the engine copies what it keeps of (no Timer, no item
+	// slice per rule).
 	count, _ := n.store.RuleCount()
-	items := make([]scheduler.Item, 0, count)
-	err := n.store.ForEachTimer(func(r store.Rule, wm store.Watermark) error {
-		if t := n.parseStored(r); t != nil {
-			items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
-		}
-		return nil
+	loaded := 0
+	err := n.engine.LoadFrom(count, func(add func(scheduler.Item)) error {
+		return n.store.ForEachTimer(func(r store.Rule, wm store.Watermark) error {
+			if t := n.parseStored(r); t != nil {
+				add(scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
+				loaded++
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return 0, fmt.Errorf("load rules: %w", err)
 	}
-	n.engine.Load(items)
 	n.placed.Store(true)
-	return len(items), nil
+	return loaded, nil
 }
 
 // commit durably records fires: their watermarks and outbox entries in one
