@@ -29,11 +29,15 @@ type Config struct {
 	MaxCatchUp          int              // fire_all cap per rule per catch-up, default 100
 	MaxBatch            int              // fires per commit, default 10000
 	RetryMin, RetryMax  time.Duration    // commit-failure backoff, default 100ms..10s
-	// Coalesce groups fires that come due close together into one wake-up:
-	// after a wake that fired, a root due less than Coalesce later is taken
-	// Coalesce after that wake, with everything else due by then, rather
-	// than with a wake-up of its own. A slot never fires before it is due
-	// and at most Coalesce late on this account; a slot after a quiet spell
+	// Coalesce groups fires that come due close together into one wake-up
+	// and one commit: after a wake that fired, a root due less than
+	// Coalesce later is taken Coalesce after that wake, with everything
+	// else due by then, rather than with a wake-up of its own. That holds
+	// for slots that came due during a commit too: batches start at least
+	// Coalesce apart (monotonic clock), so a steady stream commits about once
+	// per Coalesce however short the commits, except that a catch-up cut
+	// by MaxBatch goes on at once. A slot never fires before it is due and
+	// at most Coalesce late on this account; a slot after a quiet spell
 	// fires on time. Default 2ms (0 means the default, as for every field);
 	// NoCoalesce (any negative value) turns it off.
 	Coalesce   time.Duration
@@ -510,9 +514,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	tm.Stop()
 	defer tm.Stop()
 	for ctx.Err() == nil {
+		taken := time.Now() // monotonic, whatever Config.Now says
 		wait, armed := e.prepare()
 		if len(e.flights) > 0 {
+			full := len(e.fires) >= e.cfg.MaxBatch
 			if !e.commit(ctx, tm) {
+				return nil
+			}
+			if !full && !e.space(ctx, tm, taken) {
 				return nil
 			}
 			continue // more may have come due during the commit: group them
@@ -529,6 +538,32 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// space waits until Coalesce after taken, when the last batch was taken, so
+// that batches start at least Coalesce apart: slots that came due during a
+// commit are taken with those that come due in the rest of the window, rather
+// than commits running back to back with a few fires each (each costs about
+// the same whatever its size). It is not called after a batch cut by
+// MaxBatch: the rest of a catch-up follows at once. The wait is on the
+// monotonic clock, so a frozen or stepped Config.Now costs at most Coalesce.
+// It returns false if ctx ended first.
+func (e *Engine) space(ctx context.Context, tm *time.Timer, taken time.Time) bool {
+	if e.cfg.Coalesce <= 0 {
+		return true
+	}
+	hold := e.cfg.Coalesce - time.Since(taken)
+	if hold <= 0 {
+		return true
+	}
+	tm.Reset(hold)
+	select {
+	case <-ctx.Done():
+		tm.Stop()
+		return false
+	case <-tm.C:
+		return true
+	}
 }
 
 // signal wakes Run to look at a new heap root; it never blocks.
