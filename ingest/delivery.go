@@ -254,6 +254,9 @@ type Delivery struct {
 	// after Run starts from what Run learnt. Touched only by the engine that
 	// holds d.engine.
 	lim *limiter
+	// bearer is the Authorization value of the last token, kept per Delivery
+	// (a process may run several, with their own tokens).
+	bearer bearerCache
 
 	notify chan struct{}
 	engine chan struct{} // a one-slot semaphore: one engine (Run or Flush) at a time
@@ -1008,7 +1011,7 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 	h["Accept-Encoding"] = identityEncoding
 	h["Idempotency-Key"] = []string{ev.IdempotencyKey}
 	if out.token != "" {
-		h["Authorization"] = bearer(out.token)
+		h["Authorization"] = d.bearer.header(out.token)
 	}
 	req.Header = h
 

@@ -15,17 +15,17 @@ type bearerHeader struct {
 	value []string
 }
 
-// lastBearer is the Authorization value of the last token posted with: a token
-// (a JWT of half a kilobyte) is the same for hours, and was concatenated into a new
-// string for every POST.
-var lastBearer atomic.Pointer[bearerHeader]
+// bearerCache keeps the Authorization value of the last token a Delivery posted
+// with: a token (a JWT of half a kilobyte) is the same for hours, and was
+// concatenated into a new string for every POST.
+type bearerCache struct{ last atomic.Pointer[bearerHeader] }
 
-// bearer returns the Authorization header value of tok, "Bearer <tok>".
-func bearer(tok string) []string {
-	if b := lastBearer.Load(); b != nil && b.token == tok {
+// header returns the Authorization header value of tok, "Bearer <tok>".
+func (c *bearerCache) header(tok string) []string {
+	if b := c.last.Load(); b != nil && b.token == tok {
 		return b.value
 	}
 	b := &bearerHeader{token: tok, value: []string{"Bearer " + tok}}
-	lastBearer.Store(b)
+	c.last.Store(b)
 	return b.value
 }
