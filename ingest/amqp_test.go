@@ -28,7 +28,7 @@ type mqEnv struct {
 
 func newMQEnv(t *testing.T) mqEnv {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last
+	t.Cleanup(func() { goleak.VerifyNone(t, ingest.IgnoreConnsCleaner) }) // runs last
 	url := mqtest.URL(t)
 	p := mqtest.Prefix(t)
 	e := mqEnv{url: url, exchange: p + ".x", queue: p + ".q"}

@@ -30,7 +30,7 @@ func recvN(t *testing.T, ch <-chan Message, n int) []Message {
 }
 
 func TestBusFanOutInOrder(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer goleak.VerifyNone(t, ignoreConnsCleaner)
 	b := NewBus()
 	defer b.Close()
 	ctx := context.Background()
@@ -60,7 +60,7 @@ func TestBusFanOutInOrder(t *testing.T) {
 
 // A subscriber that never reads must not block the publisher or the others.
 func TestBusSlowSubscriberDoesNotBlock(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer goleak.VerifyNone(t, ignoreConnsCleaner)
 	b := NewBus()
 	defer b.Close()
 	_, cancelStuck := b.Subscribe()
@@ -88,7 +88,7 @@ func TestBusSlowSubscriberDoesNotBlock(t *testing.T) {
 }
 
 func TestBusCancel(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer goleak.VerifyNone(t, ignoreConnsCleaner)
 	b := NewBus()
 	ch, cancel := b.Subscribe()
 	if err := b.Publish(context.Background(), Message{Body: []byte("queued")}); err != nil {
@@ -116,7 +116,7 @@ func TestBusCancel(t *testing.T) {
 }
 
 func TestBusCloseClosesSubscribers(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer goleak.VerifyNone(t, ignoreConnsCleaner)
 	b := NewBus()
 	ch, cancel := b.Subscribe()
 	b.Close()
@@ -142,7 +142,7 @@ func TestBusPublishCanceledContext(t *testing.T) {
 }
 
 func TestBusConcurrent(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	defer goleak.VerifyNone(t, ignoreConnsCleaner)
 	b := NewBus()
 	defer b.Close()
 	ch, cancel := b.Subscribe()

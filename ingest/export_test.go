@@ -1,0 +1,4 @@
+package ingest
+
+// IgnoreConnsCleaner is ignoreConnsCleaner for the external test package.
+var IgnoreConnsCleaner = ignoreConnsCleaner
