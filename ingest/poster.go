@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -91,9 +92,12 @@ func newPoster(endpoint string, maxConns int) (*poster, error) {
 		// Enough of a body to read a dead letter's reason and keep the
 		// connection; a longer body is cut and its connection closed.
 		MaxResponseBodySize: maxDrainedResponse,
-		// Every POST is posted once by the client: a retry is delivery's
-		// decision (backoff, a new token, a dead letter).
-		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
+		// A POST is sent again by the client only when the server closed the
+		// connection before answering, which is what a keep-alive connection
+		// it closed while idle looks like: net/http resends a request with an
+		// Idempotency-Key then too. Any other failure is delivery's to retry
+		// (backoff, a new token, the limiter's decrease).
+		RetryIfErr: retryClosed,
 		// The path is sent as ATTUNE_API_URL spells it.
 		DisablePathNormalizing: true,
 	}
@@ -148,6 +152,14 @@ func (p *poster) post(deadline time.Time, key, authorization string, body []byte
 		a.location = string(resp.Header.Peek("Location"))
 	}
 	return a, nil
+}
+
+// retryClosed: one more try when the server closed the connection before the
+// first byte of an answer. At worst the receiver got the event and crashed
+// before answering: then delivery would post it again anyway, with the same
+// idempotency key.
+func retryClosed(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	return false, attempts < 2 && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
 }
 
 // dialFunc dials the proxy that HTTP_PROXY, HTTPS_PROXY and NO_PROXY name for
