@@ -5,35 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/internal/backoff"
+	"github.com/timerd/timerd/ingest/pubsub"
 )
-
-// LifecycleRoutingKeys are the routing keys a node's queue is bound to.
-var LifecycleRoutingKeys = []string{"rule.created", "rule.enabled", "rule.disabled", "rule.deleted"}
-
-// DefaultExchange is the lifecycle exchange of the sensor documents
-// (contract §1); Attune's API itself publishes to "attune.events".
-const DefaultExchange = "attune"
-
-// dialTimeout bounds the TCP connect and the AMQP (and TLS) handshake.
-const dialTimeout = 10 * time.Second
-
-// QueueName is the durable queue of one node: "sensor.{sensor_ref}.{node_name}".
-func QueueName(sensorRef, nodeName string) string {
-	return "sensor." + sensorRef + "." + nodeName
-}
 
 // ConsumerConfig configures a Consumer.
 type ConsumerConfig struct {
 	URL          string        // amqp:// or amqps://, required
 	Exchange     string        // topic, durable; default "attune"
-	Queue        string        // required; see QueueName
+	Queue        string        // required; see attune.QueueName
 	QueueExpires time.Duration // x-expires of the queue; default 7 days
 	Prefetch     int           // unacked deliveries in flight; default 256
 	// Reconnect backoff after the connection or channel drops: doubles from
@@ -49,7 +37,7 @@ type ConsumerConfig struct {
 
 func (c *ConsumerConfig) setDefaults() {
 	if c.Exchange == "" {
-		c.Exchange = DefaultExchange
+		c.Exchange = attune.DefaultExchange
 	}
 	if c.QueueExpires == 0 {
 		c.QueueExpires = 7 * 24 * time.Hour
@@ -71,7 +59,7 @@ func (c *ConsumerConfig) setDefaults() {
 // Validate reports the first bad field, after defaults are applied.
 func (c ConsumerConfig) Validate() error {
 	c.setDefaults()
-	if err := validateMQURL(c.URL); err != nil {
+	if err := pubsub.ValidateURL(c.URL); err != nil {
 		return err
 	}
 	switch {
@@ -91,23 +79,6 @@ func (c ConsumerConfig) Validate() error {
 		return fmt.Errorf("mq consumer: ReconnectMax: %v is less than ReconnectMin %v", c.ReconnectMax, c.ReconnectMin)
 	case c.RequeueDelay < 0:
 		return fmt.Errorf("mq consumer: RequeueDelay: %v is negative", c.RequeueDelay)
-	}
-	return nil
-}
-
-// validateMQURL checks that u is an amqp:// or amqps:// URL, without
-// echoing it (it may carry a password).
-func validateMQURL(u string) error {
-	if u == "" {
-		return errors.New("mq: URL is required")
-	}
-	uri, err := amqp.ParseURI(u)
-	if err != nil {
-		// ParseURI's errors do not include the URL.
-		return fmt.Errorf("mq: URL: %w", err)
-	}
-	if uri.Host == "" {
-		return errors.New("mq: URL: no host")
 	}
 	return nil
 }
@@ -228,11 +199,11 @@ var errRequeued = errors.New("handler failed; message requeued")
 // loop. When the connection or the channel drops, Run reconnects with
 // capped, jittered backoff and declares the topology again. Run returns nil
 // when ctx is done.
-func (c *Consumer) Run(ctx context.Context, handle func(Message) error) error {
+func (c *Consumer) Run(ctx context.Context, handle func(attune.Message) error) error {
 	if handle == nil {
 		return errors.New("mq consumer: Run: handle is nil")
 	}
-	return c.RunBatch(ctx, BatchHandler{Max: 1, Handle: func(ms []Message) error { return handle(ms[0]) }})
+	return c.RunBatch(ctx, BatchHandler{Max: 1, Handle: func(ms []attune.Message) error { return handle(ms[0]) }})
 }
 
 func closeErr(what string, e *amqp.Error) error {
@@ -242,10 +213,10 @@ func closeErr(what string, e *amqp.Error) error {
 	return fmt.Errorf("%s closed: %w", what, e)
 }
 
-// connect dials the broker; the context bounds the TCP connect, dialTimeout
+// connect dials the broker; the context bounds the TCP connect, pubsub.Dial
 // the handshake.
 func (c *Consumer) connect(ctx context.Context) (*amqp.Connection, error) {
-	conn, err := dialMQ(ctx, c.cfg.URL, "timerd consumer "+c.cfg.Queue)
+	conn, err := pubsub.Dial(ctx, c.cfg.URL, "timerd consumer "+c.cfg.Queue)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +254,7 @@ func declareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
 	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, args); err != nil {
 		return fmt.Errorf("declare queue %q: %w", cfg.Queue, err)
 	}
-	for _, key := range LifecycleRoutingKeys {
+	for _, key := range attune.LifecycleRoutingKeys {
 		if err := ch.QueueBind(cfg.Queue, key, cfg.Exchange, false, nil); err != nil {
 			return fmt.Errorf("bind queue %q to %q with %q: %w", cfg.Queue, cfg.Exchange, key, err)
 		}
@@ -309,53 +280,17 @@ func ensureExchange(conn *amqp.Connection, ch *amqp.Channel, exchange string) (*
 	if ch, err = conn.Channel(); err != nil {
 		return nil, fmt.Errorf("open channel: %w", err)
 	}
-	if err := declareExchange(ch, exchange); err != nil {
+	if err := pubsub.DeclareExchange(ch, exchange); err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("%w (the exchange does not exist yet: Attune's API declares it when it starts)", err)
 	}
 	return ch, nil
 }
 
-func declareExchange(ch *amqp.Channel, exchange string) error {
-	if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %q: %w", exchange, err)
-	}
-	return nil
-}
-
-// dialMQ connects to url, naming the connection so operators (and tests)
-// can find it in `rabbitmqctl list_connections`. amqps:// gets TLS from
-// amqp091 (server name from the URL, certificates from its query).
-func dialMQ(ctx context.Context, url, name string) (*amqp.Connection, error) {
-	props := amqp.NewConnectionProperties()
-	props.SetClientConnectionName(name)
-	cfg := amqp.Config{
-		Properties: props,
-		Dial: func(network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: dialTimeout}
-			conn, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			// No heartbeats yet: bound the handshake (amqp091 clears it).
-			if err := conn.SetDeadline(time.Now().Add(dialTimeout)); err != nil {
-				_ = conn.Close()
-				return nil, err
-			}
-			return conn, nil
-		},
-	}
-	conn, err := amqp.DialConfig(url, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to rabbitmq: %w", err)
-	}
-	return conn, nil
-}
-
-// backoff is the wait before reconnect attempt n (1-based): delivery's
-// backoffDelay between ReconnectMin and ReconnectMax.
+// backoff is the wait before reconnect attempt n (1-based): backoff.Delay
+// between ReconnectMin and ReconnectMax.
 func (c *Consumer) backoff(n int) time.Duration {
-	return backoffDelay(n, c.cfg.ReconnectMin, c.cfg.ReconnectMax)
+	return backoff.Delay(n, c.cfg.ReconnectMin, c.cfg.ReconnectMax)
 }
 
 // sleepCtx waits d, or less when ctx is done; it reports whether ctx is

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/timerd/timerd/ingest/attune"
 )
 
 // A batch closes when no delivery followed the last one within batchGap,
@@ -22,7 +24,7 @@ type BatchHandler struct {
 	// message that has already arrived, up to Max. They are acked together
 	// after it returns nil, so a caller can commit them in one transaction.
 	// An error requeues all of them (see Run).
-	Handle func([]Message) error
+	Handle func([]attune.Message) error
 	// Max bounds a batch; default (0) the consumer's Prefetch.
 	Max int
 	// Consuming, if set, is called with true when a consume session has
@@ -107,7 +109,7 @@ func (c *Consumer) consumeBatch(ctx context.Context, conn *amqp.Connection, ch *
 	}
 	var gap *time.Timer
 	batch := make([]amqp.Delivery, 0, h.Max)
-	msgs := make([]Message, 0, h.Max)
+	msgs := make([]attune.Message, 0, h.Max)
 	for {
 		batch, msgs = batch[:0], msgs[:0]
 		select {
@@ -153,7 +155,7 @@ func (c *Consumer) consumeBatch(ctx context.Context, conn *amqp.Connection, ch *
 			gap.Stop()
 		}
 		for _, d := range batch {
-			msgs = append(msgs, Message{RoutingKey: d.RoutingKey, Body: d.Body})
+			msgs = append(msgs, attune.Message{RoutingKey: d.RoutingKey, Body: d.Body})
 		}
 		last := batch[len(batch)-1]
 		if err := h.Handle(msgs); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
 )
 
@@ -35,7 +36,7 @@ func TestConsumerRunBatch(t *testing.T) {
 
 	var (
 		mu       sync.Mutex
-		got      []ingest.Message
+		got      []attune.Message
 		sizes    []int
 		failed   bool
 		sessions int
@@ -45,7 +46,7 @@ func TestConsumerRunBatch(t *testing.T) {
 	go func() {
 		done <- c.RunBatch(ctx, ingest.BatchHandler{
 			Max: 100,
-			Handle: func(msgs []ingest.Message) error {
+			Handle: func(msgs []attune.Message) error {
 				mu.Lock()
 				defer mu.Unlock()
 				if !failed && len(got) > 0 {
@@ -54,7 +55,7 @@ func TestConsumerRunBatch(t *testing.T) {
 				}
 				sizes = append(sizes, len(msgs))
 				for _, m := range msgs {
-					got = append(got, ingest.Message{RoutingKey: m.RoutingKey, Body: append([]byte(nil), m.Body...)})
+					got = append(got, attune.Message{RoutingKey: m.RoutingKey, Body: append([]byte(nil), m.Body...)})
 				}
 				return nil
 			},

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
 )
 
@@ -109,11 +110,11 @@ func mqWaitFor(t *testing.T, within time.Duration, what string, cond func() bool
 // recorder is a handle func that keeps what it was given.
 type recorder struct {
 	mu   sync.Mutex
-	msgs []ingest.Message
-	fail func(m ingest.Message, seen int) error // optional
+	msgs []attune.Message
+	fail func(m attune.Message, seen int) error // optional
 }
 
-func (r *recorder) handle(m ingest.Message) error {
+func (r *recorder) handle(m attune.Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail != nil {
@@ -125,13 +126,13 @@ func (r *recorder) handle(m ingest.Message) error {
 	return nil
 }
 
-func (r *recorder) got() []ingest.Message {
+func (r *recorder) got() []attune.Message {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]ingest.Message(nil), r.msgs...)
+	return append([]attune.Message(nil), r.msgs...)
 }
 
-func (r *recorder) waitN(t *testing.T, n int) []ingest.Message {
+func (r *recorder) waitN(t *testing.T, n int) []attune.Message {
 	t.Helper()
 	mqWaitFor(t, 10*time.Second, fmt.Sprintf("%d messages handled", n), func() bool { return len(r.got()) >= n })
 	return r.got()
@@ -139,7 +140,7 @@ func (r *recorder) waitN(t *testing.T, n int) []ingest.Message {
 
 // startRun runs c.Run in the background; the returned stop cancels it and
 // checks that Run returned nil. t.Cleanup stops it too.
-func startRun(t *testing.T, c *ingest.Consumer, handle func(ingest.Message) error) (stop func()) {
+func startRun(t *testing.T, c *ingest.Consumer, handle func(attune.Message) error) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -165,22 +166,22 @@ func startRun(t *testing.T, c *ingest.Consumer, handle func(ingest.Message) erro
 // lifecycleBody is message i in the envelope shape (even i) or the flat
 // shape (odd i); both carry rule id i+1.
 func lifecycleBody(i int) (key string, body []byte) {
-	types := []ingest.LifecycleType{ingest.RuleCreated, ingest.RuleEnabled, ingest.RuleDisabled, ingest.RuleDeleted}
+	types := []attune.LifecycleType{attune.RuleCreated, attune.RuleEnabled, attune.RuleDisabled, attune.RuleDeleted}
 	typ := types[i%len(types)]
 	id := int64(i + 1)
 	if i%2 == 0 {
-		l := ingest.Lifecycle{Type: typ, RuleID: id, RuleRef: fmt.Sprintf("r%d", id), TriggerRef: "core.intervaltimer",
+		l := attune.Lifecycle{Type: typ, RuleID: id, RuleRef: fmt.Sprintf("r%d", id), TriggerRef: "core.intervaltimer",
 			Params: json.RawMessage(`{"interval":5,"unit":"seconds"}`), Enabled: true}
-		return ingest.RoutingKey(typ), ingest.EnvelopeJSON(l, fmt.Sprintf("msg-%d", id), time.Date(2026, 1, 27, 12, 34, 56, 0, time.UTC))
+		return attune.RoutingKey(typ), attune.EnvelopeJSON(l, fmt.Sprintf("msg-%d", id), time.Date(2026, 1, 27, 12, 34, 56, 0, time.UTC))
 	}
-	return ingest.RoutingKey(typ), fmt.Appendf(nil,
+	return attune.RoutingKey(typ), fmt.Appendf(nil,
 		`{"event_type":%q,"rule_id":%d,"rule_ref":"r%d","trigger_type":"core.timer","trigger_params":{"interval_seconds":5},"enabled":true}`,
 		typ, id, id)
 }
 
 // checkSequence fails unless got holds the lifecycle messages from..to-1 in
 // order, each parsing to its rule id.
-func checkSequence(t *testing.T, got []ingest.Message, from, to int) {
+func checkSequence(t *testing.T, got []attune.Message, from, to int) {
 	t.Helper()
 	if len(got) != to-from {
 		t.Fatalf("handled %d messages, want %d", len(got), to-from)
@@ -190,16 +191,10 @@ func checkSequence(t *testing.T, got []ingest.Message, from, to int) {
 		if m.RoutingKey != wantKey || string(m.Body) != string(wantBody) {
 			t.Fatalf("message %d = %s %s, want %s %s", i, m.RoutingKey, m.Body, wantKey, wantBody)
 		}
-		l, err := ingest.ParseLifecycle(m.Body, m.RoutingKey)
+		l, err := attune.ParseLifecycle(m.Body, m.RoutingKey)
 		if err != nil || l.RuleID != int64(from+i+1) {
 			t.Fatalf("ParseLifecycle(message %d) = rule %d, %v; want rule %d, nil", i, l.RuleID, err, from+i+1)
 		}
-	}
-}
-
-func TestQueueName(t *testing.T) {
-	if got, want := ingest.QueueName("core.timer", "node-1"), "sensor.core.timer.node-1"; got != want {
-		t.Errorf("QueueName(core.timer, node-1) = %q, want %q", got, want)
 	}
 }
 
@@ -313,7 +308,7 @@ func TestConsumerDeclare(t *testing.T) {
 	// Bound to the four rule.* keys and nothing else: the unbound keys go
 	// first, so had they been routed they would come before the last one.
 	ch := rawChannel(t, e.url)
-	for _, key := range append([]string{"rule.updated", "trigger.created", "rule"}, ingest.LifecycleRoutingKeys...) {
+	for _, key := range append([]string{"rule.updated", "trigger.created", "rule"}, attune.LifecycleRoutingKeys...) {
 		publishRaw(t, ch, e.exchange, key, []byte(`{}`))
 	}
 	mqWaitFor(t, 5*time.Second, "4 messages in the queue", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 4 })
@@ -327,8 +322,8 @@ func TestConsumerDeclare(t *testing.T) {
 	for _, m := range got {
 		keys = append(keys, m.RoutingKey)
 	}
-	if strings.Join(keys, " ") != strings.Join(ingest.LifecycleRoutingKeys, " ") {
-		t.Errorf("routing keys consumed = %v, want %v", keys, ingest.LifecycleRoutingKeys)
+	if strings.Join(keys, " ") != strings.Join(attune.LifecycleRoutingKeys, " ") {
+		t.Errorf("routing keys consumed = %v, want %v", keys, attune.LifecycleRoutingKeys)
 	}
 }
 
@@ -386,7 +381,7 @@ func TestConsumerAcksAfterHandle(t *testing.T) {
 		publishRaw(t, ch, e.exchange, key, body)
 	}
 	var r recorder
-	r.fail = func(m ingest.Message, seen int) error {
+	r.fail = func(m attune.Message, seen int) error {
 		if seen == 0 {
 			proxy.Cut() // the ack of this first message cannot reach the broker
 		}
@@ -400,7 +395,7 @@ func TestConsumerAcksAfterHandle(t *testing.T) {
 	mqWaitFor(t, 10*time.Second, "message 0 redelivered, then message 1", func() bool {
 		ids = ids[:0]
 		for _, m := range r.got() {
-			l, _ := ingest.ParseLifecycle(m.Body, m.RoutingKey)
+			l, _ := attune.ParseLifecycle(m.Body, m.RoutingKey)
 			ids = append(ids, l.RuleID)
 		}
 		n := len(ids)
@@ -431,7 +426,7 @@ func TestConsumerRequeuesOnHandleError(t *testing.T) {
 	}
 	var r recorder
 	failures := 0
-	r.fail = func(m ingest.Message, seen int) error {
+	r.fail = func(m attune.Message, seen int) error {
 		if seen == 3 && failures < 2 { // the 4th message fails twice
 			failures++
 			return errors.New("store: disk full")
@@ -512,7 +507,7 @@ func TestConsumerReconnectsAfterBrokerClosesConnection(t *testing.T) {
 	}
 	var r recorder
 	closeErr := make(chan error, 1)
-	r.fail = func(m ingest.Message, seen int) error {
+	r.fail = func(m attune.Message, seen int) error {
 		if seen == 0 {
 			// rabbitmqctl takes a while: an ack sent before handle would
 			// long have reached the broker.
@@ -530,7 +525,7 @@ func TestConsumerReconnectsAfterBrokerClosesConnection(t *testing.T) {
 		ids = ids[:0]
 		second := -1
 		for i, m := range r.got() {
-			l, _ := ingest.ParseLifecycle(m.Body, m.RoutingKey)
+			l, _ := attune.ParseLifecycle(m.Body, m.RoutingKey)
 			ids = append(ids, l.RuleID)
 			if l.RuleID == 1 && i > 0 && second < 0 {
 				second = i

@@ -3,6 +3,8 @@ package ingest
 import (
 	"container/heap"
 	"time"
+
+	"github.com/timerd/timerd/ingest/internal/backoff"
 )
 
 // breaker is the state of one rule whose events were rejected for good.
@@ -85,7 +87,7 @@ func (e *engine) pausedFailure(p *pending, b *breaker) {
 	switch b.probe {
 	case p:
 		b.failures++
-		b.probeAt = time.Now().Add(backoffDelay(b.failures+1, e.d.cfg.ProbeMin, e.d.cfg.ProbeMax))
+		b.probeAt = time.Now().Add(backoff.Delay(b.failures+1, e.d.cfg.ProbeMin, e.d.cfg.ProbeMax))
 	case nil:
 	default:
 		delete(e.window, p.entry.Seq)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/timerd/timerd/ingest/internal/backoff"
 	"github.com/timerd/timerd/store"
 )
 
@@ -923,7 +924,7 @@ func (e *engine) acked(res ackResult) {
 			d.unacked[seq] = struct{}{}
 		}
 		e.toAck = append(e.toAck, res.seqs...)
-		e.ackAfter = time.Now().Add(backoffDelay(e.ackFails, d.cfg.BackoffMin, d.cfg.BackoffMax))
+		e.ackAfter = time.Now().Add(backoff.Delay(e.ackFails, d.cfg.BackoffMin, d.cfg.BackoffMax))
 		return
 	}
 	if e.ackFails > 0 {
@@ -945,29 +946,10 @@ func (e *engine) retry(p *pending, retryAfter time.Duration) {
 	if retryAfter > 0 {
 		wait = min(max(retryAfter, cfg.BackoffMin)+rand.N(cfg.BackoffMin+1), cfg.BackoffMax)
 	} else {
-		wait = backoffDelay(p.attempt, cfg.BackoffMin, cfg.BackoffMax)
+		wait = backoff.Delay(p.attempt, cfg.BackoffMin, cfg.BackoffMax)
 	}
 	p.due = time.Now().Add(wait)
 	heap.Push(&e.waiting, p)
-}
-
-// backoffDelay is exponential backoff with full jitter above a floor: uniform
-// in [lo, min(hi, lo·2^(attempt-1))]. The floor keeps a failing API from
-// seeing a burst of near-zero retries.
-func backoffDelay(attempt int, lo, hi time.Duration) time.Duration {
-	ceil := hi
-	if attempt < 1 {
-		attempt = 1
-	}
-	if attempt-1 < 62 {
-		if c := lo << (attempt - 1); c > 0 && c>>(attempt-1) == lo && c < hi {
-			ceil = c
-		}
-	}
-	if ceil <= lo {
-		return lo
-	}
-	return lo + rand.N(ceil-lo+1)
 }
 
 // attempt posts one entry once.

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
@@ -60,7 +61,7 @@ func commitEvents(t testing.TB, st *store.Store, rule int64, n int, firstSlot ti
 	var recs []store.FireRecord
 	for i := range n {
 		slot := firstSlot.Add(time.Duration(i) * 5 * time.Second)
-		ev, err := BuildEvent(scheduler.Fire{RuleID: rule, Slot: slot, FiredAt: slot, Count: uint64(i + 1), Timer: testTimer}, "core.timer")
+		ev, err := attune.BuildEvent(scheduler.Fire{RuleID: rule, Slot: slot, FiredAt: slot, Count: uint64(i + 1), Timer: testTimer}, "core.timer")
 		if err != nil {
 			t.Fatalf("BuildEvent: %v", err)
 		}
@@ -858,31 +859,6 @@ func TestDeliveryConfigValidate(t *testing.T) {
 				t.Errorf("NewDelivery(%s) accepted a bad config", tc.name)
 			}
 		})
-	}
-}
-
-func TestBackoffDelay(t *testing.T) {
-	lo, hi := 200*time.Millisecond, 30*time.Second
-	tests := []struct {
-		attempt      int
-		wantMinCeil  time.Duration // the delay lies in [lo, ceil]
-		wantExactMin bool
-	}{
-		{attempt: 0, wantMinCeil: lo, wantExactMin: true},
-		{attempt: 1, wantMinCeil: lo, wantExactMin: true},
-		{attempt: 2, wantMinCeil: 2 * lo},
-		{attempt: 5, wantMinCeil: 16 * lo},
-		{attempt: 9, wantMinCeil: hi},
-		{attempt: 70, wantMinCeil: hi},
-		{attempt: 1 << 30, wantMinCeil: hi},
-	}
-	for _, tc := range tests {
-		for range 200 {
-			got := backoffDelay(tc.attempt, lo, hi)
-			if got < lo || got > tc.wantMinCeil || (tc.wantExactMin && got != lo) {
-				t.Fatalf("backoffDelay(%d, %v, %v) = %v, want in [%v, %v]", tc.attempt, lo, hi, got, lo, tc.wantMinCeil)
-			}
-		}
 	}
 }
 

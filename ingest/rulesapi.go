@@ -14,68 +14,8 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/ingest/attune"
 )
-
-// RemoteRule is a rule as Attune's rules API lists it; only the fields a
-// timer sensor needs.
-type RemoteRule struct {
-	ID         int64           `json:"id"`
-	Ref        string          `json:"ref"`
-	TriggerRef string          `json:"trigger_ref"`
-	Params     json.RawMessage `json:"trigger_params"`
-	Enabled    *bool           `json:"enabled"`
-	// Updated and Created are when Attune last changed and created the rule
-	// (also spelled updated_at, created_at); zero when absent or not RFC 3339:
-	// a malformed time does not fail the listing.
-	Updated time.Time `json:"updated"`
-	Created time.Time `json:"created"`
-}
-
-// Version is the rule's source version (docs/protocol.md §1): Updated, else
-// Created; zero if the listing has neither.
-func (r RemoteRule) Version() time.Time {
-	if !r.Updated.IsZero() {
-		return r.Updated
-	}
-	return r.Created
-}
-
-// UnmarshalJSON reads a listed rule, accepting both spellings of its times
-// and ignoring a time that does not parse.
-func (r *RemoteRule) UnmarshalJSON(b []byte) error {
-	type fields struct {
-		ID         int64           `json:"id"`
-		Ref        string          `json:"ref"`
-		TriggerRef string          `json:"trigger_ref"`
-		Params     json.RawMessage `json:"trigger_params"`
-		Enabled    *bool           `json:"enabled"`
-		Updated    json.RawMessage `json:"updated"`
-		Created    json.RawMessage `json:"created"`
-		UpdatedAt  json.RawMessage `json:"updated_at"`
-		CreatedAt  json.RawMessage `json:"created_at"`
-	}
-	var f fields
-	if err := json.Unmarshal(b, &f); err != nil {
-		return err
-	}
-	*r = RemoteRule{ID: f.ID, Ref: f.Ref, TriggerRef: f.TriggerRef, Params: f.Params, Enabled: f.Enabled,
-		Updated: firstTime(f.Updated, f.UpdatedAt), Created: firstTime(f.Created, f.CreatedAt)}
-	return nil
-}
-
-// firstTime is the first of raws that is an RFC 3339 JSON string, zero if none.
-func firstTime(raws ...json.RawMessage) time.Time {
-	for _, raw := range raws {
-		var s string
-		if len(raw) == 0 || json.Unmarshal(raw, &s) != nil {
-			continue
-		}
-		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-			return t
-		}
-	}
-	return time.Time{}
-}
 
 // RulesClient pages through Attune's rules API (contract §4).
 type RulesClient struct {
@@ -102,7 +42,7 @@ const (
 
 // Listing is the enabled rules of one trigger as the rules API listed them.
 type Listing struct {
-	Rules []RemoteRule
+	Rules []attune.RemoteRule
 	// Incomplete is "" when the listing proved itself complete: every page
 	// carried pagination.total_items, it did not change while paging, and
 	// the distinct rules read match it. Else it says why (Incomplete*).
@@ -164,8 +104,8 @@ func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) (List
 }
 
 type rulesPage struct {
-	Items      []RemoteRule `json:"items"`
-	Data       []RemoteRule `json:"data"`
+	Items      []attune.RemoteRule `json:"items"`
+	Data       []attune.RemoteRule `json:"data"`
 	Pagination *struct {
 		HasNext    bool   `json:"has_next"`
 		TotalItems *int64 `json:"total_items"`
@@ -176,24 +116,24 @@ type rulesPage struct {
 // only when the API answers 404 with a JSON body, as Attune does for a rule
 // it does not have: an ingress's 404 page, a redirect or any other answer
 // is an error, so that a re-check before a removal removes nothing on doubt.
-func (c *RulesClient) Rule(ctx context.Context, ref string) (r RemoteRule, found bool, err error) {
+func (c *RulesClient) Rule(ctx context.Context, ref string) (r attune.RemoteRule, found bool, err error) {
 	if ref == "" {
-		return RemoteRule{}, false, errors.New("rule has no ref")
+		return attune.RemoteRule{}, false, errors.New("rule has no ref")
 	}
 	u := strings.TrimRight(c.APIURL, "/") + "/api/v1/rules/" + url.PathEscape(ref)
 	var body struct {
-		Data  *RemoteRule     `json:"data"`
-		Error json.RawMessage `json:"error"`
+		Data  *attune.RemoteRule `json:"data"`
+		Error json.RawMessage    `json:"error"`
 	}
 	err = c.get(ctx, c.client(), u, &body)
 	var se *StatusError
 	switch {
 	case errors.As(err, &se) && se.Code == http.StatusNotFound && se.JSON:
-		return RemoteRule{}, false, nil
+		return attune.RemoteRule{}, false, nil
 	case err != nil:
-		return RemoteRule{}, false, fmt.Errorf("get rule %q: %w", ref, err)
+		return attune.RemoteRule{}, false, fmt.Errorf("get rule %q: %w", ref, err)
 	case body.Data == nil:
-		return RemoteRule{}, false, fmt.Errorf("get rule %q: %w", ref, errors.New("answer has no data"))
+		return attune.RemoteRule{}, false, fmt.Errorf("get rule %q: %w", ref, errors.New("answer has no data"))
 	}
 	return *body.Data, true, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -107,7 +108,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 	for _, r := range cfg.Deprecated {
 		log.Warn(r)
 	}
-	queue := ingest.QueueName(cfg.SensorRef, cfg.NodeName)
+	queue := attune.QueueName(cfg.SensorRef, cfg.NodeName)
 	log.Info("timerd agent starting", "version", node.Version(), "node", cfg.NodeName, "api_url", redactURL(cfg.APIURL),
 		"data_dir", cfg.DataDir, "startup_rules", len(cfg.SensorTriggers))
 	var mq *ingest.ConsumerConfig

@@ -13,8 +13,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/timerd/timerd/auth"
-	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/pubsub"
 )
 
 func newAPICmd() *cobra.Command {
@@ -80,7 +81,7 @@ func newAPICmd() *cobra.Command {
 	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("TIMERD_API_DATA_DIR", ""), "directory of the API's database (env TIMERD_API_DATA_DIR)")
 	cmd.Flags().StringVar(&keyFile, "key-file", envOr("TIMERD_API_KEY_FILE", ""), "file holding the HMAC key tokens are signed with; required (env TIMERD_API_KEY_FILE; see `timerd token keygen`)")
 	cmd.Flags().StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): publish rule lifecycle messages there, as Attune's API does")
-	cmd.Flags().StringVar(&mqExchange, "mq-exchange", ingest.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
+	cmd.Flags().StringVar(&mqExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
 	cmd.Flags().DurationVar(&cleanup, "revocation-cleanup-interval", time.Hour, "how often revocations of expired tokens are deleted")
 	logs.register(cmd, "json")
 	return cmd
@@ -88,14 +89,14 @@ func newAPICmd() *cobra.Command {
 
 // newMQPublisher is the API's lifecycle publisher for --mq-url; errors
 // name the flag and never echo the URL (it may hold a password).
-func newMQPublisher(mqURL, exchange string, log *slog.Logger, reg prometheus.Registerer) (*ingest.AMQPPublisher, error) {
+func newMQPublisher(mqURL, exchange string, log *slog.Logger, reg prometheus.Registerer) (*pubsub.AMQPPublisher, error) {
 	if err := checkMQURL(mqURL); err != nil {
 		return nil, usagef("--mq-url: %w", err)
 	}
 	if exchange == "" {
 		return nil, usagef("--mq-exchange: is empty")
 	}
-	pub, err := ingest.NewPublisher(ingest.PublisherConfig{URL: mqURL, Exchange: exchange, Logger: log, Registerer: reg})
+	pub, err := pubsub.NewPublisher(pubsub.PublisherConfig{URL: mqURL, Exchange: exchange, Logger: log, Registerer: reg})
 	if err != nil {
 		return nil, usagef("--mq-url: %w", err)
 	}

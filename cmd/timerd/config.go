@@ -23,6 +23,7 @@ import (
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 )
 
 // agentConfig is the configuration of `timerd agent` (docs/configuration.md).
@@ -35,7 +36,7 @@ type agentConfig struct {
 	MQURL          string // may carry a password: never printed
 	MQExchange     string
 	LogLevel       slog.Level
-	SensorTriggers []ingest.RemoteRule
+	SensorTriggers []attune.RemoteRule
 
 	// timerd's own.
 	DataDir           string
@@ -136,7 +137,7 @@ var agentSettings = []agentSetting{
 		c.MQURL = v
 		return nil
 	}},
-	{env: "ATTUNE_MQ_EXCHANGE", key: "mq_exchange", def: ingest.DefaultExchange, usage: "the topic exchange rule lifecycle messages are published to", set: func(c *agentConfig, v string) error {
+	{env: "ATTUNE_MQ_EXCHANGE", key: "mq_exchange", def: attune.DefaultExchange, usage: "the topic exchange rule lifecycle messages are published to", set: func(c *agentConfig, v string) error {
 		if v == "" || len(v) > 255 || strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 			return fmt.Errorf("%q is not an exchange name (1 to 255 printable bytes)", truncateSetting(v))
 		}
@@ -493,7 +494,7 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		}
 		c.NodeName = host
 	}
-	if q := ingest.QueueName(c.SensorRef, c.NodeName); len(q) > 255 {
+	if q := attune.QueueName(c.SensorRef, c.NodeName); len(q) > 255 {
 		return nil, fmt.Errorf("%s: the queue name %q is longer than 255 bytes", name("TIMERD_NODE_NAME"), truncateSetting(q))
 	}
 	return c, nil
@@ -705,12 +706,12 @@ type sensorTrigger struct {
 // {"id","ref","trigger_ref","config"}, config being the trigger's
 // parameters. Its shape must be right; a timer whose parameters do not
 // parse is reported when it is applied, as a rule from the API would be.
-func parseSensorTriggers(v string) ([]ingest.RemoteRule, error) {
+func parseSensorTriggers(v string) ([]attune.RemoteRule, error) {
 	var items []json.RawMessage
 	if err := json.Unmarshal([]byte(v), &items); err != nil {
 		return nil, errors.New("is not a JSON array")
 	}
-	out := make([]ingest.RemoteRule, 0, len(items))
+	out := make([]attune.RemoteRule, 0, len(items))
 	seen := map[int64]bool{}
 	for i, raw := range items {
 		var st sensorTrigger
@@ -737,7 +738,7 @@ func parseSensorTriggers(v string) ([]ingest.RemoteRule, error) {
 		if len(cfg) > 0 && cfg[0] != '{' {
 			return nil, fmt.Errorf("[%d] (id %d): config is not a JSON object", i, id)
 		}
-		out = append(out, ingest.RemoteRule{ID: id, Ref: st.Ref, TriggerRef: st.TriggerRef, Params: json.RawMessage(cfg)})
+		out = append(out, attune.RemoteRule{ID: id, Ref: st.Ref, TriggerRef: st.TriggerRef, Params: json.RawMessage(cfg)})
 	}
 	return out, nil
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/scheduler"
 )
 
@@ -88,8 +90,8 @@ the API like any node.`,
 			// One registry: the node's /metrics shows the API's metrics too.
 			reg := prometheus.NewRegistry()
 			var (
-				publisher ingest.Publisher
-				lifecycle <-chan ingest.Message
+				publisher attune.Publisher
+				lifecycle <-chan attune.Message
 				mq        *ingest.ConsumerConfig
 				via       = "an in-process lifecycle bus"
 			)
@@ -103,10 +105,10 @@ the API like any node.`,
 				// The queue is kept across restarts on the same data dir, and
 				// two dev instances on one broker do not share one.
 				mq = &ingest.ConsumerConfig{URL: mqURL, Exchange: mqExchange,
-					Queue: ingest.QueueName("core.timer", devQueueNode(dataDir)), QueueExpires: 24 * time.Hour}
+					Queue: attune.QueueName("core.timer", devQueueNode(dataDir)), QueueExpires: 24 * time.Hour}
 				via = "RabbitMQ (exchange " + mqExchange + ", queue " + mq.Queue + ")"
 			} else {
-				bus := ingest.NewBus()
+				bus := pubsub.NewBus()
 				var unsubscribe func()
 				lifecycle, unsubscribe = bus.Subscribe()
 				defer unsubscribe()
@@ -164,7 +166,7 @@ the API like any node.`,
 	cmd.Flags().StringVar(&httpAddr, "http-addr", envOr("TIMERD_HTTP_ADDR", "127.0.0.1:8470"), "listen address of the node's metrics, health and status (env TIMERD_HTTP_ADDR)")
 	cmd.Flags().StringVar(&sensorTTL, "sensor-token-ttl", "24h", "lifetime of the node's sensor token (90d, 1d12h, 2m); it is refreshed at 80 %")
 	cmd.Flags().StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): carry rule lifecycle messages through the broker instead of the in-process bus")
-	cmd.Flags().StringVar(&mqExchange, "mq-exchange", ingest.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
+	cmd.Flags().StringVar(&mqExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
 	logs.register(cmd, "text")
 	return cmd
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/google/uuid"
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
 )
 
@@ -231,7 +231,7 @@ func (s *Server) addNewRules(batch []*ruleReq, errs []error) {
 	s.cat.mu.Unlock()
 	for i, req := range batch {
 		if errs[i] == nil {
-			s.publish(lifecycleOf(ingest.RuleCreated, req.ru))
+			s.publish(lifecycleOf(attune.RuleCreated, req.ru))
 		}
 	}
 }
@@ -362,7 +362,7 @@ func putRule(tx *bolt.Tx, ru *rule) error {
 // write lock, stores the result if change reports a difference, and publishes
 // what msgs returns for (old, new) after the commit.
 func (s *Server) modifyRule(w http.ResponseWriter, r *http.Request, change func(ru *rule) (bool, error),
-	msgs func(old, cur *rule) []ingest.Lifecycle) {
+	msgs func(old, cur *rule) []attune.Lifecycle) {
 	ref := r.PathValue("ref")
 	s.ruleWriteMu.Lock()
 	defer s.ruleWriteMu.Unlock()
@@ -430,18 +430,18 @@ func (s *Server) updateRule(w http.ResponseWriter, r *http.Request) {
 		}
 		after, _ := json.Marshal(ru)
 		return !bytes.Equal(before, after), nil
-	}, func(old, cur *rule) []ingest.Lifecycle {
+	}, func(old, cur *rule) []attune.Lifecycle {
 		triggerChanged := old.TriggerRef != cur.TriggerRef
 		paramsChanged := !bytes.Equal(old.TriggerParams, cur.TriggerParams)
 		switch {
 		case old.Enabled && cur.Enabled && triggerChanged:
-			return []ingest.Lifecycle{lifecycleOf(ingest.RuleDisabled, old), lifecycleOf(ingest.RuleEnabled, cur)}
+			return []attune.Lifecycle{lifecycleOf(attune.RuleDisabled, old), lifecycleOf(attune.RuleEnabled, cur)}
 		case old.Enabled && cur.Enabled && paramsChanged:
-			return []ingest.Lifecycle{lifecycleOf(ingest.RuleEnabled, cur)}
+			return []attune.Lifecycle{lifecycleOf(attune.RuleEnabled, cur)}
 		case !old.Enabled && cur.Enabled:
-			return []ingest.Lifecycle{lifecycleOf(ingest.RuleEnabled, cur)}
+			return []attune.Lifecycle{lifecycleOf(attune.RuleEnabled, cur)}
 		case old.Enabled && !cur.Enabled:
-			return []ingest.Lifecycle{lifecycleOf(ingest.RuleDisabled, old)}
+			return []attune.Lifecycle{lifecycleOf(attune.RuleDisabled, old)}
 		}
 		return nil
 	})
@@ -465,11 +465,11 @@ func (s *Server) setEnabled(w http.ResponseWriter, r *http.Request, enabled bool
 		changed := ru.Enabled != enabled
 		ru.Enabled = enabled
 		return changed, nil
-	}, func(_, cur *rule) []ingest.Lifecycle {
+	}, func(_, cur *rule) []attune.Lifecycle {
 		if enabled {
-			return []ingest.Lifecycle{lifecycleOf(ingest.RuleEnabled, cur)}
+			return []attune.Lifecycle{lifecycleOf(attune.RuleEnabled, cur)}
 		}
-		return []ingest.Lifecycle{lifecycleOf(ingest.RuleDisabled, cur)}
+		return []attune.Lifecycle{lifecycleOf(attune.RuleDisabled, cur)}
 	})
 }
 
@@ -495,14 +495,14 @@ func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request) {
 	s.cat.mu.Lock()
 	s.cat.remove(ru)
 	s.cat.mu.Unlock()
-	s.publish(lifecycleOf(ingest.RuleDeleted, ru))
+	s.publish(lifecycleOf(attune.RuleDeleted, ru))
 	writeJSON(w, http.StatusOK, map[string]any{"data": ru})
 }
 
 // lifecycleOf builds the message Attune publishes for a write of ru.
 // Disabled and Deleted carry no parameters and enabled=false.
-func lifecycleOf(t ingest.LifecycleType, ru *rule) ingest.Lifecycle {
-	l := ingest.Lifecycle{Type: t, RuleID: ru.ID, RuleRef: ru.Ref, TriggerRef: ru.TriggerRef}
+func lifecycleOf(t attune.LifecycleType, ru *rule) attune.Lifecycle {
+	l := attune.Lifecycle{Type: t, RuleID: ru.ID, RuleRef: ru.Ref, TriggerRef: ru.TriggerRef}
 	if ru.TriggerID != nil {
 		l.TriggerID = *ru.TriggerID
 	}
@@ -510,9 +510,9 @@ func lifecycleOf(t ingest.LifecycleType, ru *rule) ingest.Lifecycle {
 		l.ActionRef = *ru.ActionRef
 	}
 	switch t {
-	case ingest.RuleCreated:
+	case attune.RuleCreated:
 		l.Params, l.Enabled = ru.TriggerParams, ru.Enabled
-	case ingest.RuleEnabled:
+	case attune.RuleEnabled:
 		l.Params, l.Enabled = ru.TriggerParams, true
 	}
 	return l
@@ -520,15 +520,15 @@ func lifecycleOf(t ingest.LifecycleType, ru *rule) ingest.Lifecycle {
 
 // publish sends msgs in order, after the commit. Attune's publishing is
 // best-effort and nodes reconcile, so a failure is logged and counted only.
-func (s *Server) publish(msgs ...ingest.Lifecycle) {
+func (s *Server) publish(msgs ...attune.Lifecycle) {
 	if s.cfg.Publisher == nil {
 		return
 	}
 	for _, l := range msgs {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-		err := s.cfg.Publisher.Publish(ctx, ingest.Message{
-			RoutingKey: ingest.RoutingKey(l.Type),
-			Body:       ingest.EnvelopeJSON(l, uuid.NewString(), s.cfg.Now()),
+		err := s.cfg.Publisher.Publish(ctx, attune.Message{
+			RoutingKey: attune.RoutingKey(l.Type),
+			Body:       attune.EnvelopeJSON(l, uuid.NewString(), s.cfg.Now()),
 		})
 		cancel()
 		if err != nil {

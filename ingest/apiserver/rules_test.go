@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 )
 
 type ruleResp struct {
@@ -225,7 +225,7 @@ func seq(from, to int64) []int64 {
 
 // wantMsg is one expected lifecycle message; params "" means nil.
 type wantMsg struct {
-	typ        ingest.LifecycleType
+	typ        attune.LifecycleType
 	triggerRef string
 	params     string
 	enabled    bool
@@ -233,12 +233,12 @@ type wantMsg struct {
 
 // nextMsgs reads lifecycle messages up to a marker the test publishes itself
 // (the server publishes before it answers, so the marker comes last).
-func (e *testEnv) nextMsgs() []ingest.Lifecycle {
+func (e *testEnv) nextMsgs() []attune.Lifecycle {
 	e.t.Helper()
-	if err := e.bus.Publish(context.Background(), ingest.Message{RoutingKey: "marker"}); err != nil {
+	if err := e.bus.Publish(context.Background(), attune.Message{RoutingKey: "marker"}); err != nil {
 		e.t.Fatal(err)
 	}
-	var got []ingest.Lifecycle
+	var got []attune.Lifecycle
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
@@ -246,12 +246,12 @@ func (e *testEnv) nextMsgs() []ingest.Lifecycle {
 			if m.RoutingKey == "marker" {
 				return got
 			}
-			l, err := ingest.ParseLifecycle(m.Body, "")
+			l, err := attune.ParseLifecycle(m.Body, "")
 			if err != nil {
 				e.t.Fatalf("ParseLifecycle(%s) = %v", m.Body, err)
 			}
-			if m.RoutingKey != ingest.RoutingKey(l.Type) {
-				e.t.Errorf("message %s has routing key %q, want %q", l.Type, m.RoutingKey, ingest.RoutingKey(l.Type))
+			if m.RoutingKey != attune.RoutingKey(l.Type) {
+				e.t.Errorf("message %s has routing key %q, want %q", l.Type, m.RoutingKey, attune.RoutingKey(l.Type))
 			}
 			got = append(got, l)
 		case <-timeout:
@@ -274,26 +274,26 @@ func TestRuleWritesPublishLifecycle(t *testing.T) {
 		want         []wantMsg
 	}{
 		{"create enabled", "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}`,
-			[]wantMsg{{ingest.RuleCreated, interval, p5, true}}},
+			[]wantMsg{{attune.RuleCreated, interval, p5, true}}},
 		{"create disabled", "POST", "/api/v1/rules", `{"ref":"b","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"},"enabled":false}`,
-			[]wantMsg{{ingest.RuleCreated, cron, `{"expression":"@hourly"}`, false}}},
+			[]wantMsg{{attune.RuleCreated, cron, `{"expression":"@hourly"}`, false}}},
 		{"duplicate publishes nothing", "POST", "/api/v1/rules", `{"ref":"a","trigger_ref":"x"}`, nil},
-		{"enable", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
-		{"enable again is published again", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{ingest.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
-		{"disable", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
-		{"disable again", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
+		{"enable", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{attune.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
+		{"enable again is published again", "POST", "/api/v1/rules/b/enable", "", []wantMsg{{attune.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
+		{"disable", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{attune.RuleDisabled, cron, "", false}}},
+		{"disable again", "POST", "/api/v1/rules/b/disable", "", []wantMsg{{attune.RuleDisabled, cron, "", false}}},
 		{"PUT params of enabled", "PUT", "/api/v1/rules/a", `{"trigger_params":{"interval":10}}`,
-			[]wantMsg{{ingest.RuleEnabled, interval, `{"interval":10}`, true}}},
+			[]wantMsg{{attune.RuleEnabled, interval, `{"interval":10}`, true}}},
 		{"PUT same params in another spelling", "PUT", "/api/v1/rules/a", `{"trigger_params":{ "interval" : 10 },"enabled":true}`, nil},
 		{"PUT action only", "PUT", "/api/v1/rules/a", `{"action_ref":"core.echo"}`, nil},
 		{"PUT trigger of enabled", "PUT", "/api/v1/rules/a", `{"trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"}}`,
-			[]wantMsg{{ingest.RuleDisabled, interval, "", false}, {ingest.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
-		{"PUT disable", "PUT", "/api/v1/rules/a", `{"enabled":false}`, []wantMsg{{ingest.RuleDisabled, cron, "", false}}},
+			[]wantMsg{{attune.RuleDisabled, interval, "", false}, {attune.RuleEnabled, cron, `{"expression":"@hourly"}`, true}}},
+		{"PUT disable", "PUT", "/api/v1/rules/a", `{"enabled":false}`, []wantMsg{{attune.RuleDisabled, cron, "", false}}},
 		{"PUT params of disabled", "PUT", "/api/v1/rules/a", `{"trigger_params":{"expression":"@daily"}}`, nil},
 		{"PUT enable with new trigger", "PUT", "/api/v1/rules/a", `{"enabled":true,"trigger_ref":"core.intervaltimer","trigger_params":{"interval":1}}`,
-			[]wantMsg{{ingest.RuleEnabled, interval, `{"interval":1}`, true}}},
+			[]wantMsg{{attune.RuleEnabled, interval, `{"interval":1}`, true}}},
 		{"PUT invalid publishes nothing", "PUT", "/api/v1/rules/a", `{"enabled":"no"}`, nil},
-		{"delete", "DELETE", "/api/v1/rules/a", "", []wantMsg{{ingest.RuleDeleted, interval, "", false}}},
+		{"delete", "DELETE", "/api/v1/rules/a", "", []wantMsg{{attune.RuleDeleted, interval, "", false}}},
 		{"delete missing publishes nothing", "DELETE", "/api/v1/rules/a", "", nil},
 	}
 	ids := map[string]int64{"a": 1, "b": 2}
@@ -323,7 +323,7 @@ func TestRuleWritesPublishLifecycle(t *testing.T) {
 
 type failingPublisher struct{}
 
-func (failingPublisher) Publish(context.Context, ingest.Message) error {
+func (failingPublisher) Publish(context.Context, attune.Message) error {
 	return errors.New("broker down")
 }
 
@@ -517,7 +517,7 @@ func TestConcurrentCreatesCommitTogether(t *testing.T) {
 		t.Fatalf("%d messages published, want %d", len(msgs), refs)
 	}
 	for i, l := range msgs {
-		if l.Type != ingest.RuleCreated || byID[l.RuleID] != l.RuleRef || (i > 0 && l.RuleID <= msgs[i-1].RuleID) {
+		if l.Type != attune.RuleCreated || byID[l.RuleID] != l.RuleRef || (i > 0 && l.RuleID <= msgs[i-1].RuleID) {
 			t.Errorf("message %d: %s of rule %d %q; want RuleCreated of a created rule, ids ascending", i, l.Type, l.RuleID, l.RuleRef)
 		}
 	}

@@ -22,7 +22,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/timerd/timerd/auth"
-	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 )
 
 // MaxBodyBytes bounds every request body; larger bodies get 413.
@@ -38,7 +38,7 @@ type Config struct {
 	// Publisher, if set, receives a lifecycle message (envelope shape) after
 	// each committed rule write. Publishing is best-effort, as in Attune:
 	// a failure is logged and counted, the write stands.
-	Publisher ingest.Publisher
+	Publisher attune.Publisher
 	// SigningKey is the HS256 key tokens are signed and verified with (at
 	// least auth.MinKeyLen bytes). With it every endpoint but /health needs
 	// a bearer token of the right scope (contract §5) and the service-account

@@ -17,7 +17,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/timerd/timerd/auth"
-	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/pubsub"
 )
 
 func TestMain(m *testing.M) {
@@ -30,8 +31,8 @@ type testEnv struct {
 	srv *Server
 	ts  *httptest.Server
 	reg *prometheus.Registry
-	bus *ingest.Bus
-	msg <-chan ingest.Message
+	bus *pubsub.Bus
+	msg <-chan attune.Message
 	opt []envOpt // kept for restart
 }
 
@@ -48,7 +49,7 @@ func newEnv(t *testing.T, opts ...envOpt) *testEnv {
 func (e *testEnv) start(opts ...envOpt) {
 	e.t.Helper()
 	e.reg = prometheus.NewRegistry()
-	e.bus = ingest.NewBus()
+	e.bus = pubsub.NewBus()
 	var cancel func()
 	e.msg, cancel = e.bus.Subscribe()
 	_ = cancel // Bus.Close closes it

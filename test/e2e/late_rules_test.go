@@ -6,7 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/timerd/timerd/ingest"
+	// Named so: this package calls its Attune API process "attune".
+	contract "github.com/timerd/timerd/ingest/attune"
 )
 
 // Rules that reach a node after their slot fire, late, once (docs/protocol.md
@@ -108,7 +109,7 @@ func TestLateStaleEnableKeepsRuleDisabled(t *testing.T) {
 	waitFor(t, "disable applied", 10*time.Second, func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 0 })
 
 	// The enable that was published first by another replica, arriving now.
-	stale := ingest.EnvelopeJSON(ingest.Lifecycle{Type: ingest.RuleEnabled, RuleID: id, RuleRef: "stale.order",
+	stale := contract.EnvelopeJSON(contract.Lifecycle{Type: contract.RuleEnabled, RuleID: id, RuleRef: "stale.order",
 		TriggerRef: "core.intervaltimer", Params: []byte(`{"interval":1}`), Enabled: true}, "", enabledAt)
 	b.publish(t, b.channel(t), "rule.enabled", stale)
 	waitFor(t, "stale enable counted", 10*time.Second, func() bool {

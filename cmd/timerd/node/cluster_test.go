@@ -18,8 +18,8 @@ import (
 
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/cluster/protocol"
-	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
@@ -46,7 +46,7 @@ func (l *lockedBuffer) dump(t *testing.T) {
 
 func startClusterAPI(t *testing.T) *clusterSystem {
 	t.Helper()
-	bus := ingest.NewBus()
+	bus := pubsub.NewBus()
 	reg := prometheus.NewRegistry()
 	url := serveAPI(t, apiserver.Config{DataDir: t.TempDir(), Publisher: bus, Registerer: reg})
 	cs := &clusterSystem{system: &system{t: t, bus: bus, apiURL: url}, apiReg: reg, logs: &lockedBuffer{}}

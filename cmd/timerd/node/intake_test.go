@@ -14,6 +14,7 @@ import (
 
 	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
@@ -31,134 +32,134 @@ func newIdleNode(t *testing.T) *Node {
 	return n
 }
 
-func envelope(typ ingest.LifecycleType, id int64, trigger, params string) ingest.Message {
+func envelope(typ attune.LifecycleType, id int64, trigger, params string) attune.Message {
 	return envelopeAt(typ, id, trigger, params, time.Now())
 }
 
 // envelopeAt is envelope with the timestamp at (Attune's version of the change).
-func envelopeAt(typ ingest.LifecycleType, id int64, trigger, params string, at time.Time) ingest.Message {
-	l := ingest.Lifecycle{Type: typ, RuleID: id, RuleRef: fmt.Sprintf("r%d", id), TriggerRef: trigger, Enabled: true}
+func envelopeAt(typ attune.LifecycleType, id int64, trigger, params string, at time.Time) attune.Message {
+	l := attune.Lifecycle{Type: typ, RuleID: id, RuleRef: fmt.Sprintf("r%d", id), TriggerRef: trigger, Enabled: true}
 	if params != "" {
 		l.Params = json.RawMessage(params)
 	}
-	if typ == ingest.RuleDisabled || typ == ingest.RuleDeleted {
+	if typ == attune.RuleDisabled || typ == attune.RuleDeleted {
 		l.Enabled = false
 	}
-	return ingest.Message{RoutingKey: ingest.RoutingKey(typ), Body: ingest.EnvelopeJSON(l, "", at)}
+	return attune.Message{RoutingKey: attune.RoutingKey(typ), Body: attune.EnvelopeJSON(l, "", at)}
 }
 
-func raw(key, body string) ingest.Message { return ingest.Message{RoutingKey: key, Body: []byte(body)} }
+func raw(key, body string) attune.Message { return attune.Message{RoutingKey: key, Body: []byte(body)} }
 
 func TestApplyMessages(t *testing.T) {
 	const every5 = `{"interval":5}`
 	t0 := time.Now().Add(-time.Minute)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-	created := envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", every5, t0)
+	created := envelopeAt(attune.RuleCreated, 1, "core.intervaltimer", every5, t0)
 	tests := []struct {
 		name    string
-		before  []ingest.Message // applied in a batch of their own first
-		batch   []ingest.Message
+		before  []attune.Message // applied in a batch of their own first
+		batch   []attune.Message
 		want    []string // result label of each message of batch, in order
 		rules   []int64  // rule ids in the store and the engine after
 		wantErr bool
 	}{
 		{
 			name:  "create, then the same enable twice",
-			batch: []ingest.Message{created, envelope(ingest.RuleEnabled, 1, "core.intervaltimer", every5), envelope(ingest.RuleEnabled, 1, "core.intervaltimer", `{ "interval" : 5 }`)},
+			batch: []attune.Message{created, envelope(attune.RuleEnabled, 1, "core.intervaltimer", every5), envelope(attune.RuleEnabled, 1, "core.intervaltimer", `{ "interval" : 5 }`)},
 			want:  []string{resApplied, resUnchanged, resUnchanged},
 			rules: []int64{1},
 		},
 		{
 			name:  "create and delete in one batch",
-			batch: []ingest.Message{created, envelope(ingest.RuleDeleted, 1, "core.intervaltimer", "")},
+			batch: []attune.Message{created, envelope(attune.RuleDeleted, 1, "core.intervaltimer", "")},
 			want:  []string{resApplied, resApplied},
 		},
 		{
 			name:   "stored rule deleted and created again in one batch",
-			before: []ingest.Message{created},
-			batch: []ingest.Message{envelopeAt(ingest.RuleDeleted, 1, "core.intervaltimer", "", at(1)),
-				envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", every5, at(2))},
+			before: []attune.Message{created},
+			batch: []attune.Message{envelopeAt(attune.RuleDeleted, 1, "core.intervaltimer", "", at(1)),
+				envelopeAt(attune.RuleCreated, 1, "core.intervaltimer", every5, at(2))},
 			want:  []string{resApplied, resApplied},
 			rules: []int64{1},
 		},
 		{
 			name:   "a stale enable after a disable: the rule stays removed",
-			before: []ingest.Message{created},
-			batch: []ingest.Message{envelopeAt(ingest.RuleDisabled, 1, "core.intervaltimer", "", at(3)),
-				envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", every5, at(2))},
+			before: []attune.Message{created},
+			batch: []attune.Message{envelopeAt(attune.RuleDisabled, 1, "core.intervaltimer", "", at(3)),
+				envelopeAt(attune.RuleEnabled, 1, "core.intervaltimer", every5, at(2))},
 			want: []string{resApplied, resStale},
 		},
 		{
 			name:   "a stale disable after an enable: the rule stays",
-			before: []ingest.Message{created},
-			batch: []ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`, at(3)),
-				envelopeAt(ingest.RuleDisabled, 1, "core.intervaltimer", "", at(2))},
+			before: []attune.Message{created},
+			batch: []attune.Message{envelopeAt(attune.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`, at(3)),
+				envelopeAt(attune.RuleDisabled, 1, "core.intervaltimer", "", at(2))},
 			want:  []string{resApplied, resStale},
 			rules: []int64{1},
 		},
 		{
 			name:   "deleted, then its creation arrives",
-			before: []ingest.Message{envelopeAt(ingest.RuleDeleted, 1, "core.intervaltimer", "", at(1))},
-			batch:  []ingest.Message{created, envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", every5, at(0))},
+			before: []attune.Message{envelopeAt(attune.RuleDeleted, 1, "core.intervaltimer", "", at(1))},
+			batch:  []attune.Message{created, envelopeAt(attune.RuleEnabled, 1, "core.intervaltimer", every5, at(0))},
 			want:   []string{resStale, resStale},
 		},
 		{
 			name:   "an older message in another batch is stale",
-			before: []ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`, at(5))},
-			batch:  []ingest.Message{created},
+			before: []attune.Message{envelopeAt(attune.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`, at(5))},
+			batch:  []attune.Message{created},
 			want:   []string{resStale},
 			rules:  []int64{1},
 		},
 		{
 			name:   "a disable without a timestamp is as new as its arrival",
-			before: []ingest.Message{created},
-			batch:  []ingest.Message{raw("rule.disabled", `{"event_type":"RuleDisabled","rule_id":1}`)},
+			before: []attune.Message{created},
+			batch:  []attune.Message{raw("rule.disabled", `{"event_type":"RuleDisabled","rule_id":1}`)},
 			want:   []string{resApplied},
 		},
 		{
 			name: "a timestamp from year 9999 does not lock the rule",
-			before: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", every5,
+			before: []attune.Message{envelopeAt(attune.RuleCreated, 1, "core.intervaltimer", every5,
 				time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC))},
-			batch: []ingest.Message{envelopeAt(ingest.RuleDisabled, 1, "core.intervaltimer", "", time.Now().Add(2*time.Minute))},
+			batch: []attune.Message{envelopeAt(attune.RuleDisabled, 1, "core.intervaltimer", "", time.Now().Add(2*time.Minute))},
 			want:  []string{resApplied},
 		},
 		{
 			name:   "parameter change of a stored rule",
-			before: []ingest.Message{created},
-			batch:  []ingest.Message{envelope(ingest.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`)},
+			before: []attune.Message{created},
+			batch:  []attune.Message{envelope(attune.RuleEnabled, 1, "core.intervaltimer", `{"interval":7}`)},
 			want:   []string{resApplied},
 			rules:  []int64{1},
 		},
 		{
 			name:   "flat disable of a stored rule",
-			before: []ingest.Message{created},
-			batch:  []ingest.Message{raw("rule.disabled", `{"event_type":"RuleDisabled","rule_id":1,"trigger_type":"core.intervaltimer"}`)},
+			before: []attune.Message{created},
+			batch:  []attune.Message{raw("rule.disabled", `{"event_type":"RuleDisabled","rule_id":1,"trigger_type":"core.intervaltimer"}`)},
 			want:   []string{resApplied},
 		},
 		{
 			name:   "enabled as another trigger: no longer a timer rule",
-			before: []ingest.Message{created},
-			batch:  []ingest.Message{envelope(ingest.RuleEnabled, 1, "core.webhook", `{}`)},
+			before: []attune.Message{created},
+			batch:  []attune.Message{envelope(attune.RuleEnabled, 1, "core.webhook", `{}`)},
 			want:   []string{resApplied},
 		},
 		{
 			name:  "disable of a rule never seen",
-			batch: []ingest.Message{envelope(ingest.RuleDisabled, 9, "core.intervaltimer", "")},
+			batch: []attune.Message{envelope(attune.RuleDisabled, 9, "core.intervaltimer", "")},
 			want:  []string{resUnchanged},
 		},
 		{
 			name: "hostile messages change nothing",
-			batch: []ingest.Message{
+			batch: []attune.Message{
 				raw("rule.created", `{"message_type":`),
 				raw("rule.created", "\x00\xff\xfe"),
 				raw("rule.created", `{"message_type":"RuleCreated","payload":{"rule_id":0,"trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}}`),
 				raw("rule.created", `{"message_type":"RuleCreated","payload":{"rule_id":1.5,"trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}}`),
 				raw("rule.created", `{"message_type":"RuleCreated","payload":{"rule_id":"x","trigger_ref":"core.intervaltimer"}}`),
-				envelope(ingest.RuleCreated, 2, "core.intervaltimer", `{"interval":-5}`),
-				envelope(ingest.RuleCreated, 3, "core.crontimer", `{"expression":"* * * * * * * * *"}`),
-				envelope(ingest.RuleCreated, 4, "core.intervaltimer", `{"interval":5,"pad":"`+strings.Repeat("x", 100<<10)+`"}`),
-				envelope(ingest.RuleCreated, 5, "core.webhook", `{"url":"x"}`),
-				envelope(ingest.RuleDeleted, 6, "core.webhook", ""),
+				envelope(attune.RuleCreated, 2, "core.intervaltimer", `{"interval":-5}`),
+				envelope(attune.RuleCreated, 3, "core.crontimer", `{"expression":"* * * * * * * * *"}`),
+				envelope(attune.RuleCreated, 4, "core.intervaltimer", `{"interval":5,"pad":"`+strings.Repeat("x", 100<<10)+`"}`),
+				envelope(attune.RuleCreated, 5, "core.webhook", `{"url":"x"}`),
+				envelope(attune.RuleDeleted, 6, "core.webhook", ""),
 			},
 			want: []string{resInvalid, resInvalid, resInvalid, resInvalid, resInvalid, resInvalid, resInvalid, resInvalid, resIgnored, resIgnored},
 		},
@@ -180,7 +181,7 @@ func TestApplyMessages(t *testing.T) {
 			}
 			want := map[string]float64{}
 			for i, res := range tt.want {
-				l, perr := ingest.ParseLifecycle(tt.batch[i].Body, tt.batch[i].RoutingKey)
+				l, perr := attune.ParseLifecycle(tt.batch[i].Body, tt.batch[i].RoutingKey)
 				typ := string(l.Type)
 				if perr != nil {
 					typ = "unknown"
@@ -208,7 +209,7 @@ func TestApplyMessages(t *testing.T) {
 // A parameter change reschedules: the engine's timer is the new one.
 func TestApplyMessagesReschedules(t *testing.T) {
 	n := newIdleNode(t)
-	if err := n.applyMessages([]ingest.Message{envelope(ingest.RuleCreated, 1, "core.intervaltimer", `{"interval":5}`)}); err != nil {
+	if err := n.applyMessages([]attune.Message{envelope(attune.RuleCreated, 1, "core.intervaltimer", `{"interval":5}`)}); err != nil {
 		t.Fatal(err)
 	}
 	next1, _ := n.engine.NextFire()
@@ -217,7 +218,7 @@ func TestApplyMessagesReschedules(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := time.Now()
-	if err := n.applyMessages([]ingest.Message{envelope(ingest.RuleEnabled, 1, "core.intervaltimer", `{"interval":3600}`)}); err != nil {
+	if err := n.applyMessages([]attune.Message{envelope(attune.RuleEnabled, 1, "core.intervaltimer", `{"interval":3600}`)}); err != nil {
 		t.Fatal(err)
 	}
 	after := time.Now()
@@ -239,7 +240,7 @@ func TestApplyMessagesReschedules(t *testing.T) {
 // unreachable the node fires them while it is not ready yet.
 func TestStartupRulesBeforeReconcile(t *testing.T) {
 	n, err := New(Config{DataDir: t.TempDir(), APIURL: "http://127.0.0.1:1", HTTPAddr: "127.0.0.1:0", ReconcileInterval: -1,
-		StartupRules: []ingest.RemoteRule{
+		StartupRules: []attune.RemoteRule{
 			{ID: 7, Ref: "boot", TriggerRef: "core.intervaltimer", Params: json.RawMessage(`{"interval":60}`)},
 			{ID: 8, Ref: "hook", TriggerRef: "core.webhook", Params: json.RawMessage(`{}`)},
 			{ID: 9, Ref: "bad", TriggerRef: "core.intervaltimer", Params: json.RawMessage(`{"interval":-1}`)},
@@ -304,29 +305,29 @@ func TestLateArrivalsFire(t *testing.T) {
 	dt := func(at time.Time) string { return `{"fire_at":"` + at.UTC().Format(time.RFC3339Nano) + `"}` }
 	tests := []struct {
 		name   string
-		before []ingest.Message
-		batch  []ingest.Message
+		before []attune.Message
+		batch  []attune.Message
 		next   time.Time // the engine's next fire; zero: none
 	}{
 		{name: "created before its slot, arrives after it",
-			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-time.Minute)), now.Add(-2*time.Minute))},
+			batch: []attune.Message{envelopeAt(attune.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-time.Minute)), now.Add(-2*time.Minute))},
 			next:  now.Add(-time.Minute)},
 		{name: "moved to a time before it arrived",
-			before: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(time.Hour)), now.Add(-3*time.Minute))},
-			batch:  []ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.datetimetimer", dt(now.Add(-time.Minute)), now.Add(-2*time.Minute))},
+			before: []attune.Message{envelopeAt(attune.RuleCreated, 1, "core.datetimetimer", dt(now.Add(time.Hour)), now.Add(-3*time.Minute))},
+			batch:  []attune.Message{envelopeAt(attune.RuleEnabled, 1, "core.datetimetimer", dt(now.Add(-time.Minute)), now.Add(-2*time.Minute))},
 			next:   now.Add(-time.Minute)},
 		{name: "\"fire now\": due a little before its creation",
-			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-90*time.Second)), now.Add(-time.Minute))},
+			batch: []attune.Message{envelopeAt(attune.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-90*time.Second)), now.Add(-time.Minute))},
 			next:  now.Add(-90 * time.Second)},
 		{name: "created longer ago than the anchor bound: starts now",
-			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-5*time.Minute)), now.Add(-6*time.Minute))}},
+			batch: []attune.Message{envelopeAt(attune.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-5*time.Minute)), now.Add(-6*time.Minute))}},
 		{name: "due before its creation by more than the skew: never",
-			batch: []ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-3*time.Minute)), now.Add(-time.Minute))}},
+			batch: []attune.Message{envelopeAt(attune.RuleCreated, 1, "core.datetimetimer", dt(now.Add(-3*time.Minute)), now.Add(-time.Minute))}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := newIdleNode(t)
-			for _, b := range [][]ingest.Message{tt.before, tt.batch} {
+			for _, b := range [][]attune.Message{tt.before, tt.batch} {
 				if err := n.applyMessages(b); err != nil {
 					t.Fatal(err)
 				}
@@ -350,14 +351,14 @@ func TestReconcileVersions(t *testing.T) {
 		return json.RawMessage(`{"fire_at":"` + at.UTC().Format(time.RFC3339Nano) + `"}`)
 	}
 	// Stored: 2 (changed 2 min ago), 3 (changed 30 s ago), 4 removed 10 s ago.
-	if err := n.applyMessages([]ingest.Message{
-		envelopeAt(ingest.RuleCreated, 2, "core.intervaltimer", `{"interval":60}`, now.Add(-2*time.Minute)),
-		envelopeAt(ingest.RuleCreated, 3, "core.intervaltimer", `{"interval":60}`, now.Add(-30*time.Second)),
-		envelopeAt(ingest.RuleDeleted, 4, "core.intervaltimer", "", now.Add(-10*time.Second)),
+	if err := n.applyMessages([]attune.Message{
+		envelopeAt(attune.RuleCreated, 2, "core.intervaltimer", `{"interval":60}`, now.Add(-2*time.Minute)),
+		envelopeAt(attune.RuleCreated, 3, "core.intervaltimer", `{"interval":60}`, now.Add(-30*time.Second)),
+		envelopeAt(attune.RuleDeleted, 4, "core.intervaltimer", "", now.Add(-10*time.Second)),
 	}); err != nil {
 		t.Fatal(err)
 	}
-	listing := []ingest.RemoteRule{
+	listing := []attune.RemoteRule{
 		{ID: 1, Ref: "late", TriggerRef: "core.datetimetimer", Params: dt(now.Add(-time.Minute)), Updated: now.Add(-2 * time.Minute)},
 		{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer", Params: json.RawMessage(`{"interval":60}`), Updated: now.Add(-time.Minute)},
 	}
@@ -377,7 +378,7 @@ func TestReconcileVersions(t *testing.T) {
 		t.Errorf("tombstone of pruned rule 2 = %v, %v; want the listing's start less the skew", ts.Version, ok)
 	}
 	// The start-up set (no versions) never undoes what the node holds.
-	if err := n.applyRemote(context.Background(), []ingest.RemoteRule{{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer",
+	if err := n.applyRemote(context.Background(), []attune.RemoteRule{{ID: 4, Ref: "gone", TriggerRef: "core.intervaltimer",
 		Params: json.RawMessage(`{"interval":60}`)}}, time.Time{}, "", "start-up set"); err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +426,7 @@ func TestIntakeBurstAllRun(t *testing.T) {
 	start := time.Now()
 	for id := int64(1); id <= int64(n); id++ {
 		// An hour apart: none fires during the test.
-		m := envelope(ingest.RuleCreated, id, "core.intervaltimer", `{"interval":3600}`)
+		m := envelope(attune.RuleCreated, id, "core.intervaltimer", `{"interval":3600}`)
 		if err := s.bus.Publish(context.Background(), m); err != nil {
 			t.Fatal(err)
 		}

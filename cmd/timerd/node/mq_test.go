@@ -13,7 +13,9 @@ import (
 
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
+	"github.com/timerd/timerd/ingest/pubsub"
 )
 
 // mqSystem is an API server publishing to a test exchange on the real
@@ -29,7 +31,7 @@ func startMQSystem(t testing.TB) *mqSystem {
 	p := mqtest.Prefix(t)
 	s := &mqSystem{brokerURL: url, exchange: p + ".x", queue: p + ".q"}
 	mqtest.Cleanup(t, url, s.exchange, s.queue)
-	pub, err := ingest.NewPublisher(ingest.PublisherConfig{URL: url, Exchange: s.exchange})
+	pub, err := pubsub.NewPublisher(pubsub.PublisherConfig{URL: url, Exchange: s.exchange})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,10 +146,10 @@ func benchIntake(b *testing.B, msgs, batch int) {
 	}
 	ch, _ := conn.Channel()
 	for i := 1; i <= msgs; i++ {
-		l := ingest.Lifecycle{Type: ingest.RuleCreated, RuleID: int64(i), RuleRef: fmt.Sprintf("r%d", i),
+		l := attune.Lifecycle{Type: attune.RuleCreated, RuleID: int64(i), RuleRef: fmt.Sprintf("r%d", i),
 			TriggerRef: "core.intervaltimer", Params: json.RawMessage(`{"interval":3600}`), Enabled: true}
 		if err := ch.PublishWithContext(context.Background(), exchange, "rule.created", false, false,
-			amqp.Publishing{DeliveryMode: amqp.Persistent, Body: ingest.EnvelopeJSON(l, "", time.Now())}); err != nil {
+			amqp.Publishing{DeliveryMode: amqp.Persistent, Body: attune.EnvelopeJSON(l, "", time.Now())}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
@@ -72,9 +73,9 @@ type Config struct {
 	// Lifecycle delivers rule lifecycle messages in process (timerd dev
 	// without a broker). At most one of Lifecycle and MQ; with neither,
 	// rules come from reconcile (and StartupRules) only.
-	Lifecycle <-chan ingest.Message
+	Lifecycle <-chan attune.Message
 	// MQ, if set, consumes the node's durable lifecycle queue on RabbitMQ.
-	// Queue defaults to ingest.QueueName(SensorRef, NodeName); Logger and
+	// Queue defaults to attune.QueueName(SensorRef, NodeName); Logger and
 	// Registerer are the node's. The queue is declared (retried while the
 	// broker is down) before the first reconcile; a message is acked only
 	// after its change is committed.
@@ -85,7 +86,7 @@ type Config struct {
 	// StartupRules are applied at start, before the first reconcile
 	// (Attune's ATTUNE_SENSOR_TRIGGERS); the reconcile then has the last
 	// word.
-	StartupRules []ingest.RemoteRule
+	StartupRules []attune.RemoteRule
 
 	// Cluster, if set, makes the node one of a cluster: it joins its peers
 	// (see cluster.Config) and fires only the rules it owns, keeping the
@@ -300,10 +301,10 @@ func New(cfg Config) (*Node, error) {
 	if cfg.MQ != nil {
 		mq := *cfg.MQ
 		if mq.Queue == "" {
-			mq.Queue = ingest.QueueName(cfg.SensorRef, cfg.NodeName)
+			mq.Queue = attune.QueueName(cfg.SensorRef, cfg.NodeName)
 		}
 		if mq.Exchange == "" {
-			mq.Exchange = ingest.DefaultExchange
+			mq.Exchange = attune.DefaultExchange
 		}
 		mq.Logger = cfg.Logger
 		mq.Registerer = reg
@@ -605,7 +606,7 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 	}
 	recs := make([]store.FireRecord, 0, len(fires))
 	for _, f := range fires {
-		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
+		ev, err := attune.BuildEvent(f, n.cfg.SensorRef)
 		if err != nil {
 			return fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
 		}
@@ -635,7 +636,7 @@ func (n *Node) commitFired(fires []scheduler.Fire) (refs []protocol.EventRef, re
 		if d.decidedMeanwhile(f.RuleID, f.Slot.UnixNano()) {
 			continue // a verdict or a peer's record got there first (as the store checks its own)
 		}
-		ev, err := ingest.BuildEvent(f, n.cfg.SensorRef)
+		ev, err := attune.BuildEvent(f, n.cfg.SensorRef)
 		if err != nil {
 			return nil, false, fmt.Errorf("build event of rule %d: %w", f.RuleID, err)
 		}

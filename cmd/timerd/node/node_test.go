@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"go.uber.org/goleak"
 
-	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/store"
 )
 
@@ -29,13 +29,13 @@ func TestMain(m *testing.M) {
 // system is an API server with a bus, on a real listener.
 type system struct {
 	t      *testing.T
-	bus    *ingest.Bus
+	bus    *pubsub.Bus
 	apiURL string
 }
 
 func startAPI(t *testing.T, dir string) *system {
 	t.Helper()
-	bus := ingest.NewBus()
+	bus := pubsub.NewBus()
 	return &system{t: t, bus: bus, apiURL: serveAPI(t, apiserver.Config{DataDir: dir, Publisher: bus})}
 }
 

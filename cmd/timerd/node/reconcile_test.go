@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/store"
 )
 
@@ -140,10 +141,10 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			n := newIdleNode(t)
 			past := time.Now().Add(-time.Hour)
-			if err := n.applyMessages([]ingest.Message{
-				envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", `{"interval":60}`, past),
-				envelopeAt(ingest.RuleCreated, 2, "core.intervaltimer", `{"interval":60}`, past),
-				envelopeAt(ingest.RuleCreated, 3, "core.intervaltimer", `{"interval":60}`, past),
+			if err := n.applyMessages([]attune.Message{
+				envelopeAt(attune.RuleCreated, 1, "core.intervaltimer", `{"interval":60}`, past),
+				envelopeAt(attune.RuleCreated, 2, "core.intervaltimer", `{"interval":60}`, past),
+				envelopeAt(attune.RuleCreated, 3, "core.intervaltimer", `{"interval":60}`, past),
 			}); err != nil {
 				t.Fatal(err)
 			}
@@ -185,8 +186,8 @@ func TestReconcileDoesNotPruneARuleChangedSinceTheListing(t *testing.T) {
 	n.rules = &ingest.RulesClient{APIURL: api.srv.URL}
 	listedAt := time.Now()
 	// Created by a lifecycle message after the listing started.
-	if err := n.applyMessages([]ingest.Message{
-		envelopeAt(ingest.RuleCreated, 7, "core.intervaltimer", `{"interval":60}`, listedAt.Add(time.Second)),
+	if err := n.applyMessages([]attune.Message{
+		envelopeAt(attune.RuleCreated, 7, "core.intervaltimer", `{"interval":60}`, listedAt.Add(time.Second)),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +215,7 @@ func TestReconcileDoesNotPruneARuleChangedSinceTheListing(t *testing.T) {
 func TestInvalidUpdateStopsTheRuleAndKeepsItsWatermark(t *testing.T) {
 	n := newIdleNode(t)
 	t0 := time.Now().Add(-time.Hour)
-	if err := n.applyMessages([]ingest.Message{envelopeAt(ingest.RuleCreated, 1, "core.intervaltimer", `{"interval":5}`, t0)}); err != nil {
+	if err := n.applyMessages([]attune.Message{envelopeAt(attune.RuleCreated, 1, "core.intervaltimer", `{"interval":5}`, t0)}); err != nil {
 		t.Fatal(err)
 	}
 	fired := time.Now().Add(20 * time.Second).Truncate(time.Second) // after the watermark creation gave it
@@ -224,7 +225,7 @@ func TestInvalidUpdateStopsTheRuleAndKeepsItsWatermark(t *testing.T) {
 	}
 	for i, params := range []string{`{"interval":0}`, `{"unit":"fortnights","interval":3}`, `{"interval":-1}`} {
 		at := t0.Add(time.Duration(i+1) * time.Minute)
-		if err := n.applyMessages([]ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", params, at)}); err != nil {
+		if err := n.applyMessages([]attune.Message{envelopeAt(attune.RuleEnabled, 1, "core.intervaltimer", params, at)}); err != nil {
 			t.Fatal(err)
 		}
 		if _, running := n.engine.Watermark(1); running {
@@ -238,7 +239,7 @@ func TestInvalidUpdateStopsTheRuleAndKeepsItsWatermark(t *testing.T) {
 			t.Errorf("update to %s: timerd_rules_invalid = %d, want 1", params, got)
 		}
 	}
-	if got := testutil.ToFloat64(n.metrics.lifecycle.WithLabelValues(string(ingest.RuleEnabled), resInvalid)); got != 3 {
+	if got := testutil.ToFloat64(n.metrics.lifecycle.WithLabelValues(string(attune.RuleEnabled), resInvalid)); got != 3 {
 		t.Errorf("lifecycle invalid updates counted %v, want 3", got)
 	}
 	// A restart finds it stored, not parsing: counted, not scheduled.
@@ -251,7 +252,7 @@ func TestInvalidUpdateStopsTheRuleAndKeepsItsWatermark(t *testing.T) {
 		t.Errorf("after load: running %v, invalid %d; want stopped and counted", running, n2.invalid.count())
 	}
 
-	if err := n.applyMessages([]ingest.Message{envelopeAt(ingest.RuleEnabled, 1, "core.intervaltimer", `{"interval":10}`, t0.Add(10*time.Minute))}); err != nil {
+	if err := n.applyMessages([]attune.Message{envelopeAt(attune.RuleEnabled, 1, "core.intervaltimer", `{"interval":10}`, t0.Add(10*time.Minute))}); err != nil {
 		t.Fatal(err)
 	}
 	wm, running := n.engine.Watermark(1)
@@ -268,9 +269,9 @@ func TestInvalidUpdateStopsTheRuleAndKeepsItsWatermark(t *testing.T) {
 func TestReconcileBoundsItsRechecks(t *testing.T) {
 	n := newIdleNode(t)
 	past := time.Now().Add(-time.Hour)
-	var msgs []ingest.Message
+	var msgs []attune.Message
 	for id := int64(1); id <= maxRechecks+5; id++ {
-		msgs = append(msgs, envelopeAt(ingest.RuleCreated, id, "core.intervaltimer", `{"interval":60}`, past))
+		msgs = append(msgs, envelopeAt(attune.RuleCreated, id, "core.intervaltimer", `{"interval":60}`, past))
 	}
 	if err := n.applyMessages(msgs); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
@@ -36,7 +37,7 @@ var startupVersion = time.Unix(0, 0).UTC()
 // intake goroutine; done receives nil once they are committed, or the
 // store's error.
 type batchReq struct {
-	msgs []ingest.Message
+	msgs []attune.Message
 	done chan error
 }
 
@@ -88,7 +89,7 @@ func (n *Node) intake(ctx context.Context) error {
 		consumerDone := make(chan error, 1)
 		go func() {
 			consumerDone <- n.consumer.RunBatch(ctx, ingest.BatchHandler{
-				Handle: func(msgs []ingest.Message) error { return n.submit(ctx, msgs) },
+				Handle: func(msgs []attune.Message) error { return n.submit(ctx, msgs) },
 				Max:    n.cfg.IntakeBatch,
 				Consuming: func(on bool) {
 					// Called from the consumer goroutine only.
@@ -130,7 +131,7 @@ func (n *Node) intake(ctx context.Context) error {
 		defer t.Stop()
 		tick = t.C
 	}
-	pending := make([]ingest.Message, 0, n.cfg.IntakeBatch)
+	pending := make([]attune.Message, 0, n.cfg.IntakeBatch)
 	for {
 		select {
 		case <-ctx.Done():
@@ -205,7 +206,7 @@ func (n *Node) declare(ctx context.Context) bool {
 
 // submit hands a batch from the consumer goroutine to the intake goroutine
 // and waits until it is committed. An error leaves the batch unacked.
-func (n *Node) submit(ctx context.Context, msgs []ingest.Message) error {
+func (n *Node) submit(ctx context.Context, msgs []attune.Message) error {
 	req := batchReq{msgs: msgs, done: make(chan error, 1)}
 	select {
 	case n.batches <- req:
@@ -226,7 +227,7 @@ func (n *Node) submit(ctx context.Context, msgs []ingest.Message) error {
 // transaction for all of them. It returns an error only when the store
 // failed; a message the node cannot use is counted and logged, not an
 // error.
-func (n *Node) applyMessages(msgs []ingest.Message) error {
+func (n *Node) applyMessages(msgs []attune.Message) error {
 	tx := n.newRuleTxn()
 	type outcome struct {
 		typ    string
@@ -235,7 +236,7 @@ func (n *Node) applyMessages(msgs []ingest.Message) error {
 	}
 	outs := make([]outcome, len(msgs))
 	for i, m := range msgs {
-		l, err := ingest.ParseLifecycle(m.Body, m.RoutingKey)
+		l, err := attune.ParseLifecycle(m.Body, m.RoutingKey)
 		if err != nil {
 			outs[i] = outcome{typ: "unknown", result: resInvalid}
 			n.log.Warn("lifecycle message dropped", "result", resInvalid, "routing_key", truncate(m.RoutingKey, 64),
@@ -270,7 +271,7 @@ func (n *Node) applyMessages(msgs []ingest.Message) error {
 	return nil
 }
 
-func (n *Node) failBatch(msgs []ingest.Message, err error) error {
+func (n *Node) failBatch(msgs []attune.Message, err error) error {
 	n.metrics.lifecycle.WithLabelValues("unknown", resError).Add(float64(len(msgs)))
 	return fmt.Errorf("apply %d lifecycle messages: %w", len(msgs), err)
 }
@@ -348,10 +349,10 @@ func (tx *ruleTxn) state(id int64) (*ruleState, error) {
 
 // apply makes one lifecycle message part of the transaction and returns its
 // result label; err says why for invalid, ignored and error.
-func (tx *ruleTxn) apply(l ingest.Lifecycle) (string, error) {
+func (tx *ruleTxn) apply(l attune.Lifecycle) (string, error) {
 	return tx.change(protocol.Change{
 		Rule:    protocol.Rule{ID: l.RuleID, Ref: l.RuleRef, TriggerRef: l.TriggerRef, Params: l.Params},
-		Enabled: l.Type != ingest.RuleDisabled && l.Type != ingest.RuleDeleted && l.Enabled,
+		Enabled: l.Type != attune.RuleDisabled && l.Type != attune.RuleDeleted && l.Enabled,
 		Version: l.Timestamp,
 	})
 }
@@ -481,7 +482,7 @@ func (n *Node) reconcile(ctx context.Context) error {
 	start := time.Now()
 	listed := n.cfg.Now()
 	var (
-		want       []ingest.RemoteRule
+		want       []attune.RemoteRule
 		incomplete string
 	)
 	for _, ref := range scheduler.TimerTriggers() {
@@ -536,7 +537,7 @@ var refusedReasons = []string{refusedMalformed, ingest.IncompleteNoTotals, inges
 // rule it lacks goes if the rule book says so and the API, asked for that
 // rule alone, says it is gone (offset paging misses rules that move
 // between pages while it reads).
-func (n *Node) applyRemote(ctx context.Context, rules []ingest.RemoteRule, listed time.Time, incomplete, what string) error {
+func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, listed time.Time, incomplete, what string) error {
 	tx := n.newRuleTxn()
 	want := make(map[int64]bool, len(rules))
 	counts := map[string]int{}

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/auth"
-	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/apiserver"
+	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/scheduler"
 )
 
@@ -48,7 +48,7 @@ type authAPI struct {
 	t     *testing.T
 	srv   *apiserver.Server
 	url   string
-	bus   *ingest.Bus
+	bus   *pubsub.Bus
 	admin string
 
 	mu           sync.Mutex
@@ -62,7 +62,7 @@ type authAPI struct {
 
 func startAuthAPI(t *testing.T, logger *slog.Logger) *authAPI {
 	t.Helper()
-	a := &authAPI{t: t, bus: ingest.NewBus(), tokens: map[string]bool{}}
+	a := &authAPI{t: t, bus: pubsub.NewBus(), tokens: map[string]bool{}}
 	srv, err := apiserver.New(apiserver.Config{DataDir: t.TempDir(), SigningKey: testKey, Publisher: a.bus,
 		Logger: logger.With("component", "api")})
 	if err != nil {

@@ -1,9 +1,13 @@
 package ingest_test
 
+// The API's side of the lifecycle wire (pubsub.AMQPPublisher) against the
+// node's (Consumer), over a real broker: what one publishes the other reads,
+// in order. They live here, beside the consumer's broker harness; the
+// publisher's own checks are in package pubsub.
+
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -11,11 +15,13 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
+	"github.com/timerd/timerd/ingest/pubsub"
 )
 
-func (e mqEnv) publisherConfig(url string, reg prometheus.Registerer) ingest.PublisherConfig {
-	return ingest.PublisherConfig{
+func (e mqEnv) publisherConfig(url string, reg prometheus.Registerer) pubsub.PublisherConfig {
+	return pubsub.PublisherConfig{
 		URL:            url,
 		Exchange:       e.exchange,
 		ConfirmTimeout: 5 * time.Second,
@@ -48,46 +54,6 @@ func publishedCount(t *testing.T, reg *prometheus.Registry, result string) float
 	return 0
 }
 
-func TestPublisherConfigValidate(t *testing.T) {
-	ok := ingest.PublisherConfig{URL: "amqp://guest:guest@127.0.0.1:5672/"}
-	tests := []struct {
-		name   string
-		mutate func(*ingest.PublisherConfig)
-		field  string
-	}{
-		{"defaults", func(*ingest.PublisherConfig) {}, ""},
-		{"missing URL", func(c *ingest.PublisherConfig) { c.URL = "" }, "URL"},
-		{"bad scheme", func(c *ingest.PublisherConfig) { c.URL = "tcp://127.0.0.1:5672" }, "URL"},
-		{"long exchange", func(c *ingest.PublisherConfig) { c.Exchange = strings.Repeat("x", 256) }, "Exchange"},
-		{"negative confirm timeout", func(c *ingest.PublisherConfig) { c.ConfirmTimeout = -1 }, "ConfirmTimeout"},
-		{"negative reconnect", func(c *ingest.PublisherConfig) { c.ReconnectMin = -1 }, "ReconnectMin"},
-		{"max below min", func(c *ingest.PublisherConfig) { c.ReconnectMin, c.ReconnectMax = time.Minute, time.Second }, "ReconnectMax"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg := ok
-			tc.mutate(&cfg)
-			err := cfg.Validate()
-			p, nerr := ingest.NewPublisher(cfg)
-			if p != nil {
-				defer p.Close()
-			}
-			if tc.field == "" {
-				if err != nil || nerr != nil {
-					t.Fatalf("Validate() = %v, NewPublisher() = %v; want nil, nil", err, nerr)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.field) {
-				t.Errorf("Validate() = %v, want an error naming %s", err, tc.field)
-			}
-			if nerr == nil {
-				t.Errorf("NewPublisher() = nil error, want one naming %s", tc.field)
-			}
-		})
-	}
-}
-
 // What the publisher sends is persistent JSON with the envelope's message
 // id, and a node's Consumer receives it in order.
 func TestPublisherToConsumer(t *testing.T) {
@@ -111,7 +77,7 @@ func TestPublisherToConsumer(t *testing.T) {
 		t.Fatalf("QueueBind(%s): %v", inspect, err)
 	}
 
-	p, err := ingest.NewPublisher(e.publisherConfig(e.url, reg))
+	p, err := pubsub.NewPublisher(e.publisherConfig(e.url, reg))
 	if err != nil {
 		t.Fatalf("NewPublisher: %v", err)
 	}
@@ -119,7 +85,7 @@ func TestPublisherToConsumer(t *testing.T) {
 	const n = 20
 	for i := range n {
 		key, body := lifecycleBody(i)
-		if err := p.Publish(context.Background(), ingest.Message{RoutingKey: key, Body: body}); err != nil {
+		if err := p.Publish(context.Background(), attune.Message{RoutingKey: key, Body: body}); err != nil {
 			t.Fatalf("Publish(message %d): %v", i, err)
 		}
 	}
@@ -162,7 +128,7 @@ func TestPublisherToConsumer(t *testing.T) {
 	if got := mqMetric(t, reg, "timerd_mq_publisher_connected"); got != 0 {
 		t.Errorf("timerd_mq_publisher_connected after Close = %v, want 0", got)
 	}
-	if err := p.Publish(context.Background(), ingest.Message{RoutingKey: "rule.created", Body: []byte(`{}`)}); !errors.Is(err, ingest.ErrPublisherClosed) {
+	if err := p.Publish(context.Background(), attune.Message{RoutingKey: "rule.created", Body: []byte(`{}`)}); !errors.Is(err, pubsub.ErrPublisherClosed) {
 		t.Errorf("Publish after Close = %v, want ErrPublisherClosed", err)
 	}
 }
@@ -182,14 +148,14 @@ func TestPublisherOutage(t *testing.T) {
 	}
 	cfg := e.publisherConfig(proxy.URL(), reg)
 	cfg.ReconnectMin, cfg.ReconnectMax = time.Hour, time.Hour // the second attempt is not due within the test
-	p, err := ingest.NewPublisher(cfg)
+	p, err := pubsub.NewPublisher(cfg)
 	if err != nil {
 		t.Fatalf("NewPublisher: %v", err)
 	}
 	defer p.Close()
 	publish := func(i int) error {
 		key, body := lifecycleBody(i)
-		return p.Publish(context.Background(), ingest.Message{RoutingKey: key, Body: body})
+		return p.Publish(context.Background(), attune.Message{RoutingKey: key, Body: body})
 	}
 	if err := publish(0); err != nil {
 		t.Fatalf("Publish(0) with the broker up: %v", err)
@@ -200,7 +166,7 @@ func TestPublisherOutage(t *testing.T) {
 	if err := publish(1); err == nil {
 		t.Fatalf("Publish(1) during the outage = nil, want an error")
 	}
-	if err := publish(1); !errors.Is(err, ingest.ErrMQUnavailable) {
+	if err := publish(1); !errors.Is(err, pubsub.ErrMQUnavailable) {
 		t.Fatalf("Publish(1) again before the next attempt is due = %v, want ErrMQUnavailable", err)
 	}
 	if got := publishedCount(t, reg, "error"); got != 2 {
@@ -215,19 +181,19 @@ func TestPublisherOutage(t *testing.T) {
 	}
 
 	// A publisher with a short backoff gets through once the attempt is due.
-	p2, err := ingest.NewPublisher(e.publisherConfig(proxy.URL(), nil))
+	p2, err := pubsub.NewPublisher(e.publisherConfig(proxy.URL(), nil))
 	if err != nil {
 		t.Fatalf("NewPublisher: %v", err)
 	}
 	defer p2.Close()
 	proxy.Down(true)
-	if err := p2.Publish(context.Background(), ingest.Message{RoutingKey: "rule.enabled", Body: []byte(`{}`)}); err == nil {
+	if err := p2.Publish(context.Background(), attune.Message{RoutingKey: "rule.enabled", Body: []byte(`{}`)}); err == nil {
 		t.Fatalf("Publish with the broker down = nil, want an error")
 	}
 	proxy.Down(false)
 	key, body := lifecycleBody(1)
 	mqWaitFor(t, 5*time.Second, "Publish to succeed after the outage", func() bool {
-		return p2.Publish(context.Background(), ingest.Message{RoutingKey: key, Body: body}) == nil
+		return p2.Publish(context.Background(), attune.Message{RoutingKey: key, Body: body}) == nil
 	})
 
 	var r recorder
@@ -247,7 +213,7 @@ func TestPublisherRecoversDroppedConnection(t *testing.T) {
 	if err := c.Declare(context.Background()); err != nil {
 		t.Fatalf("Declare: %v", err)
 	}
-	p, err := ingest.NewPublisher(e.publisherConfig(proxy.URL(), nil))
+	p, err := pubsub.NewPublisher(e.publisherConfig(proxy.URL(), nil))
 	if err != nil {
 		t.Fatalf("NewPublisher: %v", err)
 	}
@@ -257,7 +223,7 @@ func TestPublisherRecoversDroppedConnection(t *testing.T) {
 			proxy.Cut()
 		}
 		key, body := lifecycleBody(i)
-		if err := p.Publish(context.Background(), ingest.Message{RoutingKey: key, Body: body}); err != nil {
+		if err := p.Publish(context.Background(), attune.Message{RoutingKey: key, Body: body}); err != nil {
 			t.Fatalf("Publish(%d) after a dropped connection: %v", i, err)
 		}
 	}
@@ -271,14 +237,14 @@ func TestPublisherRecoversDroppedConnection(t *testing.T) {
 
 func TestPublisherCanceledContext(t *testing.T) {
 	e := newMQEnv(t)
-	p, err := ingest.NewPublisher(e.publisherConfig(e.url, nil))
+	p, err := pubsub.NewPublisher(e.publisherConfig(e.url, nil))
 	if err != nil {
 		t.Fatalf("NewPublisher: %v", err)
 	}
 	defer p.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := p.Publish(ctx, ingest.Message{RoutingKey: "rule.created", Body: []byte(`{}`)}); !errors.Is(err, context.Canceled) {
+	if err := p.Publish(ctx, attune.Message{RoutingKey: "rule.created", Body: []byte(`{}`)}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Publish(canceled ctx) = %v, want context.Canceled", err)
 	}
 }

@@ -1,4 +1,4 @@
-package ingest
+package pubsub
 
 import (
 	"context"
@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/timerd/timerd/ingest/attune"
 )
 
-func recvN(t *testing.T, ch <-chan Message, n int) []Message {
+func recvN(t *testing.T, ch <-chan attune.Message, n int) []attune.Message {
 	t.Helper()
-	var got []Message
+	var got []attune.Message
 	deadline := time.After(10 * time.Second)
 	for len(got) < n {
 		select {
@@ -30,12 +32,12 @@ func recvN(t *testing.T, ch <-chan Message, n int) []Message {
 }
 
 func TestBusFanOutInOrder(t *testing.T) {
-	defer goleak.VerifyNone(t, ignoreConnsCleaner)
+	defer goleak.VerifyNone(t)
 	b := NewBus()
 	defer b.Close()
 	ctx := context.Background()
 	const subs, n = 3, 1000
-	var chans []<-chan Message
+	var chans []<-chan attune.Message
 	for range subs {
 		ch, cancel := b.Subscribe()
 		defer cancel()
@@ -44,7 +46,7 @@ func TestBusFanOutInOrder(t *testing.T) {
 	buf := make([]byte, 0, 16)
 	for i := range n {
 		buf = fmt.Appendf(buf[:0], "%d", i) // reused: Publish must copy
-		if err := b.Publish(ctx, Message{RoutingKey: "rule.created", Body: buf}); err != nil {
+		if err := b.Publish(ctx, attune.Message{RoutingKey: "rule.created", Body: buf}); err != nil {
 			t.Fatalf("Publish(%d) = %v", i, err)
 		}
 	}
@@ -60,7 +62,7 @@ func TestBusFanOutInOrder(t *testing.T) {
 
 // A subscriber that never reads must not block the publisher or the others.
 func TestBusSlowSubscriberDoesNotBlock(t *testing.T) {
-	defer goleak.VerifyNone(t, ignoreConnsCleaner)
+	defer goleak.VerifyNone(t)
 	b := NewBus()
 	defer b.Close()
 	_, cancelStuck := b.Subscribe()
@@ -73,7 +75,7 @@ func TestBusSlowSubscriberDoesNotBlock(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := range n {
-			if err := b.Publish(context.Background(), Message{Body: []byte{byte(i)}}); err != nil {
+			if err := b.Publish(context.Background(), attune.Message{Body: []byte{byte(i)}}); err != nil {
 				t.Errorf("Publish = %v", err)
 				return
 			}
@@ -88,10 +90,10 @@ func TestBusSlowSubscriberDoesNotBlock(t *testing.T) {
 }
 
 func TestBusCancel(t *testing.T) {
-	defer goleak.VerifyNone(t, ignoreConnsCleaner)
+	defer goleak.VerifyNone(t)
 	b := NewBus()
 	ch, cancel := b.Subscribe()
-	if err := b.Publish(context.Background(), Message{Body: []byte("queued")}); err != nil {
+	if err := b.Publish(context.Background(), attune.Message{Body: []byte("queued")}); err != nil {
 		t.Fatalf("Publish = %v", err)
 	}
 	cancel()
@@ -100,12 +102,12 @@ func TestBusCancel(t *testing.T) {
 	for range ch {
 	}
 	// Publishing after a cancel reaches nobody and does not fail.
-	if err := b.Publish(context.Background(), Message{}); err != nil {
+	if err := b.Publish(context.Background(), attune.Message{}); err != nil {
 		t.Fatalf("Publish after cancel = %v", err)
 	}
 	b.Close()
 	b.Close()
-	if err := b.Publish(context.Background(), Message{}); !errors.Is(err, ErrBusClosed) {
+	if err := b.Publish(context.Background(), attune.Message{}); !errors.Is(err, ErrBusClosed) {
 		t.Fatalf("Publish after Close = %v, want ErrBusClosed", err)
 	}
 	ch2, cancel2 := b.Subscribe()
@@ -116,7 +118,7 @@ func TestBusCancel(t *testing.T) {
 }
 
 func TestBusCloseClosesSubscribers(t *testing.T) {
-	defer goleak.VerifyNone(t, ignoreConnsCleaner)
+	defer goleak.VerifyNone(t)
 	b := NewBus()
 	ch, cancel := b.Subscribe()
 	b.Close()
@@ -136,13 +138,13 @@ func TestBusPublishCanceledContext(t *testing.T) {
 	defer b.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := b.Publish(ctx, Message{}); !errors.Is(err, context.Canceled) {
+	if err := b.Publish(ctx, attune.Message{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Publish(canceled ctx) = %v, want context.Canceled", err)
 	}
 }
 
 func TestBusConcurrent(t *testing.T) {
-	defer goleak.VerifyNone(t, ignoreConnsCleaner)
+	defer goleak.VerifyNone(t)
 	b := NewBus()
 	defer b.Close()
 	ch, cancel := b.Subscribe()
@@ -152,7 +154,7 @@ func TestBusConcurrent(t *testing.T) {
 	for w := range writers {
 		wg.Go(func() {
 			for i := range per {
-				_ = b.Publish(context.Background(), Message{RoutingKey: fmt.Sprint(w), Body: fmt.Appendf(nil, "%d", i)})
+				_ = b.Publish(context.Background(), attune.Message{RoutingKey: fmt.Sprint(w), Body: fmt.Appendf(nil, "%d", i)})
 				if i%50 == 0 { // churn subscriptions meanwhile
 					_, c := b.Subscribe()
 					c()

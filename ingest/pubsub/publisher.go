@@ -1,4 +1,4 @@
-package ingest
+package pubsub
 
 import (
 	"context"
@@ -11,6 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/internal/backoff"
 )
 
 // ErrMQUnavailable is returned by AMQPPublisher.Publish while the broker is
@@ -37,7 +40,7 @@ type PublisherConfig struct {
 
 func (c *PublisherConfig) setDefaults() {
 	if c.Exchange == "" {
-		c.Exchange = DefaultExchange
+		c.Exchange = attune.DefaultExchange
 	}
 	if c.ConfirmTimeout == 0 {
 		c.ConfirmTimeout = 5 * time.Second
@@ -53,7 +56,7 @@ func (c *PublisherConfig) setDefaults() {
 // Validate reports the first bad field, after defaults are applied.
 func (c PublisherConfig) Validate() error {
 	c.setDefaults()
-	if err := validateMQURL(c.URL); err != nil {
+	if err := ValidateURL(c.URL); err != nil {
 		return err
 	}
 	switch {
@@ -89,7 +92,7 @@ type AMQPPublisher struct {
 	published *prometheus.CounterVec
 }
 
-var _ Publisher = (*AMQPPublisher)(nil)
+var _ attune.Publisher = (*AMQPPublisher)(nil)
 
 // NewPublisher checks cfg and returns a publisher; it connects lazily, so a
 // broker that is down at start-up does not stop the API.
@@ -130,7 +133,7 @@ func NewPublisher(cfg PublisherConfig) (*AMQPPublisher, error) {
 // Publish sends m to the exchange with m.RoutingKey and waits for the
 // broker's confirm. An error means the message may not have been stored;
 // the caller decides (the API counts it; nodes reconcile).
-func (p *AMQPPublisher) Publish(ctx context.Context, m Message) error {
+func (p *AMQPPublisher) Publish(ctx context.Context, m attune.Message) error {
 	err := p.publish(ctx, m)
 	switch {
 	case err == nil:
@@ -149,7 +152,7 @@ var errNacked = errors.New("rabbitmq nacked the message")
 // connection went away under it.
 var errChannelLost = errors.New("channel lost")
 
-func (p *AMQPPublisher) publish(ctx context.Context, m Message) error {
+func (p *AMQPPublisher) publish(ctx context.Context, m attune.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -176,7 +179,7 @@ func (p *AMQPPublisher) publish(ctx context.Context, m Message) error {
 	}
 }
 
-func (p *AMQPPublisher) publishOn(ctx context.Context, ch *amqp.Channel, m Message) error {
+func (p *AMQPPublisher) publishOn(ctx context.Context, ch *amqp.Channel, m attune.Message) error {
 	msg := amqp.Publishing{
 		ContentType:  "application/json",
 		DeliveryMode: amqp.Persistent,
@@ -227,7 +230,7 @@ func (p *AMQPPublisher) channel(ctx context.Context) (*amqp.Channel, error) {
 	if err != nil {
 		p.failures++
 		p.lastError = err
-		p.nextDial = time.Now().Add(backoffDelay(p.failures, p.cfg.ReconnectMin, p.cfg.ReconnectMax))
+		p.nextDial = time.Now().Add(backoff.Delay(p.failures, p.cfg.ReconnectMin, p.cfg.ReconnectMax))
 		p.log.Warn("rabbitmq connect failed", "err", err, "failures", p.failures)
 		return nil, fmt.Errorf("%w: %w", ErrMQUnavailable, err)
 	}
@@ -241,13 +244,13 @@ func (p *AMQPPublisher) channel(ctx context.Context) (*amqp.Channel, error) {
 }
 
 func (p *AMQPPublisher) connect(ctx context.Context) (*amqp.Connection, *amqp.Channel, error) {
-	conn, err := dialMQ(ctx, p.cfg.URL, "timerd publisher "+p.cfg.Exchange)
+	conn, err := Dial(ctx, p.cfg.URL, "timerd publisher "+p.cfg.Exchange)
 	if err != nil {
 		return nil, nil, err
 	}
 	ch, err := conn.Channel()
 	if err == nil {
-		err = declareExchange(ch, p.cfg.Exchange)
+		err = DeclareExchange(ch, p.cfg.Exchange)
 	}
 	if err == nil {
 		if err = ch.Confirm(false); err != nil {

@@ -1,4 +1,4 @@
-package ingest
+package attune
 
 import (
 	"bytes"
@@ -59,7 +59,7 @@ func (e *lifecycleError) Error() string {
 
 func (e *lifecycleError) Unwrap() error { return ErrInvalidLifecycle }
 
-func lcErr(field, format string, args ...any) error {
+func invalid(field, format string, args ...any) error {
 	return &lifecycleError{field: field, msg: fmt.Sprintf(format, args...)}
 }
 
@@ -75,27 +75,27 @@ func lcErr(field, format string, args ...any) error {
 func ParseLifecycle(body []byte, routingKey string) (Lifecycle, error) {
 	var l Lifecycle
 	if len(body) > MaxLifecycleBytes {
-		return l, lcErr("", "body of %d bytes exceeds %d", len(body), MaxLifecycleBytes)
+		return l, invalid("", "body of %d bytes exceeds %d", len(body), MaxLifecycleBytes)
 	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil {
-		return l, lcErr("", "body is not a JSON object: %v", err)
+		return l, invalid("", "body is not a JSON object: %v", err)
 	}
 	if top == nil {
-		return l, lcErr("", "body is null")
+		return l, invalid("", "body is null")
 	}
 	// Envelope: fields live under payload. Flat: at the top. Payload wins
 	// when a field is in both.
 	var payload map[string]json.RawMessage
-	if raw, ok := top["payload"]; ok && !lcIsNull(raw) {
+	if raw, ok := top["payload"]; ok && !isNull(raw) {
 		if err := json.Unmarshal(raw, &payload); err != nil {
-			return l, lcErr("payload", "must be a JSON object")
+			return l, invalid("payload", "must be a JSON object")
 		}
 	}
 	get := func(keys ...string) (string, json.RawMessage) {
 		for _, m := range []map[string]json.RawMessage{payload, top} {
 			for _, k := range keys {
-				if v, ok := m[k]; ok && !lcIsNull(v) {
+				if v, ok := m[k]; ok && !isNull(v) {
 					return k, v
 				}
 			}
@@ -108,17 +108,17 @@ func ParseLifecycle(body []byte, routingKey string) (Lifecycle, error) {
 	if rawType != nil {
 		var s string
 		if err := json.Unmarshal(rawType, &s); err != nil {
-			return l, lcErr(typeField, "must be a string")
+			return l, invalid(typeField, "must be a string")
 		}
 		t, ok := normalizeLifecycleType(s)
 		if !ok {
-			return l, lcErr(typeField, "unknown type %q", lcTruncate(s, 64))
+			return l, invalid(typeField, "unknown type %q", truncate(s, 64))
 		}
 		l.Type = t
 	} else {
 		t, ok := normalizeLifecycleType(routingKey)
 		if !ok {
-			return l, lcErr("message_type", "missing, and routing key %q names no type", lcTruncate(routingKey, 64))
+			return l, invalid("message_type", "missing, and routing key %q names no type", truncate(routingKey, 64))
 		}
 		l.Type = t
 	}
@@ -126,11 +126,11 @@ func ParseLifecycle(body []byte, routingKey string) (Lifecycle, error) {
 	// rule_id.
 	_, rawID := get("rule_id")
 	if rawID == nil {
-		return l, lcErr("rule_id", "missing")
+		return l, invalid("rule_id", "missing")
 	}
 	id, err := parseLifecycleID(rawID)
 	if err != nil {
-		return l, lcErr("rule_id", "%v", err)
+		return l, invalid("rule_id", "%v", err)
 	}
 	l.RuleID = id
 
@@ -148,14 +148,14 @@ func ParseLifecycle(body []byte, routingKey string) (Lifecycle, error) {
 			continue
 		}
 		if err := json.Unmarshal(raw, f.dst); err != nil {
-			return l, lcErr(k, "must be a string")
+			return l, invalid(k, "must be a string")
 		}
 	}
 
 	// trigger_params: object or null.
 	if _, raw := get("trigger_params"); raw != nil {
-		if lcFirstByte(raw) != '{' {
-			return l, lcErr("trigger_params", "must be a JSON object or null")
+		if firstByte(raw) != '{' {
+			return l, invalid("trigger_params", "must be a JSON object or null")
 		}
 		l.Params = append(json.RawMessage(nil), raw...)
 	}
@@ -164,7 +164,7 @@ func ParseLifecycle(body []byte, routingKey string) (Lifecycle, error) {
 	l.Enabled = true
 	if k, raw := get("enabled", "active"); raw != nil {
 		if err := json.Unmarshal(raw, &l.Enabled); err != nil {
-			return l, lcErr(k, "must be a boolean")
+			return l, invalid(k, "must be a boolean")
 		}
 	}
 
@@ -212,15 +212,15 @@ func normalizeLifecycleType(s string) (LifecycleType, bool) {
 // of decimal digits.
 func parseLifecycleID(raw json.RawMessage) (int64, error) {
 	raw = bytes.TrimSpace(raw)
-	if lcFirstByte(raw) == '"' {
+	if firstByte(raw) == '"' {
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return 0, errors.New("must be an integer")
 		}
 		if s == "" || len(s) > 20 || strings.TrimLeft(s, "0123456789") != "" {
-			return 0, fmt.Errorf("string %q is not a decimal integer", lcTruncate(s, 32))
+			return 0, fmt.Errorf("string %q is not a decimal integer", truncate(s, 32))
 		}
-		return lcPositiveID(strconv.ParseInt(s, 10, 64))
+		return positiveID(strconv.ParseInt(s, 10, 64))
 	}
 	var n json.Number
 	if err := json.Unmarshal(raw, &n); err != nil {
@@ -228,20 +228,20 @@ func parseLifecycleID(raw json.RawMessage) (int64, error) {
 	}
 	s := n.String()
 	if !strings.ContainsAny(s, ".eE") {
-		return lcPositiveID(strconv.ParseInt(s, 10, 64))
+		return positiveID(strconv.ParseInt(s, 10, 64))
 	}
 	// 5.0 or 1e3: accept only when exact (|f| ≤ 2^53) and integral.
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsInf(f, 0) || math.Abs(f) > 1<<53 {
-		return 0, fmt.Errorf("%s is out of range", lcTruncate(s, 32))
+		return 0, fmt.Errorf("%s is out of range", truncate(s, 32))
 	}
 	if f != math.Trunc(f) {
-		return 0, fmt.Errorf("%s is not an integer", lcTruncate(s, 32))
+		return 0, fmt.Errorf("%s is not an integer", truncate(s, 32))
 	}
-	return lcPositiveID(int64(f), nil)
+	return positiveID(int64(f), nil)
 }
 
-func lcPositiveID(v int64, err error) (int64, error) {
+func positiveID(v int64, err error) (int64, error) {
 	if err != nil {
 		return 0, errors.New("out of int64 range")
 	}
@@ -251,11 +251,11 @@ func lcPositiveID(v int64, err error) (int64, error) {
 	return v, nil
 }
 
-func lcIsNull(raw json.RawMessage) bool {
+func isNull(raw json.RawMessage) bool {
 	return string(bytes.TrimSpace(raw)) == "null"
 }
 
-func lcFirstByte(raw json.RawMessage) byte {
+func firstByte(raw json.RawMessage) byte {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 {
 		return 0
@@ -263,7 +263,7 @@ func lcFirstByte(raw json.RawMessage) byte {
 	return raw[0]
 }
 
-func lcTruncate(s string, n int) string {
+func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -286,12 +286,12 @@ func RoutingKey(t LifecycleType) string {
 	return ""
 }
 
-type lcEnvelopeHeaders struct {
+type envelopeHeaders struct {
 	RetryCount    int    `json:"retry_count"`
 	SourceService string `json:"source_service"`
 }
 
-type lcEnvelopePayload struct {
+type envelopePayload struct {
 	RuleID        int64           `json:"rule_id"`
 	RuleRef       string          `json:"rule_ref"`
 	TriggerID     int64           `json:"trigger_id,omitempty"`
@@ -301,14 +301,14 @@ type lcEnvelopePayload struct {
 	Enabled       bool            `json:"enabled"`
 }
 
-type lcEnvelope struct {
-	MessageID     string            `json:"message_id"`
-	CorrelationID string            `json:"correlation_id"`
-	MessageType   LifecycleType     `json:"message_type"`
-	Version       string            `json:"version"`
-	Timestamp     string            `json:"timestamp"`
-	Headers       lcEnvelopeHeaders `json:"headers"`
-	Payload       lcEnvelopePayload `json:"payload"`
+type envelope struct {
+	MessageID     string          `json:"message_id"`
+	CorrelationID string          `json:"correlation_id"`
+	MessageType   LifecycleType   `json:"message_type"`
+	Version       string          `json:"version"`
+	Timestamp     string          `json:"timestamp"`
+	Headers       envelopeHeaders `json:"headers"`
+	Payload       envelopePayload `json:"payload"`
 }
 
 // EnvelopeJSON renders l as the envelope Attune's API publishes (contract §1).
@@ -322,14 +322,14 @@ func EnvelopeJSON(l Lifecycle, messageID string, now time.Time) []byte {
 	if len(l.Params) > 0 && json.Valid(l.Params) {
 		params = l.Params
 	}
-	e := lcEnvelope{
+	e := envelope{
 		MessageID:     messageID,
 		CorrelationID: messageID,
 		MessageType:   l.Type,
 		Version:       "1.0",
 		Timestamp:     now.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
-		Headers:       lcEnvelopeHeaders{RetryCount: 0, SourceService: "api-service"},
-		Payload: lcEnvelopePayload{
+		Headers:       envelopeHeaders{RetryCount: 0, SourceService: "api-service"},
+		Payload: envelopePayload{
 			RuleID:        l.RuleID,
 			RuleRef:       l.RuleRef,
 			TriggerID:     l.TriggerID,

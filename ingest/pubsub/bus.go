@@ -1,22 +1,12 @@
-package ingest
+package pubsub
 
 import (
 	"context"
 	"errors"
 	"sync"
+
+	"github.com/timerd/timerd/ingest/attune"
 )
-
-// Message is one lifecycle message on the bus: what RabbitMQ would carry.
-type Message struct {
-	RoutingKey string
-	Body       []byte
-}
-
-// Publisher sends lifecycle messages. The in-process Bus implements it;
-// a RabbitMQ publisher will too.
-type Publisher interface {
-	Publish(ctx context.Context, m Message) error
-}
 
 // ErrBusClosed is returned by Publish and Subscribe after Close.
 var ErrBusClosed = errors.New("bus closed")
@@ -36,13 +26,15 @@ type Bus struct {
 
 type busSub struct {
 	mu     sync.Mutex
-	queue  []Message
+	queue  []attune.Message
 	notify chan struct{} // capacity 1: "queue is not empty"
 	done   chan struct{} // closed on unsubscribe
 	exited chan struct{} // closed when the pump goroutine returns
-	out    chan Message
+	out    chan attune.Message
 	once   sync.Once
 }
+
+var _ attune.Publisher = (*Bus)(nil)
 
 // subBuffer is the capacity of a subscriber's channel. A reader that takes
 // what is waiting without blocking (the node's intake, to commit it in one
@@ -59,7 +51,7 @@ func NewBus() *Bus {
 // Publish queues m for every current subscriber. The body is copied once, so
 // the caller may reuse its buffer; subscribers share the copy and must not
 // modify it.
-func (b *Bus) Publish(ctx context.Context, m Message) error {
+func (b *Bus) Publish(ctx context.Context, m attune.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -86,12 +78,12 @@ func (b *Bus) Publish(ctx context.Context, m Message) error {
 // closes the channel (what its buffer already holds is still received
 // before the close). Cancel is idempotent and safe to call concurrently with
 // Publish. On a closed bus the channel is already closed.
-func (b *Bus) Subscribe() (<-chan Message, func()) {
+func (b *Bus) Subscribe() (<-chan attune.Message, func()) {
 	s := &busSub{
 		notify: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		exited: make(chan struct{}),
-		out:    make(chan Message, subBuffer),
+		out:    make(chan attune.Message, subBuffer),
 	}
 	b.mu.Lock()
 	if b.closed {
