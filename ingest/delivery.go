@@ -488,7 +488,9 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		ackReq:  make(chan []uint64),
 		ackDone: make(chan ackResult, 1),
 	}
-	// Workers stop on close(jobs); their requests on cancel.
+	// Workers stop on close(jobs); their requests on cancel, when the poster
+	// closes its connections.
+	d.poster.open()
 	wctx, cancel := context.WithCancel(ctx)
 	e.wctx = wctx
 	var ackWG sync.WaitGroup

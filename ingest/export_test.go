@@ -1,4 +1,4 @@
 package ingest
 
-// IgnoreConnsCleaner is ignoreConnsCleaner for the external test package.
-var IgnoreConnsCleaner = ignoreConnsCleaner
+// IgnoreFasthttp is ignoreFasthttp for the external test package.
+var IgnoreFasthttp = ignoreFasthttp

@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -36,6 +35,14 @@ type poster struct {
 	basic    string // "Basic …" of the URL's user info, "" without
 	conns    connSet
 }
+
+// idleConnTimeout closes a connection idle this long, before the server does:
+// unlike net/http's transport, HostClient does not watch its idle connections,
+// and a POST on one the server closed meanwhile fails (it is retried with
+// backoff). Servers close idle connections after 5 s (Node, uvicorn), 60 s
+// (cloud load balancers) or 75 s (nginx); a new connection costs a round trip
+// at the next burst, nothing while events flow.
+const idleConnTimeout = 4 * time.Second
 
 // answer is what delivery needs of a response.
 type answer struct {
@@ -82,22 +89,19 @@ func newPoster(endpoint string, maxConns int) (*poster, error) {
 			if err != nil {
 				return nil, err
 			}
-			return p.conns.add(c), nil
+			return p.conns.add(c)
 		},
 		MaxConns:            maxConns,
-		MaxIdleConnDuration: 90 * time.Second,
+		MaxIdleConnDuration: idleConnTimeout,
 		// A POST waits for a connection rather than failing while all are
 		// busy: the limiter keeps the POSTs in flight at most maxConns.
 		MaxConnWaitTimeout: DefaultDeliveryTimeout,
 		// Enough of a body to read a dead letter's reason and keep the
 		// connection; a longer body is cut and its connection closed.
 		MaxResponseBodySize: maxDrainedResponse,
-		// A POST is sent again by the client only when the server closed the
-		// connection before answering, which is what a keep-alive connection
-		// it closed while idle looks like: net/http resends a request with an
-		// Idempotency-Key then too. Any other failure is delivery's to retry
-		// (backoff, a new token, the limiter's decrease).
-		RetryIfErr: retryClosed,
+		// Every POST is posted once by the client: a retry is delivery's
+		// decision (backoff, a new token, a dead letter).
+		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
 		// The path is sent as ATTUNE_API_URL spells it.
 		DisablePathNormalizing: true,
 	}
@@ -154,14 +158,6 @@ func (p *poster) post(deadline time.Time, key, authorization string, body []byte
 	return a, nil
 }
 
-// retryClosed: one more try when the server closed the connection before the
-// first byte of an answer. At worst the receiver got the event and crashed
-// before answering: then delivery would post it again anyway, with the same
-// idempotency key.
-func retryClosed(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
-	return false, attempts < 2 && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
-}
-
 // dialFunc dials the proxy that HTTP_PROXY, HTTPS_PROXY and NO_PROXY name for
 // u, or u's host directly (net.Dialer: fasthttp's own dialer keeps a DNS cache
 // with a goroutine of its own).
@@ -196,18 +192,30 @@ func (p *poster) redirectNote(a answer) string {
 }
 
 // closeAll closes every connection, idle or with a POST in flight: those POSTs
-// return an error at once. A stopping engine calls it so that Run returns
-// without waiting for a receiver that does not answer.
+// return an error at once, and so does every POST until open. A stopping engine
+// calls it so that Run returns without waiting for a receiver that does not
+// answer.
 func (p *poster) closeAll() {
-	p.hc.CloseIdleConnections()
 	p.conns.closeAll()
+	p.hc.CloseIdleConnections()
+}
+
+// open lets POSTs dial again after closeAll.
+func (p *poster) open() {
+	p.conns.mu.Lock()
+	p.conns.closed = false
+	p.conns.mu.Unlock()
 }
 
 // connSet is the connections a poster has open.
 type connSet struct {
-	mu    sync.Mutex
-	conns map[*trackedConn]struct{}
+	mu     sync.Mutex
+	conns  map[*trackedConn]struct{}
+	closed bool // closeAll was called and open not since: dials fail
 }
+
+// errPosterClosed fails a dial between an engine's stop and the next start.
+var errPosterClosed = errors.New("delivery stopped")
 
 type trackedConn struct {
 	net.Conn
@@ -215,15 +223,20 @@ type trackedConn struct {
 	once sync.Once
 }
 
-func (s *connSet) add(c net.Conn) net.Conn {
+func (s *connSet) add(c net.Conn) (net.Conn, error) {
 	tc := &trackedConn{Conn: c, set: s}
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = c.Close()
+		return nil, errPosterClosed
+	}
 	if s.conns == nil {
 		s.conns = map[*trackedConn]struct{}{}
 	}
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
-	return tc
+	return tc, nil
 }
 
 func (c *trackedConn) Close() error {
@@ -237,6 +250,7 @@ func (c *trackedConn) Close() error {
 
 func (s *connSet) closeAll() {
 	s.mu.Lock()
+	s.closed = true
 	open := make([]*trackedConn, 0, len(s.conns))
 	for c := range s.conns {
 		open = append(open, c)
