@@ -43,12 +43,7 @@ func TestSettingUsageError(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := settingUsageError(tt.err)
-			code := 1
-			var ue usageError
-			if errors.As(got, &ue) {
-				code = 2
-			}
-			if code != tt.code || got.Error() != tt.want {
+			if code := exitCode(got); code != tt.code || got.Error() != tt.want {
 				t.Errorf("settingUsageError(%v) = %q, exit %d; want %q, exit %d", tt.err, got, code, tt.want, tt.code)
 			}
 		})

@@ -519,21 +519,18 @@ func settingUsageError(err error) error {
 }
 
 // checkClusterField checks the one field set in cc as the cluster would,
-// without the "cluster config: Field:" prefix (the caller names the
+// without the "cluster config: Field:" of its message (the caller names the
 // setting). The other fields are valid defaults.
 func checkClusterField(cc cluster.Config) error {
 	if cc.NodeName == "" {
 		cc.NodeName = "n" // the host name is checked elsewhere
 	}
 	err := cc.Validate()
-	if err == nil {
-		return nil
+	var fe *cluster.FieldError
+	if errors.As(err, &fe) {
+		return fe.Err
 	}
-	msg := strings.TrimPrefix(err.Error(), cluster.ErrConfig.Error()+": ")
-	if _, rest, ok := strings.Cut(msg, ": "); ok {
-		msg = rest
-	}
-	return errors.New(msg)
+	return err
 }
 
 // readStdinConfig reads exactly one JSON object.
