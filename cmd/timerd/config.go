@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -682,6 +683,8 @@ func checkName(v string, max int) error {
 	return nil
 }
 
+var durationDays = regexp.MustCompile(`^(\d+)d(.*)$`)
+
 // parseSettingDuration reads a Go duration, optionally led by whole days
 // (7d, 1d12h); a bare 0 is zero.
 func parseSettingDuration(v string) (time.Duration, error) {
@@ -691,7 +694,7 @@ func parseSettingDuration(v string) (time.Duration, error) {
 	}
 	var days time.Duration
 	rest := v
-	if m := ttlDays.FindStringSubmatch(v); m != nil {
+	if m := durationDays.FindStringSubmatch(v); m != nil {
 		n, err := strconv.ParseInt(m[1], 10, 64)
 		if err != nil || n > 100_000 {
 			return 0, fmt.Errorf("%q: too many days", truncateSetting(v))
