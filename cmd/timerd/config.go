@@ -766,11 +766,15 @@ func parseSensorTriggers(v string) ([]attune.RemoteRule, error) {
 // redactURL hides a password in v (ingest.RedactURL) and truncates it for a message.
 func redactURL(v string) string { return truncateSetting(ingest.RedactURL(v)) }
 
-func truncateSetting(s string) string {
-	if len(s) <= 80 {
+// truncateSetting shortens a setting's value for a message.
+func truncateSetting(s string) string { return truncate(s, 80) }
+
+// truncate cuts s after n bytes, on a rune boundary, and marks the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	return s[:80] + "…"
+	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
 func unwrapPathErr(err error) error {
