@@ -234,7 +234,7 @@ var agentSettings = []agentSetting{
 		c.Gossip.Expect = n
 		return nil
 	}},
-	{env: "TIMERD_JOIN_TIMEOUT", key: "join_timeout", flag: "join-timeout", def: "10s", usage: "how long to try the peers at start before running alone (logged loudly)", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_JOIN_TIMEOUT", key: "join_timeout", flag: "join-timeout", def: cluster.DefaultJoinTimeout.String(), usage: "how long to try the peers at start before running alone (logged loudly)", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
 		if err == nil && (d <= 0 || d > time.Hour) {
 			err = fmt.Errorf("%s is out of range (1ms .. 1h)", v)
@@ -291,7 +291,7 @@ var agentSettings = []agentSetting{
 		c.ShutdownTimeout = d
 		return err
 	}},
-	{env: "TIMERD_COMMIT_FAILURE_LEAVE_AFTER", key: "commit_failure_leave_after", flag: "commit-failure-leave-after", def: "30s", usage: "how long the store may fail its commits (a full disk) before the node steps out of the cluster so that its share fires elsewhere; it rejoins once a probe commit succeeds", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_COMMIT_FAILURE_LEAVE_AFTER", key: "commit_failure_leave_after", flag: "commit-failure-leave-after", def: node.DefaultCommitFailureLeaveAfter.String(), usage: "how long the store may fail its commits (a full disk) before the node steps out of the cluster so that its share fires elsewhere; it rejoins once a probe commit succeeds", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
 		if err == nil && (d <= 0 || d > 24*time.Hour) {
 			err = fmt.Errorf("%s is out of range (1ms .. 24h)", v)
@@ -299,7 +299,7 @@ var agentSettings = []agentSetting{
 		c.CommitFailureLeaveAfter = d
 		return err
 	}},
-	{env: "TIMERD_DELIVERY_BUDGET", key: "delivery_budget", flag: "delivery-budget", def: "512", usage: "the most event POSTs in flight to Attune from the whole cluster: each node's ceiling is it divided by the live members; below it delivery adapts to the backlog and to Attune's latency (1..65536)", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_DELIVERY_BUDGET", key: "delivery_budget", flag: "delivery-budget", def: strconv.Itoa(ingest.DefaultDeliveryBudget), usage: "the most event POSTs in flight to Attune from the whole cluster: each node's ceiling is it divided by the live members; below it delivery adapts to the backlog and to Attune's latency (1..65536)", set: func(c *agentConfig, v string) error {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || n < 1 || n > 65536 {
 			return fmt.Errorf("%q is not a whole number in 1..65536", truncateSetting(v))
