@@ -94,15 +94,19 @@ func TestAgentNodeConfig(t *testing.T) {
 			nc.ReconcileInterval, nc.DeadLetterRetention)
 	case nc.MQ == nil || nc.MQ.URL != "amqp://mq/" || nc.MQ.Queue != "sensor.core.timer.n1" || nc.MQ.Exchange != "attune":
 		t.Errorf("node config: MQ %+v, want the URL, exchange attune and queue sensor.core.timer.n1", nc.MQ)
-	case nc.Cluster == nil || strings.Join(nc.Cluster.Join, ",") != "p:7946" || nc.Cluster.GossipKey != gossipKey:
-		t.Errorf("node config: Cluster %+v, want the join list and gossip key", nc.Cluster)
+	case nc.Cluster == nil:
+		t.Errorf("node config: no Cluster, want one (the agent always runs it)")
+	case strings.Join(nc.Cluster.Join, ",") != "p:7946" || nc.Cluster.GossipKey != gossipKey:
+		t.Errorf("node config: Cluster join %v, gossip key kept %v; want the join list and gossip key", nc.Cluster.Join, nc.Cluster.GossipKey == gossipKey)
 	case nc.Token != tok || nc.APIURL != "http://api:8080" || nc.DataDir != "/d" || nc.NodeName != "n1" || nc.Workers != 3 ||
 		nc.DeliveryBudget != 512:
-		t.Errorf("node config: %+v, want the settings", nc)
+		t.Errorf("node config: APIURL %q, DataDir %q, NodeName %q, Workers %d, DeliveryBudget %d, token kept %v; want the settings",
+			nc.APIURL, nc.DataDir, nc.NodeName, nc.Workers, nc.DeliveryBudget, nc.Token == tok)
 	}
 	// The agent's own copy is not changed by nodeConfig.
 	if c.ReconcileInterval != 0 || c.DeadLetterRetention != 0 || c.Config.MQ != nil || c.Config.Cluster != nil {
-		t.Errorf("agent config changed by nodeConfig: %+v", c)
+		t.Errorf("agent config changed by nodeConfig: ReconcileInterval %v, DeadLetterRetention %v, MQ %v, Cluster %v",
+			c.ReconcileInterval, c.DeadLetterRetention, c.Config.MQ, c.Config.Cluster)
 	}
 
 	delete(base, "ATTUNE_MQ_URL")
