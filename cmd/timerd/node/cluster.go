@@ -94,7 +94,7 @@ func (n *Node) ownerCounts(view []string) map[string]int {
 	defer c.mu.Unlock()
 	key := strings.Join(view, ",")
 	rules, _ := n.store.RuleCount()
-	if c.counts != nil && c.view == key && (c.rules == rules || time.Since(c.at) < membersRecount) {
+	if c.counts != nil && c.view == key && (c.rules == rules || n.cfg.Now().Sub(c.at) < membersRecount) {
 		return c.counts
 	}
 	counts := map[string]int{}
@@ -109,7 +109,7 @@ func (n *Node) ownerCounts(view []string) map[string]int {
 			return c.counts
 		}
 	}
-	c.view, c.rules, c.at, c.counts = key, rules, time.Now(), counts
+	c.view, c.rules, c.at, c.counts = key, rules, n.cfg.Now(), counts
 	return counts
 }
 

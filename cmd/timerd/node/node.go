@@ -117,7 +117,11 @@ type Config struct {
 
 	Logger   *slog.Logger
 	Registry *prometheus.Registry // nil: a registry of the node's own
-	Now      func() time.Time     // nil: time.Now
+	// Now is the clock of the node's policy: schedules, rule versions,
+	// dead-letter retention, how long commits have failed. Time spent (logs,
+	// metrics) and the bounds of shutdown's waits read the real clock, as
+	// the contexts they go with do; leases read the boot clock (bootclock.go).
+	Now func() time.Time // nil: time.Now
 }
 
 func (c *Config) setDefaults() {
