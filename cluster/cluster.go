@@ -25,6 +25,40 @@ var (
 	ErrShutdown   = errors.New("cluster: shut down")
 )
 
+// Errors of New that name the setting at fault: errors.Is tells them apart.
+var (
+	// ErrBind: the gossip port (Config.BindAddr) could not be bound.
+	ErrBind = errors.New("cluster: gossip port not bound")
+	// ErrAdvertise: gossip found no address to advertise to its peers
+	// (Config.AdvertiseAddr, or none and no private IP to take instead).
+	ErrAdvertise = errors.New("cluster: no address to advertise")
+)
+
+// startError is memberlist's failure to start, which Is ErrBind or ErrAdvertise
+// (or neither) and reads as memberlist's own message.
+type startError struct {
+	kind error // ErrBind, ErrAdvertise or nil
+	err  error
+}
+
+func (e *startError) Error() string        { return e.err.Error() }
+func (e *startError) Unwrap() error        { return e.err }
+func (e *startError) Is(target error) bool { return e.kind != nil && target == e.kind }
+
+// startFailure classifies memberlist.Create's error. memberlist formats its causes
+// with %v, so its wording is the only thing to tell them by: it is read here, next
+// to the call, and TestNewErrorNamesTheSetting pins it for the memberlist in go.mod.
+func startFailure(err error) *startError {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "advertise address"): // "failed to get final advertise address: ..."
+		return &startError{kind: ErrAdvertise, err: err}
+	case strings.Contains(msg, "network transport"): // "could not set up network transport: ..."
+		return &startError{kind: ErrBind, err: err}
+	}
+	return &startError{err: err}
+}
+
 // Member is one node as this node sees it.
 type Member struct {
 	Name  string `json:"name"`
@@ -95,7 +129,8 @@ const (
 )
 
 // New validates cfg, binds the gossip port and starts memberlist. The node is alone and owns
-// nothing until Join decides.
+// nothing until Join decides. A failure to start gossip Is ErrBind or ErrAdvertise when it
+// is the fault of that setting.
 func New(cfg Config) (*Cluster, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -123,7 +158,7 @@ func New(cfg Config) (*Cluster, error) {
 	c.tr.init(mc.UDPBufferSize, cfg.MessageBuffer)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
-		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, startFailure(err))
 	}
 	c.ml, c.bindPort = ml, mc.BindPort // memberlist wrote the bound port back
 	c.keyring = mc.Keyring             // memberlist made one of SecretKey; nil: plain gossip

@@ -527,3 +527,39 @@ func TestSlogWriterLevels(t *testing.T) {
 		}
 	}
 }
+
+// noAdvertiseTransport is a transport with no address to advertise, as memberlist's own
+// is when bound to 0.0.0.0 on a host without a private IP.
+type noAdvertiseTransport struct{ memberlist.Transport }
+
+func (noAdvertiseTransport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
+	return nil, 0, errors.New("no private IP address found, and explicit IP not provided")
+}
+
+// New's failures to start gossip say which setting is at fault through errors.Is, not
+// through memberlist's wording (which startFailure reads, for the memberlist in go.mod).
+func TestNewErrorNamesTheSetting(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+
+	bind := testConfig("bind")
+	bind.BindAddr = taken.Addr().String()
+	_, err = New(bind)
+	if !errors.Is(err, ErrBind) || errors.Is(err, ErrAdvertise) || !strings.HasPrefix(fmt.Sprint(err), "start gossip on "+bind.BindAddr+": ") {
+		t.Errorf("New on a port in use = %v, want ErrBind (only) starting %q", err, "start gossip on "+bind.BindAddr)
+	}
+
+	adv := testConfig("advertise")
+	adv.Memberlist = func() *memberlist.Config {
+		mc := testMemberlist()
+		mc.Transport = noAdvertiseTransport{}
+		return mc
+	}
+	_, err = New(adv)
+	if !errors.Is(err, ErrAdvertise) || errors.Is(err, ErrBind) || !strings.Contains(fmt.Sprint(err), "no private IP address found") {
+		t.Errorf("New with no address to advertise = %v, want ErrAdvertise (only) with memberlist's cause", err)
+	}
+}

@@ -29,6 +29,19 @@ const (
 // ErrConfig reports a bad Config field.
 var ErrConfig = errors.New("cluster config")
 
+// FieldError is the bad field Validate reports: errors.Is(err, ErrConfig)
+// holds, and errors.As gives the field and what is wrong with it apart.
+type FieldError struct {
+	Field string // the Config field, such as BindAddr
+	Err   error  // what is wrong with it
+}
+
+func (e *FieldError) Error() string { return ErrConfig.Error() + ": " + e.Field + ": " + e.Err.Error() }
+
+func (e *FieldError) Is(target error) bool { return target == ErrConfig }
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
 // Config of one node's cluster membership. The zero value plus NodeName-or-hostname is a
 // valid single-node config.
 type Config struct {
@@ -124,7 +137,7 @@ func (c Config) withDefaults() Config {
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	bad := func(field string, format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+		return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
 	}
 	if c.NodeName == "" {
 		return bad("NodeName", "empty and no host name")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -74,7 +73,10 @@ func newAPICmd() *cobra.Command {
 				return usagef("--addr %q: %w", addr, err)
 			}
 			log.Info("api listening", "url", "http://"+ln.Addr().String(), "data_dir", dataDir)
-			return serveAPI(cmd.Context(), srv, ln)
+			if err := srv.Serve(cmd.Context(), ln); err != nil {
+				return fmt.Errorf("api server: %w", err)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", envOr("TIMERD_API_ADDR", "127.0.0.1:8080"), "listen address (env TIMERD_API_ADDR)")
@@ -90,11 +92,8 @@ func newAPICmd() *cobra.Command {
 // newMQPublisher is the API's lifecycle publisher for --mq-url; errors
 // name the flag and never echo the URL (it may hold a password).
 func newMQPublisher(mqURL, exchange string, log *slog.Logger, reg prometheus.Registerer) (*pubsub.AMQPPublisher, error) {
-	if err := checkMQURL(mqURL); err != nil {
-		return nil, usagef("--mq-url: %w", err)
-	}
-	if exchange == "" {
-		return nil, usagef("--mq-exchange: is empty")
+	if err := checkMQFlags(mqURL, exchange); err != nil {
+		return nil, err
 	}
 	pub, err := pubsub.NewPublisher(pubsub.PublisherConfig{URL: mqURL, Exchange: exchange, Logger: log, Registerer: reg})
 	if err != nil {
@@ -103,9 +102,14 @@ func newMQPublisher(mqURL, exchange string, log *slog.Logger, reg prometheus.Reg
 	return pub, nil
 }
 
-func serveAPI(ctx context.Context, srv *apiserver.Server, ln net.Listener) error {
-	if err := srv.Serve(ctx, ln); err != nil {
-		return fmt.Errorf("api server: %w", err)
+// checkMQFlags checks --mq-url and --mq-exchange (of api and dev) without
+// echoing the URL.
+func checkMQFlags(mqURL, exchange string) error {
+	if err := checkMQURL(mqURL); err != nil {
+		return usagef("--mq-url: %w", err)
+	}
+	if exchange == "" {
+		return usagef("--mq-exchange: is empty")
 	}
 	return nil
 }

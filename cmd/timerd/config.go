@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,54 +25,32 @@ import (
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/pubsub"
 )
 
-// agentConfig is the configuration of `timerd agent` (docs/configuration.md).
+// agentConfig is the configuration of `timerd agent` (docs/configuration.md):
+// the node's own Config, set field by field from the settings, and what
+// only the command uses. nodeConfig turns it into what node.New takes.
 type agentConfig struct {
-	// Attune's sensor settings (contract §6).
-	APIURL         string
-	APIToken       string // never printed
-	APITokenFile   string
-	SensorRef      string
-	MQURL          string // may carry a password: never printed
-	MQExchange     string
-	LogLevel       slog.Level
-	SensorTriggers []attune.RemoteRule
+	// node.Config's fields are set as the settings name them, with two
+	// differences nodeConfig resolves: ReconcileInterval 0 turns the periodic
+	// reconcile off and DeadLetterRetention 0 keeps dead letters forever.
+	// Its Cluster and MQ are nil here: Gossip and MQ below are the settings.
+	node.Config
 
-	// timerd's own.
-	DataDir           string
-	HTTPAddr          string
-	HTTPTokenFile     string // the operator endpoints' bearer token
-	HTTPConfigFile    string // exporter-toolkit web config: TLS
-	Pprof             bool   // serve /debug/pprof/
-	NodeName          string
-	QueueExpires      time.Duration
-	ReconcileInterval time.Duration // 0: no periodic reconcile
-	ShutdownTimeout   time.Duration
-	// CommitFailureLeaveAfter: how long the store may fail commits before the node
-	// steps out of the cluster (node.Config.CommitFailureLeaveAfter).
-	CommitFailureLeaveAfter time.Duration
-	// Workers (TIMERD_WORKERS, deprecated) caps this node's POSTs in flight; 0: no cap.
-	Workers int
-	// DeliveryBudget: the most event POSTs in flight from the whole cluster
-	// (node.Config.DeliveryBudget).
-	DeliveryBudget int
-	LogFormat      string
-	// Dead letters (docs/operations.md, "Dead letters").
-	RejectRetryWindow   time.Duration
-	DeadLetterRetention time.Duration // 0: kept forever
-
-	// The cluster (docs/configuration.md, "Cluster"). The agent always
-	// runs it: with no Join it is alone at once and owns every rule.
-	BindAddr      string
-	AdvertiseAddr string
-	Join          []string
-	Expect        int // expected cluster size N: fires only with a quorum of N/2+1
-	JoinTimeout   time.Duration
-	GossipKey     string // base64; never printed
-	GossipKeyring string // a file of keys, re-read while running (a rotation)
+	// Gossip is the cluster (docs/configuration.md, "Cluster"). The agent
+	// always runs it: with no Join it is alone at once and owns every rule.
+	// Its NodeName is the node's.
+	Gossip cluster.Config
 	// GossipInsecure: a cluster may gossip unencrypted (TIMERD_GOSSIP_INSECURE).
 	GossipInsecure bool
+
+	// MQ is RabbitMQ (URL, Exchange, QueueExpires); no URL: no lifecycle
+	// messages. The URL may carry a password: never printed.
+	MQ ingest.ConsumerConfig
+
+	LogLevel  slog.Level
+	LogFormat string
 
 	// UnknownKeys are stdin-config keys timerd does not know (ignored, as
 	// Attune may send more than a timer sensor reads).
@@ -82,6 +61,26 @@ type agentConfig struct {
 	// Deprecated says, for each deprecated setting given, what to use instead;
 	// the agent logs each once at start.
 	Deprecated []string
+}
+
+// nodeConfig is the configuration node.New takes, the node logging to log.
+func (c *agentConfig) nodeConfig(log *slog.Logger) node.Config {
+	nc := c.Config
+	nc.Logger = log
+	if nc.ReconcileInterval == 0 {
+		nc.ReconcileInterval = -1 // the node's "off"
+	}
+	if nc.DeadLetterRetention == 0 {
+		nc.DeadLetterRetention = -1 // the node's "forever"
+	}
+	if c.MQ.URL != "" {
+		mq := c.MQ
+		mq.Queue = attune.QueueName(c.SensorRef, c.NodeName)
+		nc.MQ = &mq
+	}
+	gossip := c.Gossip
+	nc.Cluster = &gossip
+	return nc
 }
 
 // agentSetting is one setting: where it is read from and how it is parsed.
@@ -111,7 +110,7 @@ var agentSettings = []agentSetting{
 		if err := checkToken(v); err != nil {
 			return err
 		}
-		c.APIToken = v
+		c.Token = v
 		return nil
 	}},
 	{env: "ATTUNE_API_TOKEN_FILE", key: "api_token_file", usage: "file holding the API token, reread when it changes", set: func(c *agentConfig, v string) error {
@@ -120,7 +119,7 @@ var agentSettings = []agentSetting{
 			return fmt.Errorf("%q cannot be read: %w", v, unwrapPathErr(err))
 		}
 		f.Close()
-		c.APITokenFile = v
+		c.TokenFile = v
 		return nil
 	}},
 	{env: "ATTUNE_SENSOR_REF", key: "sensor_ref", def: "core.timer", usage: "the sensor's ref: names the queue and every event", set: func(c *agentConfig, v string) error {
@@ -134,14 +133,14 @@ var agentSettings = []agentSetting{
 		if err := checkMQURL(v); err != nil {
 			return err
 		}
-		c.MQURL = v
+		c.MQ.URL = v
 		return nil
 	}},
 	{env: "ATTUNE_MQ_EXCHANGE", key: "mq_exchange", def: attune.DefaultExchange, usage: "the topic exchange rule lifecycle messages are published to", set: func(c *agentConfig, v string) error {
 		if v == "" || len(v) > 255 || strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 			return fmt.Errorf("%q is not an exchange name (1 to 255 printable bytes)", truncateSetting(v))
 		}
-		c.MQExchange = v
+		c.MQ.Exchange = v
 		return nil
 	}},
 	{env: "ATTUNE_LOG_LEVEL", key: "log_level", flag: "log-level", def: "info", usage: "debug, info, warn or error", set: func(c *agentConfig, v string) error {
@@ -149,7 +148,7 @@ var agentSettings = []agentSetting{
 	}},
 	{env: "ATTUNE_SENSOR_TRIGGERS", key: "sensor_triggers", usage: `start-up rules, a JSON array of {"id","ref","trigger_ref","config"}`, set: func(c *agentConfig, v string) error {
 		rs, err := parseSensorTriggers(v)
-		c.SensorTriggers = rs
+		c.StartupRules = rs
 		return err
 	}},
 	{env: "TIMERD_DATA_DIR", key: "data_dir", flag: "data-dir", usage: "directory of the node's store (node.db); required", set: func(c *agentConfig, v string) error {
@@ -193,14 +192,14 @@ var agentSettings = []agentSetting{
 		if err := checkClusterField(cluster.Config{BindAddr: v}); err != nil {
 			return err
 		}
-		c.BindAddr = v
+		c.Gossip.BindAddr = v
 		return nil
 	}},
 	{env: "TIMERD_ADVERTISE_ADDR", key: "advertise_addr", flag: "advertise-addr", usage: "IP[:port] peers reach this node's gossip at (default: from the bind address)", set: func(c *agentConfig, v string) error {
 		if err := checkClusterField(cluster.Config{AdvertiseAddr: v}); err != nil {
 			return err
 		}
-		c.AdvertiseAddr = v
+		c.Gossip.AdvertiseAddr = v
 		return nil
 	}},
 	{env: "TIMERD_JOIN", key: "join", flag: "join", usage: "peers to join, comma-separated host[:port]; a DNS name joins every address it resolves to (none: run alone)", set: func(c *agentConfig, v string) error {
@@ -224,7 +223,7 @@ var agentSettings = []agentSetting{
 		if err := checkClusterField(cluster.Config{Join: peers}); err != nil {
 			return err
 		}
-		c.Join = peers
+		c.Gossip.Join = peers
 		return nil
 	}},
 	{env: "TIMERD_EXPECT", key: "expect", flag: "expect", def: "1", usage: "expected number of nodes N: a node fires nothing unless it sees N/2+1 of them, itself included (1: no quorum, every node fires its share even alone)", set: func(c *agentConfig, v string) error {
@@ -232,15 +231,15 @@ var agentSettings = []agentSetting{
 		if err != nil || n < 1 || n > cluster.MaxExpect {
 			return fmt.Errorf("%q is not a whole number in 1..%d (the number of nodes)", truncateSetting(v), cluster.MaxExpect)
 		}
-		c.Expect = n
+		c.Gossip.Expect = n
 		return nil
 	}},
-	{env: "TIMERD_JOIN_TIMEOUT", key: "join_timeout", flag: "join-timeout", def: "10s", usage: "how long to try the peers at start before running alone (logged loudly)", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_JOIN_TIMEOUT", key: "join_timeout", flag: "join-timeout", def: cluster.DefaultJoinTimeout.String(), usage: "how long to try the peers at start before running alone (logged loudly)", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
 		if err == nil && (d <= 0 || d > time.Hour) {
 			err = fmt.Errorf("%s is out of range (1ms .. 1h)", v)
 		}
-		c.JoinTimeout = d
+		c.Gossip.JoinTimeout = d
 		return err
 	}},
 	{env: "TIMERD_GOSSIP_KEY", key: "gossip_key", flag: "gossip-key", usage: "base64 AES key (16, 24 or 32 bytes) encrypting gossip; every node needs the same (default: plain gossip)", set: func(c *agentConfig, v string) error {
@@ -248,14 +247,14 @@ var agentSettings = []agentSetting{
 		if err := checkClusterField(cluster.Config{GossipKey: v}); err != nil {
 			return err // never quotes the key
 		}
-		c.GossipKey = v
+		c.Gossip.GossipKey = v
 		return nil
 	}},
 	{env: "TIMERD_GOSSIP_KEYRING_FILE", key: "gossip_keyring_file", flag: "gossip-keyring-file", usage: "file of base64 gossip keys, one a line, the first encrypting: re-read every 5s, so a key is rotated without a restart (docs/security.md); instead of TIMERD_GOSSIP_KEY", set: func(c *agentConfig, v string) error {
 		if err := checkClusterField(cluster.Config{GossipKeyringFile: v}); err != nil {
 			return err // never quotes a key
 		}
-		c.GossipKeyring = v
+		c.Gossip.GossipKeyringFile = v
 		return nil
 	}},
 	{env: "TIMERD_GOSSIP_INSECURE", key: "gossip_insecure", flag: "gossip-insecure", def: "false", usage: "true lets a cluster (TIMERD_JOIN, or TIMERD_EXPECT above 1) gossip unencrypted: anyone who reaches the gossip port can then change what the nodes fire", set: func(c *agentConfig, v string) error {
@@ -273,7 +272,7 @@ var agentSettings = []agentSetting{
 		if err == nil && (d < time.Second || d.Milliseconds() > 1<<31-1) {
 			err = fmt.Errorf("%s is out of range (1s .. 24d)", v)
 		}
-		c.QueueExpires = d
+		c.MQ.QueueExpires = d
 		return err
 	}},
 	{env: "TIMERD_RECONCILE_INTERVAL", key: "reconcile_interval", flag: "reconcile-interval", def: "5m", usage: "how often rules are reconciled with the rules API; 0 only at start", set: func(c *agentConfig, v string) error {
@@ -292,7 +291,7 @@ var agentSettings = []agentSetting{
 		c.ShutdownTimeout = d
 		return err
 	}},
-	{env: "TIMERD_COMMIT_FAILURE_LEAVE_AFTER", key: "commit_failure_leave_after", flag: "commit-failure-leave-after", def: "30s", usage: "how long the store may fail its commits (a full disk) before the node steps out of the cluster so that its share fires elsewhere; it rejoins once a probe commit succeeds", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_COMMIT_FAILURE_LEAVE_AFTER", key: "commit_failure_leave_after", flag: "commit-failure-leave-after", def: node.DefaultCommitFailureLeaveAfter.String(), usage: "how long the store may fail its commits (a full disk) before the node steps out of the cluster so that its share fires elsewhere; it rejoins once a probe commit succeeds", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
 		if err == nil && (d <= 0 || d > 24*time.Hour) {
 			err = fmt.Errorf("%s is out of range (1ms .. 24h)", v)
@@ -300,7 +299,7 @@ var agentSettings = []agentSetting{
 		c.CommitFailureLeaveAfter = d
 		return err
 	}},
-	{env: "TIMERD_DELIVERY_BUDGET", key: "delivery_budget", flag: "delivery-budget", def: "512", usage: "the most event POSTs in flight to Attune from the whole cluster: each node's ceiling is it divided by the live members; below it delivery adapts to the backlog and to Attune's latency (1..65536)", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_DELIVERY_BUDGET", key: "delivery_budget", flag: "delivery-budget", def: strconv.Itoa(ingest.DefaultDeliveryBudget), usage: "the most event POSTs in flight to Attune from the whole cluster: each node's ceiling is it divided by the live members; below it delivery adapts to the backlog and to Attune's latency (1..65536)", set: func(c *agentConfig, v string) error {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || n < 1 || n > 65536 {
 			return fmt.Errorf("%q is not a whole number in 1..65536", truncateSetting(v))
@@ -431,22 +430,7 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		given[s.env] = true
 	}
 
-	name := func(env string) string {
-		for _, s := range agentSettings {
-			if s.env != env {
-				continue
-			}
-			n := env
-			if stdinMode {
-				n = fmt.Sprintf("stdin config %q", s.key)
-			}
-			if s.flag != "" {
-				n += " (or --" + s.flag + ")"
-			}
-			return n
-		}
-		return env
-	}
+	name := func(env string) string { return settingName(env, stdinMode) }
 	for _, s := range agentSettings {
 		if s.retired != "" && given[s.env] {
 			c.Retired = append(c.Retired, fmt.Sprintf("%s is no longer used and is ignored: %s", name(s.env), s.retired))
@@ -466,24 +450,24 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 	case !given["TIMERD_DATA_DIR"]:
 		return nil, fmt.Errorf("%s: required: the directory of the node's store", name("TIMERD_DATA_DIR"))
 	}
-	if c.APIToken != "" {
-		if err := checkTokenExpiry(c.APIToken, c.DataDir, time.Now()); err != nil {
+	if c.Token != "" {
+		if err := checkTokenExpiry(c.Token, c.DataDir, time.Now()); err != nil {
 			return nil, fmt.Errorf("%s: %w", name("ATTUNE_API_TOKEN"), err)
 		}
 	}
-	inCluster := len(c.Join) > 0 || c.Expect > 1
+	inCluster := len(c.Gossip.Join) > 0 || c.Gossip.Expect > 1
 	switch {
 	case given["TIMERD_GOSSIP_KEY"] && given["TIMERD_GOSSIP_KEYRING_FILE"]:
 		return nil, fmt.Errorf("%s: set it or %s, not both", name("TIMERD_GOSSIP_KEYRING_FILE"), name("TIMERD_GOSSIP_KEY"))
-	case inCluster && c.GossipKey == "" && c.GossipKeyring == "" && !c.GossipInsecure:
+	case inCluster && c.Gossip.GossipKey == "" && c.Gossip.GossipKeyringFile == "" && !c.GossipInsecure:
 		return nil, fmt.Errorf("%s: required in a cluster (or %s): unencrypted gossip lets anyone who reaches the gossip port "+
 			"change what the nodes fire; set %s=true to run so anyway", name("TIMERD_GOSSIP_KEY"), name("TIMERD_GOSSIP_KEYRING_FILE"),
 			name("TIMERD_GOSSIP_INSECURE"))
 	case !inCluster && !given["TIMERD_BIND_ADDR"]:
 		// Alone, nobody needs to reach the gossip port.
-		c.BindAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(cluster.DefaultGossipPort))
+		c.Gossip.BindAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(cluster.DefaultGossipPort))
 	}
-	if c.MQURL == "" && c.ReconcileInterval == 0 {
+	if c.MQ.URL == "" && c.ReconcileInterval == 0 {
 		return nil, fmt.Errorf("%s: 0 (no periodic reconcile) without ATTUNE_MQ_URL: the node would never see a rule change",
 			name("TIMERD_RECONCILE_INTERVAL"))
 	}
@@ -500,22 +484,54 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 	return c, nil
 }
 
+// settingName names a setting in a message: its environment name, or its
+// stdin-config key when the configuration came from stdin, and its flag when
+// it has one ("TIMERD_HTTP_ADDR (or --http-addr)").
+func settingName(env string, stdinMode bool) string {
+	n, flag := env, devFlags[env]
+	for _, s := range agentSettings {
+		if s.env == env {
+			if stdinMode {
+				n = fmt.Sprintf("stdin config %q", s.key)
+			}
+			flag = s.flag
+			break
+		}
+	}
+	if flag != "" {
+		n += " (or --" + flag + ")"
+	}
+	return n
+}
+
+// devFlags are the flags of the settings `timerd dev` has and the agent has
+// not.
+var devFlags = map[string]string{"TIMERD_API_ADDR": "api-addr"}
+
+// settingUsageError turns a *node.SettingError in err into the usage error
+// (exit status 2) that names the setting and its flag, as a bad setting is
+// named at start; other errors are returned as they are.
+func settingUsageError(err error) error {
+	var se *node.SettingError
+	if !errors.As(err, &se) {
+		return err
+	}
+	return usagef("%s: %w", settingName(se.Setting, false), se.Err)
+}
+
 // checkClusterField checks the one field set in cc as the cluster would,
-// without the "cluster config: Field:" prefix (the caller names the
+// without the "cluster config: Field:" of its message (the caller names the
 // setting). The other fields are valid defaults.
 func checkClusterField(cc cluster.Config) error {
 	if cc.NodeName == "" {
 		cc.NodeName = "n" // the host name is checked elsewhere
 	}
 	err := cc.Validate()
-	if err == nil {
-		return nil
+	var fe *cluster.FieldError
+	if errors.As(err, &fe) {
+		return fe.Err
 	}
-	msg := strings.TrimPrefix(err.Error(), cluster.ErrConfig.Error()+": ")
-	if _, rest, ok := strings.Cut(msg, ": "); ok {
-		msg = rest
-	}
-	return errors.New(msg)
+	return err
 }
 
 // readStdinConfig reads exactly one JSON object.
@@ -594,10 +610,12 @@ func checkMQURL(v string) error {
 	if u.Scheme != "amqp" && u.Scheme != "amqps" {
 		return fmt.Errorf("scheme %q is not amqp or amqps", truncateSetting(u.Scheme))
 	}
-	if err := (ingest.ConsumerConfig{URL: v, Queue: "q"}).Validate(); err != nil {
-		return errors.New(strings.TrimPrefix(err.Error(), "mq: URL: "))
+	err = pubsub.ValidateURL(v)
+	var ue *pubsub.URLError
+	if errors.As(err, &ue) {
+		return ue.Err // without "mq: URL:": the caller names the setting
 	}
-	return nil
+	return err
 }
 
 // checkToken checks that v looks like a usable JWT, with exp and iat (its
@@ -665,6 +683,8 @@ func checkName(v string, max int) error {
 	return nil
 }
 
+var durationDays = regexp.MustCompile(`^(\d+)d(.*)$`)
+
 // parseSettingDuration reads a Go duration, optionally led by whole days
 // (7d, 1d12h); a bare 0 is zero.
 func parseSettingDuration(v string) (time.Duration, error) {
@@ -674,7 +694,7 @@ func parseSettingDuration(v string) (time.Duration, error) {
 	}
 	var days time.Duration
 	rest := v
-	if m := ttlDays.FindStringSubmatch(v); m != nil {
+	if m := durationDays.FindStringSubmatch(v); m != nil {
 		n, err := strconv.ParseInt(m[1], 10, 64)
 		if err != nil || n > 100_000 {
 			return 0, fmt.Errorf("%q: too many days", truncateSetting(v))
@@ -746,11 +766,15 @@ func parseSensorTriggers(v string) ([]attune.RemoteRule, error) {
 // redactURL hides a password in v (ingest.RedactURL) and truncates it for a message.
 func redactURL(v string) string { return truncateSetting(ingest.RedactURL(v)) }
 
-func truncateSetting(s string) string {
-	if len(s) <= 80 {
+// truncateSetting shortens a setting's value for a message.
+func truncateSetting(s string) string { return truncate(s, 80) }
+
+// truncate cuts s after n bytes, on a rune boundary, and marks the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	return s[:80] + "…"
+	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
 func unwrapPathErr(err error) error {

@@ -63,8 +63,8 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		check func(c *agentConfig) string // "" when right
 	}{
 		{"defaults", base, "", nil, func(c *agentConfig) string {
-			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQExchange != "attune" || c.Workers != 0 || c.DeliveryBudget != 512 ||
-				c.ReconcileInterval != 5*time.Minute || c.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
+			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQ.Exchange != "attune" || c.Workers != 0 || c.DeliveryBudget != 512 ||
+				c.ReconcileInterval != 5*time.Minute || c.MQ.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
 				c.CommitFailureLeaveAfter != 30*time.Second || c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" ||
 				c.RejectRetryWindow != 10*time.Minute || c.DeadLetterRetention != 7*24*time.Hour {
 				return "not the documented defaults"
@@ -100,7 +100,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			}},
 		{"stdin replaces env", with("TIMERD_HTTP_ADDR", "127.0.0.1:1"), stdin, []string{"--stdin-config"}, func(c *agentConfig) string {
 			if c.APIURL != "https://stdin-api" || c.DataDir != "/s" || c.HTTPAddr != "127.0.0.1:9000" || c.Workers != 8 ||
-				c.ReconcileInterval != time.Minute || c.QueueExpires != 48*time.Hour || c.MQExchange != "attune.events" || c.MQURL != "" {
+				c.ReconcileInterval != time.Minute || c.MQ.QueueExpires != 48*time.Hour || c.MQ.Exchange != "attune.events" || c.MQ.URL != "" {
 				return "stdin config not applied, or env read"
 			}
 			if len(c.UnknownKeys) != 1 || c.UnknownKeys[0] != "extra" {
@@ -117,40 +117,40 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			}},
 		{"sensor triggers", with("ATTUNE_SENSOR_TRIGGERS", `[{"id":7,"ref":"a","trigger_ref":"core.intervaltimer","config":{"interval":5}},{"id":"8","trigger_ref":"core.webhook","config":null}]`),
 			"", nil, func(c *agentConfig) string {
-				if len(c.SensorTriggers) != 2 || c.SensorTriggers[0].ID != 7 || string(c.SensorTriggers[0].Params) != `{"interval":5}` ||
-					c.SensorTriggers[1].ID != 8 || c.SensorTriggers[1].Params != nil {
+				if len(c.StartupRules) != 2 || c.StartupRules[0].ID != 7 || string(c.StartupRules[0].Params) != `{"interval":5}` ||
+					c.StartupRules[1].ID != 8 || c.StartupRules[1].Params != nil {
 					return "start-up set not parsed"
 				}
 				return ""
 			}},
 		{"cluster defaults", base, "", nil, func(c *agentConfig) string {
 			// Alone, gossip binds to loopback: nobody needs to reach it.
-			if c.BindAddr != "127.0.0.1:7946" || c.AdvertiseAddr != "" || c.Join != nil || c.JoinTimeout != 10*time.Second ||
-				c.GossipKey != "" || c.Expect != 1 || c.Retired != nil || c.GossipInsecure {
+			if c.Gossip.BindAddr != "127.0.0.1:7946" || c.Gossip.AdvertiseAddr != "" || c.Gossip.Join != nil || c.Gossip.JoinTimeout != 10*time.Second ||
+				c.Gossip.GossipKey != "" || c.Gossip.Expect != 1 || c.Retired != nil || c.GossipInsecure {
 				return "not the documented cluster defaults"
 			}
 			return ""
 		}},
 		{"a cluster binds every address by default", with("TIMERD_JOIN", "p:7946", "TIMERD_GOSSIP_KEY", gossipKey), "", nil, func(c *agentConfig) string {
-			if c.BindAddr != "0.0.0.0:7946" {
-				return "a node that joins binds " + c.BindAddr
+			if c.Gossip.BindAddr != "0.0.0.0:7946" {
+				return "a node that joins binds " + c.Gossip.BindAddr
 			}
 			return ""
 		}},
 		{"alone, a bind address given is kept", with("TIMERD_BIND_ADDR", "0.0.0.0:7000"), "", nil, func(c *agentConfig) string {
-			if c.BindAddr != "0.0.0.0:7000" {
+			if c.Gossip.BindAddr != "0.0.0.0:7000" {
 				return "TIMERD_BIND_ADDR not kept"
 			}
 			return ""
 		}},
 		{"unencrypted cluster, said explicitly", with("TIMERD_JOIN", "p:7946", "TIMERD_GOSSIP_INSECURE", "true"), "", nil, func(c *agentConfig) string {
-			if !c.GossipInsecure || c.GossipKey != "" {
+			if !c.GossipInsecure || c.Gossip.GossipKey != "" {
 				return "TIMERD_GOSSIP_INSECURE not taken"
 			}
 			return ""
 		}},
 		{"keyring file", with("TIMERD_EXPECT", "3", "TIMERD_GOSSIP_KEYRING_FILE", keyringFile(t, gossipKey)), "", nil, func(c *agentConfig) string {
-			if c.GossipKeyring == "" {
+			if c.Gossip.GossipKeyringFile == "" {
 				return "TIMERD_GOSSIP_KEYRING_FILE not taken"
 			}
 			return ""
@@ -158,8 +158,8 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		{"cluster env", with("TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_ADVERTISE_ADDR", "10.0.0.5:7001",
 			"TIMERD_JOIN", " timerd-0.timerd:7946, 10.0.0.6 ,[::1]:7946", "TIMERD_JOIN_TIMEOUT", "30s",
 			"TIMERD_GOSSIP_KEY", gossipKey, "TIMERD_EXPECT", " 3 "), "", nil, func(c *agentConfig) string {
-			if c.BindAddr != "127.0.0.1:7000" || c.AdvertiseAddr != "10.0.0.5:7001" || c.JoinTimeout != 30*time.Second || c.Expect != 3 ||
-				c.GossipKey != gossipKey || strings.Join(c.Join, "|") != "timerd-0.timerd:7946|10.0.0.6|[::1]:7946" {
+			if c.Gossip.BindAddr != "127.0.0.1:7000" || c.Gossip.AdvertiseAddr != "10.0.0.5:7001" || c.Gossip.JoinTimeout != 30*time.Second || c.Gossip.Expect != 3 ||
+				c.Gossip.GossipKey != gossipKey || strings.Join(c.Gossip.Join, "|") != "timerd-0.timerd:7946|10.0.0.6|[::1]:7946" {
 				return "cluster env not applied"
 			}
 			return ""
@@ -187,14 +187,14 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			}},
 		{"cluster flags over env", with("TIMERD_JOIN", "a:1", "TIMERD_BIND_ADDR", "127.0.0.1:7000", "TIMERD_EXPECT", "3", "TIMERD_GOSSIP_KEY", gossipKey), "",
 			[]string{"--join", "b:2,c:3", "--bind-addr", ":0", "--join-timeout", "1s", "--expect", "5"}, func(c *agentConfig) string {
-				if strings.Join(c.Join, "|") != "b:2|c:3" || c.BindAddr != ":0" || c.JoinTimeout != time.Second || c.Expect != 5 {
+				if strings.Join(c.Gossip.Join, "|") != "b:2|c:3" || c.Gossip.BindAddr != ":0" || c.Gossip.JoinTimeout != time.Second || c.Gossip.Expect != 5 {
 					return "cluster flags did not win"
 				}
 				return ""
 			}},
 		{"cluster stdin, join as an array", base, `{"api_url":"http://x","api_token":"` + tok + `","data_dir":"/s","mq_url":"amqp://mq/",
 			"join":["p1:7946","p2"],"gossip_key":"` + gossipKey + `","join_timeout":"5s","expect":3}`, []string{"--stdin-config"}, func(c *agentConfig) string {
-			if strings.Join(c.Join, "|") != "p1:7946|p2" || c.GossipKey != gossipKey || c.JoinTimeout != 5*time.Second || c.Expect != 3 {
+			if strings.Join(c.Gossip.Join, "|") != "p1:7946|p2" || c.Gossip.GossipKey != gossipKey || c.Gossip.JoinTimeout != 5*time.Second || c.Gossip.Expect != 3 {
 				return "cluster stdin config not applied"
 			}
 			return ""
@@ -204,7 +204,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			delete(m, "ATTUNE_API_TOKEN")
 			return m
 		}(), "", nil, func(c *agentConfig) string {
-			if c.APITokenFile != "config_test.go" || c.APIToken != "" {
+			if c.TokenFile != "config_test.go" || c.Token != "" {
 				return "token file not taken"
 			}
 			return ""
@@ -261,6 +261,7 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"token and token file", with("ATTUNE_API_TOKEN_FILE", "config_test.go"), "", nil, "ATTUNE_API_TOKEN_FILE: set it or ATTUNE_API_TOKEN, not both"},
 		{"token file missing", with("ATTUNE_API_TOKEN", "<unset>", "ATTUNE_API_TOKEN_FILE", "/nonexistent/t"), "", nil, `ATTUNE_API_TOKEN_FILE: "/nonexistent/t" cannot be read`},
 		{"mq url scheme", with("ATTUNE_MQ_URL", "http://u:pw@mq/"), "", nil, `ATTUNE_MQ_URL: scheme "http" is not amqp or amqps`},
+		{"mq url with a space", with("ATTUNE_MQ_URL", "amqp://u:pw@mq/v host"), "", nil, "ATTUNE_MQ_URL: URI must not contain whitespace"},
 		{"mq exchange too long", with("ATTUNE_MQ_EXCHANGE", strings.Repeat("x", 256)), "", nil, "ATTUNE_MQ_EXCHANGE:"},
 		{"sensor ref", with("ATTUNE_SENSOR_REF", "a b"), "", nil, `ATTUNE_SENSOR_REF: "a b" may hold only`},
 		{"log level", with("ATTUNE_LOG_LEVEL", "loud"), "", nil, "ATTUNE_LOG_LEVEL:"},

@@ -252,11 +252,7 @@ func nodeRequest(ctx context.Context, method, u, token string, body []byte) ([]b
 		return nil, fmt.Errorf("%s %s: read: %w", method, u, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		msg := strings.TrimSpace(string(raw))
-		if len(msg) > 200 {
-			msg = msg[:200] + "…"
-		}
-		return nil, fmt.Errorf("%s %s: status %d: %s", method, u, resp.StatusCode, msg)
+		return nil, fmt.Errorf("%s %s: status %d: %s", method, u, resp.StatusCode, truncate(strings.TrimSpace(string(raw)), 200))
 	}
 	return raw, nil
 }

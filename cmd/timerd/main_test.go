@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"strings"
 	"testing"
 )
@@ -17,15 +16,7 @@ func run(args ...string) (stdout string, err error, code int) {
 	cmd.SetErr(&out)
 	cmd.SetArgs(args)
 	err = cmd.ExecuteContext(context.Background())
-	code = 0
-	if err != nil {
-		code = 1
-		var ue usageError
-		if errors.As(err, &ue) {
-			code = 2
-		}
-	}
-	return out.String(), err, code
+	return out.String(), err, exitCode(err)
 }
 
 func TestScheduleNext(t *testing.T) {

@@ -86,6 +86,8 @@ func fetchStatus(ctx context.Context, u, token string) (node.Status, []byte, err
 	return st, raw, nil
 }
 
+// unwrapURLErr drops the *url.Error an http.Client wraps its errors in: it
+// repeats the URL, which the caller's message already holds.
 func unwrapURLErr(err error) error {
 	if ue, ok := err.(interface{ Unwrap() error }); ok && ue.Unwrap() != nil {
 		return ue.Unwrap() // the url.Error repeats the URL

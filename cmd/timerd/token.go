@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -89,29 +87,15 @@ func newTokenIssueCmd() *cobra.Command {
 	return cmd
 }
 
-var ttlDays = regexp.MustCompile(`^(\d+)d(.*)$`)
-
-// parseTTL reads a Go duration, optionally led by whole days: 90d, 1d12h, 36h.
+// parseTTL reads a token's lifetime, a duration as the agent's settings
+// take it (90d, 1d12h, 36h), from 1s to auth.MaxTTL.
 func parseTTL(s string) (time.Duration, error) {
-	var days time.Duration
-	rest := s
-	if m := ttlDays.FindStringSubmatch(s); m != nil {
-		n, err := strconv.ParseInt(m[1], 10, 64)
-		if err != nil || n > int64(auth.MaxTTL/(24*time.Hour)) {
-			return 0, fmt.Errorf("%q: too many days", s)
-		}
-		days, rest = time.Duration(n)*24*time.Hour, m[2]
+	d, err := parseSettingDuration(s)
+	if err != nil {
+		return 0, err
 	}
-	var d time.Duration
-	if rest != "" {
-		var err error
-		if d, err = time.ParseDuration(rest); err != nil {
-			return 0, fmt.Errorf("%q is not a duration like 90d, 1d12h or 36h", s)
-		}
-	}
-	d += days
 	if d < time.Second || d > auth.MaxTTL {
-		return 0, fmt.Errorf("%q: must be between 1s and %v", s, auth.MaxTTL)
+		return 0, fmt.Errorf("%q: must be between 1s and %v", truncateSetting(s), auth.MaxTTL)
 	}
 	return d, nil
 }

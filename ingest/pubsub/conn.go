@@ -13,8 +13,18 @@ import (
 // dialTimeout bounds the TCP connect and the AMQP (and TLS) handshake.
 const dialTimeout = 10 * time.Second
 
+// URLError is a URL ValidateURL refuses; Err says why without echoing the
+// URL (it may carry a password), so that a caller naming the setting can
+// show Err alone.
+type URLError struct{ Err error }
+
+func (e *URLError) Error() string { return "mq: URL: " + e.Err.Error() }
+
+func (e *URLError) Unwrap() error { return e.Err }
+
 // ValidateURL checks that u is an amqp:// or amqps:// URL, without
-// echoing it (it may carry a password).
+// echoing it (it may carry a password). A URL given but refused is a
+// *URLError.
 func ValidateURL(u string) error {
 	if u == "" {
 		return errors.New("mq: URL is required")
@@ -22,10 +32,10 @@ func ValidateURL(u string) error {
 	uri, err := amqp.ParseURI(u)
 	if err != nil {
 		// ParseURI's errors do not include the URL.
-		return fmt.Errorf("mq: URL: %w", err)
+		return &URLError{Err: err}
 	}
 	if uri.Host == "" {
-		return errors.New("mq: URL: no host")
+		return &URLError{Err: errors.New("no host")}
 	}
 	return nil
 }

@@ -208,7 +208,7 @@ func (n *Node) expireDeadLetters(ctx context.Context) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		deleted, err := n.store.DeleteDeadLettersBefore(time.Now().Add(-retention))
+		deleted, err := n.store.DeleteDeadLettersBefore(n.cfg.Now().Add(-retention))
 		switch {
 		case err != nil:
 			n.log.Error("expire dead letters", "err", err)

@@ -148,7 +148,7 @@ func (n *Node) Status() Status {
 		APIURL:      ingest.RedactURL(n.cfg.APIURL),
 		SensorRef:   n.cfg.SensorRef,
 		StorePath:   n.store.Path(),
-		GeneratedAt: time.Now().UTC(),
+		GeneratedAt: n.cfg.Now().UTC(),
 	}
 	s.RulesKnown, _ = n.store.RuleCount()
 	s.OutboxDepth, _ = n.store.OutboxLen()

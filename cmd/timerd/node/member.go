@@ -236,10 +236,10 @@ func (d *driver) publish() {
 	prev := d.snap.Load()
 	s := &memberSnap{self: d.m.Self(), heldVersion: d.m.HeldVersion(), leaseUntil: d.m.LeaseUntil(),
 		always: d.m.Quorum() == 1}
-	if prev != nil && prev.heldVersion == s.heldVersion && time.Since(prev.statusAt) < statusEvery {
+	if prev != nil && prev.heldVersion == s.heldVersion && d.n.cfg.Now().Sub(prev.statusAt) < statusEvery {
 		s.held, s.status, s.stats, s.statusAt = prev.held, prev.status, prev.stats, prev.statusAt
 	} else {
-		s.status, s.stats, s.statusAt = d.m.Status(), d.m.Stats(), time.Now()
+		s.status, s.stats, s.statusAt = d.m.Status(), d.m.Stats(), d.n.cfg.Now()
 		s.held = s.status.Held
 	}
 	d.snap.Store(s)

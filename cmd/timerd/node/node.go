@@ -118,7 +118,11 @@ type Config struct {
 
 	Logger   *slog.Logger
 	Registry *prometheus.Registry // nil: a registry of the node's own
-	Now      func() time.Time     // nil: time.Now
+	// Now is the clock of the node's policy: schedules, rule versions,
+	// dead-letter retention, how long commits have failed. Time spent (logs,
+	// metrics) and the bounds of shutdown's waits read the real clock, as
+	// the contexts they go with do; leases read the boot clock (bootclock.go).
+	Now func() time.Time // nil: time.Now
 }
 
 func (c *Config) setDefaults() {
@@ -158,7 +162,7 @@ func (c *Config) setDefaults() {
 func (c *Config) Validate() error {
 	switch {
 	case c.DataDir == "":
-		return errors.New("data dir: required")
+		return &SettingError{Setting: "TIMERD_DATA_DIR", Err: errors.New("required")}
 	case c.APIURL == "":
 		return errors.New("api url: required")
 	case c.Workers < 0:
@@ -221,25 +225,42 @@ type Node struct {
 
 	consumer *ingest.Consumer // nil without Config.MQ
 	batches  chan batchReq    // consumer → intake goroutine
+
+	closers   closers // what New took, for Close (lifecycle.go)
+	closeOnce sync.Once
+	closeErr  error
+	closed    atomic.Bool // Close was called
+	ran       atomic.Bool // Run was called
 }
 
-// New opens the store and binds the HTTP listener; Run starts the node.
-func New(cfg Config) (*Node, error) {
+// New opens the store, binds the HTTP listener and starts gossip (in a
+// cluster); Run starts the node, and Close releases them if Run is never
+// called. A bad setting fails New with a *SettingError naming it.
+func New(cfg Config) (_ *Node, err error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if err := auth.PrivateDir(cfg.DataDir, cfg.Logger); err != nil {
-		return nil, fmt.Errorf("data dir %q: %w", cfg.DataDir, err)
+		return nil, &SettingError{Setting: "TIMERD_DATA_DIR", Err: fmt.Errorf("%q: %w", cfg.DataDir, err)}
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "node"), batches: make(chan batchReq)}
+	// What is open when a later part fails is released here, last first.
+	defer func() {
+		if err == nil {
+			return
+		}
+		if cerr := n.closers.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
 	reg := cfg.Registry
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	n.metrics = newMetrics(reg, n)
-	n.health = newStoreHealth(reg)
+	n.health = newStoreHealth(reg, cfg.Now)
 
 	tokens := cfg.Tokens
 	src, err := newTokenSource(&cfg, reg)
@@ -255,6 +276,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.store = st
+	n.closers.push(st.Close)
 
 	var retryMax time.Duration
 	if cfg.Cluster != nil {
@@ -276,7 +298,6 @@ func New(cfg Config) (*Node, error) {
 		Registerer: reg,
 	})
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	n.delivery, err = ingest.NewDelivery(ingest.DeliveryConfig{
@@ -293,7 +314,6 @@ func New(cfg Config) (*Node, error) {
 		RejectRetryWindow: cfg.RejectRetryWindow,
 	})
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: tokens}
@@ -310,39 +330,40 @@ func New(cfg Config) (*Node, error) {
 		mq.Registerer = reg
 		n.consumer, err = ingest.NewConsumer(mq)
 		if err != nil {
-			st.Close()
 			return nil, err
 		}
 		n.cfg.MQ = &mq
 	}
 
 	if cfg.HTTPAddr != "" {
-		n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			st.Close()
-			return nil, fmt.Errorf("http addr %q: %w", cfg.HTTPAddr, err)
+		if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, &SettingError{Setting: "TIMERD_HTTP_ADDR", Err: err}
 		}
+		n.closers.push(closeListener(n.ln))
 	}
 	if cfg.Cluster != nil {
 		// Last: it binds the gossip port and starts gossiping.
 		if n.cl, err = cluster.New(cfg.clusterConfig()); err != nil {
-			if n.ln != nil {
-				n.ln.Close()
-			}
-			st.Close()
-			return nil, err
+			return nil, gossipError(err)
 		}
+		n.closers.push(n.cl.Shutdown) // a no-op after Run's Leave
 		// A new incarnation of the node starts here, before anything reads it.
 		if n.drv, err = newDriver(n); err != nil {
-			_ = n.cl.Shutdown()
-			if n.ln != nil {
-				n.ln.Close()
-			}
-			st.Close()
 			return nil, err
 		}
 	}
 	return n, nil
+}
+
+// gossipError names the setting a failure to start gossip is the fault of.
+func gossipError(err error) error {
+	switch {
+	case errors.Is(err, cluster.ErrAdvertise):
+		return &SettingError{Setting: "TIMERD_ADVERTISE_ADDR", Err: err}
+	case errors.Is(err, cluster.ErrBind):
+		return &SettingError{Setting: "TIMERD_BIND_ADDR", Err: err}
+	}
+	return err
 }
 
 // liveMembers is the members of the node's view, itself included (1 alone,
@@ -371,11 +392,18 @@ func (n *Node) HTTPAddr() string {
 // intake, stops firing, leaves the cluster (handing its rules over with
 // their watermarks), flushes the outbox within ShutdownTimeout and closes
 // the store. What is not delivered stays in the outbox for the next start.
-func (n *Node) Run(ctx context.Context) error {
-	defer n.store.Close()
-	if n.cl != nil {
-		defer n.cl.Shutdown() // a no-op after Leave
+// Its error joins the failures of stopping (the HTTP server, gossip, the
+// store). Run runs once: a second call, or one after Close, is ErrClosed.
+func (n *Node) Run(ctx context.Context) (err error) {
+	if n.closed.Load() || !n.ran.CompareAndSwap(false, true) {
+		return ErrClosed
 	}
+	// Last: the HTTP port, gossip and the store, released as Close does.
+	defer func() {
+		if cerr := n.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
 
 	g, gctx := errgroup.WithContext(ctx)
 	// Firing and delivery outlive intake: they stop in order at shutdown.
@@ -401,8 +429,7 @@ func (n *Node) Run(ctx context.Context) error {
 	})
 	abort := func(err error) error {
 		stopHTTP()
-		_ = g.Wait()
-		return err
+		return errors.Join(err, g.Wait())
 	}
 	if n.cl != nil {
 		// Nothing fires before Join decides: joined (with the peers'
@@ -682,7 +709,10 @@ func (n *Node) serveHTTP(ctx context.Context) error {
 	case <-ctx.Done():
 		shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(shutCtx)
+		if err := srv.Shutdown(shutCtx); err != nil {
+			_ = srv.Close() // the requests still running are cut
+			return fmt.Errorf("node http shutdown: %w", err)
+		}
 		return nil
 	}
 }

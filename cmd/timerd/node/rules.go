@@ -46,85 +46,115 @@ type batchReq struct {
 // in this one goroutine so that a reconcile and a message never interleave
 // their writes.
 func (n *Node) intake(ctx context.Context) error {
-	if len(n.cfg.StartupRules) > 0 {
-		if err := n.applyRemote(ctx, n.cfg.StartupRules, time.Time{}, "", "start-up set"); err != nil {
-			n.log.Error("start-up rules not applied; reconcile retries", "err", err)
-		}
-	}
-
+	n.applyStartupRules(ctx)
 	// The queue is declared and bound before the first reconcile: from then
 	// on the broker keeps every message for us, so nothing slips between
 	// the snapshot and the stream. (The in-process channel is subscribed
 	// before Run for the same reason.)
-	if n.consumer != nil {
-		if !n.declare(ctx) {
+	declared := n.consumer == nil || n.declare(ctx)
+	if !declared || !n.reconcileFirst(ctx) {
+		if n.consumer != nil {
 			_ = n.consumer.Close()
+		}
+		return nil
+	}
+	if n.consumer != nil {
+		consuming, wait := n.startConsumer(ctx)
+		defer wait()
+		// Ready means consuming: wait for it, serving the consumer's
+		// batches meanwhile (a queue may already hold messages).
+		if !n.serveUntilConsuming(ctx, consuming) {
 			return nil
 		}
 	}
+	n.becomeReady()
+	n.follow(ctx)
+	return nil
+}
+
+// applyStartupRules applies Config.StartupRules; a failure is logged, and
+// the first reconcile repairs it.
+func (n *Node) applyStartupRules(ctx context.Context) {
+	if len(n.cfg.StartupRules) == 0 {
+		return
+	}
+	if err := n.applyRemote(ctx, n.cfg.StartupRules, time.Time{}, "", "start-up set"); err != nil {
+		n.log.Error("start-up rules not applied; reconcile retries", "err", err)
+	}
+}
+
+// reconcileFirst reconciles until a reconcile succeeds, retrying with capped
+// backoff; it reports false when ctx ended first.
+func (n *Node) reconcileFirst(ctx context.Context) bool {
 	for attempt := 0; ; attempt++ {
 		err := n.reconcile(ctx)
 		if err == nil {
-			break
+			return true
 		}
 		if ctx.Err() != nil {
-			if n.consumer != nil {
-				_ = n.consumer.Close()
-			}
-			return nil
+			return false
 		}
 		wait := min(time.Second<<min(attempt, 5), 30*time.Second)
 		n.log.Warn("first reconcile failed; retrying", "err", err, "retry_in", wait)
 		if !sleepCtx(ctx, wait) {
-			if n.consumer != nil {
-				_ = n.consumer.Close()
-			}
-			return nil
+			return false
 		}
 	}
+}
 
-	if n.consumer != nil {
-		consuming := make(chan struct{})
-		var once bool
-		consumerDone := make(chan error, 1)
-		go func() {
-			consumerDone <- n.consumer.RunBatch(ctx, ingest.BatchHandler{
-				Handle: func(msgs []attune.Message) error { return n.submit(ctx, msgs) },
-				Max:    n.cfg.IntakeBatch,
-				Consuming: func(on bool) {
-					// Called from the consumer goroutine only.
-					if on && !once {
-						once = true
-						close(consuming)
-					}
-				},
-			})
-		}()
-		defer func() {
-			if err := <-consumerDone; err != nil {
-				n.log.Error("lifecycle consumer stopped", "err", err)
-			}
-		}()
-		// Ready means consuming: wait for it, serving the consumer's
-		// batches meanwhile (a queue may already hold messages).
-	wait:
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-consuming:
-				break wait
-			case req := <-n.batches:
-				req.done <- n.applyMessages(req.msgs)
-			}
+// startConsumer runs the lifecycle consumer until ctx ends, its batches
+// handed to the intake goroutine (submit). consuming is closed once it
+// consumes; wait waits for it to stop.
+func (n *Node) startConsumer(ctx context.Context) (consuming <-chan struct{}, wait func()) {
+	on := make(chan struct{})
+	closed := false // touched by the consumer goroutine only
+	done := make(chan error, 1)
+	go func() {
+		done <- n.consumer.RunBatch(ctx, ingest.BatchHandler{
+			Handle: func(msgs []attune.Message) error { return n.submit(ctx, msgs) },
+			Max:    n.cfg.IntakeBatch,
+			Consuming: func(consuming bool) {
+				if consuming && !closed {
+					closed = true
+					close(on)
+				}
+			},
+		})
+	}()
+	return on, func() {
+		if err := <-done; err != nil {
+			n.log.Error("lifecycle consumer stopped", "err", err)
 		}
 	}
+}
+
+// serveUntilConsuming applies the consumer's batches until it consumes; it
+// reports false when ctx ended first.
+func (n *Node) serveUntilConsuming(ctx context.Context, consuming <-chan struct{}) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-consuming:
+			return true
+		case req := <-n.batches:
+			req.done <- n.applyMessages(req.msgs)
+		}
+	}
+}
+
+// becomeReady marks the node ready: its rule book is loaded and followed.
+func (n *Node) becomeReady() {
 	n.ready.Store(true)
 	if n.drv != nil {
 		n.drv.markReady() // the rule book is loaded: it may acquire partitions now
 	}
 	n.log.Info("node ready", "rules", n.engine.Len(), "lifecycle", n.lifecycleSource())
+}
 
+// follow applies lifecycle messages, from the consumer or the in-process
+// bus, and reconciles every ReconcileInterval, until ctx ends.
+func (n *Node) follow(ctx context.Context) {
 	var tick <-chan time.Time
 	if n.cfg.ReconcileInterval > 0 {
 		t := time.NewTicker(n.cfg.ReconcileInterval)
@@ -135,7 +165,7 @@ func (n *Node) intake(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case req := <-n.batches:
 			req.done <- n.applyMessages(req.msgs)
 		case m, ok := <-n.cfg.Lifecycle:
@@ -143,21 +173,7 @@ func (n *Node) intake(ctx context.Context) error {
 				n.cfg.Lifecycle = nil // closed: keep reconciling
 				continue
 			}
-			pending = append(pending[:0], m)
-			// Take what is already waiting: one commit for all of it.
-		drain:
-			for len(pending) < n.cfg.IntakeBatch {
-				select {
-				case m, ok := <-n.cfg.Lifecycle:
-					if !ok {
-						n.cfg.Lifecycle = nil
-						break drain
-					}
-					pending = append(pending, m)
-				default:
-					break drain
-				}
-			}
+			pending = n.takeWaiting(append(pending[:0], m))
 			// The in-process bus cannot redeliver: a store failure is
 			// logged (and counted); the next reconcile repairs it.
 			if err := n.applyMessages(pending); err != nil {
@@ -170,6 +186,24 @@ func (n *Node) intake(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// takeWaiting appends to batch the messages already waiting on the
+// in-process bus, up to IntakeBatch: one commit for all of them.
+func (n *Node) takeWaiting(batch []attune.Message) []attune.Message {
+	for len(batch) < n.cfg.IntakeBatch {
+		select {
+		case m, ok := <-n.cfg.Lifecycle:
+			if !ok {
+				n.cfg.Lifecycle = nil // closed: keep reconciling
+				return batch
+			}
+			batch = append(batch, m)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (n *Node) lifecycleSource() string {

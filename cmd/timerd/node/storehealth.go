@@ -19,10 +19,11 @@ type storeHealth struct {
 	since    time.Time // the first failure since the last success; zero while commits succeed
 	lastErr  error
 	failures prometheus.Counter
+	now      func() time.Time // the node's clock: how long commits fail decides a leave (offline.go)
 }
 
-func newStoreHealth(reg prometheus.Registerer) *storeHealth {
-	h := &storeHealth{failures: prometheus.NewCounter(prometheus.CounterOpts{
+func newStoreHealth(reg prometheus.Registerer, now func() time.Time) *storeHealth {
+	h := &storeHealth{now: now, failures: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "timerd_store_commit_failures_total",
 		Help: "Commits of the node's store that failed (a full disk, an I/O error): fires, protocol writes and probes.",
 	})}
@@ -41,7 +42,7 @@ func newStoreHealth(reg prometheus.Registerer) *storeHealth {
 			Help: "How long the store's commits have been failing (since the first failure after the last success); 0 while they succeed.",
 		}, func() float64 {
 			if since, _, failing := h.failing(); failing {
-				return time.Since(since).Seconds()
+				return h.now().Sub(since).Seconds()
 			}
 			return 0
 		}),
@@ -61,7 +62,7 @@ func (h *storeHealth) record(err error) {
 	defer h.mu.Unlock()
 	h.failures.Inc()
 	if h.since.IsZero() {
-		h.since = time.Now()
+		h.since = h.now()
 	}
 	h.lastErr = err
 }
@@ -76,7 +77,7 @@ func (h *storeHealth) failing() (since time.Time, err error, ok bool) {
 // failingFor is how long commits have been failing; 0 while they succeed.
 func (h *storeHealth) failingFor() time.Duration {
 	if since, _, ok := h.failing(); ok {
-		return time.Since(since)
+		return h.now().Sub(since)
 	}
 	return 0
 }

@@ -18,7 +18,7 @@ import (
 // succeed meanwhile do not clear it, failed probes count as failures.
 func TestStoreHealthClearsOnlyOnAProbe(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newStoreHealth(prometheus.NewRegistry())
+		h := newStoreHealth(prometheus.NewRegistry(), time.Now)
 		full := errors.New("write node.db: no space left on device")
 		probes := 0
 		probe := func() error {

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"fmt"
 	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +12,7 @@ import (
 // cfg.TokenFile, refreshed through the API's POST /auth/refresh; nil when
 // neither is set. The token in use is kept in DataDir/api.token, so a
 // restart resumes with the last refreshed token. Its metrics (timerd_token_*) go to reg.
+// A token that cannot be used is a *SettingError naming the setting it came from.
 func newTokenSource(cfg *Config, reg prometheus.Registerer) (*auth.Source, error) {
 	if cfg.Token == "" && cfg.TokenFile == "" {
 		return nil, nil
@@ -30,7 +30,11 @@ func newTokenSource(cfg *Config, reg prometheus.Registerer) (*auth.Source, error
 		Registerer: reg,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("api token: %w", err)
+		setting := "ATTUNE_API_TOKEN"
+		if cfg.TokenFile != "" {
+			setting = "ATTUNE_API_TOKEN_FILE"
+		}
+		return nil, &SettingError{Setting: setting, Err: err}
 	}
 	return src, nil
 }

@@ -361,8 +361,8 @@ func TestNodeTokenConfig(t *testing.T) {
 	}{
 		{"token and Tokens", func(c *Config) { c.Token = good; c.Tokens = staticSource(good) }, "not both"},
 		{"token and file", func(c *Config) { c.Token = good; c.TokenFile = "/nonexistent" }, "TokenFile"},
-		{"not a jwt", func(c *Config) { c.Token = "secret-but-not-a-jwt" }, "api token"},
-		{"missing file", func(c *Config) { c.TokenFile = t.TempDir() + "/none" }, "api token"},
+		{"not a jwt", func(c *Config) { c.Token = "secret-but-not-a-jwt" }, "ATTUNE_API_TOKEN: "},
+		{"missing file", func(c *Config) { c.TokenFile = t.TempDir() + "/none" }, "ATTUNE_API_TOKEN_FILE: "},
 		{"refresh fraction", func(c *Config) { c.Token = good; c.TokenRefreshAt = 1.5 }, "RefreshAt"},
 	}
 	for _, tc := range tests {

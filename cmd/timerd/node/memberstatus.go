@@ -6,46 +6,8 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster"
-	"github.com/timerd/timerd/cluster/protocol"
-	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
-
-// clusterConfig is Config.Cluster with the node's name, logger and registry
-// where it leaves them unset.
-func (c *Config) clusterConfig() cluster.Config {
-	cc := *c.Cluster
-	if cc.NodeName == "" {
-		cc.NodeName = c.NodeName
-	}
-	if cc.Logger == nil {
-		cc.Logger = c.Logger
-	}
-	if cc.Registerer == nil && c.Registry != nil {
-		cc.Registerer = c.Registry
-	}
-	return cc
-}
-
-// runnableLocked reports whether the engine may run rule id: always on a single
-// node; in a cluster when its partition is fired here (member.go). ownMu is held.
-func (n *Node) runnableLocked(id int64) bool {
-	return n.drv == nil || n.drv.runnableLocked(id)
-}
-
-// clusterWatermark is what the cluster last fired of a rule this node does not
-// store yet, as its store knows it (the watermarks of fires replicated to this
-// node and of the grants it received): zero if none.
-func (n *Node) clusterWatermark(id int64) scheduler.Watermark {
-	if n.cl == nil {
-		return scheduler.Watermark{}
-	}
-	wm, ok, err := n.store.LoadWatermark(id)
-	if err != nil || !ok || wm.Slot == protocol.NoSlot {
-		return scheduler.Watermark{}
-	}
-	return scheduler.Watermark{Slot: time.Unix(0, wm.Slot).UTC(), Count: wm.Count}
-}
 
 // MemberStatus is one member of the cluster in /v1/status.
 type MemberStatus struct {
@@ -94,7 +56,7 @@ func (n *Node) ownerCounts(view []string) map[string]int {
 	defer c.mu.Unlock()
 	key := strings.Join(view, ",")
 	rules, _ := n.store.RuleCount()
-	if c.counts != nil && c.view == key && (c.rules == rules || time.Since(c.at) < membersRecount) {
+	if c.counts != nil && c.view == key && (c.rules == rules || n.cfg.Now().Sub(c.at) < membersRecount) {
 		return c.counts
 	}
 	counts := map[string]int{}
@@ -109,7 +71,7 @@ func (n *Node) ownerCounts(view []string) map[string]int {
 			return c.counts
 		}
 	}
-	c.view, c.rules, c.at, c.counts = key, rules, time.Now(), counts
+	c.view, c.rules, c.at, c.counts = key, rules, n.cfg.Now(), counts
 	return counts
 }
 
