@@ -15,6 +15,7 @@ import (
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/internal/backoff"
 	"github.com/timerd/timerd/ingest/pubsub"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // ConsumerConfig configures a Consumer.
@@ -132,12 +133,8 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 			}),
 		},
 	}
-	if cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{c.metrics.connected, c.metrics.reconnects, c.metrics.requeued} {
-			if err := cfg.Registerer.Register(m); err != nil {
-				return nil, fmt.Errorf("mq consumer: register metrics: %w", err)
-			}
-		}
+	if _, err := metricset.Register(cfg.Registerer, c.metrics.connected, c.metrics.reconnects, c.metrics.requeued); err != nil {
+		return nil, fmt.Errorf("mq consumer: %w", err)
 	}
 	return c, nil
 }

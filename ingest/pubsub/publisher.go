@@ -14,6 +14,7 @@ import (
 
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/internal/backoff"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // ErrMQUnavailable is returned by AMQPPublisher.Publish while the broker is
@@ -90,6 +91,7 @@ type AMQPPublisher struct {
 
 	connected prometheus.Gauge
 	published *prometheus.CounterVec
+	metrics   prometheus.Collector // both, registered on cfg.Registerer; nil without one
 }
 
 var _ attune.Publisher = (*AMQPPublisher)(nil)
@@ -120,13 +122,11 @@ func NewPublisher(cfg PublisherConfig) (*AMQPPublisher, error) {
 	for _, r := range []string{"confirmed", "nacked", "error"} {
 		p.published.WithLabelValues(r)
 	}
-	if cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{p.connected, p.published} {
-			if err := cfg.Registerer.Register(m); err != nil {
-				return nil, fmt.Errorf("mq publisher: register metrics: %w", err)
-			}
-		}
+	metrics, err := metricset.Register(cfg.Registerer, p.connected, p.published)
+	if err != nil {
+		return nil, fmt.Errorf("mq publisher: %w", err)
 	}
+	p.metrics = metrics
 	return p, nil
 }
 
@@ -273,11 +273,14 @@ func (p *AMQPPublisher) dropLocked() {
 	p.connected.Set(0)
 }
 
-// Close closes the connection; later Publish calls fail with
+// Close closes the connection and unregisters the metrics; later Publish calls fail with
 // ErrPublisherClosed. It is idempotent.
 func (p *AMQPPublisher) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.closed && p.metrics != nil {
+		p.cfg.Registerer.Unregister(p.metrics)
+	}
 	p.closed = true
 	p.dropLocked()
 	return nil
