@@ -123,8 +123,6 @@ type Server struct {
 	committer sync.WaitGroup // the committer and the revocation cleanup
 	closeOnce sync.Once
 	closeErr  error
-
-	registered prometheus.Collector // the metrics on cfg.Registerer; nil without one
 }
 
 type metrics struct {
@@ -180,12 +178,8 @@ func (s *Server) registerMetrics(reg prometheus.Registerer) error {
 			Help: "Revocation records held: revoked tokens and identities whose tokens have not all expired.",
 		}, func() float64 { return float64(revs.len()) }))
 	}
-	registered, err := metricset.Register(reg, cs...)
-	if err != nil {
-		return err
-	}
-	s.registered = registered
-	return nil
+	_, err := metricset.Register(reg, cs...)
+	return err
 }
 
 var (
@@ -285,9 +279,6 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.quit)
 		s.committer.Wait()
-		if s.registered != nil {
-			s.cfg.Registerer.Unregister(s.registered)
-		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("apiserver: close store: %w", err)
 		}

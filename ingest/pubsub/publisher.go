@@ -91,7 +91,6 @@ type AMQPPublisher struct {
 
 	connected prometheus.Gauge
 	published *prometheus.CounterVec
-	metrics   prometheus.Collector // both, registered on cfg.Registerer; nil without one
 }
 
 var _ attune.Publisher = (*AMQPPublisher)(nil)
@@ -122,11 +121,9 @@ func NewPublisher(cfg PublisherConfig) (*AMQPPublisher, error) {
 	for _, r := range []string{"confirmed", "nacked", "error"} {
 		p.published.WithLabelValues(r)
 	}
-	metrics, err := metricset.Register(cfg.Registerer, p.connected, p.published)
-	if err != nil {
+	if _, err := metricset.Register(cfg.Registerer, p.connected, p.published); err != nil {
 		return nil, fmt.Errorf("mq publisher: %w", err)
 	}
-	p.metrics = metrics
 	return p, nil
 }
 
@@ -273,14 +270,11 @@ func (p *AMQPPublisher) dropLocked() {
 	p.connected.Set(0)
 }
 
-// Close closes the connection and unregisters the metrics; later Publish calls fail with
+// Close closes the connection; later Publish calls fail with
 // ErrPublisherClosed. It is idempotent.
 func (p *AMQPPublisher) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.closed && p.metrics != nil {
-		p.cfg.Registerer.Unregister(p.metrics)
-	}
 	p.closed = true
 	p.dropLocked()
 	return nil
