@@ -326,15 +326,11 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	}
 	cfg = cfg.withDefaults()
 	endpoint, _ := eventsURL(cfg.APIURL)
-	metrics, err := newDeliveryMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, err
-	}
 	d := &Delivery{
 		cfg:      cfg,
 		endpoint: endpoint,
 		log:      cfg.Logger.With("component", "delivery"),
-		metrics:  metrics,
+		metrics:  newDeliveryMetrics(),
 		// Enough entries to keep the most POSTs in flight busy while the
 		// delivered ones wait for their ack commit (an fsync: tens of ms on a
 		// busy disk, at 10,000 events/s), and the reads batched.
@@ -349,6 +345,9 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	var err error
 	if d.poster, err = newPoster(endpoint, cfg.maxInFlight()); err != nil {
 		return nil, fmt.Errorf("%w: APIURL: %v", ErrDeliveryConfig, err)
+	}
+	if err := d.metrics.register(cfg.Registerer); err != nil { // last: nothing to undo after it
+		return nil, err
 	}
 	return d, nil
 }

@@ -66,7 +66,8 @@ const (
 	classCatchUp = "catch_up"
 )
 
-func newDeliveryMetrics(reg prometheus.Registerer) (*deliveryMetrics, error) {
+// newDeliveryMetrics makes the delivery's metrics, unregistered.
+func newDeliveryMetrics() *deliveryMetrics {
 	m := &deliveryMetrics{
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_deliveries_total",
@@ -112,9 +113,14 @@ func newDeliveryMetrics(reg prometheus.Registerer) (*deliveryMetrics, error) {
 	}
 	m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
 	m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
+	return m
+}
+
+// register registers m on reg (nil: nowhere).
+func (m *deliveryMetrics) register(reg prometheus.Registerer) error {
 	if _, err := metricset.Register(reg, m.deliveries, m.seconds, m.deadLetters, m.ackFailures, m.rulesPaused,
 		m.rulePauses, m.limit, m.ceiling, m.inFlight, m.limitDecreases); err != nil {
-		return nil, fmt.Errorf("delivery: %w", err)
+		return fmt.Errorf("delivery: %w", err)
 	}
-	return m, nil
+	return nil
 }
