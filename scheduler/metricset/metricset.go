@@ -5,6 +5,9 @@
 // twice on one registry, or two components exporting one name) leaves the
 // registry as it was and comes back as an error naming the metric, never a
 // panic; Unregister of what Register returned removes all of it again.
+// (promauto.With(reg) panics on a clash, and registering metric by metric
+// needs a rollback loop in every package: this is that loop, written once,
+// done by the registry itself.)
 //
 // Scope lets a constructor that builds several components on one registry
 // (node.New) undo all their registrations when a later part fails, and its
@@ -161,7 +164,7 @@ func (s *Scope) MustRegister(cs ...prometheus.Collector) {
 // Unregister unregisters c and forgets it.
 func (s *Scope) Unregister(c prometheus.Collector) bool {
 	s.mu.Lock()
-	s.held = slicesDeleteSame(s.held, c)
+	s.held = withoutCollector(s.held, c)
 	s.mu.Unlock()
 	return s.reg.Unregister(c)
 }
@@ -192,10 +195,10 @@ func (s *Scope) UnregisterAll() error {
 	return nil
 }
 
-// slicesDeleteSame drops the entries of cs that are c itself. Collectors of
+// withoutCollector drops the entries of cs that are c itself. Collectors of
 // an uncomparable type are told apart by nothing and stay (unregistering one
 // twice is harmless).
-func slicesDeleteSame(cs []prometheus.Collector, c prometheus.Collector) []prometheus.Collector {
+func withoutCollector(cs []prometheus.Collector, c prometheus.Collector) []prometheus.Collector {
 	if c == nil || !reflect.TypeOf(c).Comparable() {
 		return cs
 	}
