@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // clusterInt reads a count from the environment (def when unset).
@@ -312,7 +313,7 @@ func (c *tcluster) started(n *cnode, p *proc, wait bool, within time.Duration) {
 	c.t.Helper()
 	ag := &agent{proc: p}
 	ag.nodeURL = p.waitOutput(agentHTTPRe, 30*time.Second)[1]
-	waitFor(c.t, n.short+": gossip address in /v1/status", 30*time.Second, func() bool {
+	testkit.Eventually(c.t, 30*time.Second, n.short+": gossip address in /v1/status", func() bool {
 		st, err := getStatus(ag.nodeURL)
 		if err != nil {
 			return false
@@ -433,7 +434,7 @@ func (c *tcluster) waitStable(what string, within time.Duration, want map[string
 // waitKnown waits until every running node's store holds n enabled rules.
 func (c *tcluster) waitKnown(n int) {
 	c.t.Helper()
-	waitFor(c.t, "every node knows every rule", 30*time.Second, func() bool {
+	testkit.Eventually(c.t, 30*time.Second, "every node knows every rule", func() bool {
 		for _, node := range c.running() {
 			if st, err := getStatus(node.ag.nodeURL); err != nil || st.RulesKnown != n {
 				return false
@@ -446,7 +447,7 @@ func (c *tcluster) waitKnown(n int) {
 // waitHoldAll waits until the nodes named hold every partition between them.
 func (c *tcluster) waitHoldAll(within time.Duration, shorts ...string) {
 	c.t.Helper()
-	waitFor(c.t, strings.Join(shorts, ", ")+" hold every partition", within, func() bool {
+	testkit.Eventually(c.t, within, strings.Join(shorts, ", ")+" hold every partition", func() bool {
 		sum := 0
 		for _, s := range shorts {
 			st, err := getFSStatus(c.node(s).ag.nodeURL)
@@ -466,7 +467,7 @@ func (c *tcluster) waitHoldAll(within time.Duration, shorts ...string) {
 func (c *tcluster) waitDrained(within time.Duration) {
 	c.t.Helper()
 	empty := map[string]bool{}
-	waitFor(c.t, "outboxes drained", within, func() bool {
+	testkit.Eventually(c.t, within, "outboxes drained", func() bool {
 		all := true
 		for _, n := range c.running() {
 			if empty[n.ag.nodeURL] {

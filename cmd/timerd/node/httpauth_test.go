@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // status of GET url with bearer tok ("" for none), over client.
@@ -53,7 +54,7 @@ func TestOperatorEndpointsWantTheToken(t *testing.T) {
 		ReconcileInterval: -1, HTTPTokenFile: tokFile, Registry: prometheus.NewRegistry(),
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	base := "http://" + n.HTTPAddr()
-	waitUntil(t, "ready", 10*time.Second, func() bool { return get(t, base+"/readyz") == 200 })
+	testkit.Eventually(t, 10*time.Second, "ready", func() bool { return get(t, base+"/readyz") == 200 })
 	c := http.DefaultClient
 	for _, open := range []string{"/metrics", "/healthz", "/readyz"} {
 		if code := statusOf(t, c, "GET", base+open, ""); code != http.StatusOK {
@@ -114,7 +115,7 @@ func TestNodeServesTLS(t *testing.T) {
 	pool.AppendCertsFromPEM(certPEM)
 	tlsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	defer tlsClient.CloseIdleConnections()
-	waitUntil(t, "ready over https", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "ready over https", func() bool {
 		resp, err := tlsClient.Get("https://" + n.HTTPAddr() + "/readyz")
 		if err != nil {
 			return false
