@@ -393,42 +393,39 @@ func ringOwners(t *testing.T, members []string, ids []int64) map[int64]string {
 func (c *tcluster) waitStable(what string, within time.Duration, want map[string]int) (map[string]clusterStatus, time.Duration) {
 	c.t.Helper()
 	begin := time.Now()
-	var last string
-	for {
+	var out map[string]clusterStatus
+	testkit.EventuallyWhy(c.t, within, what+": cluster stable", func() (string, bool) {
 		nodes := c.running()
 		var names []string
 		for _, n := range nodes {
 			names = append(names, n.name)
 		}
 		slices.Sort(names)
-		out, ok := map[string]clusterStatus{}, true
+		var why string
+		ok := true
+		out = map[string]clusterStatus{}
 		for _, n := range nodes {
 			st, err := getStatus(n.ag.nodeURL)
 			switch me, _ := st.self(); {
 			case err != nil:
-				last, ok = fmt.Sprintf("%s: %v", n.short, err), false
+				why, ok = fmt.Sprintf("%s: %v", n.short, err), false
 			case !st.Ready:
-				last, ok = n.short+" not ready", false
+				why, ok = n.short+" not ready", false
 			case !slices.Equal(st.alive(), names):
-				last, ok = fmt.Sprintf("%s sees alive %v, want %v", n.short, st.alive(), names), false
+				why, ok = fmt.Sprintf("%s sees alive %v, want %v", n.short, st.alive(), names), false
 			case want != nil && me.RulesOwned != want[n.name]:
-				last, ok = fmt.Sprintf("%s owns %d rules in its view, want %d", n.short, me.RulesOwned, want[n.name]), false
+				why, ok = fmt.Sprintf("%s owns %d rules in its view, want %d", n.short, me.RulesOwned, want[n.name]), false
 			case want != nil && st.RulesOwned != want[n.name]:
-				last, ok = fmt.Sprintf("%s runs %d rules, want %d", n.short, st.RulesOwned, want[n.name]), false
+				why, ok = fmt.Sprintf("%s runs %d rules, want %d", n.short, st.RulesOwned, want[n.name]), false
 			}
 			out[n.short] = st
 			if !ok {
 				break
 			}
 		}
-		if ok {
-			return out, time.Since(begin)
-		}
-		if time.Since(begin) > within {
-			c.t.Fatalf("%s: cluster not stable within %s: %s", what, within, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return why, ok
+	})
+	return out, time.Since(begin)
 }
 
 // waitKnown waits until every running node's store holds n enabled rules.
