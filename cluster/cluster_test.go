@@ -247,7 +247,7 @@ func TestJoinUnreachableDecidesAloneAfterTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Shutdown()
+	defer func() { _ = c.Shutdown() }()
 	if c.Owns(1) || c.Owner(1) != "" || c.View().Version != 0 {
 		t.Fatalf("before Join: Owns(1) %v Owner(1) %q version %d, want nothing owned", c.Owns(1), c.Owner(1), c.View().Version)
 	}
@@ -286,7 +286,7 @@ func TestJoinOnlySelfAnswersIsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Shutdown()
+	defer func() { _ = c.Shutdown() }()
 	c.cfg.Join = []string{c.LocalAddr(), "127.0.0.1:1"} // itself, and nobody
 	begin := time.Now()
 	res, err := c.Join(context.Background())
@@ -310,7 +310,7 @@ func TestJoinCancelledDecidesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Shutdown()
+	defer func() { _ = c.Shutdown() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if _, err := c.Join(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -359,7 +359,7 @@ func TestRejoinAfterAlone(t *testing.T) {
 	if err != nil { // Go listens with SO_REUSEADDR: the port of a closed listener is free
 		t.Fatalf("New(a) on b's join address %s: %v", addr, err)
 	}
-	t.Cleanup(func() { a.Shutdown() })
+	t.Cleanup(func() { _ = a.Shutdown() })
 	if _, err := a.Join(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -181,7 +181,9 @@ func TestReadKeyringRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := filepath.Join(dir, tt.name)
-			os.WriteFile(p, []byte(tt.text), 0o600)
+			if err := os.WriteFile(p, []byte(tt.text), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			_, err := readKeyring(p)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("readKeyring(%q) = %v, want an error containing %q", tt.text, err, tt.want)

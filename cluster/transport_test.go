@@ -485,14 +485,14 @@ func benchFired(b *testing.B, compress bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer a.Shutdown()
+	defer func() { _ = a.Shutdown() }()
 	cb := testConfig("b", a.LocalAddr())
 	quiet(&cb)
 	r, err := New(cb)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer r.Shutdown()
+	defer func() { _ = r.Shutdown() }()
 	ctx, cancel := contextWithTimeout(10 * time.Second)
 	defer cancel()
 	if _, err := a.Join(ctx); err != nil {

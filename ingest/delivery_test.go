@@ -941,7 +941,7 @@ func TestDeliveredEventIsNotPostedAgainWhenItsAckFails(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { d.Run(ctx); close(done) }()
+	go func() { _ = d.Run(ctx); close(done) }()
 	testkit.Eventually(t, 5*time.Second, "every event delivered and an ack failed twice", func() bool {
 		return api.count() >= len(events) && failed.Load() >= 2
 	})

@@ -250,7 +250,7 @@ func TestAgentSurvivesHostileMessages(t *testing.T) {
 	if after := outboxStatus(t, ag.nodeURL); after != before {
 		t.Errorf("node status changed: %+v → %+v", before, after)
 	}
-	if resp, err := http.Get(ag.nodeURL + "/healthz"); err != nil || resp.StatusCode != 200 {
+	if resp, err := http.Get(ag.nodeURL + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("/healthz after the hostile messages: %v %v", resp, err)
 	} else {
 		resp.Body.Close()

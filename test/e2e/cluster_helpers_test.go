@@ -551,7 +551,7 @@ func (c *tcluster) createRule(ref, triggerRef string, params map[string]any) (in
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(raw, &out); err != nil || out.Data.ID <= 0 {
-		return 0, fmt.Errorf("create rule %s: answer %q: %v", ref, raw, err)
+		return 0, fmt.Errorf("create rule %s: answer %q: %w", ref, raw, err)
 	}
 	return out.Data.ID, nil
 }

@@ -361,7 +361,7 @@ func TestFireOnceSIGSTOP(t *testing.T) {
 		return err == nil && after.Incarnation != "" && after.Incarnation != before.Incarnation
 	})
 	newInc := time.Since(woke)
-	_, back := c.waitStable("n2 awake", 60*time.Second, nil)
+	c.waitStable("n2 awake", 60*time.Second, nil)
 	// Ready means settled: each holds every partition its view gives it.
 	// Each view is the 3-node ring (the datetime rules have fired; they
 	// stay in the store, and in the counts of the view).
@@ -382,7 +382,7 @@ func TestFireOnceSIGSTOP(t *testing.T) {
 		}
 		return fmt.Sprintf("%d partitions held of %d", held, cluster.DefaultPartitions), held == cluster.DefaultPartitions
 	})
-	back = time.Since(woke) - newInc
+	back := time.Since(woke) - newInc
 	t.Logf("n2 woke: incarnation %s -> %s %s after SIGCONT; the 3 nodes run what the ring says %s later",
 		before.Incarnation, after.Incarnation, newInc.Round(time.Millisecond), back.Round(time.Millisecond))
 	if got := c.nodeMetric("n2", "timerd_incarnations_fenced_total") - fenced0; got < 1 {
@@ -528,7 +528,6 @@ func TestFireOnceFailover(t *testing.T) {
 		}
 		return len(chk.noEvent) == 0
 	})
-	evs := deadEvs
 	sr, sp, lost := classify(dead.missing, left)
 	t.Logf("with n2 dead: %d of %d slots not stored: %d ready in n2's outbox, %d pending in its store, %d in neither; %d stored twice",
 		len(dead.missing), dead.total, sr, sp, lost, len(dead.twice))
@@ -542,7 +541,7 @@ func TestFireOnceFailover(t *testing.T) {
 	c.start("n2", c.peers("n2"), true, "TIMERD_BIND_ADDR="+c.node("n2").gossip)
 	c.waitStable("n2 back", 30*time.Second, nil)
 	var iv, dt slotCheck
-	evs, _, _ = storedSettled(c, 30*time.Second, func(evs map[int64][]stored) slotCheck {
+	evs, _, _ := storedSettled(c, 30*time.Second, func(evs map[int64][]stored) slotCheck {
 		iv, dt = intervalSlotsOnce(evs, ids, every, from, to), datetimeOnce(evs, dts, dueOf)
 		var all slotCheck
 		all.add(iv)

@@ -57,7 +57,7 @@ func sharedPort(t *testing.T, hosts ...string) (port int, release func()) {
 		}
 		release = func() {
 			for _, c := range closers {
-				c()
+				_ = c()
 			}
 		}
 		if ok {

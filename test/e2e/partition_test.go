@@ -388,7 +388,7 @@ type iptables string
 func (ipt iptables) run(args ...string) error {
 	out, err := exec.Command(string(ipt), append([]string{"-w", "10"}, args...)...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("iptables %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

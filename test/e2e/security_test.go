@@ -104,7 +104,7 @@ func mqUser(t *testing.T, b *broker, name string, configure, write, read string)
 	if out, err := rabbitmqctl("add_user", name, password); err != nil {
 		t.Fatalf("rabbitmqctl add_user: %v: %s", err, out)
 	}
-	t.Cleanup(func() { rabbitmqctl("delete_user", name) })
+	t.Cleanup(func() { _, _ = rabbitmqctl("delete_user", name) })
 	if out, err := rabbitmqctl("set_permissions", "-p", "/", name, configure, write, read); err != nil {
 		t.Fatalf("rabbitmqctl set_permissions: %v: %s", err, out)
 	}

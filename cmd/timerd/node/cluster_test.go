@@ -351,7 +351,7 @@ func TestCommitChecksLeaseAndHolding(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		n.cl.Shutdown()
+		_ = n.cl.Shutdown()
 		n.store.Close()
 	})
 	timer, err := scheduler.Parse("core.intervaltimer", json.RawMessage(`{"interval":1}`), 1)

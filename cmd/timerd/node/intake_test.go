@@ -193,7 +193,9 @@ func TestApplyMessages(t *testing.T) {
 				t.Errorf("timerd_lifecycle_messages_total = %v, want %v", got, want)
 			}
 			var stored []int64
-			n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil })
+			if err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil }); err != nil {
+				t.Fatal(err)
+			}
 			if fmt.Sprint(stored) != fmt.Sprint(tt.rules) {
 				t.Errorf("rules stored = %v, want %v", stored, tt.rules)
 			}
@@ -368,7 +370,9 @@ func TestReconcileVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stored []int64
-	n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil })
+	if err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil }); err != nil {
+		t.Fatal(err)
+	}
 	if fmt.Sprint(stored) != "[1 3]" {
 		t.Errorf("rules after reconcile = %v, want [1 3] (2 pruned, 3 too new to prune, 4's tombstone newer)", stored)
 	}

@@ -56,7 +56,7 @@ func serveAPI(t testing.TB, cfg apiserver.Config) string {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Serve(ctx, ln)
+		_ = srv.Serve(ctx, ln) // its error shows in the tests' requests
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -317,12 +317,14 @@ func ageRule(t *testing.T, dir, ref string, d time.Duration) {
 	}
 	defer st.Close()
 	var found *store.Rule
-	st.ForEachRule(func(r store.Rule, _ store.Watermark) error {
+	if err := st.ForEachRule(func(r store.Rule, _ store.Watermark) error {
 		if r.Ref == ref {
 			found = &r
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if found == nil {
 		t.Fatalf("rule %s not stored", ref)
 	}

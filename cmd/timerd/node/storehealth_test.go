@@ -38,8 +38,8 @@ func TestStoreHealthClearsOnlyOnAProbe(t *testing.T) {
 			t.Errorf("probes while commits succeed: %d, want 0", probes)
 		}
 		h.record(full)
-		h.record(nil) // a small commit that found a freed page
-		if _, err, failing := h.failing(); !failing || err != full {
+		h.record(nil)                                                // a small commit that found a freed page
+		if _, err, failing := h.failing(); !failing || err != full { //nolint:errorlint // the recorded error itself
 			t.Fatalf("failing() after a failed commit then a good one: %v, %v; want true, %v", failing, err, full)
 		}
 		time.Sleep(2*probeEvery + probeEvery/2)

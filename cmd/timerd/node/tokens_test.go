@@ -125,7 +125,7 @@ func (a *authAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if reject {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusUnauthorized)
-			io.WriteString(w, `{"error":"token rejected by the test"}`)
+			_, _ = io.WriteString(w, `{"error":"token rejected by the test"}`)
 			return
 		}
 	case strings.HasPrefix(r.URL.Path, "/auth/"):
