@@ -727,7 +727,7 @@ func rewriteUnsealed(tx *bolt.Tx, ver int) error {
 	err = wb.ForEach(func(k, v []byte) error {
 		wm, chain, err := decodeWatermark(v)
 		if err != nil || len(chain) > 0 {
-			return fmt.Errorf("watermark %x: %v, chain %v", k, err, chain)
+			return fmt.Errorf("watermark %x: %w, chain %v", k, err, chain)
 		}
 		old := binary.BigEndian.AppendUint64(appendTime(nil, wm.Slot), wm.Count)
 		puts = append(puts, struct {
@@ -752,7 +752,7 @@ func checkAllSealed(t *testing.T, s *Store) {
 	t.Helper()
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketRules, bucketWatermarks} {
-			tx.Bucket(b).ForEach(func(k, v []byte) error {
+			_ = tx.Bucket(b).ForEach(func(k, v []byte) error {
 				if _, err := unseal(v); err != nil || v[0] != sealedV3 && !(v[0] == ruleV4 && bytes.Equal(b, bucketRules)) {
 					t.Errorf("%s %x after the upgrade: no checksum (%v)", b, k, err)
 				}
