@@ -341,7 +341,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	}
 	var err error
 	if d.poster, err = newPoster(endpoint, cfg.maxInFlight()); err != nil {
-		return nil, fmt.Errorf("%w: APIURL: %v", ErrDeliveryConfig, err)
+		return nil, fmt.Errorf("%w: APIURL: %w", ErrDeliveryConfig, err)
 	}
 	return d, nil
 }

@@ -268,10 +268,3 @@ func (s *connSet) closeAll() {
 		_ = c.Close()
 	}
 }
-
-// len is the number of connections open.
-func (s *connSet) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
