@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -22,7 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/timerd/timerd/auth"
-	"github.com/timerd/timerd/ingest/internal/backoff"
+	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/store"
 )
 
@@ -962,7 +961,7 @@ func (e *engine) retry(p *pending, retryAfter time.Duration) {
 	cfg := e.d.cfg
 	var wait time.Duration
 	if retryAfter > 0 {
-		wait = min(max(retryAfter, cfg.BackoffMin)+rand.N(cfg.BackoffMin+1), cfg.BackoffMax)
+		wait = backoff.RetryAfter(retryAfter, cfg.BackoffMin, cfg.BackoffMax)
 	} else {
 		wait = backoff.Delay(p.attempt, cfg.BackoffMin, cfg.BackoffMax)
 	}
