@@ -29,7 +29,7 @@ type mqEnv struct {
 
 func newMQEnv(t *testing.T) mqEnv {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last
+	t.Cleanup(func() { goleak.VerifyNone(t, ingest.IgnoreFasthttp...) }) // runs last
 	url := mqtest.URL(t)
 	p := mqtest.Prefix(t)
 	e := mqEnv{url: url, exchange: p + ".x", queue: p + ".q"}

@@ -27,7 +27,7 @@ func BenchmarkAttempt(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer d.ownedTr.CloseIdleConnections()
+	defer d.poster.closeAll()
 	p := &pending{entry: store.OutboxEntry{Seq: 1, Event: store.Event{RuleID: 1, IdempotencyKey: "1:1769517295000000000",
 		Body: benchBody}}}
 	ctx := context.Background()

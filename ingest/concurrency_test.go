@@ -274,8 +274,8 @@ func TestDeliveryReusesAConnectionPerWorker(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewDelivery: %v", err)
 	}
-	if got := d.ownedTr.MaxIdleConnsPerHost; got < budget {
-		t.Errorf("MaxIdleConnsPerHost = %d, want ≥ %d (the most POSTs in flight)", got, budget)
+	if got := d.poster.hc.MaxConns; got < budget {
+		t.Errorf("MaxConns = %d, want ≥ %d (the most POSTs in flight)", got, budget)
 	}
 	if err := d.Flush(context.Background()); err != nil {
 		t.Fatalf("Flush: %v", err)

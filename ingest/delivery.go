@@ -1,14 +1,11 @@
 package ingest
 
 import (
-	"bytes"
 	"container/heap"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -20,7 +17,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/store"
 )
@@ -61,10 +57,6 @@ type DeliveryConfig struct {
 	Timeout      time.Duration // per request, default 10s
 	BackoffMin   time.Duration // first retry delay, default 200ms
 	BackoffMax   time.Duration // cap of the retry delay and of Retry-After, default 30s
-	// Client is optional; the default keeps MaxIdleConnsPerHost = the most
-	// POSTs that may ever be in flight alive, so that every one reuses a
-	// connection (net/http's default of 2 costs 40 % of throughput).
-	Client       *http.Client
 	PollInterval time.Duration // re-scan of the outbox without Notify, default 1s
 	// RejectRetryWindow is how long a 403 or 404 is retried (with the backoff
 	// above), counted from the event's first such answer, before the event is
@@ -245,11 +237,13 @@ func eventsURL(base string) (string, error) {
 type Delivery struct {
 	cfg      DeliveryConfig
 	endpoint string
-	client   *http.Client
-	ownedTr  *http.Transport // the default transport, closed when an engine stops
-	log      *slog.Logger
-	metrics  *deliveryMetrics
-	window   int
+	// poster keeps a connection alive for every POST that may be in flight,
+	// so that every one reuses a connection (net/http's default of 2 idle
+	// connections cost 40 % of throughput); closed when an engine stops.
+	poster  *poster
+	log     *slog.Logger
+	metrics *deliveryMetrics
+	window  int
 	// lim is the adaptive concurrency; it outlives an engine, so that a Flush
 	// after Run starts from what Run learnt. Touched only by the engine that
 	// holds d.engine.
@@ -331,7 +325,6 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	d := &Delivery{
 		cfg:      cfg,
 		endpoint: endpoint,
-		client:   cfg.Client,
 		log:      cfg.Logger.With("component", "delivery"),
 		metrics:  newDeliveryMetrics(cfg.Registerer),
 		// Enough entries to keep the most POSTs in flight busy while the
@@ -345,20 +338,10 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		unacked:  make(map[uint64]struct{}),
 		breakers: make(map[int64]*breaker),
 	}
-	if d.client == nil {
-		d.ownedTr = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			ForceAttemptHTTP2:     true,
-			MaxIdleConns:          max(100, cfg.maxInFlight()),
-			MaxIdleConnsPerHost:   cfg.maxInFlight(),
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   10 * time.Second,
-			ExpectContinueTimeout: time.Second,
-		}
-		d.client = &http.Client{Transport: d.ownedTr}
+	var err error
+	if d.poster, err = newPoster(endpoint, cfg.maxInFlight()); err != nil {
+		return nil, fmt.Errorf("%w: APIURL: %v", ErrDeliveryConfig, err)
 	}
-	d.client = auth.NoRedirects(d.client)
 	return d, nil
 }
 
@@ -504,7 +487,9 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		ackReq:  make(chan []uint64),
 		ackDone: make(chan ackResult, 1),
 	}
-	// Workers stop on close(jobs); their requests on cancel.
+	// Workers stop on close(jobs); their requests on cancel, when the poster
+	// closes its connections.
+	d.poster.open()
 	wctx, cancel := context.WithCancel(ctx)
 	e.wctx = wctx
 	var ackWG sync.WaitGroup
@@ -522,6 +507,8 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	}
 	defer func() {
 		cancel()
+		// POSTs in flight return at once, as with a cancelled request.
+		d.poster.closeAll()
 		close(e.jobs)
 		close(e.ackReq)
 		ackWG.Wait()
@@ -539,9 +526,6 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 			seqs := e.toAck
 			e.toAck = nil
 			e.acked(ackResult{seqs, d.ack(seqs...)})
-		}
-		if d.ownedTr != nil {
-			d.ownedTr.CloseIdleConnections()
 		}
 		d.metrics.onTimeInFlight.Set(0)
 		d.metrics.catchUpInFlight.Set(0)
@@ -973,42 +957,13 @@ func (e *engine) retry(p *pending, retryAfter time.Duration) {
 func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 	out := outcome{p: p}
 	ev := p.entry.Event
-	rctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodPost, d.endpoint, bytes.NewReader(ev.Body))
-	if err != nil {
-		// The endpoint was validated; a request that cannot be built is a
-		// bug, not a reason to lose the event.
-		out.kind, out.reason = outRetry, err.Error()
-		return out
-	}
-	// The header map built whole, its keys canonical already: Header.Set would
-	// canonicalise each key and allocate each value's slice. Accept-Encoding set
-	// here spares the transport a second map to add gzip to (the answer is drained
-	// unread, or read for a dead letter's reason, better in plain text).
 	out.token = d.token()
-	h := make(http.Header, 4)
-	h["Content-Type"] = jsonContentType
-	h["Accept-Encoding"] = identityEncoding
-	h["Idempotency-Key"] = []string{ev.IdempotencyKey}
-	if out.token != "" {
-		h["Authorization"] = d.bearer.header(out.token)
-	}
-	req.Header = h
-
 	start := time.Now()
-	var resp *http.Response
-	if d.ownedTr != nil && req.URL.User == nil {
-		// The default client adds nothing to its transport here (no cookie jar,
-		// no timeout of its own, no URL credentials, redirects not followed):
-		// the transport directly spares Client.Do's copy of the headers for
-		// redirects. The error reads as Client.Do's.
-		if resp, err = d.ownedTr.RoundTrip(req); err != nil {
-			err = &url.Error{Op: "Post", URL: d.endpoint, Err: err}
-		}
-	} else {
-		resp, err = d.client.Do(req)
+	deadline := start.Add(d.cfg.Timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
 	}
+	resp, err := d.poster.post(deadline, ev.IdempotencyKey, d.bearer.header(out.token), ev.Body)
 	if err != nil {
 		if ctx.Err() != nil {
 			out.kind = outCancelled
@@ -1016,21 +971,11 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 		}
 		d.metrics.seconds.Observe(time.Since(start).Seconds())
 		d.metrics.deliveries.WithLabelValues(codeError).Inc()
-		out.kind, out.reason = outRetry, redact(err.Error(), out.token)
+		out.kind, out.reason = outRetry, redact(postError(d.endpoint, err), out.token)
 		return out
 	}
-	code := resp.StatusCode
+	code := resp.status
 	out.status = code
-	var excerpt []byte
-	if isPermanent(code) {
-		excerpt, _ = io.ReadAll(io.LimitReader(resp.Body, reasonExcerpt))
-	}
-	if n := resp.ContentLength; n >= 0 && n <= maxDrainedResponse {
-		_, _ = io.Copy(io.Discard, resp.Body) // bounded by its length already
-	} else {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainedResponse))
-	}
-	_ = resp.Body.Close()
 	d.metrics.seconds.Observe(time.Since(start).Seconds())
 	d.metrics.delivery(code).Inc()
 
@@ -1044,15 +989,15 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 		if isRejectRetried(code) {
 			out.kind = outRejected
 		}
-		out.reason = deadLetterReason(code, excerpt, out.token)
-	case auth.IsRedirect(resp):
-		out.kind, out.reason = outRetry, auth.RedirectNote(resp)
+		out.reason = deadLetterReason(code, resp.excerpt, out.token)
+	case code >= 300 && code < 400:
+		out.kind, out.reason = outRetry, d.poster.redirectNote(resp)
 		d.noteRedirect(out.reason)
 	default:
 		out.kind = outRetry
-		out.reason = resp.Status
-		if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
-			out.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		out.reason = resp.statusLine
+		if resp.retryAfter != "" {
+			out.retryAfter = parseRetryAfter(resp.retryAfter, time.Now())
 		}
 	}
 	return out
@@ -1061,6 +1006,11 @@ func (d *Delivery) attempt(ctx context.Context, p *pending) outcome {
 // isPermanent reports whether a status rejects the event for good: every 4xx
 // but 401 (refresh the token), 408 (timeout), 409 (the same Idempotency-Key
 // is still being processed), 425 (too early) and 429 (rate limited).
+// postError reads as net/http's error for a failed POST: Post "URL": cause.
+func postError(endpoint string, err error) string {
+	return (&url.Error{Op: "Post", URL: RedactURL(endpoint), Err: err}).Error()
+}
+
 func isPermanent(code int) bool {
 	switch code {
 	case http.StatusUnauthorized, http.StatusRequestTimeout, http.StatusConflict,

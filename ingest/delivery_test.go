@@ -27,9 +27,18 @@ import (
 
 // leakCheck registers a goroutine leak check that runs after every cleanup
 // registered later (cleanups run last-in, first-out).
+// ignoreFasthttp: fasthttp's goroutines that end by themselves, after the test
+// that started them: HostClient's closer of idle connections (once none is
+// left) and, behind a proxy, the proxy dialer's DNS cache (a minute after its
+// last dial).
+var ignoreFasthttp = []goleak.Option{
+	goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
+	goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*TCPDialer).tcpAddrsClean"),
+}
+
 func leakCheck(t *testing.T) {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	t.Cleanup(func() { goleak.VerifyNone(t, ignoreFasthttp...) })
 }
 
 func openStore(t testing.TB) *store.Store {

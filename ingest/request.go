@@ -2,17 +2,10 @@ package ingest
 
 import "sync/atomic"
 
-// Header values of every event POST, shared by all requests: the transport only
-// reads a request's headers.
-var (
-	jsonContentType  = []string{"application/json"}
-	identityEncoding = []string{"identity"}
-)
-
 // bearerHeader is the Authorization value of one token.
 type bearerHeader struct {
 	token string
-	value []string
+	value string
 }
 
 // bearerCache keeps the Authorization value of the last token a Delivery posted
@@ -20,12 +13,16 @@ type bearerHeader struct {
 // concatenated into a new string for every POST.
 type bearerCache struct{ last atomic.Pointer[bearerHeader] }
 
-// header returns the Authorization header value of tok, "Bearer <tok>".
-func (c *bearerCache) header(tok string) []string {
+// header returns the Authorization header value of tok, "Bearer <tok>", or ""
+// for no token.
+func (c *bearerCache) header(tok string) string {
+	if tok == "" {
+		return ""
+	}
 	if b := c.last.Load(); b != nil && b.token == tok {
 		return b.value
 	}
-	b := &bearerHeader{token: tok, value: []string{"Bearer " + tok}}
+	b := &bearerHeader{token: tok, value: "Bearer " + tok}
 	c.last.Store(b)
 	return b.value
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -315,9 +316,9 @@ func TestPendingReadyAckDrop(t *testing.T) {
 	want := slices.Clone(refs)
 	slices.SortFunc(want, func(a, b protocol.EventRef) int {
 		if a.Rule != b.Rule {
-			return cmpInt64(a.Rule, b.Rule)
+			return cmp.Compare(a.Rule, b.Rule)
 		}
-		return cmpInt64(a.Slot, b.Slot)
+		return cmp.Compare(a.Slot, b.Slot)
 	})
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Pending() refs = %+v\nwant %+v", got, want)

@@ -105,7 +105,7 @@ func TestShellQuote(t *testing.T) {
 // fires, its events are stored by the API, and Run returns soon after its
 // context is cancelled, leaving no goroutine behind.
 func TestDevRunsInProcess(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), ignoreFasthttp)
 	dir := t.TempDir()
 	d, err := NewDev(DevConfig{DataDir: dir, APIAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"})
 	if err != nil {
@@ -187,7 +187,7 @@ func TestDevRunsInProcess(t *testing.T) {
 // A listen address or data directory dev cannot use is a *SettingError
 // naming it, and NewDev leaves nothing open behind it.
 func TestNewDevBadSettings(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), ignoreFasthttp)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

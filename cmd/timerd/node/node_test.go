@@ -23,8 +23,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, ignoreFasthttp)
 }
+
+// ignoreFasthttp: delivery's HTTP client (fasthttp's HostClient) closes idle
+// connections from a goroutine that ends by itself once none is left, up to
+// its idle timeout after the node stopped.
+var ignoreFasthttp = goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner")
 
 // system is an API server with a bus, on a real listener.
 type system struct {

@@ -1,0 +1,4 @@
+package ingest
+
+// IgnoreFasthttp is ignoreFasthttp for the external test package.
+var IgnoreFasthttp = ignoreFasthttp
