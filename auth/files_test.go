@@ -22,7 +22,9 @@ func TestLoadKeyRefusesAReadableKey(t *testing.T) {
 		t.Fatalf("LoadKey of a 0600 key: %v", err)
 	}
 	for _, mode := range []os.FileMode{0o640, 0o604, 0o644} {
-		os.Chmod(path, mode)
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
 		_, err := LoadKey(path, nil)
 		if !errors.Is(err, ErrKeyReadable) || !strings.Contains(err.Error(), "chmod 600") {
 			t.Errorf("LoadKey of a %v key = %v, want ErrKeyReadable saying chmod 600", mode, err)
@@ -58,7 +60,9 @@ func TestWriteFileAtomicAndPrivateDir(t *testing.T) {
 	if len(entries) != 1 {
 		t.Errorf("the directory holds %d files after two atomic writes, want 1", len(entries))
 	}
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := PrivateDir(dir, log); err != nil {
 		t.Fatal(err)
 	}

@@ -353,7 +353,9 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 }
 
-// backoff is min·2^(n−1), capped at max.
+// backoff is min·2^(n−1), capped at max: the ceiling of ingest/backoff.Delay
+// without its jitter, exact because TestSourceBacksOff pins the schedule
+// (auth, a leaf, imports nothing of ingest).
 func backoff(minD, maxD time.Duration, n int) time.Duration {
 	d := minD
 	for i := 1; i < n && d < maxD; i++ {

@@ -425,7 +425,7 @@ func TestHTTPRefresher(t *testing.T) {
 		return func(w http.ResponseWriter, r *http.Request) {
 			gotAuth = r.Header.Get("Authorization")
 			b := new(bytes.Buffer)
-			b.ReadFrom(r.Body)
+			_, _ = b.ReadFrom(r.Body)
 			gotBody = b.String()
 			w.WriteHeader(status)
 			fmt.Fprint(w, body)

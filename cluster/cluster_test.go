@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -84,23 +85,6 @@ func start(t *testing.T, cfg Config) (*Cluster, *logBuf) {
 	return c, lb
 }
 
-var dumpLogs func()
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			if dumpLogs != nil {
-				dumpLogs()
-			}
-			t.Fatalf("not within %v: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func viewHas(c *Cluster, n int, names ...string) bool {
 	v := c.View()
 	if len(v.Members) != n {
@@ -147,7 +131,7 @@ func TestScaleOutAndLeave(t *testing.T) {
 	c, _ := start(t, testConfig("c", a.LocalAddr()))
 	nodes := []*Cluster{a, b, c}
 	for _, n := range nodes {
-		eventually(t, 20*time.Second, n.Name()+" sees 3 members", func() bool { return viewHas(n, 3, "a", "b", "c") })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" sees 3 members", func() bool { return viewHas(n, 3, "a", "b", "c") })
 	}
 	own3 := owners(t, nodes...)
 	share := map[string]int{}
@@ -164,15 +148,18 @@ func TestScaleOutAndLeave(t *testing.T) {
 	v3 := a.View()
 	d, dl := start(t, testConfig("d", b.LocalAddr()))
 	nodes = append(nodes, d)
-	dumpLogs = func() {
+	// From here on a failure (a view that does not converge) shows what each node sees and d's log.
+	defer func() {
+		if !t.Failed() {
+			return
+		}
 		for _, n := range nodes {
 			t.Logf("%s view %v members %+v", n.Name(), n.View().Members, n.Members())
 		}
 		t.Logf("d log:\n%s", dl)
-	}
-	defer func() { dumpLogs = nil }()
+	}()
 	for _, n := range nodes {
-		eventually(t, 20*time.Second, n.Name()+" sees 4 members", func() bool { return viewHas(n, 4, "a", "b", "c", "d") })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" sees 4 members", func() bool { return viewHas(n, 4, "a", "b", "c", "d") })
 	}
 	own4 := owners(t, nodes...)
 	moved := 0
@@ -202,14 +189,14 @@ func TestScaleOutAndLeave(t *testing.T) {
 		t.Fatalf("d.Leave: %v", err)
 	}
 	for _, n := range nodes[:3] {
-		eventually(t, 20*time.Second, n.Name()+" drops d", func() bool { return viewHas(n, 3, "a", "b", "c") })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" drops d", func() bool { return viewHas(n, 3, "a", "b", "c") })
 	}
 	t.Logf("peers saw the graceful leave within %v", time.Since(leaveStart))
 	owners(t, nodes[:3]...)
 	// The leave intent is a broadcast: under load it may reach a after
 	// memberlist's own leave notice, so give it a moment.
 	states := map[string]string{}
-	eventually(t, 20*time.Second, "a sees d left and itself alive", func() bool {
+	testkit.Eventually(t, 20*time.Second, "a sees d left and itself alive", func() bool {
 		clear(states)
 		for _, m := range a.Members() {
 			states[m.Name] = m.State
@@ -247,7 +234,7 @@ func TestWrongGossipKeyCannotJoin(t *testing.T) {
 	cfgC := testConfig("c", net.JoinHostPort("localhost", port))
 	cfgC.GossipKey = cfgA.GossipKey
 	start(t, cfgC)
-	eventually(t, 20*time.Second, "a sees c", func() bool { return viewHas(a, 2, "a", "c") })
+	testkit.Eventually(t, 20*time.Second, "a sees c", func() bool { return viewHas(a, 2, "a", "c") })
 }
 
 func TestJoinUnreachableDecidesAloneAfterTimeout(t *testing.T) {
@@ -260,7 +247,7 @@ func TestJoinUnreachableDecidesAloneAfterTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Shutdown()
+	defer func() { _ = c.Shutdown() }()
 	if c.Owns(1) || c.Owner(1) != "" || c.View().Version != 0 {
 		t.Fatalf("before Join: Owns(1) %v Owner(1) %q version %d, want nothing owned", c.Owns(1), c.Owner(1), c.View().Version)
 	}
@@ -299,7 +286,7 @@ func TestJoinOnlySelfAnswersIsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Shutdown()
+	defer func() { _ = c.Shutdown() }()
 	c.cfg.Join = []string{c.LocalAddr(), "127.0.0.1:1"} // itself, and nobody
 	begin := time.Now()
 	res, err := c.Join(context.Background())
@@ -311,7 +298,7 @@ func TestJoinOnlySelfAnswersIsAlone(t *testing.T) {
 	}
 	// The background rejoin goes on: a peer that then joins it makes a cluster of two.
 	b, _ := start(t, testConfig("b", c.LocalAddr()))
-	eventually(t, 20*time.Second, "self and b see each other", func() bool {
+	testkit.Eventually(t, 20*time.Second, "self and b see each other", func() bool {
 		return viewHas(c, 2, "b", "self") && viewHas(b, 2, "b", "self")
 	})
 }
@@ -323,7 +310,7 @@ func TestJoinCancelledDecidesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Shutdown()
+	defer func() { _ = c.Shutdown() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if _, err := c.Join(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -372,12 +359,12 @@ func TestRejoinAfterAlone(t *testing.T) {
 	if err != nil { // Go listens with SO_REUSEADDR: the port of a closed listener is free
 		t.Fatalf("New(a) on b's join address %s: %v", addr, err)
 	}
-	t.Cleanup(func() { a.Shutdown() })
+	t.Cleanup(func() { _ = a.Shutdown() })
 	if _, err := a.Join(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "b joins a in the background", func() bool { return viewHas(b, 2, "a", "b") })
-	eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "a", "b") })
+	testkit.Eventually(t, 20*time.Second, "b joins a in the background", func() bool { return viewHas(b, 2, "a", "b") })
+	testkit.Eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "a", "b") })
 }
 
 // A packet that is no protocol message and no leave intent (an older build's watermark
@@ -423,7 +410,7 @@ func TestOtherPacketsDropped(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, "b counts the gossip packet and takes the leave intent", func() bool {
+	testkit.Eventually(t, 10*time.Second, "b counts the gossip packet and takes the leave intent", func() bool {
 		b.mu.Lock()
 		_, left := b.leaving["gone"]
 		b.mu.Unlock()
@@ -439,7 +426,7 @@ func TestMetricsPerNode(t *testing.T) {
 	cfgB := testConfig("b", a.LocalAddr())
 	cfgB.Registerer = regB
 	start(t, cfgB)
-	eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
+	testkit.Eventually(t, 20*time.Second, "a sees b", func() bool { return viewHas(a, 2, "b") })
 	want := `
 # HELP timerd_cluster_members Members of the cluster as this node sees them, by state.
 # TYPE timerd_cluster_members gauge

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 var (
@@ -53,7 +54,7 @@ func TestGossipKeyRotationWithoutDowntime(t *testing.T) {
 	}
 	whole := func(step string) {
 		t.Helper()
-		eventually(t, 20*time.Second, step+": every node sees three", func() bool {
+		testkit.Eventually(t, 20*time.Second, step+": every node sees three", func() bool {
 			for _, c := range nodes {
 				if !viewHas(c, 3, "a", "b", "c") {
 					return false
@@ -75,7 +76,7 @@ func TestGossipKeyRotationWithoutDowntime(t *testing.T) {
 		for i, f := range files {
 			writeKeyring(t, f, st.keys...)
 			// Node by node, as a rollout goes: the cluster stays whole in between.
-			eventually(t, 5*time.Second, st.name+" applied on "+nodes[i].Name(), func() bool {
+			testkit.Eventually(t, 5*time.Second, st.name+" applied on "+nodes[i].Name(), func() bool {
 				return len(nodes[i].keyring.GetKeys()) == len(st.keys) &&
 					string(nodes[i].keyring.GetPrimaryKey()) == mustDecode(t, st.keys[0])
 			})
@@ -118,7 +119,7 @@ func TestGossipKeyRotationWithoutDowntime(t *testing.T) {
 	if err := os.WriteFile(files[0], []byte("not base64!\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the broken file refused", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the broken file refused", func() bool {
 		return gatheredValue(t, regs[0], "timerd_gossip_keyring_reloads_total", "error") >= 1
 	})
 	if string(nodes[0].keyring.GetPrimaryKey()) != mustDecode(t, newKey) || len(nodes[0].keyring.GetKeys()) != 1 {
@@ -180,7 +181,9 @@ func TestReadKeyringRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := filepath.Join(dir, tt.name)
-			os.WriteFile(p, []byte(tt.text), 0o600)
+			if err := os.WriteFile(p, []byte(tt.text), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			_, err := readKeyring(p)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("readKeyring(%q) = %v, want an error containing %q", tt.text, err, tt.want)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // ownsAny reports whether c owns any of the first ruleIDs rule ids.
@@ -62,7 +63,7 @@ timerd_cluster_quorum ` + strconv.Itoa(quorum) + "\n"
 	cfgB.Expect = 3
 	b, _ := start(t, cfgB)
 	for _, n := range []*Cluster{a, b} {
-		eventually(t, 20*time.Second, n.Name()+" has a quorum with 2 of 3", func() bool { return hasQuorum(n, 2) })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" has a quorum with 2 of 3", func() bool { return hasQuorum(n, 2) })
 	}
 	owners(t, a, b) // every rule owned by exactly one of them
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(gauges(1)), "timerd_cluster_quorum", "timerd_cluster_expected_members"); err != nil {
@@ -74,7 +75,7 @@ timerd_cluster_quorum ` + strconv.Itoa(quorum) + "\n"
 	if err := b.Leave(ctx); err != nil {
 		t.Fatalf("b.Leave: %v", err)
 	}
-	eventually(t, 20*time.Second, "a loses its quorum when b leaves", func() bool {
+	testkit.Eventually(t, 20*time.Second, "a loses its quorum when b leaves", func() bool {
 		v := a.View()
 		return !v.Quorum && len(v.Members) == 1
 	})
@@ -104,7 +105,7 @@ func TestQuorumOfMoreMembersThanExpected(t *testing.T) {
 		nodes, logs = append(nodes, n), append(logs, lb)
 	}
 	for _, n := range nodes {
-		eventually(t, 20*time.Second, n.Name()+" sees 4 members", func() bool { return hasQuorum(n, 4) })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" sees 4 members", func() bool { return hasQuorum(n, 4) })
 	}
 	if v := nodes[0].View(); v.Expect != 4 || v.QuorumSize() != 3 {
 		t.Errorf("a sees 4 with Expect 2: view Expect %d quorum size %d, want 4 and 3", v.Expect, v.QuorumSize())
@@ -120,7 +121,7 @@ func TestQuorumOfMoreMembersThanExpected(t *testing.T) {
 		}
 	}
 	for _, n := range nodes[:2] {
-		eventually(t, 20*time.Second, n.Name()+" counts a quorum of 2 once c and d left gracefully", func() bool {
+		testkit.Eventually(t, 20*time.Second, n.Name()+" counts a quorum of 2 once c and d left gracefully", func() bool {
 			v := n.View()
 			return len(v.Members) == 2 && v.Quorum && v.Expect == 2
 		})
@@ -289,10 +290,10 @@ func TestIslandsMerge(t *testing.T) {
 	east.set("timerd.test", addrs(cd...)...)
 	joinAll(t, append(slices.Clone(ab), cd...)...)
 	for _, n := range ab {
-		eventually(t, 20*time.Second, n.Name()+" sees its island {a,b}", func() bool { return viewHas(n, 2, "a", "b") })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" sees its island {a,b}", func() bool { return viewHas(n, 2, "a", "b") })
 	}
 	for _, n := range cd {
-		eventually(t, 20*time.Second, n.Name()+" sees its island {c,d}", func() bool { return viewHas(n, 2, "c", "d") })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" sees its island {c,d}", func() bool { return viewHas(n, 2, "c", "d") })
 	}
 	all := append(slices.Clone(ab), cd...)
 	for _, n := range all {
@@ -305,7 +306,7 @@ func TestIslandsMerge(t *testing.T) {
 	west.set("timerd.test", addrs(all...)...)
 	east.set("timerd.test", addrs(all...)...)
 	for _, n := range all {
-		eventually(t, 20*time.Second, n.Name()+" sees the 4 nodes with a quorum", func() bool { return hasQuorum(n, 4) })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" sees the 4 nodes with a quorum", func() bool { return hasQuorum(n, 4) })
 	}
 	t.Logf("islands merged %v after the names listed every node (RejoinInterval %v)", time.Since(begin).Round(time.Millisecond), 100*time.Millisecond)
 	owners(t, all...)
@@ -354,7 +355,7 @@ func TestJoinNameResolvingToSelfFirstMerges(t *testing.T) {
 	clear(self)
 	mu.Unlock()
 	for _, n := range nodes {
-		eventually(t, 20*time.Second, n.Name()+" sees 3 members", func() bool { return viewHas(n, 3, "a", "b", "c") })
+		testkit.Eventually(t, 20*time.Second, n.Name()+" sees 3 members", func() bool { return viewHas(n, 3, "a", "b", "c") })
 	}
 	t.Logf("merged %v after the name resolved to every node", time.Since(begin).Round(time.Millisecond))
 	owners(t, nodes...)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // pair starts a and b, joined, each seeing the other.
@@ -33,7 +34,7 @@ func pair(t *testing.T, cfgA, cfgB func(*Config)) (a, b *Cluster, alog, blog *lo
 		cfgB(&cb)
 	}
 	b, blog = start(t, cb)
-	eventually(t, 20*time.Second, "a and b see each other", func() bool {
+	testkit.Eventually(t, 20*time.Second, "a and b see each other", func() bool {
 		return slices.Equal(a.Known(), []string{"b"}) && slices.Equal(b.Known(), []string{"a"})
 	})
 	return a, b, alog, blog
@@ -187,13 +188,13 @@ func TestProtocolBadPacketsDropped(t *testing.T) {
 	if m := receive(t, b, 10*time.Second); m.Sender().Node != "a" {
 		t.Errorf("b received %#v, want a's heartbeat", m)
 	}
-	eventually(t, 10*time.Second, "b counts the malformed and the non-member's messages", func() bool {
+	testkit.Eventually(t, 10*time.Second, "b counts the malformed and the non-member's messages", func() bool {
 		return dropsOf(b, dirIn, protocol.WireMalformed) == malformed+1 && dropsOf(b, dirIn, dropNotMember) == notMember+1
 	})
 	if err := a.Send("b", protocol.Retired{From: protocol.Incarnation{Node: "mallory", N: 1}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "b drops the non-member's message sent with Send", func() bool {
+	testkit.Eventually(t, 10*time.Second, "b drops the non-member's message sent with Send", func() bool {
 		return dropsOf(b, dirIn, dropNotMember) == notMember+2
 	})
 }
@@ -238,7 +239,7 @@ func TestProtocolSlowConsumer(t *testing.T) {
 	}
 	send(1)
 	send(2)
-	eventually(t, 10*time.Second, "b's Messages holds 2", func() bool { return len(b.Messages()) == 2 })
+	testkit.Eventually(t, 10*time.Second, "b's Messages holds 2", func() bool { return len(b.Messages()) == 2 })
 	// Over TCP, so that none is lost on the way: each NotifyMsg returns for the next.
 	node, _ := a.liveNode("b")
 	for seq := uint64(3); seq <= 5; seq++ {
@@ -247,14 +248,14 @@ func TestProtocolSlowConsumer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, "b counts 3 messages dropped as slow_consumer", func() bool {
+	testkit.Eventually(t, 10*time.Second, "b counts 3 messages dropped as slow_consumer", func() bool {
 		return dropsOf(b, dirIn, dropSlowReader) == 3
 	})
 	// The other messages go on: a leave intent reaches b; the held messages are the first two.
 	if err := a.ml.SendReliable(&node, append([]byte{leaveVersion, leaveKind}, "gone"...)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "b has the leave intent", func() bool {
+	testkit.Eventually(t, 10*time.Second, "b has the leave intent", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		_, ok := b.leaving["gone"]
@@ -318,7 +319,7 @@ func TestProtocolWrongGossipKey(t *testing.T) {
 	if err := m.ml.SendReliable(&memberlist.Node{Name: "a", Addr: net.ParseIP(host), Port: uint16(pn)}, p); err != nil {
 		t.Fatalf("TCP from m: %v", err)
 	}
-	eventually(t, 10*time.Second, "a refuses m's packet and stream", func() bool {
+	testkit.Eventually(t, 10*time.Second, "a refuses m's packet and stream", func() bool {
 		l := alog.String()
 		return strings.Contains(l, "Decrypt packet failed") && strings.Contains(l, "failed to receive")
 	})
@@ -484,14 +485,14 @@ func benchFired(b *testing.B, compress bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer a.Shutdown()
+	defer func() { _ = a.Shutdown() }()
 	cb := testConfig("b", a.LocalAddr())
 	quiet(&cb)
 	r, err := New(cb)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer r.Shutdown()
+	defer func() { _ = r.Shutdown() }()
 	ctx, cancel := contextWithTimeout(10 * time.Second)
 	defer cancel()
 	if _, err := a.Join(ctx); err != nil {
@@ -500,13 +501,9 @@ func benchFired(b *testing.B, compress bool) {
 	if _, err := r.Join(ctx); err != nil {
 		b.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !slices.Equal(a.Known(), []string{"b"}) || !slices.Equal(r.Known(), []string{"a"}) {
-		if time.Now().After(deadline) {
-			b.Fatal("a and b did not see each other")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(b, 20*time.Second, "a and b see each other", func() bool {
+		return slices.Equal(a.Known(), []string{"b"}) && slices.Equal(r.Known(), []string{"a"})
+	})
 	from := protocol.Incarnation{Node: "a", N: 1}
 	f := protocol.Fired{From: from}
 	now := time.Now().UnixNano()

@@ -13,7 +13,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/timerd/timerd/ingest/attune"
-	"github.com/timerd/timerd/ingest/internal/backoff"
 	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/scheduler/metricset"
 )
@@ -282,23 +281,4 @@ func ensureExchange(conn *amqp.Connection, ch *amqp.Channel, exchange string) (*
 		return nil, fmt.Errorf("%w (the exchange does not exist yet: Attune's API declares it when it starts)", err)
 	}
 	return ch, nil
-}
-
-// backoff is the wait before reconnect attempt n (1-based): backoff.Delay
-// between ReconnectMin and ReconnectMax.
-func (c *Consumer) backoff(n int) time.Duration {
-	return backoff.Delay(n, c.cfg.ReconnectMin, c.cfg.ReconnectMax)
-}
-
-// sleepCtx waits d, or less when ctx is done; it reports whether ctx is
-// still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

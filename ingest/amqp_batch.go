@@ -9,6 +9,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/backoff"
 )
 
 // A batch closes when no delivery followed the last one within batchGap,
@@ -61,9 +62,9 @@ func (c *Consumer) RunBatch(ctx context.Context, h BatchHandler) error {
 					return nil
 				}
 				attempt++
-				wait := c.backoff(attempt)
+				wait := backoff.Delay(attempt, c.cfg.ReconnectMin, c.cfg.ReconnectMax)
 				c.log.Warn("rabbitmq connect failed; retrying", "err", err, "retry_in", wait)
-				if !sleepCtx(ctx, wait) {
+				if !backoff.Sleep(ctx, wait) {
 					return nil
 				}
 				continue
@@ -87,9 +88,9 @@ func (c *Consumer) RunBatch(ctx context.Context, h BatchHandler) error {
 		}
 		_ = c.Close()
 		attempt++
-		wait := c.backoff(attempt)
+		wait := backoff.Delay(attempt, c.cfg.ReconnectMin, c.cfg.ReconnectMax)
 		c.log.Warn("rabbitmq session ended; reconnecting", "err", err, "retry_in", wait)
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return nil
 		}
 	}
@@ -162,7 +163,7 @@ func (c *Consumer) consumeBatch(ctx context.Context, conn *amqp.Connection, ch *
 			c.metrics.requeued.Add(float64(len(batch)))
 			c.log.Warn("lifecycle messages not applied; requeueing",
 				"messages", len(batch), "first_message_id", batch[0].MessageId, "err", err, "retry_in", c.cfg.RequeueDelay)
-			if !sleepCtx(ctx, c.cfg.RequeueDelay) {
+			if !backoff.Sleep(ctx, c.cfg.RequeueDelay) {
 				return nil // closing the channel requeues them
 			}
 			if err := last.Nack(true, true); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // Messages waiting in the queue come in batches, in order, each batch acked
@@ -32,7 +33,7 @@ func TestConsumerRunBatch(t *testing.T) {
 		key, body := lifecycleBody(i)
 		publishRaw(t, ch, e.exchange, key, body)
 	}
-	mqWaitFor(t, 5*time.Second, "messages queued", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == n })
+	testkit.Eventually(t, 5*time.Second, "messages queued", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == n })
 
 	var (
 		mu       sync.Mutex
@@ -74,7 +75,7 @@ func TestConsumerRunBatch(t *testing.T) {
 			t.Errorf("RunBatch = %v after cancel, want nil", err)
 		}
 	}()
-	mqWaitFor(t, 10*time.Second, "every message handled", func() bool {
+	testkit.Eventually(t, 10*time.Second, "every message handled", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) >= n
@@ -95,7 +96,7 @@ func TestConsumerRunBatch(t *testing.T) {
 		t.Errorf("consume sessions = %d, want 2 (one more after the failed batch)", sessions)
 	}
 	mu.Unlock()
-	mqWaitFor(t, 5*time.Second, "queue empty (acked)", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 0 })
+	testkit.Eventually(t, 5*time.Second, "queue empty (acked)", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 0 })
 	if got := mqMetric(t, reg, "timerd_mq_requeued_total"); got < 1 {
 		t.Errorf("timerd_mq_requeued_total = %v, want at least 1", got)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
 	"github.com/timerd/timerd/ingest/pubsub"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 func (e mqEnv) publisherConfig(url string, reg prometheus.Registerer) pubsub.PublisherConfig {
@@ -192,7 +193,7 @@ func TestPublisherOutage(t *testing.T) {
 	}
 	proxy.Down(false)
 	key, body := lifecycleBody(1)
-	mqWaitFor(t, 5*time.Second, "Publish to succeed after the outage", func() bool {
+	testkit.Eventually(t, 5*time.Second, "Publish to succeed after the outage", func() bool {
 		return p2.Publish(context.Background(), attune.Message{RoutingKey: key, Body: body}) == nil
 	})
 

@@ -20,6 +20,7 @@ import (
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // mqEnv is one test's broker, exchange and queue, deleted at the end.
@@ -96,17 +97,6 @@ func mqMetric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-func mqWaitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // recorder is a handle func that keeps what it was given.
 type recorder struct {
 	mu   sync.Mutex
@@ -134,7 +124,7 @@ func (r *recorder) got() []attune.Message {
 
 func (r *recorder) waitN(t *testing.T, n int) []attune.Message {
 	t.Helper()
-	mqWaitFor(t, 10*time.Second, fmt.Sprintf("%d messages handled", n), func() bool { return len(r.got()) >= n })
+	testkit.Eventually(t, 10*time.Second, fmt.Sprintf("%d messages handled", n), func() bool { return len(r.got()) >= n })
 	return r.got()
 }
 
@@ -311,7 +301,7 @@ func TestConsumerDeclare(t *testing.T) {
 	for _, key := range append([]string{"rule.updated", "trigger.created", "rule"}, attune.LifecycleRoutingKeys...) {
 		publishRaw(t, ch, e.exchange, key, []byte(`{}`))
 	}
-	mqWaitFor(t, 5*time.Second, "4 messages in the queue", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 4 })
+	testkit.Eventually(t, 5*time.Second, "4 messages in the queue", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 4 })
 
 	// Run consumes them on Declare's connection.
 	var r recorder
@@ -392,7 +382,7 @@ func TestConsumerAcksAfterHandle(t *testing.T) {
 	// client may also have handled message 1 before it saw the cut; that
 	// one comes again too.
 	var ids []int64
-	mqWaitFor(t, 10*time.Second, "message 0 redelivered, then message 1", func() bool {
+	testkit.Eventually(t, 10*time.Second, "message 0 redelivered, then message 1", func() bool {
 		ids = ids[:0]
 		for _, m := range r.got() {
 			l, _ := attune.ParseLifecycle(m.Body, m.RoutingKey)
@@ -468,14 +458,14 @@ func TestConsumerReconnectsAfterNetworkFailure(t *testing.T) {
 
 	proxy.Down(true)
 	proxy.Cut()
-	mqWaitFor(t, 5*time.Second, "timerd_mq_connected = 0", func() bool { return connected() == 0 })
+	testkit.Eventually(t, 5*time.Second, "timerd_mq_connected = 0", func() bool { return connected() == 0 })
 	for i := 5; i < 10; i++ {
 		key, body := lifecycleBody(i)
 		publishRaw(t, ch, e.exchange, key, body)
 	}
 	proxy.Down(false)
 	checkSequence(t, r.waitN(t, 10), 0, 10)
-	mqWaitFor(t, 5*time.Second, "timerd_mq_connected = 1", func() bool { return connected() == 1 })
+	testkit.Eventually(t, 5*time.Second, "timerd_mq_connected = 1", func() bool { return connected() == 1 })
 	if got := mqMetric(t, reg, "timerd_mq_reconnects_total"); got < 1 {
 		t.Errorf("timerd_mq_reconnects_total = %v, want >= 1", got)
 	}
@@ -521,7 +511,7 @@ func TestConsumerReconnectsAfterBrokerClosesConnection(t *testing.T) {
 	}
 	startRun(t, c, r.handle)
 	var ids []int64
-	mqWaitFor(t, 10*time.Second, "message 0 again, then messages 1 and 2", func() bool {
+	testkit.Eventually(t, 10*time.Second, "message 0 again, then messages 1 and 2", func() bool {
 		ids = ids[:0]
 		second := -1
 		for i, m := range r.got() {
@@ -557,7 +547,7 @@ func TestConsumerQueueSurvivesRestart(t *testing.T) {
 	}
 	stop := startRun(t, c1, r1.handle)
 	// Connected means declared and bound.
-	mqWaitFor(t, 5*time.Second, "timerd_mq_connected = 1", func() bool { return mqMetric(t, reg, "timerd_mq_connected") == 1 })
+	testkit.Eventually(t, 5*time.Second, "timerd_mq_connected = 1", func() bool { return mqMetric(t, reg, "timerd_mq_connected") == 1 })
 	key, body := lifecycleBody(0)
 	publishRaw(t, ch, e.exchange, key, body)
 	checkSequence(t, r1.waitN(t, 1), 0, 1)
@@ -567,7 +557,7 @@ func TestConsumerQueueSurvivesRestart(t *testing.T) {
 		key, body := lifecycleBody(i)
 		publishRaw(t, ch, e.exchange, key, body)
 	}
-	mqWaitFor(t, 5*time.Second, "5 messages waiting", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 5 })
+	testkit.Eventually(t, 5*time.Second, "5 messages waiting", func() bool { return mqtest.QueueDepth(t, e.url, e.queue) == 5 })
 
 	var r2 recorder
 	c2, err := ingest.NewConsumer(e.consumerConfig(e.url, nil))
@@ -598,7 +588,7 @@ func TestConsumerBrokerDown(t *testing.T) {
 	}
 	var r recorder
 	stop := startRun(t, c, r.handle)
-	mqWaitFor(t, 5*time.Second, "3 connect attempts", func() bool { return proxy.Accepted() >= 3 })
+	testkit.Eventually(t, 5*time.Second, "3 connect attempts", func() bool { return proxy.Accepted() >= 3 })
 	if got := mqMetric(t, reg, "timerd_mq_connected"); got != 0 {
 		t.Errorf("timerd_mq_connected with the broker down = %v, want 0", got)
 	}
@@ -606,7 +596,7 @@ func TestConsumerBrokerDown(t *testing.T) {
 	proxy.Down(false)
 	ch := rawChannel(t, e.url)
 	// Connected means declared and bound.
-	mqWaitFor(t, 5*time.Second, "timerd_mq_connected = 1", func() bool { return mqMetric(t, reg, "timerd_mq_connected") == 1 })
+	testkit.Eventually(t, 5*time.Second, "timerd_mq_connected = 1", func() bool { return mqMetric(t, reg, "timerd_mq_connected") == 1 })
 	key, body := lifecycleBody(0)
 	publishRaw(t, ch, e.exchange, key, body)
 	checkSequence(t, r.waitN(t, 1), 0, 1)

@@ -4,7 +4,7 @@ import (
 	"container/heap"
 	"time"
 
-	"github.com/timerd/timerd/ingest/internal/backoff"
+	"github.com/timerd/timerd/ingest/backoff"
 )
 
 // breaker is the state of one rule whose events were rejected for good.

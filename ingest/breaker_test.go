@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // syncBuffer is a log sink safe for the delivery's goroutines.
@@ -67,7 +68,7 @@ func TestDeliveryRetriesRejectionWithinWindow(t *testing.T) {
 			cfg.RejectRetryWindow = 10 * time.Second
 			startDelivery(t, cfg)
 
-			waitFor(t, 10*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 10*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			if dls := deadLetters(t, st); len(dls) != 0 {
 				t.Errorf("%d dead letters after a %d for 300ms, want 0 (first: %+v)", len(dls), status, dls[0])
 			}
@@ -108,7 +109,7 @@ func TestDeliveryRejectionPastWindowIsDeadLetter(t *testing.T) {
 			start := time.Now()
 			d, _ := startDelivery(t, cfg)
 
-			waitFor(t, 10*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 10*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			dls := deadLetters(t, st)
 			if len(dls) != len(events) {
 				t.Fatalf("%d dead letters, want %d", len(dls), len(events))
@@ -177,9 +178,9 @@ func testBreakerPausesRule(t *testing.T, status int) {
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d, _ := startDelivery(t, cfg)
 
-	waitFor(t, 5*time.Second, "the breaker to open", func() bool { return testutil.ToFloat64(d.metrics.rulesPaused) == 1 })
+	testkit.Eventually(t, 5*time.Second, "the breaker to open", func() bool { return testutil.ToFloat64(d.metrics.rulesPaused) == 1 })
 	opened := time.Now()
-	waitFor(t, 5*time.Second, "the other rule delivered", func() bool { return outboxLen(t, st) == len(badEvents)-k })
+	testkit.Eventually(t, 5*time.Second, "the other rule delivered", func() bool { return outboxLen(t, st) == len(badEvents)-k })
 	for _, ev := range goodEvents {
 		if n := api.successCount(ev.IdempotencyKey); n != 1 {
 			t.Errorf("key %s of the healthy rule answered 2xx %d times, want 1", ev.IdempotencyKey, n)
@@ -215,7 +216,7 @@ func testBreakerPausesRule(t *testing.T, status int) {
 	t.Logf("%d probes from 0.3s to 1.5s after the breaker opened", len(probes))
 
 	api.setRespond(created)
-	waitFor(t, 5*time.Second, "the paused rule drained", func() bool { return outboxLen(t, st) == 0 })
+	testkit.Eventually(t, 5*time.Second, "the paused rule drained", func() bool { return outboxLen(t, st) == 0 })
 	if got := testutil.ToFloat64(d.metrics.rulesPaused); got != 0 {
 		t.Errorf("timerd_delivery_rules_paused = %v after a success, want 0", got)
 	}
@@ -264,7 +265,7 @@ func TestDeliveryBreakerCountsOnlyConsecutive(t *testing.T) {
 	cfg.Workers = 1 // in order: refused, delivered, refused, …
 	cfg.BreakerThreshold = 2
 	d, _ := startDelivery(t, cfg)
-	waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+	testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 	if n := len(deadLetters(t, st)); n != 6 {
 		t.Errorf("%d dead letters, want 6 (every other event)", n)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // after is a channel closed d from now: a fakeAPI answer delayed by d.
@@ -304,13 +305,13 @@ func TestDeliveryOnTimeBeforeCatchUp(t *testing.T) {
 	cfg.Registerer = reg
 	_, stop := startDelivery(t, cfg)
 	defer stop()
-	waitFor(t, 10*time.Second, "the backlog's delivery", func() bool { return api.count() >= 50 })
+	testkit.Eventually(t, 10*time.Second, "the backlog's delivery", func() bool { return api.count() >= 50 })
 	if got := api.peak.Load(); got > 7 {
 		t.Errorf("catch-up alone, limit 8: peak %d POSTs in flight, want ≤ 7 (1/%d kept for on-time events)", got, catchUpReserve)
 	}
 
 	fresh := commitEvents(t, st, 2, 40, time.Now())
-	waitFor(t, 20*time.Second, "the fresh events' delivery", func() bool {
+	testkit.Eventually(t, 20*time.Second, "the fresh events' delivery", func() bool {
 		for _, ev := range fresh {
 			if api.successCount(ev.IdempotencyKey) == 0 {
 				return false
@@ -340,13 +341,13 @@ func TestDeliveryBudgetSharedByMembers(t *testing.T) {
 	cfg.Workers, cfg.Budget = 0, 40
 	cfg.Members = func() int { return 4 }
 	startDelivery(t, cfg)
-	waitFor(t, 5*time.Second, "10 POSTs in flight", func() bool { return api.inFlight.Load() == 10 })
+	testkit.Eventually(t, 5*time.Second, "10 POSTs in flight", func() bool { return api.inFlight.Load() == 10 })
 	time.Sleep(100 * time.Millisecond) // room for a wrong 11th
 	if got := api.peak.Load(); got != 10 {
 		t.Errorf("budget 40 over 4 members: peak %d POSTs in flight, want 10", got)
 	}
 	close(release)
-	waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+	testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 }
 
 // TestDeliveryBacksOffOnOverload: 503s halve the POSTs in flight, and a
@@ -368,7 +369,7 @@ func TestDeliveryBacksOffOnOverload(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	d, _ := startDelivery(t, cfg)
-	waitFor(t, 10*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+	testkit.Eventually(t, 10*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 	reqs := api.requests()
 	if len(reqs) < 2 {
 		t.Fatalf("%d requests, want ≥ 2", len(reqs))
@@ -399,13 +400,13 @@ func TestDeliveryOverloadHalvesInFlight(t *testing.T) {
 	cfg.Registerer = reg
 	d, stop := startDelivery(t, cfg)
 	defer stop()
-	waitFor(t, 10*time.Second, "the limit's halving to 1", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the limit's halving to 1", func() bool {
 		return testutil.ToFloat64(d.metrics.limit) == 1
 	})
 	if got := testutil.ToFloat64(d.metrics.limitDecreases.WithLabelValues("overload")); got != 5 {
 		t.Errorf("timerd_delivery_concurrency_decreases_total{reason=overload} = %v, want 5 (32 → 1, once per round)", got)
 	}
 	failing.Store(false)
-	waitFor(t, 20*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+	testkit.Eventually(t, 20*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 	t.Logf("limit %v after recovery", testutil.ToFloat64(d.metrics.limit))
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -18,7 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/timerd/timerd/ingest/internal/backoff"
+	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/store"
 )
 
@@ -344,7 +343,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	}
 	var err error
 	if d.poster, err = newPoster(endpoint, cfg.maxInFlight()); err != nil {
-		return nil, fmt.Errorf("%w: APIURL: %v", ErrDeliveryConfig, err)
+		return nil, fmt.Errorf("%w: APIURL: %w", ErrDeliveryConfig, err)
 	}
 	if err := d.metrics.register(cfg.Registerer); err != nil { // last: nothing to undo after it
 		return nil, err
@@ -952,7 +951,7 @@ func (e *engine) retry(p *pending, retryAfter time.Duration) {
 	cfg := e.d.cfg
 	var wait time.Duration
 	if retryAfter > 0 {
-		wait = min(max(retryAfter, cfg.BackoffMin)+rand.N(cfg.BackoffMin+1), cfg.BackoffMax)
+		wait = backoff.RetryAfter(retryAfter, cfg.BackoffMin, cfg.BackoffMax)
 	} else {
 		wait = backoff.Delay(p.attempt, cfg.BackoffMin, cfg.BackoffMax)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // leakCheck registers a goroutine leak check that runs after every cleanup
@@ -192,18 +193,6 @@ func (f *fakeAPI) successCount(key string) int {
 	return f.successes[key]
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func outboxLen(t *testing.T, st *store.Store) int {
 	t.Helper()
 	n, err := st.OutboxLen()
@@ -301,7 +290,7 @@ func TestDeliveryPostsExactRequests(t *testing.T) {
 			cfg.Workers = 1 // one at a time: the server sees them in order
 			startDelivery(t, cfg)
 
-			waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			reqs := api.requests()
 			if len(reqs) != len(events) {
 				t.Fatalf("server saw %d requests, want %d", len(reqs), len(events))
@@ -357,7 +346,7 @@ func TestDeliveryRetriesThenDeliversOnce(t *testing.T) {
 			cfg.Registerer = reg
 			d, _ := startDelivery(t, cfg)
 
-			waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			if got := api.count(); got != 3 {
 				t.Errorf("server saw %d POSTs, want 3 (two failures, one success)", got)
 			}
@@ -414,7 +403,7 @@ func TestDeliveryHonoursRetryAfter(t *testing.T) {
 			cfg.BackoffMin, cfg.BackoffMax = time.Millisecond, tc.backoffMax
 			startDelivery(t, cfg)
 
-			waitFor(t, 6*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 6*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			reqs := api.requests()
 			if len(reqs) != 2 {
 				t.Fatalf("server saw %d POSTs, want 2", len(reqs))
@@ -453,7 +442,7 @@ func TestDeliveryDeadLetters(t *testing.T) {
 			cfg.Registerer = reg
 			d, _ := startDelivery(t, cfg)
 
-			waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			dls, err := st.DeadLetters(0, 10)
 			if err != nil {
 				t.Fatalf("DeadLetters: %v", err)
@@ -498,7 +487,7 @@ func TestDeliveryRefreshesTokenOn401(t *testing.T) {
 	cfg.Tokens = tokens
 	startDelivery(t, cfg)
 
-	waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+	testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 	if got := tokens.calls(); len(got) != 1 || got[0] != "old" {
 		t.Errorf("Invalidate calls = %q, want exactly [old]", got)
 	}
@@ -522,7 +511,7 @@ func TestDelivery401NeverDeadLetters(t *testing.T) {
 	cfg.Tokens = tokens
 	_, stop := startDelivery(t, cfg)
 
-	waitFor(t, 5*time.Second, "30 refused POSTs", func() bool { return api.count() >= 30 })
+	testkit.Eventually(t, 5*time.Second, "30 refused POSTs", func() bool { return api.count() >= 30 })
 	stop()
 	if got := tokens.calls(); strings.Join(got, ",") != "a,b,c" {
 		t.Errorf("Invalidate calls = %q, want [a b c] (once per token)", got)
@@ -543,12 +532,12 @@ func TestDeliveryNetworkErrors(t *testing.T) {
 		events := commitEvents(t, st, 17, 10, slot0)
 		startDelivery(t, testConfig(st, api.srv.URL))
 
-		waitFor(t, 5*time.Second, "30 failed POSTs", func() bool { return api.count() >= 30 })
+		testkit.Eventually(t, 5*time.Second, "30 failed POSTs", func() bool { return api.count() >= 30 })
 		if n := outboxLen(t, st); n != len(events) {
 			t.Fatalf("outbox holds %d entries while the API is down, want %d", n, len(events))
 		}
 		api.setRespond(created)
-		waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+		testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 		for _, ev := range events {
 			if n := api.successCount(ev.IdempotencyKey); n != 1 {
 				t.Errorf("key %s delivered %d times, want 1", ev.IdempotencyKey, n)
@@ -595,10 +584,10 @@ func TestDeliveryPoisonedEntryDoesNotBlockOthers(t *testing.T) {
 	cfg.BackoffMin, cfg.BackoffMax = 20*time.Millisecond, 200*time.Millisecond
 	_, stop := startDelivery(t, cfg)
 
-	waitFor(t, 30*time.Second, "all other entries delivered", func() bool { return outboxLen(t, st) == 1 })
+	testkit.Eventually(t, 30*time.Second, "all other entries delivered", func() bool { return outboxLen(t, st) == 1 })
 	start := time.Now()
 	before := api.attemptsOf(poisoned.IdempotencyKey)
-	waitFor(t, 5*time.Second, "two more attempts of the poisoned entry", func() bool {
+	testkit.Eventually(t, 5*time.Second, "two more attempts of the poisoned entry", func() bool {
 		return api.attemptsOf(poisoned.IdempotencyKey) >= before+2
 	})
 	stop()
@@ -638,7 +627,7 @@ func TestDeliveryConcurrencyBoundedByWorkers(t *testing.T) {
 	cfg.Workers = workers
 	startDelivery(t, cfg)
 
-	waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+	testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 	if got := api.peak.Load(); got != workers {
 		t.Errorf("peak POSTs in flight = %d, want %d (Workers)", got, workers)
 	}
@@ -676,7 +665,7 @@ func TestDeliveryManyExactlyOnce(t *testing.T) {
 				events = append(events, commitEvents(t, st, int64(100+batch), 1000, slot0)...)
 				d.Notify()
 			}
-			waitFor(t, 60*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 60*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			for _, ev := range events {
 				if got := api.successCount(ev.IdempotencyKey); got != 1 {
 					t.Fatalf("key %s delivered %d times, want 1", ev.IdempotencyKey, got)
@@ -778,7 +767,7 @@ func TestDeliveryRunStopsPromptlyWithPOSTsInFlight(t *testing.T) {
 	cfg.Timeout = time.Minute
 	_, stop := startDelivery(t, cfg)
 
-	waitFor(t, 5*time.Second, "POSTs in flight", func() bool { return api.inFlight.Load() == int64(cfg.Workers) })
+	testkit.Eventually(t, 5*time.Second, "POSTs in flight", func() bool { return api.inFlight.Load() == int64(cfg.Workers) })
 	stop() // fails the test if Run takes more than 5 s
 	if n := outboxLen(t, st); n != 10 {
 		t.Errorf("outbox holds %d entries after a cancelled Run, want 10", n)
@@ -796,9 +785,9 @@ func TestDeliveryMetricsRegistered(t *testing.T) {
 	cfg.Registerer = reg
 	startDelivery(t, cfg)
 
-	waitFor(t, 5*time.Second, "POSTs in flight", func() bool { return api.inFlight.Load() == int64(cfg.Workers) })
+	testkit.Eventually(t, 5*time.Second, "POSTs in flight", func() bool { return api.inFlight.Load() == int64(cfg.Workers) })
 	close(hold)
-	waitFor(t, 5*time.Second, "outbox empty", func() bool { n, _ := st.OutboxLen(); return n == 0 })
+	testkit.Eventually(t, 5*time.Second, "outbox empty", func() bool { n, _ := st.OutboxLen(); return n == 0 })
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("Gather: %v", err)
@@ -970,8 +959,8 @@ func TestDeliveredEventIsNotPostedAgainWhenItsAckFails(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { d.Run(ctx); close(done) }()
-	waitFor(t, 5*time.Second, "every event delivered and an ack failed twice", func() bool {
+	go func() { _ = d.Run(ctx); close(done) }()
+	testkit.Eventually(t, 5*time.Second, "every event delivered and an ack failed twice", func() bool {
 		return api.count() >= len(events) && failed.Load() >= 2
 	})
 	time.Sleep(100 * time.Millisecond) // several poll intervals and ack retries

@@ -44,6 +44,9 @@ type poster struct {
 // at the next burst, nothing while events flow.
 const idleConnTimeout = 4 * time.Second
 
+// maxResponseHeader bounds an answer's status line and headers.
+const maxResponseHeader = 16 << 10
+
 // answer is what delivery needs of a response.
 type answer struct {
 	status     int
@@ -99,6 +102,11 @@ func newPoster(endpoint string, maxConns int) (*poster, error) {
 		// Enough of a body to read a dead letter's reason and keep the
 		// connection; a longer body is cut and its connection closed.
 		MaxResponseBodySize: maxDrainedResponse,
+		// An answer's status line and headers must fit in the read buffer
+		// (fasthttp's default is 4 KiB; net/http allowed 1 MiB): an ingress
+		// may add kilobytes of cookies and policies. 16 KiB a connection,
+		// 8 MiB at the default budget's 512 connections.
+		ReadBufferSize: maxResponseHeader,
 		// Every POST is posted once by the client: a retry is delivery's
 		// decision (backoff, a new token, a dead letter).
 		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
@@ -259,11 +267,4 @@ func (s *connSet) closeAll() {
 	for _, c := range open {
 		_ = c.Close()
 	}
-}
-
-// len is the number of connections open.
-func (s *connSet) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -69,6 +70,26 @@ func TestPosterLongAnswer(t *testing.T) {
 	a, err := p.post(time.Now().Add(5*time.Second), "1:1", "", []byte("{}"))
 	if err != nil || a.status != http.StatusBadRequest || a.statusLine != "400 Bad Request" {
 		t.Errorf("400 with a long body = %d %q, %v; want 400 Bad Request", a.status, a.statusLine, err)
+	}
+}
+
+// An ingress may add kilobytes of headers to the API's answer: they are read,
+// up to maxResponseHeader, and the answer counts.
+func TestPosterLongHeaders(t *testing.T) {
+	leakCheck(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Security-Policy", strings.Repeat("a", maxResponseHeader/2))
+		w.Header().Set("Set-Cookie", strings.Repeat("b", maxResponseHeader/4))
+		w.WriteHeader(http.StatusCreated)
+	}))
+	defer srv.Close()
+	p, err := newPoster(srv.URL+"/api/v1/events", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.closeAll()
+	if a, err := p.post(time.Now().Add(5*time.Second), "1:1", "", []byte("{}")); err != nil || a.status != http.StatusCreated {
+		t.Errorf("201 with %d bytes of headers = %+v, %v; want 201", 3*maxResponseHeader/4, a, err)
 	}
 }
 

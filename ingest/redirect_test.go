@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // elsewhere is the host a misconfigured ingress redirects to: it answers 200 to
@@ -75,14 +77,14 @@ func TestDeliveryNeverFollowsRedirects(t *testing.T) {
 			cfg.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &logMu}, nil))
 			startDelivery(t, cfg)
 
-			waitFor(t, 5*time.Second, "each event posted 3 times", func() bool { return api.count() >= 18 })
+			testkit.Eventually(t, 5*time.Second, "each event posted 3 times", func() bool { return api.count() >= 18 })
 			if n := outboxLen(t, st); n != 6 {
 				t.Fatalf("outbox holds %d events while every POST is redirected, want 6: a redirect counted as delivered", n)
 			}
 			mu.Lock()
 			redirecting = false
 			mu.Unlock()
-			waitFor(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
+			testkit.Eventually(t, 5*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			for _, ev := range evs {
 				if got := api.successCount(ev.IdempotencyKey); got != 1 {
 					t.Errorf("key %s delivered %d times, want 1", ev.IdempotencyKey, got)

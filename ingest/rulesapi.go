@@ -15,6 +15,7 @@ import (
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/scheduler"
 )
 
 // RulesClient pages through Attune's rules API (contract §4).
@@ -184,7 +185,7 @@ func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, ou
 		head, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		var obj map[string]json.RawMessage
 		return &StatusError{Code: resp.StatusCode, JSON: json.Unmarshal(head, &obj) == nil,
-			Excerpt: truncateBytes(strings.TrimSpace(redact(string(head), tok)), 200)}
+			Excerpt: scheduler.Truncate(strings.TrimSpace(redact(string(head), tok)), 200)}
 	}
 	dec := json.NewDecoder(io.LimitReader(resp.Body, 64<<20))
 	if err := dec.Decode(out); err != nil {
@@ -201,11 +202,4 @@ func RedactURL(s string) string {
 		return s
 	}
 	return u.Redacted()
-}
-
-func truncateBytes(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "") + "…"
 }

@@ -203,7 +203,7 @@ func (d *formReader) failf(format string, args ...any) error {
 
 func (d *formReader) byte() byte {
 	if len(d.b) == 0 {
-		d.failf("truncated")
+		_ = d.failf("truncated")
 		return 0
 	}
 	v := d.b[0]
@@ -214,7 +214,7 @@ func (d *formReader) byte() byte {
 func (d *formReader) varint() int64 {
 	v, n := binary.Varint(d.b)
 	if n <= 0 {
-		d.failf("truncated or bad varint")
+		_ = d.failf("truncated or bad varint")
 		return 0
 	}
 	d.b = d.b[n:]
@@ -224,7 +224,7 @@ func (d *formReader) varint() int64 {
 func (d *formReader) str() string {
 	l, n := binary.Uvarint(d.b)
 	if n <= 0 || l > uint64(len(d.b)-n) {
-		d.failf("bad string length")
+		_ = d.failf("bad string length")
 		return ""
 	}
 	s := internStr(d.b[n : n+int(l)])

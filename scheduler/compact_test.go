@@ -200,7 +200,7 @@ func TestLoadFromKeepsNoBorrowedTimer(t *testing.T) {
 	if err := e.LoadFrom(1, func(add func(Item)) error {
 		add(Item{ID: 100, Timer: want[1]})
 		return boom
-	}); err != boom {
+	}); err != boom { //nolint:errorlint // LoadFrom returns each's very error, unwrapped
 		t.Errorf("LoadFrom: %v, want %v", err, boom)
 	}
 	if e.Len() != len(want)+1 {

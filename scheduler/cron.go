@@ -306,7 +306,7 @@ func checkFields(norm string) error {
 		}
 		e, err := parseCronexpr(p.expr(v))
 		if err != nil {
-			return fmt.Errorf("%s field %q: %v", p.name, v, err)
+			return fmt.Errorf("%s field %q: %w", p.name, v, err)
 		}
 		c := cronSchedule{expr: e}
 		if c.nextWall(probeFrom).IsZero() {

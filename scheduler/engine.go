@@ -873,6 +873,8 @@ func (e *Engine) commit(ctx context.Context, tm *time.Timer) bool {
 			return false
 		case <-tm.C:
 		}
+		// No jitter: the commit goes to this node's own store, with no
+		// shared server whose load to spread (TestCommitErrorRetried pins it).
 		delay = min(2*delay, e.cfg.RetryMax)
 		e.refresh()
 	}

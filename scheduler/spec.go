@@ -572,11 +572,18 @@ func loadLocation(name string) (*time.Location, error) {
 // quote quotes s for an error message, shortened.
 func quote(s string) string { return strconv.Quote(shorten(s)) }
 
-func shorten(s string) string {
-	if len(s) <= maxShownBytes {
+func shorten(s string) string { return Truncate(s, maxShownBytes) }
+
+// Truncate cuts s after n bytes, drops a rune the cut splits (and any other
+// invalid UTF-8 before it), and marks the cut with "…": a bounded, printable
+// excerpt of outside input for an error or a log line. It is the module's one
+// truncator; this package, the lowest one, owns it because its spec errors
+// quote input first, and every other package that quotes input imports it.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	return strings.ToValidUTF8(s[:maxShownBytes], "") + "…"
+	return strings.ToValidUTF8(s[:max(n, 0)], "") + "…"
 }
 
 func orNothing(s string) string {

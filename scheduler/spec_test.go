@@ -423,3 +423,26 @@ func BenchmarkParse(b *testing.B) {
 		})
 	}
 }
+
+func TestTruncate(t *testing.T) {
+	tests := []struct {
+		name string
+		s    string
+		n    int
+		want string
+	}{
+		{"short", "abc", 3, "abc"},
+		{"empty", "", 0, ""},
+		{"cut", "abcdef", 3, "abc…"},
+		{"zero", "abc", 0, "…"},
+		{"negative", "abc", -1, "…"},
+		{"rune split", "aé", 2, "a…"}, // é is 2 bytes: the half is dropped
+		{"rune whole", "aéb", 3, "aé…"},
+		{"invalid before the cut", "a\xffbc", 3, "ab…"},
+	}
+	for _, tc := range tests {
+		if got := Truncate(tc.s, tc.n); got != tc.want {
+			t.Errorf("%s: Truncate(%q, %d) = %q, want %q", tc.name, tc.s, tc.n, got, tc.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 func TestCommitFires(t *testing.T) {
@@ -427,17 +429,11 @@ func txID(t *testing.T, s *Store) int {
 // waitAckQueued waits until AckOutbox calls have queued n seqs.
 func waitAckQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+	testkit.Eventually(t, 10*time.Second, fmt.Sprintf("AckOutbox queues %d seqs", n), func() bool {
 		s.acks.mu.Lock()
-		queued := s.acks.open != nil && len(s.acks.open.seqs) >= n
-		s.acks.mu.Unlock()
-		if queued {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("AckOutbox queued nothing within 10s")
-		}
-	}
+		defer s.acks.mu.Unlock()
+		return s.acks.open != nil && len(s.acks.open.seqs) >= n
+	})
 }
 
 // While fires are committed, acks ride in the next fires transaction: no commit of

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -315,9 +316,9 @@ func TestPendingReadyAckDrop(t *testing.T) {
 	want := slices.Clone(refs)
 	slices.SortFunc(want, func(a, b protocol.EventRef) int {
 		if a.Rule != b.Rule {
-			return cmpInt64(a.Rule, b.Rule)
+			return cmp.Compare(a.Rule, b.Rule)
 		}
-		return cmpInt64(a.Slot, b.Slot)
+		return cmp.Compare(a.Slot, b.Slot)
 	})
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Pending() refs = %+v\nwant %+v", got, want)
@@ -726,7 +727,7 @@ func rewriteUnsealed(tx *bolt.Tx, ver int) error {
 	err = wb.ForEach(func(k, v []byte) error {
 		wm, chain, err := decodeWatermark(v)
 		if err != nil || len(chain) > 0 {
-			return fmt.Errorf("watermark %x: %v, chain %v", k, err, chain)
+			return fmt.Errorf("watermark %x: %w, chain %v", k, err, chain)
 		}
 		old := binary.BigEndian.AppendUint64(appendTime(nil, wm.Slot), wm.Count)
 		puts = append(puts, struct {
@@ -751,7 +752,7 @@ func checkAllSealed(t *testing.T, s *Store) {
 	t.Helper()
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketRules, bucketWatermarks} {
-			tx.Bucket(b).ForEach(func(k, v []byte) error {
+			_ = tx.Bucket(b).ForEach(func(k, v []byte) error {
 				if _, err := unseal(v); err != nil || v[0] != sealedV3 && !(v[0] == ruleV4 && bytes.Equal(b, bucketRules)) {
 					t.Errorf("%s %x after the upgrade: no checksum (%v)", b, k, err)
 				}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -283,7 +284,7 @@ func (s *Store) ForEachTombstone(fn func(Tombstone) error) error {
 		}
 		return nil
 	})
-	if ce, ok := err.(*callbackError); ok {
+	if ce := (*callbackError)(nil); errors.As(err, &ce) {
 		return ce.err
 	}
 	return s.wrap("scan tombstones", err)
@@ -400,7 +401,7 @@ func (s *Store) forEachRule(scratch *scheduler.Timer, fn func(Rule, Watermark) e
 		}
 		return nil
 	})
-	if ce, ok := err.(*callbackError); ok {
+	if ce := (*callbackError)(nil); errors.As(err, &ce) {
 		return ce.err // the caller's own error, unwrapped
 	}
 	return s.wrap("scan rules", err)

@@ -196,7 +196,7 @@ func TestForEachRuleCallbackErrorAndPanic(t *testing.T) {
 	stop := errors.New("stop")
 	calls := 0
 	err := s.ForEachRule(func(Rule, Watermark) error { calls++; return stop })
-	if err != stop || calls != 1 {
+	if err != stop || calls != 1 { //nolint:errorlint // the fn's very error, unwrapped
 		t.Errorf("ForEachRule with fn error: err %v after %d calls; want the fn's own error after 1", err, calls)
 	}
 

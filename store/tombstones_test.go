@@ -124,7 +124,7 @@ func TestTombstones(t *testing.T) {
 	}
 	// An error from fn stops the walk and is returned as is.
 	stop := errors.New("stop")
-	if err := s.ForEachTombstone(func(Tombstone) error { return stop }); err != stop {
+	if err := s.ForEachTombstone(func(Tombstone) error { return stop }); err != stop { //nolint:errorlint // the fn's very error, unwrapped
 		t.Errorf("ForEachTombstone with a failing fn = %v, want %v", err, stop)
 	}
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -112,18 +113,8 @@ func (s *Store) PartitionWatermarksOf(parts []int, partitionOf func(rule int64) 
 	if err != nil {
 		return out, s.wrap("partition watermarks", err)
 	}
-	slices.SortFunc(out, func(a, b protocol.Watermark) int { return cmpInt64(a.Rule, b.Rule) })
+	slices.SortFunc(out, func(a, b protocol.Watermark) int { return cmp.Compare(a.Rule, b.Rule) })
 	return out, nil
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (s *Store) readFailed(err error) {

@@ -115,7 +115,7 @@ func (b Book) Apply(rec Record, c Change, now time.Time) Decision {
 	if !rec.Live && (!c.Enabled || !timer) {
 		// A removal of a rule not held, or another trigger's rule.
 		if c.Rule.TriggerRef != "" && !timer {
-			keep.Result, keep.Reason = Ignored, fmt.Errorf("trigger %q is not a timer trigger", truncate(c.Rule.TriggerRef, 64))
+			keep.Result, keep.Reason = Ignored, fmt.Errorf("trigger %q is not a timer trigger", scheduler.Truncate(c.Rule.TriggerRef, 64))
 			return keep
 		}
 		if held(rec, now) && v.Before(rec.Version) {
@@ -283,11 +283,4 @@ func sameJSON(a, b json.RawMessage) bool {
 	ca, _ := json.Marshal(va)
 	cb, _ := json.Marshal(vb)
 	return bytes.Equal(ca, cb)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -58,14 +59,14 @@ func Merge(a, b Watermark) Watermark {
 func comparePoints(x, y Point) int {
 	switch {
 	case x.Last != y.Last:
-		return cmpInt64(x.Last, y.Last)
+		return cmp.Compare(x.Last, y.Last)
 	case x.Epoch != y.Epoch:
 		if x.Epoch.Less(y.Epoch) {
 			return -1
 		}
 		return 1
 	case x.From != y.From:
-		return cmpInt64(x.From, y.From)
+		return cmp.Compare(x.From, y.From)
 	}
 	return strings.Compare(x.Firer.String(), y.Firer.String())
 }

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -883,7 +884,7 @@ func (m *Member) finishAcquisition() {
 			wms = append(wms, w)
 		}
 	}
-	slices.SortFunc(wms, func(x, y Watermark) int { return cmpInt64(x.Rule, y.Rule) })
+	slices.SortFunc(wms, func(x, y Watermark) int { return cmp.Compare(x.Rule, y.Rule) })
 	if m.justClaimed == nil {
 		m.justClaimed = map[int]bool{}
 	}
@@ -910,16 +911,6 @@ func (m *Member) finishAcquisition() {
 			m.offersAdded = true
 		}
 	}
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (m *Member) receive(msg Message) {
@@ -1303,10 +1294,10 @@ func (m *Member) resendFires() {
 		}
 	}
 	keys := slices.SortedFunc(slices.Values(stale), func(a, b eventKey) int {
-		if c := cmpInt64(a.rule, b.rule); c != 0 {
+		if c := cmp.Compare(a.rule, b.rule); c != 0 {
 			return c
 		}
-		return cmpInt64(a.slot, b.slot)
+		return cmp.Compare(a.slot, b.slot)
 	})
 	recs := make([]FireRecord, 0, len(keys))
 	for _, k := range keys {
@@ -1420,10 +1411,10 @@ func (m *Member) sendOffers() {
 		}
 	}
 	keys := slices.SortedFunc(slices.Values(due), func(a, b eventKey) int {
-		if c := cmpInt64(a.rule, b.rule); c != 0 {
+		if c := cmp.Compare(a.rule, b.rule); c != 0 {
 			return c
 		}
-		return cmpInt64(a.slot, b.slot)
+		return cmp.Compare(a.slot, b.slot)
 	})
 	byOwner := map[string][]EventRef{}
 	var local []EventRef

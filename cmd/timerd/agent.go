@@ -15,6 +15,7 @@ import (
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cmd/timerd/node"
+	"github.com/timerd/timerd/ingest/backoff"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -132,8 +133,6 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			"join_timeout", gossip.JoinTimeout.String(), "gossip_encrypted", gossip.GossipKey != "" || gossip.GossipKeyringFile != "")
 	}
 
-	// checkAPIHealth still has a doubling backoff of its own, without jitter:
-	// left for the one jittered backoff issue 12 gives the code base.
 	if err := checkAPIHealth(ctx, nc.APIURL, 5, 500*time.Millisecond, log); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -151,8 +150,9 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 }
 
 // checkAPIHealth calls GET {api}/health, as Attune's sensor does at start,
-// trying up to attempts times with doubling waits.
-func checkAPIHealth(ctx context.Context, apiURL string, attempts int, wait time.Duration, log *slog.Logger) error {
+// trying up to attempts times: the wait before try i+1 is backoff.Delay(i),
+// jittered between firstWait and firstWait·2^(i-1).
+func checkAPIHealth(ctx context.Context, apiURL string, attempts int, firstWait time.Duration, log *slog.Logger) error {
 	client := auth.NoRedirects(&http.Client{Timeout: 5 * time.Second})
 	u := apiURL + "/health"
 	var err error
@@ -165,13 +165,11 @@ func checkAPIHealth(ctx context.Context, apiURL string, attempts int, wait time.
 		if i == attempts || ctx.Err() != nil {
 			break
 		}
+		wait := backoff.Delay(i, firstWait, firstWait<<(attempts-2)) // the cap: the last wait's ceiling
 		log.Warn("api health check failed; retrying", "url", redactURL(u), "err", err, "attempt", i, "retry_in", wait.String())
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, wait) {
 			return ctx.Err()
-		case <-time.After(wait):
 		}
-		wait *= 2
 	}
 	return fmt.Errorf("ATTUNE_API_URL: GET %s: %w (%d attempts)", redactURL(u), err, attempts)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/pubsub"
+	"github.com/timerd/timerd/scheduler"
 )
 
 // agentConfig is the configuration of `timerd agent` (docs/configuration.md):
@@ -767,15 +768,7 @@ func parseSensorTriggers(v string) ([]attune.RemoteRule, error) {
 func redactURL(v string) string { return truncateSetting(ingest.RedactURL(v)) }
 
 // truncateSetting shortens a setting's value for a message.
-func truncateSetting(s string) string { return truncate(s, 80) }
-
-// truncate cuts s after n bytes, on a rune boundary, and marks the cut.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "") + "…"
-}
+func truncateSetting(s string) string { return scheduler.Truncate(s, 80) }
 
 func unwrapPathErr(err error) error {
 	var pe *os.PathError

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/timerd/timerd/cmd/timerd/node"
+	"github.com/timerd/timerd/scheduler"
 )
 
 // nodeFlags are the flags of commands that talk to a node's HTTP endpoints.
@@ -252,7 +253,7 @@ func nodeRequest(ctx context.Context, method, u, token string, body []byte) ([]b
 		return nil, fmt.Errorf("%s %s: read: %w", method, u, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: status %d: %s", method, u, resp.StatusCode, truncate(strings.TrimSpace(string(raw)), 200))
+		return nil, fmt.Errorf("%s %s: status %d: %s", method, u, resp.StatusCode, scheduler.Truncate(strings.TrimSpace(string(raw)), 200))
 	}
 	return raw, nil
 }

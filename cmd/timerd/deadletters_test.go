@@ -82,7 +82,7 @@ func TestDeadLettersCommands(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := stub.last()
-			out, err, code := run(append([]string{"dead-letters"}, tt.args...)...)
+			out, code, err := run(append([]string{"dead-letters"}, tt.args...)...)
 			if code != tt.code {
 				t.Fatalf("timerd dead-letters %v: exit %d (%v), want %d; output:\n%s", tt.args, code, err, tt.code, out)
 			}

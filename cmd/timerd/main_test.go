@@ -9,14 +9,14 @@ import (
 
 // run runs the command line in-process; code is the exit status main
 // would use.
-func run(args ...string) (stdout string, err error, code int) {
+func run(args ...string) (stdout string, code int, err error) {
 	var out bytes.Buffer
 	cmd := newRootCmd()
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)
 	cmd.SetArgs(args)
 	err = cmd.ExecuteContext(context.Background())
-	return out.String(), err, exitCode(err)
+	return out.String(), exitCode(err), err
 }
 
 func TestScheduleNext(t *testing.T) {
@@ -47,7 +47,7 @@ func TestScheduleNext(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err, code := run(append([]string{"schedule", "next"}, tt.args...)...)
+			got, code, err := run(append([]string{"schedule", "next"}, tt.args...)...)
 			if code != 0 || got != tt.want {
 				t.Errorf("schedule next %v = %q (exit %d, %v), want %q (exit 0)", tt.args, got, code, err, tt.want)
 			}
@@ -71,7 +71,7 @@ func TestScheduleNextErrorsExit2(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err, code := run(append([]string{"schedule", "next"}, tt.args...)...)
+			out, code, err := run(append([]string{"schedule", "next"}, tt.args...)...)
 			if code != 2 {
 				t.Errorf("schedule next %v: exit %d, want 2", tt.args, code)
 			}

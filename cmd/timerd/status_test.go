@@ -48,7 +48,9 @@ func TestStatusCommand(t *testing.T) {
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 	tokenFile := filepath.Join(t.TempDir(), "http.token")
-	os.WriteFile(tokenFile, []byte(operatorToken+"\n"), 0o600)
+	if err := os.WriteFile(tokenFile, []byte(operatorToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name     string
@@ -92,7 +94,7 @@ func TestStatusCommand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err, code := run(append([]string{"status"}, tt.args...)...)
+			out, code, err := run(append([]string{"status"}, tt.args...)...)
 			if code != tt.code {
 				t.Fatalf("timerd status %v: exit %d (%v), want %d; output:\n%s", tt.args, code, err, tt.code, out)
 			}

@@ -17,7 +17,7 @@ import (
 // runTokenCmd runs `timerd token …` in-process with stdin; code is the exit
 // status main would use. It builds its own root so it does not depend on
 // root.go registering the command.
-func runTokenCmd(stdin string, args ...string) (stdout, stderr string, err error, code int) {
+func runTokenCmd(stdin string, args ...string) (stdout, stderr string, code int, err error) {
 	var out, errOut bytes.Buffer
 	root := &cobra.Command{Use: "timerd", SilenceUsage: true, SilenceErrors: true}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -34,23 +34,23 @@ func runTokenCmd(stdin string, args ...string) (stdout, stderr string, err error
 			code = 2
 		}
 	}
-	return out.String(), errOut.String(), err, code
+	return out.String(), errOut.String(), code, err
 }
 
 func TestTokenIssueInspect(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key")
-	if _, _, err, code := runTokenCmd("", "keygen", "--out", key); code != 0 {
+	if _, _, code, err := runTokenCmd("", "keygen", "--out", key); code != 0 {
 		t.Fatalf("token keygen: exit %d, %v", code, err)
 	}
 	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v, %v; want mode 0600", fi, err)
 	}
-	if _, _, err, code := runTokenCmd("", "keygen", "--out", key); code != 1 || err == nil {
+	if _, _, code, err := runTokenCmd("", "keygen", "--out", key); code != 1 || err == nil {
 		t.Errorf("token keygen over an existing key: exit %d, want 1", code)
 	}
 
-	tok, _, err, code := runTokenCmd("", "issue", "--key-file", key, "--scope", "sensor",
+	tok, _, code, err := runTokenCmd("", "issue", "--key-file", key, "--scope", "sensor",
 		"--trigger-types", "core.intervaltimer,core.crontimer", "--ttl", "1d12h", "--identity-id", "42", "--login", "core.timer")
 	tok = strings.TrimSpace(tok)
 	if code != 0 || strings.Count(tok, ".") != 2 {
@@ -62,13 +62,13 @@ func TestTokenIssueInspect(t *testing.T) {
 	if _, stderr, _, _ := runTokenCmd("", "issue", "--key-file", key, "--scope", "readonly", "--identity-id", "43"); stderr != "" {
 		t.Errorf("token issue --identity-id warned: %s", stderr)
 	}
-	if _, stderr, _, code := runTokenCmd("", "issue", "--key-file", key, "--scope", "admin", "--sub", "ops"); code != 0 ||
+	if _, stderr, code, _ := runTokenCmd("", "issue", "--key-file", key, "--scope", "admin", "--sub", "ops"); code != 0 ||
 		!strings.Contains(stderr, "cannot be refreshed") || !strings.Contains(stderr, "rotating the signing key") ||
 		!strings.Contains(stderr, "admin token") {
 		t.Errorf("token issue of an identity-less admin token: exit %d, stderr %q; want the warning", code, stderr)
 	}
 
-	out, _, err, code := runTokenCmd("Bearer "+tok+"\n", "inspect", "--key-file", key)
+	out, _, code, err := runTokenCmd("Bearer "+tok+"\n", "inspect", "--key-file", key)
 	if code != 0 {
 		t.Fatalf("token inspect --key-file: exit %d, %v; output %s", code, err, out)
 	}
@@ -94,13 +94,15 @@ func TestTokenIssueInspect(t *testing.T) {
 	}
 
 	// Without a key: claims only, nothing verified.
-	if out, _, _, code := runTokenCmd(tok, "inspect"); code != 0 || strings.Contains(out, "signature") {
+	if out, _, code, _ := runTokenCmd(tok, "inspect"); code != 0 || strings.Contains(out, "signature") {
 		t.Errorf("token inspect without a key: exit %d, output %q; want 0 and no signature line", code, out)
 	}
 	// With another key: exit 1 and the reason, never the token.
 	other := filepath.Join(dir, "other")
-	runTokenCmd("", "keygen", "--out", other)
-	_, _, err, code = runTokenCmd(tok, "inspect", "--key-file", other)
+	if _, _, code, err = runTokenCmd("", "keygen", "--out", other); code != 0 {
+		t.Fatalf("keygen --out %s: exit %d: %v", other, code, err)
+	}
+	_, _, code, err = runTokenCmd(tok, "inspect", "--key-file", other)
 	if code != 1 || err == nil || !strings.Contains(err.Error(), "signature") || strings.Contains(err.Error(), tok) {
 		t.Errorf("token inspect with the wrong key: exit %d, %v; want 1 and a signature reason", code, err)
 	}
@@ -136,7 +138,7 @@ func TestTokenCmdErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err, code := runTokenCmd(tt.stdin, tt.args...)
+			_, _, code, err := runTokenCmd(tt.stdin, tt.args...)
 			if code != tt.wantCode || err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("token %v: exit %d, %v; want exit %d and an error mentioning %q", tt.args, code, err, tt.wantCode, tt.wantErr)
 			}

@@ -168,7 +168,7 @@ func TestVerificationFailures(t *testing.T) {
 		})
 	}
 	// The 401s say how to authenticate.
-	req, _ := http.NewRequest("GET", e.ts.URL+"/api/v1/rules", nil)
+	req, _ := http.NewRequest(http.MethodGet, e.ts.URL+"/api/v1/rules", nil)
 	resp, err := e.ts.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)

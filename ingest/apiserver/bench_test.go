@@ -62,7 +62,7 @@ func benchPostEvents(b *testing.B, conc int, withAuth bool, tok string) {
 				body := fmt.Sprintf(`{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_%d",`+
 					`"payload":{"type":"interval","interval_seconds":5,"fired_at":"2026-01-27T12:34:56.789Z",`+
 					`"scheduled_at":"2026-01-27T12:34:56Z","execution_count":%d,"sensor_ref":"core.timer"}}`, i%1000+1, i)
-				req, _ := http.NewRequest("POST", ts.URL+"/api/v1/events", strings.NewReader(body))
+				req, _ := http.NewRequest(http.MethodPost, ts.URL+"/api/v1/events", strings.NewReader(body))
 				req.Header.Set("Idempotency-Key", fmt.Sprintf("%d:%d", i%1000+1, i))
 				if withAuth {
 					req.Header.Set("Authorization", "Bearer "+tok)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -395,13 +396,8 @@ func loadEventIndex(db *bolt.DB) (*eventIndex, error) {
 // createEvent stores an event. A request whose Idempotency-Key is already
 // stored gets 200 and the stored event; a new one 201.
 func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
-	s.evPending.Add(1)
-	enqueued := false
-	defer func() {
-		if !enqueued {
-			s.evPending.Add(-1)
-		}
-	}()
+	p := underWay(&s.evPending)
+	defer p.done()
 	req, err := s.parseEvent(w, r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -422,11 +418,7 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	select {
-	case s.evq <- req:
-		s.evPending.Add(-1)
-		enqueued = true
-	case <-s.quit:
+	if !enqueue(s, s.evq, req, p) {
 		s.fail(w, r, ErrClosed)
 		return
 	}
@@ -438,6 +430,38 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 		writeData(w, http.StatusOK, duplicateAnswer(resp.id))
 	default:
 		writeData(w, http.StatusCreated, resp.raw)
+	}
+}
+
+// pending counts a request under way from its arrival until the committer
+// takes it (or its handler gives up): the committer waits for those it
+// expects before it commits a batch.
+type pending struct {
+	n    *atomic.Int64
+	over bool
+}
+
+func underWay(n *atomic.Int64) *pending {
+	n.Add(1)
+	return &pending{n: n}
+}
+
+func (p *pending) done() {
+	if !p.over {
+		p.over = true
+		p.n.Add(-1)
+	}
+}
+
+// enqueue hands req to the committer, which then always answers it; false
+// when the server closed first.
+func enqueue[R any](s *Server, q chan<- R, req R, p *pending) bool {
+	select {
+	case q <- req:
+		p.done()
+		return true
+	case <-s.quit:
+		return false
 	}
 }
 

@@ -210,7 +210,7 @@ func TestConcurrentEvents(t *testing.T) {
 				body := fmt.Sprintf(`{"trigger_ref":"t","trigger_instance_id":"rule_%d","payload":{"i":%d}}`, w+1, i)
 				// Every 10th event is sent twice, as a retry would.
 				for range 1 + boolInt(i%10 == 0) {
-					req, _ := http.NewRequest("POST", e.ts.URL+"/api/v1/events", strings.NewReader(body))
+					req, _ := http.NewRequest(http.MethodPost, e.ts.URL+"/api/v1/events", strings.NewReader(body))
 					req.Header.Set("Idempotency-Key", key)
 					resp, err := client.Do(req)
 					if err != nil {
@@ -297,7 +297,7 @@ func TestEventIdempotencyConcurrent(t *testing.T) {
 		for i := range n {
 			wg.Go(func() {
 				<-start
-				req, _ := http.NewRequest("POST", e.ts.URL+"/api/v1/events", strings.NewReader(`{"trigger_ref":"t"}`))
+				req, _ := http.NewRequest(http.MethodPost, e.ts.URL+"/api/v1/events", strings.NewReader(`{"trigger_ref":"t"}`))
 				req.Header.Set("Idempotency-Key", key)
 				resp, err := client.Do(req)
 				if err != nil {

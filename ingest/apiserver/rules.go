@@ -155,24 +155,15 @@ func errNoRule(ref string) error {
 }
 
 func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
-	s.rqPending.Add(1)
-	enqueued := false
-	defer func() {
-		if !enqueued {
-			s.rqPending.Add(-1)
-		}
-	}()
+	p := underWay(&s.rqPending)
+	defer p.done()
 	ru, err := s.parseNewRule(w, r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	req := &ruleReq{ru: ru, resp: make(chan error, 1)}
-	select {
-	case s.ruleq <- req:
-		s.rqPending.Add(-1)
-		enqueued = true
-	case <-s.quit:
+	if !enqueue(s, s.ruleq, req, p) {
 		s.fail(w, r, ErrClosed)
 		return
 	}

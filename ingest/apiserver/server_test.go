@@ -3,7 +3,6 @@ package apiserver
 import (
 	"context"
 	"encoding/json"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/goleak"
 
 	"github.com/timerd/timerd/auth"
@@ -285,7 +285,8 @@ func TestServe(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Serve did not return after cancel")
 	}
-	if _, err := client.Get("http://" + ln.Addr().String() + "/health"); err == nil {
+	if resp, err := client.Get("http://" + ln.Addr().String() + "/health"); err == nil {
+		resp.Body.Close()
 		t.Error("GET after shutdown succeeded, want connection error")
 	}
 }
@@ -303,7 +304,7 @@ func TestCloseIdempotentAndRejectsEvents(t *testing.T) {
 		t.Fatalf("second Close = %v", err)
 	}
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/events", strings.NewReader(`{"trigger_ref":"x"}`)))
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/v1/events", strings.NewReader(`{"trigger_ref":"x"}`)))
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Errorf("POST event after Close = %d %s, want 503", rec.Code, rec.Body)
 	}

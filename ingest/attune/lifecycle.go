@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/timerd/timerd/scheduler"
 )
 
 // LifecycleType is the kind of a rule lifecycle message, in its canonical
@@ -112,13 +114,13 @@ func ParseLifecycle(body []byte, routingKey string) (Lifecycle, error) {
 		}
 		t, ok := normalizeLifecycleType(s)
 		if !ok {
-			return l, invalid(typeField, "unknown type %q", truncate(s, 64))
+			return l, invalid(typeField, "unknown type %q", scheduler.Truncate(s, 64))
 		}
 		l.Type = t
 	} else {
 		t, ok := normalizeLifecycleType(routingKey)
 		if !ok {
-			return l, invalid("message_type", "missing, and routing key %q names no type", truncate(routingKey, 64))
+			return l, invalid("message_type", "missing, and routing key %q names no type", scheduler.Truncate(routingKey, 64))
 		}
 		l.Type = t
 	}
@@ -218,7 +220,7 @@ func parseLifecycleID(raw json.RawMessage) (int64, error) {
 			return 0, errors.New("must be an integer")
 		}
 		if s == "" || len(s) > 20 || strings.TrimLeft(s, "0123456789") != "" {
-			return 0, fmt.Errorf("string %q is not a decimal integer", truncate(s, 32))
+			return 0, fmt.Errorf("string %q is not a decimal integer", scheduler.Truncate(s, 32))
 		}
 		return positiveID(strconv.ParseInt(s, 10, 64))
 	}
@@ -233,10 +235,10 @@ func parseLifecycleID(raw json.RawMessage) (int64, error) {
 	// 5.0 or 1e3: accept only when exact (|f| ≤ 2^53) and integral.
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsInf(f, 0) || math.Abs(f) > 1<<53 {
-		return 0, fmt.Errorf("%s is out of range", truncate(s, 32))
+		return 0, fmt.Errorf("%s is out of range", scheduler.Truncate(s, 32))
 	}
 	if f != math.Trunc(f) {
-		return 0, fmt.Errorf("%s is not an integer", truncate(s, 32))
+		return 0, fmt.Errorf("%s is not an integer", scheduler.Truncate(s, 32))
 	}
 	return positiveID(int64(f), nil)
 }
@@ -261,13 +263,6 @@ func firstByte(raw json.RawMessage) byte {
 		return 0
 	}
 	return raw[0]
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 // RoutingKey returns the topic routing key Attune uses for t ("rule.created",

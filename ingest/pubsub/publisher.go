@@ -13,7 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/timerd/timerd/ingest/attune"
-	"github.com/timerd/timerd/ingest/internal/backoff"
+	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/scheduler/metricset"
 )
 

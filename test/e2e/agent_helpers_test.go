@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/timerd/timerd/ingest/mqtest"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // broker is the test's RabbitMQ: its URL and a name prefix unique to the
@@ -180,15 +181,8 @@ func (ag *agent) follow(t *testing.T, what string, within time.Duration, act fun
 	t.Helper()
 	act()
 	start := time.Now()
-	for {
-		if cond(metrics(t, ag.nodeURL)) {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s: not followed within %s", what, within)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, within, what+" followed", func() bool { return cond(metrics(t, ag.nodeURL)) })
+	return time.Since(start)
 }
 
 func (a *attune) post(t *testing.T, path string, body any) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/ingest/mqtest"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // followWithin is how soon a node must follow a rule change (the issue's
@@ -57,7 +58,7 @@ func TestAgentFollowsRuleLifecycle(t *testing.T) {
 		}
 	}, applied("RuleEnabled", 1)))
 	// The new schedule runs: a 1 h timer would not fire now.
-	waitFor(t, "first event on the changed schedule", 3*time.Second, func() bool { return len(api.events(t, "e2e.follow")) > 0 })
+	testkit.Eventually(t, 3*time.Second, "first event on the changed schedule", func() bool { return len(api.events(t, "e2e.follow")) > 0 })
 	t.Logf("first event on the new schedule %s after the change", time.Since(changed).Round(time.Millisecond))
 	check("API: disable", ag.follow(t, "disable", 5*time.Second, func() {
 		api.post(t, "/api/v1/rules/e2e.follow/disable", nil)
@@ -121,17 +122,17 @@ func TestAgentSurvivesBrokerRestart(t *testing.T) {
 	ag := startAgent(t, api.agentEnv(b, node, t.TempDir()))
 
 	api.createRule(t, "restart.tick", "core.intervaltimer", map[string]any{"interval": 1})
-	waitFor(t, "two events of restart.tick", 5*time.Second, func() bool { return len(api.events(t, "restart.tick")) >= 2 })
+	testkit.Eventually(t, 5*time.Second, "two events of restart.tick", func() bool { return len(api.events(t, "restart.tick")) >= 2 })
 
 	waitBrokerQuiet(t, b.prefix, 60*time.Second)
 	startBroker := stopBroker(t)
 	stopped := time.Now()
-	waitFor(t, "the agent sees the broker gone", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the agent sees the broker gone", func() bool {
 		return metric(metrics(t, ag.nodeURL), "timerd_mq_connected") == 0
 	})
 	// The node keeps firing and delivering while the broker is down.
 	during := len(api.events(t, "restart.tick"))
-	waitFor(t, "two more events while the broker is down", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "two more events while the broker is down", func() bool {
 		return len(api.events(t, "restart.tick")) >= during+2
 	})
 	startBroker()
@@ -143,7 +144,7 @@ func TestAgentSurvivesBrokerRestart(t *testing.T) {
 	api.createRule(t, "restart.new", "core.crontimer", map[string]any{"expression": "0 0 * * *"})
 	api.post(t, "/api/v1/rules/restart.tick/disable", nil)
 	disabled := time.Now()
-	waitFor(t, "changes after the restart followed", 40*time.Second, func() bool {
+	testkit.Eventually(t, 40*time.Second, "changes after the restart followed", func() bool {
 		m := metrics(t, ag.nodeURL)
 		return metric(m, "timerd_rules_known") == 1 &&
 			metric(m, "timerd_lifecycle_messages_total", `type="RuleCreated"`, `result="applied"`) == 2 &&
@@ -162,7 +163,7 @@ func TestAgentSurvivesBrokerRestart(t *testing.T) {
 	}
 
 	// No fire lost: every slot from the first to the disable, once.
-	waitFor(t, "outbox drained", 10*time.Second, func() bool { return outboxStatus(t, ag.nodeURL).OutboxDepth == 0 })
+	testkit.Eventually(t, 10*time.Second, "outbox drained", func() bool { return outboxStatus(t, ag.nodeURL).OutboxDepth == 0 })
 	slots := slotsOf(t, api.events(t, "restart.tick"))
 	for i := 1; i < len(slots); i++ {
 		if gap := slots[i].slot.Sub(slots[i-1].slot); gap != time.Second {
@@ -187,7 +188,7 @@ func TestAgentPicksUpChangesMadeWhileStopped(t *testing.T) {
 	env := api.agentEnv(b, node, t.TempDir())
 	ag := startAgent(t, env)
 	api.createRule(t, "stopped.a", "core.intervaltimer", map[string]any{"interval": 3600})
-	waitFor(t, "stopped.a followed", 5*time.Second, func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 1 })
+	testkit.Eventually(t, 5*time.Second, "stopped.a followed", func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 1 })
 	if err := ag.stop(20 * time.Second); err != nil {
 		t.Fatalf("timerd agent after SIGTERM: %v, want exit status 0", err)
 	}
@@ -197,16 +198,16 @@ func TestAgentPicksUpChangesMadeWhileStopped(t *testing.T) {
 	ch := b.channel(t)
 	b.publish(t, ch, "rule.created", []byte(`{"event_type":"RuleCreated","rule_id":990100,"rule_ref":"queue.only",
 		"trigger_type":"core.timer","trigger_params":{"interval_seconds":3600}}`))
-	waitFor(t, "three messages kept in the stopped node's queue", 5*time.Second, func() bool { return b.depth(t, b.queue(node)) == 3 })
+	testkit.Eventually(t, 5*time.Second, "three messages kept in the stopped node's queue", func() bool { return b.depth(t, b.queue(node)) == 3 })
 
 	ag2 := startAgent(t, env)
-	waitFor(t, "changes picked up", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "changes picked up", func() bool {
 		m := metrics(t, ag2.nodeURL)
 		return metric(m, "timerd_rules_known") == 2 &&
 			metric(m, "timerd_lifecycle_messages_total", `type="RuleCreated"`, `result="applied"`) == 1 &&
 			metric(m, "timerd_lifecycle_messages_total") == 3
 	})
-	waitFor(t, "queue drained", 5*time.Second, func() bool { return b.depth(t, b.queue(node)) == 0 })
+	testkit.Eventually(t, 5*time.Second, "queue drained", func() bool { return b.depth(t, b.queue(node)) == 0 })
 }
 
 // 10,000 malformed or hostile messages: the agent keeps running, counts
@@ -219,7 +220,7 @@ func TestAgentSurvivesHostileMessages(t *testing.T) {
 	api := startAttune(t, b)
 	ag := startAgent(t, api.agentEnv(b, node, t.TempDir()))
 	api.createRule(t, "calm", "core.intervaltimer", map[string]any{"interval": 3600})
-	waitFor(t, "calm followed", 5*time.Second, func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 1 })
+	testkit.Eventually(t, 5*time.Second, "calm followed", func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 1 })
 	before := outboxStatus(t, ag.nodeURL)
 
 	const total = 10_000
@@ -232,7 +233,7 @@ func TestAgentSurvivesHostileMessages(t *testing.T) {
 	}
 	t.Logf("published %d hostile messages in %s", total, time.Since(start).Round(time.Millisecond))
 	var m map[string]float64
-	waitFor(t, "every hostile message counted", 60*time.Second, func() bool {
+	testkit.Eventually(t, 60*time.Second, "every hostile message counted", func() bool {
 		m = metrics(t, ag.nodeURL)
 		return metric(m, "timerd_lifecycle_messages_total", `result="invalid"`)+
 			metric(m, "timerd_lifecycle_messages_total", `result="ignored"`) >= total
@@ -249,12 +250,12 @@ func TestAgentSurvivesHostileMessages(t *testing.T) {
 	if after := outboxStatus(t, ag.nodeURL); after != before {
 		t.Errorf("node status changed: %+v → %+v", before, after)
 	}
-	if resp, err := http.Get(ag.nodeURL + "/healthz"); err != nil || resp.StatusCode != 200 {
+	if resp, err := http.Get(ag.nodeURL + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("/healthz after the hostile messages: %v %v", resp, err)
 	} else {
 		resp.Body.Close()
 	}
-	waitFor(t, "queue drained", 5*time.Second, func() bool { return b.depth(t, b.queue(node)) == 0 })
+	testkit.Eventually(t, 5*time.Second, "queue drained", func() bool { return b.depth(t, b.queue(node)) == 0 })
 	if err := ag.stop(20 * time.Second); err != nil {
 		t.Errorf("timerd agent after SIGTERM: %v, want exit status 0", err)
 	}
@@ -422,7 +423,7 @@ func TestDevOnRabbitMQ(t *testing.T) {
 	waitReady(t, d.nodeURL, 30*time.Second)
 
 	d.createRule(t, "dev.mq", "core.intervaltimer", map[string]any{"interval": 1})
-	waitFor(t, "an event of dev.mq", 3*time.Second, func() bool { return len(d.events(t, "dev.mq")) > 0 })
+	testkit.Eventually(t, 3*time.Second, "an event of dev.mq", func() bool { return len(d.events(t, "dev.mq")) > 0 })
 	mt := metrics(t, d.nodeURL)
 	if metric(mt, "timerd_mq_connected") != 1 || metric(mt, "timerd_mq_published_total", `result="confirmed"`) != 1 {
 		t.Errorf("dev on RabbitMQ: mq_connected %v, published confirmed %v; want 1 and 1",

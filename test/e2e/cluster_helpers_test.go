@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // clusterInt reads a count from the environment (def when unset).
@@ -312,7 +313,7 @@ func (c *tcluster) started(n *cnode, p *proc, wait bool, within time.Duration) {
 	c.t.Helper()
 	ag := &agent{proc: p}
 	ag.nodeURL = p.waitOutput(agentHTTPRe, 30*time.Second)[1]
-	waitFor(c.t, n.short+": gossip address in /v1/status", 30*time.Second, func() bool {
+	testkit.Eventually(c.t, 30*time.Second, n.short+": gossip address in /v1/status", func() bool {
 		st, err := getStatus(ag.nodeURL)
 		if err != nil {
 			return false
@@ -392,48 +393,45 @@ func ringOwners(t *testing.T, members []string, ids []int64) map[int64]string {
 func (c *tcluster) waitStable(what string, within time.Duration, want map[string]int) (map[string]clusterStatus, time.Duration) {
 	c.t.Helper()
 	begin := time.Now()
-	var last string
-	for {
+	var out map[string]clusterStatus
+	testkit.EventuallyWhy(c.t, within, what+": cluster stable", func() (string, bool) {
 		nodes := c.running()
 		var names []string
 		for _, n := range nodes {
 			names = append(names, n.name)
 		}
 		slices.Sort(names)
-		out, ok := map[string]clusterStatus{}, true
+		var why string
+		ok := true
+		out = map[string]clusterStatus{}
 		for _, n := range nodes {
 			st, err := getStatus(n.ag.nodeURL)
 			switch me, _ := st.self(); {
 			case err != nil:
-				last, ok = fmt.Sprintf("%s: %v", n.short, err), false
+				why, ok = fmt.Sprintf("%s: %v", n.short, err), false
 			case !st.Ready:
-				last, ok = n.short+" not ready", false
+				why, ok = n.short+" not ready", false
 			case !slices.Equal(st.alive(), names):
-				last, ok = fmt.Sprintf("%s sees alive %v, want %v", n.short, st.alive(), names), false
+				why, ok = fmt.Sprintf("%s sees alive %v, want %v", n.short, st.alive(), names), false
 			case want != nil && me.RulesOwned != want[n.name]:
-				last, ok = fmt.Sprintf("%s owns %d rules in its view, want %d", n.short, me.RulesOwned, want[n.name]), false
+				why, ok = fmt.Sprintf("%s owns %d rules in its view, want %d", n.short, me.RulesOwned, want[n.name]), false
 			case want != nil && st.RulesOwned != want[n.name]:
-				last, ok = fmt.Sprintf("%s runs %d rules, want %d", n.short, st.RulesOwned, want[n.name]), false
+				why, ok = fmt.Sprintf("%s runs %d rules, want %d", n.short, st.RulesOwned, want[n.name]), false
 			}
 			out[n.short] = st
 			if !ok {
 				break
 			}
 		}
-		if ok {
-			return out, time.Since(begin)
-		}
-		if time.Since(begin) > within {
-			c.t.Fatalf("%s: cluster not stable within %s: %s", what, within, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return why, ok
+	})
+	return out, time.Since(begin)
 }
 
 // waitKnown waits until every running node's store holds n enabled rules.
 func (c *tcluster) waitKnown(n int) {
 	c.t.Helper()
-	waitFor(c.t, "every node knows every rule", 30*time.Second, func() bool {
+	testkit.Eventually(c.t, 30*time.Second, "every node knows every rule", func() bool {
 		for _, node := range c.running() {
 			if st, err := getStatus(node.ag.nodeURL); err != nil || st.RulesKnown != n {
 				return false
@@ -446,7 +444,7 @@ func (c *tcluster) waitKnown(n int) {
 // waitHoldAll waits until the nodes named hold every partition between them.
 func (c *tcluster) waitHoldAll(within time.Duration, shorts ...string) {
 	c.t.Helper()
-	waitFor(c.t, strings.Join(shorts, ", ")+" hold every partition", within, func() bool {
+	testkit.Eventually(c.t, within, strings.Join(shorts, ", ")+" hold every partition", func() bool {
 		sum := 0
 		for _, s := range shorts {
 			st, err := getFSStatus(c.node(s).ag.nodeURL)
@@ -466,7 +464,7 @@ func (c *tcluster) waitHoldAll(within time.Duration, shorts ...string) {
 func (c *tcluster) waitDrained(within time.Duration) {
 	c.t.Helper()
 	empty := map[string]bool{}
-	waitFor(c.t, "outboxes drained", within, func() bool {
+	testkit.Eventually(c.t, within, "outboxes drained", func() bool {
 		all := true
 		for _, n := range c.running() {
 			if empty[n.ag.nodeURL] {
@@ -553,7 +551,7 @@ func (c *tcluster) createRule(ref, triggerRef string, params map[string]any) (in
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(raw, &out); err != nil || out.Data.ID <= 0 {
-		return 0, fmt.Errorf("create rule %s: answer %q: %v", ref, raw, err)
+		return 0, fmt.Errorf("create rule %s: answer %q: %w", ref, raw, err)
 	}
 	return out.Data.ID, nil
 }

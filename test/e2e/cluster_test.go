@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // The cluster tests of issue 5 with real processes: one RabbitMQ, one
@@ -56,7 +58,7 @@ func TestClusterScaleOut(t *testing.T) {
 	run := func(what string, d time.Duration) { // the cluster works: let it
 		t.Helper()
 		since := time.Now()
-		waitFor(t, what, d+5*time.Second, func() bool { return time.Since(since) > d })
+		testkit.Eventually(t, d+5*time.Second, what, func() bool { return time.Since(since) > d })
 	}
 	run("3 nodes firing for an interval", every)
 	released := func(shorts ...string) (sum float64) {
@@ -164,7 +166,7 @@ func TestClusterFirstJoinKeepsEveryFire(t *testing.T) {
 	c.start("n2", c.peers("n2"), true)
 	joined := c.node("n2").started
 	c.waitStable("2 nodes", 30*time.Second, nil)
-	waitFor(t, "the last rule due", spread+10*time.Second, func() bool { return time.Now().After(dueOf(n - 1).Add(2 * time.Second)) })
+	testkit.Eventually(t, spread+10*time.Second, "the last rule due", func() bool { return time.Now().After(dueOf(n - 1).Add(2 * time.Second)) })
 	c.waitDrained(30 * time.Second)
 	owners := ringOwners(t, c.names("n1", "n2"), ids)
 	evs := c.allEvents()
@@ -202,7 +204,7 @@ func TestClusterRollingRestart(t *testing.T) {
 	shorts := []string{"n1", "n2", "n3"}
 	c.waitStable("3 nodes", 60*time.Second, ringCounts(t, c.names(shorts...), ids))
 
-	waitFor(t, "one interval since n1 started firing", every+5*time.Second, func() bool { return time.Since(firing) > every })
+	testkit.Eventually(t, every+5*time.Second, "one interval since n1 started firing", func() bool { return time.Since(firing) > every })
 
 	// Datetime rules due across the restarts (their creation takes a while).
 	due0 := time.Now().Add(time.Second + time.Duration(nd)*5*time.Millisecond)
@@ -235,7 +237,7 @@ func TestClusterRollingRestart(t *testing.T) {
 		}
 	}
 	t.Logf("restarts took %s; %d of %d datetime rules came due during them", restarts.Round(time.Millisecond), within, nd)
-	waitFor(t, "the last datetime rule due", window+time.Minute, func() bool {
+	testkit.Eventually(t, window+time.Minute, "the last datetime rule due", func() bool {
 		return time.Since(to) > 2*time.Second && time.Now().After(last.Add(2*time.Second))
 	})
 	c.waitDrained(30 * time.Second)
@@ -291,14 +293,14 @@ func TestClusterCrash(t *testing.T) {
 			mine++
 		}
 	}
-	waitFor(t, "the time to kill", 30*time.Second, func() bool { return time.Now().After(killAt) })
+	testkit.Eventually(t, 30*time.Second, "the time to kill", func() bool { return time.Now().After(killAt) })
 	c.kill("n2")
 	killed := time.Now()
 	t.Logf("killed n2 (SIGKILL), owner of %d of %d datetime rules due 2-20 s later", mine, nd)
 
 	// Failure detection: until n1 no longer lists n2 alive.
 	var detected time.Duration
-	waitFor(t, "n1 declares n2 dead", 60*time.Second, func() bool {
+	testkit.Eventually(t, 60*time.Second, "n1 declares n2 dead", func() bool {
 		st, err := getStatus(c.node("n1").ag.nodeURL)
 		if err != nil {
 			return false
@@ -316,7 +318,7 @@ func TestClusterCrash(t *testing.T) {
 	t.Logf("n2 declared dead %s after SIGKILL", detected.Round(time.Millisecond))
 	c.waitStable("2 nodes", 30*time.Second, nil)
 	last := dueOf(nd - 1)
-	waitFor(t, "the last datetime rule due", 40*time.Second, func() bool { return time.Now().After(last.Add(2 * time.Second)) })
+	testkit.Eventually(t, 40*time.Second, "the last datetime rule due", func() bool { return time.Now().After(last.Add(2 * time.Second)) })
 	c.waitDrained(30 * time.Second)
 
 	check := func(when string) {
@@ -367,7 +369,7 @@ func TestClusterCrashedNodeReturnsAtAnotherAddress(t *testing.T) {
 	old := c.node("n2").gossip
 	c.kill("n2")
 	victim := c.node("n2").name
-	waitFor(t, "n1 declares n2 dead", 60*time.Second, func() bool {
+	testkit.Eventually(t, 60*time.Second, "n1 declares n2 dead", func() bool {
 		st, err := getStatus(c.node("n1").ag.nodeURL)
 		m, ok := st.member(victim)
 		return err == nil && ok && m.State == "dead"
@@ -406,7 +408,7 @@ func TestClusterJoinUnreachableWaitsForTimeout(t *testing.T) {
 		t.Errorf("the node logs that it runs alone, but not as a warning")
 	}
 	var evs map[int64][]fired
-	waitFor(t, "the rule fires", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the rule fires", func() bool {
 		evs = c.allEvents()
 		return len(evs[ids[0]]) > 0
 	})

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cmd/timerd/node"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // rejectingIngress stands between the agent and the API: while reject is
@@ -107,7 +108,7 @@ func TestAgentRejectionWindowAndRedrive(t *testing.T) {
 	env := append(api.agentEnv(b, nodeName, t.TempDir()), "ATTUNE_API_URL="+ingress.start(t, api.apiURL))
 	ag := startAgent(t, env)
 	api.createRule(t, "e2e.dl", "core.intervaltimer", map[string]any{"interval": 1})
-	waitFor(t, "the first event", 10*time.Second, func() bool { return len(api.events(t, "e2e.dl")) > 0 })
+	testkit.Eventually(t, 10*time.Second, "the first event", func() bool { return len(api.events(t, "e2e.dl")) > 0 })
 
 	// Phase 1: 404 for 8 s.
 	ingress.reject.Store(http.StatusNotFound)
@@ -119,7 +120,7 @@ func TestAgentRejectionWindowAndRedrive(t *testing.T) {
 	if len(refused) < 7 {
 		t.Fatalf("%d events answered 404 in 8 s, want at least 7 (a 1 s rule)", len(refused))
 	}
-	waitFor(t, "every event refused with 404 delivered", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "every event refused with 404 delivered", func() bool {
 		ok := ingress.answers(is2xx)
 		for key := range refused {
 			if ok[key] == 0 {
@@ -158,7 +159,7 @@ func TestAgentRejectionWindowAndRedrive(t *testing.T) {
 	time.Sleep(2500 * time.Millisecond)
 	ingress.reject.Store(0)
 	var page node.DeadLetterPage
-	waitFor(t, "dead letters of the 400s", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "dead letters of the 400s", func() bool {
 		page = deadLetterPage(t, ag.nodeURL)
 		return page.Total > 0 && page.Total == len(ingress.answers(func(s int) bool { return s == http.StatusBadRequest }))
 	})
@@ -177,7 +178,7 @@ func TestAgentRejectionWindowAndRedrive(t *testing.T) {
 	}
 	redrive := timerdOut(t, "dead-letters", "redrive", "--all", "--addr", ag.nodeURL)
 	t.Logf("%d dead letters; timerd dead-letters redrive --all: %s", page.Total, redrive)
-	waitFor(t, "the redriven events delivered", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "the redriven events delivered", func() bool {
 		ok := ingress.answers(is2xx)
 		for _, dl := range page.DeadLetters {
 			if ok[dl.IdempotencyKey] == 0 {

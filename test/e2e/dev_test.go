@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // The curl lines dev prints (as the README says): an interval rule of 1 s
@@ -30,7 +32,7 @@ func TestDevIntervalRuleEventsWithin3s(t *testing.T) {
 	}
 	id := answer.Data.ID
 	var evs []event
-	waitFor(t, "first event of demo.every_second", 3*time.Second, func() bool {
+	testkit.Eventually(t, 3*time.Second, "first event of demo.every_second", func() bool {
 		evs = d.events(t, "demo.every_second")
 		return len(evs) > 0
 	})
@@ -74,7 +76,7 @@ func TestDevSIGKILLRestartRecovers(t *testing.T) {
 	d.createRule(t, "once", "core.datetimetimer", map[string]any{"fire_at": fireAt.Format(time.RFC3339Nano)})
 	d.createRule(t, "every.fire_once", "core.intervaltimer", map[string]any{"interval": 1, "misfire": "fire_once", "misfire_grace": "1s"})
 	d.createRule(t, "every.default", "core.intervaltimer", map[string]any{"interval": 1})
-	waitFor(t, "two events of each interval rule", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "two events of each interval rule", func() bool {
 		return len(d.events(t, "every.fire_once")) >= 2 && len(d.events(t, "every.default")) >= 2
 	})
 
@@ -88,7 +90,7 @@ func TestDevSIGKILLRestartRecovers(t *testing.T) {
 	d = startDev(t, dir)
 
 	var once []event
-	waitFor(t, "the datetime event after restart", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the datetime event after restart", func() bool {
 		once = d.events(t, "once")
 		return len(once) > 0
 	})

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // A full disk (docs/operations.md, "When the disk fills"): a node's data
@@ -77,7 +78,7 @@ func fillDisk(t *testing.T, path string) int64 {
 // waitEvents waits until each of ids has at least n events stored.
 func waitEvents(c *tcluster, ids []int64, n int, within time.Duration) {
 	c.t.Helper()
-	waitFor(c.t, fmt.Sprintf("%d events of each rule", n), within, func() bool {
+	testkit.Eventually(c.t, within, fmt.Sprintf("%d events of each rule", n), func() bool {
 		evs := storedEvents(c)
 		for _, id := range ids {
 			if len(evs[id]) < n {
@@ -181,7 +182,7 @@ func TestDiskFullSingleNode(t *testing.T) {
 	t.Logf("tmpfs filled with %d MiB, the API refusing events", filled>>20)
 	var code int
 	var body string
-	waitWhy(t, "/readyz 503 after the disk filled", 5*time.Second, func() (string, bool) {
+	testkit.EventuallyWhy(t, 5*time.Second, "/readyz 503 after the disk filled", func() (string, bool) {
 		code, body = readyzBody(url)
 		return body, code == http.StatusServiceUnavailable
 	})
@@ -223,7 +224,7 @@ func TestDiskFullSingleNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	freed := time.Now()
-	waitWhy(t, "/readyz 200 after room came back", 15*time.Second, func() (string, bool) {
+	testkit.EventuallyWhy(t, 15*time.Second, "/readyz 200 after room came back", func() (string, bool) {
 		code, body = readyzBody(url)
 		return body, code == http.StatusOK
 	})
@@ -286,7 +287,7 @@ func TestDiskFullClusterNodeStepsOut(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 		t.Fatalf("SIGCONT n3: %v", err)
 	}
-	waitWhy(t, "n2's /readyz 503 with its disk full and the ring changing", 10*time.Second, func() (string, bool) {
+	testkit.EventuallyWhy(t, 10*time.Second, "n2's /readyz 503 with its disk full and the ring changing", func() (string, bool) {
 		code, body := readyzBody(n2.ag.nodeURL)
 		return body, code == http.StatusServiceUnavailable && strings.Contains(body, "the store cannot commit")
 	})
@@ -314,7 +315,7 @@ func TestDiskFullClusterNodeStepsOut(t *testing.T) {
 	}
 	freed := time.Now()
 	var after fsStatus
-	waitWhy(t, "n2 back as a new incarnation, holding partitions, ready", 30*time.Second, func() (string, bool) {
+	testkit.EventuallyWhy(t, 30*time.Second, "n2 back as a new incarnation, holding partitions, ready", func() (string, bool) {
 		after, err = getFSStatus(n2.ag.nodeURL)
 		code, body := readyzBody(n2.ag.nodeURL)
 		why := fmt.Sprintf("%+v, %v; /readyz %d %s", after, err, code, body)

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // misbehavingFront stands between a node and `timerd api` as an ingress or a
@@ -112,20 +114,20 @@ func TestAgentAgainstAMisbehavingAPI(t *testing.T) {
 
 	api.createRule(t, "edge.steady", "core.intervaltimer", map[string]any{"interval": 1})
 	changedID := api.createRule(t, "edge.changed", "core.intervaltimer", map[string]any{"interval": 1})
-	waitFor(t, "both rules fire", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "both rules fire", func() bool {
 		return len(api.events(t, "edge.steady")) >= 2 && len(api.events(t, "edge.changed")) >= 2
 	})
 
 	// 1. Redirects.
 	front.set("redirect", "")
 	redirectedAt := time.Now()
-	waitFor(t, "a redirect logged", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "a redirect logged", func() bool {
 		return strings.Contains(ag.output(), "redirected a POST")
 	})
 	time.Sleep(4*time.Second - time.Since(redirectedAt))
 	during := len(api.events(t, "edge.steady"))
 	front.set("", "")
-	waitFor(t, "the slots of the redirect delivered", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "the slots of the redirect delivered", func() bool {
 		return len(api.events(t, "edge.steady")) >= during+4
 	})
 	away.mu.Lock()
@@ -144,7 +146,7 @@ func TestAgentAgainstAMisbehavingAPI(t *testing.T) {
 	for _, odd := range []struct{ mode, reason string }{{"empty", "malformed"}, {"no_totals", "no_totals"}} {
 		before := metric(metrics(t, ag.nodeURL), "timerd_reconcile_refused_total", `reason="`+odd.reason+`"`)
 		front.set("", odd.mode)
-		waitFor(t, "the "+odd.mode+" listing refused twice", 10*time.Second, func() bool {
+		testkit.Eventually(t, 10*time.Second, "the "+odd.mode+" listing refused twice", func() bool {
 			return metric(metrics(t, ag.nodeURL), "timerd_reconcile_refused_total", `reason="`+odd.reason+`"`) >= before+2
 		})
 		if known := metric(metrics(t, ag.nodeURL), "timerd_rules_known"); known != 2 {
@@ -161,7 +163,7 @@ func TestAgentAgainstAMisbehavingAPI(t *testing.T) {
 	b.publish(t, ch, "rule.created", fmt.Appendf(nil, `{"message_type":"RuleCreated","timestamp":%q,
 		"payload":{"rule_id":%d,"rule_ref":"edge.changed","trigger_ref":"core.intervaltimer","trigger_params":{"interval":0},"enabled":true}}`,
 		time.Now().UTC().Format(time.RFC3339Nano), changedID))
-	waitFor(t, "timerd_rules_invalid = 1", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "timerd_rules_invalid = 1", func() bool {
 		return metric(metrics(t, ag.nodeURL), "timerd_rules_invalid") == 1
 	})
 	time.Sleep(1500 * time.Millisecond) // a fire committed before the stop is delivered
@@ -177,7 +179,7 @@ func TestAgentAgainstAMisbehavingAPI(t *testing.T) {
 		map[string]any{"trigger_params": map[string]any{"interval": 2}}, nil); code != http.StatusOK {
 		t.Fatalf("PUT a valid interval: status %d", code)
 	}
-	waitFor(t, "the rule fires again after a valid change", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the rule fires again after a valid change", func() bool {
 		return len(api.events(t, "edge.changed")) > stoppedAt
 	})
 	if n := metric(metrics(t, ag.nodeURL), "timerd_rules_invalid"); n != 0 {

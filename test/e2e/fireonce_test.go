@@ -17,6 +17,7 @@ import (
 
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // The fire-once protocol (docs/protocol.md) with real processes: three
@@ -237,20 +238,6 @@ func startThree(c *tcluster, ids []int64) []string {
 	return three
 }
 
-// waitWhy is waitFor whose failure says why the condition did not hold
-// (the last reason cond gave).
-func waitWhy(t *testing.T, what string, timeout time.Duration, cond func() (why string, ok bool)) {
-	t.Helper()
-	var why string
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		var ok bool
-		if why, ok = cond(); ok {
-			return
-		}
-	}
-	t.Fatalf("%s: not within %s: %s", what, timeout, why)
-}
-
 // storedSettled reads the stored events until check of them finds every
 // slot stored, or done allows what is missing and no running node has a
 // ready event left to deliver; at most within. It returns the last events
@@ -369,17 +356,17 @@ func TestFireOnceSIGSTOP(t *testing.T) {
 	woke := time.Now()
 
 	var after fsStatus
-	waitFor(t, "n2 starts a new incarnation", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "n2 starts a new incarnation", func() bool {
 		after, err = getFSStatus(n2.ag.nodeURL)
 		return err == nil && after.Incarnation != "" && after.Incarnation != before.Incarnation
 	})
 	newInc := time.Since(woke)
-	_, back := c.waitStable("n2 awake", 60*time.Second, nil)
+	c.waitStable("n2 awake", 60*time.Second, nil)
 	// Ready means settled: each holds every partition its view gives it.
 	// Each view is the 3-node ring (the datetime rules have fired; they
 	// stay in the store, and in the counts of the view).
 	owns := ringCounts(t, three, append(slices.Clone(ids), dts...))
-	waitWhy(t, "each node's view is the 3-node ring, and they hold every partition", 30*time.Second, func() (string, bool) {
+	testkit.EventuallyWhy(t, 30*time.Second, "each node's view is the 3-node ring, and they hold every partition", func() (string, bool) {
 		held := 0
 		for _, n := range c.running() {
 			st, err := getStatus(n.ag.nodeURL)
@@ -395,7 +382,7 @@ func TestFireOnceSIGSTOP(t *testing.T) {
 		}
 		return fmt.Sprintf("%d partitions held of %d", held, cluster.DefaultPartitions), held == cluster.DefaultPartitions
 	})
-	back = time.Since(woke) - newInc
+	back := time.Since(woke) - newInc
 	t.Logf("n2 woke: incarnation %s -> %s %s after SIGCONT; the 3 nodes run what the ring says %s later",
 		before.Incarnation, after.Incarnation, newInc.Round(time.Millisecond), back.Round(time.Millisecond))
 	if got := c.nodeMetric("n2", "timerd_incarnations_fenced_total") - fenced0; got < 1 {
@@ -520,7 +507,7 @@ func TestFireOnceFailover(t *testing.T) {
 	c.waitHoldAll(30*time.Second, "n1", "n3")
 	takeover := time.Since(killed)
 	last := dueOf(nd - 1)
-	waitFor(t, "the last datetime rule due", window+30*time.Second, func() bool { return time.Now().After(last.Add(2 * time.Second)) })
+	testkit.Eventually(t, window+30*time.Second, "the last datetime rule due", func() bool { return time.Now().After(last.Add(2 * time.Second)) })
 	to := time.Now().Add(-time.Second)
 
 	// With n2 still dead: what is not stored must be in n2's store, fired
@@ -541,7 +528,6 @@ func TestFireOnceFailover(t *testing.T) {
 		}
 		return len(chk.noEvent) == 0
 	})
-	evs := deadEvs
 	sr, sp, lost := classify(dead.missing, left)
 	t.Logf("with n2 dead: %d of %d slots not stored: %d ready in n2's outbox, %d pending in its store, %d in neither; %d stored twice",
 		len(dead.missing), dead.total, sr, sp, lost, len(dead.twice))
@@ -555,7 +541,7 @@ func TestFireOnceFailover(t *testing.T) {
 	c.start("n2", c.peers("n2"), true, "TIMERD_BIND_ADDR="+c.node("n2").gossip)
 	c.waitStable("n2 back", 30*time.Second, nil)
 	var iv, dt slotCheck
-	evs, _, _ = storedSettled(c, 30*time.Second, func(evs map[int64][]stored) slotCheck {
+	evs, _, _ := storedSettled(c, 30*time.Second, func(evs map[int64][]stored) slotCheck {
 		iv, dt = intervalSlotsOnce(evs, ids, every, from, to), datetimeOnce(evs, dts, dueOf)
 		var all slotCheck
 		all.add(iv)
@@ -834,7 +820,7 @@ func TestFireOnceScaleInAPIDown(t *testing.T) {
 		return len(chk.noEvent) == 0
 	})
 	drained := time.Since(apiUp)
-	waitFor(t, "n1's outbox empty again: timerd_outbox_oldest_age_seconds 0", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "n1's outbox empty again: timerd_outbox_oldest_age_seconds 0", func() bool {
 		return c.nodeMetric("n1", "timerd_outbox_oldest_age_seconds") == 0
 	})
 	strandedReady, strandedPending, lostElsewhere := classify(iv.missing, left)

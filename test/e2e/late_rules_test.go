@@ -8,6 +8,7 @@ import (
 
 	// Named so: this package calls its Attune API process "attune".
 	contract "github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // Rules that reach a node after their slot fire, late, once (docs/protocol.md
@@ -25,7 +26,7 @@ func TestLateRulesFireOnceAfterRestart(t *testing.T) {
 	ag := startAgent(t, env)
 
 	api.createRule(t, "late.moved", "core.datetimetimer", map[string]any{"fire_at": time.Now().Add(time.Hour).Format(time.RFC3339Nano)})
-	waitFor(t, "late.moved followed", 10*time.Second, func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 1 })
+	testkit.Eventually(t, 10*time.Second, "late.moved followed", func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 1 })
 	if err := ag.stop(30 * time.Second); err != nil {
 		t.Fatalf("timerd agent after SIGTERM: %v, want exit status 0", err)
 	}
@@ -50,7 +51,7 @@ func TestLateRulesFireOnceAfterRestart(t *testing.T) {
 		}
 		last = later(last, d)
 	}
-	waitFor(t, "every rule due while the agent is down", time.Until(last)+5*time.Second, func() bool {
+	testkit.Eventually(t, time.Until(last)+5*time.Second, "every rule due while the agent is down", func() bool {
 		return time.Now().After(last.Add(500 * time.Millisecond))
 	})
 
@@ -58,7 +59,7 @@ func TestLateRulesFireOnceAfterRestart(t *testing.T) {
 	ag = startAgent(t, env)
 	// Delivered: the outbox and the events awaiting their verdict (a node is
 	// always a cluster, alone too) are empty.
-	waitFor(t, "every late rule fired and delivered", 60*time.Second, func() bool {
+	testkit.Eventually(t, 60*time.Second, "every late rule fired and delivered", func() bool {
 		m := metrics(t, ag.nodeURL)
 		return metric(m, "timerd_fires_total") >= float64(len(due)) && metric(m, "timerd_outbox_entries") == 0 &&
 			metric(m, "timerd_outbox_pending_events") == 0
@@ -103,16 +104,16 @@ func TestLateStaleEnableKeepsRuleDisabled(t *testing.T) {
 	ag := startAgent(t, api.agentEnv(b, node, t.TempDir()))
 	enabledAt := time.Now()
 	id := api.createRule(t, "stale.order", "core.intervaltimer", map[string]any{"interval": 1})
-	waitFor(t, "stale.order firing", 10*time.Second, func() bool { return len(api.events(t, "stale.order")) >= 1 })
+	testkit.Eventually(t, 10*time.Second, "stale.order firing", func() bool { return len(api.events(t, "stale.order")) >= 1 })
 
 	api.post(t, "/api/v1/rules/stale.order/disable", nil)
-	waitFor(t, "disable applied", 10*time.Second, func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 0 })
+	testkit.Eventually(t, 10*time.Second, "disable applied", func() bool { return metric(metrics(t, ag.nodeURL), "timerd_rules_known") == 0 })
 
 	// The enable that was published first by another replica, arriving now.
 	stale := contract.EnvelopeJSON(contract.Lifecycle{Type: contract.RuleEnabled, RuleID: id, RuleRef: "stale.order",
 		TriggerRef: "core.intervaltimer", Params: []byte(`{"interval":1}`), Enabled: true}, "", enabledAt)
 	b.publish(t, b.channel(t), "rule.enabled", stale)
-	waitFor(t, "stale enable counted", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "stale enable counted", func() bool {
 		return metric(metrics(t, ag.nodeURL), "timerd_lifecycle_messages_total", `type="RuleEnabled"`, `result="stale"`) == 1
 	})
 	m := metrics(t, ag.nodeURL)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // quorumOf is the quorum part of a node's /v1/status.
@@ -55,7 +57,7 @@ func sharedPort(t *testing.T, hosts ...string) (port int, release func()) {
 		}
 		release = func() {
 			for _, c := range closers {
-				c()
+				_ = c()
 			}
 		}
 		if ok {
@@ -117,7 +119,7 @@ func TestMergeStartedTogether(t *testing.T) {
 
 	names := c.names(shorts...)
 	var seen3 time.Duration
-	waitFor(t, "every node sees the three members with a quorum", 60*time.Second, func() bool {
+	testkit.Eventually(t, 60*time.Second, "every node sees the three members with a quorum", func() bool {
 		for _, s := range shorts {
 			st, err := getStatus(c.node(s).ag.nodeURL)
 			if err != nil || !slices.Equal(st.alive(), names) {
@@ -162,7 +164,7 @@ func TestMergeAloneWaitsForQuorum(t *testing.T) {
 	c := newTCluster(t)
 	ids := c.createRules("quorum", "core.intervaltimer", 5, func(int) map[string]any { return map[string]any{"interval": 1} })
 	n := c.start("n1", []string{closedAddr(t)}, false, "TIMERD_JOIN_TIMEOUT="+timeout.String(), "TIMERD_EXPECT=3")
-	waitFor(t, "the node says it waits for a quorum", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "the node says it waits for a quorum", func() bool {
 		return strings.Contains(n.ag.output(), "waits for a quorum")
 	})
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // The network partition test: a real cut on loopback with iptables (root only; `make test`
@@ -242,7 +243,7 @@ func TestPartition(t *testing.T) {
 	// few seconds late: wait until every rule has a slot stored at or after to.
 	var evs map[int64][]fired
 	var tail time.Duration
-	waitFor(t, "every rule's slots up to the end of the window stored", 60*time.Second, func() bool {
+	testkit.Eventually(t, 60*time.Second, "every rule's slots up to the end of the window stored", func() bool {
 		evs = c.allEvents()
 		for _, id := range ids {
 			if !slices.ContainsFunc(evs[id], func(f fired) bool { return !f.slot.Before(to) }) {
@@ -387,7 +388,7 @@ type iptables string
 func (ipt iptables) run(args ...string) error {
 	out, err := exec.Command(string(ipt), append([]string{"-w", "10"}, args...)...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("iptables %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -464,23 +465,22 @@ func partitionLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline, logged := time.Now().Add(5*time.Minute), false
-	for {
+	t.Cleanup(func() { f.Close() }) // closing releases the lock, or gives up waiting for it
+	logged := false
+	testkit.Eventually(t, 5*time.Minute, "lock "+f.Name(), func() bool {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			break
+			return true
 		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
-			f.Close()
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			t.Fatalf("lock %s: %v", f.Name(), err)
 		}
 		if !logged {
 			t.Logf("waiting for another run of the partition test (%s)", f.Name())
 			logged = true
 		}
-		time.Sleep(time.Second)
-	}
-	t.Cleanup(func() { f.Close() }) // closing releases the lock
+		return false
+	})
 }
 
 // partitionUserFiles makes a copy of the binary that partitionUID may run and a data dir it

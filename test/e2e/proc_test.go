@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // timerdBin is the binary under test, built once by TestMain.
@@ -99,19 +101,19 @@ func (p *proc) output() string {
 // waitOutput waits until the output matches re and returns the submatches.
 func (p *proc) waitOutput(re *regexp.Regexp, timeout time.Duration) []string {
 	p.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if m := re.FindStringSubmatch(p.output()); m != nil {
-			return m
+	var m []string
+	testkit.Eventually(p.t, timeout, fmt.Sprintf("timerd prints %q", re), func() bool {
+		if m = re.FindStringSubmatch(p.output()); m != nil {
+			return true
 		}
 		select {
 		case <-p.done:
 			p.t.Fatalf("timerd exited (%v) before printing %q", p.waitErr, re)
-		case <-time.After(20 * time.Millisecond):
+		default:
 		}
-	}
-	p.t.Fatalf("timerd did not print %q within %s", re, timeout)
-	return nil
+		return false
+	})
+	return m
 }
 
 func (p *proc) kill() {
@@ -168,18 +170,14 @@ func startDev(t *testing.T, dataDir string) *dev {
 
 func waitReady(t *testing.T, nodeURL string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, timeout, nodeURL+"/readyz 200", func() bool {
 		resp, err := http.Get(nodeURL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s/readyz not 200 within %s", nodeURL, timeout)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // apiDo sends a JSON request to the API, as admin, and decodes the answer
@@ -260,18 +258,6 @@ func (d *dev) createRule(t *testing.T, ref, triggerRef string, params map[string
 		t.Fatalf("create rule %s: status %d", ref, code)
 	}
 	return out.Data.ID
-}
-
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s", what, timeout)
 }
 
 func payloadTime(t *testing.T, e event, key string) time.Time {

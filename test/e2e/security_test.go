@@ -15,6 +15,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // A real agent whose ATTUNE_API_URL carries a password and whose operator
@@ -41,7 +42,7 @@ func TestAgentHidesSecrets(t *testing.T) {
 	ag := startAgent(t, env)
 
 	api.createRule(t, "secret.steady", "core.intervaltimer", map[string]any{"interval": 1})
-	waitFor(t, "an event through the URL with a password", 10*time.Second, func() bool { return len(api.events(t, "secret.steady")) > 0 })
+	testkit.Eventually(t, 10*time.Second, "an event through the URL with a password", func() bool { return len(api.events(t, "secret.steady")) > 0 })
 
 	for _, open := range []string{"/metrics", "/healthz", "/readyz"} {
 		resp, err := http.Get(ag.nodeURL + open)
@@ -103,7 +104,7 @@ func mqUser(t *testing.T, b *broker, name string, configure, write, read string)
 	if out, err := rabbitmqctl("add_user", name, password); err != nil {
 		t.Fatalf("rabbitmqctl add_user: %v: %s", err, out)
 	}
-	t.Cleanup(func() { rabbitmqctl("delete_user", name) })
+	t.Cleanup(func() { _, _ = rabbitmqctl("delete_user", name) })
 	if out, err := rabbitmqctl("set_permissions", "-p", "/", name, configure, write, read); err != nil {
 		t.Fatalf("rabbitmqctl set_permissions: %v: %s", err, out)
 	}

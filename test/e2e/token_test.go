@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // soakSetting reads a duration from the environment, for `make soak`.
@@ -57,7 +59,7 @@ func TestDevSensorTokenRefreshesWhileDelivering(t *testing.T) {
 			t.Fatalf("after %s: %d dead letters", time.Since(start).Round(time.Second), st.DeadLetters)
 		}
 	}
-	waitFor(t, "outbox drained", 10*time.Second, func() bool { return outboxStatus(t, d.nodeURL).OutboxDepth == 0 })
+	testkit.Eventually(t, 10*time.Second, "outbox drained", func() bool { return outboxStatus(t, d.nodeURL).OutboxDepth == 0 })
 
 	m := metrics(t, d.nodeURL)
 	wantRefreshes := int(run/(ttl*8/10)) - 1

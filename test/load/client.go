@@ -170,7 +170,7 @@ func (c *client) scrape(ctx context.Context, base string) (samples, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		io.Copy(io.Discard, resp.Body)
+		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil, nil
 	}
 	s, err := parseProm(resp.Body)

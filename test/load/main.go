@@ -58,7 +58,10 @@ func main() {
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintln(os.Stderr, "load: write the report:", err)
+			os.Exit(2)
+		}
 	} else {
 		printReport(os.Stdout, rep)
 	}

@@ -33,7 +33,7 @@ func parseProm(r io.Reader) (samples, error) {
 		if len(fields) == 0 {
 			continue
 		}
-		series := line
+		var series string
 		if i >= 0 {
 			series = line[:i+1]
 		} else {

@@ -180,7 +180,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	}
 	defer func() {
 		if rep.Exit == "" {
-			p.stop(30 * time.Second)
+			_ = p.stop(30 * time.Second)
 		}
 	}()
 	cl := newClient(p.apiURL, p.nodeURL, cfg.Concurrency)
@@ -667,10 +667,10 @@ func startDev(ctx context.Context, bin, dataDir string) (*proc, error) {
 	case <-p.done:
 		return nil, p.exitErr("before printing its banner")
 	case <-time.After(60 * time.Second):
-		p.stop(5 * time.Second)
+		_ = p.stop(5 * time.Second)
 		return nil, fmt.Errorf("timerd dev printed no API and node URLs within 60s:\n%s", p.output())
 	case <-ctx.Done():
-		p.stop(5 * time.Second)
+		_ = p.stop(5 * time.Second)
 		return nil, ctx.Err()
 	}
 }
@@ -692,7 +692,7 @@ func (p *proc) output() string {
 
 func (p *proc) exitErr(when string) error {
 	<-p.done
-	return fmt.Errorf("timerd dev exited %s: %v; last output:\n%s", when, p.waitErr, p.output())
+	return fmt.Errorf("timerd dev exited %s: %w; last output:\n%s", when, p.waitErr, p.output())
 }
 
 // stop sends SIGTERM, waits up to timeout, then kills.

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 	"time"
@@ -121,19 +122,9 @@ func (n *node) start() {
 
 func byRuleSlot(a, b protocol.EventRef) int {
 	if a.Rule != b.Rule {
-		return cmp64(a.Rule, b.Rule)
+		return cmp.Compare(a.Rule, b.Rule)
 	}
-	return cmp64(a.Slot, b.Slot)
-}
-
-func cmp64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return cmp.Compare(a.Slot, b.Slot)
 }
 
 // crash loses everything not committed.
@@ -289,9 +280,9 @@ func (n *node) deliver() {
 	}
 	keys := slices.SortedFunc(maps.Keys(n.deliverable), func(a, b fireID) int {
 		if a.rule != b.rule {
-			return cmp64(a.rule, b.rule)
+			return cmp.Compare(a.rule, b.rule)
 		}
-		return cmp64(a.slot, b.slot)
+		return cmp.Compare(a.slot, b.slot)
 	})
 	for _, k := range keys {
 		ev := n.deliverable[k]

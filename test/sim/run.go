@@ -430,7 +430,7 @@ func (w *world) checkEveryKeptSlotFired() {
 // faults can leave no node with a lease (a slot due in an outage fires late, and a rule
 // disabled meanwhile fires no catch-up).
 func (r rule) keptWindow(w *world) (from, to int64) {
-	from = max(int64(epoch0), r.created)
+	from = max(epoch0, r.created)
 	to = epoch0 + w.end - int64(4*time.Second)
 	if r.disabled != 0 {
 		to = min(to, r.disabled-int64(outageBound))

@@ -22,6 +22,7 @@ import (
 	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // clusterSystem is an API server whose metrics are on a registry of the
@@ -98,7 +99,7 @@ func (s *clusterSystem) startClusterNode(name string, cc *cluster.Config, waitRe
 	}()
 	t.Cleanup(func() { rn.stop(t) })
 	if waitReady {
-		waitUntil(t, name+" ready", 15*time.Second, func() bool { return get(t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
+		testkit.Eventually(t, 15*time.Second, name+" ready", func() bool { return get(t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
 	}
 	return rn
 }
@@ -188,19 +189,19 @@ func TestClusterHandOff(t *testing.T) {
 	a := sys.startClusterNode("a", clusterConfig(), true)
 	b := sys.startClusterNode("b", clusterConfig(a.cl.LocalAddr()), true)
 	nodes := []*runningNode{a, b}
-	waitUntil(t, "a and b see each other", 30*time.Second, func() bool { return viewSize(a) == 2 && viewSize(b) == 2 })
+	testkit.Eventually(t, 30*time.Second, "a and b see each other", func() bool { return viewSize(a) == 2 && viewSize(b) == 2 })
 
 	ids := make([]int64, 0, rules)
 	for i := range rules {
 		ids = append(ids, sys.createRule(fmt.Sprintf("h%03d", i), "core.intervaltimer", `{"interval":1}`))
 	}
 	// Each node stores the whole catalogue; each rule runs on one.
-	waitUntil(t, "a and b store every rule", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "a and b store every rule", func() bool {
 		ca, _ := a.store.RuleCount()
 		cb, _ := b.store.RuleCount()
 		return ca == rules && cb == rules
 	})
-	waitUntil(t, "every rule run by exactly one of a, b", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	testkit.Eventually(t, 30*time.Second, "every rule run by exactly one of a, b", func() bool { return ownedOnce(nodes, ids) })
 	time.Sleep(2 * time.Second) // let them fire a couple of slots
 
 	// Scale out: c joins with an empty store; it learns the catalogue by
@@ -208,10 +209,10 @@ func TestClusterHandOff(t *testing.T) {
 	joinStart := time.Now()
 	c := sys.startClusterNode("c", clusterConfig(a.cl.LocalAddr()), false)
 	nodes = append(nodes, c)
-	waitUntil(t, "three members everywhere", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "three members everywhere", func() bool {
 		return viewSize(a) == 3 && viewSize(b) == 3 && viewSize(c) == 3
 	})
-	waitUntil(t, "rules placed on three nodes", 60*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	testkit.Eventually(t, 60*time.Second, "rules placed on three nodes", func() bool { return ownedOnce(nodes, ids) })
 	joinTook := time.Since(joinStart)
 	if got := c.engine.Len(); got < rules/6 || got > rules/2 {
 		t.Errorf("c runs %d of %d rules after joining, want about a third", got, rules)
@@ -252,13 +253,13 @@ func TestClusterHandOff(t *testing.T) {
 	leaveStart := time.Now()
 	b.stop(t)
 	nodes = []*runningNode{a, c}
-	waitUntil(t, "b's rules adopted by a and c", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	testkit.Eventually(t, 30*time.Second, "b's rules adopted by a and c", func() bool { return ownedOnce(nodes, ids) })
 	leaveTook := time.Since(leaveStart)
 	t.Logf("API duplicates after b left: %v", counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"))
 	time.Sleep(2 * time.Second)
 	a.stop(t) // c takes everything
 	t.Logf("API duplicates after a left: %v", counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"))
-	waitUntil(t, "c runs every rule", 30*time.Second, func() bool { return c.engine.Len() == rules })
+	testkit.Eventually(t, 30*time.Second, "c runs every rule", func() bool { return c.engine.Len() == rules })
 	time.Sleep(1500 * time.Millisecond)
 	c.stop(t)
 
@@ -332,11 +333,11 @@ func TestClusterJoinTimeoutGatesFiring(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	waitUntil(t, "ready after the join timeout", 10*time.Second, func() bool { return get(t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
+	testkit.Eventually(t, 10*time.Second, "ready after the join timeout", func() bool { return get(t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
 	if took := time.Since(start); took < cc.JoinTimeout {
 		t.Errorf("ready %v after start, before the join timeout %v", took, cc.JoinTimeout)
 	}
-	waitUntil(t, "the alone node fires", 5*time.Second, func() bool { return len(sys.events("early")) >= 1 })
+	testkit.Eventually(t, 5*time.Second, "the alone node fires", func() bool { return len(sys.events("early")) >= 1 })
 }
 
 // The commit path of a clustered node (docs/protocol.md §6): a fire of a partition
@@ -350,7 +351,7 @@ func TestCommitChecksLeaseAndHolding(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		n.cl.Shutdown()
+		_ = n.cl.Shutdown()
 		n.store.Close()
 	})
 	timer, err := scheduler.Parse("core.intervaltimer", json.RawMessage(`{"interval":1}`), 1)
@@ -442,7 +443,7 @@ func TestClusterQuorum(t *testing.T) {
 	for i := range rules {
 		ids = append(ids, sys.createRule(fmt.Sprintf("q%02d", i), "core.intervaltimer", `{"interval":1}`))
 	}
-	waitUntil(t, "a decided and stores every rule", 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, "a decided and stores every rule", func() bool {
 		c, _ := a.store.RuleCount()
 		return c == rules && a.cl.View().Version >= 1
 	})
@@ -471,12 +472,12 @@ func TestClusterQuorum(t *testing.T) {
 	// 2 of 3: a quorum; every rule runs on one of them and fires.
 	b := sys.startClusterNode("b", expect3(a.cl.LocalAddr()), true)
 	nodes := []*runningNode{a, b}
-	waitUntil(t, "a ready with b", 15*time.Second, func() bool { return get(t, readyURL) == http.StatusOK })
-	waitUntil(t, "every rule run by exactly one of a, b", 15*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	testkit.Eventually(t, 15*time.Second, "a ready with b", func() bool { return get(t, readyURL) == http.StatusOK })
+	testkit.Eventually(t, 15*time.Second, "every rule run by exactly one of a, b", func() bool { return ownedOnce(nodes, ids) })
 	if a.engine.Len() == 0 || b.engine.Len() == 0 {
 		t.Errorf("2 of 3: a runs %d rules, b %d; want both a share", a.engine.Len(), b.engine.Len())
 	}
-	waitUntil(t, "every rule fired twice", 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, "every rule fired twice", func() bool {
 		slots := slotsByRule(t, sys.allEvents())
 		for _, id := range ids {
 			if len(slots[id]) < 2 {
@@ -493,7 +494,7 @@ func TestClusterQuorum(t *testing.T) {
 	// b stops: a is 1 of 3 again; its lease lapses and it fires nothing (it
 	// keeps its partitions: nobody else may fire them either).
 	b.stop(t)
-	waitUntil(t, "a's lease lapses", 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, "a's lease lapses", func() bool {
 		out, _ := a.store.OutboxLen()
 		return gaugeValue(t, a, "timerd_lease") == 0 && !a.Status().Quorum && out == 0 &&
 			get(t, readyURL) == http.StatusServiceUnavailable

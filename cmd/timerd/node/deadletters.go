@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
 
@@ -99,16 +100,16 @@ func pageParams(q url.Values) (after uint64, limit int, err error) {
 		switch name {
 		case "after":
 			if after, err = strconv.ParseUint(v, 10, 64); err != nil {
-				return 0, 0, fmt.Errorf("after: %q is not a dead letter seq (a whole number ≥ 0)", truncate(v, 40))
+				return 0, 0, fmt.Errorf("after: %q is not a dead letter seq (a whole number ≥ 0)", scheduler.Truncate(v, 40))
 			}
 		case "limit":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > MaxDeadLetterPage {
-				return 0, 0, fmt.Errorf("limit: %q is not a whole number in 1..%d", truncate(v, 40), MaxDeadLetterPage)
+				return 0, 0, fmt.Errorf("limit: %q is not a whole number in 1..%d", scheduler.Truncate(v, 40), MaxDeadLetterPage)
 			}
 			limit = n
 		default:
-			return 0, 0, fmt.Errorf("%q: unknown parameter, want after or limit", truncate(name, 40))
+			return 0, 0, fmt.Errorf("%q: unknown parameter, want after or limit", scheduler.Truncate(name, 40))
 		}
 	}
 	return after, limit, nil
@@ -152,13 +153,13 @@ func redriveIDs(r *http.Request) ([]uint64, error) {
 	var ids []uint64
 	for name, vals := range r.URL.Query() {
 		if name != "id" {
-			return nil, fmt.Errorf("%q: unknown parameter, want id", truncate(name, 40))
+			return nil, fmt.Errorf("%q: unknown parameter, want id", scheduler.Truncate(name, 40))
 		}
 		for _, v := range vals {
 			for part := range strings.SplitSeq(v, ",") {
 				id, err := strconv.ParseUint(strings.TrimSpace(part), 10, 64)
 				if err != nil || id == 0 {
-					return nil, fmt.Errorf("id: %q is not a dead letter seq (a whole number ≥ 1)", truncate(part, 40))
+					return nil, fmt.Errorf("id: %q is not a dead letter seq (a whole number ≥ 1)", scheduler.Truncate(part, 40))
 				}
 				ids = append(ids, id)
 			}

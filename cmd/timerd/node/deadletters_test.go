@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // withDeadLetters commits n events of rule 7 to node's store and makes them
@@ -228,7 +229,7 @@ func TestExpireDeadLetters(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.expireDeadLetters(ctx) }()
-	waitUntil(t, "old dead letters expired", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "old dead letters expired", func() bool {
 		return testutil.ToFloat64(n.metrics.deadLettersExpired) == 2
 	})
 	cancel()

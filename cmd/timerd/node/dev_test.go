@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 func TestDevCredentials(t *testing.T) {
@@ -163,7 +164,7 @@ func TestDevRunsInProcess(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, b
 	}
-	waitUntil(t, "dev's node ready", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "dev's node ready", func() bool {
 		code, _ := call(http.MethodGet, d.NodeURL()+"/readyz", "")
 		return code == http.StatusOK
 	})
@@ -173,7 +174,7 @@ func TestDevRunsInProcess(t *testing.T) {
 		`{"ref":"dev.every_second","trigger_ref":"core.intervaltimer","trigger_params":{"interval":1,"unit":"seconds"}}`); code != http.StatusCreated {
 		t.Fatalf("create rule: %d %s", code, b)
 	}
-	waitUntil(t, "an event of dev.every_second", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "an event of dev.every_second", func() bool {
 		code, b := call(http.MethodGet, d.APIURL()+"/api/v1/events?rule_ref=dev.every_second", "")
 		var out struct {
 			Items []event `json:"items"`

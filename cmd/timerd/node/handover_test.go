@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // A node that leaves for good while the events API is down hands its undelivered
@@ -41,11 +42,11 @@ func TestLeaveWithAPIDownHandsEventsOver(t *testing.T) {
 		ids = append(ids, sys.createRule(fmt.Sprintf("ho%02d", i), "core.intervaltimer", `{"interval":1}`))
 	}
 	nodes := []*runningNode{a, b}
-	waitUntil(t, "every rule run by one of a, b", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	testkit.Eventually(t, 30*time.Second, "every rule run by one of a, b", func() bool { return ownedOnce(nodes, ids) })
 	time.Sleep(1500 * time.Millisecond)
 
 	down.Store(true)
-	waitUntil(t, "a has undelivered events", 15*time.Second, func() bool { n, _ := a.store.OutboxLen(); return n > 0 })
+	testkit.Eventually(t, 15*time.Second, "a has undelivered events", func() bool { n, _ := a.store.OutboxLen(); return n > 0 })
 	dir := filepath.Dir(a.store.Path())
 	a.stop(t)
 
@@ -61,7 +62,7 @@ func TestLeaveWithAPIDownHandsEventsOver(t *testing.T) {
 	}
 
 	down.Store(false)
-	waitUntil(t, "b delivers everything", 30*time.Second, func() bool { n, _ := b.store.OutboxLen(); return n == 0 })
+	testkit.Eventually(t, 30*time.Second, "b delivers everything", func() bool { n, _ := b.store.OutboxLen(); return n == 0 })
 	if d := counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"); d != 0 {
 		t.Errorf("API dropped %v repeated slots, want 0", d)
 	}

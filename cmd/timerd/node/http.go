@@ -127,7 +127,7 @@ func (n *Node) handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(n.Status())
+		_ = enc.Encode(n.Status())
 	}))
 	if n.cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", n.operator(pprof.Index))

@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // status of GET url with bearer tok ("" for none), over client.
@@ -53,7 +54,7 @@ func TestOperatorEndpointsWantTheToken(t *testing.T) {
 		ReconcileInterval: -1, HTTPTokenFile: tokFile, Registry: prometheus.NewRegistry(),
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	base := "http://" + n.HTTPAddr()
-	waitUntil(t, "ready", 10*time.Second, func() bool { return get(t, base+"/readyz") == 200 })
+	testkit.Eventually(t, 10*time.Second, "ready", func() bool { return get(t, base+"/readyz") == 200 })
 	c := http.DefaultClient
 	for _, open := range []string{"/metrics", "/healthz", "/readyz"} {
 		if code := statusOf(t, c, "GET", base+open, ""); code != http.StatusOK {
@@ -88,7 +89,9 @@ func TestOperatorEndpointsWantTheToken(t *testing.T) {
 	}
 	// A file that is too short or missing refuses the node at start.
 	short := filepath.Join(dir, "short")
-	os.WriteFile(short, []byte("tiny"), 0o600)
+	if err := os.WriteFile(short, []byte("tiny"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range []string{short, filepath.Join(dir, "missing")} {
 		if _, err := New(Config{DataDir: t.TempDir(), APIURL: s.apiURL, HTTPTokenFile: f}); err == nil {
 			t.Errorf("New with HTTPTokenFile %s: no error", f)
@@ -104,17 +107,23 @@ func TestNodeServesTLS(t *testing.T) {
 	s := startAPI(t, t.TempDir())
 	dir := t.TempDir()
 	certPEM, keyPEM := selfSigned(t)
-	os.WriteFile(filepath.Join(dir, "tls.crt"), certPEM, 0o600)
-	os.WriteFile(filepath.Join(dir, "tls.key"), keyPEM, 0o600)
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.key"), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	webCfg := filepath.Join(dir, "web.yml")
-	os.WriteFile(webCfg, []byte("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"), 0o600)
+	if err := os.WriteFile(webCfg, []byte("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	n := runNode(t, Config{DataDir: filepath.Join(dir, "node"), APIURL: s.apiURL, HTTPAddr: "127.0.0.1:0", NodeName: "tls",
 		ReconcileInterval: -1, HTTPConfigFile: webCfg, Registry: prometheus.NewRegistry()})
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(certPEM)
 	tlsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	defer tlsClient.CloseIdleConnections()
-	waitUntil(t, "ready over https", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "ready over https", func() bool {
 		resp, err := tlsClient.Get("https://" + n.HTTPAddr() + "/readyz")
 		if err != nil {
 			return false
@@ -126,7 +135,9 @@ func TestNodeServesTLS(t *testing.T) {
 		t.Errorf("plain HTTP to the TLS port = %d, want 400 (Go's answer to plain HTTP on a TLS port)", code)
 	}
 	bad := filepath.Join(dir, "bad.yml")
-	os.WriteFile(bad, []byte("tls_server_config:\n  cert_file: missing.crt\n  key_file: tls.key\n"), 0o600)
+	if err := os.WriteFile(bad, []byte("tls_server_config:\n  cert_file: missing.crt\n  key_file: tls.key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := New(Config{DataDir: t.TempDir(), APIURL: s.apiURL, HTTPConfigFile: bad}); err == nil {
 		t.Errorf("New with a web config naming a missing certificate: no error")
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // newIdleNode is a node that is not running: its store and engine, for
@@ -192,7 +193,9 @@ func TestApplyMessages(t *testing.T) {
 				t.Errorf("timerd_lifecycle_messages_total = %v, want %v", got, want)
 			}
 			var stored []int64
-			n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil })
+			if err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil }); err != nil {
+				t.Fatal(err)
+			}
 			if fmt.Sprint(stored) != fmt.Sprint(tt.rules) {
 				t.Errorf("rules stored = %v, want %v", stored, tt.rules)
 			}
@@ -257,7 +260,7 @@ func TestStartupRulesBeforeReconcile(t *testing.T) {
 			t.Errorf("Run = %v", err)
 		}
 	}()
-	waitUntil(t, "start-up rule scheduled", 5*time.Second, func() bool { return n.engine.Len() == 1 })
+	testkit.Eventually(t, 5*time.Second, "start-up rule scheduled", func() bool { return n.engine.Len() == 1 })
 	if _, ok := n.engine.Watermark(7); !ok {
 		t.Errorf("rule 7 of the start-up set is not scheduled")
 	}
@@ -367,7 +370,9 @@ func TestReconcileVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stored []int64
-	n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil })
+	if err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil }); err != nil {
+		t.Fatal(err)
+	}
 	if fmt.Sprint(stored) != "[1 3]" {
 		t.Errorf("rules after reconcile = %v, want [1 3] (2 pruned, 3 too new to prune, 4's tombstone newer)", stored)
 	}
@@ -432,7 +437,7 @@ func TestIntakeBurstAllRun(t *testing.T) {
 		}
 	}
 	published := time.Since(start)
-	waitUntil(t, fmt.Sprintf("%d rules running", n), 2*time.Minute, func() bool { return rn.engine.Len() >= n })
+	testkit.Eventually(t, 2*time.Minute, fmt.Sprintf("%d rules running", n), func() bool { return rn.engine.Len() >= n })
 	t.Logf("%d creates published in %s, all running %s later", n, published.Round(time.Millisecond),
 		(time.Since(start) - published).Round(time.Millisecond))
 	for id := int64(1); id <= int64(n); id++ {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // A node that leaves for good while the acks of its last fires are late, past its
@@ -47,7 +48,7 @@ func TestLeaveWaitsForLateAcks(t *testing.T) {
 		ids = append(ids, sys.createRule(fmt.Sprintf("lv%02d", i), "core.intervaltimer", `{"interval":1}`))
 	}
 	nodes := []*runningNode{a, b}
-	waitUntil(t, "every rule run by one of a, b", 30*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	testkit.Eventually(t, 30*time.Second, "every rule run by one of a, b", func() bool { return ownedOnce(nodes, ids) })
 	time.Sleep(1500 * time.Millisecond) // both fire
 
 	t.Cleanup(func() {
@@ -60,7 +61,7 @@ func TestLeaveWaitsForLateAcks(t *testing.T) {
 		}
 	})
 	slow.on.Store(true)
-	waitUntil(t, "a has fires waiting for b's late acks", 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, "a has fires waiting for b's late acks", func() bool {
 		n, _ := a.store.PendingLen()
 		return n > 0 && slow.delayed.Load() > 0
 	})
@@ -97,7 +98,7 @@ func TestLeaveWaitsForLateAcks(t *testing.T) {
 		t.Errorf("a left with %d fires pending replication in its store, want 0: they are lost if it never starts again", pending)
 	}
 
-	waitUntil(t, "b delivers everything", 30*time.Second, func() bool { n, _ := b.store.OutboxLen(); return n == 0 })
+	testkit.Eventually(t, 30*time.Second, "b delivers everything", func() bool { n, _ := b.store.OutboxLen(); return n == 0 })
 	if d := counterValue(t, sys.apiReg, "timerd_api_events_duplicate_total"); d != 0 {
 		t.Errorf("API dropped %v repeated slots, want 0", d)
 	}

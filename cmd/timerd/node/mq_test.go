@@ -16,6 +16,7 @@ import (
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/mqtest"
 	"github.com/timerd/timerd/ingest/pubsub"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // mqSystem is an API server publishing to a test exchange on the real
@@ -82,22 +83,22 @@ func TestNodeFollowsRabbitMQ(t *testing.T) {
 		ReconcileInterval: -1, MQ: s.mqConfig(proxy.URL())})
 	readyz := "http://" + n.HTTPAddr() + "/readyz"
 
-	waitUntil(t, "two declare attempts", 10*time.Second, func() bool { return proxy.Accepted() >= 2 })
+	testkit.Eventually(t, 10*time.Second, "two declare attempts", func() bool { return proxy.Accepted() >= 2 })
 	if code := get(t, readyz); code != 503 {
 		t.Errorf("/readyz while the broker is down = %d, want 503", code)
 	}
 	proxy.Down(false)
-	waitUntil(t, "ready once the broker answers", 10*time.Second, func() bool { return get(t, readyz) == 200 })
+	testkit.Eventually(t, 10*time.Second, "ready once the broker answers", func() bool { return get(t, readyz) == 200 })
 
 	s.createRule("a", "core.intervaltimer", `{"interval":3600}`)
-	waitUntil(t, "rule a followed", 5*time.Second, func() bool { return n.engine.Len() == 1 })
+	testkit.Eventually(t, 5*time.Second, "rule a followed", func() bool { return n.engine.Len() == 1 })
 	s.post("/api/v1/rules/a/disable")
-	waitUntil(t, "rule a disabled", 5*time.Second, func() bool { return n.engine.Len() == 0 })
+	testkit.Eventually(t, 5*time.Second, "rule a disabled", func() bool { return n.engine.Len() == 0 })
 
 	proxy.Cut()
 	s.createRule("b", "core.crontimer", `{"expression":"0 0 * * *"}`)
-	waitUntil(t, "rule b followed after the cut", 10*time.Second, func() bool { return n.engine.Len() == 1 })
-	waitUntil(t, "queue drained and acked", 5*time.Second, func() bool { return mqtest.QueueDepth(t, s.brokerURL, s.queue) == 0 })
+	testkit.Eventually(t, 10*time.Second, "rule b followed after the cut", func() bool { return n.engine.Len() == 1 })
+	testkit.Eventually(t, 5*time.Second, "queue drained and acked", func() bool { return mqtest.QueueDepth(t, s.brokerURL, s.queue) == 0 })
 
 	counts := lifecycleCounts(t, n.cfg.Registry)
 	if counts["RuleCreated/applied"] != 2 || counts["RuleDisabled/applied"] != 1 {
@@ -154,27 +155,16 @@ func benchIntake(b *testing.B, msgs, batch int) {
 		}
 	}
 	conn.Close()
-	deadline := time.Now().Add(time.Minute)
-	for mqtest.QueueDepth(b, url, queue) < msgs {
-		if time.Now().After(deadline) {
-			b.Fatal("queue not filled")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(b, time.Minute, "queue filled", func() bool { return mqtest.QueueDepth(b, url, queue) >= msgs })
 
 	b.StartTimer()
 	start := time.Now()
 	n := runNode(b, Config{DataDir: b.TempDir(), APIURL: api.URL, NodeName: "bench", ReconcileInterval: -1, IntakeBatch: batch,
 		MQ: &ingest.ConsumerConfig{URL: url, Exchange: exchange, Queue: queue, QueueExpires: 10 * time.Minute}})
-	for {
-		if c, _ := n.store.RuleCount(); c == msgs {
-			break
-		}
-		if time.Since(start) > 5*time.Minute {
-			b.Fatal("not applied within 5 minutes")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(b, 5*time.Minute, "every message applied", func() bool {
+		c, _ := n.store.RuleCount()
+		return c == msgs
+	})
 	el := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(msgs)/el.Seconds(), "msgs/s")

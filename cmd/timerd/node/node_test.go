@@ -20,6 +20,7 @@ import (
 	"github.com/timerd/timerd/ingest/apiserver"
 	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -60,7 +61,7 @@ func serveAPI(t testing.TB, cfg apiserver.Config) string {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Serve(ctx, ln)
+		_ = srv.Serve(ctx, ln) // its error shows in the tests' requests
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -98,7 +99,7 @@ func (s *system) startNode(dir string, subscribe bool) *runningNode {
 		}
 	}()
 	s.t.Cleanup(func() { rn.stop(s.t) })
-	waitUntil(s.t, "node ready", 10*time.Second, func() bool { return get(s.t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
+	testkit.Eventually(s.t, 10*time.Second, "node ready", func() bool { return get(s.t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
 	return rn
 }
 
@@ -181,28 +182,17 @@ func get(t *testing.T, url string) int {
 	return resp.StatusCode
 }
 
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestNodeFiresDeliversAndFollowsLifecycle(t *testing.T) {
 	sys := startAPI(t, t.TempDir())
 	n := sys.startNode(t.TempDir(), true)
 
 	id := sys.createRule("r1", "core.intervaltimer", `{"interval":1}`)
-	waitUntil(t, "two events of r1", 5*time.Second, func() bool { return len(sys.events("r1")) >= 2 })
+	testkit.Eventually(t, 5*time.Second, "two events of r1", func() bool { return len(sys.events("r1")) >= 2 })
 
 	// A duplicate enable keeps the schedule and its count.
 	wmBefore, _ := n.engine.Watermark(id)
 	sys.post("/api/v1/rules/r1/enable")
-	waitUntil(t, "enable applied", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "enable applied", func() bool {
 		return testCounter(t, n, "timerd_lifecycle_messages_total", `type="RuleEnabled"`) >= 1
 	})
 	wmAfter, _ := n.engine.Watermark(id)
@@ -211,7 +201,7 @@ func TestNodeFiresDeliversAndFollowsLifecycle(t *testing.T) {
 	}
 
 	sys.post("/api/v1/rules/r1/disable")
-	waitUntil(t, "disable applied", 5*time.Second, func() bool { return n.engine.Len() == 0 })
+	testkit.Eventually(t, 5*time.Second, "disable applied", func() bool { return n.engine.Len() == 0 })
 	stopped := len(sys.events("r1"))
 	time.Sleep(1500 * time.Millisecond)                // nothing may fire in this window
 	if got := len(sys.events("r1")); got > stopped+1 { // one fire may have been in flight
@@ -233,7 +223,7 @@ func TestNodeRestartContinuesAndReconciles(t *testing.T) {
 	n := sys.startNode(dir, true)
 	sys.createRule("keep", "core.intervaltimer", `{"interval":1}`)
 	sys.createRule("gone", "core.intervaltimer", `{"interval":1}`)
-	waitUntil(t, "events of both rules", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "events of both rules", func() bool {
 		return len(sys.events("keep")) >= 2 && len(sys.events("gone")) >= 1
 	})
 	n.stop(t)
@@ -252,7 +242,7 @@ func TestNodeRestartContinuesAndReconciles(t *testing.T) {
 	if got := n2.engine.Len(); got != 2 {
 		t.Errorf("rules after restart and reconcile: %d, want 2 (keep, new)", got)
 	}
-	waitUntil(t, "keep and new firing after restart", 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, "keep and new firing after restart", func() bool {
 		return len(sys.events("keep")) > before+1 && len(sys.events("new")) >= 1
 	})
 	// execution_count continues from the watermark: no count repeats.
@@ -297,7 +287,7 @@ func TestMetricsPassPromlint(t *testing.T) {
 	sys := startAPI(t, t.TempDir())
 	n := sys.startNode(t.TempDir(), true)
 	sys.createRule("lint", "core.intervaltimer", `{"interval":1}`)
-	waitUntil(t, "an event", 5*time.Second, func() bool { return len(sys.events("lint")) >= 1 })
+	testkit.Eventually(t, 5*time.Second, "an event", func() bool { return len(sys.events("lint")) >= 1 })
 
 	mfs, err := n.cfg.Registry.Gather()
 	if err != nil {
@@ -332,12 +322,14 @@ func ageRule(t *testing.T, dir, ref string, d time.Duration) {
 	}
 	defer st.Close()
 	var found *store.Rule
-	st.ForEachRule(func(r store.Rule, _ store.Watermark) error {
+	if err := st.ForEachRule(func(r store.Rule, _ store.Watermark) error {
 		if r.Ref == ref {
 			found = &r
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if found == nil {
 		t.Fatalf("rule %s not stored", ref)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // A node of three whose store fails its commits for longer than
@@ -34,7 +35,7 @@ func TestClusterNodeStepsOutWhileItsStoreFails(t *testing.T) {
 	for i := range rules {
 		ids = append(ids, sys.createRule(fmt.Sprintf("so%02d", i), "core.intervaltimer", `{"interval":1}`))
 	}
-	waitUntil(t, "every rule run by exactly one of a, b, c", 20*time.Second, func() bool { return ownedOnce(nodes, ids) })
+	testkit.Eventually(t, 20*time.Second, "every rule run by exactly one of a, b, c", func() bool { return ownedOnce(nodes, ids) })
 	before := c.drv.snap.Load().self
 
 	// c's commits fail (as its engine would record them) until a and b hold everything.
@@ -53,7 +54,7 @@ func TestClusterNodeStepsOutWhileItsStoreFails(t *testing.T) {
 		}
 	}()
 	held := func(n *runningNode) int { return len(n.drv.snap.Load().held) }
-	waitUntil(t, "a and b hold every partition, c none", 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, "a and b hold every partition, c none", func() bool {
 		return held(a)+held(b) == cluster.DefaultPartitions && held(c) == 0
 	})
 	if code := get(t, "http://"+c.HTTPAddr()+"/readyz"); code != http.StatusServiceUnavailable {
@@ -65,7 +66,7 @@ func TestClusterNodeStepsOutWhileItsStoreFails(t *testing.T) {
 	close(failing)
 	<-stopped
 
-	waitUntil(t, "c back as a new incarnation, ready, each rule run once", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "c back as a new incarnation, ready, each rule run once", func() bool {
 		self := c.drv.snap.Load().self
 		return self.N > before.N && held(c) > 0 && get(t, "http://"+c.HTTPAddr()+"/readyz") == http.StatusOK &&
 			ownedOnce(nodes, ids)

@@ -61,7 +61,9 @@ func BenchmarkRebuild1M(b *testing.B) {
 		go func() { done <- nd.engine.Run(ctx) }()
 		first := <-fired
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
 		// What the loaded node keeps per rule (engine, store, node), the
 		// load's own garbage collected: the figure docs/benchmarks.md
 		// compares with the engine's alone.

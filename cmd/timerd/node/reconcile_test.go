@@ -160,7 +160,9 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 				t.Fatalf("reconcile = %v, want %v", err, tt.wantErr)
 			}
 			var stored []int64
-			n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil })
+			if err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { stored = append(stored, r.ID); return nil }); err != nil {
+				t.Fatal(err)
+			}
 			if fmt.Sprint(stored) != fmt.Sprint(tt.kept) {
 				t.Errorf("rules after reconcile = %v, want %v", stored, tt.kept)
 			}

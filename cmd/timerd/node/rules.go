@@ -11,6 +11,7 @@ import (
 	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
@@ -83,10 +84,10 @@ func (n *Node) applyStartupRules(ctx context.Context) {
 	}
 }
 
-// reconcileFirst reconciles until a reconcile succeeds, retrying with capped
-// backoff; it reports false when ctx ended first.
+// reconcileFirst reconciles until a reconcile succeeds, retrying with
+// jittered backoff from 1s to 30s; it reports false when ctx ended first.
 func (n *Node) reconcileFirst(ctx context.Context) bool {
-	for attempt := 0; ; attempt++ {
+	for attempt := 1; ; attempt++ {
 		err := n.reconcile(ctx)
 		if err == nil {
 			return true
@@ -94,9 +95,9 @@ func (n *Node) reconcileFirst(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		wait := min(time.Second<<min(attempt, 5), 30*time.Second)
+		wait := backoff.Delay(attempt, time.Second, 30*time.Second)
 		n.log.Warn("first reconcile failed; retrying", "err", err, "retry_in", wait)
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return false
 		}
 	}
@@ -216,10 +217,11 @@ func (n *Node) lifecycleSource() string {
 	return "none (reconcile only)"
 }
 
-// declare declares the lifecycle queue, retrying with capped backoff while
-// the broker is unreachable. It reports false when ctx ended first.
+// declare declares the lifecycle queue, retrying with jittered backoff from
+// 500ms to 30s while the broker is unreachable. It reports false when ctx
+// ended first.
 func (n *Node) declare(ctx context.Context) bool {
-	for attempt := 0; ; attempt++ {
+	for attempt := 1; ; attempt++ {
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := n.consumer.Declare(dctx)
 		cancel()
@@ -230,9 +232,9 @@ func (n *Node) declare(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		wait := min(500*time.Millisecond<<min(attempt, 6), 30*time.Second)
+		wait := backoff.Delay(attempt, 500*time.Millisecond, 30*time.Second)
 		n.log.Warn("lifecycle queue not declared; retrying (not ready until it is)", "err", err, "retry_in", wait)
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return false
 		}
 	}
@@ -273,7 +275,7 @@ func (n *Node) applyMessages(msgs []attune.Message) error {
 		l, err := attune.ParseLifecycle(m.Body, m.RoutingKey)
 		if err != nil {
 			outs[i] = outcome{typ: "unknown", result: resInvalid}
-			n.log.Warn("lifecycle message dropped", "result", resInvalid, "routing_key", truncate(m.RoutingKey, 64),
+			n.log.Warn("lifecycle message dropped", "result", resInvalid, "routing_key", scheduler.Truncate(m.RoutingKey, 64),
 				"bytes", len(m.Body), "err", err)
 			continue
 		}
@@ -285,10 +287,10 @@ func (n *Node) applyMessages(msgs []attune.Message) error {
 			return n.failBatch(msgs, err)
 		case result == resIgnored:
 			n.log.Info("lifecycle message ignored", "result", result, "type", l.Type, "rule_id", l.RuleID,
-				"trigger_ref", truncate(l.TriggerRef, 64), "reason", err)
+				"trigger_ref", scheduler.Truncate(l.TriggerRef, 64), "reason", err)
 		case err != nil:
 			n.log.Warn("lifecycle message not applied", "result", result, "type", l.Type, "rule_id", l.RuleID,
-				"trigger_ref", truncate(l.TriggerRef, 64), "err", err)
+				"trigger_ref", scheduler.Truncate(l.TriggerRef, 64), "err", err)
 		case result == resStale:
 			n.log.Info("lifecycle message older than the rule's version; nothing changed", "type", l.Type,
 				"rule_id", l.RuleID, "timestamp", l.Timestamp)
@@ -463,7 +465,7 @@ func (tx *ruleTxn) commit() error {
 				tx.n.engine.Remove(r.ID)
 				tx.n.invalid.mark(r.ID, true)
 				tx.n.log.Error("rule changed to a timer that does not parse: it stopped firing; its watermark is kept until a valid change",
-					"rule_id", r.ID, "rule_ref", r.Ref, "trigger_ref", truncate(r.TriggerRef, 64), "version", st.rec.Version)
+					"rule_id", r.ID, "rule_ref", r.Ref, "trigger_ref", scheduler.Truncate(r.TriggerRef, 64), "version", st.rec.Version)
 				continue
 			}
 			if st.timer == nil {
@@ -599,7 +601,7 @@ func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, liste
 			n.log.Warn(what+": rule not scheduled", "rule_id", r.ID, "rule_ref", r.Ref, "err", err)
 		case resIgnored:
 			n.log.Info(what+": rule is not a timer rule; not scheduled", "rule_id", r.ID, "rule_ref", r.Ref,
-				"trigger_ref", truncate(r.TriggerRef, 64))
+				"trigger_ref", scheduler.Truncate(r.TriggerRef, 64))
 		}
 	}
 	removed := 0
@@ -676,24 +678,4 @@ func (n *Node) recheck(ctx context.Context, r protocol.Rule) string {
 		return refusedStillEnabled
 	}
 	return ""
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
-// sleepCtx waits d, or less when ctx is done; it reports whether ctx is
-// still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

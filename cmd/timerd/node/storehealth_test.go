@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // A failed commit makes the store failing until a probe succeeds: commits that
@@ -40,8 +41,8 @@ func TestStoreHealthClearsOnlyOnAProbe(t *testing.T) {
 			t.Errorf("probes while commits succeed: %d, want 0", probes)
 		}
 		h.record(full)
-		h.record(nil) // a small commit that found a freed page
-		if _, err, failing := h.failing(); !failing || err != full {
+		h.record(nil)                                                // a small commit that found a freed page
+		if _, err, failing := h.failing(); !failing || err != full { //nolint:errorlint // the recorded error itself
 			t.Fatalf("failing() after a failed commit then a good one: %v, %v; want true, %v", failing, err, full)
 		}
 		time.Sleep(2*probeEvery + probeEvery/2)
@@ -85,7 +86,7 @@ func TestReadyzSaysTheStoreCannotCommit(t *testing.T) {
 	if got := gaugeValue(t, rn, "timerd_ready"); got != 0 {
 		t.Errorf("timerd_ready: %v, want 0", got)
 	}
-	waitUntil(t, "ready again after a probe", 5*time.Second, func() bool { return get(t, base+"/readyz") == http.StatusOK })
+	testkit.Eventually(t, 5*time.Second, "ready again after a probe", func() bool { return get(t, base+"/readyz") == http.StatusOK })
 	if got := gaugeValue(t, rn, "timerd_store_commit_failing"); got != 0 {
 		t.Errorf("timerd_store_commit_failing after the probe: %v, want 0", got)
 	}

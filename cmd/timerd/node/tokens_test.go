@@ -18,6 +18,7 @@ import (
 	"github.com/timerd/timerd/ingest/apiserver"
 	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/test/testkit"
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -124,7 +125,7 @@ func (a *authAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if reject {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusUnauthorized)
-			io.WriteString(w, `{"error":"token rejected by the test"}`)
+			_, _ = io.WriteString(w, `{"error":"token rejected by the test"}`)
 			return
 		}
 	case strings.HasPrefix(r.URL.Path, "/auth/"):
@@ -213,7 +214,7 @@ func (a *authAPI) startNode(mod func(*Config)) *runningNode {
 		unsubscribe()
 	}()
 	a.t.Cleanup(func() { rn.stop(a.t) })
-	waitUntil(a.t, "node ready", 10*time.Second, func() bool { return get(a.t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
+	testkit.Eventually(a.t, 10*time.Second, "node ready", func() bool { return get(a.t, "http://"+n.HTTPAddr()+"/readyz") == 200 })
 	return rn
 }
 
@@ -258,7 +259,7 @@ func TestNodeRefreshesTokenWhileDelivering(t *testing.T) {
 		a.createIntervalRule(fmt.Sprintf("r%d", i))
 	}
 	start := time.Now()
-	waitUntil(t, "7 token refreshes", 40*time.Second, func() bool { r, _, _, _ := a.stats(); return r >= 7 })
+	testkit.Eventually(t, 40*time.Second, "7 token refreshes", func() bool { r, _, _, _ := a.stats(); return r >= 7 })
 	t.Logf("7 refreshes took %v", time.Since(start).Round(time.Millisecond))
 
 	resp, err := http.Get("http://" + n.HTTPAddr() + "/v1/status")
@@ -325,7 +326,7 @@ func TestNode401RefreshesOnce(t *testing.T) {
 	for i := range rules {
 		a.createIntervalRule(fmt.Sprintf("r%d", i))
 	}
-	waitUntil(t, "3 events of every rule", 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, "3 events of every rule", func() bool {
 		for i := range rules {
 			if len(a.counts(fmt.Sprintf("r%d", i))) < 3 {
 				return false

@@ -127,9 +127,9 @@ func buildRevision(ctx context.Context, rev, tmp string) (string, error) {
 	wt := filepath.Join(tmp, "baseline")
 	add := exec.CommandContext(ctx, "git", "worktree", "add", "--detach", wt, rev)
 	if b, err := add.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("git worktree add %s: %v: %s", rev, err, strings.TrimSpace(string(b)))
+		return "", fmt.Errorf("git worktree add %s: %w: %s", rev, err, strings.TrimSpace(string(b)))
 	}
-	defer exec.Command("git", "worktree", "remove", "--force", wt).Run()
+	defer func() { _ = exec.Command("git", "worktree", "remove", "--force", wt).Run() }() // a leftover worktree is only clutter
 	bin := filepath.Join(tmp, "timerd-"+rev)
 	return bin, goBuild(ctx, wt, bin)
 }

@@ -159,7 +159,7 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 	go func() { exited <- cmd.Wait() }()
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
+		<-exited //nolint:errcheck // the exit status after our SIGTERM tells nothing
 	}()
 	base := "http://" + httpAddr
 	started := time.Now()
@@ -167,7 +167,7 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 		select {
 		case err := <-exited:
 			exited <- err
-			return result{}, fmt.Errorf("the agent exited (%v):\n%s", err, logs.String())
+			return result{}, fmt.Errorf("the agent exited (%w):\n%s", err, logs.String())
 		default:
 		}
 		if time.Since(started) > 5*time.Minute {

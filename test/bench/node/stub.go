@@ -57,10 +57,10 @@ func startStub(cfg config) (*stub, error) {
 	mux.HandleFunc("POST /auth/refresh", func(w http.ResponseWriter, r *http.Request) {
 		// The token lives 24 h: a run never needs a new one; answer with the same.
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		json.NewEncoder(w).Encode(map[string]string{"token": tok, "expires_at": time.Now().Add(24 * time.Hour).Format(time.RFC3339)})
+		_ = json.NewEncoder(w).Encode(map[string]string{"token": tok, "expires_at": time.Now().Add(24 * time.Hour).Format(time.RFC3339)})
 	})
 	s.srv = &http.Server{Handler: mux}
-	go s.srv.Serve(ln)
+	go func() { _ = s.srv.Serve(ln) }() // ErrServerClosed at the end of the run
 	return s, nil
 }
 
@@ -109,7 +109,7 @@ func (s *stub) list(w http.ResponseWriter, r *http.Request) {
 			"trigger_params": s.params(id, trig), "enabled": true, "updated": s.created.Format(time.RFC3339Nano)})
 	}
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]any{"items": items, "pagination": map[string]any{
+	_ = json.NewEncoder(w).Encode(map[string]any{"items": items, "pagination": map[string]any{
 		"page": page, "page_size": size, "total_items": len(ids), "has_next": to < len(ids)}})
 }
 
