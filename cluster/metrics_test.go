@@ -29,7 +29,7 @@ func TestNewOnARegistryInUse(t *testing.T) {
 	second.BindAddr, second.Registerer = addr, reg
 	c, err := New(second)
 	if err == nil {
-		c.Shutdown()
+		_ = c.Shutdown()
 		t.Fatal("second New on the same registry = nil error, want a registration error")
 	}
 	var re *metricset.RegisterError
