@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // SourceConfig configures a Source. Zero values take the defaults named on
@@ -161,12 +163,8 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 		}
 		return nil, fmt.Errorf("token source: Token: %w", err)
 	}
-	if cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{s.expiry, refreshes} {
-			if err := cfg.Registerer.Register(m); err != nil {
-				return nil, fmt.Errorf("token source: register metrics: %w", err)
-			}
-		}
+	if _, err := metricset.Register(cfg.Registerer, s.expiry, refreshes); err != nil {
+		return nil, fmt.Errorf("token source: %w", err)
 	}
 	if saved := s.loadState(); saved != nil && saved.iat.After(c.iat) && cfg.Now().Before(saved.exp) {
 		s.log.Info("resuming with the refreshed API token kept in the state file", "path", cfg.StateFile,

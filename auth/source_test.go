@@ -412,8 +412,9 @@ func TestNewSourceRejects(t *testing.T) {
 	if _, err := NewSource(SourceConfig{Token: good, Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewSource(SourceConfig{Token: good, Registerer: reg}); err == nil {
-		t.Error("second NewSource on the same registry: nil error, want a registration error")
+	if _, err := NewSource(SourceConfig{Token: good, Registerer: reg}); err == nil ||
+		!strings.Contains(err.Error(), "timerd_token_expiry_timestamp_seconds") {
+		t.Errorf("second NewSource on the same registry = %v, want a registration error naming the metric", err)
 	}
 }
 

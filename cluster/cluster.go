@@ -164,7 +164,7 @@ func New(cfg Config) (*Cluster, error) {
 	c.keyring = mc.Keyring             // memberlist made one of SecretKey; nil: plain gossip
 	if err := c.met.register(cfg.Registerer, c); err != nil {
 		_ = ml.Shutdown()
-		return nil, fmt.Errorf("register cluster metrics: %w", err)
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	c.goTracked(c.worker)
 	if cfg.GossipKeyringFile != "" {

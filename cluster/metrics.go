@@ -2,7 +2,8 @@ package cluster
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // Member states, as in Member.State and the state label of timerd_cluster_members.
@@ -24,28 +25,27 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
-	f := promauto.With(nil) // registered by register, so that a clash is an error, not a panic
 	m := &metrics{
-		ringChanges: f.NewCounter(prometheus.CounterOpts{
+		ringChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_ring_changes_total",
 			Help: "Changes of the member set of this node's hash ring.",
 		}),
 	}
-	m.protoSent = f.NewCounterVec(prometheus.CounterOpts{
+	m.protoSent = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "timerd_cluster_protocol_messages_sent_total",
 		Help: "Protocol messages sent to a peer, by transport: udp (one datagram), tcp (larger messages).",
 	}, []string{"transport"})
-	m.protoReceived = f.NewCounter(prometheus.CounterOpts{
+	m.protoReceived = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "timerd_cluster_protocol_messages_received_total",
 		Help: "Protocol messages received from live members and handed to the reader.",
 	})
-	m.protoDropped = f.NewCounterVec(prometheus.CounterOpts{
+	m.protoDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "timerd_cluster_protocol_messages_dropped_total",
 		Help: "Protocol messages dropped. in: malformed, version, invalid, too_large (undecodable; version also counts the packets of an older build's watermark gossip), not_member (the sender is no live member), " +
 			"slow_consumer (Messages channel full). out: malformed, invalid, too_large (not encodable), unknown_member (no live member of that name), " +
 			"queue_full (the peer's TCP queue), send_failed.",
 	}, []string{"direction", "reason"})
-	m.keyringReloads = f.NewCounterVec(prometheus.CounterOpts{
+	m.keyringReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "timerd_gossip_keyring_reloads_total",
 		Help: "Changes of the gossip keyring file applied (ok) or refused (error: the keys in use stay).",
 	}, []string{"result"})
@@ -62,11 +62,8 @@ func newMetrics() *metrics {
 	return m
 }
 
-// register registers m and the members gauge of c (once c can list members).
+// register registers m and the gauges of c (once c can list members).
 func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
-	if reg == nil {
-		return nil
-	}
 	quorum := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "timerd_cluster_quorum",
 		Help: "1 when this node's view holds a quorum of the expected members (it fires its share), else 0.",
@@ -89,17 +86,9 @@ func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
 		}
 		return 0
 	})
-	cols := []prometheus.Collector{m.ringChanges, m.protoSent, m.protoReceived, m.protoDropped, m.keyringReloads,
-		membersCollector{c}, quorum, expected, keys}
-	for i, col := range cols {
-		if err := reg.Register(col); err != nil {
-			for _, done := range cols[:i] {
-				reg.Unregister(done)
-			}
-			return err
-		}
-	}
-	return nil
+	_, err := metricset.Register(reg, m.ringChanges, m.protoSent, m.protoReceived, m.protoDropped, m.keyringReloads,
+		membersCollector{c}, quorum, expected, keys)
+	return err
 }
 
 var membersDesc = prometheus.NewDesc("timerd_cluster_members",

@@ -14,6 +14,7 @@ import (
 
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/pubsub"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // ConsumerConfig configures a Consumer.
@@ -131,12 +132,8 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 			}),
 		},
 	}
-	if cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{c.metrics.connected, c.metrics.reconnects, c.metrics.requeued} {
-			if err := cfg.Registerer.Register(m); err != nil {
-				return nil, fmt.Errorf("mq consumer: register metrics: %w", err)
-			}
-		}
+	if _, err := metricset.Register(cfg.Registerer, c.metrics.connected, c.metrics.reconnects, c.metrics.requeued); err != nil {
+		return nil, fmt.Errorf("mq consumer: %w", err)
 	}
 	return c, nil
 }

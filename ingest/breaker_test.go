@@ -91,11 +91,12 @@ func TestDeliveryRejectionPastWindowIsDeadLetter(t *testing.T) {
 		status      int
 		minAttempts int // POSTs of each event before it is a dead letter
 		maxAttempts int
+		wantReason  string // of timerd_dead_letters_total
 	}{
-		{403, 2, 100},
-		{404, 2, 100},
-		{400, 1, 1},
-		{422, 1, 1},
+		{403, 2, 100, "retry_window_expired"},
+		{404, 2, 100, "retry_window_expired"},
+		{400, 1, 1, "rejected"},
+		{422, 1, 1, "rejected"},
 	}
 	for _, tc := range tests {
 		t.Run(strconv.Itoa(tc.status), func(t *testing.T) {
@@ -106,7 +107,7 @@ func TestDeliveryRejectionPastWindowIsDeadLetter(t *testing.T) {
 			cfg := testConfig(st, api.srv.URL)
 			cfg.RejectRetryWindow = window
 			start := time.Now()
-			startDelivery(t, cfg)
+			d, _ := startDelivery(t, cfg)
 
 			testkit.Eventually(t, 10*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 			dls := deadLetters(t, st)
@@ -125,6 +126,13 @@ func TestDeliveryRejectionPastWindowIsDeadLetter(t *testing.T) {
 				if n := api.attemptsOf(ev.IdempotencyKey); n < tc.minAttempts || n > tc.maxAttempts {
 					t.Errorf("key %s posted %d times, want %d..%d", ev.IdempotencyKey, n, tc.minAttempts, tc.maxAttempts)
 				}
+			}
+			code := strconv.Itoa(tc.status)
+			if got := testutil.ToFloat64(d.metrics.deadLetters.WithLabelValues(tc.wantReason, code)); got != float64(len(events)) {
+				t.Errorf("timerd_dead_letters_total{reason=%q,code=%q} = %v, want %d", tc.wantReason, code, got, len(events))
+			}
+			if n := testutil.CollectAndCount(d.metrics.deadLetters); n != 1 {
+				t.Errorf("timerd_dead_letters_total has %d series, want 1 (reason %s, code %s)", n, tc.wantReason, code)
 			}
 		})
 	}

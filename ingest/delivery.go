@@ -73,8 +73,8 @@ type DeliveryConfig struct {
 	// AckFailed, if set, is told of every ack commit that failed (the node's
 	// readiness follows its store's commits). It must not block.
 	AckFailed  func(error)
-	Logger     *slog.Logger // nil: discard
-	Registerer prometheus.Registerer
+	Logger     *slog.Logger          // nil: discard
+	Registerer prometheus.Registerer // nil: metrics are not registered; see NewDelivery
 }
 
 // Defaults of DeliveryConfig.
@@ -315,7 +315,10 @@ func (c DeliveryConfig) ceiling() int {
 	return share
 }
 
-// NewDelivery checks cfg and returns a stopped Delivery.
+// NewDelivery checks cfg and returns a stopped Delivery. Its metrics are
+// registered on cfg.Registerer: a second Delivery on the same registry is an
+// error naming the metric. Deliveries that share a registry each take it
+// wrapped with prometheus.WrapRegistererWith labels that tell them apart.
 func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -326,7 +329,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		cfg:      cfg,
 		endpoint: endpoint,
 		log:      cfg.Logger.With("component", "delivery"),
-		metrics:  newDeliveryMetrics(cfg.Registerer),
+		metrics:  newDeliveryMetrics(),
 		// Enough entries to keep the most POSTs in flight busy while the
 		// delivered ones wait for their ack commit (an fsync: tens of ms on a
 		// busy disk, at 10,000 events/s), and the reads batched.
@@ -341,6 +344,9 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	var err error
 	if d.poster, err = newPoster(endpoint, cfg.maxInFlight()); err != nil {
 		return nil, fmt.Errorf("%w: APIURL: %w", ErrDeliveryConfig, err)
+	}
+	if err := d.metrics.register(cfg.Registerer); err != nil { // last: nothing to undo after it
+		return nil, err
 	}
 	return d, nil
 }
@@ -881,7 +887,7 @@ func (e *engine) handle(batch []outcome) {
 				e.retry(r.p, 0)
 				continue
 			}
-			d.metrics.deadLetters.WithLabelValues(strconv.Itoa(r.status)).Inc()
+			d.metrics.deadLetter(r.status).Inc()
 			d.log.Warn("event rejected, moved to dead letters", "seq", seq, "rule", r.p.entry.Event.RuleID,
 				"idempotency_key", r.p.entry.Event.IdempotencyKey, "status", r.status, "reason", r.reason)
 			delete(e.window, seq)

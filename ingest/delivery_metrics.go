@@ -1,17 +1,19 @@
 package ingest
 
 import (
-	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 type deliveryMetrics struct {
 	deliveries  *prometheus.CounterVec // by HTTP status, or "error"
 	seconds     prometheus.Histogram
-	deadLetters *prometheus.CounterVec // by HTTP status
+	deadLetters *prometheus.CounterVec // by reason (deadLetterReasons) and HTTP status
 	ackFailures prometheus.Counter
 	rulesPaused prometheus.Gauge   // rules whose breaker is open
 	rulePauses  prometheus.Counter // breaker openings
@@ -37,13 +39,35 @@ func (m *deliveryMetrics) delivery(code int) prometheus.Counter {
 	return c.(prometheus.Counter)
 }
 
+// deadLetter is the dead letters counter of an event the API answered code
+// for good.
+func (m *deliveryMetrics) deadLetter(code int) prometheus.Counter {
+	reason := deadLetterRejected
+	if isRejectRetried(code) {
+		reason = deadLetterWindowExpired
+	}
+	return m.deadLetters.WithLabelValues(reason, strconv.Itoa(code))
+}
+
+// The reasons of timerd_dead_letters_total, a fixed set: why the event
+// became a dead letter, the HTTP status being the code label.
+const (
+	// deadLetterRejected: a permanent 4xx (400, 410, 413, 422, …) that judges
+	// the event itself.
+	deadLetterRejected = "rejected"
+	// deadLetterWindowExpired: a 403 or 404 still answered after
+	// RejectRetryWindow of retries.
+	deadLetterWindowExpired = "retry_window_expired"
+)
+
 // The classes of events in flight.
 const (
 	classOnTime  = "on_time"
 	classCatchUp = "catch_up"
 )
 
-func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
+// newDeliveryMetrics makes the delivery's metrics, unregistered.
+func newDeliveryMetrics() *deliveryMetrics {
 	m := &deliveryMetrics{
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_deliveries_total",
@@ -56,8 +80,8 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 		}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_dead_letters_total",
-			Help: "Events moved to dead letters after a permanent rejection, by HTTP status code.",
-		}, []string{"reason"}),
+			Help: "Events moved to dead letters after a permanent rejection, by reason (rejected: a 4xx that judges the event; retry_window_expired: a 403 or 404 past the retry window) and HTTP status code.",
+		}, []string{"reason", "code"}),
 		ackFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_outbox_ack_failures_total",
 			Help: "Failed commits of delivered events' removal from the outbox (a full disk); they are retried, never posted again.",
@@ -87,40 +111,16 @@ func newDeliveryMetrics(reg prometheus.Registerer) *deliveryMetrics {
 			Help: "Decreases of the delivery concurrency limit, by reason: latency (round trips rose), overload (429, 5xx, 408, transport error: halved), retry_after (halved and paused).",
 		}, []string{"reason"}),
 	}
-	if reg == nil {
-		m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
-		m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
-		return m
-	}
-	m.deliveries = registerOrExisting(reg, m.deliveries)
-	m.seconds = registerOrExisting(reg, m.seconds)
-	m.deadLetters = registerOrExisting(reg, m.deadLetters)
-	m.ackFailures = registerOrExisting(reg, m.ackFailures)
-	m.rulesPaused = registerOrExisting(reg, m.rulesPaused)
-	m.rulePauses = registerOrExisting(reg, m.rulePauses)
-	m.limit = registerOrExisting(reg, m.limit)
-	m.ceiling = registerOrExisting(reg, m.ceiling)
-	m.inFlight = registerOrExisting(reg, m.inFlight)
-	m.limitDecreases = registerOrExisting(reg, m.limitDecreases)
 	m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
 	m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
 	return m
 }
 
-// registerOrExisting registers c, or returns the collector already registered under
-// the same description, so that a second Delivery on one registry (a restart
-// inside one process) shares the series instead of failing.
-func registerOrExisting[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	err := reg.Register(c)
-	if err == nil {
-		return c
+// register registers m on reg (nil: nowhere).
+func (m *deliveryMetrics) register(reg prometheus.Registerer) error {
+	if _, err := metricset.Register(reg, m.deliveries, m.seconds, m.deadLetters, m.ackFailures, m.rulesPaused,
+		m.rulePauses, m.limit, m.ceiling, m.inFlight, m.limitDecreases); err != nil {
+		return fmt.Errorf("delivery: %w", err)
 	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing
-		}
-	}
-	// A conflicting collector of another type: keep ours, unregistered.
-	return c
+	return nil
 }

@@ -465,8 +465,8 @@ func TestDeliveryDeadLetters(t *testing.T) {
 				t.Errorf("server saw %d POSTs, want %d (a permanent answer is not retried)", got, len(events))
 			}
 			code := strconv.Itoa(tc.status)
-			if got := testutil.ToFloat64(d.metrics.deadLetters.WithLabelValues(code)); got != float64(len(events)) {
-				t.Errorf("timerd_dead_letters_total{reason=%q} = %v, want %d", code, got, len(events))
+			if got := testutil.ToFloat64(d.metrics.deadLetters.WithLabelValues("rejected", code)); got != float64(len(events)) {
+				t.Errorf("timerd_dead_letters_total{reason=\"rejected\",code=%q} = %v, want %d", code, got, len(events))
 			}
 		})
 	}
@@ -801,9 +801,18 @@ func TestDeliveryMetricsRegistered(t *testing.T) {
 			t.Errorf("registry lacks %s; has %v", want, names)
 		}
 	}
-	// A second Delivery on the same registry shares the collectors.
-	if _, err := NewDelivery(cfg); err != nil {
-		t.Errorf("second NewDelivery on one registry: %v", err)
+	// A second Delivery on the same registry is an error naming a metric,
+	// not a panic and not series shared in silence.
+	if _, err := NewDelivery(cfg); err == nil || !strings.Contains(err.Error(), "timerd_deliveries_total") {
+		t.Errorf("second NewDelivery on one registry = %v, want an error naming timerd_deliveries_total", err)
+	}
+	// Two Deliveries wrapped with labels that tell them apart share one.
+	shared := prometheus.NewRegistry()
+	for _, name := range []string{"a", "b"} {
+		cfg.Registerer = prometheus.WrapRegistererWith(prometheus.Labels{"delivery": name}, shared)
+		if _, err := NewDelivery(cfg); err != nil {
+			t.Errorf("NewDelivery on a shared registry with the label delivery=%q: %v", name, err)
+		}
 	}
 }
 

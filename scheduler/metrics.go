@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // metrics are always created so the hot path has no nil checks; they are
@@ -61,13 +63,8 @@ func newMetrics(reg prometheus.Registerer, rules func() float64) (*metrics, erro
 	for i, p := range policies {
 		m.misfiresBy[i] = [2]prometheus.Counter{m.misfires.WithLabelValues(string(p), "fired"), m.misfires.WithLabelValues(string(p), "skipped")}
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for _, c := range []prometheus.Collector{m.fires, m.lateness, m.misfires, m.rules, m.commit, m.commitErrors, m.batch} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register scheduler metrics: %w", err)
-		}
+	if _, err := metricset.Register(reg, m.fires, m.lateness, m.misfires, m.rules, m.commit, m.commitErrors, m.batch); err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
 	}
 	return m, nil
 }

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -89,7 +90,11 @@ func TestMetricsRegisterTwice(t *testing.T) {
 	if _, err := New(Config{Commit: ok, Registerer: reg}); err != nil {
 		t.Fatalf("first New: %v", err)
 	}
-	if _, err := New(Config{Commit: ok, Registerer: reg}); err == nil {
+	_, err := New(Config{Commit: ok, Registerer: reg})
+	if err == nil {
 		t.Fatalf("second New on the same registry: got nil error, want a registration error")
+	}
+	if !strings.Contains(err.Error(), "timerd_fires_total") {
+		t.Errorf("second New on the same registry = %q, want an error naming timerd_fires_total", err)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // Sentinel errors, always returned wrapped with the file path.
@@ -124,7 +126,7 @@ type Store struct {
 	readErr           atomic.Pointer[error] // the last error of a protocol.Store read
 
 	reg        prometheus.Registerer
-	collectors []prometheus.Collector
+	metrics    prometheus.Collector // registered on reg; nil without one
 	commitDur  prometheus.Histogram
 	foldErrors prometheus.Counter
 
@@ -441,10 +443,7 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 		Name: "timerd_store_fold_errors_total",
 		Help: "Failed folds of the watermark journal (the fires stay durable; the journal grows until one succeeds).",
 	})
-	if reg == nil {
-		return nil
-	}
-	cs := []prometheus.Collector{
+	metrics, err := metricset.Register(reg,
 		s.commitDur,
 		s.foldErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -455,31 +454,20 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 			Name: "timerd_dead_letters",
 			Help: "Events the API refused for good, kept for inspection.",
 		}, func() float64 { return float64(s.deadLetterLen.Load()) }),
+	)
+	if err != nil {
+		return err
 	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			s.unregister(reg)
-			return fmt.Errorf("register metrics: %w", err)
-		}
-		s.collectors = append(s.collectors, c)
-	}
-	s.reg = reg
+	s.reg, s.metrics = reg, metrics
 	return nil
-}
-
-func (s *Store) unregister(reg prometheus.Registerer) {
-	for _, c := range s.collectors {
-		reg.Unregister(c)
-	}
-	s.collectors = nil
 }
 
 // Close unregisters the metrics and closes the file, waiting for open transactions.
 // Calling it again returns nil.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		if s.reg != nil {
-			s.unregister(s.reg)
+		if s.metrics != nil {
+			s.reg.Unregister(s.metrics)
 		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close store %q: %w", s.path, err)

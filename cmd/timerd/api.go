@@ -15,6 +15,7 @@ import (
 	"github.com/timerd/timerd/ingest/apiserver"
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/pubsub"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 func newAPICmd() *cobra.Command {
@@ -45,7 +46,9 @@ func newAPICmd() *cobra.Command {
 				return usagef("--key-file: %w", err)
 			}
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			if _, err := metricset.Register(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+				return err
+			}
 			cfg := apiserver.Config{
 				DataDir:                   dataDir,
 				SigningKey:                key,

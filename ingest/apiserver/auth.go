@@ -7,9 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
-
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/scheduler"
 )
@@ -34,10 +31,6 @@ func (s *Server) initAuth() error {
 	s.revs = revs
 	s.verifier = &auth.Verifier{Key: s.cfg.SigningKey, Now: s.cfg.Now, Revoked: revs.revoked}
 	s.tokCache = make(map[string]auth.Claims)
-	promauto.With(s.cfg.Registerer).NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "timerd_api_revocations",
-		Help: "Revocation records held: revoked tokens and identities whose tokens have not all expired.",
-	}, func() float64 { return float64(revs.len()) })
 	if _, err := s.cleanupRevocations(s.cfg.Now()); err != nil {
 		return err
 	}

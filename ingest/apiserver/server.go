@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // MaxBodyBytes bounds every request body; larger bodies get 413.
@@ -134,36 +134,52 @@ type metrics struct {
 	eventCommit   prometheus.Histogram
 }
 
-func newMetrics(reg prometheus.Registerer) metrics {
-	f := promauto.With(reg)
+// newMetrics makes the server's metrics; New registers them, with the
+// revocations gauge, once the server is built.
+func newMetrics() metrics {
 	return metrics{
-		requests: f.NewCounterVec(prometheus.CounterOpts{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_api_requests_total",
 			Help: "API requests answered, by route pattern and status code.",
 		}, []string{"route", "code"}),
-		eventsStored: f.NewCounter(prometheus.CounterOpts{
+		eventsStored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_api_events_stored_total",
 			Help: "Events stored by the API server.",
 		}),
-		eventsDup: f.NewCounter(prometheus.CounterOpts{
+		eventsDup: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_api_events_duplicate_total",
 			Help: "Events dropped because their Idempotency-Key was already stored.",
 		}),
-		publishErrors: f.NewCounter(prometheus.CounterOpts{
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "timerd_api_publish_errors_total",
 			Help: "Lifecycle messages that could not be published after a rule write.",
 		}),
-		eventBatch: f.NewHistogram(prometheus.HistogramOpts{
+		eventBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "timerd_api_event_commit_batch_size",
 			Help:    "Events per bbolt transaction of the event committer.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 7),
 		}),
-		eventCommit: f.NewHistogram(prometheus.HistogramOpts{
+		eventCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "timerd_api_event_commit_seconds",
 			Help:    "Duration of one bbolt transaction of the event committer, fsync included.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 10),
 		}),
 	}
+}
+
+// registerMetrics registers the server's metrics on reg: m's, and the revocations
+// gauge when the server authenticates.
+func (s *Server) registerMetrics(reg prometheus.Registerer) error {
+	m := s.metrics
+	cs := []prometheus.Collector{m.requests, m.eventsStored, m.eventsDup, m.publishErrors, m.eventBatch, m.eventCommit}
+	if revs := s.revs; revs != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_api_revocations",
+			Help: "Revocation records held: revoked tokens and identities whose tokens have not all expired.",
+		}, func() float64 { return float64(revs.len()) }))
+	}
+	_, err := metricset.Register(reg, cs...)
+	return err
 }
 
 var (
@@ -206,7 +222,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "apiserver"),
 		db:      db,
-		metrics: newMetrics(cfg.Registerer),
+		metrics: newMetrics(),
 		evq:     make(chan *eventReq),
 		ruleq:   make(chan *ruleReq),
 		quit:    make(chan struct{}),
@@ -239,6 +255,10 @@ func New(cfg Config) (*Server, error) {
 			db.Close()
 			return nil, fmt.Errorf("apiserver: load revocations of %q: %w", path, err)
 		}
+	}
+	if err := s.registerMetrics(cfg.Registerer); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("apiserver: %w", err)
 	}
 	s.handler = s.routes()
 	s.committer.Add(1)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/ingest/backoff"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // ErrMQUnavailable is returned by AMQPPublisher.Publish while the broker is
@@ -120,12 +121,8 @@ func NewPublisher(cfg PublisherConfig) (*AMQPPublisher, error) {
 	for _, r := range []string{"confirmed", "nacked", "error"} {
 		p.published.WithLabelValues(r)
 	}
-	if cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{p.connected, p.published} {
-			if err := cfg.Registerer.Register(m); err != nil {
-				return nil, fmt.Errorf("mq publisher: register metrics: %w", err)
-			}
-		}
+	if _, err := metricset.Register(cfg.Registerer, p.connected, p.published); err != nil {
+		return nil, fmt.Errorf("mq publisher: %w", err)
 	}
 	return p, nil
 }

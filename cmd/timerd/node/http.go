@@ -16,6 +16,7 @@ import (
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/ingest"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // Status is the JSON of /v1/status.
@@ -206,7 +207,7 @@ type metrics struct {
 	deadLettersExpired prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
+func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 	m := &metrics{
 		lifecycle: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "timerd_lifecycle_messages_total",
@@ -261,7 +262,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 		}
 		return n.drv.snap.Load()
 	}
-	reg.MustRegister(m.lifecycle, m.reconciles, m.refused, m.unauthorized, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable, m.deadLettersExpired,
+	_, err := metricset.Register(reg, m.lifecycle, m.reconciles, m.refused, m.unauthorized, m.adopted, m.released, m.fenced, m.reincarnations, m.notFireable, m.deadLettersExpired,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_lease",
 			Help: "1 while this node holds a lease (a quorum answered its heartbeats within the lease), else 0; a single node always does.",
@@ -338,5 +339,8 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			ConstLabels: prometheus.Labels{"version": Version()},
 		}, func() float64 { return 1 }),
 	)
-	return m
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/attune"
 	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/scheduler/metricset"
 	"github.com/timerd/timerd/store"
 )
 
@@ -117,7 +118,7 @@ type Config struct {
 	CommitFailureLeaveAfter time.Duration
 
 	Logger   *slog.Logger
-	Registry *prometheus.Registry // nil: a registry of the node's own
+	Registry *prometheus.Registry // nil: a registry of the node's own; Close (or a failed New) unregisters the node's metrics
 	// Now is the clock of the node's policy: schedules, rule versions,
 	// dead-letter retention, how long commits have failed. Time spent (logs,
 	// metrics) and the bounds of shutdown's waits read the real clock, as
@@ -216,6 +217,10 @@ type Node struct {
 	placed   atomic.Bool  // the node's share of the rules is in the engine
 	invalid  invalidRules
 
+	// registered is what the node's parts registered on cfg.Registry,
+	// unregistered by Close, or when New fails.
+	registered *metricset.Scope
+
 	cl  *cluster.Cluster // nil without Config.Cluster
 	drv *driver          // the fire-once protocol (member.go); nil without Config.Cluster
 	// ownMu orders the engine changes of the protocol driver and of intake, so
@@ -254,13 +259,24 @@ func New(cfg Config) (_ *Node, err error) {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	reg := cfg.Registry
-	reg.MustRegister(
+	// Every part registers its metrics through reg; they are all unregistered
+	// again, last, when a later part fails or by Close, so that the same
+	// registry can take a new node. A clash is an error naming the metric.
+	reg := metricset.NewScope(cfg.Registry)
+	n.registered = reg
+	n.closers.push(reg.UnregisterAll)
+	if _, err := metricset.Register(reg,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	n.metrics = newMetrics(reg, n)
-	n.health = newStoreHealth(reg, cfg.Now)
+	); err != nil {
+		return nil, err
+	}
+	if n.metrics, err = newMetrics(reg, n); err != nil {
+		return nil, err
+	}
+	if n.health, err = newStoreHealth(reg, cfg.Now); err != nil {
+		return nil, err
+	}
 
 	tokens := cfg.Tokens
 	src, err := newTokenSource(&cfg, reg)
@@ -343,7 +359,11 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	if cfg.Cluster != nil {
 		// Last: it binds the gossip port and starts gossiping.
-		if n.cl, err = cluster.New(cfg.clusterConfig()); err != nil {
+		cc := cfg.clusterConfig()
+		if cfg.Cluster.Registerer == nil {
+			cc.Registerer = reg // the node's, undone with the rest
+		}
+		if n.cl, err = cluster.New(cc); err != nil {
 			return nil, gossipError(err)
 		}
 		n.closers.push(n.cl.Shutdown) // a no-op after Run's Leave

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // storeHealth follows whether the node's store takes commits (docs/operations.md,
@@ -22,12 +24,12 @@ type storeHealth struct {
 	now      func() time.Time // the node's clock: how long commits fail decides a leave (offline.go)
 }
 
-func newStoreHealth(reg prometheus.Registerer, now func() time.Time) *storeHealth {
+func newStoreHealth(reg prometheus.Registerer, now func() time.Time) (*storeHealth, error) {
 	h := &storeHealth{now: now, failures: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "timerd_store_commit_failures_total",
 		Help: "Commits of the node's store that failed (a full disk, an I/O error): fires, protocol writes and probes.",
 	})}
-	reg.MustRegister(h.failures,
+	_, err := metricset.Register(reg, h.failures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_store_commit_failing",
 			Help: "1 while the store's last commit failed (the node is not ready), else 0.",
@@ -47,7 +49,10 @@ func newStoreHealth(reg prometheus.Registerer, now func() time.Time) *storeHealt
 			return 0
 		}),
 	)
-	return h
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // probeEvery is how often a store that failed a commit is probed.

@@ -19,7 +19,10 @@ import (
 // succeed meanwhile do not clear it, failed probes count as failures.
 func TestStoreHealthClearsOnlyOnAProbe(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newStoreHealth(prometheus.NewRegistry(), time.Now)
+		h, err := newStoreHealth(prometheus.NewRegistry(), time.Now)
+		if err != nil {
+			t.Fatalf("newStoreHealth: %v", err)
+		}
 		full := errors.New("write node.db: no space left on device")
 		probes := 0
 		probe := func() error {

@@ -1,11 +1,13 @@
 package node
 
 import (
+	"errors"
 	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/scheduler/metricset"
 )
 
 // newTokenSource builds the node's token source from cfg.Token or
@@ -29,6 +31,10 @@ func newTokenSource(cfg *Config, reg prometheus.Registerer) (*auth.Source, error
 		Logger:     cfg.Logger,
 		Registerer: reg,
 	})
+	var clash *metricset.RegisterError
+	if errors.As(err, &clash) {
+		return nil, err // the registry's fault, not the token's
+	}
 	if err != nil {
 		setting := "ATTUNE_API_TOKEN"
 		if cfg.TokenFile != "" {
