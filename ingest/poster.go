@@ -25,10 +25,10 @@ import (
 // channels, header maps, a context per request (docs/benchmarks.md).
 //
 // What net/http did for delivery, it does too: it never follows a redirect
-// (Do does not), never posts twice by itself (HostClient retries idempotent
-// methods only), reads HTTP_PROXY, HTTPS_PROXY and NO_PROXY, sends the URL's
-// user info as basic auth when there is no token, and keeps a connection
-// alive for every POST in flight.
+// (Do does not), never posts twice by itself (RetryIfErr refuses every
+// retry), reads HTTP_PROXY, HTTPS_PROXY and NO_PROXY, sends the URL's user
+// info as basic auth when there is no token, and keeps a connection alive for
+// every POST in flight.
 type poster struct {
 	hc       *fasthttp.HostClient
 	endpoint string
