@@ -100,6 +100,9 @@ type Book struct {
 	// its schedule at the time it is applied, not at its version. The node
 	// passes its reconcile interval. Zero or negative: DefaultAnchorBound.
 	AnchorBound time.Duration
+	// MaxRechecks bounds the rules one snapshot re-checks before pruning
+	// them (PruneSnapshot). Zero or negative: DefaultMaxRechecks.
+	MaxRechecks int
 }
 
 // Versions are clamped to what the store can hold and a clock can mean: from

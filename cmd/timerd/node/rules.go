@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/timerd/timerd/cluster/protocol"
@@ -27,12 +26,6 @@ const (
 	resInvalid   = string(protocol.Invalid)   // does not parse, or its timer does not
 	resError     = "error"                    // the store failed; the message comes again
 )
-
-// startupVersion is the source version of a start-up rule: the set carries
-// none, and it is older than anything the node holds, so it never undoes a
-// change the node has seen, starts what it adds now, and the first
-// reconcile prunes what Attune no longer lists.
-var startupVersion = time.Unix(0, 0).UTC()
 
 // batchReq is a batch of lifecycle messages the consumer hands to the
 // intake goroutine; done receives nil once they are committed, or the
@@ -549,50 +542,37 @@ func (n *Node) reconcile(ctx context.Context) error {
 
 // Why a reconcile removed nothing, or not a rule the listing lacked: the
 // reason label of timerd_reconcile_refused_total. The listing's reasons
-// (malformed and ingest.Incomplete*) count once per reconcile, the others
-// once per rule kept.
+// (malformed and ingest.Incomplete*) count once per reconcile, the rule
+// book's (protocol.Refused*) once per rule kept.
 const (
-	refusedMalformed    = "malformed"             // a page had no items: nothing applied
-	refusedChanged      = "changed_since_listing" // the rule's version is newer than the listing
-	refusedStillEnabled = "still_enabled"         // the re-check found the rule enabled: paging missed it
-	refusedRecheck      = "recheck_failed"        // the re-check got no clear answer
-	refusedDeferred     = "recheck_deferred"      // past maxRechecks, or after a failed one: the next reconcile asks
+	refusedMalformed    = "malformed"                  // a page had no items: nothing applied
+	refusedChanged      = protocol.RefusedChanged      // the rule's version is newer than the listing
+	refusedStillEnabled = protocol.RefusedStillEnabled // the re-check found the rule enabled: paging missed it
+	refusedRecheck      = protocol.RefusedRecheck      // the re-check got no clear answer
+	refusedDeferred     = protocol.RefusedDeferred     // past maxRechecks, or after a failed one: the next reconcile asks
 )
 
-// maxRechecks bounds the rules one reconcile asks the API for one by one, so that
-// a mass deletion does not hold lifecycle messages back for minutes: the rest go
-// at the next reconcile.
-const maxRechecks = 1000
+// maxRechecks bounds the rules one reconcile asks the API for one by one
+// (the rule book's default, which the node keeps).
+const maxRechecks = protocol.DefaultMaxRechecks
 
 var refusedReasons = []string{refusedMalformed, ingest.IncompleteNoTotals, ingest.IncompleteTotalsChanged,
 	ingest.IncompleteCountMismatch, refusedChanged, refusedStillEnabled, refusedRecheck, refusedDeferred}
 
 // applyRemote applies rules as listed by the API (listed is when the
 // listing started) or, with listed zero, the start-up set, in one
-// transaction. A complete listing (incomplete "") also prunes: a stored
-// rule it lacks goes if the rule book says so and the API, asked for that
-// rule alone, says it is gone (offset paging misses rules that move
-// between pages while it reads).
+// transaction: the rule book decides each change, and which stored rules a
+// complete listing (incomplete "") prunes (protocol.Book.PruneSnapshot).
 func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, listed time.Time, incomplete, what string) error {
 	tx := n.newRuleTxn()
-	want := make(map[int64]bool, len(rules))
+	snap := protocol.Snapshot{Rules: make([]protocol.Listed, len(rules)), Started: listed, Incomplete: incomplete}
+	for i, r := range rules {
+		snap.Rules[i] = protocol.Listed{Rule: remoteRule(r), Version: r.Version()}
+	}
 	counts := map[string]int{}
-	for _, r := range rules {
-		want[r.ID] = true
-		v := r.Version()
-		if v.IsZero() {
-			// A listing without times is as old as its start; the start-up
-			// set is older than anything held.
-			v = listed
-			if listed.IsZero() {
-				v = startupVersion
-			}
-		}
-		res, err := tx.change(protocol.Change{
-			Rule:    protocol.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params},
-			Enabled: true,
-			Version: v,
-		})
+	for i, c := range snap.Changes() {
+		r := rules[i]
+		res, err := tx.change(c)
 		counts[res]++
 		switch res {
 		case resError:
@@ -605,52 +585,30 @@ func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, liste
 		}
 	}
 	removed := 0
-	if !listed.IsZero() {
-		var gone []int64
+	if snap.MayPrune() {
+		var held []int64
 		err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
-			if !want[r.ID] {
-				gone = append(gone, r.ID)
-			}
+			held = append(held, r.ID)
 			return nil
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		if len(gone) > 0 && incomplete != "" {
-			n.metrics.refused.WithLabelValues(incomplete).Inc()
-			n.log.Warn(what+": the listing did not prove itself complete; no rule removed",
-				"reason", incomplete, "rules_not_listed", len(gone))
-			gone = nil
-		}
-		slices.Sort(gone)
-		rechecks, recheckFailed := 0, false
-		for _, id := range gone {
+		p, err := tx.book.PruneSnapshot(snap, held, func(id int64) (protocol.Record, error) {
 			st, err := tx.state(id)
 			if err != nil {
-				return fmt.Errorf("%s: rule %d: %w", what, id, err)
+				return protocol.Record{}, fmt.Errorf("rule %d: %w", id, err)
 			}
-			d := tx.book.Prune(st.rec, listed)
-			if d.Result != protocol.Applied {
-				if st.rec.Live {
-					n.metrics.refused.WithLabelValues(refusedChanged).Inc()
-				}
-				continue
-			}
-			// After one failed re-check the API is not asked again this time: an
-			// API that hangs must not hold intake for a timeout per rule.
-			if recheckFailed || rechecks >= maxRechecks {
-				n.metrics.refused.WithLabelValues(refusedDeferred).Inc()
-				continue
-			}
-			rechecks++
-			if reason := n.recheck(ctx, st.rec.Rule); reason != "" {
-				n.metrics.refused.WithLabelValues(reason).Inc()
-				recheckFailed = reason == refusedRecheck
-				continue
-			}
-			tx.take(st, d)
-			removed++
+			return st.rec, nil
+		}, func(r protocol.Rule) protocol.Answer { return n.recheck(ctx, r) })
+		n.logPruning(what, p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
+		for _, pr := range p.Prunes {
+			tx.take(tx.rules[pr.ID], pr.Decision) // its state was read to decide it
+		}
+		removed = len(p.Prunes)
 	}
 	if err := tx.commit(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
@@ -662,20 +620,33 @@ func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, liste
 	return nil
 }
 
-// recheck asks the rules API for a rule a listing lacked before it is
-// removed. It returns "" when the API says the rule is gone (404), disabled,
-// another rule under the ref, or no longer a timer rule of ours; else the
-// reason to keep it.
-func (n *Node) recheck(ctx context.Context, r protocol.Rule) string {
-	got, found, err := n.rules.Rule(ctx, r.Ref)
-	switch {
-	case err != nil:
-		n.log.Warn("reconcile: rule not listed, and its re-check failed; kept until a reconcile can tell",
-			"rule_id", r.ID, "rule_ref", r.Ref, "err", err)
-		return refusedRecheck
-	case found && got.ID == r.ID && (got.Enabled == nil || *got.Enabled) && got.TriggerRef == r.TriggerRef:
-		n.log.Info("reconcile: rule missing from the listing is still enabled; kept", "rule_id", r.ID, "rule_ref", r.Ref)
-		return refusedStillEnabled
+func remoteRule(r attune.RemoteRule) protocol.Rule {
+	return protocol.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params}
+}
+
+// logPruning counts and logs what a snapshot refused to prune.
+func (n *Node) logPruning(what string, p protocol.Pruning) {
+	for reason, c := range p.Refused {
+		n.metrics.refused.WithLabelValues(reason).Add(float64(c))
 	}
-	return ""
+	if p.Incomplete != "" {
+		n.log.Warn(what+": the listing did not prove itself complete; no rule removed",
+			"reason", p.Incomplete, "rules_not_listed", p.NotListed)
+	}
+	for _, k := range p.Kept {
+		switch k.Reason {
+		case refusedRecheck:
+			n.log.Warn("reconcile: rule not listed, and its re-check failed; kept until a reconcile can tell",
+				"rule_id", k.Rule.ID, "rule_ref", k.Rule.Ref, "err", k.Err)
+		case refusedStillEnabled:
+			n.log.Info("reconcile: rule missing from the listing is still enabled; kept", "rule_id", k.Rule.ID, "rule_ref", k.Rule.Ref)
+		}
+	}
+}
+
+// recheck asks the rules API for a rule a listing lacked before it is
+// removed; the rule book decides what the answer means.
+func (n *Node) recheck(ctx context.Context, r protocol.Rule) protocol.Answer {
+	got, found, err := n.rules.Rule(ctx, r.Ref)
+	return protocol.Answer{Found: found, Rule: remoteRule(got), Enabled: got.Enabled == nil || *got.Enabled, Err: err}
 }
