@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"maps"
@@ -16,7 +17,17 @@ import (
 // batch of 1000 among 100k rules, ~80 % of the bytes a commit writes). Instead a batch
 // appends all its watermarks as one packed value to bucket wmjournal, in the same
 // transaction as its outbox entries, and every foldAfter records the journal is folded
-// into the watermarks bucket in one transaction, touching each page once.
+// into the watermarks bucket, touching each page once per cycle.
+//
+// A fold of the whole journal in one transaction holds the store's single writer for
+// hundreds of milliseconds at 20,000 fires/s, and every fire due meanwhile waits. So
+// CommitFires folds in a cycle of steps, one per commit (foldStep): each step applies
+// the latest record of every rule in one contiguous range of ids (a slice: 1/S of the
+// bucket's pages) and leaves the journal as it is; the last step deletes the journal
+// keys every slice has folded past. A folded rule keeps its index entry until its keys
+// are deleted, so writers keep journaling it (writing the bucket under a journal record
+// would be undone by the next fold, and read back wrong): the truth stays the last
+// journal record, and the bucket only ever holds an older or equal record.
 //
 // The truth for a rule's watermark is its last journal record if any, else the
 // watermarks bucket. Open folds whatever a previous run left. Every writer keeps this
@@ -33,6 +44,8 @@ const (
 
 	journalRecLen    = 1 + 8 + 8 + 8 // a record of a v1 value
 	defaultFoldAfter = 50_000
+	// defaultFoldSlices: a cycle of 8 steps holds the writer about 1/8 as long per step.
+	defaultFoldSlices = 8
 
 	// journalV2 values hold records with fire chains: kind | id | slot | count | chain
 	// (appendChain; a uvarint 0 for none). v1 values, fixed 25-byte records without
@@ -59,7 +72,40 @@ type journalState struct {
 	idx     map[int64]idxEntry
 	floor   uint64 // idx covers every journal key ≥ floor …
 	applied uint64 // … up to applied
-	records int    // records since the last fold
+	records int    // records since the last fold (or cycle of fold steps)
+	cycle   foldCycle
+}
+
+// foldCycle is a cycle of fold steps under way. Guarded like journalState.
+type foldCycle struct {
+	next  int      // the slice the next step folds; 0 when no cycle is under way
+	cuts  []uint64 // slice i holds the keys in [cuts[i-1], cuts[i]), the ends open
+	first uint64   // the journal's last key at step 0: every slice folds past it
+}
+
+// inSlice reports whether key k (a rule id's key as a number) is in slice i.
+func (c *foldCycle) inSlice(i int, k uint64) bool {
+	return (i == 0 || k >= c.cuts[i-1]) && (i == len(c.cuts) || k < c.cuts[i])
+}
+
+// sliceCuts splits the watermarks bucket's key range into up to n slices of equal
+// width, so that a slice's keys sit on about 1/n of its pages.
+func sliceCuts(wb *bolt.Bucket, n int) []uint64 {
+	c := wb.Cursor()
+	fk, _ := c.First()
+	lk, _ := c.Last()
+	if fk == nil || n < 2 {
+		return nil
+	}
+	lo, hi := binary.BigEndian.Uint64(fk), binary.BigEndian.Uint64(lk)
+	var cuts []uint64
+	for i := 1; i < n; i++ {
+		cut := lo + (hi-lo)/uint64(n)*uint64(i)
+		if cut > lo && (len(cuts) == 0 || cut > cuts[len(cuts)-1]) {
+			cuts = append(cuts, cut)
+		}
+	}
+	return cuts
 }
 
 func appendJournalRec(b []byte, r journalRec) []byte {
@@ -206,6 +252,7 @@ func (s *Store) fold() error {
 	}
 	s.imu.Lock()
 	defer s.imu.Unlock()
+	s.j.cycle = foldCycle{}
 	if last == 0 {
 		return nil // nothing was journaled
 	}
@@ -215,6 +262,134 @@ func (s *Store) fold() error {
 		s.j.applied = last
 	}
 	s.j.records = 0
+	return nil
+}
+
+// foldStep folds the next slice of a cycle, starting one if none is under way: in one
+// transaction, the last journal record of every rule of the slice goes to the
+// watermarks bucket; the last slice's step also deletes the journal keys up to the
+// cycle's first step, which every slice has folded past. A failed step changes
+// nothing and is tried again. Caller holds s.wmu.
+func (s *Store) foldStep() error {
+	cy := s.j.cycle
+	cy.cuts = slices.Clone(cy.cuts)
+	err := s.update(func(tx *bolt.Tx) error {
+		jb, wb := tx.Bucket(bucketJournal), tx.Bucket(bucketWatermarks)
+		if cy.next == 0 {
+			cy.cuts = sliceCuts(wb, s.foldSlices)
+		}
+		recs, last, err := s.sliceRecords(jb, &cy)
+		if err != nil {
+			return err
+		}
+		if cy.next == 0 {
+			cy.first = last
+		}
+		if err := putFolded(wb, recs); err != nil {
+			return err
+		}
+		if s.foldFault != nil {
+			if err := s.foldFault(cy.next); err != nil {
+				return err
+			}
+		}
+		if cy.next < len(cy.cuts) {
+			return nil
+		}
+		var keys [][]byte
+		c := jb.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= cy.first; k, _ = c.Next() {
+			keys = append(keys, k)
+		}
+		for _, k := range keys {
+			if err := jb.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.imu.Lock()
+	defer s.imu.Unlock()
+	if cy.next < len(cy.cuts) {
+		cy.next++
+		s.j.cycle = cy
+		return nil
+	}
+	if cy.first > 0 {
+		maps.DeleteFunc(s.j.idx, func(_ int64, e idxEntry) bool { return e.seq <= cy.first })
+		s.j.floor = max(s.j.floor, cy.first+1)
+	}
+	s.j.records = 0
+	s.j.cycle = foldCycle{}
+	return nil
+}
+
+// sliceRecords returns the last journal record of every rule of slice cy.next, in key
+// order, and the journal's last key (0 if it is empty). The index has them when it
+// covers the whole journal, as it does unless something the index does not know was
+// written (then the journal is read, and its errors are the step's). Caller holds s.wmu.
+func (s *Store) sliceRecords(jb *bolt.Bucket, cy *foldCycle) ([]journalRec, uint64, error) {
+	c := jb.Cursor()
+	fk, _ := c.First()
+	if fk == nil {
+		return nil, 0, nil
+	}
+	lk, _ := c.Last()
+	first, last := binary.BigEndian.Uint64(fk), binary.BigEndian.Uint64(lk)
+	var recs []journalRec
+	s.imu.RLock()
+	covered := first >= s.j.floor && last <= s.j.applied
+	if covered {
+		for id, e := range s.j.idx {
+			if cy.inSlice(cy.next, uint64(id)) {
+				r := journalRec{kind: recSet, id: id, wm: e.wm, chain: e.chain}
+				if e.tomb {
+					r.kind = recTomb
+				}
+				recs = append(recs, r)
+			}
+		}
+	}
+	s.imu.RUnlock()
+	if !covered {
+		latest := map[int64]journalRec{}
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			seq, err := keyID(k)
+			if err != nil {
+				return nil, 0, err
+			}
+			err = forEachJournalRec(uint64(seq), v, func(r journalRec) {
+				if cy.inSlice(cy.next, uint64(r.id)) {
+					latest[r.id] = r
+				}
+			})
+			if err != nil {
+				return nil, 0, err
+			}
+		}
+		recs = slices.AppendSeq(recs, maps.Values(latest))
+	}
+	slices.SortFunc(recs, func(a, b journalRec) int { return cmp.Compare(uint64(a.id), uint64(b.id)) })
+	return recs, last, nil
+}
+
+// putFolded writes folded records, sorted by key, to the watermarks bucket.
+func putFolded(wb *bolt.Bucket, recs []journalRec) error {
+	wb.FillPercent = watermarksFill
+	for _, r := range recs {
+		var err error
+		if r.kind == recTomb {
+			err = wb.Delete(idKey(r.id))
+		} else {
+			err = wb.Put(idKey(r.id), encodeWatermark(r.wm, r.chain))
+		}
+		if err != nil {
+			return fmt.Errorf("fold watermark of rule %d: %w", r.id, err)
+		}
+	}
 	return nil
 }
 
@@ -238,23 +413,11 @@ func foldTx(tx *bolt.Tx) (uint64, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	ids := make([]int64, 0, len(latest))
-	for id := range latest {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids) // one pass over the bucket, in key order
-	wb.FillPercent = watermarksFill
-	for _, id := range ids {
-		r := latest[id]
-		var err error
-		if r.kind == recTomb {
-			err = wb.Delete(idKey(id))
-		} else {
-			err = wb.Put(idKey(id), encodeWatermark(r.wm, r.chain))
-		}
-		if err != nil {
-			return 0, fmt.Errorf("fold watermark of rule %d: %w", id, err)
-		}
+	recs := slices.AppendSeq(make([]journalRec, 0, len(latest)), maps.Values(latest))
+	// One pass over the bucket, in key order.
+	slices.SortFunc(recs, func(a, b journalRec) int { return cmp.Compare(uint64(a.id), uint64(b.id)) })
+	if err := putFolded(wb, recs); err != nil {
+		return 0, err
 	}
 	for _, k := range keys {
 		if err := jb.Delete(k); err != nil {

@@ -1,9 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,14 +20,16 @@ type modelRule struct {
 	hasWM bool
 }
 
-// TestWatermarkJournalModel drives random writes, folds and reopens against a model of
+// TestWatermarkJournalModel drives random writes, folds (whole, and the slice steps of
+// a cycle, some failing) and reopens (some in the middle of a cycle) against a model of
 // what each rule's watermark must be, checking Rule and ForEachRule after every step.
 func TestWatermarkJournalModel(t *testing.T) {
-	for seed := uint64(1); seed <= 3; seed++ {
+	for seed := uint64(1); seed <= 8; seed++ {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 99))
 			s := openTest(t, Options{NoSync: true})
 			s.foldAfter = 1 + rng.IntN(8)
+			s.foldSlices = 1 + rng.IntN(4)
 			model := map[int64]*modelRule{}
 			const ids = 12
 			slot := func() time.Time { return t0.Add(time.Duration(rng.IntN(50)) * time.Minute) }
@@ -73,7 +78,7 @@ func TestWatermarkJournalModel(t *testing.T) {
 						t.Fatal(err)
 					}
 					delete(model, id)
-				case n < 88:
+				case n < 84:
 					op = "fold"
 					s.wmu.Lock()
 					err := s.fold()
@@ -81,10 +86,30 @@ func TestWatermarkJournalModel(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
+				case n < 88:
+					op = "fold step"
+					fail := rng.IntN(3) == 0
+					if fail {
+						op = "failed fold step"
+						s.foldFault = func(int) error { return errTestFault }
+					}
+					s.wmu.Lock()
+					before := s.j.cycle.next
+					err := s.foldStep()
+					after := s.j.cycle.next
+					s.wmu.Unlock()
+					s.foldFault = nil
+					if fail != (err != nil) || (fail && after != before) {
+						t.Fatalf("step %d: %s: err %v, slice %d → %d", step, op, err, before, after)
+					}
 				default:
 					op = "reopen"
+					if s.j.cycle.next > 0 {
+						op = "reopen mid-cycle"
+					}
 					s = reopen(t, s)
 					s.foldAfter = 1 + rng.IntN(8)
+					s.foldSlices = 1 + rng.IntN(4)
 				}
 				checkModel(t, s, model, fmt.Sprintf("step %d (%s)", step, op))
 				if t.Failed() {
@@ -237,5 +262,113 @@ func TestFailedFoldIsCountedAndDeferred(t *testing.T) {
 	}
 	if n, _ := s.OutboxLen(); n != len(commits) {
 		t.Errorf("OutboxLen = %d, want %d", n, len(commits))
+	}
+}
+
+var errTestFault = errors.New("injected fold fault")
+
+// TestFoldStepTouchesOnlyItsSlice: each step of a cycle writes the watermarks of its
+// slice's rules and no other key, leaves the journal until the last step, and the
+// last step empties the journal (nothing was committed meanwhile) and the index.
+func TestFoldStepTouchesOnlyItsSlice(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	s.foldAfter = 1 << 30 // steps only when the test says
+	s.foldSlices = 4
+	const rules = 400
+	rs := make([]Rule, rules)
+	for i := range rs {
+		rs[i] = testRule(int64(i + 1))
+	}
+	if err := s.PutRules(rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	var recs []FireRecord
+	for id := int64(1); id <= rules; id++ {
+		recs = append(recs, testFire(id, t0, 1))
+	}
+	if err := s.CommitFires(recs); err != nil { // journaled
+		t.Fatal(err)
+	}
+	s.wmu.Lock()
+	if err := s.fold(); err != nil { // every rule now has a watermark in the bucket
+		t.Fatal(err)
+	}
+	s.wmu.Unlock()
+	for k := uint64(2); k <= 3; k++ { // two journal keys, every rule in the index
+		recs = recs[:0]
+		for id := int64(1); id <= rules; id++ {
+			recs = append(recs, testFire(id, t0.Add(time.Duration(k)*time.Minute), k))
+		}
+		if err := s.CommitFires(recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dump := func() (wms map[int64]string, journal int) {
+		wms = map[int64]string{}
+		err := s.db.View(func(tx *bolt.Tx) error {
+			err := tx.Bucket(bucketWatermarks).ForEach(func(k, v []byte) error {
+				wms[int64(binary.BigEndian.Uint64(k))] = string(bytes.Clone(v))
+				return nil
+			})
+			journal = tx.Bucket(bucketJournal).Stats().KeyN
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return wms, journal
+	}
+	prev, journal := dump()
+	if journal != 2 {
+		t.Fatalf("journal keys before the cycle = %d, want 2", journal)
+	}
+	folded := map[int64]bool{}
+	for step := 0; ; step++ {
+		s.wmu.Lock()
+		err := s.foldStep()
+		cy, idx := s.j.cycle, len(s.j.idx)
+		s.wmu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur, journal := dump()
+		var changed []int64
+		for id, v := range cur {
+			if prev[id] != v {
+				changed = append(changed, id)
+				folded[id] = true
+			}
+		}
+		slices.Sort(changed)
+		if len(changed) == 0 || len(changed) > rules/2 {
+			t.Errorf("step %d changed %d watermarks, want a slice of the %d", step, len(changed), rules)
+		}
+		if cy.next > 0 { // under way: changed ids are one contiguous range
+			if step+1 != cy.next || len(cy.cuts) != 3 {
+				t.Fatalf("after step %d: cycle at slice %d of %d", step, cy.next, len(cy.cuts)+1)
+			}
+			for _, id := range changed {
+				if !cy.inSlice(step, uint64(id)) {
+					t.Errorf("step %d changed rule %d outside its slice (cuts %v)", step, id, cy.cuts)
+				}
+			}
+			if journal != 2 || idx != rules {
+				t.Errorf("after step %d: journal keys %d, index %d; want 2, %d (untouched)", step, journal, idx, rules)
+			}
+		} else {
+			if step != 3 || journal != 0 || idx != 0 {
+				t.Errorf("cycle ended after step %d with journal keys %d, index %d; want step 3, 0, 0", step, journal, idx)
+			}
+			break
+		}
+		prev = cur
+	}
+	if len(folded) != rules {
+		t.Errorf("the cycle folded %d rules, want %d", len(folded), rules)
+	}
+	for id := int64(1); id <= rules; id++ {
+		if _, wm, _, err := s.Rule(id); err != nil || wm.Count != 3 {
+			t.Fatalf("Rule(%d) after the cycle: count %d, err %v; want 3", id, wm.Count, err)
+		}
 	}
 }

@@ -247,10 +247,11 @@ func (s *Store) commitFires(recs []FireRecord) ([]protocol.EventRef, error) {
 	s.outboxLen.Add(added - acked)
 	s.pendingLen.Add(pend)
 	s.indexJournal(jseq, jrecs)
-	if s.j.records >= s.foldAfter+s.foldDeferred {
-		// The fires are durable; a failed fold leaves the journal, and the next try
-		// waits for as many records again rather than weigh on every commit.
-		if err := s.fold(); err != nil {
+	// A cycle of fold steps starts after foldAfter records and goes on a slice per
+	// commit. The fires are durable; a failed step leaves the journal, and the next
+	// try waits for as many records again rather than weigh on every commit.
+	if s.j.records >= s.foldAfter+s.foldDeferred || (s.j.cycle.next > 0 && s.foldDeferred == 0) {
+		if err := s.foldStep(); err != nil {
 			s.foldDeferred = s.j.records
 			s.foldErrors.Inc()
 		} else {

@@ -117,8 +117,10 @@ type Store struct {
 	wmu          sync.Mutex   // serializes writers of watermarks (and the journal index)
 	imu          sync.RWMutex // guards j
 	j            journalState
-	foldAfter    int // journal records before a fold
-	foldDeferred int // records more to wait for after a failed fold (guarded by wmu)
+	foldAfter    int                   // journal records before a fold
+	foldSlices   int                   // slices of a cycle of fold steps
+	foldFault    func(slice int) error // tests: fails a fold step
+	foldDeferred int                   // records more to wait for after a failed fold (guarded by wmu)
 
 	partitionOf       func(int64) int
 	freelistSyncPages int // Options.FreelistSyncPages
@@ -175,7 +177,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter, partitionOf: opts.PartitionOf,
+	s = &Store{db: db, path: path, foldAfter: defaultFoldAfter, foldSlices: defaultFoldSlices, partitionOf: opts.PartitionOf,
 		freelistSyncPages: opts.FreelistSyncPages}
 	defer func() {
 		if err != nil {
