@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/scheduler"
 )
@@ -228,6 +229,11 @@ func idList(ids []uint64) string {
 
 // nodeRequest sends one request to a node and returns the body of a 200; any
 // other status is an error holding the node's message.
+// nodeClient asks a node; like every client of timerd it never follows a
+// redirect, which would take the operator's token to another host. The
+// commands bound each request by their --timeout.
+var nodeClient = auth.NoRedirects(nil)
+
 func nodeRequest(ctx context.Context, method, u, token string, body []byte) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
@@ -243,11 +249,14 @@ func nodeRequest(ctx context.Context, method, u, token string, body []byte) ([]b
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := nodeClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, u, unwrapURLErr(err))
 	}
 	defer resp.Body.Close()
+	if auth.IsRedirect(resp) {
+		return nil, fmt.Errorf("%s %s: %s", method, u, auth.RedirectNote(resp))
+	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: read: %w", method, u, err)

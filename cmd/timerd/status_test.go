@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -43,6 +44,17 @@ func TestStatusCommand(t *testing.T) {
 			return
 		}
 		w.Write([]byte(statusJSON))
+	})
+	// Another host, where a redirect of the node's answer points: it must see
+	// neither a request nor the operator's token.
+	var elsewhere atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		elsewhere.Add(1)
+		w.Write([]byte(statusJSON))
+	}))
+	defer other.Close()
+	mux.HandleFunc("GET /moved/v1/status", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/v1/status?token=x", http.StatusFound)
 	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
@@ -89,6 +101,8 @@ func TestStatusCommand(t *testing.T) {
 		{name: "token file missing", args: []string{"--addr", host, "--token-file", "/nonexistent/token"}, code: 2, errorHas: "--token-file: open /nonexistent/token"},
 		{name: "not a status", args: []string{"--addr", srv.URL + "/broken"}, code: 1, errorHas: "not a timerd status"},
 		{name: "not found", args: []string{"--addr", srv.URL + "/nothing"}, code: 1, errorHas: "status 404"},
+		{name: "redirect not followed", args: []string{"--addr", srv.URL + "/moved", "--token-file", tokenFile}, code: 1,
+			errorHas: "302 Found: redirect to " + other.URL + "/v1/status not followed"},
 		{name: "bad addr", args: []string{"--addr", "a b/c"}, code: 2, errorHas: `--addr: "a b/c" is not host:port`},
 		{name: "nobody listening", args: []string{"--addr", "127.0.0.1:1", "--timeout", "2s"}, code: 1, errorHas: "GET http://127.0.0.1:1/v1/status"},
 	}
@@ -116,5 +130,8 @@ func TestStatusCommand(t *testing.T) {
 				}
 			}
 		})
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("the host a redirect pointed to got %d requests, want none", n)
 	}
 }
