@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -128,7 +129,7 @@ func owners(t *testing.T, nodes ...*Cluster) map[int64]string {
 func TestScaleOutAndLeave(t *testing.T) {
 	a, _ := start(t, testConfig("a"))
 	b, _ := start(t, testConfig("b", a.LocalAddr()))
-	c, _ := start(t, testConfig("c", a.LocalAddr()))
+	c, cl := start(t, testConfig("c", a.LocalAddr()))
 	nodes := []*Cluster{a, b, c}
 	for _, n := range nodes {
 		testkit.Eventually(t, 20*time.Second, n.Name()+" sees 3 members", func() bool { return viewHas(n, 3, "a", "b", "c") })
@@ -156,7 +157,14 @@ func TestScaleOutAndLeave(t *testing.T) {
 		for _, n := range nodes {
 			t.Logf("%s view %v members %+v", n.Name(), n.View().Members, n.Members())
 		}
+		t.Logf("c log:\n%s", cl)
 		t.Logf("d log:\n%s", dl)
+		// Under a busy loop c has been seen to log nothing for 20 s after its join,
+		// not even the push/pull memberlist starts at most 15 s apart: the
+		// goroutines say where it waits.
+		var stacks strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+		t.Logf("goroutines:\n%s", stacks.String())
 	}()
 	for _, n := range nodes {
 		testkit.Eventually(t, 20*time.Second, n.Name()+" sees 4 members", func() bool { return viewHas(n, 4, "a", "b", "c", "d") })
