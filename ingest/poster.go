@@ -136,9 +136,9 @@ func (p *poster) post(deadline time.Time, key, authorization string, body []byte
 	req.SetBodyRaw(body)
 
 	err := p.hc.DoDeadline(req, resp, deadline)
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) && resp.StatusCode() != 0 {
-		// The status and headers were read; only the body was too long to
-		// keep, and the connection is closed. The answer stands.
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		// Returned only once the status and headers were read: the body was
+		// too long to keep, and the connection is closed. The answer stands.
 		err = nil
 	}
 	if err != nil {

@@ -26,24 +26,31 @@ func BenchmarkCommitFires(b *testing.B) { benchCommitFires(b, false) }
 // throughout: the common case, each fire extends the chain's last point.
 func BenchmarkCommitFiresChained(b *testing.B) { benchCommitFires(b, true) }
 
+// openWithRules opens a fresh store holding rules 1..n, each with a watermark at t0.
+func openWithRules(b *testing.B, n int) *Store {
+	b.Helper()
+	s, err := Open(filepath.Join(b.TempDir(), "node.db"), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	rs := make([]Rule, n)
+	wms := make([]*Watermark, n)
+	for i := range rs {
+		rs[i] = testRule(int64(i + 1))
+		wms[i] = &Watermark{Slot: t0}
+	}
+	if err := s.PutRules(rs, wms); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
 func benchCommitFires(b *testing.B, chained bool) {
 	const rules = 100_000
 	for _, batch := range []int{1, 100, 1000, 10000} {
 		b.Run("batch="+strconv.Itoa(batch), func(b *testing.B) {
-			s, err := Open(filepath.Join(b.TempDir(), "node.db"), Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
-			rs := make([]Rule, rules)
-			wms := make([]*Watermark, rules)
-			for i := range rs {
-				rs[i] = testRule(int64(i + 1))
-				wms[i] = &Watermark{Slot: t0}
-			}
-			if err := s.PutRules(rs, wms); err != nil {
-				b.Fatal(err)
-			}
+			s := openWithRules(b, rules)
 			rng := rand.New(rand.NewPCG(1, uint64(batch)))
 			recs := make([]FireRecord, batch)
 			for i := range recs {

@@ -2,7 +2,6 @@ package store
 
 import (
 	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -16,20 +15,7 @@ import (
 //	go test -run '^$' -bench CommitFiresFold -benchtime 1200x ./store
 func BenchmarkCommitFiresFold(b *testing.B) {
 	const rules, batch = 200_000, 500
-	s, err := Open(filepath.Join(b.TempDir(), "node.db"), Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	rs := make([]Rule, rules)
-	wms := make([]*Watermark, rules)
-	for i := range rs {
-		rs[i] = testRule(int64(i + 1))
-		wms[i] = &Watermark{Slot: t0}
-	}
-	if err := s.PutRules(rs, wms); err != nil {
-		b.Fatal(err)
-	}
+	s := openWithRules(b, rules)
 	perm := rand.New(rand.NewPCG(1, 2)).Perm(rules)
 	recs := make([]FireRecord, batch)
 	var durs []time.Duration
