@@ -140,6 +140,7 @@ type tcluster struct {
 // process (nil when stopped).
 type cnode struct {
 	short, name, dir string
+	bin              string // the timerd binary its next start runs (default timerdBin)
 	ag               *agent
 	gossip           string // the gossip host:port of the current process
 	started          time.Time
@@ -298,7 +299,11 @@ func (c *tcluster) launch(short string, join []string, extra ...string) (*cnode,
 		env = append(env, "TIMERD_JOIN="+strings.Join(join, ","))
 	}
 	env = append(append(env, c.extra...), extra...)
-	cmd := exec.Command(timerdBin, "agent")
+	bin := n.bin
+	if bin == "" {
+		bin = timerdBin
+	}
+	cmd := exec.Command(bin, "agent")
 	cmd.Env = env
 	n.started = time.Now()
 	return n, startCmd(c.t, cmd)

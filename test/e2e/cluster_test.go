@@ -187,16 +187,23 @@ func TestClusterFirstJoinKeepsEveryFire(t *testing.T) {
 	}
 }
 
-// Rolling restart: each of 3 nodes in turn gets SIGTERM and is started
-// again on its data (the next only once it is ready), while interval rules
-// run and datetime rules come due. Every datetime rule fires once, every
-// interval slot is delivered, and nothing is posted twice.
+// Rolling restart, which is also a rolling upgrade: 3 nodes run the previous
+// release (previousRelease); each in turn gets SIGTERM and is started again on
+// its data with this build (the next only once it is ready), while interval
+// rules run and datetime rules come due. Every datetime rule fires once, every
+// interval slot is delivered, and nothing is posted twice: old and new nodes
+// hand partitions to each other, and the new build takes over the old one's
+// store.
 func TestClusterRollingRestart(t *testing.T) {
 	ni := clusterInt(t, "TIMERD_CLUSTER_ROLLING_INTERVAL_RULES", 2000)
 	nd := clusterInt(t, "TIMERD_CLUSTER_ROLLING_DATETIME_RULES", 500)
 	window := soakSetting(t, "TIMERD_CLUSTER_ROLLING_WINDOW", 18*time.Second)
 	const every = 5 * time.Second
+	previous := buildRelease(t, previousRelease)
 	c := newTCluster(t)
+	for _, s := range []string{"n1", "n2", "n3"} {
+		c.node(s).bin = previous
+	}
 	ids := c.createRules("roll", "core.intervaltimer", ni, func(int) map[string]any { return map[string]any{"interval": 5} })
 	c.start("n1", nil, true)
 	firing := time.Now()
@@ -222,9 +229,10 @@ func TestClusterRollingRestart(t *testing.T) {
 		stopped := c.stop(s)
 		dupsStop := c.apiDuplicates()
 		restart := time.Now()
+		c.node(s).bin = "" // this build
 		c.start(s, c.peers(s), true)
-		t.Logf("%s: exited %s after SIGTERM, ready %s after its restart; API duplicates +%v while it stopped, +%v while it started",
-			s, stopped.Round(time.Millisecond), time.Since(restart).Round(time.Millisecond), dupsStop-dups, c.apiDuplicates()-dupsStop)
+		t.Logf("%s: %s exited %s after SIGTERM, this build ready %s after its start; API duplicates +%v while it stopped, +%v while it started",
+			s, previousRelease[:7], stopped.Round(time.Millisecond), time.Since(restart).Round(time.Millisecond), dupsStop-dups, c.apiDuplicates()-dupsStop)
 	}
 	restarts := time.Since(from)
 	c.waitStable("after the rolling restart", 30*time.Second, nil)
