@@ -26,11 +26,18 @@ func buildRelease(t *testing.T, rev string) string {
 	if err != nil {
 		t.Fatalf("find the repository (the upgrade test builds %s from its history): %v", rev, err)
 	}
+	repo := strings.TrimSpace(string(top))
+	if exec.Command("git", "-C", repo, "cat-file", "-e", rev+"^{commit}").Run() != nil {
+		// A shallow clone (as some CI systems make) lacks it: fetch that one commit.
+		if out, err := exec.Command("git", "-C", repo, "fetch", "--quiet", "--depth=1", "origin", rev).CombinedOutput(); err != nil {
+			t.Fatalf("the clone lacks %s, the previous release, and fetching it from origin failed (clone with history): %v\n%s", rev, err, out)
+		}
+	}
 	src := t.TempDir()
 	archive := exec.Command("sh", "-c", `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, "sh",
-		strings.TrimSpace(string(top)), rev, src)
+		repo, rev, src)
 	if out, err := archive.CombinedOutput(); err != nil {
-		t.Fatalf("git archive %s (a clone without that commit, such as a shallow one, cannot run this test): %v\n%s", rev, err, out)
+		t.Fatalf("git archive %s: %v\n%s", rev, err, out)
 	}
 	bin := filepath.Join(t.TempDir(), "timerd-"+rev[:7])
 	begin := time.Now()
