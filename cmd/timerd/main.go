@@ -18,7 +18,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := newRootCmd().ExecuteContext(ctx)
-	if err != nil {
+	if err != nil && !errors.As(err, new(silentError)) {
 		fmt.Fprintln(os.Stderr, "timerd:", err)
 	}
 	os.Exit(exitCode(err))
@@ -32,7 +32,13 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
-// exitCode is 0 without an error, 2 for a usage error, else 1.
+// silentError ends a command with an exit status and nothing more said: its
+// output said it all (`schedule next --lint` that found something).
+type silentError struct{ code int }
+
+func (e silentError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// exitCode is 0 without an error, 2 for a usage error, a silentError's own, else 1.
 func exitCode(err error) int {
 	if err == nil {
 		return 0
@@ -40,6 +46,10 @@ func exitCode(err error) int {
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2
+	}
+	var se silentError
+	if errors.As(err, &se) {
+		return se.code
 	}
 	return 1
 }

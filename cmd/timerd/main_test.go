@@ -84,3 +84,42 @@ func TestScheduleNextErrorsExit2(t *testing.T) {
 		})
 	}
 }
+
+// schedule next warns on standard error about what the schedule likely does not
+// mean, and prints the slots all the same; --lint prints only the findings and
+// exits 1 when there is one, 0 with "no findings".
+func TestScheduleNextLint(t *testing.T) {
+	runSplit := func(args ...string) (stdout, stderr string, code int) {
+		var out, errOut bytes.Buffer
+		cmd := newRootCmd()
+		cmd.SetOut(&out)
+		cmd.SetErr(&errOut)
+		cmd.SetArgs(append([]string{"schedule", "next"}, args...))
+		code = exitCode(cmd.ExecuteContext(context.Background()))
+		return out.String(), errOut.String(), code
+	}
+	skip := []string{"--trigger", "core.crontimer", "--params", `{"expression":"0 30 2 * * *","timezone":"Europe/Berlin","dst_gap":"skip"}`,
+		"--from", "2026-03-28T00:00:00Z", "--count", "2"}
+	out, errOut, code := runSplit(skip...)
+	if code != 0 || out != "2026-03-28T01:30:00Z\n2026-03-30T00:30:00Z\n" {
+		t.Errorf("schedule next: %q (exit %d), want the two slots around the skipped day", out, code)
+	}
+	// The year ahead holds two springs.
+	if !strings.HasPrefix(errOut, "warning: dst: 2026-03-29: Europe/Berlin moves its clocks from 02:00 to 03:00") ||
+		!strings.Contains(errOut, "\nwarning: dst: 2027-03-28: ") || strings.Count(errOut, "\n") != 2 {
+		t.Errorf("schedule next: stderr %q, want DST warnings for 2026-03-29 and 2027-03-28", errOut)
+	}
+
+	out, errOut, code = runSplit(append(skip, "--lint")...)
+	if code != 1 || !strings.HasPrefix(out, "dst: 2026-03-29: ") || strings.Count(out, "\n") != 2 || errOut != "" {
+		t.Errorf("schedule next --lint: %q, stderr %q (exit %d), want two DST findings and exit 1", out, errOut, code)
+	}
+	out, _, code = runSplit("--lint", "--trigger", "core.crontimer", "--params", `{"expression":"* 5 * * * *"}`)
+	if code != 1 || !strings.Contains(out, `too_often: "* 5 * * * *" fires every second of minute 5`) {
+		t.Errorf("schedule next --lint of every second of minute 5: %q (exit %d)", out, code)
+	}
+	out, _, code = runSplit("--lint", "--trigger", "core.crontimer", "--params", `{"expression":"0 0 12 * * *","timezone":"Europe/Berlin"}`)
+	if code != 0 || out != "no findings\n" {
+		t.Errorf("schedule next --lint of a noon cron: %q (exit %d), want no findings and exit 0", out, code)
+	}
+}

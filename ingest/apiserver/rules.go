@@ -171,7 +171,31 @@ func (s *Server) createRule(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, map[string]any{"data": ru})
+	writeJSON(w, http.StatusCreated, s.ruleAnswer(ru))
+}
+
+// ruleAnswer is the answer to a create or an update: the rule and, for a timer
+// whose schedule likely does not do what its author meant (a clock change makes
+// it fire twice or not at all on a day, a cron that fires every second of a
+// minute: scheduler.Lint), "warnings" saying so. The rule is stored all the
+// same: a warning is advice, not a refusal.
+func (s *Server) ruleAnswer(ru *rule) map[string]any {
+	out := map[string]any{"data": ru}
+	if !scheduler.IsTimerTrigger(ru.TriggerRef) {
+		return out
+	}
+	t, err := scheduler.Parse(ru.TriggerRef, ru.TriggerParams, ru.ID)
+	if err != nil {
+		return out // validated before it was stored: not reached
+	}
+	var warnings []string
+	for _, f := range scheduler.Lint(t, s.cfg.Now()) {
+		warnings = append(warnings, f.Message)
+	}
+	if len(warnings) > 0 {
+		out["warnings"] = warnings
+	}
+	return out
 }
 
 // ruleReq is a validated create waiting for the committer, which sets
@@ -379,7 +403,7 @@ func (s *Server) modifyRule(w http.ResponseWriter, r *http.Request, change func(
 		s.cat.mu.Unlock()
 	}
 	s.publish(msgs(old, &cur)...)
-	writeJSON(w, http.StatusOK, map[string]any{"data": &cur})
+	writeJSON(w, http.StatusOK, s.ruleAnswer(&cur))
 }
 
 // updateRule is PUT: trigger_ref, trigger_params, enabled, action_ref and

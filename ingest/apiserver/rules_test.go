@@ -522,3 +522,36 @@ func TestConcurrentCreatesCommitTogether(t *testing.T) {
 		}
 	}
 }
+
+// A timer whose schedule likely does not do what its author meant is stored, and
+// the create's and the update's answers say why (scheduler.Lint); a schedule
+// without surprises gets no "warnings" at all.
+func TestRuleWarnings(t *testing.T) {
+	now := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := newEnv(t, func(c *Config) { c.Now = func() time.Time { return now } })
+	type answer struct {
+		Data     json.RawMessage `json:"data"`
+		Warnings []string        `json:"warnings"`
+	}
+	var got answer
+	e.must(http.StatusCreated, &got, "POST", "/api/v1/rules",
+		`{"ref":"skip","trigger_ref":"core.crontimer","trigger_params":{"expression":"0 30 2 * * *","timezone":"Europe/Berlin","dst_gap":"skip"}}`)
+	if len(got.Warnings) != 1 || !strings.HasPrefix(got.Warnings[0], "2027-03-28: Europe/Berlin moves its clocks") ||
+		!strings.Contains(got.Warnings[0], "fires 0 times") {
+		t.Errorf("create of a 02:30 cron that skips the gap: warnings %q, want the day of the spring change", got.Warnings)
+	}
+	if len(got.Data) == 0 {
+		t.Error("the answer has no data")
+	}
+	got = answer{}
+	e.must(http.StatusOK, &got, "PUT", "/api/v1/rules/skip", `{"trigger_params":{"expression":"* 5 * * * *"}}`)
+	if len(got.Warnings) != 1 || !strings.Contains(got.Warnings[0], `write "0 5 * * * *"`) {
+		t.Errorf("update to every second of minute 5: warnings %q, want the advice", got.Warnings)
+	}
+	var raw map[string]json.RawMessage
+	e.must(http.StatusCreated, &raw, "POST", "/api/v1/rules",
+		`{"ref":"fine","trigger_ref":"core.crontimer","trigger_params":{"expression":"0 0 12 * * *","timezone":"Europe/Berlin"}}`)
+	if _, ok := raw["warnings"]; ok {
+		t.Errorf("a noon cron got warnings: %s", raw["warnings"])
+	}
+}
