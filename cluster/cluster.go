@@ -403,15 +403,20 @@ func (c *Cluster) rejoin(inflight <-chan int) {
 			return
 		}
 	}
-	t := time.NewTicker(c.cfg.RejoinInterval)
+	c.every(c.cfg.RejoinInterval, c.rejoinOnce)
+}
+
+// every runs f every d until Shutdown.
+func (c *Cluster) every(d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
+			f()
 		}
-		c.rejoinOnce()
 	}
 }
 
