@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/scheduler/metricset"
 )
 
@@ -37,8 +38,10 @@ type SourceConfig struct {
 	// RefreshAt is the fraction of exp − iat after which to refresh, in (0, 1);
 	// default 0.8.
 	RefreshAt float64
-	// RetryMin is the first delay after a failed refresh, doubling up to
-	// RetryMax; defaults 60s and 1h.
+	// RetryMin is the delay after a first failed refresh; after the n-th the
+	// delay is jittered between RetryMin and RetryMin·2^(n−1), capped at
+	// RetryMax (ingest/backoff.Delay), so that the nodes a refused refresh
+	// stopped together do not retry together; defaults 60s and 1h.
 	RetryMin, RetryMax time.Duration
 	// StateFile, if set, keeps the token in use (mode 0600): every refresh
 	// writes it, and at start the more recently issued of it and the
@@ -275,7 +278,7 @@ func (s *Source) dueAt(c *current) time.Time {
 }
 
 // Run refreshes the token until ctx is done, then returns nil. A failed
-// refresh is retried after RetryMin, doubling up to RetryMax.
+// refresh is retried with jittered backoff from RetryMin up to RetryMax.
 func (s *Source) Run(ctx context.Context) error {
 	var (
 		failures  int
@@ -342,7 +345,7 @@ func (s *Source) Run(ctx context.Context) error {
 		now = s.cfg.Now()
 		if err != nil {
 			failures++
-			delay := backoff(s.cfg.RetryMin, s.cfg.RetryMax, failures)
+			delay := backoff.Delay(failures, s.cfg.RetryMin, s.cfg.RetryMax)
 			retryAt = now.Add(delay)
 			s.log.Warn("API token refresh failed", "err", err, "reason", reason, "attempt", failures,
 				"retry_in", delay, "token", Mask(cur.token), "expires_at", cur.exp)
@@ -351,17 +354,6 @@ func (s *Source) Run(ctx context.Context) error {
 		failures = 0
 		notBefore = now.Add(minRefreshGap)
 	}
-}
-
-// backoff is min·2^(n−1), capped at max: the ceiling of ingest/backoff.Delay
-// without its jitter, exact because TestSourceBacksOff pins the schedule
-// (auth, a leaf, imports nothing of ingest).
-func backoff(minD, maxD time.Duration, n int) time.Duration {
-	d := minD
-	for i := 1; i < n && d < maxD; i++ {
-		d *= 2
-	}
-	return min(d, maxD)
 }
 
 // refresh trades cur for a new token and installs it.

@@ -160,22 +160,34 @@ func TestSourceBacksOff(t *testing.T) {
 		if len(calls) != failures+1 || !calls[0].Equal(start.Add(80*time.Hour)) {
 			t.Fatalf("refresh calls = %d (first %v), want %d starting at start+80h", len(calls), calls, failures+1)
 		}
-		want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 16 * time.Minute,
+		// The gap after the n-th failure is jittered in [1m, min(1h, 1m·2^(n−1))]
+		// (ingest/backoff.Delay): exactly 1m after the first.
+		ceilings := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 16 * time.Minute,
 			32 * time.Minute, time.Hour, time.Hour, time.Hour, time.Hour}
-		for i, w := range want {
-			if got := calls[i+1].Sub(calls[i]); got != w {
-				t.Errorf("gap before attempt %d = %v, want %v", i+2, got, w)
+		gaps := map[time.Duration]bool{}
+		for i, ceil := range ceilings {
+			got := calls[i+1].Sub(calls[i])
+			if got < time.Minute || got > ceil {
+				t.Errorf("gap before attempt %d = %v, want within [1m, %v]", i+2, got, ceil)
 			}
+			gaps[got] = true
+		}
+		// Jitter: ten gaps, six of them drawn from the same hour-wide range, are
+		// not all alike (the chance they are is nil).
+		if len(gaps) < 3 {
+			t.Errorf("gaps %v: %d distinct, want the jitter to spread them", calls, len(gaps))
 		}
 		if ok, ko := testutil.ToFloat64(s.refreshOK), testutil.ToFloat64(s.refreshKO); ok != 1 || ko != failures {
 			t.Errorf("refreshes ok=%v error=%v, want 1 and %d", ok, ko, failures)
 		}
-		// Success resets the backoff: the next refresh is at 80 % of the new token.
-		last := calls[len(calls)-1]
-		time.Sleep(time.Until(last.Add(80 * time.Hour)))
+		// Success resets the backoff: the next refresh is at 80 % of the new
+		// token, from its iat (the jittered retry came at no whole second; a
+		// JWT's iat is one).
+		due := calls[len(calls)-1].Truncate(time.Second).Add(80 * time.Hour)
+		time.Sleep(time.Until(due))
 		synctest.Wait()
-		if calls = f.snapshot(); len(calls) != failures+2 || !calls[failures+1].Equal(last.Add(80*time.Hour)) {
-			t.Errorf("after recovery: calls %d, last %v; want %d, at %v", len(calls), calls[len(calls)-1], failures+2, last.Add(80*time.Hour))
+		if calls = f.snapshot(); len(calls) != failures+2 || !calls[failures+1].Equal(due) {
+			t.Errorf("after recovery: calls %d, last %v; want %d, at %v", len(calls), calls[len(calls)-1], failures+2, due)
 		}
 	})
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/ingest/backoff"
 )
 
 // Errors of the Cluster lifecycle.
@@ -198,6 +199,12 @@ func (c *Cluster) goTracked(f func()) bool {
 	return true
 }
 
+// Join retries its peers with jittered backoff (ingest/backoff) between these.
+const (
+	joinRetryMin = 100 * time.Millisecond
+	joinRetryMax = 2 * time.Second
+)
+
 // Join joins the peers of Config.Join, retrying until JoinTimeout, and then publishes the
 // first View: of itself and the peers it reached or, alone (no peers configured, or none
 // reachable before JoinTimeout, logged as a warning), of itself, a quorum only if Expect is
@@ -220,8 +227,7 @@ func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 	start := time.Now()
 	timeout := time.NewTimer(c.cfg.JoinTimeout)
 	defer timeout.Stop()
-	backoff := 100 * time.Millisecond
-	for {
+	for attempt := 1; ; attempt++ {
 		res := c.attempt()
 		if res == nil {
 			return JoinResult{}, ErrShutdown
@@ -236,8 +242,8 @@ func (c *Cluster) Join(ctx context.Context) (JoinResult, error) {
 				c.startRejoin(nil)
 				return JoinResult{Contacted: n}, nil
 			}
-			wait := time.NewTimer(backoff)
-			backoff = min(2*backoff, 2*time.Second)
+			// Jittered, so that nodes started together do not knock together.
+			wait := time.NewTimer(backoff.Delay(attempt, joinRetryMin, joinRetryMax))
 			select {
 			case <-wait.C:
 				continue
@@ -397,15 +403,20 @@ func (c *Cluster) rejoin(inflight <-chan int) {
 			return
 		}
 	}
-	t := time.NewTicker(c.cfg.RejoinInterval)
+	c.every(c.cfg.RejoinInterval, c.rejoinOnce)
+}
+
+// every runs f every d until Shutdown.
+func (c *Cluster) every(d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
+			f()
 		}
-		c.rejoinOnce()
 	}
 }
 

@@ -82,18 +82,7 @@ func keyID(k []byte) string {
 // listed. So a rotation is three edits of the file on every node (add the
 // new key second; make it first; remove the old one), each rolled out before
 // the next, with no restart and no moment two nodes cannot read each other.
-func (c *Cluster) watchKeyring() {
-	t := time.NewTicker(c.cfg.KeyringReload)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-			c.reloadKeyring()
-		}
-	}
-}
+func (c *Cluster) watchKeyring() { c.every(c.cfg.KeyringReload, c.reloadKeyring) }
 
 func (c *Cluster) reloadKeyring() {
 	ring := c.keyring

@@ -396,12 +396,8 @@ func (d *Delivery) Flush(ctx context.Context) error {
 		if len(left) == 0 {
 			return nil
 		}
-		t := time.NewTimer(flushWaitPoll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Sleep(ctx, flushWaitPoll) {
 			return ctx.Err()
-		case <-t.C:
 		}
 	}
 }

@@ -4,7 +4,8 @@
 // package pubsub.
 //
 // In: rule lifecycle messages from the node's durable RabbitMQ queue
-// (Consumer), and the rules API that a node reconciles from (RulesClient).
+// (Consumer), and the rules API that a node reconciles from (RulesClient);
+// at start the agent waits for the API's GET /health (WaitAPIHealthy).
 //
 // Out: attune.BuildEvent turns a scheduler fire into the event of contract
 // §3, which the scheduler commits to the store's outbox with the rule's

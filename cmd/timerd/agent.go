@@ -2,20 +2,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cmd/timerd/node"
-	"github.com/timerd/timerd/ingest/backoff"
+	"github.com/timerd/timerd/ingest"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -133,11 +130,11 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 			"join_timeout", gossip.JoinTimeout.String(), "gossip_encrypted", gossip.GossipKey != "" || gossip.GossipKeyringFile != "")
 	}
 
-	if err := checkAPIHealth(ctx, nc.APIURL, 5, 500*time.Millisecond, log); err != nil {
+	if err := ingest.WaitAPIHealthy(ctx, nc.APIURL, 5, 500*time.Millisecond, log); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return err
+		return fmt.Errorf("ATTUNE_API_URL: %w", err)
 	}
 
 	n, err := node.New(nc)
@@ -147,49 +144,4 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 	log.Info("node http listening", "http", "http://"+n.HTTPAddr(), "gossip", n.GossipAddr(),
 		"endpoints", "/metrics /healthz /readyz /v1/status")
 	return n.Run(ctx)
-}
-
-// checkAPIHealth calls GET {api}/health, as Attune's sensor does at start,
-// trying up to attempts times: the wait before try i+1 is backoff.Delay(i),
-// jittered between firstWait and firstWait·2^(i-1).
-func checkAPIHealth(ctx context.Context, apiURL string, attempts int, firstWait time.Duration, log *slog.Logger) error {
-	client := auth.NoRedirects(&http.Client{Timeout: 5 * time.Second})
-	u := apiURL + "/health"
-	var err error
-	for i := 1; i <= attempts; i++ {
-		err = getHealth(ctx, client, u)
-		if err == nil {
-			log.Info("api healthy", "url", redactURL(u))
-			return nil
-		}
-		if i == attempts || ctx.Err() != nil {
-			break
-		}
-		wait := backoff.Delay(i, firstWait, firstWait<<(attempts-2)) // the cap: the last wait's ceiling
-		log.Warn("api health check failed; retrying", "url", redactURL(u), "err", err, "attempt", i, "retry_in", wait.String())
-		if !backoff.Sleep(ctx, wait) {
-			return ctx.Err()
-		}
-	}
-	return fmt.Errorf("ATTUNE_API_URL: GET %s: %w (%d attempts)", redactURL(u), err, attempts)
-}
-
-func getHealth(ctx context.Context, client *http.Client, u string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return unwrapURLErr(err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	if auth.IsRedirect(resp) {
-		return errors.New(auth.RedirectNote(resp))
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return nil
 }

@@ -1,16 +1,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,53 +117,5 @@ func TestAgentNodeConfig(t *testing.T) {
 	}
 	if nc := c.nodeConfig(nil); nc.MQ != nil || nc.ReconcileInterval != time.Minute {
 		t.Errorf("node config without ATTUNE_MQ_URL: MQ %+v, ReconcileInterval %v; want no MQ and 1m", nc.MQ, nc.ReconcileInterval)
-	}
-}
-
-// checkAPIHealth retries a failing API with the jittered backoff: waits of
-// at least firstWait each, and gives up after attempts tries.
-func TestCheckAPIHealthRetries(t *testing.T) {
-	tests := []struct {
-		name     string
-		failures int // answered 503 before 200
-		attempts int
-		wantErr  string
-		wantGets int
-	}{
-		{"healthy at once", 0, 3, "", 1},
-		{"healthy on the third try", 2, 5, "", 3},
-		{"never healthy", 100, 3, "status 503 (3 attempts)", 3},
-	}
-	const firstWait = 20 * time.Millisecond
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var gets atomic.Int32
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path != "/health" {
-					t.Errorf("GET %s, want /health", r.URL.Path)
-				}
-				if int(gets.Add(1)) <= tc.failures {
-					w.WriteHeader(http.StatusServiceUnavailable)
-				}
-			}))
-			defer srv.Close()
-			start := time.Now()
-			err := checkAPIHealth(t.Context(), srv.URL, tc.attempts, firstWait, slog.New(slog.DiscardHandler))
-			elapsed := time.Since(start)
-			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
-				t.Fatalf("checkAPIHealth(%d attempts) = %v, want error %q", tc.attempts, err, tc.wantErr)
-			}
-			if n := int(gets.Load()); n != tc.wantGets {
-				t.Errorf("checkAPIHealth: %d GETs, want %d", n, tc.wantGets)
-			}
-			if floor := time.Duration(tc.wantGets-1) * firstWait; elapsed < floor {
-				t.Errorf("checkAPIHealth returned after %v with %d GETs, want >= %v (firstWait between tries)", elapsed, tc.wantGets, floor)
-			}
-		})
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	time.AfterFunc(50*time.Millisecond, cancel)
-	if err := checkAPIHealth(ctx, "http://127.0.0.1:1", 5, time.Hour, slog.New(slog.DiscardHandler)); !errors.Is(err, context.Canceled) {
-		t.Errorf("checkAPIHealth cancelled during its wait = %v, want context.Canceled", err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -452,7 +451,7 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		return nil, fmt.Errorf("%s: required: the directory of the node's store", name("TIMERD_DATA_DIR"))
 	}
 	if c.Token != "" {
-		if err := checkTokenExpiry(c.Token, c.DataDir, time.Now()); err != nil {
+		if err := node.CheckTokenExpiry(c.Token, c.DataDir, time.Now()); err != nil {
 			return nil, fmt.Errorf("%s: %w", name("ATTUNE_API_TOKEN"), err)
 		}
 	}
@@ -620,7 +619,7 @@ func checkMQURL(v string) error {
 }
 
 // checkToken checks that v looks like a usable JWT, with exp and iat (its
-// expiry is checkTokenExpiry's, which knows the data dir). Errors never
+// expiry is node.CheckTokenExpiry's, which knows the data dir). Errors never
 // contain the token.
 func checkToken(v string) error {
 	if v == "" {
@@ -638,32 +637,6 @@ func checkToken(v string) error {
 		return errors.New("the token has no iat claim")
 	}
 	return nil
-}
-
-// errTokenExpired marks a configured token that has expired: usable only
-// when the node kept a newer one in its data dir.
-var errTokenExpired = errors.New("the token expired")
-
-// checkTokenExpiry reports an expired configured token unless the token the
-// node kept at its last refresh (DATA_DIR/api.token, see
-// docs/token-rotation.md) is still valid: a node restarted after its
-// configured token expired resumes with the one it refreshed.
-func checkTokenExpiry(token, dataDir string, now time.Time) error {
-	claims, err := auth.ParseUnverified(token)
-	if err != nil {
-		return nil // reported by checkToken
-	}
-	exp := claims.ExpiresAtTime()
-	if exp.After(now) {
-		return nil
-	}
-	if b, err := os.ReadFile(filepath.Join(dataDir, "api.token")); err == nil {
-		if kept, err := auth.ParseUnverified(strings.TrimSpace(string(b))); err == nil && kept.ExpiresAtTime().After(now) {
-			return nil
-		}
-	}
-	return fmt.Errorf("%w at %s and %s holds no valid newer one", errTokenExpired, exp.UTC().Format(time.RFC3339),
-		filepath.Join(dataDir, "api.token"))
 }
 
 // checkName accepts refs and node names: letters, digits, '.', '_', '-',

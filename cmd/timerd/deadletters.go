@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -16,9 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cmd/timerd/node"
-	"github.com/timerd/timerd/scheduler"
 )
 
 // nodeFlags are the flags of commands that talk to a node's HTTP endpoints.
@@ -34,28 +29,23 @@ func (f *nodeFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.tokenFile, "token-file", os.Getenv("TIMERD_HTTP_TOKEN_FILE"), "file of the bearer token the node's TIMERD_HTTP_TOKEN_FILE names (env TIMERD_HTTP_TOKEN_FILE)")
 }
 
-// token is the bearer token of --token-file, "" without one.
-func (f *nodeFlags) token() (string, error) {
-	if f.tokenFile == "" {
-		return "", nil
-	}
-	tok, err := node.ReadHTTPToken(f.tokenFile)
-	if err != nil {
-		return "", usagef("--token-file: %w", err)
-	}
-	return tok, nil
-}
-
-// url checks the flags and returns the node URL of path.
-func (f *nodeFlags) url(path string) (string, error) {
+// client checks the flags and returns a client of the node they name, with
+// the bearer token of --token-file if given.
+func (f *nodeFlags) client() (*node.Client, error) {
 	if f.timeout <= 0 {
-		return "", usagef("--timeout: %s is not positive", f.timeout)
+		return nil, usagef("--timeout: %s is not positive", f.timeout)
 	}
 	base, err := nodeBaseURL(f.addr)
 	if err != nil {
-		return "", usagef("--addr: %w", err)
+		return nil, usagef("--addr: %w", err)
 	}
-	return base + path, nil
+	var tok string
+	if f.tokenFile != "" {
+		if tok, err = node.ReadHTTPToken(f.tokenFile); err != nil {
+			return nil, usagef("--token-file: %w", err)
+		}
+	}
+	return node.NewClient(base, tok), nil
 }
 
 func newDeadLettersCmd() *cobra.Command {
@@ -91,23 +81,15 @@ It shows --limit of them after --after; the last line says how to see more.`,
 			if limit < 1 || limit > node.MaxDeadLetterPage {
 				return usagef("--limit: %d is not in 1..%d", limit, node.MaxDeadLetterPage)
 			}
-			u, err := nf.url(fmt.Sprintf("/v1/dead-letters?after=%d&limit=%d", after, limit))
+			c, err := nf.client()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			tok, err := nf.token()
-			if err != nil {
-				return err
-			}
-			raw, err := nodeRequest(ctx, http.MethodGet, u, tok, nil)
+			page, raw, err := c.DeadLetters(ctx, after, limit)
 			if err != nil {
 				return fmt.Errorf("dead-letters list: %w", err)
-			}
-			var page node.DeadLetterPage
-			if err := json.Unmarshal(raw, &page); err != nil {
-				return fmt.Errorf("dead-letters list: GET %s: not a dead letter listing: %w", u, err)
 			}
 			if asJSON {
 				_, err := cmd.OutOrStdout().Write(raw)
@@ -171,31 +153,21 @@ one with --all.`,
 			case slices.Contains(ids, 0):
 				return usagef("--id: 0 is not a dead letter id")
 			}
-			u, err := nf.url("/v1/dead-letters/redrive")
+			c, err := nf.client()
 			if err != nil {
 				return err
 			}
-			var body []byte // none: every one
+			var redrive []uint64 // nil: every one
 			if !all {
-				req := node.RedriveRequest{}
 				for _, id := range ids {
-					req.IDs = append(req.IDs, uint64(id))
+					redrive = append(redrive, uint64(id))
 				}
-				body, _ = json.Marshal(req)
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			tok, err := nf.token()
-			if err != nil {
-				return err
-			}
-			raw, err := nodeRequest(ctx, http.MethodPost, u, tok, body)
+			res, err := c.Redrive(ctx, redrive)
 			if err != nil {
 				return fmt.Errorf("dead-letters redrive: %w", err)
-			}
-			var res node.RedriveResult
-			if err := json.Unmarshal(raw, &res); err != nil {
-				return fmt.Errorf("dead-letters redrive: POST %s: not a redrive result: %w", u, err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "redriven: %d%s\n", len(res.Redriven), idList(res.Redriven))
 			if len(res.NotFound) > 0 {
@@ -225,44 +197,4 @@ func idList(ids []uint64) string {
 		parts = append(parts, strconv.FormatUint(id, 10))
 	}
 	return " (" + strings.Join(parts, ", ") + ")"
-}
-
-// nodeRequest sends one request to a node and returns the body of a 200; any
-// other status is an error holding the node's message.
-// nodeClient asks a node; like every client of timerd it never follows a
-// redirect, which would take the operator's token to another host. The
-// commands bound each request by their --timeout.
-var nodeClient = auth.NoRedirects(nil)
-
-func nodeRequest(ctx context.Context, method, u, token string, body []byte) ([]byte, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
-	if err != nil {
-		return nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := nodeClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, u, unwrapURLErr(err))
-	}
-	defer resp.Body.Close()
-	if auth.IsRedirect(resp) {
-		return nil, fmt.Errorf("%s %s: %s", method, u, auth.RedirectNote(resp))
-	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: read: %w", method, u, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: status %d: %s", method, u, resp.StatusCode, scheduler.Truncate(strings.TrimSpace(string(raw)), 200))
-	}
-	return raw, nil
 }

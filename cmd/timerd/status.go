@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,19 +27,15 @@ as that node sees them, with the rules each owns.`,
 		Example: `  timerd status --addr 10.0.0.5:8470`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			u, err := nf.url("/v1/status")
-			if err != nil {
-				return err
-			}
-			tok, err := nf.token()
+			c, err := nf.client()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			st, raw, err := fetchStatus(ctx, u, tok)
+			st, raw, err := c.Status(ctx)
 			if err != nil {
-				return err
+				return fmt.Errorf("status: %w", err)
 			}
 			if asJSON {
 				_, err := cmd.OutOrStdout().Write(raw)
@@ -72,27 +66,6 @@ func nodeBaseURL(addr string) (string, error) {
 		return "", fmt.Errorf("%q is not host:port", truncateSetting(addr))
 	}
 	return a, nil
-}
-
-func fetchStatus(ctx context.Context, u, token string) (node.Status, []byte, error) {
-	var st node.Status
-	raw, err := nodeRequest(ctx, http.MethodGet, u, token, nil)
-	if err != nil {
-		return st, nil, fmt.Errorf("status: %w", err)
-	}
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return st, nil, fmt.Errorf("status: GET %s: not a timerd status: %w", u, err)
-	}
-	return st, raw, nil
-}
-
-// unwrapURLErr drops the *url.Error an http.Client wraps its errors in: it
-// repeats the URL, which the caller's message already holds.
-func unwrapURLErr(err error) error {
-	if ue, ok := err.(interface{ Unwrap() error }); ok && ue.Unwrap() != nil {
-		return ue.Unwrap() // the url.Error repeats the URL
-	}
-	return err
 }
 
 // printStatus writes st as two tables: the node, then the members.

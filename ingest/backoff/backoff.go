@@ -1,12 +1,17 @@
 // Package backoff is timerd's one jittered backoff: the wait before the next
 // try of event delivery and of the dead-letter breaker's probes, of the ack
 // commit, of the lifecycle consumer's and publisher's reconnects, of the
-// node's first reconcile and queue declare, and of the agent's API health
-// check at start.
+// node's first reconcile and queue declare, of the agent's API health check
+// at start, of the API token's refresh (auth) and of the cluster's join
+// (cluster). Jitter keeps the nodes one failure stopped together from
+// retrying together.
 //
-// It lives under ingest, whose subtree all of them already import; the
-// schedules of the token refresh (auth) and of the fire commit (scheduler)
-// are exact by their tests and stay in those leaf packages.
+// It imports nothing of timerd, so that any package may import it; it lives
+// under ingest, which holds most of its callers, because the top-level
+// directories are fixed. Two schedules stay exact and their own: the fire
+// commit's (scheduler: this node's own disk, no shared server to spread the
+// load of) and the store copies' resend in the protocol (cluster/protocol:
+// the deterministic simulation replays it by seed).
 //
 // Delay is a pure function of the attempt number rather than a stateful
 // policy (cenkalti/backoff's ExponentialBackOff): delivery keeps a count per

@@ -72,3 +72,45 @@ func TestSleep(t *testing.T) {
 		}
 	})
 }
+
+// The jitter: draws for one attempt differ and spread over the whole
+// range [lo, ceil], not only its middle; with lo ≥ hi there is none.
+func TestDelayJitters(t *testing.T) {
+	lo, hi := 200*time.Millisecond, 30*time.Second
+	for _, tc := range []struct {
+		attempt int
+		ceil    time.Duration
+	}{{2, 2 * lo}, {4, 8 * lo}, {12, hi}} {
+		least, most := hi, time.Duration(0)
+		seen := map[time.Duration]bool{}
+		for range 200 {
+			d := Delay(tc.attempt, lo, hi)
+			if d < lo || d > tc.ceil {
+				t.Fatalf("Delay(%d, %v, %v) = %v, want in [%v, %v]", tc.attempt, lo, hi, d, lo, tc.ceil)
+			}
+			least, most = min(least, d), max(most, d)
+			seen[d] = true
+		}
+		// Uniform draws: 200 of them missing the lowest (or the highest)
+		// quarter of the range has a chance of (3/4)^200.
+		quarter := (tc.ceil - lo) / 4
+		if len(seen) < 2 || least > lo+quarter || most < tc.ceil-quarter {
+			t.Errorf("Delay(%d) over 200 draws: %d distinct, in [%v, %v]; want them spread over [%v, %v]",
+				tc.attempt, len(seen), least, most, lo, tc.ceil)
+		}
+	}
+	for _, tc := range []struct{ lo, hi time.Duration }{{time.Second, time.Second}, {time.Second, time.Millisecond}} {
+		for attempt := range 5 {
+			if d := Delay(attempt, tc.lo, tc.hi); d != tc.lo {
+				t.Errorf("Delay(%d, %v, %v) = %v, want the floor %v", attempt, tc.lo, tc.hi, d, tc.lo)
+			}
+		}
+	}
+	a, b := RetryAfter(time.Second, lo, hi), RetryAfter(time.Second, lo, hi)
+	for i := 0; a == b && i < 50; i++ {
+		b = RetryAfter(time.Second, lo, hi)
+	}
+	if a == b {
+		t.Errorf("RetryAfter(1s) drew %v 51 times, want jitter", a)
+	}
+}

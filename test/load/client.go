@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/timerd/timerd/ingest/backoff"
 )
 
 // client talks to the API and the node of one `timerd dev`.
@@ -114,12 +116,8 @@ func (c *client) createRule(ctx context.Context, ref string, intervalSec int64) 
 	}
 	var err error
 	for attempt := range 6 {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
-			}
+		if attempt > 0 && !backoff.Sleep(ctx, backoff.Delay(attempt, 100*time.Millisecond, 1600*time.Millisecond)) {
+			return 0, ctx.Err()
 		}
 		err = c.do(ctx, http.MethodPost, c.apiURL+"/api/v1/rules", body, &out, http.StatusCreated, http.StatusOK)
 		if err == nil {
@@ -204,12 +202,8 @@ func (c *client) events(ctx context.Context, q url.Values, page, size int) (even
 	var p eventPage
 	var err error
 	for attempt := range 4 {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return p, ctx.Err()
-			case <-time.After(time.Duration(100<<attempt) * time.Millisecond):
-			}
+		if attempt > 0 && !backoff.Sleep(ctx, backoff.Delay(attempt, 200*time.Millisecond, 800*time.Millisecond)) {
+			return p, ctx.Err()
 		}
 		p = eventPage{}
 		if err = c.do(ctx, http.MethodGet, u, nil, &p, http.StatusOK); err == nil || !retryable(err) {

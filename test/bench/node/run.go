@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
@@ -177,7 +178,7 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 		time.Sleep(100 * time.Millisecond)
 	}
 	progress("ready %s after start; warm-up %s", time.Since(started).Round(time.Millisecond), cfg.Warmup)
-	sleep(ctx, cfg.Warmup)
+	backoff.Sleep(ctx, cfg.Warmup)
 	pid := cmd.Process.Pid
 	first, err := procstat.Read(pid)
 	if err != nil {
@@ -195,7 +196,7 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 		profiled <- nil
 	}
 	for end := winStart.Add(cfg.Window); time.Now().Before(end) && ctx.Err() == nil; {
-		sleep(ctx, min(time.Second, time.Until(end)))
+		backoff.Sleep(ctx, min(time.Second, time.Until(end)))
 		if s, err := procstat.Read(pid); err == nil {
 			samples = append(samples, s)
 		}
@@ -253,13 +254,6 @@ func ready(base string) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
 }
 
 // dist is a distribution of durations, in milliseconds.

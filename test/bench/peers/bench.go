@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/timerd/timerd/ingest/backoff"
 )
 
 // config is one child's workload and measurement window.
@@ -369,14 +371,10 @@ func sleepUntil(ctx context.Context, b *bench, t int64) error {
 	if d <= 0 {
 		return nil
 	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
+	if !backoff.Sleep(ctx, d) {
 		return ctx.Err()
-	case <-tm.C:
-		return nil
 	}
+	return nil
 }
 
 // setupCheck reports errSetupTimeout every 1024 rules once deadline passed.

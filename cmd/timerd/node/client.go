@@ -1,0 +1,134 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/scheduler"
+)
+
+// maxClientBody bounds an answer the Client reads: a page of
+// MaxDeadLetterPage dead letters with their event bodies fits.
+const maxClientBody = 64 << 20
+
+// Client asks a node's HTTP endpoints (handler): what `timerd status` and
+// `timerd dead-letters` send. Like every client of timerd it never follows
+// a redirect, which would take the operator's token to another host. It
+// sets no timeout of its own: the caller bounds each call with its ctx.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// NewClient returns a Client of the node at baseURL (http(s)://host:port,
+// with a path prefix if any, no trailing slash), sending token as its bearer
+// token ("": none, for a node without TIMERD_HTTP_TOKEN_FILE).
+func NewClient(baseURL, token string) *Client {
+	return &Client{base: baseURL, token: token, http: auth.NoRedirects(nil)}
+}
+
+// StatusError is an answer other than 200 from a node: the request, the
+// status and the start of the node's message.
+type StatusError struct {
+	Method, URL string
+	Code        int
+	Message     string // trimmed, at most 200 bytes
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s %s: status %d: %s", e.Method, e.URL, e.Code, e.Message)
+}
+
+// Status reads GET /v1/status: the node's status and the JSON as served.
+func (c *Client) Status(ctx context.Context) (Status, []byte, error) {
+	var st Status
+	raw, err := c.call(ctx, http.MethodGet, "/v1/status", nil, "a timerd status", &st)
+	return st, raw, err
+}
+
+// DeadLetters reads GET /v1/dead-letters: at most limit dead letters after
+// the id after, and the JSON as served.
+func (c *Client) DeadLetters(ctx context.Context, after uint64, limit int) (DeadLetterPage, []byte, error) {
+	var page DeadLetterPage
+	path := fmt.Sprintf("/v1/dead-letters?after=%d&limit=%d", after, limit)
+	raw, err := c.call(ctx, http.MethodGet, path, nil, "a dead letter listing", &page)
+	return page, raw, err
+}
+
+// Redrive asks POST /v1/dead-letters/redrive to move the dead letters of
+// ids back into the outbox; nil ids: every one.
+func (c *Client) Redrive(ctx context.Context, ids []uint64) (RedriveResult, error) {
+	var body []byte // none: every one
+	if ids != nil {
+		body, _ = json.Marshal(RedriveRequest{IDs: ids})
+	}
+	var res RedriveResult
+	_, err := c.call(ctx, http.MethodPost, "/v1/dead-letters/redrive", body, "a redrive result", &res)
+	return res, err
+}
+
+// call sends one request and decodes the body of a 200 into out; what is
+// not JSON of that shape is an error saying it is not what (a proxy's page,
+// another service). Every error names the method and the URL.
+func (c *Client) call(ctx context.Context, method, path string, body []byte, what string, out any) ([]byte, error) {
+	u := c.base + path
+	raw, err := c.do(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return nil, fmt.Errorf("%s %s: not %s: %w", method, u, what, err)
+	}
+	return raw, nil
+}
+
+// do sends one request and returns the body of a 200; any other status is a
+// *StatusError holding the node's message.
+func (c *Client) do(ctx context.Context, method, u string, body []byte) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // it repeats the URL, which the message holds
+		}
+		return nil, fmt.Errorf("%s %s: %w", method, u, err)
+	}
+	defer resp.Body.Close()
+	if auth.IsRedirect(resp) {
+		return nil, fmt.Errorf("%s %s: %s", method, u, auth.RedirectNote(resp))
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxClientBody+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%s %s: read: %w", method, u, err)
+	case len(raw) > maxClientBody:
+		return nil, fmt.Errorf("%s %s: status %d: the answer is larger than %d bytes", method, u, resp.StatusCode, maxClientBody)
+	case resp.StatusCode != http.StatusOK:
+		return nil, &StatusError{Method: method, URL: u, Code: resp.StatusCode,
+			Message: scheduler.Truncate(strings.TrimSpace(string(raw)), 200)}
+	}
+	return raw, nil
+}
