@@ -24,8 +24,9 @@ RUN make build VERSION="$VERSION" REVISION="$REVISION" \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /src/bin/timerd /timerd
 # The data directory belongs to the user timerd runs as (distroless's
-# nonroot); a new volume mounted there starts with that owner.
-COPY --from=build --chown=65532:65532 /out/var/lib/timerd /var/lib/timerd
+# nonroot), mode 0700 as timerd wants it; a new volume mounted there starts
+# with that owner and mode.
+COPY --from=build --chown=65532:65532 --chmod=0700 /out/var/lib/timerd /var/lib/timerd
 ENV TIMERD_DATA_DIR=/var/lib/timerd
 VOLUME ["/var/lib/timerd"]
 # The node's HTTP (metrics, health, status) and the cluster's gossip.

@@ -67,12 +67,28 @@ func run(m *testing.M) (int, error) {
 	}
 	defer os.RemoveAll(dir)
 	binary = filepath.Join(dir, "timerd")
-	mk := exec.Command("make", "-s", "-C", repoRoot, "build", "BUILD_OUT="+binary, "VERSION="+testVersion)
-	mk.Env = append(os.Environ(), "SOURCE_DATE_EPOCH="+sourceEpoch)
+	mk := makeCmd("build", "BUILD_OUT="+binary, "VERSION="+testVersion)
+	mk.Env = append(mk.Env, "SOURCE_DATE_EPOCH="+sourceEpoch)
 	if out, err := mk.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("make build: %w\n%s", err, out)
 	}
 	return m.Run(), nil
+}
+
+// makeCmd is make -s in the repository's root, with none of the Makefile's
+// build variables from the environment (nor those of an outer make, as in
+// `make test`): the Makefile's defaults and args only.
+func makeCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command("make", append([]string{"-s", "-C", repoRoot}, args...)...)
+	for _, e := range os.Environ() {
+		name, _, _ := strings.Cut(e, "=")
+		switch name {
+		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VERSION", "REVISION", "BUILD_DATE", "BUILD_OUT", "SOURCE_DATE_EPOCH":
+			continue
+		}
+		cmd.Env = append(cmd.Env, e)
+	}
+	return cmd
 }
 
 // The binary links nothing at run time (no interpreter, no shared library)
@@ -213,8 +229,8 @@ func TestDevRunsInEmptyRootWithBuildInfo(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); pw.Close() }()
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); pw.Close(); close(exited) }() // killed at the end: its status says nothing
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited
@@ -295,4 +311,47 @@ func get(t *testing.T, url string, body *[]byte) int {
 		*body = b
 	}
 	return resp.StatusCode
+}
+
+// Without overrides make build takes the version from git describe, the
+// revision from git rev-parse and the date from now, RFC 3339 UTC; a
+// SOURCE_DATE_EPOCH that is not a number stops it before it builds.
+func TestMakeBuildDefaults(t *testing.T) {
+	t.Parallel()
+	describe, err := exec.Command("git", "-C", repoRoot, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		t.Fatalf("git describe: %v", err)
+	}
+	dry, err := makeCmd("-n", "build").Output()
+	if err != nil {
+		t.Fatalf("make -n build: %v", err)
+	}
+	const pkg = "github.com/prometheus/common/version."
+	for _, want := range []string{
+		"CGO_ENABLED=0 ", " -trimpath ",
+		"-X " + pkg + "Version=" + strings.TrimSpace(string(describe)) + " ",
+		"-X " + pkg + "Revision=" + revision + " ",
+	} {
+		if !strings.Contains(string(dry), want) {
+			t.Errorf("make -n build does not run %q:\n%s", want, dry)
+		}
+	}
+	date := regexp.MustCompile(`-X ` + regexp.QuoteMeta(pkg) + `BuildDate=(\S+)"`).FindSubmatch(dry)
+	if date == nil {
+		t.Fatalf("make -n build sets no build date:\n%s", dry)
+	}
+	if d, err := time.Parse(time.RFC3339, string(date[1])); err != nil || d.Location() != time.UTC || time.Since(d).Abs() > time.Minute {
+		t.Errorf("build date %s (%v): want now, RFC 3339 UTC", date[1], err)
+	}
+
+	out := filepath.Join(t.TempDir(), "timerd")
+	mk := makeCmd("build", "BUILD_OUT="+out)
+	mk.Env = append(mk.Env, "SOURCE_DATE_EPOCH=yesterday")
+	msg, err := mk.CombinedOutput()
+	if err == nil || !strings.Contains(string(msg), "SOURCE_DATE_EPOCH=yesterday is not seconds since 1970") {
+		t.Errorf("make build with SOURCE_DATE_EPOCH=yesterday: %v\n%s", err, msg)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("make build with a bad SOURCE_DATE_EPOCH built %s (%v)", out, err)
+	}
 }

@@ -163,7 +163,7 @@ func TestDockerfile(t *testing.T) {
 	}
 
 	// What make build writes (its -o) is what the image copies.
-	dry, err := exec.Command("make", "-s", "-n", "-C", repoRoot, "build").Output()
+	dry, err := makeCmd("-n", "build").Output()
 	if err != nil {
 		t.Fatalf("make -n build: %v", err)
 	}
@@ -223,9 +223,9 @@ func TestDockerfile(t *testing.T) {
 	}
 	if !slices.ContainsFunc(image.all("COPY"), func(c string) bool {
 		f := strings.Fields(c)
-		return slices.Contains(f, "--chown="+user) && f[len(f)-1] == dataDir
+		return slices.Contains(f, "--chown="+user) && slices.Contains(f, "--chmod=0700") && f[len(f)-1] == dataDir
 	}) {
-		t.Errorf("no COPY --chown=%s into %s: the volume would belong to root", user, dataDir)
+		t.Errorf("no COPY --chown=%s --chmod=0700 into %s: the volume would belong to root, or be open to others", user, dataDir)
 	}
 
 	// The ports are the agent's defaults: its HTTP, and the gossip's TCP and UDP.
