@@ -19,7 +19,7 @@ ARG VERSION=devel
 ARG REVISION=unknown
 ARG SOURCE_DATE_EPOCH
 RUN make build VERSION="$VERSION" REVISION="$REVISION" \
- && mkdir -p /out/var/lib/timerd
+ && mkdir -p -m 0700 /out/var/lib/timerd
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /src/bin/timerd /timerd
