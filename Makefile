@@ -17,8 +17,21 @@ GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 all: build
 
+# The release build, which the Dockerfile runs too: a static binary (no cgo, so no
+# libc; cmd/timerd embeds the time zone data), with paths trimmed and the version,
+# revision and build date of github.com/prometheus/common/version set. VERSION=v1.2.3
+# overrides the tag; with SOURCE_DATE_EPOCH set the date is that one and the build is
+# reproducible. test/build runs this target and checks what it made.
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BUILD_DATE  ?= $(shell date -u $(if $(SOURCE_DATE_EPOCH),-d @$(SOURCE_DATE_EPOCH)) +%Y-%m-%dT%H:%M:%SZ)
+VERSION_PKG := github.com/prometheus/common/version
+BUILD_FLAGS  = -trimpath -ldflags "-X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Revision=$(REVISION) -X $(VERSION_PKG).BuildDate=$(BUILD_DATE)"
+BUILD_OUT   ?= bin/timerd
+
 build:
-	$(GO) build -o bin/timerd ./cmd/timerd
+	@[ -n "$(BUILD_DATE)" ] || { echo "make build: no build date: SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) is not seconds since 1970" >&2; exit 2; }
+	CGO_ENABLED=0 $(GO) build $(BUILD_FLAGS) -o $(BUILD_OUT) ./cmd/timerd
 
 vet:
 	$(GO) vet $(PKGS)

@@ -17,7 +17,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "A horizontally sharded timer service for Attune's timer triggers",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       node.VersionText(), // --version prints it as `timerd version` does
 	}
+	root.SetVersionTemplate("{{.Version}}")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newDevCmd(), newAPICmd(), newScheduleCmd(), newTokenCmd(), newVersionCmd(), newStatusCmd(), newDeadLettersCmd())
 	root.AddCommand(newAgentCmd())
@@ -27,10 +29,10 @@ func newRootCmd() *cobra.Command {
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print timerd's version",
+		Short: "Print timerd's version, revision, build date and Go version",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), "timerd", node.Version())
+			fmt.Fprint(cmd.OutOrStdout(), node.VersionText())
 		},
 	}
 }

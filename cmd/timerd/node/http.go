@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/timerd/timerd/auth"
@@ -333,11 +334,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 			}
 			return 0
 		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "timerd_build_info",
-			Help:        "Build information; the value is always 1.",
-			ConstLabels: prometheus.Labels{"version": Version()},
-		}, func() float64 { return 1 }),
+		versioncollector.NewCollector("timerd"), // timerd_build_info{version,revision,goversion,...}
 	)
 	if err != nil {
 		return nil, err
