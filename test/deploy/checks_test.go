@@ -11,7 +11,10 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/timerd/timerd/cluster"
 )
@@ -49,6 +52,7 @@ func (m *manifests) check(settings map[string]agentSetting) []error {
 	c.serviceMonitor()
 	c.volumes()
 	c.security()
+	c.apiRules()
 	return c.errs
 }
 
@@ -439,6 +443,72 @@ func (c *checker) security() {
 	r := c.container.Resources
 	if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
 		c.errorf("resources: want requests of cpu and memory and a memory limit")
+	}
+}
+
+// apiRules checks what the API server would refuse and a decode lets through: names,
+// labels, port names, env names, volume references and modes.
+func (c *checker) apiRules() {
+	invalid := func(what string, msgs []string) {
+		if len(msgs) > 0 {
+			c.errorf("%s: %s", what, strings.Join(msgs, "; "))
+		}
+	}
+	labels := func(what string, l map[string]string) {
+		if errs := metav1validation.ValidateLabels(l, field.NewPath(what)); len(errs) > 0 {
+			c.errorf("%s", errs.ToAggregate())
+		}
+	}
+	s := c.m.statefulSet
+	invalid("StatefulSet name "+strconv.Quote(s.Name), validation.IsDNS1123Label(s.Name))
+	labels("StatefulSet "+s.Name+" labels", s.Labels)
+	labels("StatefulSet "+s.Name+" pod labels", s.Spec.Template.Labels)
+	for _, svc := range c.m.services {
+		invalid("Service name "+strconv.Quote(svc.Name), validation.IsDNS1035Label(svc.Name))
+		labels("Service "+svc.Name+" labels", svc.Labels)
+		seen := map[string]bool{}
+		for _, p := range svc.Spec.Ports {
+			if len(svc.Spec.Ports) > 1 || p.Name != "" {
+				invalid(fmt.Sprintf("Service %s port name %q", svc.Name, p.Name), validation.IsDNS1123Label(p.Name))
+			}
+			if seen[p.Name] {
+				c.errorf("Service %s: port name %q twice", svc.Name, p.Name)
+			}
+			seen[p.Name] = true
+		}
+	}
+	invalid("PodDisruptionBudget name "+strconv.Quote(c.m.pdb.Name), validation.IsDNS1123Subdomain(c.m.pdb.Name))
+	invalid("ServiceMonitor name "+strconv.Quote(c.m.monitor.Name), validation.IsDNS1123Subdomain(c.m.monitor.Name))
+
+	seen := map[string]bool{}
+	for _, p := range c.container.Ports {
+		invalid(fmt.Sprintf("containerPort name %q", p.Name), validation.IsValidPortName(p.Name))
+		if seen[p.Name] {
+			c.errorf("containerPort name %q twice", p.Name)
+		}
+		seen[p.Name] = true
+	}
+	for _, e := range c.container.Env {
+		invalid(fmt.Sprintf("env name %q", e.Name), validation.IsEnvVarName(e.Name))
+	}
+	volumes := map[string]bool{}
+	for _, v := range s.Spec.Template.Spec.Volumes {
+		invalid(fmt.Sprintf("volume name %q", v.Name), validation.IsDNS1123Label(v.Name))
+		volumes[v.Name] = true
+		if v.Secret != nil {
+			invalid(fmt.Sprintf("volume %s secretName %q", v.Name, v.Secret.SecretName), validation.IsDNS1123Subdomain(v.Secret.SecretName))
+			if m := v.Secret.DefaultMode; m != nil && (*m < 0 || *m > 0o777) {
+				c.errorf("volume %s: defaultMode %d is not a file mode (0 to 0777)", v.Name, *m)
+			}
+		}
+	}
+	for _, t := range s.Spec.VolumeClaimTemplates {
+		volumes[t.Name] = true
+	}
+	for _, vm := range c.container.VolumeMounts {
+		if !volumes[vm.Name] {
+			c.errorf("volumeMount %s: no volume or volumeClaimTemplate of that name", vm.Name)
+		}
 	}
 }
 

@@ -166,6 +166,17 @@ func TestManifestChecksCatchMistakes(t *testing.T) {
 		}, "want runAsNonRoot true"},
 		{"a writable root", func(m *manifests) { container(m).SecurityContext.ReadOnlyRootFilesystem = nil }, "readOnlyRootFilesystem"},
 		{"no memory limit", func(m *manifests) { container(m).Resources.Limits = nil }, "memory limit"},
+		{"a port name too long", func(m *manifests) { container(m).Ports[1].Name = "gossip-tcp-port1" }, `containerPort name "gossip-tcp-port1"`},
+		{"a port name twice", func(m *manifests) { container(m).Ports[2].Name = "gossip-tcp" }, `containerPort name "gossip-tcp" twice`},
+		{"an env name the API refuses", func(m *manifests) { container(m).Env[0].Name = "ATTUNE API URL" }, `env name "ATTUNE API URL"`},
+		{"a Service name the API refuses", func(m *manifests) { service(m, "timerd").Name = "Timerd" }, `Service name "Timerd"`},
+		{"an unnamed port among several", func(m *manifests) { service(m, "timerd-peers").Spec.Ports[2].Name = "" }, `Service timerd-peers port name ""`},
+		{"a label value the API refuses", func(m *manifests) { m.statefulSet.Labels["app.kubernetes.io/name"] = "timer d" }, `StatefulSet timerd labels`},
+		{"a mount of no volume", func(m *manifests) { mount(m, "http").Name = "https" }, "volumeMount https: no volume"},
+		{"a mode out of range", func(m *manifests) {
+			v := int32(0o1440)
+			m.statefulSet.Spec.Template.Spec.Volumes[0].Secret.DefaultMode = &v
+		}, "defaultMode 800 is not a file mode"},
 		{"an image kustomize does not rename", func(m *manifests) { container(m).Image = "ghcr.io/x/timerd:1.0" }, `image "ghcr.io/x/timerd:1.0"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -92,6 +92,12 @@ func TestKubernetesReadme(t *testing.T) {
 				t.Errorf("README.md has no %q", want)
 			}
 		}
+		// Its table of settings has every variable the StatefulSet sets.
+		for _, e := range m.statefulSet.Spec.Template.Spec.Containers[0].Env {
+			if !strings.Contains(readme, "\n| `"+e.Name+"` | ") {
+				t.Errorf("README.md's table of settings has no row for %s", e.Name)
+			}
+		}
 	})
 }
 
