@@ -44,6 +44,10 @@ func TestManifestChecksCatchMistakes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	loaded, err := loadKustomization(kubernetesDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	container := func(m *manifests) *corev1.Container { return &m.statefulSet.Spec.Template.Spec.Containers[0] }
 	setEnv := func(m *manifests, name, value string) {
 		c := container(m)
@@ -180,10 +184,7 @@ func TestManifestChecksCatchMistakes(t *testing.T) {
 		{"an image kustomize does not rename", func(m *manifests) { container(m).Image = "ghcr.io/x/timerd:1.0" }, `image "ghcr.io/x/timerd:1.0"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := loadKustomization(kubernetesDir)
-			if err != nil {
-				t.Fatal(err)
-			}
+			m := loaded.deepCopy()
 			tc.breakIt(m)
 			errs := m.check(settings)
 			for _, err := range errs {

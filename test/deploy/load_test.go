@@ -154,6 +154,15 @@ func (m *manifests) add(doc []byte) error {
 	return nil
 }
 
+// deepCopy is a copy of m that shares nothing with it, for a test to break.
+func (m *manifests) deepCopy() *manifests {
+	c := &manifests{statefulSet: m.statefulSet.DeepCopy(), pdb: m.pdb.DeepCopy(), monitor: m.monitor.DeepCopy()}
+	for _, s := range m.services {
+		c.services = append(c.services, s.DeepCopy())
+	}
+	return c
+}
+
 // yamlFiles are the names of dir's YAML files but kustomization.yaml.
 func yamlFiles(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
