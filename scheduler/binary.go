@@ -17,8 +17,13 @@ import (
 //	v1 | ref u8 | kind u8 | misfire u8 | dst_gap u8 | dst_overlap u8 | flags u8 |
 //	     varint misfire_grace | varint interval |
 //	     [varint anchor Unix ns if flags&1] | [varint fire_at Unix ns if flags&2] |
+//	     [varint jitter ns if flags&4] |
 //	     uvarint len, timezone | uvarint len, expression |
 //	     [uvarint len, trigger_ref if ref = 0]
+//
+// A flag a build does not know fails its decode (code out of range): the jitter flag
+// came after the first builds of v1, which refuse such a form rather than fire
+// without the jitter.
 //
 // A stored form freezes what Parse gave when it was written: a build whose Parse gives
 // another Timer for the same input (a changed default, a fixed bug) must have the forms
@@ -32,6 +37,7 @@ const timerCodecV1 = 1
 const (
 	flagAnchor = 1 << iota
 	flagFireAt
+	flagJitter
 )
 
 // Code tables: index = code. Append only; a code is part of the stored format.
@@ -77,6 +83,9 @@ func (t *Timer) AppendBinary(b []byte) ([]byte, error) {
 	if !t.FireAt.IsZero() {
 		flags |= flagFireAt
 	}
+	if t.Jitter != 0 {
+		flags |= flagJitter
+	}
 	b = append(b, timerCodecV1, ref, kind, misfire, gap, overlap, flags)
 	b = binary.AppendVarint(b, int64(t.MisfireGrace))
 	b = binary.AppendVarint(b, int64(t.Interval))
@@ -85,6 +94,9 @@ func (t *Timer) AppendBinary(b []byte) ([]byte, error) {
 	}
 	if flags&flagFireAt != 0 {
 		b = binary.AppendVarint(b, t.FireAt.UnixNano())
+	}
+	if flags&flagJitter != 0 {
+		b = binary.AppendVarint(b, int64(t.Jitter))
 	}
 	b = appendStr(b, t.Timezone)
 	b = appendStr(b, t.Expression)
@@ -128,7 +140,7 @@ func DecodeTimerInto(b []byte, t *Timer) error {
 		return d.err
 	}
 	if int(ref) >= len(refCodes) || kind == 0 || int(kind) >= len(kindCodes) || int(misfire) >= len(misfireCodes) ||
-		int(gap) >= len(gapCodes) || int(overlap) >= len(overlapCodes) || flags&^(flagAnchor|flagFireAt) != 0 {
+		int(gap) >= len(gapCodes) || int(overlap) >= len(overlapCodes) || flags&^(flagAnchor|flagFireAt|flagJitter) != 0 {
 		return d.failf("code out of range")
 	}
 	*t = Timer{
@@ -146,6 +158,9 @@ func DecodeTimerInto(b []byte, t *Timer) error {
 	if flags&flagFireAt != 0 {
 		t.FireAt = time.Unix(0, d.varint()).UTC()
 	}
+	if flags&flagJitter != 0 {
+		t.Jitter = time.Duration(d.varint())
+	}
 	t.Timezone = d.str()
 	t.Expression = d.str()
 	if ref == 0 {
@@ -156,8 +171,9 @@ func DecodeTimerInto(b []byte, t *Timer) error {
 		return d.err
 	case len(d.b) != 0:
 		return d.failf("%d trailing bytes", len(d.b))
-	case t.MisfireGrace < 0 && t.MisfireGrace != UnlimitedGrace, t.Interval < 0:
-		return d.failf("negative duration")
+	case t.MisfireGrace < 0 && t.MisfireGrace != UnlimitedGrace, t.Interval < 0, t.Jitter < 0,
+		t.Interval > 0 && t.Jitter >= t.Interval:
+		return d.failf("negative duration, or a jitter not below the interval")
 	}
 	switch t.Kind {
 	case KindInterval:

@@ -665,13 +665,14 @@ func (e *Engine) indexAll(idxs []int32) {
 func (e *Engine) schedule(idx int32, sift bool) {
 	r := &e.rules[idx]
 	var buf Timer
-	next, ok := e.nextSlot(r.timerInto(&buf), e.wmSlot(idx))
+	t := r.timerInto(&buf)
+	next, ok := e.nextSlot(t, e.wmSlot(idx))
 	if !ok {
 		e.heap.remove(idx)
 		r.state = idle
 		return
 	}
-	at := key(next)
+	at := key(t.FireTime(r.id, next))
 	switch {
 	case r.state == queued && sift:
 		e.heap.update(idx, at)
@@ -693,14 +694,21 @@ func (e *Engine) place(idx int32, next time.Time, ok bool) {
 		return
 	}
 	r.state = queued
-	e.heap.push(idx, key(next))
+	at := next
+	if r.timer.Jitter > 0 { // a compact rule's template holds it too
+		var buf Timer
+		at = r.timerInto(&buf).FireTime(r.id, next)
+	}
+	e.heap.push(idx, key(at))
 }
 
-// nextOf is a queued rule's next slot. The heap key is the slot in Unix ns
-// unless it saturated (before 1678 or after 2262): then it is computed
-// again from the watermark, which gives the same slot.
+// nextOf is a queued rule's next slot. The heap key is the slot's fire time in
+// Unix ns: the slot itself unless the timer has a jitter, or the key saturated
+// (before 1678 or after 2262); then the slot is computed again from the
+// watermark, which gives the same slot (a queued rule's key is always that of
+// the first slot after its watermark).
 func (e *Engine) nextOf(en entry) time.Time {
-	if en.at != math.MinInt64 && en.at != math.MaxInt64 {
+	if en.at != math.MinInt64 && en.at != math.MaxInt64 && e.rules[en.idx].timer.Jitter <= 0 {
 		return time.Unix(0, en.at).UTC()
 	}
 	var buf Timer
@@ -955,7 +963,7 @@ func (e *Engine) observe() {
 		} else {
 			e.m.fires.WithLabelValues(string(f.Timer.Kind)).Inc()
 		}
-		e.m.lateness.Observe(f.FiredAt.Sub(f.Slot).Seconds())
+		e.m.lateness.Observe(f.FiredAt.Sub(f.Timer.FireTime(f.RuleID, f.Slot)).Seconds())
 		if f.CatchUp {
 			e.m.misfire(policyOf(f.Timer), "fired").Inc()
 		}

@@ -43,6 +43,10 @@ func (e *Engine) grace(t *Timer) (g time.Duration, limited bool) {
 // (FireOnce), the most recent MaxCatchUp (FireAll) or none (Skip). Finding
 // them costs O(fires + log gap) calls to Next and Last, never O(gap).
 //
+// With a jitter a slot is due at its fire time (Timer.FireTime), and missed
+// only once even its latest fire time (the slot plus the jitter) is more than
+// the grace late.
+//
 // When room runs out the plan stops early: the rule's next slot is still due
 // and the next batch plans the rest.
 func (e *Engine) plan(id int64, t *Timer, wm Watermark, first, now time.Time, room int) planned {
@@ -52,7 +56,7 @@ func (e *Engine) plan(id int64, t *Timer, wm Watermark, first, now time.Time, ro
 	var cutoff time.Time // slots before it are missed
 	missed := false
 	if limited {
-		cutoff = now.Add(-g)
+		cutoff = now.Add(-g - t.Jitter)
 		if s.Before(cutoff) {
 			missed = true
 			policy := policyOf(t)
@@ -83,7 +87,7 @@ func (e *Engine) plan(id int64, t *Timer, wm Watermark, first, now time.Time, ro
 			}
 		}
 	}
-	for room > 0 && !s.After(now) {
+	for room > 0 && !t.FireTime(id, s).After(now) {
 		nx, ok := e.nextSlot(t, s)
 		p.count++
 		f := Fire{RuleID: id, Slot: s, FiredAt: now, Count: p.count, CatchUp: missed && s.Before(cutoff), Timer: t}

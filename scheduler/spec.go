@@ -103,6 +103,10 @@ func Parse(triggerRef string, params []byte, ruleID int64) (*Timer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if t.Interval > 0 && t.Jitter >= t.Interval {
+		// A cron's jitter is kept below the gap to its next slot as it fires (FireTime).
+		return nil, specErr("trigger_params.jitter", "%v must be shorter than the interval, %v: a rule's slots never reorder", t.Jitter, t.Interval)
+	}
 	return t, nil
 }
 
@@ -205,7 +209,8 @@ func (t *Timer) Equal(o *Timer) bool {
 		t.DSTOverlap == o.DSTOverlap &&
 		t.FireAt.Equal(o.FireAt) &&
 		t.Misfire == o.Misfire &&
-		t.MisfireGrace == o.MisfireGrace
+		t.MisfireGrace == o.MisfireGrace &&
+		t.Jitter == o.Jitter
 }
 
 // oneShot is a datetime timer's single slot.
@@ -402,6 +407,15 @@ func (p params) policies(t *Timer) error {
 		default:
 			return specErr("trigger_params.dst_overlap", "must be once or twice, got %s", quote(s))
 		}
+	}
+	if s, ok, err := p.str("jitter"); err != nil {
+		return err
+	} else if ok {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			return specErr("trigger_params.jitter", "must be a Go duration ≥ 0 such as \"30s\", got %s", quote(s))
+		}
+		t.Jitter = d
 	}
 	// start_at is checked on every kind so a typo is not silently ignored.
 	if s, ok, err := p.str("start_at"); err != nil {

@@ -69,6 +69,11 @@ type Timer struct {
 	// 0 means the engine's default; UnlimitedGrace means never missed.
 	MisfireGrace time.Duration
 
+	// Jitter, when above 0, delays each slot by an offset below it, the same
+	// for a rule's slot on every node and at every start (FireTime). The slot
+	// (the event's scheduled_at, its key, the watermark) stays the nominal one.
+	Jitter time.Duration
+
 	// cron is the compiled expression of a KindCron timer, set by Parse.
 	// Interval and datetime slots are computed from the fields above by
 	// value: nothing else is allocated per timer.
