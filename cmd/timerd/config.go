@@ -98,8 +98,8 @@ type agentSetting struct {
 	usage string
 	set   func(c *agentConfig, v string) error // parses and checks v; the error omits the value when it is secret
 	// structured: in the stdin config or a config file the value may be a
-	// JSON array (or YAML list), handed to set as its JSON; any other
-	// setting takes a string, number or boolean there.
+	// JSON array (a YAML list), handed to set as its JSON; any other setting
+	// takes a string, number or boolean there.
 	structured bool
 	// retired, when set, says why the setting no longer does anything: it is
 	// accepted with any value (an existing configuration still starts),
@@ -727,17 +727,71 @@ func decodeYAMLObject(b []byte, path string) (map[string]json.RawMessage, error)
 		if _, dup := obj[key]; dup {
 			return nil, fmt.Errorf("%s: %s: appears twice (line %d)", path, truncateSetting(key), k.Line)
 		}
-		var val any
-		if err := v.Decode(&val); err != nil {
-			return nil, fmt.Errorf("%s: %s: line %d: is not a value timerd reads", path, truncateSetting(key), v.Line)
+		budget := maxYAMLNodes
+		val, err := yamlValue(v, &budget)
+		var raw []byte
+		if err == nil {
+			raw, err = json.Marshal(val)
 		}
-		raw, err := json.Marshal(val)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %s: line %d: a mapping whose keys are not strings", path, truncateSetting(key), v.Line)
+			// Never the value: it may be a secret.
+			return nil, fmt.Errorf("%s: %s: line %d: is not a value timerd reads (a string, number, boolean or list)", path, truncateSetting(key), v.Line)
 		}
 		obj[key] = raw
 	}
 	return obj, nil
+}
+
+// maxYAMLNodes bounds the nodes one value may expand to through aliases.
+const maxYAMLNodes = 100_000
+
+// yamlValue is the value of n as JSON would hold it. A string, a timestamp
+// or binary is the text written (a time keeps its spelling); numbers,
+// booleans and null are YAML's; mapping keys must be scalars.
+func yamlValue(n *yaml.Node, budget *int) (any, error) {
+	if *budget--; *budget < 0 {
+		return nil, errors.New("too many nodes")
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		return yamlValue(n.Alias, budget)
+	case yaml.SequenceNode:
+		list := make([]any, 0, len(n.Content))
+		for _, e := range n.Content {
+			v, err := yamlValue(e, budget)
+			if err != nil {
+				return nil, err
+			}
+			list = append(list, v)
+		}
+		return list, nil
+	case yaml.MappingNode:
+		m := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Kind != yaml.ScalarNode {
+				return nil, errors.New("a mapping key is not a scalar")
+			}
+			v, err := yamlValue(n.Content[i+1], budget)
+			if err != nil {
+				return nil, err
+			}
+			m[n.Content[i].Value] = v
+		}
+		return m, nil
+	case yaml.ScalarNode:
+		switch n.ShortTag() {
+		case "!!str", "!!timestamp", "!!binary":
+			return n.Value, nil
+		case "!!null":
+			return nil, nil
+		}
+		var v any
+		if err := n.Decode(&v); err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
+	return nil, errors.New("not a value")
 }
 
 // yamlKind names a node's kind in a message.
@@ -755,7 +809,8 @@ func yamlKind(n *yaml.Node) string {
 
 // objectValue turns a value of the stdin config or a config file into the
 // text a setting parses: a string as it is, a number or boolean as written,
-// and, for a structured setting only, an array (or object) as its JSON.
+// and, for a structured setting only, an array as its JSON. No setting
+// takes an object.
 func objectValue(raw json.RawMessage, structured bool) (v string, isNull bool, err error) {
 	raw = bytes.TrimSpace(raw)
 	switch {
@@ -768,7 +823,9 @@ func objectValue(raw json.RawMessage, structured bool) (v string, isNull bool, e
 		return v, false, nil
 	case !structured && raw[0] == '[':
 		return "", false, errors.New("is a list, want a string, number or boolean")
-	case !structured && raw[0] == '{':
+	case raw[0] == '{' && structured:
+		return "", false, errors.New("is an object (a mapping), want a list")
+	case raw[0] == '{':
 		return "", false, errors.New("is an object (a mapping), want a string, number or boolean")
 	}
 	return string(raw), false, nil
