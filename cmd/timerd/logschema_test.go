@@ -161,4 +161,3 @@ func TestLogLevelEnv(t *testing.T) {
 		t.Errorf("timerd api --log-level WARN with ATTUNE_LOG_LEVEL=verbose = exit %d, %v; want the flag to win (then --key-file missing)", code, err)
 	}
 }
-
