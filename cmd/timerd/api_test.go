@@ -37,10 +37,16 @@ func TestAPIEveryFlagHasAVariable(t *testing.T) {
 	if strings.Contains(out, "hunter2") {
 		t.Errorf("timerd api --help shows the value of TIMERD_API_MQ_URL:\n%s", out)
 	}
-	want := map[string]string{"addr": "TIMERD_API_ADDR", "data-dir": "TIMERD_API_DATA_DIR", "key-file": "TIMERD_API_KEY_FILE",
-		"mq-url": "TIMERD_API_MQ_URL", "mq-exchange": "TIMERD_API_MQ_EXCHANGE",
+	want := map[string]string{
+		"addr":                        "TIMERD_API_ADDR",
+		"data-dir":                    "TIMERD_API_DATA_DIR",
+		"key-file":                    "TIMERD_API_KEY_FILE",
+		"mq-url":                      "TIMERD_API_MQ_URL",
+		"mq-exchange":                 "TIMERD_API_MQ_EXCHANGE",
 		"revocation-cleanup-interval": "TIMERD_API_REVOCATION_CLEANUP_INTERVAL",
-		"log-level":                   "ATTUNE_LOG_LEVEL", "log-format": "TIMERD_LOG_FORMAT"}
+		"log-level":                   "ATTUNE_LOG_LEVEL",
+		"log-format":                  "TIMERD_LOG_FORMAT",
+	}
 	api, _, err := newRootCmd().Find([]string{"api"})
 	if err != nil {
 		t.Fatal(err)
