@@ -121,7 +121,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 
 	n, err := node.New(nc)
 	if err != nil {
-		return settingUsageError(err)
+		return cfg.settingUsageError(err)
 	}
 	log.Info("node http listening", "http", "http://"+n.HTTPAddr(), "gossip", n.GossipAddr(),
 		"endpoints", "/metrics /healthz /readyz /v1/status")

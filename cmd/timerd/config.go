@@ -61,6 +61,9 @@ type agentConfig struct {
 	// are its keys timerd does not know (ignored with a warning, as on stdin).
 	ConfigFile      string
 	UnknownFileKeys []string
+	// nameSetting names a setting by its environment name in a message, as
+	// the configuration gave it (loadAgentConfig's name).
+	nameSetting func(env string) string
 	// Retired says, for each retired setting given, that it is ignored and
 	// why; the agent logs each once at start.
 	Retired []string
@@ -460,6 +463,7 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		}
 		return settingNameIn(env, stdinMode, path)
 	}
+	c.nameSetting = name
 	for _, s := range agentSettings {
 		if s.retired != "" && given[s.env] {
 			c.Retired = append(c.Retired, fmt.Sprintf("%s is no longer used and is ignored: %s", name(s.env), s.retired))
@@ -595,11 +599,24 @@ var devFlags = map[string]string{"TIMERD_API_ADDR": "api-addr"}
 // (exit status 2) that names the setting and its flag, as a bad setting is
 // named at start; other errors are returned as they are.
 func settingUsageError(err error) error {
+	return namedSettingError(err, func(env string) string { return settingName(env, false) })
+}
+
+// settingUsageError is settingUsageError naming the setting where this
+// configuration took it from (the config file's key, the stdin config's).
+func (c *agentConfig) settingUsageError(err error) error {
+	if c.nameSetting == nil {
+		return settingUsageError(err)
+	}
+	return namedSettingError(err, c.nameSetting)
+}
+
+func namedSettingError(err error, name func(env string) string) error {
 	var se *node.SettingError
 	if !errors.As(err, &se) {
 		return err
 	}
-	return usagef("%s: %w", settingName(se.Setting, false), se.Err)
+	return usagef("%s: %w", name(se.Setting), se.Err)
 }
 
 // checkClusterField checks the one field set in cc as the cluster would,

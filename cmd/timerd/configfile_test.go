@@ -1,11 +1,14 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/cmd/timerd/node"
 )
 
 // writeConfig writes content to a file name in a fresh directory of the test.
@@ -228,5 +231,23 @@ func TestAgentConfigFileExit2(t *testing.T) {
 	_, code, err = run("agent", "--config", p+".missing")
 	if code != 2 || err == nil || !strings.HasPrefix(err.Error(), "--config: ") {
 		t.Errorf("timerd agent --config (missing) = exit %d, %v; want exit 2 naming --config", code, err)
+	}
+}
+
+// A setting the node refuses at start (a port in use) is named as the
+// configuration gave it: the config file's key.
+func TestAgentSettingErrorNamesTheFile(t *testing.T) {
+	p := writeConfig(t, "timerd.yaml", "api_url: http://x\napi_token: "+testToken(t, time.Hour)+"\ndata_dir: /d\nmq_url: amqp://mq/\nhttp_addr: 127.0.0.1:1\n")
+	c, err := loadFor(t, nil, "", "--config", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.settingUsageError(&node.SettingError{Setting: "TIMERD_HTTP_ADDR", Err: errors.New("address already in use")})
+	if want := p + ": http_addr: address already in use"; err == nil || err.Error() != want || exitCode(err) != 2 {
+		t.Errorf("settingUsageError = %v (exit %d), want %q (exit 2)", err, exitCode(err), want)
+	}
+	err = c.settingUsageError(&node.SettingError{Setting: "TIMERD_BIND_ADDR", Err: errors.New("in use")})
+	if want := "TIMERD_BIND_ADDR (or --bind-addr, or bind_addr in " + p + "): in use"; err == nil || err.Error() != want {
+		t.Errorf("settingUsageError = %v, want %q", err, want)
 	}
 }
