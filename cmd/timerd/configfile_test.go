@@ -251,3 +251,38 @@ func TestAgentSettingErrorNamesTheFile(t *testing.T) {
 		t.Errorf("settingUsageError = %v, want %q", err, want)
 	}
 }
+
+// docs/configuration.md names every variable, key and flag of the agent and
+// every variable of `timerd api`, with the defaults a user meets.
+func TestConfigurationDocNamesEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, s := range agentSettings {
+		names := []string{"`" + s.env + "`", "`" + s.key + "`"}
+		if s.flag != "" {
+			names = append(names, "`--"+s.flag+"`")
+		}
+		for _, n := range names {
+			if !strings.Contains(doc, n) {
+				t.Errorf("docs/configuration.md does not name %s", n)
+			}
+		}
+	}
+	api, _, err := newRootCmd().Find([]string{"api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"addr", "data-dir", "key-file", "mq-url", "mq-exchange", "revocation-cleanup-interval"} {
+		if env := apiEnv(f); !strings.Contains(doc, "| `"+env+"` | `--"+f+"` |") || !strings.Contains(api.Flags().Lookup(f).Usage, env) {
+			t.Errorf("docs/configuration.md or --%s's help lacks %s", f, env)
+		}
+	}
+	for _, n := range []string{"`TIMERD_CONFIG_FILE`", "`--config`", "| `ATTUNE_MQ_EXCHANGE` | — | `mq_exchange` | `attune.events` |"} {
+		if !strings.Contains(doc, n) {
+			t.Errorf("docs/configuration.md does not have %s", n)
+		}
+	}
+}
