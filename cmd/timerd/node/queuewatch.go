@@ -48,8 +48,8 @@ func (w *queueWatch) messages(n int) {
 	w.silent.Set(0)
 }
 
-// reconciled notes a periodic reconcile that made changes changes to the
-// store; past silentQueueReconciles of them with no message ever
+// reconciled notes a periodic reconcile and the number of rules it changed
+// in the store; past silentQueueReconciles reconciles with changes and no message ever
 // delivered it warns once, naming the exchange and the queue.
 func (w *queueWatch) reconciled(changes int, log *slog.Logger, exchange, queue string) {
 	if w.delivered || changes == 0 {
