@@ -20,7 +20,7 @@ import (
 // ConsumerConfig configures a Consumer.
 type ConsumerConfig struct {
 	URL          string        // amqp:// or amqps://, required
-	Exchange     string        // topic, durable; default "attune"
+	Exchange     string        // topic, durable; default attune.DefaultExchange
 	Queue        string        // required; see attune.QueueName
 	QueueExpires time.Duration // x-expires of the queue; default 7 days
 	Prefetch     int           // unacked deliveries in flight; default 256

@@ -26,9 +26,11 @@ at start and periodically, fires its timers and posts their events to
 Attune's API with its sensor token.
 
 Configuration (docs/configuration.md), lowest precedence first: defaults,
-then the environment (ATTUNE_*, TIMERD_*) or, with --stdin-config, one JSON
-object on stdin, then flags given on the command line. A bad or missing
-setting stops start-up with exit status 2 and one line naming it.
+then a YAML or JSON file (--config FILE or TIMERD_CONFIG_FILE, keyed as the
+stdin config), then the environment (ATTUNE_*, TIMERD_*) or, with
+--stdin-config, one JSON object on stdin, then flags given on the command
+line. A bad or missing setting stops start-up with exit status 2 and one
+line naming it and where it was given.
 
 Settings without a flag (environment variable / stdin-config key):
 ` + envOnlySettings(),
@@ -36,7 +38,9 @@ Settings without a flag (environment variable / stdin-config key):
   ATTUNE_MQ_URL=amqp://guest:guest@rabbitmq:5672/ timerd agent --data-dir /var/lib/timerd
 
   echo '{"api_url":"http://attune:8080","api_token":"…","mq_url":"amqp://rabbitmq/","data_dir":"/var/lib/timerd"}' |
-    timerd agent --stdin-config`,
+    timerd agent --stdin-config
+
+  ATTUNE_API_TOKEN_FILE=/run/secrets/timerd.token timerd agent --config /etc/timerd/timerd.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadAgentConfig(cmd.Flags(), os.LookupEnv, cmd.InOrStdin())
@@ -65,37 +69,12 @@ func envOnlySettings() string {
 	return strings.TrimRight(b.String(), "\n")
 }
 
-// agentLogger logs in the fields the sensor interface asks for:
-// timestamp, level, sensor, message, and rule_id where there is one.
-func agentLogger(w io.Writer, cfg *agentConfig) *slog.Logger {
-	opts := &slog.HandlerOptions{
-		Level: cfg.LogLevel,
-		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) > 0 {
-				return a
-			}
-			switch a.Key {
-			case slog.TimeKey:
-				a.Key = "timestamp"
-				a.Value = slog.StringValue(a.Value.Time().UTC().Format(time.RFC3339Nano))
-			case slog.MessageKey:
-				a.Key = "message"
-			case slog.LevelKey:
-				a.Value = slog.StringValue(strings.ToLower(a.Value.String()))
-			}
-			return a
-		},
-	}
-	var h slog.Handler = slog.NewJSONHandler(w, opts)
-	if cfg.LogFormat == "text" {
-		h = slog.NewTextHandler(w, opts)
-	}
-	return slog.New(h).With("sensor", cfg.SensorRef)
-}
-
 func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 	if len(cfg.UnknownKeys) > 0 {
 		log.Warn("stdin config: keys timerd does not know are ignored", "keys", cfg.UnknownKeys)
+	}
+	if len(cfg.UnknownFileKeys) > 0 {
+		log.Warn("config file: keys timerd does not know are ignored", "file", cfg.ConfigFile, "keys", cfg.UnknownFileKeys)
 	}
 	for _, r := range cfg.Retired {
 		log.Warn(r)
@@ -139,7 +118,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 
 	n, err := node.New(nc)
 	if err != nil {
-		return settingUsageError(err)
+		return cfg.settingUsageError(err)
 	}
 	log.Info("node http listening", "http", "http://"+n.HTTPAddr(), "gossip", n.GossipAddr(),
 		"endpoints", "/metrics /healthz /readyz /v1/status")

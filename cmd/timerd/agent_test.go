@@ -92,7 +92,7 @@ func TestAgentNodeConfig(t *testing.T) {
 	case nc.ReconcileInterval >= 0 || nc.DeadLetterRetention >= 0:
 		t.Errorf("node config: ReconcileInterval %v, DeadLetterRetention %v; want both negative (off, forever)",
 			nc.ReconcileInterval, nc.DeadLetterRetention)
-	case nc.MQ == nil || nc.MQ.URL != "amqp://mq/" || nc.MQ.Queue != "sensor.core.timer.n1" || nc.MQ.Exchange != "attune":
+	case nc.MQ == nil || nc.MQ.URL != "amqp://mq/" || nc.MQ.Queue != "sensor.core.timer.n1" || nc.MQ.Exchange != "attune.events":
 		t.Errorf("node config: MQ %+v, want the URL, exchange attune and queue sensor.core.timer.n1", nc.MQ)
 	case nc.Cluster == nil:
 		t.Errorf("node config: no Cluster, want one (the agent always runs it)")

@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"net"
-	"time"
+	"os"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -22,28 +22,46 @@ func newAPICmd() *cobra.Command {
 	var (
 		addr, dataDir, keyFile string
 		mqURL, mqExchange      string
-		cleanup                time.Duration
+		cleanup                string
 		logs                   logFlags
 	)
+	var env *envFlags
 	cmd := &cobra.Command{
 		Use:   "api",
 		Short: "Run the Attune-compatible API server (rules, events, health)",
-		Args:  cobra.NoArgs,
+		Long: `api runs the Attune-compatible API server: rules, events, service accounts,
+token refresh and health, in a bbolt database in --data-dir, tokens signed
+with the key in --key-file.
+
+Every flag has an environment variable (named in its help): a flag given on
+the command line wins over its variable, and the variable over the default
+(docs/configuration.md).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if dataDir == "" {
-				return usagef("--data-dir: required")
+			if err := env.apply(os.LookupEnv); err != nil {
+				return err
 			}
-			if keyFile == "" {
-				return usagef("--key-file: required (env TIMERD_API_KEY_FILE): the HMAC key tokens are signed with; " +
-					"create one with `timerd token keygen --out FILE`")
-			}
-			log, err := logs.logger()
+			log, err := logs.logger(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
+			if dataDir == "" {
+				return usagef("%s: required: the directory of the API's database", env.name("data-dir"))
+			}
+			if keyFile == "" {
+				return usagef("%s: required: the HMAC key tokens are signed with; "+
+					"create one with: timerd token keygen --out FILE", env.name("key-file"))
+			}
+			interval, err := parseSettingDuration(cleanup)
+			if err == nil && interval <= 0 {
+				err = fmt.Errorf("%s is not positive", cleanup)
+			}
+			if err != nil {
+				return usagef("%s: %w", env.name("revocation-cleanup-interval"), err)
+			}
 			key, err := auth.LoadKey(keyFile, log)
 			if err != nil {
-				return usagef("--key-file: %w", err)
+				return usagef("%s: %w", env.name("key-file"), err)
 			}
 			reg := prometheus.NewRegistry()
 			if _, err := metricset.Register(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
@@ -52,15 +70,18 @@ func newAPICmd() *cobra.Command {
 			cfg := apiserver.Config{
 				DataDir:                   dataDir,
 				SigningKey:                key,
-				RevocationCleanupInterval: cleanup,
+				RevocationCleanupInterval: interval,
 				Logger:                    log,
 				Registerer:                reg,
 				Metrics:                   promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 			}
 			if mqURL != "" {
-				pub, err := newMQPublisher(mqURL, mqExchange, log, reg)
-				if err != nil {
+				if err := checkMQFlags(mqURL, mqExchange, env.name("mq-url"), env.name("mq-exchange")); err != nil {
 					return err
+				}
+				pub, err := pubsub.NewPublisher(pubsub.PublisherConfig{URL: mqURL, Exchange: mqExchange, Logger: log, Registerer: reg})
+				if err != nil {
+					return usagef("%s: %w", env.name("mq-url"), err)
 				}
 				defer pub.Close() // after the server: its last writes publish
 				cfg.Publisher = pub
@@ -73,7 +94,7 @@ func newAPICmd() *cobra.Command {
 			defer srv.Close()
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
-				return usagef("--addr %q: %w", addr, err)
+				return usagef("%s: %q: %w", env.name("addr"), addr, err)
 			}
 			log.Info("api listening", "url", "http://"+ln.Addr().String(), "data_dir", dataDir)
 			if err := srv.Serve(cmd.Context(), ln); err != nil {
@@ -82,37 +103,36 @@ func newAPICmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("TIMERD_API_ADDR", "127.0.0.1:8080"), "listen address (env TIMERD_API_ADDR)")
-	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("TIMERD_API_DATA_DIR", ""), "directory of the API's database (env TIMERD_API_DATA_DIR)")
-	cmd.Flags().StringVar(&keyFile, "key-file", envOr("TIMERD_API_KEY_FILE", ""), "file holding the HMAC key tokens are signed with; required (env TIMERD_API_KEY_FILE; see `timerd token keygen`)")
-	cmd.Flags().StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): publish rule lifecycle messages there, as Attune's API does")
-	cmd.Flags().StringVar(&mqExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
-	cmd.Flags().DurationVar(&cleanup, "revocation-cleanup-interval", time.Hour, "how often revocations of expired tokens are deleted")
-	logs.register(cmd, "json")
+	fs := cmd.Flags()
+	env = newEnvFlags(fs)
+	fs.StringVar(&addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.StringVar(&dataDir, "data-dir", "", "directory of the API's database; required")
+	// No back-quotes in a usage: pflag would take the quoted words for the value's name.
+	fs.StringVar(&keyFile, "key-file", "", "file holding the HMAC key tokens are signed with, made by timerd token keygen; required")
+	fs.StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): publish rule lifecycle messages there, as Attune's API does")
+	fs.StringVar(&mqExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
+	fs.StringVar(&cleanup, "revocation-cleanup-interval", "1h", "how often revocations of expired tokens are deleted")
+	for _, f := range []string{"addr", "data-dir", "key-file", "mq-url", "mq-exchange", "revocation-cleanup-interval"} {
+		env.bind(f, apiEnv(f))
+	}
+	logs.register(cmd, env, "json")
 	return cmd
 }
 
-// newMQPublisher is the API's lifecycle publisher for --mq-url; errors
-// name the flag and never echo the URL (it may hold a password).
-func newMQPublisher(mqURL, exchange string, log *slog.Logger, reg prometheus.Registerer) (*pubsub.AMQPPublisher, error) {
-	if err := checkMQFlags(mqURL, exchange); err != nil {
-		return nil, err
-	}
-	pub, err := pubsub.NewPublisher(pubsub.PublisherConfig{URL: mqURL, Exchange: exchange, Logger: log, Registerer: reg})
-	if err != nil {
-		return nil, usagef("--mq-url: %w", err)
-	}
-	return pub, nil
+// apiEnv is the environment variable of a flag of `timerd api`:
+// TIMERD_API_ and the flag's name ("mq-url": TIMERD_API_MQ_URL).
+func apiEnv(flag string) string {
+	return "TIMERD_API_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// checkMQFlags checks --mq-url and --mq-exchange (of api and dev) without
-// echoing the URL.
-func checkMQFlags(mqURL, exchange string) error {
+// checkMQFlags checks --mq-url and --mq-exchange (of api and dev), named
+// urlName and exchangeName in an error, without echoing the URL.
+func checkMQFlags(mqURL, exchange, urlName, exchangeName string) error {
 	if err := checkMQURL(mqURL); err != nil {
-		return usagef("--mq-url: %w", err)
+		return usagef("%s: %w", urlName, err)
 	}
 	if exchange == "" {
-		return usagef("--mq-exchange: is empty")
+		return usagef("%s: is empty", exchangeName)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cluster"
@@ -55,6 +56,13 @@ type agentConfig struct {
 	// UnknownKeys are stdin-config keys timerd does not know (ignored, as
 	// Attune may send more than a timer sensor reads).
 	UnknownKeys []string
+	// ConfigFile is the --config file read, "" for none; UnknownFileKeys
+	// are its keys timerd does not know (ignored with a warning, as on stdin).
+	ConfigFile      string
+	UnknownFileKeys []string
+	// nameSetting names a setting by its environment name in a message, as
+	// the configuration gave it (loadAgentConfig's name).
+	nameSetting func(env string) string
 	// Retired says, for each retired setting given, that it is ignored and
 	// why; the agent logs each once at start.
 	Retired []string
@@ -91,6 +99,10 @@ type agentSetting struct {
 	def   string // default, "" for none
 	usage string
 	set   func(c *agentConfig, v string) error // parses and checks v; the error omits the value when it is secret
+	// structured: in the stdin config or a config file the value may be a
+	// JSON array (a YAML list), handed to set as its JSON; any other setting
+	// takes a string, number or boolean there.
+	structured bool
 	// retired, when set, says why the setting no longer does anything: it is
 	// accepted with any value (an existing configuration still starts),
 	// ignored, and hidden from the help.
@@ -144,9 +156,11 @@ var agentSettings = []agentSetting{
 		return nil
 	}},
 	{env: "ATTUNE_LOG_LEVEL", key: "log_level", flag: "log-level", def: "info", usage: "debug, info, warn or error", set: func(c *agentConfig, v string) error {
-		return c.LogLevel.UnmarshalText([]byte(strings.ToLower(strings.TrimSpace(v))))
+		l, err := parseLogLevel(v)
+		c.LogLevel = l
+		return err
 	}},
-	{env: "ATTUNE_SENSOR_TRIGGERS", key: "sensor_triggers", usage: `start-up rules, a JSON array of {"id","ref","trigger_ref","config"}`, set: func(c *agentConfig, v string) error {
+	{env: "ATTUNE_SENSOR_TRIGGERS", key: "sensor_triggers", structured: true, usage: `start-up rules, a JSON array of {"id","ref","trigger_ref","config"}`, set: func(c *agentConfig, v string) error {
 		rs, err := parseSensorTriggers(v)
 		c.StartupRules = rs
 		return err
@@ -202,7 +216,7 @@ var agentSettings = []agentSetting{
 		c.Gossip.AdvertiseAddr = v
 		return nil
 	}},
-	{env: "TIMERD_JOIN", key: "join", flag: "join", usage: "peers to join, comma-separated host[:port]; a DNS name joins every address it resolves to (none: run alone)", set: func(c *agentConfig, v string) error {
+	{env: "TIMERD_JOIN", key: "join", flag: "join", structured: true, usage: "peers to join, comma-separated host[:port]; a DNS name joins every address it resolves to (none: run alone)", set: func(c *agentConfig, v string) error {
 		var peers []string
 		list := strings.Split(v, ",")
 		if t := strings.TrimSpace(v); strings.HasPrefix(t, "[") { // a JSON array in the stdin config
@@ -340,18 +354,15 @@ var agentSettings = []agentSetting{
 		return err
 	}},
 	{env: "TIMERD_LOG_FORMAT", key: "log_format", flag: "log-format", def: "json", usage: "json or text", set: func(c *agentConfig, v string) error {
-		switch strings.ToLower(v) {
-		case "json", "text":
-			c.LogFormat = strings.ToLower(v)
-			return nil
-		}
-		return fmt.Errorf("%q is not json or text", truncateSetting(v))
+		f, err := parseLogFormat(v)
+		c.LogFormat = f
+		return err
 	}},
 }
 
 // registerAgentFlags defines the flags of the settings that have one. Their
 // defaults are shown in the help; only flags given on the command line
-// override the environment or the stdin config.
+// override the environment, the stdin config or the config file.
 func registerAgentFlags(fs *pflag.FlagSet) {
 	for _, s := range agentSettings {
 		if s.flag == "" {
@@ -363,12 +374,18 @@ func registerAgentFlags(fs *pflag.FlagSet) {
 		}
 	}
 	fs.Bool("stdin-config", false, "read the configuration as one JSON object from stdin instead of the environment")
+	fs.String("config", "", "a YAML or JSON file of settings, keyed as the stdin config; the environment (or the stdin config) and flags override it (env "+configFileEnv+")")
 }
 
+// configFileEnv names the config file when --config is not given (not read
+// with --stdin-config, which reads no environment).
+const configFileEnv = "TIMERD_CONFIG_FILE"
+
 // loadAgentConfig builds the configuration, lowest precedence first:
-// defaults, then the stdin config (with --stdin-config) or the
-// environment, then flags given on the command line. The first bad or
-// missing setting is an error naming it; no error holds a secret.
+// defaults, then the config file (--config or TIMERD_CONFIG_FILE), then the
+// stdin config (with --stdin-config) or the environment, then flags given
+// on the command line. The first bad or missing setting is an error naming
+// it and where it was given; no error holds a secret.
 func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), stdin io.Reader) (*agentConfig, error) {
 	c := &agentConfig{}
 	for _, s := range agentSettings {
@@ -379,34 +396,41 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		}
 	}
 	stdinMode, _ := fs.GetBool("stdin-config")
-	given := map[string]bool{} // settings given by env or stdin
+	given := map[string]bool{}    // settings given by any source but the defaults
+	fromFile := map[string]bool{} // settings whose value is the config file's
+	path, pathSource := fs.Lookup("config").Value.String(), "--config"
+	if !fs.Changed("config") && !stdinMode {
+		path, _ = lookupEnv(configFileEnv)
+		pathSource = configFileEnv
+	}
+	if path != "" {
+		obj, err := readConfigFile(path, pathSource)
+		if err != nil {
+			return nil, err
+		}
+		c.ConfigFile = path
+		set, unknown, err := applyObject(c, obj, func(key string) string { return path + ": " + key })
+		if err != nil {
+			return nil, err
+		}
+		c.UnknownFileKeys = unknown
+		for _, env := range set {
+			given[env], fromFile[env] = true, true
+		}
+	}
 	if stdinMode {
 		obj, err := readStdinConfig(stdin)
 		if err != nil {
 			return nil, err
 		}
-		for _, s := range agentSettings {
-			raw, ok := obj[s.key]
-			if !ok {
-				continue
-			}
-			delete(obj, s.key)
-			v, isNull, err := stdinValue(raw)
-			if err != nil {
-				return nil, fmt.Errorf("stdin config %q: %w", s.key, err)
-			}
-			if isNull {
-				continue
-			}
-			if err := s.set(c, v); err != nil {
-				return nil, fmt.Errorf("stdin config %q: %w", s.key, err)
-			}
-			given[s.env] = true
+		set, unknown, err := applyObject(c, obj, func(key string) string { return fmt.Sprintf("stdin config %q", key) })
+		if err != nil {
+			return nil, err
 		}
-		for k := range obj {
-			c.UnknownKeys = append(c.UnknownKeys, truncateSetting(k))
+		c.UnknownKeys = unknown
+		for _, env := range set {
+			given[env], fromFile[env] = true, false
 		}
-		slices.Sort(c.UnknownKeys)
 	} else {
 		for _, s := range agentSettings {
 			v, ok := lookupEnv(s.env)
@@ -416,7 +440,7 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 			if err := s.set(c, v); err != nil {
 				return nil, fmt.Errorf("%s: %w", s.env, err)
 			}
-			given[s.env] = true
+			given[s.env], fromFile[s.env] = true, false
 		}
 	}
 	for _, s := range agentSettings {
@@ -427,10 +451,18 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 		if err := s.set(c, v); err != nil {
 			return nil, fmt.Errorf("--%s: %w", s.flag, err)
 		}
-		given[s.env] = true
+		given[s.env], fromFile[s.env] = true, false
 	}
 
-	name := func(env string) string { return settingName(env, stdinMode) }
+	// name names a setting in a message: where its value came from when
+	// that was the config file, else every place it can be given.
+	name := func(env string) string {
+		if fromFile[env] {
+			return path + ": " + settingKey(env)
+		}
+		return settingNameIn(env, stdinMode, path)
+	}
+	c.nameSetting = name
 	for _, s := range agentSettings {
 		if s.retired != "" && given[s.env] {
 			c.Retired = append(c.Retired, fmt.Sprintf("%s is no longer used and is ignored: %s", name(s.env), s.retired))
@@ -484,24 +516,78 @@ func loadAgentConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), s
 	return c, nil
 }
 
+// applyObject sets the settings obj holds (the stdin config or a config
+// file), naming each in an error with name(key); null counts as unset. It
+// returns the settings it set (by their environment names) and the keys it
+// does not know, sorted.
+func applyObject(c *agentConfig, obj map[string]json.RawMessage, name func(key string) string) (set, unknown []string, err error) {
+	for _, s := range agentSettings {
+		raw, ok := obj[s.key]
+		if !ok {
+			continue
+		}
+		delete(obj, s.key)
+		v, isNull, err := objectValue(raw, s.structured)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name(s.key), err)
+		}
+		if isNull {
+			continue
+		}
+		if err := s.set(c, v); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name(s.key), err)
+		}
+		set = append(set, s.env)
+	}
+	for k := range obj {
+		unknown = append(unknown, truncateSetting(k))
+	}
+	slices.Sort(unknown)
+	return set, unknown, nil
+}
+
 // settingName names a setting in a message: its environment name, or its
 // stdin-config key when the configuration came from stdin, and its flag when
 // it has one ("TIMERD_HTTP_ADDR (or --http-addr)").
-func settingName(env string, stdinMode bool) string {
-	n, flag := env, devFlags[env]
-	for _, s := range agentSettings {
-		if s.env == env {
-			if stdinMode {
-				n = fmt.Sprintf("stdin config %q", s.key)
-			}
-			flag = s.flag
-			break
-		}
+func settingName(env string, stdinMode bool) string { return settingNameIn(env, stdinMode, "") }
+
+// settingNameIn is settingName for a configuration that also read the
+// config file file (none when ""): the file's key is one more place to give
+// the setting ("TIMERD_DATA_DIR (or --data-dir, or data_dir in timerd.yaml)").
+func settingNameIn(env string, stdinMode bool, file string) string {
+	n, alt := env, []string{}
+	if f := devFlags[env]; f != "" {
+		alt = append(alt, "--"+f)
 	}
-	if flag != "" {
-		n += " (or --" + flag + ")"
+	for _, s := range agentSettings {
+		if s.env != env {
+			continue
+		}
+		if stdinMode {
+			n = fmt.Sprintf("stdin config %q", s.key)
+		}
+		if s.flag != "" {
+			alt = append(alt, "--"+s.flag)
+		}
+		if file != "" {
+			alt = append(alt, s.key+" in "+file)
+		}
+		break
+	}
+	if len(alt) > 0 {
+		n += " (or " + strings.Join(alt, ", or ") + ")"
 	}
 	return n
+}
+
+// settingKey is the stdin-config (and config file) key of the setting env.
+func settingKey(env string) string {
+	for _, s := range agentSettings {
+		if s.env == env {
+			return s.key
+		}
+	}
+	return env
 }
 
 // devFlags are the flags of the settings `timerd dev` has and the agent has
@@ -512,11 +598,24 @@ var devFlags = map[string]string{"TIMERD_API_ADDR": "api-addr"}
 // (exit status 2) that names the setting and its flag, as a bad setting is
 // named at start; other errors are returned as they are.
 func settingUsageError(err error) error {
+	return namedSettingError(err, func(env string) string { return settingName(env, false) })
+}
+
+// settingUsageError is settingUsageError naming the setting where this
+// configuration took it from (the config file's key, the stdin config's).
+func (c *agentConfig) settingUsageError(err error) error {
+	if c.nameSetting == nil {
+		return settingUsageError(err)
+	}
+	return namedSettingError(err, c.nameSetting)
+}
+
+func namedSettingError(err error, name func(env string) string) error {
 	var se *node.SettingError
 	if !errors.As(err, &se) {
 		return err
 	}
-	return usagef("%s: %w", settingName(se.Setting, false), se.Err)
+	return usagef("%s: %w", name(se.Setting), se.Err)
 }
 
 // checkClusterField checks the one field set in cc as the cluster would,
@@ -534,46 +633,201 @@ func checkClusterField(cc cluster.Config) error {
 	return err
 }
 
+// maxConfigBytes bounds what the stdin config and a config file may hold.
+const maxConfigBytes = 16 << 20
+
 // readStdinConfig reads exactly one JSON object.
 func readStdinConfig(r io.Reader) (map[string]json.RawMessage, error) {
 	if r == nil {
 		return nil, errors.New("--stdin-config: no stdin")
 	}
-	b, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	b, err := io.ReadAll(io.LimitReader(r, maxConfigBytes))
 	if err != nil {
 		return nil, fmt.Errorf("--stdin-config: read stdin: %w", err)
 	}
+	return decodeJSONObject(b, "--stdin-config: stdin ")
+}
+
+// decodeJSONObject decodes b, exactly one JSON object; an error starts
+// with what (a name and a space, or "name: ") and says where the JSON broke,
+// never what it holds (it may hold the token).
+func decodeJSONObject(b []byte, what string) (map[string]json.RawMessage, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	var obj map[string]json.RawMessage
 	if err := dec.Decode(&obj); err != nil {
-		// The JSON may hold the token: say where it broke, not what it says.
 		var se *json.SyntaxError
 		var te *json.UnmarshalTypeError
 		switch {
 		case errors.Is(err, io.EOF):
-			return nil, errors.New("--stdin-config: stdin is empty, want one JSON object")
+			return nil, errors.New(what + "is empty, want one JSON object")
 		case errors.As(err, &se):
-			return nil, fmt.Errorf("--stdin-config: stdin is not valid JSON (syntax error at byte %d)", se.Offset)
+			return nil, fmt.Errorf("%sis not valid JSON (syntax error at byte %d)", what, se.Offset)
 		case errors.As(err, &te):
-			return nil, fmt.Errorf("--stdin-config: stdin is a JSON %s, want one JSON object", te.Value)
+			return nil, fmt.Errorf("%sis a JSON %s, want one JSON object", what, te.Value)
 		case errors.Is(err, io.ErrUnexpectedEOF):
-			return nil, errors.New("--stdin-config: stdin ends inside the JSON object")
+			return nil, errors.New(what + "ends inside the JSON object")
 		}
-		return nil, errors.New("--stdin-config: stdin is not one JSON object")
+		return nil, errors.New(what + "is not one JSON object")
 	}
 	if obj == nil {
-		return nil, errors.New("--stdin-config: stdin is null, want one JSON object")
+		return nil, errors.New(what + "is null, want one JSON object")
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("--stdin-config: stdin has more after the JSON object, want exactly one")
+		return nil, errors.New(what + "has more after the JSON object, want exactly one")
 	}
 	return obj, nil
 }
 
-// stdinValue turns a stdin-config value into the text a setting parses: a
-// string as it is, a number or boolean as written, an array or object as
-// its JSON (sensor_triggers).
-func stdinValue(raw json.RawMessage) (v string, isNull bool, err error) {
+// readConfigFile reads the config file path (named by source, --config or
+// TIMERD_CONFIG_FILE): JSON when its name ends in .json, YAML when in .yaml
+// or .yml, else JSON when it starts with '{' and YAML otherwise. Its values
+// come back as JSON, as the stdin config's: one reader of values for both.
+// Errors name the file and where it broke, never what it holds.
+func readConfigFile(path, source string) (map[string]json.RawMessage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %q cannot be read: %w", source, truncateSetting(path), unwrapPathErr(err))
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %q cannot be read: %w", source, truncateSetting(path), unwrapPathErr(err))
+	}
+	if len(b) > maxConfigBytes {
+		return nil, fmt.Errorf("%s: is larger than %d MiB", path, maxConfigBytes>>20)
+	}
+	isJSON := bytes.HasPrefix(bytes.TrimSpace(b), []byte("{"))
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".json":
+		isJSON = true
+	case ".yaml", ".yml":
+		isJSON = false
+	}
+	if isJSON {
+		return decodeJSONObject(b, path+": ")
+	}
+	return decodeYAMLObject(b, path)
+}
+
+// decodeYAMLObject decodes b, one YAML mapping of settings (a file with no
+// document, or only comments, sets nothing), each value turned into JSON.
+func decodeYAMLObject(b []byte, path string) (map[string]json.RawMessage, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+		return map[string]json.RawMessage{}, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("%s: is not valid YAML: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: has more than one YAML document, want one mapping of settings", path)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	switch {
+	case root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null":
+		return map[string]json.RawMessage{}, nil
+	case root.Kind != yaml.MappingNode:
+		return nil, fmt.Errorf("%s: is a YAML %s, want a mapping of settings (key: value)", path, yamlKind(root))
+	}
+	obj := make(map[string]json.RawMessage, len(root.Content)/2)
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("%s: line %d: a key is a YAML %s, want a setting's name", path, k.Line, yamlKind(k))
+		}
+		key := k.Value
+		if _, dup := obj[key]; dup {
+			return nil, fmt.Errorf("%s: %s: appears twice (line %d)", path, truncateSetting(key), k.Line)
+		}
+		budget := maxYAMLNodes
+		val, err := yamlValue(v, &budget)
+		var raw []byte
+		if err == nil {
+			raw, err = json.Marshal(val)
+		}
+		if err != nil {
+			// Never the value: it may be a secret.
+			return nil, fmt.Errorf("%s: %s: line %d: is not a value timerd reads (a string, number, boolean or list)", path, truncateSetting(key), v.Line)
+		}
+		obj[key] = raw
+	}
+	return obj, nil
+}
+
+// maxYAMLNodes bounds the nodes one value may expand to through aliases.
+const maxYAMLNodes = 100_000
+
+// yamlValue is the value of n as JSON would hold it. A string, a timestamp
+// or binary is the text written (a time keeps its spelling); numbers,
+// booleans and null are YAML's; mapping keys must be scalars.
+func yamlValue(n *yaml.Node, budget *int) (any, error) {
+	if *budget--; *budget < 0 {
+		return nil, errors.New("too many nodes")
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		return yamlValue(n.Alias, budget)
+	case yaml.SequenceNode:
+		list := make([]any, 0, len(n.Content))
+		for _, e := range n.Content {
+			v, err := yamlValue(e, budget)
+			if err != nil {
+				return nil, err
+			}
+			list = append(list, v)
+		}
+		return list, nil
+	case yaml.MappingNode:
+		m := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Kind != yaml.ScalarNode {
+				return nil, errors.New("a mapping key is not a scalar")
+			}
+			v, err := yamlValue(n.Content[i+1], budget)
+			if err != nil {
+				return nil, err
+			}
+			m[n.Content[i].Value] = v
+		}
+		return m, nil
+	case yaml.ScalarNode:
+		switch n.ShortTag() {
+		case "!!str", "!!timestamp", "!!binary":
+			return n.Value, nil
+		case "!!null":
+			return nil, nil
+		}
+		var v any
+		if err := n.Decode(&v); err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
+	return nil, errors.New("not a value")
+}
+
+// yamlKind names a node's kind in a message.
+func yamlKind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "list"
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.AliasNode:
+		return "alias"
+	}
+	return "scalar"
+}
+
+// objectValue turns a value of the stdin config or a config file into the
+// text a setting parses: a string as it is, a number or boolean as written,
+// and, for a structured setting only, an array as its JSON. No setting
+// takes an object.
+func objectValue(raw json.RawMessage, structured bool) (v string, isNull bool, err error) {
 	raw = bytes.TrimSpace(raw)
 	switch {
 	case len(raw) == 0 || string(raw) == "null":
@@ -583,6 +837,12 @@ func stdinValue(raw json.RawMessage) (v string, isNull bool, err error) {
 			return "", false, errors.New("is not a valid JSON string")
 		}
 		return v, false, nil
+	case !structured && raw[0] == '[':
+		return "", false, errors.New("is a list, want a string, number or boolean")
+	case raw[0] == '{' && structured:
+		return "", false, errors.New("is an object (a mapping), want a list")
+	case raw[0] == '{':
+		return "", false, errors.New("is an object (a mapping), want a string, number or boolean")
 	}
 	return string(raw), false, nil
 }

@@ -54,7 +54,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		return m
 	}
 	stdin := `{"api_url":"https://stdin-api","api_token":"` + tok + `","data_dir":"/s","http_addr":"127.0.0.1:9000",
-		"workers":8,"reconcile_interval":"1m","queue_expires":"2d","mq_exchange":"attune.events","extra":{"x":1}}`
+		"workers":8,"reconcile_interval":"1m","queue_expires":"2d","mq_exchange":"attune","extra":{"x":1}}`
 	tests := []struct {
 		name  string
 		env   map[string]string
@@ -63,7 +63,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		check func(c *agentConfig) string // "" when right
 	}{
 		{"defaults", base, "", nil, func(c *agentConfig) string {
-			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQ.Exchange != "attune" || c.Workers != 0 || c.DeliveryBudget != 512 ||
+			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQ.Exchange != "attune.events" || c.Workers != 0 || c.DeliveryBudget != 512 ||
 				c.ReconcileInterval != 5*time.Minute || c.MQ.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
 				c.CommitFailureLeaveAfter != 30*time.Second || c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" ||
 				c.RejectRetryWindow != 10*time.Minute || c.DeadLetterRetention != 7*24*time.Hour {
@@ -100,7 +100,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			}},
 		{"stdin replaces env", with("TIMERD_HTTP_ADDR", "127.0.0.1:1"), stdin, []string{"--stdin-config"}, func(c *agentConfig) string {
 			if c.APIURL != "https://stdin-api" || c.DataDir != "/s" || c.HTTPAddr != "127.0.0.1:9000" || c.Workers != 8 ||
-				c.ReconcileInterval != time.Minute || c.MQ.QueueExpires != 48*time.Hour || c.MQ.Exchange != "attune.events" || c.MQ.URL != "" {
+				c.ReconcileInterval != time.Minute || c.MQ.QueueExpires != 48*time.Hour || c.MQ.Exchange != "attune" || c.MQ.URL != "" {
 				return "stdin config not applied, or env read"
 			}
 			if len(c.UnknownKeys) != 1 || c.UnknownKeys[0] != "extra" {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/spf13/cobra"
 
 	"github.com/timerd/timerd/cmd/timerd/node"
@@ -13,6 +15,7 @@ func newDevCmd() *cobra.Command {
 		sensorTTL string
 		logs      logFlags
 	)
+	var env *envFlags
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run all of timerd in one process: the API, a lifecycle bus and one node",
@@ -31,15 +34,18 @@ posts events with a sensor token dev issues itself and refreshes it through
 the API like any node.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := env.apply(os.LookupEnv); err != nil {
+				return err
+			}
 			var err error
-			if cfg.Logger, err = logs.logger(); err != nil {
+			if cfg.Logger, err = logs.logger(cmd.ErrOrStderr()); err != nil {
 				return err
 			}
 			if cfg.SensorTokenTTL, err = parseTTL(sensorTTL); err != nil {
 				return usagef("--sensor-token-ttl: %w", err)
 			}
 			if cfg.MQURL != "" {
-				if err := checkMQFlags(cfg.MQURL, cfg.MQExchange); err != nil {
+				if err := checkMQFlags(cfg.MQURL, cfg.MQExchange, "--mq-url", "--mq-exchange"); err != nil {
 					return err
 				}
 			}
@@ -51,12 +57,16 @@ the API like any node.`,
 			return d.Run(cmd.Context())
 		},
 	}
-	cmd.Flags().StringVar(&cfg.DataDir, "data-dir", envOr("TIMERD_DATA_DIR", ""), "data directory; default a fresh temporary directory (env TIMERD_DATA_DIR)")
-	cmd.Flags().StringVar(&cfg.APIAddr, "api-addr", envOr("TIMERD_API_ADDR", "127.0.0.1:8080"), "listen address of the Attune-compatible API (env TIMERD_API_ADDR)")
-	cmd.Flags().StringVar(&cfg.HTTPAddr, "http-addr", envOr("TIMERD_HTTP_ADDR", "127.0.0.1:8470"), "listen address of the node's metrics, health and status (env TIMERD_HTTP_ADDR)")
+	env = newEnvFlags(cmd.Flags())
+	cmd.Flags().StringVar(&cfg.DataDir, "data-dir", "", "data directory; default a fresh temporary directory")
+	cmd.Flags().StringVar(&cfg.APIAddr, "api-addr", "127.0.0.1:8080", "listen address of the Attune-compatible API")
+	cmd.Flags().StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:8470", "listen address of the node's metrics, health and status")
+	env.bind("data-dir", "TIMERD_DATA_DIR")
+	env.bind("api-addr", "TIMERD_API_ADDR")
+	env.bind("http-addr", "TIMERD_HTTP_ADDR")
 	cmd.Flags().StringVar(&sensorTTL, "sensor-token-ttl", "24h", "lifetime of the node's sensor token (90d, 1d12h, 2m); it is refreshed at 80 %")
 	cmd.Flags().StringVar(&cfg.MQURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): carry rule lifecycle messages through the broker instead of the in-process bus")
 	cmd.Flags().StringVar(&cfg.MQExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
-	logs.register(cmd, "text")
+	logs.register(cmd, env, "text")
 	return cmd
 }

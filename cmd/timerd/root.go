@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -37,30 +37,36 @@ func newVersionCmd() *cobra.Command {
 	}
 }
 
-// logFlags are the logging settings every long-running command takes.
+// logFlags are the logging settings every long-running command takes,
+// with the agent's variables, handling and schema (newLogger).
 type logFlags struct {
 	level  string
 	format string
+	env    *envFlags
 }
 
-func (l *logFlags) register(cmd *cobra.Command, defaultFormat string) {
-	cmd.Flags().StringVar(&l.level, "log-level", envOr("ATTUNE_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env ATTUNE_LOG_LEVEL)")
-	cmd.Flags().StringVar(&l.format, "log-format", envOr("TIMERD_LOG_FORMAT", defaultFormat), "log format: json or text (env TIMERD_LOG_FORMAT)")
+// register defines --log-level and --log-format on cmd, bound to their
+// variables in env (applied by the command before logger).
+func (l *logFlags) register(cmd *cobra.Command, env *envFlags, defaultFormat string) {
+	cmd.Flags().StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+	cmd.Flags().StringVar(&l.format, "log-format", defaultFormat, "log format: json or text")
+	env.bind("log-level", "ATTUNE_LOG_LEVEL")
+	env.bind("log-format", "TIMERD_LOG_FORMAT")
+	l.env = env
 }
 
-func (l *logFlags) logger() (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(l.level)); err != nil {
-		return nil, usagef("log level: %q is not one of debug, info, warn, error", l.level)
+// logger logs to w; a bad level or format is a usage error naming where it
+// was given.
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	level, err := parseLogLevel(l.level)
+	if err != nil {
+		return nil, usagef("%s: %w", l.env.name("log-level"), err)
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	switch strings.ToLower(l.format) {
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	format, err := parseLogFormat(l.format)
+	if err != nil {
+		return nil, usagef("%s: %w", l.env.name("log-format"), err)
 	}
-	return nil, usagef("log format: %q is not json or text", l.format)
+	return newLogger(w, level, format), nil
 }
 
 func envOr(name, def string) string {

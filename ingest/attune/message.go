@@ -2,9 +2,11 @@ package attune
 
 import "context"
 
-// DefaultExchange is the lifecycle exchange of the sensor documents
-// (contract §1); Attune's API itself publishes to "attune.events".
-const DefaultExchange = "attune"
+// DefaultExchange is the lifecycle exchange Attune's API publishes to
+// (contract §1). The sensor documents name "attune", which a real Attune
+// never publishes to: a node left on it would learn rule changes only from
+// its reconcile. "attune" still works when configured.
+const DefaultExchange = "attune.events"
 
 // LifecycleRoutingKeys are the routing keys a node's queue is bound to.
 var LifecycleRoutingKeys = []string{"rule.created", "rule.enabled", "rule.disabled", "rule.deleted"}

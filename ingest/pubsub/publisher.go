@@ -27,7 +27,7 @@ var ErrPublisherClosed = errors.New("publisher closed")
 // PublisherConfig configures an AMQPPublisher.
 type PublisherConfig struct {
 	URL      string // amqp:// or amqps://, required
-	Exchange string // topic, durable, declared on connect; default "attune"
+	Exchange string // topic, durable, declared on connect; default attune.DefaultExchange
 	// ConfirmTimeout bounds the wait for the broker's confirm of one
 	// message (the caller's context may cut it shorter). Default 5s.
 	ConfirmTimeout time.Duration

@@ -147,7 +147,7 @@ func NewDev(cfg DevConfig) (_ *Dev, err error) {
 		HTTPAddr:  cfg.HTTPAddr,
 		Lifecycle: lifecycle,
 		MQ:        mq,
-		Logger:    log,
+		Logger:    log.With("sensor", "core.timer"), // as the agent's lines
 		Registry:  reg,
 		Token:     sensorToken,
 		// A short sensor token lifetime must not wait a minute to retry.

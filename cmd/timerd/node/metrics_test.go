@@ -65,6 +65,7 @@ func TestNodeExportsEveryMetric(t *testing.T) {
 		"timerd_incarnations_fenced_total",
 		"timerd_lease",
 		"timerd_lifecycle_messages_total",
+		"timerd_lifecycle_queue_silent",
 		"timerd_misfires_total",
 		"timerd_mq_connected",
 		"timerd_mq_reconnects_total",

@@ -230,6 +230,9 @@ type Node struct {
 
 	consumer *ingest.Consumer // nil without Config.MQ
 	batches  chan batchReq    // consumer → intake goroutine
+	// queueWatch notices a queue that never delivers while reconciles find
+	// changes (queuewatch.go); used by the intake goroutine.
+	queueWatch *queueWatch
 
 	closers   closers // what New took, for Close (lifecycle.go)
 	closeOnce sync.Once
@@ -275,6 +278,9 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	if n.health, err = newStoreHealth(reg, cfg.Now); err != nil {
+		return nil, err
+	}
+	if n.queueWatch, err = newQueueWatch(reg); err != nil {
 		return nil, err
 	}
 

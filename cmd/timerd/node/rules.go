@@ -175,10 +175,23 @@ func (n *Node) follow(ctx context.Context) {
 					"messages", len(pending), "err", err)
 			}
 		case <-tick:
-			if err := n.reconcile(ctx); err != nil && ctx.Err() == nil {
-				n.log.Warn("reconcile failed; the next one retries", "err", err)
-			}
+			n.periodicReconcile(ctx)
 		}
+	}
+}
+
+// periodicReconcile reconciles, and tells the queue watch what it found:
+// changes a queue that never delivers should have brought.
+func (n *Node) periodicReconcile(ctx context.Context) {
+	changes, err := n.reconcileChanges(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			n.log.Warn("reconcile failed; the next one retries", "err", err)
+		}
+		return
+	}
+	if n.consumer != nil {
+		n.queueWatch.reconciled(changes, n.log, n.cfg.MQ.Exchange, n.cfg.MQ.Queue)
 	}
 }
 
@@ -257,6 +270,7 @@ func (n *Node) submit(ctx context.Context, msgs []attune.Message) error {
 // failed; a message the node cannot use is counted and logged, not an
 // error.
 func (n *Node) applyMessages(msgs []attune.Message) error {
+	n.queueWatch.messages(len(msgs))
 	tx := n.newRuleTxn()
 	type outcome struct {
 		typ    string
@@ -508,6 +522,13 @@ func (tx *ruleTxn) commit() error {
 // TTL. A failed or malformed listing changes nothing; an incomplete one
 // removes nothing (docs/operations.md, "Reconcile").
 func (n *Node) reconcile(ctx context.Context) error {
+	_, err := n.reconcileChanges(ctx)
+	return err
+}
+
+// reconcileChanges is reconcile, saying how many rules it changed (added,
+// updated or removed).
+func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 	start := time.Now()
 	listed := n.cfg.Now()
 	var (
@@ -521,23 +542,24 @@ func (n *Node) reconcile(ctx context.Context) error {
 			if errors.Is(err, ingest.ErrMalformedListing) {
 				n.metrics.refused.WithLabelValues(refusedMalformed).Inc()
 			}
-			return err
+			return 0, err
 		}
 		want = append(want, l.Rules...)
 		incomplete = cmp.Or(incomplete, l.Incomplete)
 	}
-	if err := n.applyRemote(ctx, want, listed, incomplete, "reconcile"); err != nil {
+	changes, err := n.applyRemoteChanges(ctx, want, listed, incomplete, "reconcile")
+	if err != nil {
 		n.metrics.reconciles.WithLabelValues("error").Inc()
-		return err
+		return 0, err
 	}
 	n.metrics.reconciles.WithLabelValues("ok").Inc()
 	purged, err := n.store.PurgeTombstones(n.cfg.Now().Add(-protocol.TombstoneTTL))
 	if err != nil {
 		n.log.Warn("tombstones not purged; the next reconcile retries", "err", err)
 	}
-	n.log.Info("reconciled", "rules", len(want), "tombstones_purged", purged,
+	n.log.Info("reconciled", "rules", len(want), "changes", changes, "tombstones_purged", purged,
 		"took", time.Since(start).Round(time.Millisecond).String())
-	return nil
+	return changes, nil
 }
 
 // Why a reconcile removed nothing, or not a rule the listing lacked: the
@@ -564,6 +586,13 @@ var refusedReasons = []string{refusedMalformed, ingest.IncompleteNoTotals, inges
 // transaction: the rule book decides each change, and which stored rules a
 // complete listing (incomplete "") prunes (protocol.Book.PruneSnapshot).
 func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, listed time.Time, incomplete, what string) error {
+	_, err := n.applyRemoteChanges(ctx, rules, listed, incomplete, what)
+	return err
+}
+
+// applyRemoteChanges is applyRemote, saying how many rules it changed: the
+// rule book applied (added or updated) or pruned.
+func (n *Node) applyRemoteChanges(ctx context.Context, rules []attune.RemoteRule, listed time.Time, incomplete, what string) (int, error) {
 	tx := n.newRuleTxn()
 	snap := protocol.Snapshot{Rules: make([]protocol.Listed, len(rules)), Started: listed, Incomplete: incomplete}
 	for i, r := range rules {
@@ -576,7 +605,7 @@ func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, liste
 		counts[res]++
 		switch res {
 		case resError:
-			return fmt.Errorf("%s: rule %d: %w", what, r.ID, err)
+			return 0, fmt.Errorf("%s: rule %d: %w", what, r.ID, err)
 		case resInvalid:
 			n.log.Warn(what+": rule not scheduled", "rule_id", r.ID, "rule_ref", r.Ref, "err", err)
 		case resIgnored:
@@ -592,7 +621,7 @@ func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, liste
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
+			return 0, fmt.Errorf("%s: %w", what, err)
 		}
 		p, err := tx.book.PruneSnapshot(snap, held, func(id int64) (protocol.Record, error) {
 			st, err := tx.state(id)
@@ -603,7 +632,7 @@ func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, liste
 		}, func(r protocol.Rule) protocol.Answer { return n.recheck(ctx, r) })
 		n.logPruning(what, p)
 		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
+			return 0, fmt.Errorf("%s: %w", what, err)
 		}
 		for _, pr := range p.Prunes {
 			tx.take(tx.rules[pr.ID], pr.Decision) // its state was read to decide it
@@ -611,13 +640,13 @@ func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, liste
 		removed = len(p.Prunes)
 	}
 	if err := tx.commit(); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return 0, fmt.Errorf("%s: %w", what, err)
 	}
 	if counts[resApplied]+removed+counts[resInvalid]+counts[resIgnored]+counts[resStale] > 0 {
 		n.log.Info(what+" applied", "rules", len(rules), "applied", counts[resApplied], "removed", removed,
 			"stale", counts[resStale], "invalid", counts[resInvalid], "ignored", counts[resIgnored])
 	}
-	return nil
+	return counts[resApplied] + removed, nil
 }
 
 func remoteRule(r attune.RemoteRule) protocol.Rule {
