@@ -393,16 +393,16 @@ func skipString(s string, i int) (int, error) {
 func skipUntil(s string, i int, close byte) (int, error) {
 	open := s[i]
 	for j := i + 1; j < len(s); {
-		switch c := s[j]; {
-		case c == '"' || c == '\'' || c == '`':
+		switch s[j] {
+		case '"', '\'', '`':
 			end, err := skipString(s, j)
 			if err != nil {
 				return 0, err
 			}
 			j = end
-		case c == close:
+		case close:
 			return j + 1, nil
-		case c == open:
+		case open:
 			return 0, fmt.Errorf("%q: %q at byte %d opens again before the %q of byte %d closes", s, open, j, close, i)
 		default:
 			j++
