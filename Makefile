@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net vet lint lint-fix bench bench-peers bench-node load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus vet lint lint-fix bench bench-peers bench-node load soak cluster-soak sim clean
 
 all: build
 
@@ -54,14 +54,15 @@ $(GOLANGCI_LINT):
 # Every test, with the race detector. End-to-end tests build and start real
 # timerd processes. `mq` first makes sure a RabbitMQ broker answers on
 # 127.0.0.1:5672 (or TIMERD_TEST_MQ_URL is set), starting or installing one;
-# `net` installs iptables for the partition test when run as root (else it skips).
+# `net` installs iptables for the partition test when run as root (else it skips);
+# `prometheus` installs prometheus and promtool for the monitoring mixin's tests.
 # The simulation (test/sim) runs apart, without the race detector: it is one
 # goroutine, and under -race its 1,000 runs take minutes instead of one. It runs
 # beside the other packages from the start (its output comes at the end): its
 # minute of CPU falls while the packages build and the unit tests run, before the
 # end-to-end tests (test/e2e, near the end of the list, after building timerd)
 # start, instead of adding a minute after them.
-test: vet lint mq net
+test: vet lint mq net prometheus
 	@simlog=$$(mktemp); \
 	$(GO) test -count=1 -timeout 10m ./test/sim >$$simlog 2>&1 & sim=$$!; \
 	$(GO) test $(TESTFLAGS) $$($(GO) list $(PKGS) | grep -v '/test/sim$$'); st=$$?; \
@@ -72,6 +73,11 @@ mq:
 
 net:
 	@bash test/net/ensure-iptables.sh
+
+# promtool and prometheus (Debian's package) for docs/monitoring's checks: promtool
+# check and test rules, and a real Prometheus in test/e2e.
+prometheus:
+	@bash test/monitoring/ensure-prometheus.sh
 
 # Micro-benchmarks of the engine, the store, delivery and the cluster layer (not part of `make test`).
 bench:

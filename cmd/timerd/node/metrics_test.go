@@ -30,7 +30,7 @@ func timerdNames(names []string) []string {
 	return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return !strings.HasPrefix(n, "timerd_") })
 }
 
-// Every metric a node exports, as operators' dashboards and docs/alerts.yml
+// Every metric a node exports, as operators' dashboards and docs/monitoring
 // know them: a name missing or added here is a change to the documented
 // metrics (docs/operations.md).
 func TestNodeExportsEveryMetric(t *testing.T) {
