@@ -22,6 +22,7 @@ func newAPICmd() *cobra.Command {
 	var (
 		addr, dataDir, keyFile string
 		mqURL, mqExchange      string
+		eventRetention         string
 		cleanup                time.Duration
 		logs                   logFlags
 	)
@@ -36,6 +37,10 @@ func newAPICmd() *cobra.Command {
 			if keyFile == "" {
 				return usagef("--key-file: required (env TIMERD_API_KEY_FILE): the HMAC key tokens are signed with; " +
 					"create one with `timerd token keygen --out FILE`")
+			}
+			retention, err := parseSettingDuration(eventRetention)
+			if err != nil {
+				return usagef("--event-retention: %w", err)
 			}
 			log, err := logs.logger()
 			if err != nil {
@@ -53,6 +58,7 @@ func newAPICmd() *cobra.Command {
 				DataDir:                   dataDir,
 				SigningKey:                key,
 				RevocationCleanupInterval: cleanup,
+				EventRetention:            retention,
 				Logger:                    log,
 				Registerer:                reg,
 				Metrics:                   promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
@@ -87,6 +93,7 @@ func newAPICmd() *cobra.Command {
 	cmd.Flags().StringVar(&keyFile, "key-file", envOr("TIMERD_API_KEY_FILE", ""), "file holding the HMAC key tokens are signed with; required (env TIMERD_API_KEY_FILE; see `timerd token keygen`)")
 	cmd.Flags().StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): publish rule lifecycle messages there, as Attune's API does")
 	cmd.Flags().StringVar(&mqExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
+	cmd.Flags().StringVar(&eventRetention, "event-retention", envOr("TIMERD_API_EVENT_RETENTION", "7d"), "delete events older than this (like 12h or 30d); 0 keeps them for ever (env TIMERD_API_EVENT_RETENTION)")
 	cmd.Flags().DurationVar(&cleanup, "revocation-cleanup-interval", time.Hour, "how often revocations of expired tokens are deleted")
 	logs.register(cmd, "json")
 	return cmd
