@@ -1,0 +1,355 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Housekeeping of a store file: a consistent copy of an open store
+// (WriteBackup, for the node's GET /v1/backup), and backup and compaction of
+// the file of a node that is not running (Backup, Compact; `timerd store`).
+// Every file written is written next to its destination, synced and then
+// renamed (or linked) into place, and the directory synced: a crash leaves
+// the old file or the new one, never half of one.
+
+// compactTxMaxSize bounds the bytes copied in one transaction of Compact
+// (bbolt's `bbolt compact` takes the same bound as -tx-max-size). The copy
+// commits without fsync and is synced once at the end.
+const compactTxMaxSize = 16 << 20
+
+// WriteBackup writes a consistent snapshot of the store to w from one read
+// transaction (bbolt's Tx.WriteTo): a store file that Open opens as it was
+// when the transaction began, while commits go on. size is called first
+// with the snapshot's length in bytes, for an HTTP Content-Length.
+//
+// While the snapshot is written the transaction is open, and a commit that
+// needs to grow the file's mapping waits for it: write to a reader that
+// keeps up (a local file, a client that reads), not to one that stalls.
+func (s *Store) WriteBackup(w io.Writer, size func(int64)) (int64, error) {
+	var n int64
+	err := s.view(func(tx *bolt.Tx) error {
+		if size != nil {
+			size(tx.Size())
+		}
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("back up store %q: %w", s.path, err)
+	}
+	return n, nil
+}
+
+// Summary is what a store file holds, as Verify found it.
+type Summary struct {
+	SchemaVersion int
+	Rules         int
+	Outbox        int // deliverable events not yet delivered
+	Pending       int // events awaiting replication or a verdict
+	DeadLetters   int
+	Bytes         int64 // the file's size
+}
+
+func (s Summary) String() string {
+	return fmt.Sprintf("schema %d, %d rules, %d outbox, %d pending, %d dead letters, %s",
+		s.SchemaVersion, s.Rules, s.Outbox, s.Pending, s.DeadLetters, humanBytes(s.Bytes))
+}
+
+// humanBytes is n in B, KiB, MiB or GiB, for the sizes maintenance reports.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 2; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMG"[exp])
+}
+
+// MaintenanceOptions configures Backup and Compact.
+type MaintenanceOptions struct {
+	// Timeout is how long to wait for the file lock; a running node holds
+	// it, and then the error is ErrLocked. Default 1 s.
+	Timeout time.Duration
+}
+
+func (o MaintenanceOptions) timeout() time.Duration {
+	if o.Timeout <= 0 {
+		return defaultTimeout
+	}
+	return o.Timeout
+}
+
+// Backup copies the store file at path, of a node that is not running, to
+// out, which must not exist yet. The source is opened read-only, under a
+// shared lock that keeps a node from opening it meanwhile, and is not
+// changed. The copy is checked (Verify) before it takes the name out.
+func Backup(path, out string, opts MaintenanceOptions) (Summary, error) {
+	db, err := openOffline(path, true, opts.timeout())
+	if err != nil {
+		return Summary{}, err
+	}
+	defer db.Close()
+	tmp, err := createTemp(out)
+	if err != nil {
+		return Summary{}, fmt.Errorf("back up store %q to %q: %w", path, out, err)
+	}
+	defer os.Remove(tmp.Name()) // after the link into place, a second name
+	err = db.View(func(tx *bolt.Tx) error {
+		_, err := tx.WriteTo(tmp)
+		return err
+	})
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Summary{}, fmt.Errorf("back up store %q to %q: %w", path, out, err)
+	}
+	sum, err := Verify(tmp.Name())
+	if err != nil {
+		return Summary{}, fmt.Errorf("back up store %q: the copy does not verify: %w", path, err)
+	}
+	if err := linkNew(tmp.Name(), out); err != nil {
+		return Summary{}, fmt.Errorf("back up store %q: %w", path, err)
+	}
+	return sum, nil
+}
+
+// CompactResult is what Compact did.
+type CompactResult struct {
+	Before, After int64  // file sizes in bytes
+	Out           string // the compacted file
+	Backup        string // the original kept as path.bak, if asked
+	Summary       Summary
+}
+
+// Compact rewrites the store file at path, of a node that is not running,
+// with its pages full and without free pages (bbolt.Compact). With out
+// empty the compacted file replaces path, atomically, and keepBackup keeps
+// the original as path.bak (replacing an older one); otherwise it is
+// written to out, which must not exist yet, and path is left as it was.
+// The source is held under the exclusive lock throughout, so no node opens
+// it meanwhile, and is never written. The copy is checked (Verify) before
+// it takes its name.
+func Compact(path, out string, keepBackup bool, opts MaintenanceOptions) (CompactResult, error) {
+	res := CompactResult{Out: out}
+	if out == "" {
+		res.Out = path
+	} else if keepBackup {
+		return res, fmt.Errorf("compact store %q: a backup is kept only when compacting in place (no out)", path)
+	}
+	src, err := openOffline(path, false, opts.timeout())
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	fi, err := os.Stat(path)
+	if err != nil {
+		return res, fmt.Errorf("compact store %q: %w", path, err)
+	}
+	res.Before = fi.Size()
+
+	tmp, err := createTemp(res.Out)
+	if err != nil {
+		return res, fmt.Errorf("compact store %q: %w", path, err)
+	}
+	tmpPath := tmp.Name()
+	tmp.Close()
+	defer os.Remove(tmpPath) // a no-op once renamed; a second name once linked
+	dst, err := bolt.Open(tmpPath, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return res, fmt.Errorf("compact store %q: create %q: %w", path, tmpPath, err)
+	}
+	err = bolt.Compact(dst, src, compactTxMaxSize)
+	if err == nil {
+		err = dst.Sync()
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("compact store %q: %w", path, err)
+	}
+	if res.Summary, err = Verify(tmpPath); err != nil {
+		return res, fmt.Errorf("compact store %q: the compacted copy does not verify: %w", path, err)
+	}
+	res.After = res.Summary.Bytes
+	if out != "" {
+		if err := linkNew(tmpPath, out); err != nil {
+			return res, fmt.Errorf("compact store %q: %w", path, err)
+		}
+		return res, nil
+	}
+	if keepBackup {
+		res.Backup = path + ".bak"
+		if err := replaceWithLink(path, res.Backup); err != nil {
+			return res, fmt.Errorf("compact store %q: keep the original as %q: %w", path, res.Backup, err)
+		}
+	}
+	if err := os.Rename(tmpPath, path); err != nil {
+		return res, fmt.Errorf("compact store %q: replace it: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return res, fmt.Errorf("compact store %q: sync its directory: %w", path, err)
+	}
+	return res, nil
+}
+
+// Verify opens the store file at path read-only and checks it: a timerd
+// store of a schema this build reads, whose pages bbolt's consistency check
+// (Tx.Check) finds sound. It never writes the file (Open would upgrade an
+// older schema). It reports what the file holds.
+func Verify(path string) (Summary, error) {
+	db, err := openOffline(path, true, defaultTimeout)
+	if err != nil {
+		return Summary{}, err
+	}
+	defer db.Close()
+	var sum Summary
+	err = db.View(func(tx *bolt.Tx) error {
+		var problems []error
+		for err := range tx.Check() {
+			if len(problems) < 5 {
+				problems = append(problems, err)
+			}
+		}
+		if len(problems) > 0 {
+			return fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(problems...))
+		}
+		v, err := strconv.Atoi(string(tx.Bucket(bucketMeta).Get(keySchemaVersion)))
+		if err != nil {
+			return fmt.Errorf("%w: schema_version: %w", ErrCorrupt, err)
+		}
+		sum.SchemaVersion = v
+		count := func(name []byte) int {
+			if b := tx.Bucket(name); b != nil {
+				return b.Stats().KeyN
+			}
+			return 0
+		}
+		sum.Rules, sum.Outbox, sum.Pending, sum.DeadLetters = count(bucketRules), count(bucketOutbox), count(bucketPending), count(bucketDeadLetters)
+		sum.Bytes = tx.Size()
+		return nil
+	})
+	if err != nil {
+		return Summary{}, fmt.Errorf("verify store %q: %w", path, err)
+	}
+	if fi, err := os.Stat(path); err == nil {
+		sum.Bytes = fi.Size()
+	}
+	return sum, nil
+}
+
+// openOffline opens an existing store file for maintenance: read-only under
+// a shared lock, or read-write under the exclusive one (then nothing is
+// written by the opening: the freelist is not synced). A lock held by a
+// running node is ErrLocked after timeout; a file that is not a timerd
+// store is ErrForeign, ErrCorrupt or ErrSchemaVersion.
+func openOffline(path string, readOnly bool, timeout time.Duration) (*bolt.DB, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() == 0 {
+		return nil, fmt.Errorf("open store %q: %w: not a regular file with content", path, ErrCorrupt)
+	}
+	if err := precheck(path); err != nil {
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	db, err := openBolt(path, &bolt.Options{Timeout: timeout, ReadOnly: readOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return nil, fmt.Errorf("open store %q: %w (waited %v)", path, ErrLocked, timeout)
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+			return nil, fmt.Errorf("open store %q: %w: %w", path, ErrCorrupt, err)
+		}
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil || !bytes.Equal(meta.Get(keyFormat), []byte(formatMarker)) {
+			return ErrForeign
+		}
+		v, err := strconv.ParseUint(string(meta.Get(keySchemaVersion)), 10, 32)
+		if err != nil || v == 0 {
+			return fmt.Errorf("%w: schema_version %q", ErrCorrupt, meta.Get(keySchemaVersion))
+		}
+		if v > SchemaVersion {
+			return fmt.Errorf("%w: file has %d, this build reads up to %d", ErrSchemaVersion, v, SchemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	return db, nil
+}
+
+// createTemp creates an empty file (mode 0600) in the directory of dest, to
+// be written and then renamed or linked to dest.
+func createTemp(dest string) (*os.File, error) {
+	return os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".tmp-*")
+}
+
+// linkNew gives the synced file tmp the name dest, which must not exist (a
+// link, unlike a rename, never replaces a file), and syncs the directory.
+// tmp keeps its name; the caller removes it.
+func linkNew(tmp, dest string) error {
+	if err := os.Link(tmp, dest); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%q exists; remove it or choose another name", dest)
+		}
+		return err
+	}
+	return syncDir(filepath.Dir(dest))
+}
+
+// replaceWithLink makes dest a second name of path, replacing any dest
+// atomically (a link to a temporary name, then a rename).
+func replaceWithLink(path, dest string) error {
+	tmp, err := createTemp(dest)
+	if err != nil {
+		return err
+	}
+	name := tmp.Name()
+	tmp.Close()
+	if err := os.Remove(name); err != nil {
+		return err
+	}
+	if err := os.Link(path, name); err != nil {
+		return err
+	}
+	if err := os.Rename(name, dest); err != nil {
+		os.Remove(name)
+		return err
+	}
+	return nil
+}
+
+// syncDir makes a rename or link in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
