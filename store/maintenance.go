@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -108,9 +109,11 @@ func Backup(path, out string, opts MaintenanceOptions) (Summary, error) {
 		return Summary{}, fmt.Errorf("back up store %q to %q: %w", path, out, err)
 	}
 	defer os.Remove(tmp.Name()) // after the link into place, a second name
-	err = db.View(func(tx *bolt.Tx) error {
-		_, err := tx.WriteTo(tmp)
-		return err
+	err = safely(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			_, err := tx.WriteTo(tmp)
+			return err
+		})
 	})
 	if err == nil {
 		err = tmp.Sync()
@@ -127,6 +130,39 @@ func Backup(path, out string, opts MaintenanceOptions) (Summary, error) {
 	}
 	if err := linkNew(tmp.Name(), out); err != nil {
 		return Summary{}, fmt.Errorf("back up store %q: %w", path, err)
+	}
+	return sum, nil
+}
+
+// SaveBackup writes a backup read from r (GET /v1/backup's body, size bytes
+// as its Content-Length said) to out, which must not exist yet: beside it,
+// synced, checked (Verify), then linked into place. A stream cut short or
+// not a sound store leaves nothing at out.
+func SaveBackup(r io.Reader, size int64, out string) (Summary, error) {
+	tmp, err := createTemp(out)
+	if err != nil {
+		return Summary{}, fmt.Errorf("save backup to %q: %w", out, err)
+	}
+	defer os.Remove(tmp.Name()) // after the link into place, a second name
+	n, err := io.Copy(tmp, io.LimitReader(r, size+1))
+	if err == nil && n != size {
+		err = fmt.Errorf("got %d bytes, want %d (the Content-Length)", n, size)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Summary{}, fmt.Errorf("save backup to %q: %w", out, err)
+	}
+	sum, err := Verify(tmp.Name())
+	if err != nil {
+		return Summary{}, fmt.Errorf("save backup to %q: the copy does not verify: %w", out, err)
+	}
+	if err := linkNew(tmp.Name(), out); err != nil {
+		return Summary{}, fmt.Errorf("save backup: %w", err)
 	}
 	return sum, nil
 }
@@ -176,7 +212,7 @@ func Compact(path, out string, keepBackup bool, opts MaintenanceOptions) (Compac
 	if err != nil {
 		return res, fmt.Errorf("compact store %q: create %q: %w", path, tmpPath, err)
 	}
-	err = bolt.Compact(dst, src, compactTxMaxSize)
+	err = safely(func() error { return bolt.Compact(dst, src, compactTxMaxSize) })
 	if err == nil {
 		err = dst.Sync()
 	}
@@ -222,31 +258,7 @@ func Verify(path string) (Summary, error) {
 	}
 	defer db.Close()
 	var sum Summary
-	err = db.View(func(tx *bolt.Tx) error {
-		var problems []error
-		for err := range tx.Check() {
-			if len(problems) < 5 {
-				problems = append(problems, err)
-			}
-		}
-		if len(problems) > 0 {
-			return fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(problems...))
-		}
-		v, err := strconv.Atoi(string(tx.Bucket(bucketMeta).Get(keySchemaVersion)))
-		if err != nil {
-			return fmt.Errorf("%w: schema_version: %w", ErrCorrupt, err)
-		}
-		sum.SchemaVersion = v
-		count := func(name []byte) int {
-			if b := tx.Bucket(name); b != nil {
-				return b.Stats().KeyN
-			}
-			return 0
-		}
-		sum.Rules, sum.Outbox, sum.Pending, sum.DeadLetters = count(bucketRules), count(bucketOutbox), count(bucketPending), count(bucketDeadLetters)
-		sum.Bytes = tx.Size()
-		return nil
-	})
+	err = safely(func() error { return db.View(func(tx *bolt.Tx) error { return verifyTx(tx, &sum) }) })
 	if err != nil {
 		return Summary{}, fmt.Errorf("verify store %q: %w", path, err)
 	}
@@ -254,6 +266,67 @@ func Verify(path string) (Summary, error) {
 		sum.Bytes = fi.Size()
 	}
 	return sum, nil
+}
+
+// verifyTx reads every page of tx's file through its buckets (here, where
+// safely turns a damaged page's panic into an error), then runs bbolt's
+// consistency check, whose goroutine would crash the process on such a page.
+func verifyTx(tx *bolt.Tx, sum *Summary) error {
+	if err := walkBuckets(tx.Cursor(), func(name []byte) *bolt.Bucket { return tx.Bucket(name) }); err != nil {
+		return err
+	}
+	var problems []error
+	for err := range tx.Check() {
+		if len(problems) < 5 {
+			problems = append(problems, err)
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(problems...))
+	}
+	v, err := strconv.Atoi(string(tx.Bucket(bucketMeta).Get(keySchemaVersion)))
+	if err != nil {
+		return fmt.Errorf("%w: schema_version: %w", ErrCorrupt, err)
+	}
+	sum.SchemaVersion = v
+	count := func(name []byte) int {
+		if b := tx.Bucket(name); b != nil {
+			return b.Stats().KeyN
+		}
+		return 0
+	}
+	sum.Rules, sum.Outbox, sum.Pending, sum.DeadLetters = count(bucketRules), count(bucketOutbox), count(bucketPending), count(bucketDeadLetters)
+	sum.Bytes = tx.Size()
+	return nil
+}
+
+// walkBuckets visits every key of every bucket under c, nested ones too.
+func walkBuckets(c *bolt.Cursor, bucket func(name []byte) *bolt.Bucket) error {
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v != nil {
+			continue
+		}
+		b := bucket(k)
+		if b == nil {
+			return fmt.Errorf("%w: bucket %q cannot be opened", ErrCorrupt, k)
+		}
+		if err := walkBuckets(b.Cursor(), b.Bucket); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// safely runs fn, turning a bbolt panic or memory fault on a damaged file
+// into ErrCorrupt (bbolt rolls the transaction back first).
+func safely(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: bbolt panic: %v", ErrCorrupt, r)
+		}
+	}()
+	return fn()
 }
 
 // openOffline opens an existing store file for maintenance: read-only under
@@ -272,7 +345,10 @@ func openOffline(path string, readOnly bool, timeout time.Duration) (*bolt.DB, e
 	if err := precheck(path); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	db, err := openBolt(path, &bolt.Options{Timeout: timeout, ReadOnly: readOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	// The freelist is loaded at open, where openBolt recovers from a damaged
+	// page, rather than in Tx.Check's goroutine.
+	db, err := openBolt(path, &bolt.Options{Timeout: timeout, ReadOnly: readOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
+		PreLoadFreelist: true})
 	if err != nil {
 		switch {
 		case errors.Is(err, berrors.ErrTimeout):
@@ -282,25 +358,28 @@ func openOffline(path string, readOnly bool, timeout time.Duration) (*bolt.DB, e
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	err = db.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if meta == nil || !bytes.Equal(meta.Get(keyFormat), []byte(formatMarker)) {
-			return ErrForeign
-		}
-		v, err := strconv.ParseUint(string(meta.Get(keySchemaVersion)), 10, 32)
-		if err != nil || v == 0 {
-			return fmt.Errorf("%w: schema_version %q", ErrCorrupt, meta.Get(keySchemaVersion))
-		}
-		if v > SchemaVersion {
-			return fmt.Errorf("%w: file has %d, this build reads up to %d", ErrSchemaVersion, v, SchemaVersion)
-		}
-		return nil
-	})
+	err = safely(func() error { return db.View(func(tx *bolt.Tx) error { return checkMarker(tx) }) })
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
 	return db, nil
+}
+
+// checkMarker: the file is a timerd store of a schema this build reads.
+func checkMarker(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil || !bytes.Equal(meta.Get(keyFormat), []byte(formatMarker)) {
+		return ErrForeign
+	}
+	v, err := strconv.ParseUint(string(meta.Get(keySchemaVersion)), 10, 32)
+	if err != nil || v == 0 {
+		return fmt.Errorf("%w: schema_version %q", ErrCorrupt, meta.Get(keySchemaVersion))
+	}
+	if v > SchemaVersion {
+		return fmt.Errorf("%w: file has %d, this build reads up to %d", ErrSchemaVersion, v, SchemaVersion)
+	}
+	return nil
 }
 
 // createTemp creates an empty file (mode 0600) in the directory of dest, to

@@ -341,3 +341,51 @@ func TestHumanBytes(t *testing.T) {
 		}
 	}
 }
+
+// SaveBackup keeps a whole, sound stream and refuses a short, long or
+// corrupt one, leaving nothing at out.
+func TestSaveBackup(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, Options{})
+	fillStore(t, s, 20)
+	var buf bytes.Buffer
+	if _, err := s.WriteBackup(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	whole := buf.Bytes()
+	dir := t.TempDir()
+	corrupt := bytes.Clone(whole)
+	for i := 4096 * 2; i < len(corrupt); i++ { // every page past the metas
+		corrupt[i] ^= 0xff
+	}
+	for _, tc := range []struct {
+		name string
+		body []byte
+		size int64
+		want string
+	}{
+		{"cut short", whole[:len(whole)/2], int64(len(whole)), "want"},
+		{"longer than said", append(bytes.Clone(whole), 0), int64(len(whole)), "want"},
+		{"corrupt pages", corrupt, int64(len(corrupt)), "does not verify"},
+		{"not a store", bytes.Repeat([]byte("x"), 8192), 8192, "does not verify"},
+	} {
+		out := filepath.Join(dir, tc.name+".db")
+		if _, err := SaveBackup(bytes.NewReader(tc.body), tc.size, out); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("SaveBackup(%s) = %v, want an error with %q", tc.name, err, tc.want)
+		}
+		if _, err := os.Stat(out); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("SaveBackup(%s) left %s", tc.name, out)
+		}
+	}
+	out := filepath.Join(dir, "good.db")
+	sum, err := SaveBackup(bytes.NewReader(whole), int64(len(whole)), out)
+	if err != nil || sum.Rules != 20 || sum.Bytes != int64(len(whole)) {
+		t.Fatalf("SaveBackup(whole) = %+v, %v; want 20 rules, %d bytes", sum, err, len(whole))
+	}
+	if got, want := contents(t, openPath(t, out)), contents(t, s); got != want {
+		t.Errorf("saved backup holds\n%s\nwant\n%s", got, want)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".*")); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
