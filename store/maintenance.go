@@ -145,8 +145,13 @@ func SaveBackup(r io.Reader, size int64, out string) (Summary, error) {
 	}
 	defer os.Remove(tmp.Name()) // after the link into place, a second name
 	n, err := io.Copy(tmp, io.LimitReader(r, size+1))
-	if err == nil && n != size {
-		err = fmt.Errorf("got %d bytes, want %d (the Content-Length)", n, size)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("cut short after %d of %d bytes: %w", n, size, err)
+	case n > size:
+		err = fmt.Errorf("got more than the %d bytes the length said", size)
+	case n < size:
+		err = fmt.Errorf("got %d bytes, the length said %d bytes", n, size)
 	}
 	if err == nil {
 		err = tmp.Sync()

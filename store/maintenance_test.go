@@ -364,8 +364,8 @@ func TestSaveBackup(t *testing.T) {
 		size int64
 		want string
 	}{
-		{"cut short", whole[:len(whole)/2], int64(len(whole)), "want"},
-		{"longer than said", append(bytes.Clone(whole), 0), int64(len(whole)), "want"},
+		{"cut short", whole[:len(whole)/2], int64(len(whole)), fmt.Sprintf("got %d bytes, the length said %d", len(whole)/2, len(whole))},
+		{"longer than said", append(bytes.Clone(whole), 0), int64(len(whole)), "the length said"},
 		{"corrupt pages", corrupt, int64(len(corrupt)), "does not verify"},
 		{"not a store", bytes.Repeat([]byte("x"), 8192), 8192, "does not verify"},
 	} {

@@ -34,13 +34,13 @@ func newAPICmd() *cobra.Command {
 			if dataDir == "" {
 				return usagef("--data-dir: required")
 			}
-			if keyFile == "" {
-				return usagef("--key-file: required (env TIMERD_API_KEY_FILE): the HMAC key tokens are signed with; " +
-					"create one with `timerd token keygen --out FILE`")
-			}
 			retention, err := parseSettingDuration(eventRetention)
 			if err != nil {
 				return usagef("--event-retention: %w", err)
+			}
+			if keyFile == "" {
+				return usagef("--key-file: required (env TIMERD_API_KEY_FILE): the HMAC key tokens are signed with; " +
+					"create one with `timerd token keygen --out FILE`")
 			}
 			log, err := logs.logger()
 			if err != nil {
