@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/test/testkit"
 )
 
 // storeEvents stores n events of the given instances (round robin), each
@@ -322,4 +324,40 @@ func TestEventRetentionValidate(t *testing.T) {
 			t.Errorf("Validate(%+v) = %v, want a negative-duration error", c, err)
 		}
 	}
+}
+
+// The API stores events while a sweep deletes a backlog: the committer gets
+// bbolt's writer lock between two batches, so a POST made once the sweep
+// started is answered before the sweep ends (40 batches with 50 ms pauses).
+func TestEventRetentionLetsTheAPIAnswer(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clk := &clock{now: t0}
+	e := newEnv(t, func(c *Config) {
+		c.Now = clk.Now
+		c.eventDeleteBatch = 100
+		c.eventDeletePause = 50 * time.Millisecond
+	})
+	e.srv.cfg.EventRetention = time.Hour
+	storeEvents(t, e.srv, 4000, "rule_1")
+	clk.set(t0.Add(2 * time.Hour))
+
+	done := make(chan sweepResult, 1)
+	go func() { done <- e.srv.sweepEvents() }()
+	testkit.Eventually(t, 10*time.Second, "the sweep's first batch", func() bool { return testutil.ToFloat64(e.srv.metrics.eventsDeleted) > 0 })
+	var ev eventData
+	e.must(http.StatusCreated, &ev, "POST", "/api/v1/events", `{"trigger_ref":"core.intervaltimer","trigger_instance_id":"rule_1"}`)
+	select {
+	case r := <-done:
+		t.Errorf("the sweep (%+v) ended before a POST made during it was answered", r)
+	default:
+	}
+	r := <-done
+	if r.err != nil || r.deleted != 4000 || r.batches != 40 {
+		t.Errorf("sweep = %+v, want 4000 deleted in 40 batches", r)
+	}
+	if ids, total := listIDs(e, ""); !slices.Equal(ids, []int64{ev.Data.ID}) || total != 1 {
+		t.Errorf("after the sweep: ids %v, total %d; want only the event posted during it, %d", ids, total, ev.Data.ID)
+	}
+	checkIndexConsistent(t, e.srv)
 }
