@@ -20,7 +20,8 @@ import (
 // the file of a node that is not running (Backup, Compact; `timerd store`).
 // Every file written is written next to its destination, synced and then
 // renamed (or linked) into place, and the directory synced: a crash leaves
-// the old file or the new one, never half of one.
+// the old file or the new one, never half of one. (Not auth.WriteFileAtomic:
+// it takes the whole file in memory, and a backup must never replace a file.)
 
 // compactTxMaxSize bounds the bytes copied in one transaction of Compact
 // (bbolt's `bbolt compact` takes the same bound as -tx-max-size). The copy
@@ -63,11 +64,11 @@ type Summary struct {
 
 func (s Summary) String() string {
 	return fmt.Sprintf("schema %d, %d rules, %d outbox, %d pending, %d dead letters, %s",
-		s.SchemaVersion, s.Rules, s.Outbox, s.Pending, s.DeadLetters, humanBytes(s.Bytes))
+		s.SchemaVersion, s.Rules, s.Outbox, s.Pending, s.DeadLetters, HumanSize(s.Bytes))
 }
 
-// humanBytes is n in B, KiB, MiB or GiB, for the sizes maintenance reports.
-func humanBytes(n int64) string {
+// HumanSize is n bytes in B, KiB, MiB or GiB, for the sizes maintenance reports.
+func HumanSize(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return strconv.FormatInt(n, 10) + " B"
@@ -104,32 +105,16 @@ func Backup(path, out string, opts MaintenanceOptions) (Summary, error) {
 		return Summary{}, err
 	}
 	defer db.Close()
-	tmp, err := createTemp(out)
-	if err != nil {
-		return Summary{}, fmt.Errorf("back up store %q to %q: %w", path, out, err)
-	}
-	defer os.Remove(tmp.Name()) // after the link into place, a second name
-	err = safely(func() error {
-		return db.View(func(tx *bolt.Tx) error {
-			_, err := tx.WriteTo(tmp)
-			return err
+	sum, err := writeVerified(out, func(f *os.File) error {
+		return safely(func() error {
+			return db.View(func(tx *bolt.Tx) error {
+				_, err := tx.WriteTo(f)
+				return err
+			})
 		})
 	})
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
 		return Summary{}, fmt.Errorf("back up store %q to %q: %w", path, out, err)
-	}
-	sum, err := Verify(tmp.Name())
-	if err != nil {
-		return Summary{}, fmt.Errorf("back up store %q: the copy does not verify: %w", path, err)
-	}
-	if err := linkNew(tmp.Name(), out); err != nil {
-		return Summary{}, fmt.Errorf("back up store %q: %w", path, err)
 	}
 	return sum, nil
 }
@@ -139,20 +124,34 @@ func Backup(path, out string, opts MaintenanceOptions) (Summary, error) {
 // synced, checked (Verify), then linked into place. A stream cut short or
 // not a sound store leaves nothing at out.
 func SaveBackup(r io.Reader, size int64, out string) (Summary, error) {
-	tmp, err := createTemp(out)
+	sum, err := writeVerified(out, func(f *os.File) error {
+		n, err := io.Copy(f, io.LimitReader(r, size+1))
+		switch {
+		case err != nil:
+			return fmt.Errorf("cut short after %d of %d bytes: %w", n, size, err)
+		case n > size:
+			return fmt.Errorf("got more than the %d bytes the length said", size)
+		case n < size:
+			return fmt.Errorf("got %d bytes, the length said %d bytes", n, size)
+		}
+		return nil
+	})
 	if err != nil {
 		return Summary{}, fmt.Errorf("save backup to %q: %w", out, err)
 	}
-	defer os.Remove(tmp.Name()) // after the link into place, a second name
-	n, err := io.Copy(tmp, io.LimitReader(r, size+1))
-	switch {
-	case err != nil:
-		err = fmt.Errorf("cut short after %d of %d bytes: %w", n, size, err)
-	case n > size:
-		err = fmt.Errorf("got more than the %d bytes the length said", size)
-	case n < size:
-		err = fmt.Errorf("got %d bytes, the length said %d bytes", n, size)
+	return sum, nil
+}
+
+// writeVerified writes a store file to out, which must not exist: write
+// fills a temporary file beside it, which is synced, checked (Verify) and
+// only then linked to out.
+func writeVerified(out string, write func(f *os.File) error) (Summary, error) {
+	tmp, err := createTemp(out)
+	if err != nil {
+		return Summary{}, err
 	}
+	defer os.Remove(tmp.Name()) // after the link into place, a second name
+	err = write(tmp)
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -160,14 +159,14 @@ func SaveBackup(r io.Reader, size int64, out string) (Summary, error) {
 		err = cerr
 	}
 	if err != nil {
-		return Summary{}, fmt.Errorf("save backup to %q: %w", out, err)
+		return Summary{}, err
 	}
 	sum, err := Verify(tmp.Name())
 	if err != nil {
-		return Summary{}, fmt.Errorf("save backup to %q: the copy does not verify: %w", out, err)
+		return Summary{}, fmt.Errorf("the copy does not verify: %w", err)
 	}
 	if err := linkNew(tmp.Name(), out); err != nil {
-		return Summary{}, fmt.Errorf("save backup: %w", err)
+		return Summary{}, err
 	}
 	return sum, nil
 }

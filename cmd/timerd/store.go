@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,9 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cmd/timerd/node"
-	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/store"
 )
 
@@ -105,7 +102,7 @@ To restore: stop the node, replace DIR/node.db with the copy, start it.`,
 			if err != nil {
 				return explainLocked(err)
 			}
-			_, err = fmt.Fprintf(w, "backed up %s (%s) to %s (%s): %s\n", path, humanSize(fi.Size()), out, humanSize(sum.Bytes), sum)
+			_, err = fmt.Fprintf(w, "backed up %s (%s) to %s (%s): %s\n", path, store.HumanSize(fi.Size()), out, store.HumanSize(sum.Bytes), sum)
 			return err
 		},
 	}
@@ -152,7 +149,7 @@ rather than write to the file being replaced.`,
 			if res.Before > 0 {
 				saved = fmt.Sprintf(", %.0f%% smaller", 100*float64(res.Before-res.After)/float64(res.Before))
 			}
-			if _, err := fmt.Fprintf(w, "compacted %s: %s → %s%s; %s is %s\n", path, humanSize(res.Before), humanSize(res.After), saved, res.Out, res.Summary); err != nil {
+			if _, err := fmt.Fprintf(w, "compacted %s: %s → %s%s; %s is %s\n", path, store.HumanSize(res.Before), store.HumanSize(res.After), saved, res.Out, res.Summary); err != nil {
 				return err
 			}
 			if res.Backup != "" {
@@ -172,7 +169,10 @@ func backupOnline(ctx context.Context, w io.Writer, addr, tokenFile, out string,
 	if timeout <= 0 {
 		return usagef("--timeout: %s is not positive", timeout)
 	}
-	u, err := backupURL(addr)
+	if u, err := url.Parse(strings.TrimSpace(addr)); err == nil && u.User != nil {
+		return usagef("--addr: holds a user and password; give host:port or an http(s) URL (the token goes in --token-file)")
+	}
+	base, err := nodeBaseURL(addr)
 	if err != nil {
 		return usagef("--addr: %w", err)
 	}
@@ -184,80 +184,15 @@ func backupOnline(ctx context.Context, w io.Writer, addr, tokenFile, out string,
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return usagef("--addr: %w", err)
-	}
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
 	start := time.Now()
-	resp, err := backupClient.Do(req)
+	var sum store.Summary
+	err = node.NewClient(base, tok).Backup(ctx, func(body io.Reader, size int64) error {
+		sum, err = store.SaveBackup(body, size, out)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("GET %s: %w", u, unwrapURLError(err))
+		return err
 	}
-	defer resp.Body.Close()
-	switch {
-	case auth.IsRedirect(resp):
-		return fmt.Errorf("GET %s: %s", u, auth.RedirectNote(resp))
-	case resp.StatusCode != http.StatusOK:
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("GET %s: status %d: %s", u, resp.StatusCode, scheduler.Truncate(strings.TrimSpace(string(msg)), 200))
-	case resp.ContentLength <= 0:
-		return fmt.Errorf("GET %s: no Content-Length: cannot tell a whole store from a cut one (is this a timerd node?)", u)
-	}
-	sum, err := store.SaveBackup(resp.Body, resp.ContentLength, out)
-	if err != nil {
-		return fmt.Errorf("GET %s: %w", u, err)
-	}
-	_, err = fmt.Fprintf(w, "backed up the store of %s to %s in %s: %s\n", u, out, time.Since(start).Round(time.Millisecond), sum)
+	_, err = fmt.Fprintf(w, "backed up the store of %s to %s in %s: %s\n", base, out, time.Since(start).Round(time.Millisecond), sum)
 	return err
-}
-
-// backupClient never follows a redirect (it would take the token along);
-// the request's context bounds it.
-var backupClient = auth.NoRedirects(nil)
-
-// backupURL is the URL of GET /v1/backup of the node at addr: host:port, or
-// an http(s) URL with an optional path prefix. It says what is wrong with
-// addr without echoing a password it might hold.
-func backupURL(addr string) (string, error) {
-	a := strings.TrimRight(strings.TrimSpace(addr), "/")
-	if a == "" {
-		return "", errors.New("is empty, want host:port")
-	}
-	if !strings.Contains(a, "://") {
-		a = "http://" + a
-	}
-	u, err := url.Parse(a)
-	switch {
-	case err != nil, u.Host == "", u.Scheme != "http" && u.Scheme != "https":
-		return "", errors.New("is not host:port or an http(s) URL")
-	case u.User != nil, u.RawQuery != "", u.Fragment != "":
-		return "", errors.New("holds a user, query or fragment; give host:port or an http(s) URL (the token goes in --token-file)")
-	}
-	return u.String() + "/v1/backup", nil
-}
-
-// unwrapURLError drops the *url.Error wrapper, whose text repeats the URL.
-func unwrapURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}
-
-// humanSize is n bytes in B, KiB, MiB or GiB.
-func humanSize(n int64) string {
-	const unit = 1024
-	switch {
-	case n < unit:
-		return fmt.Sprintf("%d B", n)
-	case n < unit*unit:
-		return fmt.Sprintf("%.1f KiB", float64(n)/unit)
-	case n < unit*unit*unit:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(unit*unit))
-	}
-	return fmt.Sprintf("%.1f GiB", float64(n)/(unit*unit*unit))
 }

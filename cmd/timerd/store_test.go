@@ -226,7 +226,7 @@ func TestStoreBackupOnline(t *testing.T) {
 	}
 
 	stdout, code, err := run("store", "backup", "--addr", "http://"+addr+"/", "--token-file", tokenFile, "--out", out)
-	if code != 0 || !strings.Contains(stdout, "backed up the store of http://"+addr+"/v1/backup to "+out) || !strings.Contains(stdout, "1 rules") {
+	if code != 0 || !strings.Contains(stdout, "backed up the store of http://"+addr+" to "+out) || !strings.Contains(stdout, "1 rules") {
 		t.Fatalf("store backup --addr = exit %d, %v, %q; want 0 and a line naming the node, the file and its 1 rule", code, err, stdout)
 	}
 	if refs := storeRefs(t, out); len(refs) != 1 || refs[0] != "ops.tick" {

@@ -1,10 +1,18 @@
 package node
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/scheduler"
 )
 
 // backupIdle is how long a backup client may stop reading before the node
@@ -68,4 +76,45 @@ type deadlineWriter struct {
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	_ = d.rc.SetWriteDeadline(time.Now().Add(backupIdle)) // not every writer has one (tests' recorders)
 	return d.w.Write(p)
+}
+
+// Backup reads GET /v1/backup and hands its body, the node's store as a
+// consistent snapshot, to save with its length (the Content-Length; save
+// must check that it read that many bytes: a node stopping or cutting off
+// a slow reader ends the body early). An answer other than 200 is a
+// *StatusError; one without a length is refused, as a cut copy could not
+// be told from a whole one. Unlike the other calls the body is not read
+// into memory: a store may be gigabytes.
+func (c *Client) Backup(ctx context.Context, save func(body io.Reader, size int64) error) error {
+	u := c.base + "/v1/backup"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // it repeats the URL, which the message holds
+		}
+		return fmt.Errorf("GET %s: %w", u, err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case auth.IsRedirect(resp):
+		return fmt.Errorf("GET %s: %s", u, auth.RedirectNote(resp))
+	case resp.StatusCode != http.StatusOK:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return &StatusError{Method: http.MethodGet, URL: u, Code: resp.StatusCode,
+			Message: scheduler.Truncate(strings.TrimSpace(string(msg)), 200)}
+	case resp.ContentLength <= 0:
+		return fmt.Errorf("GET %s: no Content-Length: cannot tell a whole store from a cut one (is this a timerd node?)", u)
+	}
+	if err := save(resp.Body, resp.ContentLength); err != nil {
+		return fmt.Errorf("GET %s: %w", u, err)
+	}
+	return nil
 }
