@@ -10,6 +10,10 @@
 // (pending), and what protocol.Member needs across restarts (incarnation, holdings,
 // promised epochs, fences); *Store is a protocol.Store.
 //
+// Housekeeping (maintenance.go): [Store.WriteBackup] streams a consistent snapshot of an
+// open store (a node's GET /v1/backup); [Backup], [Compact] and [Verify] work on the file
+// of a node that is not running (`timerd store`), and refuse one a process holds.
+//
 // Layout (schema version 3), keys 8-byte big-endian unless said:
 //
 //	meta         format marker, schema_version, created_at, outbox/dead-letter/pending counters

@@ -23,6 +23,7 @@ func newAPICmd() *cobra.Command {
 		addr, dataDir, keyFile string
 		mqURL, mqExchange      string
 		cleanup                string
+		eventRetention         string
 		logs                   logFlags
 	)
 	var env *envFlags
@@ -48,6 +49,13 @@ the command line wins over its variable, and the variable over the default
 			if dataDir == "" {
 				return usagef("%s: required: the directory of the API's database", env.name("data-dir"))
 			}
+			retention, err := parseSettingDuration(eventRetention)
+			if err == nil && retention < 0 {
+				err = fmt.Errorf("%s is negative", eventRetention)
+			}
+			if err != nil {
+				return usagef("%s: %w", env.name("event-retention"), err)
+			}
 			if keyFile == "" {
 				return usagef("%s: required: the HMAC key tokens are signed with; "+
 					"create one with: timerd token keygen --out FILE", env.name("key-file"))
@@ -71,6 +79,7 @@ the command line wins over its variable, and the variable over the default
 				DataDir:                   dataDir,
 				SigningKey:                key,
 				RevocationCleanupInterval: interval,
+				EventRetention:            retention,
 				Logger:                    log,
 				Registerer:                reg,
 				Metrics:                   promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
@@ -112,7 +121,8 @@ the command line wins over its variable, and the variable over the default
 	fs.StringVar(&mqURL, "mq-url", "", "RabbitMQ URL (amqp:// or amqps://): publish rule lifecycle messages there, as Attune's API does")
 	fs.StringVar(&mqExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
 	fs.StringVar(&cleanup, "revocation-cleanup-interval", "1h", "how often revocations of expired tokens are deleted")
-	for _, f := range []string{"addr", "data-dir", "key-file", "mq-url", "mq-exchange", "revocation-cleanup-interval"} {
+	fs.StringVar(&eventRetention, "event-retention", "7d", "delete events older than this (like 12h or 30d); 0 keeps them for ever")
+	for _, f := range []string{"addr", "data-dir", "key-file", "mq-url", "mq-exchange", "revocation-cleanup-interval", "event-retention"} {
 		env.bind(f, apiEnv(f))
 	}
 	logs.register(cmd, env, "json")

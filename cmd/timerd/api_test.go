@@ -44,6 +44,7 @@ func TestAPIEveryFlagHasAVariable(t *testing.T) {
 		"mq-url":                      "TIMERD_API_MQ_URL",
 		"mq-exchange":                 "TIMERD_API_MQ_EXCHANGE",
 		"revocation-cleanup-interval": "TIMERD_API_REVOCATION_CLEANUP_INTERVAL",
+		"event-retention":             "TIMERD_API_EVENT_RETENTION",
 		"log-level":                   "ATTUNE_LOG_LEVEL",
 		"log-format":                  "TIMERD_LOG_FORMAT",
 	}

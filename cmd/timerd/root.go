@@ -23,6 +23,7 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newDevCmd(), newAPICmd(), newScheduleCmd(), newTokenCmd(), newVersionCmd(), newStatusCmd(), newDeadLettersCmd())
 	root.AddCommand(newAgentCmd())
+	root.AddCommand(newStoreCmd())
 	return root
 }
 

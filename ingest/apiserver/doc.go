@@ -8,7 +8,9 @@
 // a group-commit goroutine that puts every concurrently waiting insert into
 // one transaction; an Idempotency-Key index lives in bbolt, the
 // trigger_instance_id and rule_ref indexes in memory (rebuilt at open).
-// Events are listed oldest first (by id) and are never deleted.
+// Events are listed oldest first (by id); with Config.EventRetention a job
+// deletes those older than it, with their index entries, in bounded
+// transactions (retention.go).
 //
 // With Config.SigningKey set, every endpoint but /health takes a bearer
 // token (package auth), checked in the order of contract §5: signature with

@@ -292,6 +292,7 @@ type eventIndex struct {
 	mu     sync.RWMutex
 	byInst map[string][]int64
 	byRule map[string][]int64
+	floor  int64 // ids up to floor were deleted (retention.go): add ignores them
 }
 
 func newEventIndex() *eventIndex {
@@ -300,6 +301,9 @@ func newEventIndex() *eventIndex {
 
 // add records an event; ids must come in ascending order. Caller holds mu.
 func (x *eventIndex) add(inst, ruleRef string, id int64) {
+	if id <= x.floor {
+		return
+	}
 	if inst != "" {
 		x.byInst[inst] = append(x.byInst[inst], id)
 	}
@@ -580,10 +584,16 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 			}
 			return nil
 		}
-		// Events are never deleted: ids are 1..Sequence().
-		total = int64(events.Sequence())
+		// Only the oldest events are ever deleted (retention.go): the ids
+		// left are first..Sequence(), without gaps.
 		c := events.Cursor()
-		for k, v := c.Seek(idKey(offset + 1)); k != nil && len(items) < size; k, v = c.Next() {
+		k, _ := c.First()
+		if k == nil {
+			return nil
+		}
+		first := int64(binary.BigEndian.Uint64(k))
+		total = int64(events.Sequence()) - first + 1
+		for k, v := c.Seek(idKey(first + offset)); k != nil && len(items) < size; k, v = c.Next() {
 			items = append(items, bytes.Clone(v))
 		}
 		return nil

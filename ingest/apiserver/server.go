@@ -55,6 +55,17 @@ type Config struct {
 	Now     func() time.Time // nil: time.Now
 	// PublishTimeout bounds one Publish call. Default 5 s.
 	PublishTimeout time.Duration
+	// EventRetention: events created longer ago are deleted, with their
+	// index entries (retention.go). 0 keeps events for ever.
+	EventRetention time.Duration
+	// EventSweepInterval is how often the events past EventRetention are
+	// deleted. Default 1 min.
+	EventSweepInterval time.Duration
+
+	// Tests: events a retention transaction deletes at most (default 1,000)
+	// and the pause between two (default 20 ms).
+	eventDeleteBatch int
+	eventDeletePause time.Duration
 }
 
 // Validate reports the first bad field of c.
@@ -71,6 +82,12 @@ func (c *Config) Validate() error {
 	if c.RevocationCleanupInterval < 0 {
 		return fmt.Errorf("apiserver: RevocationCleanupInterval: %v is negative", c.RevocationCleanupInterval)
 	}
+	if c.EventRetention < 0 {
+		return fmt.Errorf("apiserver: EventRetention: %v is negative", c.EventRetention)
+	}
+	if c.EventSweepInterval < 0 {
+		return fmt.Errorf("apiserver: EventSweepInterval: %v is negative", c.EventSweepInterval)
+	}
 	return nil
 }
 
@@ -86,6 +103,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.RevocationCleanupInterval == 0 {
 		c.RevocationCleanupInterval = time.Hour
+	}
+	if c.EventSweepInterval == 0 {
+		c.EventSweepInterval = defaultEventSweepInterval
+	}
+	if c.eventDeleteBatch <= 0 {
+		c.eventDeleteBatch = defaultEventDeleteBatch
+	}
+	if c.eventDeletePause <= 0 {
+		c.eventDeletePause = defaultEventDeletePause
 	}
 }
 
@@ -120,7 +146,7 @@ type Server struct {
 	ruleq     chan *ruleReq  // rule creates for the committer; unbuffered, as evq
 	rqPending atomic.Int64   // rule creates under way, not yet taken by the committer
 	quit      chan struct{}
-	committer sync.WaitGroup // the committer and the revocation cleanup
+	committer sync.WaitGroup // the committer, the revocation cleanup and the event retention
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -132,6 +158,7 @@ type metrics struct {
 	publishErrors prometheus.Counter
 	eventBatch    prometheus.Histogram
 	eventCommit   prometheus.Histogram
+	eventsDeleted prometheus.Counter
 }
 
 // newMetrics makes the server's metrics; New registers them, with the
@@ -164,6 +191,10 @@ func newMetrics() metrics {
 			Help:    "Duration of one bbolt transaction of the event committer, fsync included.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 10),
 		}),
+		eventsDeleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_api_events_deleted_total",
+			Help: "Events deleted because they were older than the event retention (timerd api --event-retention).",
+		}),
 	}
 }
 
@@ -171,7 +202,7 @@ func newMetrics() metrics {
 // gauge when the server authenticates.
 func (s *Server) registerMetrics(reg prometheus.Registerer) error {
 	m := s.metrics
-	cs := []prometheus.Collector{m.requests, m.eventsStored, m.eventsDup, m.publishErrors, m.eventBatch, m.eventCommit}
+	cs := []prometheus.Collector{m.requests, m.eventsStored, m.eventsDup, m.publishErrors, m.eventBatch, m.eventCommit, m.eventsDeleted}
 	if revs := s.revs; revs != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_api_revocations",
@@ -185,7 +216,7 @@ func (s *Server) registerMetrics(reg prometheus.Registerer) error {
 var (
 	bucketRules     = []byte("rules")         // id → rule JSON
 	bucketRuleRefs  = []byte("rule_refs")     // ref → id
-	bucketEvents    = []byte("events")        // id → event JSON; never deleted, so ids are 1..Sequence()
+	bucketEvents    = []byte("events")        // id → event JSON; only the oldest are deleted (retention.go), so ids are first..Sequence()
 	bucketEventIdem = []byte("event_idem_v2") // scopedIdemKey(Idempotency-Key, trigger_ref, instance) → id
 	// bucketEventIdemV1 held keys unscoped (any token could take another
 	// trigger's key); it is rebuilt as bucketEventIdem at open, then dropped.
@@ -266,6 +297,10 @@ func New(cfg Config) (*Server, error) {
 	if s.verifier != nil {
 		s.committer.Add(1)
 		go s.runRevocationCleanup()
+	}
+	if cfg.EventRetention > 0 {
+		s.committer.Add(1)
+		go s.runEventRetention()
 	}
 	return s, nil
 }
