@@ -216,6 +216,7 @@ type Node struct {
 	ready    atomic.Bool  // intake: reconciled (and consuming)
 	placed   atomic.Bool  // the node's share of the rules is in the engine
 	invalid  invalidRules
+	fired    firedLog // the last fires' lateness of the rules fired here (lateness.go)
 
 	// registered is what the node's parts registered on cfg.Registry,
 	// unregistered by Close, or when New fails.
@@ -307,7 +308,7 @@ func New(cfg Config) (_ *Node, err error) {
 		retryMax = time.Second
 	}
 	n.engine, err = scheduler.New(scheduler.Config{
-		Commit:              n.commit,
+		Commit:              n.commitRecorded, // n.commit, then lateness for describe
 		Now:                 cfg.Now,
 		DefaultMisfireGrace: cfg.MisfireGrace,
 		RetryMax:            retryMax,
@@ -366,6 +367,9 @@ func New(cfg Config) (_ *Node, err error) {
 	if cfg.Cluster != nil {
 		// Last: it binds the gossip port and starts gossiping.
 		cc := cfg.clusterConfig()
+		if cc.HTTPAddr == "" {
+			cc.HTTPAddr = n.HTTPAddr() // told to the peers: describe forwards to a rule's owner
+		}
 		if cfg.Cluster.Registerer == nil {
 			cc.Registerer = reg // the node's, undone with the rest
 		}
