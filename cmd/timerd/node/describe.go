@@ -146,14 +146,17 @@ func (n *Node) handleDescribe(w http.ResponseWriter, r *http.Request) {
 	}
 	owner, part := n.ruleOwner(id)
 	forwardedBy := r.Header.Get(ForwardedHeader)
-	var unreachable string
+	var (
+		unreachable string
+		ownerErr    error
+	)
 	if owner != "" && owner != n.cfg.NodeName && forwardedBy == "" {
-		d, err := n.forwardDescribe(r, owner, id)
-		if err == nil {
+		var d RuleDescription
+		if d, ownerErr = n.forwardDescribe(r, owner, id); ownerErr == nil {
 			writeJSON(w, http.StatusOK, d)
 			return
 		}
-		unreachable = err.Error()
+		unreachable = ownerErr.Error()
 	}
 	d, known, err := n.describeLocal(id, owner, part)
 	if err != nil {
@@ -164,7 +167,10 @@ func (n *Node) handleDescribe(w http.ResponseWriter, r *http.Request) {
 	d.OwnerUnreachable = unreachable
 	if !known {
 		msg := fmt.Sprintf("rule %d is not known: %s stores no rule, tombstone, watermark or dead letter of it", id, n.cfg.NodeName)
-		if unreachable != "" {
+		switch {
+		case errors.Is(ownerErr, errOwnerNotFound):
+			msg += fmt.Sprintf(", nor does its owner %s", owner)
+		case ownerErr != nil:
 			msg += fmt.Sprintf("; its owner %s did not answer (%s)", owner, unreachable)
 		}
 		http.Error(w, msg, http.StatusNotFound)
