@@ -86,9 +86,12 @@ when the owner does not answer, prints what it knows itself and where to ask.`,
 func printRule(w io.Writer, d node.RuleDescription, now time.Time) error {
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 	rel := func(t time.Time) string {
-		if dt := t.Sub(now).Round(time.Second); dt >= 0 {
+		switch dt := t.Sub(now).Round(time.Second); {
+		case dt == 0:
+			return "now"
+		case dt > 0:
 			return "in " + dt.String()
-		} else {
+		default:
 			return (-dt).String() + " ago"
 		}
 	}
