@@ -53,7 +53,12 @@ the rule's dead letters); another node forwards the request to the owner, or,
 when the owner does not answer, prints what it knows itself and where to ask.`,
 		Example: `  timerd rules describe 4711 --addr 10.0.0.5:8470
   timerd rules describe 4711 --json | jq .next`,
-		Args: cobra.ExactArgs(1),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("want one rule id, got %d arguments", len(args))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := ruleIDArg(args)
 			if err != nil {
