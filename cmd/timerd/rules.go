@@ -19,7 +19,7 @@ import (
 func newRulesCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rules",
-		Short: "Describe a rule, as the node that fires it sees it",
+		Short: "Work on one rule through any node: describe it",
 		Long: `rules works on one rule through the HTTP endpoints of any node of the
 cluster (its TIMERD_HTTP_ADDR): the node asked finds the rule's owner by its
 ring and forwards the request to it.`,

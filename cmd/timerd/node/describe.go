@@ -150,7 +150,7 @@ func (n *Node) handleDescribe(w http.ResponseWriter, r *http.Request) {
 		unreachable string
 		ownerErr    error
 	)
-	if owner != "" && owner != n.cfg.NodeName && forwardedBy == "" {
+	if owner != "" && owner != n.selfName() && forwardedBy == "" {
 		var d RuleDescription
 		if d, ownerErr = n.forwardDescribe(r, owner, id); ownerErr == nil {
 			writeJSON(w, http.StatusOK, d)
@@ -166,7 +166,7 @@ func (n *Node) handleDescribe(w http.ResponseWriter, r *http.Request) {
 	}
 	d.OwnerUnreachable = unreachable
 	if !known {
-		msg := fmt.Sprintf("rule %d is not known: %s stores no rule, tombstone, watermark or dead letter of it", id, n.cfg.NodeName)
+		msg := fmt.Sprintf("rule %d is not known: %s stores no rule, tombstone, watermark or dead letter of it", id, n.selfName())
 		switch {
 		case errors.Is(ownerErr, errOwnerNotFound):
 			msg += fmt.Sprintf(", nor does its owner %s", owner)
@@ -184,7 +184,7 @@ func (n *Node) handleDescribe(w http.ResponseWriter, r *http.Request) {
 // partition (-1 on a single node): "" before the node has a view.
 func (n *Node) ruleOwner(id int64) (string, int) {
 	if n.drv == nil {
-		return n.cfg.NodeName, -1
+		return n.selfName(), -1
 	}
 	p := n.drv.partitionOf(id)
 	if view := n.drv.snap.Load().status.View; len(view) > 0 {
@@ -207,7 +207,7 @@ func (n *Node) forwardDescribe(r *http.Request, owner string, id int64) (RuleDes
 	ctx, cancel := context.WithTimeout(r.Context(), forwardTimeout)
 	defer cancel()
 	c := &Client{base: "http://" + addr, http: auth.NoRedirects(nil), maxBody: maxDescribeBody,
-		header: http.Header{ForwardedHeader: {n.cfg.NodeName}}}
+		header: http.Header{ForwardedHeader: {n.selfName()}}}
 	if a := r.Header.Get("Authorization"); a != "" {
 		c.header.Set("Authorization", a)
 	}
@@ -218,21 +218,29 @@ func (n *Node) forwardDescribe(r *http.Request, owner string, id int64) (RuleDes
 	if err != nil {
 		return RuleDescription{}, fmt.Errorf("%s: %w", addr, err)
 	}
-	d.ForwardedBy = n.cfg.NodeName
+	d.ForwardedBy = n.selfName()
 	return d, nil
+}
+
+// selfName is this node's name in the ring.
+func (n *Node) selfName() string {
+	if n.cl != nil {
+		return n.cl.Name()
+	}
+	return n.cfg.NodeName
 }
 
 // describeLocal is what this node knows of rule id; known is false when it holds
 // nothing of it.
 func (n *Node) describeLocal(id int64, owner string, part int) (d RuleDescription, known bool, err error) {
 	now := n.cfg.Now()
-	d = RuleDescription{RuleID: id, AnsweredBy: n.cfg.NodeName, Owner: owner, Next: []RuleSlot{}, Lateness: []RuleFire{},
+	d = RuleDescription{RuleID: id, AnsweredBy: n.selfName(), Owner: owner, Next: []RuleSlot{}, Lateness: []RuleFire{},
 		DeadLetters: []DeadLetter{}, GeneratedAt: now.UTC()}
 	if part >= 0 {
 		d.Partition = &part
 	}
 	if owner != "" {
-		if owner == n.cfg.NodeName {
+		if owner == n.selfName() {
 			d.OwnerHTTPAddr = n.HTTPAddr()
 		}
 		if n.cl != nil {
