@@ -479,6 +479,7 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		})
 	}
 	abort := func(err error) error {
+		n.notifyStopping("stopping before the node was ready")
 		stopHTTP()
 		return errors.Join(err, g.Wait())
 	}
@@ -537,8 +538,8 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		<-gctx.Done()
 		n.ready.Store(false)
 		n.setPhase("stopping")
-		n.log.Info("shutting down: intake, then firing stop; the outbox is flushed", "shutdown_timeout", n.cfg.ShutdownTimeout.String())
-		n.notifyStopping("stopping: intake and firing")
+		n.log.Info("shutting down: stopping intake and firing, then flushing the outbox", "shutdown_timeout", n.cfg.ShutdownTimeout.String())
+		n.notifyStopping("stopping: intake and firing stop")
 		<-intakeDone // no rule change reaches the engine from here on
 		stopEngine()
 		<-engineDone // nothing fires from here on

@@ -103,14 +103,15 @@ func (s *notifier) run(ctx context.Context) {
 // update sends READY=1 the first time the node is ready, and STATUS= when it
 // changed.
 func (s *notifier) update() {
-	status := s.n.serviceStatus()
+	ready := s.n.isReady()
+	status := s.n.serviceStatus(ready)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping {
 		return
 	}
 	var msg string
-	if !s.ready && s.n.isReady() {
+	if !s.ready && ready {
 		s.ready = true
 		msg = daemon.SdNotifyReady + "\n"
 		s.n.log.Info("told systemd the node is ready (READY=1)")
@@ -180,8 +181,8 @@ func (s *notifier) sendLocked(msg string) {
 }
 
 // serviceStatus is the one line systemctl status shows for the node.
-func (n *Node) serviceStatus() string {
-	if !n.isReady() {
+func (n *Node) serviceStatus(ready bool) string {
+	if !ready {
 		return "not ready: " + n.notReadyReason()
 	}
 	s := fmt.Sprintf("ready: %d rules owned", n.engine.Len())
