@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -178,4 +182,61 @@ func gauge(t *testing.T, n *Node, name string) float64 {
 	}
 	t.Fatalf("no gauge %s", name)
 	return 0
+}
+
+// SystemdNotifier: nothing without NOTIFY_SOCKET; with it, a function that
+// reaches the socket, and the watchdog of WATCHDOG_USEC when WATCHDOG_PID is
+// unset or this process; a WATCHDOG_USEC that is no number is an error naming
+// it, and the notify function is still given.
+func TestSystemdNotifier(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	tests := []struct {
+		name         string
+		env          map[string]string
+		wantNotify   bool
+		wantWatchdog time.Duration
+		wantErr      string
+	}{
+		{name: "no socket", env: map[string]string{"WATCHDOG_USEC": "30000000"}},
+		{name: "socket, no watchdog", env: map[string]string{"NOTIFY_SOCKET": sock}, wantNotify: true},
+		{name: "watchdog", env: map[string]string{"NOTIFY_SOCKET": sock, "WATCHDOG_USEC": "30000000"},
+			wantNotify: true, wantWatchdog: 30 * time.Second},
+		{name: "watchdog of this pid", env: map[string]string{"NOTIFY_SOCKET": sock, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": strconv.Itoa(os.Getpid())},
+			wantNotify: true, wantWatchdog: 400 * time.Millisecond},
+		{name: "watchdog of another pid", env: map[string]string{"NOTIFY_SOCKET": sock, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": "1"},
+			wantNotify: true},
+		{name: "watchdog not a number", env: map[string]string{"NOTIFY_SOCKET": sock, "WATCHDOG_USEC": "30s"},
+			wantNotify: true, wantErr: "WATCHDOG_USEC"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, k := range []string{"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} {
+				t.Setenv(k, tt.env[k])
+			}
+			notify, watchdog, err := SystemdNotifier()
+			if (notify != nil) != tt.wantNotify || watchdog != tt.wantWatchdog ||
+				(tt.wantErr == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("SystemdNotifier() = notify %v, %v, %v; want notify %v, %v, an error naming %q",
+					notify != nil, watchdog, err, tt.wantNotify, tt.wantWatchdog, tt.wantErr)
+			}
+			if notify == nil {
+				return
+			}
+			if err := notify("STATUS=" + tt.name); err != nil {
+				t.Fatalf("notify: %v", err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 256)
+			n, err := conn.Read(buf)
+			if err != nil || string(buf[:n]) != "STATUS="+tt.name {
+				t.Errorf("the socket read %q, %v; want %q", buf[:n], err, "STATUS="+tt.name)
+			}
+		})
+	}
 }
