@@ -87,19 +87,19 @@ func TestStuckEngineFailsHealthzAndStarvesWatchdog(t *testing.T) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	base := "http://" + n.HTTPAddr()
-	defer func() {
-		if !stall.Load() {
-			return
-		}
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
+	done, stopped := make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		done <- n.Run(ctx)
 	}()
+	base := "http://" + n.HTTPAddr()
+	var releaseOnce sync.Once
+	unstall := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(func() { // a failed test stops the node too
+		unstall()
+		cancel()
+		<-stopped
+	})
 
 	testkit.Eventually(t, 10*time.Second, "READY=1 and two WATCHDOG=1", func() bool {
 		return rec.count("READY=1") == 1 && rec.count("WATCHDOG=1") >= 2
@@ -131,13 +131,14 @@ func TestStuckEngineFailsHealthzAndStarvesWatchdog(t *testing.T) {
 	if age := gauge(t, n, "timerd_engine_heartbeat_age_seconds"); age < 0.5 {
 		t.Errorf("timerd_engine_heartbeat_age_seconds with the engine stalled = %v, want ≥ 0.5", age)
 	}
+	time.Sleep(100 * time.Millisecond) // a ping decided just before the limit has gone out
 	fed := rec.count("WATCHDOG=1")
 	time.Sleep(300 * time.Millisecond) // six watchdog periods
 	if now := rec.count("WATCHDOG=1"); now != fed {
 		t.Errorf("WATCHDOG=1 sent %d more times with the engine stalled: the watchdog is still fed", now-fed)
 	}
 
-	close(release)
+	unstall()
 	testkit.Eventually(t, 5*time.Second, "/healthz 200 and WATCHDOG=1 again once the commit returned", func() bool {
 		code, _ := body(t, base+"/healthz")
 		return code == http.StatusOK && rec.count("WATCHDOG=1") > fed
