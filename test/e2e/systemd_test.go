@@ -288,9 +288,9 @@ func TestAgentSystemdNotifyAndSecondSignal(t *testing.T) {
 	if !errors.As(ag.waitErr, &exit) || exit.ExitCode() != 128+int(syscall.SIGTERM) {
 		t.Errorf("exit after the second SIGTERM: %v, want exit status %d", ag.waitErr, 128+int(syscall.SIGTERM))
 	}
-	if out := ag.output(); !strings.Contains(out, `"level":"error"`) || !strings.Contains(out, "second signal: exiting at once") {
-		t.Errorf("the forced exit was not logged at error level")
-	}
+	testkit.Eventually(t, 2*time.Second, "the forced exit logged at error level", func() bool { // the last lines may still be in the pipe
+		return regexp.MustCompile(`"level":"error","message":"second signal: exiting at once`).MatchString(ag.output())
+	})
 
 	k := sock.kinds()
 	stopping := slices.Index(k, "STOPPING=1")
