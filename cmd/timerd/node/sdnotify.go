@@ -176,7 +176,7 @@ func (s *notifier) sendLocked(msg string) {
 	}
 	if err := s.send(msg); err != nil && !s.failed {
 		s.failed = true
-		s.n.log.Warn("cannot notify systemd (NOTIFY_SOCKET); the unit may time out starting", "err", err)
+		s.n.log.Warn("cannot notify systemd (NOTIFY_SOCKET): it may never see the node ready, and its watchdog may restart it", "err", err)
 	}
 }
 
