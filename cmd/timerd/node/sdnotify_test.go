@@ -128,7 +128,7 @@ func TestStuckEngineFailsHealthzAndStarvesWatchdog(t *testing.T) {
 	if !strings.Contains(healthz, "the scheduler engine's loop has been stuck") {
 		t.Errorf("/healthz with the engine stalled says %q, want it to name the stuck engine loop", healthz)
 	}
-	if age := gauge(t, n, "timerd_engine_heartbeat_age_seconds"); age < 0.5 {
+	if age := gaugeValue(t, n, "timerd_engine_heartbeat_age_seconds"); age < 0.5 {
 		t.Errorf("timerd_engine_heartbeat_age_seconds with the engine stalled = %v, want ≥ 0.5", age)
 	}
 	time.Sleep(100 * time.Millisecond) // a ping decided just before the limit has gone out
@@ -170,21 +170,6 @@ func TestStuckEngineFailsHealthzAndStarvesWatchdog(t *testing.T) {
 }
 
 // gauge is the value of an unlabelled gauge of n.
-func gauge(t *testing.T, n *Node, name string) float64 {
-	t.Helper()
-	mfs, err := n.cfg.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no gauge %s", name)
-	return 0
-}
-
 // SystemdNotifier: nothing without NOTIFY_SOCKET; with it, a function that
 // reaches the socket, and the watchdog of WATCHDOG_USEC when WATCHDOG_PID is
 // unset or this process; a WATCHDOG_USEC that is no number is an error naming
