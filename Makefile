@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus vet lint lint-fix bench bench-peers bench-node load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node load soak cluster-soak sim clean
 
 all: build
 
@@ -62,7 +62,7 @@ $(GOLANGCI_LINT):
 # minute of CPU falls while the packages build and the unit tests run, before the
 # end-to-end tests (test/e2e, near the end of the list, after building timerd)
 # start, instead of adding a minute after them.
-test: vet lint mq net prometheus
+test: vet lint mq net prometheus systemd
 	@simlog=$$(mktemp); \
 	$(GO) test -count=1 -timeout 10m ./test/sim >$$simlog 2>&1 & sim=$$!; \
 	$(GO) test $(TESTFLAGS) $$($(GO) list $(PKGS) | grep -v '/test/sim$$'); st=$$?; \
@@ -78,6 +78,10 @@ net:
 # check and test rules, and a real Prometheus in test/e2e.
 prometheus:
 	@bash test/monitoring/ensure-prometheus.sh
+
+# systemd-analyze, for the test of docs/deploy/systemd/timerd.service.
+systemd:
+	@bash test/systemd/ensure-systemd-analyze.sh
 
 # Micro-benchmarks of the engine, the store, delivery and the cluster layer (not part of `make test`).
 bench:

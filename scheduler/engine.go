@@ -279,6 +279,11 @@ type Engine struct {
 	m    *metrics
 	wake chan struct{}
 	ran  atomic.Bool
+	// born is New's time, the origin of busySince on the monotonic clock.
+	born time.Time
+	// busySince is when Run began the work it is at (taking due slots, one
+	// commit), as time since born plus 1; 0 while it waits, or is not running.
+	busySince atomic.Int64
 
 	mu    sync.Mutex
 	ids   ruleIndex // rule id -> slab index
@@ -317,6 +322,7 @@ func New(cfg Config) (*Engine, error) {
 		log:     cfg.Logger,
 		wake:    make(chan struct{}, 1),
 		lastPop: math.MinInt64,
+		born:    time.Now(),
 	}
 	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(e.Len()) })
 	if err != nil {
@@ -513,7 +519,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	tm := time.NewTimer(time.Hour)
 	tm.Stop()
 	defer tm.Stop()
+	defer e.waiting()
 	for ctx.Err() == nil {
+		e.working()
 		taken := time.Now() // monotonic, whatever Config.Now says
 		wait, armed := e.prepare()
 		if len(e.flights) > 0 {
@@ -531,6 +539,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		} else {
 			tm.Stop()
 		}
+		e.waiting()
 		select {
 		case <-ctx.Done():
 		case <-tm.C:
@@ -539,6 +548,25 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Heartbeat is when Run's loop was last seen alive: now while it waits (for
+// the next slot, a wake, a commit's retry, all waits it comes back from), and
+// before Run starts or after it returns; else when it began the piece of work
+// it is at (taking the due slots, one attempt to commit them). Work takes
+// milliseconds, a second on a slow disk; a heartbeat further behind than that
+// is a Commit or a lock that does not return: the engine is stuck. A failing
+// commit is not: the loop waits between attempts.
+func (e *Engine) Heartbeat() time.Time {
+	since := e.busySince.Load()
+	if since == 0 {
+		return time.Now()
+	}
+	return e.born.Add(time.Duration(since - 1))
+}
+
+// working notes that Run starts a piece of work now; waiting that it waits.
+func (e *Engine) working() { e.busySince.Store(int64(time.Since(e.born)) + 1) }
+func (e *Engine) waiting() { e.busySince.Store(0) }
 
 // space waits until Coalesce after taken, when the last batch was taken, so
 // that batches start at least Coalesce apart: slots that came due during a
@@ -557,6 +585,8 @@ func (e *Engine) space(ctx context.Context, tm *time.Timer, taken time.Time) boo
 		return true
 	}
 	tm.Reset(hold)
+	e.waiting()
+	defer e.working()
 	select {
 	case <-ctx.Done():
 		tm.Stop()
@@ -867,6 +897,7 @@ func (e *Engine) commit(ctx context.Context, tm *time.Timer) bool {
 	for len(e.fires) > 0 {
 		start := time.Now()
 		err := e.cfg.Commit(e.fires)
+		e.working() // a commit that returned, failed or not, is progress
 		e.m.commit.Observe(time.Since(start).Seconds())
 		if err == nil {
 			e.observe()
@@ -875,12 +906,14 @@ func (e *Engine) commit(ctx context.Context, tm *time.Timer) bool {
 		e.m.commitErrors.Inc()
 		e.log.Warn("commit of fires failed; retrying", "fires", len(e.fires), "retry_in", delay, "err", err)
 		tm.Reset(delay)
+		e.waiting()
 		select {
 		case <-ctx.Done():
 			tm.Stop()
 			return false
 		case <-tm.C:
 		}
+		e.working()
 		// No jitter: the commit goes to this node's own store, with no
 		// shared server whose load to spread (TestCommitErrorRetried pins it).
 		delay = min(2*delay, e.cfg.RetryMax)

@@ -81,7 +81,11 @@ func runAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger) error {
 	for _, r := range cfg.Deprecated {
 		log.Warn(r)
 	}
+	signalLog.Store(log)
 	nc := cfg.nodeConfig(log)
+	if err := withSystemd(&nc, log); err != nil {
+		log.Warn("systemd watchdog not used", "err", err)
+	}
 	log.Info("timerd agent starting", "version", node.Version(), "node", nc.NodeName, "api_url", redactURL(nc.APIURL),
 		"data_dir", nc.DataDir, "startup_rules", len(nc.StartupRules))
 	if nc.MQ != nil {

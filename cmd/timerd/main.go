@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"syscall"
 
 	// Slots must not depend on the host having a zone database.
@@ -15,7 +14,8 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Ctrl-C or SIGTERM shuts down gracefully; a second one exits at once.
+	ctx, stop := shutdownContext(context.Background(), os.Exit, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := newRootCmd().ExecuteContext(ctx)
 	if err != nil && !errors.As(err, new(silentError)) {

@@ -22,11 +22,13 @@ import (
 const (
 	dataMountPath = "/var/lib/timerd" // the image's volume
 	imageName     = "timerd"          // what an overlay's `images: - name:` replaces
-	// shutdownBeyondTwice is what shutdown may take beyond its two budgets of
-	// TIMERD_SHUTDOWN_TIMEOUT (the leave with its hand-over, then the outbox flush with
-	// its hand-over): the forced retirement's wait (3 s) and the HTTP server's
-	// shutdown (2 s) in cmd/timerd/node, and the gossip leave (cluster.DefaultLeaveTimeout).
-	shutdownBeyondTwice = 5*time.Second + cluster.DefaultLeaveTimeout
+	// shutdownBeyond is what shutdown may take beyond 3 × TIMERD_SHUTDOWN_TIMEOUT
+	// (the hand-over's ½ and the settle's ¼, the outbox flush's ½, the hand-over of
+	// what is left ½: 1¾ of it, rounded up to 3 for the budgets to come): two forced
+	// retirements' waits (3 s each) and the HTTP server's shutdown (2 s) in
+	// cmd/timerd/node, and the gossip leave (cluster.DefaultLeaveTimeout). The same rule
+	// as the systemd unit's TimeoutStopSec (test/e2e TestSystemdUnit): 3 × it + 15 s.
+	shutdownBeyond = 8*time.Second + cluster.DefaultLeaveTimeout
 )
 
 // secretSettings name a secret in their value: set only from a Secret.
@@ -159,11 +161,11 @@ func (c *checker) env() {
 	if err != nil {
 		c.errorf("env TIMERD_SHUTDOWN_TIMEOUT: %v", err)
 	} else {
-		want := 2*shutdown + shutdownBeyondTwice
+		want := 3*shutdown + shutdownBeyond
 		grace := s.Spec.Template.Spec.TerminationGracePeriodSeconds
 		if grace == nil || time.Duration(*grace)*time.Second <= want {
-			c.errorf("terminationGracePeriodSeconds %s: want more than %s: twice TIMERD_SHUTDOWN_TIMEOUT (%s) and %s, what shutdown may take",
-				fmtSeconds(grace), want, shutdown, shutdownBeyondTwice)
+			c.errorf("terminationGracePeriodSeconds %s: want more than %s: 3 × TIMERD_SHUTDOWN_TIMEOUT (%s) and %s, what shutdown may take",
+				fmtSeconds(grace), want, shutdown, shutdownBeyond)
 		}
 	}
 

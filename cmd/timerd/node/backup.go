@@ -2,11 +2,9 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -87,20 +85,9 @@ func (d *deadlineWriter) Write(p []byte) (int, error) {
 // into memory: a store may be gigabytes.
 func (c *Client) Backup(ctx context.Context, save func(body io.Reader, size int64) error) error {
 	u := c.base + "/v1/backup"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := c.send(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // it repeats the URL, which the message holds
-		}
-		return fmt.Errorf("GET %s: %w", u, err)
 	}
 	defer resp.Body.Close()
 	switch {

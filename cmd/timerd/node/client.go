@@ -106,14 +106,11 @@ func (c *Client) call(ctx context.Context, method, path string, body []byte, wha
 	return raw, nil
 }
 
-// do sends one request and returns the body of a 200; any other status is a
-// *StatusError holding the node's message.
-func (c *Client) do(ctx context.Context, method, u string, body []byte) ([]byte, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+// send sends one request with the client's token (and a JSON body's type),
+// and returns the answer whatever its status; an error names the method and
+// the URL, but not twice.
+func (c *Client) send(ctx context.Context, method, u string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +130,20 @@ func (c *Client) do(ctx context.Context, method, u string, body []byte) ([]byte,
 			err = ue.Err // it repeats the URL, which the message holds
 		}
 		return nil, fmt.Errorf("%s %s: %w", method, u, err)
+	}
+	return resp, nil
+}
+
+// do sends one request and returns the body of a 200; any other status is a
+// *StatusError holding the node's message.
+func (c *Client) do(ctx context.Context, method, u string, body []byte) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	resp, err := c.send(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if auth.IsRedirect(resp) {

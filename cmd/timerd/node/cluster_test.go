@@ -412,7 +412,7 @@ func TestCommitChecksLeaseAndHolding(t *testing.T) {
 }
 
 // gaugeValue is the value of the gauge name (no labels) on node n.
-func gaugeValue(t *testing.T, n *runningNode, name string) float64 {
+func gaugeValue(t *testing.T, n *Node, name string) float64 {
 	t.Helper()
 	mfs, err := n.cfg.Registry.Gather()
 	if err != nil {
@@ -465,7 +465,7 @@ func TestClusterQuorum(t *testing.T) {
 		t.Errorf("a alone: status ready %v quorum %v expected %d seen %d quorum size %d rules owned %d; want not ready, no quorum, 3, 1, 2, 0",
 			st.Ready, st.Quorum, st.ExpectedMembers, st.SeenMembers, st.QuorumSize, st.RulesOwned)
 	}
-	if q, e := gaugeValue(t, a, "timerd_cluster_quorum"), gaugeValue(t, a, "timerd_cluster_expected_members"); q != 0 || e != 3 {
+	if q, e := gaugeValue(t, a.Node, "timerd_cluster_quorum"), gaugeValue(t, a.Node, "timerd_cluster_expected_members"); q != 0 || e != 3 {
 		t.Errorf("a alone: timerd_cluster_quorum %v, timerd_cluster_expected_members %v; want 0 and 3", q, e)
 	}
 
@@ -486,9 +486,9 @@ func TestClusterQuorum(t *testing.T) {
 		}
 		return true
 	})
-	if st := a.Status(); !st.Quorum || st.SeenMembers != 2 || gaugeValue(t, a, "timerd_cluster_quorum") != 1 {
+	if st := a.Status(); !st.Quorum || st.SeenMembers != 2 || gaugeValue(t, a.Node, "timerd_cluster_quorum") != 1 {
 		t.Errorf("a with b: status quorum %v seen %d, gauge %v; want a quorum of 2 seen", st.Quorum, st.SeenMembers,
-			gaugeValue(t, a, "timerd_cluster_quorum"))
+			gaugeValue(t, a.Node, "timerd_cluster_quorum"))
 	}
 
 	// b stops: a is 1 of 3 again; its lease lapses and it fires nothing (it
@@ -496,12 +496,12 @@ func TestClusterQuorum(t *testing.T) {
 	b.stop(t)
 	testkit.Eventually(t, 15*time.Second, "a's lease lapses", func() bool {
 		out, _ := a.store.OutboxLen()
-		return gaugeValue(t, a, "timerd_lease") == 0 && !a.Status().Quorum && out == 0 &&
+		return gaugeValue(t, a.Node, "timerd_lease") == 0 && !a.Status().Quorum && out == 0 &&
 			get(t, readyURL) == http.StatusServiceUnavailable
 	})
 	before := len(sys.allEvents())
 	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if gaugeValue(t, a, "timerd_lease") != 0 {
+		if gaugeValue(t, a.Node, "timerd_lease") != 0 {
 			t.Fatal("a alone again holds a lease")
 		}
 	}

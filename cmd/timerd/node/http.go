@@ -106,20 +106,21 @@ func (n *Node) operator(h http.HandlerFunc) http.HandlerFunc {
 func (n *Node) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.cfg.Registry, promhttp.HandlerOpts{Registry: n.cfg.Registry}))
-	// Liveness: 200 while the process serves. A full disk does not fail it: a restart
-	// makes no room, and /readyz says what is wrong (docs/operations.md).
+	// Liveness: 503 when the scheduler engine's loop is stuck (a commit or a lock
+	// that does not return), which a restart cures. Not a full disk or a lost
+	// quorum: a restart makes no room and finds no peer, and /readyz says what is
+	// wrong (docs/operations.md).
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if behind, stuck := n.engineBehind(); stuck {
+			http.Error(w, fmt.Sprintf("unhealthy: the scheduler engine's loop has been stuck for %s (limit %s): a commit or lock that does not return",
+				behind.Round(time.Millisecond), n.stallLimit), http.StatusServiceUnavailable)
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !n.isReady() {
-			msg := "not ready: joining the cluster, loading the store and reconciling rules"
-			if _, err, failing := n.health.failing(); failing {
-				msg = "not ready: the store cannot commit: " + err.Error()
-			} else if n.cl != nil && n.cl.View().Version > 0 && !n.cl.View().Quorum {
-				msg = "not ready: waiting for a quorum of the cluster's members (see /v1/status)"
-			}
-			http.Error(w, msg, http.StatusServiceUnavailable)
+			http.Error(w, "not ready: "+n.notReadyReason(), http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))
@@ -192,6 +193,20 @@ func (n *Node) isReady() bool {
 	}
 	snap := d.snap.Load()
 	return snap.status.Settled && snap.leased(bootNow())
+}
+
+// notReadyReason says why the node is not ready (when isReady is false).
+func (n *Node) notReadyReason() string {
+	if _, err, failing := n.health.failing(); failing {
+		return "the store cannot commit: " + err.Error()
+	}
+	if n.cl != nil && n.cl.View().Version > 0 && !n.cl.View().Quorum {
+		return "waiting for a quorum of the cluster's members (see /v1/status)"
+	}
+	if !n.ready.Load() {
+		return *n.phase.Load() // starting, joining, loading, reconciling, stopping
+	}
+	return "acquiring a lease and the partitions of the cluster's view (see /v1/status)"
 }
 
 type metrics struct {
@@ -327,6 +342,10 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 			Name: "timerd_rules_invalid",
 			Help: "Stored rules whose timer does not parse, so not firing: a change made them invalid (the old schedule stopped, the watermark kept), or the node loaded them so. A valid change starts them again.",
 		}, func() float64 { return float64(n.invalid.count()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "timerd_engine_heartbeat_age_seconds",
+			Help: "How long the scheduler engine's loop has been at its current piece of work (taking due slots, one commit); 0 while it waits. Past 20 s it counts as stuck: /healthz answers 503 and systemd's watchdog is no longer fed.",
+		}, func() float64 { behind, _ := n.engineBehind(); return behind.Seconds() }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "timerd_ready",
 			Help: "1 when the node has joined, loaded its share of the rules and reconciled, else 0.",

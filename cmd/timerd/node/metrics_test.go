@@ -56,6 +56,7 @@ func TestNodeExportsEveryMetric(t *testing.T) {
 		"timerd_delivery_rule_pauses_total",
 		"timerd_delivery_rules_paused",
 		"timerd_delivery_seconds",
+		"timerd_engine_heartbeat_age_seconds",
 		"timerd_fire_lateness_seconds",
 		"timerd_fires_fenced_total",
 		"timerd_fires_total",

@@ -71,6 +71,14 @@ type Config struct {
 	// Pprof serves Go's profiles at /debug/pprof/, an operator endpoint.
 	Pprof bool
 
+	// Notify, if set, is told the node's state in systemd's notify protocol
+	// (sd_notify(3); SystemdNotifier makes it): READY=1 once /readyz would
+	// answer 200, STATUS= lines, STOPPING=1 when shutdown begins, and
+	// WATCHDOG=1 every Watchdog/2 while the scheduler engine's loop is alive
+	// (sdnotify.go). Watchdog is the unit's WatchdogSec; 0 sends no WATCHDOG=1.
+	Notify   func(state string) error
+	Watchdog time.Duration
+
 	// Lifecycle delivers rule lifecycle messages in process (timerd dev
 	// without a broker). At most one of Lifecycle and MQ; with neither,
 	// rules come from reconcile (and StartupRules) only.
@@ -176,6 +184,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("shutdown timeout: must not be negative, got %s", c.ShutdownTimeout)
 	case c.CommitFailureLeaveAfter < 0:
 		return fmt.Errorf("commit failure leave after: must not be negative, got %s", c.CommitFailureLeaveAfter)
+	case c.Watchdog < 0:
+		return fmt.Errorf("watchdog: must not be negative, got %s", c.Watchdog)
 	case c.Tokens != nil && (c.Token != "" || c.TokenFile != ""):
 		return errors.New("tokens: set Token or TokenFile, or Tokens, not both")
 	case c.MQ != nil && c.Lifecycle != nil:
@@ -217,6 +227,16 @@ type Node struct {
 	placed   atomic.Bool  // the node's share of the rules is in the engine
 	invalid  invalidRules
 	fired    firedLog // the last fires' lateness of the rules fired here (lateness.go)
+	// phase is what the node is doing before it is first ready, and when it
+	// stops: /readyz and systemd's STATUS= say it.
+	phase atomic.Pointer[string]
+	// stallLimit: the engine's heartbeat further behind makes /healthz fail
+	// and stops the watchdog's pings (engineStallLimit; tests shorten it).
+	stallLimit time.Duration
+	notifier   *notifier // nil without Config.Notify
+	// beforeCommit, if set, is called at the start of each commit of fires:
+	// a test makes the engine stall in it.
+	beforeCommit func()
 
 	// registered is what the node's parts registered on cfg.Registry,
 	// unregistered by Close, or when New fails.
@@ -253,7 +273,9 @@ func New(cfg Config) (_ *Node, err error) {
 	if err := auth.PrivateDir(cfg.DataDir, cfg.Logger); err != nil {
 		return nil, &SettingError{Setting: "TIMERD_DATA_DIR", Err: fmt.Errorf("%q: %w", cfg.DataDir, err)}
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "node"), batches: make(chan batchReq)}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "node"), batches: make(chan batchReq), stallLimit: engineStallLimit}
+	n.setPhase("starting")
+	n.notifier = newNotifier(n)
 	// What is open when a later part fails is released here, last first.
 	defer func() {
 		if err == nil {
@@ -409,6 +431,9 @@ func (n *Node) liveMembers() int {
 	return max(1, len(s.status.View))
 }
 
+// setPhase notes what the node is doing (Node.phase).
+func (n *Node) setPhase(what string) { n.phase.Store(&what) }
+
 // HTTPAddr is the bound address of the node's HTTP endpoints, "" if none.
 func (n *Node) HTTPAddr() string {
 	if n.ln == nil {
@@ -457,11 +482,19 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		n.health.run(httpCtx, n.store.Probe)
 		return nil
 	})
+	if n.notifier != nil {
+		g.Go(func() error {
+			n.notifier.run(httpCtx)
+			return nil
+		})
+	}
 	abort := func(err error) error {
+		n.notifyStopping("stopping before the node was ready")
 		stopHTTP()
 		return errors.Join(err, g.Wait())
 	}
 	if n.cl != nil {
+		n.setPhase("joining the cluster")
 		// Nothing fires before Join decides: joined (with the peers'
 		// recent watermarks merged) or alone after the join timeout.
 		res, err := n.cl.Join(ctx)
@@ -474,11 +507,13 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		n.log.Info("cluster decided", "alone", res.Alone, "timed_out", res.TimedOut, "contacted", res.Contacted,
 			"gossip", n.cl.LocalAddr())
 	}
+	n.setPhase("loading the store")
 	loaded, err := n.load()
 	if err != nil {
 		return abort(err)
 	}
 	n.log.Info("store loaded", "path", n.store.Path(), "rules", loaded, "owned", n.engine.Len())
+	n.setPhase("reconciling rules with the API")
 
 	engineDone := make(chan struct{})
 	ownDone := make(chan struct{})
@@ -512,10 +547,14 @@ func (n *Node) Run(ctx context.Context) (err error) {
 	g.Go(func() error {
 		<-gctx.Done()
 		n.ready.Store(false)
+		n.setPhase("stopping")
+		n.log.Info("shutting down: stopping intake and firing, then flushing the outbox", "shutdown_timeout", n.cfg.ShutdownTimeout.String())
+		n.notifyStopping("stopping: intake and firing stop")
 		<-intakeDone // no rule change reaches the engine from here on
 		stopEngine()
 		<-engineDone // nothing fires from here on
 		if n.drv != nil {
+			n.notifyStatus("stopping: handing the partitions over")
 			// The peers acquire this node's partitions from it (with its
 			// watermarks), then its incarnation retires.
 			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout/2)
@@ -533,6 +572,10 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		}
 		flushCtx, cancel := context.WithTimeout(context.Background(), flushFor)
 		defer cancel()
+		if depth, _ := n.store.OutboxLen(); depth > 0 {
+			n.log.Info("flushing the outbox", "events", depth, "within", flushFor.String())
+			n.notifyStatus(fmt.Sprintf("stopping: flushing %d events of the outbox (up to %s)", depth, flushFor))
+		}
 		flushErr := n.delivery.Flush(flushCtx)
 		if flushErr != nil && n.drv != nil {
 			stopDelivery()
@@ -545,6 +588,7 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		stopOwn()
 		<-ownDone
 		if n.cl != nil {
+			n.notifyStatus("stopping: leaving the cluster")
 			// Leaves memberlist.
 			leaveCtx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 			start := time.Now()
@@ -647,6 +691,9 @@ func (n *Node) load() (int, error) {
 // lease valid before the commit, and the driver checks both again after it
 // (Committed), before the fires are replicated and become deliverable.
 func (n *Node) commit(fires []scheduler.Fire) error {
+	if n.beforeCommit != nil {
+		n.beforeCommit()
+	}
 	if n.drv != nil {
 		refs, ready, err := n.commitFired(fires)
 		if err != nil || len(refs) == 0 {

@@ -80,14 +80,14 @@ func TestReadyzSaysTheStoreCannotCommit(t *testing.T) {
 	if code := get(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d, want 200", code)
 	}
-	if got := gaugeValue(t, rn, "timerd_store_commit_failing"); got != 1 {
+	if got := gaugeValue(t, rn.Node, "timerd_store_commit_failing"); got != 1 {
 		t.Errorf("timerd_store_commit_failing: %v, want 1", got)
 	}
-	if got := gaugeValue(t, rn, "timerd_ready"); got != 0 {
+	if got := gaugeValue(t, rn.Node, "timerd_ready"); got != 0 {
 		t.Errorf("timerd_ready: %v, want 0", got)
 	}
 	testkit.Eventually(t, 5*time.Second, "ready again after a probe", func() bool { return get(t, base+"/readyz") == http.StatusOK })
-	if got := gaugeValue(t, rn, "timerd_store_commit_failing"); got != 0 {
+	if got := gaugeValue(t, rn.Node, "timerd_store_commit_failing"); got != 0 {
 		t.Errorf("timerd_store_commit_failing after the probe: %v, want 0", got)
 	}
 }
