@@ -66,6 +66,8 @@ type Member struct {
 	Addr  string `json:"addr"`  // host:port of its gossip
 	State string `json:"state"` // StateAlive, StateSuspect, StateDead or StateLeft
 	Self  bool   `json:"self,omitempty"`
+	// HTTPAddr is host:port of its HTTP endpoints, as its node meta tells; "" if unknown.
+	HTTPAddr string `json:"http_addr,omitempty"`
 }
 
 // JoinResult says how Join decided.
@@ -105,6 +107,8 @@ type Cluster struct {
 
 	tr transport // protocol messages (transport.go)
 
+	meta []byte // this node's memberlist meta (meta.go)
+
 	life    sync.Mutex // guards stopped and wg.Add
 	stopped bool
 	stop    chan struct{}
@@ -116,6 +120,7 @@ type Cluster struct {
 
 type memberState struct {
 	addr  string
+	http  string // its HTTP endpoints' host:port (meta.go), "" if unknown
 	state string
 	since time.Time
 	node  memberlist.Node // a copy, for sending to it
@@ -144,6 +149,7 @@ func New(cfg Config) (*Cluster, error) {
 		leaving: map[string]time.Time{},
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
+		meta:    encodeMeta(cfg.HTTPAddr),
 	}
 	c.view.Store(&View{Self: cfg.NodeName, Expect: cfg.Expect})
 	c.joinCtx, c.cancelJoin = context.WithCancel(context.Background())
@@ -587,7 +593,7 @@ func (c *Cluster) Members() []Member {
 	c.mu.Lock()
 	out := make([]Member, 0, len(c.members))
 	for name, m := range c.members {
-		out = append(out, Member{Name: name, Addr: m.addr, State: m.state, Self: name == c.cfg.NodeName})
+		out = append(out, Member{Name: name, Addr: m.addr, HTTPAddr: m.http, State: m.state, Self: name == c.cfg.NodeName})
 	}
 	c.mu.Unlock()
 	slices.SortFunc(out, func(a, b Member) int {
@@ -738,8 +744,6 @@ func (b *broadcast) Finished()       {}
 // memberlist (its events arrive under memberlist's node lock).
 type delegate struct{ c *Cluster }
 
-func (d *delegate) NodeMeta(int) []byte { return nil }
-
 // NotifyMsg takes a protocol packet (transport.go) or a leave intent; any other packet is
 // dropped and counted as the protocol's (in, version; in, malformed when shorter than a
 // header): the watermark packets of an older build, whose gossip this node no longer runs,
@@ -814,7 +818,7 @@ func (d *delegate) set(n *memberlist.Node, state string) {
 	now := time.Now()
 	c.mu.Lock()
 	prev, had := c.members[n.Name]
-	c.members[n.Name] = &memberState{addr: n.Address(), state: state, since: now, node: *n}
+	c.members[n.Name] = &memberState{addr: n.Address(), http: c.httpAddrOf(n), state: state, since: now, node: *n}
 	knownChanged := n.Name != c.cfg.NodeName && (had && prev.state == StateAlive) != (state == StateAlive)
 	alive, gone := 0, 0
 	for name, m := range c.members {

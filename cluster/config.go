@@ -81,6 +81,10 @@ type Config struct {
 	KeyringReload time.Duration
 	// LeaveTimeout bounds Leave when its context has no earlier deadline.
 	LeaveTimeout time.Duration
+	// HTTPAddr is host:port of this node's HTTP endpoints, told to the peers in its
+	// memberlist node meta (Cluster.HTTPAddr): a host of 0.0.0.0, :: or none stands for
+	// the IP its gossip is reached at. "": the node serves none.
+	HTTPAddr string
 	// Ring shapes the hash ring; every node must use the same.
 	Ring RingConfig
 	// MessageBuffer is the capacity of Messages, the protocol messages received and not yet
@@ -157,6 +161,14 @@ func (c Config) Validate() error {
 	for i, j := range c.Join {
 		if _, _, err := splitHostPort(j, true); err != nil {
 			return bad("Join", "entry %d %q: %v", i, j, err)
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, p, err := splitHostPort(c.HTTPAddr, false); err != nil || p == 0 {
+			return bad("HTTPAddr", "%q: want host:port with a port in 1..65535", c.HTTPAddr)
+		}
+		if len(c.HTTPAddr) > maxHTTPAddrLen {
+			return bad("HTTPAddr", "longer than %d bytes", maxHTTPAddrLen)
 		}
 	}
 	if c.JoinTimeout < 0 {

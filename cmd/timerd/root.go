@@ -24,6 +24,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newDevCmd(), newAPICmd(), newScheduleCmd(), newTokenCmd(), newVersionCmd(), newStatusCmd(), newDeadLettersCmd())
 	root.AddCommand(newAgentCmd())
 	root.AddCommand(newStoreCmd())
+	root.AddCommand(newRulesCmd())
 	return root
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/timerd/timerd/auth"
@@ -24,9 +25,11 @@ const maxClientBody = 64 << 20
 // a redirect, which would take the operator's token to another host. It
 // sets no timeout of its own: the caller bounds each call with its ctx.
 type Client struct {
-	base  string
-	token string
-	http  *http.Client
+	base    string
+	token   string
+	http    *http.Client
+	header  http.Header // sent with every request (a forward's)
+	maxBody int         // 0: maxClientBody
 }
 
 // NewClient returns a Client of the node at baseURL (http(s)://host:port,
@@ -64,6 +67,18 @@ func (c *Client) DeadLetters(ctx context.Context, after uint64, limit int) (Dead
 	return page, raw, err
 }
 
+// DescribeRule reads GET /v1/rules/{id}: the rule as its owner describes it
+// (the node asked forwards the request), and the JSON as served. A rule no
+// node knows is a *StatusError of 404.
+func (c *Client) DescribeRule(ctx context.Context, id int64) (RuleDescription, []byte, error) {
+	var d RuleDescription
+	raw, err := c.call(ctx, http.MethodGet, "/v1/rules/"+strconv.FormatInt(id, 10), nil, "a rule description", &d)
+	if err == nil && d.RuleID != id {
+		return RuleDescription{}, nil, fmt.Errorf("GET %s/v1/rules/%d: the answer describes rule %d", c.base, id, d.RuleID)
+	}
+	return d, raw, err
+}
+
 // Redrive asks POST /v1/dead-letters/redrive to move the dead letters of
 // ids back into the outbox; nil ids: every one.
 func (c *Client) Redrive(ctx context.Context, ids []uint64) (RedriveResult, error) {
@@ -99,6 +114,9 @@ func (c *Client) send(ctx context.Context, method, u string, body io.Reader) (*h
 	if err != nil {
 		return nil, err
 	}
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -131,12 +149,16 @@ func (c *Client) do(ctx context.Context, method, u string, body []byte) ([]byte,
 	if auth.IsRedirect(resp) {
 		return nil, fmt.Errorf("%s %s: %s", method, u, auth.RedirectNote(resp))
 	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxClientBody+1))
+	limit := c.maxBody
+	if limit <= 0 {
+		limit = maxClientBody
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("%s %s: read: %w", method, u, err)
-	case len(raw) > maxClientBody:
-		return nil, fmt.Errorf("%s %s: status %d: the answer is larger than %d bytes", method, u, resp.StatusCode, maxClientBody)
+	case len(raw) > limit:
+		return nil, fmt.Errorf("%s %s: status %d: the answer is larger than %d bytes", method, u, resp.StatusCode, limit)
 	case resp.StatusCode != http.StatusOK:
 		return nil, &StatusError{Method: method, URL: u, Code: resp.StatusCode,
 			Message: scheduler.Truncate(strings.TrimSpace(string(raw)), 200)}

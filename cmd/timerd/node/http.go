@@ -139,6 +139,7 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("GET /v1/dead-letters", n.operator(n.handleDeadLetters))
 	mux.HandleFunc("POST /v1/dead-letters/redrive", n.operator(n.handleRedrive))
 	mux.HandleFunc("GET /v1/backup", n.operator(n.backupHandler()))
+	mux.HandleFunc("GET /v1/rules/{id}", n.operator(n.handleDescribe))
 	return mux
 }
 

@@ -226,6 +226,7 @@ type Node struct {
 	ready    atomic.Bool  // intake: reconciled (and consuming)
 	placed   atomic.Bool  // the node's share of the rules is in the engine
 	invalid  invalidRules
+	fired    firedLog // the last fires' lateness of the rules fired here (lateness.go)
 	// phase is what the node is doing before it is first ready, and when it
 	// stops: /readyz and systemd's STATUS= say it.
 	phase atomic.Pointer[string]
@@ -329,7 +330,7 @@ func New(cfg Config) (_ *Node, err error) {
 		retryMax = time.Second
 	}
 	n.engine, err = scheduler.New(scheduler.Config{
-		Commit:              n.commit,
+		Commit:              n.commitRecorded, // n.commit, then lateness for describe
 		Now:                 cfg.Now,
 		DefaultMisfireGrace: cfg.MisfireGrace,
 		RetryMax:            retryMax,
@@ -388,6 +389,9 @@ func New(cfg Config) (_ *Node, err error) {
 	if cfg.Cluster != nil {
 		// Last: it binds the gossip port and starts gossiping.
 		cc := cfg.clusterConfig()
+		if cc.HTTPAddr == "" {
+			cc.HTTPAddr = n.HTTPAddr() // told to the peers: describe forwards to a rule's owner
+		}
 		if cfg.Cluster.Registerer == nil {
 			cc.Registerer = reg // the node's, undone with the rest
 		}
