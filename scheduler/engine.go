@@ -299,7 +299,10 @@ type Engine struct {
 	calls           uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
 	lastPop         int64  // Unix ns of the last wake that fired, for Coalesce
 
-	// reported are the host's misses (ReportMissed) not yet in a batch.
+	// reported are the host's misses (ReportMissed) not yet in a batch. Its
+	// own lock, taken after mu where both are: a host may report while the
+	// engine calls it under mu (LoadFrom's callback).
+	reportMu sync.Mutex
 	reported []Miss
 
 	// Owned by the Run goroutine (and written under mu while planning).
@@ -790,11 +793,13 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 	e.fires, e.flights = e.fires[:0], e.flights[:0]
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.reportMu.Lock()
 	if len(e.reported) > 0 {
 		e.missed = append(e.missed, e.reported...)
 		clear(e.reported)
 		e.reported = e.reported[:0]
 	}
+	e.reportMu.Unlock()
 	now := e.cfg.Now().Round(0) // FiredAt is a wall-clock time
 	nowKey := key(now)
 	for popped := 1; ; popped++ {

@@ -98,14 +98,15 @@ func (e *Engine) missRun(id int64, t *Timer, from, to, now time.Time, reason Mis
 
 // ReportMissed hands the engine misses its host decided (a verdict, an
 // invalid rule): they are committed with the next batch, which they start if
-// nothing is due. At most maxReported wait; more are dropped.
+// nothing is due. At most maxReported wait; more are dropped. It may be called
+// from any goroutine, also from LoadFrom's callback.
 func (e *Engine) ReportMissed(ms ...Miss) {
 	if len(ms) == 0 {
 		return
 	}
-	e.mu.Lock()
+	e.reportMu.Lock()
 	room := max(0, maxReported-len(e.reported))
 	e.reported = append(e.reported, ms[:min(room, len(ms))]...)
-	e.mu.Unlock()
+	e.reportMu.Unlock()
 	e.signal()
 }

@@ -254,3 +254,17 @@ func TestReportMissedIsBounded(t *testing.T) {
 	}
 	e.ReportMissed() // nothing: no wake-up owed
 }
+
+// A host may report a miss from LoadFrom's callback, which runs with the
+// engine locked (a node reports a stored rule that does not parse as it loads).
+func TestReportMissedFromLoadFrom(t *testing.T) {
+	e, _ := newEngine(t, Config{})
+	err := e.LoadFrom(1, func(add func(Item)) error {
+		e.ReportMissed(Miss{RuleID: 3, Reason: MissInvalidSchedule})
+		add(Item{ID: 4, Timer: every(time.Second, time.Now())})
+		return nil
+	})
+	if err != nil || e.Len() != 1 || len(e.reported) != 1 {
+		t.Errorf("LoadFrom reporting a miss: err %v, %d rules, %d reported; want nil, 1, 1", err, e.Len(), len(e.reported))
+	}
+}

@@ -186,8 +186,8 @@ func putMissed(tx *bolt.Tx, ms []MissedSlot) error {
 		v := encodeMissed(m)
 		c := mb.Cursor()
 		// The rule's last record: the one before the next rule's first.
-		lastK, lastV := c.Seek(missedKey(m.RuleID+1, 0))
-		if lastK == nil {
+		var lastK, lastV []byte
+		if k, _ := c.Seek(missedKey(m.RuleID+1, 0)); k == nil {
 			lastK, lastV = c.Last()
 		} else {
 			lastK, lastV = c.Prev()
