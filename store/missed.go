@@ -271,3 +271,26 @@ func (s *Store) MissedSlots(ruleID int64) ([]MissedSlot, error) {
 	}
 	return out, nil
 }
+
+// LastFirers is, for each of ids whose watermark has a fire chain, the incarnation that
+// fired (or skipped) its latest slot: the chain's last point. One read transaction.
+// The node tells a late fire after a change of owner from one after its own outage by it.
+func (s *Store) LastFirers(ids []int64) (map[int64]protocol.Incarnation, error) {
+	out := make(map[int64]protocol.Incarnation, len(ids))
+	err := s.view(func(tx *bolt.Tx) error {
+		for _, id := range ids {
+			_, chain, ok, err := s.snapshotWatermark(tx, id)
+			if err != nil {
+				return err
+			}
+			if ok && len(chain) > 0 {
+				out[id] = chain[len(chain)-1].Firer
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap("last firers", err)
+	}
+	return out, nil
+}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 func missedSlot(id int64, from time.Time, n int, reason string) MissedSlot {
@@ -278,4 +280,25 @@ func TestOpenFileOfEarlierBuild(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// LastFirers names who fired each rule's latest slot, from its fire chain; a rule
+// without a chain (or without a watermark) is left out.
+func TestLastFirers(t *testing.T) {
+	s := openTest(t, Options{NoSync: true})
+	putTestRules(t, s, 1, 2, 3)
+	a, b := protocol.Incarnation{Node: "a", N: 1}, protocol.Incarnation{Node: "b", N: 7}
+	slot := t0.UnixNano()
+	if err := s.MergeWatermarks([]protocol.Watermark{
+		{Rule: 1, Slot: slot, Count: 2, Chain: protocol.Chain{
+			{From: slot - 2e9, Last: slot - 1e9, Firer: a, Epoch: protocol.Epoch{N: 1, Node: "a"}},
+			{From: slot - 1e9, Last: slot, Firer: b, Epoch: protocol.Epoch{N: 2, Node: "b"}}}},
+		{Rule: 2, Slot: slot, Count: 1},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.LastFirers([]int64{1, 2, 3, 4})
+	if err != nil || len(got) != 1 || got[1] != b {
+		t.Errorf("LastFirers = %v, %v; want rule 1 by %s only", got, err, b)
+	}
 }

@@ -85,24 +85,33 @@ func (n *Node) reportInvalid(id int64) {
 }
 
 // refineOwnerChanging tells, among records of fires late by catch-up (node_down),
-// those where ownership moved: the rule's fire chain says another node fired it last,
-// so the slots in between were missed while the rule changed hands. stepMu is held;
-// a watermark this batch merged and has not written yet is read from the overlay.
-func (d *driver) refineOwnerChanging(ms []store.MissedSlot, self string) {
+// those where ownership moved: the rule's fire chain, as the store holds it, says
+// another node fired it last, so the slots in between were missed while the rule
+// changed hands. It reads the store in one transaction, only when there are such
+// records; stepMu is not held (a watermark merged in the driver's current batch and
+// not yet written is not seen: the record keeps node_down).
+func (d *driver) refineOwnerChanging(ms []store.MissedSlot) {
+	var ids []int64
+	for _, m := range ms {
+		if m.Reason == string(scheduler.MissNodeDown) {
+			ids = append(ids, m.RuleID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	last, err := d.n.store.LastFirers(ids)
+	if err != nil {
+		return // kept as node_down: the record is not worth failing the commit for
+	}
+	self := d.memberCfg.Self.Node
 	for i := range ms {
 		if ms[i].Reason != string(scheduler.MissNodeDown) {
 			continue
 		}
-		wm, ok := d.overlay[ms[i].RuleID]
-		if !ok {
-			var err error
-			if wm, ok, err = d.n.store.LoadWatermark(ms[i].RuleID); err != nil || !ok {
-				continue // kept as node_down: the record is not worth failing the commit for
-			}
-		}
-		if c := wm.Chain; len(c) > 0 && c[len(c)-1].Firer.Node != self {
+		if by, ok := last[ms[i].RuleID]; ok && by.Node != self {
 			ms[i].Reason = string(scheduler.MissOwnerChanging)
-			ms[i].Detail = "last fired by " + scheduler.Truncate(c[len(c)-1].Firer.Node, 64)
+			ms[i].Detail = "last fired by " + scheduler.Truncate(by.Node, 64)
 		}
 	}
 }

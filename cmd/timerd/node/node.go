@@ -695,6 +695,11 @@ func (n *Node) commit(fires []scheduler.Fire, missed []scheduler.Miss) error {
 // (duplicate_guard).
 func (n *Node) commitFired(fires []scheduler.Fire, missed []scheduler.Miss) (refs []protocol.EventRef, ready bool, err error) {
 	d := n.drv
+	ms := missedRecords(missed)
+	if len(ms) > 0 {
+		// Reads the store: before stepMu, which the member's steps (heartbeats) wait for.
+		d.refineOwnerChanging(ms)
+	}
 	d.stepMu.Lock()
 	defer d.stepMu.Unlock()
 	if d.offline.Load() {
@@ -703,10 +708,6 @@ func (n *Node) commitFired(fires []scheduler.Fire, missed []scheduler.Miss) (ref
 	snap := d.snap.Load()
 	now := bootNow()
 	recs := make([]store.FireRecord, 0, len(fires))
-	ms := missedRecords(missed)
-	if len(ms) > 0 {
-		d.refineOwnerChanging(ms, snap.self.Node)
-	}
 	for _, f := range fires {
 		if d.decidedMeanwhile(f.RuleID, f.Slot.UnixNano()) {
 			// A verdict or a peer's record got there first (as the store checks its own).
