@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -87,7 +88,11 @@ func missedKey(rule int64, seq uint64) []byte {
 func encodeMissed(m MissedSlot) []byte {
 	detail := m.Detail
 	if len(detail) > maxMissedDetail {
-		detail = detail[:maxMissedDetail] // bytes, not runes: the reader gets it as stored
+		cut := maxMissedDetail
+		for cut > 0 && !utf8.RuneStart(detail[cut]) {
+			cut-- // not inside a character
+		}
+		detail = detail[:cut]
 	}
 	b := make([]byte, 0, 1+8+8+10+1+1+len(m.Reason)+8+2+len(detail)+crcLen)
 	b = append(b, missedV1)

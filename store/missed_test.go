@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -67,16 +68,23 @@ func TestCommitBatchWritesMisses(t *testing.T) {
 		t.Errorf("MissedSlots(1) = %+v, want the day's run, then the late fire", got)
 	}
 	got = mustMissed(t, s, 2)
-	est.Detail = est.Detail[:maxMissedDetail]
-	if len(got) != 1 || !missedEqual(got[0], est) {
-		t.Errorf("MissedSlots(2) = %+v, want %+v (detail cut to %d bytes)", got, est, maxMissedDetail)
+	est.Detail = strings.Repeat("é", maxMissedDetail/2) // 2 bytes each: cut between characters
+	if len(got) != 1 || !missedEqual(got[0], est) || !utf8.ValidString(got[0].Detail) {
+		t.Errorf("MissedSlots(2) = %+v, want %+v (detail cut to %d bytes, valid UTF-8)", got, est, maxMissedDetail)
+	}
+	odd := MissedSlot{RuleID: 2, Reason: "invalid_schedule", Detail: "x" + strings.Repeat("é", 200)}
+	if err := s.RecordMissed([]MissedSlot{odd}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustMissed(t, s, 2); len(got) != 2 || !utf8.ValidString(got[1].Detail) || len(got[1].Detail) != maxMissedDetail-1 {
+		t.Errorf("a detail cut inside a character: %q (%d bytes), want valid UTF-8 of %d bytes", got[1].Detail, len(got[1].Detail), maxMissedDetail-1)
 	}
 	// A batch of misses alone.
 	if _, err := s.CommitBatch(nil, []MissedSlot{missedSlot(2, t0.Add(2*time.Hour), 5, "skipped_by_policy")}); err != nil {
 		t.Fatal(err)
 	}
-	if got := mustMissed(t, s, 2); len(got) != 2 {
-		t.Errorf("after a batch of misses alone: %d records of rule 2, want 2", len(got))
+	if got := mustMissed(t, s, 2); len(got) != 3 || got[2].Count != 5 {
+		t.Errorf("after a batch of misses alone: %+v of rule 2, want 3 records, the last of 5 slots", got)
 	}
 	if got := mustMissed(t, s, 3); len(got) != 0 {
 		t.Errorf("MissedSlots of a rule without any = %+v, want none", got)
