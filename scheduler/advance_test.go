@@ -15,7 +15,7 @@ func TestAdvanceSkipsSlotsFiredElsewhere(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var mu sync.Mutex
 		var fired []Fire
-		e, err := New(Config{Commit: func(fs []Fire) error {
+		e, err := New(Config{Commit: func(fs []Fire, _ []Miss) error {
 			mu.Lock()
 			fired = append(fired, fs...)
 			mu.Unlock()

@@ -18,7 +18,7 @@ func TestCompactRulesFireWithTheirTimers(t *testing.T) {
 		slot time.Time
 	}
 	var fired []seen
-	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func(fs []Fire) error {
+	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func(fs []Fire, _ []Miss) error {
 		for _, f := range fs {
 			want := timers[f.RuleID]
 			if !f.Timer.Equal(want) || f.Timer.shape() != want.shape() {
@@ -122,7 +122,7 @@ func TestCompactRulesFireWithTheirTimers(t *testing.T) {
 // Past maxTemplates distinct templates, rules keep their timers whole, and fire.
 func TestCompactTemplatesAreBounded(t *testing.T) {
 	clock := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire) error { return nil }})
+	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire, []Miss) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestCompactTemplatesAreBounded(t *testing.T) {
 // scratch is overwritten after each rule and scribbled on after the load.
 func TestLoadFromKeepsNoBorrowedTimer(t *testing.T) {
 	clock := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire) error { return nil }})
+	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire, []Miss) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestLoadFromKeepsNoBorrowedTimer(t *testing.T) {
 // the middle (an upsert that must find the rule just added).
 func TestLoadIndexesEveryRule(t *testing.T) {
 	clock := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire) error { return nil }})
+	e, err := New(Config{Now: func() time.Time { return clock }, Commit: func([]Fire, []Miss) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,11 +15,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// CommitFunc durably records fires (one bbolt transaction). It is called only
-// from the engine goroutine. The slice, and the Timers its fires point to, are
-// reused once it returns: copy what you keep. An error makes the engine retry
-// the same fires after a backoff.
-type CommitFunc func(fires []Fire) error
+// CommitFunc durably records fires (one bbolt transaction), and with them the
+// misses the engine decided or was told of since the last commit (missed:
+// usually empty; a batch may hold misses and no fires, such as slots a skip
+// policy dropped). It is called only from the engine goroutine. The slices, and
+// the Timers the fires point to, are reused once it returns: copy what you
+// keep. An error makes the engine retry the same fires and misses after a
+// backoff.
+type CommitFunc func(fires []Fire, missed []Miss) error
 
 // Config configures an Engine.
 type Config struct {
@@ -301,8 +304,15 @@ type Engine struct {
 	calls           uint64 // Next and Last calls made by the engine; tests check catch-up stays cheap
 	lastPop         int64  // Unix ns of the last wake that fired, for Coalesce
 
+	// reported are the host's misses (ReportMissed) not yet in a batch. Its
+	// own lock, taken after mu where both are: a host may report while the
+	// engine calls it under mu (LoadFrom's callback).
+	reportMu sync.Mutex
+	reported []Miss
+
 	// Owned by the Run goroutine (and written under mu while planning).
 	fires   []Fire
+	missed  []Miss // the batch's misses: plan's and those reported
 	flights []flight
 	ring    []time.Time // catch-up scratch, MaxCatchUp long
 	// timers hold the whole timers of the batch's compact rules, which its
@@ -524,7 +534,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.working()
 		taken := time.Now() // monotonic, whatever Config.Now says
 		wait, armed := e.prepare()
-		if len(e.flights) > 0 {
+		if len(e.flights) > 0 || len(e.missed) > 0 {
 			full := len(e.fires) >= e.cfg.MaxBatch
 			if !e.commit(ctx, tm) {
 				return nil
@@ -813,6 +823,13 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 	e.fires, e.flights = e.fires[:0], e.flights[:0]
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.reportMu.Lock()
+	if len(e.reported) > 0 {
+		e.missed = append(e.missed, e.reported...)
+		clear(e.reported)
+		e.reported = e.reported[:0]
+	}
+	e.reportMu.Unlock()
 	now := e.cfg.Now().Round(0) // FiredAt is a wall-clock time
 	nowKey := key(now)
 	for popped := 1; ; popped++ {
@@ -822,7 +839,7 @@ func (e *Engine) prepare() (wait time.Duration, armed bool) {
 			return 0, false
 		}
 		if root.at > nowKey {
-			if len(e.flights) > 0 {
+			if len(e.flights) > 0 || len(e.missed) > 0 {
 				return 0, false
 			}
 			return e.waitFor(root.at, nowKey), true
@@ -894,9 +911,9 @@ func (e *Engine) commit(ctx context.Context, tm *time.Timer) bool {
 		slices.SortStableFunc(e.fires, bySlot)
 	}
 	delay := e.cfg.RetryMin
-	for len(e.fires) > 0 {
+	for len(e.fires) > 0 || len(e.missed) > 0 {
 		start := time.Now()
-		err := e.cfg.Commit(e.fires)
+		err := e.cfg.Commit(e.fires, e.missed)
 		e.working() // a commit that returned, failed or not, is progress
 		e.m.commit.Observe(time.Since(start).Seconds())
 		if err == nil {
@@ -904,7 +921,7 @@ func (e *Engine) commit(ctx context.Context, tm *time.Timer) bool {
 			break
 		}
 		e.m.commitErrors.Inc()
-		e.log.Warn("commit of fires failed; retrying", "fires", len(e.fires), "retry_in", delay, "err", err)
+		e.log.Warn("commit of fires failed; retrying", "fires", len(e.fires), "missed", len(e.missed), "retry_in", delay, "err", err)
 		tm.Reset(delay)
 		e.waiting()
 		select {
@@ -939,6 +956,7 @@ func (e *Engine) refresh() {
 	}
 	if gone != nil {
 		e.fires = slices.DeleteFunc(e.fires, func(f Fire) bool { return gone[f.RuleID] })
+		e.missed = slices.DeleteFunc(e.missed, func(m Miss) bool { return gone[m.RuleID] })
 	}
 	now := e.cfg.Now().Round(0)
 	for i := range e.fires {
@@ -969,6 +987,10 @@ func (e *Engine) apply() {
 		}
 	}
 	e.mu.Unlock()
+	if len(e.missed) > 0 {
+		clear(e.missed) // drop their Detail strings
+		e.missed = e.missed[:0]
+	}
 	if c := cap(e.fires); c > minScratch && len(e.fires) < c/8 {
 		// A batch far smaller than the scratch (which grew for a catch-up
 		// at start, say): let the scratch go rather than keep its peak.
@@ -988,6 +1010,9 @@ const minScratch = 256
 
 // observe records the metrics of a committed batch.
 func (e *Engine) observe() {
+	if len(e.fires) == 0 {
+		return // a batch of misses only
+	}
 	var byKind [len(kinds)]int // counted here, added once per batch
 	for i := range e.fires {
 		f := &e.fires[i]

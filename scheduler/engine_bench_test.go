@@ -68,7 +68,7 @@ func BenchmarkHeapRemoveAdd(b *testing.B) {
 // second, and a clock the benchmark moves. The timers are parsed, as in
 // production.
 func benchEngine(b *testing.B, n int, clock *time.Time) *Engine {
-	e, err := New(Config{Commit: func([]Fire) error { return nil }, Now: func() time.Time { return *clock }})
+	e, err := New(Config{Commit: func([]Fire, []Miss) error { return nil }, Now: func() time.Time { return *clock }})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func BenchmarkEngineMillionTimers(b *testing.B) {
 					}
 				}
 				before := heapInUse()
-				e, err := New(Config{Commit: func([]Fire) error { return nil }})
+				e, err := New(Config{Commit: func([]Fire, []Miss) error { return nil }})
 				if err != nil {
 					b.Fatal(err)
 				}

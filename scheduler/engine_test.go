@@ -22,12 +22,13 @@ var errBoom = errors.New("boom")
 // recorder is a CommitFunc that keeps what it committed and can fail.
 type recorder struct {
 	mu       sync.Mutex
-	batches  [][]Fire
+	batches  [][]Fire    // batches with fires
+	missed   []Miss      // the misses of every batch committed
 	attempts []time.Time // time.Now of every call, failed or not
 	fail     int         // fail this many calls from now
 }
 
-func (r *recorder) commit(fires []Fire) error {
+func (r *recorder) commit(fires []Fire, missed []Miss) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.attempts = append(r.attempts, time.Now())
@@ -35,8 +36,17 @@ func (r *recorder) commit(fires []Fire) error {
 		r.fail--
 		return errBoom
 	}
-	r.batches = append(r.batches, slices.Clone(fires))
+	if len(fires) > 0 {
+		r.batches = append(r.batches, slices.Clone(fires))
+	}
+	r.missed = append(r.missed, missed...)
 	return nil
+}
+
+func (r *recorder) misses() []Miss {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.missed)
 }
 
 func (r *recorder) fires() []Fire {
@@ -154,7 +164,7 @@ func checkInvariants(t *testing.T, e *Engine) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := func([]Fire) error { return nil }
+	ok := func([]Fire, []Miss) error { return nil }
 	tests := []struct {
 		name string
 		cfg  Config
@@ -777,7 +787,7 @@ func TestConcurrentUpsertRemove(t *testing.T) {
 	rec := &recorder{}
 	seen := map[[2]int64]bool{}
 	var dup error
-	commit := func(fs []Fire) error {
+	commit := func(fs []Fire, _ []Miss) error {
 		for _, f := range fs {
 			k := [2]int64{f.RuleID, f.Slot.UnixNano()}
 			if seen[k] && dup == nil {
@@ -785,7 +795,7 @@ func TestConcurrentUpsertRemove(t *testing.T) {
 			}
 			seen[k] = true
 		}
-		return rec.commit(fs)
+		return rec.commit(fs, nil)
 	}
 	e, _ := newEngine(t, Config{Commit: commit, MaxBatch: 50})
 	stop := start(t, e)

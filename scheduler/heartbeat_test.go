@@ -18,11 +18,11 @@ func TestHeartbeat(t *testing.T) {
 		rec := &recorder{}
 		e, _ := newEngine(t, Config{
 			RetryMin: 5 * time.Second, RetryMax: 5 * time.Second,
-			Commit: func(fires []Fire) error {
+			Commit: func(fires []Fire, missed []Miss) error {
 				if blocking.Load() {
 					<-block
 				}
-				return rec.commit(fires)
+				return rec.commit(fires, missed)
 			},
 		})
 		behind := func() time.Duration { return time.Since(e.Heartbeat()) }

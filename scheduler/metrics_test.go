@@ -86,7 +86,7 @@ func TestMetrics(t *testing.T) {
 
 func TestMetricsRegisterTwice(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	ok := func([]Fire) error { return nil }
+	ok := func([]Fire, []Miss) error { return nil }
 	if _, err := New(Config{Commit: ok, Registerer: reg}); err != nil {
 		t.Fatalf("first New: %v", err)
 	}

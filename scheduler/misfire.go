@@ -49,6 +49,10 @@ func (e *Engine) grace(t *Timer) (g time.Duration, limited bool) {
 //
 // When room runs out the plan stops early: the rule's next slot is still due
 // and the next batch plans the rest.
+//
+// Missed slots are reported in e.missed, a run per reason (missRun): those the
+// policy dropped (skipped, or collapsed by fire_once) and those fired late by
+// catch-up (node_down). An on-time plan reports nothing and costs nothing more.
 func (e *Engine) plan(id int64, t *Timer, wm Watermark, first, now time.Time, room int) planned {
 	p := planned{last: wm.Slot, count: wm.Count, next: first, hasNext: true}
 	s := first
@@ -67,6 +71,7 @@ func (e *Engine) plan(id int64, t *Timer, wm Watermark, first, now time.Time, ro
 			switch policy {
 			case Skip:
 				e.m.misfire(Skip, "skipped").Inc()
+				e.missRun(id, t, s, m, now, MissSkipped)
 				p.last = m
 				p.next, p.hasNext = e.nextSlot(t, m)
 				if !p.hasNext {
@@ -77,22 +82,33 @@ func (e *Engine) plan(id int64, t *Timer, wm Watermark, first, now time.Time, ro
 				start := e.catchUpStart(t, wm.Slot, s, m)
 				if start.After(s) {
 					e.m.misfire(FireAll, "skipped").Inc()
+					e.missBefore(id, t, wm.Slot, s, start, now, MissSkipped)
 				}
 				s = start
 			default:
 				if m.After(s) {
 					e.m.misfire(FireOnce, "skipped").Inc()
+					e.missBefore(id, t, wm.Slot, s, m, now, MissCollapsed)
 				}
 				s = m
 			}
 		}
 	}
+	var lateFrom, lateTo time.Time // the catch-up fires of this plan: one run of lateN
+	var lateN uint64
 	for room > 0 && !t.FireTime(id, s).After(now) {
 		nx, ok := e.nextSlot(t, s)
 		p.count++
 		f := Fire{RuleID: id, Slot: s, FiredAt: now, Count: p.count, CatchUp: missed && s.Before(cutoff), Timer: t}
 		if ok {
 			f.Next = nx
+		}
+		if f.CatchUp {
+			if lateN == 0 {
+				lateFrom = s
+			}
+			lateTo = s
+			lateN++
 		}
 		e.fires = append(e.fires, f)
 		p.n++
@@ -104,7 +120,20 @@ func (e *Engine) plan(id int64, t *Timer, wm Watermark, first, now time.Time, ro
 		}
 		s = nx
 	}
+	if lateN > 0 {
+		e.missed = append(e.missed, Miss{RuleID: id, From: lateFrom, To: lateTo, Count: lateN, Reason: MissNodeDown, At: now})
+	}
 	return p
+}
+
+// missBefore records the run of missed slots from first up to the slot before
+// until, as missRun, when there is one (wm is the rule's watermark slot).
+func (e *Engine) missBefore(id int64, t *Timer, wm, first, until, now time.Time, reason MissReason) {
+	to, ok := e.lastSlot(t, wm, until.Add(-time.Nanosecond))
+	if !ok || to.Before(first) {
+		to = first // a Last that disagrees with Next: one slot
+	}
+	e.missRun(id, t, first, to, now, reason)
 }
 
 // catchUpStart returns the oldest of the last MaxCatchUp slots in

@@ -7,7 +7,7 @@ import (
 
 func planEngine(t *testing.T, cfg Config) *Engine {
 	t.Helper()
-	cfg.Commit = func([]Fire) error { return nil }
+	cfg.Commit = func([]Fire, []Miss) error { return nil }
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -10,8 +10,8 @@ import (
 // slowCommit is a recorder whose commits take d (an fsync, say), so that
 // slots come due while a commit runs.
 func slowCommit(rec *recorder, d time.Duration) CommitFunc {
-	return func(fires []Fire) error {
-		err := rec.commit(fires)
+	return func(fires []Fire, missed []Miss) error {
+		err := rec.commit(fires, missed)
 		time.Sleep(d)
 		return err
 	}

@@ -25,4 +25,6 @@
 //	pending      rule id, slot, firer → event not deliverable yet (pending.go; since schema version 3)
 //	protocol     incarnation, held/, epochs/, fences/ (protocol.go; since schema version 3)
 //	deadletters  outbox sequence → event + reason, status, time
+//	missed       rule id, sequence → a run of slots that did not fire on time, why, when (missed.go;
+//	             created at Open when missing, outside the schema version)
 package store

@@ -87,7 +87,7 @@ const outboxFill = 1.0
 // call then folds the journal in a second, larger transaction, after the fires are
 // already durable.
 func (s *Store) CommitFires(recs []FireRecord) error {
-	_, err := s.commitFires(recs)
+	_, err := s.commitFires(recs, nil)
 	return err
 }
 
@@ -104,12 +104,18 @@ func (s *Store) CommitFires(recs []FireRecord) error {
 //   - keeps the watermark of a rule the store does not know, as MergeWatermarks does;
 //   - goes to the outbox ready when Ready, else pending (MarkReady, DropPending).
 func (s *Store) CommitFireRefs(recs []FireRecord) ([]protocol.EventRef, error) {
-	return s.commitFires(recs)
+	return s.commitFires(recs, nil)
 }
 
-func (s *Store) commitFires(recs []FireRecord) ([]protocol.EventRef, error) {
-	if len(recs) == 0 {
+// commitFires is CommitBatch: the fires and, with them, the missed-fire records ms.
+func (s *Store) commitFires(recs []FireRecord, ms []MissedSlot) ([]protocol.EventRef, error) {
+	if len(recs) == 0 && len(ms) == 0 {
 		return nil, nil
+	}
+	for _, m := range ms {
+		if err := validateMissed(m); err != nil {
+			return nil, s.wrap("commit fires", err)
+		}
 	}
 	for _, rec := range recs {
 		if err := validateEvent(rec.Event); err != nil {
@@ -235,6 +241,11 @@ func (s *Store) commitFires(recs []FireRecord) ([]protocol.EventRef, error) {
 		}
 		if jseq, err = journalAppend(tx, jrecs); err != nil {
 			return err
+		}
+		if len(ms) > 0 {
+			if err := putMissed(tx, ms); err != nil {
+				return err
+			}
 		}
 		return errors.Join(addCounter(tx, keyOutboxLen, added-acked), addCounter(tx, keyPendingLen, pend))
 	})

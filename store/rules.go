@@ -149,7 +149,7 @@ const (
 	watermarksFill = 1.0
 )
 
-// DeleteRule removes a rule and its watermark; a missing rule is not an error. Its
+// DeleteRule removes a rule, its watermark and its missed-fire log; a missing rule is not an error. Its
 // events already in the outbox stay: those fires happened.
 func (s *Store) DeleteRule(id int64) error {
 	s.wmu.Lock()
@@ -171,6 +171,9 @@ func (s *Store) DeleteRule(id int64) error {
 		if err := tx.Bucket(bucketWatermarks).Delete(k); err != nil {
 			return err
 		}
+		if err := deleteMissed(tx, id); err != nil {
+			return err
+		}
 		var err error
 		jseq, err = journalAppend(tx, jrecs)
 		return err
@@ -185,7 +188,7 @@ func (s *Store) DeleteRule(id int64) error {
 	return nil
 }
 
-// RemoveRules removes rules and their watermarks and records their tombstones, in one
+// RemoveRules removes rules, their watermarks and missed-fire logs and records their tombstones, in one
 // transaction; a rule not stored gets its tombstone all the same, and a tombstone
 // replaces an earlier one of the same id. The rules' events already in the outbox stay:
 // those fires happened. Nothing is written if any tombstone is invalid.
@@ -226,6 +229,9 @@ func (s *Store) RemoveRules(ts []Tombstone) error {
 			}
 			if err := wb.Delete(k); err != nil {
 				return fmt.Errorf("rule %d watermark: %w", t.ID, err)
+			}
+			if err := deleteMissed(tx, t.ID); err != nil {
+				return err
 			}
 			if err := tb.Put(k, encodeTombstone(t.Version)); err != nil {
 				return fmt.Errorf("rule %d tombstone: %w", t.ID, err)

@@ -187,6 +187,9 @@ func Open(path string, opts Options) (s *Store, err error) {
 	if err := s.init(); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
+	if err := s.ensureMissedBucket(); err != nil {
+		return nil, fmt.Errorf("open store %q: missed-fire log: %w", path, err)
+	}
 	if err := s.initJournal(); err != nil {
 		return nil, fmt.Errorf("open store %q: watermark journal: %w", path, err)
 	}

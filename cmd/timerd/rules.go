@@ -181,6 +181,27 @@ func printRule(w io.Writer, d node.RuleDescription, now time.Time) error {
 	}
 
 	fmt.Fprintln(w)
+	if len(d.Missed) == 0 {
+		fmt.Fprintf(w, "no missed fires recorded on %s\n", d.AnsweredBy)
+	} else {
+		fmt.Fprintln(tw, "MISSED FROM\tTO\tSLOTS\tREASON\tDETECTED\tDETAIL")
+		for _, m := range d.Missed {
+			count := strconv.FormatUint(m.Count, 10)
+			if m.Estimated {
+				count = "~" + count
+			}
+			from, to := "-", "-" // an invalid schedule's slots are not known
+			if !m.From.IsZero() {
+				from, to = ts(m.From), ts(m.To)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", from, to, count, m.Reason, m.DetectedAt.Format(time.RFC3339), m.Detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	fmt.Fprintln(w)
 	if d.DeadLettersTotal == 0 {
 		_, err := fmt.Fprintf(w, "no dead letters on %s\n", d.AnsweredBy)
 		return err

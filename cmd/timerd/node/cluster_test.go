@@ -383,7 +383,7 @@ func TestCommitChecksLeaseAndHolding(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			n.drv.snap.Store(&tc.snap)
-			if err := n.commit(fire); !errors.Is(err, tc.wantErr) {
+			if err := n.commit(fire, nil); !errors.Is(err, tc.wantErr) {
 				t.Fatalf("commit: %v, want %v", err, tc.wantErr)
 			}
 			pend, err := n.store.Pending()

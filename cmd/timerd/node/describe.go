@@ -77,9 +77,29 @@ type RuleDescription struct {
 	// dead letters it read).
 	DeadLetters      []DeadLetter `json:"dead_letters"`
 	DeadLettersTotal int          `json:"dead_letters_total"`
+	// Missed is the rule's missed-fire log on AnsweredBy, oldest first: the last
+	// MissedShown runs of slots that did not fire on time, with the reason
+	// (docs/timers.md#missed-fires). The node that fired the rule records them.
+	Missed []RuleMiss `json:"missed"`
 
 	GeneratedAt time.Time `json:"generated_at"`
 }
+
+// RuleMiss is one run of a rule's slots that did not fire on time.
+type RuleMiss struct {
+	From  time.Time `json:"from,omitzero"` // the run's first slot; absent when unknown
+	To    time.Time `json:"to,omitzero"`   // its last (equal to From for one)
+	Count uint64    `json:"count"`
+	// Estimated: Count is extrapolated (a long run of a cron schedule).
+	Estimated  bool      `json:"estimated,omitempty"`
+	Reason     string    `json:"reason"`
+	DetectedAt time.Time `json:"detected_at"`
+	Detail     string    `json:"detail,omitempty"`
+}
+
+// MissedShown is how many of a rule's missed-fire records describe shows: all a
+// node keeps (store's bound).
+const MissedShown = 100
 
 // RuleState is what AnsweredBy's store and engine hold of the rule.
 type RuleState struct {
@@ -235,7 +255,7 @@ func (n *Node) selfName() string {
 func (n *Node) describeLocal(id int64, owner string, part int) (d RuleDescription, known bool, err error) {
 	now := n.cfg.Now()
 	d = RuleDescription{RuleID: id, AnsweredBy: n.selfName(), Owner: owner, Next: []RuleSlot{}, Lateness: []RuleFire{},
-		DeadLetters: []DeadLetter{}, GeneratedAt: now.UTC()}
+		DeadLetters: []DeadLetter{}, Missed: []RuleMiss{}, GeneratedAt: now.UTC()}
 	if part >= 0 {
 		d.Partition = &part
 	}
@@ -303,7 +323,15 @@ func (n *Node) describeLocal(id int64, owner string, part int) (d RuleDescriptio
 	if d.DeadLetters, d.DeadLettersTotal, err = n.ruleDeadLetters(id); err != nil {
 		return d, false, err
 	}
-	known = ok || d.State.RemovedAt != nil || d.Watermark != nil || d.DeadLettersTotal > 0
+	missed, err := n.MissedSlots(id)
+	if err != nil {
+		return d, false, err
+	}
+	for _, m := range missed[max(0, len(missed)-MissedShown):] {
+		d.Missed = append(d.Missed, RuleMiss{From: m.From.UTC(), To: m.To.UTC(), Count: m.Count, Estimated: m.Estimated,
+			Reason: m.Reason, DetectedAt: m.DetectedAt.UTC(), Detail: m.Detail})
+	}
+	known = ok || d.State.RemovedAt != nil || d.Watermark != nil || d.DeadLettersTotal > 0 || len(d.Missed) > 0
 	return d, known, nil
 }
 

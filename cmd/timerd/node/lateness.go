@@ -89,8 +89,8 @@ func (l *firedLog) of(id int64) []RuleFire {
 
 // commitRecorded is the engine's Commit: the node's commit, then the fires'
 // lateness noted for describe.
-func (n *Node) commitRecorded(fires []scheduler.Fire) error {
-	if err := n.commit(fires); err != nil {
+func (n *Node) commitRecorded(fires []scheduler.Fire, missed []scheduler.Miss) error {
+	if err := n.commit(fires, missed); err != nil {
 		return err
 	}
 	n.fired.record(fires)

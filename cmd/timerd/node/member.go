@@ -661,6 +661,7 @@ func (d *driver) apply(e protocol.Effect) error {
 			return err
 		}
 		n.metrics.fenced.WithLabelValues(e.Verdict.String()).Add(float64(len(e.Events)))
+		n.reportDropped(e.Events, e.Verdict)
 	case protocol.Reincarnate:
 		n.metrics.reincarnations.Inc()
 		return n.store.SetIncarnation(e.Self.N)

@@ -68,6 +68,7 @@ func TestNodeExportsEveryMetric(t *testing.T) {
 		"timerd_lifecycle_messages_total",
 		"timerd_lifecycle_queue_silent",
 		"timerd_misfires_total",
+		"timerd_missed_slots_total",
 		"timerd_mq_connected",
 		"timerd_mq_reconnects_total",
 		"timerd_mq_requeued_total",

@@ -222,9 +222,10 @@ type Node struct {
 	tokens   *auth.Source // nil without Token or TokenFile
 	ln       net.Listener
 	metrics  *metrics
-	health   *storeHealth // whether the store takes commits (storehealth.go)
-	ready    atomic.Bool  // intake: reconciled (and consuming)
-	placed   atomic.Bool  // the node's share of the rules is in the engine
+	missed   *missedMetrics // timerd_missed_slots_total (missed.go)
+	health   *storeHealth   // whether the store takes commits (storehealth.go)
+	ready    atomic.Bool    // intake: reconciled (and consuming)
+	placed   atomic.Bool    // the node's share of the rules is in the engine
 	invalid  invalidRules
 	fired    firedLog // the last fires' lateness of the rules fired here (lateness.go)
 	// phase is what the node is doing before it is first ready, and when it
@@ -300,6 +301,9 @@ func New(cfg Config) (_ *Node, err error) {
 	if n.metrics, err = newMetrics(reg, n); err != nil {
 		return nil, err
 	}
+	if n.missed, err = newMissedMetrics(reg); err != nil {
+		return nil, err
+	}
 	if n.health, err = newStoreHealth(reg, cfg.Now); err != nil {
 		return nil, err
 	}
@@ -345,6 +349,7 @@ func New(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	n.invalid.onInvalid = n.reportInvalid
 	n.delivery, err = ingest.NewDelivery(ingest.DeliveryConfig{
 		Store:      st,
 		APIURL:     cfg.APIURL,
@@ -637,19 +642,27 @@ func (n *Node) parseStored(r store.Rule) *scheduler.Timer {
 type invalidRules struct {
 	mu  sync.Mutex
 	ids map[int64]struct{}
+	// onInvalid, if set, is told of a rule found invalid that was not before
+	// (the missed-fire log's invalid_schedule).
+	onInvalid func(id int64)
 }
 
 func (v *invalidRules) mark(id int64, invalid bool) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if !invalid {
 		delete(v.ids, id)
+		v.mu.Unlock()
 		return
 	}
 	if v.ids == nil {
 		v.ids = make(map[int64]struct{})
 	}
+	_, was := v.ids[id]
 	v.ids[id] = struct{}{}
+	v.mu.Unlock()
+	if !was && v.onInvalid != nil {
+		v.onInvalid(id)
+	}
 }
 
 func (v *invalidRules) count() int {
@@ -690,12 +703,12 @@ func (n *Node) load() (int, error) {
 // protocol (docs/protocol.md §6): each rule's partition must be held and the
 // lease valid before the commit, and the driver checks both again after it
 // (Committed), before the fires are replicated and become deliverable.
-func (n *Node) commit(fires []scheduler.Fire) error {
+func (n *Node) commit(fires []scheduler.Fire, missed []scheduler.Miss) error {
 	if n.beforeCommit != nil {
 		n.beforeCommit()
 	}
 	if n.drv != nil {
-		refs, ready, err := n.commitFired(fires)
+		refs, ready, err := n.commitFired(fires, missed)
 		if err != nil || len(refs) == 0 {
 			return err
 		}
@@ -716,18 +729,28 @@ func (n *Node) commit(fires []scheduler.Fire) error {
 		}
 		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev})
 	}
-	if err := n.store.CommitFires(recs); err != nil {
+	// The misses (usually none) ride in the fires' transaction.
+	ms := missedRecords(missed)
+	if _, err := n.store.CommitBatch(recs, ms); err != nil {
 		n.health.record(err)
 		return err
 	}
+	n.missed.count(ms)
 	n.delivery.Notify()
 	return nil
 }
 
 // commitFired is the commit of a clustered node: under the driver's stepMu, so that no
 // step reads the watermarks between this lease check and this store commit.
-func (n *Node) commitFired(fires []scheduler.Fire) (refs []protocol.EventRef, ready bool, err error) {
+// The misses ride in the same transaction, with those of fires decided meanwhile
+// (duplicate_guard).
+func (n *Node) commitFired(fires []scheduler.Fire, missed []scheduler.Miss) (refs []protocol.EventRef, ready bool, err error) {
 	d := n.drv
+	ms := missedRecords(missed)
+	if len(ms) > 0 {
+		// Reads the store: before stepMu, which the member's steps (heartbeats) wait for.
+		d.refineOwnerChanging(ms)
+	}
 	d.stepMu.Lock()
 	defer d.stepMu.Unlock()
 	if d.offline.Load() {
@@ -738,7 +761,10 @@ func (n *Node) commitFired(fires []scheduler.Fire) (refs []protocol.EventRef, re
 	recs := make([]store.FireRecord, 0, len(fires))
 	for _, f := range fires {
 		if d.decidedMeanwhile(f.RuleID, f.Slot.UnixNano()) {
-			continue // a verdict or a peer's record got there first (as the store checks its own)
+			// A verdict or a peer's record got there first (as the store checks its own).
+			ms = append(ms, store.MissedSlot{RuleID: f.RuleID, From: f.Slot, To: f.Slot, Count: 1,
+				Reason: string(scheduler.MissDuplicateGuard), DetectedAt: f.FiredAt, Detail: "decided_meanwhile"})
+			continue
 		}
 		ev, err := attune.BuildEvent(f, n.cfg.SensorRef)
 		if err != nil {
@@ -755,11 +781,17 @@ func (n *Node) commitFired(fires []scheduler.Fire) (refs []protocol.EventRef, re
 		recs = append(recs, store.FireRecord{Watermark: store.Watermark{Slot: f.Slot, Count: f.Count}, Event: ev,
 			Firer: snap.self, Epoch: e, Ready: snap.always})
 	}
-	if len(recs) == 0 {
+	if len(recs) == 0 && len(ms) == 0 {
 		return nil, false, nil
 	}
-	refs, err = n.store.CommitFireRefs(recs)
+	refs, err = n.store.CommitBatch(recs, ms)
 	n.health.record(err)
+	if err == nil {
+		n.missed.count(ms)
+		if len(refs) < len(recs) {
+			n.reportRefused(recs, refs) // the store's own duplicate guard
+		}
+	}
 	return refs, snap.always, err
 }
 

@@ -41,7 +41,7 @@ func BenchmarkRebuild1M(b *testing.B) {
 			b.Fatal(err)
 		}
 		fired := make(chan time.Time, 1)
-		nd.engine, err = scheduler.New(scheduler.Config{Commit: func([]scheduler.Fire) error {
+		nd.engine, err = scheduler.New(scheduler.Config{Commit: func([]scheduler.Fire, []scheduler.Miss) error {
 			select {
 			case fired <- time.Now():
 			default:

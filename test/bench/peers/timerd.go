@@ -22,7 +22,7 @@ type timerdDesign struct {
 func newTimerd() design { return &timerdDesign{} }
 
 func (t *timerdDesign) start(ctx context.Context, b *bench, deadline time.Time) (int, error) {
-	e, err := scheduler.New(scheduler.Config{Coalesce: b.cfg.Coalesce, Commit: func(fires []scheduler.Fire) error {
+	e, err := scheduler.New(scheduler.Config{Coalesce: b.cfg.Coalesce, Commit: func(fires []scheduler.Fire, _ []scheduler.Miss) error {
 		now := b.now()
 		for i := range fires {
 			f := &fires[i]
