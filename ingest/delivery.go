@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -54,6 +55,15 @@ type DeliveryConfig struct {
 	// the slots the on-time events leave, less a reserve kept for them.
 	// Default 30s.
 	CatchUpAfter time.Duration
+	// CatchUpRate paces catch-up: the most catch-up events per second from
+	// the whole cluster, divided among the live members (Members) as Budget
+	// is. 0: no rate, catch-up is bounded by CatchUpShare alone.
+	CatchUpRate float64
+	// CatchUpShare is the fraction of the node's POSTs in flight (its
+	// adaptive limit, itself at most its ceiling) that catch-up may take, in
+	// (0, 1]; at least one POST. Default 0.5: half stays free for on-time
+	// events whatever the backlog.
+	CatchUpShare float64
 	Timeout      time.Duration // per request, default 10s
 	BackoffMin   time.Duration // first retry delay, default 200ms
 	BackoffMax   time.Duration // cap of the retry delay and of Retry-After, default 30s
@@ -81,6 +91,7 @@ type DeliveryConfig struct {
 const (
 	DefaultDeliveryBudget   = 512
 	DefaultCatchUpAfter     = 30 * time.Second
+	DefaultCatchUpShare     = 0.5
 	DefaultDeliveryTimeout  = 10 * time.Second
 	DefaultBackoffMin       = 200 * time.Millisecond
 	DefaultBackoffMax       = 30 * time.Second
@@ -127,6 +138,10 @@ func (c DeliveryConfig) Validate() error {
 		return bad("Budget", "%d not in [1, %d]", c.Budget, maxDeliveryBudget)
 	case c.CatchUpAfter < 0:
 		return bad("CatchUpAfter", "negative %v", c.CatchUpAfter)
+	case !(c.CatchUpRate >= 0) || math.IsInf(c.CatchUpRate, 1): // NaN fails >= 0
+		return bad("CatchUpRate", "%v is not a finite rate ≥ 0 (events/s; 0: none)", c.CatchUpRate)
+	case !(c.CatchUpShare >= 0 && c.CatchUpShare <= 1):
+		return bad("CatchUpShare", "%v not in (0, 1]", c.CatchUpShare)
 	case c.Timeout < 0:
 		return bad("Timeout", "negative %v", c.Timeout)
 	case c.BackoffMin < 0:
@@ -160,6 +175,9 @@ func (c DeliveryConfig) withDefaults() DeliveryConfig {
 	}
 	if c.CatchUpAfter == 0 {
 		c.CatchUpAfter = DefaultCatchUpAfter
+	}
+	if c.CatchUpShare == 0 {
+		c.CatchUpShare = DefaultCatchUpShare
 	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultDeliveryTimeout
@@ -248,6 +266,9 @@ type Delivery struct {
 	// after Run starts from what Run learnt. Touched only by the engine that
 	// holds d.engine.
 	lim *limiter
+	// pace paces catch-up (CatchUpShare, CatchUpRate); like lim it outlives
+	// an engine and is touched only by the engine that holds d.engine.
+	pace *pacer
 	// bearer is the Authorization value of the last token, kept per Delivery
 	// (a process may run several, with their own tokens).
 	bearer bearerCache
@@ -301,13 +322,22 @@ func (c DeliveryConfig) maxInFlight() int {
 	return c.Budget
 }
 
+// members is the cluster's live members now, this node included: at least 1.
+func (c DeliveryConfig) members() int {
+	if c.Members == nil {
+		return 1
+	}
+	return max(1, c.Members())
+}
+
 // ceiling is this node's share of the budget now: Budget over the live
 // members, at least 1, and at most Workers when set.
 func (c DeliveryConfig) ceiling() int {
-	members := 1
-	if c.Members != nil {
-		members = max(1, c.Members())
-	}
+	return c.ceilingOf(c.members())
+}
+
+// ceilingOf is ceiling with members live members.
+func (c DeliveryConfig) ceilingOf(members int) int {
 	share := max(1, c.Budget/members)
 	if c.Workers > 0 {
 		share = min(share, c.Workers)
@@ -335,6 +365,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		// busy disk, at 10,000 events/s), and the reads batched.
 		window:   min(max(1024, 16*cfg.maxInFlight()), 32768),
 		lim:      newLimiter(cfg.ceiling()),
+		pace:     newPacer(cfg.CatchUpShare, cfg.CatchUpRate, cfg.members(), time.Now()),
 		notify:   make(chan struct{}, 1),
 		engine:   make(chan struct{}, 1),
 		ack:      cfg.Store.AckOutbox,
@@ -412,6 +443,7 @@ type pending struct {
 	// restart starts its window again).
 	firstRejected time.Time
 	catchUp       bool // posted as catch-up (counted in engine.catchUpInFlight)
+	paced         bool // waited for the catch-up rate (counted once)
 }
 
 type outcomeKind int
@@ -461,6 +493,8 @@ type engine struct {
 	workers         int // started; never fewer than the POSTs in flight
 	onTimeInFlight  int
 	catchUpInFlight int
+	// paceWake: catch-up waits for the rate until then (zero: it does not).
+	paceWake time.Time
 
 	// Acks run beside the loop so that workers get new entries during a commit.
 	toAck    []uint64
@@ -568,6 +602,9 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		if p := d.lim.pausedUntil(); p.After(now) && e.ready.Len()+e.catchUp.Len() > 0 && (wake.IsZero() || p.Before(wake)) {
 			wake = p
 		}
+		if p := e.paceWake; !p.IsZero() && (wake.IsZero() || p.Before(wake)) {
+			wake = p
+		}
 		var ackReq chan []uint64
 		if len(e.toAck) > 0 && !e.acking {
 			if e.ackAfter.After(now) {
@@ -630,12 +667,17 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	}
 }
 
-// setCeiling gives the limiter this node's share of the budget now.
+// setCeiling gives the limiter this node's share of the budget now, and the
+// pacer its part of the catch-up rate.
 func (e *engine) setCeiling() {
-	c := e.d.cfg.ceiling()
-	e.d.lim.setCeiling(c)
-	e.d.metrics.ceiling.Set(float64(c))
-	e.d.metrics.limit.Set(float64(e.d.lim.value()))
+	d := e.d
+	members := d.cfg.members()
+	c := d.cfg.ceilingOf(members)
+	d.lim.setCeiling(c)
+	d.pace.setMembers(members, time.Now())
+	d.metrics.ceiling.Set(float64(c))
+	d.metrics.limit.Set(float64(d.lim.value()))
+	d.metrics.catchUpRate.Set(d.pace.rate())
 }
 
 // push makes p ready: on time, or catch-up if its slot is older than
@@ -650,10 +692,12 @@ func (e *engine) push(p *pending, now time.Time) {
 
 // dispatch hands ready entries to the workers while the limiter allows:
 // on-time entries first; catch-up ones only in what the on-time ones leave,
-// less a reserve of the limit kept free for on-time events to come.
+// within their share of the limit, less a reserve kept free for on-time
+// events to come, and at the catch-up rate (pacer).
 func (e *engine) dispatch(now time.Time) {
 	d := e.d
 	limit := d.lim.current(now)
+	e.paceWake = time.Time{}
 	for e.onTimeInFlight+e.catchUpInFlight < limit {
 		var p *pending
 		switch {
@@ -661,10 +705,19 @@ func (e *engine) dispatch(now time.Time) {
 			p = heap.Pop(&e.ready).(*pending)
 			p.catchUp = false
 			e.onTimeInFlight++
-		case e.catchUp.Len() > 0 && e.catchUpInFlight < limit-e.onTimeInFlight-limit/catchUpReserve:
+		case e.catchUp.Len() > 0 && d.pace.mayStart(limit, e.onTimeInFlight, e.catchUpInFlight):
+			if !d.pace.take(now) {
+				e.paceWake = d.pace.next(now)
+				if head := e.catchUp[0]; !head.paced {
+					head.paced = true
+					d.metrics.catchUpRateLimited.Inc()
+				}
+				break
+			}
 			p = heap.Pop(&e.catchUp).(*pending)
 			p.catchUp = true
 			e.catchUpInFlight++
+			d.metrics.catchUpPosts.Inc()
 		}
 		if p == nil {
 			break
@@ -674,8 +727,10 @@ func (e *engine) dispatch(now time.Time) {
 		}
 		e.jobs <- p
 	}
-	if e.ready.Len()+e.catchUp.Len() > 0 {
-		d.lim.binds() // work waits for a slot
+	// Work waits for a slot: the limit binds. Catch-up that waits for the
+	// rate does not say so: more POSTs in flight would not post it sooner.
+	if e.ready.Len() > 0 || (e.catchUp.Len() > 0 && e.paceWake.IsZero()) {
+		d.lim.binds()
 	}
 	d.metrics.onTimeInFlight.Set(float64(e.onTimeInFlight))
 	d.metrics.catchUpInFlight.Set(float64(e.catchUpInFlight))
