@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/timerd/timerd/store"
 	"github.com/timerd/timerd/test/testkit"
 )
 
@@ -176,6 +177,7 @@ func TestDeliveryPacesCatchUp(t *testing.T) {
 	old := commitEvents(t, st, rulebacklog, 2000, time.Now().Add(-24*time.Hour))
 	cfg := testConfig(st, api.srv.URL)
 	cfg.Workers = 8
+	cfg.CatchUpShare = 0.5
 	const rate = 100.0 // a node of two: 50/s
 	cfg.CatchUpRate = rate
 	cfg.Members = func() int { return 2 }
@@ -265,9 +267,44 @@ func TestDeliveryCatchUpShareHolds(t *testing.T) {
 	commitEvents(t, st, 1, 400, time.Now().Add(-24*time.Hour))
 	cfg := testConfig(st, api.srv.URL)
 	cfg.Workers = 16
+	cfg.CatchUpShare = 0 // the default
 	startDelivery(t, cfg)
 	testkit.Eventually(t, 20*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 	if got := api.peak.Load(); got > 8 || got < 2 {
 		t.Errorf("catch-up alone, limit 16, share %v: peak %d POSTs in flight, want 2..8", DefaultCatchUpShare, got)
+	}
+}
+
+// Slots due before the node started were missed while it was down: catch-up
+// however recent (a node down for 2 minutes fires the last 30 s of its
+// backlog too), paced; slots due after it are on time.
+func TestDeliveryMissedWhileDownIsCatchUp(t *testing.T) {
+	leakCheck(t)
+	st := openStore(t)
+	api := newFakeAPI(t, nil)
+	var missed []store.Event // 10 rules' slots of 2 s ago: recent, but missed
+	for rule := range int64(10) {
+		missed = append(missed, commitEvents(t, st, 100+rule, 1, time.Now().Add(-2*time.Second))...)
+	}
+	cfg := testConfig(st, api.srv.URL)
+	cfg.CatchUpRate = 2 // a token every 500 ms
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	d, _ := startDelivery(t, cfg)
+	time.Sleep(1200 * time.Millisecond)
+	delivered := 0
+	for _, ev := range missed {
+		delivered += api.successCount(ev.IdempotencyKey)
+	}
+	if delivered > 3 {
+		t.Errorf("%d of %d slots due before the node started delivered within 1.2 s at 2/s, want ≤ 3 (burst 1 + 2/s)", delivered, len(missed))
+	}
+	fresh := commitEvents(t, st, 2, 5, time.Now())
+	d.Notify()
+	testkit.Eventually(t, 2*time.Second, "fresh events delivered at once", func() bool {
+		return api.successCount(fresh[0].IdempotencyKey) == 1
+	})
+	if got := testutil.ToFloat64(d.metrics.catchUpPosts); got < 1 || got > 4 {
+		t.Errorf("timerd_delivery_catchup_posts_total = %v, want 1..4", got)
 	}
 }

@@ -51,9 +51,10 @@ type DeliveryConfig struct {
 	// share of Budget (TIMERD_WORKERS, deprecated). 0: no cap of its own.
 	Workers int
 	// CatchUpAfter: an event whose slot is older than this when it becomes
-	// ready to post is catch-up (an outage's backlog): it is posted only with
-	// the slots the on-time events leave, less a reserve kept for them.
-	// Default 30s.
+	// ready to post is catch-up (an outage's backlog), and so is one whose
+	// slot was due before NewDelivery (missed while the node was down): it is
+	// posted only with the slots the on-time events leave, less a reserve
+	// kept for them, and paced (CatchUpShare, CatchUpRate). Default 30s.
 	CatchUpAfter time.Duration
 	// CatchUpRate paces catch-up: the most catch-up events per second from
 	// the whole cluster, divided among the live members (Members) as Budget
@@ -255,6 +256,10 @@ func eventsURL(base string) (string, error) {
 type Delivery struct {
 	cfg      DeliveryConfig
 	endpoint string
+	// started is when the Delivery was made, about when the node started:
+	// slots due before it were missed while the node was down, catch-up
+	// however recent.
+	started time.Time
 	// poster keeps a connection alive for every POST that may be in flight,
 	// so that every one reuses a connection (net/http's default of 2 idle
 	// connections cost 40 % of throughput); closed when an engine stops.
@@ -358,6 +363,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	d := &Delivery{
 		cfg:      cfg,
 		endpoint: endpoint,
+		started:  time.Now(),
 		log:      cfg.Logger.With("component", "delivery"),
 		metrics:  newDeliveryMetrics(),
 		// Enough entries to keep the most POSTs in flight busy while the
@@ -681,9 +687,11 @@ func (e *engine) setCeiling() {
 }
 
 // push makes p ready: on time, or catch-up if its slot is older than
-// CatchUpAfter.
+// CatchUpAfter or was due before the node started. A node back from two
+// minutes down fires the slots it missed at once; the last 30 s of them are
+// as much the outage's backlog as the rest.
 func (e *engine) push(p *pending, now time.Time) {
-	if now.Sub(p.entry.Event.Slot) > e.d.cfg.CatchUpAfter {
+	if slot := p.entry.Event.Slot; now.Sub(slot) > e.d.cfg.CatchUpAfter || slot.Before(e.d.started) {
 		heap.Push(&e.catchUp, p)
 		return
 	}
