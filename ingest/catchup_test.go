@@ -308,3 +308,43 @@ func TestDeliveryMissedWhileDownIsCatchUp(t *testing.T) {
 		t.Errorf("timerd_delivery_catchup_posts_total = %v, want 1..4", got)
 	}
 }
+
+// A node back from an outage commits the slots it missed after delivery
+// started, more of them than the window holds, among the new entries: paced
+// catch-up must not fill the window and keep the events fired since out.
+func TestDeliveryPacedBacklogCommittedAfterStartLeavesRoomForOnTime(t *testing.T) {
+	leakCheck(t)
+	st := openStore(t)
+	api := newFakeAPI(t, nil)
+	cfg := testConfig(st, api.srv.URL)
+	cfg.CatchUpRate = 50
+	d, _ := startDelivery(t, cfg)
+	if d.window >= 3000 {
+		t.Fatalf("window %d: the backlog below must be larger", d.window)
+	}
+	for rule := range int64(30) { // 3,000 missed slots, committed as the engine fires them
+		commitEvents(t, st, 100+rule, 100, time.Now().Add(-time.Hour))
+	}
+	d.Notify()
+	time.Sleep(200 * time.Millisecond)
+	for i := range 5 {
+		committed := time.Now()
+		fresh := commitEvents(t, st, int64(i+1), 1, committed)
+		d.Notify()
+		testkit.Eventually(t, 5*time.Second, "a fresh event delivered", func() bool { return api.successCount(fresh[0].IdempotencyKey) == 1 })
+		for _, r := range api.requests() {
+			if r.Header.Get("Idempotency-Key") == fresh[0].IdempotencyKey {
+				if late := r.At.Sub(committed); late > 250*time.Millisecond {
+					t.Errorf("a fresh event committed behind 3,000 paced catch-up events was posted %s later, want ≤ 250ms", late.Round(time.Millisecond))
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(d.metrics.catchUpPosts); got > float64(50*2+burstOf(50)) {
+		t.Errorf("%v catch-up POSTs within about 1.5 s at 50/s", got)
+	}
+	if n := outboxLen(t, st); n < 2500 {
+		t.Errorf("outbox holds %d entries, want the paced backlog (≥ 2500) still there", n)
+	}
+}

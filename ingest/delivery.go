@@ -686,12 +686,9 @@ func (e *engine) setCeiling() {
 	d.metrics.catchUpRate.Set(d.pace.rate())
 }
 
-// push makes p ready: on time, or catch-up if its slot is older than
-// CatchUpAfter or was due before the node started. A node back from two
-// minutes down fires the slots it missed at once; the last 30 s of them are
-// as much the outage's backlog as the rest.
+// push makes p ready: on time, or catch-up (isCatchUp).
 func (e *engine) push(p *pending, now time.Time) {
-	if slot := p.entry.Event.Slot; now.Sub(slot) > e.d.cfg.CatchUpAfter || slot.Before(e.d.started) {
+	if e.isCatchUp(p.entry.Event.Slot, now) {
 		heap.Push(&e.catchUp, p)
 		return
 	}
@@ -849,12 +846,22 @@ func (e *engine) lastSeq() (uint64, error) {
 // backlog in the room they leave, keeping a quarter of the window for them.
 // Reads are batched: with work queued it waits for a quarter of the window
 // to be free.
+//
+// Catch-up waits for its pace, so it could fill the window and keep the
+// events fired since out of it: at most maxHeldCatchUp of it wait in the
+// window. One read after that is left in the outbox, and the backlog read
+// goes back to it (a node back from an outage commits its missed slots after
+// the engine started, among the new entries).
 func (e *engine) fill() error {
 	quarter := e.d.window / 4
 	room := func() int { return e.d.window - len(e.window) }
 	queued := func() bool { return e.ready.Len()+e.catchUp.Len() >= e.d.lim.value() }
-	for e.more {
+	for pages := 0; e.more; pages++ {
 		if room() <= 0 || (queued() && room() < quarter) {
+			break
+		}
+		if pages == maxFillPages {
+			e.d.Notify() // read on after a dispatch
 			break
 		}
 		n := min(room(), deliveryPage)
@@ -865,14 +872,17 @@ func (e *engine) fill() error {
 		}
 		for _, ent := range entries {
 			e.tail = max(e.tail, ent.Seq)
-			e.load(ent)
+			if !e.load(ent) {
+				e.cursor = min(e.cursor, ent.Seq-1) // the backlog read takes it later
+			}
 		}
 		if len(entries) < n {
 			e.more = false
 		}
 	}
 	for e.cursor < e.tail {
-		if room() <= quarter || (queued() && room() < 2*quarter) {
+		// Refilled in pages once half of the catch-up held was posted.
+		if room() <= quarter || (queued() && room() < 2*quarter) || e.catchUp.Len() >= e.maxHeldCatchUp()/2 {
 			return nil
 		}
 		n := min(room()-quarter, deliveryPage)
@@ -882,37 +892,68 @@ func (e *engine) fill() error {
 		}
 		for _, ent := range entries {
 			if ent.Seq > e.tail {
-				break // the new entries' read has it
+				e.cursor = e.tail // the new entries' read has it
+				break
+			}
+			if !e.load(ent) {
+				return nil // catch-up is full: read from here later
 			}
 			e.cursor = ent.Seq
-			e.load(ent)
 		}
-		if len(entries) < n || (len(entries) > 0 && entries[len(entries)-1].Seq > e.tail) {
+		if len(entries) < n {
 			e.cursor = e.tail
 		}
 	}
 	return nil
 }
 
-// load adds an outbox entry to the window, unless it is there already.
-func (e *engine) load(ent store.OutboxEntry) {
+// maxFillPages bounds the pages one fill reads after tail, so that a burst
+// of catch-up committed since the start, left in the outbox, does not hold
+// the engine's loop for long.
+const maxFillPages = 16
+
+// maxHeldCatchUp is the most catch-up entries waiting in the window: the
+// rest waits in the outbox. Several dispatches' worth at any rate, and a
+// quarter of the window at most.
+func (e *engine) maxHeldCatchUp() int { return max(deliveryPage, e.d.window/4) }
+
+// catchUpFull reports whether no more catch-up may wait in the window.
+func (e *engine) catchUpFull() bool { return e.catchUp.Len() >= e.maxHeldCatchUp() }
+
+// isCatchUp reports whether an event of slot that becomes ready at now is
+// catch-up: its slot is older than CatchUpAfter, or was due before the node
+// started. A node back from two minutes down fires the slots it missed at
+// once; the last 30 s of them are as much the outage's backlog as the rest.
+func (e *engine) isCatchUp(slot, now time.Time) bool {
+	return now.Sub(slot) > e.d.cfg.CatchUpAfter || slot.Before(e.d.started)
+}
+
+// load adds an outbox entry to the window, unless it is there already. It
+// reports false for a catch-up entry left in the outbox because catch-up is
+// full (catchUpFull).
+func (e *engine) load(ent store.OutboxEntry) bool {
 	if _, ok := e.window[ent.Seq]; ok {
-		return
+		return true
 	}
 	if _, ok := e.d.unacked[ent.Seq]; ok {
-		return // delivered; its ack is queued
+		return true // delivered; its ack is queued
 	}
 	p := &pending{entry: ent}
 	if b := e.d.breakers[ent.Event.RuleID]; b.paused() {
 		if b.probe != nil {
-			return // stays in the outbox; reloaded when the breaker closes
+			return true // stays in the outbox; reloaded when the breaker closes
 		}
 		e.window[ent.Seq] = p
 		e.scheduleProbe(p, b)
-		return
+		return true
+	}
+	now := time.Now()
+	if e.catchUpFull() && e.isCatchUp(ent.Event.Slot, now) {
+		return false
 	}
 	e.window[ent.Seq] = p
-	e.push(p, time.Now())
+	e.push(p, now)
+	return true
 }
 
 // handle applies a batch of outcomes. Deliveries are queued for the acker.
