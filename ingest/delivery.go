@@ -717,7 +717,7 @@ func (e *engine) dispatch(now time.Time) {
 					head.paced = true
 					d.metrics.catchUpRateLimited.Inc()
 				}
-				break
+				break // p stays nil: the loop ends
 			}
 			p = heap.Pop(&e.catchUp).(*pending)
 			p.catchUp = true
