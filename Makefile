@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup load soak cluster-soak sim clean
 
 all: build
 
@@ -95,6 +95,12 @@ bench-peers:
 # lateness (test/bench/node; ARGS="-rules 100000 -delay 20ms -baseline REV" and the like).
 bench-node:
 	$(GO) run ./test/bench/node $(ARGS)
+
+# Paced catch-up (issue 14): 5,000 rules of 1 s with fire_all, the agent down for 2 minutes;
+# on-time lateness while its 500,000-event backlog drains at TIMERD_CATCHUP_RATE
+# (ARGS="-baseline main" runs the same with main's timerd beside it).
+bench-catchup:
+	$(GO) run ./test/bench/node -rules 5000 -every 1s -misfire fire_all -down 2m -window 5m -catchup-rate 5000 $(ARGS)
 
 # 50,000 interval rules of 10 s (5,000 fires/s) through timerd dev for a minute.
 load:

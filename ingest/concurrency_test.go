@@ -301,6 +301,7 @@ func TestDeliveryOnTimeBeforeCatchUp(t *testing.T) {
 	old := commitEvents(t, st, 1, 3000, time.Now().Add(-24*time.Hour)) // the backlog: 3 windows' worth
 	cfg := testConfig(st, api.srv.URL)
 	cfg.Workers = 8
+	cfg.CatchUpShare = 1 // the whole limit but the reserve (the default share is tested in catchup_test.go)
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	_, stop := startDelivery(t, cfg)

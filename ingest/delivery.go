@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -50,10 +51,20 @@ type DeliveryConfig struct {
 	// share of Budget (TIMERD_WORKERS, deprecated). 0: no cap of its own.
 	Workers int
 	// CatchUpAfter: an event whose slot is older than this when it becomes
-	// ready to post is catch-up (an outage's backlog): it is posted only with
-	// the slots the on-time events leave, less a reserve kept for them.
-	// Default 30s.
+	// ready to post is catch-up (an outage's backlog), and so is one whose
+	// slot was due before NewDelivery (missed while the node was down): it is
+	// posted only with the slots the on-time events leave, less a reserve
+	// kept for them, and paced (CatchUpShare, CatchUpRate). Default 30s.
 	CatchUpAfter time.Duration
+	// CatchUpRate paces catch-up: the most catch-up events per second from
+	// the whole cluster, divided among the live members (Members) as Budget
+	// is. 0: no rate, catch-up is bounded by CatchUpShare alone.
+	CatchUpRate float64
+	// CatchUpShare is the fraction of the node's POSTs in flight (its
+	// adaptive limit, itself at most its ceiling) that catch-up may take, in
+	// (0, 1]; at least one POST. Default 0.5: half stays free for on-time
+	// events whatever the backlog.
+	CatchUpShare float64
 	Timeout      time.Duration // per request, default 10s
 	BackoffMin   time.Duration // first retry delay, default 200ms
 	BackoffMax   time.Duration // cap of the retry delay and of Retry-After, default 30s
@@ -81,6 +92,7 @@ type DeliveryConfig struct {
 const (
 	DefaultDeliveryBudget   = 512
 	DefaultCatchUpAfter     = 30 * time.Second
+	DefaultCatchUpShare     = 0.5
 	DefaultDeliveryTimeout  = 10 * time.Second
 	DefaultBackoffMin       = 200 * time.Millisecond
 	DefaultBackoffMax       = 30 * time.Second
@@ -127,6 +139,10 @@ func (c DeliveryConfig) Validate() error {
 		return bad("Budget", "%d not in [1, %d]", c.Budget, maxDeliveryBudget)
 	case c.CatchUpAfter < 0:
 		return bad("CatchUpAfter", "negative %v", c.CatchUpAfter)
+	case !(c.CatchUpRate >= 0) || math.IsInf(c.CatchUpRate, 1): // NaN fails >= 0
+		return bad("CatchUpRate", "%v is not a finite rate ≥ 0 (events/s; 0: none)", c.CatchUpRate)
+	case !(c.CatchUpShare >= 0 && c.CatchUpShare <= 1):
+		return bad("CatchUpShare", "%v not in (0, 1]", c.CatchUpShare)
 	case c.Timeout < 0:
 		return bad("Timeout", "negative %v", c.Timeout)
 	case c.BackoffMin < 0:
@@ -160,6 +176,9 @@ func (c DeliveryConfig) withDefaults() DeliveryConfig {
 	}
 	if c.CatchUpAfter == 0 {
 		c.CatchUpAfter = DefaultCatchUpAfter
+	}
+	if c.CatchUpShare == 0 {
+		c.CatchUpShare = DefaultCatchUpShare
 	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultDeliveryTimeout
@@ -237,6 +256,10 @@ func eventsURL(base string) (string, error) {
 type Delivery struct {
 	cfg      DeliveryConfig
 	endpoint string
+	// started is when the Delivery was made, about when the node started:
+	// slots due before it were missed while the node was down, catch-up
+	// however recent.
+	started time.Time
 	// poster keeps a connection alive for every POST that may be in flight,
 	// so that every one reuses a connection (net/http's default of 2 idle
 	// connections cost 40 % of throughput); closed when an engine stops.
@@ -248,6 +271,9 @@ type Delivery struct {
 	// after Run starts from what Run learnt. Touched only by the engine that
 	// holds d.engine.
 	lim *limiter
+	// pace paces catch-up (CatchUpShare, CatchUpRate); like lim it outlives
+	// an engine and is touched only by the engine that holds d.engine.
+	pace *pacer
 	// bearer is the Authorization value of the last token, kept per Delivery
 	// (a process may run several, with their own tokens).
 	bearer bearerCache
@@ -301,13 +327,22 @@ func (c DeliveryConfig) maxInFlight() int {
 	return c.Budget
 }
 
+// members is the cluster's live members now, this node included: at least 1.
+func (c DeliveryConfig) members() int {
+	if c.Members == nil {
+		return 1
+	}
+	return max(1, c.Members())
+}
+
 // ceiling is this node's share of the budget now: Budget over the live
 // members, at least 1, and at most Workers when set.
 func (c DeliveryConfig) ceiling() int {
-	members := 1
-	if c.Members != nil {
-		members = max(1, c.Members())
-	}
+	return c.ceilingOf(c.members())
+}
+
+// ceilingOf is ceiling with members live members.
+func (c DeliveryConfig) ceilingOf(members int) int {
 	share := max(1, c.Budget/members)
 	if c.Workers > 0 {
 		share = min(share, c.Workers)
@@ -328,6 +363,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 	d := &Delivery{
 		cfg:      cfg,
 		endpoint: endpoint,
+		started:  time.Now(),
 		log:      cfg.Logger.With("component", "delivery"),
 		metrics:  newDeliveryMetrics(),
 		// Enough entries to keep the most POSTs in flight busy while the
@@ -335,6 +371,7 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 		// busy disk, at 10,000 events/s), and the reads batched.
 		window:   min(max(1024, 16*cfg.maxInFlight()), 32768),
 		lim:      newLimiter(cfg.ceiling()),
+		pace:     newPacer(cfg.CatchUpShare, cfg.CatchUpRate, cfg.members(), time.Now()),
 		notify:   make(chan struct{}, 1),
 		engine:   make(chan struct{}, 1),
 		ack:      cfg.Store.AckOutbox,
@@ -412,6 +449,7 @@ type pending struct {
 	// restart starts its window again).
 	firstRejected time.Time
 	catchUp       bool // posted as catch-up (counted in engine.catchUpInFlight)
+	paced         bool // waited for the catch-up rate (counted once)
 }
 
 type outcomeKind int
@@ -461,6 +499,8 @@ type engine struct {
 	workers         int // started; never fewer than the POSTs in flight
 	onTimeInFlight  int
 	catchUpInFlight int
+	// paceWake: catch-up waits for the rate until then (zero: it does not).
+	paceWake time.Time
 
 	// Acks run beside the loop so that workers get new entries during a commit.
 	toAck    []uint64
@@ -568,6 +608,9 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		if p := d.lim.pausedUntil(); p.After(now) && e.ready.Len()+e.catchUp.Len() > 0 && (wake.IsZero() || p.Before(wake)) {
 			wake = p
 		}
+		if p := e.paceWake; !p.IsZero() && (wake.IsZero() || p.Before(wake)) {
+			wake = p
+		}
 		var ackReq chan []uint64
 		if len(e.toAck) > 0 && !e.acking {
 			if e.ackAfter.After(now) {
@@ -630,18 +673,22 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 	}
 }
 
-// setCeiling gives the limiter this node's share of the budget now.
+// setCeiling gives the limiter this node's share of the budget now, and the
+// pacer its part of the catch-up rate.
 func (e *engine) setCeiling() {
-	c := e.d.cfg.ceiling()
-	e.d.lim.setCeiling(c)
-	e.d.metrics.ceiling.Set(float64(c))
-	e.d.metrics.limit.Set(float64(e.d.lim.value()))
+	d := e.d
+	members := d.cfg.members()
+	c := d.cfg.ceilingOf(members)
+	d.lim.setCeiling(c)
+	d.pace.setMembers(members, time.Now())
+	d.metrics.ceiling.Set(float64(c))
+	d.metrics.limit.Set(float64(d.lim.value()))
+	d.metrics.catchUpRate.Set(d.pace.rate())
 }
 
-// push makes p ready: on time, or catch-up if its slot is older than
-// CatchUpAfter.
+// push makes p ready: on time, or catch-up (isCatchUp).
 func (e *engine) push(p *pending, now time.Time) {
-	if now.Sub(p.entry.Event.Slot) > e.d.cfg.CatchUpAfter {
+	if e.isCatchUp(p.entry.Event.Slot, now) {
 		heap.Push(&e.catchUp, p)
 		return
 	}
@@ -650,10 +697,12 @@ func (e *engine) push(p *pending, now time.Time) {
 
 // dispatch hands ready entries to the workers while the limiter allows:
 // on-time entries first; catch-up ones only in what the on-time ones leave,
-// less a reserve of the limit kept free for on-time events to come.
+// within their share of the limit, less a reserve kept free for on-time
+// events to come, and at the catch-up rate (pacer).
 func (e *engine) dispatch(now time.Time) {
 	d := e.d
 	limit := d.lim.current(now)
+	e.paceWake = time.Time{}
 	for e.onTimeInFlight+e.catchUpInFlight < limit {
 		var p *pending
 		switch {
@@ -661,10 +710,19 @@ func (e *engine) dispatch(now time.Time) {
 			p = heap.Pop(&e.ready).(*pending)
 			p.catchUp = false
 			e.onTimeInFlight++
-		case e.catchUp.Len() > 0 && e.catchUpInFlight < limit-e.onTimeInFlight-limit/catchUpReserve:
+		case e.catchUp.Len() > 0 && d.pace.mayStart(limit, e.onTimeInFlight, e.catchUpInFlight):
+			if !d.pace.take(now) {
+				e.paceWake = d.pace.next(now)
+				if head := e.catchUp[0]; !head.paced {
+					head.paced = true
+					d.metrics.catchUpRateLimited.Inc()
+				}
+				break // p stays nil: the loop ends
+			}
 			p = heap.Pop(&e.catchUp).(*pending)
 			p.catchUp = true
 			e.catchUpInFlight++
+			d.metrics.catchUpPosts.Inc()
 		}
 		if p == nil {
 			break
@@ -674,8 +732,10 @@ func (e *engine) dispatch(now time.Time) {
 		}
 		e.jobs <- p
 	}
-	if e.ready.Len()+e.catchUp.Len() > 0 {
-		d.lim.binds() // work waits for a slot
+	// Work waits for a slot: the limit binds. Catch-up that waits for the
+	// rate does not say so: more POSTs in flight would not post it sooner.
+	if e.ready.Len() > 0 || (e.catchUp.Len() > 0 && e.paceWake.IsZero()) {
+		d.lim.binds()
 	}
 	d.metrics.onTimeInFlight.Set(float64(e.onTimeInFlight))
 	d.metrics.catchUpInFlight.Set(float64(e.catchUpInFlight))
@@ -786,12 +846,22 @@ func (e *engine) lastSeq() (uint64, error) {
 // backlog in the room they leave, keeping a quarter of the window for them.
 // Reads are batched: with work queued it waits for a quarter of the window
 // to be free.
+//
+// Catch-up waits for its pace, so it could fill the window and keep the
+// events fired since out of it: at most maxHeldCatchUp of it wait in the
+// window. One read after that is left in the outbox, and the backlog read
+// goes back to it (a node back from an outage commits its missed slots after
+// the engine started, among the new entries).
 func (e *engine) fill() error {
 	quarter := e.d.window / 4
 	room := func() int { return e.d.window - len(e.window) }
 	queued := func() bool { return e.ready.Len()+e.catchUp.Len() >= e.d.lim.value() }
-	for e.more {
+	for pages := 0; e.more; pages++ {
 		if room() <= 0 || (queued() && room() < quarter) {
+			break
+		}
+		if pages == maxFillPages {
+			e.d.Notify() // read on after a dispatch
 			break
 		}
 		n := min(room(), deliveryPage)
@@ -802,14 +872,17 @@ func (e *engine) fill() error {
 		}
 		for _, ent := range entries {
 			e.tail = max(e.tail, ent.Seq)
-			e.load(ent)
+			if !e.load(ent) {
+				e.cursor = min(e.cursor, ent.Seq-1) // the backlog read takes it later
+			}
 		}
 		if len(entries) < n {
 			e.more = false
 		}
 	}
 	for e.cursor < e.tail {
-		if room() <= quarter || (queued() && room() < 2*quarter) {
+		// Refilled in pages once half of the catch-up held was posted.
+		if room() <= quarter || (queued() && room() < 2*quarter) || e.catchUp.Len() >= e.maxHeldCatchUp()/2 {
 			return nil
 		}
 		n := min(room()-quarter, deliveryPage)
@@ -819,37 +892,68 @@ func (e *engine) fill() error {
 		}
 		for _, ent := range entries {
 			if ent.Seq > e.tail {
-				break // the new entries' read has it
+				e.cursor = e.tail // the new entries' read has it
+				break
+			}
+			if !e.load(ent) {
+				return nil // catch-up is full: read from here later
 			}
 			e.cursor = ent.Seq
-			e.load(ent)
 		}
-		if len(entries) < n || (len(entries) > 0 && entries[len(entries)-1].Seq > e.tail) {
+		if len(entries) < n {
 			e.cursor = e.tail
 		}
 	}
 	return nil
 }
 
-// load adds an outbox entry to the window, unless it is there already.
-func (e *engine) load(ent store.OutboxEntry) {
+// maxFillPages bounds the pages one fill reads after tail, so that a burst
+// of catch-up committed since the start, left in the outbox, does not hold
+// the engine's loop for long.
+const maxFillPages = 16
+
+// maxHeldCatchUp is the most catch-up entries waiting in the window: the
+// rest waits in the outbox. Several dispatches' worth at any rate, and a
+// quarter of the window at most.
+func (e *engine) maxHeldCatchUp() int { return max(deliveryPage, e.d.window/4) }
+
+// catchUpFull reports whether no more catch-up may wait in the window.
+func (e *engine) catchUpFull() bool { return e.catchUp.Len() >= e.maxHeldCatchUp() }
+
+// isCatchUp reports whether an event of slot that becomes ready at now is
+// catch-up: its slot is older than CatchUpAfter, or was due before the node
+// started. A node back from two minutes down fires the slots it missed at
+// once; the last 30 s of them are as much the outage's backlog as the rest.
+func (e *engine) isCatchUp(slot, now time.Time) bool {
+	return now.Sub(slot) > e.d.cfg.CatchUpAfter || slot.Before(e.d.started)
+}
+
+// load adds an outbox entry to the window, unless it is there already. It
+// reports false for a catch-up entry left in the outbox because catch-up is
+// full (catchUpFull).
+func (e *engine) load(ent store.OutboxEntry) bool {
 	if _, ok := e.window[ent.Seq]; ok {
-		return
+		return true
 	}
 	if _, ok := e.d.unacked[ent.Seq]; ok {
-		return // delivered; its ack is queued
+		return true // delivered; its ack is queued
 	}
 	p := &pending{entry: ent}
 	if b := e.d.breakers[ent.Event.RuleID]; b.paused() {
 		if b.probe != nil {
-			return // stays in the outbox; reloaded when the breaker closes
+			return true // stays in the outbox; reloaded when the breaker closes
 		}
 		e.window[ent.Seq] = p
 		e.scheduleProbe(p, b)
-		return
+		return true
+	}
+	now := time.Now()
+	if e.catchUpFull() && e.isCatchUp(ent.Event.Slot, now) {
+		return false
 	}
 	e.window[ent.Seq] = p
-	e.push(p, time.Now())
+	e.push(p, now)
+	return true
 }
 
 // handle applies a batch of outcomes. Deliveries are queued for the acker.

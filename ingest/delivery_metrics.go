@@ -25,6 +25,10 @@ type deliveryMetrics struct {
 	// time would cost more than the rest of the dispatch.
 	onTimeInFlight, catchUpInFlight prometheus.Gauge
 	limitDecreases                  *prometheus.CounterVec // by reason: latency, overload, retry_after
+	// Catch-up pacing (pacer).
+	catchUpPosts       prometheus.Counter
+	catchUpRateLimited prometheus.Counter
+	catchUpRate        prometheus.Gauge
 
 	byCode sync.Map // int HTTP status → its child of deliveries, resolved once
 }
@@ -110,6 +114,18 @@ func newDeliveryMetrics() *deliveryMetrics {
 			Name: "timerd_delivery_concurrency_decreases_total",
 			Help: "Decreases of the delivery concurrency limit, by reason: latency (round trips rose), overload (429, 5xx, 408, transport error: halved), retry_after (halved and paused).",
 		}, []string{"reason"}),
+		catchUpPosts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_delivery_catchup_posts_total",
+			Help: "Event POSTs of catch-up events (slot older than the catch-up age when ready): its rate is the backlog's drain rate, at most timerd_delivery_catchup_rate when set.",
+		}),
+		catchUpRateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "timerd_delivery_catchup_rate_limited_total",
+			Help: "Catch-up events that had a free slot but waited for the catch-up rate (TIMERD_CATCHUP_RATE), each counted once.",
+		}),
+		catchUpRate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "timerd_delivery_catchup_rate",
+			Help: "This node's part of TIMERD_CATCHUP_RATE (over the live members), catch-up events per second; 0: no rate, catch-up is bounded by TIMERD_CATCHUP_SHARE alone.",
+		}),
 	}
 	m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)
 	m.catchUpInFlight = m.inFlight.WithLabelValues(classCatchUp)
@@ -119,7 +135,8 @@ func newDeliveryMetrics() *deliveryMetrics {
 // register registers m on reg (nil: nowhere).
 func (m *deliveryMetrics) register(reg prometheus.Registerer) error {
 	if _, err := metricset.Register(reg, m.deliveries, m.seconds, m.deadLetters, m.ackFailures, m.rulesPaused,
-		m.rulePauses, m.limit, m.ceiling, m.inFlight, m.limitDecreases); err != nil {
+		m.rulePauses, m.limit, m.ceiling, m.inFlight, m.limitDecreases, m.catchUpPosts, m.catchUpRateLimited,
+		m.catchUpRate); err != nil {
 		return fmt.Errorf("delivery: %w", err)
 	}
 	return nil

@@ -110,6 +110,9 @@ type agentSetting struct {
 	retired string
 }
 
+// maxCatchUpRate bounds TIMERD_CATCHUP_RATE: far above what one Attune takes.
+const maxCatchUpRate = 1_000_000
+
 // agentSettings lists every setting of `timerd agent`, in the order of
 // docs/configuration.md.
 var agentSettings = []agentSetting{
@@ -328,6 +331,22 @@ var agentSettings = []agentSetting{
 			return fmt.Errorf("%q is not a whole number in 1..4096", truncateSetting(v))
 		}
 		c.Workers = n
+		return nil
+	}},
+	{env: "TIMERD_CATCHUP_RATE", key: "catchup_rate", flag: "catchup-rate", def: "0", usage: "the most catch-up events per second (slots more than 30s old: an outage's backlog) from the whole cluster, divided among the live members; 0: no rate, only TIMERD_CATCHUP_SHARE bounds them (0..1000000)", set: func(c *agentConfig, v string) error {
+		r, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || !(r >= 0 && r <= maxCatchUpRate) { // NaN fails both
+			return fmt.Errorf("%q is not a number of events per second in 0..%d (0: no rate)", truncateSetting(v), maxCatchUpRate)
+		}
+		c.CatchUpRate = r
+		return nil
+	}},
+	{env: "TIMERD_CATCHUP_SHARE", key: "catchup_share", flag: "catchup-share", def: strconv.FormatFloat(ingest.DefaultCatchUpShare, 'g', -1, 64), usage: "the fraction of this node's event POSTs in flight that catch-up may take, the rest kept for on-time events (over 0, at most 1)", set: func(c *agentConfig, v string) error {
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || !(f > 0 && f <= 1) {
+			return fmt.Errorf("%q is not a fraction over 0 and at most 1 (e.g. 0.5)", truncateSetting(v))
+		}
+		c.CatchUpShare = f
 		return nil
 	}},
 	{env: "TIMERD_PPROF", key: "pprof", flag: "pprof", def: "false", usage: "true serves Go's profiles at /debug/pprof/ on the HTTP address, behind TIMERD_HTTP_TOKEN_FILE's token when set", set: func(c *agentConfig, v string) error {

@@ -124,6 +124,11 @@ type Config struct {
 	// over, and comes back as a new incarnation once a probe commit succeeds
 	// (docs/operations.md, "When the disk fills"). Default 30s.
 	CommitFailureLeaveAfter time.Duration
+	// CatchUpRate is the most catch-up events per second from the whole
+	// cluster, divided among the live members (ingest.DeliveryConfig.CatchUpRate);
+	// 0: no rate. CatchUpShare is the fraction of the node's POSTs in flight
+	// catch-up may take; 0: ingest.DefaultCatchUpShare.
+	CatchUpRate, CatchUpShare float64
 
 	Logger   *slog.Logger
 	Registry *prometheus.Registry // nil: a registry of the node's own; Close (or a failed New) unregisters the node's metrics
@@ -362,6 +367,11 @@ func New(cfg Config) (_ *Node, err error) {
 		Registerer: reg,
 
 		RejectRetryWindow: cfg.RejectRetryWindow,
+
+		// Catch-up (an outage's backlog) is paced: on-time events keep
+		// their share, and Attune sees the backlog at the set rate.
+		CatchUpRate:  cfg.CatchUpRate,
+		CatchUpShare: cfg.CatchUpShare,
 	})
 	if err != nil {
 		return nil, err

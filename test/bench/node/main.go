@@ -6,8 +6,14 @@
 // With -baseline REV the same run is made with the timerd of that revision,
 // and both are printed side by side with their ratio (issue 11).
 //
+// With -down D it measures catch-up (issue 14, point 3): the agent is
+// stopped after the warm-up, started again D later, and the run reports the
+// on-time events' lateness while the backlog drains, and the drain's rate
+// against -catchup-rate (catchup.go).
+//
 //	go run ./test/bench/node -rules 50000 -every 10s
 //	go run ./test/bench/node -rules 100000 -delay 20ms -baseline 190e9eb
+//	go run ./test/bench/node -rules 5000 -every 1s -misfire fire_all -down 2m -catchup-rate 5000 -baseline main
 package main
 
 import (
@@ -38,6 +44,11 @@ type config struct {
 	Baseline string
 	Metrics  string // directory: each run's /metrics at the window's end, and its CPU profile with Profile
 	Profile  bool   // take a CPU profile of the agent over the window (TIMERD_PPROF)
+	// The catch-up mode (Down > 0): the agent is stopped after the warm-up,
+	// started again Down later, and measured while it drains the backlog.
+	Down        time.Duration
+	CatchUpRate float64 // TIMERD_CATCHUP_RATE of the agent (0: unset)
+	Misfire     string  // the interval and cron rules' misfire policy ("": the default)
 }
 
 func main() {
@@ -54,6 +65,9 @@ func main() {
 	fs.StringVar(&cfg.Binary, "binary", "", "timerd binary (default: go build ./cmd/timerd)")
 	fs.StringVar(&cfg.Baseline, "baseline", "", "also run the timerd of this git revision, side by side")
 	fs.StringVar(&cfg.Metrics, "metrics", "", "write each run's /metrics at the window's end into this directory")
+	fs.DurationVar(&cfg.Down, "down", 0, "catch-up mode: stop the agent after the warm-up for this long, start it again and measure the backlog's drain beside the on-time events (the window is then the drain, at most -window)")
+	fs.Float64Var(&cfg.CatchUpRate, "catchup-rate", 0, "TIMERD_CATCHUP_RATE of the agent: catch-up events/s (0: unset; a revision without the setting ignores it)")
+	fs.StringVar(&cfg.Misfire, "misfire", "", "misfire policy of the interval and cron rules (fire_all, fire_once, skip; default: the rules' default)")
 	fs.BoolVar(&cfg.Profile, "cpuprofile", false, "also write a CPU profile of the agent over the window into the -metrics directory (go tool pprof -top FILE)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -96,14 +110,28 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	runs = append(runs, run{"this tree", bin})
 	var results []result
+	var catchUps []catchUpResult
 	for _, r := range runs {
 		progress("run %s: %d rules (%s), every %s, stub delay %s", r.name, cfg.Rules, cfg.Mix, cfg.Every, cfg.Delay)
+		if cfg.Down > 0 {
+			res, err := measureCatchUp(ctx, cfg, r.bin, filepath.Join(tmp, "data-"+fmt.Sprint(len(catchUps))))
+			if err != nil {
+				return fmt.Errorf("%s: %w", r.name, err)
+			}
+			res.Name = r.name
+			catchUps = append(catchUps, res)
+			continue
+		}
 		res, err := measure(ctx, cfg, r.bin, filepath.Join(tmp, "data-"+fmt.Sprint(len(results))), r.name)
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
 		res.Name = r.name
 		results = append(results, res)
+	}
+	if cfg.Down > 0 {
+		printCatchUp(out, cfg, catchUps)
+		return nil
 	}
 	printResults(out, cfg, results)
 	return nil

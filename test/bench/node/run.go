@@ -123,63 +123,23 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 		return result{}, err
 	}
 	defer stub.close()
-	key := make([]byte, 32)
-	rand.Read(key)
-	tok, _, err := (&auth.Issuer{Key: key}).Issue(auth.IssueRequest{Subject: "bench", IdentityID: "bench",
-		Scope: auth.ScopeSensor, TriggerTypes: scheduler.TimerTriggers(), TTL: 24 * time.Hour, Login: "core.timer"})
+	tok, err := benchToken()
 	if err != nil {
 		return result{}, err
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return result{}, err
-	}
-	httpAddr, err := freePort()
+	ag, err := startAgent(ctx, cfg, bin, dataDir, stub.url, tok)
 	if err != nil {
 		return result{}, err
 	}
-	cmd := exec.CommandContext(ctx, bin, "agent")
-	cmd.Env = append(os.Environ(),
-		"ATTUNE_API_URL="+stub.url, "ATTUNE_API_TOKEN="+tok, "TIMERD_DATA_DIR="+dataDir,
-		"TIMERD_HTTP_ADDR="+httpAddr, "TIMERD_BIND_ADDR=127.0.0.1:0", "TIMERD_NODE_NAME=bench",
-		"TIMERD_RECONCILE_INTERVAL=1h", "ATTUNE_LOG_LEVEL=warn")
-	if cfg.Profile {
-		cmd.Env = append(cmd.Env, "TIMERD_PPROF=true")
-	}
-	if cfg.Workers > 0 {
-		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_WORKERS=%d", cfg.Workers))
-	}
-	if cfg.Budget > 0 {
-		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_DELIVERY_BUDGET=%d", cfg.Budget))
-	}
-	var logs tailBuffer // warnings and errors: shown if the agent fails
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	if err := cmd.Start(); err != nil {
-		return result{}, err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-exited //nolint:errcheck // the exit status after our SIGTERM tells nothing
-	}()
-	base := "http://" + httpAddr
+	defer ag.stop()
+	base := ag.base
 	started := time.Now()
-	for !ready(base) {
-		select {
-		case err := <-exited:
-			exited <- err
-			return result{}, fmt.Errorf("the agent exited (%w):\n%s", err, logs.String())
-		default:
-		}
-		if time.Since(started) > 5*time.Minute {
-			return result{}, fmt.Errorf("the agent was not ready within 5 minutes:\n%s", logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := ag.waitReady(); err != nil {
+		return result{}, err
 	}
 	progress("ready %s after start; warm-up %s", time.Since(started).Round(time.Millisecond), cfg.Warmup)
 	backoff.Sleep(ctx, cfg.Warmup)
-	pid := cmd.Process.Pid
+	pid := ag.cmd.Process.Pid
 	first, err := procstat.Read(pid)
 	if err != nil {
 		return result{}, err
@@ -304,4 +264,83 @@ func scheduledAt(body []byte) (time.Time, error) {
 		s = e.Payload.FireAt
 	}
 	return time.Parse(time.RFC3339Nano, s)
+}
+
+// benchToken is a sensor token the stub takes (it checks none).
+func benchToken() (string, error) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	tok, _, err := (&auth.Issuer{Key: key}).Issue(auth.IssueRequest{Subject: "bench", IdentityID: "bench",
+		Scope: auth.ScopeSensor, TriggerTypes: scheduler.TimerTriggers(), TTL: 24 * time.Hour, Login: "core.timer"})
+	return tok, err
+}
+
+// agentProc is a running `timerd agent`.
+type agentProc struct {
+	cmd    *exec.Cmd
+	base   string // its HTTP address, http://host:port
+	logs   *tailBuffer
+	exited chan error
+}
+
+// startAgent starts an agent of bin on dataDir against the stub at apiURL.
+func startAgent(ctx context.Context, cfg config, bin, dataDir, apiURL, tok string) (*agentProc, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, err
+	}
+	httpAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, bin, "agent")
+	cmd.Env = append(os.Environ(),
+		"ATTUNE_API_URL="+apiURL, "ATTUNE_API_TOKEN="+tok, "TIMERD_DATA_DIR="+dataDir,
+		"TIMERD_HTTP_ADDR="+httpAddr, "TIMERD_BIND_ADDR=127.0.0.1:0", "TIMERD_NODE_NAME=bench",
+		"TIMERD_RECONCILE_INTERVAL=1h", "ATTUNE_LOG_LEVEL=warn")
+	if cfg.Profile {
+		cmd.Env = append(cmd.Env, "TIMERD_PPROF=true")
+	}
+	if cfg.Workers > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_WORKERS=%d", cfg.Workers))
+	}
+	if cfg.Budget > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_DELIVERY_BUDGET=%d", cfg.Budget))
+	}
+	if cfg.CatchUpRate > 0 { // a revision without the setting ignores it
+		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_CATCHUP_RATE=%g", cfg.CatchUpRate))
+	}
+	ag := &agentProc{cmd: cmd, base: "http://" + httpAddr, logs: &tailBuffer{}, exited: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = ag.logs, ag.logs // warnings and errors: shown if the agent fails
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { ag.exited <- cmd.Wait() }()
+	return ag, nil
+}
+
+// waitReady waits until the agent answers /readyz 200 (5 minutes at most).
+func (ag *agentProc) waitReady() error {
+	started := time.Now()
+	for !ready(ag.base) {
+		select {
+		case err := <-ag.exited:
+			ag.exited <- err
+			return fmt.Errorf("the agent exited (%w):\n%s", err, ag.logs.String())
+		default:
+		}
+		if time.Since(started) > 5*time.Minute {
+			return fmt.Errorf("the agent was not ready within 5 minutes:\n%s", ag.logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil
+}
+
+// stop sends SIGTERM and waits for the agent to exit; its status after our
+// SIGTERM tells nothing. Stopping twice is a no-op.
+func (ag *agentProc) stop() {
+	_ = ag.cmd.Process.Signal(syscall.SIGTERM)
+	err := <-ag.exited
+	ag.exited <- err
 }

@@ -95,9 +95,9 @@ func (s *stub) params(id int, kind string) any {
 	secs := int(s.cfg.Every / time.Second)
 	switch kind {
 	case "core.intervaltimer":
-		return map[string]any{"interval": secs}
+		return s.withMisfire(map[string]any{"interval": secs})
 	case "core.crontimer":
-		return map[string]any{"expression": fmt.Sprintf("*/%d * * * * *", secs)}
+		return s.withMisfire(map[string]any{"expression": fmt.Sprintf("*/%d * * * * *", secs)})
 	}
 	spread := s.cfg.Warmup/2 + s.cfg.Window
 	at := s.base.Add(time.Duration(id*7919) * time.Millisecond % spread)
@@ -165,4 +165,12 @@ func (s *stub) window(from, to time.Time) ([]received, int) {
 		}
 	}
 	return out, dups
+}
+
+// withMisfire adds the run's misfire policy, if any, to a rule's parameters.
+func (s *stub) withMisfire(params map[string]any) map[string]any {
+	if s.cfg.Misfire != "" {
+		params["misfire"] = s.cfg.Misfire
+	}
+	return params
 }
