@@ -110,7 +110,7 @@ func TestPacerNeverExceedsRate(t *testing.T) {
 }
 
 func TestPacerWithoutRate(t *testing.T) {
-	p := newPacer(0.5, 0, 3, t0)
+	p := newPacer(0.5, NoCatchUpRate, 3, t0)
 	for i := range 100_000 {
 		if !p.take(t0) {
 			t.Fatalf("take %d without a rate = false", i)
@@ -268,6 +268,7 @@ func TestDeliveryCatchUpShareHolds(t *testing.T) {
 	cfg := testConfig(st, api.srv.URL)
 	cfg.Workers = 16
 	cfg.CatchUpShare = 0 // the default
+	cfg.CatchUpRate = NoCatchUpRate
 	startDelivery(t, cfg)
 	testkit.Eventually(t, 20*time.Second, "an empty outbox", func() bool { return outboxLen(t, st) == 0 })
 	if got := api.peak.Load(); got > 8 || got < 2 {
@@ -346,5 +347,37 @@ func TestDeliveryPacedBacklogCommittedAfterStartLeavesRoomForOnTime(t *testing.T
 	}
 	if n := outboxLen(t, st); n < 2500 {
 		t.Errorf("outbox holds %d entries, want the paced backlog (≥ 2500) still there", n)
+	}
+}
+
+// The auto rate (CatchUpRate 0, the default) follows the on-time posts of the
+// last minute, at least MinAutoCatchUpRate, whatever the members.
+func TestPacerAutoRate(t *testing.T) {
+	p := newPacer(0.5, 0, 3, t0)
+	if p.rate() != MinAutoCatchUpRate {
+		t.Fatalf("auto rate before any on-time post = %v, want the floor %d", p.rate(), MinAutoCatchUpRate)
+	}
+	// 400 on-time posts a second for 10 s.
+	now := t0
+	for range 10 {
+		for i := range 400 {
+			p.sentOnTime(now.Add(time.Duration(i) * time.Second / 400))
+		}
+		now = now.Add(time.Second)
+		p.setMembers(3, now)
+	}
+	if r := p.rate(); r < 390 || r > 410 {
+		t.Errorf("auto rate after 10 s of 400 on-time posts a second = %v, want about 400", r)
+	}
+	// Posts at that rate pass; twice as many do not.
+	rng := rand.New(rand.NewPCG(1, 2))
+	if got := len(drive(p, now, 5*time.Second, 1<<20, rng)); got > 5*410+burstOf(410) {
+		t.Errorf("auto rate of 400/s for 5 s: %d catch-up posts", got)
+	}
+	// A quiet minute: back to the floor.
+	now = now.Add(10 * time.Second)
+	p.setMembers(3, now.Add(2*time.Minute))
+	if p.rate() != MinAutoCatchUpRate {
+		t.Errorf("auto rate after a quiet minute = %v, want the floor %d", p.rate(), MinAutoCatchUpRate)
 	}
 }

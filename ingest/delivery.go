@@ -58,7 +58,9 @@ type DeliveryConfig struct {
 	CatchUpAfter time.Duration
 	// CatchUpRate paces catch-up: the most catch-up events per second from
 	// the whole cluster, divided among the live members (Members) as Budget
-	// is. 0: no rate, catch-up is bounded by CatchUpShare alone.
+	// is. 0 (the default): auto, each node at the rate it posted on-time
+	// events over the last minute, at least MinAutoCatchUpRate.
+	// NoCatchUpRate: no rate, catch-up is bounded by CatchUpShare alone.
 	CatchUpRate float64
 	// CatchUpShare is the fraction of the node's POSTs in flight (its
 	// adaptive limit, itself at most its ceiling) that catch-up may take, in
@@ -139,8 +141,8 @@ func (c DeliveryConfig) Validate() error {
 		return bad("Budget", "%d not in [1, %d]", c.Budget, maxDeliveryBudget)
 	case c.CatchUpAfter < 0:
 		return bad("CatchUpAfter", "negative %v", c.CatchUpAfter)
-	case !(c.CatchUpRate >= 0) || math.IsInf(c.CatchUpRate, 1): // NaN fails >= 0
-		return bad("CatchUpRate", "%v is not a finite rate ≥ 0 (events/s; 0: none)", c.CatchUpRate)
+	case !(c.CatchUpRate >= 0 || c.CatchUpRate == NoCatchUpRate) || math.IsInf(c.CatchUpRate, 1): // NaN fails both
+		return bad("CatchUpRate", "%v is not a finite rate ≥ 0 (events/s; 0: auto) or NoCatchUpRate", c.CatchUpRate)
 	case !(c.CatchUpShare >= 0 && c.CatchUpShare <= 1):
 		return bad("CatchUpShare", "%v not in (0, 1]", c.CatchUpShare)
 	case c.Timeout < 0:
@@ -710,6 +712,7 @@ func (e *engine) dispatch(now time.Time) {
 			p = heap.Pop(&e.ready).(*pending)
 			p.catchUp = false
 			e.onTimeInFlight++
+			d.pace.sentOnTime(now)
 		case e.catchUp.Len() > 0 && d.pace.mayStart(limit, e.onTimeInFlight, e.catchUpInFlight):
 			if !d.pace.take(now) {
 				e.paceWake = d.pace.next(now)

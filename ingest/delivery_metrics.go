@@ -124,7 +124,7 @@ func newDeliveryMetrics() *deliveryMetrics {
 		}),
 		catchUpRate: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "timerd_delivery_catchup_rate",
-			Help: "This node's part of TIMERD_CATCHUP_RATE (over the live members), catch-up events per second; 0: no rate, catch-up is bounded by TIMERD_CATCHUP_SHARE alone.",
+			Help: "The most catch-up events per second this node posts: its on-time rate of the last minute (TIMERD_CATCHUP_RATE auto, at least 50), or its part of TIMERD_CATCHUP_RATE over the live members; 0: no rate (off), catch-up is bounded by TIMERD_CATCHUP_SHARE alone.",
 		}),
 	}
 	m.onTimeInFlight = m.inFlight.WithLabelValues(classOnTime)

@@ -209,8 +209,9 @@ func testConfig(st *store.Store, url string) DeliveryConfig {
 		BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond, PollInterval: 20 * time.Millisecond,
 		// Many tests commit slots of slot0, long past: catch-up. They are
 		// about other things, so catch-up may take the whole limit (but the
-		// reserve) here; catchup_test.go tests the default share.
-		CatchUpShare: 1,
+		// reserve) at no rate here; catchup_test.go tests the default share
+		// and the auto rate.
+		CatchUpShare: 1, CatchUpRate: NoCatchUpRate,
 	}
 }
 
@@ -849,7 +850,7 @@ func TestDeliveryConfigValidate(t *testing.T) {
 		{"probe max below min", func(c *DeliveryConfig) { c.ProbeMin, c.ProbeMax = time.Hour, time.Minute }, "ProbeMax"},
 		{"catch-up rate", func(c *DeliveryConfig) { c.CatchUpRate = 0.5 }, ""},
 		{"catch-up share 1", func(c *DeliveryConfig) { c.CatchUpShare = 1 }, ""},
-		{"negative catch-up rate", func(c *DeliveryConfig) { c.CatchUpRate = -1 }, "CatchUpRate"},
+		{"negative catch-up rate", func(c *DeliveryConfig) { c.CatchUpRate = -2 }, "CatchUpRate"},
 		{"NaN catch-up rate", func(c *DeliveryConfig) { c.CatchUpRate = math.NaN() }, "CatchUpRate"},
 		{"infinite catch-up rate", func(c *DeliveryConfig) { c.CatchUpRate = math.Inf(1) }, "CatchUpRate"},
 		{"catch-up share above 1", func(c *DeliveryConfig) { c.CatchUpShare = 1.5 }, "CatchUpShare"},

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/ingest"
 )
 
 // TIMERD_CATCHUP_RATE and TIMERD_CATCHUP_SHARE: their defaults, each way to
@@ -34,6 +36,9 @@ func TestAgentConfigCatchUp(t *testing.T) {
 		{"env", with("TIMERD_CATCHUP_RATE", " 1000 ", "TIMERD_CATCHUP_SHARE", "1"), "", nil, 1000, 1},
 		{"flags over env", with("TIMERD_CATCHUP_RATE", "1000"), "", []string{"--catchup-rate", "0.5", "--catchup-share", "0.1"}, 0.5, 0.1},
 		{"stdin numbers", base, stdin, []string{"--stdin-config"}, 250.5, 0.25},
+		{"auto", with("TIMERD_CATCHUP_RATE", "Auto"), "", nil, 0, 0.5},
+		{"off", with("TIMERD_CATCHUP_RATE", "off"), "", nil, ingest.NoCatchUpRate, 0.5},
+		{"0 is off", with("TIMERD_CATCHUP_RATE", "0"), "", nil, ingest.NoCatchUpRate, 0.5},
 	} {
 		c, err := loadFor(t, tc.env, tc.stdin, tc.args...)
 		if err != nil {
@@ -53,12 +58,12 @@ func TestAgentConfigCatchUp(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"TIMERD_CATCHUP_RATE", "-1"}, nil, `TIMERD_CATCHUP_RATE: "-1" is not a number of events per second in 0..1000000 (0: no rate)`},
-		{[]string{"TIMERD_CATCHUP_RATE", "NaN"}, nil, `TIMERD_CATCHUP_RATE: "NaN" is not a number`},
-		{[]string{"TIMERD_CATCHUP_RATE", "+Inf"}, nil, `TIMERD_CATCHUP_RATE: "+Inf" is not a number`},
-		{[]string{"TIMERD_CATCHUP_RATE", "2e6"}, nil, `TIMERD_CATCHUP_RATE: "2e6" is not a number`},
-		{[]string{"TIMERD_CATCHUP_RATE", "fast"}, nil, `TIMERD_CATCHUP_RATE: "fast" is not a number`},
-		{nil, []string{"--catchup-rate", "100/s"}, `--catchup-rate: "100/s" is not a number`},
+		{[]string{"TIMERD_CATCHUP_RATE", "-1"}, nil, `TIMERD_CATCHUP_RATE: "-1" is not auto, off or a number of events per second over 0 and at most 1000000`},
+		{[]string{"TIMERD_CATCHUP_RATE", "NaN"}, nil, `TIMERD_CATCHUP_RATE: "NaN" is not auto, off or a number`},
+		{[]string{"TIMERD_CATCHUP_RATE", "+Inf"}, nil, `TIMERD_CATCHUP_RATE: "+Inf" is not auto, off or a number`},
+		{[]string{"TIMERD_CATCHUP_RATE", "2e6"}, nil, `TIMERD_CATCHUP_RATE: "2e6" is not auto, off or a number`},
+		{[]string{"TIMERD_CATCHUP_RATE", "fast"}, nil, `TIMERD_CATCHUP_RATE: "fast" is not auto, off or a number`},
+		{nil, []string{"--catchup-rate", "100/s"}, `--catchup-rate: "100/s" is not auto, off or a number`},
 		{[]string{"TIMERD_CATCHUP_SHARE", "0"}, nil, `TIMERD_CATCHUP_SHARE: "0" is not a fraction over 0 and at most 1 (e.g. 0.5)`},
 		{[]string{"TIMERD_CATCHUP_SHARE", "1.5"}, nil, `TIMERD_CATCHUP_SHARE: "1.5" is not a fraction`},
 		{[]string{"TIMERD_CATCHUP_SHARE", "50%"}, nil, `TIMERD_CATCHUP_SHARE: "50%" is not a fraction`},

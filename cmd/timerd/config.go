@@ -333,10 +333,18 @@ var agentSettings = []agentSetting{
 		c.Workers = n
 		return nil
 	}},
-	{env: "TIMERD_CATCHUP_RATE", key: "catchup_rate", flag: "catchup-rate", def: "0", usage: "the most catch-up events per second (slots more than 30s old: an outage's backlog) from the whole cluster, divided among the live members; 0: no rate, only TIMERD_CATCHUP_SHARE bounds them (0..1000000)", set: func(c *agentConfig, v string) error {
-		r, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-		if err != nil || !(r >= 0 && r <= maxCatchUpRate) { // NaN fails both
-			return fmt.Errorf("%q is not a number of events per second in 0..%d (0: no rate)", truncateSetting(v), maxCatchUpRate)
+	{env: "TIMERD_CATCHUP_RATE", key: "catchup_rate", flag: "catchup-rate", def: "auto", usage: "the most catch-up events per second (slots more than 30s old: an outage's backlog): auto, each node at the rate it posted on-time events over the last minute (at least 50/s); a number over 0, for the whole cluster, divided among the live members (at most 1000000); or off, only TIMERD_CATCHUP_SHARE bounds them", set: func(c *agentConfig, v string) error {
+		switch v = strings.TrimSpace(v); strings.ToLower(v) {
+		case "auto":
+			c.CatchUpRate = 0
+			return nil
+		case "off", "0":
+			c.CatchUpRate = ingest.NoCatchUpRate
+			return nil
+		}
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(r > 0 && r <= maxCatchUpRate) { // NaN fails both
+			return fmt.Errorf("%q is not auto, off or a number of events per second over 0 and at most %d", truncateSetting(v), maxCatchUpRate)
 		}
 		c.CatchUpRate = r
 		return nil

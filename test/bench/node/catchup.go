@@ -160,8 +160,8 @@ func measureCatchUp(ctx context.Context, cfg config, bin, dataDir string) (catch
 
 func printCatchUp(out io.Writer, cfg config, rs []catchUpResult) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(out, "%d rules (%s, misfire %s) every %s, stub delay %s, %s of warm-up, down %s, TIMERD_CATCHUP_RATE %g; %.0f events/s due\n",
-		cfg.Rules, cfg.Mix, orDefault(cfg.Misfire), cfg.Every, cfg.Delay, cfg.Warmup, cfg.Down, cfg.CatchUpRate, cfg.due())
+	fmt.Fprintf(out, "%d rules (%s, misfire %s) every %s, stub delay %s, %s of warm-up, down %s, TIMERD_CATCHUP_RATE %s; %.0f events/s due\n",
+		cfg.Rules, cfg.Mix, orDefault(cfg.Misfire), cfg.Every, cfg.Delay, cfg.Warmup, cfg.Down, orDefault(cfg.CatchUpRate), cfg.due())
 	header := "\t"
 	for _, r := range rs {
 		header += r.Name + "\t"

@@ -47,7 +47,7 @@ type config struct {
 	// The catch-up mode (Down > 0): the agent is stopped after the warm-up,
 	// started again Down later, and measured while it drains the backlog.
 	Down        time.Duration
-	CatchUpRate float64 // TIMERD_CATCHUP_RATE of the agent (0: unset)
+	CatchUpRate string // TIMERD_CATCHUP_RATE of the agent ("": unset, its default: auto)
 	Misfire     string  // the interval and cron rules' misfire policy ("": the default)
 }
 
@@ -66,7 +66,7 @@ func main() {
 	fs.StringVar(&cfg.Baseline, "baseline", "", "also run the timerd of this git revision, side by side")
 	fs.StringVar(&cfg.Metrics, "metrics", "", "write each run's /metrics at the window's end into this directory")
 	fs.DurationVar(&cfg.Down, "down", 0, "catch-up mode: stop the agent after the warm-up for this long, start it again and measure the backlog's drain beside the on-time events (the window is then the drain, at most -window)")
-	fs.Float64Var(&cfg.CatchUpRate, "catchup-rate", 0, "TIMERD_CATCHUP_RATE of the agent: catch-up events/s (0: unset; a revision without the setting ignores it)")
+	fs.StringVar(&cfg.CatchUpRate, "catchup-rate", "", "TIMERD_CATCHUP_RATE of the agent: auto, off or catch-up events/s (unset: the agent's default; a revision without the setting ignores it)")
 	fs.StringVar(&cfg.Misfire, "misfire", "", "misfire policy of the interval and cron rules (fire_all, fire_once, skip; default: the rules' default)")
 	fs.BoolVar(&cfg.Profile, "cpuprofile", false, "also write a CPU profile of the agent over the window into the -metrics directory (go tool pprof -top FILE)")
 	if err := fs.Parse(os.Args[1:]); err != nil {

@@ -306,8 +306,8 @@ func startAgent(ctx context.Context, cfg config, bin, dataDir, apiURL, tok strin
 	if cfg.Budget > 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_DELIVERY_BUDGET=%d", cfg.Budget))
 	}
-	if cfg.CatchUpRate > 0 { // a revision without the setting ignores it
-		cmd.Env = append(cmd.Env, fmt.Sprintf("TIMERD_CATCHUP_RATE=%g", cfg.CatchUpRate))
+	if cfg.CatchUpRate != "" { // a revision without the setting ignores it
+		cmd.Env = append(cmd.Env, "TIMERD_CATCHUP_RATE="+cfg.CatchUpRate)
 	}
 	ag := &agentProc{cmd: cmd, base: "http://" + httpAddr, logs: &tailBuffer{}, exited: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = ag.logs, ag.logs // warnings and errors: shown if the agent fails
