@@ -48,7 +48,7 @@ type config struct {
 	// started again Down later, and measured while it drains the backlog.
 	Down        time.Duration
 	CatchUpRate string // TIMERD_CATCHUP_RATE of the agent ("": unset, its default: auto)
-	Misfire     string  // the interval and cron rules' misfire policy ("": the default)
+	Misfire     string // the interval and cron rules' misfire policy ("": the default)
 }
 
 func main() {
