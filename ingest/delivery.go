@@ -68,6 +68,13 @@ type DeliveryConfig struct {
 	// events whatever the backlog.
 	CatchUpShare float64
 	Timeout      time.Duration // per request, default 10s
+	// StopGrace is how long POSTs in flight get to be answered when delivery
+	// stops (Run's ctx ends, a Flush runs out of time) before their
+	// connections are closed: an answer cut off leaves the event to be posted
+	// again (at the next start, or by the member it is handed to), a
+	// duplicate if the receiver had stored it. No new POST starts meanwhile.
+	// Default 2s; at most Timeout.
+	StopGrace time.Duration
 	BackoffMin   time.Duration // first retry delay, default 200ms
 	BackoffMax   time.Duration // cap of the retry delay and of Retry-After, default 30s
 	PollInterval time.Duration // re-scan of the outbox without Notify, default 1s
@@ -96,6 +103,7 @@ const (
 	DefaultCatchUpAfter     = 30 * time.Second
 	DefaultCatchUpShare     = 0.5
 	DefaultDeliveryTimeout  = 10 * time.Second
+	DefaultStopGrace        = 2 * time.Second
 	DefaultBackoffMin       = 200 * time.Millisecond
 	DefaultBackoffMax       = 30 * time.Second
 	DefaultOutboxPoll       = time.Second
@@ -147,6 +155,8 @@ func (c DeliveryConfig) Validate() error {
 		return bad("CatchUpShare", "%v not in (0, 1]", c.CatchUpShare)
 	case c.Timeout < 0:
 		return bad("Timeout", "negative %v", c.Timeout)
+	case c.StopGrace < 0:
+		return bad("StopGrace", "negative %v", c.StopGrace)
 	case c.BackoffMin < 0:
 		return bad("BackoffMin", "negative %v", c.BackoffMin)
 	case c.BackoffMax < 0:
@@ -185,6 +195,10 @@ func (c DeliveryConfig) withDefaults() DeliveryConfig {
 	if c.Timeout == 0 {
 		c.Timeout = DefaultDeliveryTimeout
 	}
+	if c.StopGrace == 0 {
+		c.StopGrace = DefaultStopGrace
+	}
+	c.StopGrace = min(c.StopGrace, c.Timeout)
 	if c.BackoffMin == 0 {
 		c.BackoffMin = DefaultBackoffMin
 	}
@@ -550,8 +564,9 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 		b.probe = nil // an earlier engine's entry
 	}
 	defer func() {
+		e.awaitInFlight(d.cfg.StopGrace)
 		cancel()
-		// POSTs in flight return at once, as with a cancelled request.
+		// POSTs still in flight return at once, as with a cancelled request.
 		d.poster.closeAll()
 		close(e.jobs)
 		close(e.ackReq)
@@ -671,6 +686,25 @@ func (d *Delivery) runEngine(ctx context.Context, flush bool) error {
 				return err
 			}
 			d.log.Error("read outbox", "err", err)
+		}
+	}
+}
+
+// awaitInFlight handles the answers of the POSTs in flight as they come, for
+// at most grace: the engine is stopping and starts no POST, but one answered
+// is one not posted again.
+func (e *engine) awaitInFlight(grace time.Duration) {
+	if grace <= 0 || e.onTimeInFlight+e.catchUpInFlight == 0 {
+		return
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for e.onTimeInFlight+e.catchUpInFlight > 0 {
+		select {
+		case r := <-e.results:
+			e.handle([]outcome{r})
+		case <-t.C:
+			return
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/ingest"
 )
 
 const (
@@ -26,9 +27,10 @@ const (
 	// (the hand-over's ½ and the settle's ¼, the outbox flush's ½, the hand-over of
 	// what is left ½: 1¾ of it, rounded up to 3 for the budgets to come): two forced
 	// retirements' waits (3 s each) and the HTTP server's shutdown (2 s) in
-	// cmd/timerd/node, and the gossip leave (cluster.DefaultLeaveTimeout). The same rule
-	// as the systemd unit's TimeoutStopSec (test/e2e TestSystemdUnit): 3 × it + 15 s.
-	shutdownBeyond = 8*time.Second + cluster.DefaultLeaveTimeout
+	// cmd/timerd/node, the POSTs in flight's grace (ingest.DefaultStopGrace), and the
+	// gossip leave (cluster.DefaultLeaveTimeout). The same rule as the systemd unit's
+	// TimeoutStopSec (test/e2e TestSystemdUnit): 3 × it + 15 s covers it.
+	shutdownBeyond = 8*time.Second + ingest.DefaultStopGrace + cluster.DefaultLeaveTimeout
 )
 
 // secretSettings name a secret in their value: set only from a Secret.

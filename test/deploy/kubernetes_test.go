@@ -125,9 +125,9 @@ func TestManifestChecksCatchMistakes(t *testing.T) {
 		{"OnDelete updates", func(m *manifests) {
 			m.statefulSet.Spec.UpdateStrategy = appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType}
 		}, "OnDelete"},
-		{"grace period of twice the shutdown timeout only", func(m *manifests) { m.statefulSet.Spec.Template.Spec.TerminationGracePeriodSeconds = i64(20) }, "terminationGracePeriodSeconds 20s: want more than 43s"},
+		{"grace period of twice the shutdown timeout only", func(m *manifests) { m.statefulSet.Spec.Template.Spec.TerminationGracePeriodSeconds = i64(20) }, "terminationGracePeriodSeconds 20s: want more than 45s"},
 		{"grace period unset", func(m *manifests) { m.statefulSet.Spec.Template.Spec.TerminationGracePeriodSeconds = nil }, "terminationGracePeriodSeconds unset"},
-		{"shutdown timeout raised alone", func(m *manifests) { setEnv(m, "TIMERD_SHUTDOWN_TIMEOUT", "30s") }, "want more than 1m43s"},
+		{"shutdown timeout raised alone", func(m *manifests) { setEnv(m, "TIMERD_SHUTDOWN_TIMEOUT", "30s") }, "want more than 1m45s"},
 		{"shutdown timeout in days", func(m *manifests) { setEnv(m, "TIMERD_SHUTDOWN_TIMEOUT", "1d") }, "env TIMERD_SHUTDOWN_TIMEOUT"},
 		{"HTTP on another port", func(m *manifests) { setEnv(m, "TIMERD_HTTP_ADDR", ":9000") }, "containerPort 8470/TCP (http): timerd listens on 9000/TCP"},
 		{"gossip UDP missing", func(m *manifests) {
