@@ -74,7 +74,7 @@ type DeliveryConfig struct {
 	// again (at the next start, or by the member it is handed to), a
 	// duplicate if the receiver had stored it. No new POST starts meanwhile.
 	// Default 2s; at most Timeout.
-	StopGrace time.Duration
+	StopGrace    time.Duration
 	BackoffMin   time.Duration // first retry delay, default 200ms
 	BackoffMax   time.Duration // cap of the retry delay and of Retry-After, default 30s
 	PollInterval time.Duration // re-scan of the outbox without Notify, default 1s
