@@ -229,6 +229,12 @@ func (n *Node) forwardDescribe(r *http.Request, owner string, id int64) (RuleDes
 	c := &Client{base: "http://" + addr, http: auth.NoRedirects(nil), maxBody: maxDescribeBody,
 		header: http.Header{ForwardedHeader: {n.selfName()}}}
 	if a := r.Header.Get("Authorization"); a != "" {
+		if !n.gossipEncrypted() {
+			// The address came by plain gossip, which anyone who reaches the gossip
+			// port can forge: the operator's token is not sent there.
+			return RuleDescription{}, fmt.Errorf("%s: not asked: gossip is not encrypted, so its address is not "+
+				"authenticated and the operator's token is not forwarded to it; ask it directly", addr)
+		}
 		c.header.Set("Authorization", a)
 	}
 	d, _, err := c.DescribeRule(ctx, id)
@@ -240,6 +246,13 @@ func (n *Node) forwardDescribe(r *http.Request, owner string, id int64) (RuleDes
 	}
 	d.ForwardedBy = n.selfName()
 	return d, nil
+}
+
+// gossipEncrypted reports whether the members' gossip, and so the HTTP addresses
+// it carries, comes from holders of the cluster's key.
+func (n *Node) gossipEncrypted() bool {
+	c := n.cfg.Cluster
+	return c != nil && (c.GossipKey != "" || c.GossipKeyringFile != "")
 }
 
 // selfName is this node's name in the ring.

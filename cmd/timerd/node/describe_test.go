@@ -1,6 +1,8 @@
 package node
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/test/testkit"
 )
@@ -254,9 +257,13 @@ func TestDescribeForwards(t *testing.T) {
 	fakeAddr := strings.TrimPrefix(fake.URL, "http://")
 
 	sys := startClusterAPI(t)
-	a := sys.startClusterNode("a", clusterConfig(), true)
-	b := sys.startClusterNode("b", clusterConfig(a.cl.LocalAddr()), true)
-	fcc := clusterConfig(a.cl.LocalAddr())
+	// Encrypted gossip: the addresses it carries are the members' own, so a
+	// caller's token may be forwarded to them.
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	keyed := func(cc *cluster.Config) *cluster.Config { cc.GossipKey = key; return cc }
+	a := sys.startClusterNode("a", keyed(clusterConfig()), true)
+	b := sys.startClusterNode("b", keyed(clusterConfig(a.cl.LocalAddr())), true)
+	fcc := keyed(clusterConfig(a.cl.LocalAddr()))
 	fcc.HTTPAddr = fakeAddr // f tells its peers a fake owner's address
 	f := sys.startClusterNode("f", fcc, false)
 	nodes := []*runningNode{a, b, f}
@@ -395,5 +402,45 @@ func TestClientDescribeRule(t *testing.T) {
 	if !errors.As(err, &se) || se.Code != http.StatusNotFound || !strings.Contains(se.Message, "rule 9 is not known") ||
 		strings.Contains(err.Error(), token) {
 		t.Errorf("DescribeRule(9) = %v, want a 404 StatusError with the message and no token", err)
+	}
+}
+
+// With plain gossip a member's HTTP address is not authenticated (anyone who
+// reaches the gossip port can claim one), so a caller's token is not forwarded
+// there: the node answers itself and says where to ask.
+func TestDescribeDoesNotForwardTokensOverPlainGossip(t *testing.T) {
+	t.Parallel()
+	var asked atomic.Int64
+	fake := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { asked.Add(1) }))
+	defer fake.Close()
+	sys := startClusterAPI(t)
+	a := sys.startClusterNode("a", clusterConfig(), true)
+	fcc := clusterConfig(a.cl.LocalAddr())
+	fcc.HTTPAddr = strings.TrimPrefix(fake.URL, "http://")
+	f := sys.startClusterNode("f", fcc, false)
+	testkit.Eventually(t, 30*time.Second, "a and f see each other", func() bool {
+		return len(a.drv.snap.Load().status.View) == 2 && len(f.drv.snap.Load().status.View) == 2
+	})
+	var ofF int64
+	for i := 0; ofF == 0; i++ {
+		if i > 200 {
+			t.Fatal("no rule owned by f in 200")
+		}
+		id := sys.createRule(fmt.Sprintf("p%d", i), "core.intervaltimer", `{"unit":"hours","interval":1}`)
+		if owner, _ := a.ruleOwner(id); owner == "f" {
+			ofF = id
+		}
+	}
+	testkit.Eventually(t, 20*time.Second, "a stores f's rule", func() bool {
+		_, _, ok, _ := a.store.Rule(ofF)
+		return ok
+	})
+	code, d, body := describe(t, "http://"+a.HTTPAddr(), fmt.Sprint(ofF), http.Header{"Authorization": {"Bearer caller-token-0123456789"}})
+	if code != http.StatusOK || d.AnsweredBy != "a" || !strings.Contains(d.OwnerUnreachable, "gossip is not encrypted") {
+		t.Errorf("describe %d on a over plain gossip = %d, answered by %q, unreachable %q (%s); want a's own answer saying why",
+			ofF, code, d.AnsweredBy, d.OwnerUnreachable, body)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("the address f gossiped was asked %d times with the caller's token, want never", n)
 	}
 }
