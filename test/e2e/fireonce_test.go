@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/store"
 	"github.com/timerd/timerd/test/testkit"
 )
@@ -618,10 +619,14 @@ func TestFireOnceFailover(t *testing.T) {
 	}
 	// At the API: delivery (the replication gate, the POST, the API's
 	// commit) adds as much to every node's slots; on a busy machine its p99
-	// alone passes 3 s. The failover may add the 2 s to it.
-	if p, base := stored.pct(0.99), others.pct(0.99); p > base+2*time.Second {
-		t.Errorf("n2's slots after the kill: p99 of stored-scheduled %s, want at most the other nodes' %s + 2s",
-			p.Round(time.Millisecond), base.Round(time.Millisecond))
+	// alone passes 3 s. The failover may add the takeover to it: the new
+	// holders acquire within L + M + R of the last heartbeat (docs/protocol.md
+	// §5, 2.25 s), and about a fifth of n2's slots in the window fall in it, so
+	// its p99 is the takeover. (2 s, the figure before, failed by 34 ms at load 3.8.)
+	takeoverBound := protocol.DefaultLease + protocol.DefaultFenceMargin + protocol.DefaultHeartbeat
+	if p, base := stored.pct(0.99), others.pct(0.99); p > base+takeoverBound {
+		t.Errorf("n2's slots after the kill: p99 of stored-scheduled %s, want at most the other nodes' %s + %s",
+			p.Round(time.Millisecond), base.Round(time.Millisecond), takeoverBound)
 	}
 }
 
