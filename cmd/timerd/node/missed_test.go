@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -301,29 +300,4 @@ func TestMissedInTheCluster(t *testing.T) {
 	if got["owner_changing"] != 1 || got["node_down"] != 2 || got["duplicate_guard"] != 4 {
 		t.Errorf("timerd_missed_slots_total = %v, want owner_changing 1, node_down 2, duplicate_guard 4", got)
 	}
-}
-
-// testCounterOf sums a counter's samples on reg whose labels contain match.
-func testCounterOf(t *testing.T, reg *prometheus.Registry, name, match string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			if strings.Contains(strings.Join(labels, ","), match) {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }

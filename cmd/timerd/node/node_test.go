@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"go.uber.org/goleak"
 
@@ -259,7 +260,13 @@ func TestNodeRestartContinuesAndReconciles(t *testing.T) {
 // testCounter sums a counter's samples whose labels contain match.
 func testCounter(t *testing.T, n *runningNode, name, match string) float64 {
 	t.Helper()
-	mfs, err := n.cfg.Registry.Gather()
+	return testCounterOf(t, n.cfg.Registry, name, match)
+}
+
+// testCounterOf sums a counter's samples on reg whose labels contain match.
+func testCounterOf(t *testing.T, reg *prometheus.Registry, name, match string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
