@@ -212,8 +212,15 @@ func TestFiredLogBounded(t *testing.T) {
 	for id := int64(2); id < 2+3*latenessRules; id++ {
 		l.record([]scheduler.Fire{{RuleID: id, Slot: t0, FiredAt: t0}})
 	}
-	if len(l.cur)+len(l.prev) > 2*latenessRules {
-		t.Errorf("log keeps %d rules, want at most %d", len(l.cur)+len(l.prev), 2*latenessRules)
+	if len(l.cur)+len(l.prev) > 2*latenessRules || len(l.free) > latenessRules {
+		t.Errorf("log keeps %d rules and %d spare rings, want at most %d and %d", len(l.cur)+len(l.prev), len(l.free),
+			2*latenessRules, latenessRules)
+	}
+	// A reused ring starts empty: every rule fired once has one fire.
+	for _, id := range []int64{2 + 3*latenessRules - 1, 2 + 3*latenessRules - 100} { // in cur, in prev
+		if got := l.of(id); len(got) != 1 || !got[0].Slot.Equal(t0) {
+			t.Errorf("rule %d fired once: of = %+v", id, got)
+		}
 	}
 	if len(l.of(1)) != 0 || len(l.of(2+3*latenessRules-1)) != 1 {
 		t.Errorf("after %d other rules fired: rule 1 has %d fires (want forgotten), the last rule %d (want 1)",

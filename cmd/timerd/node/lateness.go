@@ -13,9 +13,13 @@ import (
 // two generations: when the current one is full it becomes the previous one and
 // the older is dropped, so the rules fired least recently go first (~260 bytes a
 // rule, ~1 MB at most). Nothing is kept for rules that do not fire here.
+// record is on the fire path: the dropped generation's map and rings are reused,
+// so that a node whose rules take turns (more than 2·latenessRules of them)
+// allocates nothing a fire.
 type firedLog struct {
 	mu        sync.Mutex
 	cur, prev map[int64]*firedRing
+	free      []*firedRing // rings of a dropped generation, to reuse
 }
 
 const (
@@ -42,11 +46,13 @@ func (l *firedLog) record(fires []scheduler.Fire) {
 		f := &fires[i]
 		r := l.cur[f.RuleID]
 		if r == nil {
-			if r = l.prev[f.RuleID]; r == nil {
-				r = new(firedRing)
+			if r = l.prev[f.RuleID]; r != nil {
+				delete(l.prev, f.RuleID) // in cur from now on: not freed with prev
+			} else {
+				r = l.newRing()
 			}
 			if len(l.cur) >= latenessRules || l.cur == nil {
-				l.prev, l.cur = l.cur, make(map[int64]*firedRing, latenessRules)
+				l.rotate()
 			}
 			l.cur[f.RuleID] = r
 		}
@@ -63,6 +69,30 @@ func (l *firedLog) record(fires []scheduler.Fire) {
 		r.next = (j + 1) % latenessPerRule
 		r.n = min(r.n+1, latenessPerRule)
 	}
+}
+
+// rotate makes the current generation the previous one, and the previous one,
+// emptied, the current: its rings (those not moved into cur) are reused.
+func (l *firedLog) rotate() {
+	for _, r := range l.prev {
+		l.free = append(l.free, r)
+	}
+	clear(l.prev)
+	l.prev, l.cur = l.cur, l.prev
+	if l.cur == nil {
+		l.cur = make(map[int64]*firedRing, latenessRules)
+	}
+}
+
+// newRing is an empty ring, a reused one when there is one.
+func (l *firedLog) newRing() *firedRing {
+	if n := len(l.free); n > 0 {
+		r := l.free[n-1]
+		l.free = l.free[:n-1]
+		*r = firedRing{}
+		return r
+	}
+	return new(firedRing)
 }
 
 // of is rule id's recorded fires, oldest first; empty if none.
