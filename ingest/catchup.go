@@ -85,6 +85,10 @@ func (p *pacer) sentOnTime(now time.Time) {
 // roll moves the auto rate's ring on to the second of now.
 func (p *pacer) roll(now time.Time) {
 	sec := int64(now.Sub(p.start) / time.Second)
+	if sec-p.second > autoWindow { // idle for longer than the window: none of it counts
+		p.onTime, p.onTimeNow = [autoWindow]int{}, 0
+		p.second, p.seconds = sec, autoWindow
+	}
 	for ; p.second < sec; p.second++ {
 		p.onTime[p.second%autoWindow] = p.onTimeNow
 		p.onTimeNow = 0

@@ -380,4 +380,17 @@ func TestPacerAutoRate(t *testing.T) {
 	if p.rate() != MinAutoCatchUpRate {
 		t.Errorf("auto rate after a quiet minute = %v, want the floor %d", p.rate(), MinAutoCatchUpRate)
 	}
+	// A year idle costs no more than a minute, and 300 posts a second after it count.
+	now = now.Add(365 * 24 * time.Hour)
+	for range 3 {
+		for i := range 300 {
+			p.sentOnTime(now.Add(time.Duration(i) * time.Second / 300))
+		}
+		now = now.Add(time.Second)
+		p.setMembers(3, now)
+	}
+	// The idle seconds count as seconds without on-time posts: 900 over 60 s.
+	if r := p.onTimeRate(); r != 15 || p.rate() != MinAutoCatchUpRate {
+		t.Errorf("3 s after a year idle: on-time rate %v, want 15/s; auto rate %v, want the floor %d", r, p.rate(), MinAutoCatchUpRate)
+	}
 }
