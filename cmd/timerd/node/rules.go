@@ -147,14 +147,11 @@ func (n *Node) becomeReady() {
 }
 
 // follow applies lifecycle messages, from the consumer or the in-process
-// bus, and reconciles every ReconcileInterval, until ctx ends.
+// bus, and reconciles every ReconcileInterval (at the node's own phase of
+// it: reconcileRounds), until ctx ends.
 func (n *Node) follow(ctx context.Context) {
-	var tick <-chan time.Time
-	if n.cfg.ReconcileInterval > 0 {
-		t := time.NewTicker(n.cfg.ReconcileInterval)
-		defer t.Stop()
-		tick = t.C
-	}
+	rounds := n.newReconcileRounds()
+	defer rounds.stop()
 	pending := make([]attune.Message, 0, n.cfg.IntakeBatch)
 	for {
 		select {
@@ -174,8 +171,9 @@ func (n *Node) follow(ctx context.Context) {
 				n.log.Error("lifecycle messages not applied; the next reconcile repairs them",
 					"messages", len(pending), "err", err)
 			}
-		case <-tick:
+		case <-rounds.c:
 			n.periodicReconcile(ctx)
+			rounds.next()
 		}
 	}
 }
@@ -534,9 +532,17 @@ func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 	var (
 		want       []attune.RemoteRule
 		incomplete string
+		requests   int
+		bytes      int64
+		pageSize   int
 	)
 	for _, ref := range scheduler.TimerTriggers() {
 		l, err := n.rules.EnabledRules(ctx, ref)
+		requests, bytes, pageSize = requests+l.Requests, bytes+l.Bytes, max(pageSize, l.PageSize)
+		if l.FellBack != "" {
+			n.log.Warn("the rules API serves smaller pages than asked; reconciles ask it for 100 rules a page from now on",
+				"page_size", l.PageSize, "why", l.FellBack)
+		}
 		if err != nil {
 			n.metrics.reconciles.WithLabelValues("error").Inc()
 			if errors.Is(err, ingest.ErrMalformedListing) {
@@ -544,7 +550,11 @@ func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 			}
 			return 0, err
 		}
-		want = append(want, l.Rules...)
+		if want == nil {
+			want = l.Rules
+		} else {
+			want = append(want, l.Rules...)
+		}
 		incomplete = cmp.Or(incomplete, l.Incomplete)
 	}
 	changes, err := n.applyRemoteChanges(ctx, want, listed, incomplete, "reconcile")
@@ -558,6 +568,7 @@ func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 		n.log.Warn("tombstones not purged; the next reconcile retries", "err", err)
 	}
 	n.log.Info("reconciled", "rules", len(want), "changes", changes, "tombstones_purged", purged,
+		"requests", requests, "bytes", bytes, "page_size", pageSize,
 		"took", time.Since(start).Round(time.Millisecond).String())
 	return changes, nil
 }
