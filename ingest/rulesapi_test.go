@@ -2,9 +2,11 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/ingest/attune"
 )
 
 // The listing's times reach EnabledRules' result.
@@ -222,5 +226,31 @@ func TestEnabledRulesErrorsAreNotFallBacks(t *testing.T) {
 	a.refuse = true
 	if _, err := (&RulesClient{APIURL: a.srv.URL, PageSize: 80}).EnabledRules(context.Background(), "core.intervaltimer"); err == nil {
 		t.Error("EnabledRules with page_size 80 refused with 400: no error, want one (80 is below the fallback: nothing to fall back to)")
+	}
+}
+
+// A listing page reads each rule as attune.RemoteRule's own UnmarshalJSON
+// does (the page decodes rules once, as a plain struct).
+func TestListedRuleReadsAsRemoteRule(t *testing.T) {
+	for _, body := range []string{
+		`{"id":1,"ref":"a","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5},"enabled":true,"created":"2026-01-01T00:00:00Z","updated":"2026-01-02T00:00:00.123456789+02:00"}`,
+		`{"id":2,"ref":"b","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"},"created_at":"2026-01-03T00:00:00Z","updated_at":"2026-01-04T00:00:00Z"}`,
+		`{"id":3,"ref":"c","enabled":false,"updated":"not a time","updated_at":"2026-01-05T00:00:00Z","created":17}`,
+		`{"id":4,"ref":"d","updated":"\u0032026-01-06T00:00:00Z","created":null,"created_at":""}`,
+		`{"id":5,"ref":"e","updated":"2026-01-07T00:00:00Z\"","created":"\"","updated_at":"2026-01-08T00:00:00Z"}`,
+		`{"id":6,"ref":"f","trigger_params":null,"enabled":null,"updated":{},"created":[]}`,
+		`{"id":7}`,
+	} {
+		var want attune.RemoteRule
+		if err := json.Unmarshal([]byte(body), &want); err != nil {
+			t.Fatalf("attune.RemoteRule of %s: %v", body, err)
+		}
+		var lr listedRule
+		if err := json.Unmarshal([]byte(body), &lr); err != nil {
+			t.Fatalf("listedRule of %s: %v", body, err)
+		}
+		if got := lr.remote(); !reflect.DeepEqual(got, want) {
+			t.Errorf("listedRule of %s = %+v, want %+v (as attune.RemoteRule reads it)", body, got, want)
+		}
 	}
 }

@@ -609,9 +609,28 @@ func (n *Node) applyRemoteChanges(ctx context.Context, rules []attune.RemoteRule
 	for i, r := range rules {
 		snap.Rules[i] = protocol.Listed{Rule: remoteRule(r), Version: r.Version()}
 	}
+	changes := snap.Changes()
 	counts := map[string]int{}
-	for i, c := range snap.Changes() {
+	var (
+		held []int64
+		same []bool // same[i]: the store holds rules[i] as listed
+	)
+	if snap.MayPrune() {
+		// One scan of the store finds what a listing prunes and the listed
+		// rules it holds as listed, which the rule book leaves unchanged:
+		// they need no read of their own (a read transaction each) and no
+		// decision in the transaction. Most rules of a periodic reconcile are.
+		var err error
+		if held, same, err = n.heldAsListed(tx, changes); err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	for i, c := range changes {
 		r := rules[i]
+		if same != nil && same[i] {
+			counts[resUnchanged]++
+			continue
+		}
 		res, err := tx.change(c)
 		counts[res]++
 		switch res {
@@ -626,14 +645,6 @@ func (n *Node) applyRemoteChanges(ctx context.Context, rules []attune.RemoteRule
 	}
 	removed := 0
 	if snap.MayPrune() {
-		var held []int64
-		err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
-			held = append(held, r.ID)
-			return nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", what, err)
-		}
 		p, err := tx.book.PruneSnapshot(snap, held, func(id int64) (protocol.Record, error) {
 			st, err := tx.state(id)
 			if err != nil {
