@@ -78,11 +78,9 @@ func newPagedAPI(t *testing.T, n, maxSize int) *pagedAPI {
 			fmt.Fprintf(w, `{"error":"page_size: %q is not an integer in 1..%d"}`, q.Get("page_size"), a.maxSize)
 			return
 		}
-		limit, said := size, size
-		if !a.attune {
-			limit, said = min(size, a.maxSize), min(size, a.maxSize)
-		} else {
-			limit = min(size, a.maxSize)
+		limit, said := min(size, a.maxSize), min(size, a.maxSize)
+		if a.attune {
+			said = size // Attune answers the size asked, whatever it served
 		}
 		if a.sayPageSize > 0 {
 			said = a.sayPageSize

@@ -106,7 +106,7 @@ func startAPI(ctx context.Context, bin, dir string) (*apiProc, error) {
 	case a.url = <-found:
 		return a, nil
 	case err := <-a.exited:
-		return nil, fmt.Errorf("timerd api exited: %v", err)
+		return nil, fmt.Errorf("timerd api exited: %w", err)
 	case <-time.After(time.Minute):
 		a.stop()
 		return nil, errors.New("timerd api did not say where it listens within a minute")
@@ -117,7 +117,8 @@ func (a *apiProc) stop() {
 	if a.cmd.Process != nil {
 		_ = a.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-a.exited:
+		case err := <-a.exited:
+			_ = err // stopped by us: its status says so
 		case <-time.After(30 * time.Second):
 			_ = a.cmd.Process.Kill()
 		}
@@ -249,7 +250,8 @@ func measure(ctx context.Context, cfg config, bin string, api *apiProc, dataDir 
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-exited:
+		case err := <-exited:
+			_ = err // stopped by us: its status says so
 		case <-time.After(30 * time.Second):
 			_ = cmd.Process.Kill()
 		}
@@ -263,7 +265,7 @@ func measure(ctx context.Context, cfg config, bin string, api *apiProc, dataDir 
 			return at, nil
 		case err := <-exited:
 			exited <- err
-			return time.Time{}, fmt.Errorf("the agent exited (%v) before %s:\n%s", err, what, tail)
+			return time.Time{}, fmt.Errorf("the agent exited (%w) before %s:\n%s", err, what, tail)
 		case <-time.After(within):
 			return time.Time{}, fmt.Errorf("no %s within %s:\n%s", what, within, tail)
 		case <-ctx.Done():
