@@ -51,14 +51,28 @@ func (r *reconcileRounds) stop() {
 }
 
 // reconcilePhase is where in every interval the rounds of the node named name
-// fall: its name's FNV-1a hash modulo the interval (an empty name, phase 0).
+// fall: its name's FNV-1a hash, mixed, modulo the interval (an empty name,
+// phase 0). Unmixed, names that differ in their last letter (node-0 … node-9)
+// fell in three clusters of a few seconds each; mixed, they fall as if at
+// random (10 such names in 5 minutes: 3.7 s apart at the closest).
 func reconcilePhase(name string, interval time.Duration) time.Duration {
 	if interval <= 0 || name == "" {
 		return 0
 	}
 	h := fnv.New64a()
 	h.Write([]byte(name))
-	return time.Duration(h.Sum64() % uint64(interval))
+	return time.Duration(mix64(h.Sum64()) % uint64(interval))
+}
+
+// mix64 is MurmurHash3's 64-bit finalizer: every bit of x moves every bit of
+// the result.
+func mix64(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
 }
 
 // nextReconcile is the first time strictly after now that lies phase past a
