@@ -33,7 +33,11 @@ type RulesClient struct {
 	// small: a server served a smaller page than asked, or refused the
 	// size; every later listing asks FallbackPageSize.
 	small atomic.Bool
+	// maxBodyBytes bounds an answer's body; 0 means 64 MiB (tests set less).
+	maxBodyBytes int64
 }
+
+func (c *RulesClient) maxBody() int64 { return cmp.Or(c.maxBodyBytes, 64<<20) }
 
 // Page sizes of a listing. Attune serves at most 100 rules a page whatever
 // it is asked (its RuleListParams.limit), yet answers with the page_size
@@ -137,8 +141,14 @@ func (c *RulesClient) enabledRules(ctx context.Context, triggerRef string, size 
 		l.Requests++
 		l.Bytes += n
 		var se *StatusError
-		if errors.As(err, &se) && se.Code == http.StatusBadRequest && size > FallbackPageSize {
+		switch {
+		case size <= FallbackPageSize:
+		case errors.As(err, &se) && se.Code == http.StatusBadRequest:
 			return l, fmt.Sprintf("page_size %d refused: %v", size, err), nil
+		case err != nil && n >= c.maxBody():
+			// Rules with large params: a page of 1,000 can pass the bound
+			// that 100 keep well within.
+			return l, fmt.Sprintf("a page of %d rules is larger than %d bytes", size, c.maxBody()), nil
 		}
 		if err != nil {
 			return l, "", fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, err)
@@ -344,7 +354,7 @@ func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, ou
 		return int64(len(head)), &StatusError{Code: resp.StatusCode, JSON: json.Unmarshal(head, &obj) == nil,
 			Excerpt: scheduler.Truncate(strings.TrimSpace(redact(string(head), tok)), 200)}
 	}
-	body := &countingReader{r: io.LimitReader(resp.Body, 64<<20)}
+	body := &countingReader{r: io.LimitReader(resp.Body, c.maxBody())}
 	if err := json.NewDecoder(body).Decode(out); err != nil {
 		return body.n, errors.Join(errors.New("decode response"), err)
 	}

@@ -252,3 +252,18 @@ func TestListedRuleReadsAsRemoteRule(t *testing.T) {
 		}
 	}
 }
+
+// A page larger than the body bound (rules with large params) is read
+// again at 100 a page, which keeps within it.
+func TestEnabledRulesFallsBackFromAPageTooLarge(t *testing.T) {
+	a := newPagedAPI(t, 250, 1000)
+	c := &RulesClient{APIURL: a.srv.URL, maxBodyBytes: 20_000} // a rule is ~120 bytes: 100 fit, 250 do not
+	l, err := c.EnabledRules(context.Background(), "core.intervaltimer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkListing(t, "after a page too large", l, 250)
+	if sizes, _ := a.asked(); !slices.Equal(sizes, []int{1000, 100, 100, 100}) || !strings.Contains(l.FellBack, "larger than 20000 bytes") {
+		t.Errorf("page sizes asked = %v, fell back %q; want [1000 100 100 100], a page too large", sizes, l.FellBack)
+	}
+}
