@@ -79,6 +79,25 @@ func (c *Client) DescribeRule(ctx context.Context, id int64) (RuleDescription, [
 	return d, raw, err
 }
 
+// Backfill asks POST /v1/rules/{id}/backfill (the node asked forwards it to the
+// rule's owner) and returns its answer and the JSON as served.
+func (c *Client) Backfill(ctx context.Context, id int64, req BackfillRequest) (BackfillResult, []byte, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return BackfillResult{}, nil, err
+	}
+	var res BackfillResult
+	raw, err := c.call(ctx, http.MethodPost, "/v1/rules/"+strconv.FormatInt(id, 10)+"/backfill", body, "a backfill result", &res)
+	return res, raw, err
+}
+
+// FireRule asks POST /v1/rules/{id}/fire: one extra event of the rule now.
+func (c *Client) FireRule(ctx context.Context, id int64) (FireResult, []byte, error) {
+	var res FireResult
+	raw, err := c.call(ctx, http.MethodPost, "/v1/rules/"+strconv.FormatInt(id, 10)+"/fire", []byte("{}"), "a fire result", &res)
+	return res, raw, err
+}
+
 // Redrive asks POST /v1/dead-letters/redrive to move the dead letters of
 // ids back into the outbox; nil ids: every one.
 func (c *Client) Redrive(ctx context.Context, ids []uint64) (RedriveResult, error) {
