@@ -42,6 +42,7 @@ func newRulesDescribeCmd() *cobra.Command {
 	var (
 		nf     nodeFlags
 		asJSON bool
+		here   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "describe ID",
@@ -65,7 +66,11 @@ when the owner does not answer, prints what it knows itself and where to ask.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			d, raw, err := c.DescribeRule(ctx, id)
+			describe := c.DescribeRule
+			if here {
+				describe = c.DescribeRuleHere
+			}
+			d, raw, err := describe(ctx, id)
 			if err != nil {
 				return fmt.Errorf("rules describe: %w", err)
 			}
@@ -78,6 +83,7 @@ when the owner does not answer, prints what it knows itself and where to ask.`,
 	}
 	nf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the JSON as the node serves it")
+	cmd.Flags().BoolVar(&here, "here", false, "what the node asked knows itself, without asking the owner (a previous owner's missed-fire log and history)")
 	return cmd
 }
 

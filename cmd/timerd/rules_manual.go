@@ -31,15 +31,18 @@ func newRulesBackfillCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "backfill ID --from T1 --to T2",
-		Short: "Send a rule's past slots that were never sent (with --force, again those that were)",
+		Short: "Send a rule's past slots that were never sent (with --force, the others too)",
 		Long: `backfill sends the rule's slots from T1 to T2 (both included, both past) that
-were never sent: slots its misfire policy dropped (skip, fire_once, fire_all past
-its 100) and, for a rule that never fired, every slot. The rule's owner sends them,
-paced as catch-up, each under its slot's own Idempotency-Key, with "backfill": true
-in the payload. Slots already sent are left out unless --force sends them again
-under the same keys (Attune does not drop a repeated key: the receiver gets them
-twice). Slots after the rule's last fired slot are the schedule's to fire, never
-the backfill's. At most ` + fmt.Sprint(node.MaxBackfillSlots) + ` slots a backfill.
+were never sent: the runs its misfire policy dropped (skip, fire_once, fire_all
+past its 100), as the rule's history on its owner records them, and every slot of
+a rule that never fired. The rule's owner sends them, each under its slot's own
+Idempotency-Key, with "backfill": true in the payload; slots older than the
+catch-up threshold (30 s) are paced as catch-up. The other slots at or before the
+rule's last slot are skipped: they were sent, or are from before the rule began
+(timerd keeps no record of when); --force sends them under their keys (Attune
+does not drop a repeated key: a receiver gets a sent slot twice). Slots after the
+last slot are the schedule's to fire, never the backfill's. At most ` + fmt.Sprint(node.MaxBackfillSlots) + ` slots
+a backfill; --dry-run says what would be sent.
 
 T1 and T2 are RFC 3339 times, "now", or a negative duration from now (-90m),
 the last two to the second.`,
@@ -130,12 +133,12 @@ func printBackfill(w io.Writer, r node.BackfillResult) error {
 		fmt.Fprintf(tw, "last slot\t%s, %d fires in all\n", ts(wm.Slot), wm.Count)
 	}
 	fmt.Fprintf(tw, "slots\t%d in the range\n", r.Slots)
-	fmt.Fprintf(tw, "%s\t%d never sent before, %d sent again (--force)\n", verb, r.Sent, r.Resent)
+	fmt.Fprintf(tw, "%s\t%d never sent before, %d again (--force)\n", verb, r.Sent, r.Resent)
 	if r.FirstSent != nil {
-		fmt.Fprintf(tw, "\tslots %s to %s, paced as catch-up\n", ts(*r.FirstSent), ts(*r.LastSent))
+		fmt.Fprintf(tw, "\tslots %s to %s\n", ts(*r.FirstSent), ts(*r.LastSent))
 	}
-	fmt.Fprintf(tw, "left out\t%d sent already (--force sends them again), %d after the last slot (the schedule fires them)\n",
-		r.AlreadySent, r.LeftToSchedule)
+	fmt.Fprintf(tw, "skipped\t%d at or before the last slot: sent, or from before the rule began (--force sends them)\n", r.Skipped)
+	fmt.Fprintf(tw, "left\t%d after the last slot, for the schedule to fire\n", r.LeftToSchedule)
 	return tw.Flush()
 }
 

@@ -161,7 +161,7 @@ func backfillCollapsed(t *testing.T, d *dev, id int64, from time.Time) {
 	if err := json.Unmarshal([]byte(timerdOut(t, args...)), &res); err != nil {
 		t.Fatalf("timerd rules backfill: %v", err)
 	}
-	if res.Sent < 5 || res.Resent != 0 || res.AlreadySent < 2 || res.Watermark == nil {
+	if res.Sent < 5 || res.Resent != 0 || res.Skipped < 2 || res.Watermark == nil {
 		t.Fatalf("backfill of the outage: %+v; want the ~8 collapsed slots sent, those fired left out", res)
 	}
 	var marked, firedNow int

@@ -28,11 +28,12 @@ import (
 // watermark: the schedule goes on as it was.
 //
 // Which slots a backfill sends: a slot after the rule's watermark is not fired yet,
-// and the schedule fires it (left_to_schedule). A slot at or before it was sent
-// (already_sent; with force, sent again under the same key: resent), unless the
-// rule's history says it was not: a run the misfire policy dropped (skipped_by_policy,
-// collapsed_by_fire_once) that no later backfill sent, or any slot of a rule that
-// never fired. Those are sent now (sent), under their slot's own key.
+// and the schedule fires it (left_to_schedule). A slot at or before it was sent, or
+// is from before the rule began (skipped; with force, sent again under its key:
+// resent), unless the rule's history says it was not sent: a run the misfire policy
+// dropped (skipped_by_policy, collapsed_by_fire_once) that no later backfill sent,
+// or any slot of a rule that never fired. Those are sent now (sent), under their
+// slot's own key.
 
 // History records of an operator's events, in the rule's missed-fire log.
 const (
@@ -74,12 +75,15 @@ type BackfillResult struct {
 	To          time.Time `json:"to"`
 	DryRun      bool      `json:"dry_run,omitempty"`
 	Slots       int       `json:"slots"`
-	// Sent: slots never sent before, sent now.
+	// Sent: slots recorded as never sent (dropped by the misfire policy, or of a
+	// rule that never fired), sent now.
 	Sent int `json:"sent"`
-	// Resent: slots sent before, sent again under the same key (force).
+	// Resent: Skipped slots sent with force, under their own keys.
 	Resent int `json:"resent"`
-	// AlreadySent: slots sent before, not sent again (without force).
-	AlreadySent int `json:"already_sent"`
+	// Skipped: slots at or before the watermark that the rule's history does not
+	// record as dropped, not sent (without force): slots sent before, and slots
+	// from before the rule's first fire (timerd keeps no record of when it began).
+	Skipped int `json:"skipped"`
 	// LeftToSchedule: slots after the watermark, which the schedule fires.
 	LeftToSchedule int `json:"left_to_schedule"`
 	// FirstSent and LastSent are the first and last slot sent (or resent).
@@ -431,7 +435,7 @@ func (n *Node) backfill(id int64, req BackfillRequest) (BackfillResult, error) {
 			continue
 		case classSent:
 			if !req.Force {
-				res.AlreadySent++
+				res.Skipped++
 				continue
 			}
 			res.Resent++
@@ -461,8 +465,8 @@ func (n *Node) backfill(id int64, req BackfillRequest) (BackfillResult, error) {
 	if req.DryRun || len(evs) == 0 {
 		return res, nil
 	}
-	detail := fmt.Sprintf("%d sent, %d resent, %d already sent, %d left to the schedule; asked for %s to %s",
-		res.Sent, res.Resent, res.AlreadySent, res.LeftToSchedule, fmtTime(req.From), fmtTime(req.To))
+	detail := fmt.Sprintf("%d sent, %d resent, %d skipped, %d left to the schedule; asked for %s to %s",
+		res.Sent, res.Resent, res.Skipped, res.LeftToSchedule, fmtTime(req.From), fmtTime(req.To))
 	rec := store.MissedSlot{RuleID: id, From: *res.FirstSent, To: *res.LastSent, Count: uint64(len(evs)),
 		Reason: HistoryBackfilled, DetectedAt: now, Detail: detail}
 	if err := n.commitManual(id, evs, rec); err != nil {
@@ -471,7 +475,7 @@ func (n *Node) backfill(id int64, req BackfillRequest) (BackfillResult, error) {
 	n.manual.backfill.Add(float64(res.Sent))
 	n.manual.resend.Add(float64(res.Resent))
 	n.log.Info("backfill", "rule_id", id, "from", fmtTime(req.From), "to", fmtTime(req.To), "sent", res.Sent,
-		"resent", res.Resent, "already_sent", res.AlreadySent, "left_to_schedule", res.LeftToSchedule)
+		"resent", res.Resent, "skipped", res.Skipped, "left_to_schedule", res.LeftToSchedule)
 	return res, nil
 }
 

@@ -132,8 +132,8 @@ func TestBackfillAndFireNow(t *testing.T) {
 	// A dry run says what a backfill sends, and sends nothing.
 	code, body := postJSON(t, url, backfillBody(from, to, `,"dry_run":true`), nil)
 	dry := decodeAs[BackfillResult](t, body)
-	if code != 200 || !dry.DryRun || dry.Sent != len(skipped) || dry.Resent != 0 || dry.AlreadySent == 0 ||
-		dry.Slots != dry.Sent+dry.AlreadySent+dry.LeftToSchedule {
+	if code != 200 || !dry.DryRun || dry.Sent != len(skipped) || dry.Resent != 0 || dry.Skipped == 0 ||
+		dry.Slots != dry.Sent+dry.Skipped+dry.LeftToSchedule {
 		t.Fatalf("dry run = %d %s; want %d slots to send, the fired ones left out", code, body, len(skipped))
 	}
 	code, body = postJSON(t, url, backfillBody(from, to, ""), nil)
@@ -158,8 +158,8 @@ func TestBackfillAndFireNow(t *testing.T) {
 	// Sent once: a second backfill of the range sends nothing.
 	code, body = postJSON(t, url, backfillBody(from, to, ""), nil)
 	if again := decodeAs[BackfillResult](t, body); code != 200 || again.Sent != 0 || again.Resent != 0 ||
-		again.AlreadySent != res.AlreadySent+res.Sent {
-		t.Errorf("second backfill = %d %s; want nothing sent, all %d sent already", code, body, res.AlreadySent+res.Sent)
+		again.Skipped != res.Skipped+res.Sent {
+		t.Errorf("second backfill = %d %s; want nothing sent, all %d sent already", code, body, res.Skipped+res.Sent)
 	}
 	// --force sends a fired slot again, under its key.
 	fired := wmBefore.Slot

@@ -71,8 +71,19 @@ func (c *Client) DeadLetters(ctx context.Context, after uint64, limit int) (Dead
 // (the node asked forwards the request), and the JSON as served. A rule no
 // node knows is a *StatusError of 404.
 func (c *Client) DescribeRule(ctx context.Context, id int64) (RuleDescription, []byte, error) {
+	return c.describeRule(ctx, id, "")
+}
+
+// DescribeRuleHere is DescribeRule answered by the node asked, from what it knows
+// itself, without asking the owner (GET /v1/rules/{id}?here=true): the missed-fire
+// log and history of a rule's previous owner, its dead letters.
+func (c *Client) DescribeRuleHere(ctx context.Context, id int64) (RuleDescription, []byte, error) {
+	return c.describeRule(ctx, id, "?here=true")
+}
+
+func (c *Client) describeRule(ctx context.Context, id int64, query string) (RuleDescription, []byte, error) {
 	var d RuleDescription
-	raw, err := c.call(ctx, http.MethodGet, "/v1/rules/"+strconv.FormatInt(id, 10), nil, "a rule description", &d)
+	raw, err := c.call(ctx, http.MethodGet, "/v1/rules/"+strconv.FormatInt(id, 10)+query, nil, "a rule description", &d)
 	if err == nil && d.RuleID != id {
 		return RuleDescription{}, nil, fmt.Errorf("GET %s/v1/rules/%d: the answer describes rule %d", c.base, id, d.RuleID)
 	}

@@ -17,7 +17,7 @@ import (
 // owner by the node's current ring answers; any other node forwards the request to
 // it (once: ForwardedHeader stops a second hop) and, when the owner does not
 // answer, says what it knows itself and where to ask (docs/operations.md,
-// "Describe a rule").
+// "Describe a rule"). With ?here=true the node asked answers itself.
 
 // ForwardedHeader marks a request a node forwarded to a rule's owner, with the
 // forwarding node's name: the owner answers it itself, never forwards it again.
@@ -185,7 +185,8 @@ func (n *Node) handleDescribe(w http.ResponseWriter, r *http.Request) {
 		unreachable string
 		ownerErr    error
 	)
-	if owner != "" && owner != n.selfName() && forwardedBy == "" {
+	here := r.URL.Query().Get("here") == "true" // the caller wants this node's own knowledge
+	if owner != "" && owner != n.selfName() && forwardedBy == "" && !here {
 		var d RuleDescription
 		if d, ownerErr = n.forwardDescribe(r, owner, id); ownerErr == nil {
 			writeJSON(w, http.StatusOK, d)

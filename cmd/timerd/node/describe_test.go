@@ -328,6 +328,13 @@ func TestDescribeForwards(t *testing.T) {
 			code, once.AnsweredBy, once.State.Firing, once.Owner)
 	}
 
+	// ?here=true: a answers itself, without asking b.
+	code, here, _ := describe(t, "http://"+a.HTTPAddr(), fmt.Sprint(ofB)+"?here=true", auth)
+	if code != http.StatusOK || here.AnsweredBy != "a" || here.ForwardedBy != "" || here.OwnerUnreachable != "" || here.Owner != "b" {
+		t.Errorf("describe %d?here=true on a: %d answered by %q, forwarded by %q, unreachable %q; want a's own answer naming b",
+			ofB, code, here.AnsweredBy, here.ForwardedBy, here.OwnerUnreachable)
+	}
+
 	// The owner f is a fake that misbehaves: a answers itself, saying why.
 	for _, tt := range []struct{ behaviour, want string }{
 		{"redirect", "redirect to"},
