@@ -200,6 +200,7 @@ func newDriver(n *Node) (*driver, error) {
 		memberCfg: protocol.MemberConfig{
 			Self:        protocol.Incarnation{Node: n.cl.Name()},
 			Expect:      max(cc.Expect, 1),
+			Replicas:    cc.Replicas,
 			Partitions:  ring.Partitions,
 			PartitionOf: partitionOf,
 			Ring:        ringOf,
