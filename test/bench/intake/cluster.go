@@ -80,7 +80,13 @@ func measure(ctx context.Context, cfg config, run runSpec) (result, error) {
 		}
 	}
 	broker := brokerPID()
+	// The agents' CPU at rest (gossip, timers), to tell it from the intake's.
+	idleFrom := cpuOf(api, agents, broker)
+	if len(agents) > 0 && !sleepCtx(ctx, idleWindow) {
+		return res, ctx.Err()
+	}
 	before := cpuOf(api, agents, broker)
+	res.AgentsIdle = before.agents - idleFrom.agents
 
 	profiled := startProfiles(cfg.Profile, run, agents)
 	start := time.Now()
@@ -165,6 +171,20 @@ func save(u, path string) error {
 	defer f.Close()
 	_, err = io.Copy(f, resp.Body)
 	return err
+}
+
+// idleWindow is how long the agents' CPU at rest is measured before the creates.
+const idleWindow = 3 * time.Second
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // tokens makes a signing key and an admin and a sensor token with bin.

@@ -27,6 +27,7 @@ type result struct {
 	APICPU         time.Duration
 	BrokerCPU      time.Duration // 0 when the broker's process was not found
 	AgentsCPU      time.Duration // all agents together
+	AgentsIdle     time.Duration // all agents together over idleWindow before the creates
 	IntakeMessages float64       // lifecycle messages the agents took, all together
 	IntakeCommits  float64       // store transactions of the agents, all together
 }
@@ -52,6 +53,12 @@ func (r result) perThousand(cpu time.Duration) float64 {
 		return 0
 	}
 	return float64(cpu.Milliseconds()) * 1000 / float64(r.Rules)
+}
+
+// agentsBusyCPU is the agents' CPU less what they spend at rest over the
+// same time: their intake's.
+func (r result) agentsBusyCPU() time.Duration {
+	return max(0, r.AgentsCPU-time.Duration(float64(r.AgentsIdle)*r.AppliedTook.Seconds()/idleWindow.Seconds()))
 }
 
 // batch is the lifecycle messages per intake commit, over all agents.
@@ -195,6 +202,7 @@ func printResults(out io.Writer, cfg config, rs []result) {
 			row("all applied (rules/s)", result.appliedPerSec, "%.0f")
 			row("messages per intake commit", result.batch, "%.1f")
 			row("agents CPU ms / 1,000 rules", func(r result) float64 { return r.perThousand(r.AgentsCPU) }, "%.0f")
+			row("  of which at rest", func(r result) float64 { return r.perThousand(r.AgentsCPU - r.agentsBusyCPU()) }, "%.0f")
 		}
 		row("API CPU ms / 1,000 rules", func(r result) float64 { return r.perThousand(r.APICPU) }, "%.0f")
 		if r.Agents > 0 {
