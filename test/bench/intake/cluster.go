@@ -103,6 +103,7 @@ func measure(ctx context.Context, cfg config, run runSpec) (result, error) {
 		res.AppliedTook = time.Since(start)
 	}
 	after := cpuOf(api, agents, broker)
+	res.Load = loadAverage()
 	if err := profiled(); err != nil {
 		return res, err
 	}
@@ -535,6 +536,20 @@ func brokerPID() int {
 		}
 	}
 	return 0
+}
+
+// loadAverage is the 1-minute load average, or 0 when /proc does not say.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
 
 // metrics is a Prometheus text exposition: value by sample line name{labels}.

@@ -18,6 +18,7 @@ type result struct {
 	Agents int
 	Bare   bool // N bare queues instead of agents
 
+	Load           float64 // the 1-minute load average at the end of the run (other work on the machine)
 	Rules          int
 	Errors         int           // creates not answered 201
 	ClientTook     time.Duration // first create sent to last answered
@@ -194,6 +195,7 @@ func printResults(out io.Writer, cfg config, rs []result) {
 			fmt.Fprintln(w, line)
 		}
 		row("creates/s (client)", result.createsPerSec, "%.0f")
+		row("load average (1 min)", func(r result) float64 { return r.Load }, "%.1f")
 		row("create p50 (ms)", func(r result) float64 { return r.Latency.P50 }, "%.1f")
 		row("create p99 (ms)", func(r result) float64 { return r.Latency.P99 }, "%.1f")
 		row("create errors", func(r result) float64 { return float64(r.Errors) }, "%.0f")
