@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake load soak cluster-soak sim clean
 
 all: build
 
@@ -101,6 +101,11 @@ bench-node:
 # (ARGS="-baseline main" runs the same with main's timerd beside it).
 bench-catchup:
 	$(GO) run ./test/bench/node -rules 5000 -every 1s -misfire fire_all -down 2m -window 5m $(ARGS)
+
+# Rule changes at scale (issue 15): 10,000 creates through timerd api with 1, 3 and 10 agents on RabbitMQ
+# (test/bench/intake; ARGS="-baseline REV -bare" and the like).
+bench-intake: mq
+	$(GO) run ./test/bench/intake $(ARGS)
 
 # 50,000 interval rules of 10 s (5,000 fires/s) through timerd dev for a minute.
 load:
