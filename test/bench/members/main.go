@@ -26,7 +26,7 @@ import (
 )
 
 func main() {
-	cfg := config{N: 100, Rest: 15 * time.Second, Timeout: 2 * time.Minute, Seeds: 3, Profile: "lan", Encrypt: true}
+	cfg := config{N: 100, Rest: 15 * time.Second, Timeout: 2 * time.Minute, Seeds: 3, Profile: "lan", Encrypt: true, VNodes: 10}
 	fs := flag.NewFlagSet("members", flag.ContinueOnError)
 	fs.IntVar(&cfg.N, "n", cfg.N, "members at the start (2..1000)")
 	fs.DurationVar(&cfg.Rest, "rest", cfg.Rest, "the window measured at rest, and after each change")
@@ -34,11 +34,12 @@ func main() {
 	fs.IntVar(&cfg.Seeds, "seeds", cfg.Seeds, "members in the join list (TIMERD_JOIN)")
 	fs.StringVar(&cfg.Profile, "profile", cfg.Profile, "memberlist's base config: lan (what timerd runs) or local")
 	fs.BoolVar(&cfg.Encrypt, "encrypt", cfg.Encrypt, "gossip with a key (TIMERD_GOSSIP_KEY), as a cluster should")
+	fs.IntVar(&cfg.VNodes, "vnodes", cfg.VNodes, "virtual nodes per member of the members' own rings (the default ring's 1,000 take seconds at 100 members, built by every member in this one process)")
 	wireOnly := fs.Bool("wire-only", false, "measure the protocol messages' sizes only")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
-	if cfg.N < 2 || cfg.N > 1000 || cfg.Seeds < 1 || (cfg.Profile != "lan" && cfg.Profile != "local") {
+	if cfg.N < 2 || cfg.N > 1000 || cfg.Seeds < 1 || cfg.VNodes < 2 || (cfg.Profile != "lan" && cfg.Profile != "local") {
 		fmt.Fprintln(os.Stderr, "members: want -n 2..1000, -seeds ≥ 1, -profile lan or local")
 		os.Exit(2)
 	}
@@ -78,8 +79,10 @@ func printWire(out io.Writer, encrypted bool, rows []wireRow) {
 }
 
 func printResult(out io.Writer, r result) {
-	fmt.Fprintf(out, "%d members (memberlist %s config, encrypted %v): formed in %s; ring balance: most %.2f×, fewest %.2f× the mean; Go heap %.0f KiB per member\n",
-		r.N, r.Profile, r.Encrypted, r.FormedIn.Round(time.Millisecond), r.BalanceHi, r.BalanceLo, r.HeapPerMember/1024)
+	fmt.Fprintf(out, "%d members (memberlist %s config, encrypted %v, views on rings of %d virtual nodes per member): formed in %s; Go heap %.0f KiB per member\n",
+		r.N, r.Profile, r.Encrypted, r.VNodes, r.FormedIn.Round(time.Millisecond), r.HeapPerMember/1024)
+	fmt.Fprintf(out, "the default ring (1,000 virtual nodes per member): builds in %s at 10 members, %s at %d; balance at %d: most %.2f×, fewest %.2f× the mean\n",
+		r.RingBuild[10].Round(time.Millisecond), r.RingBuild[r.N].Round(time.Millisecond), r.N, r.N, r.BalanceHi, r.BalanceLo)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "window\tmembers\trings agree after\tmoved\tideal\tmoved between stayers\tsent B/s per member (mean, max)\treceived B/s (mean, max)\tCPU per member\t")
 	for _, x := range r.Windows {

@@ -15,7 +15,7 @@ import (
 func TestRunSmallCluster(t *testing.T) {
 	t.Parallel()
 	cfg := config{N: 5, Rest: 500 * time.Millisecond, Timeout: 30 * time.Second, Seeds: 2, Profile: "lan", Encrypt: true,
-		Progress: t.Logf,
+		VNodes: 10, Progress: t.Logf,
 		// Failure detection fast enough for a test, lenient enough for -race on two busy cores.
 		Memberlist: func() *memberlist.Config {
 			mc := memberlist.DefaultLocalConfig()
@@ -27,6 +27,9 @@ func TestRunSmallCluster(t *testing.T) {
 	res, err := run(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res.RingBuild[5] <= 0 || res.RingBuild[10] <= 0 {
+		t.Errorf("ring builds %v: want the default ring timed at 10 and 5 members", res.RingBuild)
 	}
 	if res.FormedIn <= 0 || res.BalanceHi < 1 || res.BalanceLo > 1 || res.BalanceLo <= 0 {
 		t.Errorf("formed in %s, balance %.2f/%.2f: want a positive time and a spread around 1", res.FormedIn, res.BalanceHi, res.BalanceLo)

@@ -25,6 +25,11 @@ type config struct {
 	Seeds   int           // the join list: the first Seeds members
 	Profile string        // memberlist's base config: lan (what timerd runs) or local
 	Encrypt bool          // a gossip key, as a cluster should have
+	// VNodes is the virtual nodes per member of the members' own rings (their views):
+	// a ring of the default 1,000 takes seconds to build at 100 members, and 100 members
+	// in one process build one each at every change, on two cores. The moves and the
+	// balance are computed with the default ring, whose build is timed on its own.
+	VNodes int
 	// Memberlist, when set, is memberlist's base config instead of Profile's (tests).
 	Memberlist func() *memberlist.Config
 	Progress   func(format string, args ...any)
@@ -97,6 +102,7 @@ func (s *sim) startAt(ctx context.Context, name, addr string, join []string) (*m
 		JoinTimeout: s.cfg.Timeout,
 		Memberlist:  s.memberlistConfig,
 		GossipKey:   s.key,
+		Ring:        cluster.RingConfig{ReplicationFactor: s.cfg.VNodes},
 	}
 	c, err := cluster.New(cfg)
 	if err != nil {
@@ -180,6 +186,7 @@ func (s *sim) form(ctx context.Context) (time.Duration, error) {
 func (s *sim) converge(ctx context.Context, since time.Time) (time.Duration, error) {
 	want := s.names()
 	deadline := since.Add(s.cfg.Timeout)
+	told := time.Now()
 	for {
 		agree := 0
 		for _, m := range s.live() {
@@ -192,6 +199,10 @@ func (s *sim) converge(ctx context.Context, since time.Time) (time.Duration, err
 		}
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("%d of %d members see the %d members after %s", agree, len(want), len(want), s.cfg.Timeout)
+		}
+		if time.Since(told) > 10*time.Second && s.cfg.Progress != nil {
+			s.cfg.Progress("%d of %d members see them all", agree, len(want))
+			told = time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -299,6 +310,17 @@ func balance(members []string) (hi, lo float64, err error) {
 	return hi / mean, lo / mean, nil
 }
 
+// ringBuild is the time one default ring of n members takes to build, here.
+func ringBuild(n int) (time.Duration, error) {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = nameOf(i)
+	}
+	start := time.Now()
+	_, err := cluster.NewRing(cluster.RingConfig{}, names)
+	return time.Since(start), err
+}
+
 // result is the whole run.
 type result struct {
 	N             int
@@ -309,6 +331,8 @@ type result struct {
 	BalanceLo     float64
 	Windows       []window
 	HeapPerMember float64 // bytes of Go heap per member after the run's start
+	VNodes        int
+	RingBuild     map[int]time.Duration // the default ring's build, by members
 }
 
 // run forms the cluster, measures it at rest, then a join, a crash and a graceful leave,
@@ -326,7 +350,14 @@ func run(ctx context.Context, cfg config) (res result, err error) {
 		wg.Wait()
 	}()
 	p := cfg.Progress
-	res = result{N: cfg.N, Profile: cfg.Profile, Encrypted: cfg.Encrypt}
+	res = result{N: cfg.N, Profile: cfg.Profile, Encrypted: cfg.Encrypt, VNodes: cfg.VNodes, RingBuild: map[int]time.Duration{}}
+	for _, n := range []int{10, cfg.N} { // before the members start: the process is idle
+		if res.RingBuild[n], err = ringBuild(n); err != nil {
+			return res, err
+		}
+	}
+	p("a default ring (%d virtual nodes per member) builds in %s at 10 members, %s at %d", cluster.DefaultReplicationFactor,
+		res.RingBuild[10].Round(time.Millisecond), res.RingBuild[cfg.N].Round(time.Millisecond), cfg.N)
 	p("forming %d members (%s config, seeds %d)", cfg.N, cfg.Profile, cfg.Seeds)
 	if res.FormedIn, err = s.form(ctx); err != nil {
 		return res, fmt.Errorf("form: %w", err)
