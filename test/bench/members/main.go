@@ -26,24 +26,29 @@ import (
 )
 
 func main() {
-	cfg := config{N: 100, Rest: 15 * time.Second, Timeout: 2 * time.Minute, Seeds: 3, Profile: "lan", Encrypt: true, VNodes: 10}
+	cfg := config{N: 100, Rest: 15 * time.Second, Timeout: 2 * time.Minute, Seeds: 3, Batch: 10, Profile: "lan", Encrypt: true, VNodes: 10}
 	fs := flag.NewFlagSet("members", flag.ContinueOnError)
 	fs.IntVar(&cfg.N, "n", cfg.N, "members at the start (2..1000)")
 	fs.DurationVar(&cfg.Rest, "rest", cfg.Rest, "the window measured at rest, and after each change")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "give up when the rings do not agree within this")
 	fs.IntVar(&cfg.Seeds, "seeds", cfg.Seeds, "members in the join list (TIMERD_JOIN)")
-	fs.StringVar(&cfg.Profile, "profile", cfg.Profile, "memberlist's base config: lan (what timerd runs) or local")
+	fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "members started at once while the cluster forms, a batch after the one before converged")
+	fs.StringVar(&cfg.Profile, "profile", cfg.Profile, "memberlist's base config: lan (what timerd runs), wan (probe timeout 3 s: for a machine too busy for lan's 500 ms) or local")
 	fs.BoolVar(&cfg.Encrypt, "encrypt", cfg.Encrypt, "gossip with a key (TIMERD_GOSSIP_KEY), as a cluster should")
 	fs.IntVar(&cfg.VNodes, "vnodes", cfg.VNodes, "virtual nodes per member of the members' own rings (the default ring's 1,000 take seconds at 100 members, built by every member in this one process)")
+	verbose := fs.Bool("v", false, "print the members' warnings (memberlist's suspicions, deaths) on stderr")
 	wireOnly := fs.Bool("wire-only", false, "measure the protocol messages' sizes only")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
-	if cfg.N < 2 || cfg.N > 1000 || cfg.Seeds < 1 || cfg.VNodes < 2 || (cfg.Profile != "lan" && cfg.Profile != "local") {
-		fmt.Fprintln(os.Stderr, "members: want -n 2..1000, -seeds ≥ 1, -profile lan or local")
+	if cfg.N < 2 || cfg.N > 1000 || cfg.Seeds < 1 || cfg.Batch < 1 || cfg.VNodes < 2 || (cfg.Profile != "lan" && cfg.Profile != "wan" && cfg.Profile != "local") {
+		fmt.Fprintln(os.Stderr, "members: want -n 2..1000, -seeds ≥ 1, -batch ≥ 1, -vnodes ≥ 2, -profile lan, wan or local")
 		os.Exit(2)
 	}
 	cfg.Progress = progress
+	if *verbose {
+		cfg.Log = os.Stderr
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rows, err := wireCost(ctx, cfg.Encrypt, 2000)
@@ -70,9 +75,10 @@ func progress(format string, args ...any) {
 func printWire(out io.Writer, encrypted bool, rows []wireRow) {
 	fmt.Fprintf(out, "protocol messages (encrypted gossip: %v): encoded, and what the sender's socket writes\n", encrypted)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "message\tencoded B\ton the wire B\tper item B\t")
+	fmt.Fprintln(w, "message\tencoded B\ton the wire B\tper item B\tCPU µs, both ends\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%d\t%.0f\t%.1f\t\n", r.What, r.Encoded, r.OnWire, r.OnWire/float64(r.Per))
+		fmt.Fprintf(w, "%s\t%d\t%.0f\t%.1f\t%.0f\t\n", r.What, r.Encoded, r.OnWire, r.OnWire/float64(r.Per),
+			float64(r.CPU.Nanoseconds())/1e3)
 	}
 	w.Flush()
 	fmt.Fprintln(out)

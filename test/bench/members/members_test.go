@@ -14,7 +14,7 @@ import (
 // members that stay, and the members' sockets carried bytes in every window.
 func TestRunSmallCluster(t *testing.T) {
 	t.Parallel()
-	cfg := config{N: 5, Rest: 500 * time.Millisecond, Timeout: 30 * time.Second, Seeds: 2, Profile: "lan", Encrypt: true,
+	cfg := config{N: 5, Rest: 500 * time.Millisecond, Timeout: 30 * time.Second, Seeds: 2, Batch: 2, Profile: "lan", Encrypt: true,
 		VNodes: 10, Progress: t.Logf,
 		// Failure detection fast enough for a test, lenient enough for -race on two busy cores.
 		Memberlist: func() *memberlist.Config {

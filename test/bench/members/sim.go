@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"runtime"
 	"slices"
@@ -23,13 +25,16 @@ type config struct {
 	Rest    time.Duration // the window at rest, and after each event
 	Timeout time.Duration // bound of each convergence
 	Seeds   int           // the join list: the first Seeds members
-	Profile string        // memberlist's base config: lan (what timerd runs) or local
+	Batch   int           // members started at once while the cluster forms
+	Profile string        // memberlist's base config: lan (what timerd runs), wan or local
 	Encrypt bool          // a gossip key, as a cluster should have
 	// VNodes is the virtual nodes per member of the members' own rings (their views):
 	// a ring of the default 1,000 takes seconds to build at 100 members, and 100 members
 	// in one process build one each at every change, on two cores. The moves and the
 	// balance are computed with the default ring, whose build is timed on its own.
 	VNodes int
+	// Log, when set, takes the members' warnings (memberlist's suspicions and deaths).
+	Log io.Writer
 	// Memberlist, when set, is memberlist's base config instead of Profile's (tests).
 	Memberlist func() *memberlist.Config
 	Progress   func(format string, args ...any)
@@ -78,8 +83,11 @@ func (s *sim) memberlistConfig() *memberlist.Config {
 	if s.cfg.Memberlist != nil {
 		return s.cfg.Memberlist()
 	}
-	if s.cfg.Profile == "local" {
+	switch s.cfg.Profile {
+	case "local":
 		return memberlist.DefaultLocalConfig()
+	case "wan":
+		return memberlist.DefaultWANConfig()
 	}
 	return memberlist.DefaultLANConfig()
 }
@@ -104,6 +112,9 @@ func (s *sim) startAt(ctx context.Context, name, addr string, join []string) (*m
 		GossipKey:   s.key,
 		Ring:        cluster.RingConfig{ReplicationFactor: s.cfg.VNodes},
 	}
+	if s.cfg.Log != nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(s.cfg.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	c, err := cluster.New(cfg)
 	if err != nil {
 		return nil, err
@@ -123,6 +134,12 @@ func newSim(cfg config) (*sim, error) {
 		s.key = base64.StdEncoding.EncodeToString(k)
 	}
 	return s, nil
+}
+
+func (s *sim) progress(format string, args ...any) {
+	if s.cfg.Progress != nil {
+		s.cfg.Progress(format, args...)
+	}
 }
 
 // live is the running members.
@@ -146,8 +163,9 @@ func (s *sim) names() []string {
 	return out
 }
 
-// form starts cfg.N members: the first alone, the seeds after it, then the rest at
-// once, each joining the seeds; it returns when every view holds all of them.
+// form starts cfg.N members: the first alone, the seeds after it, then the rest in
+// batches of cfg.Batch started at once, each joining the seeds, a batch after the views
+// agree on the one before (a rollout); it returns when every view holds all of them.
 func (s *sim) form(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
 	first, err := s.start(ctx, 0)
@@ -164,18 +182,27 @@ func (s *sim) form(ctx context.Context) (time.Duration, error) {
 		s.members = append(s.members, m)
 		s.seeds = append(s.seeds, m.c.LocalAddr())
 	}
-	rest := make([]*member, s.cfg.N-len(s.members))
-	errs := make([]error, len(rest))
-	var wg sync.WaitGroup
-	for j := range rest {
-		wg.Go(func() { rest[j], errs[j] = s.start(ctx, len(s.members)+j) })
-	}
-	wg.Wait()
-	for j, m := range rest {
-		if errs[j] != nil {
-			return 0, errs[j]
+	for len(s.members) < s.cfg.N {
+		batch := make([]*member, min(s.cfg.Batch, s.cfg.N-len(s.members)))
+		errs := make([]error, len(batch))
+		var wg sync.WaitGroup
+		for j := range batch {
+			wg.Go(func() { batch[j], errs[j] = s.start(ctx, len(s.members)+j) })
 		}
-		s.members = append(s.members, m)
+		wg.Wait()
+		for j, m := range batch {
+			if errs[j] != nil {
+				return 0, errs[j]
+			}
+			s.members = append(s.members, m)
+		}
+		if len(s.members) < s.cfg.N { // the last batch's wait is the one returned
+			took, err := s.converge(ctx, time.Now())
+			if err != nil {
+				return 0, fmt.Errorf("at %d members: %w", len(s.members), err)
+			}
+			s.progress("%d members agree %s after their batch started", len(s.members), took.Round(time.Millisecond))
+		}
 	}
 	return s.converge(ctx, start)
 }
@@ -188,11 +215,13 @@ func (s *sim) converge(ctx context.Context, since time.Time) (time.Duration, err
 	deadline := since.Add(s.cfg.Timeout)
 	told := time.Now()
 	for {
-		agree := 0
+		agree, least, most := 0, len(want), 0
 		for _, m := range s.live() {
-			if slices.Equal(m.c.View().Members, want) {
+			v := m.c.View().Members
+			if slices.Equal(v, want) {
 				agree++
 			}
+			least, most = min(least, len(v)), max(most, len(v))
 		}
 		if agree == len(want) {
 			return time.Since(since), nil
@@ -200,8 +229,8 @@ func (s *sim) converge(ctx context.Context, since time.Time) (time.Duration, err
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("%d of %d members see the %d members after %s", agree, len(want), len(want), s.cfg.Timeout)
 		}
-		if time.Since(told) > 10*time.Second && s.cfg.Progress != nil {
-			s.cfg.Progress("%d of %d members see them all", agree, len(want))
+		if time.Since(told) > 10*time.Second {
+			s.progress("%d of %d members see them all (views of %d to %d members)", agree, len(want), least, most)
 			told = time.Now()
 		}
 		select {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/test/internal/procstat"
 )
 
 // wireRow is one protocol message's size: encoded (protocol.Encode), and as the
@@ -17,6 +18,9 @@ type wireRow struct {
 	Encoded int
 	OnWire  float64 // bytes the sender's socket wrote per message (UDP or TCP)
 	Per     int     // what the message carries (records, watermarks), to divide by
+	// CPU is this process's CPU per message: both ends (encode, compress, encrypt, the
+	// sockets, decrypt, decompress, decode), and the pair's probes, noise.
+	CPU time.Duration
 }
 
 // nodeName is a node name of a typical length (a StatefulSet's pod).
@@ -110,6 +114,7 @@ func wireCost(ctx context.Context, encrypt bool, count int) ([]wireRow, error) {
 			n = 32
 		}
 		before := a.c.NetBytes().Sent()
+		cpu0, _ := procstat.Read(osPid)
 		for range n {
 			if err := a.c.Send("wire-b", wm.m); err != nil {
 				return nil, fmt.Errorf("send %s: %w", wm.what, err)
@@ -125,7 +130,9 @@ func wireCost(ctx context.Context, encrypt bool, count int) ([]wireRow, error) {
 			}
 			sent = now
 		}
-		rows = append(rows, wireRow{What: wm.what, Encoded: len(enc), OnWire: float64(sent) / float64(n), Per: wm.per})
+		cpu1, _ := procstat.Read(osPid)
+		rows = append(rows, wireRow{What: wm.what, Encoded: len(enc), OnWire: float64(sent) / float64(n), Per: wm.per,
+			CPU: (cpu1.CPU - cpu0.CPU) / time.Duration(n)})
 	}
 	return rows, nil
 }

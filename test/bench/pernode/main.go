@@ -53,13 +53,13 @@ func parseNodes(s string) ([]int, error) {
 }
 
 func main() {
-	cfg := config{Rules: 30_000, Every: 60 * time.Second, Settle: 30 * time.Second, Window: 30 * time.Second}
+	cfg := config{Rules: 30_000, Every: 60 * time.Second, Settle: 30 * time.Second, Window: 60 * time.Second}
 	fs := flag.NewFlagSet("pernode", flag.ContinueOnError)
 	nodes := fs.String("nodes", "3,5,10", "cluster sizes, comma-separated")
 	fs.IntVar(&cfg.Rules, "rules", cfg.Rules, "interval rules the stub lists (the same at every size)")
 	fs.DurationVar(&cfg.Every, "every", cfg.Every, "the rules' interval (whole seconds): rules/every fires a second over the cluster")
 	fs.DurationVar(&cfg.Settle, "settle", cfg.Settle, "after every node is ready and sees all: acquisitions and the first fires settle")
-	fs.DurationVar(&cfg.Window, "window", cfg.Window, "measuring window")
+	fs.DurationVar(&cfg.Window, "window", cfg.Window, "measuring window (whole periods of -every keep the fires even)")
 	fs.StringVar(&cfg.Binary, "binary", "", "timerd binary (default: go build ./cmd/timerd)")
 	fs.StringVar(&cfg.Baseline, "baseline", "", "also run the timerd of this git revision, side by side")
 	if err := fs.Parse(os.Args[1:]); err != nil {

@@ -68,11 +68,18 @@ func (s *stub) list(w http.ResponseWriter, r *http.Request) {
 	for id := from + 1; id <= to; id++ {
 		items = append(items, map[string]any{"id": id, "ref": fmt.Sprintf("bench.%d", id), "trigger_ref": "core.intervaltimer",
 			"trigger_params": map[string]any{"interval": int(s.every / time.Second)}, "enabled": true,
-			"updated": s.created.Format(time.RFC3339Nano)})
+			"updated": s.updated(id).Format(time.RFC3339Nano)})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"items": items, "pagination": map[string]any{
 		"page": page, "page_size": size, "total_items": total, "has_next": to < total}})
+}
+
+// updated is rule id's version, its interval's anchor: spread over the period before
+// the stub started, so that the rules' fires spread over the period too instead of all
+// falling on one instant.
+func (s *stub) updated(id int) time.Time {
+	return s.created.Add(-time.Duration(id) * s.every / time.Duration(s.rules+1))
 }
 
 // event is POST /api/v1/events: counted, answered 201.
