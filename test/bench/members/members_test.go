@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/timerd/timerd/cluster"
 )
 
 // A small cluster goes through the whole run: it forms, its rings agree after a join,
@@ -15,7 +17,7 @@ import (
 func TestRunSmallCluster(t *testing.T) {
 	t.Parallel()
 	cfg := config{N: 5, Rest: 500 * time.Millisecond, Timeout: 30 * time.Second, Seeds: 2, Batch: 2, Profile: "lan", Encrypt: true,
-		VNodes: 10, Progress: t.Logf,
+		VNodes: 10, Progress: t.Logf, Ring: cluster.RingConfig{Partitions: 2039, ReplicationFactor: 100},
 		// Failure detection fast enough for a test, lenient enough for -race on two busy cores.
 		Memberlist: func() *memberlist.Config {
 			mc := memberlist.DefaultLocalConfig()

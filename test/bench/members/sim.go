@@ -33,6 +33,9 @@ type config struct {
 	// in one process build one each at every change, on two cores. The moves and the
 	// balance are computed with the default ring, whose build is timed on its own.
 	VNodes int
+	// Ring is the ring the moves and the balance are computed with and whose build is
+	// timed; the zero value is timerd's default (tests take a smaller one: -race).
+	Ring cluster.RingConfig
 	// Log, when set, takes the members' warnings (memberlist's suspicions and deaths).
 	Log io.Writer
 	// Memberlist, when set, is memberlist's base config instead of Profile's (tests).
@@ -295,17 +298,17 @@ func summarise(xs []float64) stats {
 
 // moves compares the rings of two member sets: the fraction of partitions whose owner
 // changed, and how many moved from a member in both sets to another such member.
-func moves(before, after []string) (float64, int, error) {
-	rb, err := cluster.NewRing(cluster.RingConfig{}, before)
+func moves(rc cluster.RingConfig, before, after []string) (float64, int, error) {
+	rb, err := cluster.NewRing(rc, before)
 	if err != nil {
 		return 0, 0, err
 	}
-	ra, err := cluster.NewRing(cluster.RingConfig{}, after)
+	ra, err := cluster.NewRing(rc, after)
 	if err != nil {
 		return 0, 0, err
 	}
 	moved, between := 0, 0
-	for p := range cluster.DefaultPartitions {
+	for p := range partitions(rc) {
 		ob, oa := rb.PartitionOwner(p), ra.PartitionOwner(p)
 		if ob == oa {
 			continue
@@ -315,20 +318,28 @@ func moves(before, after []string) (float64, int, error) {
 			between++
 		}
 	}
-	return float64(moved) / cluster.DefaultPartitions, between, nil
+	return float64(moved) / float64(partitions(rc)), between, nil
+}
+
+// partitions is rc's partition count.
+func partitions(rc cluster.RingConfig) int {
+	if rc.Partitions == 0 {
+		return cluster.DefaultPartitions
+	}
+	return rc.Partitions
 }
 
 // balance is the most and fewest partitions a member owns, over the mean.
-func balance(members []string) (hi, lo float64, err error) {
-	r, err := cluster.NewRing(cluster.RingConfig{}, members)
+func balance(rc cluster.RingConfig, members []string) (hi, lo float64, err error) {
+	r, err := cluster.NewRing(rc, members)
 	if err != nil {
 		return 0, 0, err
 	}
 	count := map[string]int{}
-	for p := range cluster.DefaultPartitions {
+	for p := range partitions(rc) {
 		count[r.PartitionOwner(p)]++
 	}
-	mean := float64(cluster.DefaultPartitions) / float64(len(members))
+	mean := float64(partitions(rc)) / float64(len(members))
 	lo = mean
 	for _, n := range count {
 		hi, lo = max(hi, float64(n)), min(lo, float64(n))
@@ -340,13 +351,13 @@ func balance(members []string) (hi, lo float64, err error) {
 }
 
 // ringBuild is the time one default ring of n members takes to build, here.
-func ringBuild(n int) (time.Duration, error) {
+func ringBuild(rc cluster.RingConfig, n int) (time.Duration, error) {
 	names := make([]string, n)
 	for i := range names {
 		names[i] = nameOf(i)
 	}
 	start := time.Now()
-	_, err := cluster.NewRing(cluster.RingConfig{}, names)
+	_, err := cluster.NewRing(rc, names)
 	return time.Since(start), err
 }
 
@@ -381,18 +392,18 @@ func run(ctx context.Context, cfg config) (res result, err error) {
 	p := cfg.Progress
 	res = result{N: cfg.N, Profile: cfg.Profile, Encrypted: cfg.Encrypt, VNodes: cfg.VNodes, RingBuild: map[int]time.Duration{}}
 	for _, n := range []int{10, cfg.N} { // before the members start: the process is idle
-		if res.RingBuild[n], err = ringBuild(n); err != nil {
+		if res.RingBuild[n], err = ringBuild(cfg.Ring, n); err != nil {
 			return res, err
 		}
 	}
-	p("a default ring (%d virtual nodes per member) builds in %s at 10 members, %s at %d", cluster.DefaultReplicationFactor,
+	p("the ring (%+v, zero: the default) builds in %s at 10 members, %s at %d", cfg.Ring,
 		res.RingBuild[10].Round(time.Millisecond), res.RingBuild[cfg.N].Round(time.Millisecond), cfg.N)
 	p("forming %d members (%s config, seeds %d)", cfg.N, cfg.Profile, cfg.Seeds)
 	if res.FormedIn, err = s.form(ctx); err != nil {
 		return res, fmt.Errorf("form: %w", err)
 	}
 	p("formed in %s", res.FormedIn.Round(time.Millisecond))
-	if res.BalanceHi, res.BalanceLo, err = balance(s.names()); err != nil {
+	if res.BalanceHi, res.BalanceLo, err = balance(cfg.Ring, s.names()); err != nil {
 		return res, err
 	}
 	runtime.GC()
@@ -438,7 +449,7 @@ func run(ctx context.Context, cfg config) (res result, err error) {
 		w := measure(what, a, s.snapshot())
 		w.ConvergedIn = took
 		after := s.names()
-		if w.MovedFraction, w.MovedBetweenOlds, err = moves(before, after); err != nil {
+		if w.MovedFraction, w.MovedBetweenOlds, err = moves(cfg.Ring, before, after); err != nil {
 			return err
 		}
 		w.IdealFraction = 1 / float64(max(len(before), len(after)))
