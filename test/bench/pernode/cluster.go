@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/auth"
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/scheduler"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
@@ -110,29 +111,45 @@ func stopCluster(nodes []*node) {
 	}
 }
 
-// waitFormed waits until every node is ready and sees n live members.
-func waitFormed(ctx context.Context, nodes []*node, within time.Duration) error {
+// waitFormed waits until every node sees n live members and the partitions the nodes
+// hold add up to the ring's, each held once: the cluster fires everything. A node
+// need not be ready (/readyz also wants a lease renewed on time, which a machine
+// loaded by other work may deny now and then); how many are is returned.
+func waitFormed(ctx context.Context, nodes []*node, within time.Duration) (readyNodes int, err error) {
 	deadline := time.Now().Add(within)
-	for _, nd := range nodes {
-		for {
-			m, err := scrape(nd.base)
-			if err == nil && m.get(`timerd_cluster_members{state="alive"}`) == float64(len(nodes)) && ready(nd.base) {
-				break
-			}
+	for {
+		alive, held := 0, 0.0
+		readyNodes = 0
+		for _, nd := range nodes {
 			select {
 			case err := <-nd.exited:
 				nd.exited <- err
-				return fmt.Errorf("%s exited (%v):\n%s", nd.name, err, nd.logs.String())
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(200 * time.Millisecond):
+				return 0, fmt.Errorf("%s exited (%v):\n%s", nd.name, err, nd.logs.String())
+			default:
 			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s not ready with %d members within %s:\n%s", nd.name, len(nodes), within, nd.logs.String())
+			m, err := scrape(nd.base)
+			if err != nil {
+				continue
+			}
+			if m.get(`timerd_cluster_members{state="alive"}`) == float64(len(nodes)) {
+				alive++
+			}
+			held += m.get("timerd_partitions_held")
+			if m.get("timerd_ready") == 1 {
+				readyNodes++
 			}
 		}
+		if alive == len(nodes) && held == cluster.DefaultPartitions {
+			return readyNodes, nil
+		}
+		if time.Now().After(deadline) {
+			return readyNodes, fmt.Errorf("after %s: %d of %d nodes see them all, %v of %d partitions held, %d ready; a node's log:\n%s",
+				within, alive, len(nodes), held, cluster.DefaultPartitions, readyNodes, nodes[len(nodes)-1].logs.String())
+		}
+		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+			return readyNodes, err
+		}
 	}
-	return nil
 }
 
 func ready(base string) bool {

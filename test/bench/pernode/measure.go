@@ -53,10 +53,12 @@ func measure(ctx context.Context, cfg config, bin, dir string, n int) (result, e
 		return res, err
 	}
 	started := time.Now()
-	if err := waitFormed(ctx, nodes, 3*time.Minute+time.Duration(n)*30*time.Second); err != nil {
+	readyNodes, err := waitFormed(ctx, nodes, 3*time.Minute+time.Duration(n)*30*time.Second)
+	if err != nil {
 		return res, err
 	}
-	progress("formed and ready after %s; settling %s", time.Since(started).Round(time.Millisecond), cfg.Settle)
+	progress("formed after %s (every partition held once, %d of %d nodes ready); settling %s",
+		time.Since(started).Round(time.Millisecond), readyNodes, n, cfg.Settle)
 	if err := sleep(ctx, cfg.Settle); err != nil {
 		return res, err
 	}
