@@ -87,12 +87,12 @@ func wireCost(ctx context.Context, encrypt bool, count int) ([]wireRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer a.c.Shutdown()
+	defer func() { _ = a.c.Shutdown() }()
 	b, err := s.startAt(ctx, "wire-b", "127.0.250.3:0", []string{a.c.LocalAddr()})
 	if err != nil {
 		return nil, err
 	}
-	defer b.c.Shutdown()
+	defer func() { _ = b.c.Shutdown() }()
 	go func() { // the receiver's reader: keep its buffer from filling
 		for range b.c.Messages() {
 		}

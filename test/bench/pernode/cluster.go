@@ -107,7 +107,7 @@ func stopCluster(nodes []*node) {
 		_ = nd.cmd.Process.Signal(syscall.SIGKILL)
 	}
 	for _, nd := range nodes {
-		<-nd.exited
+		_ = <-nd.exited // killed: its status tells nothing
 	}
 }
 
@@ -124,7 +124,7 @@ func waitFormed(ctx context.Context, nodes []*node, within time.Duration) (ready
 			select {
 			case err := <-nd.exited:
 				nd.exited <- err
-				return 0, fmt.Errorf("%s exited (%v):\n%s", nd.name, err, nd.logs.String())
+				return 0, fmt.Errorf("%s exited (%w):\n%s", nd.name, err, nd.logs.String())
 			default:
 			}
 			m, err := scrape(nd.base)
@@ -150,15 +150,6 @@ func waitFormed(ctx context.Context, nodes []*node, within time.Duration) (ready
 			return readyNodes, err
 		}
 	}
-}
-
-func ready(base string) bool {
-	resp, err := http.Get(base + "/readyz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
 }
 
 // sample is one node's counters at one moment.
