@@ -107,9 +107,12 @@ func stopCluster(nodes []*node) {
 		_ = nd.cmd.Process.Signal(syscall.SIGKILL)
 	}
 	for _, nd := range nodes {
-		_ = <-nd.exited // killed: its status tells nothing
+		_ = nd.wait() // killed: its status tells nothing
 	}
 }
+
+// wait waits for the agent to exit and returns its status.
+func (nd *node) wait() error { return <-nd.exited }
 
 // waitFormed waits until every node sees n live members and the partitions the nodes
 // hold add up to the ring's, each held once: the cluster fires everything. A node
