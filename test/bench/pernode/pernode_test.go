@@ -134,3 +134,24 @@ func TestAgentEnvJoinsTheSeed(t *testing.T) {
 		t.Error("the seed joins nobody: want no TIMERD_JOIN")
 	}
 }
+
+// Two builds print side by side with the ratios of this tree to the baseline; a build
+// without the byte counter shows none and no ratio of bytes.
+func TestPrintResultsRatios(t *testing.T) {
+	builds := []build{{"old", "/x"}, {"this tree", "/y"}}
+	results := map[string][]result{
+		"old":       {{Nodes: 3, SentPerSec: perNode{-1, -1}, ReceivedPerSec: perNode{-1, -1}, CPUCores: perNode{0.2, 0.3}, MessagesPerSec: perNode{100, 110}}},
+		"this tree": {{Nodes: 3, SentPerSec: perNode{1000, 1200}, ReceivedPerSec: perNode{900, 950}, CPUCores: perNode{0.1, 0.1}, MessagesPerSec: perNode{50, 55}}},
+	}
+	var b strings.Builder
+	printResults(&b, config{Rules: 100, Every: time.Second, Window: time.Second}, builds, results)
+	out := b.String()
+	for _, want := range []string{"– (no counter)", "1000 (1200)", "0.50×", "ratio this tree / old"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "NaN") || strings.Contains(out, "Inf") || strings.Contains(out, "-1000") {
+		t.Errorf("output has a ratio of a missing counter:\n%s", out)
+	}
+}
