@@ -16,15 +16,17 @@ import (
 // members that stay, and the members' sockets carried bytes in every window.
 func TestRunSmallCluster(t *testing.T) {
 	t.Parallel()
-	cfg := config{N: 5, Rest: 500 * time.Millisecond, Timeout: 30 * time.Second, Seeds: 2, Batch: 2, Profile: "lan", Encrypt: true,
+	cfg := config{N: 5, Rest: 500 * time.Millisecond, Timeout: time.Minute, Seeds: 2, Batch: 2, Profile: "lan", Encrypt: true,
 		VNodes: 10, Progress: t.Logf, Ring: cluster.RingConfig{Partitions: 2039, ReplicationFactor: 100},
-		// Failure detection fast enough for a test, lenient enough for -race on two busy cores.
+		// Failure detection fast enough for a test, lenient enough for -race on two busy cores;
+		// push/pull often, so that a member that missed a join's gossip learns it soon.
 		Memberlist: func() *memberlist.Config {
 			mc := memberlist.DefaultLocalConfig()
-			mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = 500*time.Millisecond, 400*time.Millisecond, 2
+			mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = time.Second, 800*time.Millisecond, 3
+			mc.PushPullInterval = 2 * time.Second // a gossip lost on a loaded machine heals in seconds
 			return mc
 		}}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	res, err := run(ctx, cfg)
 	if err != nil {
