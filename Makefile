@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode load soak cluster-soak sim clean
 
 all: build
 
@@ -106,6 +106,16 @@ bench-catchup:
 # (test/bench/intake; ARGS="-baseline REV -bare" and the like).
 bench-intake: mq
 	$(GO) run ./test/bench/intake $(ARGS)
+
+# 100 cluster members in one process on loopback sockets (issue 15): ring convergence after a
+# join, a crash and a leave, partitions moved, gossip bytes per member (ARGS="-n 50 -profile wan").
+bench-members:
+	$(GO) run ./test/bench/members $(ARGS)
+
+# Real agents at 3, 5 and 10 nodes under one total load: gossip bytes/s, CPU, RSS and store per
+# node (issue 15); ARGS="-baseline REV" runs that revision's timerd side by side.
+bench-pernode:
+	$(GO) run ./test/bench/pernode $(ARGS)
 
 # 50,000 interval rules of 10 s (5,000 fires/s) through timerd dev for a minute.
 load:
