@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-reconcile load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode bench-reconcile load soak cluster-soak sim clean
 
 all: build
 
@@ -101,6 +101,21 @@ bench-node:
 # (ARGS="-baseline main" runs the same with main's timerd beside it).
 bench-catchup:
 	$(GO) run ./test/bench/node -rules 5000 -every 1s -misfire fire_all -down 2m -window 5m $(ARGS)
+
+# Rule changes at scale (issue 15): 10,000 creates through timerd api with 1, 3 and 10 agents on RabbitMQ
+# (test/bench/intake; ARGS="-baseline REV -bare" and the like).
+bench-intake: mq
+	$(GO) run ./test/bench/intake $(ARGS)
+
+# 100 cluster members in one process on loopback sockets (issue 15): ring convergence after a
+# join, a crash and a leave, partitions moved, gossip bytes per member (ARGS="-n 50 -profile wan").
+bench-members:
+	$(GO) run ./test/bench/members $(ARGS)
+
+# Real agents at 3, 5 and 10 nodes under one total load: gossip bytes/s, CPU, RSS and store per
+# node (issue 15); ARGS="-baseline REV" runs that revision's timerd side by side.
+bench-pernode:
+	$(GO) run ./test/bench/pernode $(ARGS)
 
 # One periodic reconcile round (issue 15, point 4): timerd api with 200,000 rules, one agent at a
 # time behind a counting proxy, at 100 and at 1,000 rules a page (ARGS="-rules 1000000 -keep DIR").

@@ -105,7 +105,8 @@ type Cluster struct {
 
 	kick chan struct{}
 
-	tr transport // protocol messages (transport.go)
+	tr      transport          // protocol messages (transport.go)
+	counted *countingTransport // the gossip sockets' bytes (netbytes.go); nil with Config.Memberlist's own transport
 
 	meta []byte // this node's memberlist meta (meta.go)
 
@@ -163,8 +164,17 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c.queue.RetransmitMult = mc.RetransmitMult
 	c.tr.init(mc.UDPBufferSize, cfg.MessageBuffer)
+	if mc.Transport == nil {
+		if c.counted, err = countingNetTransport(mc); err != nil {
+			return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, startFailure(err))
+		}
+		mc.Transport = c.counted
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if c.counted != nil {
+			_ = c.counted.Shutdown()
+		}
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, startFailure(err))
 	}
 	c.ml, c.bindPort = ml, mc.BindPort // memberlist wrote the bound port back

@@ -67,6 +67,12 @@ type Config struct {
 	// since), so two disjoint halves never both hold a quorum. 1 (the default) requires no
 	// quorum: every node fires what its ring gives it, alone too. 1..MaxExpect.
 	Expect int
+	// Replicas is how many stores, the firer's included, hold a fire before it is
+	// delivered, when fewer than a quorum: min(⌊N/2⌋+1, Replicas); 0 (the default) is
+	// the quorum. Fewer copies make what each node receives of the others' fires fall as
+	// nodes are added, and make a takeover need N − W + 1 members answering
+	// (docs/protocol.md §6). The same on every node. 0 or 2..MaxExpect.
+	Replicas int
 	// Resolve looks up a host name of Join: IP addresses, or IP:port to override the entry's
 	// port (an SRV lookup); nil: net.DefaultResolver.LookupHost. A seam for tests.
 	Resolve func(ctx context.Context, host string) ([]string, error)
@@ -176,6 +182,9 @@ func (c Config) Validate() error {
 	}
 	if c.Expect < 1 || c.Expect > MaxExpect {
 		return bad("Expect", "%d: want 1..%d (the expected number of members)", c.Expect, MaxExpect)
+	}
+	if c.Replicas != 0 && (c.Replicas < 2 || c.Replicas > MaxExpect) {
+		return bad("Replicas", "%d: want 0 (a quorum) or 2..%d", c.Replicas, MaxExpect)
 	}
 	if c.LeaveTimeout < 0 {
 		return bad("LeaveTimeout", "%v: must not be negative", c.LeaveTimeout)

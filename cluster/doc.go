@@ -14,5 +14,7 @@
 //
 // memberlist reports its own metrics to hashicorp/go-metrics' global sink, a blackhole by
 // default; this package never installs one, so they cost nothing and are not exported.
+// What it does count is every byte of the gossip sockets, by wrapping memberlist's network
+// transport (netbytes.go: Cluster.NetBytes, timerd_cluster_network_bytes_total).
 // Its log goes to the injected slog.Logger.
 package cluster

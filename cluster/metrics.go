@@ -87,7 +87,7 @@ func (m *metrics) register(reg prometheus.Registerer, c *Cluster) error {
 		return 0
 	})
 	_, err := metricset.Register(reg, m.ringChanges, m.protoSent, m.protoReceived, m.protoDropped, m.keyringReloads,
-		membersCollector{c}, quorum, expected, keys)
+		membersCollector{c}, netBytesCollector{c}, quorum, expected, keys)
 	return err
 }
 

@@ -11,12 +11,30 @@ import (
 // they carry no fire of this node's and change no watermark). Nothing is written if
 // any event is invalid.
 func (s *Store) AppendReady(events []Event) error {
-	if len(events) == 0 {
+	return s.appendReady("append handed-over events", events, nil)
+}
+
+// AppendManual adds an operator's events to the outbox, ready to deliver, with the
+// records of the rule's history that say so (a backfill, a fire now), in one
+// transaction. Like AppendReady it changes no watermark: the events stand for no
+// slot of the schedule's own (docs/operations.md, "Backfill and fire now"). Nothing
+// is written if an event or a record is invalid.
+func (s *Store) AppendManual(events []Event, history []MissedSlot) error {
+	for _, m := range history {
+		if err := validateMissed(m); err != nil {
+			return s.wrap("append manual events", err)
+		}
+	}
+	return s.appendReady("append manual events", events, history)
+}
+
+func (s *Store) appendReady(op string, events []Event, history []MissedSlot) error {
+	if len(events) == 0 && len(history) == 0 {
 		return nil
 	}
 	for _, e := range events {
 		if err := validateEvent(e); err != nil {
-			return s.wrap("append handed-over events", err)
+			return s.wrap(op, err)
 		}
 	}
 	now := time.Now()
@@ -29,10 +47,13 @@ func (s *Store) AppendReady(events []Event) error {
 				return err
 			}
 		}
+		if err := putMissed(tx, history); err != nil {
+			return err
+		}
 		return addCounter(tx, keyOutboxLen, int64(len(events)))
 	})
 	if err != nil {
-		return s.wrap("append handed-over events", err)
+		return s.wrap(op, err)
 	}
 	s.outboxLen.Add(int64(len(events)))
 	return nil

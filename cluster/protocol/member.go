@@ -50,6 +50,11 @@ type MemberConfig struct {
 	// SkewAllowance bounds how far ahead of this node's wall clock a fired slot may be.
 	SkewAllowance time.Duration
 	MaxRecords    int // fire records in one Fired message
+	// Replicas is how many stores, the firer's included, hold a fire before it is
+	// delivered, when that is fewer than a quorum: W = min(Q, Replicas); 0 means Q.
+	// A fire is sent to W − 1 members, and an acquisition reads N − W + 1 stores
+	// (docs/protocol.md §6).
+	Replicas int
 }
 
 func (c *MemberConfig) setDefaults() {
@@ -89,6 +94,8 @@ func (c MemberConfig) Validate() error {
 		return fmt.Errorf("protocol: Lease %v must exceed Heartbeat %v", c.Lease, c.Heartbeat)
 	case c.FenceMargin < 0:
 		return fmt.Errorf("protocol: FenceMargin %v: must not be negative", c.FenceMargin)
+	case c.Replicas < 0 || c.Replicas == 1:
+		return fmt.Errorf("protocol: Replicas %d: must be 0 (a quorum) or at least 2", c.Replicas)
 	}
 	return nil
 }
@@ -167,8 +174,8 @@ type Member struct {
 	transfer *transfer // leaving: the copy of the store that retiring cleanly waits for
 	// The copy of the store to the members that joined since N last grew (copyStore).
 	copy      *transfer
-	copyOwed  bool              // N grew in this incarnation
-	grownFrom int               // N when last looked at
+	copyOwed  bool              // W grew in this incarnation
+	grownFrom int               // W when last looked at
 	copiedTo  map[string]uint64 // the incarnation of each member the store was copied to
 	copyID    uint64
 	merged    map[string]*merged // by sender node
@@ -187,9 +194,12 @@ type Member struct {
 	heard       map[int]Epoch // the highest epoch heard of (refusals): the next ask goes above it
 	// renew: held partitions whose fires a member refused for a newer epoch (promised to
 	// an acquisition that did not complete): they are acquired again above it.
-	renew   map[int]bool
-	view    []string
-	ring    Ring
+	renew map[int]bool
+	view  []string
+	ring  Ring
+	// succ is the ring of the view without this member: who takes its partitions
+	// over if it goes, the first replica of its fires (replicasOf).
+	succ    Ring
 	acq     *acquisition
 	acqID   uint64
 	nextAcq time.Duration
@@ -421,10 +431,21 @@ func (m *Member) memberCount() int {
 	return n
 }
 
+// writeQuorum is W, how many stores (the firer's included) hold a fire before it is
+// delivered: Q, or fewer with Replicas, so that what a node receives of its peers'
+// fires falls as nodes are added (W − 1 of N − 1 peers get each fire).
+func (m *Member) writeQuorum() int {
+	q := m.quorum()
+	if r := m.cfg.Replicas; r > 0 && r < q {
+		return r
+	}
+	return q
+}
+
 // readQuorum is how many members' stores (this one included) an acquisition reads:
-// N − Q + 1, so that it meets every Q stores a delivered fire was written to.
+// N − W + 1, so that it meets every W stores a delivered fire was written to.
 func (m *Member) readQuorum() int {
-	return m.clusterSize() - m.quorum() + 1
+	return m.clusterSize() - m.writeQuorum() + 1
 }
 
 // HasLease reports whether the member's lease covers now.
@@ -735,6 +756,10 @@ func (m *Member) updateView() {
 		return
 	}
 	m.view, m.ring = names, m.cfg.Ring(names)
+	m.succ = nil
+	if others := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == m.self.Node }); m.writeQuorum() < len(others) {
+		m.succ = m.cfg.Ring(others) // only needed when fires go to fewer than every other member
+	}
 	m.nextAcq = 0 // look again at once
 }
 
@@ -1238,13 +1263,19 @@ func (m *Member) committed(evs []EventRef) {
 	}
 }
 
-// replicate sends fire records to every member, or marks them deliverable at once when
-// this member needs nobody's ack.
-func (m *Member) replicate(recs []FireRecord) {
+// replicate sends fire records to W − 1 members each and one more (replicasOf), or
+// marks them deliverable at once when this member needs nobody's ack. The one more is
+// a spare: a replica that is down, or slow, does not hold a fire back until the resend
+// (a retry interval) while the others learn it is gone.
+func (m *Member) replicate(recs []FireRecord) { m.replicateTo(recs, false) }
+
+// replicateTo sends recs to their replicas, or with all to every member (a resend:
+// a replica that did not ack in a retry interval may be gone, and any W − 1 acks do).
+func (m *Member) replicateTo(recs []FireRecord, all bool) {
 	if len(recs) == 0 {
 		return
 	}
-	need := m.quorum() - 1
+	need := m.writeQuorum() - 1
 	if need <= 0 {
 		var ready []EventRef
 		for _, r := range recs {
@@ -1265,6 +1296,32 @@ func (m *Member) replicate(recs []FireRecord) {
 			st.sent = m.now.Boot
 		}
 	}
+	copies := need + 1 // the spare
+	if all || len(to) <= copies {
+		m.sendFired(to, recs)
+		return
+	}
+	// Each record to its partition's replicas: grouped by recipient, in record order.
+	byPart := map[int][]string{}
+	byDest := map[string][]FireRecord{}
+	for _, r := range recs {
+		p := m.cfg.PartitionOf(r.Rule)
+		dests, ok := byPart[p]
+		if !ok {
+			dests = m.replicasOf(p, copies, to)
+			byPart[p] = dests
+		}
+		for _, d := range dests {
+			byDest[d] = append(byDest[d], r)
+		}
+	}
+	for _, d := range slices.Sorted(maps.Keys(byDest)) {
+		m.sendFired([]string{d}, byDest[d])
+	}
+}
+
+// sendFired sends recs to each of to, MaxRecords to a message.
+func (m *Member) sendFired(to []string, recs []FireRecord) {
 	for start := 0; start < len(recs); start += m.cfg.MaxRecords {
 		chunk := recs[start:min(len(recs), start+m.cfg.MaxRecords)]
 		m.fireSeq++
@@ -1278,6 +1335,37 @@ func (m *Member) replicate(recs []FireRecord) {
 			m.send(n, Fired{From: m.self, Seq: m.fireSeq, Records: chunk})
 		}
 	}
+}
+
+// replicasOf is the n members partition p's fires go to first: the member that
+// would take p over if this one went (the owner by the view without it), then the
+// view's other members from p's place in it, each live and not quorum-fenced; then,
+// if too few are, others of to. Any W stores keep a fire safe (§6): the choice only
+// spreads the load, and puts the fire where a takeover would look first.
+func (m *Member) replicasOf(p, n int, to []string) []string {
+	out := make([]string, 0, n)
+	add := func(name string, liveOnly bool) {
+		if len(out) == n || name == m.self.Node || slices.Contains(out, name) {
+			return
+		}
+		if liveOnly {
+			pe := m.peers[name]
+			if pe == nil || !m.live(pe) || m.quorumFenced(name, pe.inc) {
+				return
+			}
+		}
+		out = append(out, name)
+	}
+	if m.succ != nil {
+		add(m.succ.Owner(p), true)
+	}
+	for i := range m.view {
+		add(m.view[(p+i)%len(m.view)], true)
+	}
+	for _, name := range to {
+		add(name, false)
+	}
+	return out
 }
 
 // resendFires sends again the records sent a retry interval ago and not acked by
@@ -1304,7 +1392,7 @@ func (m *Member) resendFires() {
 		r := m.repl[k]
 		recs = append(recs, FireRecord{Rule: r.ref.Rule, Prev: r.ref.Prev, Slot: r.ref.Slot, Count: r.ref.Count, Firer: r.ref.Firer, Epoch: r.epoch})
 	}
-	m.replicate(recs)
+	m.replicateTo(recs, true)
 }
 
 // fired merges a member's fire records and acknowledges those it accepts.
@@ -1349,7 +1437,7 @@ func mergeByRule(st Store, wms []Watermark) []Watermark {
 	return out
 }
 
-// firedAck counts a member's acks of fire records; a record acked by Q − 1 members is
+// firedAck counts a member's acks of fire records; a record acked by W − 1 members is
 // deliverable. Acks count by record, so an ack of an earlier send of it counts too.
 func (m *Member) firedAck(a FiredAck) {
 	if a.To != m.self {
@@ -1383,7 +1471,7 @@ func (m *Member) firedAck(a FiredAck) {
 			continue
 		}
 		r.ackers[a.From.Node] = true
-		if len(r.ackers) >= m.quorum()-1 {
+		if len(r.ackers) >= m.writeQuorum()-1 {
 			ready = append(ready, r.ref)
 			delete(m.repl, k)
 		}
@@ -1596,18 +1684,20 @@ func (m *Member) transferStore() {
 }
 
 // copyStore copies this member's store to the members it has not copied it to (at their
-// current incarnation), once N has grown in this incarnation: a fire stored by Q of the
-// smaller N is not stored by Q of the larger, and a read quorum of it could miss the
-// fire (a node that ran alone and fired with nobody's ack, then others joined it). The
-// copy gates nothing; it is sent again until each member acknowledged it or is gone.
-// With TIMERD_EXPECT at the cluster's size N does not grow, and nothing is copied.
+// current incarnation), once W has grown in this incarnation: a fire stored by W of the
+// smaller cluster is not stored by the W of the larger, and a read quorum of it could
+// miss the fire (a node that ran alone and fired with nobody's ack, then others joined
+// it). While W stays (N grows past 2·Replicas − 1, or from 4 to 5 with Q 3), any
+// N − W + 1 stores of the larger cluster still meet the W that hold each fire, and
+// nothing is copied. The copy gates nothing; it is sent again until each member
+// acknowledged it or is gone. With TIMERD_EXPECT at the cluster's size W does not grow.
 func (m *Member) copyStore() {
-	n := m.clusterSize()
-	if m.grownFrom > 0 && n > m.grownFrom && !m.copyOwed {
+	w := m.writeQuorum()
+	if m.grownFrom > 0 && w > m.grownFrom && !m.copyOwed {
 		m.copyOwed = true
-		m.logf(false, "the cluster grew: copying the store to its members", "from", m.grownFrom, "to", n)
+		m.logf(false, "the cluster grew: copying the store to its members", "write_quorum_from", m.grownFrom, "to", w)
 	}
-	m.grownFrom = n
+	m.grownFrom = w
 	if m.copy == nil && m.copyOwed {
 		want := func(name string, inc uint64) bool { return m.copiedTo[name] != inc }
 		for _, name := range m.recipients() {

@@ -252,6 +252,19 @@ var agentSettings = []agentSetting{
 		c.Gossip.Expect = n
 		return nil
 	}},
+	{env: "TIMERD_REPLICAS", key: "replicas", flag: "replicas", def: "majority", usage: "stores that hold a fire before it is delivered, the firer's included, when fewer than a quorum: 2 or more, or majority (a quorum of TIMERD_EXPECT); the same on every node", set: func(c *agentConfig, v string) error {
+		v = strings.TrimSpace(v)
+		if v == "majority" {
+			c.Gossip.Replicas = 0
+			return nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 || n > cluster.MaxExpect {
+			return fmt.Errorf("%q is neither majority nor a whole number in 2..%d (copies of each fire)", truncateSetting(v), cluster.MaxExpect)
+		}
+		c.Gossip.Replicas = n
+		return nil
+	}},
 	{env: "TIMERD_JOIN_TIMEOUT", key: "join_timeout", flag: "join-timeout", def: cluster.DefaultJoinTimeout.String(), usage: "how long to try the peers at start before running alone (logged loudly)", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
 		if err == nil && (d <= 0 || d > time.Hour) {

@@ -19,13 +19,13 @@ import (
 func newRulesCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rules",
-		Short: "Work on one rule through any node: describe it",
+		Short: "Work on one rule through any node: describe it, backfill it, fire it now",
 		Long: `rules works on one rule through the HTTP endpoints of any node of the
 cluster (its TIMERD_HTTP_ADDR): the node asked finds the rule's owner by its
 ring and forwards the request to it.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(newRulesDescribeCmd())
+	cmd.AddCommand(newRulesDescribeCmd(), newRulesBackfillCmd(), newRulesFireCmd())
 	return cmd
 }
 
@@ -42,6 +42,7 @@ func newRulesDescribeCmd() *cobra.Command {
 	var (
 		nf     nodeFlags
 		asJSON bool
+		here   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "describe ID",
@@ -53,12 +54,7 @@ the rule's dead letters); another node forwards the request to the owner, or,
 when the owner does not answer, prints what it knows itself and where to ask.`,
 		Example: `  timerd rules describe 4711 --addr 10.0.0.5:8470
   timerd rules describe 4711 --json | jq .next`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("want one rule id, got %d arguments", len(args))
-			}
-			return nil
-		},
+		Args: oneRuleID,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := ruleIDArg(args)
 			if err != nil {
@@ -70,7 +66,11 @@ when the owner does not answer, prints what it knows itself and where to ask.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), nf.timeout)
 			defer cancel()
-			d, raw, err := c.DescribeRule(ctx, id)
+			describe := c.DescribeRule
+			if here {
+				describe = c.DescribeRuleHere
+			}
+			d, raw, err := describe(ctx, id)
 			if err != nil {
 				return fmt.Errorf("rules describe: %w", err)
 			}
@@ -83,6 +83,7 @@ when the owner does not answer, prints what it knows itself and where to ask.`,
 	}
 	nf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the JSON as the node serves it")
+	cmd.Flags().BoolVar(&here, "here", false, "what the node asked knows itself, without asking the owner (a previous owner's missed-fire log and history)")
 	return cmd
 }
 
@@ -195,6 +196,17 @@ func printRule(w io.Writer, d node.RuleDescription, now time.Time) error {
 				from, to = ts(m.From), ts(m.To)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", from, to, count, m.Reason, m.DetectedAt.Format(time.RFC3339), m.Detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	if len(d.Operations) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(tw, "OPERATION\tFROM\tTO\tEVENTS\tAT\tDETAIL")
+		for _, o := range d.Operations {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", o.Kind, ts(o.From), ts(o.To), o.Count, o.At.Format(time.RFC3339), o.Detail)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -133,9 +133,10 @@ func (b commitBatch) full() bool {
 
 // commit stores b in one transaction, then answers every request of it. The
 // creates are stored in order (a ref taken by an earlier create of the batch
-// is a conflict for a later one), then added to the catalogue and published,
-// under ruleWriteMu from before the transaction to after the publish, so
-// that lifecycle messages leave in commit order.
+// is a conflict for a later one), then added to the catalogue and sent,
+// under ruleWriteMu from before the transaction to after the sends, so
+// that lifecycle messages leave in commit order; their confirms are awaited
+// after it.
 func (s *Server) commit(b commitBatch) {
 	resps := make([]eventResp, len(b.events))
 	ruleErrs := make([]error, len(b.rules))
@@ -165,10 +166,14 @@ func (s *Server) commit(b commitBatch) {
 		}
 	}
 	if len(b.rules) > 0 {
+		var pub *publishing
 		if err == nil {
-			s.addNewRules(b.rules, ruleErrs)
+			pub = s.addNewRules(b.rules, ruleErrs)
 		}
 		s.ruleWriteMu.Unlock()
+		// A create is answered once its message is confirmed (or its
+		// failure counted); the whole batch's confirms come in one round.
+		s.await(pub)
 		for i, req := range b.rules {
 			req.resp <- ruleErrs[i]
 		}

@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/ingest/pubsub"
 	"github.com/timerd/timerd/scheduler"
 )
 
@@ -274,20 +275,19 @@ func (s *Server) putNewRules(tx *bolt.Tx, batch []*ruleReq, errs []error) error 
 }
 
 // addNewRules adds the committed creates of batch to the catalogue and
-// publishes their messages, in order. The caller holds ruleWriteMu.
-func (s *Server) addNewRules(batch []*ruleReq, errs []error) {
+// sends their messages, in order; the caller awaits their confirms once it
+// has released ruleWriteMu, which it holds.
+func (s *Server) addNewRules(batch []*ruleReq, errs []error) *publishing {
 	s.cat.mu.Lock()
+	msgs := make([]attune.Lifecycle, 0, len(batch))
 	for i, req := range batch {
 		if errs[i] == nil {
 			s.cat.put(req.ru)
+			msgs = append(msgs, lifecycleOf(attune.RuleCreated, req.ru))
 		}
 	}
 	s.cat.mu.Unlock()
-	for i, req := range batch {
-		if errs[i] == nil {
-			s.publish(lifecycleOf(attune.RuleCreated, req.ru))
-		}
-	}
+	return s.send(msgs...)
 }
 
 func (s *Server) parseNewRule(w http.ResponseWriter, r *http.Request) (*rule, error) {
@@ -414,35 +414,42 @@ func putRule(tx *bolt.Tx, ru *rule) error {
 
 // modifyRule runs change on a copy of the rule named by the path under the
 // write lock, stores the result if change reports a difference, and publishes
-// what msgs returns for (old, new) after the commit.
+// what msgs returns for (old, new) after the commit. The answer waits for
+// the broker's confirms, the write lock does not.
 func (s *Server) modifyRule(w http.ResponseWriter, r *http.Request, change func(ru *rule) (bool, error),
 	msgs func(old, cur *rule) []attune.Lifecycle) {
-	ref := r.PathValue("ref")
-	s.ruleWriteMu.Lock()
-	defer s.ruleWriteMu.Unlock()
-	old := s.cat.byRefGet(ref)
-	if old == nil {
-		s.fail(w, r, errNoRule(ref))
-		return
-	}
-	cur := *old
-	changed, err := change(&cur)
+	cur, pub, err := s.modifyLocked(r.PathValue("ref"), change, msgs)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	s.await(pub)
+	writeJSON(w, http.StatusOK, s.ruleAnswer(cur))
+}
+
+func (s *Server) modifyLocked(ref string, change func(ru *rule) (bool, error),
+	msgs func(old, cur *rule) []attune.Lifecycle) (*rule, *publishing, error) {
+	s.ruleWriteMu.Lock()
+	defer s.ruleWriteMu.Unlock()
+	old := s.cat.byRefGet(ref)
+	if old == nil {
+		return nil, nil, errNoRule(ref)
+	}
+	cur := *old
+	changed, err := change(&cur)
+	if err != nil {
+		return nil, nil, err
+	}
 	if changed {
 		cur.Updated = s.cfg.Now().UTC()
 		if err := s.db.Update(func(tx *bolt.Tx) error { return putRule(tx, &cur) }); err != nil {
-			s.fail(w, r, err)
-			return
+			return nil, nil, err
 		}
 		s.cat.mu.Lock()
 		s.cat.put(&cur)
 		s.cat.mu.Unlock()
 	}
-	s.publish(msgs(old, &cur)...)
-	writeJSON(w, http.StatusOK, s.ruleAnswer(&cur))
+	return &cur, s.send(msgs(old, &cur)...), nil
 }
 
 // updateRule is PUT: trigger_ref, trigger_params, enabled, action_ref and
@@ -528,13 +535,21 @@ func (s *Server) setEnabled(w http.ResponseWriter, r *http.Request, enabled bool
 }
 
 func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request) {
-	ref := r.PathValue("ref")
+	ru, pub, err := s.deleteLocked(r.PathValue("ref"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.await(pub)
+	writeJSON(w, http.StatusOK, map[string]any{"data": ru})
+}
+
+func (s *Server) deleteLocked(ref string) (*rule, *publishing, error) {
 	s.ruleWriteMu.Lock()
 	defer s.ruleWriteMu.Unlock()
 	ru := s.cat.byRefGet(ref)
 	if ru == nil {
-		s.fail(w, r, errNoRule(ref))
-		return
+		return nil, nil, errNoRule(ref)
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketRules).Delete(idKey(ru.ID)); err != nil {
@@ -543,14 +558,12 @@ func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request) {
 		return tx.Bucket(bucketRuleRefs).Delete([]byte(ru.Ref))
 	})
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return nil, nil, err
 	}
 	s.cat.mu.Lock()
 	s.cat.remove(ru)
 	s.cat.mu.Unlock()
-	s.publish(lifecycleOf(attune.RuleDeleted, ru))
-	writeJSON(w, http.StatusOK, map[string]any{"data": ru})
+	return ru, s.send(lifecycleOf(attune.RuleDeleted, ru)), nil
 }
 
 // lifecycleOf builds the message Attune publishes for a write of ru.
@@ -572,19 +585,62 @@ func lifecycleOf(t attune.LifecycleType, ru *rule) attune.Lifecycle {
 	return l
 }
 
-// publish sends msgs in order, after the commit. Attune's publishing is
+// confirmingPublisher is a Publisher that can send without waiting for the
+// broker's confirm (pubsub.AMQPPublisher): messages leave in the order of
+// the sends, and their confirms are awaited together.
+type confirmingPublisher interface {
+	Send(ctx context.Context, m attune.Message) (*pubsub.Confirm, error)
+}
+
+// publishing is the lifecycle messages of one or more writes, sent, whose
+// confirms are still to be awaited.
+type publishing struct {
+	msgs  []attune.Lifecycle
+	confs []*pubsub.Confirm // by msgs; nil where there is nothing to await
+	errs  []error           // by msgs: a send that failed
+}
+
+// send publishes msgs in order, after the commit, under ruleWriteMu (held by
+// the caller), so that messages leave in commit order. With a
+// confirmingPublisher it does not wait for the broker: await does, after the
+// lock is released, so that the confirms of the writes waiting meanwhile
+// come in one round rather than one round each. Attune's publishing is
 // best-effort and nodes reconcile, so a failure is logged and counted only.
-func (s *Server) publish(msgs ...attune.Lifecycle) {
-	if s.cfg.Publisher == nil {
-		return
+func (s *Server) send(msgs ...attune.Lifecycle) *publishing {
+	if s.cfg.Publisher == nil || len(msgs) == 0 {
+		return nil
 	}
-	for _, l := range msgs {
+	p := &publishing{msgs: msgs, confs: make([]*pubsub.Confirm, len(msgs)), errs: make([]error, len(msgs))}
+	cp, pipelined := s.cfg.Publisher.(confirmingPublisher)
+	for i, l := range msgs {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
-		err := s.cfg.Publisher.Publish(ctx, attune.Message{
+		m := attune.Message{
 			RoutingKey: attune.RoutingKey(l.Type),
 			Body:       attune.EnvelopeJSON(l, uuid.NewString(), s.cfg.Now()),
-		})
+		}
+		if pipelined {
+			p.confs[i], p.errs[i] = cp.Send(ctx, m)
+		} else {
+			p.errs[i] = s.cfg.Publisher.Publish(ctx, m)
+		}
 		cancel()
+	}
+	return p
+}
+
+// await waits for the confirms of p (nil: nothing was sent), logging and
+// counting every message that did not make it.
+func (s *Server) await(p *publishing) {
+	if p == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	for i, l := range p.msgs {
+		err := p.errs[i]
+		if err == nil && p.confs[i] != nil {
+			err = p.confs[i].Wait(ctx)
+		}
 		if err != nil {
 			s.metrics.publishErrors.Inc()
 			s.log.Warn("publish lifecycle message failed", "type", l.Type, "rule_id", l.RuleID, "rule_ref", l.RuleRef, "err", err)

@@ -184,3 +184,32 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, s[start:]...)
 	return append(b, '"')
 }
+
+// MarkEvent returns e with the payload key mark set to true, at the payload's end:
+// "manual" on an event an operator fired (timerd rules fire), "backfill" on one a
+// backfill sent (docs/operations.md, "Backfill and fire now"). mark is a JSON name
+// that needs no escaping; e's body is BuildEvent's, which ends with the payload's
+// and the body's closing braces.
+func MarkEvent(e store.Event, mark string) (store.Event, error) {
+	body := e.Body
+	if len(body) < 2 || string(body[len(body)-2:]) != "}}" {
+		return store.Event{}, fmt.Errorf("mark event of rule %d %q: %w: the body does not end with its payload", e.RuleID, mark, ErrBadFire)
+	}
+	b := make([]byte, 0, len(body)+len(mark)+8)
+	b = append(b, body[:len(body)-2]...)
+	b = append(b, `,"`...)
+	b = append(b, mark...)
+	b = append(b, `":true}}`...)
+	e.Body = b
+	return e, nil
+}
+
+// ManualKey is the Idempotency-Key of an event an operator fired at at:
+// "<rule_id>:manual:<at as unix nanoseconds>", never the key of a slot.
+func ManualKey(ruleID int64, at time.Time) string {
+	b := make([]byte, 0, 48)
+	b = strconv.AppendInt(b, ruleID, 10)
+	b = append(b, ":manual:"...)
+	b = strconv.AppendInt(b, at.UnixNano(), 10)
+	return string(b)
+}

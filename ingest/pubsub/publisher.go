@@ -76,7 +76,14 @@ func (c PublisherConfig) Validate() error {
 // AMQPPublisher publishes lifecycle messages to RabbitMQ: persistent,
 // application/json, with the envelope's message_id as the message ID, each
 // one confirmed by the broker before Publish returns nil. It connects on the
-// first Publish and again after a failure; Publish calls are serialised.
+// first Publish and again after a failure.
+//
+// Sends are serialised (messages leave in the order of the calls); the waits
+// for the broker's confirms are not: concurrent Publish calls, or Send calls
+// whose confirms are awaited later, have their messages in flight together,
+// and the broker confirms them together (one fsync of each queue for many
+// messages, where waiting for each confirm before the next send paid one
+// fsync round a message, times every node's queue).
 type AMQPPublisher struct {
 	cfg PublisherConfig
 	log *slog.Logger
@@ -131,7 +138,76 @@ func NewPublisher(cfg PublisherConfig) (*AMQPPublisher, error) {
 // broker's confirm. An error means the message may not have been stored;
 // the caller decides (the API counts it; nodes reconcile).
 func (p *AMQPPublisher) Publish(ctx context.Context, m attune.Message) error {
-	err := p.publish(ctx, m)
+	c, err := p.Send(ctx, m)
+	if err != nil {
+		return err
+	}
+	return c.Wait(ctx)
+}
+
+// Confirm is the broker's answer to one sent message, awaited by Wait.
+type Confirm struct {
+	p    *AMQPPublisher
+	ch   *amqp.Channel
+	conf *amqp.DeferredConfirmation
+	msg  attune.Message
+	sent time.Time
+	// reused: ch was open before this send, so a connection that died
+	// since the last one may only show now, after the send (see wait).
+	reused bool
+	once   sync.Once
+	err    error
+}
+
+// Send publishes m, in order after every earlier Send or Publish, and
+// returns without waiting for the broker's confirm: Wait on the result does.
+// An error means m was not sent (it is counted); nil means it is on its way,
+// and only Wait's nil means the broker has stored it.
+func (p *AMQPPublisher) Send(ctx context.Context, m attune.Message) (*Confirm, error) {
+	c, err := p.send(ctx, m)
+	if err != nil {
+		p.count(err)
+		return nil, err
+	}
+	return c, nil
+}
+
+// Wait waits for the confirm of the message: nil once the broker acked it;
+// an error when it nacked it (errNacked), when the channel or the connection
+// closed before the confirm (the broker may or may not have it), when ctx
+// ended, or after PublisherConfig.ConfirmTimeout from the send. Every
+// outcome is counted once; calling Wait again returns the same result.
+func (c *Confirm) Wait(ctx context.Context) error {
+	c.once.Do(func() {
+		c.err = c.wait(ctx)
+		if errors.Is(c.err, errChannelLost) && c.reused {
+			// The connection died before this send reached the broker
+			// or before its confirm came back: the send went to a
+			// connection that was already dead, as far as this
+			// publisher can tell. Once more on a fresh one (Publish did
+			// so before confirms were pipelined); a duplicate is
+			// harmless, and nodes apply changes by their time, not by
+			// their arrival.
+			c.p.log.Info("rabbitmq channel lost before a confirm; publishing again on a new connection", "err", c.err)
+			c.err = c.resend(ctx)
+		}
+		c.p.count(c.err)
+	})
+	return c.err
+}
+
+// resend sends the message again, on a fresh channel if need be, and waits
+// for that confirm.
+func (c *Confirm) resend(ctx context.Context) error {
+	again, err := c.p.send(ctx, c.msg)
+	if err != nil {
+		return err
+	}
+	again.reused = false // no third try
+	return again.wait(ctx)
+}
+
+func (p *AMQPPublisher) count(err error) {
 	switch {
 	case err == nil:
 		p.published.WithLabelValues("confirmed").Inc()
@@ -140,7 +216,6 @@ func (p *AMQPPublisher) Publish(ctx context.Context, m attune.Message) error {
 	default:
 		p.published.WithLabelValues("error").Inc()
 	}
-	return err
 }
 
 var errNacked = errors.New("rabbitmq nacked the message")
@@ -149,34 +224,38 @@ var errNacked = errors.New("rabbitmq nacked the message")
 // connection went away under it.
 var errChannelLost = errors.New("channel lost")
 
-func (p *AMQPPublisher) publish(ctx context.Context, m attune.Message) error {
+func (p *AMQPPublisher) send(ctx context.Context, m attune.Message) (*Confirm, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return ErrPublisherClosed
+		return nil, ErrPublisherClosed
 	}
 	for try := 0; ; try++ {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
-		reused := p.ch != nil
+		reused := p.ch != nil && try == 0
 		ch, err := p.channel(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		err = p.publishOn(ctx, ch, m)
-		// A connection that died since the last Publish is only noticed
+		c, err := p.sendOn(ctx, ch, m)
+		// A connection that died since the last send is only noticed
 		// now: try once more on a fresh one. A duplicate is harmless
 		// (lifecycle messages are idempotent).
-		if errors.Is(err, errChannelLost) && reused && try == 0 {
+		if errors.Is(err, errChannelLost) && reused {
 			p.log.Info("rabbitmq channel lost; publishing again on a new connection", "err", err)
 			continue
 		}
-		return err
+		if c != nil {
+			c.reused = reused
+		}
+		return c, err
 	}
 }
 
-func (p *AMQPPublisher) publishOn(ctx context.Context, ch *amqp.Channel, m attune.Message) error {
+// sendOn publishes m on ch. p.mu is held.
+func (p *AMQPPublisher) sendOn(ctx context.Context, ch *amqp.Channel, m attune.Message) (*Confirm, error) {
 	msg := amqp.Publishing{
 		ContentType:  "application/json",
 		DeliveryMode: amqp.Persistent,
@@ -188,29 +267,45 @@ func (p *AMQPPublisher) publishOn(ctx context.Context, ch *amqp.Channel, m attun
 	conf, err := ch.PublishWithDeferredConfirmWithContext(ctx, p.cfg.Exchange, m.RoutingKey, false, false, msg)
 	if err != nil {
 		p.dropLocked()
-		return fmt.Errorf("publish %q: %w: %w", m.RoutingKey, errChannelLost, err)
+		return nil, fmt.Errorf("publish %q: %w: %w", m.RoutingKey, errChannelLost, err)
 	}
-	timer := time.NewTimer(p.cfg.ConfirmTimeout)
+	return &Confirm{p: p, ch: ch, conf: conf, msg: m, sent: time.Now()}, nil
+}
+
+func (c *Confirm) wait(ctx context.Context) error {
+	timer := time.NewTimer(time.Until(c.sent.Add(c.p.cfg.ConfirmTimeout)))
 	defer timer.Stop()
 	select {
-	case <-conf.Done():
+	case <-c.conf.Done():
 	case <-ctx.Done():
 		// The channel's confirm sequence is now uncertain: start afresh.
-		p.dropLocked()
-		return fmt.Errorf("publish %q: waiting for confirm: %w", m.RoutingKey, ctx.Err())
+		// (The messages sent after this one on the channel get an error
+		// too: a confirm missing for one is a broker in trouble.)
+		c.p.drop(c.ch)
+		return fmt.Errorf("publish %q: waiting for confirm: %w", c.msg.RoutingKey, ctx.Err())
 	case <-timer.C:
-		p.dropLocked()
-		return fmt.Errorf("publish %q: no confirm within %v", m.RoutingKey, p.cfg.ConfirmTimeout)
+		c.p.drop(c.ch)
+		return fmt.Errorf("publish %q: no confirm within %v", c.msg.RoutingKey, c.p.cfg.ConfirmTimeout)
 	}
-	if conf.Acked() {
+	if c.conf.Acked() {
 		return nil
 	}
 	// A closed channel nacks what it had pending; a real nack keeps it.
-	if ch.IsClosed() {
-		p.dropLocked()
-		return fmt.Errorf("publish %q: %w before its confirm", m.RoutingKey, errChannelLost)
+	if c.ch.IsClosed() {
+		c.p.drop(c.ch)
+		return fmt.Errorf("publish %q: %w before its confirm", c.msg.RoutingKey, errChannelLost)
 	}
-	return fmt.Errorf("publish %q: %w", m.RoutingKey, errNacked)
+	return fmt.Errorf("publish %q: %w", c.msg.RoutingKey, errNacked)
+}
+
+// drop closes the connection of ch if ch is still the current channel: a
+// Wait that failed on a channel already replaced leaves the new one alone.
+func (p *AMQPPublisher) drop(ch *amqp.Channel) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ch == ch {
+		p.dropLocked()
+	}
 }
 
 // channel returns the live confirm-mode channel, connecting when there is

@@ -127,4 +127,14 @@ func TestDescribeRuleAcrossCluster(t *testing.T) {
 	t.Logf("the new owner %s answers %s after the crash", after.Owner, time.Since(killed).Round(100*time.Millisecond))
 	text, _ = describeRule(t, n1, id, false)
 	t.Logf("describe %d on n1 after the hand-over:\n%s", id, text)
+
+	// `timerd rules fire` asked on n1 is the new owner's to send.
+	var fr node.FireResult
+	if err := json.Unmarshal([]byte(timerdOut(t, "rules", "fire", fmt.Sprint(id), "--addr", n1, "--json")), &fr); err != nil {
+		t.Fatalf("timerd rules fire: %v", err)
+	}
+	if fr.AnsweredBy != after.Owner || fr.AnsweredBy != c.node("n1").name && fr.ForwardedBy != c.node("n1").name ||
+		!strings.HasPrefix(fr.IdempotencyKey, fmt.Sprintf("%d:manual:", id)) {
+		t.Errorf("timerd rules fire %d on n1 after the crash: %+v; want the new owner %s's answer", id, fr, after.Owner)
+	}
 }

@@ -6,9 +6,11 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/timerd/timerd/cmd/timerd/node"
 	"github.com/timerd/timerd/test/testkit"
 )
 
@@ -74,7 +76,7 @@ func TestDevSIGKILLRestartRecovers(t *testing.T) {
 
 	fireAt := time.Now().Add(5 * time.Second).UTC().Truncate(time.Millisecond)
 	d.createRule(t, "once", "core.datetimetimer", map[string]any{"fire_at": fireAt.Format(time.RFC3339Nano)})
-	d.createRule(t, "every.fire_once", "core.intervaltimer", map[string]any{"interval": 1, "misfire": "fire_once", "misfire_grace": "1s"})
+	foID := d.createRule(t, "every.fire_once", "core.intervaltimer", map[string]any{"interval": 1, "misfire": "fire_once", "misfire_grace": "1s"})
 	d.createRule(t, "every.default", "core.intervaltimer", map[string]any{"interval": 1})
 	testkit.Eventually(t, 10*time.Second, "two events of each interval rule", func() bool {
 		return len(d.events(t, "every.fire_once")) >= 2 && len(d.events(t, "every.default")) >= 2
@@ -143,6 +145,70 @@ func TestDevSIGKILLRestartRecovers(t *testing.T) {
 	if last := fo[len(fo)-1].slot; last.Before(restarted) {
 		t.Errorf("every.fire_once: last slot %s is before the restart at %s: it did not resume", last, restarted)
 	}
+	backfillCollapsed(t, d, foID, killed.Add(-2*time.Second))
+}
+
+// backfillCollapsed checks `timerd rules backfill` and `timerd rules fire` on rule
+// id of d, a fire_once rule of 1 s whose slots after from an outage collapsed:
+// the backfill sends exactly the collapsed slots, once each, under their own keys
+// (the rule's events then hold every slot from its first to its watermark once);
+// a second sends nothing; fire sends one event of a key of its own; describe
+// lists both (docs/operations.md, "Backfill and fire now").
+func backfillCollapsed(t *testing.T, d *dev, id int64, from time.Time) {
+	t.Helper()
+	args := []string{"rules", "backfill", fmt.Sprint(id), "--addr", d.nodeURL, "--from", from.Format(time.RFC3339Nano), "--to", "now", "--json"}
+	var res node.BackfillResult
+	if err := json.Unmarshal([]byte(timerdOut(t, args...)), &res); err != nil {
+		t.Fatalf("timerd rules backfill: %v", err)
+	}
+	if res.Sent < 5 || res.Resent != 0 || res.Skipped < 2 || res.Watermark == nil {
+		t.Fatalf("backfill of the outage: %+v; want the ~8 collapsed slots sent, those fired left out", res)
+	}
+	var marked, firedNow int
+	testkit.Eventually(t, 10*time.Second, "the backfilled events delivered", func() bool {
+		marked = 0
+		for _, e := range d.events(t, "every.fire_once") {
+			if e.Payload["backfill"] == true {
+				marked++
+			}
+		}
+		return marked >= res.Sent
+	})
+	if marked != res.Sent {
+		t.Errorf("%d backfilled events delivered, want %d", marked, res.Sent)
+	}
+	// Every slot once from the first event up to the watermark: none missing, and
+	// slotsOf fails on a repeated key.
+	fo := slotsOf(t, d.events(t, "every.fire_once"))
+	for i := 1; i < len(fo) && !fo[i].slot.After(res.Watermark.Slot); i++ {
+		if gap := fo[i].slot.Sub(fo[i-1].slot); gap != time.Second {
+			t.Errorf("every.fire_once after the backfill: slot %s follows %s (gap %s), want every slot", fo[i].slot, fo[i-1].slot, gap)
+		}
+	}
+	if again := timerdOut(t, args...); !strings.Contains(again, `"sent":0,`) || !strings.Contains(again, `"resent":0,`) {
+		t.Errorf("a second backfill of the range: %s; want nothing sent", again)
+	}
+
+	out := timerdOut(t, "rules", "fire", fmt.Sprint(id), "--addr", d.nodeURL)
+	key := regexp.MustCompile(`Idempotency-Key (\S+)`).FindStringSubmatch(out)
+	if key == nil || !strings.HasPrefix(key[1], fmt.Sprintf("%d:manual:", id)) {
+		t.Fatalf("timerd rules fire: %q; want the event's manual key", out)
+	}
+	testkit.Eventually(t, 10*time.Second, "the manual event delivered", func() bool {
+		firedNow = 0
+		for _, e := range d.events(t, "every.fire_once") {
+			if e.IdempotencyKey == key[1] && e.Payload["manual"] == true {
+				firedNow++
+			}
+		}
+		return firedNow == 1
+	})
+	text := timerdOut(t, "rules", "describe", fmt.Sprint(id), "--addr", d.nodeURL)
+	if !strings.Contains(text, "OPERATION") || !strings.Contains(text, "backfilled") || !strings.Contains(text, "fired_manually") ||
+		!strings.Contains(text, "collapsed_by_fire_once") {
+		t.Errorf("describe after the backfill and the fire:\n%s\nwant the collapsed run, the backfill and the fire", text)
+	}
+	t.Logf("describe after the outage, the backfill and a fire now:\n%s", text)
 }
 
 type slotCount struct {

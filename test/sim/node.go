@@ -98,6 +98,7 @@ func (n *node) start() {
 	cfg := protocol.MemberConfig{
 		Self:        protocol.Incarnation{Node: n.name, N: n.st.inc},
 		Expect:      w.cfg.Expect,
+		Replicas:    w.cfg.Replicas,
 		Partitions:  w.parts,
 		PartitionOf: w.partitionOf,
 		Ring:        func(members []string) protocol.Ring { return newRendezvous(members, w.parts) },

@@ -284,10 +284,10 @@ func (w *world) leave(n *node, then func()) {
 			w.after(20*time.Millisecond, check)
 			return
 		}
-		// Every partition handed over, fires still on their way: a forced retirement
-		// would strand them in this store, which a node gone for good never offers again.
-		if w.cfg.Faults.DisableFix != fixLeaveWait && len(n.m.Held()) == 0 && n.pendingFires() > 0 &&
-			waited < leaveWaitUntil {
+		// Fires still on their way: a forced retirement would strand them in this store,
+		// which a node gone for good never offers again. Wait for them, partitions handed
+		// over or not (the takeover of those still held waits as long).
+		if w.cfg.Faults.DisableFix != fixLeaveWait && n.pendingFires() > 0 && waited < leaveWaitUntil {
 			if !n.waited {
 				n.waited = true
 				w.stats["leaves_waiting_for_fires"]++

@@ -31,6 +31,12 @@ var scenarios = []struct {
 	{"unexpected", Config{Nodes: 3, Expect: 1, Faults: Faults{Leaves: 2, Crashes: 1, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
 	// Rules created and disabled during the run, their messages late, twice, out of order.
 	{"lifecycle", Config{Nodes: 3, Faults: Faults{Lifecycle: true, Crashes: 1, Pauses: 1, MaxDelay: 5 * time.Millisecond}}},
+	// Fires stored by W = Replicas < Q members (the firer and W − 1 acks), and read by
+	// acquisitions from N − W + 1: 3 of 7, and 2 of 5 through leaves.
+	{"replicas", Config{Nodes: 7, Replicas: 3, Faults: Faults{Drop: 0.02, MaxDelay: 10 * time.Millisecond, Partitions: 2,
+		Pauses: 2, Crashes: 2, StoreFail: 0.01}}},
+	{"replicas-leaves", Config{Nodes: 5, Replicas: 2, Faults: Faults{Leaves: 2, Crashes: 1, Pauses: 1, Lifecycle: true,
+		MaxDelay: 5 * time.Millisecond}}},
 	{"everything", Config{Nodes: 5, Faults: Faults{Drop: 0.03, MaxDelay: 30 * time.Millisecond, Partitions: 2,
 		Pauses: 2, Crashes: 2, StoreFail: 0.02, APIDown: 1, ClockSkew: 200 * time.Millisecond, Leaves: 1, Lifecycle: true}}},
 }

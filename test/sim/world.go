@@ -47,6 +47,7 @@ type Config struct {
 	Seed       uint64
 	Nodes      int
 	Expect     int // default Nodes
+	Replicas   int // protocol.MemberConfig.Replicas: 0, a quorum
 	Rules      int
 	Partitions int           // ring partitions, default 32
 	Duration   time.Duration // of the faulty part; then a quiet period heals everything

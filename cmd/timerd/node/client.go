@@ -71,12 +71,42 @@ func (c *Client) DeadLetters(ctx context.Context, after uint64, limit int) (Dead
 // (the node asked forwards the request), and the JSON as served. A rule no
 // node knows is a *StatusError of 404.
 func (c *Client) DescribeRule(ctx context.Context, id int64) (RuleDescription, []byte, error) {
+	return c.describeRule(ctx, id, "")
+}
+
+// DescribeRuleHere is DescribeRule answered by the node asked, from what it knows
+// itself, without asking the owner (GET /v1/rules/{id}?here=true): the missed-fire
+// log and history of a rule's previous owner, its dead letters.
+func (c *Client) DescribeRuleHere(ctx context.Context, id int64) (RuleDescription, []byte, error) {
+	return c.describeRule(ctx, id, "?here=true")
+}
+
+func (c *Client) describeRule(ctx context.Context, id int64, query string) (RuleDescription, []byte, error) {
 	var d RuleDescription
-	raw, err := c.call(ctx, http.MethodGet, "/v1/rules/"+strconv.FormatInt(id, 10), nil, "a rule description", &d)
+	raw, err := c.call(ctx, http.MethodGet, "/v1/rules/"+strconv.FormatInt(id, 10)+query, nil, "a rule description", &d)
 	if err == nil && d.RuleID != id {
 		return RuleDescription{}, nil, fmt.Errorf("GET %s/v1/rules/%d: the answer describes rule %d", c.base, id, d.RuleID)
 	}
 	return d, raw, err
+}
+
+// Backfill asks POST /v1/rules/{id}/backfill (the node asked forwards it to the
+// rule's owner) and returns its answer and the JSON as served.
+func (c *Client) Backfill(ctx context.Context, id int64, req BackfillRequest) (BackfillResult, []byte, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return BackfillResult{}, nil, err
+	}
+	var res BackfillResult
+	raw, err := c.call(ctx, http.MethodPost, "/v1/rules/"+strconv.FormatInt(id, 10)+"/backfill", body, "a backfill result", &res)
+	return res, raw, err
+}
+
+// FireRule asks POST /v1/rules/{id}/fire: one extra event of the rule now.
+func (c *Client) FireRule(ctx context.Context, id int64) (FireResult, []byte, error) {
+	var res FireResult
+	raw, err := c.call(ctx, http.MethodPost, "/v1/rules/"+strconv.FormatInt(id, 10)+"/fire", []byte("{}"), "a fire result", &res)
+	return res, raw, err
 }
 
 // Redrive asks POST /v1/dead-letters/redrive to move the dead letters of

@@ -17,7 +17,7 @@ import (
 // owner by the node's current ring answers; any other node forwards the request to
 // it (once: ForwardedHeader stops a second hop) and, when the owner does not
 // answer, says what it knows itself and where to ask (docs/operations.md,
-// "Describe a rule").
+// "Describe a rule"). With ?here=true the node asked answers itself.
 
 // ForwardedHeader marks a request a node forwarded to a rule's owner, with the
 // forwarding node's name: the owner answers it itself, never forwards it again.
@@ -81,6 +81,10 @@ type RuleDescription struct {
 	// MissedShown runs of slots that did not fire on time, with the reason
 	// (docs/timers.md#missed-fires). The node that fired the rule records them.
 	Missed []RuleMiss `json:"missed"`
+	// Operations is the operator's backfills and fires now of the rule on
+	// AnsweredBy, oldest first (backfill.go): kept with the missed-fire records,
+	// MissedShown of both at most.
+	Operations []RuleOperation `json:"operations"`
 
 	GeneratedAt time.Time `json:"generated_at"`
 }
@@ -95,6 +99,17 @@ type RuleMiss struct {
 	Reason     string    `json:"reason"`
 	DetectedAt time.Time `json:"detected_at"`
 	Detail     string    `json:"detail,omitempty"`
+}
+
+// RuleOperation is one backfill (Kind "backfilled": the first and last slot sent
+// and how many) or fire now (Kind "fired_manually": its time, Detail its key).
+type RuleOperation struct {
+	Kind   string    `json:"kind"`
+	From   time.Time `json:"from"`
+	To     time.Time `json:"to"`
+	Count  uint64    `json:"count"`
+	At     time.Time `json:"at"`
+	Detail string    `json:"detail,omitempty"`
 }
 
 // MissedShown is how many of a rule's missed-fire records describe shows: all a
@@ -170,7 +185,8 @@ func (n *Node) handleDescribe(w http.ResponseWriter, r *http.Request) {
 		unreachable string
 		ownerErr    error
 	)
-	if owner != "" && owner != n.selfName() && forwardedBy == "" {
+	here := r.URL.Query().Get("here") == "true" // the caller wants this node's own knowledge
+	if owner != "" && owner != n.selfName() && forwardedBy == "" && !here {
 		var d RuleDescription
 		if d, ownerErr = n.forwardDescribe(r, owner, id); ownerErr == nil {
 			writeJSON(w, http.StatusOK, d)
@@ -268,7 +284,7 @@ func (n *Node) selfName() string {
 func (n *Node) describeLocal(id int64, owner string, part int) (d RuleDescription, known bool, err error) {
 	now := n.cfg.Now()
 	d = RuleDescription{RuleID: id, AnsweredBy: n.selfName(), Owner: owner, Next: []RuleSlot{}, Lateness: []RuleFire{},
-		DeadLetters: []DeadLetter{}, Missed: []RuleMiss{}, GeneratedAt: now.UTC()}
+		DeadLetters: []DeadLetter{}, Missed: []RuleMiss{}, Operations: []RuleOperation{}, GeneratedAt: now.UTC()}
 	if part >= 0 {
 		d.Partition = &part
 	}
@@ -341,10 +357,16 @@ func (n *Node) describeLocal(id int64, owner string, part int) (d RuleDescriptio
 		return d, false, err
 	}
 	for _, m := range missed[max(0, len(missed)-MissedShown):] {
+		if m.Reason == HistoryBackfilled || m.Reason == HistoryFiredManually {
+			d.Operations = append(d.Operations, RuleOperation{Kind: m.Reason, From: m.From.UTC(), To: m.To.UTC(),
+				Count: m.Count, At: m.DetectedAt.UTC(), Detail: m.Detail})
+			continue
+		}
 		d.Missed = append(d.Missed, RuleMiss{From: m.From.UTC(), To: m.To.UTC(), Count: m.Count, Estimated: m.Estimated,
 			Reason: m.Reason, DetectedAt: m.DetectedAt.UTC(), Detail: m.Detail})
 	}
-	known = ok || d.State.RemovedAt != nil || d.Watermark != nil || d.DeadLettersTotal > 0 || len(d.Missed) > 0
+	known = ok || d.State.RemovedAt != nil || d.Watermark != nil || d.DeadLettersTotal > 0 || len(d.Missed) > 0 ||
+		len(d.Operations) > 0
 	return d, known, nil
 }
 

@@ -328,6 +328,13 @@ func TestDescribeForwards(t *testing.T) {
 			code, once.AnsweredBy, once.State.Firing, once.Owner)
 	}
 
+	// ?here=true: a answers itself, without asking b.
+	code, here, _ := describe(t, "http://"+a.HTTPAddr(), fmt.Sprint(ofB)+"?here=true", auth)
+	if code != http.StatusOK || here.AnsweredBy != "a" || here.ForwardedBy != "" || here.OwnerUnreachable != "" || here.Owner != "b" {
+		t.Errorf("describe %d?here=true on a: %d answered by %q, forwarded by %q, unreachable %q; want a's own answer naming b",
+			ofB, code, here.AnsweredBy, here.ForwardedBy, here.OwnerUnreachable)
+	}
+
 	// The owner f is a fake that misbehaves: a answers itself, saying why.
 	for _, tt := range []struct{ behaviour, want string }{
 		{"redirect", "redirect to"},
@@ -357,6 +364,45 @@ func TestDescribeForwards(t *testing.T) {
 				tt.behaviour, h.Get("Authorization"), ForwardedHeader, h.Get(ForwardedHeader))
 		}
 	}
+	// Backfill and fire now go to the owner, and its answer comes back.
+	code, body = postJSON(t, fmt.Sprintf("http://%s/v1/rules/%d/fire", a.HTTPAddr(), ofB), "", auth)
+	if fr := decodeAs[FireResult](t, body); code != 200 || fr.AnsweredBy != "b" || fr.ForwardedBy != "a" ||
+		!strings.HasPrefix(fr.IdempotencyKey, fmt.Sprintf("%d:manual:", ofB)) {
+		t.Errorf("fire %d on a = %d %s; want b's answer forwarded by a", ofB, code, body)
+	}
+	now := time.Now()
+	code, body = postJSON(t, fmt.Sprintf("http://%s/v1/rules/%d/backfill", a.HTTPAddr(), ofB),
+		backfillBody(now.Add(-3*time.Hour), now, `,"dry_run":true`), auth)
+	if br := decodeAs[BackfillResult](t, body); code != 200 || br.AnsweredBy != "b" || br.ForwardedBy != "a" || !br.DryRun ||
+		br.Slots != 3 {
+		t.Errorf("backfill dry run of %d on a = %d %s; want b's answer of 3 hourly slots, forwarded by a", ofB, code, body)
+	}
+	// A request forwarded to a node that does not fire the rule is refused, not
+	// forwarded again.
+	if code, body := postJSON(t, fmt.Sprintf("http://%s/v1/rules/%d/fire", a.HTTPAddr(), ofB), "",
+		http.Header{ForwardedHeader: {"x"}}); code != http.StatusConflict || !strings.Contains(body, "ring is changing") {
+		t.Errorf("fire forwarded to a non-owner = %d %q; want 409 saying the ring is changing", code, body)
+	}
+	// An owner that does not answer: a says the events may or may not have been
+	// sent, within its bound; one that refuses: its status comes back.
+	behaviour.Store("hang")
+	start := time.Now()
+	code, body = postJSON(t, fmt.Sprintf("http://%s/v1/rules/%d/fire", a.HTTPAddr(), ofF), "", auth)
+	if took := time.Since(start); code != http.StatusBadGateway || !strings.Contains(body, "may or may not") ||
+		took > forwardWriteTimeout+2*time.Second {
+		t.Errorf("fire of a hanging owner's rule = %d %q after %v; want 502 within %v saying it may or may not have happened",
+			code, body, took, forwardWriteTimeout)
+	}
+	behaviour.Store("refuse")
+	if code, body := postJSON(t, fmt.Sprintf("http://%s/v1/rules/%d/fire", a.HTTPAddr(), ofF), "", auth); code !=
+		http.StatusUnauthorized || !strings.Contains(body, "needs the bearer token") {
+		t.Errorf("fire of a refusing owner's rule = %d %q; want its 401 relayed", code, body)
+	}
+	if h, _ := fakeHeader.Load().(http.Header); h.Get("Authorization") != auth.Get("Authorization") || h.Get(ForwardedHeader) != "a" {
+		t.Errorf("the owner got Authorization %q and %s %q with a fire; want the caller's and a",
+			h.Get("Authorization"), ForwardedHeader, h.Get(ForwardedHeader))
+	}
+
 	// Unknown everywhere: the owner's 404 and a's own knowledge agree.
 	var unknown int64 = 1 << 40
 	for owner, _ := a.ruleOwner(unknown); owner != "b"; owner, _ = a.ruleOwner(unknown) {
@@ -446,6 +492,10 @@ func TestDescribeDoesNotForwardTokensOverPlainGossip(t *testing.T) {
 	if code != http.StatusOK || d.AnsweredBy != "a" || !strings.Contains(d.OwnerUnreachable, "gossip is not encrypted") {
 		t.Errorf("describe %d on a over plain gossip = %d, answered by %q, unreachable %q (%s); want a's own answer saying why",
 			ofF, code, d.AnsweredBy, d.OwnerUnreachable, body)
+	}
+	code, body = postJSON(t, fmt.Sprintf("http://%s/v1/rules/%d/fire", a.HTTPAddr(), ofF), "", http.Header{"Authorization": {"Bearer caller-token-0123456789"}})
+	if code != http.StatusBadGateway || !strings.Contains(body, "gossip is not encrypted") || !strings.Contains(body, "nothing was sent") {
+		t.Errorf("fire %d on a over plain gossip = %d %q; want 502 saying why nothing was sent", ofF, code, body)
 	}
 	if n := asked.Load(); n != 0 {
 		t.Errorf("the address f gossiped was asked %d times with the caller's token, want never", n)

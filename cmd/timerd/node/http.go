@@ -140,6 +140,8 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("POST /v1/dead-letters/redrive", n.operator(n.handleRedrive))
 	mux.HandleFunc("GET /v1/backup", n.operator(n.backupHandler()))
 	mux.HandleFunc("GET /v1/rules/{id}", n.operator(n.handleDescribe))
+	mux.HandleFunc("POST /v1/rules/{id}/backfill", n.operator(n.handleBackfill))
+	mux.HandleFunc("POST /v1/rules/{id}/fire", n.operator(n.handleFire))
 	return mux
 }
 

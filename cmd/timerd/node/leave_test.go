@@ -87,7 +87,7 @@ func TestLeaveWaitsForLateAcks(t *testing.T) {
 	pending, _ := st.PendingLen()
 	left, _ := st.OutboxLen()
 	st.Close()
-	waited := sys.logs.contains("node=a", "waiting for the last fires to reach a quorum")
+	waited := sys.logs.contains("node=a", "waiting for the last fires to reach their replicas")
 	t.Logf("a stopped %s after SIGTERM; %d acks delayed by %s; waited past its budget for its fires: %v; its store after: %d pending, %d ready",
 		took.Round(time.Millisecond), slow.delayed.Load(), ackDelay, waited, pending, left)
 	if !waited {

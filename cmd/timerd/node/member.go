@@ -200,6 +200,7 @@ func newDriver(n *Node) (*driver, error) {
 		memberCfg: protocol.MemberConfig{
 			Self:        protocol.Incarnation{Node: n.cl.Name()},
 			Expect:      max(cc.Expect, 1),
+			Replicas:    cc.Replicas,
 			Partitions:  ring.Partitions,
 			PartitionOf: partitionOf,
 			Ring:        ringOf,
@@ -536,11 +537,12 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	// Every partition handed over, but fires still on their way to a quorum: a forced
-	// retirement would strand them in this store (a node that leaves for good never
-	// offers them again). Wait while there are any, within ctx.
-	if len(d.snap.Load().held) == 0 && d.pendingFires() {
-		d.log.Info("partitions handed over; waiting for the last fires to reach a quorum")
+	// Fires still on their way to their replicas: a forced retirement would strand them
+	// in this store (a node that leaves for good never offers them again). Wait while
+	// there are any, within ctx, partitions handed over or not: a member that cannot
+	// take its partitions (another one paused) holds up the hand-over, not the acks.
+	if d.pendingFires() {
+		d.log.Info("waiting for the last fires to reach their replicas", "held", len(d.snap.Load().held))
 		until := deadlineOr(ctx, time.Now().Add(within))
 		for d.pendingFires() && time.Now().Before(until) && ctx.Err() == nil {
 			select {
@@ -553,6 +555,10 @@ func (d *driver) leave(ctx context.Context, within time.Duration) {
 		if d.pendingFires() && len(d.snap.Load().held) == 0 && !d.offline.Load() {
 			d.retireOwed = true // settle waits on, then retires it
 			return
+		}
+		if d.pendingFires() {
+			d.log.Warn("fires still not replicated at the end of the leave: they stay in this store, and are offered "+
+				"to their partitions' holders when this node starts again", "held", len(d.snap.Load().held))
 		}
 	}
 	d.log.Warn("partitions not all handed over in time: retiring anyway; the members take them over",

@@ -40,6 +40,7 @@ func TestNodeExportsEveryMetric(t *testing.T) {
 		"timerd_cluster_expected_members",
 		"timerd_cluster_future_watermarks_refused_total",
 		"timerd_cluster_members",
+		"timerd_cluster_network_bytes_total",
 		"timerd_cluster_protocol_messages_dropped_total",
 		"timerd_cluster_protocol_messages_received_total",
 		"timerd_cluster_protocol_messages_sent_total",

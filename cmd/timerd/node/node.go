@@ -233,11 +233,16 @@ type Node struct {
 	ln       net.Listener
 	metrics  *metrics
 	missed   *missedMetrics // timerd_missed_slots_total (missed.go)
-	health   *storeHealth   // whether the store takes commits (storehealth.go)
-	ready    atomic.Bool    // intake: reconciled (and consuming)
-	placed   atomic.Bool    // the node's share of the rules is in the engine
-	invalid  invalidRules
-	fired    firedLog // the last fires' lateness of the rules fired here (lateness.go)
+	manual   *manualMetrics // timerd_manual_events_total (backfill.go)
+	// manualMu orders backfills and fires now (backfill.go); lastManual is the
+	// time of the last fire now, whose key the next one's must not repeat.
+	manualMu   sync.Mutex
+	lastManual time.Time
+	health     *storeHealth // whether the store takes commits (storehealth.go)
+	ready      atomic.Bool  // intake: reconciled (and consuming)
+	placed     atomic.Bool  // the node's share of the rules is in the engine
+	invalid    invalidRules
+	fired      firedLog // the last fires' lateness of the rules fired here (lateness.go)
 	// phase is what the node is doing before it is first ready, and when it
 	// stops: /readyz and systemd's STATUS= say it.
 	phase atomic.Pointer[string]
@@ -312,6 +317,9 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	if n.missed, err = newMissedMetrics(reg); err != nil {
+		return nil, err
+	}
+	if n.manual, err = newManualMetrics(reg); err != nil {
 		return nil, err
 	}
 	if n.health, err = newStoreHealth(reg, cfg.Now); err != nil {

@@ -1,0 +1,92 @@
+package protocol
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// W = min(Q, Replicas) stores hold a fire before it is delivered, and an acquisition
+// reads N − W + 1: any read quorum meets any W stores of a fire.
+func TestWriteAndReadQuorums(t *testing.T) {
+	for _, c := range []struct{ n, replicas, w, r int }{
+		{1, 0, 1, 1}, {3, 0, 2, 2}, {5, 0, 3, 3}, {10, 0, 6, 5},
+		{3, 3, 2, 2}, {5, 3, 3, 3}, {7, 3, 3, 5}, {10, 3, 3, 8}, {100, 3, 3, 98},
+		{5, 2, 2, 4}, {10, 20, 6, 5},
+	} {
+		m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: c.n, Replicas: c.replicas, Partitions: 4,
+			PartitionOf: func(int64) int { return 0 }, Ring: func([]string) Ring { return oneOwner("a") },
+			Store: mapStore{}}, Durable{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w, r := m.writeQuorum(), m.readQuorum(); w != c.w || r != c.r {
+			t.Errorf("N %d, Replicas %d: W %d, read %d; want %d, %d", c.n, c.replicas, w, r, c.w, c.r)
+		}
+		if c.r+c.w <= c.n {
+			t.Fatalf("bad case: %d + %d ≤ %d", c.r, c.w, c.n)
+		}
+	}
+	if err := (MemberConfig{Self: Incarnation{"a", 1}, Expect: 3, Partitions: 1, Replicas: 1,
+		PartitionOf: func(int64) int { return 0 }, Ring: func([]string) Ring { return oneOwner("a") },
+		Store: mapStore{}}).Validate(); err == nil {
+		t.Error("Replicas 1 (no copy but the firer's) accepted")
+	}
+}
+
+// byName is a ring that gives partition p to the members in turn, by name.
+type byName []string
+
+func (r byName) Owner(p int) string { return r[p%len(r)] }
+
+// A fire of partition p goes first to the member that would take p over (the owner by
+// the view without the firer), then to others from p's place in the view; only live,
+// unfenced members, unless too few are.
+func TestReplicasOfPreferTheSuccessorAndLiveMembers(t *testing.T) {
+	m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: 7, Replicas: 3, Partitions: 64,
+		PartitionOf: func(r int64) int { return int(r) % 64 },
+		Ring:        func(names []string) Ring { return byName(slices.Sorted(slices.Values(names))) },
+		Store:       mapStore{}}, Durable{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := Time{Boot: time.Hour, Wall: 1}
+	peers := []string{"b", "c", "d", "e", "f", "g"}
+	for _, p := range peers {
+		m.Step(now, Receive{Msg: Heartbeat{From: Incarnation{p, 1}, Seq: 1, Expect: 7, Wall: 1}})
+	}
+	m.Step(now, Tick{})
+	if m.succ == nil {
+		t.Fatal("no successor ring with fires going to 3 of 6 members")
+	}
+	to := m.recipients()
+	seen := map[string]int{}
+	for p := range 64 {
+		got := m.replicasOf(p, 3, to)
+		if len(got) != 3 || slices.Contains(got, "a") || got[0] != m.succ.Owner(p) {
+			t.Fatalf("replicas of %d = %v; want 3 others, the successor %s first", p, got, m.succ.Owner(p))
+		}
+		for _, n := range got {
+			seen[n]++
+		}
+	}
+	for _, p := range peers {
+		if seen[p] < 64*3/len(peers)/2 {
+			t.Errorf("member %s is a replica of %d of 64 partitions: the load is not spread (%v)", p, seen[p], seen)
+		}
+	}
+	// b falls silent: it is passed over once it is no longer live.
+	later := Time{Boot: now.Boot + DefaultLease + DefaultFenceMargin + time.Millisecond, Wall: 2}
+	for _, p := range peers[1:] {
+		m.Step(later, Receive{Msg: Heartbeat{From: Incarnation{p, 1}, Seq: 2, Expect: 7, Wall: 2}})
+	}
+	for p := range 64 {
+		if got := m.replicasOf(p, 3, to); slices.Contains(got, "b") || len(got) != 3 {
+			t.Fatalf("replicas of %d with b silent = %v; want 3 live ones", p, got)
+		}
+	}
+	// Too few live members: the others are asked too (any W stores do).
+	if got := m.replicasOf(0, 6, to); len(got) != 6 || !slices.Contains(got, "b") {
+		t.Errorf("6 replicas with 5 live = %v; want b too", got)
+	}
+}

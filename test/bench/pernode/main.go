@@ -1,0 +1,148 @@
+// Command pernode measures what one node of a cluster costs at 3, 5 and 10 nodes
+// under the same total load: the same rules (interval rules of one period, listed
+// by a null Attune), so the same fires a second over the cluster. For each size it
+// starts that many real `timerd agent` processes joined into one cluster, waits
+// until every node is ready and sees them all, lets the cluster settle, and over
+// a window reads each node's gossip bytes (timerd_cluster_network_bytes_total),
+// protocol messages sent, CPU and RSS, and its store's size on disk.
+//
+// Every node receives every fire's watermark today, so the bytes and CPU a node
+// spends on the protocol stay about flat as nodes are added; issue 15 asks for
+// them to fall (fires replicated to a rule's successors only). -baseline REV runs
+// the same with the timerd of that revision, side by side, with the ratios: the
+// command that shows the change.
+//
+//	go run ./test/bench/pernode
+//	go run ./test/bench/pernode -nodes 3,10 -rules 60000 -every 60s -baseline main
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type config struct {
+	Nodes    []int
+	Rules    int
+	Every    time.Duration
+	Settle   time.Duration
+	Window   time.Duration
+	Binary   string
+	Baseline string
+}
+
+func parseNodes(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 50 {
+			return nil, fmt.Errorf("-nodes: %q is not a cluster size of 1..50", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func main() {
+	cfg := config{Rules: 30_000, Every: 60 * time.Second, Settle: 30 * time.Second, Window: 60 * time.Second}
+	fs := flag.NewFlagSet("pernode", flag.ContinueOnError)
+	nodes := fs.String("nodes", "3,5,10", "cluster sizes, comma-separated")
+	fs.IntVar(&cfg.Rules, "rules", cfg.Rules, "interval rules the stub lists (the same at every size)")
+	fs.DurationVar(&cfg.Every, "every", cfg.Every, "the rules' interval (whole seconds): rules/every fires a second over the cluster")
+	fs.DurationVar(&cfg.Settle, "settle", cfg.Settle, "after every node is ready and sees all: acquisitions and the first fires settle")
+	fs.DurationVar(&cfg.Window, "window", cfg.Window, "measuring window (whole periods of -every keep the fires even)")
+	fs.StringVar(&cfg.Binary, "binary", "", "timerd binary (default: go build ./cmd/timerd)")
+	fs.StringVar(&cfg.Baseline, "baseline", "", "also run the timerd of this git revision, side by side")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	var err error
+	if cfg.Nodes, err = parseNodes(*nodes); err != nil || cfg.Rules < 1 || cfg.Every < time.Second || cfg.Every%time.Second != 0 {
+		fmt.Fprintln(os.Stderr, "pernode: want -nodes of sizes 1..50, -rules ≥ 1, -every whole seconds", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runAll(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "pernode:", err)
+		os.Exit(1)
+	}
+}
+
+// build is one timerd binary to measure.
+type build struct{ name, bin string }
+
+func runAll(ctx context.Context, cfg config) error {
+	tmp, err := os.MkdirTemp("", "timerd-bench-pernode-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	var builds []build
+	if cfg.Baseline != "" {
+		bin, err := buildRevision(ctx, cfg.Baseline, tmp)
+		if err != nil {
+			return err
+		}
+		builds = append(builds, build{cfg.Baseline, bin})
+	}
+	bin := cfg.Binary
+	if bin == "" {
+		bin = filepath.Join(tmp, "timerd")
+		if err := goBuild(ctx, ".", bin); err != nil {
+			return err
+		}
+	}
+	builds = append(builds, build{"this tree", bin})
+	results := map[string][]result{}
+	// Sizes outside, builds inside: the two builds of one size run minutes apart, not an
+	// hour, on a machine whose load changes.
+	for _, n := range cfg.Nodes {
+		for _, b := range builds {
+			progress("%s: %d nodes, %d rules every %s (%.0f fires/s over the cluster)", b.name, n, cfg.Rules, cfg.Every,
+				float64(cfg.Rules)/cfg.Every.Seconds())
+			r, err := measure(ctx, cfg, b.bin, filepath.Join(tmp, strings.ReplaceAll(b.name, "/", "_")), n)
+			if err != nil {
+				return fmt.Errorf("%s, %d nodes: %w", b.name, n, err)
+			}
+			progress("%s", r)
+			results[b.name] = append(results[b.name], r)
+		}
+	}
+	printResults(os.Stdout, cfg, builds, results)
+	return nil
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func goBuild(ctx context.Context, dir, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/timerd")
+	cmd.Dir, cmd.Stderr = dir, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// buildRevision builds the timerd of rev from a detached worktree of this repository.
+func buildRevision(ctx context.Context, rev, tmp string) (string, error) {
+	wt := filepath.Join(tmp, "baseline")
+	add := exec.CommandContext(ctx, "git", "worktree", "add", "--detach", wt, rev)
+	if b, err := add.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git worktree add %s: %w: %s", rev, err, strings.TrimSpace(string(b)))
+	}
+	defer func() { _ = exec.Command("git", "worktree", "remove", "--force", wt).Run() }()
+	bin := filepath.Join(tmp, "timerd-"+strings.ReplaceAll(rev, "/", "_"))
+	return bin, goBuild(ctx, wt, bin)
+}
