@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode bench-reconcile load soak cluster-soak sim clean
 
 all: build
 
@@ -116,6 +116,11 @@ bench-members:
 # node (issue 15); ARGS="-baseline REV" runs that revision's timerd side by side.
 bench-pernode:
 	$(GO) run ./test/bench/pernode $(ARGS)
+
+# One periodic reconcile round (issue 15, point 4): timerd api with 200,000 rules, one agent at a
+# time behind a counting proxy, at 100 and at 1,000 rules a page (ARGS="-rules 1000000 -keep DIR").
+bench-reconcile:
+	$(GO) run ./test/bench/reconcile $(ARGS)
 
 # 50,000 interval rules of 10 s (5,000 fires/s) through timerd dev for a minute.
 load:

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/timerd/timerd/auth"
@@ -23,7 +25,30 @@ type RulesClient struct {
 	APIURL string       // http(s)://host[:port][/prefix]
 	Client *http.Client // nil: a client with a 30 s timeout
 	Tokens TokenSource  // nil: no Authorization header
+	// PageSize is the page_size a listing asks for: 0 means
+	// DefaultPageSize. A server that serves smaller pages makes the client
+	// ask FallbackPageSize from then on (EnabledRules).
+	PageSize int
+
+	// small: a server served a smaller page than asked, or refused the
+	// size; every later listing asks FallbackPageSize.
+	small atomic.Bool
+	// maxBodyBytes bounds an answer's body; 0 means 64 MiB (tests set less).
+	maxBodyBytes int64
 }
+
+func (c *RulesClient) maxBody() int64 { return cmp.Or(c.maxBodyBytes, 64<<20) }
+
+// Page sizes of a listing. Attune serves at most 100 rules a page whatever
+// it is asked (its RuleListParams.limit), yet answers with the page_size
+// asked, and counts its offset and has_next from it: asked 1,000 it skips
+// 900 rules a page. So a short page, not the answer's page_size, is what
+// gives a smaller server away.
+const (
+	DefaultPageSize  = 1000 // timerd api's bound (apiserver's pageParams)
+	FallbackPageSize = 100  // contract §4's size: every Attune serves it
+	MaxPageSize      = 10_000
+)
 
 // maxRulePages bounds a reconcile against a server whose has_next never ends.
 const maxRulePages = 100_000
@@ -49,41 +74,106 @@ type Listing struct {
 	// the distinct rules read match it. Else it says why (Incomplete*).
 	// Only a complete listing may prune the rules it lacks.
 	Incomplete string
+	// What the listing cost: the pages asked for (a restart at the
+	// fallback size included), the bytes of their bodies, and the page
+	// size it ended with.
+	Requests int
+	Bytes    int64
+	PageSize int
+	// FellBack says why the listing fell back to FallbackPageSize ("" if
+	// it did not): the client asks that size from now on.
+	FellBack string
+}
+
+// pageSize is the page_size the next listing asks for.
+func (c *RulesClient) pageSize() int {
+	if c.small.Load() {
+		return FallbackPageSize
+	}
+	if c.PageSize > 0 {
+		return min(c.PageSize, MaxPageSize)
+	}
+	return DefaultPageSize
 }
 
 // EnabledRules lists every enabled rule of triggerRef, following
-// pagination.has_next. It accepts "items" or "data" as the list key.
+// pagination.has_next. It accepts "items" or "data" as the list key. It
+// asks PageSize rules a page; when the server serves fewer (a page short of
+// the size while more rules remain, a smaller pagination.page_size) or
+// answers 400, it starts again at FallbackPageSize, which it asks from then
+// on: page offsets follow the size, so pages of two sizes do not mix.
 func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) (Listing, error) {
+	var cost Listing
+	for {
+		size := c.pageSize()
+		l, smaller, err := c.enabledRules(ctx, triggerRef, size)
+		cost.Requests += l.Requests
+		cost.Bytes += l.Bytes
+		if smaller == "" || size <= FallbackPageSize {
+			l.Requests, l.Bytes, l.FellBack = cost.Requests, cost.Bytes, cost.FellBack
+			return l, err
+		}
+		c.small.Store(true)
+		cost.FellBack = smaller
+	}
+}
+
+// enabledRules is one listing at page size size. smaller is not "" when the
+// server showed it serves smaller pages (then the listing is to start again
+// at a smaller size, and l counts only its cost).
+func (c *RulesClient) enabledRules(ctx context.Context, triggerRef string, size int) (l Listing, smaller string, err error) {
 	client := c.client()
 	base := strings.TrimRight(c.APIURL, "/") + "/api/v1/rules"
 	var (
-		l     Listing
-		seen  = map[int64]bool{}
+		seen  = map[int64]struct{}{}
 		total = int64(-1)
+		read  int64 // items read, duplicates too: where the next page starts
 	)
+	l.PageSize = size
 	for page := 1; page <= maxRulePages; page++ {
 		q := url.Values{}
 		q.Set("trigger_ref", triggerRef)
 		q.Set("enabled", "true")
 		q.Set("page", strconv.Itoa(page))
-		q.Set("page_size", "100")
+		q.Set("page_size", strconv.Itoa(size))
 		var body rulesPage
-		if err := c.get(ctx, client, base+"?"+q.Encode(), &body); err != nil {
-			return Listing{}, fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, err)
+		n, err := c.get(ctx, client, base+"?"+q.Encode(), &body)
+		l.Requests++
+		l.Bytes += n
+		var se *StatusError
+		switch {
+		case size <= FallbackPageSize:
+		case errors.As(err, &se) && se.Code == http.StatusBadRequest:
+			return l, fmt.Sprintf("page_size %d refused: %v", size, err), nil
+		case err != nil && n >= c.maxBody():
+			// Rules with large params: a page of 1,000 can pass the bound
+			// that 100 keep well within.
+			return l, fmt.Sprintf("a page of %d rules is larger than %d bytes", size, c.maxBody()), nil
+		}
+		if err != nil {
+			return l, "", fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, err)
 		}
 		items := body.Items
 		if items == nil {
 			items = body.Data
 		}
 		if items == nil {
-			return Listing{}, fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, ErrMalformedListing)
+			return l, "", fmt.Errorf("list rules of %s, page %d: %w", triggerRef, page, ErrMalformedListing)
 		}
-		for _, r := range items {
-			seen[r.ID] = true
+		if why := shortPage(body.Pagination, len(items), size, read); why != "" && size > FallbackPageSize {
+			return l, why, nil
+		}
+		read += int64(len(items))
+		if l.Rules == nil {
+			l.Rules = make([]attune.RemoteRule, 0, listCap(body.Pagination, len(items)))
+		}
+		for i := range items {
+			r := &items[i]
+			seen[r.ID] = struct{}{}
 			// The server filters, but a server that ignores the filter must
 			// not make us schedule another trigger's rules.
 			if r.TriggerRef == triggerRef && (r.Enabled == nil || *r.Enabled) {
-				l.Rules = append(l.Rules, r)
+				l.Rules = append(l.Rules, r.remote())
 			}
 		}
 		switch p := body.Pagination; {
@@ -98,19 +188,95 @@ func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) (List
 			if l.Incomplete == "" && int64(len(seen)) != total {
 				l.Incomplete = IncompleteCountMismatch
 			}
-			return l, nil
+			return l, "", nil
 		}
 	}
-	return Listing{}, fmt.Errorf("list rules of %s: more than %d pages", triggerRef, maxRulePages)
+	return l, "", fmt.Errorf("list rules of %s: more than %d pages", triggerRef, maxRulePages)
+}
+
+// shortPage says how a page of n items, asked size and starting after read
+// items, shows a server that serves smaller pages than asked; "" if it does
+// not. A short last page is no sign; a short page while has_next, or while
+// total_items says more remain, is (Attune asked 1,000 serves 100 and says
+// has_next by 1,000s).
+func shortPage(p *pagination, n, size int, read int64) string {
+	switch {
+	case p == nil:
+		return ""
+	case p.PageSize > 0 && p.PageSize < size:
+		return fmt.Sprintf("asked page_size %d, the answer says %d", size, p.PageSize)
+	case n >= size:
+		return ""
+	case p.HasNext:
+		return fmt.Sprintf("asked page_size %d, got %d rules and has_next", size, n)
+	case p.TotalItems != nil && read+int64(n) < *p.TotalItems:
+		return fmt.Sprintf("asked page_size %d, got %d rules of %d", size, n, *p.TotalItems)
+	}
+	return ""
+}
+
+// listCap is the capacity to give a listing's rules: total_items when the
+// server says it (bounded, as the server may lie), else the first page's.
+func listCap(p *pagination, n int) int {
+	if p != nil && p.TotalItems != nil && *p.TotalItems > int64(n) {
+		return int(min(*p.TotalItems, 10_000_000))
+	}
+	return n
 }
 
 type rulesPage struct {
-	Items      []attune.RemoteRule `json:"items"`
-	Data       []attune.RemoteRule `json:"data"`
-	Pagination *struct {
-		HasNext    bool   `json:"has_next"`
-		TotalItems *int64 `json:"total_items"`
-	} `json:"pagination"`
+	Items      []listedRule `json:"items"`
+	Data       []listedRule `json:"data"`
+	Pagination *pagination  `json:"pagination"`
+}
+
+// listedRule is a rule of a listing page as decoded: the fields of
+// attune.RemoteRule, both spellings of its times. Decoded as a plain struct,
+// a page is parsed once; attune.RemoteRule's own UnmarshalJSON would parse
+// each rule twice (the page's decoder scans it, then json.Unmarshal again),
+// a third of a reconcile round's CPU at 100,000 rules.
+type listedRule struct {
+	ID         int64           `json:"id"`
+	Ref        string          `json:"ref"`
+	TriggerRef string          `json:"trigger_ref"`
+	Params     json.RawMessage `json:"trigger_params"`
+	Enabled    *bool           `json:"enabled"`
+	Updated    json.RawMessage `json:"updated"`
+	Created    json.RawMessage `json:"created"`
+	UpdatedAt  json.RawMessage `json:"updated_at"`
+	CreatedAt  json.RawMessage `json:"created_at"`
+}
+
+// remote is r as attune.RemoteRule reads it: a time that is not an RFC 3339
+// string is ignored.
+func (r *listedRule) remote() attune.RemoteRule {
+	return attune.RemoteRule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params, Enabled: r.Enabled,
+		Updated: firstTime(r.Updated, r.UpdatedAt), Created: firstTime(r.Created, r.CreatedAt)}
+}
+
+// firstTime is the first of raws that is an RFC 3339 JSON string, zero if none.
+func firstTime(raws ...json.RawMessage) time.Time {
+	for _, raw := range raws {
+		var s string
+		switch {
+		case len(raw) < 2 || raw[0] != '"':
+			continue
+		case bytes.IndexByte(raw, '\\') < 0 && bytes.IndexByte(raw[1:], '"') == len(raw)-2:
+			s = string(raw[1 : len(raw)-1]) // the usual time: no escapes to undo
+		case json.Unmarshal(raw, &s) != nil:
+			continue
+		}
+		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			return t
+		}
+	}
+	return time.Time{}
+}
+
+type pagination struct {
+	HasNext    bool   `json:"has_next"`
+	TotalItems *int64 `json:"total_items"`
+	PageSize   int    `json:"page_size"`
 }
 
 // Rule reads one rule by ref (GET /api/v1/rules/{ref}); found is false
@@ -126,7 +292,7 @@ func (c *RulesClient) Rule(ctx context.Context, ref string) (r attune.RemoteRule
 		Data  *attune.RemoteRule `json:"data"`
 		Error json.RawMessage    `json:"error"`
 	}
-	err = c.get(ctx, c.client(), u, &body)
+	_, err = c.get(ctx, c.client(), u, &body)
 	var se *StatusError
 	switch {
 	case errors.As(err, &se) && se.Code == http.StatusNotFound && se.JSON:
@@ -158,10 +324,11 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("status %d: %s", e.Code, e.Excerpt)
 }
 
-func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, out any) error {
+// get GETs u into out; n is the bytes of the body read.
+func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, out any) (n int64, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	tok := ""
 	if c.Tokens != nil {
@@ -172,26 +339,38 @@ func (c *RulesClient) get(ctx context.Context, client *http.Client, u string, ou
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusUnauthorized && c.Tokens != nil && tok != "" {
 		c.Tokens.Invalidate(tok)
 	}
 	if auth.IsRedirect(resp) {
-		return errors.New(auth.RedirectNote(resp))
+		return 0, errors.New(auth.RedirectNote(resp))
 	}
 	if resp.StatusCode != http.StatusOK {
 		head, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		var obj map[string]json.RawMessage
-		return &StatusError{Code: resp.StatusCode, JSON: json.Unmarshal(head, &obj) == nil,
+		return int64(len(head)), &StatusError{Code: resp.StatusCode, JSON: json.Unmarshal(head, &obj) == nil,
 			Excerpt: scheduler.Truncate(strings.TrimSpace(redact(string(head), tok)), 200)}
 	}
-	dec := json.NewDecoder(io.LimitReader(resp.Body, 64<<20))
-	if err := dec.Decode(out); err != nil {
-		return errors.Join(errors.New("decode response"), err)
+	body := &countingReader{r: io.LimitReader(resp.Body, c.maxBody())}
+	if err := json.NewDecoder(body).Decode(out); err != nil {
+		return body.n, errors.Join(errors.New("decode response"), err)
 	}
-	return nil
+	return body.n, nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // RedactURL is s with the password of its user info replaced by "xxxxx", as

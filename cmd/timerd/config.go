@@ -314,6 +314,14 @@ var agentSettings = []agentSetting{
 		c.ReconcileInterval = d
 		return err
 	}},
+	{env: "TIMERD_RECONCILE_PAGE_SIZE", key: "reconcile_page_size", flag: "reconcile-page-size", def: strconv.Itoa(ingest.DefaultPageSize), usage: "rules a reconcile asks the rules API for a page (1..10000); a server that serves fewer (Attune: 100) makes the node ask 100", set: func(c *agentConfig, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > ingest.MaxPageSize {
+			return fmt.Errorf("%q is not a whole number in 1..%d", truncateSetting(v), ingest.MaxPageSize)
+		}
+		c.ReconcilePageSize = n
+		return nil
+	}},
 	{env: "TIMERD_SHUTDOWN_TIMEOUT", key: "shutdown_timeout", flag: "shutdown-timeout", def: "10s", usage: "bound on delivering the outbox at shutdown; what is left stays for the next start", set: func(c *agentConfig, v string) error {
 		d, err := parseSettingDuration(v)
 		if err == nil && d <= 0 {

@@ -54,7 +54,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		return m
 	}
 	stdin := `{"api_url":"https://stdin-api","api_token":"` + tok + `","data_dir":"/s","http_addr":"127.0.0.1:9000",
-		"workers":8,"reconcile_interval":"1m","queue_expires":"2d","mq_exchange":"attune","extra":{"x":1}}`
+		"workers":8,"reconcile_interval":"1m","reconcile_page_size":100,"queue_expires":"2d","mq_exchange":"attune","extra":{"x":1}}`
 	tests := []struct {
 		name  string
 		env   map[string]string
@@ -66,7 +66,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			if c.HTTPAddr != ":8470" || c.SensorRef != "core.timer" || c.MQ.Exchange != "attune.events" || c.Workers != 0 || c.DeliveryBudget != 512 ||
 				c.ReconcileInterval != 5*time.Minute || c.MQ.QueueExpires != 7*24*time.Hour || c.ShutdownTimeout != 10*time.Second ||
 				c.CommitFailureLeaveAfter != 30*time.Second || c.LogFormat != "json" || c.APIURL != "http://api:8080" || c.NodeName == "" ||
-				c.RejectRetryWindow != 10*time.Minute || c.DeadLetterRetention != 7*24*time.Hour {
+				c.RejectRetryWindow != 10*time.Minute || c.DeadLetterRetention != 7*24*time.Hour || c.ReconcilePageSize != 1000 {
 				return "not the documented defaults"
 			}
 			return ""
@@ -100,7 +100,8 @@ func TestAgentConfigPrecedence(t *testing.T) {
 			}},
 		{"stdin replaces env", with("TIMERD_HTTP_ADDR", "127.0.0.1:1"), stdin, []string{"--stdin-config"}, func(c *agentConfig) string {
 			if c.APIURL != "https://stdin-api" || c.DataDir != "/s" || c.HTTPAddr != "127.0.0.1:9000" || c.Workers != 8 ||
-				c.ReconcileInterval != time.Minute || c.MQ.QueueExpires != 48*time.Hour || c.MQ.Exchange != "attune" || c.MQ.URL != "" {
+				c.ReconcileInterval != time.Minute || c.MQ.QueueExpires != 48*time.Hour || c.MQ.Exchange != "attune" || c.MQ.URL != "" ||
+				c.ReconcilePageSize != 100 {
 				return "stdin config not applied, or env read"
 			}
 			if len(c.UnknownKeys) != 1 || c.UnknownKeys[0] != "extra" {
@@ -272,6 +273,9 @@ func TestAgentConfigErrors(t *testing.T) {
 		{"http addr", with("TIMERD_HTTP_ADDR", "8470"), "", nil, `TIMERD_HTTP_ADDR: "8470" is not host:port`},
 		{"queue expires flag", base, "", []string{"--queue-expires", "90d"}, "--queue-expires: 90d is out of range"},
 		{"reconcile interval flag", base, "", []string{"--reconcile-interval", "soon"}, `--reconcile-interval: "soon" is not a duration`},
+		{"reconcile page size zero", with("TIMERD_RECONCILE_PAGE_SIZE", "0"), "", nil, `TIMERD_RECONCILE_PAGE_SIZE: "0" is not a whole number in 1..10000`},
+		{"reconcile page size too large", base, "", []string{"--reconcile-page-size", "10001"}, `--reconcile-page-size: "10001" is not a whole number in 1..10000`},
+		{"reconcile page size not a number", with("TIMERD_RECONCILE_PAGE_SIZE", "lots"), "", nil, `TIMERD_RECONCILE_PAGE_SIZE: "lots" is not a whole number in 1..10000`},
 		{"reject retry window too short", with("TIMERD_REJECT_RETRY_WINDOW", "500ms"), "", nil, "TIMERD_REJECT_RETRY_WINDOW: 500ms is out of range (1s .. 7d)"},
 		{"reject retry window negative", base, "", []string{"--reject-retry-window", "-1m"}, `--reject-retry-window: "-1m" is negative`},
 		{"dead letter retention too short", with("TIMERD_DEAD_LETTER_RETENTION", "30s"), "", nil, "TIMERD_DEAD_LETTER_RETENTION: 30s is less than 1m"},

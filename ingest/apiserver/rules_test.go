@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/timerd/timerd/ingest"
 	"github.com/timerd/timerd/ingest/attune"
 )
 
@@ -553,5 +554,56 @@ func TestRuleWarnings(t *testing.T) {
 		`{"ref":"fine","trigger_ref":"core.crontimer","trigger_params":{"expression":"0 0 12 * * *","timezone":"Europe/Berlin"}}`)
 	if _, ok := raw["warnings"]; ok {
 		t.Errorf("a noon cron got warnings: %s", raw["warnings"])
+	}
+}
+
+// timerd's own rules client reads the reference server's listing 1,000
+// rules a page, complete, and a listing after rule writes sees each of them
+// (the server pages from a view it makes once per catalogue change).
+func TestRuleListingForReconcile(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.Publisher = nil })
+	const n = 1201
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w + 1; i <= n; i += 8 {
+				e.must(http.StatusCreated, nil, "POST", "/api/v1/rules",
+					fmt.Sprintf(`{"ref":"r%04d","trigger_ref":"core.intervaltimer","trigger_params":{"interval":%d}}`, i, 60+i))
+			}
+		})
+	}
+	wg.Wait()
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"cron","trigger_ref":"core.crontimer","trigger_params":{"expression":"@hourly"}}`)
+	client := &ingest.RulesClient{APIURL: e.ts.URL}
+	list := func(what string, want int) map[string]bool {
+		t.Helper()
+		l, err := client.EnabledRules(context.Background(), "core.intervaltimer")
+		if err != nil {
+			t.Fatalf("%s: EnabledRules = %v", what, err)
+		}
+		wantPages := (want + ingest.DefaultPageSize - 1) / ingest.DefaultPageSize
+		if len(l.Rules) != want || l.Incomplete != "" || l.Requests != wantPages || l.PageSize != ingest.DefaultPageSize || l.FellBack != "" {
+			t.Fatalf("%s: EnabledRules = %d rules in %d requests of %d, incomplete %q, fell back %q; want %d in %d of %d, complete",
+				what, len(l.Rules), l.Requests, l.PageSize, l.Incomplete, l.FellBack, want, wantPages, ingest.DefaultPageSize)
+		}
+		refs := map[string]bool{}
+		for _, r := range l.Rules {
+			refs[r.Ref] = true
+		}
+		return refs
+	}
+	list("after the creates", n)
+	e.must(http.StatusOK, nil, "POST", "/api/v1/rules/r0005/disable", "")
+	e.must(http.StatusOK, nil, "DELETE", "/api/v1/rules/r0006", "")
+	e.must(http.StatusCreated, nil, "POST", "/api/v1/rules", `{"ref":"r9999","trigger_ref":"core.intervaltimer","trigger_params":{"interval":5}}`)
+	refs := list("after a disable, a delete and a create", n-1)
+	if refs["r0005"] || refs["r0006"] || !refs["r9999"] || !refs["r0007"] {
+		t.Errorf("listing after the writes: r0005 %v, r0006 %v, r9999 %v, r0007 %v; want false, false, true, true",
+			refs["r0005"], refs["r0006"], refs["r9999"], refs["r0007"])
+	}
+	e.must(http.StatusOK, nil, "POST", "/api/v1/rules/r0005/enable", "")
+	if refs := list("after the enable", n); !refs["r0005"] {
+		t.Error("listing after enabling r0005 lacks it")
 	}
 }

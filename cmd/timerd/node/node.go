@@ -111,6 +111,9 @@ type Config struct {
 	// deprecated). 0: no cap of its own.
 	Workers           int
 	ReconcileInterval time.Duration // default 5m; negative disables the periodic reconcile
+	// ReconcilePageSize is the rules a reconcile asks the rules API for a
+	// page; default ingest.DefaultPageSize (ingest.RulesClient.PageSize).
+	ReconcilePageSize int
 	ShutdownTimeout   time.Duration // bound on the outbox flush at shutdown, default 10s
 	MisfireGrace      time.Duration // engine default grace, default 1m
 	// RejectRetryWindow is how long a 403 or 404 from the events API is
@@ -197,6 +200,8 @@ func (c *Config) Validate() error {
 		return errors.New("lifecycle: set MQ or Lifecycle, not both")
 	case c.IntakeBatch < 0 || c.IntakeBatch > 65535:
 		return fmt.Errorf("intake batch: %d is out of range (1 .. 65535)", c.IntakeBatch)
+	case c.ReconcilePageSize < 0 || c.ReconcilePageSize > ingest.MaxPageSize:
+		return fmt.Errorf("reconcile page size: %d is out of range (1 .. %d)", c.ReconcilePageSize, ingest.MaxPageSize)
 	}
 	if c.HTTPTokenFile != "" {
 		if _, err := ReadHTTPToken(c.HTTPTokenFile); err != nil {
@@ -384,7 +389,7 @@ func New(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: tokens}
+	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: tokens, PageSize: cfg.ReconcilePageSize}
 
 	if cfg.MQ != nil {
 		mq := *cfg.MQ

@@ -147,14 +147,11 @@ func (n *Node) becomeReady() {
 }
 
 // follow applies lifecycle messages, from the consumer or the in-process
-// bus, and reconciles every ReconcileInterval, until ctx ends.
+// bus, and reconciles every ReconcileInterval (at the node's own phase of
+// it: reconcileRounds), until ctx ends.
 func (n *Node) follow(ctx context.Context) {
-	var tick <-chan time.Time
-	if n.cfg.ReconcileInterval > 0 {
-		t := time.NewTicker(n.cfg.ReconcileInterval)
-		defer t.Stop()
-		tick = t.C
-	}
+	rounds := n.newReconcileRounds()
+	defer rounds.stop()
 	pending := make([]attune.Message, 0, n.cfg.IntakeBatch)
 	for {
 		select {
@@ -174,8 +171,9 @@ func (n *Node) follow(ctx context.Context) {
 				n.log.Error("lifecycle messages not applied; the next reconcile repairs them",
 					"messages", len(pending), "err", err)
 			}
-		case <-tick:
+		case <-rounds.c:
 			n.periodicReconcile(ctx)
+			rounds.next()
 		}
 	}
 }
@@ -534,9 +532,17 @@ func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 	var (
 		want       []attune.RemoteRule
 		incomplete string
+		requests   int
+		bytes      int64
+		pageSize   int
 	)
 	for _, ref := range scheduler.TimerTriggers() {
 		l, err := n.rules.EnabledRules(ctx, ref)
+		requests, bytes, pageSize = requests+l.Requests, bytes+l.Bytes, max(pageSize, l.PageSize)
+		if l.FellBack != "" {
+			n.log.Warn("the rules API serves smaller pages than asked; reconciles ask it for 100 rules a page from now on",
+				"page_size", l.PageSize, "why", l.FellBack)
+		}
 		if err != nil {
 			n.metrics.reconciles.WithLabelValues("error").Inc()
 			if errors.Is(err, ingest.ErrMalformedListing) {
@@ -544,7 +550,11 @@ func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 			}
 			return 0, err
 		}
-		want = append(want, l.Rules...)
+		if want == nil {
+			want = l.Rules
+		} else {
+			want = append(want, l.Rules...)
+		}
 		incomplete = cmp.Or(incomplete, l.Incomplete)
 	}
 	changes, err := n.applyRemoteChanges(ctx, want, listed, incomplete, "reconcile")
@@ -558,6 +568,7 @@ func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 		n.log.Warn("tombstones not purged; the next reconcile retries", "err", err)
 	}
 	n.log.Info("reconciled", "rules", len(want), "changes", changes, "tombstones_purged", purged,
+		"requests", requests, "bytes", bytes, "page_size", pageSize,
 		"took", time.Since(start).Round(time.Millisecond).String())
 	return changes, nil
 }
@@ -598,9 +609,28 @@ func (n *Node) applyRemoteChanges(ctx context.Context, rules []attune.RemoteRule
 	for i, r := range rules {
 		snap.Rules[i] = protocol.Listed{Rule: remoteRule(r), Version: r.Version()}
 	}
+	changes := snap.Changes()
 	counts := map[string]int{}
-	for i, c := range snap.Changes() {
+	var (
+		held []int64
+		same []bool // same[i]: the store holds rules[i] as listed
+	)
+	if snap.MayPrune() {
+		// One scan of the store finds what a listing prunes and the listed
+		// rules it holds as listed, which the rule book leaves unchanged:
+		// they need no read of their own (a read transaction each) and no
+		// decision in the transaction. Most rules of a periodic reconcile are.
+		var err error
+		if held, same, err = n.heldAsListed(tx, changes); err != nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	for i, c := range changes {
 		r := rules[i]
+		if same != nil && same[i] {
+			counts[resUnchanged]++
+			continue
+		}
 		res, err := tx.change(c)
 		counts[res]++
 		switch res {
@@ -615,14 +645,6 @@ func (n *Node) applyRemoteChanges(ctx context.Context, rules []attune.RemoteRule
 	}
 	removed := 0
 	if snap.MayPrune() {
-		var held []int64
-		err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
-			held = append(held, r.ID)
-			return nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", what, err)
-		}
 		p, err := tx.book.PruneSnapshot(snap, held, func(id int64) (protocol.Record, error) {
 			st, err := tx.state(id)
 			if err != nil {
