@@ -71,6 +71,7 @@ func TestNodeExportsEveryMetric(t *testing.T) {
 		"timerd_lease",
 		"timerd_lifecycle_messages_total",
 		"timerd_lifecycle_queue_silent",
+		"timerd_manual_events_total",
 		"timerd_misfires_total",
 		"timerd_missed_slots_total",
 		"timerd_mq_connected",
