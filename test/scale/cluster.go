@@ -117,6 +117,7 @@ func (c *scluster) launch(ctx context.Context, name string, join []string) (*nod
 		"TIMERD_NODE_NAME="+name,
 		"TIMERD_GOSSIP_KEY="+c.gossipKey,
 		"TIMERD_LOG_FORMAT=json",
+		"TIMERD_PPROF=true", // the run profiles the joining node's start-up
 		// No RabbitMQ: rules come from the rules API only, at the start-up
 		// reconcile; the periodic one is pushed out of the run's way.
 		"TIMERD_RECONCILE_INTERVAL="+c.cfg.ReconcileInterval.String(),
@@ -310,4 +311,22 @@ func cpuOf(p *proc) time.Duration {
 		return 0
 	}
 	return s.CPU
+}
+
+// rssSummary is the current RSS of each live process, for a report.
+func (c *scluster) rssSummary() string {
+	var parts []string
+	procs := []*proc{}
+	if c.api != nil && !c.api.exited() {
+		procs = append(procs, c.api)
+	}
+	for _, n := range c.running() {
+		procs = append(procs, n.p)
+	}
+	for _, p := range procs {
+		if st, err := procstat.Read(p.pid()); err == nil {
+			parts = append(parts, fmt.Sprintf("%s %.0f MiB", p.name, procstat.MiB(st.RSS)))
+		}
+	}
+	return "RSS " + strings.Join(parts, ", ")
 }

@@ -9,7 +9,8 @@
 //	go run ./test/scale -rules 100000      # smaller
 //
 // It exits 0 when every guarantee held, 1 when one broke (a duplicate, a gap,
-// a node never ready) and 2 when the run itself failed.
+// a node never ready), 2 when the run itself failed and 3 when it stopped
+// because the machine was running out of memory (-mem-floor).
 package main
 
 import (
@@ -35,6 +36,8 @@ type config struct {
 	Dir               string
 	Keep              bool
 	SkipListing       bool
+	MemFloor          int64 // bytes: the run stops when the machine has less available
+	ProfileSeconds    int   // CPU profile of the joining node's start-up; 0: none
 }
 
 func main() {
@@ -51,10 +54,13 @@ func main() {
 	fs.StringVar(&cfg.Binary, "binary", "", "timerd binary (default: go build ./cmd/timerd into the run's dir)")
 	fs.StringVar(&cfg.Dir, "dir", "", "directory of the run's data and logs (default: a fresh temp dir)")
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the run's directory")
+	memFloorGiB := fs.Float64("mem-floor", 2, "stop the run (exit 3) when the machine has less memory available than this, in GiB")
+	fs.IntVar(&cfg.ProfileSeconds, "profile", 30, "seconds of CPU profile of the joining node's start-up, saved in the run's dir (0: none)")
 	fs.BoolVar(&cfg.SkipListing, "skip-listing", false, "do not time one listing of every rule alone before the agents start")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
+	cfg.MemFloor = int64(*memFloorGiB * (1 << 30))
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "scale:", err)
 		os.Exit(2)
@@ -66,6 +72,9 @@ func main() {
 	case errors.Is(err, errGuarantee):
 		fmt.Println("FAIL:", err)
 		os.Exit(1)
+	case errors.Is(err, errOutOfMemory):
+		fmt.Println("TOO LARGE:", err)
+		os.Exit(3)
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "scale:", err)
 		os.Exit(2)

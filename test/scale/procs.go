@@ -249,4 +249,7 @@ func memAvailable() int64 {
 	return 0
 }
 
-var errGuarantee = errors.New("a guarantee was broken")
+var (
+	errGuarantee   = errors.New("a guarantee was broken")
+	errOutOfMemory = errors.New("too large for this machine")
+)

@@ -81,6 +81,27 @@ func (m mix) write(w io.Writer, now time.Time) (kindCounts, error) {
 	return c, nil
 }
 
+// counts is how many rules of each kind m has (what write writes).
+func (m mix) counts() kindCounts {
+	c := kindCounts{Probes: min(m.Probes, m.Rules)}
+	bulk := m.Rules - c.Probes
+	for b := range 10 {
+		n := bulk / 10
+		if b < bulk%10 {
+			n++
+		}
+		switch {
+		case b < intervalTenths:
+			c.Interval += n
+		case b < intervalTenths+cronTenths:
+			c.Cron += n
+		default:
+			c.Datetime += n
+		}
+	}
+	return c
+}
+
 // firesPerSec is the mean fire rate of m over a day: the probes', the bulk
 // interval rules' (1/interval each, intervals uniform in 60..1440 minutes),
 // and one a day for each cron rule; the one-shots are days ahead.

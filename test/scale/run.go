@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/timerd/timerd/cluster"
@@ -82,9 +84,15 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	s.c = c
 	defer c.shutdown()
+	// The sampler keeps each process's peak RSS and stops the run before the
+	// machine runs out of memory (the kernel's OOM killer could pick another's
+	// process on a shared machine).
+	ctx, cancelRun := context.WithCancelCause(ctx)
+	defer cancelRun(nil)
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	var sampler sync.WaitGroup
-	minAvail := memAvailable()
+	var minAvail atomic.Int64
+	minAvail.Store(memAvailable())
 	sampler.Go(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
@@ -94,14 +102,24 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 				return
 			case <-t.C:
 				c.sample()
-				minAvail = min(minAvail, memAvailable())
+				avail := memAvailable()
+				minAvail.Store(min(minAvail.Load(), avail))
+				if avail < cfg.MemFloor {
+					cancelRun(fmt.Errorf("%w: memory available %.1f GiB, under -mem-floor %.1f GiB: stopped the run (%s)",
+						errOutOfMemory, float64(avail)/(1<<30), float64(cfg.MemFloor)/(1<<30), c.rssSummary()))
+					return
+				}
 			}
 		}
 	})
 	defer func() { stopSampling(); sampler.Wait() }()
 
 	for _, phase := range []func(context.Context) error{s.load, s.listing, s.startNodes, s.idle, s.scaleOut, s.rollingRestart, s.crash} {
-		if err := phase(ctx); err != nil {
+		err := phase(ctx)
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+			err = cause
+		}
+		if err != nil {
 			if len(s.broken) > 0 {
 				return fmt.Errorf("%w: %s (then: %v)", errGuarantee, strings.Join(s.broken, "; "), err)
 			}
@@ -111,7 +129,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	if err := s.verify(ctx); err != nil {
 		return err
 	}
-	s.printf("end: load average %s; least memory available in the run %.1f GiB", loadavg(), float64(minAvail)/(1<<30))
+	s.printf("end: load average %s; least memory available in the run %.1f GiB", loadavg(), float64(minAvail.Load())/(1<<30))
 	if len(s.broken) > 0 {
 		return fmt.Errorf("%w: %s", errGuarantee, strings.Join(s.broken, "; "))
 	}
@@ -160,7 +178,7 @@ func (s *runState) load(ctx context.Context) error {
 // staticToken is a fixed bearer token.
 type staticToken string
 
-func (t staticToken) Token() string    { return string(t) }
+func (t staticToken) Token() string   { return string(t) }
 func (staticToken) Invalidate(string) {}
 
 // listing times one listing of every enabled timer rule as a node's reconcile
@@ -421,15 +439,23 @@ func (s *runState) scaleOut(ctx context.Context) error {
 	}
 	want, _ := ringCounts(after, s.ids)
 	s.windows = append(s.windows, window{name: "scale-out", from: time.Now()})
+	apiCPU0 := cpuOf(s.c.api)
 	begin := time.Now()
 	n, err := s.c.launch(ctx, newName, s.c.gossipAddrs(newName))
 	if err != nil {
 		return err
 	}
+	var profiled sync.WaitGroup
+	profile := filepath.Join(s.c.dir, newName+"-start.cpu.pprof")
+	if s.cfg.ProfileSeconds > 0 {
+		profiled.Go(func() { s.saveProfile(ctx, n, profile) })
+	}
 	readyAt, err := s.waitReady(ctx, []*node{n}, begin)
 	if err != nil {
 		return err
 	}
+	nodeCPU, apiCPU := cpuOf(n.p), cpuOf(s.c.api)-apiCPU0
+	profiled.Wait()
 	st, err := s.c.waitStable(ctx, 10*time.Minute, want)
 	if err != nil {
 		s.breaks("%d → %d nodes: never stable: %v", len(before), len(after), err)
@@ -460,6 +486,11 @@ func (s *runState) scaleOut(ctx context.Context) error {
 		len(before), len(after), newName, owned[newName], float64(moved)/float64(len(s.ids)), len(after), 1/float64(len(after)),
 		between, readyAt[newName].Round(time.Millisecond), stable.Round(time.Millisecond), newProbes, sharedAt.Round(time.Millisecond),
 		reconcileTook(n.p.logPath))
+	s.printf("  %s's start-up: ready %s after its start, having used %s of CPU; the API used %s meanwhile (listing for it, and the probes' events)",
+		newName, readyAt[newName].Round(time.Millisecond), nodeCPU.Round(time.Millisecond), apiCPU.Round(time.Millisecond))
+	if s.cfg.ProfileSeconds > 0 {
+		s.printf("  its CPU profile of the first %ds: %s (go tool pprof -top %s %s)", s.cfg.ProfileSeconds, profile, s.c.bin, profile)
+	}
 	s.printf("ring balance (%d nodes): %s", len(after), balanceOf(owned))
 	s.endWindow()
 	return s.settleDups(ctx, "scale-out")
@@ -628,4 +659,26 @@ func writeEvents(path string, evs []event) error {
 		return err
 	}
 	return f.Close()
+}
+
+// saveProfile saves a CPU profile of n's first ProfileSeconds.
+func (s *runState) saveProfile(ctx context.Context, n *node, path string) {
+	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", n.url, s.cfg.ProfileSeconds)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return
+	}
+	c := &http.Client{Timeout: time.Duration(s.cfg.ProfileSeconds)*time.Second + time.Minute}
+	resp, err := c.Do(req)
+	if err != nil {
+		s.printf("  profile of %s: %v", n.name, err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	_, _ = io.Copy(f, resp.Body)
+	_ = f.Close()
 }
