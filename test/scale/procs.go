@@ -94,7 +94,7 @@ func (p *proc) waitLog(re *regexp.Regexp, within time.Duration) ([]string, error
 			}
 		}
 		if p.exited() {
-			return nil, fmt.Errorf("%s exited (%v) before its log said %s; see %s", p.name, p.err, re, p.logPath)
+			return nil, fmt.Errorf("%s exited (%w) before its log said %s; see %s", p.name, p.err, re, p.logPath)
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%s: its log did not say %s within %s; see %s", p.name, re, within, p.logPath)

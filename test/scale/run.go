@@ -121,7 +121,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 		if err != nil {
 			if len(s.broken) > 0 {
-				return fmt.Errorf("%w: %s (then: %v)", errGuarantee, strings.Join(s.broken, "; "), err)
+				return fmt.Errorf("%w: %s (then: %w)", errGuarantee, strings.Join(s.broken, "; "), err)
 			}
 			return err
 		}
@@ -599,19 +599,27 @@ func (s *runState) verify(ctx context.Context) error {
 	// What is due by the last window's end is fired, delivered and stored:
 	// a few seconds for the fires, then the outboxes.
 	time.Sleep(5 * time.Second)
+	// Each outbox seen empty once is enough: while the probes fire, one is
+	// empty only between a delivery and the next fire.
 	deadline := time.Now().Add(2 * time.Minute)
+	drained := map[string]bool{}
 	for {
-		empty := true
+		all := true
 		for _, n := range s.c.running() {
 			var st status
-			if err := getJSON(ctx, n.url+"/v1/status", "", &st); err != nil || st.OutboxDepth > 0 {
-				empty = false
+			if drained[n.name] {
+				continue
 			}
+			if err := getJSON(ctx, n.url+"/v1/status", "", &st); err == nil && st.OutboxDepth == 0 {
+				drained[n.name] = true
+				continue
+			}
+			all = false
 		}
-		if empty || time.Now().After(deadline) {
+		if all || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(time.Second)
+		time.Sleep(200 * time.Millisecond)
 	}
 	begin := time.Now()
 	if _, err := s.f.poll(ctx); err != nil {
