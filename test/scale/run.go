@@ -276,9 +276,11 @@ func (s *runState) waitReady(ctx context.Context, ns []*node, begin time.Time) (
 			}
 		}
 		if err := ctx.Err(); err != nil {
+			s.whyNotReady(ns, readyAt)
 			return nil, err
 		}
 		if time.Now().After(deadline) {
+			s.whyNotReady(ns, readyAt)
 			var late []string
 			for _, n := range ns {
 				if _, ok := readyAt[n.name]; !ok {
@@ -689,4 +691,26 @@ func (s *runState) saveProfile(ctx context.Context, n *node, path string) {
 	}
 	_, _ = io.Copy(f, resp.Body)
 	_ = f.Close()
+}
+
+// whyNotReady prints what the nodes of ns not in ready say of themselves.
+func (s *runState) whyNotReady(ns []*node, ready map[string]time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, n := range ns {
+		if _, ok := ready[n.name]; ok {
+			continue
+		}
+		var st struct {
+			Quorum      bool   `json:"quorum"`
+			Seen        int    `json:"seen_members"`
+			QuorumSize  int    `json:"quorum_size"`
+			Incarnation string `json:"incarnation"`
+			Partitions  int    `json:"partitions_held"`
+			RulesKnown  int    `json:"rules_known"`
+		}
+		err := getJSON(ctx, n.url+"/v1/status", "", &st)
+		s.printf("  %s not ready %s after its start: quorum %v (%d members seen, %d needed), incarnation %s, %d partitions held, %d rules known (%v)",
+			n.name, time.Since(n.started).Round(time.Second), st.Quorum, st.Seen, st.QuorumSize, st.Incarnation, st.Partitions, st.RulesKnown, err)
+	}
 }
