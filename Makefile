@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode bench-reconcile load soak cluster-soak sim clean
+.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode bench-reconcile load soak cluster-soak sim scale clean
 
 all: build
 
@@ -125,6 +125,11 @@ bench-reconcile:
 # 50,000 interval rules of 10 s (5,000 fires/s) through timerd dev for a minute.
 load:
 	$(GO) run ./test/load
+
+# The scale run (issue 15): timerd api with 1,000,000 rules loaded in bulk, 10 agents, an 11th,
+# a rolling restart and a crash (test/scale; ARGS="-rules 100000" and the like). Long: not in make test.
+scale:
+	$(GO) run ./test/scale $(ARGS)
 
 # The token soak with the issue's figures: a 2-minute sensor token for 10 minutes
 # (make test runs the same test with a 10 s token for 50 s).

@@ -24,6 +24,7 @@ func newAPICmd() *cobra.Command {
 		mqURL, mqExchange      string
 		cleanup                string
 		eventRetention         string
+		loadRules              string
 		logs                   logFlags
 	)
 	var env *envFlags
@@ -83,6 +84,7 @@ the command line wins over its variable, and the variable over the default
 				Logger:                    log,
 				Registerer:                reg,
 				Metrics:                   promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+				LoadRulesFile:             loadRules,
 			}
 			if mqURL != "" {
 				if err := checkMQFlags(mqURL, mqExchange, env.name("mq-url"), env.name("mq-exchange")); err != nil {
@@ -122,7 +124,8 @@ the command line wins over its variable, and the variable over the default
 	fs.StringVar(&mqExchange, "mq-exchange", attune.DefaultExchange, "topic exchange of the lifecycle messages (with --mq-url)")
 	fs.StringVar(&cleanup, "revocation-cleanup-interval", "1h", "how often revocations of expired tokens are deleted")
 	fs.StringVar(&eventRetention, "event-retention", "7d", "delete events older than this (like 12h or 30d); 0 keeps them for ever")
-	for _, f := range []string{"addr", "data-dir", "key-file", "mq-url", "mq-exchange", "revocation-cleanup-interval", "event-retention"} {
+	fs.StringVar(&loadRules, "load-rules", "", "before serving, add the rules of this file (one POST /api/v1/rules body a line; all or none; no lifecycle message: tests and operations)")
+	for _, f := range []string{"addr", "data-dir", "key-file", "mq-url", "mq-exchange", "revocation-cleanup-interval", "event-retention", "load-rules"} {
 		env.bind(f, apiEnv(f))
 	}
 	logs.register(cmd, env, "json")

@@ -45,6 +45,7 @@ func TestAPIEveryFlagHasAVariable(t *testing.T) {
 		"mq-exchange":                 "TIMERD_API_MQ_EXCHANGE",
 		"revocation-cleanup-interval": "TIMERD_API_REVOCATION_CLEANUP_INTERVAL",
 		"event-retention":             "TIMERD_API_EVENT_RETENTION",
+		"load-rules":                  "TIMERD_API_LOAD_RULES",
 		"log-level":                   "ATTUNE_LOG_LEVEL",
 		"log-format":                  "TIMERD_LOG_FORMAT",
 	}

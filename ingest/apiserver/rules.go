@@ -295,11 +295,16 @@ func (s *Server) parseNewRule(w http.ResponseWriter, r *http.Request) (*rule, er
 	if err != nil {
 		return nil, err
 	}
+	return newRuleOf(body, s.cfg.Now().UTC())
+}
+
+// newRuleOf validates the body of a create (POST, or a line of a bulk load)
+// and returns the rule it makes at now, without an id.
+func newRuleOf(body []byte, now time.Time) (*rule, error) {
 	f, err := decodeObject(body)
 	if err != nil {
 		return nil, err
 	}
-	now := s.cfg.Now().UTC()
 	ru := &rule{Enabled: true, Created: now, Updated: now, TriggerParams: json.RawMessage(`{}`)}
 	ref, err := f.requiredStr("ref")
 	if err != nil {

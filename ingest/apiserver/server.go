@@ -61,6 +61,10 @@ type Config struct {
 	// EventSweepInterval is how often the events past EventRetention are
 	// deleted. Default 1 min.
 	EventSweepInterval time.Duration
+	// LoadRulesFile, if set, names a file of rules New adds to the store before
+	// serving, one POST body a line, all or none (bulkload.go): a test and
+	// operations path, publishing no lifecycle message.
+	LoadRulesFile string
 
 	// Tests: events a retention transaction deletes at most (default 1,000)
 	// and the pause between two (default 20 ms).
@@ -280,6 +284,15 @@ func New(cfg Config) (*Server, error) {
 	if s.evIndex, err = loadEventIndex(db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("apiserver: index events of %q: %w", path, err)
+	}
+	if cfg.LoadRulesFile != "" {
+		begin := time.Now()
+		n, err := s.LoadRulesFile(cfg.LoadRulesFile)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("apiserver: %w", err)
+		}
+		s.log.Info("rules loaded in bulk", "rules", n, "file", cfg.LoadRulesFile, "took", time.Since(begin).Round(time.Millisecond).String())
 	}
 	if cfg.SigningKey != nil {
 		if err := s.initAuth(); err != nil {
