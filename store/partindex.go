@@ -373,4 +373,3 @@ func (s *Store) watermarksAt(tx *bolt.Tx, ids []int64) ([]snapWM, error) {
 	}
 	return out, nil
 }
-

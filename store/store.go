@@ -124,7 +124,7 @@ type Store struct {
 
 	partitionOf       func(int64) int
 	parts             atomic.Pointer[partIndex] // nil until IndexPartitions (partindex.go)
-	freelistSyncPages int // Options.FreelistSyncPages
+	freelistSyncPages int                       // Options.FreelistSyncPages
 	readErrs          atomic.Uint64
 	readErr           atomic.Pointer[error] // the last error of a protocol.Store read
 
