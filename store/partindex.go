@@ -33,10 +33,10 @@ import (
 var ErrNotIndexed = errors.New("store has no partition index")
 
 // scanShare: a read of partitions holding more than 1/scanShare of the indexed ids walks
-// the buckets instead of looking each id up (a lookup is a B-tree descent, ~10 times a
-// cursor step). A transfer of every watermark, or a lone node acquiring everything,
-// walks.
-const scanShare = 8
+// the bucket's keys instead of looking each id up: at 1,000,000 rules a lookup took
+// ~2 µs and a step of a walk ~0.1 µs (BenchmarkAdoption, grant). A transfer of every
+// watermark, a node acquiring a large share (alone, or one of a few) walks.
+const scanShare = 16
 
 type partIndex struct {
 	of  func(int64) int
@@ -218,17 +218,21 @@ func (s *Store) ForEachPartitionRule(parts []int, fn func(Rule, Watermark) error
 		return nil
 	}
 	ids, lookup := x.idsOf(parts)
-	if !lookup {
-		want := partSet(parts)
-		return s.ForEachRule(func(r Rule, wm Watermark) error {
-			if !want[x.of(r.ID)] {
-				return nil
-			}
-			return fn(r, wm)
-		})
-	}
 	inFn := false
+	call := func(r Rule, wm Watermark) error {
+		inFn = true
+		err := fn(r, wm)
+		inFn = false
+		if err != nil {
+			return &callbackError{err}
+		}
+		return nil
+	}
 	err := s.viewCallback(&inFn, func(tx *bolt.Tx) error {
+		if !lookup {
+			want := partSet(parts)
+			return walkPartitionRules(tx, func(id int64) bool { return want[x.of(id)] }, call)
+		}
 		wms, err := s.watermarksAt(tx, ids)
 		if err != nil {
 			return err
@@ -243,11 +247,8 @@ func (s *Store) ForEachPartitionRule(parts []int, fn func(Rule, Watermark) error
 			if err != nil {
 				return err
 			}
-			inFn = true
-			err = fn(r, wms[i].wm)
-			inFn = false
-			if err != nil {
-				return &callbackError{err}
+			if err := call(r, wms[i].wm); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -291,6 +292,47 @@ func (s *Store) IndexedPartitionWatermarks(parts []int) ([]protocol.Watermark, e
 		return nil, s.wrap("partition watermarks", err)
 	}
 	return out, nil
+}
+
+// walkPartitionRules is forEachRule's walk for the rules whose id keep says yes to: a
+// rule that is not kept is not decoded.
+func walkPartitionRules(tx *bolt.Tx, keep func(int64) bool, call func(Rule, Watermark) error) error {
+	journal, err := snapshotJournal(tx)
+	if err != nil {
+		return err
+	}
+	rc, wc := tx.Bucket(bucketRules).Cursor(), tx.Bucket(bucketWatermarks).Cursor()
+	wk, wv := wc.First()
+	for k, v := rc.First(); k != nil; k, v = rc.Next() {
+		id, err := keyID(k)
+		if err != nil {
+			return err
+		}
+		if !keep(id) {
+			continue
+		}
+		r, err := decodeRule(id, v)
+		if err != nil {
+			return err
+		}
+		for wk != nil && bytes.Compare(wk, k) < 0 {
+			wk, wv = wc.Next()
+		}
+		var wm Watermark
+		if jr, ok := journal[id]; ok {
+			if jr.kind == recSet {
+				wm = jr.wm
+			}
+		} else if wk != nil && bytes.Equal(wk, k) {
+			if wm, _, err = decodeWatermark(wv); err != nil {
+				return fmt.Errorf("rule %d: %w", id, err)
+			}
+		}
+		if err := call(r, wm); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func partSet(parts []int) map[int]bool {
