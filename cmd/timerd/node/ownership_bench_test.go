@@ -72,10 +72,13 @@ func BenchmarkAdoption(b *testing.B) {
 				} {
 					b.Run(parts.name+"/acquire/"+impl.name, func(b *testing.B) {
 						rules := 0
+						var cpu time.Duration
 						for b.Loop() {
+							c0 := cpuTime()
 							if err := impl.start(); err != nil {
 								b.Fatal(err)
 							}
+							cpu += cpuTime() - c0
 							b.StopTimer()
 							rules = n.engine.Len()
 							if err := d.stopFiring(parts.ps); err != nil {
@@ -84,12 +87,16 @@ func BenchmarkAdoption(b *testing.B) {
 							b.StartTimer()
 						}
 						b.ReportMetric(float64(rules), "rules-moved")
+						reportCPU(b, cpu)
 					})
 					b.Run(parts.name+"/claim/"+impl.name, func(b *testing.B) {
+						var cpu time.Duration
 						for b.Loop() {
+							c0 := cpuTime()
 							d.stepMu.Lock()
 							err := oldOrNewClaim(d, impl.name == "new", held, claimed)
 							d.stepMu.Unlock()
+							cpu += cpuTime() - c0
 							if err != nil {
 								b.Fatal(err)
 							}
@@ -99,34 +106,49 @@ func BenchmarkAdoption(b *testing.B) {
 							}
 							b.StartTimer()
 						}
+						reportCPU(b, cpu)
 					})
 					b.Run(parts.name+"/release/"+impl.name, func(b *testing.B) {
+						var cpu time.Duration
 						for b.Loop() {
 							b.StopTimer()
 							if err := d.startFiring(held); err != nil {
 								b.Fatal(err)
 							}
 							b.StartTimer()
+							c0 := cpuTime()
 							if err := impl.stop(); err != nil {
 								b.Fatal(err)
 							}
+							cpu += cpuTime() - c0
 						}
+						reportCPU(b, cpu)
 					})
 					b.Run(parts.name+"/grant/"+impl.name, func(b *testing.B) {
 						wms := 0
+						var cpu time.Duration
 						for b.Loop() {
+							c0 := cpuTime()
 							got, err := impl.grant()
+							cpu += cpuTime() - c0
 							if err != nil {
 								b.Fatal(err)
 							}
 							wms = len(got)
 						}
 						b.ReportMetric(float64(wms), "watermarks")
+						reportCPU(b, cpu)
 					})
 				}
 			}
 		})
 	}
+}
+
+// reportCPU reports the process's CPU time per op (every thread: the collector's too),
+// which a loaded machine changes less than the wall-clock time.
+func reportCPU(b *testing.B, cpu time.Duration) {
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/op")
 }
 
 // oldOrNewClaim is the StartFiring effect of the protocol as it was (flush the

@@ -186,3 +186,45 @@ func TestAdoptionRacesIntake(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimWritesOverlayAndGrantsAtOnce: the StartFiring effect stores the watermarks
+// the batch merged and not yet written (the overlay) with the grants', and loads the
+// partition's rules after the later of the two.
+func TestClaimWritesOverlayAndGrantsAtOnce(t *testing.T) {
+	n := newIdleClusterNode(t)
+	const p = 3
+	ids := idsIn(n, p, 3)
+	create(n, t, ids...)
+	d := n.drv
+	base := time.Now().Add(time.Minute).Truncate(time.Second)
+	at := func(s int) int64 { return base.Add(time.Duration(s) * time.Second).UnixNano() }
+	d.stepMu.Lock()
+	d.overlay[ids[0]] = protocol.Watermark{Rule: ids[0], Slot: at(10), Count: 4}
+	d.overlay[ids[1]] = protocol.Watermark{Rule: ids[1], Slot: at(5), Count: 2}
+	err := d.apply(protocol.StartFiring{Parts: map[int]protocol.Epoch{p: {N: 2, Node: "own-test"}},
+		Watermarks: []protocol.Watermark{
+			{Rule: ids[1], Slot: at(20), Count: 7}, // ahead of the overlay's
+			{Rule: ids[2], Slot: at(30), Count: 9},
+		}})
+	left := len(d.overlay)
+	d.stepMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("overlay after the claim holds %d watermarks, want 0 (written)", left)
+	}
+	for i, want := range []int64{at(10), at(20), at(30)} {
+		wm, ok, err := n.store.LoadWatermark(ids[i])
+		if err != nil || !ok || wm.Slot != want {
+			t.Errorf("stored watermark of rule %d = %+v, %v, %v; want slot %v", ids[i], wm, ok, err, time.Unix(0, want))
+		}
+		got, running := n.engine.Watermark(ids[i])
+		if !running || got.Slot.UnixNano() != want {
+			t.Errorf("engine's watermark of rule %d = %v (running %v), want %v", ids[i], got.Slot, running, time.Unix(0, want))
+		}
+	}
+	if held, err := n.store.Durable(); err != nil || len(held.Held) != 1 {
+		t.Errorf("stored holdings after the claim = %+v, %v; want partition %d", held.Held, err, p)
+	}
+}
