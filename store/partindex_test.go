@@ -212,7 +212,7 @@ func TestForEachPartitionRuleStopsOnError(t *testing.T) {
 		calls++
 		return stop
 	})
-	if err != stop || calls != 1 {
+	if !errors.Is(err, stop) || calls != 1 {
 		t.Errorf("ForEachPartitionRule with fn failing: err %v after %d calls, want the fn's error after 1", err, calls)
 	}
 }

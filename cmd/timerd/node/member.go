@@ -646,9 +646,7 @@ func (d *driver) apply(e protocol.Effect) error {
 		}
 		return d.startFiring(e.Parts)
 	case protocol.StopFiring:
-		if err := d.stopFiring(e.Parts); err != nil {
-			return err
-		}
+		d.stopFiring(e.Parts)
 		return n.store.SetHeld(nil, e.Parts)
 	case protocol.SaveWatermarks:
 		ms := memberStore{d: d}

@@ -133,7 +133,7 @@ func (d *driver) startFiring(parts map[int]protocol.Epoch) error {
 // second check fails). The ids are read under ownMu, after the partitions stop being
 // fired: a rule intake put into the engine before is indexed by then, and one it
 // stores after finds the partition not fired.
-func (d *driver) stopFiring(parts []int) error {
+func (d *driver) stopFiring(parts []int) {
 	n := d.n
 	n.ownMu.Lock()
 	defer n.ownMu.Unlock()
@@ -141,19 +141,31 @@ func (d *driver) stopFiring(parts []int) error {
 	for _, p := range parts {
 		delete(d.firing, p)
 	}
-	ids, err := n.store.PartitionIDs(parts)
-	if err != nil {
-		return fmt.Errorf("find the rules of the partitions released: %w", err)
-	}
 	released := 0
-	for _, id := range ids {
+	stop := func(id int64) {
 		if _, running := n.engine.Watermark(id); running {
 			n.engine.Remove(id)
 			released++
 		}
 	}
+	if ids, err := n.store.PartitionIDs(parts); err == nil {
+		for _, id := range ids {
+			stop(id)
+		}
+	} else {
+		// No index (newDriver builds it, so never): every rule is walked.
+		set := make(map[int]bool, len(parts))
+		for _, p := range parts {
+			set[p] = true
+		}
+		_ = n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
+			if set[d.partitionOf(r.ID)] {
+				stop(r.ID)
+			}
+			return nil
+		})
+	}
 	n.metrics.released.Add(float64(released))
 	d.log.Info("partitions released: their rules stopped", "partitions", len(parts), "rules", released,
 		"running", n.engine.Len(), "took", time.Since(start).Round(time.Microsecond).String())
-	return nil
 }
