@@ -329,8 +329,8 @@ func BenchmarkForeignRuleIntake(b *testing.B) {
 	}
 }
 
-// storeSize is the bytes a backup of the node's store takes: the file's pages in use,
-// not its preallocated growth.
+// storeSize is the bytes a backup of the node's store takes: the file's pages up to
+// the highest in use, not the file's preallocated growth.
 func storeSize(b *testing.B, n *Node) int64 {
 	var size int64
 	if _, err := n.store.WriteBackup(io.Discard, func(s int64) { size = s }); err != nil {
