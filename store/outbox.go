@@ -258,6 +258,7 @@ func (s *Store) commitFires(recs []FireRecord, ms []MissedSlot) ([]protocol.Even
 	s.outboxLen.Add(added - acked)
 	s.pendingLen.Add(pend)
 	s.indexJournal(jseq, jrecs)
+	indexAdd(s, jrecs, func(r journalRec) int64 { return r.id })
 	// A cycle of fold steps starts after foldAfter records and goes on a slice per
 	// commit. The fires are durable; a failed step leaves the journal, and the next
 	// try waits for as many records again rather than weigh on every commit.

@@ -137,6 +137,7 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	}
 	s.ruleCount.Add(added)
 	s.indexJournal(jseq, jrecs)
+	indexAdd(s, rs, func(r Rule) int64 { return r.ID })
 	return nil
 }
 
@@ -185,6 +186,7 @@ func (s *Store) DeleteRule(id int64) error {
 		s.ruleCount.Add(-1)
 	}
 	s.indexJournal(jseq, jrecs)
+	indexRemove(s, []int64{id}, func(id int64) int64 { return id })
 	return nil
 }
 
@@ -246,6 +248,7 @@ func (s *Store) RemoveRules(ts []Tombstone) error {
 	}
 	s.ruleCount.Add(-removed)
 	s.indexJournal(jseq, jrecs)
+	indexRemove(s, ts, func(t Tombstone) int64 { return t.ID })
 	return nil
 }
 

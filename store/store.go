@@ -123,7 +123,8 @@ type Store struct {
 	foldDeferred int                   // records more to wait for after a failed fold (guarded by wmu)
 
 	partitionOf       func(int64) int
-	freelistSyncPages int // Options.FreelistSyncPages
+	parts             atomic.Pointer[partIndex] // nil until IndexPartitions (partindex.go)
+	freelistSyncPages int                       // Options.FreelistSyncPages
 	readErrs          atomic.Uint64
 	readErr           atomic.Pointer[error] // the last error of a protocol.Store read
 

@@ -199,6 +199,7 @@ func (s *Store) MergeWatermarks(wms []protocol.Watermark) error {
 		return s.wrap("merge watermarks", err)
 	}
 	s.indexJournal(jseq, jrecs)
+	indexAdd(s, wms, func(w protocol.Watermark) int64 { return w.Rule })
 	return nil
 }
 

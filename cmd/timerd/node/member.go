@@ -120,7 +120,9 @@ func (s memberStore) Watermark(rule int64) (protocol.Watermark, bool) {
 }
 
 func (s memberStore) PartitionWatermarks(parts []int) []protocol.Watermark {
-	wms, err := s.d.n.store.PartitionWatermarksOf(parts, s.d.partitionOf)
+	// By the partition index: a grant of a few partitions reads their watermarks, not
+	// the store's every one (this runs under stepMu, which the commit path waits on).
+	wms, err := s.d.n.store.IndexedPartitionWatermarks(parts)
 	if err != nil {
 		s.d.readErr = err
 	}
@@ -210,6 +212,11 @@ func newDriver(n *Node) (*driver, error) {
 		},
 	}
 	d.memberCfg.Store = memberStore{d: d}
+	// The partition index: what an acquisition, a release and a grant read of the store
+	// is the rules and watermarks of their partitions only (ownership.go).
+	if err := d.indexPartitions(); err != nil {
+		return nil, err
+	}
 	d.m, err = d.newMember()
 	switch {
 	case err == nil:
@@ -634,11 +641,10 @@ func (d *driver) apply(e protocol.Effect) error {
 	case protocol.Send:
 		d.sends = append(d.sends, e) // at the end of the batch, after its writes
 	case protocol.StartFiring:
-		// The rules are loaded from the store: what the batch merged goes in first.
-		if err := d.flushOverlay(); err != nil {
-			return err
-		}
-		if err := n.store.MergeWatermarks(e.Watermarks); err != nil {
+		// The rules are loaded from the store: what the batch merged goes in with the
+		// grants' watermarks, in one transaction (a merge is a join: the order of the
+		// two does not matter).
+		if err := d.mergeWithOverlay(e.Watermarks); err != nil {
 			return err
 		}
 		if err := n.store.SetHeld(e.Parts, nil); err != nil {
@@ -683,71 +689,6 @@ func (d *driver) apply(e protocol.Effect) error {
 		}
 	}
 	return nil
-}
-
-// startFiring loads the rules of newly held partitions into the engine, from the
-// store's watermarks (just merged with the grants'). Rules already running (a renewed
-// epoch) keep their schedule; a later watermark moves them on.
-func (d *driver) startFiring(parts map[int]protocol.Epoch) error {
-	n := d.n
-	n.ownMu.Lock()
-	defer n.ownMu.Unlock()
-	var items []scheduler.Item
-	err := n.store.ForEachRule(func(r store.Rule, wm store.Watermark) error {
-		if _, ok := parts[d.partitionOf(r.ID)]; !ok {
-			return nil
-		}
-		if cur, running := n.engine.Watermark(r.ID); running {
-			if wm.Slot.After(cur.Slot) {
-				n.engine.Advance(r.ID, scheduler.Watermark(wm))
-			}
-			return nil
-		}
-		if t := n.parseStored(r); t != nil {
-			items = append(items, scheduler.Item{ID: r.ID, Timer: t, Watermark: scheduler.Watermark(wm)})
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	n.engine.Load(items)
-	for p := range parts {
-		d.firing[p] = true
-	}
-	n.metrics.adopted.Add(float64(len(items)))
-	d.log.Info("partitions held: firing their rules", "partitions", len(parts), "rules", len(items),
-		"running", n.engine.Len())
-	return nil
-}
-
-// stopFiring removes the rules of released partitions from the engine; a commit in
-// flight completes, and its fires are offered to the new holder (the commit path's
-// second check fails).
-func (d *driver) stopFiring(parts []int) {
-	n := d.n
-	set := make(map[int]bool, len(parts))
-	for _, p := range parts {
-		set[p] = true
-	}
-	n.ownMu.Lock()
-	defer n.ownMu.Unlock()
-	for _, p := range parts {
-		delete(d.firing, p)
-	}
-	released := 0
-	_ = n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error {
-		if set[d.partitionOf(r.ID)] {
-			if _, running := n.engine.Watermark(r.ID); running {
-				n.engine.Remove(r.ID)
-				released++
-			}
-		}
-		return nil
-	})
-	n.metrics.released.Add(float64(released))
-	d.log.Info("partitions released: their rules stopped", "partitions", len(parts), "rules", released,
-		"running", n.engine.Len())
 }
 
 // runnableLocked reports whether the engine may run rule id: its partition's rules are

@@ -1,0 +1,228 @@
+package node
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/timerd/timerd/cluster/protocol"
+	"github.com/timerd/timerd/ingest/attune"
+	"github.com/timerd/timerd/test/testkit"
+)
+
+// newIdleClusterNode is a node of a cluster of one that is not running: its store,
+// engine and protocol driver, for driving acquisitions, releases and intake directly.
+func newIdleClusterNode(t testing.TB) *Node {
+	t.Helper()
+	n, err := New(Config{DataDir: t.TempDir(), APIURL: "http://127.0.0.1:1", ReconcileInterval: -1,
+		NodeName: "own-test", Cluster: clusterConfig(), Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+// idsIn returns count rule ids of partition p, from 1 up.
+func idsIn(n *Node, p, count int) []int64 {
+	var ids []int64
+	for id := int64(1); len(ids) < count; id++ {
+		if n.drv.partitionOf(id) == p {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+const every5s = `{"interval":5}`
+
+func create(n *Node, t testing.TB, ids ...int64) {
+	t.Helper()
+	var msgs []attune.Message
+	for _, id := range ids {
+		msgs = append(msgs, envelope(attune.RuleCreated, id, "core.intervaltimer", every5s))
+	}
+	if err := n.applyMessages(msgs); err != nil {
+		t.Error(err) // not Fatal: called from the tests' goroutines
+	}
+}
+
+func acquire(t testing.TB, n *Node, parts ...int) {
+	t.Helper()
+	m := map[int]protocol.Epoch{}
+	for _, p := range parts {
+		m[p] = protocol.Epoch{N: 1, Node: "own-test"}
+	}
+	if err := n.drv.startFiring(m); err != nil {
+		t.Error(err)
+	}
+}
+
+func release(t testing.TB, n *Node, parts ...int) {
+	t.Helper()
+	n.drv.stopFiring(parts)
+}
+
+// checkEngineMatchesHoldings asserts the invariant of adoption: of ids, the engine runs
+// exactly the rules stored whose partition is fired here.
+func checkEngineMatchesHoldings(t *testing.T, n *Node, when string, ids []int64) {
+	t.Helper()
+	n.ownMu.Lock()
+	defer n.ownMu.Unlock()
+	for _, id := range ids {
+		_, _, stored, err := n.store.Rule(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, running := n.engine.Watermark(id)
+		if want := stored && n.drv.firing[n.drv.partitionOf(id)]; running != want {
+			t.Errorf("%s: rule %d (partition %d, stored %v, fired here %v): running %v, want %v", when, id,
+				n.drv.partitionOf(id), stored, n.drv.firing[n.drv.partitionOf(id)], running, want)
+		}
+	}
+}
+
+func TestAdoptionLoadsOnlyThePartitionsRules(t *testing.T) {
+	n := newIdleClusterNode(t)
+	mine, other := idsIn(n, 5, 4), idsIn(n, 6, 3)
+	all := append(append([]int64{}, mine...), other...)
+	create(n, t, all...)
+	checkEngineMatchesHoldings(t, n, "nothing held", all)
+	if got := n.engine.Len(); got != 0 {
+		t.Errorf("engine runs %d rules before any acquisition, want 0", got)
+	}
+	acquire(t, n, 5)
+	checkEngineMatchesHoldings(t, n, "partition 5 acquired", all)
+	if got := n.engine.Len(); got != len(mine) {
+		t.Errorf("engine runs %d rules after acquiring partition 5, want its %d", got, len(mine))
+	}
+	// A watermark of a rule not stored yet (a grant ahead of intake) is indexed: the
+	// grant of the partition carries it.
+	ahead := idsIn(n, 5, 6)[5]
+	if err := n.store.MergeWatermarks([]protocol.Watermark{{Rule: ahead, Slot: time.Now().UnixNano(), Count: 9}}); err != nil {
+		t.Fatal(err)
+	}
+	wms := memberStore{d: n.drv}.PartitionWatermarks([]int{5})
+	walked, err := n.store.PartitionWatermarksOf([]int{5}, n.drv.partitionOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(wms) != len(mine)+1 || wms[len(wms)-1].Rule != ahead || wms[len(wms)-1].Count != 9 || len(walked) != len(wms) {
+		t.Errorf("PartitionWatermarks(5) = %+v\nwant those of rules %v and of rule %d (count 9), as the walk finds: %+v",
+			wms, mine, ahead, walked)
+	}
+	release(t, n, 5)
+	checkEngineMatchesHoldings(t, n, "partition 5 released", all)
+	if got := n.engine.Len(); got != 0 {
+		t.Errorf("engine runs %d rules after the release, want 0", got)
+	}
+}
+
+// TestAdoptionRacesIntake makes intake and the driver meet at ownMu in both orders: a
+// rule stored while its partition is being acquired, a rule deleted while its partition
+// is being released, and a partition that changes owner twice quickly while its rules
+// change. After each round the engine runs exactly the stored rules of the partitions
+// held.
+func TestAdoptionRacesIntake(t *testing.T) {
+	n := newIdleClusterNode(t)
+	const p = 7
+	ids := idsIn(n, p, 12)
+	storedUnderLock := func(id int64, want bool) func() bool {
+		return func() bool {
+			_, _, ok, err := n.store.Rule(id)
+			return err == nil && ok == want
+		}
+	}
+	for round := range 12 {
+		id := ids[round]
+		// Intake stores the rule and waits for ownMu; the acquisition waits too; who
+		// takes ownMu first is up to the scheduler.
+		n.ownMu.Lock()
+		var wg sync.WaitGroup
+		wg.Go(func() { create(n, t, id) })
+		testkit.Eventually(t, 5*time.Second, fmt.Sprintf("rule %d stored", id), storedUnderLock(id, true))
+		wg.Go(func() { acquire(t, n, p) })
+		n.ownMu.Unlock()
+		wg.Wait()
+		checkEngineMatchesHoldings(t, n, fmt.Sprintf("round %d: created while acquiring", round), ids)
+
+		// Deleted while the partition is released.
+		n.ownMu.Lock()
+		wg.Go(func() {
+			if err := n.applyMessages([]attune.Message{envelope(attune.RuleDeleted, id, "core.intervaltimer", every5s)}); err != nil {
+				t.Error(err)
+			}
+		})
+		testkit.Eventually(t, 5*time.Second, fmt.Sprintf("rule %d deleted", id), storedUnderLock(id, false))
+		wg.Go(func() { release(t, n, p) })
+		n.ownMu.Unlock()
+		wg.Wait()
+		checkEngineMatchesHoldings(t, n, fmt.Sprintf("round %d: deleted while releasing", round), ids)
+
+		// Twice quickly, a change of the rules in between and alongside.
+		wg.Go(func() {
+			acquire(t, n, p)
+			release(t, n, p)
+			acquire(t, n, p)
+		})
+		wg.Go(func() {
+			create(n, t, id)
+			if err := n.applyMessages([]attune.Message{envelope(attune.RuleEnabled, ids[(round+1)%len(ids)],
+				"core.intervaltimer", `{"interval":7}`)}); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+		checkEngineMatchesHoldings(t, n, fmt.Sprintf("round %d: acquired, released, acquired", round), ids)
+		release(t, n, p)
+		checkEngineMatchesHoldings(t, n, fmt.Sprintf("round %d: released at the end", round), ids)
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+// TestClaimWritesOverlayAndGrantsAtOnce: the StartFiring effect stores the watermarks
+// the batch merged and not yet written (the overlay) with the grants', and loads the
+// partition's rules after the later of the two.
+func TestClaimWritesOverlayAndGrantsAtOnce(t *testing.T) {
+	n := newIdleClusterNode(t)
+	const p = 3
+	ids := idsIn(n, p, 3)
+	create(n, t, ids...)
+	d := n.drv
+	base := time.Now().Add(time.Minute).Truncate(time.Second)
+	at := func(s int) int64 { return base.Add(time.Duration(s) * time.Second).UnixNano() }
+	d.stepMu.Lock()
+	d.overlay[ids[0]] = protocol.Watermark{Rule: ids[0], Slot: at(10), Count: 4}
+	d.overlay[ids[1]] = protocol.Watermark{Rule: ids[1], Slot: at(5), Count: 2}
+	err := d.apply(protocol.StartFiring{Parts: map[int]protocol.Epoch{p: {N: 2, Node: "own-test"}},
+		Watermarks: []protocol.Watermark{
+			{Rule: ids[1], Slot: at(20), Count: 7}, // ahead of the overlay's
+			{Rule: ids[2], Slot: at(30), Count: 9},
+		}})
+	left := len(d.overlay)
+	d.stepMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("overlay after the claim holds %d watermarks, want 0 (written)", left)
+	}
+	for i, want := range []int64{at(10), at(20), at(30)} {
+		wm, ok, err := n.store.LoadWatermark(ids[i])
+		if err != nil || !ok || wm.Slot != want {
+			t.Errorf("stored watermark of rule %d = %+v, %v, %v; want slot %v", ids[i], wm, ok, err, time.Unix(0, want))
+		}
+		got, running := n.engine.Watermark(ids[i])
+		if !running || got.Slot.UnixNano() != want {
+			t.Errorf("engine's watermark of rule %d = %v (running %v), want %v", ids[i], got.Slot, running, time.Unix(0, want))
+		}
+	}
+	if held, err := n.store.Durable(); err != nil || len(held.Held) != 1 {
+		t.Errorf("stored holdings after the claim = %+v, %v; want partition %d", held.Held, err, p)
+	}
+}
