@@ -23,6 +23,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/timerd/timerd/test/internal/benchkit"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
 
@@ -214,14 +215,14 @@ type proc struct {
 	cmd    *exec.Cmd
 	base   string // http://host:port
 	gossip string // host:port of an agent's gossip
-	logs   *tailBuffer
+	logs   *benchkit.TailBuffer
 	exited chan error
 }
 
 func startProc(ctx context.Context, bin string, env []string, base string, args ...string) (*proc, error) {
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = env
-	p := &proc{cmd: cmd, base: base, logs: &tailBuffer{}, exited: make(chan error, 1)}
+	p := &proc{cmd: cmd, base: base, logs: &benchkit.TailBuffer{}, exited: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	if err := cmd.Start(); err != nil {
@@ -434,7 +435,7 @@ func createRules(ctx context.Context, base, token string, n, concurrency int) ([
 	close(work)
 	wg.Wait()
 	if first != nil {
-		progress("%d creates failed; the first: %v", failed, first)
+		benchkit.Progress("%d creates failed; the first: %v", failed, first)
 	}
 	return lat, failed
 }
@@ -632,28 +633,6 @@ func cleanEnv() []string {
 		}
 	}
 	return env
-}
-
-// tailBuffer keeps the last 64 KiB written to it.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - 64<<10; over > 0 {
-		t.b = t.b[over:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }
 
 // dist is a distribution of durations, in milliseconds.

@@ -120,7 +120,3 @@ func (l *intList) Set(s string) error {
 	*l = out
 	return nil
 }
-
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-}

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 // result is one run's figures: one build, one agent count.
@@ -89,7 +89,7 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	type build struct{ name, bin string }
 	var builds []build
 	if cfg.Baseline != "" {
-		bin, err := buildRevision(ctx, cfg.Baseline, tmp)
+		bin, err := benchkit.BuildRevision(ctx, cfg.Baseline, tmp)
 		if err != nil {
 			return err
 		}
@@ -98,7 +98,7 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	bin := cfg.Binary
 	if bin == "" {
 		bin = filepath.Join(tmp, "timerd")
-		if err := goBuild(ctx, ".", bin); err != nil {
+		if err := benchkit.GoBuild(ctx, ".", bin); err != nil {
 			return err
 		}
 	}
@@ -114,12 +114,12 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 		for _, bare := range kinds {
 			for _, b := range builds {
 				run := runSpec{build: b.name, bin: b.bin, agents: n, bare: bare, dir: filepath.Join(tmp, fmt.Sprintf("run-%d", len(results)))}
-				progress("%s, %s: %d rules, %d in flight", b.name, result{Agents: n, Bare: bare}.label(), cfg.Rules, cfg.Concurrency)
+				benchkit.Progress("%s, %s: %d rules, %d in flight", b.name, result{Agents: n, Bare: bare}.label(), cfg.Rules, cfg.Concurrency)
 				res, err := measure(ctx, cfg, run)
 				if err != nil {
 					return fmt.Errorf("%s, %s: %w", b.name, result{Agents: n, Bare: bare}.label(), err)
 				}
-				progress("%.0f creates/s, all applied at %.0f rules/s, %.1f messages per intake commit",
+				benchkit.Progress("%.0f creates/s, all applied at %.0f rules/s, %.1f messages per intake commit",
 					res.createsPerSec(), res.appliedPerSec(), res.batch())
 				results = append(results, res)
 			}
@@ -127,27 +127,6 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	printResults(out, cfg, results)
 	return nil
-}
-
-func goBuild(ctx context.Context, dir, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/timerd")
-	cmd.Dir, cmd.Stderr = dir, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build in %s: %w", dir, err)
-	}
-	return nil
-}
-
-// buildRevision builds the timerd of rev from a detached worktree of this repository.
-func buildRevision(ctx context.Context, rev, tmp string) (string, error) {
-	wt := filepath.Join(tmp, "baseline")
-	add := exec.CommandContext(ctx, "git", "worktree", "add", "--detach", wt, rev)
-	if b, err := add.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("git worktree add %s: %w: %s", rev, err, strings.TrimSpace(string(b)))
-	}
-	defer func() { _ = exec.Command("git", "worktree", "remove", "--force", wt).Run() }() // a leftover worktree is only clutter
-	bin := filepath.Join(tmp, "timerd-"+strings.ReplaceAll(rev, "/", "_"))
-	return bin, goBuild(ctx, wt, bin)
 }
 
 // printResults prints one block per run kind (agent count, bare or not), with

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 func main() {
@@ -45,7 +47,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "members: want -n 2..1000, -seeds ≥ 1, -batch ≥ 1, -vnodes ≥ 2, -profile lan, wan or local")
 		os.Exit(2)
 	}
-	cfg.Progress = progress
+	cfg.Progress = benchkit.Progress
 	if *verbose {
 		cfg.Log = os.Stderr
 	}
@@ -66,10 +68,6 @@ func main() {
 		os.Exit(1)
 	}
 	printResult(os.Stdout, res)
-}
-
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
 
 func printWire(out io.Writer, encrypted bool, rows []wireRow) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/ingest/backoff"
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 // catchUpResult is one catch-up run (-down): an agent stopped after the
@@ -73,11 +74,11 @@ func measureCatchUp(ctx context.Context, cfg config, bin, dataDir string) (catch
 		ag.stop()
 		return res, err
 	}
-	progress("ready; warm-up %s, then down for %s", cfg.Warmup, cfg.Down)
+	benchkit.Progress("ready; warm-up %s, then down for %s", cfg.Warmup, cfg.Down)
 	backoff.Sleep(ctx, cfg.Warmup)
 	stopAt := time.Now()
 	ag.stop()
-	progress("stopped in %s", time.Since(stopAt).Round(time.Millisecond))
+	benchkit.Progress("stopped in %s", time.Since(stopAt).Round(time.Millisecond))
 	backoff.Sleep(ctx, time.Until(stopAt.Add(cfg.Down)))
 	if ctx.Err() != nil {
 		return res, ctx.Err()
@@ -95,7 +96,7 @@ func measureCatchUp(ctx context.Context, cfg config, bin, dataDir string) (catch
 	readyAt := time.Now()
 	res.Ready = readyAt.Sub(restartAt)
 	onTimeFrom := readyAt.Add(time.Second)
-	progress("restarted: ready after %s; measuring the drain (at most %s)", res.Ready.Round(time.Millisecond), cfg.Window)
+	benchkit.Progress("restarted: ready after %s; measuring the drain (at most %s)", res.Ready.Round(time.Millisecond), cfg.Window)
 
 	var (
 		idx                 int
@@ -128,7 +129,7 @@ func measureCatchUp(ctx context.Context, cfg config, bin, dataDir string) (catch
 			}
 		}
 		if time.Now().After(nextProgress) {
-			progress("backlog received: %d (+%d in 10s)", res.Backlog, res.Backlog-backlogAtLastReport)
+			benchkit.Progress("backlog received: %d (+%d in 10s)", res.Backlog, res.Backlog-backlogAtLastReport)
 			backlogAtLastReport, nextProgress = res.Backlog, time.Now().Add(10*time.Second)
 		}
 		if (res.Backlog > 0 && time.Since(last) > drainQuiet) || time.Since(restartAt) > cfg.Window {
@@ -153,7 +154,7 @@ func measureCatchUp(ctx context.Context, cfg config, bin, dataDir string) (catch
 	}
 	res.OnTime = newDist(late)
 	res.Duplicates = stub.duplicates()
-	progress("backlog of %d drained in %s (%.0f/s, peak %d in a second); on-time lateness meanwhile %s",
+	benchkit.Progress("backlog of %d drained in %s (%.0f/s, peak %d in a second); on-time lateness meanwhile %s",
 		res.Backlog, res.Drain.Round(time.Millisecond), res.DrainRate, res.PeakSecond, res.OnTime)
 	return res, ctx.Err()
 }

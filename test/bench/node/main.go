@@ -22,13 +22,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 type config struct {
@@ -95,7 +95,7 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	var runs []run
 	if cfg.Baseline != "" {
-		bin, err := buildRevision(ctx, cfg.Baseline, tmp)
+		bin, err := benchkit.BuildRevision(ctx, cfg.Baseline, tmp)
 		if err != nil {
 			return err
 		}
@@ -104,7 +104,7 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	bin := cfg.Binary
 	if bin == "" {
 		bin = filepath.Join(tmp, "timerd")
-		if err := goBuild(ctx, ".", bin); err != nil {
+		if err := benchkit.GoBuild(ctx, ".", bin); err != nil {
 			return err
 		}
 	}
@@ -112,7 +112,7 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	var results []result
 	var catchUps []catchUpResult
 	for _, r := range runs {
-		progress("run %s: %d rules (%s), every %s, stub delay %s", r.name, cfg.Rules, cfg.Mix, cfg.Every, cfg.Delay)
+		benchkit.Progress("run %s: %d rules (%s), every %s, stub delay %s", r.name, cfg.Rules, cfg.Mix, cfg.Every, cfg.Delay)
 		if cfg.Down > 0 {
 			res, err := measureCatchUp(ctx, cfg, r.bin, filepath.Join(tmp, "data-"+fmt.Sprint(len(catchUps))))
 			if err != nil {
@@ -135,31 +135,6 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	printResults(out, cfg, results)
 	return nil
-}
-
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-}
-
-func goBuild(ctx context.Context, dir, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/timerd")
-	cmd.Dir, cmd.Stderr = dir, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build in %s: %w", dir, err)
-	}
-	return nil
-}
-
-// buildRevision builds the timerd of rev from a detached worktree of this repository.
-func buildRevision(ctx context.Context, rev, tmp string) (string, error) {
-	wt := filepath.Join(tmp, "baseline")
-	add := exec.CommandContext(ctx, "git", "worktree", "add", "--detach", wt, rev)
-	if b, err := add.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("git worktree add %s: %w: %s", rev, err, strings.TrimSpace(string(b)))
-	}
-	defer func() { _ = exec.Command("git", "worktree", "remove", "--force", wt).Run() }() // a leftover worktree is only clutter
-	bin := filepath.Join(tmp, "timerd-"+rev)
-	return bin, goBuild(ctx, wt, bin)
 }
 
 func printResults(out io.Writer, cfg config, rs []result) {

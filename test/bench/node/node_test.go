@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 // A smoke run of the benchmark: 300 rules of 1 s (interval, cron and
@@ -19,7 +21,7 @@ func TestSmoke(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "timerd")
-	if err := goBuild(ctx, "../../..", bin); err != nil {
+	if err := benchkit.GoBuild(ctx, "../../..", bin); err != nil {
 		t.Fatal(err)
 	}
 	cfg := config{Rules: 300, Every: time.Second, Mix: mix{Interval: 0.8, Cron: 0.1, Datetime: 0.1},

@@ -16,13 +16,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/ingest/backoff"
 	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/test/internal/benchkit"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
 
@@ -94,28 +94,6 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// tailBuffer keeps the last 64 KiB written to it.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - 64<<10; over > 0 {
-		t.b = t.b[over:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
-}
-
 // measure runs one agent of bin against a fresh stub.
 func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result, error) {
 	stub, err := startStub(cfg)
@@ -137,7 +115,7 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 	if err := ag.waitReady(); err != nil {
 		return result{}, err
 	}
-	progress("ready %s after start; warm-up %s", time.Since(started).Round(time.Millisecond), cfg.Warmup)
+	benchkit.Progress("ready %s after start; warm-up %s", time.Since(started).Round(time.Millisecond), cfg.Warmup)
 	backoff.Sleep(ctx, cfg.Warmup)
 	pid := ag.cmd.Process.Pid
 	first, err := procstat.Read(pid)
@@ -184,7 +162,7 @@ func measure(ctx context.Context, cfg config, bin, dataDir, name string) (result
 		late[i] = e.received.Sub(e.scheduled)
 	}
 	res.Lateness = newDist(late)
-	progress("%.0f events/s, %.1f µs CPU each, lateness %s", res.PerSec, res.CPUPerEvent, res.Lateness)
+	benchkit.Progress("%.0f events/s, %.1f µs CPU each, lateness %s", res.PerSec, res.CPUPerEvent, res.Lateness)
 	return res, ctx.Err()
 }
 
@@ -279,7 +257,7 @@ func benchToken() (string, error) {
 type agentProc struct {
 	cmd    *exec.Cmd
 	base   string // its HTTP address, http://host:port
-	logs   *tailBuffer
+	logs   *benchkit.TailBuffer
 	exited chan error
 }
 
@@ -309,7 +287,7 @@ func startAgent(ctx context.Context, cfg config, bin, dataDir, apiURL, tok strin
 	if cfg.CatchUpRate != "" { // a revision without the setting ignores it
 		cmd.Env = append(cmd.Env, "TIMERD_CATCHUP_RATE="+cfg.CatchUpRate)
 	}
-	ag := &agentProc{cmd: cmd, base: "http://" + httpAddr, logs: &tailBuffer{}, exited: make(chan error, 1)}
+	ag := &agentProc{cmd: cmd, base: "http://" + httpAddr, logs: &benchkit.TailBuffer{}, exited: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = ag.logs, ag.logs // warnings and errors: shown if the agent fails
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	if err := cmd.Start(); err != nil {

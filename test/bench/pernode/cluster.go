@@ -15,13 +15,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/timerd/timerd/auth"
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/scheduler"
+	"github.com/timerd/timerd/test/internal/benchkit"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
 
@@ -29,7 +29,7 @@ import (
 type node struct {
 	name, dir, base string // base: http://host:port of its HTTP endpoints
 	cmd             *exec.Cmd
-	logs            *tailBuffer
+	logs            *benchkit.TailBuffer
 	exited          chan error
 }
 
@@ -85,7 +85,7 @@ func startCluster(ctx context.Context, bin, tmp string, n int, apiURL, tok strin
 			gossip, join = seed, ""
 		}
 		nd := &node{name: fmt.Sprintf("node-%02d", i), dir: filepath.Join(tmp, fmt.Sprintf("n%d-%02d", n, i)),
-			base: "http://" + httpAddr, logs: &tailBuffer{}, exited: make(chan error, 1)}
+			base: "http://" + httpAddr, logs: &benchkit.TailBuffer{}, exited: make(chan error, 1)}
 		if err := os.MkdirAll(nd.dir, 0o700); err != nil {
 			return nodes, err
 		}
@@ -257,26 +257,4 @@ func dirBytes(dir string) int64 {
 		return nil
 	})
 	return n
-}
-
-// tailBuffer keeps the last 32 KiB written to it.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - 32<<10; over > 0 {
-		t.b = t.b[over:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

@@ -21,13 +21,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 type config struct {
@@ -89,7 +90,7 @@ func runAll(ctx context.Context, cfg config) error {
 	defer os.RemoveAll(tmp)
 	var builds []build
 	if cfg.Baseline != "" {
-		bin, err := buildRevision(ctx, cfg.Baseline, tmp)
+		bin, err := benchkit.BuildRevision(ctx, cfg.Baseline, tmp)
 		if err != nil {
 			return err
 		}
@@ -98,7 +99,7 @@ func runAll(ctx context.Context, cfg config) error {
 	bin := cfg.Binary
 	if bin == "" {
 		bin = filepath.Join(tmp, "timerd")
-		if err := goBuild(ctx, ".", bin); err != nil {
+		if err := benchkit.GoBuild(ctx, ".", bin); err != nil {
 			return err
 		}
 	}
@@ -108,41 +109,16 @@ func runAll(ctx context.Context, cfg config) error {
 	// hour, on a machine whose load changes.
 	for _, n := range cfg.Nodes {
 		for _, b := range builds {
-			progress("%s: %d nodes, %d rules every %s (%.0f fires/s over the cluster)", b.name, n, cfg.Rules, cfg.Every,
+			benchkit.Progress("%s: %d nodes, %d rules every %s (%.0f fires/s over the cluster)", b.name, n, cfg.Rules, cfg.Every,
 				float64(cfg.Rules)/cfg.Every.Seconds())
 			r, err := measure(ctx, cfg, b.bin, filepath.Join(tmp, strings.ReplaceAll(b.name, "/", "_")), n)
 			if err != nil {
 				return fmt.Errorf("%s, %d nodes: %w", b.name, n, err)
 			}
-			progress("%s", r)
+			benchkit.Progress("%s", r)
 			results[b.name] = append(results[b.name], r)
 		}
 	}
 	printResults(os.Stdout, cfg, builds, results)
 	return nil
-}
-
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
-}
-
-func goBuild(ctx context.Context, dir, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/timerd")
-	cmd.Dir, cmd.Stderr = dir, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build in %s: %w", dir, err)
-	}
-	return nil
-}
-
-// buildRevision builds the timerd of rev from a detached worktree of this repository.
-func buildRevision(ctx context.Context, rev, tmp string) (string, error) {
-	wt := filepath.Join(tmp, "baseline")
-	add := exec.CommandContext(ctx, "git", "worktree", "add", "--detach", wt, rev)
-	if b, err := add.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("git worktree add %s: %w: %s", rev, err, strings.TrimSpace(string(b)))
-	}
-	defer func() { _ = exec.Command("git", "worktree", "remove", "--force", wt).Run() }()
-	bin := filepath.Join(tmp, "timerd-"+strings.ReplaceAll(rev, "/", "_"))
-	return bin, goBuild(ctx, wt, bin)
 }

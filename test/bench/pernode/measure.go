@@ -6,6 +6,8 @@ import (
 	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 // result is one cluster size's figures over the window: per node, the mean and the
@@ -57,7 +59,7 @@ func measure(ctx context.Context, cfg config, bin, dir string, n int) (result, e
 	if err != nil {
 		return res, err
 	}
-	progress("formed after %s (every partition held once, %d of %d nodes ready); settling %s",
+	benchkit.Progress("formed after %s (every partition held once, %d of %d nodes ready); settling %s",
 		time.Since(started).Round(time.Millisecond), readyNodes, n, cfg.Settle)
 	if err := sleep(ctx, cfg.Settle); err != nil {
 		return res, err

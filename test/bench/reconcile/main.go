@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 type config struct {
@@ -82,8 +84,8 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	bin := cfg.Binary
 	if bin == "" {
 		bin = filepath.Join(tmp, "timerd")
-		progress("building timerd")
-		if err := goBuild(ctx, ".", bin); err != nil {
+		benchkit.Progress("building timerd")
+		if err := benchkit.GoBuild(ctx, ".", bin); err != nil {
 			return err
 		}
 	}
@@ -101,7 +103,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	var results []result
 	for _, size := range cfg.Sizes {
-		progress("agent asking %d rules a page", size)
+		benchkit.Progress("agent asking %d rules a page", size)
 		res, err := measure(ctx, cfg, bin, api, filepath.Join(tmp, fmt.Sprintf("agent-%d", size)), size)
 		if err != nil {
 			return fmt.Errorf("page size %d: %w", size, err)
@@ -156,8 +158,4 @@ func printResults(out io.Writer, cfg config, rs []result) {
 // reconciling a million rules every interval.
 func perMinute(n, rules int, interval time.Duration) float64 {
 	return float64(n) * (1e6 / float64(rules)) / interval.Minutes()
-}
-
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }

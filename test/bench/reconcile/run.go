@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/timerd/timerd/test/internal/benchkit"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
 
@@ -35,15 +36,6 @@ type result struct {
 	AgentCPU time.Duration
 	APICPU   time.Duration
 	Ready    time.Duration // agent start to its first (start-up) round logged
-}
-
-func goBuild(ctx context.Context, dir, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/timerd")
-	cmd.Dir, cmd.Stderr = dir, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build in %s: %w", dir, err)
-	}
-	return nil
 }
 
 // apiProc is a running `timerd api` with an admin and a sensor token.
@@ -143,10 +135,10 @@ func (a *apiProc) load(ctx context.Context, n, loaders int) error {
 		return err
 	}
 	if have >= n {
-		progress("the API holds %d rules already", have)
+		benchkit.Progress("the API holds %d rules already", have)
 		return nil
 	}
-	progress("loading %d rules (%d held)", n-have, have)
+	benchkit.Progress("loading %d rules (%d held)", n-have, have)
 	start := time.Now()
 	var next atomic.Int64
 	next.Store(int64(have))
@@ -166,7 +158,7 @@ func (a *apiProc) load(ctx context.Context, n, loaders int) error {
 					return
 				}
 				if id%50_000 == 0 {
-					progress("%d rules", id)
+					benchkit.Progress("%d rules", id)
 				}
 			}
 		}()
@@ -176,7 +168,7 @@ func (a *apiProc) load(ctx context.Context, n, loaders int) error {
 			return err
 		}
 	}
-	progress("loaded %d rules in %s (%.0f/s)", n-have, time.Since(start).Round(time.Second), float64(n-have)/time.Since(start).Seconds())
+	benchkit.Progress("loaded %d rules in %s (%.0f/s)", n-have, time.Since(start).Round(time.Second), float64(n-have)/time.Since(start).Seconds())
 	return nil
 }
 

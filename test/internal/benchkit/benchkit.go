@@ -1,0 +1,66 @@
+// Package benchkit holds what the benchmark commands under test/bench share: building
+// timerd (this tree's, or a revision's for a side-by-side run), a progress line on
+// standard error, and a bounded buffer for a child process's output.
+package benchkit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Progress prints a time-stamped line on standard error.
+func Progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// GoBuild builds ./cmd/timerd of the module in dir into out.
+func GoBuild(ctx context.Context, dir, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/timerd")
+	cmd.Dir, cmd.Stderr = dir, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// BuildRevision builds the timerd of rev from a detached worktree of this repository
+// (removed after), into tmp.
+func BuildRevision(ctx context.Context, rev, tmp string) (string, error) {
+	wt := filepath.Join(tmp, "baseline")
+	add := exec.CommandContext(ctx, "git", "worktree", "add", "--detach", wt, rev)
+	if b, err := add.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git worktree add %s: %w: %s", rev, err, strings.TrimSpace(string(b)))
+	}
+	defer func() { _ = exec.Command("git", "worktree", "remove", "--force", wt).Run() }() // a leftover worktree is only clutter
+	bin := filepath.Join(tmp, "timerd-"+strings.ReplaceAll(rev, "/", "_"))
+	return bin, GoBuild(ctx, wt, bin)
+}
+
+// TailBuffer keeps the last 64 KiB written to it: a child process's output, for
+// the error that says why it failed.
+type TailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *TailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - 64<<10; over > 0 {
+		t.b = t.b[over:]
+	}
+	return len(p), nil
+}
+
+func (t *TailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
