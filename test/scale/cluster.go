@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/timerd/timerd/test/internal/benchkit"
 	"github.com/timerd/timerd/test/internal/procstat"
 )
 
@@ -72,7 +72,7 @@ func newCluster(cfg config, dir, bin string) (*scluster, error) {
 
 // startAPI starts timerd api loading rulesFile and waits until it listens.
 func (c *scluster) startAPI(rulesFile string, within time.Duration) error {
-	p, err := startProc("api", c.bin, filepath.Join(c.dir, "api.log"), cleanEnv(), "api", "--addr", "127.0.0.1:0",
+	p, err := startProc("api", c.bin, filepath.Join(c.dir, "api.log"), benchkit.CleanEnv(), "api", "--addr", "127.0.0.1:0",
 		"--data-dir", filepath.Join(c.dir, "api"), "--key-file", filepath.Join(c.dir, "signing.key"),
 		"--load-rules", rulesFile, "--log-format", "json")
 	if err != nil {
@@ -87,17 +87,6 @@ func (c *scluster) startAPI(rulesFile string, within time.Duration) error {
 	return nil
 }
 
-// cleanEnv is the environment without ATTUNE_* and TIMERD_* variables.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "ATTUNE_") && !strings.HasPrefix(kv, "TIMERD_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // launch starts agent name (a new node, or a stopped one again on its data)
 // joining join, and waits until it serves /v1/status with its gossip address.
 func (c *scluster) launch(ctx context.Context, name string, join []string) (*node, error) {
@@ -108,7 +97,7 @@ func (c *scluster) launch(ctx context.Context, name string, join []string) (*nod
 		c.nodes[name] = n
 	}
 	c.mu.Unlock()
-	env := append(cleanEnv(),
+	env := append(benchkit.CleanEnv(),
 		"ATTUNE_API_URL="+c.apiURL,
 		"ATTUNE_API_TOKEN="+c.sensor,
 		"TIMERD_DATA_DIR="+n.dir,

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -263,7 +262,7 @@ func (p *proc) stop() {
 }
 
 func startAPI(ctx context.Context, bin, dataDir, keyFile, mqURL, exchange string) (*proc, error) {
-	addr, err := freePort()
+	addr, err := benchkit.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +270,7 @@ func startAPI(ctx context.Context, bin, dataDir, keyFile, mqURL, exchange string
 	if mqURL != "" {
 		args = append(args, "--mq-url", mqURL, "--mq-exchange", exchange)
 	}
-	p, err := startProc(ctx, bin, cleanEnv(), "http://"+addr, args...)
+	p, err := startProc(ctx, bin, benchkit.CleanEnv(), "http://"+addr, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -290,11 +289,11 @@ func startAgents(ctx context.Context, run runSpec, apiURL, token, mqURL, exchang
 	gossipKey := base64.StdEncoding.EncodeToString(key)
 	var agents []*proc
 	for i := range run.agents {
-		httpAddr, err := freePort()
+		httpAddr, err := benchkit.FreePort()
 		if err != nil {
 			return agents, err
 		}
-		bind, err := freePort()
+		bind, err := benchkit.FreePort()
 		if err != nil {
 			return agents, err
 		}
@@ -302,7 +301,7 @@ func startAgents(ctx context.Context, run runSpec, apiURL, token, mqURL, exchang
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return agents, err
 		}
-		env := append(cleanEnv(),
+		env := append(benchkit.CleanEnv(),
 			"ATTUNE_API_URL="+apiURL, "ATTUNE_API_TOKEN="+token,
 			"ATTUNE_MQ_URL="+mqURL, "ATTUNE_MQ_EXCHANGE="+exchange,
 			"TIMERD_DATA_DIR="+dir, "TIMERD_HTTP_ADDR="+httpAddr, "TIMERD_BIND_ADDR="+bind,
@@ -608,31 +607,10 @@ func (m metrics) sum(name string) float64 {
 	return s
 }
 
-// freePort is a 127.0.0.1 address no one listens on right now.
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// cleanEnv is this process's environment without ATTUNE_* and TIMERD_*.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "ATTUNE_") && !strings.HasPrefix(kv, "TIMERD_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // dist is a distribution of durations, in milliseconds.

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -82,16 +81,6 @@ type result struct {
 	RSSMaxMiB   float64
 	Lateness    dist
 	Duplicates  int
-}
-
-// freePort is a 127.0.0.1 address no one listens on right now.
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // measure runs one agent of bin against a fresh stub.
@@ -266,7 +255,7 @@ func startAgent(ctx context.Context, cfg config, bin, dataDir, apiURL, tok strin
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	httpAddr, err := freePort()
+	httpAddr, err := benchkit.FreePort()
 	if err != nil {
 		return nil, err
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,16 +30,6 @@ type node struct {
 	cmd             *exec.Cmd
 	logs            *benchkit.TailBuffer
 	exited          chan error
-}
-
-// freePort is a 127.0.0.1 address that no one listened on a moment ago.
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // sensorToken is a token the stub takes (it checks none).
@@ -70,13 +59,13 @@ func startCluster(ctx context.Context, bin, tmp string, n int, apiURL, tok strin
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	gossipKey := base64.StdEncoding.EncodeToString(key)
-	seed, err := freePort()
+	seed, err := benchkit.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	var nodes []*node
 	for i := range n {
-		httpAddr, err := freePort()
+		httpAddr, err := benchkit.FreePort()
 		if err != nil {
 			return nodes, err
 		}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -70,7 +69,7 @@ func startAPI(ctx context.Context, bin, dir string) (*apiProc, error) {
 		return nil, err
 	}
 	a.cmd = exec.CommandContext(ctx, bin, "api", "--addr", "127.0.0.1:0", "--data-dir", dir, "--key-file", key)
-	a.cmd.Env = cleanEnv()
+	a.cmd.Env = benchkit.CleanEnv()
 	a.cmd.Cancel = func() error { return a.cmd.Process.Signal(syscall.SIGTERM) }
 	logs, err := a.cmd.StderrPipe()
 	if err != nil {
@@ -217,12 +216,12 @@ func measure(ctx context.Context, cfg config, bin string, api *apiProc, dataDir 
 	}
 	px := newCountingProxy(target)
 	defer px.Close()
-	httpAddr, err := freePort()
+	httpAddr, err := benchkit.FreePort()
 	if err != nil {
 		return res, err
 	}
 	cmd := exec.CommandContext(ctx, bin, "agent")
-	cmd.Env = append(cleanEnv(),
+	cmd.Env = append(benchkit.CleanEnv(),
 		"ATTUNE_API_URL="+px.URL, "ATTUNE_API_TOKEN="+api.sensor, "TIMERD_DATA_DIR="+dataDir,
 		"TIMERD_HTTP_ADDR="+httpAddr, "TIMERD_BIND_ADDR=127.0.0.1:0", fmt.Sprintf("TIMERD_NODE_NAME=bench-%d", size),
 		"TIMERD_RECONCILE_INTERVAL="+cfg.Interval.String(), fmt.Sprintf("TIMERD_RECONCILE_PAGE_SIZE=%d", size),
@@ -404,30 +403,10 @@ func (l *lastLines) String() string {
 
 func output(ctx context.Context, bin string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = benchkit.CleanEnv()
 	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("timerd %s %s: %w", args[0], args[1], err)
 	}
 	return strings.TrimSpace(string(out)), nil
-}
-
-// cleanEnv is this process's environment without ATTUNE_* and TIMERD_*.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "ATTUNE_") && !strings.HasPrefix(kv, "TIMERD_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
