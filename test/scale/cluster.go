@@ -114,6 +114,9 @@ func (c *scluster) launch(ctx context.Context, name string, join []string) (*nod
 	if len(join) > 0 {
 		env = append(env, "TIMERD_JOIN="+strings.Join(join, ","))
 	}
+	if c.cfg.Replicas != "" {
+		env = append(env, "TIMERD_REPLICAS="+c.cfg.Replicas)
+	}
 	n.starts++
 	p, err := startProc(name, c.bin, filepath.Join(c.dir, fmt.Sprintf("%s.%d.log", name, n.starts)), env, "agent")
 	if err != nil {
