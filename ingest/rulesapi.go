@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -173,7 +172,7 @@ func (c *RulesClient) enabledRules(ctx context.Context, triggerRef string, size 
 			// The server filters, but a server that ignores the filter must
 			// not make us schedule another trigger's rules.
 			if r.TriggerRef == triggerRef && (r.Enabled == nil || *r.Enabled) {
-				l.Rules = append(l.Rules, r.remote())
+				l.Rules = append(l.Rules, r.Remote())
 			}
 		}
 		switch p := body.Pagination; {
@@ -225,52 +224,9 @@ func listCap(p *pagination, n int) int {
 }
 
 type rulesPage struct {
-	Items      []listedRule `json:"items"`
-	Data       []listedRule `json:"data"`
-	Pagination *pagination  `json:"pagination"`
-}
-
-// listedRule is a rule of a listing page as decoded: the fields of
-// attune.RemoteRule, both spellings of its times. Decoded as a plain struct,
-// a page is parsed once; attune.RemoteRule's own UnmarshalJSON would parse
-// each rule twice (the page's decoder scans it, then json.Unmarshal again),
-// a third of a reconcile round's CPU at 100,000 rules.
-type listedRule struct {
-	ID         int64           `json:"id"`
-	Ref        string          `json:"ref"`
-	TriggerRef string          `json:"trigger_ref"`
-	Params     json.RawMessage `json:"trigger_params"`
-	Enabled    *bool           `json:"enabled"`
-	Updated    json.RawMessage `json:"updated"`
-	Created    json.RawMessage `json:"created"`
-	UpdatedAt  json.RawMessage `json:"updated_at"`
-	CreatedAt  json.RawMessage `json:"created_at"`
-}
-
-// remote is r as attune.RemoteRule reads it: a time that is not an RFC 3339
-// string is ignored.
-func (r *listedRule) remote() attune.RemoteRule {
-	return attune.RemoteRule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params, Enabled: r.Enabled,
-		Updated: firstTime(r.Updated, r.UpdatedAt), Created: firstTime(r.Created, r.CreatedAt)}
-}
-
-// firstTime is the first of raws that is an RFC 3339 JSON string, zero if none.
-func firstTime(raws ...json.RawMessage) time.Time {
-	for _, raw := range raws {
-		var s string
-		switch {
-		case len(raw) < 2 || raw[0] != '"':
-			continue
-		case bytes.IndexByte(raw, '\\') < 0 && bytes.IndexByte(raw[1:], '"') == len(raw)-2:
-			s = string(raw[1 : len(raw)-1]) // the usual time: no escapes to undo
-		case json.Unmarshal(raw, &s) != nil:
-			continue
-		}
-		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-			return t
-		}
-	}
-	return time.Time{}
+	Items      []attune.RuleJSON `json:"items"`
+	Data       []attune.RuleJSON `json:"data"`
+	Pagination *pagination       `json:"pagination"`
 }
 
 type pagination struct {

@@ -243,12 +243,12 @@ func TestListedRuleReadsAsRemoteRule(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &want); err != nil {
 			t.Fatalf("attune.RemoteRule of %s: %v", body, err)
 		}
-		var lr listedRule
+		var lr attune.RuleJSON
 		if err := json.Unmarshal([]byte(body), &lr); err != nil {
-			t.Fatalf("listedRule of %s: %v", body, err)
+			t.Fatalf("attune.RuleJSON of %s: %v", body, err)
 		}
-		if got := lr.remote(); !reflect.DeepEqual(got, want) {
-			t.Errorf("listedRule of %s = %+v, want %+v (as attune.RemoteRule reads it)", body, got, want)
+		if got := lr.Remote(); !reflect.DeepEqual(got, want) {
+			t.Errorf("attune.RuleJSON of %s = %+v, want %+v (as attune.RemoteRule reads it)", body, got, want)
 		}
 	}
 }

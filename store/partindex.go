@@ -318,15 +318,9 @@ func walkPartitionRules(tx *bolt.Tx, keep func(int64) bool, call func(Rule, Wate
 		for wk != nil && bytes.Compare(wk, k) < 0 {
 			wk, wv = wc.Next()
 		}
-		var wm Watermark
-		if jr, ok := journal[id]; ok {
-			if jr.kind == recSet {
-				wm = jr.wm
-			}
-		} else if wk != nil && bytes.Equal(wk, k) {
-			if wm, _, err = decodeWatermark(wv); err != nil {
-				return fmt.Errorf("rule %d: %w", id, err)
-			}
+		wm, err := joinedWatermark(journal, id, k, wk, wv)
+		if err != nil {
+			return err
 		}
 		if err := call(r, wm); err != nil {
 			return err

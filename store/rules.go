@@ -367,6 +367,26 @@ func (s *Store) ForEachTimer(fn func(Rule, Watermark) error) error {
 
 // forEachRule scans the rules, their timers decoded into scratch when it is not nil
 // (ForEachTimer).
+// joinedWatermark is rule id's watermark in a merge-join of the rules with the
+// watermarks bucket: the journal's record when it has one (a deletion: none), else
+// the bucket's entry the watermark cursor is at (wk, wv) when it is the rule's key k.
+func joinedWatermark(journal map[int64]journalRec, id int64, k, wk, wv []byte) (Watermark, error) {
+	if jr, ok := journal[id]; ok {
+		if jr.kind == recSet {
+			return jr.wm, nil
+		}
+		return Watermark{}, nil
+	}
+	if wk == nil || !bytes.Equal(wk, k) {
+		return Watermark{}, nil
+	}
+	wm, _, err := decodeWatermark(wv)
+	if err != nil {
+		return Watermark{}, fmt.Errorf("rule %d: %w", id, err)
+	}
+	return wm, nil
+}
+
 func (s *Store) forEachRule(scratch *scheduler.Timer, fn func(Rule, Watermark) error) error {
 	inFn := false
 	err := s.viewCallback(&inFn, func(tx *bolt.Tx) error {
@@ -391,15 +411,9 @@ func (s *Store) forEachRule(scratch *scheduler.Timer, fn func(Rule, Watermark) e
 			for wk != nil && bytes.Compare(wk, k) < 0 {
 				wk, wv = wc.Next()
 			}
-			var wm Watermark
-			if jr, ok := journal[id]; ok {
-				if jr.kind == recSet {
-					wm = jr.wm
-				}
-			} else if wk != nil && bytes.Equal(wk, k) {
-				if wm, _, err = decodeWatermark(wv); err != nil {
-					return fmt.Errorf("rule %d: %w", id, err)
-				}
+			wm, err := joinedWatermark(journal, id, k, wk, wv)
+			if err != nil {
+				return err
 			}
 			inFn = true
 			err = fn(r, wm)
