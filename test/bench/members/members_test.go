@@ -16,7 +16,8 @@ import (
 // members that stay, and the members' sockets carried bytes in every window.
 func TestRunSmallCluster(t *testing.T) {
 	t.Parallel()
-	cfg := config{N: 5, Rest: 500 * time.Millisecond, Timeout: time.Minute, Seeds: 2, Batch: 2, Profile: "lan", Encrypt: true,
+	cfg := config{N: 5, Rest: 1500 * time.Millisecond, // a probe (1 s) or more in the window at rest
+		Timeout: time.Minute, Seeds: 2, Batch: 2, Profile: "lan", Encrypt: true,
 		VNodes: 10, Progress: t.Logf, Ring: cluster.RingConfig{Partitions: 2039, ReplicationFactor: 100},
 		// Failure detection fast enough for a test, lenient enough for -race on two busy cores;
 		// push/pull often, so that a member that missed a join's gossip learns it soon.
