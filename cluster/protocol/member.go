@@ -52,8 +52,8 @@ type MemberConfig struct {
 	MaxRecords    int // fire records in one Fired message
 	// Replicas is how many stores, the firer's included, hold a fire before it is
 	// delivered, when that is fewer than a quorum: W = min(Q, Replicas); 0 means Q.
-	// A fire is sent to W − 1 members, and an acquisition reads N − W + 1 stores
-	// (docs/protocol.md §6).
+	// A fire is sent to W members (W − 1 acks needed, and a spare), and an
+	// acquisition reads N − W + 1 stores (docs/protocol.md §6).
 	Replicas int
 }
 
