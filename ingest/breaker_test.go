@@ -128,7 +128,12 @@ func TestDeliveryRejectionPastWindowIsDeadLetter(t *testing.T) {
 				}
 			}
 			code := strconv.Itoa(tc.status)
-			if got := testutil.ToFloat64(d.metrics.deadLetters.WithLabelValues(tc.wantReason, code)); got != float64(len(events)) {
+			// Counted just after the store commit that empties the outbox: wait for it.
+			dead := d.metrics.deadLetters.WithLabelValues(tc.wantReason, code)
+			testkit.Eventually(t, 5*time.Second, "every dead letter counted", func() bool {
+				return testutil.ToFloat64(dead) >= float64(len(events))
+			})
+			if got := testutil.ToFloat64(dead); got != float64(len(events)) {
 				t.Errorf("timerd_dead_letters_total{reason=%q,code=%q} = %v, want %d", tc.wantReason, code, got, len(events))
 			}
 			if n := testutil.CollectAndCount(d.metrics.deadLetters); n != 1 {
