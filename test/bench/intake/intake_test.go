@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 func TestAgentsFlag(t *testing.T) {
@@ -112,7 +114,7 @@ func TestWaitApplied(t *testing.T) {
 }
 
 func TestParseMetrics(t *testing.T) {
-	m, err := parseMetrics(strings.NewReader(`# HELP timerd_lifecycle_messages_total x
+	raw, err := benchkit.ParseMetrics(strings.NewReader(`# HELP timerd_lifecycle_messages_total x
 # TYPE timerd_lifecycle_messages_total counter
 timerd_lifecycle_messages_total{result="applied",type="RuleCreated"} 9000
 timerd_lifecycle_messages_total{result="unchanged",type="RuleCreated"} 12
@@ -121,6 +123,7 @@ timerd_store_commit_seconds_count 700
 timerd_store_commit_seconds_sum 1.5
 garbage
 `))
+	m := metrics(raw)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,23 +86,10 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	type build struct{ name, bin string }
-	var builds []build
-	if cfg.Baseline != "" {
-		bin, err := benchkit.BuildRevision(ctx, cfg.Baseline, tmp)
-		if err != nil {
-			return err
-		}
-		builds = append(builds, build{cfg.Baseline, bin})
+	builds, err := benchkit.Builds(ctx, cfg.Baseline, cfg.Binary, tmp)
+	if err != nil {
+		return err
 	}
-	bin := cfg.Binary
-	if bin == "" {
-		bin = filepath.Join(tmp, "timerd")
-		if err := benchkit.GoBuild(ctx, ".", bin); err != nil {
-			return err
-		}
-	}
-	builds = append(builds, build{"this tree", bin})
 	var results []result
 	// Builds alternate within each size, so that the machine's noise falls
 	// on both alike.
@@ -113,11 +100,11 @@ func runAll(ctx context.Context, cfg config, out io.Writer) error {
 		}
 		for _, bare := range kinds {
 			for _, b := range builds {
-				run := runSpec{build: b.name, bin: b.bin, agents: n, bare: bare, dir: filepath.Join(tmp, fmt.Sprintf("run-%d", len(results)))}
-				benchkit.Progress("%s, %s: %d rules, %d in flight", b.name, result{Agents: n, Bare: bare}.label(), cfg.Rules, cfg.Concurrency)
+				run := runSpec{build: b.Name, bin: b.Bin, agents: n, bare: bare, dir: filepath.Join(tmp, fmt.Sprintf("run-%d", len(results)))}
+				benchkit.Progress("%s, %s: %d rules, %d in flight", b.Name, result{Agents: n, Bare: bare}.label(), cfg.Rules, cfg.Concurrency)
 				res, err := measure(ctx, cfg, run)
 				if err != nil {
-					return fmt.Errorf("%s, %s: %w", b.name, result{Agents: n, Bare: bare}.label(), err)
+					return fmt.Errorf("%s, %s: %w", b.Name, result{Agents: n, Bare: bare}.label(), err)
 				}
 				benchkit.Progress("%.0f creates/s, all applied at %.0f rules/s, %.1f messages per intake commit",
 					res.createsPerSec(), res.appliedPerSec(), res.batch())

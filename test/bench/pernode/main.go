@@ -80,7 +80,6 @@ func main() {
 }
 
 // build is one timerd binary to measure.
-type build struct{ name, bin string }
 
 func runAll(ctx context.Context, cfg config) error {
 	tmp, err := os.MkdirTemp("", "timerd-bench-pernode-")
@@ -88,35 +87,23 @@ func runAll(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	var builds []build
-	if cfg.Baseline != "" {
-		bin, err := benchkit.BuildRevision(ctx, cfg.Baseline, tmp)
-		if err != nil {
-			return err
-		}
-		builds = append(builds, build{cfg.Baseline, bin})
+	builds, err := benchkit.Builds(ctx, cfg.Baseline, cfg.Binary, tmp)
+	if err != nil {
+		return err
 	}
-	bin := cfg.Binary
-	if bin == "" {
-		bin = filepath.Join(tmp, "timerd")
-		if err := benchkit.GoBuild(ctx, ".", bin); err != nil {
-			return err
-		}
-	}
-	builds = append(builds, build{"this tree", bin})
 	results := map[string][]result{}
 	// Sizes outside, builds inside: the two builds of one size run minutes apart, not an
 	// hour, on a machine whose load changes.
 	for _, n := range cfg.Nodes {
 		for _, b := range builds {
-			benchkit.Progress("%s: %d nodes, %d rules every %s (%.0f fires/s over the cluster)", b.name, n, cfg.Rules, cfg.Every,
+			benchkit.Progress("%s: %d nodes, %d rules every %s (%.0f fires/s over the cluster)", b.Name, n, cfg.Rules, cfg.Every,
 				float64(cfg.Rules)/cfg.Every.Seconds())
-			r, err := measure(ctx, cfg, b.bin, filepath.Join(tmp, strings.ReplaceAll(b.name, "/", "_")), n)
+			r, err := measure(ctx, cfg, b.Bin, filepath.Join(tmp, strings.ReplaceAll(b.Name, "/", "_")), n)
 			if err != nil {
-				return fmt.Errorf("%s, %d nodes: %w", b.name, n, err)
+				return fmt.Errorf("%s, %d nodes: %w", b.Name, n, err)
 			}
 			benchkit.Progress("%s", r)
-			results[b.name] = append(results[b.name], r)
+			results[b.Name] = append(results[b.Name], r)
 		}
 	}
 	printResults(os.Stdout, cfg, builds, results)

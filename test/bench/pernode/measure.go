@@ -115,16 +115,16 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // printResults prints a table per build and, with two builds, the ratios of the second
 // (this tree) to the first (the baseline).
-func printResults(out io.Writer, cfg config, builds []build, results map[string][]result) {
+func printResults(out io.Writer, cfg config, builds []benchkit.Build, results map[string][]result) {
 	fmt.Fprintf(out, "%d interval rules every %s (%.0f fires/s over the cluster), %s window after %s settling; per node: mean (busiest)\n",
 		cfg.Rules, cfg.Every, float64(cfg.Rules)/cfg.Every.Seconds(), cfg.Window, cfg.Settle)
 	for _, b := range builds {
-		fmt.Fprintf(out, "\n%s\n", b.name)
-		printTable(out, results[b.name])
+		fmt.Fprintf(out, "\n%s\n", b.Name)
+		printTable(out, results[b.Name])
 	}
 	if len(builds) == 2 {
-		base, this := results[builds[0].name], results[builds[1].name]
-		fmt.Fprintf(out, "\nratio %s / %s (below 1: this tree costs less)\n", builds[1].name, builds[0].name)
+		base, this := results[builds[0].Name], results[builds[1].Name]
+		fmt.Fprintf(out, "\nratio %s / %s (below 1: this tree costs less)\n", builds[1].Name, builds[0].Name)
 		w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(w, "nodes\tsent B/s\treceived B/s\tmessages/s\tCPU\tRSS\tstore\t")
 		for i := range min(len(base), len(this)) {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/test/internal/benchkit"
 )
 
 func TestParseNodes(t *testing.T) {
@@ -37,7 +39,8 @@ timerd_cluster_protocol_messages_sent_totalish 1000
 timerd_cluster_members{state="alive"} 3
 broken line
 `
-	m, err := parseMetrics(strings.NewReader(page))
+	raw, err := benchkit.ParseMetrics(strings.NewReader(page))
+	m := metrics(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +141,7 @@ func TestAgentEnvJoinsTheSeed(t *testing.T) {
 // Two builds print side by side with the ratios of this tree to the baseline; a build
 // without the byte counter shows none and no ratio of bytes.
 func TestPrintResultsRatios(t *testing.T) {
-	builds := []build{{"old", "/x"}, {"this tree", "/y"}}
+	builds := []benchkit.Build{{Name: "old", Bin: "/x"}, {Name: "this tree", Bin: "/y"}}
 	results := map[string][]result{
 		"old":       {{Nodes: 3, SentPerSec: perNode{-1, -1}, ReceivedPerSec: perNode{-1, -1}, CPUCores: perNode{0.2, 0.3}, MessagesPerSec: perNode{100, 110}}},
 		"this tree": {{Nodes: 3, SentPerSec: perNode{1000, 1200}, ReceivedPerSec: perNode{900, 950}, CPUCores: perNode{0.1, 0.1}, MessagesPerSec: perNode{50, 55}}},

@@ -4,12 +4,15 @@
 package benchkit
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -86,4 +89,51 @@ func CleanEnv() []string {
 		}
 	}
 	return env
+}
+
+// Build is a timerd binary a benchmark runs, and the name it reports it by.
+type Build struct{ Name, Bin string }
+
+// Builds are the binaries of a side-by-side run: baseline's (a git revision, "" for
+// none) first, then binary, or this tree's built into tmp when binary is "".
+func Builds(ctx context.Context, baseline, binary, tmp string) ([]Build, error) {
+	var out []Build
+	if baseline != "" {
+		bin, err := BuildRevision(ctx, baseline, tmp)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Build{baseline, bin})
+	}
+	if binary == "" {
+		binary = filepath.Join(tmp, "timerd")
+		if err := GoBuild(ctx, ".", binary); err != nil {
+			return nil, err
+		}
+	}
+	return append(out, Build{"this tree", binary}), nil
+}
+
+// ParseMetrics reads a Prometheus text page into its series ("name{labels}", as
+// written) and their values; comments and lines that do not parse are skipped.
+func ParseMetrics(r io.Reader) (map[string]float64, error) {
+	m := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
 }
