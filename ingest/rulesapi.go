@@ -102,10 +102,26 @@ func (c *RulesClient) pageSize() int {
 // answers 400, it starts again at FallbackPageSize, which it asks from then
 // on: page offsets follow the size, so pages of two sizes do not mix.
 func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) (Listing, error) {
+	var rules []attune.RemoteRule
+	l, err := c.EachEnabledRule(ctx, triggerRef, func(page []attune.RemoteRule) error {
+		rules = append(rules, page...)
+		return nil
+	})
+	l.Rules = rules
+	return l, err
+}
+
+// EachEnabledRule is EnabledRules handing each page's rules to each as it
+// comes instead of holding the listing (Listing.Rules is nil): a reconcile
+// of a million rules holds a page, not the catalogue. A listing that starts
+// again at FallbackPageSize hands the rules of its first pages again. The
+// slice is the listing's own, reused for the next page: each copies what it
+// keeps. An error from each ends the listing and is returned.
+func (c *RulesClient) EachEnabledRule(ctx context.Context, triggerRef string, each func([]attune.RemoteRule) error) (Listing, error) {
 	var cost Listing
 	for {
 		size := c.pageSize()
-		l, smaller, err := c.enabledRules(ctx, triggerRef, size)
+		l, smaller, err := c.enabledRules(ctx, triggerRef, size, each)
 		cost.Requests += l.Requests
 		cost.Bytes += l.Bytes
 		if smaller == "" || size <= FallbackPageSize {
@@ -120,13 +136,15 @@ func (c *RulesClient) EnabledRules(ctx context.Context, triggerRef string) (List
 // enabledRules is one listing at page size size. smaller is not "" when the
 // server showed it serves smaller pages (then the listing is to start again
 // at a smaller size, and l counts only its cost).
-func (c *RulesClient) enabledRules(ctx context.Context, triggerRef string, size int) (l Listing, smaller string, err error) {
+func (c *RulesClient) enabledRules(ctx context.Context, triggerRef string, size int,
+	each func([]attune.RemoteRule) error) (l Listing, smaller string, err error) {
 	client := c.client()
 	base := strings.TrimRight(c.APIURL, "/") + "/api/v1/rules"
 	var (
 		seen  = map[int64]struct{}{}
 		total = int64(-1)
 		read  int64 // items read, duplicates too: where the next page starts
+		rules []attune.RemoteRule
 	)
 	l.PageSize = size
 	for page := 1; page <= maxRulePages; page++ {
@@ -163,17 +181,18 @@ func (c *RulesClient) enabledRules(ctx context.Context, triggerRef string, size 
 			return l, why, nil
 		}
 		read += int64(len(items))
-		if l.Rules == nil {
-			l.Rules = make([]attune.RemoteRule, 0, listCap(body.Pagination, len(items)))
-		}
+		rules = rules[:0]
 		for i := range items {
 			r := &items[i]
 			seen[r.ID] = struct{}{}
 			// The server filters, but a server that ignores the filter must
 			// not make us schedule another trigger's rules.
 			if r.TriggerRef == triggerRef && (r.Enabled == nil || *r.Enabled) {
-				l.Rules = append(l.Rules, r.Remote())
+				rules = append(rules, r.Remote())
 			}
+		}
+		if err := each(rules); err != nil {
+			return l, "", err
 		}
 		switch p := body.Pagination; {
 		case p == nil || p.TotalItems == nil:
@@ -212,15 +231,6 @@ func shortPage(p *pagination, n, size int, read int64) string {
 		return fmt.Sprintf("asked page_size %d, got %d rules of %d", size, n, *p.TotalItems)
 	}
 	return ""
-}
-
-// listCap is the capacity to give a listing's rules: total_items when the
-// server says it (bounded, as the server may lie), else the first page's.
-func listCap(p *pagination, n int) int {
-	if p != nil && p.TotalItems != nil && *p.TotalItems > int64(n) {
-		return int(min(*p.TotalItems, 10_000_000))
-	}
-	return n
 }
 
 type rulesPage struct {

@@ -349,6 +349,59 @@ func (s *Store) Rule(id int64) (r Rule, wm Watermark, ok bool, err error) {
 	return r, wm, ok, nil
 }
 
+// RulesOf calls fn for each rule of ids the store holds, with its watermark
+// (zero if none), from one read transaction, in id order; ids it lacks are
+// skipped. A reconcile reads a chunk of its listing so, not one transaction
+// a rule. fn must not write to the store.
+func (s *Store) RulesOf(ids []int64, fn func(Rule, Watermark)) error {
+	sorted := slices.Clone(ids)
+	slices.Sort(sorted)
+	err := s.view(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRules)
+		for i, id := range sorted {
+			if i > 0 && id == sorted[i-1] {
+				continue
+			}
+			v := b.Get(idKey(id))
+			if v == nil {
+				continue
+			}
+			r, err := decodeRule(id, v)
+			if err != nil {
+				return err
+			}
+			wm, _, _, err := s.snapshotWatermark(tx, id)
+			if err != nil {
+				return err
+			}
+			fn(r, wm)
+		}
+		return nil
+	})
+	return s.wrap("get rules", err)
+}
+
+// RuleIDs is the id of every rule stored, in order, read from the keys
+// alone.
+func (s *Store) RuleIDs() ([]int64, error) {
+	ids := make([]int64, 0, s.ruleCount.Load())
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRules).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			id, err := keyID(k)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap("list rule ids", err)
+	}
+	return ids, nil
+}
+
 // ForEachRule calls fn for every rule, in id order, with its watermark (zero if none),
 // from one consistent snapshot. An error from fn stops the walk and is returned.
 // fn must not write to the store: the read transaction is held while it runs.

@@ -103,20 +103,11 @@ type Pruning struct {
 }
 
 // PruneSnapshot decides which of the held rules (ids) snapshot s, which
-// lacks them, removes. A listing that did not prove itself complete removes
-// nothing. Else each rule goes if Prune says so (it is older than the
-// listing) and the API, asked for it alone (recheck), says it is gone:
-// offset paging misses rules that move between pages while it reads. At
-// most MaxRechecks are asked, and none after a failed one: an API that
-// hangs must not hold intake for a timeout per rule.
-//
-// record reads what is held of a rule; its error ends the pruning, and is
-// returned with what was decided until then.
+// lacks them, removes: PruneUnlisted of the held rules s does not list.
 func (b Book) PruneSnapshot(s Snapshot, held []int64, record func(id int64) (Record, error),
 	recheck func(Rule) Answer) (Pruning, error) {
-	p := Pruning{Refused: map[string]int{}}
 	if !s.MayPrune() {
-		return p, nil
+		return Pruning{Refused: map[string]int{}}, nil
 	}
 	listed := make(map[int64]bool, len(s.Rules))
 	for _, l := range s.Rules {
@@ -128,11 +119,33 @@ func (b Book) PruneSnapshot(s Snapshot, held []int64, record func(id int64) (Rec
 			gone = append(gone, id)
 		}
 	}
+	return b.PruneUnlisted(s, gone, record, recheck)
+}
+
+// PruneUnlisted decides which of the held rules a listing lacked (gone)
+// it removes; s says when the listing started and whether it proved itself
+// complete (its Rules are not read: a reconcile applies a large listing as
+// it reads it, and keeps only the ids). A listing that did not prove itself
+// complete removes nothing. Else each rule goes if Prune says so (it is
+// older than the listing) and the API, asked for it alone (recheck), says
+// it is gone: offset paging misses rules that move between pages while it
+// reads. At most MaxRechecks are asked, and none after a failed one: an API
+// that hangs must not hold intake for a timeout per rule.
+//
+// record reads what is held of a rule; its error ends the pruning, and is
+// returned with what was decided until then.
+func (b Book) PruneUnlisted(s Snapshot, gone []int64, record func(id int64) (Record, error),
+	recheck func(Rule) Answer) (Pruning, error) {
+	p := Pruning{Refused: map[string]int{}}
+	if !s.MayPrune() {
+		return p, nil
+	}
 	if len(gone) > 0 && s.Incomplete != "" {
 		p.Refused[s.Incomplete]++
 		p.Incomplete, p.NotListed = s.Incomplete, len(gone)
 		return p, nil
 	}
+	gone = slices.Clone(gone)
 	slices.Sort(gone)
 	rechecks, failed := 0, false
 	for _, id := range gone {

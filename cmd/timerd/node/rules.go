@@ -365,16 +365,7 @@ func (tx *ruleTxn) state(id int64) (*ruleState, error) {
 	}
 	st := &ruleState{stored: found}
 	if found {
-		st.rec = protocol.Record{Live: true, Version: r.UpdatedAt, Watermark: scheduler.Watermark(wm),
-			Rule: protocol.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params}}
-		// The engine's watermark may be ahead of the stored one (a fire
-		// committing right now).
-		if ewm, ok := tx.n.engine.Watermark(id); ok {
-			if ewm.Slot.After(st.rec.Watermark.Slot) {
-				st.rec.Watermark.Slot = ewm.Slot
-			}
-			st.rec.Watermark.Count = max(st.rec.Watermark.Count, ewm.Count)
-		}
+		st = tx.liveState(r, wm)
 	} else {
 		ts, _, err := tx.n.store.Tombstone(id)
 		if err != nil {
@@ -386,6 +377,45 @@ func (tx *ruleTxn) state(id int64) (*ruleState, error) {
 	tx.rules[id] = st
 	tx.order = append(tx.order, id)
 	return st, nil
+}
+
+// liveState is the state of stored rule r, with the later of its stored
+// watermark wm and its running one.
+func (tx *ruleTxn) liveState(r store.Rule, wm store.Watermark) *ruleState {
+	st := &ruleState{stored: true, rec: protocol.Record{Live: true, Version: r.UpdatedAt, Watermark: scheduler.Watermark(wm),
+		Rule: protocol.Rule{ID: r.ID, Ref: r.Ref, TriggerRef: r.TriggerRef, Params: r.Params}}}
+	// The engine's watermark may be ahead of the stored one (a fire
+	// committing right now).
+	if ewm, ok := tx.n.engine.Watermark(r.ID); ok {
+		if ewm.Slot.After(st.rec.Watermark.Slot) {
+			st.rec.Watermark.Slot = ewm.Slot
+		}
+		st.rec.Watermark.Count = max(st.rec.Watermark.Count, ewm.Count)
+	}
+	return st
+}
+
+// preload reads the stored rules of ids in one read transaction, as state
+// would one transaction each; state reads the others (tombstones) itself.
+func (tx *ruleTxn) preload(ids []int64) error {
+	type stored struct {
+		r  store.Rule
+		wm store.Watermark
+	}
+	var found []stored
+	if err := tx.n.store.RulesOf(ids, func(r store.Rule, wm store.Watermark) {
+		found = append(found, stored{r, wm})
+	}); err != nil {
+		return err
+	}
+	// The engine is asked once the read transaction is over.
+	for _, f := range found {
+		if _, ok := tx.rules[f.r.ID]; !ok {
+			tx.rules[f.r.ID] = tx.liveState(f.r, f.wm)
+			tx.order = append(tx.order, f.r.ID)
+		}
+	}
+	return nil
 }
 
 // apply makes one lifecycle message part of the transaction and returns its
@@ -528,46 +558,42 @@ func (n *Node) reconcile(ctx context.Context) error {
 // updated or removed).
 func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 	start := time.Now()
-	listed := n.cfg.Now()
+	a := n.newRemoteApply(ctx, n.cfg.Now(), "reconcile")
 	var (
-		want       []attune.RemoteRule
 		incomplete string
 		requests   int
 		bytes      int64
 		pageSize   int
 	)
+	fail := func(err error) (int, error) {
+		n.metrics.reconciles.WithLabelValues("error").Inc()
+		return 0, err
+	}
 	for _, ref := range scheduler.TimerTriggers() {
-		l, err := n.rules.EnabledRules(ctx, ref)
+		l, err := n.rules.EachEnabledRule(ctx, ref, a.add)
 		requests, bytes, pageSize = requests+l.Requests, bytes+l.Bytes, max(pageSize, l.PageSize)
 		if l.FellBack != "" {
 			n.log.Warn("the rules API serves smaller pages than asked; reconciles ask it for 100 rules a page from now on",
 				"page_size", l.PageSize, "why", l.FellBack)
 		}
 		if err != nil {
-			n.metrics.reconciles.WithLabelValues("error").Inc()
 			if errors.Is(err, ingest.ErrMalformedListing) {
 				n.metrics.refused.WithLabelValues(refusedMalformed).Inc()
 			}
-			return 0, err
-		}
-		if want == nil {
-			want = l.Rules
-		} else {
-			want = append(want, l.Rules...)
+			return fail(err)
 		}
 		incomplete = cmp.Or(incomplete, l.Incomplete)
 	}
-	changes, err := n.applyRemoteChanges(ctx, want, listed, incomplete, "reconcile")
+	changes, err := a.finish(incomplete)
 	if err != nil {
-		n.metrics.reconciles.WithLabelValues("error").Inc()
-		return 0, err
+		return fail(err)
 	}
 	n.metrics.reconciles.WithLabelValues("ok").Inc()
 	purged, err := n.store.PurgeTombstones(n.cfg.Now().Add(-protocol.TombstoneTTL))
 	if err != nil {
 		n.log.Warn("tombstones not purged; the next reconcile retries", "err", err)
 	}
-	n.log.Info("reconciled", "rules", len(want), "changes", changes, "tombstones_purged", purged,
+	n.log.Info("reconciled", "rules", a.rules, "changes", changes, "tombstones_purged", purged,
 		"requests", requests, "bytes", bytes, "page_size", pageSize,
 		"took", time.Since(start).Round(time.Millisecond).String())
 	return changes, nil
@@ -593,82 +619,16 @@ var refusedReasons = []string{refusedMalformed, ingest.IncompleteNoTotals, inges
 	ingest.IncompleteCountMismatch, refusedChanged, refusedStillEnabled, refusedRecheck, refusedDeferred}
 
 // applyRemote applies rules as listed by the API (listed is when the
-// listing started) or, with listed zero, the start-up set, in one
-// transaction: the rule book decides each change, and which stored rules a
-// complete listing (incomplete "") prunes (protocol.Book.PruneSnapshot).
+// listing started) or, with listed zero, the start-up set: the rule book
+// decides each change, and which stored rules a complete listing
+// (incomplete "") prunes (protocol.Book.PruneUnlisted).
 func (n *Node) applyRemote(ctx context.Context, rules []attune.RemoteRule, listed time.Time, incomplete, what string) error {
-	_, err := n.applyRemoteChanges(ctx, rules, listed, incomplete, what)
+	a := n.newRemoteApply(ctx, listed, what)
+	if err := a.add(rules); err != nil {
+		return err
+	}
+	_, err := a.finish(incomplete)
 	return err
-}
-
-// applyRemoteChanges is applyRemote, saying how many rules it changed: the
-// rule book applied (added or updated) or pruned.
-func (n *Node) applyRemoteChanges(ctx context.Context, rules []attune.RemoteRule, listed time.Time, incomplete, what string) (int, error) {
-	tx := n.newRuleTxn()
-	snap := protocol.Snapshot{Rules: make([]protocol.Listed, len(rules)), Started: listed, Incomplete: incomplete}
-	for i, r := range rules {
-		snap.Rules[i] = protocol.Listed{Rule: remoteRule(r), Version: r.Version()}
-	}
-	changes := snap.Changes()
-	counts := map[string]int{}
-	var (
-		held []int64
-		same []bool // same[i]: the store holds rules[i] as listed
-	)
-	if snap.MayPrune() {
-		// One scan of the store finds what a listing prunes and the listed
-		// rules it holds as listed, which the rule book leaves unchanged:
-		// they need no read of their own (a read transaction each) and no
-		// decision in the transaction. Most rules of a periodic reconcile are.
-		var err error
-		if held, same, err = n.heldAsListed(tx, changes); err != nil {
-			return 0, fmt.Errorf("%s: %w", what, err)
-		}
-	}
-	for i, c := range changes {
-		r := rules[i]
-		if same != nil && same[i] {
-			counts[resUnchanged]++
-			continue
-		}
-		res, err := tx.change(c)
-		counts[res]++
-		switch res {
-		case resError:
-			return 0, fmt.Errorf("%s: rule %d: %w", what, r.ID, err)
-		case resInvalid:
-			n.log.Warn(what+": rule not scheduled", "rule_id", r.ID, "rule_ref", r.Ref, "err", err)
-		case resIgnored:
-			n.log.Info(what+": rule is not a timer rule; not scheduled", "rule_id", r.ID, "rule_ref", r.Ref,
-				"trigger_ref", scheduler.Truncate(r.TriggerRef, 64))
-		}
-	}
-	removed := 0
-	if snap.MayPrune() {
-		p, err := tx.book.PruneSnapshot(snap, held, func(id int64) (protocol.Record, error) {
-			st, err := tx.state(id)
-			if err != nil {
-				return protocol.Record{}, fmt.Errorf("rule %d: %w", id, err)
-			}
-			return st.rec, nil
-		}, func(r protocol.Rule) protocol.Answer { return n.recheck(ctx, r) })
-		n.logPruning(what, p)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", what, err)
-		}
-		for _, pr := range p.Prunes {
-			tx.take(tx.rules[pr.ID], pr.Decision) // its state was read to decide it
-		}
-		removed = len(p.Prunes)
-	}
-	if err := tx.commit(); err != nil {
-		return 0, fmt.Errorf("%s: %w", what, err)
-	}
-	if counts[resApplied]+removed+counts[resInvalid]+counts[resIgnored]+counts[resStale] > 0 {
-		n.log.Info(what+" applied", "rules", len(rules), "applied", counts[resApplied], "removed", removed,
-			"stale", counts[resStale], "invalid", counts[resInvalid], "ignored", counts[resIgnored])
-	}
-	return counts[resApplied] + removed, nil
 }
 
 func remoteRule(r attune.RemoteRule) protocol.Rule {
