@@ -54,7 +54,7 @@ const maxRulePages = 100_000
 
 // ErrMalformedListing: a page of the rules listing has neither "items" nor
 // "data" (a `200 {}` from a proxy or a broken server). It proves nothing, so
-// the reconcile applies nothing of it.
+// the reconcile applies nothing of it and removes nothing.
 var ErrMalformedListing = errors.New("malformed rules listing: no items")
 
 // Why a listing is not complete: the reason label of

@@ -229,11 +229,14 @@ type Node struct {
 	engine   *scheduler.Engine
 	delivery *ingest.Delivery
 	rules    *ingest.RulesClient
-	tokens   *auth.Source // nil without Token or TokenFile
-	ln       net.Listener
-	metrics  *metrics
-	missed   *missedMetrics // timerd_missed_slots_total (missed.go)
-	manual   *manualMetrics // timerd_manual_events_total (backfill.go)
+	// applyChunk is the rules a reconcile applies a store transaction
+	// (defaultApplyChunk; smaller in tests).
+	applyChunk int
+	tokens     *auth.Source // nil without Token or TokenFile
+	ln         net.Listener
+	metrics    *metrics
+	missed     *missedMetrics // timerd_missed_slots_total (missed.go)
+	manual     *manualMetrics // timerd_manual_events_total (backfill.go)
 	// manualMu orders backfills and fires now (backfill.go); lastManual is the
 	// time of the last fire now, whose key the next one's must not repeat.
 	manualMu   sync.Mutex
@@ -390,6 +393,7 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.rules = &ingest.RulesClient{APIURL: cfg.APIURL, Tokens: tokens, PageSize: cfg.ReconcilePageSize}
+	n.applyChunk = defaultApplyChunk
 
 	if cfg.MQ != nil {
 		mq := *cfg.MQ

@@ -104,6 +104,10 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 			wantErr: ingest.ErrMalformedListing, kept: []int64{1, 2, 3}, reason: refusedMalformed},
 		{name: "data null and no items: malformed", pages: []string{`{"data":null,"pagination":{"total_items":0}}`},
 			wantErr: ingest.ErrMalformedListing, kept: []int64{1, 2, 3}, reason: refusedMalformed},
+		// The pages before a malformed one are applied (rule 4 added), as a whole
+		// listing would; nothing is removed.
+		{name: "200 {} after a page: that page applied, nothing removed", pages: []string{listed(2, true, 1, 4), `{}`},
+			wantErr: ingest.ErrMalformedListing, kept: []int64{1, 2, 3, 4}, reason: refusedMalformed},
 		{name: "no pagination totals", pages: []string{`{"items":[]}`},
 			kept: []int64{1, 2, 3}, reason: ingest.IncompleteNoTotals},
 		{name: "fewer rules than the totals say", pages: []string{listed(3, false, 1)},
@@ -174,6 +178,59 @@ func TestReconcilePrunesOnlyOnProof(t *testing.T) {
 				if got := testutil.ToFloat64(n.metrics.refused.WithLabelValues(r)); got != want {
 					t.Errorf("timerd_reconcile_refused_total{reason=%q} = %v, want %v", r, got, want)
 				}
+			}
+		})
+	}
+}
+
+// A listing is applied in store transactions of Node.applyChunk rules as it
+// is read, and pruned once it is whole: across chunks and pages, a rule
+// listed twice, and a chunk that ends mid-page, it leaves the store as one
+// transaction would. A listing that fails after some chunks leaves them
+// applied and prunes nothing.
+func TestReconcileAppliesInChunks(t *testing.T) {
+	for _, chunk := range []int{1, 2, 3, 100} {
+		t.Run(fmt.Sprintf("chunk=%d", chunk), func(t *testing.T) {
+			n := newIdleNode(t)
+			n.applyChunk = chunk
+			past := time.Now().Add(-time.Hour)
+			if err := n.applyMessages([]attune.Message{
+				envelopeAt(attune.RuleCreated, 1, "core.intervaltimer", `{"interval":60}`, past),
+				envelopeAt(attune.RuleCreated, 2, "core.intervaltimer", `{"interval":60}`, past),
+				envelopeAt(attune.RuleCreated, 9, "core.intervaltimer", `{"interval":60}`, past),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			api := newRulesAPI(t)
+			n.rules = &ingest.RulesClient{APIURL: api.srv.URL}
+			stored := func() string {
+				var ids []int64
+				if err := n.store.ForEachRule(func(r store.Rule, _ store.Watermark) error { ids = append(ids, r.ID); return nil }); err != nil {
+					t.Fatal(err)
+				}
+				return fmt.Sprint(ids)
+			}
+
+			// Fails on its third page: rules 3 to 5 applied, 9 (not listed) kept.
+			api.pages = []string{listed(7, true, 1, 3, 4), listed(7, true, 5, 2), `{}`}
+			if err := n.reconcile(context.Background()); !errors.Is(err, ingest.ErrMalformedListing) {
+				t.Fatalf("reconcile = %v, want %v", err, ingest.ErrMalformedListing)
+			}
+			if got := stored(); got != "[1 2 3 4 5 9]" {
+				t.Errorf("after a listing that failed on page 3: rules %s, want [1 2 3 4 5 9]", got)
+			}
+
+			// Whole, rule 4 twice (it moved between pages): 6 added, 9 pruned.
+			api.pages = []string{listed(6, true, 1, 3, 4), listed(6, true, 4, 5, 2), listed(6, false, 6)}
+			changes, err := n.reconcileChanges(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := stored(); got != "[1 2 3 4 5 6]" || changes != 2 {
+				t.Errorf("after a whole listing: rules %s, %d changes; want [1 2 3 4 5 6], 2", got, changes)
+			}
+			if n.engine.Len() != 6 {
+				t.Errorf("engine runs %d rules, want 6", n.engine.Len())
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -11,16 +12,17 @@ import (
 	"github.com/timerd/timerd/scheduler"
 )
 
-// applyChunk bounds the rules one store transaction of a reconcile applies.
+// defaultApplyChunk bounds the rules one store transaction of a reconcile
+// applies (Node.applyChunk).
 // A transaction holds every dirty page of bbolt and every parsed timer of
 // its rules until it commits, and a listing held whole holds every rule:
 // a start-up reconcile of 200,000 rules listed, then applied in one
 // transaction, peaked at 2.7 KB a rule (a node joining a cluster of a
 // million rules, at 2.7 GB).
-const applyChunk = 10_000
+const defaultApplyChunk = 10_000
 
 // remoteApply applies a snapshot of the rules API (a reconcile's listing,
-// or the start-up set) as it is read, applyChunk rules a transaction, and
+// or the start-up set) as it is read, Node.applyChunk rules a transaction, and
 // keeps only the ids it listed, to prune the stored rules it lacked once
 // it is whole. Each chunk is whole: the rule book decided each of its rules
 // against the store as the chunks before left it. A listing that fails
@@ -53,11 +55,12 @@ func (a *remoteApply) add(rules []attune.RemoteRule) error {
 			a.ids = append(a.ids, r.ID)
 		}
 	}
+	size := max(a.n.applyChunk, 1)
 	for len(rules) > 0 {
-		take := min(len(rules), applyChunk-len(a.chunk))
+		take := min(len(rules), size-len(a.chunk))
 		a.chunk = append(a.chunk, rules[:take]...)
 		rules = rules[take:]
-		if len(a.chunk) == applyChunk {
+		if len(a.chunk) >= size {
 			if err := a.apply(); err != nil {
 				return err
 			}
@@ -69,13 +72,18 @@ func (a *remoteApply) add(rules []attune.RemoteRule) error {
 // apply applies the chunk in one store transaction: the rules it holds are
 // read in one read transaction too.
 func (a *remoteApply) apply() error {
-	if len(a.chunk) == 0 {
+	chunk := a.chunk
+	if len(chunk) == 0 {
 		return nil
 	}
+	defer func() {
+		clear(chunk) // the listing's params and strings, for the collector
+		a.chunk = chunk[:0]
+	}()
 	snap := a.snapshot()
-	snap.Rules = make([]protocol.Listed, len(a.chunk))
-	ids := make([]int64, len(a.chunk))
-	for i, r := range a.chunk {
+	snap.Rules = make([]protocol.Listed, len(chunk))
+	ids := make([]int64, len(chunk))
+	for i, r := range chunk {
 		snap.Rules[i] = protocol.Listed{Rule: remoteRule(r), Version: r.Version()}
 		ids[i] = r.ID
 	}
@@ -84,7 +92,7 @@ func (a *remoteApply) apply() error {
 		return fmt.Errorf("%s: %w", a.what, err)
 	}
 	for i, c := range snap.Changes() {
-		r := a.chunk[i]
+		r := chunk[i]
 		res, err := tx.change(c)
 		a.counts[res]++
 		switch res {
@@ -97,12 +105,16 @@ func (a *remoteApply) apply() error {
 				"trigger_ref", scheduler.Truncate(r.TriggerRef, 64))
 		}
 	}
-	clear(a.chunk) // the listing's params and strings, for the collector
-	a.chunk = a.chunk[:0]
 	if err := tx.commit(); err != nil {
 		return fmt.Errorf("%s: %w", a.what, err)
 	}
 	return nil
+}
+
+// fail applies the rules taken before the listing failed (it removes
+// nothing), and returns err with the store's error if that failed too.
+func (a *remoteApply) fail(err error) error {
+	return errors.Join(err, a.apply())
 }
 
 // finish applies the last chunk, then prunes what a complete listing

@@ -547,8 +547,9 @@ func (tx *ruleTxn) commit() error {
 // reconcile makes the store match the rules API: it adds missing rules,
 // updates changed ones and removes those no longer enabled, each as the
 // rule book decides by its version; then it purges tombstones past their
-// TTL. A failed or malformed listing changes nothing; an incomplete one
-// removes nothing (docs/operations.md, "Reconcile").
+// TTL. It applies the listing as it reads it (remoteApply); a failed,
+// malformed or incomplete listing removes nothing (docs/operations.md,
+// "Reconcile").
 func (n *Node) reconcile(ctx context.Context) error {
 	_, err := n.reconcileChanges(ctx)
 	return err
@@ -580,7 +581,7 @@ func (n *Node) reconcileChanges(ctx context.Context) (int, error) {
 			if errors.Is(err, ingest.ErrMalformedListing) {
 				n.metrics.refused.WithLabelValues(refusedMalformed).Inc()
 			}
-			return fail(err)
+			return fail(a.fail(err))
 		}
 		incomplete = cmp.Or(incomplete, l.Incomplete)
 	}
