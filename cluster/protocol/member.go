@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -52,8 +53,9 @@ type MemberConfig struct {
 	MaxRecords    int // fire records in one Fired message
 	// Replicas is how many stores, the firer's included, hold a fire before it is
 	// delivered, when that is fewer than a quorum: W = min(Q, Replicas); 0 means Q.
-	// A fire is sent to W members (W − 1 acks needed, and a spare), and an
-	// acquisition reads N − W + 1 stores (docs/protocol.md §6).
+	// A fire is sent to W − 1 members (the acks needed; a spare while one of them is
+	// quiet), and an acquisition reads N − W + 1 stores (docs/protocol.md §6). The
+	// same on every member: heartbeats carry it, and a mismatch is logged.
 	Replicas int
 }
 
@@ -234,17 +236,19 @@ type round struct {
 }
 
 type peer struct {
-	inc       uint64        // latest incarnation heard
-	heard     time.Duration // when inc was last heard (boot clock)
-	acked     time.Duration // when inc was last acked
-	everAcked bool
-	fenced    uint64            // every incarnation up to this one is fenced here
-	fences    map[string]uint64 // the peer's own fences, from its last heartbeat
-	mismatch  bool              // its expected size differs (logged once; the larger one counts)
-	expect    int               // its expected size, from its heartbeats
-	since     time.Duration     // when inc was first learned (a grant may name it before it is heard)
-	leaving   bool              // its heartbeats say it is leaving: out of the view, still asked
-	skew      time.Duration
+	inc              uint64        // latest incarnation heard
+	heard            time.Duration // when inc was last heard (boot clock)
+	acked            time.Duration // when inc was last acked
+	everAcked        bool
+	fenced           uint64            // every incarnation up to this one is fenced here
+	fences           map[string]uint64 // the peer's own fences, from its last heartbeat
+	mismatch         bool              // its expected size differs (logged once; the larger one counts)
+	expect           int               // its expected size, from its heartbeats
+	replicas         int               // its Replicas setting (0: a quorum), from its heartbeats
+	replicasMismatch bool              // its Replicas differs from this member's (logged once)
+	since            time.Duration     // when inc was first learned (a grant may name it before it is heard)
+	leaving          bool              // its heartbeats say it is leaving: out of the view, still asked
+	skew             time.Duration
 }
 
 // maxSentKept bounds the Fired messages whose acks are still read.
@@ -324,6 +328,8 @@ type Stats struct {
 	Verdicts        map[Verdict]uint64
 	MaxSkew         time.Duration // largest wall-clock difference to a peer seen
 	MismatchedPeers uint64
+	// MismatchedReplicas: members whose Replicas differs from this member's.
+	MismatchedReplicas uint64
 }
 
 // Durable is what a member's store keeps across restarts.
@@ -433,19 +439,47 @@ func (m *Member) memberCount() int {
 
 // writeQuorum is W, how many stores (the firer's included) hold a fire before it is
 // delivered: Q, or fewer with Replicas, so that what a node receives of its peers'
-// fires falls as nodes are added (W − 1 of N − 1 peers get each fire).
+// fires falls as nodes are added (W − 1 of N − 1 peers get each fire). Members set
+// differently (their heartbeats say) write with the largest W of any live one.
 func (m *Member) writeQuorum() int {
-	q := m.quorum()
-	if r := m.cfg.Replicas; r > 0 && r < q {
-		return r
-	}
-	return q
+	w, _ := m.writeQuorums()
+	return w
 }
 
 // readQuorum is how many members' stores (this one included) an acquisition reads:
-// N − W + 1, so that it meets every W stores a delivered fire was written to.
+// N − W + 1 for the smallest W of any live member, so that it meets every W stores a
+// delivered fire was written to, whoever wrote it.
 func (m *Member) readQuorum() int {
-	return m.clusterSize() - m.writeQuorum() + 1
+	_, least := m.writeQuorums()
+	return m.clusterSize() - least + 1
+}
+
+// writeQuorums are the largest and the smallest W of this member's Replicas and its
+// live peers'.
+func (m *Member) writeQuorums() (most, least int) {
+	q := m.quorum()
+	w := func(r int) int {
+		if r > 0 && r < q {
+			return r
+		}
+		return q
+	}
+	most = w(m.cfg.Replicas)
+	least = most
+	for _, p := range m.peers {
+		if p.replicasMismatch && m.live(p) {
+			most, least = max(most, w(p.replicas)), min(least, w(p.replicas))
+		}
+	}
+	return most, least
+}
+
+// replicasName is a Replicas setting as TIMERD_REPLICAS spells it.
+func replicasName(r int) string {
+	if r == 0 {
+		return "majority"
+	}
+	return strconv.Itoa(r)
 }
 
 // HasLease reports whether the member's lease covers now.
@@ -676,8 +710,8 @@ func (m *Member) beat() {
 		}
 	}
 	for _, to := range m.recipients() {
-		m.send(to, Heartbeat{From: m.self, Seq: m.seq, Expect: m.cfg.Expect, Wall: m.now.Wall, Fences: fences,
-			Leaving: m.leaving})
+		m.send(to, Heartbeat{From: m.self, Seq: m.seq, Expect: m.cfg.Expect, Replicas: m.cfg.Replicas,
+			Wall: m.now.Wall, Fences: fences, Leaving: m.leaving})
 	}
 }
 
@@ -1050,6 +1084,12 @@ func (m *Member) heartbeat(hb Heartbeat) {
 		if hb.From.N == p.inc {
 			p.heard, p.acked, p.everAcked = m.now.Boot, m.now.Boot, true
 			p.mismatch, p.expect = hb.Expect != m.cfg.Expect, hb.Expect
+			if hb.Replicas != m.cfg.Replicas && !p.replicasMismatch {
+				m.stats.MismatchedReplicas++
+				m.logf(true, "a member has another TIMERD_REPLICAS; fires are written to the most stores any member asks and acquisitions read for the fewest: set the same on every node",
+					"member", hb.From.String(), "its_replicas", replicasName(hb.Replicas), "replicas", replicasName(m.cfg.Replicas))
+			}
+			p.replicas, p.replicasMismatch = hb.Replicas, hb.Replicas != m.cfg.Replicas
 			p.fences, p.leaving = hb.Fences, hb.Leaving
 			m.seen[hb.From.Node] = true
 			if r, ok := m.retiredPeers[hb.From.Node]; ok && r < hb.From.N {
@@ -1263,10 +1303,12 @@ func (m *Member) committed(evs []EventRef) {
 	}
 }
 
-// replicate sends fire records to W − 1 members each and one more (replicasOf), or
-// marks them deliverable at once when this member needs nobody's ack. The one more is
-// a spare: a replica that is down, or slow, does not hold a fire back until the resend
-// (a retry interval) while the others learn it is gone.
+// replicate sends fire records to W − 1 members each (replicasOf), and one more when
+// one of those has been quiet for two heartbeat intervals, or marks them deliverable
+// at once when this member needs nobody's ack. The one more is a spare: a replica that
+// is down, or slow, does not hold a fire back until the resend (a retry interval)
+// while the others learn it is gone. Sent to every fire, the spare was a third of a
+// node's messages at 5 nodes and more (W 3: two acks needed, three sent).
 func (m *Member) replicate(recs []FireRecord) { m.replicateTo(recs, false) }
 
 // replicateTo sends recs to their replicas, or with all to every member (a resend:
@@ -1296,8 +1338,7 @@ func (m *Member) replicateTo(recs []FireRecord, all bool) {
 			st.sent = m.now.Boot
 		}
 	}
-	copies := need + 1 // the spare
-	if all || len(to) <= copies {
+	if all || len(to) <= need {
 		m.sendFired(to, recs)
 		return
 	}
@@ -1308,7 +1349,10 @@ func (m *Member) replicateTo(recs []FireRecord, all bool) {
 		p := m.cfg.PartitionOf(r.Rule)
 		dests, ok := byPart[p]
 		if !ok {
-			dests = m.replicasOf(p, copies, to)
+			dests = m.replicasOf(p, need, to)
+			if m.anyQuiet(dests) {
+				dests = m.replicasOf(p, need+1, to)
+			}
 			byPart[p] = dests
 		}
 		for _, d := range dests {
@@ -1366,6 +1410,22 @@ func (m *Member) replicasOf(p, n int, to []string) []string {
 		add(name, false)
 	}
 	return out
+}
+
+// quietFor is how long a replica goes unheard before fires get a spare: two heartbeat
+// intervals, a heartbeat late.
+func (m *Member) quietFor() time.Duration { return 2 * m.cfg.Heartbeat }
+
+// anyQuiet reports whether one of names has not been heard for quietFor (or is not
+// live at all: replicasOf took it for want of others).
+func (m *Member) anyQuiet(names []string) bool {
+	for _, name := range names {
+		p := m.peers[name]
+		if p == nil || !m.live(p) || m.now.Boot-p.heard > m.quietFor() {
+			return true
+		}
+	}
+	return false
 }
 
 // resendFires sends again the records sent a retry interval ago and not acked by

@@ -27,7 +27,11 @@ type Heartbeat struct {
 	From   Incarnation
 	Seq    uint64
 	Expect int
-	Wall   int64 // the sender's wall clock, Unix ns
+	// Replicas is the sender's MemberConfig.Replicas (0: a quorum): members
+	// write with the largest of theirs and read with the smallest, so that
+	// nodes set differently (a rolling change of the setting) stay safe.
+	Replicas int
+	Wall     int64 // the sender's wall clock, Unix ns
 	// Leaving: the sender is shutting down; it fires nothing and hands its partitions
 	// to whoever asks. Members leave it out of their views.
 	Leaving bool

@@ -90,3 +90,117 @@ func TestReplicasOfPreferTheSuccessorAndLiveMembers(t *testing.T) {
 		t.Errorf("6 replicas with 5 live = %v; want b too", got)
 	}
 }
+
+// Members set differently (a rolling change of TIMERD_REPLICAS) write with the largest
+// W of any live member and read for the smallest, so that any read meets any write;
+// a member that falls silent stops counting. The mismatch is counted once a member.
+func TestMixedReplicasWriteMostReadForFewest(t *testing.T) {
+	for _, c := range []struct {
+		self, peers int // Replicas: this member's, and half of its nine peers'
+		w, r        int // with those peers live
+	}{
+		{3, 0, 6, 8}, // going from a majority to 3 (or back): W 6, read 10 − 3 + 1
+		{0, 3, 6, 8},
+		{3, 3, 3, 8},
+		{2, 3, 3, 9},
+	} {
+		m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: 10, Replicas: c.self, Partitions: 4,
+			PartitionOf: func(int64) int { return 0 }, Ring: func([]string) Ring { return oneOwner("a") },
+			Store: mapStore{}}, Durable{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers := []string{"b", "c", "d", "e", "f", "g", "h", "i", "j"}
+		beat := func(now Time, onlySame bool) { // b, d, f, h, j are set as c.peers, the others as self
+			for i, p := range peers {
+				r := c.self
+				if i%2 == 0 {
+					if onlySame {
+						continue
+					}
+					r = c.peers
+				}
+				m.Step(now, Receive{Msg: Heartbeat{From: Incarnation{p, 1}, Seq: uint64(now.Wall), Expect: 10, Replicas: r, Wall: 1}})
+			}
+		}
+		now := Time{Boot: time.Hour, Wall: 1}
+		beat(now, false)
+		beat(now, false)
+		if w, r := m.writeQuorum(), m.readQuorum(); w != c.w || r != c.r {
+			t.Errorf("Replicas %d, peers' %d: W %d, read %d; want %d, %d", c.self, c.peers, w, r, c.w, c.r)
+		}
+		wantMismatch := uint64(0)
+		if c.self != c.peers {
+			wantMismatch = 5 // b, d, f, h, j; once each
+		}
+		if got := m.Stats().MismatchedReplicas; got != wantMismatch {
+			t.Errorf("Replicas %d, peers' %d: MismatchedReplicas %d, want %d", c.self, c.peers, got, wantMismatch)
+		}
+		// The differently set ones fall silent: this member's own setting counts again.
+		beat(Time{Boot: now.Boot + DefaultLease + DefaultFenceMargin + time.Millisecond, Wall: 2}, true)
+		want := 6
+		if c.self > 0 && c.self < 6 {
+			want = c.self
+		}
+		if w, r := m.writeQuorum(), m.readQuorum(); w != want || r != 10-want+1 {
+			t.Errorf("Replicas %d, the others silent: W %d, read %d; want %d, %d", c.self, w, r, want, 10-want+1)
+		}
+	}
+}
+
+// A fire goes to W − 1 replicas while they are heard; when one has been quiet for two
+// heartbeat intervals, to one more (the spare), so that it does not wait for the
+// resend; once the quiet one is no longer live, to W − 1 live ones again.
+func TestSpareOnlyForAQuietReplica(t *testing.T) {
+	m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: 7, Replicas: 3, Partitions: 64,
+		PartitionOf: func(r int64) int { return int(r) % 64 },
+		Ring:        func(names []string) Ring { return byName(slices.Sorted(slices.Values(names))) },
+		Store:       mapStore{}}, Durable{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := []string{"b", "c", "d", "e", "f", "g"}
+	beat := func(now Time, except string) {
+		for _, p := range peers {
+			if p != except {
+				m.Step(now, Receive{Msg: Heartbeat{From: Incarnation{p, 1}, Seq: uint64(now.Boot), Expect: 7, Replicas: 3, Wall: 1}})
+			}
+		}
+	}
+	sentTo := func(now Time, rule int64) []string {
+		m.Step(now, Tick{})
+		m.out = nil
+		m.replicate([]FireRecord{{Rule: rule, Slot: now.Wall, Count: 1, Firer: m.self}})
+		var to []string
+		for _, e := range m.out {
+			if s, ok := e.(Send); ok {
+				if _, ok := s.Msg.(Fired); ok {
+					to = append(to, s.To)
+				}
+			}
+		}
+		slices.Sort(to)
+		return to
+	}
+	now := Time{Boot: time.Hour, Wall: 1}
+	beat(now, "")
+	to := sentTo(now, 5)
+	if len(to) != 2 {
+		t.Fatalf("every replica heard: a fire went to %v, want 2 members (W − 1)", to)
+	}
+	quiet := to[0]
+	// quiet misses two heartbeats and more; the others beat on.
+	for d := DefaultHeartbeat; d <= 3*DefaultHeartbeat; d += DefaultHeartbeat {
+		beat(Time{Boot: now.Boot + d, Wall: 2}, quiet)
+	}
+	later := Time{Boot: now.Boot + 3*DefaultHeartbeat, Wall: 3}
+	if got := sentTo(later, 5); len(got) != 3 || !slices.Contains(got, quiet) {
+		t.Errorf("%s quiet for %v: a fire went to %v, want 3 members, %s among them", quiet, 3*DefaultHeartbeat, got, quiet)
+	}
+	// Past the lease and margin it is no longer live: W − 1 live ones.
+	gone := Time{Boot: now.Boot + DefaultLease + DefaultFenceMargin + time.Millisecond, Wall: 4}
+	beat(gone, quiet)
+	if got := sentTo(gone, 5); len(got) != 2 || slices.Contains(got, quiet) {
+		t.Errorf("%s no longer live: a fire went to %v, want 2 others", quiet, got)
+	}
+}

@@ -32,7 +32,7 @@ import (
 //	FireRecord      Rule int64, Prev int64, Slot int64, Count uint64, Firer Incarnation, Epoch
 //	EventRef        Rule int64, Prev int64, Slot int64, Count uint64, Firer Incarnation
 //
-//	1 Heartbeat     From, Seq uint64, Expect uint32, Wall int64, count, (name, uint64)… by name, ascending
+//	1 Heartbeat     From, Seq uint64, Expect uint32, Replicas uint32, Wall int64, count, (name, uint64)… by name, ascending
 //	2 HeartbeatAck  From, To, Seq uint64, flags byte (1 Fenced, 2 Mismatch), Wall int64, Echo int64
 //	3 Acquire       From, ID uint64, count, PartitionEpoch…
 //	4 Grant         From, To, ID uint64, count, partition…, count, PartitionEpoch…, count, name…, count, Watermark…
@@ -396,6 +396,7 @@ func (e *encoder) heartbeat(m Heartbeat) {
 	e.incarnation(m.From)
 	e.u64(m.Seq)
 	e.small(m.Expect, "Heartbeat.Expect")
+	e.small(m.Replicas, "Heartbeat.Replicas")
 	e.i64(m.Wall)
 	var flags byte
 	if m.Leaving {
@@ -849,7 +850,8 @@ func (d *decoder) eventRefs(what string) []EventRef {
 }
 
 func (d *decoder) heartbeat() Heartbeat {
-	m := Heartbeat{From: d.incarnation(), Seq: d.u64("seq"), Expect: d.small("expect"), Wall: d.i64("wall")}
+	m := Heartbeat{From: d.incarnation(), Seq: d.u64("seq"), Expect: d.small("expect"), Replicas: d.small("replicas"),
+		Wall: d.i64("wall")}
 	flags := d.u8("flags")
 	if flags&^hbFlags != 0 {
 		d.fail(WireMalformed, "flags %#x", flags)

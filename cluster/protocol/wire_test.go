@@ -78,7 +78,7 @@ func wireCases() []wireCase {
 	}
 	epochs := []Epoch{{}, {N: 9, Node: "timerd-2"}, {N: math.MaxUint64, Node: wireLong}, {N: 1, Node: "timerd-2"}, {N: 2, Node: "ünïcødé"}}
 	return []wireCase{
-		{"heartbeat", Heartbeat{From: wireN0, Seq: 41, Expect: 3, Wall: wireSlot,
+		{"heartbeat", Heartbeat{From: wireN0, Seq: 41, Expect: 3, Replicas: 3, Wall: wireSlot,
 			Fences: map[string]uint64{"timerd-1": 2, "timerd-2": 11, "timerd-3": 1, "timerd-4": 5, "timerd-5": 8}}},
 		{"heartbeat zero", Heartbeat{}},
 		{"heartbeat empty fences", Heartbeat{From: wireN0, Seq: 1, Expect: 1, Fences: map[string]uint64{}}},
@@ -358,7 +358,7 @@ func TestWireDecodeRefuses(t *testing.T) {
 		{"transfer of no chunks", wireHeader(kindTransfer).u64(1).u32(0).u32(0).uvarint(0).uvarint(0), WireInvalid},
 		{"trailing byte", wireHeader(kindRetired).u8(0).u8(0), WireMalformed},
 		{"retired flags", wireHeader(kindRetired).u8(2), WireMalformed},
-		{"heartbeat flags", wireHeader(kindHeartbeat).u64(1).u32(1).u64(0).u8(2).uvarint(0), WireMalformed},
+		{"heartbeat flags", wireHeader(kindHeartbeat).u64(1).u32(1).u32(0).u64(0).u8(2).uvarint(0), WireMalformed},
 		{"name too long", wireBytes{WireVersion, kindRetired}.uvarint((maxNameLen+1)<<1 | 1), WireTooLarge},
 		{"name past the end", wireBytes{WireVersion, kindRetired}.uvarint(20<<1 | 1).u8('a'), WireMalformed},
 		{"name not in table", wireBytes{WireVersion, kindRetired}.uvarint(0).u64(1), WireMalformed},
@@ -372,7 +372,8 @@ func TestWireDecodeRefuses(t *testing.T) {
 		{"2^20 members in 1000 bytes", append(wireHeader(kindGrant).inc("b", 2).u64(1).uvarint(0).uvarint(0).uvarint(maxItems),
 			make([]byte, 1000)...), WireMalformed},
 		{"2^20+1 granted", wireHeader(kindGrant).inc("b", 2).u64(1).uvarint(maxItems + 1), WireTooLarge},
-		{"expect negative", wireHeader(kindHeartbeat).u64(1).u32(math.MaxUint32).u64(0).u8(0).uvarint(0), WireInvalid},
+		{"expect negative", wireHeader(kindHeartbeat).u64(1).u32(math.MaxUint32).u32(0).u64(0).u8(0).uvarint(0), WireInvalid},
+		{"replicas negative", wireHeader(kindHeartbeat).u64(1).u32(1).u32(math.MaxUint32).u64(0).u8(0).uvarint(0), WireInvalid},
 		{"partition negative", wireHeader(kindAcquire).u64(1).uvarint(1).u32(1 << 31).u64(1).uvarint(0), WireInvalid},
 		{"granted negative", wireHeader(kindGrant).inc("b", 2).u64(1).uvarint(1).u32(math.MaxUint32), WireInvalid},
 		{"record index negative", wireHeader(kindFiredAck).inc("b", 2).u64(1).uvarint(1).u32(1 << 31), WireInvalid},
@@ -383,8 +384,8 @@ func TestWireDecodeRefuses(t *testing.T) {
 		{"chain past the end", wireHeader(kindGrant).inc("b", 2).u64(1).uvarint(0).uvarint(0).uvarint(0).uvarint(1).
 			u64(1).u64(2).u64(3).uvarint(2).u64(1), WireMalformed},
 		{"ack flags", wireHeader(kindHeartbeatAck).inc("b", 2).u64(1).u8(4).u64(0).u64(0), WireMalformed},
-		{"fences out of order", wireHeader(kindHeartbeat).u64(1).u32(1).u64(0).u8(0).uvarint(2).name("c").u64(1).name("b").u64(1), WireMalformed},
-		{"fences twice", wireHeader(kindHeartbeat).u64(1).u32(1).u64(0).u8(0).uvarint(2).name("b").u64(1).uvarint(1 << 1).u64(2), WireMalformed},
+		{"fences out of order", wireHeader(kindHeartbeat).u64(1).u32(1).u32(0).u64(0).u8(0).uvarint(2).name("c").u64(1).name("b").u64(1), WireMalformed},
+		{"fences twice", wireHeader(kindHeartbeat).u64(1).u32(1).u32(0).u64(0).u8(0).uvarint(2).name("b").u64(1).uvarint(1 << 1).u64(2), WireMalformed},
 	}
 	for _, tt := range tests {
 		m, err := Decode(tt.b)
@@ -397,7 +398,7 @@ func TestWireDecodeRefuses(t *testing.T) {
 	for _, b := range [][]byte{
 		wireHeader(kindRetired).u8(0),
 		wireHeader(kindRetired).u8(1),
-		wireHeader(kindHeartbeat).u64(1).u32(1).u64(0).u8(0).uvarint(2).name("b").u64(1).name("c").u64(1),
+		wireHeader(kindHeartbeat).u64(1).u32(1).u32(0).u64(0).u8(0).uvarint(2).name("b").u64(1).name("c").u64(1),
 		wireHeader(kindFiredAck).inc("b", 2).u64(1).uvarint(1).u32(1<<31 - 1),
 		wireHeader(kindOfferReply).inc("b", 2).u64(1).uvarint(0).uvarint(1).u8(byte(Unknown)).uvarint(0),
 		wireHeader(kindHeartbeatAck).inc("b", 2).u64(1).u8(3).u64(0).u64(0),
@@ -443,7 +444,7 @@ func TestWireHostileAllocations(t *testing.T) {
 		wireHeader(kindFired).u64(1).uvarint(1 << 40),
 		append(wireHeader(kindFired).u64(1).uvarint(maxItems), make([]byte, 64)...),
 		append(wireHeader(kindGrant).inc("b", 2).u64(1).uvarint(maxItems), make([]byte, 64)...),
-		append(wireHeader(kindHeartbeat).u64(1).u32(1).u64(0).uvarint(maxItems), make([]byte, 64)...),
+		append(wireHeader(kindHeartbeat).u64(1).u32(1).u32(0).u64(0).uvarint(maxItems), make([]byte, 64)...),
 		append(wireHeader(kindOfferReply).inc("b", 2).u64(1).uvarint(0).uvarint(maxItems), make([]byte, 64)...),
 	} {
 		var before, after runtime.MemStats
@@ -500,7 +501,7 @@ func TestWireSizes(t *testing.T) {
 	fired := wireLen(t, Fired{From: wireN0, Seq: 99, Records: wireRecords(50, wireN0)})
 	t.Logf("names of 8 bytes (timerd-0): Heartbeat with 5 fences %d B, HeartbeatAck %d B, Fired of 50 records %d B (budget %d B)",
 		hb, ack, fired, packetBudget)
-	if want := 2 + (1 + 8 + 8) + 8 + 4 + 8 + 1 + 1 + 5*(1+8+8); hb != want {
+	if want := 2 + (1 + 8 + 8) + 8 + 4 + 4 + 8 + 1 + 1 + 5*(1+8+8); hb != want {
 		t.Errorf("Heartbeat with 5 fences: %d bytes, want %d", hb, want)
 	}
 	if want := 2 + 2*(1+8+8) + 8 + 1 + 8 + 8; ack != want {
