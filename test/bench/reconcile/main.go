@@ -6,9 +6,12 @@
 // round every node makes every TIMERD_RECONCILE_INTERVAL): the listing
 // requests and bytes, the round's time, the CPU the agent and the API spent
 // on it, and the API requests per minute per million rules per node at the
-// default interval of 5 minutes; then the ratios of the two.
+// default interval of 5 minutes; the agent's peak RSS by the end of its
+// start-up round (which stores every rule); then the ratios of the two.
+// With -baseline REV, REV's agent is measured too, before this tree's.
 //
 //	go run ./test/bench/reconcile -rules 200000
+//	go run ./test/bench/reconcile -rules 200000 -sizes 1000 -baseline 114f710   # an earlier revision's agent beside this tree's
 //	go run ./test/bench/reconcile -rules 200000 -keep /tmp/rec-api   # keep the loaded API for the next run
 //	go run ./test/bench/reconcile -rules 200000 -keep /tmp/rec-api -timerd /tmp/timerd-main -sizes 100   # another build
 package main
@@ -38,6 +41,7 @@ type config struct {
 	Loaders  int           // concurrent POSTs while loading
 	Keep     string        // the API's data directory, kept (and reused when it holds the rules)
 	Binary   string        // a built timerd; "": go build
+	Baseline string        // a revision whose agent is measured too, beside this tree's
 }
 
 func main() {
@@ -49,6 +53,7 @@ func main() {
 	fs.IntVar(&cfg.Loaders, "loaders", cfg.Loaders, "concurrent POSTs loading the rules")
 	fs.StringVar(&cfg.Keep, "keep", "", "the API's data directory: kept after the run, and reused (no load) when it holds -rules rules")
 	fs.StringVar(&cfg.Binary, "timerd", "", "a timerd binary (default: go build ./cmd/timerd)")
+	fs.StringVar(&cfg.Baseline, "baseline", "", "a git revision whose agent is measured too, side by side (with one -sizes: ratios)")
 	fs.Func("sizes", "page sizes, one agent each, comma-separated (default 100,1000)", func(v string) error {
 		cfg.Sizes = nil
 		for _, f := range strings.Split(v, ",") {
@@ -81,14 +86,12 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	bin := cfg.Binary
-	if bin == "" {
-		bin = filepath.Join(tmp, "timerd")
-		benchkit.Progress("building timerd")
-		if err := benchkit.GoBuild(ctx, ".", bin); err != nil {
-			return err
-		}
+	benchkit.Progress("building timerd")
+	builds, err := benchkit.Builds(ctx, cfg.Baseline, cfg.Binary, tmp)
+	if err != nil {
+		return err
 	}
+	bin := builds[len(builds)-1].Bin // this tree's serves the API
 	apiDir := cfg.Keep
 	if apiDir == "" {
 		apiDir = filepath.Join(tmp, "api")
@@ -102,13 +105,16 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		return err
 	}
 	var results []result
-	for _, size := range cfg.Sizes {
-		benchkit.Progress("agent asking %d rules a page", size)
-		res, err := measure(ctx, cfg, bin, api, filepath.Join(tmp, fmt.Sprintf("agent-%d", size)), size)
-		if err != nil {
-			return fmt.Errorf("page size %d: %w", size, err)
+	for i, b := range builds {
+		for _, size := range cfg.Sizes {
+			benchkit.Progress("%s: agent asking %d rules a page", b.Name, size)
+			res, err := measure(ctx, cfg, b.Bin, api, filepath.Join(tmp, fmt.Sprintf("agent-%d-%d", i, size)), size)
+			if err != nil {
+				return fmt.Errorf("%s, page size %d: %w", b.Name, size, err)
+			}
+			res.Build = b.Name
+			results = append(results, res)
 		}
-		results = append(results, res)
 	}
 	printResults(out, cfg, results)
 	return nil
@@ -119,6 +125,9 @@ func printResults(out io.Writer, cfg config, rs []result) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	header := "\t"
 	for _, r := range rs {
+		if len(rs) > len(cfg.Sizes) {
+			header += r.Build + ", "
+		}
 		header += fmt.Sprintf("page %d\t", r.PageSize)
 	}
 	if len(rs) == 2 {
@@ -151,6 +160,7 @@ func printResults(out io.Writer, cfg config, rs []result) {
 		return perMinute(int(r.APICPU.Microseconds()), cfg.Rules, cfg.Per) / 1e6
 	})
 	row("agent start to ready s (first round: stores every rule)", "%.1f", func(r result) float64 { return r.Ready.Seconds() })
+	row("agent peak RSS MiB (by the end of the first round)", "%.0f", func(r result) float64 { return float64(r.PeakRSS) / (1 << 20) })
 	w.Flush()
 }
 

@@ -28,7 +28,9 @@ import (
 
 // result is one agent's periodic round.
 type result struct {
+	Build    string // benchkit.Build's name
 	PageSize int
+	PeakRSS  int64 // the agent's most resident memory by the end of its start-up round (VmHWM)
 	Requests int
 	Bytes    int64
 	Round    time.Duration // from its first listing request to its "reconciled" log line
@@ -268,6 +270,9 @@ func measure(ctx context.Context, cfg config, bin string, api *apiProc, dataDir 
 		return res, err
 	}
 	res.Ready = first.Sub(start)
+	if res.PeakRSS, err = procstat.PeakRSS(cmd.Process.Pid); err != nil {
+		return res, err
+	}
 	// The periodic round: CPU from its first request to its log line.
 	var agent0, api0 procstat.Sample
 	var roundStart time.Time

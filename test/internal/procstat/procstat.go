@@ -93,3 +93,22 @@ func CPUPct(a, b Sample) float64 {
 
 // MiB is b bytes in MiB.
 func MiB(b int64) float64 { return float64(b) / (1 << 20) }
+
+// PeakRSS is the most resident memory the process has had (VmHWM of
+// /proc/PID/status), in bytes.
+func PeakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/%d/status: %w", pid, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse /proc/%d/status VmHWM %q: %w", pid, strings.TrimSpace(v), err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no VmHWM", pid)
+}
