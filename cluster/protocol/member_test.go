@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -258,5 +259,40 @@ func TestGrantRefusesFutureWatermarks(t *testing.T) {
 	}
 	if got := m.Stats().FutureRecords; got != 2 {
 		t.Errorf("FutureRecords = %d, want 2 (one from each grant)", got)
+	}
+}
+
+// A grant and a store copy carry the watermarks of rules that fired (a count or a
+// chain), not those of rules never fired: their anchors, which every member holds
+// with the rule.
+func TestGrantAndCopyCarryOnlyFiredWatermarks(t *testing.T) {
+	chain := Chain{{From: 50, Last: 50, Firer: Incarnation{"c", 1}, Epoch: Epoch{N: 1, Node: "c"}}}
+	store := mapStore{
+		1: {Rule: 1, Slot: 100},                       // anchor only
+		2: {Rule: 2, Slot: 200, Count: 2},             // fired here
+		3: {Rule: 3, Slot: 300, Chain: chain},         // rescheduled after fires (count reset, chain kept)
+		4: {Rule: 4, Slot: 400, Count: 0, Chain: nil}, // anchor only
+	}
+	m := newTestMember(t, "a", 1, store)
+	now := Time{Boot: time.Hour, Wall: 1000}
+	b := Incarnation{"b", 1}
+	m.Step(now, Receive{Msg: Heartbeat{From: b, Seq: 1, Expect: 1, Wall: 1000}})
+	out := m.Step(now, Receive{Msg: Acquire{From: b, ID: 1, Parts: []PartitionEpoch{{Partition: 0, Epoch: Epoch{N: 1, Node: "b"}}}}})
+	grants := sent[Grant](out)
+	if len(grants) != 1 || len(grants[0].Granted) != 1 {
+		t.Fatalf("grants %+v, want partition 0 granted", grants)
+	}
+	var rules []int64
+	for _, w := range grants[0].Watermarks {
+		rules = append(rules, w.Rule)
+	}
+	slices.Sort(rules)
+	if !slices.Equal(rules, []int64{2, 3}) {
+		t.Errorf("the grant carries the watermarks of rules %v, want [2 3] (those that fired)", rules)
+	}
+	now.Boot += time.Millisecond
+	chunks := sent[Transfer](m.Step(now, Leave{}))
+	if len(chunks) != 1 || len(chunks[0].Watermarks) != 2 {
+		t.Errorf("the leave's copy: %+v, want one chunk of rules 2 and 3", chunks)
 	}
 }
