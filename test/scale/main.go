@@ -36,6 +36,7 @@ type config struct {
 	Dir               string
 	Keep              bool
 	SkipListing       bool
+	Stagger           bool // start the first nodes one at a time, each once the one before is ready
 	Replicas          string // TIMERD_REPLICAS of the agents ("" leaves their default)
 	MemFloor          int64  // bytes: the run stops when the machine has less available
 	ProfileSeconds    int    // CPU profile of the joining node's start-up; 0: none
@@ -58,6 +59,7 @@ func main() {
 	memFloorGiB := fs.Float64("mem-floor", 2, "stop the run (exit 3) when the machine has less memory available than this, in GiB")
 	fs.IntVar(&cfg.ProfileSeconds, "profile", 30, "seconds of CPU profile of the joining node's start-up, saved in the run's dir (0: none)")
 	fs.StringVar(&cfg.Replicas, "replicas", "", "TIMERD_REPLICAS of the agents: majority (their default) or a number from 2")
+	fs.BoolVar(&cfg.Stagger, "stagger", false, "start the first nodes one at a time, each once the one before is ready (default: all at once)")
 	fs.BoolVar(&cfg.SkipListing, "skip-listing", false, "do not time one listing of every rule alone before the agents start")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)

@@ -207,21 +207,36 @@ func (s *runState) listing(ctx context.Context) error {
 
 func nodeName(i int) string { return fmt.Sprintf("n%d", i) }
 
-// startNodes starts the first nodes at once and waits until each is ready.
+// startNodes starts the first nodes at once (or, with -stagger, one at a time,
+// each once the nodes before are ready) and waits until each is ready.
 func (s *runState) startNodes(ctx context.Context) error {
 	begin := time.Now()
 	apiCPU0 := cpuOf(s.c.api)
+	readyAt := map[string]time.Duration{}
+	waitReady := func() error {
+		at, err := s.waitReady(ctx, s.c.running(), begin)
+		for name, d := range at {
+			if _, ok := readyAt[name]; !ok {
+				readyAt[name] = d
+			}
+		}
+		return err
+	}
 	first, err := s.c.launch(ctx, nodeName(1), nil)
 	if err != nil {
 		return err
 	}
 	for i := 2; i <= s.cfg.Nodes; i++ {
+		if s.cfg.Stagger {
+			if err := waitReady(); err != nil {
+				return err
+			}
+		}
 		if _, err := s.c.launch(ctx, nodeName(i), []string{first.gossip}); err != nil {
 			return err
 		}
 	}
-	readyAt, err := s.waitReady(ctx, s.c.running(), begin)
-	if err != nil {
+	if err := waitReady(); err != nil {
 		return err
 	}
 	allReady := time.Since(begin)
@@ -248,8 +263,12 @@ func (s *runState) startNodes(ctx context.Context) error {
 		peak = max(peak, s.c.peakRSS(n.p))
 		lines = append(lines, fmt.Sprintf("%s ready %s (reconcile %s, CPU %s)", n.name, readyAt[n.name].Round(time.Second), rec, cpu.Round(time.Second)))
 	}
-	s.printf("start %d nodes: all ready in %s, stable (each runs its ring share) in %s; API CPU %s, agents' CPU %s in all; agent RSS peak %.0f MiB",
-		s.cfg.Nodes, allReady.Round(time.Millisecond), stable.Round(time.Millisecond), (cpuOf(s.c.api) - apiCPU0).Round(time.Second),
+	how := "at once"
+	if s.cfg.Stagger {
+		how = "one at a time"
+	}
+	s.printf("start %d nodes %s: all ready in %s, stable (each runs its ring share) in %s; API CPU %s, agents' CPU %s in all; agent RSS peak %.0f MiB",
+		s.cfg.Nodes, how, allReady.Round(time.Millisecond), stable.Round(time.Millisecond), (cpuOf(s.c.api) - apiCPU0).Round(time.Second),
 		agentCPU.Round(time.Second), procstat.MiB(peak))
 	s.printf("  %s", strings.Join(lines, "; "))
 	s.printf("ring balance (%d nodes): %s", s.cfg.Nodes, balanceOf(want))

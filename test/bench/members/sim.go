@@ -86,13 +86,17 @@ func (s *sim) memberlistConfig() *memberlist.Config {
 	if s.cfg.Memberlist != nil {
 		return s.cfg.Memberlist()
 	}
+	var mc *memberlist.Config
 	switch s.cfg.Profile {
 	case "local":
-		return memberlist.DefaultLocalConfig()
+		mc = memberlist.DefaultLocalConfig()
 	case "wan":
-		return memberlist.DefaultWANConfig()
+		mc = memberlist.DefaultWANConfig()
+	default:
+		return cluster.LANMemberlist() // timerd's
 	}
-	return memberlist.DefaultLANConfig()
+	mc.EnableCompression = false // as timerd's (cluster.LANMemberlist)
+	return mc
 }
 
 // start creates member i and joins it to the seeds (none for the first).
