@@ -1804,8 +1804,8 @@ func GrantWatermarks(s Store, parts []int) []Watermark {
 // WithFires is wms less those of rules never fired (no count, no chain): such a
 // watermark is the rule's anchor, which every member derives from the rule itself
 // (every node stores every rule), so it tells a grant's or a copy's receiver nothing of
-// a fire. A million new rules made every acquisition carry a million anchors, encoded,
-// sent and merged, and a cluster of ten formed on two cores only after minutes.
+// a fire. A million new rules made every acquisition carry a tenth of a million
+// anchors, read, encoded, sent and merged.
 func WithFires(wms []Watermark) []Watermark {
 	return slices.DeleteFunc(wms, func(w Watermark) bool { return w.Count == 0 && len(w.Chain) == 0 })
 }
