@@ -36,7 +36,7 @@ type config struct {
 	Dir               string
 	Keep              bool
 	SkipListing       bool
-	Stagger           bool // start the first nodes one at a time, each once the one before is ready
+	Stagger           bool   // start the first nodes one at a time, each once the one before is ready
 	Replicas          string // TIMERD_REPLICAS of the agents ("" leaves their default)
 	MemFloor          int64  // bytes: the run stops when the machine has less available
 	ProfileSeconds    int    // CPU profile of the joining node's start-up; 0: none
