@@ -34,6 +34,20 @@ func TestWriteAndReadQuorums(t *testing.T) {
 	}
 }
 
+// sevenWithReplicas3 is member a of 7 with W = 3, 64 partitions (rule r in r mod 64)
+// given to the members in turn by name.
+func sevenWithReplicas3(t *testing.T) *Member {
+	t.Helper()
+	m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: 7, Replicas: 3, Partitions: 64,
+		PartitionOf: func(r int64) int { return int(r) % 64 },
+		Ring:        func(names []string) Ring { return byName(slices.Sorted(slices.Values(names))) },
+		Store:       mapStore{}}, Durable{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // byName is a ring that gives partition p to the members in turn, by name.
 type byName []string
 
@@ -43,13 +57,7 @@ func (r byName) Owner(p int) string { return r[p%len(r)] }
 // the view without the firer), then to others from p's place in the view; only live,
 // unfenced members, unless too few are.
 func TestReplicasOfPreferTheSuccessorAndLiveMembers(t *testing.T) {
-	m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: 7, Replicas: 3, Partitions: 64,
-		PartitionOf: func(r int64) int { return int(r) % 64 },
-		Ring:        func(names []string) Ring { return byName(slices.Sorted(slices.Values(names))) },
-		Store:       mapStore{}}, Durable{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := sevenWithReplicas3(t)
 	now := Time{Boot: time.Hour, Wall: 1}
 	peers := []string{"b", "c", "d", "e", "f", "g"}
 	for _, p := range peers {
@@ -152,13 +160,7 @@ func TestMixedReplicasWriteMostReadForFewest(t *testing.T) {
 // heartbeat intervals, to one more (the spare), so that it does not wait for the
 // resend; once the quiet one is no longer live, to W − 1 live ones again.
 func TestSpareOnlyForAQuietReplica(t *testing.T) {
-	m, err := NewMember(MemberConfig{Self: Incarnation{"a", 1}, Expect: 7, Replicas: 3, Partitions: 64,
-		PartitionOf: func(r int64) int { return int(r) % 64 },
-		Ring:        func(names []string) Ring { return byName(slices.Sorted(slices.Values(names))) },
-		Store:       mapStore{}}, Durable{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := sevenWithReplicas3(t)
 	peers := []string{"b", "c", "d", "e", "f", "g"}
 	beat := func(now Time, except string) {
 		for _, p := range peers {
