@@ -57,11 +57,6 @@ type MemberConfig struct {
 	// quiet), and an acquisition reads N − W + 1 stores (docs/protocol.md §6). The
 	// same on every member: heartbeats carry it, and a mismatch is logged.
 	Replicas int
-	// HostReadsGrants: the host fills a Grant's Watermarks when it sends it, outside the
-	// step (GrantWatermarks), instead of the step reading them: at a million rules the
-	// read took a second, and the heartbeats waited behind it. A later read is as good:
-	// the grantor no longer fires what it granted, and watermarks only grow.
-	HostReadsGrants bool
 }
 
 func (c *MemberConfig) setDefaults() {
@@ -1217,9 +1212,7 @@ func (m *Member) grant(a Acquire) {
 			saved[p] = m.promised[p]
 		}
 		m.emit(SaveEpochs{Epochs: saved})
-		if !m.cfg.HostReadsGrants {
-			g.Watermarks = GrantWatermarks(m.cfg.Store, g.Granted)
-		}
+		g.Watermarks = withFires(m.cfg.Store.PartitionWatermarks(g.Granted))
 	}
 	for _, n := range m.recipients() {
 		inc := uint64(0)
@@ -1795,25 +1788,19 @@ func (m *Member) copyStore() {
 	m.sendTransfer(t)
 }
 
-// GrantWatermarks are what a grant of parts carries: the store's watermarks of their
-// rules that fired.
-func GrantWatermarks(s Store, parts []int) []Watermark {
-	return WithFires(s.PartitionWatermarks(parts))
-}
-
-// WithFires is wms less those of rules never fired (no count, no chain): such a
+// withFires is wms less those of rules never fired (no count, no chain): such a
 // watermark is the rule's anchor, which every member derives from the rule itself
 // (every node stores every rule), so it tells a grant's or a copy's receiver nothing of
 // a fire. A million new rules made every acquisition carry a tenth of a million
 // anchors, read, encoded, sent and merged.
-func WithFires(wms []Watermark) []Watermark {
+func withFires(wms []Watermark) []Watermark {
 	return slices.DeleteFunc(wms, func(w Watermark) bool { return w.Count == 0 && len(w.Chain) == 0 })
 }
 
 // newTransfer snapshots the store's watermarks and the promised epochs in chunks, for
 // the live members that want says yes to.
 func (m *Member) newTransfer(want func(name string, inc uint64) bool) *transfer {
-	wms := WithFires(m.cfg.Store.PartitionWatermarks(allPartitions(m.cfg.Partitions)))
+	wms := withFires(m.cfg.Store.PartitionWatermarks(allPartitions(m.cfg.Partitions)))
 	var epochs []PartitionEpoch
 	for _, p := range slices.Sorted(maps.Keys(m.promised)) {
 		epochs = append(epochs, PartitionEpoch{Partition: p, Epoch: m.promised[p]})

@@ -96,16 +96,13 @@ func (n *node) start() {
 	w := n.w
 	n.st.inc++
 	cfg := protocol.MemberConfig{
-		Self:     protocol.Incarnation{Node: n.name, N: n.st.inc},
-		Expect:   w.cfg.Expect,
-		Replicas: w.cfg.Replicas,
-		// A grant's watermarks are read when it is delivered, as late as the network
-		// makes it: the node reads them after its step, before it sends.
-		HostReadsGrants: true,
-		Partitions:      w.parts,
-		PartitionOf:     w.partitionOf,
-		Ring:            func(members []string) protocol.Ring { return newRendezvous(members, w.parts) },
-		Store:           n.st,
+		Self:        protocol.Incarnation{Node: n.name, N: n.st.inc},
+		Expect:      w.cfg.Expect,
+		Replicas:    w.cfg.Replicas,
+		Partitions:  w.parts,
+		PartitionOf: w.partitionOf,
+		Ring:        func(members []string) protocol.Ring { return newRendezvous(members, w.parts) },
+		Store:       n.st,
 	}
 	m, err := protocol.NewMember(cfg, protocol.Durable{Held: n.st.held, Fences: n.st.fences, Epochs: n.st.epochs})
 	if err != nil {
@@ -168,7 +165,7 @@ func (n *node) resume() {
 	for len(n.inbox) > 0 && n.up && !n.paused() {
 		e := n.inbox[0]
 		n.inbox = n.inbox[1:]
-		n.receive(n.w.withGrantWatermarks(e))
+		n.receive(e.msg)
 	}
 }
 

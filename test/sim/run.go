@@ -122,7 +122,7 @@ func Run(cfg Config) Result {
 			case n.paused():
 				n.inbox = append(n.inbox, e)
 			default:
-				n.receive(w.withGrantWatermarks(e))
+				n.receive(e.msg)
 			}
 		case evFault:
 			e.do()
@@ -476,15 +476,4 @@ func keysOf(m map[protocol.Incarnation]bool) []string {
 		out = append(out, k.String())
 	}
 	return out
-}
-
-// withGrantWatermarks is e's message, a Grant filled with its sender's watermarks of
-// the granted partitions as its store holds them now (MemberConfig.HostReadsGrants).
-func (w *world) withGrantWatermarks(e *event) protocol.Message {
-	g, ok := e.msg.(protocol.Grant)
-	if !ok || g.Watermarks != nil || len(g.Granted) == 0 {
-		return e.msg
-	}
-	g.Watermarks = protocol.GrantWatermarks(w.nodes[e.from].st, g.Granted)
-	return g
 }

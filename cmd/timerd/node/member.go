@@ -66,7 +66,6 @@ type driver struct {
 	// then the messages go: an ack never leaves before what it acknowledges is stored.
 	overlay map[int64]protocol.Watermark
 	sends   []protocol.Send
-	grants  chan protocol.Send // Grants for sendGrants to read and send
 	// stepMu orders the member's steps (and the overlay's writes) with the commit path:
 	// a step reads watermarks and acts on them (a grant carries them, a verdict says a
 	// slot is another's to deliver, a release stops the engine), and a fire committed
@@ -210,10 +209,7 @@ func newDriver(n *Node) (*driver, error) {
 			// A Fired message within one UDP packet: the TCP queue to a peer is for the
 			// large, rare messages (grants, offers, hand-overs).
 			MaxRecords: protocol.MaxFiredRecordsPerPacket,
-			// A grant's watermarks are read by sendGrants, after the batch's writes.
-			HostReadsGrants: true,
 		},
-		grants: make(chan protocol.Send, grantQueue),
 	}
 	d.memberCfg.Store = memberStore{d: d}
 	// The partition index: what an acquisition, a release and a grant read of the store
@@ -266,16 +262,6 @@ func (d *driver) run(ctx context.Context) error {
 			return err
 		}
 	}
-	grantsDone := make(chan struct{})
-	gctx, stopGrants := context.WithCancel(ctx)
-	go func() {
-		defer close(grantsDone)
-		d.sendGrants(gctx)
-	}()
-	defer func() {
-		stopGrants()
-		<-grantsDone
-	}()
 	tick := time.NewTicker(memberTick)
 	defer tick.Stop()
 	readyC := d.readyCh
@@ -453,57 +439,13 @@ func (d *driver) endBatch() error {
 		return err
 	}
 	for _, e := range d.sends {
-		if g, ok := e.Msg.(protocol.Grant); ok && len(g.Granted) > 0 {
-			select {
-			case d.grants <- e:
-				continue
-			default: // sendGrants is behind: read here, as the step would have
-				d.sendGrant(e.To, g)
-				continue
-			}
+		if err := d.n.cl.Send(e.To, e.Msg); err != nil {
+			d.log.Debug("protocol message not sent", "to", e.To, "type", fmt.Sprintf("%T", e.Msg), "err", err)
 		}
-		d.send(e.To, e.Msg)
 	}
 	clear(d.sends)
 	d.sends = d.sends[:0]
 	return nil
-}
-
-func (d *driver) send(to string, msg protocol.Message) {
-	if err := d.n.cl.Send(to, msg); err != nil {
-		d.log.Debug("protocol message not sent", "to", to, "type", fmt.Sprintf("%T", msg), "err", err)
-	}
-}
-
-// grantQueue bounds the grants waiting for sendGrants; past it, endBatch reads them.
-const grantQueue = 64
-
-// sendGrants reads and sends the grants of the batches (MemberConfig.HostReadsGrants)
-// until ctx ends: the read of a grant's watermarks (a tenth of a million rules' at ten
-// nodes, a second on a starved node) runs beside the protocol's steps, not in one,
-// where the heartbeats waited for it and the commit path too (stepMu). The store holds
-// every write of the batch that granted (endBatch wrote them before it queued the grant).
-func (d *driver) sendGrants(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return // the asker asks again
-		case e := <-d.grants:
-			d.sendGrant(e.To, e.Msg.(protocol.Grant))
-		}
-	}
-}
-
-// sendGrant fills g with the store's watermarks of the rules of its partitions that
-// fired and sends it; on a failed read it sends nothing (the asker asks again).
-func (d *driver) sendGrant(to string, g protocol.Grant) {
-	wms, err := d.n.store.IndexedPartitionWatermarks(g.Granted)
-	if err != nil {
-		d.log.Warn("grant not sent: its watermarks could not be read; the asker asks again", "to", to, "partitions", len(g.Granted), "err", err)
-		return
-	}
-	g.Watermarks = protocol.WithFires(wms)
-	d.send(to, g)
 }
 
 func (d *driver) flushOverlay() error {
