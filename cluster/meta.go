@@ -9,36 +9,46 @@ import (
 	"strings"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/timerd/timerd/cluster/protocol"
 )
 
 // A node tells its peers where its HTTP endpoints are in its memberlist node meta,
 // so that any node can send an operator to, or ask, the node that owns a rule
-// (GET /v1/rules/{id}). The meta is [metaVersion][n][n bytes of host:port]; later
-// versions may append fields after these, which this one ignores. An empty host
-// (the node's HTTP listens on every address) stands for the IP its gossip is
-// reached at.
+// (GET /v1/rules/{id}), and the newest protocol wire version it reads, so that a peer
+// writes it none newer (a rolling upgrade). The meta is
+// [metaVersion][n][n bytes of host:port][wire version]; a meta without the last byte
+// is of a build that reads version 1 only, and builds before it ignore the byte.
+// Later builds may append fields after these, which this one ignores. An empty host
+// (the node's HTTP listens on every address) stands for the IP its gossip is reached
+// at; n = 0, no HTTP endpoints.
 const (
 	metaVersion    = 1
 	maxHTTPAddrLen = 255 // fits in the length byte; memberlist allows 512 bytes of meta
 )
 
-// encodeMeta is the node meta telling httpAddr, nil when there is none.
+// encodeMeta is the node meta telling httpAddr ("" for none) and the wire version
+// this build reads.
 func encodeMeta(httpAddr string) []byte {
-	if httpAddr == "" {
-		return nil
+	a := ""
+	if host, port, err := net.SplitHostPort(httpAddr); err == nil { // else none, or Validate refused it
+		if ip, err := netip.ParseAddr(host); host == "" || err == nil && ip.IsUnspecified() {
+			host = ""
+		}
+		if a = net.JoinHostPort(host, port); len(a) > maxHTTPAddrLen {
+			a = ""
+		}
 	}
-	host, port, err := net.SplitHostPort(httpAddr)
-	if err != nil {
-		return nil // Validate refused it
+	return append(append([]byte{metaVersion, byte(len(a))}, a...), protocol.WireVersion)
+}
+
+// wireVersionOf is the wire version to write to a node of meta: the lower of this
+// build's and the newest the node reads; version 1 for a meta that does not tell.
+func wireVersionOf(meta []byte) byte {
+	if len(meta) < 2 || meta[0] != metaVersion || len(meta) <= 2+int(meta[1]) {
+		return protocol.MinWireVersion
 	}
-	if ip, err := netip.ParseAddr(host); host == "" || err == nil && ip.IsUnspecified() {
-		host = ""
-	}
-	a := net.JoinHostPort(host, port)
-	if len(a) > maxHTTPAddrLen {
-		return nil
-	}
-	return append([]byte{metaVersion, byte(len(a))}, a...)
+	return max(protocol.MinWireVersion, min(protocol.WireVersion, meta[2+int(meta[1])]))
 }
 
 // decodeMeta is the HTTP address of a node whose gossip is at gossipIP, from its
@@ -52,6 +62,8 @@ func decodeMeta(meta []byte, gossipIP net.IP) (string, error) {
 		return "", fmt.Errorf("node meta of version %d, want %d", meta[0], metaVersion)
 	case len(meta) < 2 || len(meta) < 2+int(meta[1]):
 		return "", errors.New("node meta shorter than its length says")
+	case meta[1] == 0:
+		return "", nil // no HTTP endpoints
 	}
 	a := string(meta[2 : 2+int(meta[1])])
 	host, ps, err := net.SplitHostPort(a)

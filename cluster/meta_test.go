@@ -3,12 +3,14 @@ package cluster
 import (
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/timerd/timerd/cluster/protocol"
 	"github.com/timerd/timerd/test/testkit"
 )
 
@@ -42,8 +44,36 @@ func TestMetaRoundTrip(t *testing.T) {
 	if got, err := decodeMeta(ext, gossip); err != nil || got != "10.0.0.5:8470" {
 		t.Errorf("decodeMeta(with trailing fields) = %q, %v; want 10.0.0.5:8470", got, err)
 	}
-	if m := encodeMeta("h:" + strings.Repeat("1", 300)); m != nil {
-		t.Errorf("encodeMeta(300-byte address) = %d bytes, want none", len(m))
+	m := encodeMeta("h:" + strings.Repeat("1", 300))
+	if got, err := decodeMeta(m, gossip); got != "" || err != nil || wireVersionOf(m) != protocol.WireVersion {
+		t.Errorf("encodeMeta(300-byte address) reads as %q, %v, wire version %d; want no address, this build's version",
+			got, err, wireVersionOf(m))
+	}
+}
+
+// TestMetaWireVersion: a peer is written the newest wire version both read: version 1
+// for a build whose meta does not tell (efe9e0f's: no last byte, or no meta at all).
+func TestMetaWireVersion(t *testing.T) {
+	addr := "10.0.0.5:8470"
+	before := append([]byte{metaVersion, byte(len(addr))}, addr...) // the meta of a build before wire version 2
+	tests := []struct {
+		name string
+		meta []byte
+		want byte
+	}{
+		{"this build", encodeMeta(addr), protocol.WireVersion},
+		{"this build, no HTTP", encodeMeta(""), protocol.WireVersion},
+		{"a build before", before, 1},
+		{"no meta", nil, 1},
+		{"other meta version", append([]byte{2, 0}, 9), 1},
+		{"a newer build", append(slices.Clone(before), protocol.WireVersion+5, 'x'), protocol.WireVersion},
+		{"version 0", append(slices.Clone(before), 0), 1},
+		{"length past the end", []byte{metaVersion, 40, 'a'}, 1},
+	}
+	for _, tt := range tests {
+		if got := wireVersionOf(tt.meta); got != tt.want {
+			t.Errorf("%s: wireVersionOf(%x) = %d, want %d", tt.name, tt.meta, got, tt.want)
+		}
 	}
 }
 

@@ -115,15 +115,16 @@ func (t *transport) init(udpBufferSize, buffer int) {
 // UDP send fails. Messages are unordered across the two ways.
 func (c *Cluster) Send(to string, m protocol.Message) error {
 	t := &c.tr
-	b, err := protocol.Encode(m)
-	if err != nil {
-		c.dropOut(protocol.WireReason(err))
-		return fmt.Errorf("send %T to %s: %w", m, to, err)
-	}
 	node, ok := c.liveNode(to)
 	if !ok {
 		c.dropOut(dropUnknownMember)
 		return fmt.Errorf("send %T to %s: %w", m, to, ErrUnknownMember)
+	}
+	// In the newest wire version the peer reads (its node meta says).
+	b, err := protocol.EncodeVersion(m, wireVersionOf(node.Meta))
+	if err != nil {
+		c.dropOut(protocol.WireReason(err))
+		return fmt.Errorf("send %T to %s: %w", m, to, err)
 	}
 	p := make([]byte, 0, 1+len(b))
 	p = append(append(p, protocolPrefix), b...)

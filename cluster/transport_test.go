@@ -228,6 +228,35 @@ func TestProtocolSendErrors(t *testing.T) {
 	}
 }
 
+// A peer whose node meta tells no wire version (a build before version 2) is written
+// version 1, which it reads: heartbeats without Replicas; one that tells version 2 gets
+// them whole (a rolling upgrade: docs/protocol.md §10).
+func TestProtocolWritesThePeersWireVersion(t *testing.T) {
+	a, b, _, _ := pair(t, nil, nil)
+	hb := protocol.Heartbeat{From: protocol.Incarnation{Node: "a", N: 1}, Seq: 1, Expect: 3, Replicas: 3}
+	if err := a.Send("b", hb); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := receive(t, b, 10*time.Second).(protocol.Heartbeat); !ok || got.Replicas != 3 {
+		t.Errorf("b, of this build, received %#v; want the heartbeat with Replicas 3", got)
+	}
+	a.mu.Lock()
+	addr := "127.0.0.1:1"
+	a.members["b"].node.Meta = append([]byte{metaVersion, byte(len(addr))}, addr...) // as efe9e0f tells it
+	a.mu.Unlock()
+	before := dropsOf(b, dirIn, protocol.WireMalformed)
+	if err := a.Send("b", hb); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := receive(t, b, 10*time.Second).(protocol.Heartbeat)
+	if want := (protocol.Heartbeat{From: hb.From, Seq: 1, Expect: 3}); !ok || !reflect.DeepEqual(got, want) {
+		t.Errorf("b, told as a build before version 2, received %#v; want %#v", got, want)
+	}
+	if d := dropsOf(b, dirIn, protocol.WireMalformed) - before; d != 0 {
+		t.Errorf("b dropped %v malformed messages", d)
+	}
+}
+
 // A reader that does not keep up loses messages, counted; gossip and the other messages go on.
 func TestProtocolSlowConsumer(t *testing.T) {
 	a, b, _, _ := pair(t, nil, func(c *Config) { c.MessageBuffer = 2 })

@@ -32,7 +32,7 @@ import (
 //	FireRecord      Rule int64, Prev int64, Slot int64, Count uint64, Firer Incarnation, Epoch
 //	EventRef        Rule int64, Prev int64, Slot int64, Count uint64, Firer Incarnation
 //
-//	1 Heartbeat     From, Seq uint64, Expect uint32, Replicas uint32, Wall int64, count, (name, uint64)… by name, ascending
+//	1 Heartbeat     From, Seq uint64, Expect uint32, Replicas uint32 (version 2 on), Wall int64, count, (name, uint64)… by name, ascending
 //	2 HeartbeatAck  From, To, Seq uint64, flags byte (1 Fenced, 2 Mismatch), Wall int64, Echo int64
 //	3 Acquire       From, ID uint64, count, PartitionEpoch…
 //	4 Grant         From, To, ID uint64, count, partition…, count, PartitionEpoch…, count, name…, count, Watermark…
@@ -51,11 +51,17 @@ import (
 // empty slices and maps are nil.
 //
 // Kinds are never reused. A new field or message is a new wire version (§10 of
-// docs/protocol.md): a node reads its own version and the one before, and writes the
-// lower of its own and the lowest it has seen from a live member.
+// docs/protocol.md): a node reads its own version and the one before, and writes to a
+// peer the lower of its own and the newest the peer reads (its node meta says:
+// cluster/meta.go), so that a rolling upgrade never sends a message the old nodes
+// cannot read. Version 2 added a Heartbeat's Replicas; a version 1 heartbeat is of a
+// build that always wrote to a quorum (Replicas 0).
 
 // WireVersion is the version Encode writes, and the newest Decode reads.
-const WireVersion = 1
+const WireVersion = 2
+
+// MinWireVersion is the oldest version EncodeVersion writes and Decode reads.
+const MinWireVersion = 1
 
 // Message kinds, the second byte of a message.
 const (
@@ -142,12 +148,21 @@ func WireReason(err error) string {
 	return ""
 }
 
-// Encode writes m in the wire format. It refuses (ErrWire) what Decode would refuse: a
-// name, list or chain beyond its bound, a value outside its range, a message type it
-// has no kind for.
-func Encode(m Message) ([]byte, error) {
+// Encode writes m in the wire format of WireVersion. It refuses (ErrWire) what Decode
+// would refuse: a name, list or chain beyond its bound, a value outside its range, a
+// message type it has no kind for.
+func Encode(m Message) ([]byte, error) { return EncodeVersion(m, WireVersion) }
+
+// EncodeVersion is Encode in the wire format of version v, MinWireVersion through
+// WireVersion, for a peer that reads no newer one: what v has no field for is left out
+// (a version 1 heartbeat has no Replicas).
+func EncodeVersion(m Message, v byte) ([]byte, error) {
+	if v < MinWireVersion || v > WireVersion {
+		return nil, &wireError{WireUnknownVersion, fmt.Sprintf("version %d, this node writes %d to %d", v, MinWireVersion, WireVersion)}
+	}
 	e := encoders.Get().(*encoder)
 	defer e.release()
+	e.version = v
 	hint := sizeHint(m)
 	big := hint > bigMessage
 	if big {
@@ -157,7 +172,7 @@ func Encode(m Message) ([]byte, error) {
 	} else {
 		e.b = slices.Grow(e.b, hint)
 	}
-	e.b = append(e.b, WireVersion)
+	e.b = append(e.b, v)
 	switch m := m.(type) {
 	case Heartbeat:
 		e.heartbeat(m)
@@ -274,11 +289,12 @@ var encoders = sync.Pool{New: func() any { return new(encoder) }}
 const linearNames = 16
 
 type encoder struct {
-	b     []byte
-	names []string       // the message's table of names, in order
-	index map[string]int // of names, once it has more than linearNames
-	keys  []string       // scratch for the fences in name order
-	err   error
+	version byte // the wire version written
+	b       []byte
+	names   []string       // the message's table of names, in order
+	index   map[string]int // of names, once it has more than linearNames
+	keys    []string       // scratch for the fences in name order
+	err     error
 }
 
 func (e *encoder) release() {
@@ -396,7 +412,9 @@ func (e *encoder) heartbeat(m Heartbeat) {
 	e.incarnation(m.From)
 	e.u64(m.Seq)
 	e.small(m.Expect, "Heartbeat.Expect")
-	e.small(m.Replicas, "Heartbeat.Replicas")
+	if e.version >= 2 {
+		e.small(m.Replicas, "Heartbeat.Replicas")
+	}
 	e.i64(m.Wall)
 	var flags byte
 	if m.Leaving {
@@ -605,19 +623,17 @@ func Decode(b []byte) (Message, error) {
 	if len(b) < 2 {
 		return nil, &wireError{WireMalformed, fmt.Sprintf("%d bytes", len(b))}
 	}
-	// One case per version read. Version 2 will add its case and decodeV2 and keep
-	// the case of version 1 and decodeV1 as they are (§10: a node reads its own
-	// version and the one before), and Encode will take the version to write.
-	switch b[0] {
-	case 1:
-		return decodeV1(b[1], b[2:])
+	// Versions differ only in the fields a version added (the decoder asks its
+	// version where one did).
+	if b[0] < MinWireVersion || b[0] > WireVersion {
+		return nil, &wireError{WireUnknownVersion, fmt.Sprintf("version %d, this node reads %d to %d", b[0], MinWireVersion, WireVersion)}
 	}
-	return nil, &wireError{WireUnknownVersion, fmt.Sprintf("version %d, this node reads %d", b[0], WireVersion)}
+	return decodeBody(b[0], b[1], b[2:])
 }
 
-// decodeV1 reads the body of a message of version 1.
-func decodeV1(kind byte, body []byte) (Message, error) {
-	d := decoder{b: body}
+// decodeBody reads the body of a message of version v.
+func decodeBody(v, kind byte, body []byte) (Message, error) {
+	d := decoder{b: body, version: v}
 	var m Message
 	switch kind {
 	case kindHeartbeat:
@@ -673,7 +689,8 @@ func decodeV1(kind byte, body []byte) (Message, error) {
 // decoder reads a message's body. After its first error it reads zeros and empty
 // lists, so a decoding function reads on and the caller checks err once.
 type decoder struct {
-	b []byte // what is left
+	version byte   // the message's wire version
+	b       []byte // what is left
 	// The message's table of names: the first ones in first, the others in more (a
 	// slice of an array of the decoder would make every decoder escape to the heap).
 	first  [8]string
@@ -850,8 +867,11 @@ func (d *decoder) eventRefs(what string) []EventRef {
 }
 
 func (d *decoder) heartbeat() Heartbeat {
-	m := Heartbeat{From: d.incarnation(), Seq: d.u64("seq"), Expect: d.small("expect"), Replicas: d.small("replicas"),
-		Wall: d.i64("wall")}
+	m := Heartbeat{From: d.incarnation(), Seq: d.u64("seq"), Expect: d.small("expect")}
+	if d.version >= 2 {
+		m.Replicas = d.small("replicas")
+	}
+	m.Wall = d.i64("wall")
 	flags := d.u8("flags")
 	if flags&^hbFlags != 0 {
 		d.fail(WireMalformed, "flags %#x", flags)

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"go/ast"
@@ -350,7 +351,7 @@ func TestWireDecodeRefuses(t *testing.T) {
 		{"empty", nil, WireMalformed},
 		{"one byte", []byte{WireVersion}, WireMalformed},
 		{"version 0", []byte{0, kindRetired, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 1}, WireUnknownVersion},
-		{"version 2", append([]byte{2, kindRetired}, wireHeader(0)[2:]...), WireUnknownVersion},
+		{"version 3", append([]byte{WireVersion + 1, kindRetired}, wireHeader(0)[2:]...), WireUnknownVersion},
 		{"kind 0", wireHeader(0), WireMalformed},
 		{"kind 10", wireHeader(10), WireMalformed},
 		{"kind 14", wireHeader(14), WireMalformed},
@@ -559,5 +560,47 @@ func BenchmarkWire(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestWireVersion1: a node reads what the build before version 2 wrote (the heartbeat
+// below is efe9e0f's Encode, the previous release's), and writes version 1 for a peer
+// that reads no newer: a heartbeat without Replicas, every other message as version 2
+// but for its first byte.
+func TestWireVersion1(t *testing.T) {
+	hb := Heartbeat{From: Incarnation{Node: "timerd-0", N: 7}, Seq: 41, Expect: 3, Wall: 1767225600000000000,
+		Leaving: true, Fences: map[string]uint64{"timerd-1": 2, "timerd-2": 5}}
+	old, _ := hex.DecodeString("01011174696d6572642d30000000000000000700000000000000290000000318867251edfa0000" +
+		"01021174696d6572642d3100000000000000021174696d6572642d320000000000000005")
+	m, err := Decode(old)
+	if err != nil || !reflect.DeepEqual(m, hb) {
+		t.Fatalf("Decode(efe9e0f's heartbeat) = %#v, %v; want %#v", m, err, hb)
+	}
+	withReplicas := hb
+	withReplicas.Replicas = 3
+	if b, err := EncodeVersion(withReplicas, 1); err != nil || !bytes.Equal(b, old) {
+		t.Errorf("EncodeVersion(heartbeat, 1) = %x, %v; want efe9e0f's %x", b, err, old)
+	}
+	b, err := EncodeVersion(withReplicas, 2)
+	if err != nil || b[0] != 2 {
+		t.Fatalf("EncodeVersion(heartbeat, 2) = %x, %v", b, err)
+	}
+	if m, err := Decode(b); err != nil || !reflect.DeepEqual(m, withReplicas) {
+		t.Errorf("Decode(version 2 heartbeat) = %#v, %v; want %#v", m, err, withReplicas)
+	}
+	for _, tc := range wireCases() {
+		if _, ok := tc.msg.(Heartbeat); ok {
+			continue
+		}
+		v1, err1 := EncodeVersion(tc.msg, 1)
+		v2, err2 := EncodeVersion(tc.msg, 2)
+		if err1 != nil || err2 != nil || v1[0] != 1 || !bytes.Equal(v1[1:], v2[1:]) {
+			t.Errorf("%s: version 1 %x (%v) and version 2 %x (%v) differ past the version byte", tc.name, v1, err1, v2, err2)
+		}
+	}
+	for _, v := range []byte{0, WireVersion + 1} {
+		if b, err := EncodeVersion(hb, v); WireReason(err) != WireUnknownVersion || b != nil {
+			t.Errorf("EncodeVersion(heartbeat, %d) = %x, %v; want a refusal of the version", v, b, err)
+		}
 	}
 }
