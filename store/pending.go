@@ -84,68 +84,59 @@ func pendingRefs(pb *bolt.Bucket, refs []protocol.EventRef) ([][]byte, error) {
 // names no pending entry (unknown, already ready, dropped) fails the call with
 // ErrNotFound, and nothing changes.
 func (s *Store) MarkReady(refs []protocol.EventRef) error {
-	if len(refs) == 0 {
-		return nil
-	}
-	var n int64
-	err := s.update(func(tx *bolt.Tx) error {
-		pb, ob := tx.Bucket(bucketPending), tx.Bucket(bucketOutbox)
-		ob.FillPercent = outboxFill
-		keys, err := pendingRefs(pb, refs)
-		if err != nil {
-			return err
-		}
-		for _, k := range keys {
-			v := bytes.Clone(pb.Get(k)) // the Delete may reuse the page's memory
-			seq, err := ob.NextSequence()
-			if err != nil {
-				return err
-			}
-			if err := ob.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
-				return err
-			}
-			if err := pb.Delete(k); err != nil {
-				return err
-			}
-		}
-		n = int64(len(keys))
-		return errors.Join(addCounter(tx, keyOutboxLen, n), addCounter(tx, keyPendingLen, -n))
-	})
+	var b ProtocolBatch
+	b.MarkReady(refs)
+	return s.commitProtocol("mark ready", &b)
+}
+
+// markReadyTx moves the pending entries of refs to the outbox, returning how many.
+func markReadyTx(tx *bolt.Tx, refs []protocol.EventRef) (int64, error) {
+	pb, ob := tx.Bucket(bucketPending), tx.Bucket(bucketOutbox)
+	ob.FillPercent = outboxFill
+	keys, err := pendingRefs(pb, refs)
 	if err != nil {
-		return s.wrap("mark ready", err)
+		return 0, err
 	}
-	s.outboxLen.Add(n)
-	s.pendingLen.Add(-n)
-	return nil
+	for _, k := range keys {
+		v := bytes.Clone(pb.Get(k)) // the Delete may reuse the page's memory
+		seq, err := ob.NextSequence()
+		if err != nil {
+			return 0, err
+		}
+		if err := ob.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
+			return 0, err
+		}
+		if err := pb.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	n := int64(len(keys))
+	return n, errors.Join(addCounter(tx, keyOutboxLen, n), addCounter(tx, keyPendingLen, -n))
 }
 
 // DropPending removes pending entries (a Drop effect: their slots were fired by another
 // incarnation, or nobody can tell), in one transaction. A ref that names no pending
 // entry fails the call with ErrNotFound, and nothing changes.
 func (s *Store) DropPending(refs []protocol.EventRef) error {
-	if len(refs) == 0 {
-		return nil
-	}
-	var n int64
-	err := s.update(func(tx *bolt.Tx) error {
-		pb := tx.Bucket(bucketPending)
-		keys, err := pendingRefs(pb, refs)
-		if err != nil {
-			return err
-		}
-		for _, k := range keys {
-			if err := pb.Delete(k); err != nil {
-				return err
-			}
-		}
-		n = int64(len(keys))
-		return addCounter(tx, keyPendingLen, -n)
-	})
+	var b ProtocolBatch
+	b.DropPending(refs)
+	return s.commitProtocol("drop pending", &b)
+}
+
+// dropPendingTx deletes the pending entries of refs, returning how many.
+func dropPendingTx(tx *bolt.Tx, refs []protocol.EventRef) (int64, error) {
+	pb := tx.Bucket(bucketPending)
+	keys, err := pendingRefs(pb, refs)
 	if err != nil {
-		return s.wrap("drop pending", err)
+		return 0, err
 	}
-	s.pendingLen.Add(-n)
-	return nil
+	for _, k := range keys {
+		if err := pb.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	n := int64(len(keys))
+	return n, addCounter(tx, keyPendingLen, -n)
 }
 
 // Pending returns every pending entry, by rule, slot and firer (Seq 0, Pending set):

@@ -20,9 +20,9 @@ import (
 //	epochs/        partition u32 → epoch: the highest epoch promised (SaveEpochs)
 //	fences/        node name → u64: the highest incarnation fenced (SaveFence)
 //
-// An epoch is v1 | N u64 | node. Each writer is one small transaction: they are rare
-// (a start, an acquisition, a fence), and each must be durable before the member sends
-// anything after it.
+// An epoch is v1 | N u64 | node. Each must be durable before the member sends anything
+// after it: a node's protocol driver writes those of a batch of steps, with its
+// watermarks, in one transaction (ProtocolBatch) before the batch's messages go.
 var (
 	keyIncarnation = []byte("incarnation")
 	bucketHeld     = []byte("held")
@@ -181,104 +181,109 @@ func validEpoch(p int, e protocol.Epoch) error {
 // no longer held (StopFiring), in one transaction. A partition both added and removed
 // is refused; removing one not held is not an error.
 func (s *Store) SetHeld(add map[int]protocol.Epoch, remove []int) error {
-	for p, e := range add {
-		if err := validEpoch(p, e); err != nil {
-			return s.wrap("set held", err)
-		}
-	}
 	for _, p := range remove {
-		if err := validPartition(p); err != nil {
-			return s.wrap("set held", err)
-		}
 		if _, ok := add[p]; ok {
 			return s.wrap("set held", fmt.Errorf("partition %d both added and removed", p))
 		}
 	}
-	if len(add) == 0 && len(remove) == 0 {
+	var b ProtocolBatch
+	if err := b.SetHeld(add, remove); err != nil {
+		return s.wrap("set held", err)
+	}
+	return s.commitProtocol("set held", &b)
+}
+
+// setHeldTx writes the held partitions of b. Caller holds s.pmu.
+func setHeldTx(tx *bolt.Tx, held map[int]protocol.Epoch, released map[int]bool) error {
+	if len(held) == 0 && len(released) == 0 {
 		return nil
 	}
-	s.pmu.Lock()
-	defer s.pmu.Unlock()
-	err := s.update(func(tx *bolt.Tx) error {
-		hb, err := tx.Bucket(bucketProtocol).CreateBucketIfNotExists(bucketHeld)
-		if err != nil {
+	hb, err := tx.Bucket(bucketProtocol).CreateBucketIfNotExists(bucketHeld)
+	if err != nil {
+		return err
+	}
+	for _, p := range slices.Sorted(maps.Keys(released)) {
+		if err := hb.Delete(partKey(p)); err != nil {
 			return err
 		}
-		for _, p := range remove {
-			if err := hb.Delete(partKey(p)); err != nil {
-				return err
-			}
+	}
+	for _, p := range slices.Sorted(maps.Keys(held)) {
+		if err := hb.Put(partKey(p), encodeEpoch(held[p])); err != nil {
+			return err
 		}
-		for _, p := range slices.Sorted(maps.Keys(add)) {
-			if err := hb.Put(partKey(p), encodeEpoch(add[p])); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return s.wrap("set held", err)
+	}
+	return nil
 }
 
 // SaveEpochs records promised epochs (a SaveEpochs effect), keeping per partition the
 // highest of the stored and the given one.
 func (s *Store) SaveEpochs(epochs map[int]protocol.Epoch) error {
-	for p, e := range epochs {
-		if err := validEpoch(p, e); err != nil {
-			return s.wrap("save epochs", err)
-		}
+	var b ProtocolBatch
+	if err := b.SaveEpochs(epochs); err != nil {
+		return s.wrap("save epochs", err)
 	}
+	return s.commitProtocol("save epochs", &b)
+}
+
+// saveEpochsTx writes epochs where they are above the stored ones. Caller holds s.pmu.
+func saveEpochsTx(tx *bolt.Tx, epochs map[int]protocol.Epoch) error {
 	if len(epochs) == 0 {
 		return nil
 	}
-	s.pmu.Lock()
-	defer s.pmu.Unlock()
-	err := s.update(func(tx *bolt.Tx) error {
-		eb, err := tx.Bucket(bucketProtocol).CreateBucketIfNotExists(bucketEpochs)
-		if err != nil {
+	eb, err := tx.Bucket(bucketProtocol).CreateBucketIfNotExists(bucketEpochs)
+	if err != nil {
+		return err
+	}
+	for _, p := range slices.Sorted(maps.Keys(epochs)) {
+		e, k := epochs[p], partKey(p)
+		if v := eb.Get(k); v != nil {
+			cur, err := decodeEpoch(v)
+			if err != nil {
+				return fmt.Errorf("partition %d: %w", p, err)
+			}
+			if !cur.Less(e) {
+				continue
+			}
+		}
+		if err := eb.Put(k, encodeEpoch(e)); err != nil {
 			return err
 		}
-		for _, p := range slices.Sorted(maps.Keys(epochs)) {
-			e, k := epochs[p], partKey(p)
-			if v := eb.Get(k); v != nil {
-				cur, err := decodeEpoch(v)
-				if err != nil {
-					return fmt.Errorf("partition %d: %w", p, err)
-				}
-				if !cur.Less(e) {
-					continue
-				}
-			}
-			if err := eb.Put(k, encodeEpoch(e)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return s.wrap("save epochs", err)
+	}
+	return nil
 }
 
 // SaveFence records that every incarnation of node up to upto is fenced (a Fence
 // effect), keeping the highest.
 func (s *Store) SaveFence(node string, upto uint64) error {
-	if node == "" {
-		return s.wrap("save fence", errors.New("fence without a node"))
+	var b ProtocolBatch
+	if err := b.SaveFence(node, upto); err != nil {
+		return s.wrap("save fence", err)
 	}
-	s.pmu.Lock()
-	defer s.pmu.Unlock()
-	err := s.update(func(tx *bolt.Tx) error {
-		fb, err := tx.Bucket(bucketProtocol).CreateBucketIfNotExists(bucketFences)
-		if err != nil {
-			return err
-		}
+	return s.commitProtocol("save fence", &b)
+}
+
+// saveFencesTx writes fences where they are above the stored ones. Caller holds s.pmu.
+func saveFencesTx(tx *bolt.Tx, fences map[string]uint64) error {
+	if len(fences) == 0 {
+		return nil
+	}
+	fb, err := tx.Bucket(bucketProtocol).CreateBucketIfNotExists(bucketFences)
+	if err != nil {
+		return err
+	}
+	for _, node := range slices.Sorted(maps.Keys(fences)) {
+		upto := fences[node]
 		if v := fb.Get([]byte(node)); v != nil {
 			if len(v) != 8 {
 				return fmt.Errorf("%w: fence of %q: %d bytes, want 8", ErrCorrupt, node, len(v))
 			}
 			if binary.BigEndian.Uint64(v) >= upto {
-				return nil
+				continue
 			}
 		}
-		return fb.Put([]byte(node), binary.BigEndian.AppendUint64(nil, upto))
-	})
-	return s.wrap("save fence", err)
+		if err := fb.Put([]byte(node), binary.BigEndian.AppendUint64(nil, upto)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

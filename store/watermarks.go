@@ -45,6 +45,31 @@ func (s *Store) LoadWatermark(rule int64) (wm protocol.Watermark, ok bool, err e
 	return wm, ok, nil
 }
 
+// LoadWatermarks is LoadWatermark of each of ids, in one read transaction: the rules
+// the store has a watermark of, by id.
+func (s *Store) LoadWatermarks(ids []int64) (map[int64]protocol.Watermark, error) {
+	out := make(map[int64]protocol.Watermark, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	err := s.view(func(tx *bolt.Tx) error {
+		for _, id := range ids {
+			w, chain, found, err := s.snapshotWatermark(tx, id)
+			if err != nil {
+				return err
+			}
+			if found {
+				out[id] = toProtocol(id, w, chain)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap("get watermarks", err)
+	}
+	return out, nil
+}
+
 // Watermark is LoadWatermark for protocol.Store, which has no error: a read error is
 // reported as no watermark and kept for ReadErr.
 func (s *Store) Watermark(rule int64) (protocol.Watermark, bool) {
@@ -139,68 +164,55 @@ func (s *Store) ReadErr() (n uint64, last error) {
 // if any watermark is invalid (rule id not positive, a chain point without a firer or
 // not ending after it starts).
 func (s *Store) MergeWatermarks(wms []protocol.Watermark) error {
-	for _, w := range wms {
-		if err := validWatermark(w); err != nil {
-			return s.wrap("merge watermarks", err)
-		}
-	}
-	if len(wms) == 0 {
-		return nil
-	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	var (
-		jseq  uint64
-		jrecs []journalRec
-	)
-	err := s.update(func(tx *bolt.Tx) error {
-		jrecs = jrecs[:0]
-		wb := tx.Bucket(bucketWatermarks)
-		merged := make(map[int64]protocol.Watermark, len(wms))
-		order := make([]int64, 0, len(wms))
-		for _, w := range wms {
-			if cur, ok := merged[w.Rule]; ok {
-				merged[w.Rule] = protocol.Merge(cur, w)
-				continue
-			}
-			wm, chain, ok, err := s.currentWatermark(tx, w.Rule)
-			if err != nil {
-				return err
-			}
-			order = append(order, w.Rule)
-			if !ok {
-				merged[w.Rule] = protocol.Merge(w, w) // normalizes the chain
-				continue
-			}
-			cur := toProtocol(w.Rule, wm, chain)
-			if m := protocol.Merge(cur, w); !watermarkEqual(m, cur) {
-				merged[w.Rule] = m
-			} else {
-				order = order[:len(order)-1] // nothing new
-			}
-		}
-		slices.Sort(order)
-		for _, id := range order {
-			m := merged[id]
-			wm := Watermark{Slot: nanosTime(m.Slot), Count: m.Count}
-			if s.journaled(id) {
-				jrecs = append(jrecs, journalRec{kind: recSet, id: id, wm: wm, chain: m.Chain})
-				continue
-			}
-			if err := wb.Put(idKey(id), encodeWatermark(wm, m.Chain)); err != nil {
-				return fmt.Errorf("rule %d watermark: %w", id, err)
-			}
-		}
-		var err error
-		jseq, err = journalAppend(tx, jrecs)
-		return err
-	})
-	if err != nil {
+	var b ProtocolBatch
+	if err := b.MergeWatermarks(wms); err != nil {
 		return s.wrap("merge watermarks", err)
 	}
-	s.indexJournal(jseq, jrecs)
-	indexAdd(s, wms, func(w protocol.Watermark) int64 { return w.Rule })
-	return nil
+	return s.commitProtocol("merge watermarks", &b)
+}
+
+// mergeWatermarksTx merges wms into tx, writing a rule's watermark only where the merge
+// changes it; records of journaled rules are returned for journalAppend's caller to
+// index. Caller holds s.wmu.
+func (s *Store) mergeWatermarksTx(tx *bolt.Tx, wms []protocol.Watermark) ([]journalRec, error) {
+	var jrecs []journalRec
+	wb := tx.Bucket(bucketWatermarks)
+	merged := make(map[int64]protocol.Watermark, len(wms))
+	order := make([]int64, 0, len(wms))
+	for _, w := range wms {
+		if cur, ok := merged[w.Rule]; ok {
+			merged[w.Rule] = protocol.Merge(cur, w)
+			continue
+		}
+		wm, chain, ok, err := s.currentWatermark(tx, w.Rule)
+		if err != nil {
+			return nil, err
+		}
+		order = append(order, w.Rule)
+		if !ok {
+			merged[w.Rule] = protocol.Merge(w, w) // normalizes the chain
+			continue
+		}
+		cur := toProtocol(w.Rule, wm, chain)
+		if m := protocol.Merge(cur, w); !watermarkEqual(m, cur) {
+			merged[w.Rule] = m
+		} else {
+			order = order[:len(order)-1] // nothing new
+		}
+	}
+	slices.Sort(order)
+	for _, id := range order {
+		m := merged[id]
+		wm := Watermark{Slot: nanosTime(m.Slot), Count: m.Count}
+		if s.journaled(id) {
+			jrecs = append(jrecs, journalRec{kind: recSet, id: id, wm: wm, chain: m.Chain})
+			continue
+		}
+		if err := wb.Put(idKey(id), encodeWatermark(wm, m.Chain)); err != nil {
+			return nil, fmt.Errorf("rule %d watermark: %w", id, err)
+		}
+	}
+	return jrecs, nil
 }
 
 func validWatermark(w protocol.Watermark) error {

@@ -947,19 +947,23 @@ func (m *Member) finishAcquisition() {
 	if m.justClaimed == nil {
 		m.justClaimed = map[int]bool{}
 	}
+	renewed := map[int]Epoch{}
 	for p, e := range claim {
-		if _, renewed := m.held[p]; renewed {
+		if _, held := m.held[p]; held {
 			delete(m.renew, p)
 			m.stats.Renewed++
-			for _, r := range m.repl {
-				if m.cfg.PartitionOf(r.ref.Rule) == p {
-					r.epoch, r.sent = e, -m.cfg.Retry // sent again, under the new epoch
-				}
-			}
+			renewed[p] = e
 		}
 		m.held[p] = e
 		m.justClaimed[p] = true
 		m.heldVersion++
+	}
+	if len(renewed) > 0 {
+		for _, r := range m.repl {
+			if e, ok := renewed[m.cfg.PartitionOf(r.ref.Rule)]; ok {
+				r.epoch, r.sent = e, -m.cfg.Retry // sent again, under the new epoch
+			}
+		}
 	}
 	m.stats.Acquired += uint64(len(claim))
 	m.emit(StartFiring{Parts: claim, Watermarks: wms})
@@ -1198,8 +1202,12 @@ func (m *Member) grant(a Acquire) {
 
 		// Fires of these partitions still on their way will be refused by the members
 		// that granted the new epoch: they are offered to the new holder instead.
+		released := make(map[int]bool, len(release))
+		for _, p := range release {
+			released[p] = true
+		}
 		for k, r := range m.repl {
-			if slices.Contains(release, m.cfg.PartitionOf(k.rule)) {
+			if released[m.cfg.PartitionOf(k.rule)] {
 				m.offering[k] = &offered{ref: r.ref}
 				m.offersAdded = true
 				delete(m.repl, k)

@@ -61,11 +61,19 @@ type driver struct {
 	firing map[int]bool
 	// readErr is a read of the store the member made in the current step that failed.
 	readErr error
-	// A batch of steps (run): the watermarks merged and the messages to send, held
-	// until the batch ends, when the watermarks are written in one transaction and
-	// then the messages go: an ack never leaves before what it acknowledges is stored.
-	overlay map[int64]protocol.Watermark
-	sends   []protocol.Send
+	// A batch of steps (run): what its effects write, the partitions whose firing
+	// starts and the messages to send are held until the batch ends, when the writes go
+	// in one transaction (the watermarks merged, the overlay, with them), then the
+	// partitions start firing and then the messages go: an ack or a grant never leaves
+	// before what it rests on is stored, and a rule never fires before its grant's
+	// watermarks are. Only an incarnation is written at once (Reincarnate): the commit
+	// path stamps fires with it as soon as the step is published.
+	overlay  map[int64]protocol.Watermark
+	writes   store.ProtocolBatch
+	starting map[int]protocol.Epoch
+	drops    []protocol.Drop
+	notify   bool // events were made deliverable: delivery is woken after the writes
+	sends    []protocol.Send
 	// stepMu orders the member's steps (and the overlay's writes) with the commit path:
 	// a step reads watermarks and acts on them (a grant carries them, a verdict says a
 	// slot is another's to deliver, a release stops the engine), and a fire committed
@@ -199,6 +207,7 @@ func newDriver(n *Node) (*driver, error) {
 		handoverAcks: map[uint64]chan struct{}{},
 		firing:       map[int]bool{},
 		overlay:      map[int64]protocol.Watermark{},
+		starting:     map[int]protocol.Epoch{},
 		memberCfg: protocol.MemberConfig{
 			Self:        protocol.Incarnation{Node: n.cl.Name()},
 			Expect:      max(cc.Expect, 1),
@@ -430,10 +439,10 @@ func (d *driver) input(msg protocol.Message) protocol.Input {
 	return protocol.Receive{Msg: msg}
 }
 
-// endBatch writes the batch's merged watermarks, then sends its messages.
+// endBatch writes what the batch's effects wrote (flush), then sends its messages.
 func (d *driver) endBatch() error {
 	d.stepMu.Lock()
-	err := d.flushOverlay()
+	err := d.flush()
 	d.stepMu.Unlock()
 	if err != nil {
 		return err
@@ -448,19 +457,53 @@ func (d *driver) endBatch() error {
 	return nil
 }
 
-func (d *driver) flushOverlay() error {
-	if len(d.overlay) == 0 {
-		return nil
+// flush commits the batch's writes, the overlay's watermarks with them, in one
+// transaction; then the partitions acquired start firing, delivery is woken for the
+// events made deliverable and the events dropped are reported. stepMu is held.
+func (d *driver) flush() error {
+	if len(d.overlay) > 0 {
+		wms := make([]protocol.Watermark, 0, len(d.overlay))
+		for _, w := range d.overlay {
+			wms = append(wms, w)
+		}
+		if err := d.writes.MergeWatermarks(wms); err != nil {
+			return err
+		}
 	}
-	wms := make([]protocol.Watermark, 0, len(d.overlay))
-	for _, w := range d.overlay {
-		wms = append(wms, w)
-	}
-	if err := d.n.store.MergeWatermarks(wms); err != nil {
+	if err := d.n.store.CommitProtocol(&d.writes); err != nil {
 		return err
 	}
+	d.writes.Reset()
 	clear(d.overlay)
-	return nil
+	if d.notify {
+		d.notify = false
+		d.n.delivery.Notify()
+	}
+	for _, e := range d.drops {
+		d.n.metrics.fenced.WithLabelValues(e.Verdict.String()).Add(float64(len(e.Events)))
+		d.n.reportDropped(e.Events, e.Verdict)
+	}
+	clear(d.drops)
+	d.drops = d.drops[:0]
+	if len(d.starting) == 0 {
+		return nil
+	}
+	err := d.startFiring(d.starting)
+	clear(d.starting)
+	return err
+}
+
+// discardBatch forgets what the batch had not written (a member set aside: the next
+// incarnation starts from the store).
+func (d *driver) discardBatch() {
+	d.writes.Reset()
+	clear(d.overlay)
+	clear(d.starting)
+	clear(d.drops)
+	d.drops = d.drops[:0]
+	d.notify = false
+	clear(d.sends)
+	d.sends = d.sends[:0]
 }
 
 // decidedMeanwhile reports whether a fire of rule at slot is at or below what this
@@ -641,46 +684,43 @@ func (d *driver) apply(e protocol.Effect) error {
 	case protocol.Send:
 		d.sends = append(d.sends, e) // at the end of the batch, after its writes
 	case protocol.StartFiring:
-		// The rules are loaded from the store: what the batch merged goes in with the
-		// grants' watermarks, in one transaction (a merge is a join: the order of the
-		// two does not matter).
-		if err := d.mergeWithOverlay(e.Watermarks); err != nil {
+		// The rules are loaded at the end of the batch, from the store, once the
+		// grants' watermarks are written (a merge is a join: the order of the two
+		// does not matter). Until then the member's reads see them in the overlay.
+		if _, err := d.mergeIntoOverlay(e.Watermarks); err != nil {
 			return err
 		}
-		if err := n.store.SetHeld(e.Parts, nil); err != nil {
+		if err := d.writes.SetHeld(e.Parts, nil); err != nil {
 			return err
 		}
-		return d.startFiring(e.Parts)
+		maps.Copy(d.starting, e.Parts)
 	case protocol.StopFiring:
+		for _, p := range e.Parts {
+			delete(d.starting, p)
+		}
 		d.stopFiring(e.Parts)
-		return n.store.SetHeld(nil, e.Parts)
+		return d.writes.SetHeld(nil, e.Parts)
 	case protocol.SaveWatermarks:
-		ms := memberStore{d: d}
-		for _, w := range e.Watermarks {
-			if cur, ok := ms.Watermark(w.Rule); ok {
-				w = protocol.Merge(cur, w)
-			}
-			d.overlay[w.Rule] = w
+		merged, err := d.mergeIntoOverlay(e.Watermarks)
+		if err != nil {
+			return err
+		}
+		for _, w := range merged {
 			n.engine.Advance(w.Rule, scheduler.Watermark{Slot: time.Unix(0, w.Slot).UTC(), Count: w.Count})
 		}
 	case protocol.Deliverable:
-		if err := n.store.MarkReady(e.Events); err != nil {
-			return err
-		}
-		n.delivery.Notify()
+		d.writes.MarkReady(e.Events)
+		d.notify = true
 	case protocol.Drop:
-		if err := n.store.DropPending(e.Events); err != nil {
-			return err
-		}
-		n.metrics.fenced.WithLabelValues(e.Verdict.String()).Add(float64(len(e.Events)))
-		n.reportDropped(e.Events, e.Verdict)
+		d.writes.DropPending(e.Events)
+		d.drops = append(d.drops, e)
 	case protocol.Reincarnate:
 		n.metrics.reincarnations.Inc()
 		return n.store.SetIncarnation(e.Self.N)
 	case protocol.Fence:
-		return n.store.SaveFence(e.Node, e.Upto)
+		return d.writes.SaveFence(e.Node, e.Upto)
 	case protocol.SaveEpochs:
-		return n.store.SaveEpochs(e.Epochs)
+		return d.writes.SaveEpochs(e.Epochs)
 	case protocol.Log:
 		if e.Warn {
 			d.log.Warn(e.Msg, e.Attrs...)

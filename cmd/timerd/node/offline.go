@@ -107,9 +107,7 @@ func (d *driver) rejoin() error {
 		return err
 	}
 	d.m = m
-	clear(d.overlay)
-	clear(d.sends)
-	d.sends = d.sends[:0]
+	d.discardBatch()
 	d.publish()
 	d.offline.Store(false)
 	d.stepMu.Unlock()

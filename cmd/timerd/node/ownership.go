@@ -69,26 +69,38 @@ func (d *driver) indexPartitions() error {
 	return nil
 }
 
-// mergeWithOverlay writes the watermarks this batch merged and not yet written (the
-// overlay) together with wms, in one transaction: a merge is a join, so the order of
-// the two does not matter, and a claim costs one commit less under stepMu.
-func (d *driver) mergeWithOverlay(wms []protocol.Watermark) error {
-	if len(d.overlay) > 0 {
-		all := make([]protocol.Watermark, 0, len(d.overlay)+len(wms))
-		for _, w := range d.overlay {
-			all = append(all, w)
+// mergeIntoOverlay merges wms into the watermarks this batch merged and has not
+// written yet (the overlay), each with what the overlay or else the store holds of its
+// rule (the store's read in one transaction), and returns them merged. The batch's end
+// writes the overlay (flush); meanwhile the member's reads see it (memberStore).
+func (d *driver) mergeIntoOverlay(wms []protocol.Watermark) ([]protocol.Watermark, error) {
+	var unread []int64
+	for _, w := range wms {
+		if _, ok := d.overlay[w.Rule]; !ok {
+			unread = append(unread, w.Rule)
 		}
-		wms = append(all, wms...)
 	}
-	if err := d.n.store.MergeWatermarks(wms); err != nil {
-		return err
+	stored, err := d.n.store.LoadWatermarks(unread)
+	if err != nil {
+		return nil, err
 	}
-	clear(d.overlay)
-	return nil
+	merged := make([]protocol.Watermark, 0, len(wms))
+	for _, w := range wms {
+		cur, ok := d.overlay[w.Rule]
+		if !ok {
+			cur, ok = stored[w.Rule]
+		}
+		if ok {
+			w = protocol.Merge(cur, w)
+		}
+		d.overlay[w.Rule] = w
+		merged = append(merged, w)
+	}
+	return merged, nil
 }
 
 // startFiring loads the rules of newly held partitions into the engine, from the
-// store's watermarks (just merged with the grants'). Rules already running (a renewed
+// store's watermarks (the batch's end wrote the grants' there just before). Rules already running (a renewed
 // epoch) keep their schedule; a later watermark moves them on.
 //
 // The store is read under ownMu: intake stores a rule, then (under ownMu) puts it into

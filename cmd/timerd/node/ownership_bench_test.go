@@ -149,12 +149,16 @@ func reportCPU(b *testing.B, cpu time.Duration) {
 
 // oldOrNewClaim is the StartFiring effect of the protocol as it was (flush the
 // overlay, merge the grants' watermarks, store the holding: three transactions, then
-// walk every rule) or as it is (apply).
+// walk every rule) or as it is (apply, then the batch's end: one transaction, then the
+// partition index).
 func oldOrNewClaim(d *driver, isNew bool, parts map[int]protocol.Epoch, wms []protocol.Watermark) error {
 	if isNew {
-		return d.apply(protocol.StartFiring{Parts: parts, Watermarks: wms})
+		if err := d.apply(protocol.StartFiring{Parts: parts, Watermarks: wms}); err != nil {
+			return err
+		}
+		return d.flush()
 	}
-	if err := d.flushOverlay(); err != nil {
+	if err := d.flush(); err != nil {
 		return err
 	}
 	if err := d.n.store.MergeWatermarks(wms); err != nil {

@@ -185,10 +185,11 @@ func TestAdoptionRacesIntake(t *testing.T) {
 	}
 }
 
-// TestClaimWritesOverlayAndGrantsAtOnce: the StartFiring effect stores the watermarks
-// the batch merged and not yet written (the overlay) with the grants', and loads the
-// partition's rules after the later of the two.
-func TestClaimWritesOverlayAndGrantsAtOnce(t *testing.T) {
+// TestClaimWritesAtTheBatchEnd: the StartFiring effect puts the grants' watermarks in
+// the overlay (merged with what it holds), where the member's reads see them; the
+// batch's end writes them with the overlay and the holding in one transaction, and
+// only then loads the partition's rules, at the later of the two watermarks.
+func TestClaimWritesAtTheBatchEnd(t *testing.T) {
 	n := newIdleClusterNode(t)
 	const p = 3
 	ids := idsIn(n, p, 3)
@@ -197,6 +198,7 @@ func TestClaimWritesOverlayAndGrantsAtOnce(t *testing.T) {
 	base := time.Now().Add(time.Minute).Truncate(time.Second)
 	at := func(s int) int64 { return base.Add(time.Duration(s) * time.Second).UnixNano() }
 	d.stepMu.Lock()
+	defer d.stepMu.Unlock()
 	d.overlay[ids[0]] = protocol.Watermark{Rule: ids[0], Slot: at(10), Count: 4}
 	d.overlay[ids[1]] = protocol.Watermark{Rule: ids[1], Slot: at(5), Count: 2}
 	err := d.apply(protocol.StartFiring{Parts: map[int]protocol.Epoch{p: {N: 2, Node: "own-test"}},
@@ -204,13 +206,30 @@ func TestClaimWritesOverlayAndGrantsAtOnce(t *testing.T) {
 			{Rule: ids[1], Slot: at(20), Count: 7}, // ahead of the overlay's
 			{Rule: ids[2], Slot: at(30), Count: 9},
 		}})
-	left := len(d.overlay)
-	d.stepMu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if left != 0 {
-		t.Errorf("overlay after the claim holds %d watermarks, want 0 (written)", left)
+	ms := memberStore{d: d}
+	for i, want := range []int64{at(10), at(20), at(30)} {
+		if wm, ok := ms.Watermark(ids[i]); !ok || wm.Slot != want {
+			t.Errorf("before the batch's end the member reads rule %d at %+v, %v; want slot %v", ids[i], wm, ok, time.Unix(0, want))
+		}
+		if _, running := n.engine.Watermark(ids[i]); running {
+			t.Errorf("rule %d runs before its grant's watermark is stored", ids[i])
+		}
+		if wm, ok, _ := n.store.LoadWatermark(ids[i]); ok && wm.Slot == want {
+			t.Errorf("rule %d's watermark stored before the batch's end", ids[i])
+		}
+	}
+	before := storeCommits(t, n)
+	if err := d.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := storeCommits(t, n) - before; got != 1 {
+		t.Errorf("the batch's end wrote in %d transactions, want 1", got)
+	}
+	if left := len(d.overlay); left != 0 {
+		t.Errorf("overlay after the batch's end holds %d watermarks, want 0 (written)", left)
 	}
 	for i, want := range []int64{at(10), at(20), at(30)} {
 		wm, ok, err := n.store.LoadWatermark(ids[i])
@@ -225,4 +244,20 @@ func TestClaimWritesOverlayAndGrantsAtOnce(t *testing.T) {
 	if held, err := n.store.Durable(); err != nil || len(held.Held) != 1 {
 		t.Errorf("stored holdings after the claim = %+v, %v; want partition %d", held.Held, err, p)
 	}
+}
+
+// storeCommits is how many read-write transactions n's store has committed.
+func storeCommits(t *testing.T, n *Node) uint64 {
+	t.Helper()
+	mfs, err := n.cfg.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "timerd_store_commit_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	t.Fatal("no timerd_store_commit_seconds")
+	return 0
 }
