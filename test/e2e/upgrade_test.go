@@ -41,7 +41,7 @@ func buildRelease(t *testing.T, rev string) string {
 	}
 	bin := filepath.Join(t.TempDir(), "timerd-"+rev[:7])
 	begin := time.Now()
-	build := exec.Command("go", "build", "-race", "-o", bin, "./cmd/timerd")
+	build := exec.Command("go", append(buildArgs(), "-o", bin, "./cmd/timerd")...)
 	build.Dir = src
 	build.Env = append(os.Environ(), "GOFLAGS=-mod=readonly")
 	if out, err := build.CombinedOutput(); err != nil {
