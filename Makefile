@@ -13,7 +13,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/timerd-tools
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: all build test mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode bench-reconcile load soak cluster-soak sim scale clean
+.PHONY: all build test e2e-race mq net prometheus systemd vet lint lint-fix bench bench-peers bench-node bench-catchup bench-intake bench-members bench-pernode bench-reconcile load soak cluster-soak sim scale clean
 
 all: build
 
@@ -141,6 +141,12 @@ soak: mq
 # times over, with their figures; TIMERD_CLUSTER_RULES and the like change the sizes.
 cluster-soak: mq
 	$(GO) test -race -count=3 -timeout 30m -run '^TestCluster' -v ./test/e2e
+
+# The end-to-end tests with race-built timerd processes (make test runs them with the
+# binary as it ships; the race detector covers the same code in the packages' tests).
+# Slower and, on two busy cores, load-bound in its timing checks.
+e2e-race: mq net prometheus systemd
+	TIMERD_E2E_RACE=1 $(GO) test -race -count=1 -timeout 30m -parallel 4 ./test/e2e
 
 # The deterministic simulation of the fire-once protocol (docs/protocol.md): 1,500
 # seeds of each of its 10 scenarios, 15,000 runs (make test runs 100 of each). A failing

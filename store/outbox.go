@@ -259,6 +259,7 @@ func (s *Store) commitFires(recs []FireRecord, ms []MissedSlot) ([]protocol.Even
 	s.pendingLen.Add(pend)
 	s.indexJournal(jseq, jrecs)
 	indexAdd(s, jrecs, func(r journalRec) int64 { return r.id })
+	indexFired(s, firedIDs(jrecs))
 	// A cycle of fold steps starts after foldAfter records and goes on a slice per
 	// commit. The fires are durable; a failed step leaves the journal, and the next
 	// try waits for as many records again rather than weigh on every commit.

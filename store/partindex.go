@@ -27,6 +27,13 @@ import (
 // Cost: 8 bytes per id in a sorted slice per partition (and the slices' spare capacity),
 // about 12 bytes a rule at 1,000,000 rules; an insert is a binary search and a move of
 // the partition's ids (61 at a million rules over 16,381 partitions).
+//
+// It also keeps, apart, the ids whose watermark has fired (a count or a fire chain): the
+// protocol reads only those (grants, store copies, an acquisition's newest epoch), as a
+// rule never fired has its anchor for watermark, which every member derives from the
+// rule. A million rules of long intervals made every grant read a tenth of a million
+// watermarks, in the protocol's step, to send none of them. Also a superset: an id stays
+// until its rule and watermark are deleted, and the readers keep fired watermarks only.
 
 // ErrNotIndexed: a partition read was asked of a store without a partition index
 // (IndexPartitions).
@@ -39,54 +46,85 @@ var ErrNotIndexed = errors.New("store has no partition index")
 const scanShare = 16
 
 type partIndex struct {
-	of  func(int64) int
-	mu  sync.RWMutex
-	ids map[int][]int64 // partition → ids, ascending
-	n   int             // ids indexed
+	of    func(int64) int
+	mu    sync.RWMutex
+	ids   map[int][]int64 // partition → ids, ascending
+	n     int             // ids indexed
+	fired map[int][]int64 // partition → ids of fired watermarks, ascending
 }
 
 func (x *partIndex) addLocked(id int64) {
-	p := x.of(id)
-	ids := x.ids[p]
-	i, found := slices.BinarySearch(ids, id)
-	if found {
-		return
+	if insertID(x.ids, x.of(id), id) {
+		x.n++
 	}
-	x.ids[p] = slices.Insert(ids, i, id)
-	x.n++
+}
+
+func (x *partIndex) addFiredLocked(id int64) {
+	p := x.of(id)
+	if insertID(x.ids, p, id) {
+		x.n++
+	}
+	insertID(x.fired, p, id)
 }
 
 func (x *partIndex) removeLocked(id int64) {
 	p := x.of(id)
-	ids := x.ids[p]
+	if deleteID(x.ids, p, id) {
+		x.n--
+	}
+	deleteID(x.fired, p, id)
+}
+
+// insertID adds id to m[p] in order; false if it was there.
+func insertID(m map[int][]int64, p int, id int64) bool {
+	ids := m[p]
+	i, found := slices.BinarySearch(ids, id)
+	if found {
+		return false
+	}
+	m[p] = slices.Insert(ids, i, id)
+	return true
+}
+
+// deleteID removes id from m[p]; false if it was not there.
+func deleteID(m map[int][]int64, p int, id int64) bool {
+	ids := m[p]
 	i, found := slices.BinarySearch(ids, id)
 	if !found {
-		return
+		return false
 	}
 	ids = slices.Delete(ids, i, i+1)
 	if len(ids) == 0 {
-		delete(x.ids, p)
+		delete(m, p)
 	} else {
-		x.ids[p] = ids
+		m[p] = ids
 	}
-	x.n--
+	return true
 }
 
-// of returns the ids of parts, ascending, and whether they are few enough to look up
+// firedWatermark reports whether a watermark tells of a fire: a count, or a fire chain.
+func firedWatermark(wm Watermark, chain protocol.Chain) bool { return wm.Count > 0 || len(chain) > 0 }
+
+// idsOf returns the ids of parts, ascending, and whether they are few enough to look up
 // one by one (scanShare).
-func (x *partIndex) idsOf(parts []int) (ids []int64, lookup bool) {
+func (x *partIndex) idsOf(parts []int) (ids []int64, lookup bool) { return x.idsIn(x.ids, parts) }
+
+// firedOf is idsOf for the ids of fired watermarks.
+func (x *partIndex) firedOf(parts []int) (ids []int64, lookup bool) { return x.idsIn(x.fired, parts) }
+
+func (x *partIndex) idsIn(m map[int][]int64, parts []int) (ids []int64, lookup bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	n := 0
 	for _, p := range parts {
-		n += len(x.ids[p])
+		n += len(m[p])
 	}
 	if n*scanShare > x.n {
 		return nil, false
 	}
 	ids = make([]int64, 0, n)
 	for _, p := range parts {
-		ids = append(ids, x.ids[p]...)
+		ids = append(ids, m[p]...)
 	}
 	slices.Sort(ids) // one read of the pages in key order
 	return ids, true
@@ -100,23 +138,25 @@ func (s *Store) IndexPartitions(partitionOf func(rule int64) int) error {
 	if partitionOf == nil {
 		return s.wrap("index partitions", errors.New("nil partitionOf"))
 	}
-	x := &partIndex{of: partitionOf, ids: map[int][]int64{}}
+	x := &partIndex{of: partitionOf, ids: map[int][]int64{}, fired: map[int][]int64{}}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	err := s.view(func(tx *bolt.Tx) error {
 		// Both buckets in key order, merged: each partition's ids are appended ascending.
 		rc, wc := tx.Bucket(bucketRules).Cursor(), tx.Bucket(bucketWatermarks).Cursor()
 		rk, _ := rc.First()
-		wk, _ := wc.First()
+		wk, wv := wc.First()
 		for rk != nil || wk != nil {
-			var k []byte
+			var k, v []byte // v: the watermark, if k has one
 			switch c := bytes.Compare(rk, wk); {
 			case wk == nil || rk != nil && c < 0:
 				k, rk = rk, next(rc)
 			case rk == nil || c > 0:
-				k, wk = wk, next(wc)
+				k, v = wk, wv
+				wk, wv = wc.Next()
 			default:
-				k, rk, wk = rk, next(rc), next(wc)
+				k, v, rk = rk, wv, next(rc)
+				wk, wv = wc.Next()
 			}
 			id, err := keyID(k)
 			if err != nil {
@@ -125,6 +165,16 @@ func (s *Store) IndexPartitions(partitionOf func(rule int64) int) error {
 			p := partitionOf(id)
 			x.ids[p] = append(x.ids[p], id)
 			x.n++
+			if v == nil {
+				continue
+			}
+			wm, chain, err := decodeWatermark(v)
+			if err != nil {
+				return fmt.Errorf("rule %d: %w", id, err)
+			}
+			if firedWatermark(wm, chain) {
+				x.fired[p] = append(x.fired[p], id)
+			}
 		}
 		return nil
 	})
@@ -134,7 +184,11 @@ func (s *Store) IndexPartitions(partitionOf func(rule int64) int) error {
 	// Watermarks journaled since Open (the journal's index matches the store under wmu).
 	s.imu.RLock()
 	for id, e := range s.j.idx {
-		if !e.tomb {
+		switch {
+		case e.tomb:
+		case firedWatermark(e.wm, e.chain):
+			x.addFiredLocked(id)
+		default:
 			x.addLocked(id)
 		}
 	}
@@ -160,6 +214,31 @@ func indexAdd[T any](s *Store, xs []T, id func(T) int64) {
 	for _, v := range xs {
 		x.addLocked(id(v))
 	}
+}
+
+// indexFired adds the ids of fired watermarks to the partition index, if the store
+// keeps one. Writers call it under s.wmu after their commit.
+func indexFired(s *Store, ids []int64) {
+	x := s.parts.Load()
+	if x == nil || len(ids) == 0 {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, id := range ids {
+		x.addFiredLocked(id)
+	}
+}
+
+// firedIDs are the ids of the records of recs that set a fired watermark.
+func firedIDs(recs []journalRec) []int64 {
+	var ids []int64
+	for _, r := range recs {
+		if r.kind == recSet && firedWatermark(r.wm, r.chain) {
+			ids = append(ids, r.id)
+		}
+	}
+	return ids
 }
 
 // indexRemove removes the ids of xs, whose rules and watermarks a commit deleted.
@@ -275,6 +354,33 @@ func (s *Store) IndexedPartitionWatermarks(parts []int) ([]protocol.Watermark, e
 	if !lookup {
 		return s.PartitionWatermarksOf(parts, x.of)
 	}
+	return s.lookupWatermarks(ids)
+}
+
+// IndexedFiredWatermarks is IndexedPartitionWatermarks less the watermarks of rules
+// never fired (no count, no chain: a rule's anchor), read by the index of fired ones:
+// what the protocol sends and reads of a partition (protocol.Store).
+func (s *Store) IndexedFiredWatermarks(parts []int) ([]protocol.Watermark, error) {
+	x := s.parts.Load()
+	if x == nil {
+		return nil, ErrNotIndexed
+	}
+	if len(parts) == 0 {
+		return nil, nil
+	}
+	ids, lookup := x.firedOf(parts)
+	var wms []protocol.Watermark
+	var err error
+	if lookup {
+		wms, err = s.lookupWatermarks(ids)
+	} else {
+		wms, err = s.PartitionWatermarksOf(parts, x.of)
+	}
+	return slices.DeleteFunc(wms, func(w protocol.Watermark) bool { return w.Count == 0 && len(w.Chain) == 0 }), err
+}
+
+// lookupWatermarks reads the watermarks of ids (ascending), in one snapshot.
+func (s *Store) lookupWatermarks(ids []int64) ([]protocol.Watermark, error) {
 	var out []protocol.Watermark
 	err := s.view(func(tx *bolt.Tx) error {
 		wms, err := s.watermarksAt(tx, ids)

@@ -44,7 +44,7 @@ func TestPartitionIndexFollowsEveryWriter(t *testing.T) {
 				slot++
 				var what string
 				var err error
-				switch rng.IntN(6) {
+				switch rng.IntN(7) {
 				case 0:
 					what = "PutRule"
 					err = s.PutRule(testRule(id), nil)
@@ -63,6 +63,9 @@ func TestPartitionIndexFollowsEveryWriter(t *testing.T) {
 				case 5:
 					what = "CommitFireRefs"
 					_, err = s.CommitFireRefs([]FireRecord{protoFire(id, sec(slot), incA, epA, step%2 == 0)})
+				case 6:
+					what = "PutRule with an anchor" // never fired, unless a chain was kept
+					err = s.PutRule(testRule(id), &Watermark{Slot: sec(slot)})
 				}
 				if err != nil {
 					t.Fatalf("step %d %s(%d): %v", step, what, id, err)
@@ -74,12 +77,23 @@ func TestPartitionIndexFollowsEveryWriter(t *testing.T) {
 			}
 			// A rebuild (a restart) finds what the writers kept.
 			kept, _ := s.PartitionIDs(allTestParts())
+			keptFired := s.parts.Load().fired
 			s = reopen(t, s)
 			if err := s.IndexPartitions(testPart); err != nil {
 				t.Fatal(err)
 			}
 			if rebuilt, _ := s.PartitionIDs(allTestParts()); !slices.Equal(rebuilt, kept) {
 				t.Errorf("index rebuilt after reopen = %v\nkept by the writers = %v", rebuilt, kept)
+			}
+			checkIndex(t, s, "after the rebuild")
+			// The writers' index of fired ones is a superset of the rebuilt one (an id
+			// stays until its rule and watermark go), and a rebuild finds each fired one.
+			for p, ids := range s.parts.Load().fired {
+				for _, id := range ids {
+					if !slices.Contains(keptFired[p], id) {
+						t.Errorf("rule %d: fired after the rebuild, not in the writers' index", id)
+					}
+				}
 			}
 		})
 	}
@@ -160,6 +174,14 @@ func checkIndex(t *testing.T, s *Store, when string) {
 		}
 		if !reflect.DeepEqual(normWMs(gotWMs), normWMs(wantWMs)) {
 			t.Errorf("%s: IndexedPartitionWatermarks(%v) = %+v\nPartitionWatermarksOf = %+v", when, parts, gotWMs, wantWMs)
+		}
+		gotFired, err := s.IndexedFiredWatermarks(parts)
+		if err != nil {
+			t.Fatalf("%s: IndexedFiredWatermarks(%v): %v", when, parts, err)
+		}
+		wantFired := slices.DeleteFunc(wantWMs, func(w protocol.Watermark) bool { return w.Count == 0 && len(w.Chain) == 0 })
+		if !reflect.DeepEqual(normWMs(gotFired), normWMs(wantFired)) {
+			t.Errorf("%s: IndexedFiredWatermarks(%v) = %+v\nthe walk's fired ones = %+v", when, parts, gotFired, wantFired)
 		}
 	}
 }

@@ -95,9 +95,10 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 		jseq  uint64
 		jrecs []journalRec
 		added int64
+		fired []int64 // rules whose watermark tells of a fire
 	)
 	err := s.update(func(tx *bolt.Tx) error {
-		jrecs, added = jrecs[:0], 0
+		jrecs, added, fired = jrecs[:0], 0, fired[:0]
 		rb, wb, tb := tx.Bucket(bucketRules), tx.Bucket(bucketWatermarks), tx.Bucket(bucketTombstones)
 		rb.FillPercent, wb.FillPercent = rulesFill, watermarksFill
 		for _, i := range order {
@@ -119,6 +120,9 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 			if err != nil {
 				return err
 			}
+			if firedWatermark(*wms[i], chain) {
+				fired = append(fired, rs[i].ID)
+			}
 			if s.journaled(rs[i].ID) {
 				// A journal record would override the bucket at the next fold.
 				jrecs = append(jrecs, journalRec{kind: recSet, id: rs[i].ID, wm: *wms[i], chain: chain})
@@ -138,6 +142,7 @@ func (s *Store) putRules(rs []Rule, wms []*Watermark) error {
 	s.ruleCount.Add(added)
 	s.indexJournal(jseq, jrecs)
 	indexAdd(s, rs, func(r Rule) int64 { return r.ID })
+	indexFired(s, fired)
 	return nil
 }
 

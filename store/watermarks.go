@@ -80,9 +80,9 @@ func (s *Store) Watermark(rule int64) (protocol.Watermark, bool) {
 	return wm, ok
 }
 
-// PartitionWatermarks is PartitionWatermarksOf with Options.PartitionOf, for
-// protocol.Store, which has no error: a read error (or no PartitionOf) is kept for
-// ReadErr, and what was read before it is returned.
+// PartitionWatermarks is PartitionWatermarksOf with Options.PartitionOf, without an
+// error, as protocol.Store reads: a read error (or no PartitionOf) is kept for ReadErr,
+// and what was read before it is returned.
 func (s *Store) PartitionWatermarks(parts []int) []protocol.Watermark {
 	if s.partitionOf == nil {
 		s.readFailed(s.wrap("partition watermarks", ErrNoPartitionOf))
@@ -93,6 +93,14 @@ func (s *Store) PartitionWatermarks(parts []int) []protocol.Watermark {
 		s.readFailed(err)
 	}
 	return wms
+}
+
+// FiredWatermarks is PartitionWatermarks less the watermarks of rules never fired, for
+// protocol.Store (a node reads its partition index instead: IndexedFiredWatermarks).
+func (s *Store) FiredWatermarks(parts []int) []protocol.Watermark {
+	return slices.DeleteFunc(s.PartitionWatermarks(parts), func(w protocol.Watermark) bool {
+		return w.Count == 0 && len(w.Chain) == 0
+	})
 }
 
 // PartitionWatermarksOf returns the watermarks of every rule of the partitions, by

@@ -29,8 +29,11 @@ type Ring interface {
 type Store interface {
 	// Watermark is a rule's watermark, if the store has one.
 	Watermark(rule int64) (Watermark, bool)
-	// PartitionWatermarks are the watermarks of every rule of the partitions.
-	PartitionWatermarks(parts []int) []Watermark
+	// FiredWatermarks are the watermarks of the rules of the partitions that tell of a
+	// fire (a count or a chain); it may return others too, which the member ignores. A
+	// rule never fired has its anchor for watermark, which every member derives from
+	// the rule: a grant, a store copy and an acquisition's newest epoch need none.
+	FiredWatermarks(parts []int) []Watermark
 }
 
 // MemberConfig configures a Member.
@@ -913,7 +916,7 @@ func (m *Member) finishAcquisition() {
 	for _, w := range a.wms {
 		note(w)
 	}
-	for _, w := range m.cfg.Store.PartitionWatermarks(slices.Sorted(maps.Keys(a.parts))) {
+	for _, w := range m.cfg.Store.FiredWatermarks(slices.Sorted(maps.Keys(a.parts))) {
 		note(w)
 	}
 	claim := map[int]Epoch{}
@@ -1220,7 +1223,7 @@ func (m *Member) grant(a Acquire) {
 			saved[p] = m.promised[p]
 		}
 		m.emit(SaveEpochs{Epochs: saved})
-		g.Watermarks = withFires(m.cfg.Store.PartitionWatermarks(g.Granted))
+		g.Watermarks = withFires(m.cfg.Store.FiredWatermarks(g.Granted))
 	}
 	for _, n := range m.recipients() {
 		inc := uint64(0)
@@ -1808,7 +1811,7 @@ func withFires(wms []Watermark) []Watermark {
 // newTransfer snapshots the store's watermarks and the promised epochs in chunks, for
 // the live members that want says yes to.
 func (m *Member) newTransfer(want func(name string, inc uint64) bool) *transfer {
-	wms := withFires(m.cfg.Store.PartitionWatermarks(allPartitions(m.cfg.Partitions)))
+	wms := withFires(m.cfg.Store.FiredWatermarks(allPartitions(m.cfg.Partitions)))
 	var epochs []PartitionEpoch
 	for _, p := range slices.Sorted(maps.Keys(m.promised)) {
 		epochs = append(epochs, PartitionEpoch{Partition: p, Epoch: m.promised[p]})

@@ -10,7 +10,7 @@ import (
 type mapStore map[int64]Watermark
 
 func (s mapStore) Watermark(rule int64) (Watermark, bool) { w, ok := s[rule]; return w, ok }
-func (s mapStore) PartitionWatermarks(parts []int) []Watermark {
+func (s mapStore) FiredWatermarks(parts []int) []Watermark {
 	var out []Watermark
 	for _, w := range s {
 		out = append(out, w)

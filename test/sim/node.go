@@ -28,7 +28,8 @@ func (s *store) Watermark(rule int64) (protocol.Watermark, bool) {
 	return wm, ok
 }
 
-func (s *store) PartitionWatermarks(parts []int) []protocol.Watermark {
+// FiredWatermarks are those of fired rules only, as the node's store reads them.
+func (s *store) FiredWatermarks(parts []int) []protocol.Watermark {
 	want := map[int]bool{}
 	for _, p := range parts {
 		want[p] = true
@@ -36,7 +37,7 @@ func (s *store) PartitionWatermarks(parts []int) []protocol.Watermark {
 	var out []protocol.Watermark
 	for _, r := range s.w.rules {
 		if want[s.w.partitionOf(r.id)] {
-			if wm, ok := s.wms[r.id]; ok {
+			if wm, ok := s.wms[r.id]; ok && (wm.Count > 0 || len(wm.Chain) > 0) {
 				out = append(out, wm)
 			}
 		}

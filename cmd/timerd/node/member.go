@@ -127,10 +127,11 @@ func (s memberStore) Watermark(rule int64) (protocol.Watermark, bool) {
 	return wm, ok
 }
 
-func (s memberStore) PartitionWatermarks(parts []int) []protocol.Watermark {
-	// By the partition index: a grant of a few partitions reads their watermarks, not
-	// the store's every one (this runs under stepMu, which the commit path waits on).
-	wms, err := s.d.n.store.IndexedPartitionWatermarks(parts)
+func (s memberStore) FiredWatermarks(parts []int) []protocol.Watermark {
+	// By the partition index of fired watermarks: a grant of a few partitions reads
+	// their rules that fired, not the store's every watermark (this runs under stepMu,
+	// which the commit path waits on).
+	wms, err := s.d.n.store.IndexedFiredWatermarks(parts)
 	if err != nil {
 		s.d.readErr = err
 	}
@@ -149,7 +150,7 @@ func (s memberStore) PartitionWatermarks(parts []int) []protocol.Watermark {
 		}
 	}
 	for rule, o := range s.d.overlay {
-		if !seen[rule] && want[s.d.partitionOf(rule)] {
+		if !seen[rule] && want[s.d.partitionOf(rule)] && (o.Count > 0 || len(o.Chain) > 0) {
 			wms = append(wms, o)
 		}
 	}
