@@ -102,7 +102,7 @@ func deleteID(m map[int][]int64, p int, id int64) bool {
 	return true
 }
 
-// firedWatermark reports whether a watermark tells of a fire: a count, or a fire chain.
+// firedWatermark is protocol.Watermark.Fired of the store's form of a watermark.
 func firedWatermark(wm Watermark, chain protocol.Chain) bool { return wm.Count > 0 || len(chain) > 0 }
 
 // idsOf returns the ids of parts, ascending, and whether they are few enough to look up
@@ -343,24 +343,20 @@ func (s *Store) ForEachPartitionRule(parts []int, fn func(Rule, Watermark) error
 // (a walk of every watermark when they are a large share of the store). ErrNotIndexed
 // without IndexPartitions.
 func (s *Store) IndexedPartitionWatermarks(parts []int) ([]protocol.Watermark, error) {
-	x := s.parts.Load()
-	if x == nil {
-		return nil, ErrNotIndexed
-	}
-	if len(parts) == 0 {
-		return nil, nil
-	}
-	ids, lookup := x.idsOf(parts)
-	if !lookup {
-		return s.PartitionWatermarksOf(parts, x.of)
-	}
-	return s.lookupWatermarks(ids)
+	return s.indexedWatermarks(parts, (*partIndex).idsOf)
 }
 
 // IndexedFiredWatermarks is IndexedPartitionWatermarks less the watermarks of rules
 // never fired (no count, no chain: a rule's anchor), read by the index of fired ones:
 // what the protocol sends and reads of a partition (protocol.Store).
 func (s *Store) IndexedFiredWatermarks(parts []int) ([]protocol.Watermark, error) {
+	wms, err := s.indexedWatermarks(parts, (*partIndex).firedOf)
+	return slices.DeleteFunc(wms, protocol.NotFired), err
+}
+
+// indexedWatermarks reads the watermarks of the ids idsOf gives for parts, or walks
+// the partitions' watermarks when idsOf says they are too many to look up.
+func (s *Store) indexedWatermarks(parts []int, idsOf func(*partIndex, []int) ([]int64, bool)) ([]protocol.Watermark, error) {
 	x := s.parts.Load()
 	if x == nil {
 		return nil, ErrNotIndexed
@@ -368,15 +364,11 @@ func (s *Store) IndexedFiredWatermarks(parts []int) ([]protocol.Watermark, error
 	if len(parts) == 0 {
 		return nil, nil
 	}
-	ids, lookup := x.firedOf(parts)
-	var wms []protocol.Watermark
-	var err error
-	if lookup {
-		wms, err = s.lookupWatermarks(ids)
-	} else {
-		wms, err = s.PartitionWatermarksOf(parts, x.of)
+	ids, lookup := idsOf(x, parts)
+	if !lookup {
+		return s.PartitionWatermarksOf(parts, x.of)
 	}
-	return slices.DeleteFunc(wms, func(w protocol.Watermark) bool { return w.Count == 0 && len(w.Chain) == 0 }), err
+	return s.lookupWatermarks(ids)
 }
 
 // lookupWatermarks reads the watermarks of ids (ascending), in one snapshot.

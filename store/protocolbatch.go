@@ -199,7 +199,7 @@ func (s *Store) commitProtocol(op string, b *ProtocolBatch) error {
 		indexAdd(s, b.watermarks, func(w protocol.Watermark) int64 { return w.Rule })
 		var fired []int64 // a merge is a join: fired if either was, and the stored one is indexed
 		for _, w := range b.watermarks {
-			if w.Count > 0 || len(w.Chain) > 0 {
+			if w.Fired() {
 				fired = append(fired, w.Rule)
 			}
 		}

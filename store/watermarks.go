@@ -98,9 +98,7 @@ func (s *Store) PartitionWatermarks(parts []int) []protocol.Watermark {
 // FiredWatermarks is PartitionWatermarks less the watermarks of rules never fired, for
 // protocol.Store (a node reads its partition index instead: IndexedFiredWatermarks).
 func (s *Store) FiredWatermarks(parts []int) []protocol.Watermark {
-	return slices.DeleteFunc(s.PartitionWatermarks(parts), func(w protocol.Watermark) bool {
-		return w.Count == 0 && len(w.Chain) == 0
-	})
+	return slices.DeleteFunc(s.PartitionWatermarks(parts), protocol.NotFired)
 }
 
 // PartitionWatermarksOf returns the watermarks of every rule of the partitions, by

@@ -49,6 +49,13 @@ type Watermark struct {
 	Chain Chain
 }
 
+// Fired reports whether w tells of a fire: a count or a chain. A rule never fired has
+// its anchor for watermark, which every member derives from the rule itself.
+func (w Watermark) Fired() bool { return w.Count > 0 || len(w.Chain) > 0 }
+
+// NotFired is !w.Fired(), for slices.DeleteFunc.
+func NotFired(w Watermark) bool { return !w.Fired() }
+
 // Merge is the later of two watermarks of one rule with their chains joined: slot and
 // count are the larger ones, and the chain holds what either knows.
 func Merge(a, b Watermark) Watermark {

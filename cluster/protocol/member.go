@@ -1805,7 +1805,7 @@ func (m *Member) copyStore() {
 // a fire. A million new rules made every acquisition carry a tenth of a million
 // anchors, read, encoded, sent and merged.
 func withFires(wms []Watermark) []Watermark {
-	return slices.DeleteFunc(wms, func(w Watermark) bool { return w.Count == 0 && len(w.Chain) == 0 })
+	return slices.DeleteFunc(wms, NotFired)
 }
 
 // newTransfer snapshots the store's watermarks and the promised epochs in chunks, for

@@ -37,7 +37,7 @@ func (s *store) FiredWatermarks(parts []int) []protocol.Watermark {
 	var out []protocol.Watermark
 	for _, r := range s.w.rules {
 		if want[s.w.partitionOf(r.id)] {
-			if wm, ok := s.wms[r.id]; ok && (wm.Count > 0 || len(wm.Chain) > 0) {
+			if wm, ok := s.wms[r.id]; ok && wm.Fired() {
 				out = append(out, wm)
 			}
 		}

@@ -150,7 +150,7 @@ func (s memberStore) FiredWatermarks(parts []int) []protocol.Watermark {
 		}
 	}
 	for rule, o := range s.d.overlay {
-		if !seen[rule] && want[s.d.partitionOf(rule)] && (o.Count > 0 || len(o.Chain) > 0) {
+		if !seen[rule] && want[s.d.partitionOf(rule)] && o.Fired() {
 			wms = append(wms, o)
 		}
 	}

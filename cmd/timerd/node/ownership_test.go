@@ -113,7 +113,7 @@ func TestAdoptionLoadsOnlyThePartitionsRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	walked = slices.DeleteFunc(walked, func(w protocol.Watermark) bool { return w.Count == 0 && len(w.Chain) == 0 })
+	walked = slices.DeleteFunc(walked, protocol.NotFired)
 	if len(wms) != 1 || wms[0].Rule != ahead || wms[0].Count != 9 || !reflect.DeepEqual(wms, walked) {
 		t.Errorf("FiredWatermarks(5) = %+v\nwant that of rule %d (count 9) alone, as the walk finds: %+v", wms, ahead, walked)
 	}
