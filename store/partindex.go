@@ -205,6 +205,15 @@ func next(c *bolt.Cursor) []byte {
 // indexAdd adds the ids of xs to the partition index, if the store keeps one. Writers
 // call it under s.wmu after their commit.
 func indexAdd[T any](s *Store, xs []T, id func(T) int64) {
+	indexEach(s, xs, id, (*partIndex).addLocked)
+}
+
+// indexFired adds the ids of fired watermarks to the partition index, as indexAdd.
+func indexFired(s *Store, ids []int64) {
+	indexEach(s, ids, func(id int64) int64 { return id }, (*partIndex).addFiredLocked)
+}
+
+func indexEach[T any](s *Store, xs []T, id func(T) int64, add func(*partIndex, int64)) {
 	x := s.parts.Load()
 	if x == nil || len(xs) == 0 {
 		return
@@ -212,21 +221,7 @@ func indexAdd[T any](s *Store, xs []T, id func(T) int64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, v := range xs {
-		x.addLocked(id(v))
-	}
-}
-
-// indexFired adds the ids of fired watermarks to the partition index, if the store
-// keeps one. Writers call it under s.wmu after their commit.
-func indexFired(s *Store, ids []int64) {
-	x := s.parts.Load()
-	if x == nil || len(ids) == 0 {
-		return
-	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	for _, id := range ids {
-		x.addFiredLocked(id)
+		add(x, id(v))
 	}
 }
 
