@@ -510,7 +510,7 @@ func TestPartitionWatermarks(t *testing.T) {
 		rs = append(rs, testRule(id))
 		var wm *Watermark
 		if id%5 != 0 { // every fifth rule has no watermark
-			wm = &Watermark{Slot: sec(int(id)), Count: uint64(id)}
+			wm = &Watermark{Slot: sec(int(id)), Count: uint64(id % 4)} // a count of 0: an anchor, never fired
 		}
 		wms = append(wms, wm)
 	}
@@ -550,6 +550,10 @@ func TestPartitionWatermarks(t *testing.T) {
 			want := expect(parts...)
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("%s: PartitionWatermarks(%v) = %d watermarks %+v\nwant %d %+v", where, parts, len(got), got, len(want), want)
+			}
+			fired := s.FiredWatermarks(parts)
+			if want := slices.DeleteFunc(want, protocol.NotFired); !reflect.DeepEqual(fired, want) {
+				t.Errorf("%s: FiredWatermarks(%v) = %+v\nwant the fired ones %+v", where, parts, fired, want)
 			}
 		}
 		if got := s.PartitionWatermarks(nil); len(got) != 0 {

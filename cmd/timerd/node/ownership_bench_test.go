@@ -30,7 +30,7 @@ import (
 //   - claim: the whole StartFiring effect under stepMu (the merged watermarks and the
 //     holding stored, two fsyncs; then acquire);
 //   - release: the engine drops them (stopFiring, under ownMu and stepMu);
-//   - grant: the watermarks of k partitions a grant carries (PartitionWatermarks,
+//   - grant: the watermarks of k partitions a grant carries (FiredWatermarks,
 //     under stepMu).
 //
 // k is 1 partition of 16,381, and 1/11 of them (what a node joining ten takes).
@@ -68,7 +68,7 @@ func BenchmarkAdoption(b *testing.B) {
 					{"old", func() error { return oldStartFiring(d, held) }, func() error { return oldStopFiring(d, parts.ps) },
 						func() ([]protocol.Watermark, error) { return n.store.PartitionWatermarksOf(parts.ps, d.partitionOf) }},
 					{"new", func() error { return d.startFiring(held) }, func() error { d.stopFiring(parts.ps); return nil },
-						func() ([]protocol.Watermark, error) { return n.store.IndexedPartitionWatermarks(parts.ps) }},
+						func() ([]protocol.Watermark, error) { return n.store.IndexedFiredWatermarks(parts.ps) }},
 				} {
 					b.Run(parts.name+"/acquire/"+impl.name, func(b *testing.B) {
 						rules := 0

@@ -249,6 +249,40 @@ func TestClaimWritesAtTheBatchEnd(t *testing.T) {
 	}
 }
 
+// TestClaimReleasedInTheSameBatchNeverFires: a partition claimed and then released
+// within one batch (a grant to a higher epoch right after the claim) is not loaded at
+// the batch's end, and the store does not record it held.
+func TestClaimReleasedInTheSameBatchNeverFires(t *testing.T) {
+	n := newIdleClusterNode(t)
+	const p, q = 3, 4
+	ids := append(idsIn(n, p, 2), idsIn(n, q, 2)...)
+	create(n, t, ids...)
+	d := n.drv
+	d.stepMu.Lock()
+	defer d.stepMu.Unlock()
+	e := protocol.Epoch{N: 2, Node: "own-test"}
+	for _, eff := range []protocol.Effect{
+		protocol.StartFiring{Parts: map[int]protocol.Epoch{p: e, q: e}},
+		protocol.StopFiring{Parts: []int{p}},
+	} {
+		if err := d.apply(eff); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		_, running := n.engine.Watermark(id)
+		if want := i >= 2; running != want { // the first two are p's
+			t.Errorf("rule %d (partition %d) running %v after the batch, want %v", id, d.partitionOf(id), running, want)
+		}
+	}
+	if held, err := n.store.Durable(); err != nil || len(held.Held) != 1 || held.Held[q] != e {
+		t.Errorf("stored holdings = %+v, %v; want partition %d alone", held.Held, err, q)
+	}
+}
+
 // storeCommits is how many read-write transactions n's store has committed.
 func storeCommits(t *testing.T, n *Node) uint64 {
 	t.Helper()
